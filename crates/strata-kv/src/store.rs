@@ -1,0 +1,872 @@
+//! [`KvStore`]: histories of keys, leases, and how commands change them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use strata_proto::error::{ApiError, ErrorCode};
+use strata_proto::kv::{
+    CompactResponse, Compare, CompareResult, CompareTarget, DeleteRangeResponse, Event, EventType,
+    KeyValue, KvCommand, KvResult, LeaseGrantResponse, LeaseRevokeResponse, LeaseStatus,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RangeSpec, RequestOp, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse,
+};
+
+/// One version of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Version {
+    /// The revision of the request that wrote this version.
+    main: i64,
+    /// Position of this change inside its request.
+    sub: u32,
+    /// Revision that created the key (first put after absence).
+    create_revision: i64,
+    /// Puts since creation, 1 for the first; 0 for a tombstone.
+    version: i64,
+    /// The value; empty for a tombstone.
+    value: Vec<u8>,
+    /// The attached lease, 0 for none.
+    lease: i64,
+    /// True when this version records a deletion.
+    tombstone: bool,
+}
+
+impl Version {
+    fn to_kv(&self, key: &[u8]) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision: self.main,
+            version: self.version,
+            value: self.value.clone(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// A lease as the state machine sees it. Expiry timing lives with the leader, not here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    /// The TTL the lease was granted with, in seconds.
+    ttl: i64,
+    /// Keys currently attached.
+    keys: BTreeSet<Vec<u8>>,
+}
+
+/// Counts for metrics and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvStats {
+    /// Keys with at least one retained version (live or tombstoned).
+    pub keys: usize,
+    /// Retained versions across all keys.
+    pub versions: usize,
+    /// Approximate bytes of keys and values held.
+    pub bytes: usize,
+    /// Live leases.
+    pub leases: usize,
+}
+
+/// The MVCC key-value state machine. See the crate docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvStore {
+    /// The revision of the last change.
+    revision: i64,
+    /// Reads below this revision fail with `compacted`.
+    compact_revision: i64,
+    /// Every key's retained history.
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// Live leases by id.
+    leases: BTreeMap<i64, Lease>,
+}
+
+/// The key range a request resolved to.
+struct KeyRange {
+    start: Vec<u8>,
+    /// `None`: the single key `start`; `Some(empty)`: unbounded; else exclusive end.
+    end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    fn resolve(spec: &RangeSpec) -> Result<KeyRange, ApiError> {
+        let (start, end) = spec.resolve()?;
+        Ok(KeyRange { start, end })
+    }
+
+    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        match &self.end {
+            None => (Bound::Included(&self.start), Bound::Included(&self.start)),
+            Some(end) if end.is_empty() => (Bound::Included(&self.start), Bound::Unbounded),
+            Some(end) => (
+                Bound::Included(&self.start),
+                Bound::Excluded(end.as_slice()),
+            ),
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => key == self.start.as_slice(),
+            Some(end) => key >= self.start.as_slice() && (end.is_empty() || key < end.as_slice()),
+        }
+    }
+}
+
+/// Returns true when `key` lies in the range described by `spec`. Invalid specs match nothing.
+pub fn spec_contains(spec: &RangeSpec, key: &[u8]) -> bool {
+    KeyRange::resolve(spec)
+        .map(|range| range.contains(key))
+        .unwrap_or(false)
+}
+
+/// State of one write request being applied: its revision and the next sub-revision.
+struct Batch {
+    main: i64,
+    next_sub: u32,
+    changed: bool,
+    events: Vec<Event>,
+}
+
+impl Batch {
+    fn next(&mut self) -> u32 {
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        self.changed = true;
+        sub
+    }
+}
+
+impl KvStore {
+    /// Returns an empty store at revision 1, as etcd starts.
+    pub fn new() -> Self {
+        KvStore {
+            revision: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Returns the revision of the last change.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Returns the compaction revision (reads below it fail).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// Returns counts for metrics.
+    pub fn stats(&self) -> KvStats {
+        let mut stats = KvStats {
+            keys: self.keys.len(),
+            leases: self.leases.len(),
+            ..Default::default()
+        };
+        for (key, versions) in &self.keys {
+            stats.versions += versions.len();
+            stats.bytes += key.len() * versions.len();
+            stats.bytes += versions.iter().map(|v| v.value.len()).sum::<usize>();
+        }
+        stats
+    }
+
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: self.revision,
+            ..Default::default()
+        }
+    }
+
+    /// Returns the latest live version of `key`, if the key exists now.
+    fn live(&self, key: &[u8]) -> Option<&Version> {
+        self.keys
+            .get(key)
+            .and_then(|versions| versions.last())
+            .filter(|v| !v.tombstone)
+    }
+
+    /// Checks that `revision` can be read: not compacted, not in the future.
+    fn check_read_revision(&self, revision: i64) -> Result<i64, ApiError> {
+        if revision <= 0 {
+            return Ok(self.revision);
+        }
+        if revision < self.compact_revision {
+            return Err(ApiError::new(
+                ErrorCode::Compacted,
+                format!(
+                    "required revision {revision} has been compacted; the oldest readable revision is {}",
+                    self.compact_revision
+                ),
+            ));
+        }
+        if revision > self.revision {
+            return Err(ApiError::new(
+                ErrorCode::FutureRevision,
+                format!(
+                    "required revision {revision} is a future revision; the current revision is {}",
+                    self.revision
+                ),
+            ));
+        }
+        Ok(revision)
+    }
+
+    /// Reads keys. Fails on an invalid range or an unreadable revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApiError> {
+        let range = KeyRange::resolve(&req.spec())?;
+        let at = self.check_read_revision(req.revision)?;
+        if req.limit < 0 {
+            return Err(ApiError::bad_request("limit must not be negative"));
+        }
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let mut response = RangeResponse {
+            header: self.header(),
+            ..Default::default()
+        };
+        for (key, versions) in self.keys.range::<[u8], _>(range.bounds()) {
+            let visible = versions.partition_point(|v| v.main <= at);
+            let Some(version) = visible.checked_sub(1).map(|i| &versions[i]) else {
+                continue;
+            };
+            if version.tombstone {
+                continue;
+            }
+            response.count += 1;
+            if req.count_only || (limit != 0 && response.kvs.len() >= limit) {
+                continue;
+            }
+            let mut kv = version.to_kv(key);
+            if req.keys_only {
+                kv.value.clear();
+            }
+            response.kvs.push(kv);
+        }
+        response.more = !req.count_only && (response.kvs.len() as i64) < response.count;
+        Ok(response)
+    }
+
+    /// Lists live leases.
+    pub fn leases(&self) -> Vec<LeaseStatus> {
+        self.leases
+            .iter()
+            .map(|(id, lease)| LeaseStatus {
+                id: *id,
+                granted_ttl: lease.ttl,
+            })
+            .collect()
+    }
+
+    /// Returns the granted TTL and attached keys of a lease, if it exists.
+    pub fn lease(&self, id: i64) -> Option<(i64, Vec<Vec<u8>>)> {
+        self.leases
+            .get(&id)
+            .map(|lease| (lease.ttl, lease.keys.iter().cloned().collect()))
+    }
+
+    /// Returns the events with revision `>= from` on keys in `spec`, in revision order, with
+    /// `prev_kv` filled where the previous version is still retained.
+    pub fn events_since(&self, spec: &RangeSpec, from: i64) -> Result<Vec<Event>, ApiError> {
+        let range = KeyRange::resolve(spec)?;
+        if from < self.compact_revision {
+            return Err(ApiError::new(
+                ErrorCode::Compacted,
+                format!(
+                    "required revision {from} has been compacted; the oldest watchable revision is {}",
+                    self.compact_revision
+                ),
+            ));
+        }
+        let mut found: Vec<(i64, u32, Event)> = Vec::new();
+        for (key, versions) in self.keys.range::<[u8], _>(range.bounds()) {
+            let first = versions.partition_point(|v| v.main < from);
+            for index in first..versions.len() {
+                let version = &versions[index];
+                let prev_kv = index
+                    .checked_sub(1)
+                    .map(|p| &versions[p])
+                    .filter(|p| !p.tombstone)
+                    .map(|p| p.to_kv(key));
+                found.push((version.main, version.sub, event_for(key, version, prev_kv)));
+            }
+        }
+        found.sort_by_key(|(main, sub, _)| (*main, *sub));
+        Ok(found.into_iter().map(|(_, _, event)| event).collect())
+    }
+
+    /// Applies one command from the log. Returns its result and the events it produced.
+    /// Deterministic: the same store and command give the same outcome on every replica.
+    pub fn apply(&mut self, command: &KvCommand) -> (KvResult, Vec<Event>) {
+        let mut batch = Batch {
+            main: self.revision + 1,
+            next_sub: 0,
+            changed: false,
+            events: Vec::new(),
+        };
+        let result = match command {
+            KvCommand::Put(req) => self
+                .validate_put(req)
+                .map(|()| KvResult::Put(self.put(&mut batch, req))),
+            KvCommand::DeleteRange(req) => KeyRange::resolve(&req.spec()).map(|range| {
+                KvResult::DeleteRange(self.delete_range(&mut batch, &range, req.prev_kv))
+            }),
+            KvCommand::Txn(req) => self
+                .validate_txn(req)
+                .map(|()| KvResult::Txn(self.txn(&mut batch, req))),
+            KvCommand::Compact(req) => self.compact(req.revision).map(KvResult::Compact),
+            KvCommand::LeaseGrant { id, ttl } => {
+                self.lease_grant(*id, *ttl).map(KvResult::LeaseGrant)
+            }
+            KvCommand::LeaseRevoke { id } => self
+                .lease_revoke(&mut batch, *id)
+                .map(KvResult::LeaseRevoke),
+        };
+        if batch.changed {
+            self.revision = batch.main;
+        }
+        let result = match result {
+            Ok(mut result) => {
+                set_header_revision(&mut result, self.revision);
+                result
+            }
+            Err(error) => KvResult::Error(error),
+        };
+        (result, batch.events)
+    }
+
+    fn validate_put(&self, req: &PutRequest) -> Result<(), ApiError> {
+        if req.key.is_empty() {
+            return Err(ApiError::bad_request("key must not be empty"));
+        }
+        if req.lease != 0 && !self.leases.contains_key(&req.lease) {
+            return Err(lease_not_found(req.lease));
+        }
+        Ok(())
+    }
+
+    fn validate_txn(&self, req: &TxnRequest) -> Result<(), ApiError> {
+        for compare in &req.compare {
+            KeyRange::resolve(&compare.spec())?;
+        }
+        for ops in [&req.success, &req.failure] {
+            let mut put_keys = BTreeSet::new();
+            let mut deletes = Vec::new();
+            for op in ops {
+                match op {
+                    RequestOp::Range(range) => {
+                        KeyRange::resolve(&range.spec())?;
+                        self.check_read_revision(range.revision)?;
+                    }
+                    RequestOp::Put(put) => {
+                        self.validate_put(put)?;
+                        if !put_keys.insert(put.key.clone()) {
+                            return Err(ApiError::bad_request(
+                                "duplicate key given in txn request",
+                            ));
+                        }
+                    }
+                    RequestOp::DeleteRange(delete) => {
+                        deletes.push(KeyRange::resolve(&delete.spec())?)
+                    }
+                    RequestOp::Txn(nested) => self.validate_txn(nested)?,
+                }
+            }
+            for key in &put_keys {
+                if deletes.iter().any(|range| range.contains(key)) {
+                    return Err(ApiError::bad_request("duplicate key given in txn request"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, batch: &mut Batch, req: &PutRequest) -> PutResponse {
+        let prev = self.live(&req.key).cloned();
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (batch.main, 1),
+        };
+        if let Some(p) = &prev {
+            if p.lease != 0 && p.lease != req.lease {
+                self.detach(p.lease, &req.key);
+            }
+        }
+        if req.lease != 0 {
+            if let Some(lease) = self.leases.get_mut(&req.lease) {
+                lease.keys.insert(req.key.clone());
+            }
+        }
+        let sub = batch.next();
+        let new = Version {
+            main: batch.main,
+            sub,
+            create_revision,
+            version,
+            value: req.value.clone(),
+            lease: req.lease,
+            tombstone: false,
+        };
+        let prev_kv = prev.as_ref().map(|p| p.to_kv(&req.key));
+        batch
+            .events
+            .push(event_for(&req.key, &new, prev_kv.clone()));
+        self.keys.entry(req.key.clone()).or_default().push(new);
+        PutResponse {
+            header: self.header(),
+            prev_kv: if req.prev_kv { prev_kv } else { None },
+        }
+    }
+
+    fn detach(&mut self, lease_id: i64, key: &[u8]) {
+        if let Some(lease) = self.leases.get_mut(&lease_id) {
+            lease.keys.remove(key);
+        }
+    }
+
+    fn delete_range(
+        &mut self,
+        batch: &mut Batch,
+        range: &KeyRange,
+        want_prev: bool,
+    ) -> DeleteRangeResponse {
+        let doomed: Vec<Vec<u8>> = self
+            .keys
+            .range::<[u8], _>(range.bounds())
+            .filter(|(_, versions)| versions.last().is_some_and(|v| !v.tombstone))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut response = DeleteRangeResponse {
+            deleted: doomed.len() as i64,
+            ..Default::default()
+        };
+        for key in doomed {
+            let prev = self.delete_key(batch, &key);
+            if want_prev {
+                response.prev_kvs.push(prev);
+            }
+        }
+        response
+    }
+
+    /// Writes a tombstone for a live key and returns the key-value it replaced.
+    fn delete_key(&mut self, batch: &mut Batch, key: &[u8]) -> KeyValue {
+        let sub = batch.next();
+        let versions = self
+            .keys
+            .get_mut(key)
+            .expect("caller checked the key is live");
+        let prev = versions.last().expect("live key has a version").clone();
+        let tombstone = Version {
+            main: batch.main,
+            sub,
+            create_revision: 0,
+            version: 0,
+            value: Vec::new(),
+            lease: 0,
+            tombstone: true,
+        };
+        let prev_kv = prev.to_kv(key);
+        batch
+            .events
+            .push(event_for(key, &tombstone, Some(prev_kv.clone())));
+        versions.push(tombstone);
+        if prev.lease != 0 {
+            self.detach(prev.lease, key);
+        }
+        prev_kv
+    }
+
+    fn compare_holds(&self, compare: &Compare) -> bool {
+        let range = match KeyRange::resolve(&compare.spec()) {
+            Ok(range) => range,
+            Err(_) => return false,
+        };
+        let live: Vec<(&Vec<u8>, &Version)> = self
+            .keys
+            .range::<[u8], _>(range.bounds())
+            .filter_map(|(key, versions)| {
+                versions.last().filter(|v| !v.tombstone).map(|v| (key, v))
+            })
+            .collect();
+        if live.is_empty() {
+            // etcd: a missing key has version, revisions and lease 0; a value compare fails.
+            if matches!(compare.target, CompareTarget::Value(_)) {
+                return false;
+            }
+            if range.end.is_some() {
+                // A range compare with no keys in the range is vacuously true in etcd.
+                return true;
+            }
+            return compare_numbers(compare.result, 0, target_number(&compare.target));
+        }
+        live.iter().all(|(_, version)| match &compare.target {
+            CompareTarget::Value(expected) => compare_ord(
+                compare.result,
+                version.value.as_slice().cmp(expected.as_slice()),
+            ),
+            CompareTarget::Version(n) => compare_numbers(compare.result, version.version, *n),
+            CompareTarget::CreateRevision(n) => {
+                compare_numbers(compare.result, version.create_revision, *n)
+            }
+            CompareTarget::ModRevision(n) => compare_numbers(compare.result, version.main, *n),
+            CompareTarget::Lease(n) => compare_numbers(compare.result, version.lease, *n),
+        })
+    }
+
+    fn txn(&mut self, batch: &mut Batch, req: &TxnRequest) -> TxnResponse {
+        let succeeded = req
+            .compare
+            .iter()
+            .all(|compare| self.compare_holds(compare));
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match op {
+                RequestOp::Range(range) => {
+                    // Validated before apply; a failure here would be a bug, so report empty.
+                    let mut result = self.range(range).unwrap_or_default();
+                    result.header = ResponseHeader::default();
+                    ResponseOp::Range(result)
+                }
+                RequestOp::Put(put) => ResponseOp::Put(self.put(batch, put)),
+                RequestOp::DeleteRange(delete) => {
+                    let range = KeyRange::resolve(&delete.spec()).expect("validated before apply");
+                    ResponseOp::DeleteRange(self.delete_range(batch, &range, delete.prev_kv))
+                }
+                RequestOp::Txn(nested) => ResponseOp::Txn(self.txn(batch, nested)),
+            };
+            responses.push(response);
+        }
+        TxnResponse {
+            header: ResponseHeader::default(),
+            succeeded,
+            responses,
+        }
+    }
+
+    fn compact(&mut self, revision: i64) -> Result<CompactResponse, ApiError> {
+        if revision <= self.compact_revision {
+            return Err(ApiError::new(
+                ErrorCode::Compacted,
+                format!(
+                    "revision {revision} has already been compacted; the compaction revision is {}",
+                    self.compact_revision
+                ),
+            ));
+        }
+        if revision > self.revision {
+            return Err(ApiError::new(
+                ErrorCode::FutureRevision,
+                format!(
+                    "cannot compact to future revision {revision}; the current revision is {}",
+                    self.revision
+                ),
+            ));
+        }
+        self.keys.retain(|_, versions| {
+            let visible = versions.partition_point(|v| v.main <= revision);
+            if visible > 1 {
+                versions.drain(..visible - 1);
+            }
+            // A tombstone older than the compaction point hides nothing anyone can read.
+            if versions
+                .first()
+                .is_some_and(|v| v.tombstone && v.main < revision)
+            {
+                versions.remove(0);
+            }
+            !versions.is_empty()
+        });
+        self.compact_revision = revision;
+        Ok(CompactResponse {
+            header: self.header(),
+        })
+    }
+
+    fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, ApiError> {
+        if id <= 0 {
+            return Err(ApiError::bad_request("lease id must be positive"));
+        }
+        if ttl <= 0 {
+            return Err(ApiError::bad_request("lease ttl must be at least 1 second"));
+        }
+        if self.leases.contains_key(&id) {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("lease {id} already exists"),
+            ));
+        }
+        self.leases.insert(
+            id,
+            Lease {
+                ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+        Ok(LeaseGrantResponse {
+            header: self.header(),
+            id,
+            ttl,
+        })
+    }
+
+    fn lease_revoke(
+        &mut self,
+        batch: &mut Batch,
+        id: i64,
+    ) -> Result<LeaseRevokeResponse, ApiError> {
+        let lease = self.leases.remove(&id).ok_or_else(|| lease_not_found(id))?;
+        for key in &lease.keys {
+            if self.live(key).is_some_and(|v| v.lease == id) {
+                self.delete_key(batch, key);
+            }
+        }
+        Ok(LeaseRevokeResponse {
+            header: self.header(),
+        })
+    }
+}
+
+fn lease_not_found(id: i64) -> ApiError {
+    ApiError::not_found(format!(
+        "lease {id} not found; grant one with `strata lease grant TTL`"
+    ))
+}
+
+fn event_for(key: &[u8], version: &Version, prev_kv: Option<KeyValue>) -> Event {
+    if version.tombstone {
+        Event {
+            kind: EventType::Delete,
+            kv: KeyValue {
+                key: key.to_vec(),
+                mod_revision: version.main,
+                ..Default::default()
+            },
+            prev_kv,
+        }
+    } else {
+        Event {
+            kind: EventType::Put,
+            kv: version.to_kv(key),
+            prev_kv,
+        }
+    }
+}
+
+fn target_number(target: &CompareTarget) -> i64 {
+    match target {
+        CompareTarget::Value(_) => 0,
+        CompareTarget::Version(n)
+        | CompareTarget::CreateRevision(n)
+        | CompareTarget::ModRevision(n)
+        | CompareTarget::Lease(n) => *n,
+    }
+}
+
+fn compare_numbers(result: CompareResult, actual: i64, expected: i64) -> bool {
+    compare_ord(result, actual.cmp(&expected))
+}
+
+fn compare_ord(result: CompareResult, ordering: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match result {
+        CompareResult::Equal => ordering == Equal,
+        CompareResult::NotEqual => ordering != Equal,
+        CompareResult::Greater => ordering == Greater,
+        CompareResult::Less => ordering == Less,
+    }
+}
+
+/// Stamps the final revision on a result's header (and a txn's nested write headers).
+fn set_header_revision(result: &mut KvResult, revision: i64) {
+    let header = match result {
+        KvResult::Put(r) => &mut r.header,
+        KvResult::DeleteRange(r) => &mut r.header,
+        KvResult::Txn(r) => {
+            stamp_txn(r, revision);
+            return;
+        }
+        KvResult::Compact(r) => &mut r.header,
+        KvResult::LeaseGrant(r) => &mut r.header,
+        KvResult::LeaseRevoke(r) => &mut r.header,
+        KvResult::Error(_) => return,
+    };
+    header.revision = revision;
+}
+
+fn stamp_txn(txn: &mut TxnResponse, revision: i64) {
+    txn.header.revision = revision;
+    for response in &mut txn.responses {
+        match response {
+            ResponseOp::Range(r) => r.header.revision = revision,
+            ResponseOp::Put(r) => r.header.revision = revision,
+            ResponseOp::DeleteRange(r) => r.header.revision = revision,
+            ResponseOp::Txn(r) => stamp_txn(r, revision),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::kv::{CompactRequest, DeleteRangeRequest};
+
+    fn put(store: &mut KvStore, key: &str, value: &str) -> i64 {
+        let cmd = KvCommand::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        });
+        match store.apply(&cmd).0 {
+            KvResult::Put(r) => r.header.revision,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn get(store: &KvStore, key: &str, revision: i64) -> Option<KeyValue> {
+        let req = RangeRequest {
+            key: key.into(),
+            revision,
+            ..Default::default()
+        };
+        store.range(&req).unwrap().kvs.into_iter().next()
+    }
+
+    #[test]
+    fn revisions_versions_and_history() {
+        let mut store = KvStore::new();
+        assert_eq!(put(&mut store, "a", "1"), 2);
+        assert_eq!(put(&mut store, "a", "2"), 3);
+        let kv = get(&store, "a", 0).unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        assert_eq!(get(&store, "a", 2).unwrap().value, b"1");
+        let del = KvCommand::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            prev_kv: true,
+            ..Default::default()
+        });
+        let (result, events) = store.apply(&del);
+        let KvResult::DeleteRange(r) = result else {
+            panic!()
+        };
+        assert_eq!((r.deleted, r.header.revision), (1, 4));
+        assert_eq!(r.prev_kvs[0].value, b"2");
+        assert_eq!(events[0].kind, EventType::Delete);
+        assert!(get(&store, "a", 0).is_none());
+        assert_eq!(put(&mut store, "a", "3"), 5);
+        let kv = get(&store, "a", 0).unwrap();
+        assert_eq!((kv.create_revision, kv.version), (5, 1));
+    }
+
+    #[test]
+    fn deleting_nothing_does_not_bump_revision() {
+        let mut store = KvStore::new();
+        let del = KvCommand::DeleteRange(DeleteRangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        });
+        store.apply(&del);
+        assert_eq!(store.revision(), 1);
+    }
+
+    #[test]
+    fn compaction_hides_old_revisions() {
+        let mut store = KvStore::new();
+        put(&mut store, "a", "1");
+        put(&mut store, "a", "2");
+        put(&mut store, "b", "1");
+        let (result, _) = store.apply(&KvCommand::Compact(CompactRequest { revision: 3 }));
+        assert!(matches!(result, KvResult::Compact(_)));
+        assert_eq!(get(&store, "a", 3).unwrap().value, b"2");
+        let err = store
+            .range(&RangeRequest {
+                key: b"a".to_vec(),
+                revision: 2,
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Compacted);
+        let (again, _) = store.apply(&KvCommand::Compact(CompactRequest { revision: 3 }));
+        assert!(matches!(again, KvResult::Error(e) if e.code == ErrorCode::Compacted));
+    }
+
+    #[test]
+    fn lease_revoke_deletes_attached_keys() {
+        let mut store = KvStore::new();
+        store.apply(&KvCommand::LeaseGrant { id: 7, ttl: 10 });
+        let cmd = KvCommand::Put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 7,
+            ..Default::default()
+        });
+        store.apply(&cmd);
+        let (result, events) = store.apply(&KvCommand::LeaseRevoke { id: 7 });
+        assert!(matches!(result, KvResult::LeaseRevoke(_)));
+        assert_eq!(events.len(), 1);
+        assert!(get(&store, "k", 0).is_none());
+        let bad = KvCommand::Put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 7,
+            ..Default::default()
+        });
+        assert!(matches!(store.apply(&bad).0, KvResult::Error(e) if e.code == ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn txn_compare_and_swap() {
+        let mut store = KvStore::new();
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                key: b"lock".to_vec(),
+                range_end: vec![],
+                prefix: false,
+                result: CompareResult::Equal,
+                target: CompareTarget::CreateRevision(0),
+            }],
+            success: vec![RequestOp::Put(PutRequest {
+                key: b"lock".to_vec(),
+                value: b"me".to_vec(),
+                ..Default::default()
+            })],
+            failure: vec![RequestOp::Range(RangeRequest {
+                key: b"lock".to_vec(),
+                ..Default::default()
+            })],
+        };
+        let KvResult::Txn(first) = store.apply(&KvCommand::Txn(txn.clone())).0 else {
+            panic!()
+        };
+        assert!(first.succeeded);
+        let KvResult::Txn(second) = store.apply(&KvCommand::Txn(txn)).0 else {
+            panic!()
+        };
+        assert!(!second.succeeded);
+        let ResponseOp::Range(range) = &second.responses[0] else {
+            panic!()
+        };
+        assert_eq!(range.kvs[0].value, b"me");
+    }
+
+    #[test]
+    fn events_since_rebuilds_history_in_order() {
+        let mut store = KvStore::new();
+        put(&mut store, "b", "1");
+        put(&mut store, "a", "1");
+        put(&mut store, "b", "2");
+        let events = store.events_since(&RangeSpec::prefix(""), 3).unwrap();
+        let revs: Vec<i64> = events.iter().map(|e| e.kv.mod_revision).collect();
+        assert_eq!(revs, vec![3, 4]);
+        assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"1");
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let mut store = KvStore::new();
+        put(&mut store, "a", "1");
+        store.apply(&KvCommand::LeaseGrant { id: 1, ttl: 5 });
+        let bytes = postcard::to_allocvec(&store).unwrap();
+        let back: KvStore = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, store);
+    }
+}

@@ -1,0 +1,52 @@
+//! Node identity and cluster status.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What the cluster knows about a member: where to reach it. Stored in the Raft membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `HOST:PORT` of the node-to-node (Raft) listener.
+    pub raft_addr: String,
+    /// `HOST:PORT` of the client HTTP API listener; empty until the node has reported it.
+    #[serde(default)]
+    pub api_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft={} api={}", self.raft_addr, self.api_addr)
+    }
+}
+
+/// One member as `strata cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member's node id.
+    pub id: u64,
+    /// `HOST:PORT` of its Raft listener.
+    pub raft_addr: String,
+    /// `HOST:PORT` of its client API listener.
+    pub api_addr: String,
+    /// `leader`, `follower` or `learner`.
+    pub role: String,
+}
+
+/// The cluster as seen by the node that answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The id of the node answering.
+    pub node_id: u64,
+    /// The current leader's id, if one is known.
+    pub leader: Option<u64>,
+    /// The current Raft term.
+    pub term: u64,
+    /// The highest log index known to be committed.
+    pub commit_index: u64,
+    /// The highest log index applied to this node's state machine.
+    pub applied_index: u64,
+    /// The KV store's current revision on this node.
+    pub revision: i64,
+    /// Every voter and learner.
+    pub members: Vec<MemberStatus>,
+}

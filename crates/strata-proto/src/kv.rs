@@ -406,6 +406,9 @@ pub struct WatchResponse {
     /// The events, in revision order. Empty for a progress notification.
     #[serde(default)]
     pub events: Vec<Event>,
+    /// True on the first message of a stream: the watch is registered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
     /// Set when the watch was cancelled because `start_revision` was compacted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compact_revision: i64,

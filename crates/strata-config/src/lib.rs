@@ -1,0 +1,449 @@
+//! The node configuration: one TOML tree ([`NodeConfig`]), validated once into
+//! [`ValidatedConfig`], which is the only type components accept.
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`), durations are human strings (`"150ms"`),
+//! sizes are human strings (`"1.5MiB"`). `strata server --sample-config` prints
+//! [`NodeConfig::sample_toml`]. No I/O here except reading the file.
+
+mod units;
+
+pub use units::{ByteSize, HumanDuration};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown key.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (names the unknown key, if that was it).
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The configuration of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: a positive integer, unique in the cluster, never reused.
+    #[serde(default = "default_id")]
+    pub id: u64,
+    /// Folder holding this node's log, snapshots and lock file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Where the client HTTP API, /metrics, /livez and /readyz listen. Port 0 picks a free one.
+    #[serde(default = "default_api_addr")]
+    pub api_addr: String,
+    /// Where node-to-node (Raft) traffic listens. Port 0 picks a free one.
+    #[serde(default = "default_raft_addr")]
+    pub raft_addr: String,
+    /// Address other nodes use to reach this node's raft listener, if different from
+    /// `raft_addr` (e.g. when listening on 0.0.0.0).
+    #[serde(default)]
+    pub advertise_raft_addr: Option<String>,
+    /// Address clients are told to use for this node's API, if different from `api_addr`.
+    #[serde(default)]
+    pub advertise_api_addr: Option<String>,
+    /// The founding members, id -> raft address. Empty: this node waits to be added with
+    /// `strata cluster add-member` (or, with `strata dev`, founds a one-node cluster).
+    #[serde(default)]
+    pub initial_cluster: BTreeMap<u64, String>,
+    /// Raft timing and log retention.
+    #[serde(default)]
+    pub raft: RaftConfig,
+    /// KV limits and compaction.
+    #[serde(default)]
+    pub kv: KvConfig,
+    /// How long a graceful shutdown may take before it is aborted.
+    #[serde(default = "default_grace_period")]
+    pub shutdown_grace_period: HumanDuration,
+    /// Write this node's bound addresses as JSON to this file once listening (for tests and
+    /// scripts that start nodes on port 0).
+    #[serde(default)]
+    pub addrs_file: Option<PathBuf>,
+}
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    /// How often the leader sends heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: HumanDuration,
+    /// Lower bound of the randomized election timeout.
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min: HumanDuration,
+    /// Upper bound of the randomized election timeout (also the leader lease).
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max: HumanDuration,
+    /// Build a snapshot (and purge the log behind it) after this many new entries.
+    #[serde(default = "default_snapshot_entries")]
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, so slightly lagging followers catch up
+    /// from the log instead of a full snapshot.
+    #[serde(default = "default_keep_entries")]
+    pub keep_entries_after_snapshot: u64,
+}
+
+/// Automatic compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoCompactionMode {
+    /// Never compact automatically.
+    Off,
+    /// Keep the last `auto_compaction_retention` revisions (a number).
+    Revision,
+    /// Keep the revisions of the last `auto_compaction_retention` (a duration).
+    Periodic,
+}
+
+/// KV limits and compaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvConfig {
+    /// Largest request body accepted, and largest key + value in one put.
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: ByteSize,
+    /// Most operations in one transaction (both branches counted separately).
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
+    /// Automatic compaction: off, revision or periodic.
+    #[serde(default = "default_compaction_mode")]
+    pub auto_compaction_mode: AutoCompactionMode,
+    /// For `revision`: how many revisions to keep, e.g. "10000". For `periodic`: how long,
+    /// e.g. "1h".
+    #[serde(default = "default_compaction_retention")]
+    pub auto_compaction_retention: String,
+    /// How often watches that asked for progress notifications get one while idle.
+    #[serde(default = "default_progress_interval")]
+    pub watch_progress_interval: HumanDuration,
+    /// How long a client request waits for a leader before failing with `unavailable`.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+}
+
+fn default_id() -> u64 {
+    1
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./strata-data")
+}
+fn default_api_addr() -> String {
+    "127.0.0.1:7700".into()
+}
+fn default_raft_addr() -> String {
+    "127.0.0.1:7701".into()
+}
+fn default_grace_period() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration::from_millis(100)
+}
+fn default_election_min() -> HumanDuration {
+    HumanDuration::from_millis(500)
+}
+fn default_election_max() -> HumanDuration {
+    HumanDuration::from_millis(1000)
+}
+fn default_snapshot_entries() -> u64 {
+    10_000
+}
+fn default_keep_entries() -> u64 {
+    1_000
+}
+fn default_max_request() -> ByteSize {
+    ByteSize(1024 * 1024 * 3 / 2)
+}
+fn default_max_txn_ops() -> usize {
+    128
+}
+fn default_compaction_mode() -> AutoCompactionMode {
+    AutoCompactionMode::Revision
+}
+fn default_compaction_retention() -> String {
+    "100000".into()
+}
+fn default_progress_interval() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval: default_heartbeat(),
+            election_timeout_min: default_election_min(),
+            election_timeout_max: default_election_max(),
+            snapshot_entries: default_snapshot_entries(),
+            keep_entries_after_snapshot: default_keep_entries(),
+        }
+    }
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            max_request_bytes: default_max_request(),
+            max_txn_ops: default_max_txn_ops(),
+            auto_compaction_mode: default_compaction_mode(),
+            auto_compaction_retention: default_compaction_retention(),
+            watch_progress_interval: default_progress_interval(),
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: default_id(),
+            data_dir: default_data_dir(),
+            api_addr: default_api_addr(),
+            raft_addr: default_raft_addr(),
+            advertise_raft_addr: None,
+            advertise_api_addr: None,
+            initial_cluster: BTreeMap::new(),
+            raft: RaftConfig::default(),
+            kv: KvConfig::default(),
+            shutdown_grace_period: default_grace_period(),
+            addrs_file: None,
+        }
+    }
+}
+
+/// Automatic compaction, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Never.
+    Off,
+    /// Keep this many revisions.
+    Revisions(i64),
+    /// Keep this much time.
+    Period(std::time::Duration),
+}
+
+/// A configuration that passed [`NodeConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    /// The checked configuration.
+    pub config: NodeConfig,
+    /// Automatic compaction, parsed.
+    pub auto_compaction: AutoCompaction,
+}
+
+impl std::ops::Deref for ValidatedConfig {
+    type Target = NodeConfig;
+    fn deref(&self) -> &NodeConfig {
+        &self.config
+    }
+}
+
+impl NodeConfig {
+    /// Reads and parses a TOML file. Unknown keys are errors that name the key.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<NodeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Returns a commented TOML document of the defaults.
+    pub fn sample_toml() -> String {
+        let body = toml::to_string_pretty(&NodeConfig::default())
+            .expect("the default config always serializes");
+        format!(
+            "# Strata node configuration. Every key is optional; shown are the defaults.\n\
+             # Durations are strings like \"150ms\" or \"10s\"; sizes like \"1.5MiB\".\n\
+             # id: unique positive node id.  data_dir: log, snapshots, lock file.\n\
+             # api_addr: client HTTP API + /metrics.  raft_addr: node-to-node traffic.\n\
+             # initial_cluster: founding members as a table, e.g.\n\
+             #   [initial_cluster]\n\
+             #   1 = \"10.0.0.1:7701\"\n\
+             #   2 = \"10.0.0.2:7701\"\n\
+             #   3 = \"10.0.0.3:7701\"\n\
+             # Leave it out to join an existing cluster via `strata cluster add-member`.\n\
+             # kv.auto_compaction_mode: off | revision | periodic; retention is a count or a duration.\n\n{body}"
+        )
+    }
+
+    /// Parses `1=host:port,2=host:port` into a member map.
+    pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+        let mut members = BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = part.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "initial cluster entry {part:?} is not ID=HOST:PORT"
+                ))
+            })?;
+            let id: u64 = id.trim().parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "initial cluster entry {part:?}: {id:?} is not a node id"
+                ))
+            })?;
+            if members.insert(id, addr.trim().to_string()).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "initial cluster lists node {id} twice"
+                )));
+            }
+        }
+        Ok(members)
+    }
+
+    /// Checks every value and returns the validated configuration.
+    pub fn validate(self) -> Result<ValidatedConfig, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return invalid("id must be a positive integer".into());
+        }
+        for (name, addr) in [("api_addr", &self.api_addr), ("raft_addr", &self.raft_addr)] {
+            if addr.parse::<SocketAddr>().is_err() {
+                return invalid(format!(
+                    "{name} {addr:?} is not HOST:PORT with a numeric IP"
+                ));
+            }
+        }
+        for (id, addr) in &self.initial_cluster {
+            if *id == 0 {
+                return invalid("initial cluster ids must be positive".into());
+            }
+            if !addr.contains(':') {
+                return invalid(format!(
+                    "initial cluster address {addr:?} of node {id} has no port"
+                ));
+            }
+        }
+        if !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.id) {
+            return invalid(format!(
+                "initial cluster does not list this node's id {}; add {}=<raft addr>",
+                self.id, self.id
+            ));
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_interval.0.is_zero() {
+            return invalid("raft.heartbeat_interval must be positive".into());
+        }
+        if raft.election_timeout_min.0 <= raft.heartbeat_interval.0 {
+            return invalid("raft.election_timeout_min must exceed raft.heartbeat_interval".into());
+        }
+        if raft.election_timeout_max.0 <= raft.election_timeout_min.0 {
+            return invalid(
+                "raft.election_timeout_max must exceed raft.election_timeout_min".into(),
+            );
+        }
+        if raft.snapshot_entries == 0 {
+            return invalid("raft.snapshot_entries must be positive".into());
+        }
+        if self.kv.max_request_bytes.0 < 1024 {
+            return invalid("kv.max_request_bytes must be at least 1KiB".into());
+        }
+        if self.kv.max_txn_ops == 0 {
+            return invalid("kv.max_txn_ops must be positive".into());
+        }
+        let retention = self.kv.auto_compaction_retention.trim();
+        let auto_compaction = match self.kv.auto_compaction_mode {
+            AutoCompactionMode::Off => AutoCompaction::Off,
+            AutoCompactionMode::Revision => match retention.parse::<i64>() {
+                Ok(n) if n > 0 => AutoCompaction::Revisions(n),
+                _ => {
+                    return invalid(format!(
+                        "kv.auto_compaction_retention {retention:?} must be a positive revision count in revision mode"
+                    ))
+                }
+            },
+            AutoCompactionMode::Periodic => match humantime::parse_duration(retention) {
+                Ok(d) if !d.is_zero() => AutoCompaction::Period(d),
+                _ => {
+                    return invalid(format!(
+                        "kv.auto_compaction_retention {retention:?} must be a duration like \"1h\" in periodic mode"
+                    ))
+                }
+            },
+        };
+        Ok(ValidatedConfig {
+            config: self,
+            auto_compaction,
+        })
+    }
+
+    /// Returns a loopback configuration for tests: ports 0, the given folder.
+    pub fn for_test(id: u64, data_dir: &Path) -> NodeConfig {
+        NodeConfig {
+            id,
+            data_dir: data_dir.to_path_buf(),
+            api_addr: "127.0.0.1:0".into(),
+            raft_addr: "127.0.0.1:0".into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_parses_back_to_default() {
+        let sample = NodeConfig::sample_toml();
+        assert_eq!(
+            NodeConfig::from_toml(&sample).unwrap(),
+            NodeConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = NodeConfig::from_toml("id = 1\nbogus_key = 3\n").unwrap_err();
+        assert!(err.contains("bogus_key"), "{err}");
+        let err = NodeConfig::from_toml("[raft]\nheartbeat = \"1s\"\n").unwrap_err();
+        assert!(err.contains("heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn validation_catches_bad_values() {
+        let mut config = NodeConfig {
+            id: 0,
+            ..Default::default()
+        };
+        assert!(config.clone().validate().is_err());
+        config.id = 2;
+        config.initial_cluster = NodeConfig::parse_initial_cluster("1=127.0.0.1:1").unwrap();
+        let err = config.clone().validate().unwrap_err().to_string();
+        assert!(err.contains("does not list this node"), "{err}");
+        assert!(NodeConfig::parse_initial_cluster("1=a:1,1=b:2").is_err());
+        assert!(NodeConfig::parse_initial_cluster("x=a:1").is_err());
+        let config = NodeConfig {
+            api_addr: "nope".into(),
+            ..Default::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,361 @@
+//! The native HTTP/JSON API under `/v1/`, plus `/metrics`, `/livez`, `/readyz`, and the
+//! node-to-node `/internal/leader` route on the raft listener.
+//!
+//! Every error is `{"code": "...", "message": "..."}` with the matching status, including
+//! malformed JSON, oversized bodies, unknown routes and wrong methods.
+
+use crate::service::{KvService, LeaderRequest};
+use crate::watch;
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::sync::Arc;
+use strata_proto::error::{ApiError, ErrorCode};
+use strata_proto::kv::{
+    CompactRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseIdRequest, PutRequest,
+    RangeRequest, TxnRequest, WatchRequest,
+};
+use strata_proto::NodeInfo;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The service layer.
+    pub service: Arc<KvService>,
+    /// Cancelled at shutdown; ends open watches.
+    pub cancel: CancellationToken,
+    /// Tracks watch tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// An [`ApiError`] as an HTTP response.
+pub struct ErrorResponse(pub ApiError);
+
+impl From<ApiError> for ErrorResponse {
+    fn from(e: ApiError) -> Self {
+        ErrorResponse(e)
+    }
+}
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
+
+/// A JSON body whose rejections are API errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ErrorResponse;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ErrorResponse(json_rejection(rejection))),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "request body is over the limit (kv.max_request_bytes)",
+        );
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::bad_request("request body must be JSON with content-type: application/json")
+        }
+        other => ApiError::bad_request(format!("malformed JSON body: {}", other.body_text())),
+    }
+}
+
+/// Query parameters whose rejections are API errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ErrorResponse;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ErrorResponse(query_rejection(rejection))),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("invalid query string: {}", rejection.body_text()))
+}
+
+/// Builds the client API router.
+pub fn api_router(state: ApiState, body_limit: usize) -> Router {
+    Router::new()
+        .route("/v1/kv/range", post(range))
+        .route("/v1/kv/put", post(put))
+        .route("/v1/kv/delete", post(delete_range))
+        .route("/v1/kv/txn", post(txn))
+        .route("/v1/kv/compact", post(compact))
+        .route("/v1/kv/watch", get(watch_get).post(watch_post))
+        .route("/v1/lease/grant", post(lease_grant))
+        .route("/v1/lease/revoke", post(lease_revoke))
+        .route("/v1/lease/keepalive", post(lease_keepalive))
+        .route("/v1/lease/timetolive", post(lease_time_to_live))
+        .route("/v1/lease/list", get(lease_list).post(lease_list))
+        .route("/v1/cluster/status", get(status))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ErrorResponse {
+    ErrorResponse(ApiError::not_found(
+        "no such route; the API lives under /v1/ (see docs/api.md)",
+    ))
+}
+
+async fn method_not_allowed() -> ErrorResponse {
+    ErrorResponse(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed for this route",
+    ))
+}
+
+fn count_error<T>(
+    state: &ApiState,
+    result: Result<T, ApiError>,
+) -> Result<axum::Json<T>, ErrorResponse> {
+    match result {
+        Ok(value) => Ok(axum::Json(value)),
+        Err(e) => {
+            state
+                .service
+                .metrics
+                .api_errors
+                .with_label_values(&[e.code.as_str()])
+                .inc();
+            Err(ErrorResponse(e))
+        }
+    }
+}
+
+async fn range(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<RangeRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.range(req).await)
+}
+
+async fn put(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<PutRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.put(req).await)
+}
+
+async fn delete_range(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<DeleteRangeRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.delete(req).await)
+}
+
+async fn txn(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<TxnRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.txn(req).await)
+}
+
+async fn compact(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<CompactRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.compact(req).await)
+}
+
+async fn lease_grant(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<LeaseGrantRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.lease_grant(req).await)
+}
+
+async fn lease_revoke(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<LeaseIdRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.lease_revoke(req.id).await)
+}
+
+async fn lease_keepalive(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<LeaseIdRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.lease_keepalive(req.id).await)
+}
+
+async fn lease_time_to_live(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<LeaseIdRequest>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.lease_time_to_live(req.id, req.keys).await)
+}
+
+async fn lease_list(State(s): State<ApiState>) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.lease_list().await)
+}
+
+async fn status(State(s): State<ApiState>) -> ApiResult<impl Serialize> {
+    Ok(axum::Json(s.service.status()))
+}
+
+/// Body of `POST /v1/cluster/members`.
+#[derive(Debug, Deserialize)]
+struct AddMember {
+    id: u64,
+    raft_addr: String,
+    #[serde(default)]
+    api_addr: String,
+}
+
+#[derive(Serialize)]
+struct Done {
+    ok: bool,
+}
+
+async fn add_member(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<AddMember>,
+) -> ApiResult<impl Serialize> {
+    let info = NodeInfo {
+        raft_addr: req.raft_addr,
+        api_addr: req.api_addr,
+    };
+    count_error(
+        &s,
+        s.service
+            .add_member(req.id, info)
+            .await
+            .map(|()| Done { ok: true }),
+    )
+}
+
+async fn remove_member(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl Serialize> {
+    let id: u64 = id.parse().map_err(|_| {
+        ErrorResponse(ApiError::bad_request(format!(
+            "member id {id:?} is not a number"
+        )))
+    })?;
+    count_error(
+        &s,
+        s.service
+            .remove_member(id)
+            .await
+            .map(|()| Done { ok: true }),
+    )
+}
+
+async fn watch_get(State(s): State<ApiState>, ApiQuery(req): ApiQuery<WatchRequest>) -> Response {
+    open_watch(s, req)
+}
+
+async fn watch_post(State(s): State<ApiState>, ApiJson(req): ApiJson<WatchRequest>) -> Response {
+    open_watch(s, req)
+}
+
+fn open_watch(s: ApiState, req: WatchRequest) -> Response {
+    s.service.metrics.op("watch");
+    let receiver = match watch::open(s.service.clone(), req, s.cancel.child_token(), &s.tracker) {
+        Ok(receiver) => receiver,
+        Err(e) => return ErrorResponse(e).into_response(),
+    };
+    let stream = ReceiverStream::new(receiver).map(|response| {
+        let event = SseEvent::default()
+            .json_data(&response)
+            .unwrap_or_else(|e| {
+                SseEvent::default()
+                    .event("error")
+                    .data(format!("encode: {e}"))
+            });
+        Ok::<_, Infallible>(event)
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    crate::refresh_metrics(&s.service);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.service.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let status = s.service.status();
+    let caught_up = status.commit_index.saturating_sub(status.applied_index) < 1000;
+    if status.leader.is_some() && caught_up {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let reason = if status.leader.is_none() {
+            "no leader"
+        } else {
+            "applying the log"
+        };
+        ErrorResponse(ApiError::unavailable(format!("not ready: {reason}"))).into_response()
+    }
+}
+
+/// The raft-listener route where followers send leader-only requests.
+pub fn internal_router(service: Arc<KvService>) -> Router {
+    Router::new()
+        .route("/internal/leader", post(leader))
+        .with_state(service)
+}
+
+async fn leader(State(service): State<Arc<KvService>>, body: Bytes) -> Response {
+    let request: LeaderRequest = match strata_raft::network::decode_body(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let reply = service.serve_as_leader(request).await;
+    strata_raft::network::postcard_reply(&reply)
+}

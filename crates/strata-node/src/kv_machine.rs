@@ -1,0 +1,93 @@
+//! [`KvMachine`]: the KV store as a replicated state machine, plus the feed of applied
+//! events that watches read.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use strata_kv::KvStore;
+use strata_proto::kv::{Command, CommandResult, Event};
+use tokio::sync::broadcast;
+
+/// Capacity of the applied-events feed. A watcher that falls further behind re-reads the
+/// history from the store instead of blocking apply.
+const FEED_CAPACITY: usize = 4096;
+
+/// One applied command's effect on watches.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// The events of one revision, in order.
+    Events {
+        /// The revision they were written at.
+        revision: i64,
+        /// The events.
+        events: Arc<Vec<Event>>,
+    },
+    /// The state was replaced by a snapshot: watchers must re-read history.
+    Reset,
+}
+
+/// The KV store behind a lock, and the feed of what apply changes.
+pub struct KvMachine {
+    /// The store. Readers take the read lock for the duration of one read; apply takes the
+    /// write lock for one command. A std lock because nothing awaits while holding it.
+    store: RwLock<KvStore>,
+    /// Applied changes, for watches.
+    feed: broadcast::Sender<Applied>,
+}
+
+impl Default for KvMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KvMachine {
+    /// Returns an empty machine.
+    pub fn new() -> Self {
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        KvMachine {
+            store: RwLock::new(KvStore::new()),
+            feed,
+        }
+    }
+
+    /// Returns a read guard on the store.
+    pub fn read(&self) -> RwLockReadGuard<'_, KvStore> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes to applied changes. Subscribe *before* reading history to leave no gap.
+    pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
+        self.feed.subscribe()
+    }
+}
+
+impl strata_raft::StateMachine for KvMachine {
+    fn apply(&self, _log_index: u64, command: &Command) -> CommandResult {
+        let Command::Kv(kv) = command;
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let (result, events) = store.apply(kv);
+        if !events.is_empty() {
+            // Sent under the write lock, so a reader holding the read lock knows that every
+            // event up to `store.revision()` is either in its feed or in the history it reads.
+            // No receivers is fine: nobody is watching.
+            let revision = store.revision();
+            let _ = self.feed.send(Applied::Events {
+                revision,
+                events: Arc::new(events),
+            });
+        }
+        CommandResult::Kv(result)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let store = self.read();
+        postcard::to_allocvec(&*store).expect("the KV store always serializes")
+    }
+
+    fn restore(&self, data: &[u8]) -> Result<(), String> {
+        let restored: KvStore =
+            postcard::from_bytes(data).map_err(|e| format!("snapshot does not decode: {e}"))?;
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = restored;
+        let _ = self.feed.send(Applied::Reset);
+        Ok(())
+    }
+}

@@ -1,0 +1,483 @@
+//! The composition root: [`Node::start`] opens storage, starts Raft, the service layer and
+//! the listeners in dependency order; [`NodeHandle::shutdown`] stops them in reverse.
+//!
+//! # Layout
+//! - [`kv_machine`]: the KV store as a replicated state machine, and the applied-events feed.
+//! - [`service`]: the one service layer every interface calls (forwarding, consistency, limits).
+//! - [`watch`]: watch streams.
+//! - [`http`]: the native HTTP/JSON API and the internal leader route.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! No clap, no signals, no process exit here: that is the `strata` binary's job. Tests start
+//! several nodes in one process with [`NodeConfig::for_test`](strata_config::NodeConfig::for_test).
+
+pub mod http;
+pub mod kv_machine;
+pub mod metrics;
+pub mod service;
+pub mod watch;
+
+use kv_machine::KvMachine;
+use metrics::Metrics;
+use serde::Serialize;
+use service::{KvService, LeaderRequest};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_config::{AutoCompaction, ValidatedConfig};
+use strata_proto::kv::CompactRequest;
+use strata_proto::NodeInfo;
+use strata_raft::network::HttpNetwork;
+use strata_raft::{LogStore, Raft, StateMachineStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data folder could not be opened.
+    #[error(transparent)]
+    Storage(#[from] strata_raft::StorageError),
+    /// The log or state machine could not be loaded.
+    #[error("cannot load raft state: {0}")]
+    RaftStorage(String),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} for {what}: {source}; is another process using the port?")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Raft refused its configuration or failed to start.
+    #[error("cannot start raft: {0}")]
+    Raft(String),
+}
+
+/// The addresses a started node listens on.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct NodeAddrs {
+    /// Client HTTP API.
+    pub api: SocketAddr,
+    /// Node-to-node traffic.
+    pub raft: SocketAddr,
+}
+
+/// Starts nodes.
+pub struct Node;
+
+/// A running node. Dropping it without [`NodeHandle::shutdown`] aborts its tasks.
+pub struct NodeHandle {
+    /// Where the node listens.
+    pub addrs: NodeAddrs,
+    /// The service layer, for in-process callers.
+    pub service: Arc<KvService>,
+    raft: Raft,
+    /// Cancels listeners and background loops.
+    cancel: CancellationToken,
+    /// Every task the node spawned.
+    tracker: TaskTracker,
+}
+
+impl Node {
+    /// Starts a node: storage, raft, service, background loops, listeners.
+    pub async fn start(config: ValidatedConfig) -> Result<NodeHandle, NodeError> {
+        let id = config.id;
+        info!(node_id = id, data_dir = %config.data_dir.display(), "opening data folder");
+        let data = strata_raft::open_storage(&config.data_dir)?;
+        let log =
+            LogStore::open(data.db.clone()).map_err(|e| NodeError::RaftStorage(e.to_string()))?;
+        let machine = Arc::new(KvMachine::new());
+        let sm = StateMachineStore::open(machine.clone(), data.db.clone())
+            .map_err(|e| NodeError::RaftStorage(e.to_string()))?;
+
+        let api_listener = bind("api", &config.api_addr).await?;
+        let raft_listener = bind("raft", &config.raft_addr).await?;
+        let addrs = NodeAddrs {
+            api: api_listener
+                .local_addr()
+                .map_err(|e| bind_err("api", &config.api_addr, e))?,
+            raft: raft_listener
+                .local_addr()
+                .map_err(|e| bind_err("raft", &config.raft_addr, e))?,
+        };
+        let me = NodeInfo {
+            raft_addr: config
+                .advertise_raft_addr
+                .clone()
+                .unwrap_or_else(|| addrs.raft.to_string()),
+            api_addr: config
+                .advertise_api_addr
+                .clone()
+                .unwrap_or_else(|| addrs.api.to_string()),
+        };
+
+        info!(node_id = id, "starting raft");
+        let raft_config = openraft::Config {
+            cluster_name: "strata".into(),
+            heartbeat_interval: config.raft.heartbeat_interval.0.as_millis() as u64,
+            election_timeout_min: config.raft.election_timeout_min.0.as_millis() as u64,
+            election_timeout_max: config.raft.election_timeout_max.0.as_millis() as u64,
+            install_snapshot_timeout: 120_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_entries),
+            max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
+            purge_batch_size: 256,
+            max_payload_entries: 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let network = HttpNetwork::new();
+        let client = network.client().clone();
+        let raft = Raft::new(id, Arc::new(raft_config), network, log.clone(), sm.clone())
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let metrics = Arc::new(Metrics::new(id));
+        let config = Arc::new(config);
+        let service = Arc::new(KvService::new(
+            id,
+            raft.clone(),
+            machine,
+            log,
+            sm,
+            client,
+            config.clone(),
+            metrics,
+        ));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        info!(node_id = id, addr = %addrs.raft, "serving raft");
+        let raft_router = strata_raft::network::raft_router(raft.clone())
+            .merge(http::internal_router(service.clone()));
+        spawn_server(&tracker, &cancel, raft_listener, raft_router);
+
+        bootstrap(&raft, &config, &me).await?;
+
+        info!(node_id = id, "starting background workers");
+        tracker.spawn(register_self(
+            service.clone(),
+            me.clone(),
+            cancel.child_token(),
+        ));
+        tracker.spawn(lease_expiry_loop(service.clone(), cancel.child_token()));
+        tracker.spawn(compaction_loop(
+            service.clone(),
+            config.auto_compaction,
+            cancel.child_token(),
+        ));
+        tracker.spawn(leader_change_loop(service.clone(), cancel.child_token()));
+
+        info!(node_id = id, addr = %addrs.api, "serving client API");
+        let state = http::ApiState {
+            service: service.clone(),
+            cancel: cancel.child_token(),
+            tracker: tracker.clone(),
+        };
+        let body_limit =
+            usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX) + 64 * 1024;
+        spawn_server(
+            &tracker,
+            &cancel,
+            api_listener,
+            http::api_router(state, body_limit),
+        );
+
+        if let Some(path) = &config.addrs_file {
+            let json = serde_json::to_vec_pretty(&addrs).expect("addresses serialize");
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
+                warn!(error = %e, path = %path.display(), "cannot write addresses file");
+            }
+        }
+        info!(node_id = id, api = %addrs.api, raft = %addrs.raft, "node started");
+        Ok(NodeHandle {
+            addrs,
+            service,
+            raft,
+            cancel,
+            tracker,
+        })
+    }
+}
+
+fn bind_err(what: &'static str, addr: &str, source: std::io::Error) -> NodeError {
+    NodeError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_err(what, addr, e))
+}
+
+fn spawn_server(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    listener: TcpListener,
+    router: axum::Router,
+) {
+    let token = cancel.clone();
+    tracker.spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            warn!(error = %e, "listener stopped with an error");
+        }
+    });
+}
+
+/// Founds the cluster if this node is the lowest id of `initial_cluster` and has no state.
+async fn bootstrap(raft: &Raft, config: &ValidatedConfig, me: &NodeInfo) -> Result<(), NodeError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let founder = config.initial_cluster.keys().next().copied();
+    if initialized || founder != Some(config.id) {
+        if !initialized && config.initial_cluster.is_empty() {
+            info!(
+                node_id = config.id,
+                "no cluster state; waiting to be added with `strata cluster add-member`"
+            );
+        }
+        return Ok(());
+    }
+    let members: BTreeMap<u64, NodeInfo> = config
+        .initial_cluster
+        .iter()
+        .map(|(id, addr)| {
+            let info = if *id == config.id {
+                me.clone()
+            } else {
+                NodeInfo {
+                    raft_addr: addr.clone(),
+                    api_addr: String::new(),
+                }
+            };
+            (*id, info)
+        })
+        .collect();
+    info!(
+        node_id = config.id,
+        members = members.len(),
+        "founding the cluster"
+    );
+    raft.initialize(members)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// Keeps this node's addresses in the membership current (founding members start with only a
+/// raft address; a restart may change the API port).
+async fn register_self(service: Arc<KvService>, me: NodeInfo, cancel: CancellationToken) {
+    loop {
+        let known = {
+            let metrics = service.raft.metrics();
+            let m = metrics.borrow();
+            let node = m
+                .membership_config
+                .membership()
+                .get_node(&service.id)
+                .cloned();
+            (node, m.current_leader)
+        };
+        match known {
+            (Some(node), Some(_)) if node.api_addr != me.api_addr => {
+                let info = NodeInfo {
+                    raft_addr: node.raft_addr,
+                    api_addr: me.api_addr.clone(),
+                };
+                match service
+                    .leader_call(LeaderRequest::SetNode(service.id, info))
+                    .await
+                {
+                    Ok(_) => {
+                        info!(node_id = service.id, api = %me.api_addr, "registered API address")
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "registering API address failed; will retry")
+                    }
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// On the leader: revokes leases whose TTL passed without a keep-alive.
+async fn lease_expiry_loop(service: Arc<KvService>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for id in service.expired_leases() {
+            info!(lease = id, "lease expired; revoking");
+            if let Err(e) = service
+                .serve_as_leader(LeaderRequest::Write(strata_proto::kv::Command::Kv(
+                    strata_proto::kv::KvCommand::LeaseRevoke { id },
+                )))
+                .await
+            {
+                tracing::debug!(lease = id, error = %e, "revoking expired lease failed; will retry");
+            }
+        }
+    }
+}
+
+/// On the leader: compacts history automatically by revision count or by age.
+async fn compaction_loop(service: Arc<KvService>, mode: AutoCompaction, cancel: CancellationToken) {
+    let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !service.is_leader() {
+            samples.clear();
+            continue;
+        }
+        let (revision, compacted) = {
+            let store = service.machine.read();
+            (store.revision(), store.compact_revision())
+        };
+        let target = match mode {
+            AutoCompaction::Off => continue,
+            AutoCompaction::Revisions(keep) => {
+                let target = revision - keep;
+                // Compact in steps of at least a tenth of the retention, not every second.
+                if target - compacted >= (keep / 10).max(1) {
+                    Some(target)
+                } else {
+                    None
+                }
+            }
+            AutoCompaction::Period(keep) => {
+                let now = Instant::now();
+                samples.push_back((now, revision));
+                let mut target = None;
+                while let Some((at, rev)) = samples.front().copied() {
+                    if now.duration_since(at) < keep {
+                        break;
+                    }
+                    target = Some(rev);
+                    samples.pop_front();
+                }
+                target.filter(|t| *t > compacted)
+            }
+        };
+        if let Some(target) = target {
+            info!(revision = target, "auto-compacting");
+            if let Err(e) = service.compact(CompactRequest { revision: target }).await {
+                tracing::debug!(error = %e, "auto-compaction failed; will retry");
+            }
+        }
+    }
+}
+
+/// Counts leader changes for metrics.
+async fn leader_change_loop(service: Arc<KvService>, cancel: CancellationToken) {
+    let mut metrics = service.raft.metrics();
+    let mut last_leader = metrics.borrow().current_leader;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+        let leader = metrics.borrow().current_leader;
+        if leader != last_leader {
+            if leader.is_some() {
+                service.metrics.raft_leader_changes.inc();
+                info!(node_id = service.id, leader = ?leader, "leader changed");
+            }
+            last_leader = leader;
+        }
+    }
+}
+
+/// Copies current values into the gauges (called when /metrics is scraped).
+pub fn refresh_metrics(service: &KvService) {
+    let m = service.raft.metrics().borrow().clone();
+    let metrics = &service.metrics;
+    metrics.raft_term.set(m.current_term as i64);
+    metrics
+        .raft_applied_index
+        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+    metrics
+        .raft_commit_index
+        .set(service.log.committed_index() as i64);
+    metrics
+        .raft_last_log_index
+        .set(m.last_log_index.unwrap_or(0) as i64);
+    metrics
+        .raft_is_leader
+        .set(i64::from(m.current_leader == Some(service.id)));
+    metrics
+        .raft_log_fsyncs
+        .set(service.log.fsync_count() as i64);
+    metrics.raft_log_entries.set(service.log.len() as i64);
+    metrics
+        .raft_snapshot_bytes
+        .set(service.sm.snapshot_bytes() as i64);
+    metrics
+        .raft_snapshots_installed
+        .set(service.sm.snapshots_installed() as i64);
+    let (stats, revision, compacted) = {
+        let store = service.machine.read();
+        (store.stats(), store.revision(), store.compact_revision())
+    };
+    metrics.kv_revision.set(revision);
+    metrics.kv_compact_revision.set(compacted);
+    metrics.kv_keys.set(stats.keys as i64);
+    metrics.kv_leases.set(stats.leases as i64);
+    let db = service.config.data_dir.join("raft.redb");
+    if let Ok(meta) = std::fs::metadata(db) {
+        metrics.storage_db_bytes.set(meta.len() as i64);
+    }
+}
+
+impl NodeHandle {
+    /// Returns the Raft handle (for tests and status).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Stops the node: listeners and background loops first, then Raft, waiting at most
+    /// `grace` for tasks to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        let id = self.service.id;
+        info!(node_id = id, "stopping listeners and background workers");
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(node_id = id, "tasks did not stop within the grace period");
+        }
+        info!(node_id = id, "stopping raft");
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(node_id = id, error = %e, "raft did not stop cleanly");
+        }
+        info!(node_id = id, "node stopped");
+    }
+}

@@ -1,0 +1,182 @@
+//! Prometheus metrics of the node. Names follow `strata_<component>_<thing>_<unit>`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the node exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Current Raft term.
+    pub raft_term: IntGauge,
+    /// Highest committed log index known to this node.
+    pub raft_commit_index: IntGauge,
+    /// Highest log index applied to this node's state machine.
+    pub raft_applied_index: IntGauge,
+    /// Index of the last entry in this node's log.
+    pub raft_last_log_index: IntGauge,
+    /// 1 when this node is the leader.
+    pub raft_is_leader: IntGauge,
+    /// Leader changes observed by this node.
+    pub raft_leader_changes: IntCounter,
+    /// Time from proposal to apply, on the leader.
+    pub proposal_seconds: Histogram,
+    /// fsynced log transactions.
+    pub raft_log_fsyncs: IntGauge,
+    /// Entries in the unpurged log.
+    pub raft_log_entries: IntGauge,
+    /// Snapshots installed from a leader.
+    pub raft_snapshots_installed: IntGauge,
+    /// Size of the latest snapshot.
+    pub raft_snapshot_bytes: IntGauge,
+    /// KV operations served, by operation.
+    pub kv_operations: IntCounterVec,
+    /// Current KV revision.
+    pub kv_revision: IntGauge,
+    /// Compaction revision.
+    pub kv_compact_revision: IntGauge,
+    /// Keys with retained history.
+    pub kv_keys: IntGauge,
+    /// Live leases.
+    pub kv_leases: IntGauge,
+    /// Open watches on this node.
+    pub watchers: IntGauge,
+    /// Size of the database file on disk.
+    pub storage_db_bytes: IntGauge,
+    /// Requests answered with an error, by code.
+    pub api_errors: IntCounterVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric names are valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new(node_id: u64) -> Self {
+        let registry = Registry::new_custom(
+            None,
+            Some([("node_id".to_string(), node_id.to_string())].into()),
+        )
+        .expect("registry labels are valid");
+        let proposal_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "strata_raft_proposal_duration_seconds",
+                "Time from proposal to apply on the leader",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(proposal_seconds.clone()))
+            .expect("registered once");
+        let raft_leader_changes = IntCounter::new(
+            "strata_raft_leader_changes_total",
+            "Leader changes observed",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(raft_leader_changes.clone()))
+            .expect("registered once");
+        let kv_operations = IntCounterVec::new(
+            Opts::new(
+                "strata_kv_operations_total",
+                "KV operations served, by operation",
+            ),
+            &["op"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(kv_operations.clone()))
+            .expect("registered once");
+        let api_errors = IntCounterVec::new(
+            Opts::new(
+                "strata_api_errors_total",
+                "API requests answered with an error, by code",
+            ),
+            &["code"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(api_errors.clone()))
+            .expect("registered once");
+        Metrics {
+            raft_term: gauge(&registry, "strata_raft_term", "Current Raft term"),
+            raft_commit_index: gauge(
+                &registry,
+                "strata_raft_commit_index",
+                "Highest committed log index known",
+            ),
+            raft_applied_index: gauge(
+                &registry,
+                "strata_raft_applied_index",
+                "Highest log index applied",
+            ),
+            raft_last_log_index: gauge(&registry, "strata_raft_last_log_index", "Last log index"),
+            raft_is_leader: gauge(
+                &registry,
+                "strata_raft_is_leader",
+                "1 when this node is the leader",
+            ),
+            raft_leader_changes,
+            proposal_seconds,
+            raft_log_fsyncs: gauge(
+                &registry,
+                "strata_raft_log_fsyncs",
+                "fsynced log transactions since start",
+            ),
+            raft_log_entries: gauge(
+                &registry,
+                "strata_raft_log_entries",
+                "Entries in the unpurged log",
+            ),
+            raft_snapshots_installed: gauge(
+                &registry,
+                "strata_raft_snapshots_installed",
+                "Snapshots installed from a leader since start",
+            ),
+            raft_snapshot_bytes: gauge(
+                &registry,
+                "strata_raft_snapshot_bytes",
+                "Size of the latest snapshot",
+            ),
+            kv_operations,
+            kv_revision: gauge(&registry, "strata_kv_revision", "Current KV revision"),
+            kv_compact_revision: gauge(
+                &registry,
+                "strata_kv_compact_revision",
+                "KV compaction revision",
+            ),
+            kv_keys: gauge(&registry, "strata_kv_keys", "Keys with retained history"),
+            kv_leases: gauge(&registry, "strata_kv_leases", "Live leases"),
+            watchers: gauge(&registry, "strata_kv_watchers", "Open watches on this node"),
+            storage_db_bytes: gauge(
+                &registry,
+                "strata_storage_db_size_bytes",
+                "Size of the database file",
+            ),
+            api_errors,
+            registry,
+        }
+    }
+
+    /// Counts one operation.
+    pub fn op(&self, name: &str) {
+        self.kv_operations.with_label_values(&[name]).inc();
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,45 @@
+//! openraft glue: how Strata persists and replicates its control-plane log.
+//!
+//! - [`TypeConfig`]: the openraft type configuration. Log entries carry
+//!   [`strata_proto::kv::Command`]s; members are [`strata_proto::NodeInfo`].
+//! - [`LogStore`]: the Raft log and vote on redb. Appends are group-committed by one writer
+//!   thread: every append queued while a commit is in flight goes into the next commit, and
+//!   openraft is told an entry is durable only after the fsync that covers it returns.
+//! - [`StateMachineStore`]: adapts any [`StateMachine`] to openraft. The application state
+//!   lives in memory; it is made durable by the log plus snapshots stored in the same redb file.
+//!   On restart the latest snapshot is restored and openraft re-applies the committed tail.
+//! - [`network`]: the node-to-node transport (HTTP/1.1, postcard bodies) and its server routes.
+//!
+//! **Architecture Invariant:** nothing here knows about KV semantics; the state machine is a
+//! trait object. **Architecture Invariant:** a write is acknowledged only after it is applied,
+//! which openraft allows only after a majority has fsynced it.
+
+mod log_store;
+pub mod network;
+mod state_machine;
+mod storage;
+
+pub use log_store::LogStore;
+pub use state_machine::{StateMachine, StateMachineStore};
+pub use storage::{open_storage, DataDir, StorageError};
+
+use std::io::Cursor;
+use strata_proto::kv::{Command, CommandResult};
+use strata_proto::NodeInfo;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of Strata's control plane.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle specialised to Strata.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// Node id.
+pub type NodeId = u64;

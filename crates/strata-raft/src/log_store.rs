@@ -1,0 +1,388 @@
+//! [`LogStore`]: the Raft log and vote on redb, with group commit.
+//!
+//! Every mutation (append, truncate, purge, vote, committed) is sent in order to one writer
+//! thread. The writer drains everything queued, writes it in one redb transaction, commits
+//! with fsync, and only then completes the callbacks. So under load many appends share one
+//! fsync, and the order of mutations on disk is the order openraft issued them.
+//!
+//! The unpurged tail of the log is also kept in memory: reads (replication, apply) never touch
+//! disk, and entries are readable as soon as they are appended, before their fsync completes
+//! (openraft only asks for entries it has appended). The tail is bounded by the snapshot
+//! policy: entries covered by a snapshot are purged.
+
+use crate::{NodeId, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+
+/// Most mutations the writer folds into one transaction.
+const MAX_BATCH_OPS: usize = 4096;
+
+/// The in-memory view of the log: what openraft reads.
+#[derive(Default)]
+struct MemLog {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+enum WriteOp {
+    Append {
+        entries: Vec<(u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Truncate {
+        from: u64,
+    },
+    Purge {
+        upto: u64,
+        log_id: Vec<u8>,
+    },
+    Vote {
+        bytes: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+    },
+    Committed {
+        bytes: Vec<u8>,
+    },
+}
+
+struct Shared {
+    mem: Mutex<MemLog>,
+    writer: Mutex<mpsc::Sender<WriteOp>>,
+    /// The highest committed index seen, for status and metrics.
+    committed_index: AtomicU64,
+    /// Transactions committed by the writer, for metrics.
+    fsyncs: AtomicU64,
+}
+
+/// The Raft log store. Cheap to clone; clones share the same log.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn read_err(subject: ErrorSubject<NodeId>, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(
+        subject,
+        ErrorVerb::Read,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+fn write_err(subject: ErrorSubject<NodeId>, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(
+        subject,
+        ErrorVerb::Write,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+impl LogStore {
+    /// Loads the log from `db` and starts the writer thread. The thread exits when the last
+    /// clone of the store is dropped.
+    pub fn open(db: Arc<redb::Database>) -> Result<LogStore, StorageError<NodeId>> {
+        let mut mem = MemLog::default();
+        {
+            let txn = db
+                .begin_write()
+                .map_err(|e| write_err(ErrorSubject::Store, e))?;
+            txn.open_table(LOG)
+                .map_err(|e| write_err(ErrorSubject::Store, e))?;
+            txn.open_table(META)
+                .map_err(|e| write_err(ErrorSubject::Store, e))?;
+            txn.commit()
+                .map_err(|e| write_err(ErrorSubject::Store, e))?;
+        }
+        let txn = db
+            .begin_read()
+            .map_err(|e| read_err(ErrorSubject::Store, e))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|e| read_err(ErrorSubject::Store, e))?;
+        let decode_meta = |key: &str| -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
+            Ok(meta
+                .get(key)
+                .map_err(|e| read_err(ErrorSubject::Store, e))?
+                .map(|v| v.value().to_vec()))
+        };
+        if let Some(bytes) = decode_meta(KEY_VOTE)? {
+            mem.vote =
+                Some(postcard::from_bytes(&bytes).map_err(|e| read_err(ErrorSubject::Vote, e))?);
+        }
+        if let Some(bytes) = decode_meta(KEY_COMMITTED)? {
+            mem.committed =
+                postcard::from_bytes(&bytes).map_err(|e| read_err(ErrorSubject::Store, e))?;
+        }
+        if let Some(bytes) = decode_meta(KEY_PURGED)? {
+            mem.last_purged =
+                postcard::from_bytes(&bytes).map_err(|e| read_err(ErrorSubject::Logs, e))?;
+        }
+        let log = txn
+            .open_table(LOG)
+            .map_err(|e| read_err(ErrorSubject::Logs, e))?;
+        for item in log.iter().map_err(|e| read_err(ErrorSubject::Logs, e))? {
+            let (index, bytes) = item.map_err(|e| read_err(ErrorSubject::Logs, e))?;
+            let entry: Entry<TypeConfig> = postcard::from_bytes(bytes.value()).map_err(|e| {
+                read_err(
+                    ErrorSubject::Logs,
+                    format!("log entry {}: {e}", index.value()),
+                )
+            })?;
+            mem.entries.insert(index.value(), entry);
+        }
+        let committed_index = mem.committed.map(|c| c.index).unwrap_or(0);
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            mem: Mutex::new(mem),
+            writer: Mutex::new(tx),
+            committed_index: AtomicU64::new(committed_index),
+            fsyncs: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(db, rx, weak))
+            .map_err(|e| write_err(ErrorSubject::Store, e))?;
+        Ok(LogStore { shared })
+    }
+
+    /// Returns the highest index known committed.
+    pub fn committed_index(&self) -> u64 {
+        self.shared.committed_index.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many fsynced transactions the writer has committed.
+    pub fn fsync_count(&self) -> u64 {
+        self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many entries are in the unpurged log.
+    pub fn len(&self) -> usize {
+        self.mem().entries.len()
+    }
+
+    /// Returns true when the unpurged log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn mem(&self) -> std::sync::MutexGuard<'_, MemLog> {
+        // A poisoned lock means a panic while holding it; the data is still consistent
+        // because every critical section is a plain map update.
+        self.shared.mem.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, op: WriteOp) -> Result<(), StorageError<NodeId>> {
+        let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer
+            .send(op)
+            .map_err(|_| write_err(ErrorSubject::Logs, "log writer thread has stopped"))
+    }
+}
+
+fn writer_loop(
+    db: Arc<redb::Database>,
+    rx: mpsc::Receiver<WriteOp>,
+    shared: std::sync::Weak<Shared>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&db, &ops);
+        if result.is_ok() {
+            if let Some(shared) = shared.upgrade() {
+                shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log commit failed; the node cannot make progress");
+        }
+        for op in ops {
+            let outcome = result.as_ref().map(|_| ()).map_err(io_err);
+            match op {
+                WriteOp::Append { callback, .. } => callback.log_io_completed(outcome),
+                WriteOp::Vote { done, .. } => {
+                    let _ = done.send(outcome);
+                }
+                WriteOp::Truncate { .. } | WriteOp::Purge { .. } | WriteOp::Committed { .. } => {}
+            }
+        }
+    }
+}
+
+fn write_batch(db: &redb::Database, ops: &[WriteOp]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for op in ops {
+            match op {
+                WriteOp::Append { entries, .. } => {
+                    for (index, bytes) in entries {
+                        log.insert(*index, bytes.as_slice())?;
+                    }
+                }
+                WriteOp::Truncate { from } => {
+                    log.retain_in(*from.., |_, _| false)?;
+                }
+                WriteOp::Purge { upto, log_id } => {
+                    log.retain_in(..=*upto, |_, _| false)?;
+                    meta.insert(KEY_PURGED, log_id.as_slice())?;
+                }
+                WriteOp::Vote { bytes, .. } => {
+                    meta.insert(KEY_VOTE, bytes.as_slice())?;
+                }
+                WriteOp::Committed { bytes } => {
+                    meta.insert(KEY_COMMITTED, bytes.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let mem = self.mem();
+        Ok(mem
+            .entries
+            .range(range)
+            .map(|(_, entry)| entry.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let mem = self.mem();
+        let last_log_id = mem
+            .entries
+            .values()
+            .next_back()
+            .map(|e| *e.get_log_id())
+            .or(mem.last_purged);
+        Ok(LogState {
+            last_purged_log_id: mem.last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = postcard::to_allocvec(vote).map_err(|e| write_err(ErrorSubject::Vote, e))?;
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(WriteOp::Vote { bytes, done })?;
+        // The vote must be durable before we answer any vote request with it.
+        wait.await
+            .map_err(|_| write_err(ErrorSubject::Vote, "log writer thread has stopped"))?
+            .map_err(|e| write_err(ErrorSubject::Vote, e))?;
+        self.mem().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.mem().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // Not fsynced on its own: losing it only means re-applying from the snapshot.
+        let bytes =
+            postcard::to_allocvec(&committed).map_err(|e| write_err(ErrorSubject::Store, e))?;
+        self.mem().committed = committed;
+        if let Some(c) = committed {
+            self.shared
+                .committed_index
+                .fetch_max(c.index, Ordering::Relaxed);
+        }
+        self.send(WriteOp::Committed { bytes })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.mem().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        {
+            let mut mem = self.mem();
+            for entry in entries {
+                let index = entry.get_log_id().index;
+                let bytes = postcard::to_allocvec(&entry)
+                    .map_err(|e| write_err(ErrorSubject::Log(*entry.get_log_id()), e))?;
+                encoded.push((index, bytes));
+                mem.entries.insert(index, entry);
+            }
+            // Sending under the mem lock keeps the writer's order equal to the memory order.
+            self.send(WriteOp::Append {
+                entries: encoded,
+                callback,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut mem = self.mem();
+        mem.entries.split_off(&log_id.index);
+        self.send(WriteOp::Truncate { from: log_id.index })
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes =
+            postcard::to_allocvec(&Some(log_id)).map_err(|e| write_err(ErrorSubject::Logs, e))?;
+        let mut mem = self.mem();
+        let keep = mem.entries.split_off(&(log_id.index + 1));
+        mem.entries = keep;
+        mem.last_purged = Some(log_id);
+        self.send(WriteOp::Purge {
+            upto: log_id.index,
+            log_id: bytes,
+        })
+    }
+}

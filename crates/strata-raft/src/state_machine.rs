@@ -1,0 +1,314 @@
+//! [`StateMachineStore`]: adapts an application [`StateMachine`] to openraft, with snapshots
+//! persisted in redb.
+
+use crate::{NodeId, TypeConfig};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use redb::{ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use strata_proto::kv::{Command, CommandResult};
+use strata_proto::NodeInfo;
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const KEY_META: &str = "meta";
+const KEY_DATA: &str = "data";
+
+/// The application state replicated by Raft.
+///
+/// Implementations keep their state in memory and must be deterministic: the same commands
+/// in the same order give the same state and results on every replica.
+pub trait StateMachine: Send + Sync + 'static {
+    /// Applies one committed command. Never fails: a rejected command returns an error result.
+    fn apply(&self, log_index: u64, command: &Command) -> CommandResult;
+    /// Serializes the whole state.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the whole state with a snapshot produced by [`StateMachine::snapshot`].
+    fn restore(&self, data: &[u8]) -> Result<(), String>;
+}
+
+/// Where the application state stands in the log.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, NodeInfo>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+}
+
+/// The latest snapshot: its metadata and bytes.
+type CurrentSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Arc<Vec<u8>>)>;
+/// A snapshot as loaded from disk.
+type LoadedSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>)>;
+
+struct Inner<S> {
+    app: Arc<S>,
+    db: Arc<redb::Database>,
+    applied: Mutex<Applied>,
+    current: Mutex<CurrentSnapshot>,
+    snapshot_seq: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    snapshots_installed: AtomicU64,
+}
+
+/// The openraft state machine over an application [`StateMachine`]. Cheap to clone.
+pub struct StateMachineStore<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for StateMachineStore<S> {
+    fn clone(&self) -> Self {
+        StateMachineStore {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+impl<S: StateMachine> StateMachineStore<S> {
+    /// Restores `app` from the latest snapshot in `db`, if any.
+    pub fn open(app: Arc<S>, db: Arc<redb::Database>) -> Result<Self, StorageError<NodeId>> {
+        let store = StateMachineStore {
+            inner: Arc::new(Inner {
+                app,
+                db,
+                applied: Mutex::new(Applied::default()),
+                current: Mutex::new(None),
+                snapshot_seq: AtomicU64::new(0),
+                snapshot_bytes: AtomicU64::new(0),
+                snapshots_installed: AtomicU64::new(0),
+            }),
+        };
+        if let Some((meta, data)) = store.load_snapshot()? {
+            store
+                .inner
+                .app
+                .restore(&data)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            *store.applied() = Applied {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+            store
+                .inner
+                .snapshot_bytes
+                .store(data.len() as u64, Ordering::Relaxed);
+            *store.current() = Some((meta, Arc::new(data)));
+            tracing::info!(applied = ?store.applied().last_applied, "restored state machine from snapshot");
+        }
+        Ok(store)
+    }
+
+    /// Returns the application state machine.
+    pub fn app(&self) -> &Arc<S> {
+        &self.inner.app
+    }
+
+    /// Returns the size of the latest snapshot in bytes.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.inner.snapshot_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many snapshots this node has installed from a leader.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.inner.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, CurrentSnapshot> {
+        self.inner.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn load_snapshot(&self) -> Result<LoadedSnapshot, StorageError<NodeId>> {
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let table = match txn.open_table(SNAPSHOT) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+        };
+        let Some(meta) = table
+            .get(KEY_META)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot =
+            postcard::from_bytes(meta.value()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let data = table
+            .get(KEY_DATA)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| snap_err(ErrorVerb::Read, "snapshot metadata without data"))?;
+        Ok(Some((stored.meta, data)))
+    }
+
+    /// Persists a snapshot durably, off the async runtime.
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        data: Arc<Vec<u8>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let db = self.inner.db.clone();
+        let meta_bytes = postcard::to_allocvec(&StoredSnapshot { meta: meta.clone() })
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(SNAPSHOT)?;
+                table.insert(KEY_DATA, data.as_slice())?;
+                table.insert(KEY_META, meta_bytes.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
+}
+
+impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // Serialize and read the applied position under the same lock that `apply` holds, so
+        // the snapshot contains exactly the entries up to `last_applied`. The builder runs
+        // concurrently with apply in openraft, so this lock is what makes the pair consistent.
+        let (data, applied) = {
+            let applied = self.applied();
+            (self.inner.app.snapshot(), applied.clone())
+        };
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match applied.last_applied {
+            Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id,
+        };
+        let data = Arc::new(data);
+        self.save_snapshot(&meta, data.clone()).await?;
+        self.inner
+            .snapshot_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        *self.current() = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        })
+    }
+}
+
+impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), StorageError<NodeId>>
+    {
+        let applied = self.applied();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        for entry in entries {
+            // Held while applying so that a concurrent snapshot sees state and position agree.
+            let mut applied = self.applied();
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(command) => self.inner.app.apply(entry.log_id.index, command),
+                EntryPayload::Membership(membership) => {
+                    applied.membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
+                    CommandResult::None
+                }
+            };
+            applied.last_applied = Some(entry.log_id);
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = Arc::new(snapshot.into_inner());
+        self.inner
+            .app
+            .restore(&data)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        *self.applied() = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        self.save_snapshot(meta, data.clone()).await?;
+        self.inner
+            .snapshot_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
+        self.inner
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed snapshot from leader");
+        *self.current() = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.current().as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        }))
+    }
+}

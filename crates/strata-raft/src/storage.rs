@@ -1,0 +1,166 @@
+//! The data folder: version file, process lock, and the redb database inside it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The on-disk format version this build reads and writes.
+pub const DATA_FORMAT_VERSION: u32 = 1;
+const VERSION_FILE: &str = "VERSION";
+const LOCK_FILE: &str = "LOCK";
+const DB_FILE: &str = "raft.redb";
+
+/// Why the data folder could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Creating or reading the folder failed.
+    #[error("cannot use data folder {path}: {source}")]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another process holds the lock.
+    #[error(
+        "data folder {0} is in use by another strata process; stop it or choose another --data-dir"
+    )]
+    Locked(PathBuf),
+    /// The folder was written by an incompatible version.
+    #[error("data folder {path} has format version {found}, this build reads version {expected}; use a matching strata release")]
+    Version {
+        /// The folder.
+        path: PathBuf,
+        /// What the version file says.
+        found: String,
+        /// What this build expects.
+        expected: u32,
+    },
+    /// The database file is damaged or not a redb file.
+    #[error("data folder {path} holds a damaged database ({source}); restore it from a backup or remove it and re-join the cluster")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: redb::Error,
+    },
+}
+
+/// An open, locked data folder. The lock is released when this is dropped.
+#[derive(Debug)]
+pub struct DataDir {
+    /// The folder.
+    pub path: PathBuf,
+    /// The open database holding the log, vote and snapshots.
+    pub db: Arc<redb::Database>,
+    /// Held for the lifetime of the process: `try_lock` fails for a second process.
+    _lock: File,
+}
+
+/// Opens (creating if needed) a data folder, locks it and opens its database.
+pub fn open_storage(path: &Path) -> Result<DataDir, StorageError> {
+    let io = |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(io)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join(LOCK_FILE))
+        .map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StorageError::Locked(path.to_path_buf()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    check_version(path)?;
+    let db_path = path.join(DB_FILE);
+    let db = redb::Database::create(&db_path).map_err(|e| StorageError::Corrupt {
+        path: db_path.clone(),
+        source: e.into(),
+    })?;
+    Ok(DataDir {
+        path: path.to_path_buf(),
+        db: Arc::new(db),
+        _lock: lock,
+    })
+}
+
+fn check_version(path: &Path) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let version_path = path.join(VERSION_FILE);
+    match std::fs::read_to_string(&version_path) {
+        Ok(text) => {
+            let found = text.trim();
+            if found != DATA_FORMAT_VERSION.to_string() {
+                return Err(StorageError::Version {
+                    path: path.to_path_buf(),
+                    found: found.chars().take(32).collect(),
+                    expected: DATA_FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_db = path.join(DB_FILE).exists();
+            if has_db {
+                return Err(StorageError::Version {
+                    path: path.to_path_buf(),
+                    found: "missing".into(),
+                    expected: DATA_FORMAT_VERSION,
+                });
+            }
+            let tmp = path.join("VERSION.tmp");
+            let mut file = File::create(&tmp).map_err(io)?;
+            writeln!(file, "{DATA_FORMAT_VERSION}").map_err(io)?;
+            file.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &version_path).map_err(io)?;
+            File::open(path)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io)?;
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_is_refused_while_first_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open_storage(dir.path()).unwrap();
+        let second = open_storage(dir.path()).unwrap_err();
+        assert!(matches!(second, StorageError::Locked(_)), "{second}");
+        drop(first);
+        open_storage(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn garbled_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_storage(dir.path()).unwrap());
+        std::fs::write(dir.path().join(DB_FILE), b"this is not a database").unwrap();
+        let err = open_storage(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_storage(dir.path()).unwrap());
+        std::fs::write(dir.path().join(VERSION_FILE), "99\n").unwrap();
+        let err = open_storage(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("format version 99"), "{err}");
+    }
+}

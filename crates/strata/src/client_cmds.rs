@@ -1,0 +1,557 @@
+//! Client subcommands: `strata kv ...`, `strata lease ...`, `strata cluster ...`.
+
+use crate::Output;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde::Serialize;
+use std::io::Read;
+use std::time::Duration;
+use strata_client::{Client, ClientError};
+use strata_proto::kv::{
+    CompactRequest, CompactResponse, DeleteRangeRequest, DeleteRangeResponse, EventType, KeyValue,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseIdRequest, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, TxnRequest, TxnResponse, WatchRequest,
+};
+use strata_proto::ClusterStatus;
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Write KEY=VALUE.
+    Put {
+        key: String,
+        value: String,
+        /// Attach the key to this lease (hex or decimal id); it is deleted when the lease ends.
+        #[arg(long)]
+        lease: Option<String>,
+        /// Print the previous value.
+        #[arg(long)]
+        prev_kv: bool,
+    },
+    /// Read KEY (table output prints only the value for a single key).
+    Get {
+        key: String,
+        /// Read every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Read as of this revision.
+        #[arg(long)]
+        rev: Option<i64>,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        /// Print only the number of keys.
+        #[arg(long)]
+        count_only: bool,
+        /// Serve from the contacted node without confirming with the leader (may be stale).
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Delete KEY (or every key starting with KEY with --prefix).
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Print the deleted key-values.
+        #[arg(long)]
+        prev_kv: bool,
+    },
+    /// Print changes to KEY (or a prefix) as they happen; reconnects to another node if one dies.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start from this revision (replays history).
+        #[arg(long)]
+        rev: Option<i64>,
+        /// Include the previous value in each event.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Run a transaction read as JSON from stdin: {"compare":[...],"success":[...],"failure":[...]}.
+    ///
+    /// Example: {"compare":[{"key":"k","result":"equal","target":{"version":0}}],
+    ///           "success":[{"put":{"key":"k","value":"v"}}],"failure":[{"range":{"key":"k"}}]}
+    Txn,
+    /// Discard history before revision REV.
+    Compact { rev: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCommand {
+    /// Grant a lease with a TTL ("10s", "1m", or seconds).
+    Grant { ttl: String },
+    /// Revoke a lease and delete its keys.
+    Revoke { id: String },
+    /// Keep a lease alive until interrupted (or once with --once).
+    Keepalive {
+        id: String,
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show a lease's remaining TTL.
+    Timetolive {
+        id: String,
+        /// List the attached keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List live leases.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show the leader, term, indexes and members.
+    Status,
+    /// Add a member (it joins as a learner and is promoted once caught up).
+    AddMember {
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long, default_value = "")]
+        api_addr: String,
+    },
+    /// Remove a member.
+    RemoveMember { id: u64 },
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Turns a client error into a one-line message that says what to do.
+fn explain(error: ClientError) -> anyhow::Error {
+    anyhow::anyhow!("{error}")
+}
+
+/// Parses a lease id written as hex (as etcdctl prints them) or decimal.
+fn parse_lease(id: &str) -> anyhow::Result<i64> {
+    let trimmed = id.trim();
+    if let Some(hex) = trimmed.strip_prefix("0x") {
+        return i64::from_str_radix(hex, 16).with_context(|| format!("lease id {id:?} is not hex"));
+    }
+    if let Ok(decimal) = trimmed.parse::<i64>() {
+        return Ok(decimal);
+    }
+    i64::from_str_radix(trimmed, 16)
+        .with_context(|| format!("lease id {id:?} is neither decimal nor hex"))
+}
+
+fn parse_ttl(ttl: &str) -> anyhow::Result<i64> {
+    if let Ok(seconds) = ttl.parse::<i64>() {
+        return Ok(seconds);
+    }
+    let duration = humantime::parse_duration(ttl).with_context(|| {
+        format!("TTL {ttl:?} is not a duration like 10s or a number of seconds")
+    })?;
+    Ok(duration.as_secs().max(1) as i64)
+}
+
+fn print_kv_line(kv: &KeyValue) {
+    println!("{}\n{}", text(&kv.key), text(&kv.value));
+}
+
+/// Runs `strata kv ...`.
+pub async fn kv(endpoints: &[String], output: Output, command: KvCommand) -> anyhow::Result<()> {
+    let client = Client::new(endpoints);
+    match command {
+        KvCommand::Put {
+            key,
+            value,
+            lease,
+            prev_kv,
+        } => {
+            let lease = lease.as_deref().map(parse_lease).transpose()?.unwrap_or(0);
+            let request = PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                lease,
+                prev_kv,
+            };
+            let response: PutResponse =
+                client.post("/v1/kv/put", &request).await.map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => {
+                    println!("OK");
+                    if let Some(prev) = &response.prev_kv {
+                        print_kv_line(prev);
+                    }
+                }
+            }
+        }
+        KvCommand::Get {
+            key,
+            prefix,
+            rev,
+            limit,
+            keys_only,
+            count_only,
+            serializable,
+        } => {
+            let request = RangeRequest {
+                key: key.into_bytes(),
+                range_end: Vec::new(),
+                prefix,
+                limit,
+                revision: rev.unwrap_or(0),
+                keys_only,
+                count_only,
+                serializable,
+            };
+            let response: RangeResponse = client
+                .post("/v1/kv/range", &request)
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table if count_only => println!("{}", response.count),
+                Output::Table if !prefix => {
+                    // A single key prints only its value, so scripts can use $(strata kv get k).
+                    match response.kvs.first() {
+                        Some(kv) if keys_only => println!("{}", text(&kv.key)),
+                        Some(kv) => println!("{}", text(&kv.value)),
+                        None => {}
+                    }
+                }
+                Output::Table => {
+                    for kv in &response.kvs {
+                        if keys_only {
+                            println!("{}", text(&kv.key));
+                        } else {
+                            print_kv_line(kv);
+                        }
+                    }
+                }
+            }
+        }
+        KvCommand::Del {
+            key,
+            prefix,
+            prev_kv,
+        } => {
+            let request = DeleteRangeRequest {
+                key: key.into_bytes(),
+                range_end: Vec::new(),
+                prefix,
+                prev_kv,
+            };
+            let response: DeleteRangeResponse = client
+                .post("/v1/kv/delete", &request)
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => {
+                    println!("{}", response.deleted);
+                    for kv in &response.prev_kvs {
+                        print_kv_line(kv);
+                    }
+                }
+            }
+        }
+        KvCommand::Watch {
+            key,
+            prefix,
+            rev,
+            prev_kv,
+            count,
+        } => {
+            watch(&client, output, key, prefix, rev, prev_kv, count).await?;
+        }
+        KvCommand::Txn => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("read the transaction from stdin")?;
+            let request: TxnRequest = serde_json::from_str(&input).context(
+                "parse the transaction: expected JSON like {\"compare\":[...],\"success\":[...],\"failure\":[...]} (see `strata kv txn --help`)",
+            )?;
+            let response: TxnResponse =
+                client.post("/v1/kv/txn", &request).await.map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => {
+                    println!(
+                        "{}",
+                        if response.succeeded {
+                            "SUCCESS"
+                        } else {
+                            "FAILURE"
+                        }
+                    );
+                    for op in &response.responses {
+                        println!("{}", serde_json::to_string(op)?);
+                    }
+                }
+            }
+        }
+        KvCommand::Compact { rev } => {
+            let response: CompactResponse = client
+                .post("/v1/kv/compact", &CompactRequest { revision: rev })
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => println!("compacted revision {rev}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    output: Output,
+    key: String,
+    prefix: bool,
+    rev: Option<i64>,
+    prev_kv: bool,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut request = WatchRequest {
+        key: key.into_bytes(),
+        prefix,
+        start_revision: rev.unwrap_or(0),
+        prev_kv,
+        ..Default::default()
+    };
+    let mut delivered = 0u64;
+    // The smallest revision not yet printed; after a reconnect we resume from here, so each
+    // event is printed exactly once even if the serving node dies.
+    let mut next_revision: i64 = 0;
+    let mut failures = 0u32;
+    loop {
+        if next_revision > 0 {
+            request.start_revision = next_revision;
+        }
+        let mut stream = match client.watch(&request).await {
+            Ok(stream) => stream,
+            Err(ClientError::Api(e)) => bail!("{e}"),
+            Err(e) if failures < 100 => {
+                failures += 1;
+                tracing::warn!(error = %e, "watch connection failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => bail!("{e}"),
+        };
+        loop {
+            let message = match stream.next().await {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => break,
+            };
+            failures = 0;
+            if message.created && next_revision == 0 {
+                next_revision = if request.start_revision > 0 {
+                    request.start_revision
+                } else {
+                    message.header.revision + 1
+                };
+            }
+            if message.compact_revision > 0 {
+                bail!(
+                    "watch cancelled: revision {} has been compacted (oldest is {}); restart with --rev {}",
+                    next_revision, message.compact_revision, message.compact_revision
+                );
+            }
+            for event in &message.events {
+                if event.kv.mod_revision < next_revision {
+                    continue;
+                }
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(event)?),
+                    Output::Table => {
+                        let kind = match event.kind {
+                            EventType::Put => "PUT",
+                            EventType::Delete => "DELETE",
+                        };
+                        println!(
+                            "{kind} {} {} (rev {})",
+                            text(&event.kv.key),
+                            text(&event.kv.value),
+                            event.kv.mod_revision
+                        );
+                    }
+                }
+                delivered += 1;
+                if count.is_some_and(|c| delivered >= c) {
+                    return Ok(());
+                }
+            }
+            if let Some(last) = message.events.last() {
+                // All events of a revision arrive in one message, so the next one is +1.
+                next_revision = next_revision.max(last.kv.mod_revision + 1);
+            }
+        }
+        tracing::warn!(endpoint = %stream.endpoint, "watch stream ended; reconnecting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `strata lease ...`.
+pub async fn lease(
+    endpoints: &[String],
+    output: Output,
+    command: LeaseCommand,
+) -> anyhow::Result<()> {
+    let client = Client::new(endpoints);
+    match command {
+        LeaseCommand::Grant { ttl } => {
+            let ttl = parse_ttl(&ttl)?;
+            let response: LeaseGrantResponse = client
+                .post("/v1/lease/grant", &LeaseGrantRequest { ttl, id: 0 })
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => println!(
+                    "lease {:x} granted with TTL({}s)",
+                    response.id, response.ttl
+                ),
+            }
+        }
+        LeaseCommand::Revoke { id } => {
+            let id = parse_lease(&id)?;
+            let response: LeaseRevokeResponse = client
+                .post("/v1/lease/revoke", &LeaseIdRequest { id, keys: false })
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => println!("lease {id:x} revoked"),
+            }
+        }
+        LeaseCommand::Keepalive { id, once } => {
+            let id = parse_lease(&id)?;
+            loop {
+                let response: LeaseTimeToLiveResponse = client
+                    .post("/v1/lease/keepalive", &LeaseIdRequest { id, keys: false })
+                    .await
+                    .map_err(explain)?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&response)?),
+                    Output::Table => println!("lease {id:x} keepalived with TTL({})", response.ttl),
+                }
+                if once {
+                    return Ok(());
+                }
+                let pause = Duration::from_millis((response.ttl.max(1) as u64 * 1000) / 3);
+                tokio::time::sleep(pause).await;
+            }
+        }
+        LeaseCommand::Timetolive { id, keys } => {
+            let id = parse_lease(&id)?;
+            let response: LeaseTimeToLiveResponse = client
+                .post("/v1/lease/timetolive", &LeaseIdRequest { id, keys })
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => {
+                    println!(
+                        "lease {id:x} granted with TTL({}s), remaining({}s)",
+                        response.granted_ttl, response.ttl
+                    );
+                    if keys {
+                        println!("attached keys: {}", response.keys.join(", "));
+                    }
+                }
+            }
+        }
+        LeaseCommand::List => {
+            let response: LeaseLeasesResponse =
+                client.get_json("/v1/lease/list").await.map_err(explain)?;
+            match output {
+                Output::Json => print_json(&response)?,
+                Output::Table => {
+                    println!("found {} leases", response.leases.len());
+                    for lease in &response.leases {
+                        println!("{:x} ttl={}s", lease.id, lease.granted_ttl);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `strata cluster ...`.
+pub async fn cluster(
+    endpoints: &[String],
+    output: Output,
+    command: ClusterCommand,
+) -> anyhow::Result<()> {
+    let client = Client::new(endpoints);
+    match command {
+        ClusterCommand::Status => {
+            let status: ClusterStatus = client
+                .get_json("/v1/cluster/status")
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&status)?,
+                Output::Table => {
+                    let leader = status
+                        .leader
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "none".into());
+                    println!(
+                        "leader {leader}  term {}  commit {}  applied {}  revision {}  (answered by node {})",
+                        status.term, status.commit_index, status.applied_index, status.revision, status.node_id
+                    );
+                    println!("{:<6} {:<10} {:<24} {:<24}", "ID", "ROLE", "RAFT", "API");
+                    for m in &status.members {
+                        println!(
+                            "{:<6} {:<10} {:<24} {:<24}",
+                            m.id, m.role, m.raft_addr, m.api_addr
+                        );
+                    }
+                }
+            }
+        }
+        ClusterCommand::AddMember {
+            id,
+            raft_addr,
+            api_addr,
+        } => {
+            let body =
+                serde_json::json!({ "id": id, "raft_addr": raft_addr, "api_addr": api_addr });
+            let reply: serde_json::Value = client
+                .post("/v1/cluster/members", &body)
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&reply)?,
+                Output::Table => println!("member {id} added"),
+            }
+        }
+        ClusterCommand::RemoveMember { id } => {
+            let reply: serde_json::Value = client
+                .call::<(), _>(reqwest_delete(), &format!("/v1/cluster/members/{id}"), None)
+                .await
+                .map_err(explain)?;
+            match output {
+                Output::Json => print_json(&reply)?,
+                Output::Table => println!("member {id} removed"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reqwest_delete() -> strata_client::Method {
+    strata_client::Method::DELETE
+}

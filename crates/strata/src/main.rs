@@ -1,0 +1,117 @@
+//! `strata`: the one binary. `strata dev` and `strata server` run a node; every other
+//! subcommand is a client of the native HTTP API.
+//!
+//! `main` only parses the command line, loads and validates the config, initialises logging,
+//! runs the command, and maps the outcome to an exit code (`✘ message` and exit 1 on error).
+
+mod client_cmds;
+mod run;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Strata runs the whole architecture of a distributed system from one binary.
+///
+/// Start a development node with `strata dev`, then talk to it:
+///   strata kv put greeting hello
+///   strata kv get greeting
+///   strata cluster status
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    /// Nodes to talk to, comma-separated (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format of client commands.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How client commands print results.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable.
+    Table,
+    /// One JSON document (or one per line for streams).
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one node with every component on 127.0.0.1, data in ./strata-data.
+    Dev(run::DevArgs),
+    /// Run a cluster node.
+    Server(Box<run::ServerArgs>),
+    /// Read and write keys (etcd semantics: revisions, txn, watch).
+    #[command(subcommand)]
+    Kv(client_cmds::KvCommand),
+    /// Grant, renew and revoke leases; keys attached to a lease die with it.
+    #[command(subcommand)]
+    Lease(client_cmds::LeaseCommand),
+    /// Inspect and change cluster membership.
+    #[command(subcommand)]
+    Cluster(client_cmds::ClusterCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let is_node = matches!(cli.command, Command::Dev(_) | Command::Server(_));
+    init_logging(is_node);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => run::dev(args).await,
+            Command::Server(args) => run::server(*args).await,
+            Command::Kv(cmd) => client_cmds::kv(&cli.endpoints, cli.output, cmd).await,
+            Command::Lease(cmd) => client_cmds::lease(&cli.endpoints, cli.output, cmd).await,
+            Command::Cluster(cmd) => client_cmds::cluster(&cli.endpoints, cli.output, cmd).await,
+        }
+    });
+    // Do not wait for lingering blocking tasks (e.g. a stdin reader) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    if let Err(e) = result {
+        fail(&format!("{e:#}"));
+    }
+}
+
+fn fail(message: &str) -> ! {
+    let one_line = message.replace('\n', " ");
+    eprintln!("✘ {one_line}");
+    std::process::exit(1);
+}
+
+/// Logs go to stderr. Nodes log at info, clients at warn; `STRATA_LOG` overrides
+/// (e.g. `STRATA_LOG=debug`), and `STRATA_LOG_FORMAT=json` gives structured JSON lines.
+fn init_logging(is_node: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if is_node {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("STRATA_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}

@@ -1,0 +1,187 @@
+//! `strata dev` and `strata server`: build the config, start the node, wait for a signal,
+//! shut down gracefully.
+//!
+//! Signals (docs/ops/signals.md): SIGTERM or the first SIGINT starts a graceful shutdown
+//! bounded by `shutdown_grace_period`; a second SIGINT exits at once with status 130.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use strata_config::NodeConfig;
+use strata_node::Node;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Arguments of `strata dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Folder for all data.
+    #[arg(long, default_value = "./strata-data")]
+    pub data_dir: PathBuf,
+    /// Client API address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub api_addr: String,
+    /// Raft address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub raft_addr: String,
+    /// Write the bound addresses as JSON to this file once listening.
+    #[arg(long)]
+    pub addrs_file: Option<PathBuf>,
+}
+
+/// Arguments of `strata server`. Flags override the config file.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TOML config file (see --sample-config).
+    #[arg(long, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (positive, unique, never reused).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Folder for this node's data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Client API listen address, HOST:PORT.
+    #[arg(long)]
+    pub api_addr: Option<String>,
+    /// Node-to-node listen address, HOST:PORT.
+    #[arg(long)]
+    pub raft_addr: Option<String>,
+    /// Address peers use to reach this node's raft listener, if not --raft-addr.
+    #[arg(long)]
+    pub advertise_raft_addr: Option<String>,
+    /// Address clients use to reach this node's API, if not --api-addr.
+    #[arg(long)]
+    pub advertise_api_addr: Option<String>,
+    /// Founding members as ID=RAFT_HOST:PORT,... Omit to join later via `cluster add-member`.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Write the bound addresses as JSON to this file once listening.
+    #[arg(long)]
+    pub addrs_file: Option<PathBuf>,
+    /// Print a commented sample config and exit.
+    #[arg(long)]
+    pub sample_config: bool,
+    /// Validate a config file and exit.
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<PathBuf>,
+}
+
+/// Runs `strata dev`.
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut config = NodeConfig {
+        id: 1,
+        data_dir: args.data_dir.clone(),
+        api_addr: args.api_addr,
+        raft_addr: args.raft_addr,
+        addrs_file: args.addrs_file,
+        ..Default::default()
+    };
+    // A one-node cluster founds itself; its raft address is filled in once bound.
+    config.initial_cluster.insert(1, config.raft_addr.clone());
+    // One node has no one to wait for: short timeouts make it ready at once.
+    config.raft.heartbeat_interval = strata_config::HumanDuration::from_millis(50);
+    config.raft.election_timeout_min = strata_config::HumanDuration::from_millis(150);
+    config.raft.election_timeout_max = strata_config::HumanDuration::from_millis(300);
+    let config = config.validate().context("check the dev configuration")?;
+    let grace = config.shutdown_grace_period.0;
+    let node = Node::start(config).await?;
+    wait_for_leader(&node, Duration::from_secs(10)).await?;
+    println!(
+        "strata dev: node 1 ready in {} ms",
+        started.elapsed().as_millis()
+    );
+    println!("  api     http://{}", node.addrs.api);
+    println!("  raft    {}", node.addrs.raft);
+    println!("  metrics http://{}/metrics", node.addrs.api);
+    println!("  data    {}", args.data_dir.display());
+    println!("try: strata kv put greeting hello && strata kv get greeting");
+    wait_for_signal(node, grace).await
+}
+
+async fn wait_for_leader(node: &strata_node::NodeHandle, timeout: Duration) -> anyhow::Result<()> {
+    let mut metrics = node.raft().metrics();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if metrics.borrow().current_leader.is_some() {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => bail!("raft stopped while starting"),
+            Err(_) => bail!("no leader elected within {timeout:?}"),
+        }
+    }
+}
+
+/// Runs `strata server`.
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    if args.sample_config {
+        print!("{}", NodeConfig::sample_toml());
+        return Ok(());
+    }
+    if let Some(path) = &args.check_config {
+        let config = NodeConfig::from_file(path)?;
+        config.validate()?;
+        println!("{} is valid", path.display());
+        return Ok(());
+    }
+    let mut config = match &args.config {
+        Some(path) => NodeConfig::from_file(path)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = args.api_addr {
+        config.api_addr = addr;
+    }
+    if let Some(addr) = args.raft_addr {
+        config.raft_addr = addr;
+    }
+    if let Some(addr) = args.advertise_raft_addr {
+        config.advertise_raft_addr = Some(addr);
+    }
+    if let Some(addr) = args.advertise_api_addr {
+        config.advertise_api_addr = Some(addr);
+    }
+    if let Some(members) = args.initial_cluster {
+        config.initial_cluster = NodeConfig::parse_initial_cluster(&members)?;
+    }
+    if let Some(path) = args.addrs_file {
+        config.addrs_file = Some(path);
+    }
+    let config = config.validate()?;
+    let grace = config.shutdown_grace_period.0;
+    let node = Node::start(config).await?;
+    println!(
+        "strata server: node {} listening, api http://{} raft {}",
+        node.service.node_id(),
+        node.addrs.api,
+        node.addrs.raft
+    );
+    wait_for_signal(node, grace).await
+}
+
+async fn wait_for_signal(node: strata_node::NodeHandle, grace: Duration) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down (press Ctrl-C again to abort)"),
+    }
+    tokio::select! {
+        _ = node.shutdown(grace) => Ok(()),
+        _ = interrupt.recv() => {
+            eprintln!("second SIGINT: aborting");
+            std::process::exit(130);
+        }
+        _ = tokio::time::sleep(grace + Duration::from_secs(1)) => {
+            bail!("graceful shutdown did not finish within {grace:?}")
+        }
+    }
+}

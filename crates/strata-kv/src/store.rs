@@ -211,8 +211,21 @@ impl KvStore {
 
     /// Reads keys. Fails on an invalid range or an unreadable revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApiError> {
+        self.range_in(req, None)
+    }
+
+    /// [`KvStore::range`], optionally from inside a write request whose changes are being
+    /// written at revision `pending`: a read of the latest state then sees them, as in etcd.
+    fn range_in(
+        &self,
+        req: &RangeRequest,
+        pending: Option<i64>,
+    ) -> Result<RangeResponse, ApiError> {
         let range = KeyRange::resolve(&req.spec())?;
-        let at = self.check_read_revision(req.revision)?;
+        let at = match pending {
+            Some(main) if req.revision <= 0 => main,
+            _ => self.check_read_revision(req.revision)?,
+        };
         if req.limit < 0 {
             return Err(ApiError::bad_request("limit must not be negative"));
         }
@@ -353,6 +366,9 @@ impl KvStore {
                     RequestOp::Range(range) => {
                         KeyRange::resolve(&range.spec())?;
                         self.check_read_revision(range.revision)?;
+                        if range.limit < 0 {
+                            return Err(ApiError::bad_request("limit must not be negative"));
+                        }
                     }
                     RequestOp::Put(put) => {
                         self.validate_put(put)?;
@@ -487,12 +503,10 @@ impl KvStore {
             .collect();
         if live.is_empty() {
             // etcd: a missing key has version, revisions and lease 0; a value compare fails.
+            // An empty range is compared the same way, as one missing key (etcd's
+            // `applyCompare`), so `version > 0` on an empty prefix is false, not vacuously true.
             if matches!(compare.target, CompareTarget::Value(_)) {
                 return false;
-            }
-            if range.end.is_some() {
-                // A range compare with no keys in the range is vacuously true in etcd.
-                return true;
             }
             return compare_numbers(compare.result, 0, target_number(&compare.target));
         }
@@ -525,7 +539,8 @@ impl KvStore {
             let response = match op {
                 RequestOp::Range(range) => {
                     // Validated before apply; a failure here would be a bug, so report empty.
-                    let mut result = self.range(range).unwrap_or_default();
+                    // Reads see this txn's earlier writes (etcd reads at `main` once changed).
+                    let mut result = self.range_in(range, Some(batch.main)).unwrap_or_default();
                     result.header = ResponseHeader::default();
                     ResponseOp::Range(result)
                 }

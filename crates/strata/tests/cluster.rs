@@ -1,0 +1,484 @@
+//! Multi-node behaviour with real `strata server` processes on loopback: failover under load,
+//! snapshot catch-up, membership changes, watches across a leader kill, lease expiry.
+
+mod common;
+
+use common::{cli_ok, wait_until, Cluster, NodeProc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata_client::Client;
+use strata_proto::kv::{
+    LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse, WatchRequest,
+};
+
+/// Writes `prefix{n}` keys from `writers` tasks until `stop` is set or `max` writes are done.
+/// Returns the acknowledged writes: key -> (value, revision).
+async fn write_load(
+    client: Arc<Client>,
+    prefix: &'static str,
+    writers: usize,
+    max_per_writer: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> BTreeMap<String, (String, i64)> {
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let client = client.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..max_per_writer {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("{prefix}{writer:02}-{n:05}");
+                let value = format!("v{writer}-{n}");
+                let request = PutRequest {
+                    key: key.clone().into(),
+                    value: value.clone().into(),
+                    ..Default::default()
+                };
+                if let Ok(response) = client.post::<_, PutResponse>("/v1/kv/put", &request).await {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .insert(key, (value, response.header.revision));
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+async fn leader_of(cluster: &Cluster) -> u64 {
+    cluster.wait_for_leader().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_kill_leader_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let client = Arc::new(cluster.client());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(write_load(client.clone(), "load/", 4, 150, stop.clone()));
+
+    // Let some writes land, then kill the leader mid-load.
+    wait_until(Duration::from_secs(20), "writes before the kill", || {
+        let node = &cluster.nodes[0];
+        async move {
+            node.local_prefix("load/")
+                .await
+                .filter(|r| r.count >= 50)
+                .map(|_| ())
+        }
+    })
+    .await;
+    let old_leader = leader_of(&cluster).await;
+    cluster.node(old_leader).kill9();
+    let killed_at = Instant::now();
+
+    // A new leader serves writes within 3 s.
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != old_leader)
+        .map(|n| n.url())
+        .collect();
+    let survivor_client = Client::new(&survivors).with_timeout(Duration::from_secs(10));
+    survivor_client
+        .put("after-kill", "ok")
+        .await
+        .expect("write after leader kill");
+    let failover = killed_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(3),
+        "new leader took {failover:?} to serve a write"
+    );
+
+    // The writers run to completion: most of their writes land after the failover.
+    let acked = load.await.unwrap();
+    assert!(
+        acked.len() >= 300,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    eprintln!(
+        "acknowledged {} writes; failover write after {failover:?}",
+        acked.len()
+    );
+
+    // The old leader comes back and catches up; every acknowledged write is on every node.
+    cluster.node(old_leader).restart().await;
+    let leader = leader_of(&cluster).await;
+    let commit = cluster.nodes[(leader - 1) as usize]
+        .status()
+        .await
+        .unwrap()
+        .commit_index;
+    for node in &cluster.nodes {
+        cluster.wait_applied(node.id, commit).await;
+        let stored = node.local_prefix("load/").await.expect("read from node");
+        let stored: BTreeMap<String, String> = stored
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                )
+            })
+            .collect();
+        for (key, (value, _)) in &acked {
+            assert_eq!(
+                stored.get(key),
+                Some(value),
+                "node {} lost acknowledged write {key}",
+                node.id
+            );
+        }
+        node.assert_no_panic();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_stopped_follower_catches_up_by_snapshot_install() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("small-snapshots.toml");
+    std::fs::write(
+        &config,
+        "[raft]\nsnapshot_entries = 100\nkeep_entries_after_snapshot = 10\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap().to_string();
+    let mut cluster = Cluster::start(3, &["--config", &config_arg]).await;
+    let leader = leader_of(&cluster).await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    assert_eq!(cluster.node(follower).terminate().code(), Some(0));
+
+    let client = cluster.client();
+    for n in 0..400 {
+        client
+            .put(format!("snap/{n:04}"), format!("value-{n}"))
+            .await
+            .unwrap();
+    }
+    // The leader compacted its log past what the follower has.
+    let purged = cluster.nodes[(leader - 1) as usize]
+        .metric("strata_raft_log_entries")
+        .await
+        .unwrap();
+    assert!(
+        purged < 400.0,
+        "leader log was not compacted: {purged} entries"
+    );
+
+    cluster.node(follower).restart().await;
+    let leader_node = &cluster.nodes[(leader - 1) as usize];
+    let node = &cluster.nodes[(follower - 1) as usize];
+    wait_until(
+        Duration::from_secs(30),
+        "follower to install a snapshot",
+        || async {
+            let installed = node.metric("strata_raft_snapshots_installed").await?;
+            (installed >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let commit = leader_node.status().await.unwrap().commit_index;
+    cluster.wait_applied(follower, commit).await;
+    let stored = node.local_prefix("snap/").await.unwrap();
+    assert_eq!(stored.count, 400);
+    assert_eq!(
+        node.local_get("snap/0399").await.as_deref(),
+        Some(&b"value-399"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t40_remove_member_then_add_empty_node_which_catches_up() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let client = cluster.client();
+    for n in 0..50 {
+        client.put(format!("m/{n:03}"), "x").await.unwrap();
+    }
+    // Remove a follower.
+    let leader = leader_of(&cluster).await;
+    let victim = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    cli_ok(
+        &cluster.endpoints(),
+        &["cluster", "remove-member", &victim.to_string()],
+    );
+    let status: strata_proto::ClusterStatus = cluster
+        .client()
+        .get_json("/v1/cluster/status")
+        .await
+        .unwrap();
+    assert!(status.members.iter().all(|m| m.id != victim), "{status:?}");
+    cluster.node(victim).terminate();
+
+    // Add a brand-new node with an empty data folder.
+    let fresh = NodeProc::start(4, cluster.root.path(), None, &[]).await;
+    let live: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != victim)
+        .map(|n| n.url())
+        .collect();
+    cli_ok(
+        &live,
+        &[
+            "cluster",
+            "add-member",
+            "4",
+            "--raft-addr",
+            &fresh.raft,
+            "--api-addr",
+            &fresh.api,
+        ],
+    );
+    let out = cli_ok(&live, &["--output", "json", "cluster", "status"]);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: BTreeSet<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{status}");
+    assert!(ids.contains(&4) && !ids.contains(&victim), "{status}");
+
+    wait_until(
+        Duration::from_secs(30),
+        "new member to catch up",
+        || async {
+            let stored = fresh.local_prefix("m/").await?;
+            (stored.count == 50).then_some(())
+        },
+    )
+    .await;
+    // The new member takes part in commits: writes still succeed through it.
+    Client::new(&[fresh.url()])
+        .put("m/after", "y")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_watch_from_revision_survives_leader_kill_exactly_once_in_order() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let client = Arc::new(cluster.client());
+    let start = client.put("w/start", "0").await.unwrap().header.revision;
+
+    // Watch through the CLI, connected to the leader first so that its death forces a
+    // reconnect to another node.
+    let leader = leader_of(&cluster).await;
+    let mut endpoints = vec![cluster.nodes[(leader - 1) as usize].url()];
+    endpoints.extend(
+        cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != leader)
+            .map(|n| n.url()),
+    );
+    let watch_out = cluster.root.path().join("watch.out");
+    let mut watcher = std::process::Command::new(common::strata_bin())
+        .args([
+            "--endpoints",
+            &endpoints.join(","),
+            "--output",
+            "json",
+            "kv",
+            "watch",
+            "w/",
+            "--prefix",
+        ])
+        .args(["--rev", &(start + 1).to_string()])
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(write_load(client.clone(), "w/k", 2, 150, stop.clone()));
+    wait_until(Duration::from_secs(20), "watch to see events", || {
+        let path = watch_out.clone();
+        async move { (std::fs::read_to_string(&path).ok()?.lines().count() >= 20).then_some(()) }
+    })
+    .await;
+    cluster.node(leader).kill9();
+    let acked = load.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last_acked = acked.values().map(|(_, rev)| *rev).max().unwrap();
+
+    let revisions: Vec<i64> = wait_until(
+        Duration::from_secs(30),
+        "watch to deliver the last write",
+        || {
+            let path = watch_out.clone();
+            async move {
+                let text = std::fs::read_to_string(&path).ok()?;
+                let revisions: Vec<i64> = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .map(|e| e["kv"]["mod_revision"].as_i64().unwrap())
+                    .collect();
+                revisions.contains(&last_acked).then_some(revisions)
+            }
+        },
+    )
+    .await;
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+
+    for pair in revisions.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "revisions out of order or duplicated: {pair:?}"
+        );
+    }
+    assert!(
+        revisions[0] > start,
+        "delivered revision {} before the start",
+        revisions[0]
+    );
+    let delivered: BTreeSet<i64> = revisions.iter().copied().collect();
+    for (key, (_, revision)) in &acked {
+        assert!(
+            delivered.contains(revision),
+            "acknowledged write {key}@{revision} missing from the watch"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_key_on_expired_lease_is_gone_on_every_node() {
+    let cluster = Cluster::start(3, &[]).await;
+    let client = cluster.client();
+    let lease: LeaseGrantResponse = client
+        .post("/v1/lease/grant", &LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap();
+    let put = PutRequest {
+        key: "ephemeral".into(),
+        value: "here".into(),
+        lease: lease.id,
+        ..Default::default()
+    };
+    let _: PutResponse = client.post("/v1/kv/put", &put).await.unwrap();
+    client.put("durable", "stays").await.unwrap();
+    for node in &cluster.nodes {
+        wait_until(Duration::from_secs(10), "key to replicate", || async {
+            node.local_get("ephemeral").await.map(|_| ())
+        })
+        .await;
+    }
+    // No keep-alive: the leader revokes the lease after ~2 s; every node deletes the key.
+    for node in &cluster.nodes {
+        wait_until(Duration::from_secs(15), "leased key to expire", || async {
+            let gone = node.local_prefix("ephemeral").await?.count == 0;
+            gone.then_some(())
+        })
+        .await;
+        assert_eq!(
+            node.local_get("durable").await.as_deref(),
+            Some(&b"stays"[..])
+        );
+    }
+    let out = cli_ok(&cluster.endpoints(), &["--output", "json", "lease", "list"]);
+    assert!(
+        !out.contains(&format!("{}", lease.id)),
+        "expired lease still listed: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t61_keepalive_holds_lease_and_follower_forwards() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = leader_of(&cluster).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let client = Client::new(&[follower.url()]);
+    let lease: LeaseGrantResponse = client
+        .post("/v1/lease/grant", &LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap();
+    let put = PutRequest {
+        key: "held".into(),
+        value: "1".into(),
+        lease: lease.id,
+        ..Default::default()
+    };
+    let _: PutResponse = client.post("/v1/kv/put", &put).await.unwrap();
+    // Keep it alive through a follower for longer than its TTL.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let _: serde_json::Value = client
+            .post(
+                "/v1/lease/keepalive",
+                &serde_json::json!({ "id": lease.id }),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        client.get("held").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    let ttl: serde_json::Value = client
+        .post(
+            "/v1/lease/timetolive",
+            &serde_json::json!({ "id": lease.id, "keys": true }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl["granted_ttl"], 2);
+    assert_eq!(ttl["keys"][0], "held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t70_watch_stream_over_http_sees_every_change_in_order() {
+    let cluster = Cluster::start(1, &[]).await;
+    let client = cluster.client();
+    let request = WatchRequest {
+        key: "s/".into(),
+        prefix: true,
+        prev_kv: true,
+        ..Default::default()
+    };
+    let mut stream = client.watch(&request).await.unwrap();
+    let created = stream.next().await.unwrap().unwrap();
+    assert!(created.created);
+    for n in 0..20 {
+        client
+            .put(format!("s/{}", n % 3), format!("{n}"))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let message = stream.next().await.unwrap().expect("stream open");
+        seen.extend(message.events);
+    }
+    for (n, event) in seen.iter().enumerate() {
+        assert_eq!(event.kv.value, format!("{n}").into_bytes());
+        if n >= 3 {
+            assert_eq!(
+                event.prev_kv.as_ref().unwrap().value,
+                format!("{}", n - 3).into_bytes()
+            );
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Real-process test harness: starts `strata` binaries on loopback ports chosen at run time,
+//! kills and restarts them, and talks to them through the CLI and the client crate.
+//!
+//! Nodes bind port 0 and write their addresses to `addrs.json`; a restarted node reuses the
+//! ports it had, because the cluster knows it by its raft address. Readiness and convergence
+//! are polled with deadlines, never slept for.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use strata_client::Client;
+use strata_proto::kv::{RangeRequest, RangeResponse};
+use strata_proto::ClusterStatus;
+
+/// Path of the binary under test.
+pub fn strata_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strata")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+struct Addrs {
+    api: std::net::SocketAddr,
+    raft: std::net::SocketAddr,
+}
+
+/// One `strata server` process.
+pub struct NodeProc {
+    /// Node id.
+    pub id: u64,
+    /// Folder with data, logs and addrs.json.
+    pub dir: PathBuf,
+    /// `127.0.0.1:port` of the API.
+    pub api: String,
+    /// `127.0.0.1:port` of the raft listener.
+    pub raft: String,
+    child: Option<Child>,
+    /// How many times this node was started (log files are numbered by it).
+    starts: u32,
+    extra: Vec<String>,
+}
+
+impl NodeProc {
+    /// Starts a node. `initial_cluster` is passed as-is (e.g. `1=127.0.0.1:0` to found).
+    pub async fn start(
+        id: u64,
+        root: &Path,
+        initial_cluster: Option<&str>,
+        extra: &[&str],
+    ) -> NodeProc {
+        let dir = root.join(format!("n{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(members) = initial_cluster {
+            extra.push("--initial-cluster".into());
+            extra.push(members.into());
+        }
+        let mut node = NodeProc {
+            id,
+            dir,
+            api: "127.0.0.1:0".into(),
+            raft: "127.0.0.1:0".into(),
+            child: None,
+            starts: 0,
+            extra,
+        };
+        node.spawn().await;
+        node
+    }
+
+    async fn spawn(&mut self) {
+        let addrs_file = self.dir.join("addrs.json");
+        let _ = std::fs::remove_file(&addrs_file);
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("log.{}", self.starts))).unwrap();
+        let mut command = Command::new(strata_bin());
+        command
+            .arg("server")
+            .args(["--id", &self.id.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--api-addr", &self.api, "--raft-addr", &self.raft])
+            .arg("--addrs-file")
+            .arg(&addrs_file)
+            .args(&self.extra)
+            .env("STRATA_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(command.spawn().expect("spawn strata"));
+        let addrs: Addrs = wait_until(Duration::from_secs(20), "node to write addrs.json", || {
+            let path = addrs_file.clone();
+            async move {
+                std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            }
+        })
+        .await;
+        self.api = addrs.api.to_string();
+        self.raft = addrs.raft.to_string();
+    }
+
+    /// `http://` URL of the API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Stops the process with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("node {} did not stop within 15s of SIGTERM", self.id);
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
+    /// Restarts the node on the same ports and data folder.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node before restarting it");
+        // A founding flag is harmless on restart: the node already has state.
+        self.spawn().await;
+    }
+
+    /// Returns the node's logs so far.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for start in 1..=self.starts {
+            all.push_str(
+                &std::fs::read_to_string(self.dir.join(format!("log.{start}"))).unwrap_or_default(),
+            );
+        }
+        all
+    }
+
+    /// A client that talks to this node only.
+    pub fn client(&self) -> Client {
+        Client::new(&[self.url()]).with_timeout(Duration::from_secs(10))
+    }
+
+    /// This node's view of the cluster.
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        self.client().get_json("/v1/cluster/status").await.ok()
+    }
+
+    /// Reads one key from this node's local state (serializable).
+    pub async fn local_get(&self, key: &str) -> Option<Vec<u8>> {
+        let request = RangeRequest {
+            key: key.into(),
+            serializable: true,
+            ..Default::default()
+        };
+        let response: RangeResponse = self.client().post("/v1/kv/range", &request).await.ok()?;
+        response.kvs.into_iter().next().map(|kv| kv.value)
+    }
+
+    /// Reads a prefix from this node's local state (serializable).
+    pub async fn local_prefix(&self, prefix: &str) -> Option<RangeResponse> {
+        let request = RangeRequest {
+            key: prefix.into(),
+            prefix: true,
+            serializable: true,
+            ..Default::default()
+        };
+        self.client().post("/v1/kv/range", &request).await.ok()
+    }
+
+    /// Fetches /metrics and returns the value of the first sample named `name`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Panics if the logs show a panic.
+    pub fn assert_no_panic(&self) {
+        let logs = self.logs();
+        assert!(
+            !logs.contains("panicked"),
+            "node {} panicked:\n{logs}",
+            self.id
+        );
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the CLI with `--endpoints` and returns its output.
+pub fn cli(endpoints: &[String], args: &[&str]) -> Output {
+    Command::new(strata_bin())
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run strata CLI")
+}
+
+/// Runs the CLI and returns stdout, panicking with stderr on failure.
+pub fn cli_ok(endpoints: &[String], args: &[&str]) -> String {
+    let out = cli(endpoints, args);
+    assert!(
+        out.status.success(),
+        "strata {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A cluster of real processes.
+pub struct Cluster {
+    /// Scratch folder (deleted on drop).
+    pub root: tempfile::TempDir,
+    /// The nodes, index = id - 1.
+    pub nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    /// Starts node 1 as founder, then adds nodes 2..=n through the operator CLI.
+    pub async fn start(n: u64, extra: &[&str]) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let first = NodeProc::start(1, root.path(), Some("1=127.0.0.1:0"), extra).await;
+        let mut cluster = Cluster {
+            root,
+            nodes: vec![first],
+        };
+        cluster.wait_for_leader().await;
+        for id in 2..=n {
+            let node = NodeProc::start(id, cluster.root.path(), None, extra).await;
+            cli_ok(
+                &cluster.endpoints(),
+                &[
+                    "cluster",
+                    "add-member",
+                    &id.to_string(),
+                    "--raft-addr",
+                    &node.raft,
+                    "--api-addr",
+                    &node.api,
+                ],
+            );
+            cluster.nodes.push(node);
+        }
+        cluster.wait_for_members(n as usize).await;
+        cluster
+    }
+
+    /// Every API URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// A client over every node.
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoints()).with_timeout(Duration::from_secs(15))
+    }
+
+    /// Node by id.
+    pub fn node(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Waits until some running node reports a leader; returns its id.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let endpoints = self.endpoints();
+        wait_until(Duration::from_secs(20), "a leader", || {
+            let client = Client::new(&endpoints).with_timeout(Duration::from_secs(2));
+            async move {
+                let status: ClusterStatus = client.get_json("/v1/cluster/status").await.ok()?;
+                status.leader
+            }
+        })
+        .await
+    }
+
+    /// Waits until the leader lists `count` voters with API addresses.
+    pub async fn wait_for_members(&self, count: usize) {
+        let endpoints = self.endpoints();
+        wait_until(Duration::from_secs(30), "members to register", || {
+            let client = Client::new(&endpoints).with_timeout(Duration::from_secs(2));
+            async move {
+                let status: ClusterStatus = client.get_json("/v1/cluster/status").await.ok()?;
+                let ready = status
+                    .members
+                    .iter()
+                    .filter(|m| m.role != "learner" && !m.api_addr.is_empty())
+                    .count();
+                (ready == count).then_some(())
+            }
+        })
+        .await
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64) {
+        let node = &self.nodes[(id - 1) as usize];
+        wait_until(
+            Duration::from_secs(30),
+            &format!("node {id} to apply index {index}"),
+            || async {
+                let status = node.status().await?;
+                (status.applied_index >= index).then_some(())
+            },
+        )
+        .await
+    }
+}

@@ -1,6 +1,8 @@
 //! Multi-node behaviour with real `strata server` processes on loopback: failover under load,
 //! snapshot catch-up, membership changes, watches across a leader kill, lease expiry.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{cli_ok, wait_until, Cluster, NodeProc};

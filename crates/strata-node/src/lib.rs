@@ -82,6 +82,8 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     /// Every task the node spawned.
     tracker: TaskTracker,
+    /// Holds the data folder's lock until the node is gone.
+    _data: strata_raft::DataDir,
 }
 
 impl Node {
@@ -90,10 +92,10 @@ impl Node {
         let id = config.id;
         info!(node_id = id, data_dir = %config.data_dir.display(), "opening data folder");
         let data = strata_raft::open_storage(&config.data_dir)?;
-        let log =
-            LogStore::open(data.db.clone()).map_err(|e| NodeError::RaftStorage(e.to_string()))?;
+        let log = LogStore::open(data.log_db.clone())
+            .map_err(|e| NodeError::RaftStorage(e.to_string()))?;
         let machine = Arc::new(KvMachine::new());
-        let sm = StateMachineStore::open(machine.clone(), data.db.clone())
+        let sm = StateMachineStore::open(machine.clone(), data.path.clone())
             .map_err(|e| NodeError::RaftStorage(e.to_string()))?;
 
         let api_listener = bind("api", &config.api_addr).await?;
@@ -203,6 +205,7 @@ impl Node {
             raft,
             cancel,
             tracker,
+            _data: data,
         })
     }
 }
@@ -449,10 +452,27 @@ pub fn refresh_metrics(service: &KvService) {
     metrics.kv_compact_revision.set(compacted);
     metrics.kv_keys.set(stats.keys as i64);
     metrics.kv_leases.set(stats.leases as i64);
-    let db = service.config.data_dir.join("raft.redb");
-    if let Ok(meta) = std::fs::metadata(db) {
-        metrics.storage_db_bytes.set(meta.len() as i64);
+    metrics
+        .storage_db_bytes
+        .set(folder_size(&service.config.data_dir) as i64);
+}
+
+/// Returns the total size of the files under `path` (bounded depth; errors count as 0).
+fn folder_size(path: &std::path::Path) -> u64 {
+    fn walk(path: &std::path::Path, depth: u32) -> u64 {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(meta) if meta.is_dir() && depth < 4 => walk(&entry.path(), depth + 1),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            })
+            .sum()
     }
+    walk(path, 0)
 }
 
 impl NodeHandle {

@@ -2,11 +2,11 @@
 //!
 //! - [`TypeConfig`]: the openraft type configuration. Log entries carry
 //!   [`strata_proto::kv::Command`]s; members are [`strata_proto::NodeInfo`].
-//! - [`LogStore`]: the Raft log and vote on redb. Appends are group-committed by one writer
+//! - [`LogStore`]: the Raft log and vote on fjall. Appends are group-committed by one writer
 //!   thread: every append queued while a commit is in flight goes into the next commit, and
 //!   openraft is told an entry is durable only after the fsync that covers it returns.
 //! - [`StateMachineStore`]: adapts any [`StateMachine`] to openraft. The application state
-//!   lives in memory; it is made durable by the log plus snapshots stored in the same redb file.
+//!   lives in memory; it is made durable by the log plus a snapshot file written atomically.
 //!   On restart the latest snapshot is restored and openraft re-applies the committed tail.
 //! - [`network`]: the node-to-node transport (HTTP/1.1, postcard bodies) and its server routes.
 //!
@@ -16,6 +16,7 @@
 
 mod log_store;
 pub mod network;
+mod snapshot_file;
 mod state_machine;
 mod storage;
 

@@ -1,8 +1,8 @@
-//! [`LogStore`]: the Raft log and vote on redb, with group commit.
+//! [`LogStore`]: the Raft log and vote on fjall, with group commit.
 //!
 //! Every mutation (append, truncate, purge, vote, committed) is sent in order to one writer
-//! thread. The writer drains everything queued, writes it in one redb transaction, commits
-//! with fsync, and only then completes the callbacks. So under load many appends share one
+//! thread. The writer drains everything queued, writes it as one fjall batch, commits it with
+//! the journal fsynced (`PersistMode::SyncAll`), and only then completes the callbacks. So under load many appends share one
 //! fsync, and the order of mutations on disk is the order openraft issued them.
 //!
 //! The unpurged tail of the log is also kept in memory: reads (replication, apply) never touch
@@ -16,15 +16,14 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const LOG: &str = "raft_log";
+const META: &str = "raft_meta";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
@@ -46,11 +45,13 @@ enum WriteOp {
         entries: Vec<(u64, Vec<u8>)>,
         callback: LogFlushed<TypeConfig>,
     },
+    /// Remove these indexes (a conflicting tail).
     Truncate {
-        from: u64,
+        indexes: Vec<u64>,
     },
+    /// Remove these indexes (covered by a snapshot) and record the purge point.
     Purge {
-        upto: u64,
+        indexes: Vec<u64>,
         log_id: Vec<u8>,
     },
     Vote {
@@ -102,30 +103,19 @@ fn write_err(subject: ErrorSubject<NodeId>, e: impl std::fmt::Display) -> Storag
 impl LogStore {
     /// Loads the log from `db` and starts the writer thread. The thread exits when the last
     /// clone of the store is dropped.
-    pub fn open(db: Arc<redb::Database>) -> Result<LogStore, StorageError<NodeId>> {
+    pub fn open(db: fjall::Database) -> Result<LogStore, StorageError<NodeId>> {
         let mut mem = MemLog::default();
-        {
-            let txn = db
-                .begin_write()
-                .map_err(|e| write_err(ErrorSubject::Store, e))?;
-            txn.open_table(LOG)
-                .map_err(|e| write_err(ErrorSubject::Store, e))?;
-            txn.open_table(META)
-                .map_err(|e| write_err(ErrorSubject::Store, e))?;
-            txn.commit()
-                .map_err(|e| write_err(ErrorSubject::Store, e))?;
-        }
-        let txn = db
-            .begin_read()
-            .map_err(|e| read_err(ErrorSubject::Store, e))?;
-        let meta = txn
-            .open_table(META)
+        let log = db
+            .keyspace(LOG, fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| read_err(ErrorSubject::Logs, e))?;
+        let meta = db
+            .keyspace(META, fjall::KeyspaceCreateOptions::default)
             .map_err(|e| read_err(ErrorSubject::Store, e))?;
         let decode_meta = |key: &str| -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
             Ok(meta
                 .get(key)
                 .map_err(|e| read_err(ErrorSubject::Store, e))?
-                .map(|v| v.value().to_vec()))
+                .map(|v| v.to_vec()))
         };
         if let Some(bytes) = decode_meta(KEY_VOTE)? {
             mem.vote =
@@ -139,18 +129,16 @@ impl LogStore {
             mem.last_purged =
                 postcard::from_bytes(&bytes).map_err(|e| read_err(ErrorSubject::Logs, e))?;
         }
-        let log = txn
-            .open_table(LOG)
-            .map_err(|e| read_err(ErrorSubject::Logs, e))?;
-        for item in log.iter().map_err(|e| read_err(ErrorSubject::Logs, e))? {
-            let (index, bytes) = item.map_err(|e| read_err(ErrorSubject::Logs, e))?;
-            let entry: Entry<TypeConfig> = postcard::from_bytes(bytes.value()).map_err(|e| {
-                read_err(
-                    ErrorSubject::Logs,
-                    format!("log entry {}: {e}", index.value()),
-                )
-            })?;
-            mem.entries.insert(index.value(), entry);
+        for item in log.iter() {
+            let (key, value) = item
+                .into_inner()
+                .map_err(|e| read_err(ErrorSubject::Logs, e))?;
+            let index = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| read_err(ErrorSubject::Logs, "log key is not an 8-byte index"))?;
+            let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
+                .map_err(|e| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}")))?;
+            mem.entries.insert(index, entry);
         }
         let committed_index = mem.committed.map(|c| c.index).unwrap_or(0);
         let (tx, rx) = mpsc::channel();
@@ -161,9 +149,10 @@ impl LogStore {
             fsyncs: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&shared);
+        let tables = Tables { db, log, meta };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(db, rx, weak))
+            .spawn(move || writer_loop(tables, rx, weak))
             .map_err(|e| write_err(ErrorSubject::Store, e))?;
         Ok(LogStore { shared })
     }
@@ -202,11 +191,14 @@ impl LogStore {
     }
 }
 
-fn writer_loop(
-    db: Arc<redb::Database>,
-    rx: mpsc::Receiver<WriteOp>,
-    shared: std::sync::Weak<Shared>,
-) {
+/// The database and its two keyspaces, owned by the writer thread.
+struct Tables {
+    db: fjall::Database,
+    log: fjall::Keyspace,
+    meta: fjall::Keyspace,
+}
+
+fn writer_loop(tables: Tables, rx: mpsc::Receiver<WriteOp>, shared: std::sync::Weak<Shared>) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH_OPS {
@@ -215,13 +207,16 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let result = write_batch(&db, &ops);
-        if result.is_ok() {
-            if let Some(shared) = shared.upgrade() {
-                shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let result = write_batch(&tables, &ops);
+        match &result {
+            Ok(()) => {
+                if let Some(shared) = shared.upgrade() {
+                    shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        } else if let Err(e) = &result {
-            tracing::error!(error = %e, "raft log commit failed; the node cannot make progress");
+            Err(e) => {
+                tracing::error!(error = %e, "raft log commit failed; the node cannot make progress")
+            }
         }
         for op in ops {
             let outcome = result.as_ref().map(|_| ()).map_err(io_err);
@@ -236,36 +231,37 @@ fn writer_loop(
     }
 }
 
-fn write_batch(db: &redb::Database, ops: &[WriteOp]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        for op in ops {
-            match op {
-                WriteOp::Append { entries, .. } => {
-                    for (index, bytes) in entries {
-                        log.insert(*index, bytes.as_slice())?;
-                    }
+/// Writes every op as one atomic batch and fsyncs the journal before returning.
+fn write_batch(tables: &Tables, ops: &[WriteOp]) -> Result<(), fjall::Error> {
+    let mut batch = tables
+        .db
+        .batch()
+        .durability(Some(fjall::PersistMode::SyncAll));
+    for op in ops {
+        match op {
+            WriteOp::Append { entries, .. } => {
+                for (index, bytes) in entries {
+                    batch.insert(&tables.log, index.to_be_bytes(), bytes.as_slice());
                 }
-                WriteOp::Truncate { from } => {
-                    log.retain_in(*from.., |_, _| false)?;
+            }
+            WriteOp::Truncate { indexes } => {
+                for index in indexes {
+                    batch.remove(&tables.log, index.to_be_bytes());
                 }
-                WriteOp::Purge { upto, log_id } => {
-                    log.retain_in(..=*upto, |_, _| false)?;
-                    meta.insert(KEY_PURGED, log_id.as_slice())?;
+            }
+            WriteOp::Purge { indexes, log_id } => {
+                for index in indexes {
+                    batch.remove(&tables.log, index.to_be_bytes());
                 }
-                WriteOp::Vote { bytes, .. } => {
-                    meta.insert(KEY_VOTE, bytes.as_slice())?;
-                }
-                WriteOp::Committed { bytes } => {
-                    meta.insert(KEY_COMMITTED, bytes.as_slice())?;
-                }
+                batch.insert(&tables.meta, KEY_PURGED, log_id.as_slice());
+            }
+            WriteOp::Vote { bytes, .. } => batch.insert(&tables.meta, KEY_VOTE, bytes.as_slice()),
+            WriteOp::Committed { bytes } => {
+                batch.insert(&tables.meta, KEY_COMMITTED, bytes.as_slice())
             }
         }
     }
-    txn.commit()?;
-    Ok(())
+    batch.commit()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -369,8 +365,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut mem = self.mem();
-        mem.entries.split_off(&log_id.index);
-        self.send(WriteOp::Truncate { from: log_id.index })
+        let removed = mem.entries.split_off(&log_id.index);
+        self.send(WriteOp::Truncate {
+            indexes: removed.into_keys().collect(),
+        })
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -378,10 +376,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             postcard::to_allocvec(&Some(log_id)).map_err(|e| write_err(ErrorSubject::Logs, e))?;
         let mut mem = self.mem();
         let keep = mem.entries.split_off(&(log_id.index + 1));
-        mem.entries = keep;
+        let purged = std::mem::replace(&mut mem.entries, keep);
         mem.last_purged = Some(log_id);
         self.send(WriteOp::Purge {
-            upto: log_id.index,
+            indexes: purged.into_keys().collect(),
             log_id: bytes,
         })
     }

@@ -1,5 +1,5 @@
 //! [`StateMachineStore`]: adapts an application [`StateMachine`] to openraft, with snapshots
-//! persisted in redb.
+//! persisted as a file in the data folder (see `snapshot_file`).
 
 use crate::{NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -7,17 +7,13 @@ use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use redb::{ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use strata_proto::kv::{Command, CommandResult};
 use strata_proto::NodeInfo;
-
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-const KEY_META: &str = "meta";
-const KEY_DATA: &str = "data";
 
 /// The application state replicated by Raft.
 ///
@@ -51,7 +47,8 @@ type LoadedSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>)>;
 
 struct Inner<S> {
     app: Arc<S>,
-    db: Arc<redb::Database>,
+    /// The data folder, where `snapshot.bin` lives.
+    dir: PathBuf,
     applied: Mutex<Applied>,
     current: Mutex<CurrentSnapshot>,
     snapshot_seq: AtomicU64,
@@ -91,12 +88,12 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> 
 }
 
 impl<S: StateMachine> StateMachineStore<S> {
-    /// Restores `app` from the latest snapshot in `db`, if any.
-    pub fn open(app: Arc<S>, db: Arc<redb::Database>) -> Result<Self, StorageError<NodeId>> {
+    /// Restores `app` from the latest snapshot in `dir`, if any.
+    pub fn open(app: Arc<S>, dir: PathBuf) -> Result<Self, StorageError<NodeId>> {
         let store = StateMachineStore {
             inner: Arc::new(Inner {
                 app,
-                db,
+                dir,
                 applied: Mutex::new(Applied::default()),
                 current: Mutex::new(None),
                 snapshot_seq: AtomicU64::new(0),
@@ -148,29 +145,13 @@ impl<S: StateMachine> StateMachineStore<S> {
     }
 
     fn load_snapshot(&self) -> Result<LoadedSnapshot, StorageError<NodeId>> {
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let table = match txn.open_table(SNAPSHOT) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
-        };
-        let Some(meta) = table
-            .get(KEY_META)
+        let Some((meta, data)) = crate::snapshot_file::load(&self.inner.dir)
             .map_err(|e| snap_err(ErrorVerb::Read, e))?
         else {
             return Ok(None);
         };
         let stored: StoredSnapshot =
-            postcard::from_bytes(meta.value()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let data = table
-            .get(KEY_DATA)
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?
-            .map(|v| v.value().to_vec())
-            .ok_or_else(|| snap_err(ErrorVerb::Read, "snapshot metadata without data"))?;
+            postcard::from_bytes(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some((stored.meta, data)))
     }
 
@@ -180,22 +161,13 @@ impl<S: StateMachine> StateMachineStore<S> {
         meta: &SnapshotMeta<NodeId, NodeInfo>,
         data: Arc<Vec<u8>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let db = self.inner.db.clone();
+        let dir = self.inner.dir.clone();
         let meta_bytes = postcard::to_allocvec(&StoredSnapshot { meta: meta.clone() })
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(SNAPSHOT)?;
-                table.insert(KEY_DATA, data.as_slice())?;
-                table.insert(KEY_META, meta_bytes.as_slice())?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?
-        .map_err(|e| snap_err(ErrorVerb::Write, e))
+        tokio::task::spawn_blocking(move || crate::snapshot_file::save(&dir, &meta_bytes, &data))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
     }
 }
 

@@ -1,15 +1,16 @@
-//! The data folder: version file, process lock, and the redb database inside it.
+//! The data folder: version file, process lock, the fjall database (`log/`) and the
+//! snapshot file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// The on-disk format version this build reads and writes.
 pub const DATA_FORMAT_VERSION: u32 = 1;
 const VERSION_FILE: &str = "VERSION";
 const LOCK_FILE: &str = "LOCK";
-const DB_FILE: &str = "raft.redb";
+/// Folder of the fjall database holding the Raft log, vote and commit index.
+pub const LOG_DIR: &str = "log";
 
 /// Why the data folder could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,23 +38,22 @@ pub enum StorageError {
         /// What this build expects.
         expected: u32,
     },
-    /// The database file is damaged or not a redb file.
-    #[error("data folder {path} holds a damaged database ({source}); restore it from a backup or remove it and re-join the cluster")]
+    /// The database is damaged or not a database.
+    #[error("data folder {path} holds a damaged database ({message}); restore it from a backup, or remove the folder and re-join the cluster as a new member")]
     Corrupt {
-        /// The database file.
+        /// The database folder.
         path: PathBuf,
-        /// The cause.
-        source: redb::Error,
+        /// What the engine said.
+        message: String,
     },
 }
 
 /// An open, locked data folder. The lock is released when this is dropped.
-#[derive(Debug)]
 pub struct DataDir {
     /// The folder.
     pub path: PathBuf,
-    /// The open database holding the log, vote and snapshots.
-    pub db: Arc<redb::Database>,
+    /// The open database holding the log, vote and commit index.
+    pub log_db: fjall::Database,
     /// Held for the lifetime of the process: `try_lock` fails for a second process.
     _lock: File,
 }
@@ -79,16 +79,29 @@ pub fn open_storage(path: &Path) -> Result<DataDir, StorageError> {
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
     check_version(path)?;
-    let db_path = path.join(DB_FILE);
-    let db = redb::Database::create(&db_path).map_err(|e| StorageError::Corrupt {
-        path: db_path.clone(),
-        source: e.into(),
-    })?;
+    let db_path = path.join(LOG_DIR);
+    // Small caches: the log is read from memory (see LogStore); fjall only needs to write it.
+    let log_db = fjall::Database::builder(&db_path)
+        .cache_size(4 * 1024 * 1024)
+        .worker_threads(1)
+        .open()
+        .map_err(|e| StorageError::Corrupt {
+            path: db_path.clone(),
+            message: e.to_string(),
+        })?;
     Ok(DataDir {
         path: path.to_path_buf(),
-        db: Arc::new(db),
+        log_db,
         _lock: lock,
     })
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 fn check_version(path: &Path) -> Result<(), StorageError> {
@@ -110,7 +123,7 @@ fn check_version(path: &Path) -> Result<(), StorageError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_db = path.join(DB_FILE).exists();
+            let has_db = path.join(LOG_DIR).exists();
             if has_db {
                 return Err(StorageError::Version {
                     path: path.to_path_buf(),
@@ -150,7 +163,13 @@ mod tests {
     fn garbled_database_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         drop(open_storage(dir.path()).unwrap());
-        std::fs::write(dir.path().join(DB_FILE), b"this is not a database").unwrap();
+        let log_dir = dir.path().join(LOG_DIR);
+        for entry in std::fs::read_dir(&log_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::write(&path, b"this is not a database").unwrap();
+            }
+        }
         let err = open_storage(dir.path()).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     }

@@ -348,6 +348,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 pub fn internal_router(service: Arc<KvService>) -> Router {
     Router::new()
         .route("/internal/leader", post(leader))
+        .route("/internal/campaign", post(campaign))
         .with_state(service)
 }
 
@@ -358,4 +359,8 @@ async fn leader(State(service): State<Arc<KvService>>, body: Bytes) -> Response 
     };
     let reply = service.serve_as_leader(request).await;
     strata_raft::network::postcard_reply(&reply)
+}
+
+async fn campaign(State(service): State<Arc<KvService>>) -> Response {
+    strata_raft::network::postcard_reply(&service.campaign().await)
 }

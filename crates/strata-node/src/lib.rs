@@ -485,6 +485,9 @@ impl NodeHandle {
     /// `grace` for tasks to finish.
     pub async fn shutdown(self, grace: Duration) {
         let id = self.service.id;
+        if let Some(leader) = self.service.hand_off_leadership().await {
+            info!(node_id = id, new_leader = leader, "handed off leadership");
+        }
         info!(node_id = id, "stopping listeners and background workers");
         self.cancel.cancel();
         self.tracker.close();

@@ -14,6 +14,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_config::ValidatedConfig;
@@ -92,6 +93,9 @@ pub struct KvService {
     pub(crate) config: Arc<ValidatedConfig>,
     pub(crate) metrics: Arc<Metrics>,
     lessor: Mutex<Lessor>,
+    /// Set while a graceful shutdown hands leadership to another node: leader-only requests
+    /// are refused as `unavailable`, so callers retry on the next leader.
+    stepping_down: AtomicBool,
 }
 
 impl KvService {
@@ -117,6 +121,7 @@ impl KvService {
             config,
             metrics,
             lessor: Mutex::default(),
+            stepping_down: AtomicBool::new(false),
         }
     }
 
@@ -228,6 +233,11 @@ impl KvService {
     /// Serves a leader-only request on this node, or fails with `unavailable` if it does not
     /// lead (any more).
     pub async fn serve_as_leader(&self, request: LeaderRequest) -> Result<LeaderReply, ApiError> {
+        if self.stepping_down.load(Ordering::Relaxed) {
+            return Err(ApiError::unavailable(
+                "the leader is handing off leadership",
+            ));
+        }
         match request {
             LeaderRequest::Write(command) => {
                 let started = Instant::now();
@@ -709,6 +719,106 @@ impl KvService {
         self.leader_call(LeaderRequest::RemoveMember(id))
             .await
             .map(|_| ())
+    }
+}
+
+impl KvService {
+    /// Hands leadership to the most up-to-date voter before this node stops, so the cluster
+    /// does not wait for an election timeout and never elects a lagging node.
+    ///
+    /// openraft 0.9 has no transfer primitive, and followers reject votes while their leader
+    /// lease (`election_timeout_max`) runs. So the leader stops taking requests, waits until
+    /// the target has every entry, stops heartbeating, waits one lease, and asks the target to
+    /// campaign (`POST /internal/campaign`). Returns the new leader's id when the hand-off
+    /// was observed.
+    pub async fn hand_off_leadership(&self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let (target, last_log_index) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+            let replication = m.replication.clone().unwrap_or_default();
+            let best = replication
+                .iter()
+                .filter(|(id, _)| **id != self.id && voters.contains(id))
+                .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                .map(|(id, _)| *id);
+            (best, m.last_log_index)
+        };
+        let target = target?;
+        let node = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&target)
+            .cloned()?;
+        tracing::info!(node_id = self.id, target, "handing off leadership");
+        self.stepping_down.store(true, Ordering::Relaxed);
+        let caught_up = self
+            .raft
+            .wait(Some(Duration::from_secs(2)))
+            .metrics(
+                |m| {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&target).copied().flatten());
+                    matched.map(|l| l.index) >= last_log_index
+                },
+                "hand-off target caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            tracing::warn!(
+                target,
+                "hand-off target did not catch up in time; stopping anyway"
+            );
+            return None;
+        }
+        self.raft.runtime_config().heartbeat(false);
+        tokio::time::sleep(self.config.raft.election_timeout_max.0 + Duration::from_millis(50))
+            .await;
+        let campaign: Result<Result<(), ApiError>, TransportError> = post_postcard(
+            &self.client,
+            &node.raft_addr,
+            "/internal/campaign",
+            &(),
+            Duration::from_secs(1),
+        )
+        .await;
+        if let Err(e) = campaign {
+            tracing::warn!(target, error = %e, "asking the hand-off target to campaign failed");
+            return None;
+        }
+        let elected = self
+            .raft
+            .wait(Some(Duration::from_secs(3)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.id),
+                "new leader elected",
+            )
+            .await;
+        match elected {
+            Ok(m) => m.current_leader,
+            Err(_) => None,
+        }
+    }
+
+    /// Starts an election on this node (the hand-off target's side).
+    pub async fn campaign(&self) -> Result<(), ApiError> {
+        tracing::info!(
+            node_id = self.id,
+            "campaigning on request of the outgoing leader"
+        );
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| ApiError::unavailable(format!("raft stopped: {e}")))
     }
 }
 

@@ -484,3 +484,72 @@ async fn t70_watch_stream_over_http_sees_every_change_in_order() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_graceful_stop_of_leader_hands_off_leadership() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let client = cluster.client();
+    for n in 0..20 {
+        client.put(format!("g/{n}"), "x").await.unwrap();
+    }
+    let leader = leader_of(&cluster).await;
+    let status = cluster.node(leader).terminate();
+    assert_eq!(status.code(), Some(0), "leader did not exit cleanly");
+    let logs = cluster.node(leader).logs();
+    assert!(
+        logs.contains("handed off leadership"),
+        "no hand-off in the leader's log:\n{logs}"
+    );
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| n.url())
+        .collect();
+    let survivor_client = Client::new(&survivors).with_timeout(Duration::from_secs(10));
+    survivor_client.put("g/after", "y").await.unwrap();
+    let stored = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .unwrap()
+        .local_prefix("g/")
+        .await
+        .unwrap();
+    assert_eq!(stored.count, 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t80_auto_compaction_by_revision_count() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("compact.toml");
+    std::fs::write(
+        &config,
+        "[kv]\nauto_compaction_mode = \"revision\"\nauto_compaction_retention = \"20\"\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap().to_string();
+    let cluster = Cluster::start(1, &["--config", &config_arg]).await;
+    let client = cluster.client();
+    let first = client.put("c", "0").await.unwrap().header.revision;
+    for n in 1..60 {
+        client.put("c", format!("{n}")).await.unwrap();
+    }
+    let node = &cluster.nodes[0];
+    let compacted = wait_until(Duration::from_secs(15), "automatic compaction", || async {
+        let value = node.metric("strata_kv_compact_revision").await?;
+        (value > 0.0).then_some(value as i64)
+    })
+    .await;
+    assert!(
+        compacted > first,
+        "compaction revision {compacted} not past {first}"
+    );
+    let out = common::cli(
+        &cluster.endpoints(),
+        &["kv", "get", "c", "--rev", &first.to_string()],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("compacted"), "{stderr}");
+}

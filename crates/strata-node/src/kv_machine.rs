@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use strata_kv::KvStore;
-use strata_proto::kv::{Command, CommandResult, Event};
+use strata_proto::kv::{Command, CommandResult, Event, KvCommand, KvResult};
 use tokio::sync::broadcast;
 
 /// Capacity of the applied-events feed. A watcher that falls further behind re-reads the
@@ -60,11 +60,10 @@ impl KvMachine {
     }
 }
 
-impl strata_raft::StateMachine for KvMachine {
-    fn apply(&self, _log_index: u64, command: &Command) -> CommandResult {
-        let Command::Kv(kv) = command;
+impl KvMachine {
+    fn apply_kv(&self, command: &KvCommand) -> KvResult {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-        let (result, events) = store.apply(kv);
+        let (result, events) = store.apply(command);
         if !events.is_empty() {
             // Sent under the write lock, so a reader holding the read lock knows that every
             // event up to `store.revision()` is either in its feed or in the history it reads.
@@ -75,7 +74,18 @@ impl strata_raft::StateMachine for KvMachine {
                 events: Arc::new(events),
             });
         }
-        CommandResult::Kv(result)
+        result
+    }
+}
+
+impl strata_raft::StateMachine for KvMachine {
+    fn apply(&self, log_index: u64, command: &Command) -> CommandResult {
+        match command {
+            Command::Kv(kv) => CommandResult::Kv(self.apply_kv(kv)),
+            Command::Batch(commands) => {
+                CommandResult::Batch(commands.iter().map(|c| self.apply(log_index, c)).collect())
+            }
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {

@@ -14,6 +14,7 @@
 pub mod http;
 pub mod kv_machine;
 pub mod metrics;
+pub mod proposer;
 pub mod service;
 pub mod watch;
 
@@ -154,10 +155,19 @@ impl Node {
         ));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        service.set_proposer(proposer::Proposer::start(
+            raft.clone(),
+            service.metrics.clone(),
+            service::write_error,
+            &tracker,
+            cancel.child_token(),
+        ));
 
         info!(node_id = id, addr = %addrs.raft, "serving raft");
         let raft_router = strata_raft::network::raft_router(raft.clone())
-            .merge(http::internal_router(service.clone()));
+            .merge(http::internal_router(service.clone()))
+            // Appends and snapshots can be far larger than a client request; peers are trusted.
+            .layer(axum::extract::DefaultBodyLimit::disable());
         spawn_server(&tracker, &cancel, raft_listener, raft_router);
 
         bootstrap(&raft, &config, &me).await?;

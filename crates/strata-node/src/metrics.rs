@@ -22,6 +22,8 @@ pub struct Metrics {
     pub raft_leader_changes: IntCounter,
     /// Time from proposal to apply, on the leader.
     pub proposal_seconds: Histogram,
+    /// Writes per proposed log entry (proposal batching).
+    pub proposal_batch_size: Histogram,
     /// fsynced log transactions.
     pub raft_log_fsyncs: IntGauge,
     /// Entries in the unpurged log.
@@ -75,6 +77,17 @@ impl Metrics {
         registry
             .register(Box::new(proposal_seconds.clone()))
             .expect("registered once");
+        let proposal_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "strata_raft_proposal_batch_size",
+                "Writes per proposed log entry",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets")),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(proposal_batch_size.clone()))
+            .expect("registered once");
         let raft_leader_changes = IntCounter::new(
             "strata_raft_leader_changes_total",
             "Leader changes observed",
@@ -125,6 +138,7 @@ impl Metrics {
             ),
             raft_leader_changes,
             proposal_seconds,
+            proposal_batch_size,
             raft_log_fsyncs: gauge(
                 &registry,
                 "strata_raft_log_fsyncs",

@@ -96,6 +96,8 @@ pub struct KvService {
     /// Set while a graceful shutdown hands leadership to another node: leader-only requests
     /// are refused as `unavailable`, so callers retry on the next leader.
     stepping_down: AtomicBool,
+    /// Batches writes into log entries; set once by the node after construction.
+    proposer: std::sync::OnceLock<crate::proposer::Proposer>,
 }
 
 impl KvService {
@@ -122,6 +124,7 @@ impl KvService {
             metrics,
             lessor: Mutex::default(),
             stepping_down: AtomicBool::new(false),
+            proposer: std::sync::OnceLock::new(),
         }
     }
 
@@ -138,6 +141,11 @@ impl KvService {
     fn stamp(&self, header: &mut ResponseHeader) {
         header.member_id = self.id;
         header.raft_term = self.raft.metrics().borrow().current_term;
+    }
+
+    /// Installs the write batcher (once, at start).
+    pub fn set_proposer(&self, proposer: crate::proposer::Proposer) {
+        let _ = self.proposer.set(proposer);
     }
 
     /// Returns this node's id.
@@ -239,17 +247,13 @@ impl KvService {
             ));
         }
         match request {
-            LeaderRequest::Write(command) => {
-                let started = Instant::now();
-                let result = self.raft.client_write(command).await;
-                self.metrics
-                    .proposal_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                match result {
-                    Ok(response) => Ok(LeaderReply::Written(response.data)),
-                    Err(e) => Err(write_error(e)),
-                }
-            }
+            LeaderRequest::Write(command) => self
+                .proposer
+                .get()
+                .ok_or_else(not_leader)?
+                .propose(command)
+                .await
+                .map(LeaderReply::Written),
             LeaderRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => Ok(LeaderReply::ReadIndex(
                     read_log_id.map(|l| l.index).unwrap_or(0),
@@ -826,7 +830,7 @@ fn unexpected(result: KvResult) -> ApiError {
     ApiError::internal(format!("unexpected result {result:?}"))
 }
 
-fn write_error(error: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> ApiError {
+pub(crate) fn write_error(error: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> ApiError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => not_leader(),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ApiError::new(

@@ -463,7 +463,7 @@ pub struct LeaseTimeToLiveResponse {
     pub header: ResponseHeader,
     /// The lease id.
     pub id: i64,
-    /// Seconds left (for keep-alive: the renewed TTL); -1 when the lease does not exist.
+    /// Seconds left (for keep-alive: the renewed TTL). An unknown lease is a `not_found` error.
     pub ttl: i64,
     /// The TTL the lease was granted with.
     pub granted_ttl: i64,
@@ -539,6 +539,10 @@ pub enum KvResult {
 pub enum Command {
     /// A KV command.
     Kv(KvCommand),
+    /// Several commands proposed together as one log entry (the leader batches concurrent
+    /// proposals so that one fsync and one replication round cover many writes). Applied in
+    /// order; each command gets its own revision.
+    Batch(Vec<Command>),
 }
 
 /// The result of applying a [`Command`].
@@ -548,6 +552,8 @@ pub enum CommandResult {
     None,
     /// Result of a KV command.
     Kv(KvResult),
+    /// Results of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ pub enum KvCommand {
     Put {
         key: String,
         value: String,
-        /// Attach the key to this lease (hex or decimal id); it is deleted when the lease ends.
+        /// Attach the key to this lease (hex id as printed by `lease grant`); the key is deleted
+        /// when the lease ends.
         #[arg(long)]
         lease: Option<String>,
         /// Print the previous value.
@@ -122,6 +123,15 @@ pub enum ClusterCommand {
     RemoveMember { id: u64 },
 }
 
+/// How long a command keeps retrying while no endpoint accepts a connection. Long enough to
+/// ride out a node restart, short enough that a wrong port or a stopped cluster is reported
+/// at once rather than after the whole request timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn connect(endpoints: &[String]) -> Client {
+    Client::new(endpoints).with_connect_timeout(CONNECT_TIMEOUT)
+}
+
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -136,17 +146,13 @@ fn explain(error: ClientError) -> anyhow::Error {
     anyhow::anyhow!("{error}")
 }
 
-/// Parses a lease id written as hex (as etcdctl prints them) or decimal.
+/// Parses a lease id as the CLI prints it: hexadecimal, with or without `0x` (as etcdctl).
 fn parse_lease(id: &str) -> anyhow::Result<i64> {
     let trimmed = id.trim();
-    if let Some(hex) = trimmed.strip_prefix("0x") {
-        return i64::from_str_radix(hex, 16).with_context(|| format!("lease id {id:?} is not hex"));
-    }
-    if let Ok(decimal) = trimmed.parse::<i64>() {
-        return Ok(decimal);
-    }
-    i64::from_str_radix(trimmed, 16)
-        .with_context(|| format!("lease id {id:?} is neither decimal nor hex"))
+    let hex = trimmed.strip_prefix("0x").unwrap_or(trimmed);
+    i64::from_str_radix(hex, 16).with_context(|| {
+        format!("lease id {id:?} is not hexadecimal; use the id `strata lease grant` printed")
+    })
 }
 
 fn parse_ttl(ttl: &str) -> anyhow::Result<i64> {
@@ -165,7 +171,7 @@ fn print_kv_line(kv: &KeyValue) {
 
 /// Runs `strata kv ...`.
 pub async fn kv(endpoints: &[String], output: Output, command: KvCommand) -> anyhow::Result<()> {
-    let client = Client::new(endpoints);
+    let client = connect(endpoints);
     match command {
         KvCommand::Put {
             key,
@@ -407,7 +413,7 @@ pub async fn lease(
     output: Output,
     command: LeaseCommand,
 ) -> anyhow::Result<()> {
-    let client = Client::new(endpoints);
+    let client = connect(endpoints);
     match command {
         LeaseCommand::Grant { ttl } => {
             let ttl = parse_ttl(&ttl)?;
@@ -494,7 +500,7 @@ pub async fn cluster(
     output: Output,
     command: ClusterCommand,
 ) -> anyhow::Result<()> {
-    let client = Client::new(endpoints);
+    let client = connect(endpoints);
     match command {
         ClusterCommand::Status => {
             let status: ClusterStatus = client

@@ -180,7 +180,8 @@ async fn wait_for_signal(node: strata_node::NodeHandle, grace: Duration) -> anyh
             eprintln!("second SIGINT: aborting");
             std::process::exit(130);
         }
-        _ = tokio::time::sleep(grace + Duration::from_secs(1)) => {
+        // The grace period bounds draining; a leader hand-off may add a few seconds more.
+        _ = tokio::time::sleep(grace + Duration::from_secs(10)) => {
             bail!("graceful shutdown did not finish within {grace:?}")
         }
     }

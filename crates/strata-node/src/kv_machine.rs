@@ -61,6 +61,15 @@ impl KvMachine {
 }
 
 impl KvMachine {
+    fn apply_command(&self, command: &Command) -> CommandResult {
+        match command {
+            Command::Kv(kv) => CommandResult::Kv(self.apply_kv(kv)),
+            Command::Batch(commands) => {
+                CommandResult::Batch(commands.iter().map(|c| self.apply_command(c)).collect())
+            }
+        }
+    }
+
     fn apply_kv(&self, command: &KvCommand) -> KvResult {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         let (result, events) = store.apply(command);
@@ -79,13 +88,8 @@ impl KvMachine {
 }
 
 impl strata_raft::StateMachine for KvMachine {
-    fn apply(&self, log_index: u64, command: &Command) -> CommandResult {
-        match command {
-            Command::Kv(kv) => CommandResult::Kv(self.apply_kv(kv)),
-            Command::Batch(commands) => {
-                CommandResult::Batch(commands.iter().map(|c| self.apply(log_index, c)).collect())
-            }
-        }
+    fn apply(&self, _log_index: u64, command: &Command) -> CommandResult {
+        self.apply_command(command)
     }
 
     fn snapshot(&self) -> Vec<u8> {

@@ -52,6 +52,9 @@ pub struct Client {
     http: reqwest::Client,
     preferred: AtomicUsize,
     timeout: Duration,
+    /// How long a call keeps retrying while no endpoint accepts a connection; `None` means
+    /// until `timeout`.
+    connect_timeout: Option<Duration>,
 }
 
 /// Adds `http://` when an endpoint has no scheme and drops a trailing slash.
@@ -77,12 +80,22 @@ impl Client {
             http,
             preferred: AtomicUsize::new(0),
             timeout: Duration::from_secs(15),
+            connect_timeout: None,
         }
     }
 
     /// Sets how long a call may keep trying endpoints.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets how long a call keeps retrying while no endpoint accepts a connection at all (a
+    /// wrong port, or every node stopped), so that a command line fails fast instead of
+    /// waiting out the whole `timeout`. Answers such as `unavailable` during an election
+    /// count as contact and keep the call going until `timeout`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
         self
     }
 
@@ -105,6 +118,8 @@ impl Client {
             ));
         }
         let deadline = Instant::now() + self.timeout;
+        // The last time some endpoint answered (or the start of the call).
+        let mut last_contact = Instant::now();
         let mut attempt = 0usize;
         let mut last_error;
         loop {
@@ -121,6 +136,7 @@ impl Client {
                 .max(Duration::from_millis(100));
             match request.timeout(remaining).send().await {
                 Ok(response) => {
+                    last_contact = Instant::now();
                     let status = response.status();
                     let bytes = response.bytes().await.map_err(|e| {
                         ClientError::Transport(format!("reading reply from {endpoint}: {e}"))
@@ -154,7 +170,11 @@ impl Client {
                 }
             }
             attempt += 1;
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            let unreachable_too_long = self
+                .connect_timeout
+                .is_some_and(|limit| now.duration_since(last_contact) >= limit);
+            if now >= deadline || unreachable_too_long {
                 return Err(last_error);
             }
             if attempt.is_multiple_of(self.endpoints.len()) {

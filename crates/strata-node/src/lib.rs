@@ -43,7 +43,7 @@ pub enum NodeError {
     #[error(transparent)]
     Storage(#[from] strata_raft::StorageError),
     /// The log or state machine could not be loaded.
-    #[error("cannot load raft state: {0}")]
+    #[error("cannot load raft state ({0}); restore the folder from a backup, or remove it and re-join the cluster as a new member")]
     RaftStorage(String),
     /// A listener could not bind.
     #[error("cannot listen on {addr} for {what}: {source}; is another process using the port?")]
@@ -93,11 +93,12 @@ impl Node {
         let id = config.id;
         info!(node_id = id, data_dir = %config.data_dir.display(), "opening data folder");
         let data = strata_raft::open_storage(&config.data_dir)?;
-        let log = LogStore::open(data.log_db.clone())
-            .map_err(|e| NodeError::RaftStorage(e.to_string()))?;
+        let load_err = |e: openraft::StorageError<u64>| {
+            NodeError::RaftStorage(format!("data folder {}: {e}", data.path.display()))
+        };
+        let log = LogStore::open(data.log_db.clone(), &data.path).map_err(load_err)?;
         let machine = Arc::new(KvMachine::new());
-        let sm = StateMachineStore::open(machine.clone(), data.path.clone())
-            .map_err(|e| NodeError::RaftStorage(e.to_string()))?;
+        let sm = StateMachineStore::open(machine.clone(), data.path.clone()).map_err(load_err)?;
 
         let api_listener = bind("api", &config.api_addr).await?;
         let raft_listener = bind("raft", &config.raft_addr).await?;

@@ -27,6 +27,11 @@ const META: &str = "raft_meta";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
+/// A copy of the latest vote outside the journal. fjall cannot tell a damaged journal from a
+/// torn tail and would silently drop it; a node that forgot its vote could vote twice in one
+/// term. So every saved vote is also written here, and a log whose vote is older than this
+/// marker is refused at startup.
+const VOTE_MARKER: &str = "vote.bin";
 
 /// Most mutations the writer folds into one transaction.
 const MAX_BATCH_OPS: usize = 4096;
@@ -76,6 +81,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
+    /// The data folder, where the vote marker lives.
+    dir: std::path::PathBuf,
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -103,7 +110,10 @@ fn write_err(subject: ErrorSubject<NodeId>, e: impl std::fmt::Display) -> Storag
 impl LogStore {
     /// Loads the log from `db` and starts the writer thread. The thread exits when the last
     /// clone of the store is dropped.
-    pub fn open(db: fjall::Database) -> Result<LogStore, StorageError<NodeId>> {
+    pub fn open(
+        db: fjall::Database,
+        dir: &std::path::Path,
+    ) -> Result<LogStore, StorageError<NodeId>> {
         let mut mem = MemLog::default();
         let log = db
             .keyspace(LOG, fjall::KeyspaceCreateOptions::default)
@@ -140,6 +150,7 @@ impl LogStore {
                 .map_err(|e| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}")))?;
             mem.entries.insert(index, entry);
         }
+        check_vote_marker(dir, mem.vote)?;
         let committed_index = mem.committed.map(|c| c.index).unwrap_or(0);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -154,7 +165,10 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(tables, rx, weak))
             .map_err(|e| write_err(ErrorSubject::Store, e))?;
-        Ok(LogStore { shared })
+        Ok(LogStore {
+            shared,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Returns the highest index known committed.
@@ -189,6 +203,34 @@ impl LogStore {
             .send(op)
             .map_err(|_| write_err(ErrorSubject::Logs, "log writer thread has stopped"))
     }
+}
+
+/// Refuses a log whose vote is older than the marker: the journal lost data.
+fn check_vote_marker(
+    dir: &std::path::Path,
+    loaded: Option<Vote<NodeId>>,
+) -> Result<(), StorageError<NodeId>> {
+    let Some((bytes, _)) = crate::snapshot_file::load_named(dir, VOTE_MARKER)
+        .map_err(|e| read_err(ErrorSubject::Vote, e))?
+    else {
+        return Ok(());
+    };
+    let marker: Vote<NodeId> =
+        postcard::from_bytes(&bytes).map_err(|e| read_err(ErrorSubject::Vote, e))?;
+    let lost = match loaded {
+        None => true,
+        Some(vote) => vote.leader_id().term < marker.leader_id().term,
+    };
+    if lost {
+        return Err(read_err(
+            ErrorSubject::Vote,
+            format!(
+                "the log journal is damaged: it has lost the vote of term {} recorded in {VOTE_MARKER}",
+                marker.leader_id().term
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The database and its two keyspaces, owned by the writer thread.
@@ -307,6 +349,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         wait.await
             .map_err(|_| write_err(ErrorSubject::Vote, "log writer thread has stopped"))?
             .map_err(|e| write_err(ErrorSubject::Vote, e))?;
+        let dir = self.dir.clone();
+        let marker = postcard::to_allocvec(vote).map_err(|e| write_err(ErrorSubject::Vote, e))?;
+        tokio::task::spawn_blocking(move || {
+            crate::snapshot_file::save_named(&dir, VOTE_MARKER, &marker, &[])
+        })
+        .await
+        .map_err(|e| write_err(ErrorSubject::Vote, e))?
+        .map_err(|e| write_err(ErrorSubject::Vote, e))?;
         self.mem().vote = Some(*vote);
         Ok(())
     }

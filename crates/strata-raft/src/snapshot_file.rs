@@ -1,4 +1,5 @@
-//! The snapshot file: `snapshot.bin` in the data folder, replaced atomically.
+//! Checksummed files replaced atomically: the snapshot (`snapshot.bin`) and the vote marker
+//! (`vote.bin`, see `LogStore`).
 //!
 //! Layout: magic `STRATA-SNAPSHOT-1\n`, u32 LE length + postcard metadata, u64 LE length +
 //! data, u32 LE CRC-32 of metadata and data. Written to a temp file, fsynced, renamed over the
@@ -10,15 +11,24 @@ use std::path::Path;
 
 const MAGIC: &[u8] = b"STRATA-SNAPSHOT-1\n";
 const FILE: &str = "snapshot.bin";
-const TMP: &str = "snapshot.bin.tmp";
 
 /// Writes a snapshot durably, replacing the previous one.
 pub fn save(dir: &Path, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
+    save_named(dir, FILE, meta, data)
+}
+
+/// Reads the snapshot, if there is one. A damaged file is an error, never a panic.
+pub fn load(dir: &Path) -> Result<Option<SnapshotParts>, String> {
+    load_named(dir, FILE)
+}
+
+/// Writes `dir/name` durably and atomically.
+pub fn save_named(dir: &Path, name: &str, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
     let meta_len = u32::try_from(meta.len()).map_err(std::io::Error::other)?;
     let mut crc = crc32fast::Hasher::new();
     crc.update(meta);
     crc.update(data);
-    let tmp = dir.join(TMP);
+    let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut file = std::io::BufWriter::new(File::create(&tmp)?);
         file.write_all(MAGIC)?;
@@ -30,16 +40,16 @@ pub fn save(dir: &Path, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
         let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(FILE))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     File::open(dir)?.sync_all()
 }
 
 /// A snapshot's metadata bytes and data bytes.
 pub type SnapshotParts = (Vec<u8>, Vec<u8>);
 
-/// Reads the snapshot, if there is one. A damaged file is an error, never a panic.
-pub fn load(dir: &Path) -> Result<Option<SnapshotParts>, String> {
-    let path = dir.join(FILE);
+/// Reads `dir/name`, if it exists. A damaged file is an error, never a panic.
+pub fn load_named(dir: &Path, name: &str) -> Result<Option<SnapshotParts>, String> {
+    let path = dir.join(name);
     let mut bytes = Vec::new();
     match File::open(&path) {
         Ok(mut file) => file
@@ -50,7 +60,7 @@ pub fn load(dir: &Path) -> Result<Option<SnapshotParts>, String> {
     };
     parse(&bytes)
         .map(Some)
-        .map_err(|e| format!("snapshot file {} is damaged: {e}", path.display()))
+        .map_err(|e| format!("{} is damaged: {e}", path.display()))
 }
 
 fn parse(bytes: &[u8]) -> Result<SnapshotParts, &'static str> {

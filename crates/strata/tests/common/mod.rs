@@ -137,19 +137,19 @@ impl NodeProc {
     /// Stops the process with SIGTERM and returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("node is running");
-        let pid = child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
+        send_sigterm(&child);
+        match wait_exit(&mut child, Duration::from_secs(15)) {
+            Some(status) => status,
+            None => {
                 child.kill().unwrap();
                 panic!("node {} did not stop within 15s of SIGTERM", self.id);
             }
-            std::thread::park_timeout(Duration::from_millis(20));
         }
+    }
+
+    /// Folder the node keeps its data in.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// Restarts the node on the same ports and data folder.
@@ -235,6 +235,93 @@ impl Drop for NodeProc {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends SIGTERM to a child process (through the `Child` handle's pid, never by name).
+pub fn send_sigterm(child: &Child) {
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// Waits for `child` to exit; returns `None` if it is still running after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed when dropped, so a failing test leaves no process behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `command` to completion with `stdin` as its input and captures stdout and stderr.
+/// Panics (after killing it) if it runs longer than `timeout`: a command that should fail
+/// must fail, not hang.
+pub fn run_with_deadline(command: &mut Command, stdin: &[u8], timeout: Duration) -> Output {
+    use std::io::{Read, Write};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // A child that exits without reading its input closes the pipe; that is not our error.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stdout_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout_pipe.read_to_end(&mut bytes);
+        bytes
+    });
+    let stderr_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut bytes);
+        bytes
+    });
+    let Some(status) = wait_exit(&mut child, timeout) else {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let stderr = stderr_reader.join().unwrap();
+        panic!(
+            "{command:?} still running after {timeout:?}; stderr so far:\n{}",
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    writer.join().unwrap();
+    Output {
+        status,
+        stdout: stdout_reader.join().unwrap(),
+        stderr: stderr_reader.join().unwrap(),
+    }
+}
+
+/// Runs the CLI with `--endpoints`, feeding it `stdin`, and returns its output (at most 30 s).
+pub fn cli_with_stdin(endpoints: &[String], args: &[&str], stdin: &[u8]) -> Output {
+    let mut command = Command::new(strata_bin());
+    command
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args);
+    run_with_deadline(&mut command, stdin, Duration::from_secs(30))
 }
 
 /// Runs the CLI with `--endpoints` and returns its output.

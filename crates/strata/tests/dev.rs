@@ -1,0 +1,184 @@
+//! `strata dev` as a user runs it: one process that prints "ready", serves the CLI, reports
+//! itself healthy, stops cleanly on SIGTERM and keeps its data across a restart.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{cli_ok, send_sigterm, strata_bin, wait_exit, wait_until};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+struct Addrs {
+    api: std::net::SocketAddr,
+}
+
+/// One `strata dev` process with its output in files.
+struct Dev {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    /// `http://127.0.0.1:port` of the API.
+    url: String,
+}
+
+impl Dev {
+    /// Starts `strata dev` on `data_dir` and waits until it says it is ready.
+    async fn start(root: &Path, data_dir: &Path, run: u32) -> Dev {
+        let addrs_file = root.join(format!("addrs.{run}.json"));
+        let stdout = root.join(format!("stdout.{run}"));
+        let stderr = root.join(format!("stderr.{run}"));
+        let child = Command::new(strata_bin())
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"])
+            .arg("--addrs-file")
+            .arg(&addrs_file)
+            .env_remove("STRATA_LOG")
+            .env_remove("STRATA_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn strata dev");
+        let mut dev = Dev {
+            child: Some(child),
+            stdout,
+            stderr,
+            url: String::new(),
+        };
+        let addrs: Addrs = wait_until(Duration::from_secs(20), "strata dev addrs file", || {
+            let path = addrs_file.clone();
+            async move {
+                std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            }
+        })
+        .await;
+        dev.url = format!("http://{}", addrs.api);
+        let stdout_path = dev.stdout.clone();
+        let ready_line = wait_until(Duration::from_secs(20), "strata dev to print ready", || {
+            let path = stdout_path.clone();
+            async move {
+                let text = std::fs::read_to_string(&path).ok()?;
+                text.lines()
+                    .find(|l| l.contains("ready"))
+                    .map(str::to_string)
+            }
+        })
+        .await;
+        assert!(ready_line.contains("node 1"), "{ready_line}");
+        let stdout = dev.stdout();
+        assert!(
+            stdout.contains(&format!("api     {}", dev.url)),
+            "stdout does not show the bound API address {}:\n{stdout}",
+            dev.url
+        );
+        dev
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap()
+    }
+
+    /// Runs a client command against this node.
+    fn cli(&self, args: &[&str]) -> String {
+        cli_ok(std::slice::from_ref(&self.url), args)
+    }
+
+    /// Sends SIGTERM and checks a clean, prompt exit with a clean log.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("dev is running");
+        send_sigterm(&child);
+        let Some(status) = wait_exit(&mut child, Duration::from_secs(10)) else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "strata dev did not exit within 10s of SIGTERM:\n{}",
+                self.stderr()
+            );
+        };
+        let stderr = self.stderr();
+        assert_eq!(status.code(), Some(0), "exit status {status:?}:\n{stderr}");
+        assert!(stderr.contains("node stopped"), "{stderr}");
+        assert!(!stderr.contains(" ERROR "), "ERROR lines:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+        assert!(!self.stdout().contains("panicked"));
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn get_status(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_dev_serves_the_cli_reports_health_stops_cleanly_and_keeps_data() {
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = root.path().join("data");
+    let mut dev = Dev::start(root.path(), &data_dir, 1).await;
+
+    assert_eq!(dev.cli(&["kv", "put", "k", "v"]), "OK\n");
+    assert_eq!(dev.cli(&["kv", "get", "k"]), "v\n");
+    assert_eq!(dev.cli(&["kv", "get", "missing"]), "");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&dev.cli(&["--output", "json", "cluster", "status"])).unwrap();
+    assert_eq!(status["leader"], 1, "{status}");
+    let members = status["members"].as_array().expect("members array");
+    assert_eq!(members.len(), 1, "{status}");
+    let member = &members[0];
+    assert_eq!(member["id"], 1, "{status}");
+    assert_eq!(member["role"], "leader", "{status}");
+    assert!(
+        member["raft_addr"].as_str().is_some_and(|a| !a.is_empty()),
+        "{status}"
+    );
+    assert_eq!(
+        member["api_addr"].as_str().map(|a| format!("http://{a}")),
+        Some(dev.url.clone()),
+        "{status}"
+    );
+
+    let (code, metrics) = get_status(&format!("{}/metrics", dev.url)).await;
+    assert_eq!(code, 200);
+    for name in ["strata_raft_term", "strata_kv_revision"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "/metrics has no {name}:\n{metrics}"
+        );
+    }
+    assert_eq!(get_status(&format!("{}/livez", dev.url)).await.0, 200);
+    let (code, body) = get_status(&format!("{}/readyz", dev.url)).await;
+    assert_eq!(code, 200, "{body}");
+
+    dev.stop();
+
+    // Same data folder, new ports: the key is still there.
+    let dev = Dev::start(root.path(), &data_dir, 2).await;
+    assert_eq!(dev.cli(&["kv", "get", "k"]), "v\n");
+    let status: serde_json::Value =
+        serde_json::from_str(&dev.cli(&["--output", "json", "cluster", "status"])).unwrap();
+    assert_eq!(status["leader"], 1, "{status}");
+    let mut dev = dev;
+    dev.stop();
+}

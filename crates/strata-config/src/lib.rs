@@ -158,10 +158,10 @@ fn default_heartbeat() -> HumanDuration {
     HumanDuration::from_millis(100)
 }
 fn default_election_min() -> HumanDuration {
-    HumanDuration::from_millis(500)
+    HumanDuration::from_millis(300)
 }
 fn default_election_max() -> HumanDuration {
-    HumanDuration::from_millis(1000)
+    HumanDuration::from_millis(600)
 }
 fn default_snapshot_entries() -> u64 {
     10_000

@@ -83,6 +83,8 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     /// Every task the node spawned.
     tracker: TaskTracker,
+    /// Cancelled when Raft fails fatally; the binary then exits non-zero.
+    fatal: CancellationToken,
     /// Holds the data folder's lock until the node is gone.
     _data: strata_raft::DataDir,
 }
@@ -185,7 +187,12 @@ impl Node {
             config.auto_compaction,
             cancel.child_token(),
         ));
-        tracker.spawn(leader_change_loop(service.clone(), cancel.child_token()));
+        let fatal = CancellationToken::new();
+        tracker.spawn(leader_change_loop(
+            service.clone(),
+            fatal.clone(),
+            cancel.child_token(),
+        ));
 
         info!(node_id = id, addr = %addrs.api, "serving client API");
         let state = http::ApiState {
@@ -216,6 +223,7 @@ impl Node {
             raft,
             cancel,
             tracker,
+            fatal,
             _data: data,
         })
     }
@@ -409,13 +417,30 @@ async fn compaction_loop(service: Arc<KvService>, mode: AutoCompaction, cancel: 
 }
 
 /// Counts leader changes for metrics.
-async fn leader_change_loop(service: Arc<KvService>, cancel: CancellationToken) {
+/// Counts leader changes, and cancels `fatal` if Raft stops on its own (a storage failure):
+/// a node whose consensus is dead must exit rather than keep answering `unavailable`.
+async fn leader_change_loop(
+    service: Arc<KvService>,
+    fatal: CancellationToken,
+    cancel: CancellationToken,
+) {
     let mut metrics = service.raft.metrics();
     let mut last_leader = metrics.borrow().current_leader;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() {
+                if !cancel.is_cancelled() {
+                    tracing::error!(node_id = service.id, "raft stopped unexpectedly; the node will exit");
+                    fatal.cancel();
+                }
+                return;
+            },
+        }
+        if let Err(e) = &metrics.borrow().running_state {
+            tracing::error!(node_id = service.id, error = %e, "raft failed; the node will exit");
+            fatal.cancel();
+            return;
         }
         let leader = metrics.borrow().current_leader;
         if leader != last_leader {
@@ -487,6 +512,14 @@ fn folder_size(path: &std::path::Path) -> u64 {
 }
 
 impl NodeHandle {
+    /// Resolves when Raft has failed fatally (e.g. the log cannot be written); the node can no
+    /// longer serve and should be stopped.
+    ///
+    /// Cancel safety: only waits on a token; safe in `select!`.
+    pub async fn failed(&self) {
+        self.fatal.cancelled().await
+    }
+
     /// Returns the Raft handle (for tests and status).
     pub fn raft(&self) -> &Raft {
         &self.raft

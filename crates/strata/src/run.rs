@@ -170,9 +170,15 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 async fn wait_for_signal(node: strata_node::NodeHandle, grace: Duration) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut failed = false;
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
         _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down (press Ctrl-C again to abort)"),
+        _ = node.failed() => failed = true,
+    }
+    if failed {
+        node.shutdown(Duration::from_secs(1)).await;
+        bail!("raft failed on this node (see the ERROR log line); check the data folder's disk, then restart");
     }
     tokio::select! {
         _ = node.shutdown(grace) => Ok(()),

@@ -15,6 +15,7 @@ pub mod http;
 pub mod kv_machine;
 pub mod metrics;
 pub mod proposer;
+pub mod read_index;
 pub mod service;
 pub mod watch;
 
@@ -158,6 +159,11 @@ impl Node {
         ));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        service.set_read_index(read_index::ReadIndexBatcher::start(
+            raft.clone(),
+            &tracker,
+            cancel.child_token(),
+        ));
         service.set_proposer(proposer::Proposer::start(
             raft.clone(),
             service.metrics.clone(),

@@ -10,7 +10,7 @@
 
 use crate::kv_machine::KvMachine;
 use crate::metrics::Metrics;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -98,6 +98,8 @@ pub struct KvService {
     stepping_down: AtomicBool,
     /// Batches writes into log entries; set once by the node after construction.
     proposer: std::sync::OnceLock<crate::proposer::Proposer>,
+    /// Shares leadership confirmations between concurrent reads; set once at start.
+    read_index: std::sync::OnceLock<crate::read_index::ReadIndexBatcher>,
 }
 
 impl KvService {
@@ -125,6 +127,7 @@ impl KvService {
             lessor: Mutex::default(),
             stepping_down: AtomicBool::new(false),
             proposer: std::sync::OnceLock::new(),
+            read_index: std::sync::OnceLock::new(),
         }
     }
 
@@ -146,6 +149,11 @@ impl KvService {
     /// Installs the write batcher (once, at start).
     pub fn set_proposer(&self, proposer: crate::proposer::Proposer) {
         let _ = self.proposer.set(proposer);
+    }
+
+    /// Installs the read-index batcher (once, at start).
+    pub fn set_read_index(&self, batcher: crate::read_index::ReadIndexBatcher) {
+        let _ = self.read_index.set(batcher);
     }
 
     /// Returns this node's id.
@@ -254,20 +262,10 @@ impl KvService {
                 .propose(command)
                 .await
                 .map(LeaderReply::Written),
-            LeaderRequest::ReadIndex => match self.raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => Ok(LeaderReply::ReadIndex(
-                    read_log_id.map(|l| l.index).unwrap_or(0),
-                )),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                    Err(not_leader())
-                }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
-                    ApiError::unavailable(format!("leadership not confirmed by a quorum: {e}")),
-                ),
-                Err(RaftError::Fatal(e)) => {
-                    Err(ApiError::unavailable(format!("raft stopped: {e}")))
-                }
-            },
+            LeaderRequest::ReadIndex => {
+                let batcher = self.read_index.get().ok_or_else(not_leader)?;
+                batcher.read_index().await.map(LeaderReply::ReadIndex)
+            }
             LeaderRequest::LeaseKeepAlive(id) => self.lease_refresh(id, true),
             LeaderRequest::LeaseTimeToLive(id) => self.lease_refresh(id, false),
             LeaderRequest::AddMember(id, info) => {

@@ -556,3 +556,32 @@ async fn t80_auto_compaction_by_revision_count() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("compacted"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_linearizable_reads_on_followers_see_every_acknowledged_write() {
+    let cluster = Cluster::start(3, &[]).await;
+    let writer = Client::new(&[cluster.nodes[0].url()]);
+    let readers: Vec<Arc<Client>> = cluster.nodes.iter().map(|n| Arc::new(n.client())).collect();
+    for round in 0..40 {
+        let value = format!("v{round}");
+        writer.put("lin", value.clone()).await.unwrap();
+        // Every node, concurrently, must return the acknowledged value (ReadIndex), never an
+        // older one, even though reads on followers are served from local state.
+        let mut reads = Vec::new();
+        for reader in &readers {
+            for _ in 0..3 {
+                let reader = reader.clone();
+                reads.push(tokio::spawn(
+                    async move { reader.get("lin").await.unwrap() },
+                ));
+            }
+        }
+        for read in reads {
+            assert_eq!(
+                read.await.unwrap().as_deref(),
+                Some(value.as_bytes()),
+                "stale read in round {round}"
+            );
+        }
+    }
+}

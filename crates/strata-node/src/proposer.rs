@@ -19,8 +19,10 @@ use tokio_util::task::TaskTracker;
 
 /// Most commands in one batch entry.
 const MAX_BATCH: usize = 512;
-/// Most batches in flight at once (each waits for commit and apply).
-const MAX_IN_FLIGHT: usize = 64;
+/// Most batches in flight at once (each waits for commit and apply). Writes that arrive while
+/// this many are in flight wait in the queue and form the next batch; openraft's own queue
+/// would otherwise absorb them one entry (and one fsync) at a time.
+const MAX_IN_FLIGHT: usize = 1;
 /// Most writes waiting for a batch; beyond this, callers wait (backpressure).
 const QUEUE_CAPACITY: usize = 16 * 1024;
 

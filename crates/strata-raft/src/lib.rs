@@ -9,6 +9,8 @@
 //!   lives in memory; it is made durable by the log plus a snapshot file written atomically.
 //!   On restart the latest snapshot is restored and openraft re-applies the committed tail.
 //! - [`network`]: the node-to-node transport (HTTP/1.1, postcard bodies) and its server routes.
+//! - [`parse_checked`]: the parser of the checksummed snapshot and vote-marker files; public
+//!   only so that fuzz targets and tests can feed it arbitrary bytes.
 //!
 //! **Architecture Invariant:** nothing here knows about KV semantics; the state machine is a
 //! trait object. **Architecture Invariant:** a write is acknowledged only after it is applied,
@@ -21,6 +23,7 @@ mod state_machine;
 mod storage;
 
 pub use log_store::LogStore;
+pub use snapshot_file::{parse_checked, SnapshotParts};
 pub use state_machine::{StateMachine, StateMachineStore};
 pub use storage::{open_storage, DataDir, StorageError};
 

@@ -252,7 +252,7 @@ fn writer_loop(tables: Tables, rx: mpsc::Receiver<WriteOp>, shared: std::sync::W
         let result = write_batch(&tables, &ops);
         match &result {
             Ok(()) => {
-                if let Some(shared) = shared.upgrade() {
+                if let Some(shared) = shared.upgrade().filter(|_| needs_fsync(&ops)) {
                     shared.fsyncs.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -273,12 +273,26 @@ fn writer_loop(tables: Tables, rx: mpsc::Receiver<WriteOp>, shared: std::sync::W
     }
 }
 
+fn needs_fsync(ops: &[WriteOp]) -> bool {
+    ops.iter().any(|op| {
+        matches!(
+            op,
+            WriteOp::Append { .. } | WriteOp::Truncate { .. } | WriteOp::Vote { .. }
+        )
+    })
+}
+
 /// Writes every op as one atomic batch and fsyncs the journal before returning.
 fn write_batch(tables: &Tables, ops: &[WriteOp]) -> Result<(), fjall::Error> {
-    let mut batch = tables
-        .db
-        .batch()
-        .durability(Some(fjall::PersistMode::SyncAll));
+    // Only appends, truncations and votes must be durable before they are acknowledged. The
+    // commit index and purge point are hints (losing them means re-applying from the
+    // snapshot, or purging again), so a batch of only those skips the fsync.
+    let mode = if needs_fsync(ops) {
+        fjall::PersistMode::SyncAll
+    } else {
+        fjall::PersistMode::Buffer
+    };
+    let mut batch = tables.db.batch().durability(Some(mode));
     for op in ops {
         match op {
             WriteOp::Append { entries, .. } => {

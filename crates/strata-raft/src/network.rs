@@ -283,11 +283,49 @@ pub fn decode_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
+/// Checks the shape of an append-entries request: its entries follow `prev_log_id` with
+/// consecutive indexes and non-decreasing leaders, as every leader sends them. openraft relies
+/// on this shape without checking it (only `debug_assert`s, then index arithmetic), so a
+/// malformed request from a buggy or hostile sender is refused here with an error instead.
+pub fn check_append(request: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+    let ids = request
+        .prev_log_id
+        .iter()
+        .chain(request.entries.iter().map(|entry| &entry.log_id))
+        .chain(&request.leader_commit);
+    if ids.into_iter().any(|id| id.index == u64::MAX) {
+        return Err("log index out of range".into());
+    }
+    let mut prev = request.prev_log_id;
+    for entry in &request.entries {
+        let id = entry.log_id;
+        let expected = prev.map_or(0, |p| p.index + 1);
+        if id.index != expected {
+            return Err(format!(
+                "entries are not consecutive: index {} where {expected} was expected",
+                id.index
+            ));
+        }
+        if prev.is_some_and(|p| id.leader_id < p.leader_id) {
+            return Err(format!("entry {} goes back to an older leader", id.index));
+        }
+        prev = Some(id);
+    }
+    Ok(())
+}
+
 async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
     let request: AppendEntriesRequest<TypeConfig> = match decode_body(&body) {
         Ok(request) => request,
         Err(response) => return response,
     };
+    if let Err(message) = check_append(&request) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("malformed append-entries request: {message}"),
+        )
+            .into_response();
+    }
     postcard_reply(&raft.append_entries(request).await)
 }
 

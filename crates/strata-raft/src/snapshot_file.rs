@@ -63,6 +63,14 @@ pub fn load_named(dir: &Path, name: &str) -> Result<Option<SnapshotParts>, Strin
         .map_err(|e| format!("{} is damaged: {e}", path.display()))
 }
 
+/// Parses the bytes of a checksummed file (a snapshot or the vote marker) into its metadata
+/// and data, checking magic, lengths and CRC. Damage is an error naming what is wrong, never
+/// a panic. [`load_named`] is this plus reading the file; this is public so that fuzz targets
+/// and tests can feed the parser arbitrary bytes without a file.
+pub fn parse_checked(bytes: &[u8]) -> Result<SnapshotParts, String> {
+    parse(bytes).map_err(str::to_string)
+}
+
 fn parse(bytes: &[u8]) -> Result<SnapshotParts, &'static str> {
     let rest = bytes.strip_prefix(MAGIC).ok_or("bad magic")?;
     let (meta_len, rest) = split_u32(rest)?;

@@ -22,7 +22,7 @@ mod snapshot_file;
 mod state_machine;
 mod storage;
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
 pub use snapshot_file::{parse_checked, SnapshotParts};
 pub use state_machine::{StateMachine, StateMachineStore};
 pub use storage::{open_storage, DataDir, StorageError};

@@ -5,10 +5,11 @@
 //! the journal fsynced (`PersistMode::SyncAll`), and only then completes the callbacks. So under load many appends share one
 //! fsync, and the order of mutations on disk is the order openraft issued them.
 //!
-//! The unpurged tail of the log is also kept in memory: reads (replication, apply) never touch
-//! disk, and entries are readable as soon as they are appended, before their fsync completes
-//! (openraft only asks for entries it has appended). The tail is bounded by the snapshot
-//! policy: entries covered by a snapshot are purged.
+//! The newest entries are also kept in memory (at most [`CACHE_BYTES`], and never fewer than
+//! the entries not yet fsynced): replication of recent entries and apply never touch disk, and
+//! entries are readable as soon as they are appended, before their fsync completes (openraft
+//! only asks for entries it has appended). Older entries are read back from fjall, which is
+//! needed only by a follower that lags far behind.
 
 use crate::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -18,7 +19,7 @@ use openraft::{
 };
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -36,10 +37,21 @@ const VOTE_MARKER: &str = "vote.bin";
 /// Most mutations the writer folds into one transaction.
 const MAX_BATCH_OPS: usize = 4096;
 
-/// The in-memory view of the log: what openraft reads.
+/// Approximate bytes of entries kept in memory once they are durable.
+pub const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The in-memory view of the log.
 #[derive(Default)]
 struct MemLog {
-    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// The newest entries, a contiguous suffix of the log, with their encoded sizes. Entries
+    /// before the first one here are durable in fjall.
+    cache: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    /// Bytes held in `cache`.
+    cache_bytes: usize,
+    /// The last entry of the log (in `cache`, or in fjall when the cache is empty).
+    last_log_id: Option<LogId<NodeId>>,
+    /// The first index of the log that is still stored (after `last_purged`).
+    first_index: u64,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
@@ -48,6 +60,8 @@ struct MemLog {
 enum WriteOp {
     Append {
         entries: Vec<(u64, Vec<u8>)>,
+        /// The id of the last entry, recorded as flushed once the batch is durable.
+        last: LogId<NodeId>,
         callback: LogFlushed<TypeConfig>,
     },
     /// Remove these indexes (a conflicting tail).
@@ -70,6 +84,14 @@ enum WriteOp {
 
 struct Shared {
     mem: Mutex<MemLog>,
+    /// Read handle on the log keyspace, for entries no longer cached.
+    log: fjall::Keyspace,
+    /// Bytes of durable entries kept cached.
+    cache_budget: usize,
+    /// The newest entry known fsynced. Cached entries at or below it (by term, then index) may
+    /// be evicted. Comparing whole log ids keeps a truncated and re-appended index cached until
+    /// the new entry itself is durable.
+    flushed: Mutex<Option<LogId<NodeId>>>,
     writer: Mutex<mpsc::Sender<WriteOp>>,
     /// The highest committed index seen, for status and metrics.
     committed_index: AtomicU64,
@@ -114,9 +136,22 @@ impl LogStore {
         db: fjall::Database,
         dir: &std::path::Path,
     ) -> Result<LogStore, StorageError<NodeId>> {
+        Self::open_with_cache(db, dir, CACHE_BYTES)
+    }
+
+    /// [`LogStore::open`] with a cache budget of `cache_bytes` (tests use 0 to force every
+    /// durable entry to be read back from disk).
+    pub fn open_with_cache(
+        db: fjall::Database,
+        dir: &std::path::Path,
+        cache_bytes: usize,
+    ) -> Result<LogStore, StorageError<NodeId>> {
         let mut mem = MemLog::default();
         let log = db
-            .keyspace(LOG, fjall::KeyspaceCreateOptions::default)
+            // A small memtable: the newest entries are cached by us already.
+            .keyspace(LOG, || {
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024)
+            })
             .map_err(|e| read_err(ErrorSubject::Logs, e))?;
         let meta = db
             .keyspace(META, fjall::KeyspaceCreateOptions::default)
@@ -139,22 +174,40 @@ impl LogStore {
             mem.last_purged =
                 postcard::from_bytes(&bytes).map_err(|e| read_err(ErrorSubject::Logs, e))?;
         }
-        for item in log.iter() {
+        // Only the newest entries are loaded; older ones are read from fjall on demand.
+        let mut loaded = Vec::new();
+        let mut bytes_loaded = 0;
+        for item in log.iter().rev() {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| read_err(ErrorSubject::Logs, e))?;
-            let index = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| read_err(ErrorSubject::Logs, "log key is not an 8-byte index"))?;
+            let index = decode_index(&key)?;
             let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
                 .map_err(|e| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}")))?;
-            mem.entries.insert(index, entry);
+            bytes_loaded += value.len();
+            loaded.push((index, entry, value.len()));
+            if bytes_loaded >= cache_bytes {
+                break;
+            }
         }
+        mem.last_log_id = loaded
+            .first()
+            .map(|(_, e, _)| *e.get_log_id())
+            .or(mem.last_purged);
+        for (index, entry, size) in loaded.into_iter().rev() {
+            mem.cache.insert(index, (entry, size));
+            mem.cache_bytes += size;
+        }
+        mem.first_index = mem.last_purged.map(|l| l.index + 1).unwrap_or(0);
+        let flushed = mem.last_log_id;
         check_vote_marker(dir, mem.vote)?;
         let committed_index = mem.committed.map(|c| c.index).unwrap_or(0);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             mem: Mutex::new(mem),
+            log: log.clone(),
+            cache_budget: cache_bytes,
+            flushed: Mutex::new(flushed),
             writer: Mutex::new(tx),
             committed_index: AtomicU64::new(committed_index),
             fsyncs: AtomicU64::new(0),
@@ -183,7 +236,13 @@ impl LogStore {
 
     /// Returns how many entries are in the unpurged log.
     pub fn len(&self) -> usize {
-        self.mem().entries.len()
+        let mem = self.mem();
+        match mem.last_log_id {
+            Some(last) if last.index + 1 > mem.first_index => {
+                (last.index + 1 - mem.first_index) as usize
+            }
+            _ => 0,
+        }
     }
 
     /// Returns true when the unpurged log is empty.
@@ -203,6 +262,31 @@ impl LogStore {
             .send(op)
             .map_err(|_| write_err(ErrorSubject::Logs, "log writer thread has stopped"))
     }
+}
+
+fn decode_index(key: &[u8]) -> Result<u64, StorageError<NodeId>> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| read_err(ErrorSubject::Logs, "log key is not an 8-byte index"))
+}
+
+/// Reads entries `[start, end)` from fjall.
+fn read_range(
+    log: &fjall::Keyspace,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+    let mut entries = Vec::new();
+    for item in log.range(start.to_be_bytes()..end.to_be_bytes()) {
+        let (key, value) = item
+            .into_inner()
+            .map_err(|e| read_err(ErrorSubject::Logs, e))?;
+        let index = decode_index(&key)?;
+        let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
+            .map_err(|e| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}")))?;
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 /// Refuses a log whose vote is older than the marker: the journal lost data.
@@ -263,7 +347,15 @@ fn writer_loop(tables: Tables, rx: mpsc::Receiver<WriteOp>, shared: std::sync::W
         for op in ops {
             let outcome = result.as_ref().map(|_| ()).map_err(io_err);
             match op {
-                WriteOp::Append { callback, .. } => callback.log_io_completed(outcome),
+                WriteOp::Append { callback, last, .. } => {
+                    if let (Ok(()), Some(shared)) = (&result, shared.upgrade()) {
+                        let mut flushed = shared.flushed.lock().unwrap_or_else(|e| e.into_inner());
+                        if *flushed < Some(last) {
+                            *flushed = Some(last);
+                        }
+                    }
+                    callback.log_io_completed(outcome)
+                }
                 WriteOp::Vote { done, .. } => {
                     let _ = done.send(outcome);
                 }
@@ -325,12 +417,55 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let mem = self.mem();
-        Ok(mem
-            .entries
-            .range(range)
-            .map(|(_, entry)| entry.clone())
-            .collect())
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let (disk_range, cached) = {
+            let mem = self.mem();
+            let cache_first = mem.cache.keys().next().copied().unwrap_or(u64::MAX);
+            let cached_start = start.max(cache_first);
+            let cached: Vec<Entry<TypeConfig>> = if cached_start < end {
+                mem.cache
+                    .range(cached_start..end)
+                    .map(|(_, (entry, _))| entry.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // Clamp to the log's end: truncated entries may still be on disk until the writer
+            // deletes them.
+            let log_end = mem
+                .last_log_id
+                .map(|l| l.index.saturating_add(1))
+                .unwrap_or(0);
+            let disk_start = start.max(mem.first_index);
+            let disk_end = end.min(cache_first).min(log_end);
+            (
+                (disk_start < disk_end).then_some((disk_start, disk_end)),
+                cached,
+            )
+        };
+        let Some((disk_start, disk_end)) = disk_range else {
+            return Ok(cached);
+        };
+        // Entries older than the cache: only a far-behind follower needs these.
+        let log = self.shared.log.clone();
+        let mut entries =
+            tokio::task::spawn_blocking(move || read_range(&log, disk_start, disk_end))
+                .await
+                .map_err(|e| read_err(ErrorSubject::Logs, e))??;
+        entries.extend(cached);
+        Ok(entries)
     }
 }
 
@@ -339,15 +474,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let mem = self.mem();
-        let last_log_id = mem
-            .entries
-            .values()
-            .next_back()
-            .map(|e| *e.get_log_id())
-            .or(mem.last_purged);
         Ok(LogState {
             last_purged_log_id: mem.last_purged,
-            last_log_id,
+            last_log_id: mem.last_log_id,
         })
     }
 
@@ -409,42 +538,102 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
-        {
-            let mut mem = self.mem();
-            for entry in entries {
-                let index = entry.get_log_id().index;
-                let bytes = postcard::to_allocvec(&entry)
-                    .map_err(|e| write_err(ErrorSubject::Log(*entry.get_log_id()), e))?;
-                encoded.push((index, bytes));
-                mem.entries.insert(index, entry);
-            }
-            // Sending under the mem lock keeps the writer's order equal to the memory order.
-            self.send(WriteOp::Append {
-                entries: encoded,
-                callback,
-            })?;
+        let flushed = *self
+            .shared
+            .flushed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut mem = self.mem();
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            let bytes = postcard::to_allocvec(&entry)
+                .map_err(|e| write_err(ErrorSubject::Log(log_id), e))?;
+            mem.cache_bytes += bytes.len();
+            mem.cache.insert(log_id.index, (entry, bytes.len()));
+            mem.last_log_id = Some(log_id);
+            encoded.push((log_id.index, bytes));
         }
-        Ok(())
+        // Evict the oldest cached entries that are already durable, down to the budget.
+        while mem.cache_bytes > self.shared.cache_budget && mem.cache.len() > 1 {
+            match mem.cache.first_key_value() {
+                Some((_, (entry, _))) if Some(*entry.get_log_id()) <= flushed => {}
+                _ => break,
+            }
+            if let Some((_, (_, size))) = mem.cache.pop_first() {
+                mem.cache_bytes -= size;
+            }
+        }
+        let Some(last) = mem.last_log_id else {
+            // Nothing was appended: still report the (empty) write as durable.
+            drop(mem);
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // Sending under the mem lock keeps the writer's order equal to the memory order.
+        self.send(WriteOp::Append {
+            entries: encoded,
+            last,
+            callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let (indexes, previous) = {
+            let mut mem = self.mem();
+            let removed = mem.cache.split_off(&log_id.index);
+            mem.cache_bytes -= removed.values().map(|(_, size)| size).sum::<usize>();
+            let last = mem.last_log_id.map(|l| l.index).unwrap_or(0);
+            let indexes: Vec<u64> = (log_id.index..=last).collect();
+            let previous_index = log_id.index.checked_sub(1);
+            let previous = match previous_index {
+                Some(p) if mem.cache.contains_key(&p) => {
+                    Lookup::Known(mem.cache.get(&p).map(|(e, _)| *e.get_log_id()))
+                }
+                Some(p) if p >= mem.first_index => Lookup::OnDisk(p),
+                _ => Lookup::Known(mem.last_purged),
+            };
+            (indexes, previous)
+        };
+        let last_log_id = match previous {
+            Lookup::Known(id) => id,
+            Lookup::OnDisk(index) => {
+                let log = self.shared.log.clone();
+                let found = tokio::task::spawn_blocking(move || read_range(&log, index, index + 1))
+                    .await
+                    .map_err(|e| read_err(ErrorSubject::Logs, e))??;
+                found.first().map(|e| *e.get_log_id())
+            }
+        };
         let mut mem = self.mem();
-        let removed = mem.entries.split_off(&log_id.index);
-        self.send(WriteOp::Truncate {
-            indexes: removed.into_keys().collect(),
-        })
+        mem.last_log_id = last_log_id.or(mem.last_purged);
+        self.send(WriteOp::Truncate { indexes })
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes =
             postcard::to_allocvec(&Some(log_id)).map_err(|e| write_err(ErrorSubject::Logs, e))?;
         let mut mem = self.mem();
-        let keep = mem.entries.split_off(&(log_id.index + 1));
-        let purged = std::mem::replace(&mut mem.entries, keep);
+        let keep = mem.cache.split_off(&(log_id.index + 1));
+        let purged = std::mem::replace(&mut mem.cache, keep);
+        mem.cache_bytes -= purged.values().map(|(_, size)| size).sum::<usize>();
+        // Only indexes that can exist: a purge past the end of the log (after a snapshot
+        // install) deletes what is stored, not every index up to the snapshot.
+        let last_stored = mem.last_log_id.map(|l| l.index).unwrap_or(0);
+        let indexes: Vec<u64> = (mem.first_index..=log_id.index.min(last_stored)).collect();
+        mem.first_index = log_id.index + 1;
         mem.last_purged = Some(log_id);
+        if mem.last_log_id < Some(log_id) {
+            mem.last_log_id = Some(log_id);
+        }
         self.send(WriteOp::Purge {
-            indexes: purged.into_keys().collect(),
+            indexes,
             log_id: bytes,
         })
     }
+}
+
+/// Where the entry before a truncation point is.
+enum Lookup {
+    Known(Option<LogId<NodeId>>),
+    OnDisk(u64),
 }

@@ -41,7 +41,9 @@ struct StoredSnapshot {
 }
 
 /// The latest snapshot: its metadata and bytes.
-type CurrentSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Arc<Vec<u8>>)>;
+/// Only the metadata stays in memory; the data is read back from `snapshot.bin` when a
+/// follower needs it, so the node does not hold a second copy of its state.
+type CurrentSnapshot = Option<SnapshotMeta<NodeId, NodeInfo>>;
 /// A snapshot as loaded from disk.
 type LoadedSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>)>;
 
@@ -115,7 +117,7 @@ impl<S: StateMachine> StateMachineStore<S> {
                 .inner
                 .snapshot_bytes
                 .store(data.len() as u64, Ordering::Relaxed);
-            *store.current() = Some((meta, Arc::new(data)));
+            *store.current() = Some(meta);
             tracing::info!(applied = ?store.applied().last_applied, "restored state machine from snapshot");
         }
         Ok(store)
@@ -196,10 +198,11 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             .snapshot_bytes
             .store(data.len() as u64, Ordering::Relaxed);
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        *self.current() = Some((meta.clone(), data.clone()));
+        *self.current() = Some(meta.clone());
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone());
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -271,16 +274,23 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed snapshot from leader");
-        *self.current() = Some((meta.clone(), data));
+        *self.current() = Some(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.current().as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        if self.current().is_none() {
+            return Ok(None);
+        }
+        let this = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || this.load_snapshot())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))??;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }

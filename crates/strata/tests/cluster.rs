@@ -585,3 +585,88 @@ async fn t35_linearizable_reads_on_followers_see_every_acknowledged_write() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t62_new_leader_extends_leases_instead_of_expiring_them() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let client = cluster.client();
+    let lease: LeaseGrantResponse = client
+        .post("/v1/lease/grant", &LeaseGrantRequest { ttl: 4, id: 0 })
+        .await
+        .unwrap();
+    let put = PutRequest {
+        key: "leased".into(),
+        value: "1".into(),
+        lease: lease.id,
+        ..Default::default()
+    };
+    let _: PutResponse = client.post("/v1/kv/put", &put).await.unwrap();
+    let granted = Instant::now();
+    // Let most of the TTL pass (the behaviour under test is about elapsed time), then kill
+    // the leader, whose expiry clock dies with it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let leader = leader_of(&cluster).await;
+    cluster.node(leader).kill9();
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| n.url())
+        .collect();
+    let survivor_client = Client::new(&survivors).with_timeout(Duration::from_secs(10));
+    survivor_client.put("probe", "x").await.unwrap();
+    // The new leader restarts the full TTL: the key outlives the original deadline by a margin.
+    let check_at = granted + Duration::from_millis(5500);
+    tokio::time::sleep(check_at.saturating_duration_since(Instant::now())).await;
+    let survivor = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    assert_eq!(
+        survivor.local_get("leased").await.as_deref(),
+        Some(&b"1"[..]),
+        "the new leader expired the lease at once instead of extending it"
+    );
+    // And it still expires once nobody keeps it alive.
+    wait_until(
+        Duration::from_secs(15),
+        "lease to expire under the new leader",
+        || async { (survivor.local_prefix("leased").await?.count == 0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t71_idle_watch_gets_progress_notifications() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("progress.toml");
+    std::fs::write(&config, "[kv]\nwatch_progress_interval = \"200ms\"\n").unwrap();
+    let config_arg = config.to_str().unwrap().to_string();
+    let cluster = Cluster::start(1, &["--config", &config_arg]).await;
+    let client = cluster.client();
+    let revision = client.put("other", "x").await.unwrap().header.revision;
+    let request = WatchRequest {
+        key: "quiet/".into(),
+        prefix: true,
+        progress_notify: true,
+        ..Default::default()
+    };
+    let mut stream = client.watch(&request).await.unwrap();
+    assert!(stream.next().await.unwrap().unwrap().created);
+    client.put("other", "y").await.unwrap();
+    // No event matches the watch, but progress notifications report the revision reached.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let progressed = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no progress notification within 10 s"
+        );
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("watch stream stalled")
+            .unwrap()
+            .expect("stream open");
+        assert!(message.events.is_empty(), "unexpected events {message:?}");
+        if message.header.revision > revision {
+            break message.header.revision;
+        }
+    };
+    assert_eq!(progressed, revision + 1);
+}

@@ -670,3 +670,58 @@ async fn t71_idle_watch_gets_progress_notifications() {
     };
     assert_eq!(progressed, revision + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_three_nodes_found_the_cluster_from_initial_cluster() {
+    // The founding list needs every raft address up front: take free ports from the kernel
+    // (bind port 0, read it back, release it) and hand them to the nodes.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let members: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let initial = members.join(",");
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let raft = format!("127.0.0.1:{port}");
+        nodes.push(NodeProc::start_on(i as u64 + 1, root.path(), Some(&initial), &raft, &[]).await);
+    }
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    let client = Client::new(&endpoints).with_timeout(Duration::from_secs(15));
+    client.put("founded", "yes").await.unwrap();
+    // Every founder reports all three members with their API addresses filled in.
+    for node in &nodes {
+        let status = wait_until(
+            Duration::from_secs(20),
+            "members to register their API addresses",
+            || async {
+                let status = node.status().await?;
+                let complete = status.members.len() == 3
+                    && status.members.iter().all(|m| !m.api_addr.is_empty());
+                complete.then_some(status)
+            },
+        )
+        .await;
+        assert!(status.leader.is_some());
+        let ids: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, BTreeSet::from([1, 2, 3]));
+    }
+    for node in &nodes {
+        wait_until(
+            Duration::from_secs(10),
+            "the write to replicate",
+            || async { node.local_get("founded").await.map(|_| ()) },
+        )
+        .await;
+    }
+}

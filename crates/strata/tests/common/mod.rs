@@ -68,6 +68,17 @@ impl NodeProc {
         initial_cluster: Option<&str>,
         extra: &[&str],
     ) -> NodeProc {
+        Self::start_on(id, root, initial_cluster, "127.0.0.1:0", extra).await
+    }
+
+    /// [`NodeProc::start`] with a given raft address (for founding lists known in advance).
+    pub async fn start_on(
+        id: u64,
+        root: &Path,
+        initial_cluster: Option<&str>,
+        raft_addr: &str,
+        extra: &[&str],
+    ) -> NodeProc {
         let dir = root.join(format!("n{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -79,7 +90,7 @@ impl NodeProc {
             id,
             dir,
             api: "127.0.0.1:0".into(),
-            raft: "127.0.0.1:0".into(),
+            raft: raft_addr.into(),
             child: None,
             starts: 0,
             extra,

@@ -14,6 +14,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// The longest duration any setting may have (100 years), so that adding one to a clock
+/// cannot overflow.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Why a configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -359,6 +363,26 @@ impl NodeConfig {
                 "raft.election_timeout_max must exceed raft.election_timeout_min".into(),
             );
         }
+        // Components add these to clocks (`Instant::now() + timeout`), which panics on
+        // overflow; no sane setting comes near the bound.
+        for (name, value) in [
+            ("raft.heartbeat_interval", raft.heartbeat_interval),
+            ("raft.election_timeout_min", raft.election_timeout_min),
+            ("raft.election_timeout_max", raft.election_timeout_max),
+            (
+                "kv.watch_progress_interval",
+                self.kv.watch_progress_interval,
+            ),
+            ("kv.request_timeout", self.kv.request_timeout),
+            ("shutdown_grace_period", self.shutdown_grace_period),
+        ] {
+            if value.0 > MAX_DURATION {
+                return invalid(format!("{name} must be at most 100 years"));
+            }
+        }
+        if self.kv.watch_progress_interval.0.is_zero() {
+            return invalid("kv.watch_progress_interval must be positive".into());
+        }
         if raft.snapshot_entries == 0 {
             return invalid("raft.snapshot_entries must be positive".into());
         }
@@ -445,5 +469,19 @@ mod tests {
             ..Default::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_clock_are_refused() {
+        // Used to validate, then panic at `Instant::now() + request_timeout` on first use.
+        let huge = "[kv]\nrequest_timeout = \"500000000000years\"\n";
+        let err = NodeConfig::from_toml(huge).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("kv.request_timeout"), "{err}");
+        // Used to validate, then panic in `tokio::time::interval` when a watch started.
+        let zero = "[kv]\nwatch_progress_interval = \"0s\"\n";
+        let err = NodeConfig::from_toml(zero).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("watch_progress_interval"), "{err}");
+        let fine = "shutdown_grace_period = \"99years\"\n";
+        assert!(NodeConfig::from_toml(fine).unwrap().validate().is_ok());
     }
 }

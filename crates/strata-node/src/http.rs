@@ -362,5 +362,5 @@ async fn leader(State(service): State<Arc<KvService>>, body: Bytes) -> Response 
 }
 
 async fn campaign(State(service): State<Arc<KvService>>) -> Response {
-    strata_raft::network::postcard_reply(&service.campaign().await)
+    strata_raft::network::postcard_reply(&service.start_election().await)
 }

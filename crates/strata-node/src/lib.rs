@@ -11,6 +11,7 @@
 //! No clap, no signals, no process exit here: that is the `strata` binary's job. Tests start
 //! several nodes in one process with [`NodeConfig::for_test`](strata_config::NodeConfig::for_test).
 
+pub mod coord;
 pub mod http;
 pub mod kv_machine;
 pub mod metrics;
@@ -541,10 +542,12 @@ impl NodeHandle {
         info!(node_id = id, "stopping listeners and background workers");
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        self.service.tasks.close();
+        let all_tasks = async {
+            self.tracker.wait().await;
+            self.service.tasks.wait().await;
+        };
+        if tokio::time::timeout(grace, all_tasks).await.is_err() {
             warn!(node_id = id, "tasks did not stop within the grace period");
         }
         info!(node_id = id, "stopping raft");

@@ -98,6 +98,8 @@ pub struct KvService {
     stepping_down: AtomicBool,
     /// Batches writes into log entries; set once by the node after construction.
     proposer: std::sync::OnceLock<crate::proposer::Proposer>,
+    /// Tasks the service spawns itself (election observers); closed and awaited at shutdown.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Shares leadership confirmations between concurrent reads; set once at start.
     read_index: std::sync::OnceLock<crate::read_index::ReadIndexBatcher>,
 }
@@ -128,6 +130,7 @@ impl KvService {
             stepping_down: AtomicBool::new(false),
             proposer: std::sync::OnceLock::new(),
             read_index: std::sync::OnceLock::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -154,6 +157,11 @@ impl KvService {
     /// Installs the read-index batcher (once, at start).
     pub fn set_read_index(&self, batcher: crate::read_index::ReadIndexBatcher) {
         let _ = self.read_index.set(batcher);
+    }
+
+    /// Spawns a task tracked by the service.
+    pub(crate) fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     /// Returns this node's id.
@@ -811,7 +819,7 @@ impl KvService {
     }
 
     /// Starts an election on this node (the hand-off target's side).
-    pub async fn campaign(&self) -> Result<(), ApiError> {
+    pub async fn start_election(&self) -> Result<(), ApiError> {
         tracing::info!(
             node_id = self.id,
             "campaigning on request of the outgoing leader"

@@ -289,8 +289,8 @@ pub enum RequestOp {
     Put(PutRequest),
     /// A delete.
     DeleteRange(DeleteRangeRequest),
-    /// A nested transaction.
-    Txn(TxnRequest),
+    /// A nested transaction (at most [`MAX_NESTING`](crate::MAX_NESTING) levels deep).
+    Txn(#[serde(deserialize_with = "crate::nesting::deserialize")] TxnRequest),
 }
 
 /// The result of one operation inside a transaction.
@@ -304,7 +304,7 @@ pub enum ResponseOp {
     /// Result of a delete.
     DeleteRange(DeleteRangeResponse),
     /// Result of a nested transaction.
-    Txn(TxnResponse),
+    Txn(#[serde(deserialize_with = "crate::nesting::deserialize")] TxnResponse),
 }
 
 /// If every compare holds, run `success`, otherwise `failure`; atomically, at one revision.
@@ -541,8 +541,9 @@ pub enum Command {
     Kv(KvCommand),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals so that one fsync and one replication round cover many writes). Applied in
-    /// order; each command gets its own revision.
-    Batch(Vec<Command>),
+    /// order; each command gets its own revision. Nested at most
+    /// [`MAX_NESTING`](crate::MAX_NESTING) levels deep.
+    Batch(#[serde(deserialize_with = "crate::nesting::deserialize")] Vec<Command>),
 }
 
 /// The result of applying a [`Command`].
@@ -553,7 +554,7 @@ pub enum CommandResult {
     /// Result of a KV command.
     Kv(KvResult),
     /// Results of a [`Command::Batch`], in order.
-    Batch(Vec<CommandResult>),
+    Batch(#[serde(deserialize_with = "crate::nesting::deserialize")] Vec<CommandResult>),
 }
 
 #[cfg(test)]

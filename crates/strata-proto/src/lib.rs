@@ -9,11 +9,16 @@
 //!
 //! **API Boundary:** changing a type here changes the Raft log format and the public API.
 //! Add fields with `#[serde(default)]` only.
+//!
+//! **Bad input:** decoding never panics and never recurses without bound: batches and nested
+//! transactions are refused past [`MAX_NESTING`] levels (postcard itself has no limit).
 
 pub mod bytes_serde;
 pub mod cluster;
 pub mod error;
 pub mod kv;
+mod nesting;
 
 pub use cluster::{ClusterStatus, MemberStatus, NodeInfo};
 pub use error::{ApiError, ErrorCode};
+pub use nesting::MAX_NESTING;

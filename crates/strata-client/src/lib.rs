@@ -223,13 +223,23 @@ impl Client {
 
     /// Opens a watch on one endpoint (trying each in turn) and returns its messages.
     pub async fn watch(&self, request: &WatchRequest) -> Result<WatchStream, ClientError> {
+        self.stream("/v1/kv/watch", request).await
+    }
+
+    /// POSTs `request` to a server-sent-events route on one endpoint (trying each in turn)
+    /// and returns the stream of JSON messages.
+    pub async fn stream<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+    ) -> Result<SseStream<T>, ClientError> {
         let mut last_error = ClientError::Transport("no endpoints".into());
         for attempt in 0..self.endpoints.len() {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
             let response = match self
                 .http
-                .post(format!("{endpoint}/v1/kv/watch"))
+                .post(format!("{endpoint}{path}"))
                 .json(request)
                 .send()
                 .await
@@ -252,10 +262,11 @@ impl Client {
                 return Err(ClientError::Api(error));
             }
             self.preferred.store(index, Ordering::Relaxed);
-            return Ok(WatchStream {
+            return Ok(SseStream {
                 endpoint: endpoint.clone(),
                 body: Box::pin(response.bytes_stream()),
                 buffer: Vec::new(),
+                _message: std::marker::PhantomData,
             });
         }
         Err(last_error)
@@ -265,17 +276,21 @@ impl Client {
 type ByteStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
-/// A watch's messages, parsed from server-sent events.
-pub struct WatchStream {
-    /// The endpoint serving the watch.
+/// A watch's messages.
+pub type WatchStream = SseStream<WatchResponse>;
+
+/// JSON messages parsed from server-sent events.
+pub struct SseStream<T> {
+    /// The endpoint serving the stream.
     pub endpoint: String,
     body: ByteStream,
     buffer: Vec<u8>,
+    _message: std::marker::PhantomData<fn() -> T>,
 }
 
-impl WatchStream {
+impl<T: DeserializeOwned> SseStream<T> {
     /// Returns the next message, or `None` when the server closed the stream.
-    pub async fn next(&mut self) -> Result<Option<WatchResponse>, ClientError> {
+    pub async fn next(&mut self) -> Result<Option<T>, ClientError> {
         loop {
             if let Some(end) = find_event_end(&self.buffer) {
                 let event: Vec<u8> = self.buffer.drain(..end).collect();
@@ -289,7 +304,7 @@ impl WatchStream {
                     continue; // keep-alive comment
                 }
                 let message = serde_json::from_str(&data).map_err(|e| {
-                    ClientError::Transport(format!("bad watch message {data:?}: {e}"))
+                    ClientError::Transport(format!("bad stream message {data:?}: {e}"))
                 })?;
                 return Ok(Some(message));
             }
@@ -297,7 +312,7 @@ impl WatchStream {
                 Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Some(Err(e)) => {
                     return Err(ClientError::Transport(format!(
-                        "watch stream from {} broke: {e}",
+                        "stream from {} broke: {e}",
                         self.endpoint
                     )))
                 }

@@ -121,6 +121,16 @@ pub fn api_router(state: ApiState, body_limit: usize) -> Router {
         .route("/v1/lease/keepalive", post(lease_keepalive))
         .route("/v1/lease/timetolive", post(lease_time_to_live))
         .route("/v1/lease/list", get(lease_list).post(lease_list))
+        .route("/v1/lock/acquire", post(lock_acquire))
+        .route("/v1/lock/release", post(lock_release))
+        .route("/v1/election/campaign", post(election_campaign))
+        .route("/v1/election/proclaim", post(election_proclaim))
+        .route("/v1/election/leader", post(election_leader))
+        .route("/v1/election/resign", post(lock_release))
+        .route(
+            "/v1/election/observe",
+            get(election_observe_get).post(election_observe_post),
+        )
         .route("/v1/cluster/status", get(status))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", delete(remove_member))
@@ -229,6 +239,129 @@ async fn lease_time_to_live(
 
 async fn lease_list(State(s): State<ApiState>) -> ApiResult<impl Serialize> {
     count_error(&s, s.service.lease_list().await)
+}
+
+/// Body of `POST /v1/lock/acquire` and `POST /v1/election/campaign`.
+#[derive(Debug, Deserialize)]
+struct Contend {
+    #[serde(with = "strata_proto::bytes_serde")]
+    name: Vec<u8>,
+    lease: i64,
+    #[serde(with = "strata_proto::bytes_serde", default)]
+    value: Vec<u8>,
+}
+
+/// Body of `POST /v1/lock/release`, `/v1/election/resign` and `/v1/election/proclaim`.
+#[derive(Debug, Deserialize)]
+struct Owned {
+    #[serde(with = "strata_proto::bytes_serde")]
+    key: Vec<u8>,
+    /// The owner key's create revision (the fencing token); 0 releases unconditionally.
+    #[serde(default)]
+    revision: i64,
+    #[serde(default)]
+    lease: i64,
+    #[serde(with = "strata_proto::bytes_serde", default)]
+    value: Vec<u8>,
+}
+
+/// Body (or query) naming an election.
+#[derive(Debug, Deserialize)]
+struct ElectionName {
+    #[serde(with = "strata_proto::bytes_serde")]
+    name: Vec<u8>,
+    #[serde(default)]
+    serializable: bool,
+}
+
+#[derive(Serialize)]
+struct LeaderReply {
+    leader: Option<strata_proto::kv::KeyValue>,
+}
+
+async fn lock_acquire(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<Contend>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.lock(req.name, req.lease).await)
+}
+
+async fn lock_release(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<Owned>,
+) -> ApiResult<impl Serialize> {
+    count_error(
+        &s,
+        s.service
+            .unlock(req.key, req.revision)
+            .await
+            .map(|()| Done { ok: true }),
+    )
+}
+
+async fn election_campaign(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<Contend>,
+) -> ApiResult<impl Serialize> {
+    count_error(&s, s.service.campaign(req.name, req.lease, req.value).await)
+}
+
+async fn election_proclaim(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<Owned>,
+) -> ApiResult<impl Serialize> {
+    let leader = crate::coord::Ownership {
+        key: req.key,
+        revision: req.revision,
+        lease: req.lease,
+    };
+    count_error(
+        &s,
+        s.service
+            .proclaim(&leader, req.value)
+            .await
+            .map(|()| Done { ok: true }),
+    )
+}
+
+async fn election_leader(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<ElectionName>,
+) -> ApiResult<impl Serialize> {
+    let leader = s.service.election_leader(req.name, req.serializable).await;
+    count_error(&s, leader.map(|leader| LeaderReply { leader }))
+}
+
+async fn election_observe_get(
+    State(s): State<ApiState>,
+    ApiQuery(req): ApiQuery<ElectionName>,
+) -> Response {
+    election_observe(s, req.name)
+}
+
+async fn election_observe_post(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<ElectionName>,
+) -> Response {
+    election_observe(s, req.name)
+}
+
+fn election_observe(s: ApiState, name: Vec<u8>) -> Response {
+    let receiver = match s.service.observe(name) {
+        Ok(receiver) => receiver,
+        Err(e) => return ErrorResponse(e).into_response(),
+    };
+    let stream = ReceiverStream::new(receiver).map(|kv| {
+        let event = SseEvent::default().json_data(&kv).unwrap_or_else(|e| {
+            SseEvent::default()
+                .event("error")
+                .data(format!("encode: {e}"))
+        });
+        Ok::<_, Infallible>(event)
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn status(State(s): State<ApiState>) -> ApiResult<impl Serialize> {

@@ -155,7 +155,7 @@ fn parse_lease(id: &str) -> anyhow::Result<i64> {
     })
 }
 
-fn parse_ttl(ttl: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_ttl(ttl: &str) -> anyhow::Result<i64> {
     if let Ok(seconds) = ttl.parse::<i64>() {
         return Ok(seconds);
     }

@@ -5,6 +5,7 @@
 //! runs the command, and maps the outcome to an exit code (`✘ message` and exit 1 on error).
 
 mod client_cmds;
+mod coord_cmds;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -55,6 +56,10 @@ pub enum Command {
     /// Grant, renew and revoke leases; keys attached to a lease die with it.
     #[command(subcommand)]
     Lease(client_cmds::LeaseCommand),
+    /// Run a command while holding a distributed lock (fencing token in STRATA_FENCING_TOKEN).
+    Lock(coord_cmds::LockArgs),
+    /// Campaign in a leader election, or observe it with --listen.
+    Elect(coord_cmds::ElectArgs),
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(client_cmds::ClusterCommand),
@@ -78,6 +83,8 @@ fn main() {
             Command::Kv(cmd) => client_cmds::kv(&cli.endpoints, cli.output, cmd).await,
             Command::Lease(cmd) => client_cmds::lease(&cli.endpoints, cli.output, cmd).await,
             Command::Cluster(cmd) => client_cmds::cluster(&cli.endpoints, cli.output, cmd).await,
+            Command::Lock(args) => coord_cmds::lock(&cli.endpoints, cli.output, args).await,
+            Command::Elect(args) => coord_cmds::elect(&cli.endpoints, cli.output, args).await,
         }
     });
     // Do not wait for lingering blocking tasks (e.g. a stdin reader) at exit.

@@ -58,6 +58,10 @@ pub struct NodeConfig {
     /// Where node-to-node (Raft) traffic listens. Port 0 picks a free one.
     #[serde(default = "default_raft_addr")]
     pub raft_addr: String,
+    /// Where the etcd v3 gRPC API listens (etcdctl, etcd client libraries). Unset: disabled.
+    /// Port 0 picks a free one.
+    #[serde(default)]
+    pub grpc_addr: Option<String>,
     /// Address other nodes use to reach this node's raft listener, if different from
     /// `raft_addr` (e.g. when listening on 0.0.0.0).
     #[serde(default)]
@@ -224,6 +228,7 @@ impl Default for NodeConfig {
             data_dir: default_data_dir(),
             api_addr: default_api_addr(),
             raft_addr: default_raft_addr(),
+            grpc_addr: None,
             advertise_raft_addr: None,
             advertise_api_addr: None,
             initial_cluster: BTreeMap::new(),
@@ -289,6 +294,7 @@ impl NodeConfig {
              # Durations are strings like \"150ms\" or \"10s\"; sizes like \"1.5MiB\".\n\
              # id: unique positive node id.  data_dir: log, snapshots, lock file.\n\
              # api_addr: client HTTP API + /metrics.  raft_addr: node-to-node traffic.\n\
+             # grpc_addr = \"127.0.0.1:7702\" enables the etcd v3 gRPC API (off when unset).\n\
              # initial_cluster: founding members as a table, e.g.\n\
              #   [initial_cluster]\n\
              #   1 = \"10.0.0.1:7701\"\n\
@@ -327,6 +333,13 @@ impl NodeConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.id == 0 {
             return invalid("id must be a positive integer".into());
+        }
+        if let Some(addr) = &self.grpc_addr {
+            if addr.parse::<SocketAddr>().is_err() {
+                return invalid(format!(
+                    "grpc_addr {addr:?} is not HOST:PORT with a numeric IP"
+                ));
+            }
         }
         for (name, addr) in [("api_addr", &self.api_addr), ("raft_addr", &self.raft_addr)] {
             if addr.parse::<SocketAddr>().is_err() {

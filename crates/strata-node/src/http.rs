@@ -389,6 +389,7 @@ async fn add_member(
     let info = NodeInfo {
         raft_addr: req.raft_addr,
         api_addr: req.api_addr,
+        grpc_addr: String::new(),
     };
     count_error(
         &s,

@@ -12,6 +12,7 @@
 //! several nodes in one process with [`NodeConfig::for_test`](strata_config::NodeConfig::for_test).
 
 pub mod coord;
+pub mod etcd_backend;
 pub mod http;
 pub mod kv_machine;
 pub mod metrics;
@@ -69,6 +70,8 @@ pub struct NodeAddrs {
     pub api: SocketAddr,
     /// Node-to-node traffic.
     pub raft: SocketAddr,
+    /// etcd v3 gRPC API, when enabled.
+    pub grpc: Option<SocketAddr>,
 }
 
 /// Starts nodes.
@@ -113,7 +116,20 @@ impl Node {
             raft: raft_listener
                 .local_addr()
                 .map_err(|e| bind_err("raft", &config.raft_addr, e))?,
+            grpc: None,
         };
+        let grpc_listener = match &config.grpc_addr {
+            Some(addr) => Some(bind("grpc", addr).await?),
+            None => None,
+        };
+        let mut addrs = addrs;
+        if let (Some(listener), Some(configured)) = (&grpc_listener, &config.grpc_addr) {
+            addrs.grpc = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| bind_err("grpc", configured, e))?,
+            );
+        }
         let me = NodeInfo {
             raft_addr: config
                 .advertise_raft_addr
@@ -123,6 +139,7 @@ impl Node {
                 .advertise_api_addr
                 .clone()
                 .unwrap_or_else(|| addrs.api.to_string()),
+            grpc_addr: addrs.grpc.map(|a| a.to_string()).unwrap_or_default(),
         };
 
         info!(node_id = id, "starting raft");
@@ -216,6 +233,23 @@ impl Node {
             http::api_router(state, body_limit),
         );
 
+        if let (Some(listener), Some(addr)) = (grpc_listener, addrs.grpc) {
+            info!(node_id = id, %addr, "serving the etcd v3 gRPC API");
+            let backend: Arc<dyn strata_etcd::EtcdBackend> = Arc::new(etcd_backend::EtcdApi::new(
+                service.clone(),
+                cancel.child_token(),
+                tracker.clone(),
+            ));
+            let max_message = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
+            let token = cancel.clone();
+            tracker.spawn(async move {
+                let shutdown = async move { token.cancelled().await };
+                if let Err(e) = strata_etcd::serve(listener, backend, max_message, shutdown).await {
+                    warn!(error = %e, "gRPC listener stopped with an error");
+                }
+            });
+        }
+
         if let Some(path) = &config.addrs_file {
             let json = serde_json::to_vec_pretty(&addrs).expect("addresses serialize");
             let tmp = path.with_extension("tmp");
@@ -293,6 +327,7 @@ async fn bootstrap(raft: &Raft, config: &ValidatedConfig, me: &NodeInfo) -> Resu
                 NodeInfo {
                     raft_addr: addr.clone(),
                     api_addr: String::new(),
+                    grpc_addr: String::new(),
                 }
             };
             (*id, info)
@@ -323,10 +358,13 @@ async fn register_self(service: Arc<KvService>, me: NodeInfo, cancel: Cancellati
             (node, m.current_leader)
         };
         match known {
-            (Some(node), Some(_)) if node.api_addr != me.api_addr => {
+            (Some(node), Some(_))
+                if node.api_addr != me.api_addr || node.grpc_addr != me.grpc_addr =>
+            {
                 let info = NodeInfo {
                     raft_addr: node.raft_addr,
                     api_addr: me.api_addr.clone(),
+                    grpc_addr: me.grpc_addr.clone(),
                 };
                 match service
                     .leader_call(LeaderRequest::SetNode(service.id, info))
@@ -501,7 +539,7 @@ pub fn refresh_metrics(service: &KvService) {
 }
 
 /// Returns the total size of the files under `path` (bounded depth; errors count as 0).
-fn folder_size(path: &std::path::Path) -> u64 {
+pub(crate) fn folder_size(path: &std::path::Path) -> u64 {
     fn walk(path: &std::path::Path, depth: u32) -> u64 {
         let Ok(entries) = std::fs::read_dir(path) else {
             return 0;

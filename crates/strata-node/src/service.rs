@@ -693,6 +693,7 @@ impl KvService {
                 id: *id,
                 raft_addr: node.raft_addr.clone(),
                 api_addr: node.api_addr.clone(),
+                grpc_addr: node.grpc_addr.clone(),
                 role: role.to_string(),
             });
         }

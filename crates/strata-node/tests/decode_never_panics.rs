@@ -18,6 +18,7 @@ fn request() -> BoxedStrategy<LeaderRequest> {
     let node = ("[0-9.:]{0,10}", "[0-9.:]{0,10}").prop_map(|(raft_addr, api_addr)| NodeInfo {
         raft_addr,
         api_addr,
+        grpc_addr: String::new(),
     });
     let put = prop::collection::vec(any::<u8>(), 0..6).prop_map(|key| {
         Command::Kv(KvCommand::Put(PutRequest {

@@ -11,6 +11,9 @@ pub struct NodeInfo {
     /// `HOST:PORT` of the client HTTP API listener; empty until the node has reported it.
     #[serde(default)]
     pub api_addr: String,
+    /// `HOST:PORT` of the etcd v3 gRPC listener; empty when the node serves none.
+    #[serde(default)]
+    pub grpc_addr: String,
 }
 
 impl fmt::Display for NodeInfo {
@@ -28,6 +31,9 @@ pub struct MemberStatus {
     pub raft_addr: String,
     /// `HOST:PORT` of its client API listener.
     pub api_addr: String,
+    /// `HOST:PORT` of its etcd v3 gRPC listener, empty when it serves none.
+    #[serde(default)]
+    pub grpc_addr: String,
     /// `leader`, `follower` or `learner`.
     pub role: String,
 }

@@ -72,10 +72,11 @@ fn log_id() -> BoxedStrategy<LogId<u64>> {
 }
 
 fn node_info() -> BoxedStrategy<NodeInfo> {
-    ("[0-9.:]{0,12}", "[0-9.:]{0,12}")
-        .prop_map(|(raft_addr, api_addr)| NodeInfo {
+    ("[0-9.:]{0,12}", "[0-9.:]{0,12}", "[0-9.:]{0,12}")
+        .prop_map(|(raft_addr, api_addr, grpc_addr)| NodeInfo {
             raft_addr,
             api_addr,
+            grpc_addr,
         })
         .boxed()
 }

@@ -24,6 +24,9 @@ pub struct DevArgs {
     /// Raft address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7701")]
     pub raft_addr: String,
+    /// etcd v3 gRPC API address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    pub grpc_addr: String,
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
@@ -47,6 +50,9 @@ pub struct ServerArgs {
     /// Node-to-node listen address, HOST:PORT.
     #[arg(long)]
     pub raft_addr: Option<String>,
+    /// etcd v3 gRPC API listen address, HOST:PORT (disabled unless given here or in the config).
+    #[arg(long)]
+    pub grpc_addr: Option<String>,
     /// Address peers use to reach this node's raft listener, if not --raft-addr.
     #[arg(long)]
     pub advertise_raft_addr: Option<String>,
@@ -75,6 +81,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         api_addr: args.api_addr,
         raft_addr: args.raft_addr,
+        grpc_addr: Some(args.grpc_addr),
         addrs_file: args.addrs_file,
         ..Default::default()
     };
@@ -94,6 +101,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  api     http://{}", node.addrs.api);
     println!("  raft    {}", node.addrs.raft);
+    if let Some(grpc) = node.addrs.grpc {
+        println!("  grpc    {grpc}   (etcd v3 API: ETCDCTL_API=3 etcdctl --endpoints={grpc} get --prefix '')");
+    }
     println!("  metrics http://{}/metrics", node.addrs.api);
     println!("  data    {}", args.data_dir.display());
     println!("try: strata kv put greeting hello && strata kv get greeting");
@@ -142,6 +152,9 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.raft_addr {
         config.raft_addr = addr;
+    }
+    if let Some(addr) = args.grpc_addr {
+        config.grpc_addr = Some(addr);
     }
     if let Some(addr) = args.advertise_raft_addr {
         config.advertise_raft_addr = Some(addr);

@@ -1,0 +1,140 @@
+//! The `v3electionpb.Election` service: Campaign, Proclaim, Leader, Observe, Resign,
+//! straight onto the backend.
+
+use crate::backend::LockGuard;
+use crate::context::Context;
+use crate::convert;
+use crate::error::{self, Subject};
+use crate::pb::v3electionpb as pb;
+use futures::stream::{BoxStream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Serves the Election service.
+pub(crate) struct ElectionService {
+    ctx: Context,
+}
+
+impl ElectionService {
+    /// Returns the service over the shared context.
+    pub(crate) fn new(ctx: Context) -> Self {
+        ElectionService { ctx }
+    }
+}
+
+/// Reads the leadership a request names; etcd refuses requests without one.
+fn leader_guard(leader: Option<pb::LeaderKey>) -> Result<LockGuard, Status> {
+    let leader =
+        leader.ok_or_else(|| Status::invalid_argument("\"leader\" field must be provided"))?;
+    Ok(LockGuard {
+        key: leader.key,
+        revision: leader.rev,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::election_server::Election for ElectionService {
+    type ObserveStream = BoxStream<'static, Result<pb::LeaderResponse, Status>>;
+
+    async fn campaign(
+        &self,
+        request: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::CampaignResponse>, Status> {
+        let request = request.into_inner();
+        let name = request.name.clone();
+        // A campaign waits like a lock (shutdown must not wait for it), and like a lock
+        // fails only for its lease.
+        let campaign = self
+            .ctx
+            .backend
+            .campaign(request.name, request.lease, request.value);
+        let won = tokio::select! {
+            won = campaign => won,
+            _ = self.ctx.stop.cancelled() => return Err(error::stopped()),
+        };
+        let won = won.map_err(|e| self.ctx.status(e, Subject::Lock))?;
+        let revision = self.ctx.backend.revision().max(won.revision);
+        Ok(Response::new(pb::CampaignResponse {
+            header: Some(self.ctx.header(revision)),
+            leader: Some(pb::LeaderKey {
+                name,
+                key: won.key,
+                rev: won.revision,
+                lease: request.lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<pb::ProclaimRequest>,
+    ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let request = request.into_inner();
+        let leader = leader_guard(request.leader)?;
+        self.ctx
+            .backend
+            .proclaim(leader, request.value)
+            .await
+            .map_err(|e| self.ctx.status(e, Subject::Election))?;
+        Ok(Response::new(pb::ProclaimResponse {
+            header: Some(self.ctx.current_header()),
+        }))
+    }
+
+    async fn leader(
+        &self,
+        request: Request<pb::LeaderRequest>,
+    ) -> Result<Response<pb::LeaderResponse>, Status> {
+        let name = request.into_inner().name;
+        let found = self
+            .ctx
+            .backend
+            .election_leader(name)
+            .await
+            .map_err(|e| self.ctx.status(e, Subject::Election))?;
+        let kv = found.ok_or_else(error::election_no_leader)?;
+        Ok(Response::new(pb::LeaderResponse {
+            header: Some(self.ctx.current_header()),
+            kv: Some(convert::key_value(kv)),
+        }))
+    }
+
+    async fn observe(
+        &self,
+        request: Request<pb::LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        self.ctx.check_require_leader(request.metadata())?;
+        let name = request.into_inner().name;
+        let receiver = self
+            .ctx
+            .backend
+            .observe(name)
+            .map_err(|e| self.ctx.status(e, Subject::Election))?;
+        let ctx = self.ctx.clone();
+        let stop = self.ctx.stop.clone();
+        let leaders = ReceiverStream::new(receiver)
+            .map(move |kv| {
+                Ok(pb::LeaderResponse {
+                    header: Some(ctx.header(ctx.backend.revision().max(kv.mod_revision))),
+                    kv: Some(convert::key_value(kv)),
+                })
+            })
+            .take_until(async move { stop.cancelled_owned().await });
+        Ok(Response::new(leaders.boxed()))
+    }
+
+    async fn resign(
+        &self,
+        request: Request<pb::ResignRequest>,
+    ) -> Result<Response<pb::ResignResponse>, Status> {
+        let leader = leader_guard(request.into_inner().leader)?;
+        self.ctx
+            .backend
+            .resign(leader)
+            .await
+            .map_err(|e| self.ctx.status(e, Subject::Election))?;
+        Ok(Response::new(pb::ResignResponse {
+            header: Some(self.ctx.current_header()),
+        }))
+    }
+}

@@ -1,0 +1,111 @@
+//! The `etcdserverpb.Maintenance` service: Status and Alarm, which `etcdctl endpoint status`
+//! and `endpoint health` use; Defragment as a no-op; the rest unimplemented.
+
+use crate::context::Context;
+use crate::error;
+use crate::pb::etcdserverpb as pb;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status};
+
+/// The version Status reports. etcd clients parse it as semver and compare the major and
+/// minor numbers to decide which API is available; Strata serves etcd 3.4's.
+pub const ETCD_VERSION: &str = "3.4.0-strata";
+
+/// Serves the Maintenance service.
+pub(crate) struct MaintenanceService {
+    ctx: Context,
+}
+
+impl MaintenanceService {
+    /// Returns the service over the shared context.
+    pub(crate) fn new(ctx: Context) -> Self {
+        MaintenanceService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    type SnapshotStream = BoxStream<'static, Result<pb::SnapshotResponse, Status>>;
+
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let action = AlarmAction::try_from(request.into_inner().action)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        match action {
+            // Strata raises no alarms, so there is never one to list or to disarm.
+            AlarmAction::Get | AlarmAction::Deactivate => Ok(Response::new(pb::AlarmResponse {
+                header: Some(self.ctx.current_header()),
+                alarms: Vec::new(),
+            })),
+            AlarmAction::Activate => Err(error::unimplemented("activating alarms")),
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.ctx.backend.cluster_status();
+        let is_learner = status
+            .members
+            .iter()
+            .any(|m| m.id == self.ctx.backend.member_id() && m.role == "learner");
+        let db_size = i64::try_from(self.ctx.backend.db_size()).unwrap_or(i64::MAX);
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.ctx.header(status.revision)),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: status.leader.unwrap_or(0),
+            raft_index: status.commit_index,
+            raft_term: status.term,
+            raft_applied_index: status.applied_index,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // Strata's storage reclaims space on its own (log purging after snapshots), so there
+        // is nothing to defragment; succeeding keeps maintenance scripts working.
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.ctx.current_header()),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(error::unimplemented("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(error::unimplemented("HashKV"))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(error::unimplemented(
+            "Snapshot (copy the data folder of a stopped node instead)",
+        ))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(error::unimplemented("MoveLeader"))
+    }
+}

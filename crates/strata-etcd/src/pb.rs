@@ -1,0 +1,15 @@
+//! Generated protobuf messages, servers and clients (see `build.rs` and `proto/`).
+#![allow(missing_docs, unused_qualifications, clippy::all, clippy::pedantic)]
+
+pub mod mvccpb {
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+}
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}

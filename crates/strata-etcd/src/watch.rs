@@ -1,0 +1,396 @@
+//! The `etcdserverpb.Watch` service: one bidirectional stream carries many watches.
+//!
+//! Each stream is a [`WatchSession`], driven by the response stream itself: tonic polls it
+//! for the next reply, and the session waits on the client's requests and on every watch's
+//! backend receiver at once. No task is spawned, so nothing outlives the stream: when the
+//! client goes away tonic drops the response stream, which drops every receiver, which
+//! cancels every watch in the backend.
+//!
+//! Replies follow etcd 3.4:
+//! - a create gets `created: true` with the watch id (client-chosen, or the next free id
+//!   counting from 0 on this stream), before any event of that watch;
+//! - a watch whose start revision is compacted gets `canceled: true` with
+//!   `compact_revision` set;
+//! - a cancel of a live watch gets `canceled: true`; of an unknown id, nothing;
+//! - a progress request gets the current revision with watch id -1 (every watch). As in
+//!   etcd 3.4, that revision may be ahead of events still queued for a watch of the stream
+//!   (etcd fixed this in 3.5, etcd-io/etcd#15220); clients that need "everything up to R
+//!   was delivered" should use `progress_notify` on the watch instead, which the backend
+//!   sends in order with the events.
+//!
+//! A client that closes its sending side keeps its watches, as with etcd; the stream ends
+//! once it also has no watch left.
+
+use crate::context::Context;
+use crate::convert;
+use crate::error::{self, Subject};
+use crate::pb::etcdserverpb as pb;
+use futures::stream::{self, BoxStream, StreamExt};
+use std::collections::VecDeque;
+use strata_proto::error::ErrorCode;
+use strata_proto::kv::{WatchRequest, WatchResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamMap;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The watch id etcd uses for replies that belong to no single watch.
+const NO_WATCH: i64 = -1;
+
+/// Why a watch ended without the client asking, when the backend closed it.
+const CLOSED_BY_SERVER: &str = "etcdserver: watch closed by the server; watch again";
+
+/// etcd's reason for refusing a client-chosen id already in use on the stream.
+const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// Serves the Watch service.
+pub(crate) struct WatchService {
+    ctx: Context,
+}
+
+impl WatchService {
+    /// Returns the service over the shared context.
+    pub(crate) fn new(ctx: Context) -> Self {
+        WatchService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = BoxStream<'static, Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.ctx.check_require_leader(request.metadata())?;
+        let requests = request.into_inner().boxed();
+        Ok(Response::new(
+            WatchSession::new(self.ctx.clone(), requests).into_stream(),
+        ))
+    }
+}
+
+/// What a watch's feed yields.
+enum FeedItem {
+    /// A reply for the client; `last` when the watch is over after it (compaction).
+    Reply {
+        /// The reply, with the watch id set.
+        reply: pb::WatchResponse,
+        /// True when the watch ends with this reply.
+        last: bool,
+    },
+    /// The backend closed the watch without saying why (for example at shutdown).
+    Closed,
+}
+
+/// One watch stream: the client's requests, the live watches and replies waiting to go out.
+pub(crate) struct WatchSession {
+    /// Shared server state.
+    ctx: Context,
+    /// The client's requests; `None` once the client closed its sending side.
+    requests: Option<BoxStream<'static, Result<pb::WatchRequest, Status>>>,
+    /// Live watches by id, each its backend receiver turned into replies.
+    watches: StreamMap<i64, BoxStream<'static, FeedItem>>,
+    /// The next automatically assigned watch id.
+    next_id: i64,
+    /// Control replies (created, canceled, progress) not yet sent, in order.
+    replies: VecDeque<pb::WatchResponse>,
+    /// Set once the stream has ended with an error; nothing more is sent.
+    finished: bool,
+}
+
+impl WatchSession {
+    /// Starts a session over the client's request stream.
+    pub(crate) fn new(
+        ctx: Context,
+        requests: BoxStream<'static, Result<pb::WatchRequest, Status>>,
+    ) -> Self {
+        WatchSession {
+            ctx,
+            requests: Some(requests),
+            watches: StreamMap::new(),
+            next_id: 0,
+            replies: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    /// Turns the session into the response stream tonic sends.
+    pub(crate) fn into_stream(self) -> BoxStream<'static, Result<pb::WatchResponse, Status>> {
+        stream::unfold(self, |mut session| async move {
+            let item = session.next().await?;
+            Some((item, session))
+        })
+        .boxed()
+    }
+
+    /// Returns the next reply, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<Result<pb::WatchResponse, Status>> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some(reply) = self.replies.pop_front() {
+                return Some(Ok(reply));
+            }
+            if self.requests.is_none() && self.watches.is_empty() {
+                return None;
+            }
+            let stop = self.ctx.stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => return Some(Err(self.finish(error::stopped()))),
+                request = next_request(&mut self.requests) => match request {
+                    Some(Ok(request)) => self.handle(request).await,
+                    Some(Err(status)) => {
+                        let status = error::oversized_message(&status).unwrap_or(status);
+                        return Some(Err(self.finish(status)));
+                    }
+                    None => self.requests = None,
+                },
+                Some((id, item)) = self.watches.next() => match item {
+                    FeedItem::Reply { reply, last } => {
+                        if last {
+                            self.watches.remove(&id);
+                        }
+                        return Some(Ok(reply));
+                    }
+                    FeedItem::Closed => {
+                        self.watches.remove(&id);
+                        let reply = self.canceled(id, Some(CLOSED_BY_SERVER.to_string()));
+                        return Some(Ok(reply));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Ends the session with `status`, dropping every watch.
+    fn finish(&mut self, status: Status) -> Status {
+        self.finished = true;
+        self.requests = None;
+        self.watches.clear();
+        self.replies.clear();
+        status
+    }
+
+    async fn handle(&mut self, request: pb::WatchRequest) {
+        use pb::watch_request::RequestUnion;
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => self.cancel(cancel.watch_id),
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.replies.push_back(pb::WatchResponse {
+                    header: Some(self.ctx.current_header()),
+                    watch_id: NO_WATCH,
+                    ..Default::default()
+                });
+            }
+            // etcd ignores requests it does not understand rather than ending the stream.
+            None => {}
+        }
+    }
+
+    /// Cancels a live watch and confirms it; an unknown id gets no reply, as in etcd.
+    fn cancel(&mut self, id: i64) {
+        if self.watches.remove(&id).is_none() {
+            return;
+        }
+        let reply = self.canceled(id, None);
+        self.replies.push_back(reply);
+    }
+
+    /// Picks the id for a new watch: the client's, or the next free one.
+    fn assign_id(&mut self, requested: i64) -> Option<i64> {
+        if requested != 0 {
+            return (!self.watches.contains_key(&requested)).then_some(requested);
+        }
+        while self.watches.contains_key(&self.next_id) {
+            self.next_id += 1;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Some(id)
+    }
+
+    async fn create(&mut self, create: pb::WatchCreateRequest) {
+        let Some(id) = self.assign_id(create.watch_id) else {
+            self.refuse(DUPLICATE_ID.to_string());
+            return;
+        };
+        let with_prev_kv = create.prev_kv;
+        let request = watch_request(create);
+        let mut receiver = match self.ctx.backend.watch(request) {
+            Ok(receiver) => receiver,
+            Err(e) if e.code == ErrorCode::Compacted => {
+                // etcd accepts the watch, then cancels it for compaction.
+                let created = self.created(id, self.ctx.backend.revision());
+                self.replies.push_back(created);
+                let compacted = self.compacted(id, self.ctx.backend.compact_revision());
+                self.replies.push_back(compacted);
+                return;
+            }
+            Err(e) => {
+                let status = self.ctx.status(e, Subject::Key);
+                self.refuse(status.message().to_string());
+                return;
+            }
+        };
+        // The backend's first message confirms the watch and gives its start revision;
+        // waiting for it keeps `created` replies in the order of the create requests.
+        let first = receiver.recv().await;
+        let Some(first) = first else {
+            let created = self.created(id, self.ctx.backend.revision());
+            self.replies.push_back(created);
+            let closed = self.canceled(id, Some(CLOSED_BY_SERVER.to_string()));
+            self.replies.push_back(closed);
+            return;
+        };
+        let pending = if first.created {
+            let created = self.created(id, first.header.revision);
+            self.replies.push_back(created);
+            (!first.events.is_empty() || first.compact_revision > 0).then_some(first)
+        } else {
+            let created = self.created(id, self.ctx.backend.revision());
+            self.replies.push_back(created);
+            Some(first)
+        };
+        if let Some(message) = pending {
+            let (reply, last) = watch_reply(&self.ctx, id, with_prev_kv, message);
+            self.replies.push_back(reply);
+            if last {
+                return;
+            }
+        }
+        self.watches
+            .insert(id, feed(self.ctx.clone(), id, with_prev_kv, receiver));
+    }
+
+    fn created(&self, id: i64, revision: i64) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: Some(self.ctx.header(revision)),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        }
+    }
+
+    fn canceled(&self, id: i64, reason: Option<String>) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: Some(self.ctx.current_header()),
+            watch_id: id,
+            canceled: true,
+            cancel_reason: reason.unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn compacted(&self, id: i64, compact_revision: i64) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: Some(self.ctx.current_header()),
+            watch_id: id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: error::compacted().message().to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Answers a create that could not start: etcd replies `created` and `canceled` with
+    /// watch id -1 and the reason.
+    fn refuse(&mut self, reason: String) {
+        self.replies.push_back(pb::WatchResponse {
+            header: Some(self.ctx.current_header()),
+            watch_id: NO_WATCH,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        });
+    }
+}
+
+/// Waits for the client's next request; never resolves once the client stopped sending.
+///
+/// Cancel safety: cancel safe (it only polls the stream).
+async fn next_request(
+    requests: &mut Option<BoxStream<'static, Result<pb::WatchRequest, Status>>>,
+) -> Option<Result<pb::WatchRequest, Status>> {
+    match requests {
+        Some(requests) => requests.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Converts a create request to the backend's watch request.
+fn watch_request(create: pb::WatchCreateRequest) -> WatchRequest {
+    use pb::watch_create_request::FilterType;
+    let mut request = WatchRequest {
+        key: create.key,
+        range_end: create.range_end,
+        prefix: false,
+        start_revision: create.start_revision,
+        prev_kv: create.prev_kv,
+        progress_notify: create.progress_notify,
+        no_put: false,
+        no_delete: false,
+    };
+    for filter in create.filters {
+        match FilterType::try_from(filter) {
+            Ok(FilterType::Noput) => request.no_put = true,
+            Ok(FilterType::Nodelete) => request.no_delete = true,
+            // etcd drops filters it does not know.
+            Err(_) => {}
+        }
+    }
+    request
+}
+
+/// Turns a backend message into the client's reply; true when the watch ends with it.
+fn watch_reply(
+    ctx: &Context,
+    id: i64,
+    with_prev_kv: bool,
+    message: WatchResponse,
+) -> (pb::WatchResponse, bool) {
+    let header = Some(ctx.header_from(&message.header));
+    if message.compact_revision > 0 {
+        let reply = pb::WatchResponse {
+            header,
+            watch_id: id,
+            canceled: true,
+            compact_revision: message.compact_revision,
+            cancel_reason: error::compacted().message().to_string(),
+            ..Default::default()
+        };
+        return (reply, true);
+    }
+    let events = message
+        .events
+        .into_iter()
+        .map(|event| convert::event(event, with_prev_kv))
+        .collect();
+    let reply = pb::WatchResponse {
+        header,
+        watch_id: id,
+        events,
+        ..Default::default()
+    };
+    (reply, false)
+}
+
+/// Turns a watch's backend receiver into replies, ending with [`FeedItem::Closed`].
+fn feed(
+    ctx: Context,
+    id: i64,
+    with_prev_kv: bool,
+    receiver: mpsc::Receiver<WatchResponse>,
+) -> BoxStream<'static, FeedItem> {
+    ReceiverStream::new(receiver)
+        .map(move |message| {
+            let (reply, last) = watch_reply(&ctx, id, with_prev_kv, message);
+            FeedItem::Reply { reply, last }
+        })
+        .chain(stream::once(async { FeedItem::Closed }))
+        .boxed()
+}

@@ -515,16 +515,15 @@ pub fn refresh_metrics(service: &KvService) {
     metrics
         .raft_is_leader
         .set(i64::from(m.current_leader == Some(service.id)));
-    metrics
-        .raft_log_fsyncs
-        .set(service.log.fsync_count() as i64);
+    metrics::advance(&metrics.raft_log_fsyncs, service.log.fsync_count());
     metrics.raft_log_entries.set(service.log.len() as i64);
     metrics
         .raft_snapshot_bytes
         .set(service.sm.snapshot_bytes() as i64);
-    metrics
-        .raft_snapshots_installed
-        .set(service.sm.snapshots_installed() as i64);
+    metrics::advance(
+        &metrics.raft_snapshots_installed,
+        service.sm.snapshots_installed(),
+    );
     let (stats, revision, compacted) = {
         let store = service.machine.read();
         (store.stats(), store.revision(), store.compact_revision())

@@ -25,11 +25,11 @@ pub struct Metrics {
     /// Writes per proposed log entry (proposal batching).
     pub proposal_batch_size: Histogram,
     /// fsynced log transactions.
-    pub raft_log_fsyncs: IntGauge,
+    pub raft_log_fsyncs: IntCounter,
     /// Entries in the unpurged log.
     pub raft_log_entries: IntGauge,
     /// Snapshots installed from a leader.
-    pub raft_snapshots_installed: IntGauge,
+    pub raft_snapshots_installed: IntCounter,
     /// Size of the latest snapshot.
     pub raft_snapshot_bytes: IntGauge,
     /// KV operations served, by operation.
@@ -56,6 +56,22 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         .register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric names are valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+/// Raises `counter` to `value` (counters mirror monotonic sources read at scrape time).
+pub fn advance(counter: &IntCounter, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
 }
 
 impl Metrics {
@@ -139,9 +155,9 @@ impl Metrics {
             raft_leader_changes,
             proposal_seconds,
             proposal_batch_size,
-            raft_log_fsyncs: gauge(
+            raft_log_fsyncs: counter(
                 &registry,
-                "strata_raft_log_fsyncs",
+                "strata_raft_log_fsyncs_total",
                 "fsynced log transactions since start",
             ),
             raft_log_entries: gauge(
@@ -149,9 +165,9 @@ impl Metrics {
                 "strata_raft_log_entries",
                 "Entries in the unpurged log",
             ),
-            raft_snapshots_installed: gauge(
+            raft_snapshots_installed: counter(
                 &registry,
-                "strata_raft_snapshots_installed",
+                "strata_raft_snapshots_installed_total",
                 "Snapshots installed from a leader since start",
             ),
             raft_snapshot_bytes: gauge(
@@ -172,7 +188,7 @@ impl Metrics {
             storage_db_bytes: gauge(
                 &registry,
                 "strata_storage_db_size_bytes",
-                "Size of the database file",
+                "Size of the data folder (log, snapshot, markers)",
             ),
             api_errors,
             registry,

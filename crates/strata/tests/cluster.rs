@@ -192,7 +192,7 @@ async fn t30_stopped_follower_catches_up_by_snapshot_install() {
         Duration::from_secs(30),
         "follower to install a snapshot",
         || async {
-            let installed = node.metric("strata_raft_snapshots_installed").await?;
+            let installed = node.metric("strata_raft_snapshots_installed_total").await?;
             (installed >= 1.0).then_some(())
         },
     )

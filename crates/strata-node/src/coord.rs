@@ -45,6 +45,17 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
     prefix
 }
 
+/// A compare that holds when `key` was created at `revision` (0: the key does not exist).
+fn created_at(key: &[u8], revision: i64) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        range_end: Vec::new(),
+        prefix: false,
+        result: CompareResult::Equal,
+        target: CompareTarget::CreateRevision(revision),
+    }
+}
+
 fn check_name(name: &[u8], lease: i64) -> Result<(), ApiError> {
     if name.is_empty() {
         return Err(ApiError::bad_request(
@@ -70,13 +81,7 @@ impl KvService {
     ) -> Result<(Ownership, Vec<u8>), ApiError> {
         let key = owner_key(name, lease);
         let txn = TxnRequest {
-            compare: vec![Compare {
-                key: key.clone(),
-                range_end: Vec::new(),
-                prefix: false,
-                result: CompareResult::Equal,
-                target: CompareTarget::CreateRevision(0),
-            }],
+            compare: vec![created_at(&key, 0)],
             success: vec![
                 RequestOp::Put(PutRequest {
                     key: key.clone(),
@@ -158,14 +163,17 @@ impl KvService {
         self.metrics.op("lock");
         check_name(&name, lease)?;
         let (me, _) = self.enqueue(&name, lease, Vec::new()).await?;
-        if let Err(e) = self.wait_for_turn(&name, &me).await {
-            // Leave the queue so we do not block others; best effort.
-            let _ = self
-                .delete(DeleteRangeRequest {
-                    key: me.key.clone(),
-                    ..Default::default()
-                })
-                .await;
+        self.await_turn_or_leave(&name, me).await
+    }
+
+    /// Waits for `me`'s turn; on failure removes its key so it blocks no one (best effort).
+    async fn await_turn_or_leave(&self, name: &[u8], me: Ownership) -> Result<Ownership, ApiError> {
+        if let Err(e) = self.wait_for_turn(name, &me).await {
+            let leave = DeleteRangeRequest {
+                key: me.key.clone(),
+                ..Default::default()
+            };
+            let _ = self.delete(leave).await;
             return Err(e);
         }
         Ok(me)
@@ -179,13 +187,7 @@ impl KvService {
             return Err(ApiError::bad_request("lock key must not be empty"));
         }
         let compare = if revision > 0 {
-            vec![Compare {
-                key: key.clone(),
-                range_end: Vec::new(),
-                prefix: false,
-                result: CompareResult::Equal,
-                target: CompareTarget::CreateRevision(revision),
-            }]
+            vec![created_at(&key, revision)]
         } else {
             Vec::new()
         };
@@ -214,29 +216,14 @@ impl KvService {
             // Re-campaigning with the same lease and a new value: update it in place.
             self.proclaim(&me, value).await?;
         }
-        if let Err(e) = self.wait_for_turn(&name, &me).await {
-            let _ = self
-                .delete(DeleteRangeRequest {
-                    key: me.key.clone(),
-                    ..Default::default()
-                })
-                .await;
-            return Err(e);
-        }
-        Ok(me)
+        self.await_turn_or_leave(&name, me).await
     }
 
     /// Sets the leader's value, if `leader` still leads (its key has the same create revision).
     pub async fn proclaim(&self, leader: &Ownership, value: Vec<u8>) -> Result<(), ApiError> {
         self.metrics.op("proclaim");
         let txn = TxnRequest {
-            compare: vec![Compare {
-                key: leader.key.clone(),
-                range_end: Vec::new(),
-                prefix: false,
-                result: CompareResult::Equal,
-                target: CompareTarget::CreateRevision(leader.revision),
-            }],
+            compare: vec![created_at(&leader.key, leader.revision)],
             success: vec![RequestOp::Put(PutRequest {
                 key: leader.key.clone(),
                 value,

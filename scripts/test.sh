@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests need, one per line: "command package".
 need_packages=(
   "curl curl"
+  "etcdctl etcd-client"
+  "etcd etcd-server"
 )
 missing=()
 for entry in "${need_packages[@]}"; do

@@ -10,7 +10,7 @@ use crate::pb::mvccpb;
 use strata_proto::kv::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
     EventType, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    ResponseOp, TxnRequest, TxnResponse,
 };
 use tonic::Status;
 
@@ -44,10 +44,22 @@ pub(crate) fn event(event: Event, with_prev_kv: bool) -> mvccpb::Event {
     }
 }
 
-/// A header with only the revision, as etcd puts inside transaction responses.
-fn bare_header(header: &ResponseHeader) -> Option<pb::ResponseHeader> {
-    Some(pb::ResponseHeader {
-        revision: header.revision,
+/// Returns true when `[key, range_end)` is empty because `range_end` is not above `key`.
+/// etcd answers such a range with nothing (and deletes nothing), at the top level and inside
+/// transactions alike; it is not an error.
+pub(crate) fn is_inverted(key: &[u8], range_end: &[u8]) -> bool {
+    !range_end.is_empty() && range_end != [0] && range_end <= key
+}
+
+/// What an inverted range or delete inside a transaction goes to the backend as: a
+/// count-only read of its first key at the same revision. It changes nothing and passes the
+/// backend's checks (which refuse inverted ranges, and compacted or future revisions as etcd
+/// does); `kv::TxnPlan` replaces its result with an empty one of the right kind.
+fn inverted_placeholder(key: Vec<u8>, revision: i64) -> RequestOp {
+    RequestOp::Range(RangeRequest {
+        key,
+        revision,
+        count_only: true,
         ..Default::default()
     })
 }
@@ -226,10 +238,22 @@ fn request_ops(ops: &[pb::RequestOp], depth: usize) -> Result<Vec<RequestOp>, St
     let mut converted = Vec::with_capacity(ops.len());
     for op in ops {
         let op = match &op.request {
-            Some(Request::RequestRange(range)) => RequestOp::Range(range_request(range)?),
+            Some(Request::RequestRange(range)) => {
+                let read = range_request(range)?;
+                if is_inverted(&read.key, &read.range_end) {
+                    inverted_placeholder(read.key, read.revision)
+                } else {
+                    RequestOp::Range(read)
+                }
+            }
             Some(Request::RequestPut(put)) => RequestOp::Put(put_request(put.clone())?),
             Some(Request::RequestDeleteRange(delete)) => {
-                RequestOp::DeleteRange(delete_request(delete.clone())?)
+                let delete = delete_request(delete.clone())?;
+                if is_inverted(&delete.key, &delete.range_end) {
+                    inverted_placeholder(delete.key, 0)
+                } else {
+                    RequestOp::DeleteRange(delete)
+                }
             }
             Some(Request::RequestTxn(nested)) => RequestOp::Txn(txn_request(nested, depth + 1)?),
             None => {
@@ -243,40 +267,74 @@ fn request_ops(ops: &[pb::RequestOp], depth: usize) -> Result<Vec<RequestOp>, St
     Ok(converted)
 }
 
-/// Converts a transaction response; `header` is the top-level header (nested responses get a
-/// revision-only header, as in etcd).
+/// Converts a transaction response; `header` is the top-level header.
+///
+/// The headers inside carry only a revision, and it is the one etcd reports: the store's
+/// revision at that point of the transaction. etcd writes all of a transaction's changes at
+/// `begin + 1`, `begin` being the revision before it, so a read reports `begin` until the
+/// transaction has changed something and `begin + 1` after; a put reports `begin + 1`; a
+/// delete `begin + 1` once anything changed, itself included; and a nested transaction's own
+/// header is empty (etcd-io/etcd `applierV3backend.applyTxn`, `storeTxnWrite`).
 pub(crate) fn txn_response(
     response: TxnResponse,
     header: Option<pb::ResponseHeader>,
 ) -> pb::TxnResponse {
+    let end = response.header.revision;
+    let begin = if txn_changes(&response) { end - 1 } else { end };
+    let mut changed = false;
+    convert_txn(response, header, begin, &mut changed)
+}
+
+/// Returns true when the transaction wrote anything (so it created a revision).
+fn txn_changes(response: &TxnResponse) -> bool {
+    response.responses.iter().any(|op| match op {
+        ResponseOp::Range(_) => false,
+        ResponseOp::Put(_) => true,
+        ResponseOp::DeleteRange(delete) => delete.deleted > 0,
+        ResponseOp::Txn(nested) => txn_changes(nested),
+    })
+}
+
+/// Converts the responses of one (possibly nested) transaction in order; `changed` says
+/// whether an earlier operation of the whole transaction wrote anything.
+fn convert_txn(
+    response: TxnResponse,
+    header: Option<pb::ResponseHeader>,
+    begin: i64,
+    changed: &mut bool,
+) -> pb::TxnResponse {
     use pb::response_op::Response;
-    let responses = response
-        .responses
-        .into_iter()
-        .map(|op| {
-            let converted = match op {
-                ResponseOp::Range(range) => {
-                    let nested = bare_header(&range.header);
-                    Response::ResponseRange(range_response(range, nested))
-                }
-                ResponseOp::Put(put) => {
-                    let nested = bare_header(&put.header);
-                    Response::ResponsePut(put_response(put, nested))
-                }
-                ResponseOp::DeleteRange(delete) => {
-                    let nested = bare_header(&delete.header);
-                    Response::ResponseDeleteRange(delete_response(delete, nested))
-                }
-                ResponseOp::Txn(txn) => {
-                    let nested = bare_header(&txn.header);
-                    Response::ResponseTxn(txn_response(txn, nested))
-                }
-            };
-            pb::ResponseOp {
-                response: Some(converted),
-            }
+    let at = |changed: bool| {
+        Some(pb::ResponseHeader {
+            revision: if changed { begin + 1 } else { begin },
+            ..Default::default()
         })
-        .collect();
+    };
+    let mut responses = Vec::with_capacity(response.responses.len());
+    for op in response.responses {
+        let converted = match op {
+            ResponseOp::Range(range) => {
+                Response::ResponseRange(range_response(range, at(*changed)))
+            }
+            ResponseOp::Put(put) => {
+                *changed = true;
+                Response::ResponsePut(put_response(put, at(true)))
+            }
+            ResponseOp::DeleteRange(delete) => {
+                *changed |= delete.deleted > 0;
+                Response::ResponseDeleteRange(delete_response(delete, at(*changed)))
+            }
+            ResponseOp::Txn(nested) => Response::ResponseTxn(convert_txn(
+                nested,
+                Some(pb::ResponseHeader::default()),
+                begin,
+                changed,
+            )),
+        };
+        responses.push(pb::ResponseOp {
+            response: Some(converted),
+        });
+    }
     pb::TxnResponse {
         header,
         succeeded: response.succeeded,
@@ -347,5 +405,106 @@ mod tests {
         assert!(txn_request(&txn, 0).is_err());
         let shallow = pb::TxnRequest::default();
         assert!(txn_request(&shallow, 0).is_ok());
+    }
+
+    fn revisions(response: &pb::TxnResponse) -> Vec<i64> {
+        use pb::response_op::Response;
+        let mut found = Vec::new();
+        for op in &response.responses {
+            match op.response.as_ref().expect("response") {
+                Response::ResponseRange(r) => found.push(r.header.as_ref().unwrap().revision),
+                Response::ResponsePut(r) => found.push(r.header.as_ref().unwrap().revision),
+                Response::ResponseDeleteRange(r) => found.push(r.header.as_ref().unwrap().revision),
+                Response::ResponseTxn(r) => {
+                    found.push(r.header.as_ref().unwrap().revision);
+                    found.extend(revisions(r));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn nested_headers_carry_the_revision_etcd_reports_at_each_step() {
+        use strata_proto::kv::ResponseHeader;
+        let at = |revision| ResponseHeader {
+            revision,
+            ..Default::default()
+        };
+        let deleted = |n| {
+            ResponseOp::DeleteRange(DeleteRangeResponse {
+                header: at(11),
+                deleted: n,
+                prev_kvs: vec![],
+            })
+        };
+        // Before any change reads and empty deletes see the old revision (10); after the
+        // put everything sees the new one (11); a nested txn's own header is empty.
+        let written = TxnResponse {
+            header: at(11),
+            succeeded: true,
+            responses: vec![
+                ResponseOp::Range(RangeResponse::default()),
+                deleted(0),
+                ResponseOp::Put(PutResponse::default()),
+                ResponseOp::Range(RangeResponse::default()),
+                ResponseOp::Txn(TxnResponse {
+                    header: at(11),
+                    succeeded: true,
+                    responses: vec![deleted(0)],
+                }),
+            ],
+        };
+        let converted = txn_response(written, None);
+        assert_eq!(revisions(&converted), [10, 10, 11, 11, 0, 11]);
+
+        let deleting = TxnResponse {
+            header: at(11),
+            succeeded: true,
+            responses: vec![ResponseOp::Range(RangeResponse::default()), deleted(2)],
+        };
+        assert_eq!(revisions(&txn_response(deleting, None)), [10, 11]);
+
+        let reading = TxnResponse {
+            header: at(10),
+            succeeded: false,
+            responses: vec![ResponseOp::Range(RangeResponse::default()), deleted(0)],
+        };
+        assert_eq!(revisions(&txn_response(reading, None)), [10, 10]);
+    }
+
+    #[test]
+    fn inverted_ranges_in_a_txn_become_placeholder_reads() {
+        use pb::request_op::Request;
+        let txn = pb::TxnRequest {
+            success: vec![
+                pb::RequestOp {
+                    request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                        key: b"b".to_vec(),
+                        range_end: b"a".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+                pb::RequestOp {
+                    request: Some(Request::RequestRange(pb::RangeRequest {
+                        key: b"b".to_vec(),
+                        range_end: b"b".to_vec(),
+                        revision: 4,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        let converted = txn_request(&txn, 0).unwrap();
+        let expected = |revision| {
+            RequestOp::Range(RangeRequest {
+                key: b"b".to_vec(),
+                revision,
+                count_only: true,
+                ..Default::default()
+            })
+        };
+        assert_eq!(converted.success, [expected(0), expected(4)]);
     }
 }

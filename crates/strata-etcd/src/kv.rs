@@ -5,14 +5,15 @@
 //! range, filter, sort, then cut at `limit`. `count` stays the number of keys in the range.
 
 use crate::context::Context;
-use crate::convert;
+use crate::convert::{self, is_inverted};
 use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use std::cmp::Ordering;
 use strata_proto::kv::{
-    CompactRequest, Compare, CompareResult, CompareTarget, KeyValue, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeResponse, KeyValue,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest,
+    TxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -100,12 +101,6 @@ impl KvService {
             "etcdserver: the key kept changing during a put with ignore_value or ignore_lease; retry",
         ))
     }
-}
-
-/// Returns true when `[key, range_end)` is empty because `range_end` is not above `key`.
-/// etcd answers such a range with nothing (and deletes nothing); it is not an error.
-fn is_inverted(key: &[u8], range_end: &[u8]) -> bool {
-    !range_end.is_empty() && range_end != [0] && range_end <= key
 }
 
 #[tonic::async_trait]
@@ -375,6 +370,11 @@ enum OpPlan {
     Range(RangePlan),
     /// A nested transaction.
     Txn(TxnPlan),
+    /// A range whose end is not above its key: etcd returns nothing. The backend gets a
+    /// placeholder read instead (see `convert::txn_request`), whose result is replaced.
+    EmptyRange,
+    /// The same for a delete: etcd deletes nothing.
+    EmptyDelete,
     /// A put or a delete: returned as it is.
     Other,
 }
@@ -406,6 +406,12 @@ impl TxnPlan {
             match (plan, result) {
                 (OpPlan::Range(plan), ResponseOp::Range(range)) => plan.finish(range),
                 (OpPlan::Txn(plan), ResponseOp::Txn(txn)) => plan.finish(txn),
+                (OpPlan::EmptyRange, result) => {
+                    *result = ResponseOp::Range(RangeResponse::default());
+                }
+                (OpPlan::EmptyDelete, result) => {
+                    *result = ResponseOp::DeleteRange(DeleteRangeResponse::default());
+                }
                 _ => {}
             }
         }
@@ -417,7 +423,19 @@ fn op_plans(ops: &[pb::RequestOp]) -> Result<Vec<OpPlan>, Status> {
     let mut plans = Vec::with_capacity(ops.len());
     for op in ops {
         let plan = match &op.request {
-            Some(Request::RequestRange(range)) => OpPlan::Range(RangePlan::new(range)?),
+            Some(Request::RequestRange(range)) => {
+                let plan = RangePlan::new(range)?;
+                if is_inverted(&range.key, &range.range_end) {
+                    OpPlan::EmptyRange
+                } else {
+                    OpPlan::Range(plan)
+                }
+            }
+            Some(Request::RequestDeleteRange(delete))
+                if is_inverted(&delete.key, &delete.range_end) =>
+            {
+                OpPlan::EmptyDelete
+            }
             Some(Request::RequestTxn(nested)) => OpPlan::Txn(TxnPlan::new(nested)?),
             _ => OpPlan::Other,
         };

@@ -11,6 +11,8 @@
 //!   counting from 0 on this stream), before any event of that watch;
 //! - a watch whose start revision is compacted gets `canceled: true` with
 //!   `compact_revision` set;
+//! - a create whose range end is not above its key gets `created` and `canceled` with watch
+//!   id -1 and etcd's reason "mvcc: watcher range is empty";
 //! - a cancel of a live watch gets `canceled: true`; of an unknown id, nothing;
 //! - a progress request gets the current revision with watch id -1 (every watch). As in
 //!   etcd 3.4, that revision may be ahead of events still queued for a watch of the stream
@@ -42,6 +44,9 @@ const CLOSED_BY_SERVER: &str = "etcdserver: watch closed by the server; watch ag
 
 /// etcd's reason for refusing a client-chosen id already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// etcd's reason for refusing a watch whose range end is not above its key.
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
 /// Serves the Watch service.
 pub(crate) struct WatchService {
@@ -214,6 +219,12 @@ impl WatchSession {
     }
 
     async fn create(&mut self, create: pb::WatchCreateRequest) {
+        // etcd refuses such a watch (`watchStream.Watch`) before it takes an id; the backend
+        // would refuse it too, but with its own reason.
+        if convert::is_inverted(&create.key, &create.range_end) {
+            self.refuse(EMPTY_RANGE.to_string());
+            return;
+        }
         let Some(id) = self.assign_id(create.watch_id) else {
             self.refuse(DUPLICATE_ID.to_string());
             return;

@@ -4,6 +4,9 @@
 //! Nodes bind port 0 and write their addresses to `addrs.json`; a restarted node reuses the
 //! ports it had, because the cluster knows it by its raft address. Readiness and convergence
 //! are polled with deadlines, never slept for.
+//!
+//! [`EtcdProc`] runs a real single-node etcd 3.4 (Debian package etcd-server) next to Strata,
+//! for tests that compare the two through the etcd v3 API.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -42,7 +45,14 @@ where
 struct Addrs {
     api: std::net::SocketAddr,
     raft: std::net::SocketAddr,
+    /// The etcd v3 gRPC listener; `None` unless started with `--grpc-addr`.
+    #[serde(default)]
+    grpc: Option<std::net::SocketAddr>,
 }
+
+/// Extra `strata server` arguments that enable the etcd v3 gRPC API on a port chosen at run
+/// time; [`NodeProc::grpc`] then holds the bound address.
+pub const GRPC_ON_ANY_PORT: &[&str] = &["--grpc-addr", "127.0.0.1:0"];
 
 /// One `strata server` process.
 pub struct NodeProc {
@@ -54,6 +64,9 @@ pub struct NodeProc {
     pub api: String,
     /// `127.0.0.1:port` of the raft listener.
     pub raft: String,
+    /// `127.0.0.1:port` of the etcd v3 gRPC listener, when started with `--grpc-addr`. A
+    /// restarted node listens on the same port again.
+    pub grpc: Option<String>,
     child: Option<Child>,
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
@@ -91,6 +104,7 @@ impl NodeProc {
             dir,
             api: "127.0.0.1:0".into(),
             raft: raft_addr.into(),
+            grpc: None,
             child: None,
             starts: 0,
             extra,
@@ -103,6 +117,12 @@ impl NodeProc {
         let addrs_file = self.dir.join("addrs.json");
         let _ = std::fs::remove_file(&addrs_file);
         self.starts += 1;
+        // Keep the gRPC port across restarts, as the API and raft ports are kept.
+        if let Some(bound) = &self.grpc {
+            if let Some(flag) = self.extra.iter().position(|arg| arg == "--grpc-addr") {
+                self.extra[flag + 1] = bound.clone();
+            }
+        }
         let log = std::fs::File::create(self.dir.join(format!("log.{}", self.starts))).unwrap();
         let mut command = Command::new(strata_bin());
         command
@@ -130,6 +150,14 @@ impl NodeProc {
         .await;
         self.api = addrs.api.to_string();
         self.raft = addrs.raft.to_string();
+        self.grpc = addrs.grpc.map(|addr| addr.to_string());
+    }
+
+    /// `127.0.0.1:port` of the etcd v3 gRPC API; panics if the node serves none.
+    pub fn grpc_addr(&self) -> &str {
+        self.grpc
+            .as_deref()
+            .expect("node started without --grpc-addr")
     }
 
     /// `http://` URL of the API.
@@ -250,9 +278,17 @@ impl Drop for NodeProc {
 
 /// Sends SIGTERM to a child process (through the `Child` handle's pid, never by name).
 pub fn send_sigterm(child: &Child) {
+    send_signal(child, "TERM");
+}
+
+/// Sends signal `name` (`TERM`, `INT`, ...) to a child process through its pid.
+pub fn send_signal(child: &Child, name: &str) {
     let pid = child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success(), "kill -TERM {pid} failed");
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// Waits for `child` to exit; returns `None` if it is still running after `timeout`.
@@ -400,6 +436,15 @@ impl Cluster {
         self.nodes.iter().map(|n| n.url()).collect()
     }
 
+    /// Every node's etcd v3 gRPC address (`127.0.0.1:port`), for nodes started with
+    /// [`GRPC_ON_ANY_PORT`].
+    pub fn grpc_endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| n.grpc_addr().to_string())
+            .collect()
+    }
+
     /// A client over every node.
     pub fn client(&self) -> Client {
         Client::new(&self.endpoints()).with_timeout(Duration::from_secs(15))
@@ -453,5 +498,112 @@ impl Cluster {
             },
         )
         .await
+    }
+}
+
+/// Returns two distinct free loopback ports. Both are bound at once (so they differ) and
+/// released; a process started right after can take them, and [`EtcdProc::start`] retries
+/// with new ports in the rare case that another process took one first.
+fn two_free_ports() -> (u16, u16) {
+    let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        first.local_addr().unwrap().port(),
+        second.local_addr().unwrap().port(),
+    )
+}
+
+/// Asks the etcd v3 Maintenance service at `addr` for its status; `Some` once it answers and
+/// knows a leader.
+pub async fn etcd_status(addr: &str) -> Option<strata_etcd::pb::etcdserverpb::StatusResponse> {
+    use strata_etcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+    use strata_etcd::pb::etcdserverpb::StatusRequest;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .ok()?;
+    let mut client = MaintenanceClient::new(channel);
+    let status = tokio::time::timeout(Duration::from_secs(2), client.status(StatusRequest {}))
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+    (status.leader != 0).then_some(status)
+}
+
+/// A real single-node etcd 3.4 (`etcd` from the Debian package etcd-server; scripts/test.sh
+/// installs it) on loopback ports chosen at run time, with its data and log under the test's
+/// folder. Killed when dropped, so a failing test leaves no etcd behind.
+pub struct EtcdProc {
+    /// `127.0.0.1:port` of the client listener (the etcd v3 gRPC API).
+    pub client: String,
+    /// Folder with etcd's data and logs.
+    pub dir: PathBuf,
+    child: KillOnDrop,
+}
+
+impl EtcdProc {
+    /// Starts etcd under `root/etcd` with `extra` flags and waits until it has a leader.
+    pub async fn start(root: &Path, extra: &[&str]) -> EtcdProc {
+        let dir = root.join("etcd");
+        std::fs::create_dir_all(&dir).unwrap();
+        for attempt in 1..=3 {
+            let (client_port, peer_port) = two_free_ports();
+            let client_url = format!("http://127.0.0.1:{client_port}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let log = std::fs::File::create(dir.join(format!("log.{attempt}"))).unwrap();
+            let child = Command::new("etcd")
+                .arg("--data-dir")
+                .arg(dir.join(format!("data.{attempt}")))
+                .args(["--listen-client-urls", &client_url])
+                .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("default={peer_url}")])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("run etcd (Debian package etcd-server; scripts/test.sh installs it)");
+            let mut child = KillOnDrop(child);
+            let client = format!("127.0.0.1:{client_port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.0.try_wait().unwrap().is_some() {
+                    // Most likely a port was taken between choosing and binding it.
+                    break;
+                }
+                if etcd_status(&client).await.is_some() {
+                    return EtcdProc { client, dir, child };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd did not become ready within 20s; see {}",
+                    dir.display()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("etcd exited at start three times; see {}", dir.display());
+    }
+
+    /// Returns etcd's logs so far.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for attempt in 1..=3 {
+            all.push_str(
+                &std::fs::read_to_string(self.dir.join(format!("log.{attempt}")))
+                    .unwrap_or_default(),
+            );
+        }
+        all
+    }
+
+    /// Returns true while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.0.try_wait().unwrap().is_none()
     }
 }

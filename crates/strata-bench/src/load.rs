@@ -1,85 +1,49 @@
-//! The closed-loop load driver: N tasks, each with its own client, share one request budget.
+//! The closed-loop load driver: N tasks, each with its own client handle, share one request
+//! budget.
 //!
 //! Each task claims the next sequence number from a shared counter, sends one request, waits
 //! for the answer and repeats (closed loop: at most one request in flight per task). The run
 //! stops when the budget of `requests` is spent or `max_duration` has passed, whichever comes
 //! first; a request already in flight at the deadline is still waited for, bounded by the
-//! client's own timeout.
+//! driver's own request timeout.
+//!
+//! What a request is lives behind [`Driver`]: the native HTTP API (`crate::native`) and the
+//! etcd v3 gRPC API (`crate::etcd`) share this loop, so their numbers are measured the same way.
 
 use crate::stats::{Latencies, Summary};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_client::{Client, ClientError};
-use strata_proto::kv::{RangeRequest, RangeResponse};
 use tokio::task::JoinSet;
 
-/// What every request of a run does.
-#[derive(Debug, Clone)]
-pub enum Workload {
-    /// Writes `{key_prefix}{sequence}`, so every put creates a new key.
-    Put {
-        /// Prefix of every written key.
-        key_prefix: String,
-        /// The value written each time.
-        value: Vec<u8>,
-    },
-    /// Reads one existing key.
-    Get {
-        /// The key, written once before the run.
-        key: Vec<u8>,
-        /// Serve from the contacted replica instead of confirming leadership first.
-        serializable: bool,
-    },
-}
+/// One kind of request against one API, issued by many concurrent tasks.
+pub trait Driver: Send + Sync + 'static {
+    /// What one task holds to send its requests (a client, or a handle on a shared channel).
+    type Client: Send + 'static;
 
-impl Workload {
-    /// Sends the request with sequence number `sequence` and waits for its answer.
-    async fn issue(&self, client: &Client, sequence: u64) -> Result<(), ClientError> {
-        match self {
-            Workload::Put { key_prefix, value } => {
-                client
-                    .put(format!("{key_prefix}{sequence:010}"), value.clone())
-                    .await?;
-                Ok(())
-            }
-            Workload::Get { key, serializable } => {
-                let request = RangeRequest {
-                    key: key.clone(),
-                    serializable: *serializable,
-                    ..Default::default()
-                };
-                let response: RangeResponse = client.post("/v1/kv/range", &request).await?;
-                if response.kvs.is_empty() {
-                    // The key was written before the run; a read that misses it is wrong.
-                    return Err(ClientError::Transport(format!(
-                        "key {:?} not found",
-                        String::from_utf8_lossy(key)
-                    )));
-                }
-                Ok(())
-            }
-        }
-    }
+    /// Returns the handle task `client_index` uses for the whole run.
+    fn client(&self, client_index: usize) -> Self::Client;
 
     /// Sends one untimed request, so connections are open before the clock starts.
-    async fn warm_up(&self, client: &Client, client_index: usize) -> Result<(), ClientError> {
-        match self {
-            Workload::Put { key_prefix, value } => {
-                client
-                    .put(format!("{key_prefix}warmup-{client_index}"), value.clone())
-                    .await?;
-                Ok(())
-            }
-            Workload::Get { .. } => self.issue(client, 0).await,
-        }
-    }
+    fn warm_up(
+        &self,
+        client: &mut Self::Client,
+        client_index: usize,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Sends the request with sequence number `sequence` and waits for its answer.
+    fn issue(
+        &self,
+        client: &mut Self::Client,
+        sequence: u64,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// How much load to apply.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Concurrent tasks, each with its own client (and connection pool).
+    /// Concurrent tasks, each with its own client handle.
     pub clients: usize,
     /// Total requests over all tasks.
     pub requests: u64,
@@ -113,31 +77,33 @@ struct TaskTally {
     first_error: Option<String>,
 }
 
-/// Warms up every client, then runs `workload` under `plan`.
+/// Warms up every client, then runs `driver` under `plan`.
 ///
 /// Fails only if a client cannot complete its warm-up request (the cluster is unreachable);
 /// failures during the timed run are counted in [`Outcome::errors`].
-pub async fn run(workload: Workload, plan: Plan, clients: Vec<Client>) -> anyhow::Result<Outcome> {
-    debug_assert_eq!(clients.len(), plan.clients, "one client per task");
-    let workload = Arc::new(workload);
-    let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
+pub async fn run<D: Driver>(driver: D, plan: Plan) -> anyhow::Result<Outcome> {
+    let driver = Arc::new(driver);
 
     let mut warm_ups = JoinSet::new();
-    for (client_index, client) in clients.iter().enumerate() {
-        let workload = Arc::clone(&workload);
-        let client = Arc::clone(client);
-        warm_ups.spawn(async move { workload.warm_up(&client, client_index).await });
+    for client_index in 0..plan.clients {
+        let driver = Arc::clone(&driver);
+        warm_ups.spawn(async move {
+            let mut client = driver.client(client_index);
+            driver.warm_up(&mut client, client_index).await?;
+            anyhow::Ok(client)
+        });
     }
+    let mut clients = Vec::with_capacity(plan.clients);
     while let Some(joined) = warm_ups.join_next().await {
-        joined??;
+        clients.push(joined??);
     }
 
     let next_sequence = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let stop_claiming_at = started + plan.max_duration;
     let mut tasks = JoinSet::new();
-    for client in clients {
-        let workload = Arc::clone(&workload);
+    for mut client in clients {
+        let driver = Arc::clone(&driver);
         let next_sequence = Arc::clone(&next_sequence);
         let requests = plan.requests;
         tasks.spawn(async move {
@@ -148,11 +114,13 @@ pub async fn run(workload: Workload, plan: Plan, clients: Vec<Client>) -> anyhow
                     break;
                 }
                 let sent = Instant::now();
-                match workload.issue(&client, sequence).await {
+                match driver.issue(&mut client, sequence).await {
                     Ok(()) => tally.latencies.record(sent.elapsed()),
                     Err(error) => {
                         tally.errors += 1;
-                        tally.first_error.get_or_insert_with(|| error.to_string());
+                        tally
+                            .first_error
+                            .get_or_insert_with(|| format!("{error:#}"));
                     }
                 }
             }

@@ -1,0 +1,567 @@
+#!/usr/bin/env bash
+# bench/compare-etcd.sh: Strata vs etcd 3.4 through the etcd v3 gRPC API (issue 3), on loopback.
+#
+#   1. installs the Debian packages etcd-server and etcd-client if missing, builds release;
+#   2. starts a 3-node etcd 3.4 cluster (/usr/bin/etcd, default durability: fsync on commit)
+#      and a 3-node Strata cluster (`strata server --grpc-addr`, fsync on commit), both with
+#      their data on the real disk under bench/.data/, ports picked at run time;
+#   3. drives both with one load generator (`strata-bench etcd-*`, the same client code for
+#      both), runs interleaved etcd, strata, etcd, strata, ... for each workload, 3 rounds:
+#        put of 256-byte values at 1, 16 and 128 clients; linearizable get and serializable
+#        get at 128 clients; watch fan-out (1,000 watchers on one prefix, delivery latency of
+#        a put);
+#   4. records VmRSS of every server after each run, and reports medians of throughput, p50,
+#      p99 and RSS per node as a markdown table.
+#
+# Writes every raw number, the machine, the commit and the settings to
+# bench/results/compare-etcd-<UTC timestamp>.json (-quick.json with --quick). The last line of
+# output is exactly
+#   RATIO put=<x> get_linearizable=<x> get_serializable=<x> put_p99=<x>
+# each figure Strata divided by etcd at 128 clients (throughputs: higher is better for Strata;
+# put_p99: lower is better for Strata), 2 decimals.
+#
+# Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--no-build] [--keep-data]
+#                                   [--results FILE]
+#
+# Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
+# SIGKILL after 15 s); it never signals processes it did not start.
+set -euo pipefail
+
+usage() {
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+
+Options:
+  --quick         smoke run: 1 round, small request counts, watch with 100 watchers
+                  (well under 3 minutes after the build)
+  --rounds N      rounds of every workload on each system (default 3; 1 with --quick)
+  --no-build      use the release binaries already in target/release
+  --keep-data     keep bench/.data/compare-etcd-<stamp> (logs, data dirs) after a clean run
+  --results FILE  write the JSON results here instead of bench/results/
+EOF
+}
+
+quick=0
+build=1
+keep_data=0
+results_file=""
+rounds=""
+while (($#)); do
+    case "$1" in
+    --quick) quick=1 ;;
+    --no-build) build=0 ;;
+    --keep-data) keep_data=1 ;;
+    --rounds)
+        rounds="${2:?--rounds needs a number}"
+        shift
+        ;;
+    --results)
+        results_file="${2:?--results needs a file}"
+        shift
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        echo "unknown argument: $1 (see --help)" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+# --- settings -------------------------------------------------------------------------------
+if ((quick)); then
+    default_rounds=1
+    puts_1=300
+    puts_16=3000
+    puts_128=8000
+    gets=10000
+    watchers=100
+    watch_puts=5
+    max_seconds=15
+else
+    default_rounds=3
+    puts_1=3000
+    puts_16=30000
+    puts_128=60000
+    gets=100000
+    watchers=1000
+    watch_puts=50
+    max_seconds=60
+fi
+rounds=${rounds:-$default_rounds}
+[[ $rounds =~ ^[1-9][0-9]?$ ]] || {
+    echo "--rounds must be a number from 1 to 99" >&2
+    exit 2
+}
+value_size=256
+many_clients=128
+node_count=3
+
+for tool in jq curl flock cargo awk; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "compare-etcd.sh needs '$tool' on PATH (Debian: apt-get install $tool)" >&2
+        exit 2
+    }
+done
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+data="$repo/bench/.data/compare-etcd-$stamp"
+if [[ -z $results_file ]]; then
+    suffix=""
+    ((quick)) && suffix="-quick"
+    results_file="$repo/bench/results/compare-etcd-$stamp$suffix.json"
+fi
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+strata="$target_dir/release/strata"
+bench="$target_dir/release/strata-bench"
+etcd=/usr/bin/etcd
+
+# Progress goes to fd 3 (the original stderr), so loops can silence bash's own job
+# notifications ("Killed") with 2>/dev/null without hiding our messages.
+exec 3>&2
+log() { printf '[compare-etcd %s] %s\n' "$(date +%H:%M:%S)" "$*" >&3; }
+die() {
+    log "FAILED: $*"
+    exit 1
+}
+
+# --- process tracking -----------------------------------------------------------------------
+# PIDs of every process this script started and has not reaped yet.
+started_pids=()
+
+track() { started_pids+=("$1"); }
+untrack() {
+    local keep=() pid
+    for pid in "${started_pids[@]}"; do
+        [[ $pid == "$1" ]] || keep+=("$pid")
+    done
+    started_pids=("${keep[@]}")
+}
+
+# Our own shell binary: a child we just forked runs it until it execs the program.
+shell_exe=$(readlink "/proc/$$/exe")
+
+# True while our child PID has not exited (no fork: fine inside polling loops).
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# True while PID is alive and runs one of our binaries (strata, strata-bench, etcd), or is
+# our fork that has not exec'd yet; guards against signalling a recycled PID. Only PIDs from
+# started_pids are ever passed here.
+is_ours() {
+    local exe
+    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
+    [[ $exe == "$strata"* || $exe == "$bench"* || $exe == "$etcd"* || $exe == "$shell_exe" ]]
+}
+
+# Sends SIGTERM, waits up to 15 s, then SIGKILL; reaps and untracks the process. Sets
+# stopped_status to its exit status. (Not for use in $(...): wait only works in this shell.)
+stopped_status=0
+stop_pid() {
+    local pid=$1 deadline status=0
+    if is_ours "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((${EPOCHREALTIME/./} + 15000000))
+        while is_ours "$pid" && ((${EPOCHREALTIME/./} < deadline)); do
+            sleep 0.05
+        done
+        if is_ours "$pid"; then
+            log "pid $pid did not stop within 15 s of SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || status=$?
+    untrack "$pid"
+    stopped_status=$status
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${started_pids[@]}"; do
+        is_ours "$pid" && kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${started_pids[@]}"; do
+        stop_pid "$pid"
+    done
+    if ((rc == 0 && !keep_data)); then
+        rm -rf "$data"
+    elif [[ -d $data ]]; then
+        log "logs and data kept in $data"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Polls "$@" every 50 ms until it succeeds; fails with $2 after $1 seconds.
+wait_until() {
+    local timeout_s=$1 what=$2
+    shift 2
+    local deadline=$((${EPOCHREALTIME/./} + timeout_s * 1000000))
+    until "$@" >/dev/null 2>&1; do
+        ((${EPOCHREALTIME/./} < deadline)) || die "timed out after ${timeout_s}s waiting for $what"
+        sleep 0.05
+    done
+}
+
+rss_mib() {
+    awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
+}
+
+# etcdctl (v3 API) against the given comma-separated HOST:PORT list, bounded in time.
+ctl() {
+    local endpoints=$1
+    shift
+    ETCDCTL_API=3 timeout 10 etcdctl --endpoints "$endpoints" --dial-timeout 2s \
+        --command-timeout 5s "$@"
+}
+
+# --- 1. packages and build ------------------------------------------------------------------
+missing=()
+[[ -x $etcd ]] || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+if ((${#missing[@]})); then
+    as_root=()
+    ((EUID == 0)) || as_root=(sudo)
+    log "installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! timeout 600 "${as_root[@]}" apt-get install -y "${missing[@]}" >&3; then
+        timeout 600 "${as_root[@]}" apt-get update >&3 || die "apt-get update failed"
+        timeout 600 "${as_root[@]}" apt-get install -y "${missing[@]}" >&3 ||
+            die "apt-get install ${missing[*]} failed"
+    fi
+fi
+etcd_version=$("$etcd" --version | sed -n 's/^etcd Version: //p')
+[[ $etcd_version == 3.4.* ]] || die "$etcd is version '$etcd_version', expected 3.4.x"
+
+if ((build)); then
+    log "building release binaries (waiting for /tmp/strata-cargo.lock)"
+    (cd "$repo" && flock /tmp/strata-cargo.lock cargo build --release -p strata -p strata-bench) >&3 2>&1 ||
+        die "cargo build failed"
+fi
+[[ -x $strata && -x $bench ]] || die "missing $strata or $bench (build without --no-build)"
+
+mkdir -p "$data" "$(dirname "$results_file")"
+
+# --- 2a. three-node etcd cluster ------------------------------------------------------------
+declare -A etcd_pid etcd_client
+etcd_initial=()
+declare -A etcd_peer
+# Ports picked by binding 127.0.0.1:0 (six at once, so they differ) and releasing them; etcd
+# binds them right after.
+mapfile -t ports < <("$bench" free-ports --count $((2 * node_count)))
+((${#ports[@]} == 2 * node_count)) || die "strata-bench free-ports gave ${#ports[@]} ports"
+for id in $(seq 1 "$node_count"); do
+    etcd_client[$id]="127.0.0.1:${ports[$((2 * id - 2))]}"
+    etcd_peer[$id]="127.0.0.1:${ports[$((2 * id - 1))]}"
+    etcd_initial+=("etcd-$id=http://${etcd_peer[$id]}")
+done
+initial_cluster=$(IFS=,; echo "${etcd_initial[*]}")
+log "starting a $node_count-member etcd $etcd_version cluster in $data"
+for id in $(seq 1 "$node_count"); do
+    dir="$data/etcd-$id"
+    mkdir -p "$dir"
+    # Everything not given here is etcd's default: fsync of the WAL on every commit,
+    # heartbeat 100 ms, election timeout 1 s, snapshot every 100,000 entries.
+    "$etcd" --name "etcd-$id" --data-dir "$dir/data" \
+        --listen-client-urls "http://${etcd_client[$id]}" \
+        --advertise-client-urls "http://${etcd_client[$id]}" \
+        --listen-peer-urls "http://${etcd_peer[$id]}" \
+        --initial-advertise-peer-urls "http://${etcd_peer[$id]}" \
+        --initial-cluster "$initial_cluster" --initial-cluster-state new \
+        --initial-cluster-token "compare-etcd-$stamp" \
+        --logger zap --log-outputs stderr --log-level warn >"$dir/log" 2>&1 &
+    etcd_pid[$id]=$!
+    track "${etcd_pid[$id]}"
+done
+etcd_endpoints=$(for id in $(seq 1 "$node_count"); do echo "${etcd_client[$id]}"; done | paste -sd,)
+etcd_healthy() {
+    local id
+    for id in $(seq 1 "$node_count"); do
+        alive "${etcd_pid[$id]}" || die "etcd-$id exited while starting; see $data/etcd-$id/log"
+    done
+    ctl "$etcd_endpoints" endpoint health
+}
+wait_until 60 "the etcd cluster to be healthy" etcd_healthy
+log "etcd up: $etcd_endpoints"
+
+# --- 2b. three-node Strata cluster ----------------------------------------------------------
+declare -A node_pid node_api node_raft node_grpc node_extra
+
+# Starts Strata node $1 and waits for its addresses.
+start_node() {
+    local id=$1 dir="$data/strata-$1" addrs pid deadline
+    mkdir -p "$dir"
+    addrs="$dir/addrs.json"
+    rm -f "$addrs"
+    # shellcheck disable=SC2086 # node_extra holds flags meant to split
+    STRATA_LOG=warn "$strata" server --id "$id" --data-dir "$dir/data" \
+        --api-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
+        --addrs-file "$addrs" ${node_extra[$id]:-} >"$dir/log" 2>&1 &
+    pid=$!
+    track "$pid"
+    node_pid[$id]=$pid
+    deadline=$((${EPOCHREALTIME/./} + 20000000))
+    until [[ -s $addrs ]]; do
+        alive "$pid" || die "strata node $id exited while starting; see $dir/log"
+        ((${EPOCHREALTIME/./} < deadline)) || die "strata node $id wrote no addresses within 20 s"
+        sleep 0.01
+    done
+    node_api[$id]=$(jq -r .api "$addrs")
+    node_raft[$id]=$(jq -r .raft "$addrs")
+    node_grpc[$id]=$(jq -r '.grpc // empty' "$addrs")
+    [[ -n ${node_grpc[$id]} ]] || die "strata node $id has no gRPC address in $addrs"
+}
+
+strata_api_endpoints() {
+    local ids=("$@") id out=()
+    for id in "${ids[@]}"; do
+        out+=("http://${node_api[$id]}")
+    done
+    (IFS=,; echo "${out[*]}")
+}
+
+ready() { curl -sf -o /dev/null --connect-timeout 0.5 --max-time 1 "http://$1/readyz"; }
+
+voters_with_api() {
+    local status count
+    status=$(timeout 5 "$strata" --endpoints "$(strata_api_endpoints $(seq 1 "$node_count"))" \
+        --output json cluster status 2>/dev/null) || return 1
+    count=$(jq '[.members[] | select(.role != "learner" and .api_addr != "")] | length' \
+        <<<"$status")
+    ((count == node_count))
+}
+
+log "starting a $node_count-node Strata cluster in $data"
+node_extra[1]="--initial-cluster 1=127.0.0.1:0"
+start_node 1
+wait_until 30 "strata node 1 to be ready" ready "${node_api[1]}"
+for id in $(seq 2 "$node_count"); do
+    start_node "$id"
+    timeout 90 "$strata" --endpoints "$(strata_api_endpoints $(seq 1 $((id - 1))))" \
+        cluster add-member "$id" --raft-addr "${node_raft[$id]}" \
+        --api-addr "${node_api[$id]}" >/dev/null || die "strata cluster add-member $id failed"
+done
+wait_until 60 "$node_count Strata voters with API addresses" voters_with_api
+for id in $(seq 1 "$node_count"); do
+    wait_until 30 "strata node $id to be ready" ready "${node_api[$id]}"
+done
+strata_endpoints=$(for id in $(seq 1 "$node_count"); do echo "${node_grpc[$id]}"; done | paste -sd,)
+wait_until 30 "Strata's etcd API to be healthy" ctl "$strata_endpoints" endpoint health
+log "strata up: gRPC $strata_endpoints"
+
+# --- leaders and endpoint order -------------------------------------------------------------
+# The endpoint (HOST:PORT) whose member reports itself as the leader, via the etcd API.
+leader_endpoint() {
+    ctl "$1" endpoint status -w json |
+        jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint' |
+        awk 'NR == 1'
+}
+
+# Prints the system's endpoints with the followers first and the leader last. Clients and
+# connections are assigned round-robin from the first endpoint, so the 1-client runs of both
+# systems go through a follower (which forwards to the leader), and every other run spreads
+# evenly over all members whatever the order.
+ordered_endpoints() {
+    local endpoints=$1 leader ep followers=()
+    leader=$(leader_endpoint "$endpoints") || return 1
+    [[ -n $leader ]] || return 1
+    leader=${leader#http://}
+    for ep in ${endpoints//,/ }; do
+        [[ $ep == "$leader" ]] || followers+=("$ep")
+    done
+    ((${#followers[@]} == node_count - 1)) || return 1
+    (IFS=,; echo "${followers[*]},$leader")
+}
+
+# --- 3. workloads ---------------------------------------------------------------------------
+# id|strata-bench arguments (the endpoints are added per system).
+workloads=(
+    "put_1|etcd-put --clients 1 --requests $puts_1 --value-size $value_size"
+    "put_16|etcd-put --clients 16 --requests $puts_16 --value-size $value_size"
+    "put_$many_clients|etcd-put --clients $many_clients --requests $puts_128 --value-size $value_size"
+    "get_linearizable|etcd-get --clients $many_clients --requests $gets --value-size $value_size"
+    "get_serializable|etcd-get --clients $many_clients --requests $gets --value-size $value_size --serializable"
+    "watch|etcd-watch --watchers $watchers --puts $watch_puts --value-size $value_size"
+)
+
+runs_file="$data/runs.jsonl"
+: >"$runs_file"
+declare -A order
+for round in $(seq 1 "$rounds"); do
+    order[etcd]=$(ordered_endpoints "$etcd_endpoints") || die "no etcd leader found"
+    order[strata]=$(ordered_endpoints "$strata_endpoints") || die "no Strata leader found"
+    log "round $round/$rounds: etcd leader ${order[etcd]##*,}, strata leader ${order[strata]##*,}"
+    for workload in "${workloads[@]}"; do
+        id=${workload%%|*}
+        read -r -a args <<<"${workload#*|}"
+        for system in etcd strata; do
+            pids=()
+            for node in $(seq 1 "$node_count"); do
+                case $system in
+                etcd) pids+=("${etcd_pid[$node]}") ;;
+                strata) pids+=("${node_pid[$node]}") ;;
+                esac
+            done
+            extra=(--key-prefix "bench/r$round/$id/")
+            [[ $id == watch ]] && extra=(--prefix "bench/r$round/watch/")
+            [[ $id == get_* ]] && extra=(--key "bench/get/key")
+            [[ $id == watch ]] || extra+=(--max-seconds "$max_seconds")
+            line=$(timeout $((max_seconds + 120)) "$bench" "${args[@]}" "${extra[@]}" \
+                --endpoints "${order[$system]}" 2>>"$data/bench.stderr") ||
+                die "strata-bench $id against $system (round $round) failed; see $data/bench.stderr"
+            rss=()
+            for pid in "${pids[@]}"; do
+                alive "$pid" || die "a $system server (pid $pid) died during $id"
+                rss+=("$(rss_mib "$pid")")
+            done
+            rss_json=$(printf '%s\n' "${rss[@]}" | jq -sc .)
+            jq -c --arg system "$system" --arg id "$id" --argjson round "$round" \
+                --argjson rss "$rss_json" --arg leader "${order[$system]##*,}" \
+                '{system: $system, id: $id, round: $round, leader_endpoint: $leader,
+                  rss_mib: $rss} + .' <<<"$line" >>"$runs_file"
+            log "$(printf '%-16s %-6s r%s: %9s ops/s  p50 %7s ms  p99 %7s ms  errors %s  RSS %s MiB' \
+                "$id" "$system" "$round" "$(jq -r .throughput <<<"$line")" \
+                "$(jq -r .p50_ms <<<"$line")" "$(jq -r .p99_ms <<<"$line")" \
+                "$(jq -r .errors <<<"$line")" "${rss[*]}")"
+        done
+    done
+done
+
+# --- shut both clusters down ----------------------------------------------------------------
+# Strata log lines are counted before the shutdown: a leader logs an ERROR for each peer that
+# stops before it does, which says nothing about the run.
+strata_log_lines() { cat "$data"/strata-*/log | grep -c "$1" || true; }
+panics=$(strata_log_lines 'panicked')
+error_lines=$(strata_log_lines ' ERROR ')
+# The first few distinct ERROR messages (timestamps cut), to tell noise from trouble.
+error_samples=$({ cat "$data"/strata-*/log | grep -e ' ERROR ' -e 'panicked' || true; } |
+    cut -d' ' -f2- | cut -c1-300 | sort | uniq -c | sort -rn | awk 'NR <= 5' |
+    jq -Rsc 'split("\n") | map(select(length > 0))')
+for id in $(seq 1 "$node_count"); do
+    stop_pid "${node_pid[$id]}"
+    stop_pid "${etcd_pid[$id]}"
+done
+
+# --- results --------------------------------------------------------------------------------
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+dirty=false
+[[ -n $(git status --porcelain 2>/dev/null) ]] && dirty=true
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem_total=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+disk=$(df -T "$data" | awk 'NR == 2 { print $1 " (" $2 ", mounted at " $7 ")" }')
+command_line="bash bench/compare-etcd.sh"
+((quick)) && command_line+=" --quick"
+[[ $rounds == "$default_rounds" ]] || command_line+=" --rounds $rounds"
+quick_json=false
+((quick)) && quick_json=true
+workload_ids=$(for workload in "${workloads[@]}"; do echo "${workload%%|*}"; done | jq -Rsc 'split("\n") | map(select(length > 0))')
+
+jq -n \
+    --arg started_at "$started_at" --arg commit "$commit" --argjson dirty "$dirty" \
+    --arg command "$command_line" --argjson quick "$quick_json" \
+    --arg nproc "$(nproc)" --arg cpu "$cpu_model" --arg mem "$mem_total" \
+    --arg kernel "$(uname -r)" --arg disk "$disk" --arg etcd_version "$etcd_version" \
+    --argjson rounds "$rounds" --argjson value_size "$value_size" \
+    --argjson puts_1 "$puts_1" --argjson puts_16 "$puts_16" --argjson puts_128 "$puts_128" \
+    --argjson gets "$gets" --argjson watchers "$watchers" --argjson watch_puts "$watch_puts" \
+    --argjson max_seconds "$max_seconds" --argjson many "$many_clients" \
+    --argjson ids "$workload_ids" --slurpfile runs "$runs_file" \
+    --argjson panics "$panics" --argjson errors "$error_lines" \
+    --argjson error_samples "$error_samples" '
+    def median: map(select(. != null)) | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end | if . == null then null
+        else . * 1000 | round / 1000 end;
+    def summary($id; $system): [$runs[] | select(.id == $id and .system == $system)] as $r | {
+        runs: ($r | length),
+        throughput: ([$r[].throughput] | median),
+        p50_ms: ([$r[].p50_ms] | median),
+        p99_ms: ([$r[].p99_ms] | median),
+        max_ms: ([$r[].max_ms] | median),
+        rss_mib: [range(0; ($r[0].rss_mib | length)) as $i | [$r[].rss_mib[$i]] | median],
+        errors: ([$r[].errors] | add)
+    };
+    def ratio($a; $b): if $a == null or $b == null or $b == 0 then null
+        else ($a / $b * 100 | round / 100) end;
+    ([$ids[] as $id | {key: $id, value: {etcd: summary($id; "etcd"),
+                                         strata: summary($id; "strata")}}] | from_entries)
+        as $summary |
+    {
+        benchmark: "compare-etcd",
+        started_at: $started_at,
+        command: $command,
+        quick: $quick,
+        commit: $commit,
+        dirty_tree: $dirty,
+        machine: {nproc: ($nproc | tonumber), cpu: $cpu, memory: $mem, kernel: $kernel,
+                  data_disk: $disk},
+        config: {
+            nodes_per_cluster: 3, etcd_version: $etcd_version,
+            durability: "both default: fsync on every commit",
+            rounds: $rounds, order: "per workload: etcd then strata, every round",
+            value_size: $value_size, requests_per_run: {put_1: $puts_1, put_16: $puts_16,
+                ("put_" + ($many | tostring)): $puts_128, get: $gets},
+            get_clients: $many, watchers: $watchers, watch_puts: $watch_puts,
+            max_seconds_per_run: $max_seconds,
+            connections: "two HTTP/2 connections per endpoint (at most one per client), clients round-robin over them; endpoints listed followers first"
+        },
+        summary: $summary,
+        ratio: {
+            put: ratio($summary["put_\($many)"].strata.throughput; $summary["put_\($many)"].etcd.throughput),
+            get_linearizable: ratio($summary.get_linearizable.strata.throughput; $summary.get_linearizable.etcd.throughput),
+            get_serializable: ratio($summary.get_serializable.strata.throughput; $summary.get_serializable.etcd.throughput),
+            put_p99: ratio($summary["put_\($many)"].strata.p99_ms; $summary["put_\($many)"].etcd.p99_ms)
+        },
+        strata_logs: {panics: $panics, error_lines: $errors, error_samples: $error_samples},
+        raw: $runs
+    }' >"$results_file"
+
+# --- summary --------------------------------------------------------------------------------
+jq -r '
+    def f: if . == null then "-" else tostring end;
+    def pretty: {put_1: "put, 1 client", put_16: "put, 16 clients", put_128: "put, 128 clients",
+                get_linearizable: "get linearizable, 128 clients",
+                get_serializable: "get serializable, 128 clients",
+                watch: "watch fan-out, delivery latency"}[.] // .;
+    .machine as $m |
+    "",
+    "## Strata vs etcd \(.config.etcd_version) over the etcd v3 API (\(.command))",
+    "",
+    "commit \(.commit)\(if .dirty_tree then " (dirty tree)" else "" end), \(.started_at)",
+    "machine: \($m.nproc) CPUs (\($m.cpu)), \($m.memory), kernel \($m.kernel), data on \($m.data_disk)",
+    "medians of \(.config.rounds) interleaved run(s) per cell; watch: \(.config.watchers) watchers, \(.config.watch_puts) puts, throughput = deliveries/s",
+    "",
+    "| workload | system | throughput (ops/s) | p50 (ms) | p99 (ms) | RSS per node after (MiB) | errors |",
+    "|---|---|---:|---:|---:|---|---:|",
+    (.summary | to_entries[] | .key as $id | .value | to_entries[] |
+        "| \($id | pretty) | \(.key) | \(.value.throughput | f) | \(.value.p50_ms | f) | \(.value.p99_ms | f) | \(.value.rss_mib | map(f) | join(" / ")) | \(.value.errors | f) |"),
+    "",
+    "| workload | strata / etcd throughput | strata / etcd p50 | strata / etcd p99 |",
+    "|---|---:|---:|---:|",
+    (.summary | to_entries[] | .key as $id | .value as $v |
+        def r($a; $b): if $a == null or $b == null or $b == 0 then "-"
+            else ($a / $b * 100 | round / 100 | tostring) end;
+        "| \($id | pretty) | \(r($v.strata.throughput; $v.etcd.throughput)) | \(r($v.strata.p50_ms; $v.etcd.p50_ms)) | \(r($v.strata.p99_ms; $v.etcd.p99_ms)) |"),
+    "",
+    "strata logs: \(.strata_logs.panics) panics, \(.strata_logs.error_lines) ERROR lines"
+' "$results_file"
+echo
+echo "results: ${results_file#"$repo"/}"
+jq -r '
+    def x: if . == null then "nan" else . end;
+    .ratio | "\(.put | x) \(.get_linearizable | x) \(.get_serializable | x) \(.put_p99 | x)"
+' "$results_file" | {
+    read -r put get_lin get_ser put_p99
+    printf 'RATIO put=%.2f get_linearizable=%.2f get_serializable=%.2f put_p99=%.2f\n' \
+        "$put" "$get_lin" "$get_ser" "$put_p99"
+}

@@ -182,6 +182,11 @@ impl Node {
             &tracker,
             cancel.child_token(),
         ));
+        service.set_forwarder(proposer::Forwarder::start(
+            Arc::downgrade(&service),
+            &tracker,
+            cancel.child_token(),
+        ));
         service.set_proposer(proposer::Proposer::start(
             raft.clone(),
             service.metrics.clone(),

@@ -46,12 +46,15 @@ pub enum LeaderRequest {
     RemoveMember(u64),
     /// Update a member's addresses.
     SetNode(u64, NodeInfo),
+    /// Propose several commands (writes a follower gathered while its previous forward was
+    /// in flight); each gets its own result.
+    WriteBatch(Vec<Command>),
 }
 
 impl LeaderRequest {
     /// Returns true when sending it twice is harmless, so a failed send may be retried.
     fn idempotent(&self) -> bool {
-        !matches!(self, LeaderRequest::Write(_))
+        !matches!(self, LeaderRequest::Write(_) | LeaderRequest::WriteBatch(_))
     }
 }
 
@@ -66,6 +69,8 @@ pub enum LeaderReply {
     Lease { ttl: i64, granted_ttl: i64 },
     /// A membership change was committed.
     Done,
+    /// Results of a [`LeaderRequest::WriteBatch`], in order.
+    WrittenBatch(Vec<Result<CommandResult, ApiError>>),
 }
 
 fn not_leader() -> ApiError {
@@ -98,6 +103,8 @@ pub struct KvService {
     stepping_down: AtomicBool,
     /// Batches writes into log entries; set once by the node after construction.
     proposer: std::sync::OnceLock<crate::proposer::Proposer>,
+    /// Batches a follower's writes on their way to the leader; set once at start.
+    forwarder: std::sync::OnceLock<crate::proposer::Forwarder>,
     /// Tasks the service spawns itself (election observers); closed and awaited at shutdown.
     pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Shares leadership confirmations between concurrent reads; set once at start.
@@ -130,6 +137,7 @@ impl KvService {
             stepping_down: AtomicBool::new(false),
             proposer: std::sync::OnceLock::new(),
             read_index: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -152,6 +160,11 @@ impl KvService {
     /// Installs the write batcher (once, at start).
     pub fn set_proposer(&self, proposer: crate::proposer::Proposer) {
         let _ = self.proposer.set(proposer);
+    }
+
+    /// Installs the follower-side write batcher (once, at start).
+    pub fn set_forwarder(&self, forwarder: crate::proposer::Forwarder) {
+        let _ = self.forwarder.set(forwarder);
     }
 
     /// Installs the read-index batcher (once, at start).
@@ -270,6 +283,17 @@ impl KvService {
                 .propose(command)
                 .await
                 .map(LeaderReply::Written),
+            LeaderRequest::WriteBatch(commands) => {
+                let proposer = self.proposer.get().ok_or_else(not_leader)?;
+                if !self.is_leader() {
+                    return Err(not_leader());
+                }
+                // Submitted together, so the proposer packs them into as few entries as it can.
+                let results =
+                    futures::future::join_all(commands.into_iter().map(|c| proposer.propose(c)))
+                        .await;
+                Ok(LeaderReply::WrittenBatch(results))
+            }
             LeaderRequest::ReadIndex => {
                 let batcher = self.read_index.get().ok_or_else(not_leader)?;
                 batcher.read_index().await.map(LeaderReply::ReadIndex)
@@ -339,14 +363,24 @@ impl KvService {
 
     /// Proposes a KV command through the leader and returns its result.
     pub async fn propose(&self, command: KvCommand) -> Result<KvResult, ApiError> {
-        match self
-            .leader_call(LeaderRequest::Write(Command::Kv(command)))
-            .await?
-        {
-            LeaderReply::Written(CommandResult::Kv(KvResult::Error(e))) => Err(e),
-            LeaderReply::Written(CommandResult::Kv(result)) => Ok(result),
+        let command = Command::Kv(command);
+        let result = match self.forwarder.get() {
+            // A follower gathers its writes and forwards them to the leader in batches.
+            Some(forwarder) if !self.is_leader() => forwarder.forward(command).await?,
+            _ => match self.leader_call(LeaderRequest::Write(command)).await? {
+                LeaderReply::Written(result) => result,
+                other => {
+                    return Err(ApiError::internal(format!(
+                        "unexpected reply to a write: {other:?}"
+                    )))
+                }
+            },
+        };
+        match result {
+            CommandResult::Kv(KvResult::Error(e)) => Err(e),
+            CommandResult::Kv(result) => Ok(result),
             other => Err(ApiError::internal(format!(
-                "unexpected reply to a write: {other:?}"
+                "unexpected result of a write: {other:?}"
             ))),
         }
     }

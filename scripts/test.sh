@@ -5,11 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need, one per line: "command package".
+# Debian packages the tests need, one per line: "command package". (protoc is only for the
+# etcd-client crate, a test dependency; building Strata itself needs no protoc.)
 need_packages=(
   "curl curl"
   "etcdctl etcd-client"
   "etcd etcd-server"
+  "protoc protobuf-compiler"
 )
 missing=()
 for entry in "${need_packages[@]}"; do

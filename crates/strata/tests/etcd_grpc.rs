@@ -2,9 +2,9 @@
 //! kept across a kill -9 of the leader, two lock contenders with fencing tokens, and bad
 //! input answered with etcd's codes (checked against a real etcd 3.4).
 //!
-//! The clients are the tonic clients `strata_etcd::pb` generates from etcd's protobuf files.
-//! The `etcd-client` crate cannot be used: its build script runs a system `protoc`, which
-//! the build machines do not have (strata-etcd compiles the same files with `protox`).
+//! The clients are the tonic clients `strata_etcd::pb` generates from etcd's protobuf files,
+//! which expose raw fields and status codes; `etcd_client.rs` repeats the watch and lock checks
+//! with the independent `etcd-client` crate.
 
 #![allow(clippy::unwrap_used)]
 

@@ -105,7 +105,7 @@ fn fail(message: &str) -> ! {
 fn init_logging(is_node: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if is_node {
-        "info,openraft=warn"
+        "info,openraft=warn,fjall=warn,lsm_tree=warn"
     } else {
         "warn"
     };

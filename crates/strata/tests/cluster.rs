@@ -56,6 +56,15 @@ async fn write_load(
     Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
 }
 
+/// Returns a lease's remaining TTL in seconds, as the leader's clock says.
+async fn lease_ttl(client: &Client, id: i64) -> Option<i64> {
+    let reply: serde_json::Value = client
+        .post("/v1/lease/timetolive", &serde_json::json!({ "id": id }))
+        .await
+        .ok()?;
+    reply["ttl"].as_i64()
+}
+
 async fn leader_of(cluster: &Cluster) -> u64 {
     cluster.wait_for_leader().await
 }
@@ -426,9 +435,16 @@ async fn t61_keepalive_holds_lease_and_follower_forwards() {
         ..Default::default()
     };
     let _: PutResponse = client.post("/v1/kv/put", &put).await.unwrap();
-    // Keep it alive through a follower for longer than its TTL.
+    // Keep it alive through a follower for longer than its TTL, renewing each time it has run
+    // down to its last second.
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
+        wait_until(
+            Duration::from_secs(5),
+            "the lease to need renewing",
+            || async { (lease_ttl(&client, lease.id).await? <= 1).then_some(()) },
+        )
+        .await;
         let _: serde_json::Value = client
             .post(
                 "/v1/lease/keepalive",
@@ -436,7 +452,6 @@ async fn t61_keepalive_holds_lease_and_follower_forwards() {
             )
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
         client.get("held").await.unwrap().as_deref(),
@@ -601,10 +616,14 @@ async fn t62_new_leader_extends_leases_instead_of_expiring_them() {
         ..Default::default()
     };
     let _: PutResponse = client.post("/v1/kv/put", &put).await.unwrap();
-    let granted = Instant::now();
-    // Let most of the TTL pass (the behaviour under test is about elapsed time), then kill
-    // the leader, whose expiry clock dies with it.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Without a new leader the lease would expire 4 s after the grant.
+    let original_expiry = Instant::now() + Duration::from_secs(4);
+    // Let most of the TTL run down on the leader's clock, then kill the leader, whose expiry
+    // clock dies with it.
+    wait_until(Duration::from_secs(10), "the lease to run down", || async {
+        (lease_ttl(&client, lease.id).await? <= 1).then_some(())
+    })
+    .await;
     let leader = leader_of(&cluster).await;
     cluster.node(leader).kill9();
     let survivors: Vec<String> = cluster
@@ -616,8 +635,14 @@ async fn t62_new_leader_extends_leases_instead_of_expiring_them() {
     let survivor_client = Client::new(&survivors).with_timeout(Duration::from_secs(10));
     survivor_client.put("probe", "x").await.unwrap();
     // The new leader restarts the full TTL: the key outlives the original deadline by a margin.
-    let check_at = granted + Duration::from_millis(5500);
-    tokio::time::sleep(check_at.saturating_duration_since(Instant::now())).await;
+    let remaining = lease_ttl(&survivor_client, lease.id)
+        .await
+        .expect("the new leader reports the lease");
+    assert!(
+        Instant::now() + Duration::from_secs(remaining.max(0) as u64)
+            > original_expiry + Duration::from_secs(1),
+        "the new leader kept the old expiry ({remaining}s left) instead of extending the lease"
+    );
     let survivor = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
     assert_eq!(
         survivor.local_get("leased").await.as_deref(),

@@ -116,10 +116,7 @@ fn dead_endpoint() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t10_every_bad_request_gets_its_status_and_code_and_the_node_keeps_serving() {
-    let config_dir = tempfile::tempdir().unwrap();
-    let config = config_dir.path().join("small-requests.toml");
-    std::fs::write(&config, "[kv]\nmax_request_bytes = \"4KiB\"\n").unwrap();
-    let cluster = Cluster::start(1, &["--config", config.to_str().unwrap()]).await;
+    let cluster = Cluster::start_with_config(1, "[kv]\nmax_request_bytes = \"4KiB\"\n", &[]).await;
     let node = &cluster.nodes[0];
     let url = |path: &str| format!("{}{path}", node.url());
     let http = reqwest::Client::builder()

@@ -156,15 +156,12 @@ async fn t20_kill_leader_under_load_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t30_stopped_follower_catches_up_by_snapshot_install() {
-    let root = tempfile::tempdir().unwrap();
-    let config = root.path().join("small-snapshots.toml");
-    std::fs::write(
-        &config,
+    let mut cluster = Cluster::start_with_config(
+        3,
         "[raft]\nsnapshot_entries = 100\nkeep_entries_after_snapshot = 10\n",
+        &[],
     )
-    .unwrap();
-    let config_arg = config.to_str().unwrap().to_string();
-    let mut cluster = Cluster::start(3, &["--config", &config_arg]).await;
+    .await;
     let leader = leader_of(&cluster).await;
     let follower = cluster
         .nodes
@@ -539,15 +536,12 @@ async fn t25_graceful_stop_of_leader_hands_off_leadership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t80_auto_compaction_by_revision_count() {
-    let root = tempfile::tempdir().unwrap();
-    let config = root.path().join("compact.toml");
-    std::fs::write(
-        &config,
+    let cluster = Cluster::start_with_config(
+        1,
         "[kv]\nauto_compaction_mode = \"revision\"\nauto_compaction_retention = \"20\"\n",
+        &[],
     )
-    .unwrap();
-    let config_arg = config.to_str().unwrap().to_string();
-    let cluster = Cluster::start(1, &["--config", &config_arg]).await;
+    .await;
     let client = cluster.client();
     let first = client.put("c", "0").await.unwrap().header.revision;
     for n in 1..60 {
@@ -660,11 +654,8 @@ async fn t62_new_leader_extends_leases_instead_of_expiring_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t71_idle_watch_gets_progress_notifications() {
-    let root = tempfile::tempdir().unwrap();
-    let config = root.path().join("progress.toml");
-    std::fs::write(&config, "[kv]\nwatch_progress_interval = \"200ms\"\n").unwrap();
-    let config_arg = config.to_str().unwrap().to_string();
-    let cluster = Cluster::start(1, &["--config", &config_arg]).await;
+    let cluster =
+        Cluster::start_with_config(1, "[kv]\nwatch_progress_interval = \"200ms\"\n", &[]).await;
     let client = cluster.client();
     let revision = client.put("other", "x").await.unwrap().header.revision;
     let request = WatchRequest {

@@ -404,7 +404,21 @@ pub struct Cluster {
 impl Cluster {
     /// Starts node 1 as founder, then adds nodes 2..=n through the operator CLI.
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
+        Self::start_in(tempfile::tempdir().unwrap(), n, extra).await
+    }
+
+    /// [`Cluster::start`] with every node reading the config file `toml` (`--config`).
+    pub async fn start_with_config(n: u64, toml: &str, extra: &[&str]) -> Cluster {
         let root = tempfile::tempdir().unwrap();
+        let config = root.path().join("node.toml");
+        std::fs::write(&config, toml).unwrap();
+        let config = config.to_str().unwrap().to_string();
+        let mut args = vec!["--config", config.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_in(root, n, &args).await
+    }
+
+    async fn start_in(root: tempfile::TempDir, n: u64, extra: &[&str]) -> Cluster {
         let first = NodeProc::start(1, root.path(), Some("1=127.0.0.1:0"), extra).await;
         let mut cluster = Cluster {
             root,

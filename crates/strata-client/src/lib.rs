@@ -233,17 +233,35 @@ impl Client {
         path: &str,
         request: &Req,
     ) -> Result<SseStream<T>, ClientError> {
+        self.open_stream(Method::POST, path, Some(request)).await
+    }
+
+    /// GETs a server-sent-events route on one endpoint (trying each in turn) and returns the
+    /// stream of JSON messages.
+    pub async fn stream_get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<SseStream<T>, ClientError> {
+        self.open_stream::<(), T>(Method::GET, path, None).await
+    }
+
+    async fn open_stream<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        request: Option<&Req>,
+    ) -> Result<SseStream<T>, ClientError> {
         let mut last_error = ClientError::Transport("no endpoints".into());
         for attempt in 0..self.endpoints.len() {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
-            let response = match self
+            let mut builder = self
                 .http
-                .post(format!("{endpoint}{path}"))
-                .json(request)
-                .send()
-                .await
-            {
+                .request(method.clone(), format!("{endpoint}{path}"));
+            if let Some(request) = request {
+                builder = builder.json(request);
+            }
+            let response = match builder.send().await {
                 Ok(response) => response,
                 Err(e) => {
                     last_error = ClientError::Transport(format!("cannot reach {endpoint}: {e}"));

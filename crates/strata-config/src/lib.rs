@@ -62,6 +62,15 @@ pub struct NodeConfig {
     /// Port 0 picks a free one.
     #[serde(default)]
     pub grpc_addr: Option<String>,
+    /// Where the Consul-compatible HTTP API listens (registry). Unset: disabled.
+    #[serde(default)]
+    pub consul_addr: Option<String>,
+    /// Where DNS (UDP and TCP) for service discovery listens. Unset: disabled.
+    #[serde(default)]
+    pub dns_addr: Option<String>,
+    /// The registry's DNS domain: services answer as `NAME.service.DOMAIN`.
+    #[serde(default = "default_dns_domain")]
+    pub dns_domain: String,
     /// Address other nodes use to reach this node's raft listener, if different from
     /// `raft_addr` (e.g. when listening on 0.0.0.0).
     #[serde(default)]
@@ -153,6 +162,10 @@ fn default_id() -> u64 {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./strata-data")
 }
+fn default_dns_domain() -> String {
+    "strata".to_string()
+}
+
 fn default_api_addr() -> String {
     "127.0.0.1:7700".into()
 }
@@ -229,6 +242,9 @@ impl Default for NodeConfig {
             api_addr: default_api_addr(),
             raft_addr: default_raft_addr(),
             grpc_addr: None,
+            consul_addr: None,
+            dns_addr: None,
+            dns_domain: default_dns_domain(),
             advertise_raft_addr: None,
             advertise_api_addr: None,
             initial_cluster: BTreeMap::new(),
@@ -295,6 +311,8 @@ impl NodeConfig {
              # id: unique positive node id.  data_dir: log, snapshots, lock file.\n\
              # api_addr: client HTTP API + /metrics.  raft_addr: node-to-node traffic.\n\
              # grpc_addr = \"127.0.0.1:7702\" enables the etcd v3 gRPC API (off when unset).\n\
+             # consul_addr = \"127.0.0.1:7705\" enables the Consul-compatible API (off when unset).\n\
+             # dns_addr = \"127.0.0.1:7703\" enables registry DNS on UDP and TCP (off when unset).\n\
              # initial_cluster: founding members as a table, e.g.\n\
              #   [initial_cluster]\n\
              #   1 = \"10.0.0.1:7701\"\n\
@@ -334,12 +352,31 @@ impl NodeConfig {
         if self.id == 0 {
             return invalid("id must be a positive integer".into());
         }
-        if let Some(addr) = &self.grpc_addr {
-            if addr.parse::<SocketAddr>().is_err() {
-                return invalid(format!(
-                    "grpc_addr {addr:?} is not HOST:PORT with a numeric IP"
-                ));
+        for (name, addr) in [
+            ("grpc_addr", &self.grpc_addr),
+            ("consul_addr", &self.consul_addr),
+            ("dns_addr", &self.dns_addr),
+        ] {
+            if let Some(addr) = addr {
+                if addr.parse::<SocketAddr>().is_err() {
+                    return invalid(format!(
+                        "{name} {addr:?} is not HOST:PORT with a numeric IP"
+                    ));
+                }
             }
+        }
+        let domain = self.dns_domain.trim_end_matches('.');
+        if domain.is_empty()
+            || domain.split('.').any(|l| {
+                l.is_empty()
+                    || l.len() > 63
+                    || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        {
+            return invalid(format!(
+                "dns_domain {:?} is not a domain name such as \"strata\" or \"sd.example.com\"",
+                self.dns_domain
+            ));
         }
         for (name, addr) in [("api_addr", &self.api_addr), ("raft_addr", &self.raft_addr)] {
             if addr.parse::<SocketAddr>().is_err() {

@@ -108,7 +108,7 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
 }
 
 /// Builds the client API router.
-pub fn api_router(state: ApiState, body_limit: usize) -> Router {
+pub fn api_router(state: ApiState, body_limit: usize, extra: Router) -> Router {
     Router::new()
         .route("/v1/kv/range", post(range))
         .route("/v1/kv/put", post(put))
@@ -137,10 +137,11 @@ pub fn api_router(state: ApiState, body_limit: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .with_state(state)
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
 }
 
 async fn not_found() -> ErrorResponse {

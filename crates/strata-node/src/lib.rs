@@ -18,6 +18,7 @@ pub mod kv_machine;
 pub mod metrics;
 pub mod proposer;
 pub mod read_index;
+pub mod registry_store;
 pub mod service;
 pub mod watch;
 
@@ -72,6 +73,12 @@ pub struct NodeAddrs {
     pub raft: SocketAddr,
     /// etcd v3 gRPC API, when enabled.
     pub grpc: Option<SocketAddr>,
+    /// Consul-compatible HTTP API, when enabled.
+    #[serde(default)]
+    pub consul: Option<SocketAddr>,
+    /// Registry DNS (UDP and TCP on the same port), when enabled.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
 }
 
 /// Starts nodes.
@@ -117,12 +124,34 @@ impl Node {
                 .local_addr()
                 .map_err(|e| bind_err("raft", &config.raft_addr, e))?,
             grpc: None,
+            consul: None,
+            dns: None,
         };
         let grpc_listener = match &config.grpc_addr {
             Some(addr) => Some(bind("grpc", addr).await?),
             None => None,
         };
         let mut addrs = addrs;
+        let consul_listener = match &config.consul_addr {
+            Some(addr) => {
+                let listener = bind("consul", addr).await?;
+                addrs.consul = Some(
+                    listener
+                        .local_addr()
+                        .map_err(|e| bind_err("consul", addr, e))?,
+                );
+                Some(listener)
+            }
+            None => None,
+        };
+        let dns_sockets = match &config.dns_addr {
+            Some(addr) => {
+                let (udp, tcp) = bind_dns(addr).await?;
+                addrs.dns = Some(tcp.local_addr().map_err(|e| bind_err("dns", addr, e))?);
+                Some((udp, tcp))
+            }
+            None => None,
+        };
         if let (Some(listener), Some(configured)) = (&grpc_listener, &config.grpc_addr) {
             addrs.grpc = Some(
                 listener
@@ -223,6 +252,45 @@ impl Node {
             cancel.child_token(),
         ));
 
+        info!(node_id = id, "starting the service registry");
+        let store = Arc::new(registry_store::NodeStore {
+            service: service.clone(),
+            tracker: tracker.clone(),
+        });
+        let registry = strata_registry::start(
+            store,
+            service.metrics.registry(),
+            &tracker,
+            cancel.child_token(),
+        )
+        .map_err(|e| NodeError::Raft(format!("registry metrics: {e}")))?;
+        let registry_routes = strata_registry::http::router(strata_registry::http::RegistryState {
+            registry: registry.clone(),
+            cancel: cancel.child_token(),
+        });
+        if let (Some(listener), Some(addr)) = (consul_listener, addrs.consul) {
+            info!(node_id = id, %addr, "serving the Consul-compatible API");
+            spawn_server(
+                &tracker,
+                &cancel,
+                listener,
+                strata_registry::consul::router(registry.clone()),
+            );
+        }
+        if let (Some((udp, tcp)), Some(addr)) = (dns_sockets, addrs.dns) {
+            info!(node_id = id, %addr, domain = %config.dns_domain, "serving registry DNS");
+            let metrics = strata_registry::dns::DnsMetrics::new(service.metrics.registry())
+                .map_err(|e| NodeError::Raft(format!("dns metrics: {e}")))?;
+            tracker.spawn(strata_registry::dns::serve(
+                udp,
+                tcp,
+                config.dns_domain.clone(),
+                registry.view.clone(),
+                metrics,
+                cancel.child_token(),
+            ));
+        }
+
         info!(node_id = id, addr = %addrs.api, "serving client API");
         let state = http::ApiState {
             service: service.clone(),
@@ -235,7 +303,7 @@ impl Node {
             &tracker,
             &cancel,
             api_listener,
-            http::api_router(state, body_limit),
+            http::api_router(state, body_limit, registry_routes),
         );
 
         if let (Some(listener), Some(addr)) = (grpc_listener, addrs.grpc) {
@@ -287,6 +355,25 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, NodeError> 
     TcpListener::bind(addr)
         .await
         .map_err(|e| bind_err(what, addr, e))
+}
+
+/// Binds DNS's TCP listener and a UDP socket on the same port (retrying when port 0 picked a
+/// TCP port whose UDP twin is taken).
+async fn bind_dns(addr: &str) -> Result<(tokio::net::UdpSocket, TcpListener), NodeError> {
+    let mut last = None;
+    for _ in 0..16 {
+        let tcp = bind("dns", addr).await?;
+        let local = tcp.local_addr().map_err(|e| bind_err("dns", addr, e))?;
+        match tokio::net::UdpSocket::bind(local).await {
+            Ok(udp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_err(
+        "dns",
+        addr,
+        last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    ))
 }
 
 fn spawn_server(

@@ -75,6 +75,11 @@ pub fn advance(counter: &IntCounter, value: u64) {
 }
 
 impl Metrics {
+    /// The registry every metric of this node lives in; components add theirs here.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates and registers every metric.
     pub fn new(node_id: u64) -> Self {
         let registry = Registry::new_custom(

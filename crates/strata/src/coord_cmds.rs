@@ -125,7 +125,7 @@ fn patient(endpoints: &[String]) -> Client {
     Client::new(endpoints).with_timeout(Duration::from_secs(365 * 24 * 3600))
 }
 
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     tokio::select! {

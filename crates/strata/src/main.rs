@@ -7,6 +7,7 @@
 mod client_cmds;
 mod coord_cmds;
 mod run;
+mod svc_cmds;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -63,6 +64,9 @@ pub enum Command {
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(client_cmds::ClusterCommand),
+    /// Register, find and watch service instances (the service registry).
+    #[command(subcommand)]
+    Svc(svc_cmds::SvcCommand),
 }
 
 fn main() {
@@ -85,6 +89,7 @@ fn main() {
             Command::Cluster(cmd) => client_cmds::cluster(&cli.endpoints, cli.output, cmd).await,
             Command::Lock(args) => coord_cmds::lock(&cli.endpoints, cli.output, args).await,
             Command::Elect(args) => coord_cmds::elect(&cli.endpoints, cli.output, args).await,
+            Command::Svc(cmd) => svc_cmds::svc(&cli.endpoints, cli.output, cmd).await,
         }
     });
     // Do not wait for lingering blocking tasks (e.g. a stdin reader) at exit.

@@ -27,6 +27,12 @@ pub struct DevArgs {
     /// etcd v3 gRPC API address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7702")]
     pub grpc_addr: String,
+    /// Consul-compatible HTTP API address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7705")]
+    pub consul_addr: String,
+    /// Registry DNS address, UDP and TCP (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7703")]
+    pub dns_addr: String,
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
@@ -53,6 +59,15 @@ pub struct ServerArgs {
     /// etcd v3 gRPC API listen address, HOST:PORT (disabled unless given here or in the config).
     #[arg(long)]
     pub grpc_addr: Option<String>,
+    /// Consul-compatible HTTP API listen address, HOST:PORT (disabled unless given).
+    #[arg(long)]
+    pub consul_addr: Option<String>,
+    /// Registry DNS listen address for UDP and TCP, HOST:PORT (disabled unless given).
+    #[arg(long)]
+    pub dns_addr: Option<String>,
+    /// Registry DNS domain (default "strata": NAME.service.strata).
+    #[arg(long)]
+    pub dns_domain: Option<String>,
     /// Address peers use to reach this node's raft listener, if not --raft-addr.
     #[arg(long)]
     pub advertise_raft_addr: Option<String>,
@@ -82,6 +97,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         api_addr: args.api_addr,
         raft_addr: args.raft_addr,
         grpc_addr: Some(args.grpc_addr),
+        consul_addr: Some(args.consul_addr),
+        dns_addr: Some(args.dns_addr),
         addrs_file: args.addrs_file,
         ..Default::default()
     };
@@ -103,6 +120,16 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  raft    {}", node.addrs.raft);
     if let Some(grpc) = node.addrs.grpc {
         println!("  grpc    {grpc}   (etcd v3 API: ETCDCTL_API=3 etcdctl --endpoints={grpc} get --prefix '')");
+    }
+    if let Some(consul) = node.addrs.consul {
+        println!("  consul  http://{consul}   (Consul-compatible API: CONSUL_HTTP_ADDR={consul})");
+    }
+    if let Some(dns) = node.addrs.dns {
+        println!(
+            "  dns     {dns}   (dig @{} -p {} NAME.service.strata SRV)",
+            dns.ip(),
+            dns.port()
+        );
     }
     println!("  metrics http://{}/metrics", node.addrs.api);
     println!("  data    {}", args.data_dir.display());
@@ -155,6 +182,15 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.grpc_addr {
         config.grpc_addr = Some(addr);
+    }
+    if let Some(addr) = args.consul_addr {
+        config.consul_addr = Some(addr);
+    }
+    if let Some(addr) = args.dns_addr {
+        config.dns_addr = Some(addr);
+    }
+    if let Some(domain) = args.dns_domain {
+        config.dns_domain = domain;
     }
     if let Some(addr) = args.advertise_raft_addr {
         config.advertise_raft_addr = Some(addr);

@@ -1,0 +1,397 @@
+//! Health checks: which node runs each check, and the loops that run them.
+//!
+//! Every node keeps a liveness key on a short lease ([`NODE_TTL_SECS`]). The checks are
+//! spread over the nodes whose key exists by rendezvous hashing, so each check has exactly
+//! one owner in every view, and when a node's key expires its checks move to the others with
+//! no coordination beyond the watch that already feeds the view. Probe results stay local;
+//! only a status transition (after the thresholds) goes through the log, as a
+//! compare-and-set on the instance.
+
+use crate::model::{node_key, now_ms, CheckKind, InstanceRef};
+use crate::probe::{Health, Probe, Prober};
+use crate::registry::Registry;
+use crate::store::Store;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strata_proto::error::ErrorCode;
+use strata_proto::kv::{PutRequest, RequestOp, TxnRequest};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// TTL of a node's liveness key: how long a dead node's checks stay unowned, at most.
+pub const NODE_TTL_SECS: i64 = 2;
+/// How often a node renews its liveness key.
+const NODE_KEEPALIVE: Duration = Duration::from_millis(500);
+/// How often the runner re-plans (only when the plan version moved).
+const PLAN_TICK: Duration = Duration::from_millis(100);
+
+/// A check as this node runs it, for `/v1/registry/checks/local`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalCheck {
+    /// The checked instance.
+    pub instance: InstanceRef,
+    /// `http`, `tcp`, `grpc` or `ttl`.
+    pub kind: &'static str,
+    /// When this node took the check over (ms since the epoch).
+    pub owned_since_ms: u64,
+    /// Probes run by this node.
+    pub runs: u64,
+    /// When the last probe ran (ms since the epoch), 0 before the first.
+    pub last_run_ms: u64,
+    /// Result of the last probe.
+    pub last_health: Option<Health>,
+    /// Output of the last probe.
+    pub last_output: String,
+}
+
+/// The checks this node runs.
+#[derive(Debug, Default)]
+pub struct LocalChecks {
+    inner: Mutex<BTreeMap<InstanceRef, LocalCheck>>,
+}
+
+impl LocalChecks {
+    /// A snapshot of every check this node runs.
+    pub fn list(&self) -> Vec<LocalCheck> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<InstanceRef, LocalCheck>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self, r: &InstanceRef, kind: &'static str) {
+        self.lock().insert(
+            r.clone(),
+            LocalCheck {
+                instance: r.clone(),
+                kind,
+                owned_since_ms: now_ms(),
+                runs: 0,
+                last_run_ms: 0,
+                last_health: None,
+                last_output: String::new(),
+            },
+        );
+    }
+
+    fn record(&self, r: &InstanceRef, health: Health, output: &str) {
+        if let Some(c) = self.lock().get_mut(r) {
+            c.runs += 1;
+            c.last_run_ms = now_ms();
+            c.last_health = Some(health);
+            c.last_output = output.to_string();
+        }
+    }
+
+    fn stop(&self, r: &InstanceRef) {
+        self.lock().remove(r);
+    }
+}
+
+/// FNV-1a: stable across processes and releases, which rendezvous hashing needs.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in *part {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The node that runs the check of `r`, given the live nodes (highest random weight).
+pub fn owner(r: &InstanceRef, nodes: &[u64]) -> Option<u64> {
+    let key = r.key();
+    nodes
+        .iter()
+        .copied()
+        .max_by_key(|node| fnv1a(&[key.as_bytes(), &node.to_be_bytes()]))
+}
+
+/// Keeps this node's liveness key alive until `cancel`, then removes it so the other nodes
+/// take its checks over at once.
+pub async fn keep_node_alive<S: Store>(registry: Arc<Registry<S>>, cancel: CancellationToken) {
+    let store = registry.store.clone();
+    let me = store.node_id();
+    let mut lease = 0;
+    while !cancel.is_cancelled() {
+        if lease == 0 {
+            let granted = async {
+                let id = store.lease_grant(NODE_TTL_SECS).await?;
+                store
+                    .txn(TxnRequest {
+                        compare: vec![],
+                        success: vec![RequestOp::Put(PutRequest {
+                            key: node_key(me).into_bytes(),
+                            value: me.to_string().into_bytes(),
+                            lease: id,
+                            prev_kv: false,
+                        })],
+                        failure: vec![],
+                    })
+                    .await?;
+                Ok::<i64, strata_proto::error::ApiError>(id)
+            }
+            .await;
+            match granted {
+                Ok(id) => {
+                    debug!(lease = id, "check runner registered");
+                    lease = id;
+                }
+                Err(e) => debug!(error = %e, "cannot register the check runner yet"),
+            }
+        } else if let Err(e) = store.lease_keepalive(lease).await {
+            if e.code == ErrorCode::NotFound {
+                warn!("check runner's liveness lease expired; registering again");
+                lease = 0;
+                continue;
+            }
+            debug!(error = %e, "check runner keep-alive failed");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(NODE_KEEPALIVE) => {}
+        }
+    }
+    if lease != 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), store.lease_revoke(lease)).await;
+    }
+}
+
+/// Runs the checks this node owns until `cancel`, re-planning whenever the set of checked
+/// instances or of live nodes changes.
+pub async fn run_checks<S: Store>(registry: Arc<Registry<S>>, cancel: CancellationToken) {
+    let me = registry.store.node_id();
+    let prober = Prober::new();
+    let mut running: HashMap<InstanceRef, (crate::model::Check, CancellationToken)> =
+        HashMap::new();
+    let mut planned = u64::MAX;
+    let mut tick = tokio::time::interval(PLAN_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if registry.view.plan_version() == planned {
+            continue;
+        }
+        let (version, checked) = registry.view.checked();
+        let nodes = registry.view.live_nodes();
+        let mut desired = HashMap::new();
+        for r in checked {
+            if owner(&r, &nodes) != Some(me) {
+                continue;
+            }
+            if let Some(check) = registry.view.get(&r).and_then(|s| s.instance.check.clone()) {
+                desired.insert(r, check);
+            }
+        }
+        running.retain(|r, (check, token)| {
+            let keep = desired.get(r) == Some(check);
+            if !keep {
+                token.cancel();
+                registry.local_checks.stop(r);
+            }
+            keep
+        });
+        for (r, check) in desired {
+            if running.contains_key(&r) {
+                continue;
+            }
+            let token = cancel.child_token();
+            let kind = match &check.kind {
+                CheckKind::Ttl { .. } => "ttl",
+                CheckKind::Probe { probe } => match probe {
+                    Probe::Http { .. } => "http",
+                    Probe::Tcp { .. } => "tcp",
+                    Probe::Grpc { .. } => "grpc",
+                },
+            };
+            registry.local_checks.start(&r, kind);
+            debug!(instance = %r, kind, "running check");
+            tokio::spawn(check_loop(
+                registry.clone(),
+                r.clone(),
+                check.clone(),
+                prober.clone(),
+                token.clone(),
+            ));
+            running.insert(r, (check, token));
+        }
+        if planned == u64::MAX || running.len() as i64 != registry.metrics.checks_running.get() {
+            info!(
+                checks = running.len(),
+                live_nodes = nodes.len(),
+                "check plan updated"
+            );
+        }
+        registry.metrics.checks_running.set(running.len() as i64);
+        planned = version;
+    }
+    for (r, (_, token)) in running {
+        token.cancel();
+        registry.local_checks.stop(&r);
+    }
+    registry.metrics.checks_running.set(0);
+}
+
+/// Thresholds: turns raw probe results into the status to record, if any.
+#[derive(Debug, Default)]
+struct Damper {
+    successes: u32,
+    failures: u32,
+}
+
+impl Damper {
+    fn observe(&mut self, health: Health, check: &crate::model::Check) -> Option<Health> {
+        match health {
+            Health::Passing => {
+                self.successes = self.successes.saturating_add(1);
+                self.failures = 0;
+                (self.successes >= check.success_before_passing.max(1)).then_some(Health::Passing)
+            }
+            Health::Warning => {
+                self.successes = 0;
+                self.failures = 0;
+                Some(Health::Warning)
+            }
+            Health::Critical => {
+                self.failures = self.failures.saturating_add(1);
+                self.successes = 0;
+                (self.failures >= check.failures_before_critical.max(1)).then_some(Health::Critical)
+            }
+        }
+    }
+}
+
+async fn check_loop<S: Store>(
+    registry: Arc<Registry<S>>,
+    r: InstanceRef,
+    check: crate::model::Check,
+    prober: Prober,
+    cancel: CancellationToken,
+) {
+    let mut damper = Damper::default();
+    let pause = match &check.kind {
+        CheckKind::Ttl { ttl } => {
+            (ttl.0 / 4).clamp(Duration::from_millis(50), Duration::from_millis(250))
+        }
+        CheckKind::Probe { .. } => check.interval.0,
+    };
+    loop {
+        let (target, output) = match &check.kind {
+            CheckKind::Probe { probe } => {
+                let (health, output) = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    result = prober.run(probe, check.timeout.0) => result,
+                };
+                registry
+                    .metrics
+                    .check_runs
+                    .with_label_values(&[health_label(health)])
+                    .inc();
+                registry.local_checks.record(&r, health, &output);
+                (damper.observe(health, &check), output)
+            }
+            CheckKind::Ttl { ttl } => {
+                let lapsed = registry.view.get(&r).is_some_and(|s| {
+                    registry.view.ttl_marker(&r).is_none()
+                        && now_ms().saturating_sub(s.instance.status_since_ms)
+                            >= ttl.0.as_millis() as u64
+                });
+                if lapsed {
+                    let output = format!(
+                        "TTL expired: no report for {}",
+                        humantime::format_duration(ttl.0)
+                    );
+                    registry.local_checks.record(&r, Health::Critical, &output);
+                    (Some(Health::Critical), output)
+                } else {
+                    (None, String::new())
+                }
+            }
+        };
+        let Some(stored) = registry.view.get(&r) else {
+            return;
+        };
+        if let Some(target) = target {
+            if target != stored.instance.status {
+                if let Err(e) = registry.transition(&stored, target, output).await {
+                    debug!(instance = %r, error = %e, "cannot record a health transition yet");
+                }
+            }
+        }
+        if let Some(after) = check.deregister_critical_after {
+            let critical_for = now_ms().saturating_sub(stored.instance.status_since_ms);
+            if stored.instance.status == Health::Critical
+                && critical_for >= after.0.as_millis() as u64
+            {
+                if let Err(e) = registry.reap(&stored).await {
+                    debug!(instance = %r, error = %e, "cannot reap the critical instance yet");
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+fn health_label(health: Health) -> &'static str {
+    match health {
+        Health::Passing => "passing",
+        Health::Warning => "warning",
+        Health::Critical => "critical",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_spread_and_move_only_the_dead_nodes_checks() {
+        let refs: Vec<InstanceRef> = (0..300)
+            .map(|i| InstanceRef::new("public", "web", &format!("i{i}")))
+            .collect();
+        let three = [1, 2, 3];
+        let mut per_node = HashMap::new();
+        for r in &refs {
+            *per_node.entry(owner(r, &three).unwrap()).or_insert(0) += 1;
+        }
+        assert!(per_node.values().all(|n| *n > 50), "{per_node:?}");
+        for r in &refs {
+            let before = owner(r, &three).unwrap();
+            let after = owner(r, &[1, 3]).unwrap();
+            if before != 2 {
+                assert_eq!(before, after, "a survivor's check moved");
+            }
+        }
+        assert_eq!(owner(&refs[0], &[]), None);
+    }
+
+    #[test]
+    fn damper_applies_thresholds() {
+        let check: crate::model::Check = serde_json::from_value(serde_json::json!({
+            "probe": {"kind": "tcp", "addr": "127.0.0.1:1"},
+            "success_before_passing": 2, "failures_before_critical": 3
+        }))
+        .unwrap();
+        let mut d = Damper::default();
+        assert_eq!(d.observe(Health::Passing, &check), None);
+        assert_eq!(d.observe(Health::Passing, &check), Some(Health::Passing));
+        assert_eq!(d.observe(Health::Critical, &check), None);
+        assert_eq!(d.observe(Health::Critical, &check), None);
+        assert_eq!(d.observe(Health::Critical, &check), Some(Health::Critical));
+        assert_eq!(d.observe(Health::Warning, &check), Some(Health::Warning));
+    }
+}

@@ -1,0 +1,458 @@
+//! The native HTTP/JSON API under `/v1/registry/`. docs/registry.md documents every route.
+
+use crate::model::{InstanceRef, Registration, ServiceSettings};
+use crate::probe::Health;
+use crate::registry::{namespace, Query, Registry};
+use crate::store::Store;
+use crate::view::Change;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_proto::error::{ApiError, ErrorCode};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+/// An [`ApiError`] as an HTTP response with a JSON body.
+pub struct ErrorResponse(pub ApiError);
+
+impl From<ApiError> for ErrorResponse {
+    fn from(e: ApiError) -> Self {
+        ErrorResponse(e)
+    }
+}
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
+
+/// A JSON body whose rejections are API errors.
+pub struct Body<T>(pub T);
+
+impl<St: Send + Sync, T: DeserializeOwned> FromRequest<St> for Body<T> {
+    type Rejection = ErrorResponse;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Body(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ErrorResponse(ApiError::bad_request(
+                    "request body must be JSON with content-type: application/json",
+                )))
+            }
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ErrorResponse(
+                ApiError::new(ErrorCode::PayloadTooLarge, "request body is over the limit"),
+            )),
+            Err(r) => Err(ErrorResponse(ApiError::bad_request(format!(
+                "malformed JSON body: {}",
+                r.body_text()
+            )))),
+        }
+    }
+}
+
+/// What the registry's handlers share.
+pub struct RegistryState<S: Store> {
+    /// The registry.
+    pub registry: Arc<Registry<S>>,
+    /// Cancelled at shutdown; ends open watches.
+    pub cancel: CancellationToken,
+}
+
+impl<S: Store> Clone for RegistryState<S> {
+    fn clone(&self) -> Self {
+        RegistryState {
+            registry: self.registry.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
+}
+
+/// The native registry routes, to merge into the node's API router.
+pub fn router<S: Store>(state: RegistryState<S>) -> Router {
+    Router::new()
+        .route("/v1/registry/instances", post(register::<S>))
+        .route("/v1/registry/services", get(list::<S>))
+        .route("/v1/registry/services/{service}", get(query::<S>))
+        .route(
+            "/v1/registry/services/{service}/settings",
+            put(settings::<S>),
+        )
+        .route("/v1/registry/services/{service}/watch", get(watch::<S>))
+        .route(
+            "/v1/registry/services/{service}/instances/{id}",
+            axum::routing::delete(deregister::<S>),
+        )
+        .route(
+            "/v1/registry/services/{service}/instances/{id}/heartbeat",
+            put(heartbeat::<S>),
+        )
+        .route(
+            "/v1/registry/services/{service}/instances/{id}/status",
+            put(report::<S>),
+        )
+        .route("/v1/registry/checks/local", get(local_checks::<S>))
+        .with_state(state)
+}
+
+/// Parses a query string into pairs, percent-decoded; repeated keys are kept.
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn flag(value: &str) -> Result<bool, ApiError> {
+    match value {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(ApiError::bad_request(format!(
+            "invalid boolean {other:?}: use true or false"
+        ))),
+    }
+}
+
+/// Parses a duration written as Consul and Strata do ("5s", "100ms", "1m").
+pub fn parse_wait(value: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(value)
+        .map_err(|e| ApiError::bad_request(format!("invalid wait {value:?}: {e}")))
+}
+
+/// Parses the native query string of a discovery query.
+fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
+    let mut q = Query::default();
+    for (k, v) in query_pairs(raw) {
+        match k.as_str() {
+            "namespace" => q.namespace = Some(v),
+            "passing" => q.passing = flag(&v)?,
+            "status" => {
+                q.status = Some(
+                    serde_json::from_value(serde_json::Value::String(v.clone())).map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "invalid status {v:?}: use passing, warning or critical"
+                        ))
+                    })?,
+                )
+            }
+            "tag" => q.tags.push(v),
+            "meta" => {
+                let (mk, mv) = v.split_once(':').ok_or_else(|| {
+                    ApiError::bad_request(format!("invalid meta filter {v:?}: use KEY:VALUE"))
+                })?;
+                q.meta.insert(mk.to_string(), mv.to_string());
+            }
+            "index" => {
+                q.index = v
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid index {v:?}")))?
+            }
+            "wait" => q.wait = Some(parse_wait(&v)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn namespace_param(raw: Option<&str>) -> Result<String, ApiError> {
+    let pairs = query_pairs(raw);
+    let ns = pairs
+        .iter()
+        .find(|(k, _)| k == "namespace")
+        .map(|(_, v)| v.as_str());
+    namespace(ns)
+}
+
+async fn register<S: Store>(
+    State(s): State<RegistryState<S>>,
+    Body(reg): Body<Registration>,
+) -> ApiResult<crate::registry::Registered> {
+    Ok(axum::Json(s.registry.register(reg, false).await?))
+}
+
+#[derive(Serialize)]
+struct Revision {
+    revision: i64,
+}
+
+async fn deregister<S: Store>(
+    State(s): State<RegistryState<S>>,
+    Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Revision> {
+    let ns = namespace_param(raw.as_deref())?;
+    let revision = s
+        .registry
+        .deregister(&InstanceRef::new(&ns, &service, &id))
+        .await?;
+    Ok(axum::Json(Revision { revision }))
+}
+
+#[derive(Serialize)]
+struct Ttl {
+    ttl: i64,
+}
+
+async fn heartbeat<S: Store>(
+    State(s): State<RegistryState<S>>,
+    Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Ttl> {
+    let ns = namespace_param(raw.as_deref())?;
+    let ttl = s
+        .registry
+        .heartbeat(&InstanceRef::new(&ns, &service, &id))
+        .await?;
+    Ok(axum::Json(Ttl { ttl }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Report {
+    status: Health,
+    #[serde(default)]
+    output: String,
+}
+
+#[derive(Serialize)]
+struct Done {
+    ok: bool,
+}
+
+async fn report<S: Store>(
+    State(s): State<RegistryState<S>>,
+    Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    Body(report): Body<Report>,
+) -> ApiResult<Done> {
+    let ns = namespace_param(raw.as_deref())?;
+    s.registry
+        .report(
+            &InstanceRef::new(&ns, &service, &id),
+            report.status,
+            report.output,
+        )
+        .await?;
+    Ok(axum::Json(Done { ok: true }))
+}
+
+#[derive(Serialize)]
+struct Services {
+    index: i64,
+    services: Vec<crate::view::ServiceSummary>,
+}
+
+async fn list<S: Store>(
+    State(s): State<RegistryState<S>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Services> {
+    let pairs = query_pairs(raw.as_deref());
+    let ns = pairs
+        .iter()
+        .find(|(k, _)| k == "namespace")
+        .map(|(_, v)| v.clone());
+    if let Some(ns) = &ns {
+        crate::model::validate_namespace(ns)?;
+    }
+    s.registry.metrics.op("list");
+    Ok(axum::Json(Services {
+        index: s.registry.view.catalog_index(),
+        services: s.registry.view.services(ns.as_deref()),
+    }))
+}
+
+async fn query<S: Store>(
+    State(s): State<RegistryState<S>>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<crate::registry::QueryResult> {
+    let q = parse_query(raw.as_deref())?;
+    Ok(axum::Json(s.registry.query(&service, &q).await?))
+}
+
+async fn settings<S: Store>(
+    State(s): State<RegistryState<S>>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+    Body(settings): Body<ServiceSettings>,
+) -> ApiResult<Revision> {
+    let ns = namespace_param(raw.as_deref())?;
+    let revision = s
+        .registry
+        .set_settings(Some(&ns), &service, settings)
+        .await?;
+    Ok(axum::Json(Revision { revision }))
+}
+
+async fn local_checks<S: Store>(
+    State(s): State<RegistryState<S>>,
+) -> axum::Json<Vec<crate::checks::LocalCheck>> {
+    axum::Json(s.registry.local_checks.list())
+}
+
+/// One message of a service watch stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WatchMessage {
+    /// Every instance of the service now (first message, and after a reset).
+    Snapshot {
+        /// Revision of the snapshot.
+        index: i64,
+        /// The instances.
+        instances: Vec<crate::model::Instance>,
+    },
+    /// An instance was registered or changed.
+    Put {
+        /// Revision of the change.
+        index: i64,
+        /// The instance after the change.
+        instance: Box<crate::model::Instance>,
+    },
+    /// An instance was removed.
+    Delete {
+        /// Revision of the change.
+        index: i64,
+        /// Its id.
+        id: String,
+    },
+}
+
+async fn watch<S: Store>(
+    State(s): State<RegistryState<S>>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let ns = match namespace_param(raw.as_deref())
+        .and_then(|ns| crate::model::validate_service_name(&service).map(|()| ns))
+    {
+        Ok(ns) => ns,
+        Err(e) => return ErrorResponse(e).into_response(),
+    };
+    s.registry.metrics.op("watch");
+    Sse::new(watch_stream(s, ns, service))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Counts an open watch stream for as long as it lives.
+struct SubscriberGauge(prometheus::IntGauge);
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn snapshot<S: Store>(s: &RegistryState<S>, ns: &str, service: &str) -> WatchMessage {
+    let (instances, index) = match s.registry.view.service(ns, service) {
+        Some((stored, index, _)) => (
+            stored
+                .into_iter()
+                .map(|st| (*st.instance).clone())
+                .collect(),
+            index,
+        ),
+        None => (Vec::new(), s.registry.view.revision()),
+    };
+    WatchMessage::Snapshot { index, instances }
+}
+
+fn sse(message: &WatchMessage) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().json_data(message).unwrap_or_else(|e| {
+        SseEvent::default()
+            .event("error")
+            .data(format!("encode: {e}"))
+    }))
+}
+
+fn watch_stream<S: Store>(
+    s: RegistryState<S>,
+    ns: String,
+    service: String,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let mut changes = s.registry.view.subscribe();
+    s.registry.metrics.subscribers.inc();
+    let gauge = SubscriberGauge(s.registry.metrics.subscribers.clone());
+    async_stream(move |tx| async move {
+        let _gauge = gauge;
+        let first = snapshot(&s, &ns, &service);
+        // Changes up to the snapshot's index are in it; the feed may repeat them.
+        let mut delivered = match &first {
+            WatchMessage::Snapshot { index, .. } => *index,
+            _ => 0,
+        };
+        if tx.send(sse(&first)).await.is_err() {
+            return;
+        }
+        loop {
+            let change = tokio::select! {
+                () = s.cancel.cancelled() => return,
+                () = tx.closed() => return,
+                change = changes.recv() => change,
+            };
+            let message = match change {
+                Ok(change) => match &*change {
+                    Change::Reset { .. } => snapshot(&s, &ns, &service),
+                    c if c.service() != Some((ns.as_str(), service.as_str())) => continue,
+                    c if change_revision(c) <= delivered => continue,
+                    Change::Put { revision, instance } => WatchMessage::Put {
+                        index: *revision,
+                        instance: Box::new((**instance).clone()),
+                    },
+                    Change::Delete { revision, instance } => WatchMessage::Delete {
+                        index: *revision,
+                        id: instance.id.clone(),
+                    },
+                },
+                Err(RecvError::Lagged(_)) => snapshot(&s, &ns, &service),
+                Err(RecvError::Closed) => return,
+            };
+            delivered = match &message {
+                WatchMessage::Snapshot { index, .. }
+                | WatchMessage::Put { index, .. }
+                | WatchMessage::Delete { index, .. } => (*index).max(delivered),
+            };
+            if tx.send(sse(&message)).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn change_revision(change: &Change) -> i64 {
+    match change {
+        Change::Put { revision, .. }
+        | Change::Delete { revision, .. }
+        | Change::Reset { revision } => *revision,
+    }
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<T, F, Fut>(body: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(body(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

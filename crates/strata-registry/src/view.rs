@@ -1,0 +1,563 @@
+//! Each node's in-memory view of the registry, kept current by one KV watch on [`ROOT`].
+//!
+//! Discovery, DNS, blocking queries, streamed watches and the check runners all read this
+//! view, so a query never touches the log and a change fans out to every subscriber from one
+//! feed. The view trails the node's store by one watch hop; a registration waits for its own
+//! revision to reach the local view before answering, which gives read-your-writes per node.
+
+use crate::model::{Instance, InstanceRef, RegistryKey, ServiceSettings, ROOT};
+use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use strata_proto::kv::{Event, EventType, KeyValue, RangeRequest, WatchRequest};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// An instance with the KV metadata the registry needs.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The instance.
+    pub instance: Arc<Instance>,
+    /// Revision of its last write (compare-and-set token).
+    pub mod_revision: i64,
+    /// Lease it is attached to (ephemeral instances), 0 for none.
+    pub lease: i64,
+}
+
+/// One service in the view.
+#[derive(Debug, Default)]
+pub struct ServiceEntry {
+    /// Instances by id.
+    pub instances: BTreeMap<String, Stored>,
+    /// Revision of the last change to the service (the blocking-query index).
+    pub index: i64,
+    /// Settings.
+    pub settings: ServiceSettings,
+}
+
+/// A change, as subscribers see it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// An instance was registered or changed.
+    Put {
+        /// Revision of the change.
+        revision: i64,
+        /// The instance after the change.
+        instance: Arc<Instance>,
+    },
+    /// An instance was removed (deregistered, expired, or reaped).
+    Delete {
+        /// Revision of the change.
+        revision: i64,
+        /// Which instance.
+        instance: InstanceRef,
+    },
+    /// The view was reloaded; subscribers should re-read the services they follow.
+    Reset {
+        /// Revision of the reload.
+        revision: i64,
+    },
+}
+
+impl Change {
+    /// The namespace and service the change is about; `None` for a reset.
+    pub fn service(&self) -> Option<(&str, &str)> {
+        match self {
+            Change::Put { instance, .. } => Some((&instance.namespace, &instance.service)),
+            Change::Delete { instance, .. } => Some((&instance.namespace, &instance.service)),
+            Change::Reset { .. } => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    revision: i64,
+    services: BTreeMap<(String, String), ServiceEntry>,
+    ttl_markers: HashMap<InstanceRef, i64>,
+    nodes: BTreeSet<u64>,
+    /// Instances with a health check; what check runners iterate.
+    checked: BTreeSet<InstanceRef>,
+    /// Bumped when `checked` or `nodes` changes, so runners re-plan only then.
+    plan_version: u64,
+    instances: usize,
+}
+
+/// Summary of one service for listings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceSummary {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// Registered instances.
+    pub instances: usize,
+    /// Healthy (enabled and passing) instances.
+    pub passing: usize,
+    /// Every tag of any instance, sorted.
+    pub tags: Vec<String>,
+}
+
+/// The registry as this node sees it.
+pub struct View {
+    state: RwLock<State>,
+    changes: broadcast::Sender<Arc<Change>>,
+    revision: watch::Sender<i64>,
+    ready: watch::Sender<bool>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View::new()
+    }
+}
+
+impl View {
+    /// An empty view, not yet loaded.
+    pub fn new() -> Self {
+        View {
+            state: RwLock::new(State::default()),
+            changes: broadcast::channel(8192).0,
+            revision: watch::channel(0).0,
+            ready: watch::channel(false).0,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes to changes. Subscribe before reading, so nothing falls between.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    /// Number of change subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.changes.receiver_count()
+    }
+
+    /// The last revision applied.
+    pub fn revision(&self) -> i64 {
+        self.read().revision
+    }
+
+    /// Waits until the view has applied `revision` (or `timeout` passes); true if it has.
+    pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.revision.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Waits until the first load finished (or `timeout` passes); true if it has.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.ready.subscribe();
+        let ready = tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await;
+        matches!(ready, Ok(Ok(_)))
+    }
+
+    /// Waits until the service's index exceeds `index`, or `wait` passes; returns the index.
+    pub async fn wait_for_change(
+        &self,
+        ns: &str,
+        service: &str,
+        index: i64,
+        wait: Duration,
+    ) -> i64 {
+        let mut rx = self.revision.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            let now = self.service_index(ns, service);
+            if now > index {
+                return now;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return now;
+            }
+        }
+    }
+
+    /// The blocking-query index of a service: the revision of its last change, or of the
+    /// view's last load when it never changed since.
+    pub fn service_index(&self, ns: &str, service: &str) -> i64 {
+        let state = self.read();
+        state
+            .services
+            .get(&(ns.to_string(), service.to_string()))
+            .map(|s| s.index)
+            .unwrap_or(0)
+    }
+
+    /// The index of a namespace's catalog: the view's revision.
+    pub fn catalog_index(&self) -> i64 {
+        self.revision()
+    }
+
+    /// Instances of a service with its index and settings; `None` when never registered.
+    pub fn service(&self, ns: &str, service: &str) -> Option<(Vec<Stored>, i64, ServiceSettings)> {
+        let state = self.read();
+        let entry = state.services.get(&(ns.to_string(), service.to_string()))?;
+        Some((
+            entry.instances.values().cloned().collect(),
+            entry.index,
+            entry.settings.clone(),
+        ))
+    }
+
+    /// One instance.
+    pub fn get(&self, r: &InstanceRef) -> Option<Stored> {
+        let state = self.read();
+        state
+            .services
+            .get(&(r.namespace.clone(), r.service.clone()))?
+            .instances
+            .get(&r.id)
+            .cloned()
+    }
+
+    /// Instances with the given id in a namespace (Consul addresses services by id alone).
+    pub fn find_by_id(&self, ns: &str, id: &str) -> Vec<Stored> {
+        let state = self.read();
+        state
+            .services
+            .range((ns.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == ns)
+            .filter_map(|(_, entry)| entry.instances.get(id).cloned())
+            .collect()
+    }
+
+    /// The lease of a TTL check's marker, when the check's TTL has not lapsed.
+    pub fn ttl_marker(&self, r: &InstanceRef) -> Option<i64> {
+        self.read().ttl_markers.get(r).copied()
+    }
+
+    /// Nodes whose check runners are alive.
+    pub fn live_nodes(&self) -> Vec<u64> {
+        self.read().nodes.iter().copied().collect()
+    }
+
+    /// The plan version and every instance with a check.
+    pub fn checked(&self) -> (u64, Vec<InstanceRef>) {
+        let state = self.read();
+        (state.plan_version, state.checked.iter().cloned().collect())
+    }
+
+    /// The plan version alone (cheap).
+    pub fn plan_version(&self) -> u64 {
+        self.read().plan_version
+    }
+
+    /// Services of a namespace (every namespace when `None`), skipping empty ones.
+    pub fn services(&self, ns: Option<&str>) -> Vec<ServiceSummary> {
+        let state = self.read();
+        state
+            .services
+            .iter()
+            .filter(|((n, _), e)| ns.is_none_or(|ns| ns == n) && !e.instances.is_empty())
+            .map(|((n, name), e)| {
+                let tags: BTreeSet<&String> = e
+                    .instances
+                    .values()
+                    .flat_map(|s| &s.instance.tags)
+                    .collect();
+                ServiceSummary {
+                    namespace: n.clone(),
+                    name: name.clone(),
+                    instances: e.instances.len(),
+                    passing: e
+                        .instances
+                        .values()
+                        .filter(|s| s.instance.healthy())
+                        .count(),
+                    tags: tags.into_iter().cloned().collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Counts for metrics: (services, instances).
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.read();
+        (state.services.len(), state.instances)
+    }
+
+    /// Replaces the whole view with a range read at `revision`.
+    pub fn load(&self, kvs: Vec<KeyValue>, revision: i64) {
+        let mut fresh = State {
+            revision,
+            ..State::default()
+        };
+        for kv in kvs {
+            apply_put(&mut fresh, &kv, revision);
+        }
+        {
+            let mut state = self.write();
+            fresh.plan_version = state.plan_version + 1;
+            *state = fresh;
+            // Send under the lock: a subscriber that read the view after subscribing sees
+            // each change exactly once.
+            let _ = self.changes.send(Arc::new(Change::Reset { revision }));
+        }
+        self.revision.send_replace(revision);
+        self.ready.send_replace(true);
+    }
+
+    /// Applies watched events (in revision order) and notifies subscribers.
+    pub fn apply(&self, events: &[Event]) {
+        let Some(last) = events.last() else { return };
+        let revision = last.kv.mod_revision;
+        {
+            let mut state = self.write();
+            for event in events {
+                let change = match event.kind {
+                    EventType::Put => apply_put(&mut state, &event.kv, event.kv.mod_revision),
+                    EventType::Delete => {
+                        apply_delete(&mut state, &event.kv.key, event.kv.mod_revision)
+                    }
+                };
+                if let Some(change) = change {
+                    let _ = self.changes.send(Arc::new(change));
+                }
+            }
+            state.revision = state.revision.max(revision);
+        }
+        self.revision.send_if_modified(|r| {
+            let moved = revision > *r;
+            *r = (*r).max(revision);
+            moved
+        });
+    }
+}
+
+fn apply_put(state: &mut State, kv: &KeyValue, revision: i64) -> Option<Change> {
+    match RegistryKey::parse(&kv.key)? {
+        RegistryKey::Instance(r) => {
+            let instance: Instance = match serde_json::from_slice(&kv.value) {
+                Ok(i) => i,
+                Err(e) => {
+                    warn!(key = %r, error = %e, "skipping an undecodable registry instance");
+                    return None;
+                }
+            };
+            if instance.reference() != r {
+                warn!(key = %r, "skipping an instance stored under another instance's key");
+                return None;
+            }
+            let instance = Arc::new(instance);
+            if instance.check.is_some() {
+                if state.checked.insert(r.clone()) {
+                    state.plan_version += 1;
+                }
+            } else if state.checked.remove(&r) {
+                state.plan_version += 1;
+            }
+            let entry = state
+                .services
+                .entry((r.namespace.clone(), r.service.clone()))
+                .or_default();
+            let previous = entry.instances.insert(
+                r.id.clone(),
+                Stored {
+                    instance: instance.clone(),
+                    mod_revision: kv.mod_revision,
+                    lease: kv.lease,
+                },
+            );
+            if let Some(previous) = previous {
+                if previous.instance.check != instance.check {
+                    state.plan_version += 1;
+                }
+            } else {
+                state.instances += 1;
+            }
+            entry.index = revision;
+            Some(Change::Put { revision, instance })
+        }
+        RegistryKey::Ttl(r) => {
+            state.ttl_markers.insert(r, kv.lease);
+            None
+        }
+        RegistryKey::Node(id) => {
+            if state.nodes.insert(id) {
+                info!(node = id, "check runner joined");
+                state.plan_version += 1;
+            }
+            None
+        }
+        RegistryKey::Service { namespace, service } => {
+            match serde_json::from_slice::<ServiceSettings>(&kv.value) {
+                Ok(settings) => {
+                    let entry = state.services.entry((namespace, service)).or_default();
+                    entry.settings = settings;
+                    entry.index = revision;
+                }
+                Err(e) => warn!(error = %e, "skipping undecodable service settings"),
+            }
+            None
+        }
+    }
+}
+
+fn apply_delete(state: &mut State, key: &[u8], revision: i64) -> Option<Change> {
+    match RegistryKey::parse(key)? {
+        RegistryKey::Instance(r) => {
+            let entry = state
+                .services
+                .get_mut(&(r.namespace.clone(), r.service.clone()))?;
+            entry.instances.remove(&r.id)?;
+            entry.index = revision;
+            state.instances -= 1;
+            if state.checked.remove(&r) {
+                state.plan_version += 1;
+            }
+            Some(Change::Delete {
+                revision,
+                instance: r,
+            })
+        }
+        RegistryKey::Ttl(r) => {
+            state.ttl_markers.remove(&r);
+            None
+        }
+        RegistryKey::Node(id) => {
+            if state.nodes.remove(&id) {
+                info!(node = id, "check runner left");
+                state.plan_version += 1;
+            }
+            None
+        }
+        RegistryKey::Service { namespace, service } => {
+            if let Some(entry) = state.services.get_mut(&(namespace, service)) {
+                entry.settings = ServiceSettings::default();
+                entry.index = revision;
+            }
+            None
+        }
+    }
+}
+
+/// Keeps `view` current: loads it, then follows the store's changes; reloads when the watch
+/// ends (compaction, or the store's own restart). Returns when `cancel` fires.
+pub async fn follow<S: Store>(store: Arc<S>, view: Arc<View>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    while !cancel.is_cancelled() {
+        let loaded = store
+            .range(RangeRequest {
+                key: ROOT.as_bytes().to_vec(),
+                prefix: true,
+                serializable: true,
+                ..RangeRequest::default()
+            })
+            .await;
+        let response = match loaded {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "registry view: load failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let revision = response.header.revision;
+        debug!(revision, keys = response.kvs.len(), "registry view loaded");
+        view.load(response.kvs, revision);
+        let watch = store.watch(
+            WatchRequest {
+                key: ROOT.as_bytes().to_vec(),
+                prefix: true,
+                start_revision: revision + 1,
+                ..WatchRequest::default()
+            },
+            cancel.child_token(),
+        );
+        let mut rx = match watch {
+            Ok(rx) => rx,
+            Err(e) => {
+                warn!(error = %e, "registry view: watch failed; reloading");
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        while let Some(message) = rx.recv().await {
+            if message.compact_revision != 0 {
+                info!("registry view fell behind compaction; reloading");
+                break;
+            }
+            view.apply(&message.events);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::Registration;
+
+    fn put(id: &str, revision: i64) -> Event {
+        let reg: Registration = serde_json::from_value(serde_json::json!({
+            "service": "web", "id": id, "address": "10.0.0.1", "port": 80
+        }))
+        .unwrap();
+        let instance = reg.into_instance().unwrap();
+        Event {
+            kind: EventType::Put,
+            kv: KeyValue {
+                key: instance.reference().key().into_bytes(),
+                value: serde_json::to_vec(&instance).unwrap(),
+                mod_revision: revision,
+                create_revision: revision,
+                version: 1,
+                lease: 0,
+            },
+            prev_kv: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_notifies_and_indexes() {
+        let view = View::new();
+        view.load(vec![], 1);
+        let mut rx = view.subscribe();
+        view.apply(&[put("a", 2), put("b", 3)]);
+        assert_eq!(view.service_index("public", "web"), 3);
+        assert_eq!(view.services(None)[0].instances, 2);
+        for want in [2, 3] {
+            match &*rx.recv().await.unwrap() {
+                Change::Put { revision, .. } => assert_eq!(*revision, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut del = put("a", 4);
+        del.kind = EventType::Delete;
+        view.apply(&[del]);
+        assert!(matches!(
+            &*rx.recv().await.unwrap(),
+            Change::Delete { revision: 4, .. }
+        ));
+        assert_eq!(view.service("public", "web").unwrap().0.len(), 1);
+        assert!(view.wait_for(4, Duration::from_millis(10)).await);
+    }
+
+    #[test]
+    fn garbage_values_are_skipped() {
+        let view = View::new();
+        let mut bad = put("a", 2);
+        bad.kv.value = b"{not json".to_vec();
+        view.apply(&[bad]);
+        assert!(view.services(None).is_empty());
+    }
+}

@@ -12,6 +12,7 @@ need_packages=(
   "etcdctl etcd-client"
   "etcd etcd-server"
   "protoc protobuf-compiler"
+  "dig dnsutils"
 )
 missing=()
 for entry in "${need_packages[@]}"; do
@@ -25,6 +26,17 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
+
+# Python packages the compatibility tests drive (client libraries used unchanged).
+python_packages=("consul:py-consul")
+for entry in "${python_packages[@]}"; do
+  module="${entry%%:*}"
+  package="${entry#*:}"
+  if ! python3 -c "import $module" >/dev/null 2>&1; then
+    echo "installing Python package: $package"
+    python3 -m pip install -q "$package"
+  fi
+done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

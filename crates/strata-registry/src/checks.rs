@@ -115,10 +115,17 @@ pub fn owner(r: &InstanceRef, nodes: &[u64]) -> Option<u64> {
 }
 
 /// Keeps this node's liveness key alive until `cancel`, then removes it so the other nodes
-/// take its checks over at once.
+/// take its checks over at once. The key is first written when the registry holds a checked
+/// instance, so a cluster that never uses health checks never sees a registry write.
 pub async fn keep_node_alive<S: Store>(registry: Arc<Registry<S>>, cancel: CancellationToken) {
     let store = registry.store.clone();
     let me = store.node_id();
+    while !registry.view.has_checks() {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(PLAN_TICK) => {}
+        }
+    }
     let mut lease = 0;
     while !cancel.is_cancelled() {
         if lease == 0 {

@@ -252,6 +252,11 @@ impl View {
         (state.plan_version, state.checked.iter().cloned().collect())
     }
 
+    /// True when some instance has a health check.
+    pub fn has_checks(&self) -> bool {
+        !self.read().checked.is_empty()
+    }
+
     /// The plan version alone (cheap).
     pub fn plan_version(&self) -> u64 {
         self.read().plan_version

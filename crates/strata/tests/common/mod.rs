@@ -48,11 +48,22 @@ struct Addrs {
     /// The etcd v3 gRPC listener; `None` unless started with `--grpc-addr`.
     #[serde(default)]
     grpc: Option<std::net::SocketAddr>,
+    /// The Consul-compatible listener; `None` unless started with `--consul-addr`.
+    #[serde(default)]
+    consul: Option<std::net::SocketAddr>,
+    /// The registry DNS listener; `None` unless started with `--dns-addr`.
+    #[serde(default)]
+    dns: Option<std::net::SocketAddr>,
 }
 
 /// Extra `strata server` arguments that enable the etcd v3 gRPC API on a port chosen at run
 /// time; [`NodeProc::grpc`] then holds the bound address.
 pub const GRPC_ON_ANY_PORT: &[&str] = &["--grpc-addr", "127.0.0.1:0"];
+
+/// Extra `strata server` arguments that enable the Consul-compatible API and registry DNS on
+/// ports chosen at run time ([`NodeProc::consul`], [`NodeProc::dns`]).
+pub const REGISTRY_ON_ANY_PORT: &[&str] =
+    &["--consul-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"];
 
 /// One `strata server` process.
 pub struct NodeProc {
@@ -67,6 +78,10 @@ pub struct NodeProc {
     /// `127.0.0.1:port` of the etcd v3 gRPC listener, when started with `--grpc-addr`. A
     /// restarted node listens on the same port again.
     pub grpc: Option<String>,
+    /// `127.0.0.1:port` of the Consul-compatible API, when started with `--consul-addr`.
+    pub consul: Option<String>,
+    /// `127.0.0.1:port` of registry DNS (UDP and TCP), when started with `--dns-addr`.
+    pub dns: Option<String>,
     child: Option<Child>,
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
@@ -105,6 +120,8 @@ impl NodeProc {
             api: "127.0.0.1:0".into(),
             raft: raft_addr.into(),
             grpc: None,
+            consul: None,
+            dns: None,
             child: None,
             starts: 0,
             extra,
@@ -151,6 +168,8 @@ impl NodeProc {
         self.api = addrs.api.to_string();
         self.raft = addrs.raft.to_string();
         self.grpc = addrs.grpc.map(|addr| addr.to_string());
+        self.consul = addrs.consul.map(|addr| addr.to_string());
+        self.dns = addrs.dns.map(|addr| addr.to_string());
     }
 
     /// `127.0.0.1:port` of the etcd v3 gRPC API; panics if the node serves none.

@@ -47,7 +47,7 @@ pub fn router<S: Store>(registry: Arc<Registry<S>>) -> Router {
 
 /// A Consul-style error: a status and a plain-text message.
 #[derive(Debug)]
-struct ConsulError(StatusCode, String);
+pub struct ConsulError(pub StatusCode, pub String);
 
 impl From<ApiError> for ConsulError {
     fn from(e: ApiError) -> Self {
@@ -181,7 +181,7 @@ fn parse_check(check: &Map<String, Value>) -> Result<(Check, Option<Health>), Co
 }
 
 /// Turns a Consul service definition into a registration.
-fn parse_registration(body: &[u8]) -> Result<Registration, ConsulError> {
+pub fn parse_registration(body: &[u8]) -> Result<Registration, ConsulError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("request decode failed: {e}")))?;
     let Value::Object(service) = value else {

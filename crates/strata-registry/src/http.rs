@@ -134,7 +134,7 @@ pub fn parse_wait(value: &str) -> Result<Duration, ApiError> {
 }
 
 /// Parses the native query string of a discovery query.
-fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
+pub fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
     let mut q = Query::default();
     for (k, v) in query_pairs(raw) {
         match k.as_str() {

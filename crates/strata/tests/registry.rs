@@ -689,3 +689,69 @@ async fn bad_registrations_get_precise_errors_and_disturb_nothing() {
     let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protection_threshold_and_deregister_critical_after() {
+    let cluster = Cluster::start(3, &[]).await;
+    let n1 = &cluster.nodes[0];
+    register(
+        n1,
+        json!({"service": "pt", "id": "ok", "address": "10.0.0.1", "port": 80}),
+    )
+    .await;
+    for id in ["sick-1", "sick-2"] {
+        register(
+            n1,
+            json!({"service": "pt", "id": id, "address": "10.0.0.2", "port": 80, "check": {"ttl": "60s"}}),
+        )
+        .await;
+    }
+    let healthy = query(n1, "pt", "passing=true").await.unwrap();
+    assert_eq!(healthy.instances.len(), 1);
+    assert!(!healthy.protected);
+
+    // 1 of 3 healthy is below 0.5: a healthy-only query returns everyone, flagged.
+    let response = http()
+        .put(format!("{}/v1/registry/services/pt/settings", n1.url()))
+        .json(&json!({"protect_threshold": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let protected = query(n1, "pt", "passing=true").await.unwrap();
+    assert!(protected.protected);
+    assert_eq!(protected.instances.len(), 3);
+    let bad = http()
+        .put(format!("{}/v1/registry/services/pt/settings", n1.url()))
+        .json(&json!({"protect_threshold": 2.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // A dead TCP target turns critical and is reaped after deregister_critical_after.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    register(
+        n1,
+        json!({"service": "reap", "id": "r1", "address": "127.0.0.1", "port": 1,
+               "check": {"probe": {"kind": "tcp", "addr": dead_addr}, "interval": "200ms",
+                         "deregister_critical_after": "1s"}}),
+    )
+    .await;
+    for node in &cluster.nodes {
+        wait_until(
+            Duration::from_secs(10),
+            "critical instance to be reaped",
+            || async {
+                query(node, "reap", "")
+                    .await?
+                    .instances
+                    .is_empty()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}

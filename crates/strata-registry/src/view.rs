@@ -106,6 +106,8 @@ pub struct View {
     changes: broadcast::Sender<Arc<Change>>,
     revision: watch::Sender<i64>,
     ready: watch::Sender<bool>,
+    /// Per-service wake-ups for blocking queries, so a change wakes only its own waiters.
+    waiters: std::sync::Mutex<HashMap<(String, String), watch::Sender<u64>>>,
 }
 
 impl Default for View {
@@ -122,6 +124,7 @@ impl View {
             changes: broadcast::channel(8192).0,
             revision: watch::channel(0).0,
             ready: watch::channel(false).0,
+            waiters: std::sync::Mutex::default(),
         }
     }
 
@@ -170,7 +173,16 @@ impl View {
         index: i64,
         wait: Duration,
     ) -> i64 {
-        let mut rx = self.revision.subscribe();
+        let key = (ns.to_string(), service.to_string());
+        let mut rx = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget services nobody waits on any more, so the map stays small.
+            waiters.retain(|_, tx| tx.receiver_count() > 0);
+            waiters
+                .entry(key)
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             rx.borrow_and_update();
@@ -183,6 +195,16 @@ impl View {
                 .is_err()
             {
                 return now;
+            }
+        }
+    }
+
+    /// Wakes the blocking queries on the services `changed` touched (all of them on a reload).
+    fn wake(&self, changed: Option<&BTreeSet<(String, String)>>) {
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, tx) in waiters.iter() {
+            if changed.is_none_or(|c| c.contains(key)) {
+                tx.send_modify(|n| *n += 1);
             }
         }
     }
@@ -315,12 +337,14 @@ impl View {
         }
         self.revision.send_replace(revision);
         self.ready.send_replace(true);
+        self.wake(None);
     }
 
     /// Applies watched events (in revision order) and notifies subscribers.
     pub fn apply(&self, events: &[Event]) {
         let Some(last) = events.last() else { return };
         let revision = last.kv.mod_revision;
+        let mut changed = BTreeSet::new();
         {
             let mut state = self.write();
             for event in events {
@@ -331,7 +355,14 @@ impl View {
                     }
                 };
                 if let Some(change) = change {
+                    if let Some((ns, svc)) = change.service() {
+                        changed.insert((ns.to_string(), svc.to_string()));
+                    }
                     let _ = self.changes.send(Arc::new(change));
+                } else if let Some(RegistryKey::Service { namespace, service }) =
+                    RegistryKey::parse(&event.kv.key)
+                {
+                    changed.insert((namespace, service));
                 }
             }
             state.revision = state.revision.max(revision);
@@ -341,6 +372,9 @@ impl View {
             *r = (*r).max(revision);
             moved
         });
+        if !changed.is_empty() {
+            self.wake(Some(&changed));
+        }
     }
 }
 

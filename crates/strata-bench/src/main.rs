@@ -15,20 +15,25 @@
 //! - `etcd-put`, `etcd-get` and `etcd-watch` use the etcd v3 gRPC API ([`etcd`], [`watch`]),
 //!   with the same code against real etcd and against Strata's `--grpc-addr`. Clients share a
 //!   few HTTP/2 connections spread over the endpoints, as etcd's `benchmark` tool does.
+//! - `registry-register`, `registry-heartbeat` and `registry-watch` drive the service
+//!   registry's native API (`/v1/registry/`), and `dns-query` its DNS interface over UDP
+//!   ([`registry`]).
 //! - `free-ports` prints loopback ports that were free a moment ago, for scripts.
 //!
-//! The cluster-level scripts `bench/spine.sh` and `bench/compare-etcd.sh` start the servers
-//! and call this binary.
+//! The cluster-level scripts `bench/spine.sh`, `bench/compare-etcd.sh` and `bench/registry.sh`
+//! start the servers and call this binary.
 
 mod etcd;
 mod load;
 mod native;
+mod registry;
 mod stats;
 mod watch;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strata_client::Client;
 
@@ -52,6 +57,14 @@ enum Command {
     EtcdGet(EtcdGetArgs),
     /// etcd v3 watch fan-out: many watchers on one prefix, latency of each put's delivery.
     EtcdWatch(EtcdWatchArgs),
+    /// Register new service instances (one per request) and measure registration latency.
+    RegistryRegister(RegistryRegisterArgs),
+    /// Keep ephemeral instances alive: one heartbeat per instance per interval, spread evenly.
+    RegistryHeartbeat(RegistryHeartbeatArgs),
+    /// Registry watch fan-out: many SSE subscribers on one service, latency of each change.
+    RegistryWatch(RegistryWatchArgs),
+    /// UDP DNS queries against the registry's DNS server (closed loop).
+    DnsQuery(DnsQueryArgs),
     /// Print COUNT loopback TCP ports that were free (bound together, then released).
     FreePorts {
         /// How many ports.
@@ -173,8 +186,145 @@ struct EtcdWatchArgs {
     delivery_timeout: f64,
 }
 
+/// Flags of `strata-bench registry-register`.
+#[derive(Args, Debug)]
+struct RegistryRegisterArgs {
+    /// API URLs, comma-separated (`http://` optional).
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// Concurrent tasks, each with at most one registration in flight.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Instances to register (one per request), over all clients.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Stop issuing requests after this many seconds even if `--requests` is not reached.
+    #[arg(long, default_value_t = 60.0)]
+    max_seconds: f64,
+    /// Give up on one registration (after trying every endpoint) after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+    /// Service `j` is named `<prefix><j>` (a DNS label once `j` is appended).
+    #[arg(long, default_value = "bench-svc-")]
+    service_prefix: String,
+    /// Services the instances are spread over, round-robin.
+    #[arg(long, default_value_t = 10)]
+    services: u64,
+    /// Instance `s` gets the id `<prefix><s:08>`; defaults to `r<unix millis>-`, unique per
+    /// run.
+    #[arg(long)]
+    id_prefix: Option<String>,
+    /// Make every M-th instance ephemeral (lease-backed, `--ephemeral-ttl`); 0: none.
+    #[arg(long, default_value_t = 0)]
+    ephemeral_every: u64,
+    /// TTL of the ephemeral instances.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    ephemeral_ttl: Duration,
+    /// Write `SERVICE ID` of every ephemeral instance registered to this file, one per line,
+    /// for `registry-heartbeat --ids-from`.
+    #[arg(long)]
+    ids_out: Option<PathBuf>,
+}
+
+/// Flags of `strata-bench registry-heartbeat`.
+#[derive(Args, Debug)]
+struct RegistryHeartbeatArgs {
+    /// API URLs, comma-separated (`http://` optional).
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// The instances: a file of `SERVICE ID` (or `ID`, of `--service`) lines, as written by
+    /// `registry-register --ids-out`.
+    #[arg(long, conflicts_with = "prefix", required_unless_present = "prefix")]
+    ids_from: Option<PathBuf>,
+    /// The service of ids without one (`--ids-from`) or of every id (`--prefix`).
+    #[arg(long)]
+    service: Option<String>,
+    /// The instances are `<prefix><i:08>` for i in 0..count, of `--service` (what
+    /// `registry-register --services 1 --ephemeral-every 1 --id-prefix P` registers).
+    #[arg(long, requires_all = ["count", "service"])]
+    prefix: Option<String>,
+    /// How many instances `--prefix` names.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Concurrent tasks, each with at most one heartbeat in flight.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Each instance gets one heartbeat per interval; slots are spread evenly over it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Run this long, then print the report. SIGTERM or SIGINT ends the run early (and still
+    /// prints it).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Give up on one heartbeat (after trying every endpoint) after this many seconds.
+    #[arg(long, default_value_t = 5.0)]
+    request_timeout: f64,
+    /// Count a heartbeat as late when it leaves this long after its slot.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    late_after: Duration,
+}
+
+/// Flags of `strata-bench registry-watch`.
+#[derive(Args, Debug)]
+struct RegistryWatchArgs {
+    /// API URLs, comma-separated (`http://` optional). Subscribers spread over them; writes
+    /// go through the first one that answers.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// Watch streams (`GET /v1/registry/services/<service>/watch`), one connection each.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Registrations into the watched service, paced by `--change-interval`.
+    #[arg(long, default_value_t = 200)]
+    changes: u64,
+    /// The watched service; defaults to `bench-watch-<unix millis>`, new per run.
+    #[arg(long)]
+    service: Option<String>,
+    /// Change `k` registers `<prefix><k:06>`; defaults to `w<unix millis>-`.
+    #[arg(long)]
+    id_prefix: Option<String>,
+    /// Time between the starts of two writes (open loop: a slow write does not delay the next).
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    change_interval: Duration,
+    /// Longest wait for one write, and for every stream to open and send its snapshot.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+    /// Longest wait after the last write for every subscriber to receive every change.
+    #[arg(long, default_value_t = 5.0)]
+    delivery_timeout: f64,
+}
+
+/// Flags of `strata-bench dns-query`.
+#[derive(Args, Debug)]
+struct DnsQueryArgs {
+    /// The DNS server, HOST:PORT (a node's `dns` address).
+    #[arg(long)]
+    server: String,
+    /// The name asked for.
+    #[arg(long, default_value = "web.service.strata")]
+    name: String,
+    /// The record type asked for: A, AAAA, SRV or ANY.
+    #[arg(long = "type", default_value = "A")]
+    record_type: String,
+    /// Concurrent UDP sockets, each with one query in flight.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Stop issuing queries after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many queries if `--duration` has not passed yet.
+    #[arg(long, default_value_t = 100_000_000)]
+    requests: u64,
+    /// A query unanswered this long counts as an error.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// EDNS payload size advertised in each query; 0 sends no EDNS record (512-byte answers).
+    #[arg(long, default_value_t = 1232)]
+    edns_size: u16,
+}
+
 /// The JSON line printed after a run. Field order is the output order.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Default)]
 struct Report {
     /// `put`, `get`, `etcd-put`, `etcd-get` or `etcd-watch`.
     workload: &'static str,
@@ -196,8 +346,9 @@ struct Report {
     max_ms: Option<f64>,
     /// How many endpoints the clients were given.
     endpoints: usize,
-    /// Bytes per value.
-    value_size: usize,
+    /// Bytes per value (the KV workloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_size: Option<usize>,
     /// For gets: whether reads were serializable.
     #[serde(skip_serializing_if = "Option::is_none")]
     serializable: Option<bool>,
@@ -213,6 +364,66 @@ struct Report {
     /// For `etcd-watch`: 99th percentile latency of the puts themselves.
     #[serde(skip_serializing_if = "Option::is_none")]
     put_p99_ms: Option<f64>,
+    /// For `registry-register`: services the instances were spread over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    services: Option<u64>,
+    /// For `registry-register`: prefix of the instance ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_prefix: Option<String>,
+    /// For `registry-register`: ephemeral instances registered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ephemeral: Option<u64>,
+    /// For `registry-heartbeat`: instances kept alive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: Option<usize>,
+    /// For `registry-heartbeat`: time between two heartbeats of one instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval_ms: Option<f64>,
+    /// For `registry-heartbeat`: heartbeats sent more than `--late-after` after their slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    late: Option<u64>,
+    /// For `registry-heartbeat`: the largest delay between a slot and its heartbeat leaving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_lag_ms: Option<f64>,
+    /// For `registry-heartbeat`: true when SIGTERM/SIGINT ended the run before `--duration`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped_early: Option<bool>,
+    /// For `registry-watch`: the watched service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    /// For `registry-watch`: registrations written into the watched service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<u64>,
+    /// For `registry-watch`: (subscriber, change) deliveries that never came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missed: Option<u64>,
+    /// For `registry-watch`: writes that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_writes: Option<u64>,
+    /// For `registry-watch`: snapshots resent to subscribers that fell behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resyncs: Option<u64>,
+    /// For `registry-watch`: median fan-out spread (receipt minus the change's first receipt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spread_p50_ms: Option<f64>,
+    /// For `registry-watch`: 99th percentile fan-out spread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spread_p99_ms: Option<f64>,
+    /// For `registry-watch`: median latency of the writes themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_p50_ms: Option<f64>,
+    /// For `registry-watch`: 99th percentile latency of the writes themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_p99_ms: Option<f64>,
+    /// For `dns-query`: the name asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// For `dns-query`: the record type asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_type: Option<String>,
+    /// For `dns-query`: answer records per response (the smallest seen while warming up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answers: Option<usize>,
 }
 
 #[tokio::main]
@@ -269,6 +480,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             drive_etcd("etcd-get", op, &args.load, &args.connection, serializable).await
         }
         Command::EtcdWatch(args) => drive_watch(args).await,
+        Command::RegistryRegister(args) => drive_registry_register(args).await,
+        Command::RegistryHeartbeat(args) => drive_registry_heartbeat(args).await,
+        Command::RegistryWatch(args) => drive_registry_watch(args).await,
+        Command::DnsQuery(args) => drive_dns_query(args).await,
         Command::FreePorts { count } => {
             for port in free_ports(count)? {
                 println!("{port}");
@@ -406,12 +621,13 @@ async fn drive_watch(args: EtcdWatchArgs) -> anyhow::Result<()> {
         p99_ms: outcome.latency.map(|s| s.p99_ms),
         max_ms: outcome.latency.map(|s| s.max_ms),
         endpoints: args.endpoints.len(),
-        value_size: args.value_size,
+        value_size: Some(args.value_size),
         serializable: None,
         connections: Some(pool.len()),
         puts: Some(args.puts),
         put_p50_ms: outcome.put_latency.map(|s| s.p50_ms),
         put_p99_ms: outcome.put_latency.map(|s| s.p99_ms),
+        ..Report::default()
     };
     let errors = report.errors;
     finish(
@@ -436,13 +652,287 @@ fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> 
         p99_ms: outcome.latency.map(|s| s.p99_ms),
         max_ms: outcome.latency.map(|s| s.max_ms),
         endpoints: args.endpoints.len(),
-        value_size: args.value_size,
-        serializable: None,
-        connections: None,
-        puts: None,
-        put_p50_ms: None,
-        put_p99_ms: None,
+        value_size: Some(args.value_size),
+        ..Report::default()
     }
+}
+
+/// Registers instances in a closed loop and prints its report line.
+async fn drive_registry_register(args: RegistryRegisterArgs) -> anyhow::Result<()> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if args.endpoints.is_empty() {
+        bail!("--endpoints needs at least one endpoint");
+    }
+    if args.services == 0 {
+        bail!("--services must be at least 1");
+    }
+    let request_timeout = seconds(args.request_timeout, "--request-timeout")?;
+    let max_duration = seconds(args.max_seconds, "--max-seconds")?;
+    let plan = registry::RegisterPlan {
+        service_prefix: args.service_prefix.clone(),
+        services: args.services,
+        id_prefix: args
+            .id_prefix
+            .clone()
+            .unwrap_or_else(|| format!("r{}-", unix_millis())),
+        ephemeral_every: args.ephemeral_every,
+        ephemeral_ttl: args.ephemeral_ttl,
+    };
+    let ephemeral_registered = std::sync::Arc::default();
+    let driver = registry::RegisterDriver {
+        plan: plan.clone(),
+        endpoints: args.endpoints.clone(),
+        request_timeout,
+        ephemeral_registered: std::sync::Arc::clone(&ephemeral_registered),
+    };
+    let load_plan = load::Plan {
+        clients: args.clients,
+        requests: args.requests,
+        max_duration,
+    };
+    let outcome = load::run(driver, load_plan).await.with_context(|| {
+        format!(
+            "warm up {} clients against {:?}",
+            args.clients, args.endpoints
+        )
+    })?;
+    let mut ephemeral = std::mem::take(
+        &mut *ephemeral_registered
+            .lock()
+            .expect("ephemeral list lock poisoned"),
+    );
+    ephemeral.sort_unstable();
+    if let Some(path) = &args.ids_out {
+        let mut lines = String::new();
+        for sequence in &ephemeral {
+            let (service, id, _) = plan.instance(*sequence);
+            lines.push_str(&format!("{service} {id}\n"));
+        }
+        std::fs::write(path, lines).with_context(|| format!("write {}", path.display()))?;
+    }
+    let elapsed = outcome.elapsed.as_secs_f64();
+    let report = Report {
+        workload: "registry-register",
+        clients: args.clients,
+        requests: outcome.succeeded,
+        errors: outcome.errors,
+        seconds: round_to(elapsed, 3),
+        throughput: round_to(per_second(outcome.succeeded, elapsed), 1),
+        p50_ms: outcome.latency.map(|s| s.p50_ms),
+        p99_ms: outcome.latency.map(|s| s.p99_ms),
+        max_ms: outcome.latency.map(|s| s.max_ms),
+        endpoints: args.endpoints.len(),
+        services: Some(args.services),
+        id_prefix: Some(plan.id_prefix.clone()),
+        ephemeral: Some(ephemeral.len() as u64),
+        ..Report::default()
+    };
+    finish(
+        "registry-register",
+        &report,
+        outcome.errors,
+        outcome.first_error.as_deref(),
+    )
+}
+
+/// Heartbeats ephemeral instances until `--duration` or SIGTERM/SIGINT, then prints its
+/// report line.
+async fn drive_registry_heartbeat(args: RegistryHeartbeatArgs) -> anyhow::Result<()> {
+    if args.endpoints.is_empty() {
+        bail!("--endpoints needs at least one endpoint");
+    }
+    if args.interval.is_zero() || args.duration.is_zero() {
+        bail!("--interval and --duration must be positive");
+    }
+    let instances = match (&args.ids_from, &args.prefix) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            registry::parse_ids(&text, args.service.as_deref())
+                .with_context(|| format!("parse {}", path.display()))?
+        }
+        (None, Some(prefix)) => {
+            let service = args.service.clone().context("--prefix needs --service")?;
+            let count = args.count.context("--prefix needs --count")?;
+            (0..count)
+                .map(|i| (service.clone(), format!("{prefix}{i:08}")))
+                .collect()
+        }
+        (None, None) => bail!("give --ids-from FILE or --prefix P --count N --service S"),
+    };
+    let instance_count = instances.len();
+    let plan = registry::HeartbeatPlan {
+        endpoints: args.endpoints.clone(),
+        instances,
+        clients: args.clients,
+        interval: args.interval,
+        duration: args.duration,
+        request_timeout: seconds(args.request_timeout, "--request-timeout")?,
+        late_after: args.late_after,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let outcome = registry::heartbeat(plan, stop_rx).await?;
+    let elapsed = outcome.elapsed.as_secs_f64();
+    let report = Report {
+        workload: "registry-heartbeat",
+        clients: args.clients,
+        requests: outcome.succeeded,
+        errors: outcome.errors,
+        seconds: round_to(elapsed, 3),
+        throughput: round_to(per_second(outcome.succeeded, elapsed), 1),
+        p50_ms: outcome.latency.map(|s| s.p50_ms),
+        p99_ms: outcome.latency.map(|s| s.p99_ms),
+        max_ms: outcome.latency.map(|s| s.max_ms),
+        endpoints: args.endpoints.len(),
+        instances: Some(instance_count),
+        interval_ms: Some(round_to(args.interval.as_secs_f64() * 1000.0, 3)),
+        late: Some(outcome.late),
+        max_lag_ms: Some(round_to(outcome.max_lag.as_secs_f64() * 1000.0, 3)),
+        stopped_early: Some(outcome.stopped),
+        ..Report::default()
+    };
+    finish(
+        "registry-heartbeat",
+        &report,
+        outcome.errors,
+        outcome.first_error.as_deref(),
+    )
+}
+
+/// Resolves on SIGTERM or SIGINT; never, if neither can be listened for.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Runs the registry watch fan-out and prints its report line.
+async fn drive_registry_watch(args: RegistryWatchArgs) -> anyhow::Result<()> {
+    let millis = unix_millis();
+    let plan = registry::WatchPlan {
+        endpoints: args.endpoints.clone(),
+        subscribers: args.subscribers,
+        changes: args.changes,
+        service: args
+            .service
+            .clone()
+            .unwrap_or_else(|| format!("bench-watch-{millis}")),
+        id_prefix: args
+            .id_prefix
+            .clone()
+            .unwrap_or_else(|| format!("w{millis}-")),
+        change_interval: args.change_interval,
+        request_timeout: seconds(args.request_timeout, "--request-timeout")?,
+        delivery_timeout: seconds(args.delivery_timeout, "--delivery-timeout")?,
+    };
+    let outcome = registry::watch(&plan).await?;
+    let elapsed = outcome.elapsed.as_secs_f64();
+    let report = Report {
+        workload: "registry-watch",
+        clients: args.subscribers,
+        requests: outcome.delivered,
+        errors: outcome.missed + outcome.failed_writes,
+        seconds: round_to(elapsed, 3),
+        throughput: round_to(per_second(outcome.delivered, elapsed), 1),
+        p50_ms: outcome.latency.map(|s| s.p50_ms),
+        p99_ms: outcome.latency.map(|s| s.p99_ms),
+        max_ms: outcome.latency.map(|s| s.max_ms),
+        endpoints: args.endpoints.len(),
+        service: Some(plan.service.clone()),
+        changes: Some(args.changes),
+        missed: Some(outcome.missed),
+        failed_writes: Some(outcome.failed_writes),
+        resyncs: Some(outcome.resyncs),
+        spread_p50_ms: outcome.spread.map(|s| s.p50_ms),
+        spread_p99_ms: outcome.spread.map(|s| s.p99_ms),
+        write_p50_ms: outcome.write_latency.map(|s| s.p50_ms),
+        write_p99_ms: outcome.write_latency.map(|s| s.p99_ms),
+        ..Report::default()
+    };
+    let errors = report.errors;
+    finish(
+        "registry-watch",
+        &report,
+        errors,
+        outcome.first_error.as_deref(),
+    )
+}
+
+/// Sends DNS queries in a closed loop and prints its report line.
+async fn drive_dns_query(args: DnsQueryArgs) -> anyhow::Result<()> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if args.duration.is_zero() || args.timeout.is_zero() {
+        bail!("--duration and --timeout must be positive");
+    }
+    let server = tokio::net::lookup_host(&args.server)
+        .await
+        .with_context(|| format!("resolve --server {:?}", args.server))?
+        .next()
+        .with_context(|| format!("--server {:?} has no address", args.server))?;
+    let record_type: hickory_proto::rr::RecordType = args
+        .record_type
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--type {:?}: {e}", args.record_type))?;
+    let answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let driver = registry::DnsDriver {
+        server,
+        query: registry::encode_query(&args.name, record_type, args.edns_size)?,
+        timeout: args.timeout,
+        answers: std::sync::Arc::clone(&answers),
+    };
+    let plan = load::Plan {
+        clients: args.clients,
+        requests: args.requests,
+        max_duration: args.duration,
+    };
+    let outcome = load::run(driver, plan).await.with_context(|| {
+        format!(
+            "warm up {} clients asking {server} for {} {record_type}",
+            args.clients, args.name
+        )
+    })?;
+    let elapsed = outcome.elapsed.as_secs_f64();
+    let report = Report {
+        workload: "dns-query",
+        clients: args.clients,
+        requests: outcome.succeeded,
+        errors: outcome.errors,
+        seconds: round_to(elapsed, 3),
+        throughput: round_to(per_second(outcome.succeeded, elapsed), 1),
+        p50_ms: outcome.latency.map(|s| s.p50_ms),
+        p99_ms: outcome.latency.map(|s| s.p99_ms),
+        max_ms: outcome.latency.map(|s| s.max_ms),
+        endpoints: 1,
+        name: Some(args.name.clone()),
+        record_type: Some(record_type.to_string()),
+        answers: Some(answers.load(std::sync::atomic::Ordering::Relaxed)),
+        ..Report::default()
+    };
+    finish(
+        "dns-query",
+        &report,
+        outcome.errors,
+        outcome.first_error.as_deref(),
+    )
 }
 
 /// Prints the report line and the first failure; fails when nothing succeeded.
@@ -593,6 +1083,83 @@ mod tests {
         };
         assert_eq!((args.watchers, args.puts), (100, 5));
         assert_eq!(args.connection.connections, None);
+    }
+
+    #[test]
+    fn cli_parses_the_registry_workloads() {
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "registry-register",
+            "--endpoints",
+            "http://a:1,http://b:2",
+            "--clients",
+            "64",
+            "--requests",
+            "1000",
+            "--ephemeral-every",
+            "10",
+            "--ephemeral-ttl",
+            "5s",
+        ])
+        .unwrap();
+        let Command::RegistryRegister(args) = cli.command else {
+            panic!("expected registry-register");
+        };
+        assert_eq!((args.clients, args.requests, args.services), (64, 1000, 10));
+        assert_eq!(args.ephemeral_ttl, Duration::from_secs(5));
+
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "registry-heartbeat",
+            "--endpoints",
+            "http://a:1",
+            "--service",
+            "web",
+            "--prefix",
+            "r1-",
+            "--count",
+            "10",
+            "--duration",
+            "2m",
+        ])
+        .unwrap();
+        let Command::RegistryHeartbeat(args) = cli.command else {
+            panic!("expected registry-heartbeat");
+        };
+        assert_eq!(args.duration, Duration::from_secs(120));
+        assert_eq!(args.interval, Duration::from_secs(5));
+        // --prefix needs --count and --service; --ids-from and --prefix exclude each other.
+        assert!(Cli::try_parse_from([
+            "strata-bench",
+            "registry-heartbeat",
+            "--endpoints",
+            "http://a:1",
+            "--prefix",
+            "r1-",
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "strata-bench",
+            "registry-heartbeat",
+            "--endpoints",
+            "http://a:1",
+        ])
+        .is_err());
+
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "dns-query",
+            "--server",
+            "127.0.0.1:8600",
+            "--type",
+            "SRV",
+        ])
+        .unwrap();
+        let Command::DnsQuery(args) = cli.command else {
+            panic!("expected dns-query");
+        };
+        assert_eq!(args.record_type, "SRV");
+        assert_eq!(args.timeout, Duration::from_secs(1));
     }
 
     #[test]

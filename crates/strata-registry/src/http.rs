@@ -408,33 +408,71 @@ fn watch_stream<S: Store>(
                 () = tx.closed() => return,
                 change = changes.recv() => change,
             };
-            let message = match change {
-                Ok(change) => match &*change {
-                    Change::Reset { .. } => snapshot(&s, &ns, &service),
+            let event = match change {
+                Ok(notice) => match &notice.change {
+                    Change::Reset { .. } => {
+                        let message = snapshot(&s, &ns, &service);
+                        delivered = delivered.max(message_index(&message));
+                        sse(&message)
+                    }
                     c if c.service() != Some((ns.as_str(), service.as_str())) => continue,
                     c if change_revision(c) <= delivered => continue,
-                    Change::Put { revision, instance } => WatchMessage::Put {
-                        index: *revision,
-                        instance: Box::new((**instance).clone()),
-                    },
-                    Change::Delete { revision, instance } => WatchMessage::Delete {
-                        index: *revision,
-                        id: instance.id.clone(),
-                    },
+                    c => {
+                        delivered = change_revision(c);
+                        let data = notice.encoded.get_or_init(|| encode_change(c));
+                        Ok(SseEvent::default().data(data.as_str()))
+                    }
                 },
-                Err(RecvError::Lagged(_)) => snapshot(&s, &ns, &service),
+                Err(RecvError::Lagged(_)) => {
+                    let message = snapshot(&s, &ns, &service);
+                    delivered = delivered.max(message_index(&message));
+                    sse(&message)
+                }
                 Err(RecvError::Closed) => return,
             };
-            delivered = match &message {
-                WatchMessage::Snapshot { index, .. }
-                | WatchMessage::Put { index, .. }
-                | WatchMessage::Delete { index, .. } => (*index).max(delivered),
-            };
-            if tx.send(sse(&message)).await.is_err() {
+            if tx.send(event).await.is_err() {
                 return;
             }
         }
     })
+}
+
+fn message_index(message: &WatchMessage) -> i64 {
+    match message {
+        WatchMessage::Snapshot { index, .. }
+        | WatchMessage::Put { index, .. }
+        | WatchMessage::Delete { index, .. } => *index,
+    }
+}
+
+/// A put or delete as [`WatchMessage`] JSON, without cloning the instance.
+fn encode_change(change: &Change) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "lowercase")]
+    enum Borrowed<'a> {
+        Put {
+            index: i64,
+            instance: &'a crate::model::Instance,
+        },
+        Delete {
+            index: i64,
+            id: &'a str,
+        },
+    }
+    let borrowed = match change {
+        Change::Put { revision, instance } => Borrowed::Put {
+            index: *revision,
+            instance,
+        },
+        Change::Delete { revision, instance } => Borrowed::Delete {
+            index: *revision,
+            id: &instance.id,
+        },
+        Change::Reset { revision } => {
+            return format!("{{\"type\":\"reset\",\"index\":{revision}}}")
+        }
+    };
+    serde_json::to_string(&borrowed).unwrap_or_else(|e| format!("{{\"error\":\"encode: {e}\"}}"))
 }
 
 fn change_revision(change: &Change) -> i64 {

@@ -231,7 +231,7 @@ pub struct Instance {
     pub tags: Vec<String>,
     /// Metadata.
     #[serde(default)]
-    pub meta: BTreeMap<String, String>,
+    pub meta: Meta,
     /// Load-balancing weight.
     pub weight: f64,
     /// Whether consumers should be sent to it.
@@ -288,6 +288,61 @@ impl Instance {
             self.weight,
             if self.ephemeral { " ephemeral" } else { "" }
         )
+    }
+}
+
+/// Instance metadata: a sorted list, a JSON object on the wire. A `BTreeMap` allocates room
+/// for eleven entries even for one, which for 100,000 instances was a fifth of a node's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta(Vec<(String, String)>);
+
+impl Meta {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Meta {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        let mut entries: Vec<(String, String)> = map.into_iter().collect();
+        entries.shrink_to_fit();
+        Meta(entries)
+    }
+}
+
+impl Serialize for Meta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Meta {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BTreeMap::<String, String>::deserialize(d).map(Meta::from)
     }
 }
 
@@ -495,7 +550,7 @@ impl Registration {
             address: self.address,
             port,
             tags: self.tags,
-            meta: self.meta,
+            meta: Meta::from(self.meta),
             weight,
             enabled: self.enabled.unwrap_or(true),
             ephemeral: self.ttl.is_some(),

@@ -61,6 +61,25 @@ pub enum Change {
     },
 }
 
+/// A change as broadcast to subscribers, with room for one shared encoding of it, so a
+/// thousand subscribers of a service serialize each change once, not a thousand times.
+#[derive(Debug)]
+pub struct Notice {
+    /// The change.
+    pub change: Change,
+    /// The change encoded for the wire, filled by the first subscriber that sends it.
+    pub encoded: std::sync::OnceLock<String>,
+}
+
+impl Notice {
+    fn new(change: Change) -> Arc<Notice> {
+        Arc::new(Notice {
+            change,
+            encoded: std::sync::OnceLock::new(),
+        })
+    }
+}
+
 impl Change {
     /// The namespace and service the change is about; `None` for a reset.
     pub fn service(&self) -> Option<(&str, &str)> {
@@ -103,7 +122,7 @@ pub struct ServiceSummary {
 /// The registry as this node sees it.
 pub struct View {
     state: RwLock<State>,
-    changes: broadcast::Sender<Arc<Change>>,
+    changes: broadcast::Sender<Arc<Notice>>,
     revision: watch::Sender<i64>,
     ready: watch::Sender<bool>,
     /// Per-service wake-ups for blocking queries, so a change wakes only its own waiters.
@@ -137,7 +156,7 @@ impl View {
     }
 
     /// Subscribes to changes. Subscribe before reading, so nothing falls between.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Notice>> {
         self.changes.subscribe()
     }
 
@@ -333,7 +352,7 @@ impl View {
             *state = fresh;
             // Send under the lock: a subscriber that read the view after subscribing sees
             // each change exactly once.
-            let _ = self.changes.send(Arc::new(Change::Reset { revision }));
+            let _ = self.changes.send(Notice::new(Change::Reset { revision }));
         }
         self.revision.send_replace(revision);
         self.ready.send_replace(true);
@@ -358,7 +377,7 @@ impl View {
                     if let Some((ns, svc)) = change.service() {
                         changed.insert((ns.to_string(), svc.to_string()));
                     }
-                    let _ = self.changes.send(Arc::new(change));
+                    let _ = self.changes.send(Notice::new(change));
                 } else if let Some(RegistryKey::Service { namespace, service }) =
                     RegistryKey::parse(&event.kv.key)
                 {
@@ -575,7 +594,7 @@ mod tests {
         assert_eq!(view.service_index("public", "web"), 3);
         assert_eq!(view.services(None)[0].instances, 2);
         for want in [2, 3] {
-            match &*rx.recv().await.unwrap() {
+            match &rx.recv().await.unwrap().change {
                 Change::Put { revision, .. } => assert_eq!(*revision, want),
                 other => panic!("unexpected {other:?}"),
             }
@@ -584,7 +603,7 @@ mod tests {
         del.kind = EventType::Delete;
         view.apply(&[del]);
         assert!(matches!(
-            &*rx.recv().await.unwrap(),
+            &rx.recv().await.unwrap().change,
             Change::Delete { revision: 4, .. }
         ));
         assert_eq!(view.service("public", "web").unwrap().0.len(), 1);

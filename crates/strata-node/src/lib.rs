@@ -18,8 +18,8 @@ pub mod kv_machine;
 pub mod metrics;
 pub mod proposer;
 pub mod read_index;
-pub mod registry_store;
 pub mod service;
+pub mod store;
 pub mod watch;
 
 use kv_machine::KvMachine;
@@ -253,7 +253,7 @@ impl Node {
         ));
 
         info!(node_id = id, "starting the service registry");
-        let store = Arc::new(registry_store::NodeStore {
+        let store = Arc::new(store::NodeStore {
             service: service.clone(),
             tracker: tracker.clone(),
         });

@@ -10,10 +10,10 @@ use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use strata_proto::kv::{Event, EventType, KeyValue, RangeRequest, WatchRequest};
+use strata_proto::kv::{Event, EventType, KeyValue};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// An instance with the KV metadata the registry needs.
 #[derive(Debug, Clone)]
@@ -338,13 +338,13 @@ impl View {
     }
 
     /// Replaces the whole view with a range read at `revision`.
-    pub fn load(&self, kvs: Vec<KeyValue>, revision: i64) {
+    pub fn load(&self, kvs: &[KeyValue], revision: i64) {
         let mut fresh = State {
             revision,
             ..State::default()
         };
         for kv in kvs {
-            apply_put(&mut fresh, &kv, revision);
+            apply_put(&mut fresh, kv, revision);
         }
         {
             let mut state = self.write();
@@ -504,59 +504,19 @@ fn apply_delete(state: &mut State, key: &[u8], revision: i64) -> Option<Change> 
     }
 }
 
-/// Keeps `view` current: loads it, then follows the store's changes; reloads when the watch
-/// ends (compaction, or the store's own restart). Returns when `cancel` fires.
-pub async fn follow<S: Store>(store: Arc<S>, view: Arc<View>, cancel: CancellationToken) {
-    let mut backoff = Duration::from_millis(50);
-    while !cancel.is_cancelled() {
-        let loaded = store
-            .range(RangeRequest {
-                key: ROOT.as_bytes().to_vec(),
-                prefix: true,
-                serializable: true,
-                ..RangeRequest::default()
-            })
-            .await;
-        let response = match loaded {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(error = %e, "registry view: load failed; retrying");
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let revision = response.header.revision;
-        debug!(revision, keys = response.kvs.len(), "registry view loaded");
-        view.load(response.kvs, revision);
-        let watch = store.watch(
-            WatchRequest {
-                key: ROOT.as_bytes().to_vec(),
-                prefix: true,
-                start_revision: revision + 1,
-                ..WatchRequest::default()
-            },
-            cancel.child_token(),
-        );
-        let mut rx = match watch {
-            Ok(rx) => rx,
-            Err(e) => {
-                warn!(error = %e, "registry view: watch failed; reloading");
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        while let Some(message) = rx.recv().await {
-            if message.compact_revision != 0 {
-                info!("registry view fell behind compaction; reloading");
-                break;
-            }
-            view.apply(&message.events);
-        }
+impl strata_store::Follower for View {
+    fn load(&self, kvs: &[KeyValue], revision: i64) {
+        View::load(self, kvs, revision);
     }
+
+    fn apply(&self, events: &[Event]) {
+        View::apply(self, events);
+    }
+}
+
+/// Keeps `view` current until `cancel`: loads it, then follows the store's changes.
+pub async fn follow<S: Store>(store: Arc<S>, view: Arc<View>, cancel: CancellationToken) {
+    strata_store::follow(store, ROOT, view, cancel).await;
 }
 
 #[cfg(test)]
@@ -588,7 +548,7 @@ mod tests {
     #[tokio::test]
     async fn apply_notifies_and_indexes() {
         let view = View::new();
-        view.load(vec![], 1);
+        view.load(&[], 1);
         let mut rx = view.subscribe();
         view.apply(&[put("a", 2), put("b", 3)]);
         assert_eq!(view.service_index("public", "web"), 3);

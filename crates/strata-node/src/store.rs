@@ -1,4 +1,4 @@
-//! The registry's view of the KV service: [`strata_registry::Store`] on [`KvService`].
+//! The domains' view of the KV service: [`strata_store::Store`] on [`KvService`].
 
 use crate::service::KvService;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub struct NodeStore {
     pub tracker: TaskTracker,
 }
 
-impl strata_registry::Store for NodeStore {
+impl strata_store::Store for NodeStore {
     fn node_id(&self) -> u64 {
         self.service.node_id()
     }

@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
+
 use futures::StreamExt;
 pub use reqwest::Method;
 use serde::de::DeserializeOwned;

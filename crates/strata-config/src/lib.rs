@@ -65,6 +65,9 @@ pub struct NodeConfig {
     /// Where the Consul-compatible HTTP API listens (registry). Unset: disabled.
     #[serde(default)]
     pub consul_addr: Option<String>,
+    /// Where the Nacos-compatible HTTP API listens (config center and naming). Unset: disabled.
+    #[serde(default)]
+    pub nacos_addr: Option<String>,
     /// Where DNS (UDP and TCP) for service discovery listens. Unset: disabled.
     #[serde(default)]
     pub dns_addr: Option<String>,
@@ -88,6 +91,9 @@ pub struct NodeConfig {
     /// KV limits and compaction.
     #[serde(default)]
     pub kv: KvConfig,
+    /// Config center limits and encryption.
+    #[serde(default)]
+    pub config_center: ConfigCenterConfig,
     /// How long a graceful shutdown may take before it is aborted.
     #[serde(default = "default_grace_period")]
     pub shutdown_grace_period: HumanDuration,
@@ -221,6 +227,40 @@ impl Default for RaftConfig {
     }
 }
 
+/// Config center settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigCenterConfig {
+    /// Largest config content accepted.
+    #[serde(default = "default_max_content")]
+    pub max_content_bytes: ByteSize,
+    /// Versions kept per config; older ones are dropped as new ones arrive.
+    #[serde(default = "default_history_retention")]
+    pub history_retention: u64,
+    /// Key for configs whose data id starts with `cipher-`: 32 bytes as base64 or 64 hex
+    /// characters. Unset: such configs are refused. Every node needs the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<String>,
+}
+
+fn default_max_content() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+
+fn default_history_retention() -> u64 {
+    100
+}
+
+impl Default for ConfigCenterConfig {
+    fn default() -> Self {
+        ConfigCenterConfig {
+            max_content_bytes: default_max_content(),
+            history_retention: default_history_retention(),
+            encryption_key: None,
+        }
+    }
+}
+
 impl Default for KvConfig {
     fn default() -> Self {
         KvConfig {
@@ -243,6 +283,7 @@ impl Default for NodeConfig {
             raft_addr: default_raft_addr(),
             grpc_addr: None,
             consul_addr: None,
+            nacos_addr: None,
             dns_addr: None,
             dns_domain: default_dns_domain(),
             advertise_raft_addr: None,
@@ -250,6 +291,7 @@ impl Default for NodeConfig {
             initial_cluster: BTreeMap::new(),
             raft: RaftConfig::default(),
             kv: KvConfig::default(),
+            config_center: ConfigCenterConfig::default(),
             shutdown_grace_period: default_grace_period(),
             addrs_file: None,
         }
@@ -313,6 +355,8 @@ impl NodeConfig {
              # grpc_addr = \"127.0.0.1:7702\" enables the etcd v3 gRPC API (off when unset).\n\
              # consul_addr = \"127.0.0.1:7705\" enables the Consul-compatible API (off when unset).\n\
              # dns_addr = \"127.0.0.1:7703\" enables registry DNS on UDP and TCP (off when unset).\n\
+             # nacos_addr = \"127.0.0.1:7848\" enables the Nacos-compatible API (off when unset).\n\
+             # [config_center] encryption_key = \"<32 bytes, base64>\" enables cipher- configs.\n\
              # initial_cluster: founding members as a table, e.g.\n\
              #   [initial_cluster]\n\
              #   1 = \"10.0.0.1:7701\"\n\
@@ -352,10 +396,14 @@ impl NodeConfig {
         if self.id == 0 {
             return invalid("id must be a positive integer".into());
         }
+        if self.config_center.history_retention == 0 {
+            return invalid("config_center.history_retention must be at least 1".into());
+        }
         for (name, addr) in [
             ("grpc_addr", &self.grpc_addr),
             ("consul_addr", &self.consul_addr),
             ("dns_addr", &self.dns_addr),
+            ("nacos_addr", &self.nacos_addr),
         ] {
             if let Some(addr) = addr {
                 if addr.parse::<SocketAddr>().is_err() {

@@ -258,12 +258,38 @@ impl Node {
             tracker: tracker.clone(),
         });
         let registry = strata_registry::start(
-            store,
+            store.clone(),
             service.metrics.registry(),
             &tracker,
             cancel.child_token(),
         )
         .map_err(|e| NodeError::Raft(format!("registry metrics: {e}")))?;
+        info!(node_id = id, "starting the config center");
+        let cipher = match &config.config_center.encryption_key {
+            Some(key) => Some(
+                strata_configcenter::cipher::Cipher::from_key(key)
+                    .map_err(|e| NodeError::Raft(format!("config_center.encryption_key: {e}")))?,
+            ),
+            None => None,
+        };
+        let config_center = strata_configcenter::start(
+            store.clone(),
+            cipher,
+            strata_configcenter::Settings {
+                max_content_bytes: usize::try_from(config.config_center.max_content_bytes.0)
+                    .unwrap_or(usize::MAX),
+                history_retention: config.config_center.history_retention,
+            },
+            service.metrics.registry(),
+            &tracker,
+            cancel.child_token(),
+        )
+        .map_err(|e| NodeError::Raft(format!("config center metrics: {e}")))?;
+        let config_routes =
+            strata_configcenter::http::router(strata_configcenter::http::ConfigState {
+                center: config_center.clone(),
+                cancel: cancel.child_token(),
+            });
         let registry_routes = strata_registry::http::router(strata_registry::http::RegistryState {
             registry: registry.clone(),
             cancel: cancel.child_token(),
@@ -303,7 +329,7 @@ impl Node {
             &tracker,
             &cancel,
             api_listener,
-            http::api_router(state, body_limit, registry_routes),
+            http::api_router(state, body_limit, registry_routes.merge(config_routes)),
         );
 
         if let (Some(listener), Some(addr)) = (grpc_listener, addrs.grpc) {
@@ -384,7 +410,8 @@ fn spawn_server(
 ) {
     let token = cancel.clone();
     tracker.spawn(async move {
-        let result = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
         if let Err(e) = result {

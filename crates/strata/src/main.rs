@@ -5,6 +5,7 @@
 //! runs the command, and maps the outcome to an exit code (`✘ message` and exit 1 on error).
 
 mod client_cmds;
+mod config_cmds;
 mod coord_cmds;
 mod run;
 mod svc_cmds;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Register, find and watch service instances (the service registry).
     #[command(subcommand)]
     Svc(svc_cmds::SvcCommand),
+    /// Publish, read, roll back and follow configs (the configuration center).
+    #[command(subcommand)]
+    Config(config_cmds::ConfigCommand),
 }
 
 fn main() {
@@ -90,6 +94,7 @@ fn main() {
             Command::Lock(args) => coord_cmds::lock(&cli.endpoints, cli.output, args).await,
             Command::Elect(args) => coord_cmds::elect(&cli.endpoints, cli.output, args).await,
             Command::Svc(cmd) => svc_cmds::svc(&cli.endpoints, cli.output, cmd).await,
+            Command::Config(cmd) => config_cmds::config(&cli.endpoints, cli.output, cmd).await,
         }
     });
     // Do not wait for lingering blocking tasks (e.g. a stdin reader) at exit.

@@ -1,0 +1,675 @@
+//! The native HTTP/JSON API under `/v1/config/`. docs/config.md documents every route.
+
+use crate::center::{ConfigCenter, Publish, Served};
+use crate::metrics::ListenerGauge;
+use crate::model::{ClientIdentity, ConfigKey, GrayRule, HistoryEntry, Operation};
+use crate::transfer::Policy;
+use crate::view::ConfigChange;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_proto::error::{ApiError, ErrorCode};
+use strata_store::Store;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+/// Longest a long-poll may be held.
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(120);
+
+/// An [`ApiError`] as an HTTP response with a JSON body.
+pub struct ErrorResponse(pub ApiError);
+
+impl From<ApiError> for ErrorResponse {
+    fn from(e: ApiError) -> Self {
+        ErrorResponse(e)
+    }
+}
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
+
+/// A JSON body whose rejections are API errors.
+pub struct Body<T>(pub T);
+
+impl<St: Send + Sync, T: DeserializeOwned> FromRequest<St> for Body<T> {
+    type Rejection = ErrorResponse;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Body(value)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ErrorResponse(
+                ApiError::new(ErrorCode::PayloadTooLarge, "request body is over the limit"),
+            )),
+            Err(r) => Err(ErrorResponse(ApiError::bad_request(format!(
+                "malformed JSON body: {}",
+                r.body_text()
+            )))),
+        }
+    }
+}
+
+/// The caller's address, when the server recorded it.
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<St: Send + Sync> FromRequestParts<St> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// What the handlers share.
+pub struct ConfigState<S: Store> {
+    /// The config center.
+    pub center: Arc<ConfigCenter<S>>,
+    /// Cancelled at shutdown; ends streams and long-polls.
+    pub cancel: CancellationToken,
+}
+
+impl<S: Store> Clone for ConfigState<S> {
+    fn clone(&self) -> Self {
+        ConfigState {
+            center: self.center.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
+}
+
+/// The native config routes, to merge into the node's API router.
+pub fn router<S: Store>(state: ConfigState<S>) -> Router {
+    Router::new()
+        .route("/v1/config/publish", post(publish::<S>))
+        .route("/v1/config/get", get(get_config::<S>))
+        .route("/v1/config/delete", post(delete::<S>))
+        .route("/v1/config/list", get(list::<S>))
+        .route("/v1/config/history", get(history::<S>))
+        .route("/v1/config/diff", get(diff::<S>))
+        .route("/v1/config/rollback", post(rollback::<S>))
+        .route("/v1/config/gray", post(gray::<S>))
+        .route("/v1/config/gray/promote", post(gray_promote::<S>))
+        .route("/v1/config/gray/abort", post(gray_abort::<S>))
+        .route("/v1/config/listen", post(listen::<S>))
+        .route("/v1/config/watch", get(watch::<S>))
+        .route("/v1/config/export", get(export::<S>))
+        .route("/v1/config/import", post(import::<S>))
+        .with_state(state)
+}
+
+/// Query parameters naming a config and a client.
+#[derive(Debug, Default)]
+pub struct Params {
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Group.
+    pub group: Option<String>,
+    /// Data id.
+    pub data_id: Option<String>,
+    /// Everything else, repeated keys kept.
+    pub rest: Vec<(String, String)>,
+    /// `label=K=V` pairs.
+    pub labels: BTreeMap<String, String>,
+    /// `ip=`.
+    pub ip: Option<String>,
+}
+
+impl Params {
+    fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
+        let mut p = Params::default();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            let (k, v) = (k.into_owned(), v.into_owned());
+            match k.as_str() {
+                "namespace" => p.namespace = Some(v),
+                "group" => p.group = Some(v),
+                "data_id" => p.data_id = Some(v),
+                "ip" => p.ip = Some(v),
+                "label" => {
+                    let (lk, lv) = v.split_once('=').ok_or_else(|| {
+                        ApiError::bad_request(format!("invalid label {v:?}: use KEY=VALUE"))
+                    })?;
+                    p.labels.insert(lk.to_string(), lv.to_string());
+                }
+                _ => p.rest.push((k, v)),
+            }
+        }
+        Ok(p)
+    }
+
+    fn key(&self) -> Result<ConfigKey, ApiError> {
+        let id = self
+            .data_id
+            .as_deref()
+            .ok_or_else(|| ApiError::bad_request("data_id is required"))?;
+        ConfigKey::new(self.namespace.as_deref(), self.group.as_deref(), id)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.rest
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("{name} must be a number, got {v:?}"))
+                })
+            })
+            .transpose()
+    }
+
+    fn client(&self, peer: &Peer) -> ClientIdentity {
+        ClientIdentity {
+            ip: self
+                .ip
+                .clone()
+                .or_else(|| peer.0.map(|a| a.ip().to_string())),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+fn source(peer: &Peer) -> String {
+    peer.0.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// A config's identity in request bodies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Named {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    data_id: String,
+}
+
+impl Named {
+    fn key(&self) -> Result<ConfigKey, ApiError> {
+        ConfigKey::new(
+            self.namespace.as_deref(),
+            self.group.as_deref(),
+            &self.data_id,
+        )
+    }
+}
+
+/// The outcome of a write.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Written {
+    /// Which config.
+    #[serde(flatten)]
+    pub key: ConfigKey,
+    /// The new version.
+    pub version: u64,
+    /// MD5 of the new content.
+    pub md5: String,
+}
+
+async fn publish<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    Body(request): Body<Publish>,
+) -> ApiResult<Written> {
+    let item = s.center.publish(request, &source(&peer)).await?;
+    Ok(axum::Json(Written {
+        key: item.key,
+        version: item.version,
+        md5: item.md5,
+    }))
+}
+
+async fn get_config<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Served> {
+    let p = Params::parse(raw.as_deref())?;
+    let key = p.key()?;
+    if let Some(version) = p.number("version")? {
+        let entry = s.center.version(&key, version).await?;
+        if entry.op == Operation::Delete {
+            return Err(ApiError::not_found(format!(
+                "version {version} of config {key} is a delete"
+            ))
+            .into());
+        }
+        return Ok(axum::Json(Served {
+            key,
+            content: entry.content,
+            kind: entry.kind,
+            md5: entry.md5,
+            version,
+            gray: false,
+            modified_at: entry.modified_at,
+        }));
+    }
+    Ok(axum::Json(s.center.get(&key, &p.client(&peer))?))
+}
+
+#[derive(Serialize)]
+struct Version {
+    version: u64,
+}
+
+async fn delete<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    Body(named): Body<Named>,
+) -> ApiResult<Version> {
+    let version = s.center.delete(&named.key()?, &source(&peer)).await?;
+    Ok(axum::Json(Version { version }))
+}
+
+async fn list<S: Store>(
+    State(s): State<ConfigState<S>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Vec<crate::center::Summary>> {
+    let p = Params::parse(raw.as_deref())?;
+    let ns = p
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
+    Ok(axum::Json(s.center.list(
+        &ns,
+        p.group.as_deref(),
+        p.get("prefix"),
+        p.get("tag"),
+    )))
+}
+
+async fn history<S: Store>(
+    State(s): State<ConfigState<S>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Vec<HistoryEntry>> {
+    let p = Params::parse(raw.as_deref())?;
+    let with_content = p.get("content").is_some_and(|v| v == "true" || v == "1");
+    Ok(axum::Json(s.center.history(&p.key()?, with_content).await?))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Diff {
+    diff: String,
+}
+
+async fn diff<S: Store>(
+    State(s): State<ConfigState<S>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Diff> {
+    let p = Params::parse(raw.as_deref())?;
+    let from = p
+        .number("from")?
+        .ok_or_else(|| ApiError::bad_request("from is required"))?;
+    let to = p
+        .number("to")?
+        .ok_or_else(|| ApiError::bad_request("to is required"))?;
+    Ok(axum::Json(Diff {
+        diff: s.center.diff(&p.key()?, from, to).await?,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    data_id: String,
+    to_version: u64,
+}
+
+async fn rollback<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    Body(r): Body<Rollback>,
+) -> ApiResult<Written> {
+    let key = ConfigKey::new(r.namespace.as_deref(), r.group.as_deref(), &r.data_id)?;
+    let item = s
+        .center
+        .rollback(&key, r.to_version, &source(&peer))
+        .await?;
+    Ok(axum::Json(Written {
+        key: item.key,
+        version: item.version,
+        md5: item.md5,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrayRequest {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    data_id: String,
+    content: String,
+    #[serde(default)]
+    ips: Option<Vec<String>>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GrayStarted {
+    md5: String,
+}
+
+async fn gray<S: Store>(
+    State(s): State<ConfigState<S>>,
+    Body(r): Body<GrayRequest>,
+) -> ApiResult<GrayStarted> {
+    let key = ConfigKey::new(r.namespace.as_deref(), r.group.as_deref(), &r.data_id)?;
+    let rule = match (r.ips, r.labels) {
+        (Some(ips), None) => GrayRule::Ips(ips),
+        (None, Some(labels)) => GrayRule::Labels(labels),
+        _ => {
+            return Err(
+                ApiError::bad_request("give either ips or labels for a gray release").into(),
+            )
+        }
+    };
+    let gray = s.center.gray(&key, &r.content, rule).await?;
+    Ok(axum::Json(GrayStarted { md5: gray.md5 }))
+}
+
+async fn gray_promote<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    Body(named): Body<Named>,
+) -> ApiResult<Written> {
+    let item = s.center.gray_promote(&named.key()?, &source(&peer)).await?;
+    Ok(axum::Json(Written {
+        key: item.key,
+        version: item.version,
+        md5: item.md5,
+    }))
+}
+
+#[derive(Serialize)]
+struct Done {
+    ok: bool,
+}
+
+async fn gray_abort<S: Store>(
+    State(s): State<ConfigState<S>>,
+    Body(named): Body<Named>,
+) -> ApiResult<Done> {
+    s.center.gray_abort(&named.key()?).await?;
+    Ok(axum::Json(Done { ok: true }))
+}
+
+/// A long-poll: the configs a client holds, with the md5 of what it has.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenRequest {
+    /// What the client holds.
+    pub configs: Vec<Listened>,
+    /// Longest hold (default 30s, at most 120s).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// The client's labels, for gray releases.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One config a long-poll holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listened {
+    /// Namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Data id.
+    pub data_id: String,
+    /// MD5 of the content the client has ("" for none).
+    #[serde(default)]
+    pub md5: String,
+}
+
+/// The configs that changed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Changed {
+    /// Configs whose content differs from what the client has.
+    pub changed: Vec<ConfigKey>,
+}
+
+async fn listen<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    Body(r): Body<ListenRequest>,
+) -> ApiResult<Changed> {
+    s.center.metrics.op("listen");
+    let timeout = match &r.timeout {
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("invalid timeout {t:?}: {e}")))?,
+        None => Duration::from_secs(30),
+    }
+    .min(MAX_LONG_POLL);
+    let mut watched = Vec::with_capacity(r.configs.len());
+    for c in &r.configs {
+        let key = ConfigKey::new(c.namespace.as_deref(), c.group.as_deref(), &c.data_id)?;
+        watched.push((key, c.md5.clone()));
+    }
+    let client = ClientIdentity {
+        ip: peer.0.map(|a| a.ip().to_string()),
+        labels: r.labels,
+    };
+    let _gauge = ListenerGauge::new(&s.center.metrics.listeners);
+    let changed = tokio::select! {
+        changed = s.center.wait_changed(&watched, &client, timeout) => changed,
+        () = s.cancel.cancelled() => Vec::new(),
+    };
+    Ok(axum::Json(Changed { changed }))
+}
+
+/// One message of a config watch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchMessage {
+    /// `current` (first message without `from_version`), `publish`, `rollback`,
+    /// `gray-promote`, `delete`, or `gray` (what this client sees changed because a gray
+    /// release started or ended).
+    pub event: String,
+    /// Version of the config (for `gray`: the main version).
+    pub version: u64,
+    /// MD5 of `content`.
+    pub md5: String,
+    /// What the client sees now (empty after a delete).
+    pub content: String,
+}
+
+fn op_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Publish => "publish",
+        Operation::Rollback => "rollback",
+        Operation::GrayPromote => "gray-promote",
+        Operation::Delete => "delete",
+    }
+}
+
+async fn watch<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let parsed = Params::parse(raw.as_deref()).and_then(|p| {
+        let key = p.key()?;
+        let from = p.number("from_version")?;
+        Ok((key, from, p.client(&peer)))
+    });
+    let (key, from, client) = match parsed {
+        Ok(v) => v,
+        Err(e) => return ErrorResponse(e).into_response(),
+    };
+    s.center.metrics.op("watch");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let mut changes = s.center.view.subscribe();
+    tokio::spawn(async move {
+        let _gauge = ListenerGauge::new(&s.center.metrics.listeners);
+        let send = |m: WatchMessage| {
+            let tx = tx.clone();
+            async move {
+                let event = SseEvent::default().json_data(&m).unwrap_or_else(|e| {
+                    SseEvent::default()
+                        .event("error")
+                        .data(format!("encode: {e}"))
+                });
+                tx.send(Ok(event)).await.is_ok()
+            }
+        };
+        let mut last_version;
+        let mut last_md5;
+        match from {
+            Some(from) => {
+                // Replay what happened after `from`, in order, from the history.
+                last_version = from;
+                last_md5 = String::new();
+                let entries = s.center.history(&key, true).await.unwrap_or_default();
+                for entry in entries.into_iter().filter(|e| e.version > from) {
+                    last_version = entry.version;
+                    last_md5 = entry.md5.clone();
+                    let message = WatchMessage {
+                        event: op_name(entry.op).to_string(),
+                        version: entry.version,
+                        md5: entry.md5,
+                        content: entry.content,
+                    };
+                    if !send(message).await {
+                        return;
+                    }
+                }
+            }
+            None => {
+                let current = s.center.get(&key, &client).ok();
+                last_version = s.center.view.max_version(&key);
+                last_md5 = current.as_ref().map(|c| c.md5.clone()).unwrap_or_default();
+                let message = WatchMessage {
+                    event: "current".into(),
+                    version: last_version,
+                    md5: last_md5.clone(),
+                    content: current.map(|c| c.content).unwrap_or_default(),
+                };
+                if !send(message).await {
+                    return;
+                }
+            }
+        }
+        loop {
+            let change = tokio::select! {
+                () = s.cancel.cancelled() => return,
+                () = tx.closed() => return,
+                change = changes.recv() => change,
+            };
+            let relevant = match &change {
+                Ok(c) => c.key().is_none_or(|k| *k == key),
+                Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return,
+            };
+            if !relevant {
+                continue;
+            }
+            let gray_change = matches!(change.as_deref(), Ok(ConfigChange::Gray(_)));
+            let version = s.center.view.max_version(&key);
+            if version > last_version {
+                // New versions: replay them from the history, so none is skipped.
+                let entries = s.center.history(&key, true).await.unwrap_or_default();
+                let after = last_version;
+                for entry in entries.into_iter().filter(|e| e.version > after) {
+                    last_version = entry.version;
+                    last_md5 = entry.md5.clone();
+                    let message = WatchMessage {
+                        event: op_name(entry.op).to_string(),
+                        version: entry.version,
+                        md5: entry.md5,
+                        content: entry.content,
+                    };
+                    if !send(message).await {
+                        return;
+                    }
+                }
+            }
+            if gray_change {
+                let md5 = s.center.md5_for(&key, &client);
+                if md5 != last_md5 {
+                    let current = s.center.get(&key, &client).ok();
+                    last_md5 = md5.clone();
+                    let message = WatchMessage {
+                        event: "gray".into(),
+                        version: last_version,
+                        md5,
+                        content: current.map(|c| c.content).unwrap_or_default(),
+                    };
+                    if !send(message).await {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn export<S: Store>(
+    State(s): State<ConfigState<S>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<crate::transfer::ExportFile> {
+    let p = Params::parse(raw.as_deref())?;
+    let ns = p
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
+    Ok(axum::Json(s.center.export(&ns)?))
+}
+
+async fn import<S: Store>(
+    State(s): State<ConfigState<S>>,
+    peer: Peer,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult<crate::transfer::ImportReport> {
+    let p = Params::parse(raw.as_deref())?;
+    let ns = p
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
+    let policy: Policy = p
+        .get("policy")
+        .unwrap_or("abort")
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    Ok(axum::Json(
+        s.center.import(&body, &ns, policy, &source(&peer)).await?,
+    ))
+}

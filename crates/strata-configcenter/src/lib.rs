@@ -1,0 +1,56 @@
+//! The configuration center: versioned configs by namespace, group and data id, with
+//! history, diff, rollback, gray release, push to listeners, encryption, export and import.
+//!
+//! State lives in the replicated KV store under [`model::ROOT`] (through
+//! [`strata_store::Store`]); every node keeps a [`view::View`] of it that serves reads,
+//! long-polls and watch streams. The node wires it up with [`start`].
+
+pub mod center;
+pub mod cipher;
+pub mod diff;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod transfer;
+pub mod validate;
+pub mod view;
+
+pub use center::{ConfigCenter, Publish, Served, Settings};
+
+use std::sync::Arc;
+use std::time::Duration;
+use strata_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Starts the config center on a node: its view and its gauges.
+pub fn start<S: Store>(
+    store: Arc<S>,
+    cipher: Option<cipher::Cipher>,
+    settings: Settings,
+    prometheus: &prometheus::Registry,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> prometheus::Result<Arc<ConfigCenter<S>>> {
+    let view = Arc::new(view::View::new());
+    let metrics = metrics::ConfigMetrics::new(prometheus)?;
+    let center = Arc::new(ConfigCenter::new(
+        store.clone(),
+        view.clone(),
+        metrics,
+        cipher,
+        settings,
+    ));
+    tracker.spawn(view::follow(store, view, cancel.child_token()));
+    let gauges = center.clone();
+    tracker.spawn(async move {
+        loop {
+            gauges.metrics.configs.set(gauges.view.len() as i64);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    Ok(center)
+}

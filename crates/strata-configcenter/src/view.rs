@@ -1,0 +1,265 @@
+//! Each node's in-memory view of the config center, kept current by one KV watch on [`ROOT`]:
+//! the current version of every config, every gray release, and the highest version each
+//! config's history has reached. Reads, long-polls and watch streams are served from here.
+
+use crate::model::{ConfigItem, ConfigKey, Gray, StoreKey, ROOT};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use strata_proto::kv::{Event, EventType, KeyValue};
+use strata_store::Store;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// A config's current version with its compare-and-set token.
+#[derive(Debug, Clone)]
+pub struct StoredItem {
+    /// The config.
+    pub item: Arc<ConfigItem>,
+    /// Revision of its last write.
+    pub mod_revision: i64,
+}
+
+/// What changed, as subscribers see it.
+#[derive(Debug, Clone)]
+pub enum ConfigChange {
+    /// A config was published (or rolled back, or promoted).
+    Published(Arc<ConfigItem>),
+    /// A config was deleted.
+    Deleted(ConfigKey),
+    /// A gray release started, changed or ended.
+    Gray(ConfigKey),
+    /// The view was reloaded: re-read everything.
+    Reset,
+}
+
+impl ConfigChange {
+    /// The config the change is about; `None` for a reset.
+    pub fn key(&self) -> Option<&ConfigKey> {
+        match self {
+            ConfigChange::Published(item) => Some(&item.key),
+            ConfigChange::Deleted(key) | ConfigChange::Gray(key) => Some(key),
+            ConfigChange::Reset => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    revision: i64,
+    items: HashMap<ConfigKey, StoredItem>,
+    grays: HashMap<ConfigKey, (Arc<Gray>, i64)>,
+    /// Highest version in each config's history (survives deletes, so versions never repeat).
+    max_version: HashMap<ConfigKey, u64>,
+}
+
+/// The config center as this node sees it.
+pub struct View {
+    state: RwLock<State>,
+    changes: broadcast::Sender<Arc<ConfigChange>>,
+    revision: watch::Sender<i64>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View::new()
+    }
+}
+
+impl View {
+    /// An empty view.
+    pub fn new() -> Self {
+        View {
+            state: RwLock::new(State::default()),
+            changes: broadcast::channel(16384).0,
+            revision: watch::channel(0).0,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes to changes; subscribe before reading so nothing falls between.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ConfigChange>> {
+        self.changes.subscribe()
+    }
+
+    /// The last revision applied.
+    pub fn revision(&self) -> i64 {
+        self.read().revision
+    }
+
+    /// Waits until the view has applied `revision`, at most `timeout`; true if it has.
+    pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.revision.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// The current version of a config.
+    pub fn item(&self, key: &ConfigKey) -> Option<StoredItem> {
+        self.read().items.get(key).cloned()
+    }
+
+    /// A config's gray release and its mod revision.
+    pub fn gray(&self, key: &ConfigKey) -> Option<(Arc<Gray>, i64)> {
+        self.read().grays.get(key).cloned()
+    }
+
+    /// The highest version a config ever had (0 if never published).
+    pub fn max_version(&self, key: &ConfigKey) -> u64 {
+        let state = self.read();
+        let current = state.items.get(key).map(|s| s.item.version).unwrap_or(0);
+        state
+            .max_version
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            .max(current)
+    }
+
+    /// Every config matching `filter`, sorted by key.
+    pub fn items(&self, filter: impl Fn(&ConfigItem) -> bool) -> Vec<Arc<ConfigItem>> {
+        let state = self.read();
+        let mut items: Vec<Arc<ConfigItem>> = state
+            .items
+            .values()
+            .filter(|s| filter(&s.item))
+            .map(|s| s.item.clone())
+            .collect();
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        items
+    }
+
+    /// Number of configs.
+    pub fn len(&self) -> usize {
+        self.read().items.len()
+    }
+
+    /// True when there are no configs.
+    pub fn is_empty(&self) -> bool {
+        self.read().items.is_empty()
+    }
+
+    /// Replaces the view with a range read at `revision`.
+    pub fn load(&self, kvs: &[KeyValue], revision: i64) {
+        let mut fresh = State {
+            revision,
+            ..State::default()
+        };
+        for kv in kvs {
+            apply_put(&mut fresh, kv);
+        }
+        {
+            let mut state = self.write();
+            *state = fresh;
+            let _ = self.changes.send(Arc::new(ConfigChange::Reset));
+        }
+        self.revision.send_replace(revision);
+    }
+
+    /// Applies watched events in revision order and notifies subscribers.
+    pub fn apply(&self, events: &[Event]) {
+        let Some(last) = events.last() else { return };
+        let revision = last.kv.mod_revision;
+        {
+            let mut state = self.write();
+            for event in events {
+                let change = match event.kind {
+                    EventType::Put => apply_put(&mut state, &event.kv),
+                    EventType::Delete => apply_delete(&mut state, &event.kv.key),
+                };
+                if let Some(change) = change {
+                    let _ = self.changes.send(Arc::new(change));
+                }
+            }
+            state.revision = state.revision.max(revision);
+        }
+        self.revision.send_if_modified(|r| {
+            let moved = revision > *r;
+            *r = (*r).max(revision);
+            moved
+        });
+    }
+}
+
+fn apply_put(state: &mut State, kv: &KeyValue) -> Option<ConfigChange> {
+    match StoreKey::parse(&kv.key)? {
+        StoreKey::Item(key) => {
+            let item: ConfigItem = match serde_json::from_slice(&kv.value) {
+                Ok(item) => item,
+                Err(e) => {
+                    warn!(config = %key, error = %e, "skipping an undecodable config");
+                    return None;
+                }
+            };
+            if item.key != key {
+                warn!(config = %key, "skipping a config stored under another config's key");
+                return None;
+            }
+            let item = Arc::new(item);
+            let max = state.max_version.entry(key.clone()).or_insert(0);
+            *max = (*max).max(item.version);
+            state.items.insert(
+                key,
+                StoredItem {
+                    item: item.clone(),
+                    mod_revision: kv.mod_revision,
+                },
+            );
+            Some(ConfigChange::Published(item))
+        }
+        StoreKey::History(key, version) => {
+            let max = state.max_version.entry(key).or_insert(0);
+            *max = (*max).max(version);
+            None
+        }
+        StoreKey::Gray(key) => match serde_json::from_slice::<Gray>(&kv.value) {
+            Ok(gray) => {
+                state
+                    .grays
+                    .insert(key.clone(), (Arc::new(gray), kv.mod_revision));
+                Some(ConfigChange::Gray(key))
+            }
+            Err(e) => {
+                warn!(config = %key, error = %e, "skipping an undecodable gray release");
+                None
+            }
+        },
+    }
+}
+
+fn apply_delete(state: &mut State, key: &[u8]) -> Option<ConfigChange> {
+    match StoreKey::parse(key)? {
+        StoreKey::Item(key) => {
+            state.items.remove(&key)?;
+            Some(ConfigChange::Deleted(key))
+        }
+        StoreKey::History(..) => None,
+        StoreKey::Gray(key) => {
+            state.grays.remove(&key)?;
+            Some(ConfigChange::Gray(key))
+        }
+    }
+}
+
+impl strata_store::Follower for View {
+    fn load(&self, kvs: &[KeyValue], revision: i64) {
+        View::load(self, kvs, revision);
+    }
+
+    fn apply(&self, events: &[Event]) {
+        View::apply(self, events);
+    }
+}
+
+/// Keeps `view` current until `cancel`.
+pub async fn follow<S: Store>(store: Arc<S>, view: Arc<View>, cancel: CancellationToken) {
+    strata_store::follow(store, ROOT, view, cancel).await;
+}

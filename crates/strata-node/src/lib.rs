@@ -79,6 +79,9 @@ pub struct NodeAddrs {
     /// Registry DNS (UDP and TCP on the same port), when enabled.
     #[serde(default)]
     pub dns: Option<SocketAddr>,
+    /// Nacos-compatible HTTP API, when enabled.
+    #[serde(default)]
+    pub nacos: Option<SocketAddr>,
 }
 
 /// Starts nodes.
@@ -126,6 +129,7 @@ impl Node {
             grpc: None,
             consul: None,
             dns: None,
+            nacos: None,
         };
         let grpc_listener = match &config.grpc_addr {
             Some(addr) => Some(bind("grpc", addr).await?),
@@ -139,6 +143,18 @@ impl Node {
                     listener
                         .local_addr()
                         .map_err(|e| bind_err("consul", addr, e))?,
+                );
+                Some(listener)
+            }
+            None => None,
+        };
+        let nacos_listener = match &config.nacos_addr {
+            Some(addr) => {
+                let listener = bind("nacos", addr).await?;
+                addrs.nacos = Some(
+                    listener
+                        .local_addr()
+                        .map_err(|e| bind_err("nacos", addr, e))?,
                 );
                 Some(listener)
             }
@@ -301,6 +317,19 @@ impl Node {
                 &cancel,
                 listener,
                 strata_registry::consul::router(registry.clone()),
+            );
+        }
+        if let (Some(listener), Some(addr)) = (nacos_listener, addrs.nacos) {
+            info!(node_id = id, %addr, "serving the Nacos-compatible API");
+            spawn_server(
+                &tracker,
+                &cancel,
+                listener,
+                strata_nacos::router(strata_nacos::NacosState {
+                    configs: config_center.clone(),
+                    registry: registry.clone(),
+                    cancel: cancel.child_token(),
+                }),
             );
         }
         if let (Some((udp, tcp)), Some(addr)) = (dns_sockets, addrs.dns) {

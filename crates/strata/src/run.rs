@@ -33,6 +33,9 @@ pub struct DevArgs {
     /// Registry DNS address, UDP and TCP (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7703")]
     pub dns_addr: String,
+    /// Nacos-compatible HTTP API address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7848")]
+    pub nacos_addr: String,
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
@@ -65,6 +68,9 @@ pub struct ServerArgs {
     /// Registry DNS listen address for UDP and TCP, HOST:PORT (disabled unless given).
     #[arg(long)]
     pub dns_addr: Option<String>,
+    /// Nacos-compatible HTTP API listen address, HOST:PORT (disabled unless given).
+    #[arg(long)]
+    pub nacos_addr: Option<String>,
     /// Registry DNS domain (default "strata": NAME.service.strata).
     #[arg(long)]
     pub dns_domain: Option<String>,
@@ -99,6 +105,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         grpc_addr: Some(args.grpc_addr),
         consul_addr: Some(args.consul_addr),
         dns_addr: Some(args.dns_addr),
+        nacos_addr: Some(args.nacos_addr),
         addrs_file: args.addrs_file,
         ..Default::default()
     };
@@ -129,6 +136,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             "  dns     {dns}   (dig @{} -p {} NAME.service.strata SRV)",
             dns.ip(),
             dns.port()
+        );
+    }
+    if let Some(nacos) = node.addrs.nacos {
+        println!(
+            "  nacos   http://{nacos}   (Nacos-compatible API: nacos.NacosClient(\"{nacos}\"))"
         );
     }
     println!("  metrics http://{}/metrics", node.addrs.api);
@@ -188,6 +200,9 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.dns_addr {
         config.dns_addr = Some(addr);
+    }
+    if let Some(addr) = args.nacos_addr {
+        config.nacos_addr = Some(addr);
     }
     if let Some(domain) = args.dns_domain {
         config.dns_domain = domain;

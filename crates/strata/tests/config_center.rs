@@ -498,3 +498,28 @@ async fn bad_input_gets_precise_errors_and_keeps_the_stored_version() {
         "a refused write changed the stored config"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacos_sdk_python_publishes_reads_and_is_notified() {
+    let cluster = Cluster::start(3, NACOS_ON_ANY_PORT).await;
+    let nacos = cluster.nodes[1].nacos.clone().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/nacos_compat.py");
+    let out = run_with_deadline(
+        Command::new("python3").arg(script).arg(&nacos),
+        b"",
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nacos-sdk-python script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all steps passed"), "{stdout}");
+    // What the SDK published is the config center's config, seen through the native API.
+    let history = cli_ok(
+        &cluster.endpoints(),
+        &["--output", "json", "config", "history", "app.yaml"],
+    );
+    assert!(history.contains("delete"), "{history}");
+}

@@ -54,6 +54,9 @@ struct Addrs {
     /// The registry DNS listener; `None` unless started with `--dns-addr`.
     #[serde(default)]
     dns: Option<std::net::SocketAddr>,
+    /// The Nacos-compatible listener; `None` unless started with `--nacos-addr`.
+    #[serde(default)]
+    nacos: Option<std::net::SocketAddr>,
 }
 
 /// Extra `strata server` arguments that enable the etcd v3 gRPC API on a port chosen at run
@@ -64,6 +67,10 @@ pub const GRPC_ON_ANY_PORT: &[&str] = &["--grpc-addr", "127.0.0.1:0"];
 /// ports chosen at run time ([`NodeProc::consul`], [`NodeProc::dns`]).
 pub const REGISTRY_ON_ANY_PORT: &[&str] =
     &["--consul-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"];
+
+/// Extra `strata server` arguments that enable the Nacos-compatible API on a port chosen at
+/// run time ([`NodeProc::nacos`]).
+pub const NACOS_ON_ANY_PORT: &[&str] = &["--nacos-addr", "127.0.0.1:0"];
 
 /// One `strata server` process.
 pub struct NodeProc {
@@ -82,6 +89,8 @@ pub struct NodeProc {
     pub consul: Option<String>,
     /// `127.0.0.1:port` of registry DNS (UDP and TCP), when started with `--dns-addr`.
     pub dns: Option<String>,
+    /// `127.0.0.1:port` of the Nacos-compatible API, when started with `--nacos-addr`.
+    pub nacos: Option<String>,
     child: Option<Child>,
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
@@ -122,6 +131,7 @@ impl NodeProc {
             grpc: None,
             consul: None,
             dns: None,
+            nacos: None,
             child: None,
             starts: 0,
             extra,
@@ -170,6 +180,7 @@ impl NodeProc {
         self.grpc = addrs.grpc.map(|addr| addr.to_string());
         self.consul = addrs.consul.map(|addr| addr.to_string());
         self.dns = addrs.dns.map(|addr| addr.to_string());
+        self.nacos = addrs.nacos.map(|addr| addr.to_string());
     }
 
     /// `127.0.0.1:port` of the etcd v3 gRPC API; panics if the node serves none.

@@ -27,12 +27,12 @@ HTTP requests this script makes (read from the package source, checked
 against a mock server)
 ---------------------------------------------------------------------------
 Common to every request:
-  * HTTP/1.1 with headers, in this order: Accept-Encoding: identity,
-    [Content-Type: application/x-www-form-urlencoded + Content-Length: N only
-    when there is a form body], Host, User-Agent: Nacos-Python-Client:v0.1.16
-    ([1.0.0]: v1.0.0), Connection: close. urllib capitalizes header names as
-    str.capitalize() does, so the long-poll header arrives as
-    "Long-pulling-timeout": match header names case-insensitively.
+  * HTTP/1.1; headers: Accept-Encoding: identity, Host,
+    User-Agent: Nacos-Python-Client:v0.1.16 ([1.0.0]: v1.0.0),
+    Connection: close, plus Content-Type: application/x-www-form-urlencoded
+    and Content-Length: N when there is a form body (and the long-poll
+    header in 4). urllib title-cases header names; match them
+    case-insensitively anyway.
   * A POST/PUT/DELETE without a form body has NO Content-Type (POST/PUT get
     Content-Length: 0, DELETE none). Parameters are in the query string
     except where a form body is noted. Read parameters from the query string
@@ -52,7 +52,7 @@ Common to every request:
     errors make the client try the next server (there is one), then raise
     NacosRequestException("All server are not available"); 403 ->
     NacosException("Insufficient privilege."); other non-2xx -> NacosException
-    ("Request Error, code is N") (get_config: see 3). Response Content-Type is
+    ("Request Error, code is N") (get_config: see 2). Response Content-Type is
     never looked at.
 
 1. publish_config("app.yaml", "DEFAULT_GROUP", "a: 1\\n", config_type="yaml")
@@ -81,7 +81,7 @@ Common to every request:
      that loops (2.0.11 sleeps 1 s before each round; [1.0.0] does not, so a
      server that answers a long-poll at once with nothing would make it spin):
        POST /nacos/v1/cs/configs/listener
-       header: Long-pulling-timeout: 30000            (ms; as sent by urllib)
+       header: Long-Pulling-Timeout: 30000            (ms)
        form body: Listening-Configs=<probe>
          (2.0.11 adds ?tenant=<ns> to the query for a non-public namespace)
        probe = for each watched key:
@@ -91,7 +91,8 @@ Common to every request:
                md5 = lowercase hex MD5 of the UTF-8 content the client holds,
                "" when it holds none, i.e. before its first read or when the
                config does not exist), form-encoded on the wire:
-               Listening-Configs=app.yaml%02DEFAULT_GROUP%0282d0...%02%01
+               Listening-Configs=app.yaml%02DEFAULT_GROUP%02e0ccdaf42c593022e15b18cc0e96d201%02%01
+               (md5 of "a: 1\n")
        client read timeout: 40 s (pulling_timeout 30 + 10).
        server: answer at once if any listed key's current md5 differs from
        the probe's (a missing config has md5 ""); otherwise hold the request
@@ -164,10 +165,12 @@ Common to every request:
        registration's cluster "None"/DEFAULT is not repeated here).
 ---------------------------------------------------------------------------
 Shutdown: the first add_config_watcher starts a multiprocessing Manager (a
-child process), a ThreadPool and a multiprocessing Queue; the puller thread is
-a daemon blocked in its long-poll. After removing the watcher this script shuts
-the Manager down (otherwise it outlives os._exit), terminates the pool, and ends
-with os._exit so a held long-poll cannot delay the exit.
+child process, never stopped by the package: it would outlive this script and
+keep the caller's stdout/stderr pipes open), a ThreadPool and a multiprocessing
+Queue; the puller thread is a daemon blocked in its long-poll. This script has
+the package start that Manager without stdio and with a parent-death signal,
+shuts it down at the end, terminates the pool, and ends with os._exit so a held
+long-poll cannot delay the exit (the whole run takes about 2 s).
 """
 
 from __future__ import annotations
@@ -186,6 +189,7 @@ import time
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
 
 import nacos  # noqa: E402
+import nacos.client as nacos_client_module  # noqa: E402
 
 try:
     from importlib.metadata import version as _dist_version
@@ -255,14 +259,46 @@ class PollSpy:
         with self.lock:
             return any((p["end"] or now) - p["start"] >= min_held for p in self.polls)
 
-    def summary(self):
+    def summary(self, last=8):
         with self.lock:
-            out = []
-            for p in self.polls:
+            polls = self.polls[-last:]
+            out = [f"{len(self.polls)} long-polls, last {len(polls)}:"] if len(self.polls) > last else []
+            for p in polls:
                 end = p["end"]
                 took = f"{end - p['start']:.2f}s" if end is not None else "in flight"
                 out.append((took, p.get("body", p.get("error"))))
             return out
+
+
+def _manager_init(parent_pid):
+    """Runs in the Manager process: drop the inherited stdio and die with this script."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except Exception:
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _detached_manager():
+    """Stand-in for multiprocessing.Manager() inside the package (first add_config_watcher).
+
+    The package starts a Manager server process and never stops it; a process that
+    outlives this script keeps the caller's stdout/stderr pipes open, and a caller that
+    reads them to EOF then hangs. Same SyncManager, started so that it holds no stdio
+    and is killed when this script dies (even by SIGKILL). It sends no requests.
+    """
+    from multiprocessing.managers import SyncManager
+
+    m = SyncManager()
+    m.start(_manager_init, (os.getpid(),))
+    return m
 
 
 def find_host(result, ip, port):
@@ -429,6 +465,8 @@ def main(argv):
     client = None
     try:
         print(f"nacos-sdk-python {PKG_VERSION} against {addr}", flush=True)
+        if hasattr(nacos_client_module, "Manager"):
+            nacos_client_module.Manager = _detached_manager
         # The package logs to a file (here in tmp, DEBUG: every request); shown on failure.
         client = nacos.NacosClient(addr, namespace="", logDir=os.path.join(tmp, "logs"), log_level=logging.DEBUG)
         # Its helper modules log to the "nacos" logger, which has no handler (so warnings

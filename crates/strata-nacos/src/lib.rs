@@ -1,0 +1,541 @@
+//! A Nacos-compatible open-API subset (v1 HTTP), so `nacos-sdk-python` and other Nacos v1
+//! clients work unchanged: config get, publish, delete and the listener long-poll on the
+//! config center; naming instance register, deregister, list and beat on the registry's
+//! instances (ephemeral ones on a 15 s TTL, as Nacos's heartbeat timeout).
+//!
+//! Nacos reads parameters from the query string and from a form body alike; so does this.
+//! A Nacos tenant (namespace id) maps to a Strata namespace, the empty one to `public`. A
+//! naming instance's id is `IP:PORT`; its Nacos group and cluster are kept in its metadata.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_configcenter::http::Peer;
+use strata_configcenter::model::{ClientIdentity, ConfigKey};
+use strata_configcenter::validate::ConfigType;
+use strata_configcenter::{ConfigCenter, Publish};
+use strata_proto::error::{ApiError, ErrorCode};
+use strata_registry::model::{InstanceRef, Registration};
+use strata_registry::{Query, Registry};
+use strata_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Heartbeat timeout of an ephemeral Nacos instance.
+const EPHEMERAL_TTL: Duration = Duration::from_secs(15);
+/// Longest long-poll hold.
+const MAX_HOLD: Duration = Duration::from_secs(120);
+
+/// What the Nacos handlers share.
+pub struct NacosState<S: Store> {
+    /// The config center.
+    pub configs: Arc<ConfigCenter<S>>,
+    /// The registry.
+    pub registry: Arc<Registry<S>>,
+    /// Cancelled at shutdown; ends held long-polls.
+    pub cancel: CancellationToken,
+}
+
+impl<S: Store> Clone for NacosState<S> {
+    fn clone(&self) -> Self {
+        NacosState {
+            configs: self.configs.clone(),
+            registry: self.registry.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
+}
+
+/// The Nacos-compatible router, served on its own listener (`--nacos-addr`).
+pub fn router<S: Store>(state: NacosState<S>) -> Router {
+    Router::new()
+        .route(
+            "/nacos/v1/cs/configs",
+            get(config_get::<S>)
+                .post(config_publish::<S>)
+                .delete(config_delete::<S>),
+        )
+        .route("/nacos/v1/cs/configs/listener", post(config_listen::<S>))
+        .route(
+            "/nacos/v1/ns/instance",
+            post(instance_register::<S>)
+                .put(instance_register::<S>)
+                .delete(instance_deregister::<S>),
+        )
+        .route("/nacos/v1/ns/instance/list", get(instance_list::<S>))
+        .route(
+            "/nacos/v1/ns/instance/beat",
+            axum::routing::put(instance_beat::<S>),
+        )
+        .with_state(state)
+}
+
+/// Query and form parameters, merged (the form wins).
+struct Params(BTreeMap<String, String>);
+
+impl Params {
+    fn new(query: Option<&str>, body: &[u8]) -> Params {
+        let mut map = BTreeMap::new();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            map.insert(k.into_owned(), v.into_owned());
+        }
+        for (k, v) in form_urlencoded::parse(body) {
+            map.insert(k.into_owned(), v.into_owned());
+        }
+        Params(map)
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, k: &str) -> Result<&str, NacosError> {
+        self.get(k).ok_or_else(|| {
+            NacosError(
+                StatusCode::BAD_REQUEST,
+                format!("Required parameter '{k}' is not present"),
+            )
+        })
+    }
+
+    fn flag(&self, k: &str, default: bool) -> bool {
+        match self.get(k) {
+            Some(v) => v.eq_ignore_ascii_case("true"),
+            None => default,
+        }
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.get("tenant").or_else(|| self.get("namespaceId"))
+    }
+
+    fn config_key(&self) -> Result<ConfigKey, NacosError> {
+        let data_id = self.required("dataId")?;
+        Ok(ConfigKey::new(
+            self.namespace(),
+            self.get("group"),
+            data_id,
+        )?)
+    }
+}
+
+/// A Nacos-style error: a status and a plain-text body.
+struct NacosError(StatusCode, String);
+
+impl From<ApiError> for NacosError {
+    fn from(e: ApiError) -> Self {
+        let status = match e.code {
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest | ErrorCode::FailedPrecondition | ErrorCode::AlreadyExists => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        NacosError(status, e.message)
+    }
+}
+
+impl IntoResponse for NacosError {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+type NacosResult = Result<Response, NacosError>;
+
+fn peer_ip(peer: &Peer) -> Option<String> {
+    peer.0.map(|a| a.ip().to_string())
+}
+
+fn peer_source(peer: &Peer) -> String {
+    peer.0.map(|a| a.to_string()).unwrap_or_default()
+}
+
+async fn config_get<S: Store>(
+    State(s): State<NacosState<S>>,
+    peer: Peer,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let key = p.config_key()?;
+    let client = ClientIdentity {
+        ip: peer_ip(&peer),
+        labels: BTreeMap::new(),
+    };
+    match s.configs.get(&key, &client) {
+        Ok(served) => Ok((
+            [("content-type", "text/plain;charset=UTF-8")],
+            served.content,
+        )
+            .into_response()),
+        Err(e) if e.code == ErrorCode::NotFound => Err(NacosError(
+            StatusCode::NOT_FOUND,
+            "config data not exist".into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn config_publish<S: Store>(
+    State(s): State<NacosState<S>>,
+    peer: Peer,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let key = p.config_key()?;
+    let content = p.0.get("content").cloned().ok_or_else(|| {
+        NacosError(
+            StatusCode::BAD_REQUEST,
+            "Required parameter 'content' is not present".into(),
+        )
+    })?;
+    // Nacos knows types Strata does not check (html, text); they are stored as text.
+    let kind = p
+        .get("type")
+        .and_then(|t| t.parse::<ConfigType>().ok())
+        .unwrap_or_default();
+    let source = peer_source(&peer);
+    s.configs
+        .publish(
+            Publish {
+                namespace: Some(key.namespace),
+                group: Some(key.group),
+                data_id: key.data_id,
+                content,
+                kind: Some(kind),
+                desc: p.get("desc").map(str::to_string),
+                ..Publish::default()
+            },
+            &source,
+        )
+        .await?;
+    Ok((StatusCode::OK, "true").into_response())
+}
+
+async fn config_delete<S: Store>(
+    State(s): State<NacosState<S>>,
+    peer: Peer,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let key = p.config_key()?;
+    let source = peer_source(&peer);
+    match s.configs.delete(&key, &source).await {
+        Ok(_) => {}
+        // Nacos answers true for a config that does not exist.
+        Err(e) if e.code == ErrorCode::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok((StatusCode::OK, "true").into_response())
+}
+
+/// Parses `dataId \x02 group \x02 md5 [\x02 tenant] \x01 ...`.
+fn parse_probe(probe: &str) -> Result<Vec<(ConfigKey, String, String)>, NacosError> {
+    let mut out = Vec::new();
+    for entry in probe.split('\u{1}').filter(|e| !e.is_empty()) {
+        let fields: Vec<&str> = entry.split('\u{2}').collect();
+        let (data_id, group, md5, tenant) = match fields.as_slice() {
+            [d, g, m] => (*d, *g, *m, ""),
+            [d, g, m, t] => (*d, *g, *m, *t),
+            _ => {
+                return Err(NacosError(
+                    StatusCode::BAD_REQUEST,
+                    "invalid Listening-Configs: expected dataId, group, md5 and tenant".into(),
+                ))
+            }
+        };
+        let ns = (!tenant.is_empty()).then_some(tenant);
+        let key = ConfigKey::new(ns, Some(group), data_id)?;
+        out.push((key, md5.to_string(), tenant.to_string()));
+    }
+    Ok(out)
+}
+
+async fn config_listen<S: Store>(
+    State(s): State<NacosState<S>>,
+    peer: Peer,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let probe = p.0.get("Listening-Configs").cloned().ok_or_else(|| {
+        NacosError(
+            StatusCode::BAD_REQUEST,
+            "Required parameter 'Listening-Configs' is not present".into(),
+        )
+    })?;
+    let entries = parse_probe(&probe)?;
+    let hold = headers
+        .get("Long-Pulling-Timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.saturating_sub(500)))
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_HOLD);
+    let watched: Vec<(ConfigKey, String)> = entries
+        .iter()
+        .map(|(k, m, _)| (k.clone(), m.clone()))
+        .collect();
+    let client = ClientIdentity {
+        ip: peer_ip(&peer),
+        labels: BTreeMap::new(),
+    };
+    s.configs.metrics.op("nacos_listen");
+    let _gauge = strata_configcenter::metrics::ListenerGauge::new(&s.configs.metrics.listeners);
+    let changed = tokio::select! {
+        changed = s.configs.wait_changed(&watched, &client, hold) => changed,
+        () = s.cancel.cancelled() => Vec::new(),
+    };
+    let mut text = String::new();
+    for key in changed {
+        if let Some((k, _, tenant)) = entries.iter().find(|(k, _, _)| *k == key) {
+            text.push_str(&k.data_id);
+            text.push('\u{2}');
+            text.push_str(&k.group);
+            if !tenant.is_empty() {
+                text.push('\u{2}');
+                text.push_str(tenant);
+            }
+            text.push('\u{1}');
+        }
+    }
+    let encoded: String = form_urlencoded::byte_serialize(text.as_bytes()).collect();
+    Ok((StatusCode::OK, encoded).into_response())
+}
+
+/// Splits Nacos's `GROUP@@service` form.
+fn service_name(p: &Params) -> Result<(String, String), NacosError> {
+    let raw = p.required("serviceName")?;
+    let (group, name) = match raw.split_once("@@") {
+        Some((g, n)) => (g.to_string(), n.to_string()),
+        None => (
+            p.get("groupName").unwrap_or("DEFAULT_GROUP").to_string(),
+            raw.to_string(),
+        ),
+    };
+    Ok((group, name))
+}
+
+fn instance_id(ip: &str, port: &str) -> String {
+    format!("{ip}:{port}")
+}
+
+fn namespace_of(p: &Params) -> String {
+    p.get("namespaceId")
+        .unwrap_or(strata_registry::model::DEFAULT_NAMESPACE)
+        .to_string()
+}
+
+async fn instance_register<S: Store>(
+    State(s): State<NacosState<S>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let (group, name) = service_name(&p)?;
+    let ip = p.required("ip")?.to_string();
+    let port_text = p.required("port")?;
+    let port: u32 = port_text.parse().map_err(|_| {
+        NacosError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid port {port_text:?}"),
+        )
+    })?;
+    let mut meta: BTreeMap<String, String> = match p.get("metadata") {
+        Some(text) => {
+            let value: Value = serde_json::from_str(text).map_err(|e| {
+                NacosError(StatusCode::BAD_REQUEST, format!("invalid metadata: {e}"))
+            })?;
+            value
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| {
+                            let v = v
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string());
+                            (k.clone(), v)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        None => BTreeMap::new(),
+    };
+    let cluster = p
+        .get("clusterName")
+        .filter(|c| *c != "None")
+        .unwrap_or("DEFAULT");
+    meta.insert("nacos.group".into(), group);
+    meta.insert("nacos.cluster".into(), cluster.to_string());
+    let ephemeral = p.flag("ephemeral", true);
+    let weight = p.get("weight").and_then(|w| w.parse::<f64>().ok());
+    let registration = Registration {
+        namespace: Some(namespace_of(&p)),
+        service: name,
+        id: instance_id(&ip, port_text),
+        address: ip,
+        port,
+        tags: Vec::new(),
+        meta,
+        weight,
+        enabled: Some(p.flag("enable", true)),
+        ttl: ephemeral.then_some(strata_config::HumanDuration(EPHEMERAL_TTL)),
+        check: None,
+        status: None,
+    };
+    s.registry.register(registration, true).await?;
+    Ok((StatusCode::OK, "ok").into_response())
+}
+
+async fn instance_deregister<S: Store>(
+    State(s): State<NacosState<S>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let (_, name) = service_name(&p)?;
+    let r = InstanceRef::new(
+        &namespace_of(&p),
+        &name,
+        &instance_id(p.required("ip")?, p.required("port")?),
+    );
+    match s.registry.deregister(&r).await {
+        Ok(_) => {}
+        Err(e) if e.code == ErrorCode::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok((StatusCode::OK, "ok").into_response())
+}
+
+async fn instance_list<S: Store>(
+    State(s): State<NacosState<S>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let (group, name) = service_name(&p)?;
+    let healthy_only = p.flag("healthyOnly", false);
+    let result = s
+        .registry
+        .query(
+            &name,
+            &Query {
+                namespace: Some(namespace_of(&p)),
+                passing: healthy_only,
+                ..Query::default()
+            },
+        )
+        .await;
+    let (instances, protected) = match result {
+        Ok(r) => (r.instances, r.protected),
+        Err(e) if e.code == ErrorCode::BadRequest => (Vec::new(), false),
+        Err(e) => return Err(e.into()),
+    };
+    let full = format!("{group}@@{name}");
+    let hosts: Vec<Value> = instances
+        .iter()
+        .filter(|i| i.meta.get("nacos.group").is_none_or(|g| *g == group))
+        .map(|i| {
+            let cluster = i
+                .meta
+                .get("nacos.cluster")
+                .cloned()
+                .unwrap_or_else(|| "DEFAULT".into());
+            let metadata: serde_json::Map<String, Value> = i
+                .meta
+                .iter()
+                .filter(|(k, _)| !k.starts_with("nacos."))
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            json!({
+                "instanceId": format!("{}#{}#{cluster}#{full}", i.address, i.port),
+                "ip": i.address, "port": i.port, "weight": i.weight,
+                "healthy": i.healthy(), "enabled": i.enabled, "ephemeral": i.ephemeral,
+                "clusterName": cluster, "serviceName": full, "metadata": metadata,
+                "instanceHeartBeatInterval": 5000, "instanceHeartBeatTimeOut": 15000,
+                "ipDeleteTimeout": 30000,
+            })
+        })
+        .collect();
+    let body = json!({
+        "name": full, "groupName": group, "clusters": "", "cacheMillis": 10000,
+        "lastRefTime": strata_registry::model::now_ms(), "checksum": "",
+        "allIPs": false, "reachProtectionThreshold": protected, "valid": true,
+        "hosts": hosts,
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+async fn instance_beat<S: Store>(
+    State(s): State<NacosState<S>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> NacosResult {
+    let p = Params::new(q.as_deref(), &body);
+    let (_, name) = service_name(&p)?;
+    let beat: Value = match p.get("beat") {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| NacosError(StatusCode::BAD_REQUEST, format!("invalid beat: {e}")))?,
+        None => json!({}),
+    };
+    let ip = beat["ip"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| p.get("ip").map(str::to_string))
+        .ok_or_else(|| NacosError(StatusCode::BAD_REQUEST, "beat has no ip".into()))?;
+    let port = beat["port"]
+        .as_u64()
+        .map(|v| v.to_string())
+        .or_else(|| p.get("port").map(str::to_string))
+        .ok_or_else(|| NacosError(StatusCode::BAD_REQUEST, "beat has no port".into()))?;
+    let r = InstanceRef::new(&namespace_of(&p), &name, &instance_id(&ip, &port));
+    let code = match s.registry.heartbeat(&r).await {
+        Ok(_) => 10200,
+        Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::BadRequest => 20404,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(
+        axum::Json(json!({"clientBeatInterval": 5000, "code": code, "lightBeatEnabled": false}))
+            .into_response(),
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_parse_with_and_without_tenant() {
+        let entries =
+            parse_probe("app.yaml\u{2}DEFAULT_GROUP\u{2}abc\u{2}\u{1}b\u{2}G\u{2}\u{2}ns1\u{1}")
+                .unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0.namespace, "public");
+        assert_eq!(entries[0].1, "abc");
+        assert_eq!(entries[1].0.namespace, "ns1");
+        assert!(parse_probe("only-one-field\u{1}").is_err());
+        assert!(parse_probe("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn params_merge_query_and_form() {
+        let p = Params::new(Some("dataId=a&group=q"), b"group=f&content=x%3D1");
+        assert_eq!(p.get("dataId"), Some("a"));
+        assert_eq!(p.get("group"), Some("f"));
+        assert_eq!(p.get("content"), Some("x=1"));
+    }
+}

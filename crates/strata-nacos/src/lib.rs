@@ -126,6 +126,7 @@ impl Params {
 }
 
 /// A Nacos-style error: a status and a plain-text body.
+#[derive(Debug)]
 struct NacosError(StatusCode, String);
 
 impl From<ApiError> for NacosError {

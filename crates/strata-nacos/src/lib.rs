@@ -127,7 +127,7 @@ impl Params {
 
 /// A Nacos-style error: a status and a plain-text body.
 #[derive(Debug)]
-struct NacosError(StatusCode, String);
+pub struct NacosError(pub StatusCode, pub String);
 
 impl From<ApiError> for NacosError {
     fn from(e: ApiError) -> Self {
@@ -241,7 +241,7 @@ async fn config_delete<S: Store>(
 }
 
 /// Parses `dataId \x02 group \x02 md5 [\x02 tenant] \x01 ...`.
-fn parse_probe(probe: &str) -> Result<Vec<(ConfigKey, String, String)>, NacosError> {
+pub fn parse_probe(probe: &str) -> Result<Vec<(ConfigKey, String, String)>, NacosError> {
     let mut out = Vec::new();
     for entry in probe.split('\u{1}').filter(|e| !e.is_empty()) {
         let fields: Vec<&str> = entry.split('\u{2}').collect();

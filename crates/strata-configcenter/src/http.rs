@@ -6,21 +6,17 @@ use crate::model::{ClientIdentity, ConfigKey, GrayRule, HistoryEntry, Operation}
 use crate::transfer::Policy;
 use crate::view::ConfigChange;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawQuery, Request, State};
-use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_proto::error::{ApiError, ErrorCode};
+use strata_proto::error::ApiError;
 use strata_store::Store;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -28,60 +24,8 @@ use tokio_util::sync::CancellationToken;
 /// Longest a long-poll may be held.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(120);
 
-/// An [`ApiError`] as an HTTP response with a JSON body.
-pub struct ErrorResponse(pub ApiError);
-
-impl From<ApiError> for ErrorResponse {
-    fn from(e: ApiError) -> Self {
-        ErrorResponse(e)
-    }
-}
-
-impl IntoResponse for ErrorResponse {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.0)).into_response()
-    }
-}
-
-type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
-
-/// A JSON body whose rejections are API errors.
-pub struct Body<T>(pub T);
-
-impl<St: Send + Sync, T: DeserializeOwned> FromRequest<St> for Body<T> {
-    type Rejection = ErrorResponse;
-
-    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Body(value)),
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ErrorResponse(
-                ApiError::new(ErrorCode::PayloadTooLarge, "request body is over the limit"),
-            )),
-            Err(r) => Err(ErrorResponse(ApiError::bad_request(format!(
-                "malformed JSON body: {}",
-                r.body_text()
-            )))),
-        }
-    }
-}
-
-/// The caller's address, when the server recorded it.
-pub struct Peer(pub Option<SocketAddr>);
-
-impl<St: Send + Sync> FromRequestParts<St> for Peer {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        ))
-    }
-}
+use strata_http::ApiResult;
+pub use strata_http::{ApiJson as Body, ErrorResponse, Peer};
 
 /// What the handlers share.
 pub struct ConfigState<S: Store> {
@@ -196,7 +140,7 @@ impl Params {
 }
 
 fn source(peer: &Peer) -> String {
-    peer.0.map(|a| a.to_string()).unwrap_or_default()
+    peer.source()
 }
 
 /// A config's identity in request bodies.
@@ -536,17 +480,6 @@ async fn watch<S: Store>(
     let mut changes = s.center.view.subscribe();
     tokio::spawn(async move {
         let _gauge = ListenerGauge::new(&s.center.metrics.listeners);
-        let send = |m: WatchMessage| {
-            let tx = tx.clone();
-            async move {
-                let event = SseEvent::default().json_data(&m).unwrap_or_else(|e| {
-                    SseEvent::default()
-                        .event("error")
-                        .data(format!("encode: {e}"))
-                });
-                tx.send(Ok(event)).await.is_ok()
-            }
-        };
         let mut last_version;
         let mut last_md5;
         match from {
@@ -554,19 +487,8 @@ async fn watch<S: Store>(
                 // Replay what happened after `from`, in order, from the history.
                 last_version = from;
                 last_md5 = String::new();
-                let entries = s.center.history(&key, true).await.unwrap_or_default();
-                for entry in entries.into_iter().filter(|e| e.version > from) {
-                    last_version = entry.version;
-                    last_md5 = entry.md5.clone();
-                    let message = WatchMessage {
-                        event: op_name(entry.op).to_string(),
-                        version: entry.version,
-                        md5: entry.md5,
-                        content: entry.content,
-                    };
-                    if !send(message).await {
-                        return;
-                    }
+                if !replay(&s, &key, &mut last_version, &mut last_md5, &tx).await {
+                    return;
                 }
             }
             None => {
@@ -579,7 +501,7 @@ async fn watch<S: Store>(
                     md5: last_md5.clone(),
                     content: current.map(|c| c.content).unwrap_or_default(),
                 };
-                if !send(message).await {
+                if !send_message(&tx, &message).await {
                     return;
                 }
             }
@@ -602,20 +524,8 @@ async fn watch<S: Store>(
             let version = s.center.view.max_version(&key);
             if version > last_version {
                 // New versions: replay them from the history, so none is skipped.
-                let entries = s.center.history(&key, true).await.unwrap_or_default();
-                let after = last_version;
-                for entry in entries.into_iter().filter(|e| e.version > after) {
-                    last_version = entry.version;
-                    last_md5 = entry.md5.clone();
-                    let message = WatchMessage {
-                        event: op_name(entry.op).to_string(),
-                        version: entry.version,
-                        md5: entry.md5,
-                        content: entry.content,
-                    };
-                    if !send(message).await {
-                        return;
-                    }
+                if !replay(&s, &key, &mut last_version, &mut last_md5, &tx).await {
+                    return;
                 }
             }
             if gray_change {
@@ -629,7 +539,7 @@ async fn watch<S: Store>(
                         md5,
                         content: current.map(|c| c.content).unwrap_or_default(),
                     };
-                    if !send(message).await {
+                    if !send_message(&tx, &message).await {
                         return;
                     }
                 }
@@ -639,6 +549,44 @@ async fn watch<S: Store>(
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+type SseSender = tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>;
+
+async fn send_message(tx: &SseSender, message: &WatchMessage) -> bool {
+    let event = SseEvent::default().json_data(message).unwrap_or_else(|e| {
+        SseEvent::default()
+            .event("error")
+            .data(format!("encode: {e}"))
+    });
+    tx.send(Ok(event)).await.is_ok()
+}
+
+/// Sends every version after `last_version` from the history, in order; false when the
+/// client is gone.
+async fn replay<S: Store>(
+    s: &ConfigState<S>,
+    key: &ConfigKey,
+    last_version: &mut u64,
+    last_md5: &mut String,
+    tx: &SseSender,
+) -> bool {
+    let entries = s.center.history(key, true).await.unwrap_or_default();
+    let after = *last_version;
+    for entry in entries.into_iter().filter(|e| e.version > after) {
+        *last_version = entry.version;
+        last_md5.clone_from(&entry.md5);
+        let message = WatchMessage {
+            event: op_name(entry.op).to_string(),
+            version: entry.version,
+            md5: entry.md5,
+            content: entry.content,
+        };
+        if !send_message(tx, &message).await {
+            return false;
+        }
+    }
+    true
 }
 
 async fn export<S: Store>(

@@ -17,10 +17,10 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_configcenter::http::Peer;
 use strata_configcenter::model::{ClientIdentity, ConfigKey};
 use strata_configcenter::validate::ConfigType;
 use strata_configcenter::{ConfigCenter, Publish};
+use strata_http::Peer;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_registry::model::{InstanceRef, Registration};
 use strata_registry::{Query, Registry};
@@ -151,14 +151,6 @@ impl IntoResponse for NacosError {
 
 type NacosResult = Result<Response, NacosError>;
 
-fn peer_ip(peer: &Peer) -> Option<String> {
-    peer.0.map(|a| a.ip().to_string())
-}
-
-fn peer_source(peer: &Peer) -> String {
-    peer.0.map(|a| a.to_string()).unwrap_or_default()
-}
-
 async fn config_get<S: Store>(
     State(s): State<NacosState<S>>,
     peer: Peer,
@@ -168,7 +160,7 @@ async fn config_get<S: Store>(
     let p = Params::new(q.as_deref(), &body);
     let key = p.config_key()?;
     let client = ClientIdentity {
-        ip: peer_ip(&peer),
+        ip: peer.ip(),
         labels: BTreeMap::new(),
     };
     match s.configs.get(&key, &client) {
@@ -204,7 +196,7 @@ async fn config_publish<S: Store>(
         .get("type")
         .and_then(|t| t.parse::<ConfigType>().ok())
         .unwrap_or_default();
-    let source = peer_source(&peer);
+    let source = peer.source();
     s.configs
         .publish(
             Publish {
@@ -230,7 +222,7 @@ async fn config_delete<S: Store>(
 ) -> NacosResult {
     let p = Params::new(q.as_deref(), &body);
     let key = p.config_key()?;
-    let source = peer_source(&peer);
+    let source = peer.source();
     match s.configs.delete(&key, &source).await {
         Ok(_) => {}
         // Nacos answers true for a config that does not exist.
@@ -289,7 +281,7 @@ async fn config_listen<S: Store>(
         .map(|(k, m, _)| (k.clone(), m.clone()))
         .collect();
     let client = ClientIdentity {
-        ip: peer_ip(&peer),
+        ip: peer.ip(),
         labels: BTreeMap::new(),
     };
     s.configs.metrics.op("nacos_listen");

@@ -7,8 +7,8 @@
 use crate::service::{KvService, LeaderRequest};
 use crate::watch;
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -41,53 +41,8 @@ pub struct ApiState {
     pub tracker: TaskTracker,
 }
 
-/// An [`ApiError`] as an HTTP response.
-pub struct ErrorResponse(pub ApiError);
-
-impl From<ApiError> for ErrorResponse {
-    fn from(e: ApiError) -> Self {
-        ErrorResponse(e)
-    }
-}
-
-impl IntoResponse for ErrorResponse {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.0)).into_response()
-    }
-}
-
-type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
-
-/// A JSON body whose rejections are API errors.
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ErrorResponse;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(ErrorResponse(json_rejection(rejection))),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            "request body is over the limit (kv.max_request_bytes)",
-        );
-    }
-    match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::bad_request("request body must be JSON with content-type: application/json")
-        }
-        other => ApiError::bad_request(format!("malformed JSON body: {}", other.body_text())),
-    }
-}
+use strata_http::ApiResult;
+pub use strata_http::{ApiJson, ErrorResponse};
 
 /// Query parameters whose rejections are API errors.
 pub struct ApiQuery<T>(pub T);

@@ -5,66 +5,22 @@ use crate::probe::Health;
 use crate::registry::{namespace, Query, Registry};
 use crate::store::Store;
 use crate::view::Change;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, RawQuery, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use futures::Stream;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_proto::error::{ApiError, ErrorCode};
+use strata_proto::error::ApiError;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-/// An [`ApiError`] as an HTTP response with a JSON body.
-pub struct ErrorResponse(pub ApiError);
-
-impl From<ApiError> for ErrorResponse {
-    fn from(e: ApiError) -> Self {
-        ErrorResponse(e)
-    }
-}
-
-impl IntoResponse for ErrorResponse {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.0)).into_response()
-    }
-}
-
-type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
-
-/// A JSON body whose rejections are API errors.
-pub struct Body<T>(pub T);
-
-impl<St: Send + Sync, T: DeserializeOwned> FromRequest<St> for Body<T> {
-    type Rejection = ErrorResponse;
-
-    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Body(value)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ErrorResponse(ApiError::bad_request(
-                    "request body must be JSON with content-type: application/json",
-                )))
-            }
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ErrorResponse(
-                ApiError::new(ErrorCode::PayloadTooLarge, "request body is over the limit"),
-            )),
-            Err(r) => Err(ErrorResponse(ApiError::bad_request(format!(
-                "malformed JSON body: {}",
-                r.body_text()
-            )))),
-        }
-    }
-}
+use strata_http::ApiResult;
+pub use strata_http::{ApiJson as Body, ErrorResponse};
 
 /// What the registry's handlers share.
 pub struct RegistryState<S: Store> {

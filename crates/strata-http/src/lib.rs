@@ -1,0 +1,91 @@
+//! HTTP plumbing every JSON API of Strata shares: an [`ApiError`] as a response, a JSON body
+//! whose rejections are API errors, and the caller's address. The node's API, the registry
+//! and the config center use these, so all of them answer bad input the same way.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use strata_proto::error::{ApiError, ErrorCode};
+
+/// An [`ApiError`] as an HTTP response: the code's status and `{"code","message"}`.
+pub struct ErrorResponse(pub ApiError);
+
+impl From<ApiError> for ErrorResponse {
+    fn from(e: ApiError) -> Self {
+        ErrorResponse(e)
+    }
+}
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
+    }
+}
+
+/// What a JSON handler returns.
+pub type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
+
+/// A JSON body whose rejections are API errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ErrorResponse;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ErrorResponse(json_rejection(rejection))),
+        }
+    }
+}
+
+/// Turns axum's JSON rejection into the API's error.
+pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "request body is over the limit (kv.max_request_bytes)",
+        );
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::bad_request("request body must be JSON with content-type: application/json")
+        }
+        other => ApiError::bad_request(format!("malformed JSON body: {}", other.body_text())),
+    }
+}
+
+/// The caller's address, when the server was started with connect info.
+pub struct Peer(pub Option<SocketAddr>);
+
+impl Peer {
+    /// The caller's IP address as text.
+    pub fn ip(&self) -> Option<String> {
+        self.0.map(|a| a.ip().to_string())
+    }
+
+    /// The caller's address as text ("" when unknown), for audit fields.
+    pub fn source(&self) -> String {
+        self.0.map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}

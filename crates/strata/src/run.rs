@@ -115,6 +115,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config.raft.heartbeat_interval = strata_config::HumanDuration::from_millis(50);
     config.raft.election_timeout_min = strata_config::HumanDuration::from_millis(150);
     config.raft.election_timeout_max = strata_config::HumanDuration::from_millis(300);
+    config.config_center.encryption_key = Some(dev_encryption_key(&args.data_dir)?);
     let config = config.validate().context("check the dev configuration")?;
     let grace = config.shutdown_grace_period.0;
     let node = Node::start(config).await?;
@@ -147,6 +148,32 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  data    {}", args.data_dir.display());
     println!("try: strata kv put greeting hello && strata kv get greeting");
     wait_for_signal(node, grace).await
+}
+
+/// The dev node's key for `cipher-` configs: made on first start, kept in the data folder
+/// (readable by the owner only), so encrypted configs work out of the box and survive restarts.
+fn dev_encryption_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("config-center.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_string());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("create the data folder {}", data_dir.display()))?;
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(key.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(key)
 }
 
 async fn wait_for_leader(node: &strata_node::NodeHandle, timeout: Duration) -> anyhow::Result<()> {

@@ -18,11 +18,14 @@
 //! - `registry-register`, `registry-heartbeat` and `registry-watch` drive the service
 //!   registry's native API (`/v1/registry/`), and `dns-query` its DNS interface over UDP
 //!   ([`registry`]).
+//! - `config-publish`, `config-get` and `config-listen` drive the config center's native API
+//!   (`/v1/config/`) ([`config`]).
 //! - `free-ports` prints loopback ports that were free a moment ago, for scripts.
 //!
-//! The cluster-level scripts `bench/spine.sh`, `bench/compare-etcd.sh` and `bench/registry.sh`
-//! start the servers and call this binary.
+//! The cluster-level scripts `bench/spine.sh`, `bench/compare-etcd.sh`, `bench/registry.sh`
+//! and `bench/config.sh` start the servers and call this binary.
 
+mod config;
 mod etcd;
 mod load;
 mod native;
@@ -65,6 +68,12 @@ enum Command {
     RegistryWatch(RegistryWatchArgs),
     /// UDP DNS queries against the registry's DNS server (closed loop).
     DnsQuery(DnsQueryArgs),
+    /// Publish new versions of configs (closed loop) and measure publish latency.
+    ConfigPublish(ConfigPublishArgs),
+    /// Read configs from the nodes' views (closed loop) and measure read latency.
+    ConfigGet(ConfigGetArgs),
+    /// Config long-poll fan-out: many held long-polls on one node, latency of one change.
+    ConfigListen(ConfigListenArgs),
     /// Print COUNT loopback TCP ports that were free (bound together, then released).
     FreePorts {
         /// How many ports.
@@ -323,6 +332,102 @@ struct DnsQueryArgs {
     edns_size: u16,
 }
 
+/// Which configs the config workloads use.
+#[derive(Args, Debug)]
+struct ConfigSetArgs {
+    /// Configs the requests are spread over: request `s` uses data id `<prefix><s mod K>`.
+    #[arg(long, default_value_t = 1000)]
+    configs: u64,
+    /// Prefix of the data ids.
+    #[arg(long, default_value = "bench-")]
+    data_id_prefix: String,
+    /// Namespace of the configs (default: the server's, `public`).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Group of the configs (default: the server's, `DEFAULT_GROUP`).
+    #[arg(long)]
+    group: Option<String>,
+}
+
+/// Flags of `strata-bench config-publish`.
+#[derive(Args, Debug)]
+struct ConfigPublishArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    set: ConfigSetArgs,
+    /// How each client sends requests: `hyper` (one raw HTTP/1.1 connection per client, to
+    /// endpoint `i mod n`) or `client` (`strata_client::Client`, failover over every endpoint).
+    #[arg(long, value_enum, default_value_t = config::HttpMode::Hyper)]
+    http: config::HttpMode,
+}
+
+/// Flags of `strata-bench config-get`.
+#[derive(Args, Debug)]
+struct ConfigGetArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    set: ConfigSetArgs,
+    /// How each client sends requests (see `config-publish --http`).
+    #[arg(long, value_enum, default_value_t = config::HttpMode::Hyper)]
+    http: config::HttpMode,
+    /// Read for this long instead of a number of requests (`--requests` is then unlimited and
+    /// `--max-seconds` ignored).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["requests", "max_seconds"])]
+    duration: Option<Duration>,
+}
+
+/// Flags of `strata-bench config-listen`.
+#[derive(Args, Debug)]
+struct ConfigListenArgs {
+    /// The API URL of the node every long-poll goes to.
+    #[arg(long)]
+    endpoint: String,
+    /// Where the change is published (default: `--endpoint`).
+    #[arg(long)]
+    publish_endpoint: Option<String>,
+    /// Concurrent long-polls, one HTTP connection each.
+    #[arg(long, default_value_t = 10_000)]
+    listeners: usize,
+    /// The config listened to; created if missing.
+    #[arg(long, default_value = "bench-listen")]
+    data_id: String,
+    /// Namespace of the config (default: the server's).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Group of the config (default: the server's).
+    #[arg(long)]
+    group: Option<String>,
+    /// Bytes of the published content.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// The `timeout` each long-poll asks for (the server holds at most 120 s).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    poll_timeout: Duration,
+    /// Longest wait for every long-poll to be held before publishing anyway.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    open_timeout: Duration,
+    /// Long-polls on their way at once (connecting or sent, not yet counted by the node's
+    /// `strata_config_listeners` gauge, which is polled every 5 ms while they open). Below
+    /// the node's accept backlog (128: tokio's default), so a burst of connections does not
+    /// overflow it and wait for SYN retransmits.
+    #[arg(long, default_value_t = 100)]
+    open_window: usize,
+    /// Keep every long-poll held this long before publishing (for RSS readings).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    /// Write the number of long-polls held to this file once they are all held.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Longest wait after the publish for every answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    delivery_timeout: Duration,
+    /// Longest wait for the publish and for each setup request, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+}
+
 /// The JSON line printed after a run. Field order is the output order.
 #[derive(Serialize, Debug, Default)]
 struct Report {
@@ -424,6 +529,53 @@ struct Report {
     /// For `dns-query`: answer records per response (the smallest seen while warming up).
     #[serde(skip_serializing_if = "Option::is_none")]
     answers: Option<usize>,
+    /// For `config-publish` and `config-get`: configs the requests were spread over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    configs: Option<u64>,
+    /// For `config-publish` and `config-get`: how requests were sent (`hyper` or `client`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<&'static str>,
+    /// For `config-publish` and `config-get`: CPU seconds (user + system) strata-bench itself
+    /// used for the warm-up and the timed run, to tell the client's share of the machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cpu_s: Option<f64>,
+    /// For `config-get`: configs it had to publish before reading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    /// For `config-listen`: the config listened to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_id: Option<String>,
+    /// For `config-listen`: long-polls the node's gauge showed held before the publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<u64>,
+    /// For `config-listen`: from the first connection to every long-poll held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_ms: Option<f64>,
+    /// For `config-listen`: from the first connection to every connection open (measured at
+    /// the gauge polls, every 5 ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_ms: Option<f64>,
+    /// For `config-listen`: listeners answered with nothing changed (the hold timed out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timed_out: Option<u64>,
+    /// For `config-listen`: listeners not answered within `--delivery-timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unanswered: Option<u64>,
+    /// For `config-listen`: listeners answered with a change before the publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    early: Option<u64>,
+    /// For `config-listen`: listeners that failed (connect, send or a bad answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<u64>,
+    /// For `config-listen`: the publish's own latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish_ms: Option<f64>,
+    /// For `config-listen`: the version the publish created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    /// For `config-listen`: this process's resident memory while every long-poll was held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_rss_mib: Option<f64>,
 }
 
 #[tokio::main]
@@ -484,6 +636,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::RegistryHeartbeat(args) => drive_registry_heartbeat(args).await,
         Command::RegistryWatch(args) => drive_registry_watch(args).await,
         Command::DnsQuery(args) => drive_dns_query(args).await,
+        Command::ConfigPublish(args) => drive_config_publish(args).await,
+        Command::ConfigGet(args) => drive_config_get(args).await,
+        Command::ConfigListen(args) => drive_config_listen(args).await,
         Command::FreePorts { count } => {
             for port in free_ports(count)? {
                 println!("{port}");
@@ -935,6 +1090,199 @@ async fn drive_dns_query(args: DnsQueryArgs) -> anyhow::Result<()> {
     )
 }
 
+/// Checks the config workloads' names and endpoints and returns their config set.
+fn config_set(args: &ConfigSetArgs, endpoints: &[String]) -> anyhow::Result<config::ConfigSet> {
+    if args.configs == 0 {
+        bail!("--configs must be at least 1");
+    }
+    config::check_name(&format!("{}0", args.data_id_prefix), "--data-id-prefix")?;
+    if let Some(namespace) = &args.namespace {
+        config::check_name(namespace, "--namespace")?;
+    }
+    if let Some(group) = &args.group {
+        config::check_name(group, "--group")?;
+    }
+    config::check_endpoints(endpoints)?;
+    Ok(config::ConfigSet {
+        namespace: args.namespace.clone(),
+        group: args.group.clone(),
+        prefix: args.data_id_prefix.clone(),
+        configs: args.configs,
+    })
+}
+
+/// Publishes configs in a closed loop and prints its report line.
+async fn drive_config_publish(args: ConfigPublishArgs) -> anyhow::Result<()> {
+    let (request_timeout, max_duration) = checked_limits(&args.load)?;
+    let set = config_set(&args.set, &args.load.endpoints)?;
+    let driver = config::PublishDriver {
+        set,
+        value_size: args.load.value_size,
+        endpoints: args.load.endpoints.clone(),
+        mode: args.http,
+        request_timeout,
+    };
+    let plan = load::Plan {
+        clients: args.load.clients,
+        requests: args.load.requests,
+        max_duration,
+    };
+    let cpu_before = process_cpu_seconds();
+    let outcome = load::run(driver, plan).await.with_context(|| {
+        format!(
+            "warm up {} clients against {:?}",
+            args.load.clients, args.load.endpoints
+        )
+    })?;
+    let mut report = load_report("config-publish", &args.load, &outcome);
+    report.client_cpu_s = cpu_used_since(cpu_before);
+    report.configs = Some(args.set.configs);
+    report.http = Some(args.http.name());
+    finish(
+        "config-publish",
+        &report,
+        outcome.errors,
+        outcome.first_error.as_deref(),
+    )
+}
+
+/// Reads configs in a closed loop (publishing the missing ones first) and prints its report
+/// line.
+async fn drive_config_get(args: ConfigGetArgs) -> anyhow::Result<()> {
+    let (request_timeout, mut max_duration) = checked_limits(&args.load)?;
+    let mut requests = args.load.requests;
+    if let Some(duration) = args.duration {
+        if duration.is_zero() {
+            bail!("--duration must be positive");
+        }
+        max_duration = duration;
+        requests = u64::MAX;
+    }
+    let set = config_set(&args.set, &args.load.endpoints)?;
+    let created = config::ensure_configs(
+        &set,
+        &args.load.endpoints,
+        args.load.value_size,
+        request_timeout.max(Duration::from_secs(30)),
+    )
+    .await
+    .context("prepare the configs to read")?;
+    let driver = config::GetDriver::new(
+        &set,
+        args.load.endpoints.clone(),
+        args.http,
+        request_timeout,
+    )?;
+    let plan = load::Plan {
+        clients: args.load.clients,
+        requests,
+        max_duration,
+    };
+    let cpu_before = process_cpu_seconds();
+    let outcome = load::run(driver, plan).await.with_context(|| {
+        format!(
+            "warm up {} clients against {:?}",
+            args.load.clients, args.load.endpoints
+        )
+    })?;
+    let mut report = load_report("config-get", &args.load, &outcome);
+    report.client_cpu_s = cpu_used_since(cpu_before);
+    report.configs = Some(args.set.configs);
+    report.http = Some(args.http.name());
+    report.created = Some(created);
+    finish(
+        "config-get",
+        &report,
+        outcome.errors,
+        outcome.first_error.as_deref(),
+    )
+}
+
+/// Runs the long-poll fan-out and prints its report line.
+async fn drive_config_listen(args: ConfigListenArgs) -> anyhow::Result<()> {
+    config::check_name(&args.data_id, "--data-id")?;
+    for (name, flag) in [(&args.namespace, "--namespace"), (&args.group, "--group")] {
+        if let Some(name) = name {
+            config::check_name(name, flag)?;
+        }
+    }
+    if args.open_timeout.is_zero() || args.delivery_timeout.is_zero() {
+        bail!("--open-timeout and --delivery-timeout must be positive");
+    }
+    let plan = config::ListenPlan {
+        endpoint: args.endpoint.clone(),
+        publish_endpoint: args
+            .publish_endpoint
+            .clone()
+            .unwrap_or_else(|| args.endpoint.clone()),
+        listeners: args.listeners,
+        namespace: args.namespace.clone(),
+        group: args.group.clone(),
+        data_id: args.data_id.clone(),
+        value_size: args.value_size,
+        poll_timeout: args.poll_timeout,
+        open_timeout: args.open_timeout,
+        open_window: args.open_window,
+        hold: args.hold,
+        ready_file: args.ready_file.clone(),
+        delivery_timeout: args.delivery_timeout,
+        request_timeout: seconds(args.request_timeout, "--request-timeout")?,
+    };
+    let outcome = config::listen(&plan).await?;
+    let elapsed = outcome.elapsed.as_secs_f64();
+    let report = Report {
+        workload: "config-listen",
+        clients: args.listeners,
+        requests: outcome.notified,
+        errors: (args.listeners as u64).saturating_sub(outcome.notified),
+        seconds: round_to(elapsed, 3),
+        throughput: round_to(per_second(outcome.notified, elapsed), 1),
+        p50_ms: outcome.latency.map(|s| s.p50_ms),
+        p99_ms: outcome.latency.map(|s| s.p99_ms),
+        max_ms: outcome.latency.map(|s| s.max_ms),
+        endpoints: 1,
+        value_size: Some(args.value_size),
+        data_id: Some(args.data_id.clone()),
+        held: Some(outcome.held),
+        open_ms: Some(round_to(outcome.open_elapsed.as_secs_f64() * 1000.0, 3)),
+        connect_ms: outcome
+            .connect_elapsed
+            .map(|d| round_to(d.as_secs_f64() * 1000.0, 3)),
+        timed_out: Some(outcome.timed_out),
+        unanswered: Some(outcome.unanswered),
+        early: Some(outcome.early),
+        failed: Some(outcome.failed),
+        publish_ms: Some(round_to(outcome.publish_latency.as_secs_f64() * 1000.0, 3)),
+        version: Some(outcome.version),
+        client_rss_mib: outcome.client_rss_mib,
+        ..Report::default()
+    };
+    let errors = report.errors;
+    finish(
+        "config-listen",
+        &report,
+        errors,
+        outcome.first_error.as_deref(),
+    )
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux; clock
+/// ticks of 1/100 s, the `USER_HZ` of every Linux architecture we run on).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12th and 13th after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU seconds used since `before` (a [`process_cpu_seconds`] reading).
+fn cpu_used_since(before: Option<f64>) -> Option<f64> {
+    Some(round_to(process_cpu_seconds()? - before?, 2))
+}
+
 /// Prints the report line and the first failure; fails when nothing succeeded.
 fn finish(
     name: &str,
@@ -1160,6 +1508,84 @@ mod tests {
         };
         assert_eq!(args.record_type, "SRV");
         assert_eq!(args.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn cli_parses_the_config_workloads() {
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "config-publish",
+            "--endpoints",
+            "http://a:1,http://b:2",
+            "--clients",
+            "64",
+            "--requests",
+            "1000",
+            "--configs",
+            "10",
+        ])
+        .unwrap();
+        let Command::ConfigPublish(args) = cli.command else {
+            panic!("expected config-publish");
+        };
+        assert_eq!((args.load.clients, args.set.configs), (64, 10));
+        assert_eq!(args.load.value_size, 256);
+        assert_eq!(args.http, config::HttpMode::Hyper);
+
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "config-get",
+            "--endpoints",
+            "http://a:1",
+            "--duration",
+            "5s",
+            "--http",
+            "client",
+        ])
+        .unwrap();
+        let Command::ConfigGet(args) = cli.command else {
+            panic!("expected config-get");
+        };
+        assert_eq!(args.duration, Some(Duration::from_secs(5)));
+        assert_eq!(args.set.configs, 1000);
+        assert_eq!(args.http, config::HttpMode::Client);
+        // --duration and --requests exclude each other.
+        assert!(Cli::try_parse_from([
+            "strata-bench",
+            "config-get",
+            "--endpoints",
+            "http://a:1",
+            "--duration",
+            "5s",
+            "--requests",
+            "10",
+        ])
+        .is_err());
+
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "config-listen",
+            "--endpoint",
+            "http://a:1",
+            "--listeners",
+            "100",
+            "--hold",
+            "2s",
+        ])
+        .unwrap();
+        let Command::ConfigListen(args) = cli.command else {
+            panic!("expected config-listen");
+        };
+        assert_eq!(args.listeners, 100);
+        assert_eq!(args.hold, Duration::from_secs(2));
+        assert_eq!(args.poll_timeout, Duration::from_secs(120));
+        assert_eq!(args.data_id, "bench-listen");
+    }
+
+    #[test]
+    fn cpu_seconds_are_read() {
+        let cpu = process_cpu_seconds().expect("/proc/self/stat");
+        assert!(cpu >= 0.0);
     }
 
     #[test]

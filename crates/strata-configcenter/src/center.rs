@@ -336,7 +336,7 @@ impl<S: Store> ConfigCenter<S> {
                 .await?;
             if response.succeeded {
                 self.settle(response.header.revision).await;
-                info!(config = %key, version, op = ?change.op, "config published");
+                debug!(config = %key, version, op = ?change.op, "config published");
                 return Ok(item);
             }
             // Someone else wrote first; wait for the view to see it and try again.

@@ -406,9 +406,30 @@ fn bind_err(what: &'static str, addr: &str, source: std::io::Error) -> NodeError
     }
 }
 
+/// Pending connections a listener queues before the kernel drops new ones (tokio's default
+/// is 128, which a reconnect storm of long-polls or watches overflows).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .await
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        bind_err(
+            what,
+            addr,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not IP:PORT"),
+        )
+    })?;
+    let socket = if parsed.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| bind_err(what, addr, e))?;
+    socket
+        .set_reuseaddr(true)
+        .and_then(|()| socket.bind(parsed))
+        .map_err(|e| bind_err(what, addr, e))?;
+    socket
+        .listen(LISTEN_BACKLOG)
         .map_err(|e| bind_err(what, addr, e))
 }
 

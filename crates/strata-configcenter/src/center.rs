@@ -14,7 +14,7 @@ use crate::model::{
     md5_hex, now_ms, ClientIdentity, ConfigItem, ConfigKey, Gray, GrayRule, HistoryEntry, Operation,
 };
 use crate::validate::{validate, ConfigType};
-use crate::view::{StoredItem, View};
+use crate::view::{StoredGray, StoredItem, View};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,7 +187,7 @@ struct Change<'a> {
     /// Extra operations in the same transaction (e.g. deleting the gray release).
     extra: Vec<RequestOp>,
     /// Compare-and-set on the current state, checked against the view.
-    condition: &'a (dyn Fn(Option<&ConfigItem>) -> Result<(), ApiError> + Sync),
+    condition: &'a (dyn Fn(Option<&StoredItem>) -> Result<(), ApiError> + Sync),
 }
 
 impl<S: Store> ConfigCenter<S> {
@@ -274,19 +274,25 @@ impl<S: Store> ConfigCenter<S> {
         self.check_content(change.kind, change.content)?;
         for _ in 0..8 {
             let current = self.view.item(key);
-            (change.condition)(current.as_ref().map(|s| &*s.item))?;
+            (change.condition)(current.as_ref())?;
             let version = self.view.max_version(key) + 1;
             let stored_content = match cipher {
                 Some(c) => c.encrypt(change.content, &key.aad()),
                 None => change.content.to_string(),
             };
             let md5 = md5_hex(change.content);
+            // An encrypted config stores no digest of its plain text; views compute it.
+            let stored_md5 = if cipher.is_some() {
+                String::new()
+            } else {
+                md5.clone()
+            };
             let now = now_ms();
             let item = ConfigItem {
                 key: key.clone(),
                 content: stored_content.clone(),
                 kind: change.kind,
-                md5: md5.clone(),
+                md5: stored_md5.clone(),
                 version,
                 desc: change
                     .desc
@@ -306,7 +312,7 @@ impl<S: Store> ConfigCenter<S> {
                 version,
                 op: change.op,
                 content: stored_content,
-                md5,
+                md5: stored_md5,
                 kind: change.kind,
                 modified_at: now,
                 source: change.source.to_string(),
@@ -337,7 +343,7 @@ impl<S: Store> ConfigCenter<S> {
             if response.succeeded {
                 self.settle(response.header.revision).await;
                 debug!(config = %key, version, op = ?change.op, "config published");
-                return Ok(item);
+                return Ok(ConfigItem { md5, ..item });
             }
             // Someone else wrote first; wait for the view to see it and try again.
             self.settle(self.view.revision() + 1).await;
@@ -361,9 +367,9 @@ impl<S: Store> ConfigCenter<S> {
             .unwrap_or_default();
         let if_md5 = request.if_md5.clone();
         let if_version = request.if_version;
-        let condition = move |current: Option<&ConfigItem>| {
+        let condition = move |current: Option<&StoredItem>| {
             let (md5, version) = current
-                .map(|c| (c.md5.as_str(), c.version))
+                .map(|c| (c.md5.as_str(), c.item.version))
                 .unwrap_or(("", 0));
             if let Some(want) = &if_md5 {
                 if want != md5 {
@@ -451,13 +457,13 @@ impl<S: Store> ConfigCenter<S> {
         self.metrics.op("get");
         let current = self.view.item(key).ok_or_else(|| not_found(key))?;
         let item = &current.item;
-        if let Some((gray, _)) = self.view.gray(key) {
+        if let Some(StoredGray { gray, md5, .. }) = self.view.gray(key) {
             if gray.rule.matches(client) {
                 return Ok(Served {
                     key: key.clone(),
                     content: self.reveal(key, &gray.content, gray.encrypted)?,
                     kind: item.kind,
-                    md5: gray.md5.clone(),
+                    md5,
                     version: item.version,
                     gray: true,
                     modified_at: gray.created_at,
@@ -468,7 +474,7 @@ impl<S: Store> ConfigCenter<S> {
             key: key.clone(),
             content: self.reveal(key, &item.content, item.encrypted)?,
             kind: item.kind,
-            md5: item.md5.clone(),
+            md5: current.md5.clone(),
             version: item.version,
             gray: false,
             modified_at: item.modified_at,
@@ -480,12 +486,12 @@ impl<S: Store> ConfigCenter<S> {
         let Some(current) = self.view.item(key) else {
             return String::new();
         };
-        if let Some((gray, _)) = self.view.gray(key) {
-            if gray.rule.matches(client) {
-                return gray.md5.clone();
+        if let Some(stored) = self.view.gray(key) {
+            if stored.gray.rule.matches(client) {
+                return stored.md5;
             }
         }
-        current.item.md5.clone()
+        current.md5
     }
 
     /// Reads the history, oldest first (contents revealed only with `with_content`).
@@ -508,10 +514,13 @@ impl<S: Store> ConfigCenter<S> {
         for kv in response.kvs {
             let mut entry: HistoryEntry = serde_json::from_slice(&kv.value)
                 .map_err(|e| ApiError::internal(format!("history of {key} is undecodable: {e}")))?;
-            if with_content {
-                entry.content = self.reveal(key, &entry.content, entry.encrypted)?;
+            if entry.encrypted {
+                let plain = self.reveal(key, &entry.content, true)?;
+                entry.md5 = md5_hex(&plain);
+                entry.content = plain;
                 entry.encrypted = false;
-            } else {
+            }
+            if !with_content {
                 entry.content.clear();
             }
             entries.push(entry);
@@ -545,8 +554,11 @@ impl<S: Store> ConfigCenter<S> {
         };
         let mut entry: HistoryEntry = serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::internal(format!("history of {key} is undecodable: {e}")))?;
-        entry.content = self.reveal(key, &entry.content, entry.encrypted)?;
-        entry.encrypted = false;
+        if entry.encrypted {
+            entry.content = self.reveal(key, &entry.content, true)?;
+            entry.md5 = md5_hex(&entry.content);
+            entry.encrypted = false;
+        }
         Ok(entry)
     }
 
@@ -619,12 +631,17 @@ impl<S: Store> ConfigCenter<S> {
         }
         let cipher = self.cipher_for(key)?;
         self.check_content(current.item.kind, content)?;
+        let md5 = md5_hex(content);
         let gray = Gray {
             content: match cipher {
                 Some(c) => c.encrypt(content, &key.aad()),
                 None => content.to_string(),
             },
-            md5: md5_hex(content),
+            md5: if cipher.is_some() {
+                String::new()
+            } else {
+                md5.clone()
+            },
             rule,
             created_at: now_ms(),
             encrypted: cipher.is_some(),
@@ -647,10 +664,10 @@ impl<S: Store> ConfigCenter<S> {
         }
         self.settle(response.header.revision).await;
         info!(config = %key, "gray release started");
-        Ok(gray)
+        Ok(Gray { md5, ..gray })
     }
 
-    fn current_gray(&self, key: &ConfigKey) -> Result<(Arc<Gray>, i64), ApiError> {
+    fn current_gray(&self, key: &ConfigKey) -> Result<StoredGray, ApiError> {
         self.view
             .gray(key)
             .ok_or_else(|| ApiError::not_found(format!("config {key} has no gray release running")))
@@ -663,11 +680,15 @@ impl<S: Store> ConfigCenter<S> {
         source: &str,
     ) -> Result<ConfigItem, ApiError> {
         self.metrics.op("gray_promote");
-        let (gray, gray_revision) = self.current_gray(key)?;
+        let StoredGray {
+            gray,
+            mod_revision: gray_revision,
+            ..
+        } = self.current_gray(key)?;
         let current: StoredItem = self.view.item(key).ok_or_else(|| not_found(key))?;
         let content = self.reveal(key, &gray.content, gray.encrypted)?;
         let gray_key = key.gray_key();
-        let condition = move |_: Option<&ConfigItem>| Ok(());
+        let condition = move |_: Option<&StoredItem>| Ok(());
         let item = self
             .write(Change {
                 key,
@@ -688,7 +709,7 @@ impl<S: Store> ConfigCenter<S> {
     /// Ends a gray release without publishing it.
     pub async fn gray_abort(&self, key: &ConfigKey) -> Result<(), ApiError> {
         self.metrics.op("gray_abort");
-        let (_, gray_revision) = self.current_gray(key)?;
+        let gray_revision = self.current_gray(key)?.mod_revision;
         let response = self
             .store
             .txn(TxnRequest {
@@ -727,16 +748,16 @@ impl<S: Store> ConfigCenter<S> {
                     && tag.is_none_or(|t| i.tags.iter().any(|x| x == t))
             })
             .into_iter()
-            .map(|i| Summary {
-                gray: self.view.gray(&i.key).is_some(),
-                key: i.key.clone(),
-                kind: i.kind,
-                md5: i.md5.clone(),
-                version: i.version,
-                desc: i.desc.clone(),
-                tags: i.tags.clone(),
-                modified_at: i.modified_at,
-                encrypted: i.encrypted,
+            .map(|s| Summary {
+                gray: self.view.gray(&s.item.key).is_some(),
+                key: s.item.key.clone(),
+                kind: s.item.kind,
+                md5: s.md5.clone(),
+                version: s.item.version,
+                desc: s.item.desc.clone(),
+                tags: s.item.tags.clone(),
+                modified_at: s.item.modified_at,
+                encrypted: s.item.encrypted,
             })
             .collect()
     }

@@ -32,7 +32,7 @@ pub fn start<S: Store>(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> prometheus::Result<Arc<ConfigCenter<S>>> {
-    let view = Arc::new(view::View::new());
+    let view = Arc::new(view::View::new(cipher.clone()));
     let metrics = metrics::ConfigMetrics::new(prometheus)?;
     let center = Arc::new(ConfigCenter::new(
         store.clone(),

@@ -94,7 +94,8 @@ impl<S: Store> ConfigCenter<S> {
     pub fn export(&self, ns: &str) -> Result<ExportFile, ApiError> {
         self.metrics.op("export");
         let mut configs = Vec::new();
-        for item in self.view.items(|i| i.key.namespace == ns) {
+        for stored in self.view.items(|i| i.key.namespace == ns) {
+            let item = &stored.item;
             let content = if item.encrypted {
                 self.cipher
                     .as_ref()

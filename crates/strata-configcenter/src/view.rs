@@ -2,7 +2,8 @@
 //! the current version of every config, every gray release, and the highest version each
 //! config's history has reached. Reads, long-polls and watch streams are served from here.
 
-use crate::model::{ConfigItem, ConfigKey, Gray, StoreKey, ROOT};
+use crate::cipher::Cipher;
+use crate::model::{md5_hex, ConfigItem, ConfigKey, Gray, StoreKey, ROOT};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -19,6 +20,37 @@ pub struct StoredItem {
     pub item: Arc<ConfigItem>,
     /// Revision of its last write.
     pub mod_revision: i64,
+    /// MD5 of the plain content. Encrypted configs store no digest of their plain text (it
+    /// would give short secrets away); the view computes it on apply, in memory only.
+    pub md5: String,
+}
+
+/// A gray release with its compare-and-set token and plain-content MD5.
+#[derive(Debug, Clone)]
+pub struct StoredGray {
+    /// The gray release.
+    pub gray: Arc<Gray>,
+    /// Revision of its last write.
+    pub mod_revision: i64,
+    /// MD5 of the plain gray content.
+    pub md5: String,
+}
+
+/// The MD5 of a stored content's plain text; "" when it cannot be decrypted here.
+pub fn plain_md5(
+    cipher: Option<&Cipher>,
+    key: &ConfigKey,
+    content: &str,
+    encrypted: bool,
+    stored_md5: &str,
+) -> String {
+    if !encrypted {
+        return stored_md5.to_string();
+    }
+    cipher
+        .and_then(|c| c.decrypt(content, &key.aad()).ok())
+        .map(|plain| md5_hex(&plain))
+        .unwrap_or_default()
 }
 
 /// What changed, as subscribers see it.
@@ -49,13 +81,14 @@ impl ConfigChange {
 struct State {
     revision: i64,
     items: HashMap<ConfigKey, StoredItem>,
-    grays: HashMap<ConfigKey, (Arc<Gray>, i64)>,
+    grays: HashMap<ConfigKey, StoredGray>,
     /// Highest version in each config's history (survives deletes, so versions never repeat).
     max_version: HashMap<ConfigKey, u64>,
 }
 
 /// The config center as this node sees it.
 pub struct View {
+    cipher: Option<Cipher>,
     state: RwLock<State>,
     changes: broadcast::Sender<Arc<ConfigChange>>,
     revision: watch::Sender<i64>,
@@ -63,14 +96,15 @@ pub struct View {
 
 impl Default for View {
     fn default() -> Self {
-        View::new()
+        View::new(None)
     }
 }
 
 impl View {
-    /// An empty view.
-    pub fn new() -> Self {
+    /// An empty view; `cipher` lets it digest encrypted contents.
+    pub fn new(cipher: Option<Cipher>) -> Self {
         View {
+            cipher,
             state: RwLock::new(State::default()),
             changes: broadcast::channel(16384).0,
             revision: watch::channel(0).0,
@@ -108,7 +142,7 @@ impl View {
     }
 
     /// A config's gray release and its mod revision.
-    pub fn gray(&self, key: &ConfigKey) -> Option<(Arc<Gray>, i64)> {
+    pub fn gray(&self, key: &ConfigKey) -> Option<StoredGray> {
         self.read().grays.get(key).cloned()
     }
 
@@ -125,15 +159,15 @@ impl View {
     }
 
     /// Every config matching `filter`, sorted by key.
-    pub fn items(&self, filter: impl Fn(&ConfigItem) -> bool) -> Vec<Arc<ConfigItem>> {
+    pub fn items(&self, filter: impl Fn(&ConfigItem) -> bool) -> Vec<StoredItem> {
         let state = self.read();
-        let mut items: Vec<Arc<ConfigItem>> = state
+        let mut items: Vec<StoredItem> = state
             .items
             .values()
             .filter(|s| filter(&s.item))
-            .map(|s| s.item.clone())
+            .cloned()
             .collect();
-        items.sort_by(|a, b| a.key.cmp(&b.key));
+        items.sort_by(|a, b| a.item.key.cmp(&b.item.key));
         items
     }
 
@@ -154,7 +188,7 @@ impl View {
             ..State::default()
         };
         for kv in kvs {
-            apply_put(&mut fresh, kv);
+            apply_put(&mut fresh, kv, self.cipher.as_ref());
         }
         {
             let mut state = self.write();
@@ -172,7 +206,7 @@ impl View {
             let mut state = self.write();
             for event in events {
                 let change = match event.kind {
-                    EventType::Put => apply_put(&mut state, &event.kv),
+                    EventType::Put => apply_put(&mut state, &event.kv, self.cipher.as_ref()),
                     EventType::Delete => apply_delete(&mut state, &event.kv.key),
                 };
                 if let Some(change) = change {
@@ -189,7 +223,7 @@ impl View {
     }
 }
 
-fn apply_put(state: &mut State, kv: &KeyValue) -> Option<ConfigChange> {
+fn apply_put(state: &mut State, kv: &KeyValue, cipher: Option<&Cipher>) -> Option<ConfigChange> {
     match StoreKey::parse(&kv.key)? {
         StoreKey::Item(key) => {
             let item: ConfigItem = match serde_json::from_slice(&kv.value) {
@@ -206,11 +240,13 @@ fn apply_put(state: &mut State, kv: &KeyValue) -> Option<ConfigChange> {
             let item = Arc::new(item);
             let max = state.max_version.entry(key.clone()).or_insert(0);
             *max = (*max).max(item.version);
+            let md5 = plain_md5(cipher, &key, &item.content, item.encrypted, &item.md5);
             state.items.insert(
                 key,
                 StoredItem {
                     item: item.clone(),
                     mod_revision: kv.mod_revision,
+                    md5,
                 },
             );
             Some(ConfigChange::Published(item))
@@ -222,9 +258,15 @@ fn apply_put(state: &mut State, kv: &KeyValue) -> Option<ConfigChange> {
         }
         StoreKey::Gray(key) => match serde_json::from_slice::<Gray>(&kv.value) {
             Ok(gray) => {
-                state
-                    .grays
-                    .insert(key.clone(), (Arc::new(gray), kv.mod_revision));
+                let md5 = plain_md5(cipher, &key, &gray.content, gray.encrypted, &gray.md5);
+                state.grays.insert(
+                    key.clone(),
+                    StoredGray {
+                        gray: Arc::new(gray),
+                        mod_revision: kv.mod_revision,
+                        md5,
+                    },
+                );
                 Some(ConfigChange::Gray(key))
             }
             Err(e) => {

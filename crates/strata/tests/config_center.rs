@@ -368,6 +368,33 @@ async fn encrypted_config_is_unreadable_on_disk_and_plain_when_read() {
         )
         .await;
     }
+    // The plain content's MD5 is served to clients but never stored: for a short secret it
+    // would give the secret away.
+    let md5_of = |data_id: &str| -> String {
+        let served: Value = serde_json::from_str(&cli_ok(
+            &ep,
+            &["--output", "json", "config", "get", data_id],
+        ))
+        .unwrap();
+        served["md5"].as_str().unwrap().to_string()
+    };
+    let secret_md5 = md5_of("cipher-db.properties");
+    let plain_md5 = md5_of("public.properties");
+    assert_eq!(secret_md5.len(), 32);
+    let history = cli_ok(
+        &ep,
+        &[
+            "--output",
+            "json",
+            "config",
+            "history",
+            "cipher-db.properties",
+        ],
+    );
+    assert!(
+        history.contains(&secret_md5),
+        "history shows the plain md5: {history}"
+    );
     // Stop the nodes so everything is on disk, then look at every byte of every data folder.
     for id in 1..=3 {
         assert_eq!(cluster.node(id).terminate().code(), Some(0));
@@ -382,6 +409,15 @@ async fn encrypted_config_is_unreadable_on_disk_and_plain_when_read() {
         assert!(
             !files_contain(&dir, b"SECRET-MARKER-4f1c"),
             "the secret is readable in {}",
+            dir.display()
+        );
+        assert!(
+            files_contain(&dir, plain_md5.as_bytes()),
+            "control: plain configs' md5s are stored"
+        );
+        assert!(
+            !files_contain(&dir, secret_md5.as_bytes()),
+            "the secret's md5 is stored in {}",
             dir.display()
         );
     }

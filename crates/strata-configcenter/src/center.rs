@@ -186,6 +186,8 @@ struct Change<'a> {
     source: &'a str,
     /// Extra operations in the same transaction (e.g. deleting the gray release).
     extra: Vec<RequestOp>,
+    /// Extra conditions in the same transaction (e.g. the gray release is the one read).
+    extra_compares: Vec<Compare>,
     /// Compare-and-set on the current state, checked against the view.
     condition: &'a (dyn Fn(Option<&StoredItem>) -> Result<(), ApiError> + Sync),
 }
@@ -332,10 +334,13 @@ impl<S: Store> ConfigCenter<S> {
             let response = self
                 .store
                 .txn(TxnRequest {
-                    compare: vec![
+                    compare: [
                         compare(key.item_key(), CompareTarget::ModRevision(mod_revision)),
                         compare(key.history_key(version), CompareTarget::CreateRevision(0)),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(change.extra_compares.iter().cloned())
+                    .collect(),
                     success,
                     failure: vec![],
                 })
@@ -404,6 +409,7 @@ impl<S: Store> ConfigCenter<S> {
             op: Operation::Publish,
             source,
             extra: vec![],
+            extra_compares: vec![],
             condition: &condition,
         })
         .await
@@ -598,6 +604,7 @@ impl<S: Store> ConfigCenter<S> {
             op: Operation::Rollback,
             source,
             extra: vec![],
+            extra_compares: vec![],
             condition: &|_| Ok(()),
         })
         .await
@@ -698,7 +705,9 @@ impl<S: Store> ConfigCenter<S> {
                 tags: None,
                 op: Operation::GrayPromote,
                 source,
-                extra: vec![delete_op(gray_key)],
+                extra: vec![delete_op(gray_key.clone())],
+                // Promote the gray release that was read, not one that replaced it since.
+                extra_compares: vec![compare(gray_key, CompareTarget::ModRevision(gray_revision))],
                 condition: &condition,
             })
             .await?;

@@ -382,6 +382,9 @@ pub struct ListenRequest {
     /// The client's labels, for gray releases.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The client's address for gray releases by IP (default: the connection's).
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 /// One config a long-poll holds.
@@ -426,7 +429,7 @@ async fn listen<S: Store>(
         watched.push((key, c.md5.clone()));
     }
     let client = ClientIdentity {
-        ip: peer.0.map(|a| a.ip().to_string()),
+        ip: r.ip.or_else(|| peer.ip()),
         labels: r.labels,
     };
     let _gauge = ListenerGauge::new(&s.center.metrics.listeners);
@@ -492,8 +495,11 @@ async fn watch<S: Store>(
                 }
             }
             None => {
+                // The version must be the one `current` came from, or a publish landing in
+                // between would be skipped.
+                let before = s.center.view.max_version(&key);
                 let current = s.center.get(&key, &client).ok();
-                last_version = s.center.view.max_version(&key);
+                last_version = current.as_ref().map(|c| c.version).unwrap_or(before);
                 last_md5 = current.as_ref().map(|c| c.md5.clone()).unwrap_or_default();
                 let message = WatchMessage {
                     event: "current".into(),
@@ -520,7 +526,11 @@ async fn watch<S: Store>(
             if !relevant {
                 continue;
             }
-            let gray_change = matches!(change.as_deref(), Ok(ConfigChange::Gray(_)));
+            // After a gap (lag or reload) a gray release may have started or ended unseen.
+            let gray_change = matches!(
+                change.as_deref(),
+                Ok(ConfigChange::Gray(_)) | Ok(ConfigChange::Reset) | Err(_)
+            );
             let version = s.center.view.max_version(&key);
             if version > last_version {
                 // New versions: replay them from the history, so none is skipped.

@@ -269,9 +269,14 @@ impl Node {
         ));
 
         info!(node_id = id, "starting the service registry");
+        let max_request = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
+        let max_content =
+            usize::try_from(config.config_center.max_content_bytes.0).unwrap_or(usize::MAX);
         let store = Arc::new(store::NodeStore {
             service: service.clone(),
             tracker: tracker.clone(),
+            // Current version + history entry, JSON-escaped (and base64 for cipher- configs).
+            max_txn_bytes: max_request.max(max_content.saturating_mul(3).saturating_add(64 * 1024)),
         });
         let registry = strata_registry::start(
             store.clone(),

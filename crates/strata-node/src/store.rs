@@ -18,6 +18,9 @@ pub struct NodeStore {
     pub service: Arc<KvService>,
     /// Tracks watch tasks so shutdown waits for them.
     pub tracker: TaskTracker,
+    /// Largest transaction the domains may write (a config is stored twice, as its current
+    /// version and in its history, so this is above a client request's limit).
+    pub max_txn_bytes: usize,
 }
 
 impl strata_store::Store for NodeStore {
@@ -30,7 +33,7 @@ impl strata_store::Store for NodeStore {
     }
 
     async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, ApiError> {
-        self.service.txn(request).await
+        self.service.txn_within(request, self.max_txn_bytes).await
     }
 
     async fn lease_grant(&self, ttl: i64) -> Result<i64, ApiError> {

@@ -325,12 +325,21 @@ async fn check_loop<S: Store>(
                 }
             }
         };
+        // Gone for now (the plan stops this loop if it stays gone); a re-registration with
+        // the same check continues here.
         let Some(stored) = registry.view.get(&r) else {
-            return;
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(pause) => continue,
+            }
         };
+        let ttl_lapsed = matches!(check.kind, CheckKind::Ttl { .. });
         if let Some(target) = target {
             if target != stored.instance.status {
-                if let Err(e) = registry.transition(&stored, target, output).await {
+                if let Err(e) = registry
+                    .transition(&stored, target, output, ttl_lapsed)
+                    .await
+                {
                     debug!(instance = %r, error = %e, "cannot record a health transition yet");
                 }
             }

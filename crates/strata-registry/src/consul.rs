@@ -535,7 +535,7 @@ async fn catalog_services<S: Store>(
 ) -> ConsulResult {
     let p = params(raw.as_deref())?;
     if p.index > 0 {
-        r.view.wait_for(p.index + 1, p.wait).await;
+        r.view.wait_for(p.index.saturating_add(1), p.wait).await;
     }
     let services: Map<String, Value> = r
         .view

@@ -318,16 +318,11 @@ impl Drop for SubscriberGauge {
 }
 
 fn snapshot<S: Store>(s: &RegistryState<S>, ns: &str, service: &str) -> WatchMessage {
-    let (instances, index) = match s.registry.view.service(ns, service) {
-        Some((stored, index, _)) => (
-            stored
-                .into_iter()
-                .map(|st| (*st.instance).clone())
-                .collect(),
-            index,
-        ),
-        None => (Vec::new(), s.registry.view.revision()),
-    };
+    let (stored, index, _) = s.registry.view.service_now(ns, service);
+    let instances = stored
+        .into_iter()
+        .map(|st| (*st.instance).clone())
+        .collect();
     WatchMessage::Snapshot { index, instances }
 }
 

@@ -406,6 +406,7 @@ impl<S: Store> Registry<S> {
         stored: &Stored,
         health: Health,
         output: String,
+        ttl_lapsed: bool,
     ) -> Result<bool, ApiError> {
         let mut next = (*stored.instance).clone();
         next.status = health;
@@ -415,7 +416,12 @@ impl<S: Store> Registry<S> {
         let response = self
             .store
             .txn(TxnRequest {
-                compare: vec![mod_is(r.key(), stored.mod_revision)],
+                compare: if ttl_lapsed {
+                    // A report that renewed the TTL in the meantime wins.
+                    vec![mod_is(r.key(), stored.mod_revision), mod_is(r.ttl_key(), 0)]
+                } else {
+                    vec![mod_is(r.key(), stored.mod_revision)]
+                },
                 success: vec![put_op(r.key(), encode(&next)?, stored.lease)],
                 failure: vec![],
             })
@@ -485,13 +491,7 @@ impl<S: Store> Registry<S> {
                 .wait_for_change(&ns, service, query.index, wait)
                 .await;
         }
-        let Some((stored, index, settings)) = self.view.service(&ns, service) else {
-            return Ok(QueryResult {
-                index: self.view.catalog_index().max(1),
-                protected: false,
-                instances: vec![],
-            });
-        };
+        let (stored, index, settings) = self.view.service_now(&ns, service);
         let matches = |i: &Instance| {
             query.status.is_none_or(|s| i.status == s)
                 && query.tags.iter().all(|t| i.tags.contains(t))

@@ -255,6 +255,20 @@ impl View {
         ))
     }
 
+    /// Instances of a service and its index, read together: for a service never registered,
+    /// no instances and the view's revision (so a registration after it raises the index).
+    pub fn service_now(&self, ns: &str, service: &str) -> (Vec<Stored>, i64, ServiceSettings) {
+        let state = self.read();
+        match state.services.get(&(ns.to_string(), service.to_string())) {
+            Some(entry) => (
+                entry.instances.values().cloned().collect(),
+                entry.index,
+                entry.settings.clone(),
+            ),
+            None => (Vec::new(), state.revision, ServiceSettings::default()),
+        }
+    }
+
     /// One instance.
     pub fn get(&self, r: &InstanceRef) -> Option<Stored> {
         let state = self.read();

@@ -533,6 +533,18 @@ async fn bad_input_gets_precise_errors_and_keeps_the_stored_version() {
         before,
         "a refused write changed the stored config"
     );
+
+    // The size limit is the config center's (1 MiB by default), although a config is
+    // written twice (current version and history) in one transaction.
+    let big = "x".repeat(1_000_000);
+    publish(&ep, "big.txt", &big, &[]);
+    assert_eq!(cli_ok(&ep, &["config", "get", "big.txt"]).len(), 1_000_001);
+    fails(
+        &ep,
+        &["config", "publish", "big.txt", "--file", "-"],
+        &"y".repeat(1_100_000),
+        "the limit is 1048576 (config_center.max_content_bytes)",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -581,7 +581,20 @@ async fn replay<S: Store>(
     last_md5: &mut String,
     tx: &SseSender,
 ) -> bool {
-    let entries = s.center.history(key, true).await.unwrap_or_default();
+    let entries = match s.center.history(key, true).await {
+        Ok(entries) => entries,
+        // No history yet (a config never published) is not an error for a watcher.
+        Err(e) if e.code == strata_proto::error::ErrorCode::NotFound => Vec::new(),
+        Err(e) => {
+            // Say why and end the stream rather than stay silent.
+            let event = SseEvent::default()
+                .event("error")
+                .json_data(&e)
+                .unwrap_or_else(|_| SseEvent::default().event("error").data(e.message.clone()));
+            let _ = tx.send(Ok(event)).await;
+            return false;
+        }
+    };
     let after = *last_version;
     for entry in entries.into_iter().filter(|e| e.version > after) {
         *last_version = entry.version;

@@ -320,8 +320,14 @@ fn service_name(p: &Params) -> Result<(String, String), NacosError> {
     Ok((group, name))
 }
 
-fn instance_id(ip: &str, port: &str) -> String {
-    format!("{ip}:{port}")
+/// `IP:PORT`, with `@GROUP` for groups other than the default, so one service name in two
+/// Nacos groups stays two instances.
+fn instance_id(ip: &str, port: &str, group: &str) -> String {
+    if group == "DEFAULT_GROUP" {
+        format!("{ip}:{port}")
+    } else {
+        format!("{ip}:{port}@{group}")
+    }
 }
 
 fn namespace_of(p: &Params) -> String {
@@ -339,6 +345,7 @@ async fn instance_register<S: Store>(
     let (group, name) = service_name(&p)?;
     let ip = p.required("ip")?.to_string();
     let port_text = p.required("port")?;
+    let id = instance_id(&ip, port_text, &group);
     let port: u32 = port_text.parse().map_err(|_| {
         NacosError(
             StatusCode::BAD_REQUEST,
@@ -378,7 +385,7 @@ async fn instance_register<S: Store>(
     let registration = Registration {
         namespace: Some(namespace_of(&p)),
         service: name,
-        id: instance_id(&ip, port_text),
+        id,
         address: ip,
         port,
         tags: Vec::new(),
@@ -399,11 +406,11 @@ async fn instance_deregister<S: Store>(
     body: Bytes,
 ) -> NacosResult {
     let p = Params::new(q.as_deref(), &body);
-    let (_, name) = service_name(&p)?;
+    let (group, name) = service_name(&p)?;
     let r = InstanceRef::new(
         &namespace_of(&p),
         &name,
-        &instance_id(p.required("ip")?, p.required("port")?),
+        &instance_id(p.required("ip")?, p.required("port")?, &group),
     );
     match s.registry.deregister(&r).await {
         Ok(_) => {}
@@ -478,7 +485,7 @@ async fn instance_beat<S: Store>(
     body: Bytes,
 ) -> NacosResult {
     let p = Params::new(q.as_deref(), &body);
-    let (_, name) = service_name(&p)?;
+    let (group, name) = service_name(&p)?;
     let beat: Value = match p.get("beat") {
         Some(text) => serde_json::from_str(text)
             .map_err(|e| NacosError(StatusCode::BAD_REQUEST, format!("invalid beat: {e}")))?,
@@ -494,7 +501,7 @@ async fn instance_beat<S: Store>(
         .map(|v| v.to_string())
         .or_else(|| p.get("port").map(str::to_string))
         .ok_or_else(|| NacosError(StatusCode::BAD_REQUEST, "beat has no port".into()))?;
-    let r = InstanceRef::new(&namespace_of(&p), &name, &instance_id(&ip, &port));
+    let r = InstanceRef::new(&namespace_of(&p), &name, &instance_id(&ip, &port, &group));
     let code = match s.registry.heartbeat(&r).await {
         Ok(_) => 10200,
         Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::BadRequest => 20404,

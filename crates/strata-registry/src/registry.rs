@@ -196,13 +196,9 @@ impl<S: Store> Registry<S> {
                 failure: vec![get_op(key.clone())],
             }
         };
-        let response = match self.store.txn(txn).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.release(lease);
-                return Err(e);
-            }
-        };
+        // On an error the transaction may still have committed (a lost reply), so the new
+        // lease is not revoked here: if nothing uses it, it expires after its TTL.
+        let response = self.store.txn(txn).await?;
         if response.succeeded {
             let revision = response.header.revision;
             self.settle(revision).await;

@@ -490,7 +490,7 @@ async fn watch<S: Store>(
                 // Replay what happened after `from`, in order, from the history.
                 last_version = from;
                 last_md5 = String::new();
-                if !replay(&s, &key, &mut last_version, &mut last_md5, &tx).await {
+                if !replay(&s, &key, &client, &mut last_version, &mut last_md5, &tx).await {
                     return;
                 }
             }
@@ -534,7 +534,7 @@ async fn watch<S: Store>(
             let version = s.center.view.max_version(&key);
             if version > last_version {
                 // New versions: replay them from the history, so none is skipped.
-                if !replay(&s, &key, &mut last_version, &mut last_md5, &tx).await {
+                if !replay(&s, &key, &client, &mut last_version, &mut last_md5, &tx).await {
                     return;
                 }
             }
@@ -577,10 +577,19 @@ async fn send_message(tx: &SseSender, message: &WatchMessage) -> bool {
 async fn replay<S: Store>(
     s: &ConfigState<S>,
     key: &ConfigKey,
+    client: &ClientIdentity,
     last_version: &mut u64,
     last_md5: &mut String,
     tx: &SseSender,
 ) -> bool {
+    // A client that matches a running gray release keeps seeing the gray content: main
+    // versions move its position but are not what it sees, so they are not sent.
+    let gray_md5 = s
+        .center
+        .view
+        .gray(key)
+        .filter(|g| g.gray.rule.matches(client))
+        .map(|g| g.md5);
     let entries = match s.center.history(key, true).await {
         Ok(entries) => entries,
         // No history yet (a config never published) is not an error for a watcher.
@@ -598,6 +607,10 @@ async fn replay<S: Store>(
     let after = *last_version;
     for entry in entries.into_iter().filter(|e| e.version > after) {
         *last_version = entry.version;
+        if let Some(md5) = &gray_md5 {
+            last_md5.clone_from(md5);
+            continue;
+        }
         last_md5.clone_from(&entry.md5);
         let message = WatchMessage {
             event: op_name(entry.op).to_string(),

@@ -228,7 +228,44 @@ async fn gray_release_reaches_matching_labels_only() {
     );
 
     gray(&["--labels", "env=canary"], "{\"qps\": 700}");
+    // A canary listener keeps seeing the gray content while main versions are published, and
+    // hears about the promotion.
+    let mut canary = KillOnDrop(
+        Command::new(strata_bin())
+            .args(["--endpoints", &ep.join(","), "--output", "json"])
+            .args(["config", "listen", "limits.json", "--label", "env=canary"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let stdout = canary.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // Connected once the node counts it.
+    wait_until(Duration::from_secs(10), "the canary listener", || {
+        let node = cluster.nodes[0].metric("strata_config_listeners");
+        async move { (node.await? >= 1.0).then_some(()) }
+    })
+    .await;
+    publish(&ep, "limits.json", "{\"qps\": 150}", &[]);
     cli_ok(&ep, &["config", "gray-promote", "limits.json"]);
+    let heard = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        heard["event"], "gray-promote",
+        "the main publish reached a canary: {heard}"
+    );
+    assert_eq!(heard["content"], "{\"qps\": 700}");
+    drop(canary);
     assert_eq!(get(&[]), "{\"qps\": 700}");
     assert_eq!(get(&["env=canary"]), "{\"qps\": 700}");
     let history = cli_ok(

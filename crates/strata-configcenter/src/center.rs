@@ -325,9 +325,15 @@ impl<S: Store> ConfigCenter<S> {
                 put_op(key.history_key(version), json(&history)?),
             ];
             if version > self.settings.history_retention {
-                success.push(delete_op(
-                    key.history_key(version - self.settings.history_retention),
-                ));
+                // Every version that fell out of the window (more than one after
+                // history_retention was lowered).
+                success.push(RequestOp::DeleteRange(DeleteRangeRequest {
+                    key: key.history_key(0).into_bytes(),
+                    range_end: key
+                        .history_key(version - self.settings.history_retention + 1)
+                        .into_bytes(),
+                    ..DeleteRangeRequest::default()
+                }));
             }
             success.extend(change.extra.iter().cloned());
             let mod_revision = current.as_ref().map(|s| s.mod_revision).unwrap_or(0);

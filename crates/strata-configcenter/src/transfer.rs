@@ -187,20 +187,31 @@ impl<S: Store> ConfigCenter<S> {
                 report.skipped.push(name);
                 continue;
             }
-            self.publish(
-                Publish {
-                    namespace: Some(key.namespace.clone()),
-                    group: Some(key.group.clone()),
-                    data_id: key.data_id.clone(),
-                    content: c.content,
-                    kind: Some(c.kind),
-                    desc: Some(c.desc),
-                    tags: Some(c.tags),
-                    ..Publish::default()
-                },
-                source,
-            )
-            .await?;
+            let published = self
+                .publish(
+                    Publish {
+                        namespace: Some(key.namespace.clone()),
+                        group: Some(key.group.clone()),
+                        data_id: key.data_id.clone(),
+                        content: c.content,
+                        kind: Some(c.kind),
+                        desc: Some(c.desc),
+                        tags: Some(c.tags),
+                        // Skip and abort never overwrite, even a config created meanwhile.
+                        if_version: (policy != Policy::Overwrite).then_some(0),
+                        ..Publish::default()
+                    },
+                    source,
+                )
+                .await;
+            match published {
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::FailedPrecondition && policy == Policy::Skip => {
+                    report.skipped.push(name);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if exists {
                 report.overwritten.push(name);
             } else {

@@ -355,8 +355,14 @@ impl<S: Store> Registry<S> {
             };
             let ttl = ttl.0;
             let marker = self.view.ttl_marker(r);
+            // A marker whose lease has another length (the check's TTL was changed by a
+            // re-registration) is replaced rather than renewed.
             let renewed = match marker {
-                Some(lease) => self.store.lease_keepalive(lease).await.is_ok(),
+                Some(lease) => self
+                    .store
+                    .lease_keepalive(lease)
+                    .await
+                    .is_ok_and(|granted| granted == lease_seconds(ttl)),
                 None => false,
             };
             if renewed && stored.instance.status == health {

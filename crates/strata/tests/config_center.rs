@@ -608,3 +608,31 @@ async fn nacos_sdk_python_publishes_reads_and_is_notified() {
     );
     assert!(history.contains("delete"), "{history}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_the_configured_number_of_versions() {
+    let cluster =
+        Cluster::start_with_config(1, "[config_center]\nhistory_retention = 3\n", &[]).await;
+    let ep = cluster.endpoints();
+    for n in 1..=5 {
+        publish(&ep, "kept", &format!("v={n}\n"), &[]);
+    }
+    let history: Vec<Value> = serde_json::from_str(&cli_ok(
+        &ep,
+        &["--output", "json", "config", "history", "kept"],
+    ))
+    .unwrap();
+    let versions: Vec<u64> = history
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![3, 4, 5]);
+    fails(
+        &ep,
+        &["config", "rollback", "kept", "--to-version", "2"],
+        "",
+        "version 2 of config",
+    );
+    cli_ok(&ep, &["config", "rollback", "kept", "--to-version", "3"]);
+    assert_eq!(cli_ok(&ep, &["config", "get", "kept"]), "v=3\n");
+}

@@ -59,6 +59,8 @@ pub struct ConfigCenter<S: Store> {
     pub cipher: Option<Cipher>,
     /// Limits.
     pub settings: Settings,
+    /// The node's task tracker: watch-stream pumps run on it, so shutdown waits for them.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// A publish request.
@@ -200,6 +202,7 @@ impl<S: Store> ConfigCenter<S> {
         metrics: ConfigMetrics,
         cipher: Option<Cipher>,
         settings: Settings,
+        tracker: tokio_util::task::TaskTracker,
     ) -> Self {
         ConfigCenter {
             store,
@@ -207,6 +210,7 @@ impl<S: Store> ConfigCenter<S> {
             metrics,
             cipher,
             settings,
+            tracker,
         }
     }
 

@@ -481,7 +481,8 @@ async fn watch<S: Store>(
     s.center.metrics.op("watch");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let mut changes = s.center.view.subscribe();
-    tokio::spawn(async move {
+    let tracker = s.center.tracker.clone();
+    tracker.spawn(async move {
         let _gauge = ListenerGauge::new(&s.center.metrics.listeners);
         let mut last_version;
         let mut last_md5;

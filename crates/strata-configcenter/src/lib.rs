@@ -40,6 +40,7 @@ pub fn start<S: Store>(
         metrics,
         cipher,
         settings,
+        tracker.clone(),
     ));
     tracker.spawn(view::follow(store, view, cancel.child_token()));
     let gauges = center.clone();

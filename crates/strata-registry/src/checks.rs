@@ -223,7 +223,7 @@ pub async fn run_checks<S: Store>(registry: Arc<Registry<S>>, cancel: Cancellati
             };
             registry.local_checks.start(&r, kind);
             debug!(instance = %r, kind, "running check");
-            tokio::spawn(check_loop(
+            registry.tracker.spawn(check_loop(
                 registry.clone(),
                 r.clone(),
                 check.clone(),

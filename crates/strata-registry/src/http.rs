@@ -342,7 +342,8 @@ fn watch_stream<S: Store>(
     let mut changes = s.registry.view.subscribe();
     s.registry.metrics.subscribers.inc();
     let gauge = SubscriberGauge(s.registry.metrics.subscribers.clone());
-    async_stream(move |tx| async move {
+    let tracker = s.registry.tracker.clone();
+    async_stream(&tracker, move |tx| async move {
         let _gauge = gauge;
         let first = snapshot(&s, &ns, &service);
         // Changes up to the snapshot's index are in it; the feed may repeat them.
@@ -435,13 +436,16 @@ fn change_revision(change: &Change) -> i64 {
 }
 
 /// A stream fed by a task through a small channel.
-fn async_stream<T, F, Fut>(body: F) -> impl Stream<Item = T>
+fn async_stream<T, F, Fut>(
+    tracker: &tokio_util::task::TaskTracker,
+    body: F,
+) -> impl Stream<Item = T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(body(tx));
+    tracker.spawn(body(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }

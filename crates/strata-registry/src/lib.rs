@@ -35,7 +35,12 @@ pub fn start<S: Store>(
 ) -> prometheus::Result<Arc<Registry<S>>> {
     let view = Arc::new(view::View::new());
     let metrics = metrics::RegistryMetrics::new(prometheus)?;
-    let registry = Arc::new(Registry::new(store.clone(), view.clone(), metrics));
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        view.clone(),
+        metrics,
+        tracker.clone(),
+    ));
     tracker.spawn(view::follow(store, view, cancel.child_token()));
     tracker.spawn(checks::keep_node_alive(
         registry.clone(),

@@ -40,6 +40,9 @@ pub struct Registry<S: Store> {
     pub metrics: RegistryMetrics,
     /// Checks this node runs, for `/v1/registry/checks/local`.
     pub local_checks: Arc<crate::checks::LocalChecks>,
+    /// The node's task tracker: check loops, stream pumps and lease releases run on it, so
+    /// shutdown waits for them.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// The result of a registration.
@@ -145,12 +148,18 @@ pub fn namespace(ns: Option<&str>) -> Result<String, ApiError> {
 
 impl<S: Store> Registry<S> {
     /// A registry over `store`, reading from `view`.
-    pub fn new(store: Arc<S>, view: Arc<View>, metrics: RegistryMetrics) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        view: Arc<View>,
+        metrics: RegistryMetrics,
+        tracker: tokio_util::task::TaskTracker,
+    ) -> Self {
         Registry {
             store,
             view,
             metrics,
             local_checks: Arc::default(),
+            tracker,
         }
     }
 
@@ -247,8 +256,10 @@ impl<S: Store> Registry<S> {
     fn release(&self, lease: i64) {
         if lease != 0 {
             let store = self.store.clone();
-            tokio::spawn(async move {
-                let _ = store.lease_revoke(lease).await;
+            self.tracker.spawn(async move {
+                // Bounded: at shutdown the log may be gone; the lease then expires by its TTL.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), store.lease_revoke(lease)).await;
             });
         }
     }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use strata_registry::http::WatchMessage;
 use strata_registry::{Instance, QueryResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
@@ -224,43 +225,60 @@ async fn ephemeral_instance_survives_leader_kill_and_expires_when_heartbeats_sto
         .await;
     }
 
+    // Follow the service on the two nodes that will survive; each stream starts with a
+    // snapshot holding the instance, then carries every change.
     let leader = cluster.wait_for_leader().await;
+    let mut streams = Vec::new();
+    for node in cluster.nodes.iter().filter(|n| n.id != leader) {
+        let mut stream = strata_client::Client::new(&[node.url()])
+            .stream_get::<WatchMessage>("/v1/registry/services/eph/watch")
+            .await
+            .unwrap();
+        match stream.next().await.unwrap() {
+            Some(WatchMessage::Snapshot { instances, .. }) => {
+                assert_eq!(instances.len(), 1, "node {}: {instances:?}", node.id)
+            }
+            other => panic!("node {}: expected a snapshot, got {other:?}", node.id),
+        }
+        streams.push((node.id, stream));
+    }
     cluster.node(leader).kill9();
-    let survivors: Vec<&NodeProc> = cluster.nodes.iter().filter(|n| n.id != leader).collect();
-    // Heartbeats keep going through the survivors: the instance never disappears, checked
-    // every 100 ms for twice its TTL.
-    let watch_until = Instant::now() + ttl * 2;
-    let mut checks = 0;
-    while Instant::now() < watch_until {
-        for node in &survivors {
-            if let Some(r) = query(node, "eph", "").await {
-                assert_eq!(
-                    r.instances.len(),
-                    1,
-                    "ephemeral instance vanished on node {}",
-                    node.id
-                );
-                checks += 1;
+    // Heartbeats keep going through the survivors: for twice the TTL, no survivor reports the
+    // instance gone (the streams stay quiet or carry puts, never a delete).
+    let window_end = tokio::time::Instant::now() + ttl * 2;
+    for (id, stream) in &mut streams {
+        while let Ok(message) = tokio::time::timeout_at(window_end, stream.next()).await {
+            match message.unwrap() {
+                Some(WatchMessage::Delete { id: gone, .. }) => {
+                    panic!("ephemeral instance {gone} vanished on node {id}")
+                }
+                Some(WatchMessage::Snapshot { instances, .. }) => {
+                    assert_eq!(instances.len(), 1, "node {id} lost the instance")
+                }
+                Some(WatchMessage::Put { .. }) => {}
+                None => panic!("node {id} closed the watch"),
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        checks > 20,
-        "too few successful reads ({checks}) while the leader was down"
-    );
 
     let _ = keepalive.0.kill();
     let _ = keepalive.0.wait();
     // Gone within the TTL plus the documented margin (docs/registry.md): one lease-expiry
     // tick, the log round and the watch to each node.
-    let margin = Duration::from_secs(2);
-    for node in &survivors {
-        wait_until(ttl + margin, "ephemeral instance to expire", || async {
-            let r = query(node, "eph", "").await?;
-            r.instances.is_empty().then_some(())
-        })
-        .await;
+    let expired_by = tokio::time::Instant::now() + ttl + Duration::from_secs(2);
+    for (id, stream) in &mut streams {
+        loop {
+            let message = tokio::time::timeout_at(expired_by, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("node {id}: the instance outlived its TTL"))
+                .unwrap();
+            match message {
+                Some(WatchMessage::Delete { id: gone, .. }) if gone == "e1" => break,
+                Some(WatchMessage::Snapshot { instances, .. }) if instances.is_empty() => break,
+                Some(_) => {}
+                None => panic!("node {id} closed the watch"),
+            }
+        }
     }
 }
 

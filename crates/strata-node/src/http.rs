@@ -436,10 +436,28 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 
 /// The raft-listener route where followers send leader-only requests.
 pub fn internal_router(service: Arc<KvService>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/internal/leader", post(leader))
-        .route("/internal/campaign", post(campaign))
-        .with_state(service)
+        .route("/internal/campaign", post(campaign));
+    let router = if std::env::var("STRATA_FAULT_INJECTION").as_deref() == Ok("1") {
+        tracing::warn!("fault injection is enabled (STRATA_FAULT_INJECTION=1); for tests only");
+        router.route("/internal/fault/partition", post(partition))
+    } else {
+        router
+    };
+    router.with_state(service)
+}
+
+/// Test-only: cuts this node off from the raft addresses in the JSON body (`[]` heals).
+async fn partition(body: Bytes) -> Response {
+    match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(peers) => {
+            tracing::warn!(?peers, "fault injection: cut off from peers");
+            strata_raft::network::set_cut_off_peers(peers);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
 }
 
 async fn leader(State(service): State<Arc<KvService>>, body: Bytes) -> Response {

@@ -194,7 +194,8 @@ impl Node {
             election_timeout_min: config.raft.election_timeout_min.0.as_millis() as u64,
             election_timeout_max: config.raft.election_timeout_max.0.as_millis() as u64,
             install_snapshot_timeout: 120_000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_entries),
+            // Snapshots are triggered by `run_snapshot_schedule`, staggered across members.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
             purge_batch_size: 256,
             max_payload_entries: 1024,
@@ -236,6 +237,7 @@ impl Node {
             raft.clone(),
             service.metrics.clone(),
             service::write_error,
+            config.kv.request_timeout.0,
             &tracker,
             cancel.child_token(),
         ));
@@ -256,6 +258,13 @@ impl Node {
             cancel.child_token(),
         ));
         tracker.spawn(lease_expiry_loop(service.clone(), cancel.child_token()));
+        let snapshots_cancel = cancel.child_token();
+        tracker.spawn(strata_raft::run_snapshot_schedule(
+            raft.clone(),
+            id,
+            config.raft.snapshot_entries,
+            async move { snapshots_cancel.cancelled().await },
+        ));
         tracker.spawn(compaction_loop(
             service.clone(),
             config.auto_compaction,

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub proposal_seconds: Histogram,
     /// Writes per proposed log entry (proposal batching).
     pub proposal_batch_size: Histogram,
+    /// Proposal batches given up on because leadership changed or the deadline passed.
+    pub proposals_abandoned: IntCounter,
+    /// Forwards to a leader given up on because raft elected another leader meanwhile.
+    pub forwards_abandoned: IntCounter,
     /// fsynced log transactions.
     pub raft_log_fsyncs: IntCounter,
     /// Entries in the unpurged log.
@@ -160,6 +164,16 @@ impl Metrics {
             raft_leader_changes,
             proposal_seconds,
             proposal_batch_size,
+            proposals_abandoned: counter(
+                &registry,
+                "strata_raft_proposals_abandoned_total",
+                "Proposal batches abandoned (leadership changed or kv.request_timeout passed); their outcome is unknown",
+            ),
+            forwards_abandoned: counter(
+                &registry,
+                "strata_kv_forwards_abandoned_total",
+                "Requests to a leader abandoned because another leader was elected meanwhile",
+            ),
             raft_log_fsyncs: counter(
                 &registry,
                 "strata_raft_log_fsyncs_total",

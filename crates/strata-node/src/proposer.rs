@@ -6,11 +6,19 @@
 //! that batch is being made durable and replicated the next one accumulates. Under load one
 //! fsync and one replication round cover many writes; an idle cluster still proposes a lone
 //! write at once (no timer, no added latency).
+//!
+//! No wait here is unbounded. A batch's wait for commit and apply is tied to the term it was
+//! proposed in: if this node stops leading that term (it was paused, partitioned or deposed),
+//! the batch fails at once with an "outcome unknown" error and frees its slot, because
+//! openraft may never answer it (an entry purged by an installed snapshot is never
+//! answered). A batch also gives up after `kv.request_timeout`. A follower's forward to the
+//! leader is abandoned the same way when raft elects someone else (`KvService::forward`).
 
 use crate::metrics::Metrics;
+use openraft::ServerState;
 use std::sync::Arc;
-use std::time::Instant;
-use strata_proto::error::ApiError;
+use std::time::{Duration, Instant};
+use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{Command, CommandResult};
 use strata_raft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -34,30 +42,67 @@ pub struct Proposer {
     queue: mpsc::Sender<(Command, Reply)>,
 }
 
+/// Maps openraft's write error to the API's.
+pub type WriteErrorMap = fn(
+    openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, strata_proto::NodeInfo>>,
+) -> ApiError;
+
+/// Returns the term this node leads, or `None` when it is not the leader.
+pub(crate) fn leading_term(raft: &Raft) -> Option<u64> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    (m.state == ServerState::Leader && m.current_leader == Some(m.id)).then_some(m.current_term)
+}
+
+/// Resolves once this node no longer leads `term` (deposed, or raft stopped).
+///
+/// Cancel safety: cancel-safe; it only reads the metrics channel.
+pub(crate) async fn leadership_lost(raft: &Raft, term: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            let leads = m.state == ServerState::Leader
+                && m.current_leader == Some(m.id)
+                && m.current_term == term;
+            if !leads {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The error of a write whose fate is unknown because leadership changed under it.
+pub(crate) fn leadership_changed_error() -> ApiError {
+    ApiError::new(
+        ErrorCode::Timeout,
+        "leadership changed while the write was in flight; it may or may not have been applied",
+    )
+}
+
 impl Proposer {
     /// Starts the batching loop on `tracker`; it stops when `cancel` fires.
+    /// A batch that is not applied within `timeout` fails with an "outcome unknown" error.
     pub fn start(
         raft: Raft,
         metrics: Arc<Metrics>,
-        map_error: fn(
-            openraft::error::RaftError<
-                u64,
-                openraft::error::ClientWriteError<u64, strata_proto::NodeInfo>,
-            >,
-        ) -> ApiError,
+        map_error: WriteErrorMap,
+        timeout: Duration,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let inner_tracker = tracker.clone();
-        tracker.spawn(run(
+        let loop_state = Loop {
             raft,
             metrics,
             map_error,
-            receiver,
-            inner_tracker,
-            cancel,
-        ));
+            timeout,
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(loop_state.run(receiver, cancel));
         Proposer { queue }
     }
 
@@ -74,43 +119,66 @@ impl Proposer {
     }
 }
 
-async fn run(
+/// What the batching loop needs.
+struct Loop {
     raft: Raft,
     metrics: Arc<Metrics>,
-    map_error: fn(
-        openraft::error::RaftError<
-            u64,
-            openraft::error::ClientWriteError<u64, strata_proto::NodeInfo>,
-        >,
-    ) -> ApiError,
-    mut receiver: mpsc::Receiver<(Command, Reply)>,
+    map_error: WriteErrorMap,
+    timeout: Duration,
     tracker: TaskTracker,
-    cancel: CancellationToken,
-) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            next = receiver.recv() => match next {
-                Some(item) => item,
-                None => return,
-            },
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        // Everything that queued while the previous batch was in flight goes into this one.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+}
+
+impl Loop {
+    async fn run(self, mut receiver: mpsc::Receiver<(Command, Reply)>, cancel: CancellationToken) {
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = receiver.recv() => match next {
+                    Some(item) => item,
+                    None => return,
+                },
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            // Everything that queued while the previous batch was in flight goes into this one.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
             }
-        }
-        let raft = raft.clone();
-        let metrics = metrics.clone();
-        tracker.spawn(async move {
             let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
+            let Some(term) = leading_term(&self.raft) else {
+                // Nothing was proposed, so the callers may safely retry on the leader.
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::unavailable("this node is not the leader")));
+                }
+                continue;
+            };
+            let task = self.propose_batch(term, commands, replies);
+            self.tracker.spawn(async move {
+                task.await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Proposes one batch in `term` and answers its callers. Every path ends: applied, failed,
+    /// leadership of `term` lost, or `timeout`.
+    fn propose_batch(
+        &self,
+        term: u64,
+        commands: Vec<Command>,
+        replies: Vec<Reply>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let raft = self.raft.clone();
+        let metrics = self.metrics.clone();
+        let map_error = self.map_error;
+        let timeout = self.timeout;
+        async move {
             let size = commands.len();
             let entry = if size == 1 {
                 commands.into_iter().next().expect("batch has one command")
@@ -118,13 +186,26 @@ async fn run(
                 Command::Batch(commands)
             };
             let started = Instant::now();
-            let result = raft.client_write(entry).await;
+            let outcome = tokio::select! {
+                result = raft.client_write(entry) => result.map_err(map_error),
+                _ = leadership_lost(&raft, term) => {
+                    metrics.proposals_abandoned.inc();
+                    tracing::debug!(term, size, "leadership lost with a batch in flight");
+                    Err(leadership_changed_error())
+                }
+                _ = tokio::time::sleep(timeout) => {
+                    metrics.proposals_abandoned.inc();
+                    Err(ApiError::new(
+                        ErrorCode::Timeout,
+                        format!("the write was not committed within {timeout:?} (kv.request_timeout); it may or may not have been applied"),
+                    ))
+                }
+            };
             metrics
                 .proposal_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.proposal_batch_size.observe(size as f64);
-            drop(permit);
-            match result {
+            match outcome {
                 Ok(response) => match response.data {
                     CommandResult::Batch(results) if size > 1 => {
                         for (reply, result) in replies.into_iter().zip(results) {
@@ -137,14 +218,13 @@ async fn run(
                         }
                     }
                 },
-                Err(e) => {
-                    let error = map_error(e);
+                Err(error) => {
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
             }
-        });
+        }
     }
 }
 

@@ -109,6 +109,9 @@ pub struct KvService {
     pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Shares leadership confirmations between concurrent reads; set once at start.
     read_index: std::sync::OnceLock<crate::read_index::ReadIndexBatcher>,
+    /// Serialises membership changes on the leader: openraft refuses a change while another
+    /// is uncommitted. An async mutex, because it is held across the change's commit.
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 impl KvService {
@@ -139,6 +142,7 @@ impl KvService {
             read_index: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            membership_changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -246,14 +250,31 @@ impl KvService {
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(50));
-        let reply: Result<Result<LeaderReply, ApiError>, TransportError> = post_postcard(
+        let term = self.raft.metrics().borrow().current_term;
+        let call = post_postcard(
             &self.client,
             &node.raft_addr,
             "/internal/leader",
             request,
             remaining,
-        )
-        .await;
+        );
+        // A leader that stops answering (paused, partitioned) is replaced by an election; the
+        // raft metrics show it, and the request must not wait for the old leader's deadline.
+        let reply: Result<Result<LeaderReply, ApiError>, TransportError> = tokio::select! {
+            reply = call => reply,
+            _ = leader_replaced(&self.raft, leader, term) => {
+                self.metrics.forwards_abandoned.inc();
+                tracing::debug!(leader, term, "leader replaced while a request to it was in flight");
+                return Err(if request.idempotent() {
+                    ApiError::unavailable(format!("leader {leader} was replaced while answering"))
+                } else {
+                    ApiError::new(
+                        ErrorCode::Timeout,
+                        format!("leader {leader} was replaced before it answered; the write may or may not have been applied"),
+                    )
+                });
+            }
+        };
         match reply {
             Ok(result) => result,
             Err(TransportError::Unreachable { .. }) => {
@@ -301,9 +322,7 @@ impl KvService {
             LeaderRequest::LeaseKeepAlive(id) => self.lease_refresh(id, true),
             LeaderRequest::LeaseTimeToLive(id) => self.lease_refresh(id, false),
             LeaderRequest::AddMember(id, info) => {
-                if !self.is_leader() {
-                    return Err(not_leader());
-                }
+                let _change = self.begin_membership_change().await?;
                 tracing::info!(member = id, %info, "adding member as learner");
                 self.raft
                     .add_learner(id, info, true)
@@ -318,9 +337,7 @@ impl KvService {
                 Ok(LeaderReply::Done)
             }
             LeaderRequest::RemoveMember(id) => {
-                if !self.is_leader() {
-                    return Err(not_leader());
-                }
+                let _change = self.begin_membership_change().await?;
                 let known = {
                     let metrics = self.raft.metrics();
                     let m = metrics.borrow();
@@ -348,9 +365,7 @@ impl KvService {
                 Ok(LeaderReply::Done)
             }
             LeaderRequest::SetNode(id, info) => {
-                if !self.is_leader() {
-                    return Err(not_leader());
-                }
+                let _change = self.begin_membership_change().await?;
                 let nodes: BTreeMap<u64, NodeInfo> = [(id, info)].into();
                 self.raft
                     .change_membership(ChangeMembers::SetNodes(nodes), false)
@@ -359,6 +374,30 @@ impl KvService {
                 Ok(LeaderReply::Done)
             }
         }
+    }
+
+    /// Takes the leader's membership-change turn: waits for changes queued before it and for
+    /// the current membership to be committed, so openraft never sees two changes at once.
+    async fn begin_membership_change(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+        let turn = tokio::time::timeout(self.request_timeout(), self.membership_changes.lock())
+            .await
+            .map_err(|_| ApiError::unavailable("another membership change is still running"))?;
+        if !self.is_leader() {
+            return Err(not_leader());
+        }
+        self.raft
+            .wait(Some(self.request_timeout()))
+            .metrics(
+                |m| {
+                    let membership = &m.membership_config;
+                    membership.membership().get_joint_config().len() == 1
+                        && membership.log_id() <= &m.last_applied
+                },
+                "membership committed",
+            )
+            .await
+            .map_err(|e| ApiError::unavailable(format!("membership not settled: {e}")))?;
+        Ok(turn)
     }
 
     /// Proposes a KV command through the leader and returns its result.
@@ -871,6 +910,25 @@ impl KvService {
             .elect()
             .await
             .map_err(|e| ApiError::unavailable(format!("raft stopped: {e}")))
+    }
+}
+
+/// Resolves once this node sees a leader other than `leader`, or a term after `term` (also
+/// while an election is still running: the old leader is gone either way).
+///
+/// Cancel safety: cancel-safe; it only reads the metrics channel.
+async fn leader_replaced(raft: &Raft, leader: u64, term: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.current_leader != Some(leader) || m.current_term != term {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

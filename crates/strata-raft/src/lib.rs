@@ -8,6 +8,7 @@
 //! - [`StateMachineStore`]: adapts any [`StateMachine`] to openraft. The application state
 //!   lives in memory; it is made durable by the log plus a snapshot file written atomically.
 //!   On restart the latest snapshot is restored and openraft re-applies the committed tail.
+//! - [`run_snapshot_schedule`]: when each node snapshots (staggered across members).
 //! - [`network`]: the node-to-node transport (HTTP/1.1, postcard bodies) and its server routes.
 //! - [`parse_checked`]: the parser of the checksummed snapshot and vote-marker files; public
 //!   only so that fuzz targets and tests can feed it arbitrary bytes.
@@ -19,11 +20,13 @@
 mod log_store;
 pub mod network;
 mod snapshot_file;
+mod snapshot_schedule;
 mod state_machine;
 mod storage;
 
 pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
 pub use snapshot_file::{parse_checked, SnapshotParts};
+pub use snapshot_schedule::{next_snapshot_due, run_snapshot_schedule, snapshot_phase};
 pub use state_machine::{StateMachine, StateMachineStore};
 pub use storage::{open_storage, DataDir, StorageError};
 

@@ -52,6 +52,25 @@ pub enum TransportError {
     },
 }
 
+/// Fault injection for tests: peers this node must not talk to, as if the network between
+/// them were cut. Only reachable through `POST /internal/fault/partition`, which a node serves
+/// only when started with `STRATA_FAULT_INJECTION=1`; empty otherwise.
+static CUT_OFF: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Cuts this node off from the peers at `addrs` (raft addresses): every node-to-node call
+/// to them fails as unreachable until the list is replaced. An empty list heals.
+pub fn set_cut_off_peers(addrs: Vec<String>) {
+    *CUT_OFF.write().unwrap_or_else(|e| e.into_inner()) = addrs;
+}
+
+fn is_cut_off(addr: &str) -> bool {
+    CUT_OFF
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|peer| peer == addr)
+}
+
 /// Posts a postcard-encoded request to `http://{addr}{path}` and decodes the reply.
 pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
     client: &reqwest::Client,
@@ -64,6 +83,12 @@ pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
         addr: addr.to_string(),
         message,
     };
+    if is_cut_off(addr) {
+        return Err(TransportError::Unreachable {
+            addr: addr.to_string(),
+            message: "cut off by fault injection".into(),
+        });
+    }
     let body = postcard::to_allocvec(request).map_err(|e| failed(format!("encode: {e}")))?;
     let response = client
         .post(format!("http://{addr}{path}"))

@@ -178,10 +178,15 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
         // Serialize and read the applied position under the same lock that `apply` holds, so
         // the snapshot contains exactly the entries up to `last_applied`. The builder runs
         // concurrently with apply in openraft, so this lock is what makes the pair consistent.
-        let (data, applied) = {
-            let applied = self.applied();
-            (self.inner.app.snapshot(), applied.clone())
-        };
+        // Serialising is CPU-bound and can take a while on a large store: it runs off the
+        // async runtime, so heartbeats and appends keep flowing meanwhile.
+        let this = self.clone();
+        let (data, applied) = tokio::task::spawn_blocking(move || {
+            let applied = this.applied();
+            (this.inner.app.snapshot(), applied.clone())
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match applied.last_applied {
             Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
@@ -258,9 +263,11 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = Arc::new(snapshot.into_inner());
-        self.inner
-            .app
-            .restore(&data)
+        let app = self.inner.app.clone();
+        let restoring = data.clone();
+        tokio::task::spawn_blocking(move || app.restore(&restoring))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         *self.applied() = Applied {
             last_applied: meta.last_log_id,

@@ -7,6 +7,7 @@
 mod client_cmds;
 mod config_cmds;
 mod coord_cmds;
+mod log_limit;
 mod run;
 mod svc_cmds;
 
@@ -112,23 +113,35 @@ fn fail(message: &str) -> ! {
 
 /// Logs go to stderr. Nodes log at info, clients at warn; `STRATA_LOG` overrides
 /// (e.g. `STRATA_LOG=debug`), and `STRATA_LOG_FORMAT=json` gives structured JSON lines.
+/// Repeated warnings and errors are limited per call site ([`log_limit`]).
 fn init_logging(is_node: bool) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let default = if is_node {
         "info,openraft=warn,fjall=warn,lsm_tree=warn"
     } else {
         "warn"
     };
     let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("STRATA_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+    let limit = log_limit::RepeatLimit::default();
+    let layer = if std::env::var("STRATA_LOG_FORMAT").as_deref() == Ok("json") {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter.and(limit.clone())))
+        .init();
+    if is_node {
+        limit.spawn_reporter();
     }
 }

@@ -162,6 +162,8 @@ impl NodeProc {
             .arg(&addrs_file)
             .args(&self.extra)
             .env("STRATA_LOG", "info,openraft=warn")
+            // Lets tests cut nodes off from each other (`POST /internal/fault/partition`).
+            .env("STRATA_FAULT_INJECTION", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -201,6 +203,43 @@ impl NodeProc {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Freezes the process with SIGSTOP (as a long GC pause or a stalled VM would).
+    pub fn pause(&self) {
+        send_signal(self.child.as_ref().expect("node is running"), "STOP");
+    }
+
+    /// Lets a process frozen by [`NodeProc::pause`] run again (SIGCONT).
+    pub fn resume(&self) {
+        send_signal(self.child.as_ref().expect("node is running"), "CONT");
+    }
+
+    /// Cuts this node off from the raft addresses `peers` (node-to-node calls to them fail
+    /// as unreachable); an empty list heals. Returns false if the node did not answer.
+    pub async fn cut_off(&self, peers: &[String]) -> bool {
+        reqwest::Client::new()
+            .post(format!("http://{}/internal/fault/partition", self.raft))
+            .timeout(Duration::from_secs(2))
+            .json(&peers)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// True while the process runs (it may be paused).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// This node's view of the cluster, asked with a short deadline (for nodes that may be
+    /// paused or partitioned).
+    pub async fn quick_status(&self) -> Option<ClusterStatus> {
+        Client::new(&[self.url()])
+            .with_timeout(Duration::from_millis(500))
+            .get_json("/v1/cluster/status")
+            .await
+            .ok()
     }
 
     /// Stops the process with SIGTERM and returns its exit status.
@@ -528,6 +567,35 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// Cuts node `id` off from every other node, both ways.
+    pub async fn isolate(&self, id: u64) {
+        let others: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| n.raft.clone())
+            .collect();
+        let node = &self.nodes[(id - 1) as usize];
+        assert!(
+            node.cut_off(&others).await,
+            "node {id} refused the partition"
+        );
+        for other in self.nodes.iter().filter(|n| n.id != id) {
+            assert!(
+                other.cut_off(std::slice::from_ref(&node.raft)).await,
+                "node {} refused the partition",
+                other.id
+            );
+        }
+    }
+
+    /// Heals every partition made by [`Cluster::isolate`] (on the nodes that answer).
+    pub async fn heal(&self) {
+        for node in &self.nodes {
+            node.cut_off(&[]).await;
+        }
     }
 
     /// Waits until node `id` has applied at least `index`.

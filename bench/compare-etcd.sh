@@ -399,6 +399,7 @@ jq -n \
         p50_ms: ([$r[].p50_ms] | median),
         p99_ms: ([$r[].p99_ms] | median),
         max_ms: ([$r[].max_ms] | median),
+        worst_ms: ([$r[].max_ms] | map(select(. != null)) | max),
         rss_mib: [range(0; ($r[0].rss_mib | length)) as $i | [$r[].rss_mib[$i]] | median],
         errors: ([$r[].errors] | add)
     };
@@ -431,7 +432,9 @@ jq -n \
             put: ratio($summary["put_\($many)"].strata.throughput; $summary["put_\($many)"].etcd.throughput),
             get_linearizable: ratio($summary.get_linearizable.strata.throughput; $summary.get_linearizable.etcd.throughput),
             get_serializable: ratio($summary.get_serializable.strata.throughput; $summary.get_serializable.etcd.throughput),
-            put_p99: ratio($summary["put_\($many)"].strata.p99_ms; $summary["put_\($many)"].etcd.p99_ms)
+            put_p99: ratio($summary["put_\($many)"].strata.p99_ms; $summary["put_\($many)"].etcd.p99_ms),
+            worst_put: ratio([$summary | to_entries[] | select(.key | startswith("put_")) | .value.strata.worst_ms] | max;
+                             [$summary | to_entries[] | select(.key | startswith("put_")) | .value.etcd.worst_ms] | max)
         },
         strata_logs: {panics: $panics, error_lines: $errors, error_samples: $error_samples},
         raw: $runs
@@ -452,10 +455,13 @@ jq -r '
     "machine: \($m.nproc) CPUs (\($m.cpu)), \($m.memory), kernel \($m.kernel), data on \($m.data_disk)",
     "medians of \(.config.rounds) interleaved run(s) per cell; watch: \(.config.watchers) watchers, \(.config.watch_puts) puts, throughput = deliveries/s",
     "",
-    "| workload | system | throughput (ops/s) | p50 (ms) | p99 (ms) | RSS per node after (MiB) | errors |",
-    "|---|---|---:|---:|---:|---|---:|",
+    "| workload | system | throughput (ops/s) | p50 (ms) | p99 (ms) | worst (ms) | RSS per node after (MiB) | errors |",
+    "|---|---|---:|---:|---:|---:|---|---:|",
     (.summary | to_entries[] | .key as $id | .value | to_entries[] |
-        "| \($id | pretty) | \(.key) | \(.value.throughput | f) | \(.value.p50_ms | f) | \(.value.p99_ms | f) | \(.value.rss_mib | map(f) | join(" / ")) | \(.value.errors | f) |"),
+        "| \($id | pretty) | \(.key) | \(.value.throughput | f) | \(.value.p50_ms | f) | \(.value.p99_ms | f) | \(.value.worst_ms | f) | \(.value.rss_mib | map(f) | join(" / ")) | \(.value.errors | f) |"),
+    "",
+    ([.summary | to_entries[] | select(.key | startswith("put_"))] as $puts |
+        "worst single put over every put run: strata \([$puts[].value.strata.worst_ms] | max | f) ms, etcd \([$puts[].value.etcd.worst_ms] | max | f) ms (ratio \(.ratio.worst_put | f))"),
     "",
     "| workload | strata / etcd throughput | strata / etcd p50 | strata / etcd p99 |",
     "|---|---:|---:|---:|",

@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --with-dev-running: run everything while a `strata dev` holds every default port, as a
+# newcomer following the README does (CI runs this way).
+with_dev=0
+if [ "${1:-}" = "--with-dev-running" ]; then
+    with_dev=1
+fi
+
 # Debian packages the tests need, one per line: "command package". (protoc is only for the
 # etcd-client crate, a test dependency; building Strata itself needs no protoc.)
 need_packages=(
@@ -13,6 +20,7 @@ need_packages=(
   "etcd etcd-server"
   "protoc protobuf-compiler"
   "dig dnsutils"
+  "jq jq"
 )
 missing=()
 for entry in "${need_packages[@]}"; do
@@ -38,15 +46,73 @@ for entry in "${python_packages[@]}"; do
   fi
 done
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-echo "== tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
-else
-  cargo test --workspace --no-fail-fast
+# From here on every phase runs even when an earlier one failed, so a failure never hides
+# another; the summary at the end lists each phase's result.
+set +e
+results=()
+failed=0
+phase() { # phase NAME COMMAND...
+    local name=$1 start=$SECONDS rc=0
+    shift
+    echo "== $name"
+    "$@" || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        results+=("ok      $name ($((SECONDS - start))s)")
+    else
+        results+=("FAILED  $name (exit $rc)")
+        failed=1
+    fi
+}
+all_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast
+    else
+        cargo test --workspace --no-fail-fast
+    fi
+}
+
+if [ "$with_dev" = 1 ]; then
+    # A newcomer keeps `strata dev` running on the default ports (README quick start) while
+    # running this script; CI does the same, so a test that needs a default port fails here.
+    cargo build --bin strata || exit 1
+    hold=$(mktemp -d)
+    cp target/debug/strata "$hold/strata" # a copy: the test build may replace the binary
+    "$hold/strata" dev --data-dir "$hold/data" --addrs-file "$hold/addrs.json" >"$hold/dev.log" 2>&1 </dev/null &
+    dev_pid=$!
+    trap 'kill "$dev_pid" 2>/dev/null; wait "$dev_pid" 2>/dev/null; rm -rf "$hold"' EXIT
+    for _ in $(seq 200); do
+        [ -s "$hold/addrs.json" ] && break
+        if ! kill -0 "$dev_pid" 2>/dev/null; then
+            cat "$hold/dev.log"
+            echo "✘ strata dev did not start: are the default ports (7700-7703, 7705, 7848) free?"
+            exit 1
+        fi
+        sleep 0.1
+    done
+    if [ ! -s "$hold/addrs.json" ]; then
+        cat "$hold/dev.log"
+        echo "✘ strata dev wrote no addresses within 20 s"
+        exit 1
+    fi
+    echo "== strata dev holds the default ports for the whole run (pid $dev_pid)"
+    held_revision=$("$hold/strata" --endpoints http://127.0.0.1:7700 --output json cluster status | jq .revision)
 fi
-echo "== doc tests"
-cargo test --workspace --doc
+
+phase "cargo fmt --check" cargo fmt --all -- --check
+phase "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+phase "doc tests" cargo test --workspace --doc
+phase "tests" all_tests
+
+if [ "$with_dev" = 1 ]; then
+    now_revision=$("$hold/strata" --endpoints http://127.0.0.1:7700 --output json cluster status | jq .revision)
+    if [ "$now_revision" = "$held_revision" ]; then
+        results+=("ok      the strata dev on the default ports was left alone")
+    else
+        results+=("FAILED  a test wrote to the strata dev on the default ports (revision $held_revision -> $now_revision)")
+        failed=1
+    fi
+fi
+
+echo "== summary"
+printf '  %s\n' "${results[@]}"
+exit "$failed"

@@ -69,6 +69,120 @@ pub fn normalize_endpoint(endpoint: &str) -> String {
     }
 }
 
+/// What a user is told about the address the CLI needs.
+const ENDPOINT_HINT: &str =
+    "give the node's API address as http://HOST:PORT (strata dev prints it; default http://127.0.0.1:7700)";
+
+/// Checks one endpoint as a user typed it and returns it as `scheme://host:port`, or says
+/// what is wrong with it.
+pub fn parse_endpoint(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(format!("an endpoint is empty; {ENDPOINT_HINT}"));
+    }
+    let full = match trimmed.split_once("://") {
+        Some((scheme, _))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            trimmed.to_string()
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "endpoint {trimmed:?} has the scheme {scheme:?}, not http or https; {ENDPOINT_HINT}"
+            ))
+        }
+        None => format!("http://{trimmed}"),
+    };
+    let url = reqwest::Url::parse(&full).map_err(|e| {
+        format!("endpoint {trimmed:?} is not a valid address ({e}); {ENDPOINT_HINT}")
+    })?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "endpoint {trimmed:?} has a path ({:?}); give only scheme, host and port, the CLI adds /v1/... itself",
+            url.path()
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "endpoint {trimmed:?} carries credentials; give only scheme, host and port"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// [`parse_endpoint`] for every endpoint of a list.
+pub fn parse_endpoints(list: &[String]) -> Result<Vec<String>, String> {
+    list.iter().map(|e| parse_endpoint(e)).collect()
+}
+
+/// Names the Strata listener behind a `strata-listener` response header, when it is not
+/// the native API the client needs.
+fn wrong_listener(endpoint: &str, headers: &reqwest::header::HeaderMap) -> Option<ClientError> {
+    let kind = headers.get("strata-listener")?.to_str().ok()?;
+    let what = match kind {
+        "api" => return None,
+        "raft" => "Strata's node-to-node raft listener (--raft-addr)",
+        "consul" => "Strata's Consul-compatible API (--consul-addr)",
+        "nacos" => "Strata's Nacos-compatible API (--nacos-addr)",
+        _ => "a Strata listener other than the native API",
+    };
+    Some(ClientError::Transport(format!(
+        "{endpoint} is {what}, not the native API; {ENDPOINT_HINT}"
+    )))
+}
+
+/// An answer that is neither a result nor an API error: say it is not Strata's API.
+fn not_the_api(endpoint: &str, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let shown = if text.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", text.chars().take(120).collect::<String>())
+    };
+    ClientError::Transport(format!(
+        "{endpoint} answered {status}{shown} but is not Strata's native API; {ENDPOINT_HINT}"
+    ))
+}
+
+/// After a request failed below HTTP: if `endpoint` speaks only HTTP/2 (a gRPC listener such
+/// as Strata's etcd v3 API), says so; otherwise returns `error` unchanged.
+async fn explain_transport_error(endpoint: &str, error: String) -> ClientError {
+    if speaks_only_http2(endpoint).await {
+        return ClientError::Transport(format!(
+            "{endpoint} speaks HTTP/2 only: it looks like Strata's etcd v3 gRPC listener (--grpc-addr, for etcdctl and etcd clients); {ENDPOINT_HINT}"
+        ));
+    }
+    ClientError::Transport(error)
+}
+
+/// Sends the HTTP/2 connection preface and an empty SETTINGS frame and checks whether a
+/// SETTINGS frame comes back, within 500 ms.
+async fn speaks_only_http2(endpoint: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(url) = reqwest::Url::parse(endpoint) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .ok()?;
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head[3] == 0x04)
+    };
+    tokio::time::timeout(Duration::from_millis(500), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 impl Client {
     /// Creates a client; endpoints are `http://host:port` (scheme optional).
     pub fn new(endpoints: &[String]) -> Self {
@@ -140,6 +254,9 @@ impl Client {
                 Ok(response) => {
                     last_contact = Instant::now();
                     let status = response.status();
+                    if let Some(error) = wrong_listener(endpoint, response.headers()) {
+                        return Err(error);
+                    }
                     let bytes = response.bytes().await.map_err(|e| {
                         ClientError::Transport(format!("reading reply from {endpoint}: {e}"))
                     })?;
@@ -149,12 +266,9 @@ impl Client {
                             ClientError::Transport(format!("unexpected reply from {endpoint}: {e}"))
                         });
                     }
-                    let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                        ApiError::new(
-                            ErrorCode::Internal,
-                            format!("status {status}: {}", String::from_utf8_lossy(&bytes)),
-                        )
-                    });
+                    let Ok(error) = serde_json::from_slice::<ApiError>(&bytes) else {
+                        return Err(not_the_api(endpoint, status, &bytes));
+                    };
                     if error.code != ErrorCode::Unavailable {
                         return Err(ClientError::Api(error));
                     }
@@ -166,9 +280,11 @@ impl Client {
                     ));
                 }
                 Err(e) => {
-                    return Err(ClientError::Transport(format!(
-                        "request to {endpoint} failed: {e}"
-                    )))
+                    return Err(explain_transport_error(
+                        endpoint,
+                        format!("request to {endpoint} failed: {e}"),
+                    )
+                    .await)
                 }
             }
             attempt += 1;
@@ -265,16 +381,26 @@ impl Client {
             }
             let response = match builder.send().await {
                 Ok(response) => response,
-                Err(e) => {
+                Err(e) if e.is_connect() => {
                     last_error = ClientError::Transport(format!("cannot reach {endpoint}: {e}"));
                     continue;
                 }
+                Err(e) => {
+                    last_error =
+                        explain_transport_error(endpoint, format!("cannot reach {endpoint}: {e}"))
+                            .await;
+                    continue;
+                }
             };
+            if let Some(error) = wrong_listener(endpoint, response.headers()) {
+                return Err(error);
+            }
             if !response.status().is_success() {
+                let status = response.status();
                 let bytes = response.bytes().await.unwrap_or_default();
-                let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                    ApiError::internal(String::from_utf8_lossy(&bytes).into_owned())
-                });
+                let Ok(error) = serde_json::from_slice::<ApiError>(&bytes) else {
+                    return Err(not_the_api(endpoint, status, &bytes));
+                };
                 if error.code == ErrorCode::Unavailable {
                     last_error = ClientError::Api(error);
                     continue;

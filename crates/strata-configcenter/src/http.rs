@@ -248,13 +248,27 @@ async fn list<S: Store>(
     )))
 }
 
+/// A config's history; each entry's `content` only with `content=true` (otherwise the field
+/// is left out rather than shown empty).
 async fn history<S: Store>(
     State(s): State<ConfigState<S>>,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Vec<HistoryEntry>> {
+) -> ApiResult<Vec<serde_json::Value>> {
     let p = Params::parse(raw.as_deref())?;
     let with_content = p.get("content").is_some_and(|v| v == "true" || v == "1");
-    Ok(axum::Json(s.center.history(&p.key()?, with_content).await?))
+    let entries: Vec<HistoryEntry> = s.center.history(&p.key()?, with_content).await?;
+    let mut shown = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut value = serde_json::to_value(&entry)
+            .map_err(|e| ApiError::internal(format!("encode history entry: {e}")))?;
+        if !with_content {
+            if let Some(object) = value.as_object_mut() {
+                object.remove("content");
+            }
+        }
+        shown.push(value);
+    }
+    Ok(axum::Json(shown))
 }
 
 #[derive(Serialize, Deserialize)]

@@ -609,7 +609,7 @@ impl KvStore {
         if self.leases.contains_key(&id) {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
-                format!("lease {id} already exists"),
+                format!("lease {id:x} already exists"),
             ));
         }
         self.leases.insert(
@@ -645,7 +645,7 @@ impl KvStore {
 
 fn lease_not_found(id: i64) -> ApiError {
     ApiError::not_found(format!(
-        "lease {id} not found; grant one with `strata lease grant TTL`"
+        "lease {id:x} not found; grant one with `strata lease grant TTL`"
     ))
 }
 

@@ -440,7 +440,7 @@ pub fn internal_router(service: Arc<KvService>) -> Router {
         .route("/internal/leader", post(leader))
         .route("/internal/campaign", post(campaign));
     let router = if std::env::var("STRATA_FAULT_INJECTION").as_deref() == Ok("1") {
-        tracing::warn!("fault injection is enabled (STRATA_FAULT_INJECTION=1); for tests only");
+        tracing::info!("fault injection is enabled (STRATA_FAULT_INJECTION=1): for tests only");
         router.route("/internal/fault/partition", post(partition))
     } else {
         router

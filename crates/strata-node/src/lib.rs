@@ -50,14 +50,15 @@ pub enum NodeError {
     #[error("cannot load raft state ({0}); restore the folder from a backup, or remove it and re-join the cluster as a new member")]
     RaftStorage(String),
     /// A listener could not bind.
-    #[error("cannot listen on {addr} for {what}: {source}; is another process using the port?")]
+    #[error("{}", bind_message(what, addr, cause))]
     Bind {
         /// Which listener.
         what: &'static str,
         /// The address.
         addr: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (not `source`: the message already says it, and a source would be
+        /// printed a second time by `{:#}`).
+        cause: std::io::Error,
     },
     /// Raft refused its configuration or failed to start.
     #[error("cannot start raft: {0}")]
@@ -247,7 +248,7 @@ impl Node {
             .merge(http::internal_router(service.clone()))
             // Appends and snapshots can be far larger than a client request; peers are trusted.
             .layer(axum::extract::DefaultBodyLimit::disable());
-        spawn_server(&tracker, &cancel, raft_listener, raft_router);
+        spawn_server(&tracker, &cancel, "raft", raft_listener, raft_router);
 
         bootstrap(&raft, &config, &me).await?;
 
@@ -329,6 +330,7 @@ impl Node {
             spawn_server(
                 &tracker,
                 &cancel,
+                "consul",
                 listener,
                 strata_registry::consul::router(registry.clone()),
             );
@@ -338,6 +340,7 @@ impl Node {
             spawn_server(
                 &tracker,
                 &cancel,
+                "nacos",
                 listener,
                 strata_nacos::router(strata_nacos::NacosState {
                     configs: config_center.clone(),
@@ -371,6 +374,7 @@ impl Node {
         spawn_server(
             &tracker,
             &cancel,
+            "api",
             api_listener,
             http::api_router(state, body_limit, registry_routes.merge(config_routes)),
         );
@@ -412,11 +416,22 @@ impl Node {
     }
 }
 
-fn bind_err(what: &'static str, addr: &str, source: std::io::Error) -> NodeError {
+fn bind_err(what: &'static str, addr: &str, cause: std::io::Error) -> NodeError {
     NodeError::Bind {
         what,
         addr: addr.to_string(),
-        source,
+        cause,
+    }
+}
+
+/// The message of [`NodeError::Bind`]: what happened and the flag that fixes it.
+fn bind_message(what: &str, addr: &str, cause: &std::io::Error) -> String {
+    let flag = format!("--{what}-addr");
+    match cause.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {addr} for {what}: the port is in use (another strata?); stop that process, or pass {flag} with another port (port 0 picks a free one)"
+        ),
+        _ => format!("cannot listen on {addr} for {what}: {cause}; check {flag}"),
     }
 }
 
@@ -466,12 +481,25 @@ async fn bind_dns(addr: &str) -> Result<(tokio::net::UdpSocket, TcpListener), No
     ))
 }
 
+/// Serves `router` on `listener` until `cancel`. Every response carries a `strata-listener`
+/// header naming the listener (`api`, `raft`, `consul`, `nacos`), so a client pointed at the
+/// wrong port can say which one it reached.
 fn spawn_server(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
+    kind: &'static str,
     listener: TcpListener,
     router: axum::Router,
 ) {
+    let router = router.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| async move {
+            response.headers_mut().insert(
+                "strata-listener",
+                axum::http::HeaderValue::from_static(kind),
+            );
+            response
+        },
+    ));
     let token = cancel.clone();
     tracker.spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();

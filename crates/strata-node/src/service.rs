@@ -698,7 +698,7 @@ impl KvService {
         }
         let Some((granted_ttl, _)) = self.machine.read().lease(id) else {
             return Err(ApiError::not_found(format!(
-                "lease {id} not found; it expired or was revoked"
+                "lease {id:x} not found; it expired or was revoked"
             )));
         };
         let now = Instant::now();

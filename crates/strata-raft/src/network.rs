@@ -71,8 +71,66 @@ fn is_cut_off(addr: &str) -> bool {
         .any(|peer| peer == addr)
 }
 
+/// For how long after start-up a peer that cannot be reached is expected (it may still be
+/// starting): reported at INFO instead of WARN.
+const STARTUP_GRACE: Duration = Duration::from_secs(15);
+
+/// Peers whose calls are failing, and since when; one line when a peer stops answering and
+/// one when it answers again, instead of one per failed call (openraft's own per-call
+/// network errors are filtered out of the default log for that reason).
+static UNREACHABLE: std::sync::Mutex<Vec<(String, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn note_peer(addr: &str, failure: Option<&TransportError>) {
+    let started = *STARTED.get_or_init(std::time::Instant::now);
+    let mut down = UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let known = down.iter().position(|(peer, _)| peer == addr);
+    match (failure, known) {
+        (Some(error), None) => {
+            down.push((addr.to_string(), std::time::Instant::now()));
+            if started.elapsed() < STARTUP_GRACE {
+                tracing::info!(
+                    peer = addr,
+                    "peer not reachable yet (it may still be starting): {error}"
+                );
+            } else {
+                tracing::warn!(peer = addr, "peer unreachable: {error}; retrying");
+            }
+        }
+        (None, Some(index)) => {
+            let (_, since) = down.swap_remove(index);
+            tracing::info!(
+                peer = addr,
+                after_ms = since.elapsed().as_millis() as u64,
+                "peer reachable again"
+            );
+        }
+        _ => {}
+    }
+}
+
 /// Posts a postcard-encoded request to `http://{addr}{path}` and decodes the reply.
 pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
+    client: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, TransportError> {
+    let result = post_postcard_once(client, addr, path, request, timeout).await;
+    match &result {
+        Ok(_) => note_peer(addr, None),
+        Err(error @ TransportError::Unreachable { .. }) => note_peer(addr, Some(error)),
+        Err(error @ TransportError::Failed { message, .. }) if message.contains("timed out") => {
+            note_peer(addr, Some(error))
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+async fn post_postcard_once<Req: Serialize, Resp: DeserializeOwned>(
     client: &reqwest::Client,
     addr: &str,
     path: &str,

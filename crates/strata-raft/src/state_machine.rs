@@ -181,12 +181,14 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
         // Serialising is CPU-bound and can take a while on a large store: it runs off the
         // async runtime, so heartbeats and appends keep flowing meanwhile.
         let this = self.clone();
+        let started = std::time::Instant::now();
         let (data, applied) = tokio::task::spawn_blocking(move || {
             let applied = this.applied();
             (this.inner.app.snapshot(), applied.clone())
         })
         .await
         .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let serialize_ms = started.elapsed().as_millis() as u64;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match applied.last_applied {
             Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
@@ -198,11 +200,18 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             snapshot_id,
         };
         let data = Arc::new(data);
+        let writing = std::time::Instant::now();
         self.save_snapshot(&meta, data.clone()).await?;
         self.inner
             .snapshot_bytes
             .store(data.len() as u64, Ordering::Relaxed);
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            serialize_ms,
+            write_ms = writing.elapsed().as_millis() as u64,
+            "built snapshot"
+        );
         *self.current() = Some(meta.clone());
         let data = Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone());
         Ok(Snapshot {

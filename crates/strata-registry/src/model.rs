@@ -278,16 +278,53 @@ impl Instance {
             && self.check == other.check
     }
 
-    /// A one-line description of what differs, for conflict errors.
-    pub fn describe(&self) -> String {
-        format!(
-            "{}:{} tags [{}] weight {}{}",
-            self.address,
-            self.port,
-            self.tags.join(","),
-            self.weight,
-            if self.ephemeral { " ephemeral" } else { "" }
-        )
+    /// What differs between this registration and `asked`, one `field: stored X, asked for
+    /// Y` per field that [`Instance::same_registration`] compares, for conflict errors.
+    pub fn registration_differences(&self, asked: &Instance) -> Vec<String> {
+        fn show<T: std::fmt::Debug>(value: &T) -> String {
+            format!("{value:?}")
+        }
+        let mut out = Vec::new();
+        let mut compare = |field: &str, stored: String, wanted: String| {
+            if stored != wanted {
+                out.push(format!("{field}: stored {stored}, asked for {wanted}"));
+            }
+        };
+        compare("address", self.address.clone(), asked.address.clone());
+        compare("port", self.port.to_string(), asked.port.to_string());
+        compare("tags", show(&self.tags), show(&asked.tags));
+        compare("meta", show(&self.meta), show(&asked.meta));
+        compare("weight", self.weight.to_string(), asked.weight.to_string());
+        compare(
+            "enabled",
+            self.enabled.to_string(),
+            asked.enabled.to_string(),
+        );
+        compare(
+            "ephemeral",
+            self.ephemeral.to_string(),
+            asked.ephemeral.to_string(),
+        );
+        compare("ttl", show(&self.ttl), show(&asked.ttl));
+        // A check is compared field by field, so the one threshold that differs is named.
+        let as_json = |check: &Option<Check>| serde_json::to_value(check).unwrap_or_default();
+        let (stored, wanted) = (as_json(&self.check), as_json(&asked.check));
+        match (stored.as_object(), wanted.as_object()) {
+            (Some(stored), Some(wanted)) => {
+                let fields: std::collections::BTreeSet<&String> =
+                    stored.keys().chain(wanted.keys()).collect();
+                for field in fields {
+                    let value = |map: &serde_json::Map<String, serde_json::Value>| {
+                        map.get(field.as_str())
+                            .map(|v| v.to_string())
+                            .unwrap_or("none".into())
+                    };
+                    compare(&format!("check.{field}"), value(stored), value(wanted));
+                }
+            }
+            _ => compare("check", stored.to_string(), wanted.to_string()),
+        }
+        out
     }
 }
 
@@ -599,6 +636,27 @@ mod tests {
         assert_eq!(RegistryKey::parse(b"/strata/registry/instances/a/b"), None);
         assert_eq!(RegistryKey::parse(b"/other"), None);
         assert_eq!(RegistryKey::parse(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn a_conflict_names_exactly_the_fields_that_differ() {
+        let with_check = |failures: u32| {
+            let mut r = reg();
+            r.check = Some(
+                serde_json::from_value(serde_json::json!({
+                    "probe": {"kind": "http", "url": "http://127.0.0.1:8080/health"},
+                    "failures_before_critical": failures
+                }))
+                .unwrap(),
+            );
+            r.into_instance().unwrap()
+        };
+        let (stored, asked) = (with_check(1), with_check(3));
+        assert_eq!(
+            stored.registration_differences(&asked),
+            vec!["check.failures_before_critical: stored 1, asked for 3".to_string()]
+        );
+        assert!(stored.registration_differences(&stored).is_empty());
     }
 
     #[test]

@@ -243,11 +243,10 @@ impl<S: Store> Registry<S> {
             ErrorCode::AlreadyExists,
             format!(
                 "instance {} of service {} is already registered with different content \
-                 ({}, asked for {}); deregister it first",
+                 ({}); deregister it first",
                 r.id,
                 r.service,
-                stored.describe(),
-                instance.describe()
+                stored.registration_differences(&instance).join("; ")
             ),
         ))
     }

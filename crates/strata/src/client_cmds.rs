@@ -1,5 +1,6 @@
 //! Client subcommands: `strata kv ...`, `strata lease ...`, `strata cluster ...`.
 
+use crate::table::{Align, Table};
 use crate::Output;
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -19,9 +20,11 @@ use strata_proto::ClusterStatus;
 pub enum KvCommand {
     /// Write KEY=VALUE.
     Put {
+        /// The key (any UTF-8 text).
         key: String,
+        /// The value.
         value: String,
-        /// Attach the key to this lease (hex id as printed by `lease grant`); the key is deleted
+        /// Attach the key to this lease (the id as `lease grant` prints it); the key is deleted
         /// when the lease ends.
         #[arg(long)]
         lease: Option<String>,
@@ -31,6 +34,7 @@ pub enum KvCommand {
     },
     /// Read KEY (table output prints only the value for a single key).
     Get {
+        /// The key, or the prefix with --prefix.
         key: String,
         /// Read every key starting with KEY.
         #[arg(long)]
@@ -53,7 +57,9 @@ pub enum KvCommand {
     },
     /// Delete KEY (or every key starting with KEY with --prefix).
     Del {
+        /// The key, or the prefix with --prefix.
         key: String,
+        /// Delete every key starting with KEY.
         #[arg(long)]
         prefix: bool,
         /// Print the deleted key-values.
@@ -62,7 +68,9 @@ pub enum KvCommand {
     },
     /// Print changes to KEY (or a prefix) as they happen; reconnects to another node if one dies.
     Watch {
+        /// The key, or the prefix with --prefix.
         key: String,
+        /// Watch every key starting with KEY.
         #[arg(long)]
         prefix: bool,
         /// Start from this revision (replays history).
@@ -81,23 +89,34 @@ pub enum KvCommand {
     ///           "success":[{"put":{"key":"k","value":"v"}}],"failure":[{"range":{"key":"k"}}]}
     Txn,
     /// Discard history before revision REV.
-    Compact { rev: i64 },
+    Compact {
+        /// The oldest revision to keep.
+        rev: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum LeaseCommand {
     /// Grant a lease with a TTL ("10s", "1m", or seconds).
-    Grant { ttl: String },
+    Grant {
+        /// Time to live: seconds (10) or a duration (10s, 1m30s).
+        ttl: String,
+    },
     /// Revoke a lease and delete its keys.
-    Revoke { id: String },
+    Revoke {
+        /// The lease id, in hex as `lease grant` prints it, or decimal as --output json shows it.
+        id: String,
+    },
     /// Keep a lease alive until interrupted (or once with --once).
     Keepalive {
+        /// The lease id, in hex as `lease grant` prints it, or decimal as --output json shows it.
         id: String,
         #[arg(long)]
         once: bool,
     },
     /// Show a lease's remaining TTL.
     Timetolive {
+        /// The lease id, in hex as `lease grant` prints it, or decimal as --output json shows it.
         id: String,
         /// List the attached keys.
         #[arg(long)]
@@ -113,14 +132,20 @@ pub enum ClusterCommand {
     Status,
     /// Add a member (it joins as a learner and is promoted once caught up).
     AddMember {
+        /// The new member's node id (its `--id`).
         id: u64,
+        /// Its raft address, HOST:PORT.
         #[arg(long)]
         raft_addr: String,
+        /// Its API address, HOST:PORT (it registers it itself once it runs).
         #[arg(long, default_value = "")]
         api_addr: String,
     },
     /// Remove a member.
-    RemoveMember { id: u64 },
+    RemoveMember {
+        /// The member's node id.
+        id: u64,
+    },
 }
 
 /// How long a command keeps retrying while no endpoint accepts a connection. Long enough to
@@ -146,23 +171,32 @@ fn explain(error: ClientError) -> anyhow::Error {
     anyhow::anyhow!("{error}")
 }
 
-/// Parses a lease id as the CLI prints it: hexadecimal, with or without `0x` (as etcdctl).
-fn parse_lease(id: &str) -> anyhow::Result<i64> {
+/// Parses a lease id as the CLI prints it (hexadecimal, `0x` optional, as etcdctl) or as
+/// `--output json` shows it (a decimal number). An id has 63 bits, so at most 16 hex digits:
+/// 17 to 19 digits can only be decimal.
+pub(crate) fn parse_lease(id: &str) -> anyhow::Result<i64> {
     let trimmed = id.trim();
-    let hex = trimmed.strip_prefix("0x").unwrap_or(trimmed);
-    i64::from_str_radix(hex, 16).with_context(|| {
-        format!("lease id {id:?} is not hexadecimal; use the id `strata lease grant` printed")
-    })
+    let parsed = match trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+    {
+        Some(hex) => i64::from_str_radix(hex, 16).ok(),
+        None if trimmed.len() > 16 && trimmed.bytes().all(|b| b.is_ascii_digit()) => {
+            trimmed.parse().ok()
+        }
+        None => i64::from_str_radix(trimmed, 16).ok(),
+    };
+    match parsed {
+        Some(value) if value > 0 => Ok(value),
+        _ => anyhow::bail!(
+            "{id:?} is not a lease id: give it as `strata lease grant` prints it (hex, e.g. 1e2ba6f209fded80) or as --output json shows it (decimal)"
+        ),
+    }
 }
 
+/// Parses a TTL argument (seconds, or a duration such as 10s or 1m).
 pub(crate) fn parse_ttl(ttl: &str) -> anyhow::Result<i64> {
-    if let Ok(seconds) = ttl.parse::<i64>() {
-        return Ok(seconds);
-    }
-    let duration = humantime::parse_duration(ttl).with_context(|| {
-        format!("TTL {ttl:?} is not a duration like 10s or a number of seconds")
-    })?;
-    Ok(duration.as_secs().max(1) as i64)
+    crate::duration::ttl_seconds("TTL", ttl)
 }
 
 fn print_kv_line(kv: &KeyValue) {
@@ -338,7 +372,8 @@ async fn watch(
     // The smallest revision not yet printed; after a reconnect we resume from here, so each
     // event is printed exactly once even if the serving node dies.
     let mut next_revision: i64 = 0;
-    let mut failures = 0u32;
+    let mut link = crate::link::Link::new();
+    let started = std::time::Instant::now();
     loop {
         if next_revision > 0 {
             request.start_revision = next_revision;
@@ -346,20 +381,24 @@ async fn watch(
         let mut stream = match client.watch(&request).await {
             Ok(stream) => stream,
             Err(ClientError::Api(e)) => bail!("{e}"),
-            Err(e) if failures < 100 => {
-                failures += 1;
-                tracing::warn!(error = %e, "watch connection failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            // Before the first event a wrong endpoint fails fast; after it, retry until Ctrl-C.
+            Err(e) if next_revision == 0 && started.elapsed() >= CONNECT_TIMEOUT => bail!("{e}"),
+            Err(e) => {
+                tokio::time::sleep(link.lost(&e)).await;
                 continue;
             }
-            Err(e) => bail!("{e}"),
         };
+        let mut why = format!("{} ended the stream", stream.endpoint);
         loop {
             let message = match stream.next().await {
                 Ok(Some(message)) => message,
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(e) => {
+                    why = e.to_string();
+                    break;
+                }
             };
-            failures = 0;
+            link.up(&stream.endpoint);
             if message.created && next_revision == 0 {
                 next_revision = if request.start_revision > 0 {
                     request.start_revision
@@ -402,8 +441,7 @@ async fn watch(
                 next_revision = next_revision.max(last.kv.mod_revision + 1);
             }
         }
-        tracing::warn!(endpoint = %stream.endpoint, "watch stream ended; reconnecting");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(link.lost(&why)).await;
     }
 }
 
@@ -483,7 +521,10 @@ pub async fn lease(
             match output {
                 Output::Json => print_json(&response)?,
                 Output::Table => {
-                    println!("found {} leases", response.leases.len());
+                    println!(
+                        "found {}",
+                        crate::table::count(response.leases.len(), "lease", "leases")
+                    );
                     for lease in &response.leases {
                         println!("{:x} ttl={}s", lease.id, lease.granted_ttl);
                     }
@@ -518,13 +559,23 @@ pub async fn cluster(
                         "leader {leader}  term {}  commit {}  applied {}  revision {}  (answered by node {})",
                         status.term, status.commit_index, status.applied_index, status.revision, status.node_id
                     );
-                    println!("{:<6} {:<10} {:<24} {:<24}", "ID", "ROLE", "RAFT", "API");
+                    let mut table = Table::new(&[
+                        ("ID", Align::Right),
+                        ("ROLE", Align::Left),
+                        ("RAFT", Align::Left),
+                        ("API", Align::Left),
+                        ("GRPC", Align::Left),
+                    ]);
                     for m in &status.members {
-                        println!(
-                            "{:<6} {:<10} {:<24} {:<24}",
-                            m.id, m.role, m.raft_addr, m.api_addr
-                        );
+                        table.row(vec![
+                            m.id.to_string(),
+                            m.role.clone(),
+                            m.raft_addr.clone(),
+                            m.api_addr.clone(),
+                            m.grpc_addr.clone(),
+                        ]);
                     }
+                    table.print();
                 }
             }
         }
@@ -560,4 +611,21 @@ pub async fn cluster(
 
 fn reqwest_delete() -> strata_client::Method {
     strata_client::Method::DELETE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_lease;
+
+    #[test]
+    fn lease_ids_parse_in_hex_and_decimal_forms() {
+        let id: i64 = 0x1e2b_a6f2_09fd_ed80;
+        assert_eq!(parse_lease("1e2ba6f209fded80").unwrap(), id);
+        assert_eq!(parse_lease("0x1e2ba6f209fded80").unwrap(), id);
+        assert_eq!(parse_lease(&id.to_string()).unwrap(), id);
+        assert_eq!(parse_lease("3e8").unwrap(), 1000);
+        for bad in ["", "0", "ten", "-5", "0x"] {
+            assert!(parse_lease(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

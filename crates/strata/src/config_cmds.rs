@@ -1,5 +1,6 @@
 //! `strata config ...`: publish, read, list and follow configs in the config center.
 
+use crate::table::{Align, Table};
 use crate::Output;
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
@@ -321,25 +322,31 @@ pub async fn config(
                 .await
                 .map_err(api)?;
             print(output, &reply, || {
-                println!(
-                    "{:<24} {:<32} {:<10} {:>7}  MD5",
-                    "GROUP", "DATA ID", "TYPE", "VERSION"
-                );
+                let mut table = Table::new(&[
+                    ("GROUP", Align::Left),
+                    ("DATA ID", Align::Left),
+                    ("TYPE", Align::Left),
+                    ("VERSION", Align::Right),
+                    ("MD5", Align::Left),
+                ]);
                 for c in reply.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {:<32} {:<10} {:>7}  {}{}",
-                        c["group"].as_str().unwrap_or(""),
-                        c["data_id"].as_str().unwrap_or(""),
-                        c["type"].as_str().unwrap_or(""),
-                        c["version"],
-                        c["md5"].as_str().unwrap_or(""),
-                        if c["gray"] == json!(true) {
-                            "  (gray release running)"
-                        } else {
-                            ""
-                        }
-                    );
+                    let gray = if c["gray"] == json!(true) {
+                        "  (gray release running)"
+                    } else {
+                        ""
+                    };
+                    table.row(vec![
+                        c["group"].as_str().unwrap_or("").to_string(),
+                        c["data_id"].as_str().unwrap_or("").to_string(),
+                        c["type"].as_str().unwrap_or("").to_string(),
+                        c["version"]
+                            .as_u64()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
+                        format!("{}{gray}", c["md5"].as_str().unwrap_or("")),
+                    ]);
                 }
+                table.print();
             });
         }
         ConfigCommand::History { target } => {
@@ -348,24 +355,30 @@ pub async fn config(
                 .await
                 .map_err(api)?;
             print(output, &reply, || {
-                println!(
-                    "{:>7}  {:<12} {:<32} {:<24} SOURCE",
-                    "VERSION", "OP", "MD5", "MODIFIED"
-                );
+                let mut table = Table::new(&[
+                    ("VERSION", Align::Right),
+                    ("OP", Align::Left),
+                    ("MD5", Align::Left),
+                    ("MODIFIED", Align::Left),
+                    ("SOURCE", Align::Left),
+                ]);
                 for e in reply.as_array().into_iter().flatten() {
                     let at = e["modified_at"].as_u64().unwrap_or(0);
                     let when = humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH + Duration::from_millis(at),
                     );
-                    println!(
-                        "{:>7}  {:<12} {:<32} {:<24} {}",
-                        e["version"],
-                        e["op"].as_str().unwrap_or(""),
-                        e["md5"].as_str().unwrap_or(""),
+                    table.row(vec![
+                        e["version"]
+                            .as_u64()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
+                        e["op"].as_str().unwrap_or("").to_string(),
+                        e["md5"].as_str().unwrap_or("").to_string(),
                         when.to_string(),
-                        e["source"].as_str().unwrap_or("")
-                    );
+                        e["source"].as_str().unwrap_or("").to_string(),
+                    ]);
                 }
+                table.print();
             });
         }
         ConfigCommand::Diff { target, from, to } => {
@@ -510,6 +523,7 @@ async fn listen(
     }
     let mut from: Option<u64> = None;
     let mut interrupt = std::pin::pin!(crate::coord_cmds::interrupted());
+    let mut link = crate::link::Link::new();
     loop {
         let mut extra: Vec<(&str, String)> = labels.iter().map(|l| ("label", l.clone())).collect();
         if let Some(v) = from {
@@ -522,10 +536,10 @@ async fn listen(
                 return Err(anyhow::anyhow!("{e}"))
             }
             Err(e) => {
-                eprintln!("listen: {e}; retrying");
+                let pause = link.lost(&e);
                 tokio::select! {
                     () = &mut interrupt => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_millis(300)) => continue,
+                    () = tokio::time::sleep(pause) => continue,
                 }
             }
         };
@@ -535,12 +549,10 @@ async fn listen(
                 m = stream.next() => m,
             };
             let Ok(Some(message)) = message else {
-                eprintln!(
-                    "listen: {} closed the stream; reconnecting",
-                    stream.endpoint
-                );
+                link.lost(&format!("{} ended the stream", stream.endpoint));
                 break;
             };
+            link.up(&stream.endpoint);
             if message.event != "gray" {
                 from = Some(message.version.max(from.unwrap_or(0)));
             }

@@ -185,7 +185,13 @@ pub async fn lock(endpoints: &[String], output: Output, args: LockArgs) -> anyho
         tokio::select! {
             status = child.wait() => {
                 let status = status.context("wait for the command")?;
-                if status.success() { Ok(()) } else { Err(anyhow::anyhow!("command exited with {status}")) }
+                use std::os::unix::process::ExitStatusExt;
+                // Exit as the command did, as flock(1) does; a signal death is 128 + signal.
+                match status.code() {
+                    Some(0) => Ok(()),
+                    Some(code) => Err(crate::PassExit(code).into()),
+                    None => Err(crate::PassExit(128 + status.signal().unwrap_or(0)).into()),
+                }
             }
             _ = lease_lost(session.lost.clone()) => {
                 let _ = child.kill().await;

@@ -42,7 +42,23 @@ struct Site {
 #[derive(Clone, Default)]
 pub struct RepeatLimit {
     sites: Arc<Mutex<HashMap<Identifier, Site>>>,
+    /// Drop openraft's per-call network errors: the transport reports each peer once when it
+    /// stops answering and once when it is back (`strata_raft::network`), so these only
+    /// repeat that, once per call. Also drops openraft's notes on benign races of an
+    /// election. Set for the default log filter only.
+    quiet_openraft_network: bool,
 }
+
+/// Texts of openraft WARN/ERROR events that only say a call to a peer failed, or that a
+/// reply arrived after the election it belonged to was over (openraft 0.9.25, pinned).
+const OPENRAFT_NETWORK: &[&str] = &[
+    "Unreachable",
+    "NetworkError",
+    "RPCError",
+    "timeout while confirming leadership",
+    "Timeout",
+    "will be ignored because vote changed",
+];
 
 /// What the reporter has to say.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,11 +74,25 @@ pub enum Report {
 }
 
 impl RepeatLimit {
+    /// A filter that also drops openraft's per-call network errors (see the field).
+    pub fn quiet_openraft_network() -> RepeatLimit {
+        RepeatLimit {
+            quiet_openraft_network: true,
+            ..RepeatLimit::default()
+        }
+    }
+
     /// Decides whether an event passes, at `now`.
     fn admit(&self, event: &Event<'_>, now: Instant) -> bool {
         let meta = event.metadata();
         if *meta.level() > Level::WARN || meta.target() == TARGET {
             return true;
+        }
+        if self.quiet_openraft_network && meta.target().starts_with("openraft") {
+            let text = render(event);
+            if OPENRAFT_NETWORK.iter().any(|needle| text.contains(needle)) {
+                return false;
+            }
         }
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
         match sites.get_mut(&meta.callsite()) {

@@ -7,22 +7,39 @@
 mod client_cmds;
 mod config_cmds;
 mod coord_cmds;
+mod duration;
+mod link;
 mod log_limit;
 mod run;
 mod svc_cmds;
+mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Examples printed under `strata --help`.
+const EXAMPLES: &str = "\
+Examples:
+  strata dev                          run every component on this machine (keep it running)
+  strata kv put greeting hello        write a key
+  strata kv get greeting              read it back
+  strata kv watch greeting            print every change to it (Ctrl-C to stop)
+  strata svc list                     services in the registry
+  strata config get app.yaml          a config from the configuration center
+  strata cluster status               leader, term, indexes and members
+
+Client commands talk to http://127.0.0.1:7700 unless given --endpoints (or STRATA_ENDPOINTS).
+`strata COMMAND --help` explains each command.";
+
 /// Strata runs the whole architecture of a distributed system from one binary.
-///
-/// Start a development node with `strata dev`, then talk to it:
-///   strata kv put greeting hello
-///   strata kv get greeting
-///   strata cluster status
 #[derive(Parser, Debug)]
-#[command(name = "strata", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "strata",
+    version = env!("STRATA_VERSION"),
+    about,
+    after_help = EXAMPLES
+)]
 pub struct Cli {
-    /// Nodes to talk to, comma-separated (client commands).
+    /// Nodes to talk to, comma-separated: http://HOST:PORT of each node's API.
     #[arg(
         long,
         global = true,
@@ -31,7 +48,7 @@ pub struct Cli {
         default_value = "http://127.0.0.1:7700"
     )]
     pub endpoints: Vec<String>,
-    /// Output format of client commands.
+    /// Output format: table (for people) or json (for scripts).
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     #[command(subcommand)]
@@ -74,7 +91,44 @@ pub enum Command {
     Config(config_cmds::ConfigCommand),
 }
 
+/// The error of a command whose exit status `strata` passes on (`strata lock NAME -- CMD`
+/// exits as CMD did), without printing anything.
+#[derive(Debug)]
+pub(crate) struct PassExit(pub i32);
+
+impl std::fmt::Display for PassExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for PassExit {}
+
+/// Exit status when stdout's reader went away (a shell reports SIGPIPE deaths as 128 + 13).
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Makes a closed stdout (`strata ... | head -1`) end the process quietly, as it ends Unix
+/// tools, instead of with a panic and a backtrace. Rust ignores SIGPIPE, so `println!` panics
+/// with "failed printing to stdout: Broken pipe"; this hook recognises that one panic and
+/// exits with [`EXIT_BROKEN_PIPE`]. Every other panic is reported as usual.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let is_node = matches!(cli.command, Command::Dev(_) | Command::Server(_));
     init_logging(is_node);
@@ -85,6 +139,10 @@ fn main() {
         Ok(runtime) => runtime,
         Err(e) => fail(&format!("cannot start the async runtime: {e}")),
     };
+    let mut cli = cli;
+    if !is_node {
+        cli.endpoints = strata_client::parse_endpoints(&cli.endpoints).unwrap_or_else(|e| fail(&e));
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => run::dev(args).await,
@@ -101,6 +159,9 @@ fn main() {
     // Do not wait for lingering blocking tasks (e.g. a stdin reader) at exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     if let Err(e) = result {
+        if let Some(PassExit(code)) = e.downcast_ref::<PassExit>() {
+            std::process::exit(*code);
+        }
         fail(&format!("{e:#}"));
     }
 }
@@ -124,8 +185,13 @@ fn init_logging(is_node: bool) {
     } else {
         "warn"
     };
-    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let limit = log_limit::RepeatLimit::default();
+    let (filter, limit) = match EnvFilter::try_from_env("STRATA_LOG") {
+        Ok(filter) => (filter, log_limit::RepeatLimit::default()),
+        Err(_) => (
+            EnvFilter::new(default),
+            log_limit::RepeatLimit::quiet_openraft_network(),
+        ),
+    };
     let layer = if std::env::var("STRATA_LOG_FORMAT").as_deref() == Ok("json") {
         tracing_subscriber::fmt::layer()
             .json()

@@ -39,6 +39,18 @@ pub struct DevArgs {
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub not_for_nodes: ClientOnlyFlags,
+}
+
+/// The client-only global flags, declared again (hidden) on the node commands so that their
+/// help does not list them among the node's options. A node ignores them.
+#[derive(Args, Debug, Default)]
+pub struct ClientOnlyFlags {
+    #[arg(long, hide = true, value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    #[arg(long, hide = true, value_enum)]
+    output: Option<crate::Output>,
 }
 
 /// Arguments of `strata server`. Flags override the config file.
@@ -92,6 +104,8 @@ pub struct ServerArgs {
     /// Validate a config file and exit.
     #[arg(long, value_name = "FILE")]
     pub check_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub not_for_nodes: ClientOnlyFlags,
 }
 
 /// Runs `strata dev`.

@@ -1,5 +1,6 @@
 //! `strata svc ...`: register, deregister, list, show and watch services in the registry.
 
+use crate::table::{Align, Table};
 use crate::Output;
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
@@ -117,9 +118,20 @@ pub struct RegisterArgs {
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<HumanDuration> {
-    humantime::parse_duration(text)
-        .map(HumanDuration)
-        .with_context(|| format!("invalid {flag} {text:?}: use a duration such as 10s or 500ms"))
+    crate::duration::parse(flag, text).map(HumanDuration)
+}
+
+/// The registry's services (JSON array), in `namespace` or the default one.
+async fn list_services(
+    client: &Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let ns: Vec<(&str, &str)> = namespace.map(|n| ("namespace", n)).into_iter().collect();
+    let reply: serde_json::Value = client
+        .get_json(&format!("/v1/registry/services{}", query_string(&ns)))
+        .await
+        .map_err(api)?;
+    Ok(reply.get("services").cloned().unwrap_or_default())
 }
 
 fn query_string(pairs: &[(&str, &str)]) -> String {
@@ -267,23 +279,17 @@ pub async fn svc(endpoints: &[String], output: Output, command: SvcCommand) -> a
             Ok(())
         }
         SvcCommand::List { namespace } => {
-            let ns: Vec<(&str, &str)> = namespace
-                .as_deref()
-                .map(|n| ("namespace", n))
-                .into_iter()
-                .collect();
-            let reply: serde_json::Value = client
-                .get_json(&format!("/v1/registry/services{}", query_string(&ns)))
-                .await
-                .map_err(api)?;
-            let services = reply.get("services").cloned().unwrap_or_default();
+            let services = list_services(&client, namespace.as_deref()).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&services)?),
                 Output::Table => {
-                    println!(
-                        "{:<12} {:<24} {:>9} {:>7}  TAGS",
-                        "NAMESPACE", "NAME", "INSTANCES", "PASSING"
-                    );
+                    let mut table = Table::new(&[
+                        ("NAMESPACE", Align::Left),
+                        ("NAME", Align::Left),
+                        ("INSTANCES", Align::Right),
+                        ("PASSING", Align::Right),
+                        ("TAGS", Align::Left),
+                    ]);
                     for s in services.as_array().into_iter().flatten() {
                         let field = |k: &str| s.get(k).cloned().unwrap_or_default();
                         let tags: Vec<String> = field("tags")
@@ -292,15 +298,17 @@ pub async fn svc(endpoints: &[String], output: Output, command: SvcCommand) -> a
                             .flatten()
                             .filter_map(|t| t.as_str().map(str::to_string))
                             .collect();
-                        println!(
-                            "{:<12} {:<24} {:>9} {:>7}  {}",
-                            field("namespace").as_str().unwrap_or(""),
-                            field("name").as_str().unwrap_or(""),
-                            field("instances"),
-                            field("passing"),
-                            tags.join(",")
-                        );
+                        let number =
+                            |k: &str| field(k).as_u64().map(|v| v.to_string()).unwrap_or_default();
+                        table.row(vec![
+                            field("namespace").as_str().unwrap_or("").to_string(),
+                            field("name").as_str().unwrap_or("").to_string(),
+                            number("instances"),
+                            number("passing"),
+                            tags.join(","),
+                        ]);
                     }
+                    table.print();
                 }
             }
             Ok(())
@@ -327,26 +335,45 @@ pub async fn svc(endpoints: &[String], output: Output, command: SvcCommand) -> a
                 query_string(&pairs)
             );
             let result: QueryResult = client.get_json(&path).await.map_err(api)?;
+            if result.instances.is_empty() {
+                // An empty answer is either "no such service" or "none matches the filters".
+                let known = list_services(&client, namespace.as_deref())
+                    .await?
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["name"].as_str() == Some(name.as_str()));
+                if !known {
+                    anyhow::bail!(
+                        "no service {name:?} in namespace {}; `strata svc list` shows the registered ones",
+                        namespace.as_deref().unwrap_or("public")
+                    );
+                }
+            }
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&result.instances)?),
                 Output::Table => {
-                    println!(
-                        "{:<20} {:<22} {:<10} {:>6}  {:<20} META",
-                        "ID", "ADDRESS", "STATUS", "WEIGHT", "TAGS"
-                    );
+                    let mut table = Table::new(&[
+                        ("ID", Align::Left),
+                        ("ADDRESS", Align::Left),
+                        ("STATUS", Align::Left),
+                        ("WEIGHT", Align::Right),
+                        ("TAGS", Align::Left),
+                        ("META", Align::Left),
+                    ]);
                     for i in &result.instances {
                         let meta: Vec<String> =
                             i.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        println!(
-                            "{:<20} {:<22} {:<10} {:>6}  {:<20} {}",
-                            i.id,
+                        table.row(vec![
+                            i.id.clone(),
                             format!("{}:{}", i.address, i.port),
-                            status_word(i),
-                            i.weight,
+                            status_word(i).to_string(),
+                            i.weight.to_string(),
                             i.tags.join(","),
-                            meta.join(",")
-                        );
+                            meta.join(","),
+                        ]);
                     }
+                    table.print();
                     if result.protected {
                         println!("(protection threshold reached: showing every instance, healthy or not)");
                     }
@@ -444,6 +471,7 @@ async fn watch(
     let mut known: BTreeMap<String, Instance> = BTreeMap::new();
     let mut first = true;
     let mut interrupt = std::pin::pin!(crate::coord_cmds::interrupted());
+    let mut link = crate::link::Link::new();
     loop {
         let mut stream = match client.stream_get::<WatchMessage>(&path).await {
             Ok(s) => s,
@@ -451,10 +479,10 @@ async fn watch(
                 return Err(anyhow::anyhow!("{e}"))
             }
             Err(e) => {
-                eprintln!("watch: {e}; retrying");
+                let pause = link.lost(&e);
                 tokio::select! {
                     () = &mut interrupt => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    () = tokio::time::sleep(pause) => continue,
                 }
             }
         };
@@ -466,17 +494,21 @@ async fn watch(
             let message = match message {
                 Ok(Some(m)) => m,
                 Ok(None) | Err(_) => {
-                    eprintln!("watch: {} closed the stream; reconnecting", stream.endpoint);
+                    link.lost(&format!("{} ended the stream", stream.endpoint));
                     break;
                 }
             };
+            link.up(&stream.endpoint);
             match message {
                 WatchMessage::Snapshot { index, instances } => {
                     let now: BTreeMap<String, Instance> =
                         instances.into_iter().map(|i| (i.id.clone(), i)).collect();
                     if first {
                         if output == Output::Table {
-                            println!("watching {name}: {} instances at index {index}", now.len());
+                            println!(
+                                "watching {name}: {} at index {index}",
+                                crate::table::count(now.len(), "instance", "instances")
+                            );
                         }
                         first = false;
                     }

@@ -201,7 +201,7 @@ async fn t10_every_bad_request_gets_its_status_and_code_and_the_node_keeps_servi
     let body = json!({"key": "leased", "value": "v", "lease": unknown_lease});
     let got = send(http.post(url("/v1/kv/put")).json(&body)).await;
     let message = assert_error("put on an unknown lease", &got, 404, "not_found");
-    assert!(message.contains(&unknown_lease.to_string()), "{message}");
+    assert!(message.contains(&format!("{unknown_lease:x}")), "{message}");
     for path in [
         "/v1/lease/keepalive",
         "/v1/lease/timetolive",
@@ -357,6 +357,166 @@ async fn t20_cli_against_a_dead_endpoint_fails_with_one_line_naming_it() {
         elapsed < Duration::from_secs(10),
         "took {elapsed:?} to report that nothing listens"
     );
+}
+
+/// Endpoints that are not the native API: each gets one line saying what is wrong with it or
+/// which Strata listener answered, promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t22_cli_pointed_at_the_wrong_address_says_what_it_reached() {
+    let extra: Vec<&str> = common::GRPC_ON_ANY_PORT
+        .iter()
+        .chain(common::REGISTRY_ON_ANY_PORT)
+        .chain(common::NACOS_ON_ANY_PORT)
+        .copied()
+        .collect();
+    let cluster = Cluster::start(1, &extra).await;
+    let node = &cluster.nodes[0];
+    let cases = [
+        ("htp://127.0.0.1:7700".to_string(), "scheme \"htp\""),
+        (format!("{}/v1", node.url()), "has a path"),
+        (
+            format!("http://{}", node.consul.as_ref().unwrap()),
+            "Consul-compatible API",
+        ),
+        (
+            format!("http://{}", node.nacos.as_ref().unwrap()),
+            "Nacos-compatible API",
+        ),
+        (format!("http://{}", node.raft), "raft listener"),
+        (
+            format!("http://{}", node.grpc_addr()),
+            "etcd v3 gRPC listener",
+        ),
+    ];
+    for (endpoint, expected) in cases {
+        let started = std::time::Instant::now();
+        let output = cli(std::slice::from_ref(&endpoint), &["kv", "get", "k"]);
+        let line = failure_line(&output);
+        assert!(line.contains(expected), "{endpoint}: {line}");
+        assert_eq!(
+            stderr_lines(&output).len(),
+            1,
+            "{endpoint}: {:?}",
+            stderr_lines(&output)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{endpoint} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// `strata ... | head -1`: a reader that goes away ends the command quietly, as it ends any
+/// Unix tool, with no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t23_cli_exits_quietly_when_its_reader_goes_away() {
+    let cluster = Cluster::start(1, &[]).await;
+    let mut child = Command::new(strata_bin())
+        .args([
+            "--endpoints",
+            &cluster.nodes[0].url(),
+            "--output",
+            "json",
+            "cluster",
+            "status",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the command writes anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.trim().is_empty(), "stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(141), "{:?}", output.status);
+}
+
+/// Lease ids are accepted as `lease grant` prints them (hex) and as `--output json` shows
+/// them (decimal); a bad TTL or id says how to write one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t24_lease_ids_and_durations_are_read_in_every_printed_form() {
+    let cluster = Cluster::start(1, &[]).await;
+    let endpoints = cluster.endpoints();
+    let granted = common::cli_ok(&endpoints, &["--output", "json", "lease", "grant", "60"]);
+    let id = serde_json::from_str::<Value>(&granted).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    for form in [format!("{id:x}"), format!("0x{id:x}"), id.to_string()] {
+        let shown = common::cli_ok(&endpoints, &["lease", "timetolive", &form]);
+        assert!(shown.contains(&format!("{id:x}")), "{form}: {shown}");
+    }
+    let output = cli(&endpoints, &["lease", "grant", "ten"]);
+    let line = failure_line(&output);
+    assert!(line.contains("TTL \"ten\" is not a duration"), "{line}");
+    let output = cli(&endpoints, &["lease", "revoke", "nothex"]);
+    let line = failure_line(&output);
+    assert!(line.contains("is not a lease id"), "{line}");
+    // A bare number of seconds is a TTL everywhere, also where a unit used to be required.
+    let registered = cli(
+        &endpoints,
+        &[
+            "svc",
+            "register",
+            "web",
+            "--id",
+            "w1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "80",
+            "--ttl",
+            "10",
+        ],
+    );
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+}
+
+/// `svc show` of a service nobody registered is an error, not an empty table; `lock` passes on
+/// its command's exit status, as flock(1) does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_cli_reports_a_missing_service_and_passes_on_a_locked_commands_status() {
+    let cluster = Cluster::start(1, &[]).await;
+    let endpoints = cluster.endpoints();
+    let output = cli(&endpoints, &["svc", "show", "nosuchsvc"]);
+    let line = failure_line(&output);
+    assert!(line.contains("no service \"nosuchsvc\""), "{line}");
+    let output = cli(&endpoints, &["lock", "jobs", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(output.status.code(), Some(3), "{:?}", output);
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A port already in use is reported once, with the flag that changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t26_a_busy_port_is_named_with_its_flag_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = vec!["dev".into(), "--data-dir".into()];
+    args.push(dir.path().join("data").to_string_lossy().into_owned());
+    args.extend(common::DEV_ON_ANY_PORT.iter().map(|s| s.to_string()));
+    let flag = args.iter().position(|a| a == "--grpc-addr").unwrap();
+    args[flag + 1] = port.clone();
+    let output = run_with_deadline(Command::new(strata_bin()).args(&args), b"", EXIT_DEADLINE);
+    let line = failure_line(&output);
+    assert!(
+        line.contains(&port) && line.contains("--grpc-addr"),
+        "{line}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+    assert!(!line.contains("os error"), "{line}");
+    drop(busy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -740,4 +740,18 @@ async fn t15_three_nodes_found_the_cluster_from_initial_cluster() {
         )
         .await;
     }
+    // A healthy start is quiet: nothing at WARN or ERROR in any node's default log.
+    for node in &nodes {
+        let logs = node.logs();
+        let loud: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(
+            loud.is_empty(),
+            "node {} logged during a healthy start:\n{}",
+            node.id,
+            loud.join("\n")
+        );
+    }
 }

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{cli_ok, send_sigterm, strata_bin, wait_exit, wait_until};
+use common::{
+    cli_ok, send_sigterm, strata_bin, wait_exit, wait_for_addrs, wait_until, DEV_ON_ANY_PORT,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,11 +33,11 @@ impl Dev {
         let addrs_file = root.join(format!("addrs.{run}.json"));
         let stdout = root.join(format!("stdout.{run}"));
         let stderr = root.join(format!("stderr.{run}"));
-        let child = Command::new(strata_bin())
+        let mut child = Command::new(strata_bin())
             .arg("dev")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"])
+            .args(DEV_ON_ANY_PORT)
             .arg("--addrs-file")
             .arg(&addrs_file)
             .env_remove("STRATA_LOG")
@@ -45,21 +47,19 @@ impl Dev {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("spawn strata dev");
+        let addrs: Addrs = wait_for_addrs(
+            &mut child,
+            &addrs_file,
+            &[&stdout, &stderr],
+            Duration::from_secs(20),
+        )
+        .await;
         let mut dev = Dev {
             child: Some(child),
             stdout,
             stderr,
             url: String::new(),
         };
-        let addrs: Addrs = wait_until(Duration::from_secs(20), "strata dev addrs file", || {
-            let path = addrs_file.clone();
-            async move {
-                std::fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-            }
-        })
-        .await;
         dev.url = format!("http://{}", addrs.api);
         let stdout_path = dev.stdout.clone();
         let ready_line = wait_until(Duration::from_secs(20), "strata dev to print ready", || {
@@ -129,6 +129,30 @@ async fn get_status(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
+}
+
+/// Every listener `strata dev` binds has a flag in the harness's [`DEV_ON_ANY_PORT`], so no
+/// test ever binds a default port.
+#[test]
+fn t00_the_harness_covers_every_dev_listener() {
+    let help = Command::new(strata_bin())
+        .args(["dev", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let flags = regex::Regex::new(r"--[a-z-]+-addr\b").unwrap();
+    let listed: Vec<&str> = flags
+        .find_iter(&help)
+        .map(|m| m.as_str())
+        .filter(|flag| *flag != "--advertise-addr")
+        .collect();
+    assert!(listed.len() >= 6, "dev --help lists {listed:?}");
+    for flag in listed {
+        assert!(
+            DEV_ON_ANY_PORT.contains(&flag),
+            "strata dev has {flag}, which tests/common DEV_ON_ANY_PORT does not set to port 0"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -669,7 +669,10 @@ async fn bad_registrations_get_precise_errors_and_disturb_nothing() {
             words("svc register web --id web-1 --address 127.0.0.1 --port 70000"),
             "invalid port 70000",
         ),
-        (reg("web", "web-2", "--ttl soon"), "invalid --ttl \"soon\""),
+        (
+            reg("web", "web-2", "--ttl soon"),
+            "--ttl \"soon\" is not a duration",
+        ),
         (reg("web", "web-2", "--ttl 0s"), "invalid ttl"),
         (
             words("svc register web --id web-1 --address 127.0.0.1 --port 9090"),

@@ -20,14 +20,30 @@
 //!   any linearization leaves a valid linearization.
 //!
 //! The search is Wing & Gong's, as improved by Lowe and used by Porcupine and Knossos: the
-//! call and return events are kept in a doubly linked list sorted by time; the search walks
-//! the list from its head and tries to linearize each pending call against the register;
-//! on success it lifts the call and its return out of the list and starts again from the
-//! head; on reaching a return event (an operation that had to take effect before then but
-//! could not) it backtracks. Every (set of linearized operations, register value) reached
-//! is remembered, and a configuration seen before is not explored again. The search
-//! succeeds once every `Ok` operation is linearized. The number of configurations explored
+//! call and return events are kept in a doubly linked list sorted by time, the candidates
+//! at any point being the calls before the first return; the search linearizes a candidate
+//! that holds against the register, lifts its call and return out of the list and starts
+//! again; on reaching a return (an operation that had to take effect by then but could not)
+//! it backtracks. The configurations entered (register value, set of linearized operations)
+//! are remembered and not explored twice, and the search succeeds once every `Ok` operation
+//! is linearized. Three reductions, each of which keeps some linearization if there is one,
+//! keep it from exploding on concurrency and on unknown outcomes:
+//!
+//! - forced moves: a read-only candidate (a read, a failed CAS) that holds is linearized at
+//!   once and no alternative to it is tried: it changes nothing, and no pending operation
+//!   had to precede it;
+//! - just-in-time optional operations: an optional operation is linearized only right before
+//!   an operation that could not be linearized without it, and only if some candidate wants
+//!   the value it writes (anywhere else it can be postponed, or dropped);
+//! - dominance: a configuration with the same register value and the same required
+//!   operations as one entered before, but more optional operations linearized, is not
+//!   explored: it has no completion the other lacks.
+//!
+//! Values that no operation observes are merged into one, since they behave alike. The work
 //! per key is bounded; past the bound the key is reported as inconclusive, not hung on.
+//! Thousands of operations per key from a handful of clients check in well under a second;
+//! dozens of operations overlapping on one key can exceed the bound, and refuting a history
+//! (a violation near its end) costs more than accepting one.
 //!
 //! When a key is not linearizable, the [`Violation`] names the operation at which the
 //! deepest search got stuck, the linearization that reached it, and the operations
@@ -39,7 +55,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Instant;
 
-/// Default bound on the configurations explored per key before giving up as inconclusive.
+/// Default bound on the search steps per key (operations linearized, counting those undone)
+/// before giving up as inconclusive. The memo table holds at most one configuration per
+/// step, typically well under 200 bytes each.
 pub const DEFAULT_MAX_STATES: usize = 5_000_000;
 
 /// An operation on one key's register.
@@ -223,7 +241,7 @@ pub enum CheckResult {
     Linearizable,
     /// A key's sub-history is not linearizable (the first such key in key order).
     Violation(Violation),
-    /// No violation was found, but these keys exceeded the bound of explored states.
+    /// No violation was found, but the search of these keys exceeded the bound of steps.
     Inconclusive {
         /// The keys whose search was cut short.
         keys: Vec<String>,
@@ -262,7 +280,7 @@ impl fmt::Display for CheckResult {
             CheckResult::Violation(violation) => violation.fmt(f),
             CheckResult::Inconclusive { keys, max_states } => write!(
                 f,
-                "linearizability inconclusive: keys {keys:?} exceeded {max_states} explored states"
+                "linearizability inconclusive: keys {keys:?} exceeded {max_states} search steps"
             ),
             CheckResult::Malformed { index, reason } => {
                 write!(f, "malformed history: op #{index}: {reason}")
@@ -271,12 +289,12 @@ impl fmt::Display for CheckResult {
     }
 }
 
-/// Checks `history` with the default bound of [`DEFAULT_MAX_STATES`] states per key.
+/// Checks `history` with the default bound of [`DEFAULT_MAX_STATES`] search steps per key.
 pub fn check(history: &[Operation]) -> CheckResult {
     check_with(history, DEFAULT_MAX_STATES)
 }
 
-/// Checks `history`, exploring at most `max_states` configurations per key.
+/// Checks `history`, taking at most `max_states` search steps per key.
 pub fn check_with(history: &[Operation], max_states: usize) -> CheckResult {
     let origin = history.iter().map(|op| op.invoke).min().unwrap_or(0);
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -346,6 +364,14 @@ impl Step {
     /// Whether the step never changes the register.
     fn is_read_only(self) -> bool {
         matches!(self, Step::Read(_) | Step::CasFailed { .. })
+    }
+
+    /// The value the step writes, if it writes.
+    fn written(self) -> Option<Value> {
+        match self {
+            Step::Write(value) | Step::Cas { new: value, .. } => Some(value),
+            Step::Read(_) | Step::CasFailed { .. } => None,
+        }
     }
 
     /// The value the step depends on, if any.
@@ -449,21 +475,11 @@ fn prepare_key<'h>(
     // An optional operation writing a value nobody observes cannot help any operation but a
     // failed CAS (which needs the register to hold anything but its expectation); without
     // failed CASes, removing it from a linearization leaves a linearization.
-    if !ops
+    let failed_cas = ops
         .iter()
-        .any(|op| matches!(op.step, Step::CasFailed { .. }))
-    {
-        let unobserved = |step| {
-            matches!(
-                step,
-                Step::Write(UNOBSERVED)
-                    | Step::Cas {
-                        new: UNOBSERVED,
-                        ..
-                    }
-            )
-        };
-        ops.retain(|op| op.required || !unobserved(op.step));
+        .any(|op| matches!(op.step, Step::CasFailed { .. }));
+    if !failed_cas {
+        ops.retain(|op| op.required || op.step.written() != Some(UNOBSERVED));
     }
     Ok(ops)
 }
@@ -548,8 +564,6 @@ impl Linearized {
 struct Memo {
     /// For each key of (value, required set): the optional sets entered with it.
     table: HashMap<Vec<u64>, Vec<Vec<u64>>>,
-    /// Configurations entered.
-    entered: usize,
 }
 
 impl Memo {
@@ -565,7 +579,6 @@ impl Memo {
         }
         sets.retain(|set| !is_subset(optional, set));
         sets.push(optional.to_vec());
-        self.entered += 1;
         true
     }
 }
@@ -581,16 +594,27 @@ struct Frame {
 }
 
 /// Which candidates a scan of the event list considers. At each configuration the search
-/// first linearizes an applicable read-only candidate if there is one (a forced move: it
+/// first linearizes a read-only candidate that holds, if there is one (a forced move: it
 /// leaves the register unchanged and no pending operation had to precede it, so it may go
-/// first in any completion, and no alternative to it is tried), else tries the required
-/// candidates, then the optional ones (so that configurations with fewer optional operations
-/// come first and dominate the others).
+/// first in any completion, and no alternative to it is tried); else it tries the required
+/// candidates, then the optional ones that write a value some candidate wants (so that
+/// configurations with fewer optional operations come first and dominate the others). The
+/// configuration right after an optional operation is transient: only an operation that
+/// could not be linearized before it may follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
     Forced,
     Required,
     Optional,
+}
+
+/// The values some candidate needs the register to hold, in a configuration where it does
+/// not: an optional operation is only worth linearizing if it writes one of them.
+#[derive(Default)]
+struct Wanted {
+    values: HashSet<Value>,
+    /// A failed CAS expects the current value: any other value will do.
+    any: bool,
 }
 
 /// Node 0 of the event list is its head.
@@ -611,6 +635,8 @@ struct Searcher<'a> {
     return_node: Vec<usize>,
     linearized: Linearized,
     memo: Memo,
+    /// Operations linearized so far, counting again those undone.
+    explored: usize,
     /// Scratch space for a configuration's memo key.
     key: Vec<u64>,
     stack: Vec<Frame>,
@@ -640,6 +666,7 @@ impl<'a> Searcher<'a> {
             return_node: vec![0; ops.len()],
             linearized: Linearized::new(ops),
             memo: Memo::default(),
+            explored: 0,
             key: Vec::new(),
             stack: Vec::new(),
             state: ABSENT,
@@ -664,13 +691,47 @@ impl<'a> Searcher<'a> {
         node != self.tail && self.is_call[node]
     }
 
-    /// Whether the candidate `op` belongs to `pass`.
-    fn in_pass(&self, op: usize, pass: Pass) -> bool {
+    /// The register value after linearizing the candidate `op` in `pass`, if it may be.
+    fn admissible(&self, op: usize, pass: Pass, wanted: &Wanted) -> Option<Value> {
         let step = self.ops[op].step;
-        match pass {
+        let in_pass = match pass {
             Pass::Forced => step.is_read_only(),
             Pass::Required => self.ops[op].required && !step.is_read_only(),
             Pass::Optional => !self.ops[op].required,
+        };
+        if !in_pass {
+            return None;
+        }
+        // After an optional operation, only an operation that needs it may come.
+        if let Some(frame) = self
+            .stack
+            .last()
+            .filter(|frame| frame.pass == Pass::Optional)
+        {
+            if step.apply(frame.before).is_some() {
+                return None;
+            }
+        }
+        let after = step.apply(self.state)?;
+        // An optional operation is only worth linearizing if some candidate needs its value.
+        let useful = after != self.state && (wanted.any || wanted.values.contains(&after));
+        (pass != Pass::Optional || useful).then_some(after)
+    }
+
+    /// Collects the values that some candidate needs the register to hold to be linearized.
+    fn wanted(&self, wanted: &mut Wanted) {
+        wanted.values.clear();
+        wanted.any = false;
+        let mut node = self.next[HEAD];
+        while self.is_candidate(node) {
+            match self.ops[self.node_op[node]].step {
+                Step::Read(value) | Step::Cas { expect: value, .. } if value != self.state => {
+                    wanted.values.insert(value);
+                }
+                Step::CasFailed { expect } if expect == self.state => wanted.any = true,
+                _ => {}
+            }
+            node = self.next[node];
         }
     }
 
@@ -678,11 +739,16 @@ impl<'a> Searcher<'a> {
     /// dominated by one entered before. Returns whether it did.
     fn linearize(&mut self, op: usize, after: Value, pass: Pass) -> bool {
         self.linearized.toggle(op);
-        self.linearized.key(after, &mut self.key);
-        if !self.memo.enter(&self.key, &self.linearized.optional) {
-            self.linearized.toggle(op);
-            return false;
+        // The configuration after an optional operation is transient: only an operation
+        // that needs it may follow, so it is not comparable with the others.
+        if pass != Pass::Optional {
+            self.linearized.key(after, &mut self.key);
+            if !self.memo.enter(&self.key, &self.linearized.optional) {
+                self.linearized.toggle(op);
+                return false;
+            }
         }
+        self.explored += 1;
         self.stack.push(Frame {
             op,
             before: self.state,
@@ -730,42 +796,41 @@ enum Search {
 fn search(ops: &[KeyOp], max_states: usize) -> Search {
     let mut s = Searcher::new(ops);
     let mut deepest: Option<Deepest> = None;
+    let mut wanted = Wanted::default();
     // The pass and the next node to try in the current configuration.
     let mut scan = (Pass::Forced, s.next[HEAD]);
     loop {
         if s.remaining == 0 {
             return Search::Linearizable;
         }
-        if s.memo.entered > max_states {
+        if s.explored > max_states {
             return Search::Inconclusive;
         }
         let (pass, node) = scan;
         if s.is_candidate(node) {
-            let op = s.node_op[node];
-            if s.in_pass(op, pass) {
-                if let Some(after) = s.ops[op].step.apply(s.state) {
-                    if s.linearize(op, after, pass) {
-                        scan = (Pass::Forced, s.next[HEAD]);
-                        continue;
-                    }
-                    if pass == Pass::Forced {
-                        // A configuration dominating the forced move's was entered, so it
-                        // has no completion, nor has this one.
-                        scan = (Pass::Optional, s.tail);
-                        continue;
-                    }
-                }
-            }
             scan = (pass, s.next[node]);
+            let op = s.node_op[node];
+            let Some(after) = s.admissible(op, pass, &wanted) else {
+                continue;
+            };
+            if s.linearize(op, after, pass) {
+                scan = (Pass::Forced, s.next[HEAD]);
+            } else if pass == Pass::Forced {
+                // A configuration dominating the forced move's was entered, so it has no
+                // completion, nor has this one: backtrack.
+                scan = (Pass::Optional, s.tail);
+            }
             continue;
         }
-        // A return: the end of this pass's candidates.
+        // A return (or the tail): the end of this pass's candidates.
         match pass {
             Pass::Forced => scan = (Pass::Required, s.next[HEAD]),
-            Pass::Required => scan = (Pass::Optional, s.next[HEAD]),
+            Pass::Required => {
+                s.wanted(&mut wanted);
+                scan = (Pass::Optional, s.next[HEAD]);
+            }
             Pass::Optional => {
-                // Its operation had to be linearized already, and cannot be. Backtrack to the
-                // last configuration with an alternative left to try.
+                // The return's operation had to be linearized already, and cannot be.
                 let longer = |d: &Deepest| s.stack.len() > d.linearized.len();
                 if node != s.tail && deepest.as_ref().is_none_or(longer) {
                     deepest = Some(Deepest {
@@ -773,10 +838,14 @@ fn search(ops: &[KeyOp], max_states: usize) -> Search {
                         stuck: Some(s.node_op[node]),
                     });
                 }
+                // Backtrack to the last configuration with an alternative left to try.
                 loop {
                     let Some(frame) = s.undo() else {
                         return Search::Stuck(deepest);
                     };
+                    if frame.pass == Pass::Optional {
+                        s.wanted(&mut wanted);
+                    }
                     if frame.pass != Pass::Forced {
                         scan = (frame.pass, s.next[s.call_node[frame.op]]);
                         break;
@@ -1263,6 +1332,101 @@ mod tests {
         assert_ok(&history[..5]);
     }
 
+    /// Whether some order of the `Ok` operations and any of the `Unknown` writes and CASes
+    /// respects real time and the register: the definition, searched exhaustively.
+    fn brute_force(history: &[Operation]) -> bool {
+        fn extend(ops: &[&Operation], used: &mut [bool], state: Option<String>) -> bool {
+            let done = |i: usize| used[i] || ops[i].outcome == Outcome::Unknown;
+            if (0..ops.len()).all(done) {
+                return true;
+            }
+            for i in 0..ops.len() {
+                let must_wait = |j: usize| {
+                    !used[j]
+                        && ops[j].outcome != Outcome::Unknown
+                        && ops[j].complete < ops[i].invoke
+                };
+                if used[i] || (0..ops.len()).any(must_wait) {
+                    continue;
+                }
+                let after = match (&ops[i].op, &ops[i].outcome) {
+                    (Op::Read, Outcome::Ok(Response::Read(value))) => {
+                        (*value == state).then(|| state.clone())
+                    }
+                    (Op::Write(value), _) => Some(Some(value.clone())),
+                    (
+                        Op::Cas { expect, new },
+                        Outcome::Ok(Response::Cas(true)) | Outcome::Unknown,
+                    ) => (*expect == state).then(|| Some(new.clone())),
+                    (Op::Cas { expect, .. }, _) => (*expect != state).then(|| state.clone()),
+                    (Op::Read, _) => None,
+                };
+                if let Some(after) = after {
+                    used[i] = true;
+                    if extend(ops, used, after) {
+                        return true;
+                    }
+                    used[i] = false;
+                }
+            }
+            false
+        }
+        let ops: Vec<&Operation> = history
+            .iter()
+            .filter(|op| {
+                !matches!(
+                    (&op.op, &op.outcome),
+                    (_, Outcome::Fail) | (Op::Read, Outcome::Unknown)
+                )
+            })
+            .collect();
+        extend(&ops, &mut vec![false; ops.len()], None)
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_small_histories() {
+        fn value(rng: &mut Rng) -> String {
+            ["a", "b", "c"][usize::try_from(rng.below(3)).unwrap()].to_owned()
+        }
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut verdicts = [0; 2];
+        for _ in 0..5_000 {
+            let mut history = Vec::new();
+            for client in 0..1 + rng.below(8) {
+                let invoke = rng.below(20);
+                let complete = invoke + rng.below(10);
+                let what = match rng.below(3) {
+                    0 => Op::Read,
+                    1 => Op::Write(value(&mut rng)),
+                    _ => {
+                        let expect = (rng.below(3) > 0).then(|| value(&mut rng));
+                        Op::Cas {
+                            expect,
+                            new: value(&mut rng),
+                        }
+                    }
+                };
+                let outcome = match (rng.below(8), &what) {
+                    (0, _) => Outcome::Fail,
+                    (1..=3, _) => Outcome::Unknown,
+                    (_, Op::Read) => {
+                        Outcome::Ok(Response::Read((rng.below(3) > 0).then(|| value(&mut rng))))
+                    }
+                    (_, Op::Write(_)) => Outcome::written(),
+                    (_, Op::Cas { .. }) => Outcome::cas(rng.below(2) == 0),
+                };
+                let client = usize::try_from(client).unwrap();
+                history.push(op(client, "k", what, invoke, complete, outcome));
+            }
+            let expected = brute_force(&history);
+            let result = check(&history);
+            assert_eq!(result.is_linearizable(), expected, "{result}\n{history:#?}");
+            assert_eq!(result.violation().is_some(), !expected);
+            verdicts[usize::from(expected)] += 1;
+        }
+        assert!(verdicts[0] > 500 && verdicts[1] > 500, "{verdicts:?}");
+    }
+
     #[test]
     fn malformed_and_inconclusive_are_reported() {
         let bad = op(0, "k", Op::Read, 0, 10, Outcome::written());
@@ -1405,12 +1569,17 @@ mod tests {
         history
     }
 
-    /// Finds the earliest ok read `r` with ok writes `w1` before `w2` before `r` on its key,
-    /// and makes `r` return `w1`'s value: a stale read no linearization can explain.
-    fn make_stale(history: &mut [Operation]) -> usize {
+    /// Finds the earliest (or the latest) ok read `r` with ok writes `w1` before `w2` before
+    /// `r` on its key, and makes `r` return `w1`'s value: a stale read no linearization can
+    /// explain.
+    fn make_stale(history: &mut [Operation], latest: bool) -> usize {
         let ok_write =
             |op: &Operation| matches!((&op.op, &op.outcome), (Op::Write(_), Outcome::Ok(_)));
-        for r in 0..history.len() {
+        let mut reads: Vec<usize> = (0..history.len()).collect();
+        if latest {
+            reads.reverse();
+        }
+        for r in reads {
             if !matches!(history[r].outcome, Outcome::Ok(Response::Read(_))) {
                 continue;
             }
@@ -1431,9 +1600,9 @@ mod tests {
     }
 
     #[test]
-    fn random_valid_history_passes_and_stale_mutation_fails() {
+    fn random_valid_history_passes_and_stale_mutations_fail() {
         for seed in [0x9e37_79b9_7f4a_7c15, 0x2545_f491_4f6c_dd1d, 42] {
-            let mut history = random_history(seed, 600);
+            let history = random_history(seed, 1_500);
             let summary = summary(&history);
             assert!(
                 summary.all.unknown > 10 && summary.all.fail > 5,
@@ -1445,12 +1614,15 @@ mod tests {
                 "seed {seed:#x}: {result}\n{summary}"
             );
 
-            let stale = make_stale(&mut history);
-            let result = check_with(&history, 200_000);
-            let violation = result
-                .violation()
-                .unwrap_or_else(|| panic!("seed {seed:#x}: {result}"));
-            assert_eq!(violation.key, history[stale].key, "{violation}");
+            for latest in [false, true] {
+                let mut mutated = history.clone();
+                let stale = make_stale(&mut mutated, latest);
+                let result = check_with(&mutated, 200_000);
+                let violation = result
+                    .violation()
+                    .unwrap_or_else(|| panic!("seed {seed:#x}, read #{stale}: {result}"));
+                assert_eq!(violation.key, mutated[stale].key, "{violation}");
+            }
         }
     }
 }

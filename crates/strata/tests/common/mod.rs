@@ -59,6 +59,64 @@ struct Addrs {
     nacos: Option<std::net::SocketAddr>,
 }
 
+/// `strata dev` flags that put every listener on a port chosen at run time, so that no test
+/// collides with a `strata dev` kept running on the default ports (the README's quick start).
+/// `t00_the_harness_covers_every_dev_listener` in `dev.rs` fails when a listener is added to
+/// `strata dev` without being listed here.
+pub const DEV_ON_ANY_PORT: &[&str] = &[
+    "--api-addr",
+    "127.0.0.1:0",
+    "--raft-addr",
+    "127.0.0.1:0",
+    "--grpc-addr",
+    "127.0.0.1:0",
+    "--consul-addr",
+    "127.0.0.1:0",
+    "--dns-addr",
+    "127.0.0.1:0",
+    "--nacos-addr",
+    "127.0.0.1:0",
+];
+
+/// Waits for a starting process to write its addresses file; if the process exits first,
+/// fails at once with its exit status and the output in `logs`, instead of waiting out the
+/// deadline.
+pub async fn wait_for_addrs<T: serde::de::DeserializeOwned>(
+    child: &mut Child,
+    addrs_file: &Path,
+    logs: &[&Path],
+    timeout: Duration,
+) -> T {
+    let output = || {
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(addrs) = std::fs::read(addrs_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            return addrs;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "strata exited with {status} before listening; its output:\n{}",
+                output()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {}; output so far:\n{}",
+            addrs_file.display(),
+            output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Extra `strata server` arguments that enable the etcd v3 gRPC API on a port chosen at run
 /// time; [`NodeProc::grpc`] then holds the bound address.
 pub const GRPC_ON_ANY_PORT: &[&str] = &["--grpc-addr", "127.0.0.1:0"];
@@ -150,7 +208,8 @@ impl NodeProc {
                 self.extra[flag + 1] = bound.clone();
             }
         }
-        let log = std::fs::File::create(self.dir.join(format!("log.{}", self.starts))).unwrap();
+        let log_path = self.dir.join(format!("log.{}", self.starts));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(strata_bin());
         command
             .arg("server")
@@ -161,22 +220,24 @@ impl NodeProc {
             .arg("--addrs-file")
             .arg(&addrs_file)
             .args(&self.extra)
-            .env("STRATA_LOG", "info,openraft=warn")
+            // The default log filter, as an operator sees it.
+            .env_remove("STRATA_LOG")
+            .env_remove("STRATA_CONFIG")
+            .env_remove("STRATA_LOG_FORMAT")
             // Lets tests cut nodes off from each other (`POST /internal/fault/partition`).
             .env("STRATA_FAULT_INJECTION", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        self.child = Some(command.spawn().expect("spawn strata"));
-        let addrs: Addrs = wait_until(Duration::from_secs(20), "node to write addrs.json", || {
-            let path = addrs_file.clone();
-            async move {
-                std::fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-            }
-        })
+        let mut child = command.spawn().expect("spawn strata");
+        let addrs: Addrs = wait_for_addrs(
+            &mut child,
+            &addrs_file,
+            &[&log_path],
+            Duration::from_secs(20),
+        )
         .await;
+        self.child = Some(child);
         self.api = addrs.api.to_string();
         self.raft = addrs.raft.to_string();
         self.grpc = addrs.grpc.map(|addr| addr.to_string());

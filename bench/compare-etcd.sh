@@ -215,7 +215,7 @@ start_node() {
     addrs="$dir/addrs.json"
     rm -f "$addrs"
     # shellcheck disable=SC2086 # node_extra holds flags meant to split
-    STRATA_LOG=warn "$strata" server --id "$id" --data-dir "$dir/data" \
+    "$strata" server --id "$id" --data-dir "$dir/data" \
         --api-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
         --addrs-file "$addrs" ${node_extra[$id]:-} >"$dir/log" 2>&1 &
     pid=$!

@@ -148,6 +148,10 @@ async fn t10_leader_cut_off_mid_write_catches_up_by_snapshot_and_accepts_writes_
         "the old leader had no batch in flight when it was cut off; the test did not set up the bug"
     );
 
+    // It can only win an election once it has every entry the others have.
+    let commit = new_node.status().await.unwrap().commit_index;
+    cluster.wait_applied(old, commit).await;
+
     // Make the old leader lead again: freeze whoever leads instead, until it wins an election.
     let all: Vec<&NodeProc> = cluster.nodes.iter().collect();
     let mut leader = new;

@@ -238,6 +238,10 @@ async fn t20_every_healthy_node_keeps_serving_while_the_leader_is_frozen() {
         .map(|(c, b)| c.load(Ordering::Relaxed) - b)
         .collect();
     frozen.resume();
+    eprintln!(
+        "operations served in 3 s while leader {leader} was frozen, by node {:?}: {during:?}",
+        healthy.iter().map(|n| n.id).collect::<Vec<_>>()
+    );
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();

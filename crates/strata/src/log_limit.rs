@@ -58,6 +58,7 @@ const OPENRAFT_NETWORK: &[&str] = &[
     "timeout while confirming leadership",
     "Timeout",
     "will be ignored because vote changed",
+    "membership_log_id changed",
 ];
 
 /// What the reporter has to say.

@@ -687,6 +687,27 @@ async fn t71_idle_watch_gets_progress_notifications() {
     assert_eq!(progressed, revision + 1);
 }
 
+/// Growing a cluster one `add-member` at a time is as quiet as founding it: no WARN or
+/// ERROR line in any node's default log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t16_growing_a_cluster_with_add_member_logs_nothing_alarming() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.client().put("grown", "yes").await.unwrap();
+    for node in &cluster.nodes {
+        let logs = node.logs();
+        let loud: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(
+            loud.is_empty(),
+            "node {} logged while the cluster grew:\n{}",
+            node.id,
+            loud.join("\n")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t15_three_nodes_found_the_cluster_from_initial_cluster() {
     // The founding list needs every raft address up front: take free ports from the kernel

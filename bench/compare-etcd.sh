@@ -9,7 +9,8 @@
 #      both), runs interleaved etcd, strata, etcd, strata, ... for each workload, 3 rounds:
 #        put of 256-byte values at 1, 16 and 128 clients; linearizable get and serializable
 #        get at 128 clients; watch fan-out (1,000 watchers on one prefix, delivery latency of
-#        a put);
+#        a put); put at 16 clients on the two followers for 6 s, the leader frozen with SIGSTOP
+#        from the first second on (then SIGCONT, and the cluster must be healthy again);
 #   4. records VmRSS of every server after each run, and reports medians of throughput, p50,
 #      p99 and RSS per node as a markdown table.
 #
@@ -28,7 +29,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 
 Options:
@@ -302,7 +303,22 @@ workloads=(
     "get_linearizable|etcd-get --clients $many_clients --requests $gets --value-size $value_size"
     "get_serializable|etcd-get --clients $many_clients --requests $gets --value-size $value_size --serializable"
     "watch|etcd-watch --watchers $watchers --puts $watch_puts --value-size $value_size"
+    # 16 clients on the two followers for 6 s; the leader is frozen (SIGSTOP) after the first
+    # second (the clients warm up through it first) until the run ends.
+    "paused_leader_put_16|etcd-put --clients 16 --requests 1000000 --value-size $value_size --max-seconds 6"
 )
+
+# The pid of the member of $1 (etcd or strata) serving client endpoint $2.
+pid_of_endpoint() {
+    local system=$1 endpoint=$2 node
+    for node in $(seq 1 "$node_count"); do
+        case $system in
+        etcd) [[ ${etcd_client[$node]} == "$endpoint" ]] && echo "${etcd_pid[$node]}" ;;
+        strata) [[ ${node_grpc[$node]} == "$endpoint" ]] && echo "${node_pid[$node]}" ;;
+        esac
+    done
+    return 0
+}
 
 runs_file="$data/runs.jsonl"
 : >"$runs_file"
@@ -325,10 +341,32 @@ for round in $(seq 1 "$rounds"); do
             extra=(--key-prefix "bench/r$round/$id/")
             [[ $id == watch ]] && extra=(--prefix "bench/r$round/watch/")
             [[ $id == get_* ]] && extra=(--key "bench/get/key")
-            [[ $id == watch ]] || extra+=(--max-seconds "$max_seconds")
-            line=$(timeout $((max_seconds + 120)) "$bench" "${args[@]}" "${extra[@]}" \
-                --endpoints "${order[$system]}" 2>>"$data/bench.stderr") ||
-                die "strata-bench $id against $system (round $round) failed; see $data/bench.stderr"
+            [[ $id == watch || $id == paused_leader_* ]] || extra+=(--max-seconds "$max_seconds")
+            frozen=""
+            if [[ $id == paused_leader_* ]]; then
+                # The clients use the followers only; the leader is frozen one second in.
+                frozen=$(pid_of_endpoint "$system" "${order[$system]##*,}")
+                [[ -n $frozen ]] || die "no pid for the $system leader ${order[$system]##*,}"
+                timeout $((max_seconds + 120)) "$bench" "${args[@]}" "${extra[@]}" \
+                    --endpoints "${order[$system]%,*}" >"$data/paused.out" 2>>"$data/bench.stderr" &
+                bench_pid=$!
+                sleep 1
+                kill -STOP "$frozen"
+                wait "$bench_pid" ||
+                    die "strata-bench $id against $system (round $round) failed; see $data/bench.stderr"
+                line=$(cat "$data/paused.out")
+            else
+                line=$(timeout $((max_seconds + 120)) "$bench" "${args[@]}" "${extra[@]}" \
+                    --endpoints "${order[$system]}" 2>>"$data/bench.stderr") ||
+                    die "strata-bench $id against $system (round $round) failed; see $data/bench.stderr"
+            fi
+            if [[ -n $frozen ]]; then
+                kill -CONT "$frozen"
+                case $system in
+                etcd) wait_until 60 "etcd to be healthy after the pause" ctl "$etcd_endpoints" endpoint health ;;
+                strata) wait_until 60 "Strata to be healthy after the pause" ctl "$strata_endpoints" endpoint health ;;
+                esac
+            fi
             rss=()
             for pid in "${pids[@]}"; do
                 alive "$pid" || die "a $system server (pid $pid) died during $id"
@@ -446,7 +484,8 @@ jq -r '
     def pretty: {put_1: "put, 1 client", put_16: "put, 16 clients", put_128: "put, 128 clients",
                 get_linearizable: "get linearizable, 128 clients",
                 get_serializable: "get serializable, 128 clients",
-                watch: "watch fan-out, delivery latency"}[.] // .;
+                watch: "watch fan-out, delivery latency",
+                paused_leader_put_16: "put, 16 clients on the followers, leader frozen"}[.] // .;
     .machine as $m |
     "",
     "## Strata vs etcd \(.config.etcd_version) over the etcd v3 API (\(.command))",

@@ -152,24 +152,43 @@ async fn t10_leader_cut_off_mid_write_catches_up_by_snapshot_and_accepts_writes_
     let commit = new_node.status().await.unwrap().commit_index;
     cluster.wait_applied(old, commit).await;
 
-    // Make the old leader lead again: freeze whoever leads instead, until it wins an election.
+    // Make the old leader lead again, deterministically: freeze the third node, write through
+    // the old leader (committed by it and the current leader), freeze the current leader, and
+    // let the third node back. The third node's log is now behind the old leader's, so only
+    // the old leader can win the election the two of them hold.
     let all: Vec<&NodeProc> = cluster.nodes.iter().collect();
-    let mut leader = new;
-    for _ in 0..20 {
-        if leader == old {
-            break;
+    let current = wait_until(Duration::from_secs(10), "the cluster to agree", || async {
+        agreed_leader(&all).await
+    })
+    .await;
+    if current != old {
+        let third = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id != old && n.id != current)
+            .unwrap();
+        let current_node = &cluster.nodes[(current - 1) as usize];
+        third.pause();
+        let old_client = client_of(old_node, Duration::from_secs(10));
+        for n in 0..5 {
+            old_client.put(format!("ahead/{n}"), "x").await.unwrap();
         }
-        let current = &cluster.nodes[(leader - 1) as usize];
-        current.pause();
-        let next = wait_for_other_leader(&cluster, leader).await;
-        current.resume();
-        leader = wait_until(Duration::from_secs(10), "the cluster to agree", || async {
-            agreed_leader(&all).await
-        })
+        current_node.pause();
+        third.resume();
+        let pair = [old_node, third];
+        wait_until(
+            Duration::from_secs(15),
+            &format!("node {old} to win the election"),
+            || async { agreed_leader(&pair).await.filter(|l| *l == old) },
+        )
         .await;
-        assert_eq!(leader, next, "leadership moved again on resume");
+        current_node.resume();
     }
-    assert_eq!(leader, old, "node {old} never won an election again");
+    let leader = wait_until(Duration::from_secs(15), "the cluster to agree", || async {
+        agreed_leader(&all).await
+    })
+    .await;
+    assert_eq!(leader, old, "node {old} did not lead again");
 
     // The proof: a write and a linearizable read through the old leader, promptly.
     let client = client_of(old_node, Duration::from_secs(5));

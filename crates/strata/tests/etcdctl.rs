@@ -617,10 +617,17 @@ fn elect_flow(side: &Side) -> String {
     )
 }
 
-/// Counts events in `etcdctl watch` simple output.
+/// Counts complete events in `etcdctl watch` simple output: a PUT or DELETE line followed by
+/// its (newline-terminated) key line, so the watcher is never stopped halfway through one.
 fn simple_events(out: &str) -> usize {
-    out.lines()
-        .filter(|line| *line == "PUT" || *line == "DELETE")
+    let complete: Vec<&str> = match out.rfind('\n') {
+        Some(end) => out[..end].split('\n').collect(),
+        None => Vec::new(),
+    };
+    complete
+        .iter()
+        .enumerate()
+        .filter(|(i, line)| (**line == "PUT" || **line == "DELETE") && i + 1 < complete.len())
         .count()
 }
 

@@ -58,21 +58,17 @@ pub(crate) fn leading_term(raft: &Raft) -> Option<u64> {
 ///
 /// Cancel safety: cancel-safe; it only reads the metrics channel.
 pub(crate) async fn leadership_lost(raft: &Raft, term: u64) {
-    let mut metrics = raft.metrics();
-    loop {
-        {
-            let m = metrics.borrow_and_update();
-            let leads = m.state == ServerState::Leader
-                && m.current_leader == Some(m.id)
-                && m.current_term == term;
-            if !leads {
-                return;
-            }
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
+    let _ = raft
+        .wait(None)
+        .metrics(
+            |m| {
+                !(m.state == ServerState::Leader
+                    && m.current_leader == Some(m.id)
+                    && m.current_term == term)
+            },
+            "leadership lost",
+        )
+        .await;
 }
 
 /// The error of a write whose fate is unknown because leadership changed under it.
@@ -132,25 +128,14 @@ impl Loop {
     async fn run(self, mut receiver: mpsc::Receiver<(Command, Reply)>, cancel: CancellationToken) {
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         loop {
-            let first = tokio::select! {
-                _ = cancel.cancelled() => return,
-                next = receiver.recv() => match next {
-                    Some(item) => item,
-                    None => return,
-                },
+            let Some(first) = next_item(&mut receiver, &cancel).await else {
+                return;
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
             // Everything that queued while the previous batch was in flight goes into this one.
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
-                }
-            }
-            let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
+            let (commands, replies) = drain_batch(first, &mut receiver);
             let Some(term) = leading_term(&self.raft) else {
                 // Nothing was proposed, so the callers may safely retry on the leader.
                 for reply in replies {
@@ -263,6 +248,35 @@ impl Forwarder {
     }
 }
 
+/// The next queued write, or `None` once the queue closes or `cancel` fires.
+///
+/// Cancel safety: cancel-safe (`mpsc::Receiver::recv` is).
+async fn next_item(
+    receiver: &mut mpsc::Receiver<(Command, Reply)>,
+    cancel: &CancellationToken,
+) -> Option<(Command, Reply)> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        next = receiver.recv() => next,
+    }
+}
+
+/// `first` plus whatever is already queued, up to [`MAX_BATCH`], split into commands and
+/// their reply channels.
+fn drain_batch(
+    first: (Command, Reply),
+    receiver: &mut mpsc::Receiver<(Command, Reply)>,
+) -> (Vec<Command>, Vec<Reply>) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch.into_iter().unzip()
+}
+
 async fn forward_loop(
     service: std::sync::Weak<crate::service::KvService>,
     mut receiver: mpsc::Receiver<(Command, Reply)>,
@@ -270,24 +284,13 @@ async fn forward_loop(
 ) {
     use crate::service::{LeaderReply, LeaderRequest};
     loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            next = receiver.recv() => match next {
-                Some(item) => item,
-                None => return,
-            },
+        let Some(first) = next_item(&mut receiver, &cancel).await else {
+            return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+        let (commands, replies) = drain_batch(first, &mut receiver);
         let Some(service) = service.upgrade() else {
             return;
         };
-        let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
         // One forward in flight: the next batch gathers while this one is committed.
         match service
             .leader_call(LeaderRequest::WriteBatch(commands))

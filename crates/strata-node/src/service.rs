@@ -918,18 +918,13 @@ impl KvService {
 ///
 /// Cancel safety: cancel-safe; it only reads the metrics channel.
 async fn leader_replaced(raft: &Raft, leader: u64, term: u64) {
-    let mut metrics = raft.metrics();
-    loop {
-        {
-            let m = metrics.borrow_and_update();
-            if m.current_leader != Some(leader) || m.current_term != term {
-                return;
-            }
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
+    let _ = raft
+        .wait(None)
+        .metrics(
+            |m| m.current_leader != Some(leader) || m.current_term != term,
+            "leader replaced",
+        )
+        .await;
 }
 
 fn unexpected(result: KvResult) -> ApiError {

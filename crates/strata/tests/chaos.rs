@@ -216,7 +216,9 @@ async fn current_leader(cluster: &Cluster) -> Option<u64> {
     None
 }
 
-/// Hurts the cluster for `period`, one fault at a time; leaves it whole at the end.
+/// Hurts the cluster for `period`, one fault at a time; leaves it whole at the end. The
+/// sleeps here are the faults' lengths and the quiet gaps between them (the nemesis's
+/// schedule), not waits for a condition: every wait for the cluster polls with a deadline.
 async fn run_nemesis(
     cluster: &mut Cluster,
     nemesis: Nemesis,

@@ -701,17 +701,7 @@ async fn t16_growing_a_cluster_with_add_member_logs_nothing_alarming() {
     let cluster = Cluster::start(3, &[]).await;
     cluster.client().put("grown", "yes").await.unwrap();
     for node in &cluster.nodes {
-        let logs = node.logs();
-        let loud: Vec<&str> = logs
-            .lines()
-            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-            .collect();
-        assert!(
-            loud.is_empty(),
-            "node {} logged while the cluster grew:\n{}",
-            node.id,
-            loud.join("\n")
-        );
+        node.assert_quiet("while the cluster grew");
     }
 }
 
@@ -770,16 +760,6 @@ async fn t15_three_nodes_found_the_cluster_from_initial_cluster() {
     }
     // A healthy start is quiet: nothing at WARN or ERROR in any node's default log.
     for node in &nodes {
-        let logs = node.logs();
-        let loud: Vec<&str> = logs
-            .lines()
-            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-            .collect();
-        assert!(
-            loud.is_empty(),
-            "node {} logged during a healthy start:\n{}",
-            node.id,
-            loud.join("\n")
-        );
+        node.assert_quiet("during a healthy start");
     }
 }

@@ -246,9 +246,26 @@ async fn t20_every_healthy_node_keeps_serving_while_the_leader_is_frozen() {
 
     frozen.pause();
     wait_for_other_leader(&cluster, leader).await;
-    // Count what each healthy node serves in a 3 s window that starts 1 s after the election
-    // (the windows are measurements, not synchronisation).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Start counting once every healthy node has served something under the new leader (its
+    // clients may first have had to give up on requests sent to the frozen one), then count
+    // what each serves in a 3 s window (a measurement, not synchronisation).
+    let elected: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    wait_until(
+        Duration::from_secs(10),
+        "every healthy node to serve again",
+        || {
+            let counts = counts.clone();
+            let elected = elected.clone();
+            async move {
+                counts
+                    .iter()
+                    .zip(&elected)
+                    .all(|(c, e)| c.load(Ordering::Relaxed) > *e)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     let before: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during: Vec<u64> = counts

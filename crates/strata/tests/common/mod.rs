@@ -386,6 +386,21 @@ impl NodeProc {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Panics if the logs have any WARN or ERROR line; `when` says what was going on.
+    pub fn assert_quiet(&self, when: &str) {
+        let logs = self.logs();
+        let loud: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(
+            loud.is_empty(),
+            "node {} logged {when}:\n{}",
+            self.id,
+            loud.join("\n")
+        );
+    }
+
     /// Panics if the logs show a panic.
     pub fn assert_no_panic(&self) {
         let logs = self.logs();

@@ -23,7 +23,7 @@ use strata_proto::kv::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
 };
-use strata_store::Store;
+use strata_store::KvApi;
 use tracing::{debug, info};
 
 /// How long a write waits for the local view to catch up before answering anyway.
@@ -48,9 +48,9 @@ impl Default for Settings {
 }
 
 /// The config center on one node.
-pub struct ConfigCenter<S: Store> {
+pub struct ConfigCenter {
     /// The replicated store.
-    pub store: Arc<S>,
+    pub store: Arc<dyn KvApi>,
     /// This node's view.
     pub view: Arc<View>,
     /// Metrics.
@@ -194,10 +194,22 @@ struct Change<'a> {
     condition: &'a (dyn Fn(Option<&StoredItem>) -> Result<(), ApiError> + Sync),
 }
 
-impl<S: Store> ConfigCenter<S> {
+impl ConfigCenter {
+    /// Runs a transaction of the config center's own size: a config is written twice (its
+    /// current version and its history entry), JSON-escaped, so it may exceed a client
+    /// request's limit.
+    async fn txn(&self, request: TxnRequest) -> Result<strata_proto::kv::TxnResponse, ApiError> {
+        let max = self
+            .settings
+            .max_content_bytes
+            .saturating_mul(3)
+            .saturating_add(64 * 1024);
+        self.store.txn_within(request, max).await
+    }
+
     /// A config center over `store`, reading from `view`.
     pub fn new(
-        store: Arc<S>,
+        store: Arc<dyn KvApi>,
         view: Arc<View>,
         metrics: ConfigMetrics,
         cipher: Option<Cipher>,
@@ -342,7 +354,6 @@ impl<S: Store> ConfigCenter<S> {
             success.extend(change.extra.iter().cloned());
             let mod_revision = current.as_ref().map(|s| s.mod_revision).unwrap_or(0);
             let response = self
-                .store
                 .txn(TxnRequest {
                     compare: [
                         compare(key.item_key(), CompareTarget::ModRevision(mod_revision)),
@@ -442,7 +453,6 @@ impl<S: Store> ConfigCenter<S> {
                 encrypted: false,
             };
             let response = self
-                .store
                 .txn(TxnRequest {
                     compare: vec![compare(
                         key.item_key(),
@@ -664,7 +674,6 @@ impl<S: Store> ConfigCenter<S> {
             encrypted: cipher.is_some(),
         };
         let response = self
-            .store
             .txn(TxnRequest {
                 compare: vec![compare(
                     key.item_key(),
@@ -730,7 +739,6 @@ impl<S: Store> ConfigCenter<S> {
         self.metrics.op("gray_abort");
         let gray_revision = self.current_gray(key)?.mod_revision;
         let response = self
-            .store
             .txn(TxnRequest {
                 compare: vec![compare(
                     key.gray_key(),

@@ -17,7 +17,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::error::ApiError;
-use strata_store::Store;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -28,14 +27,14 @@ use strata_http::ApiResult;
 pub use strata_http::{ApiJson as Body, ErrorResponse, Peer};
 
 /// What the handlers share.
-pub struct ConfigState<S: Store> {
+pub struct ConfigState {
     /// The config center.
-    pub center: Arc<ConfigCenter<S>>,
+    pub center: Arc<ConfigCenter>,
     /// Cancelled at shutdown; ends streams and long-polls.
     pub cancel: CancellationToken,
 }
 
-impl<S: Store> Clone for ConfigState<S> {
+impl Clone for ConfigState {
     fn clone(&self) -> Self {
         ConfigState {
             center: self.center.clone(),
@@ -45,22 +44,22 @@ impl<S: Store> Clone for ConfigState<S> {
 }
 
 /// The native config routes, to merge into the node's API router.
-pub fn router<S: Store>(state: ConfigState<S>) -> Router {
+pub fn router(state: ConfigState) -> Router {
     Router::new()
-        .route("/v1/config/publish", post(publish::<S>))
-        .route("/v1/config/get", get(get_config::<S>))
-        .route("/v1/config/delete", post(delete::<S>))
-        .route("/v1/config/list", get(list::<S>))
-        .route("/v1/config/history", get(history::<S>))
-        .route("/v1/config/diff", get(diff::<S>))
-        .route("/v1/config/rollback", post(rollback::<S>))
-        .route("/v1/config/gray", post(gray::<S>))
-        .route("/v1/config/gray/promote", post(gray_promote::<S>))
-        .route("/v1/config/gray/abort", post(gray_abort::<S>))
-        .route("/v1/config/listen", post(listen::<S>))
-        .route("/v1/config/watch", get(watch::<S>))
-        .route("/v1/config/export", get(export::<S>))
-        .route("/v1/config/import", post(import::<S>))
+        .route("/v1/config/publish", post(publish))
+        .route("/v1/config/get", get(get_config))
+        .route("/v1/config/delete", post(delete))
+        .route("/v1/config/list", get(list))
+        .route("/v1/config/history", get(history))
+        .route("/v1/config/diff", get(diff))
+        .route("/v1/config/rollback", post(rollback))
+        .route("/v1/config/gray", post(gray))
+        .route("/v1/config/gray/promote", post(gray_promote))
+        .route("/v1/config/gray/abort", post(gray_abort))
+        .route("/v1/config/listen", post(listen))
+        .route("/v1/config/watch", get(watch))
+        .route("/v1/config/export", get(export))
+        .route("/v1/config/import", post(import))
         .with_state(state)
 }
 
@@ -176,8 +175,8 @@ pub struct Written {
     pub md5: String,
 }
 
-async fn publish<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn publish(
+    State(s): State<ConfigState>,
     peer: Peer,
     Body(request): Body<Publish>,
 ) -> ApiResult<Written> {
@@ -189,8 +188,8 @@ async fn publish<S: Store>(
     }))
 }
 
-async fn get_config<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn get_config(
+    State(s): State<ConfigState>,
     peer: Peer,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Served> {
@@ -222,8 +221,8 @@ struct Version {
     version: u64,
 }
 
-async fn delete<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn delete(
+    State(s): State<ConfigState>,
     peer: Peer,
     Body(named): Body<Named>,
 ) -> ApiResult<Version> {
@@ -231,8 +230,8 @@ async fn delete<S: Store>(
     Ok(axum::Json(Version { version }))
 }
 
-async fn list<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn list(
+    State(s): State<ConfigState>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Vec<crate::center::Summary>> {
     let p = Params::parse(raw.as_deref())?;
@@ -250,8 +249,8 @@ async fn list<S: Store>(
 
 /// A config's history; each entry's `content` only with `content=true` (otherwise the field
 /// is left out rather than shown empty).
-async fn history<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn history(
+    State(s): State<ConfigState>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Vec<serde_json::Value>> {
     let p = Params::parse(raw.as_deref())?;
@@ -276,10 +275,7 @@ struct Diff {
     diff: String,
 }
 
-async fn diff<S: Store>(
-    State(s): State<ConfigState<S>>,
-    RawQuery(raw): RawQuery,
-) -> ApiResult<Diff> {
+async fn diff(State(s): State<ConfigState>, RawQuery(raw): RawQuery) -> ApiResult<Diff> {
     let p = Params::parse(raw.as_deref())?;
     let from = p
         .number("from")?
@@ -303,8 +299,8 @@ struct Rollback {
     to_version: u64,
 }
 
-async fn rollback<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn rollback(
+    State(s): State<ConfigState>,
     peer: Peer,
     Body(r): Body<Rollback>,
 ) -> ApiResult<Written> {
@@ -340,10 +336,7 @@ struct GrayStarted {
     md5: String,
 }
 
-async fn gray<S: Store>(
-    State(s): State<ConfigState<S>>,
-    Body(r): Body<GrayRequest>,
-) -> ApiResult<GrayStarted> {
+async fn gray(State(s): State<ConfigState>, Body(r): Body<GrayRequest>) -> ApiResult<GrayStarted> {
     let key = ConfigKey::new(r.namespace.as_deref(), r.group.as_deref(), &r.data_id)?;
     let rule = match (r.ips, r.labels) {
         (Some(ips), None) => GrayRule::Ips(ips),
@@ -358,8 +351,8 @@ async fn gray<S: Store>(
     Ok(axum::Json(GrayStarted { md5: gray.md5 }))
 }
 
-async fn gray_promote<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn gray_promote(
+    State(s): State<ConfigState>,
     peer: Peer,
     Body(named): Body<Named>,
 ) -> ApiResult<Written> {
@@ -376,10 +369,7 @@ struct Done {
     ok: bool,
 }
 
-async fn gray_abort<S: Store>(
-    State(s): State<ConfigState<S>>,
-    Body(named): Body<Named>,
-) -> ApiResult<Done> {
+async fn gray_abort(State(s): State<ConfigState>, Body(named): Body<Named>) -> ApiResult<Done> {
     s.center.gray_abort(&named.key()?).await?;
     Ok(axum::Json(Done { ok: true }))
 }
@@ -425,8 +415,8 @@ pub struct Changed {
     pub changed: Vec<ConfigKey>,
 }
 
-async fn listen<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn listen(
+    State(s): State<ConfigState>,
     peer: Peer,
     Body(r): Body<ListenRequest>,
 ) -> ApiResult<Changed> {
@@ -478,11 +468,7 @@ fn op_name(op: Operation) -> &'static str {
     }
 }
 
-async fn watch<S: Store>(
-    State(s): State<ConfigState<S>>,
-    peer: Peer,
-    RawQuery(raw): RawQuery,
-) -> Response {
+async fn watch(State(s): State<ConfigState>, peer: Peer, RawQuery(raw): RawQuery) -> Response {
     let parsed = Params::parse(raw.as_deref()).and_then(|p| {
         let key = p.key()?;
         let from = p.number("from_version")?;
@@ -589,8 +575,8 @@ async fn send_message(tx: &SseSender, message: &WatchMessage) -> bool {
 
 /// Sends every version after `last_version` from the history, in order; false when the
 /// client is gone.
-async fn replay<S: Store>(
-    s: &ConfigState<S>,
+async fn replay(
+    s: &ConfigState,
     key: &ConfigKey,
     client: &ClientIdentity,
     last_version: &mut u64,
@@ -640,8 +626,8 @@ async fn replay<S: Store>(
     true
 }
 
-async fn export<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn export(
+    State(s): State<ConfigState>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<crate::transfer::ExportFile> {
     let p = Params::parse(raw.as_deref())?;
@@ -652,8 +638,8 @@ async fn export<S: Store>(
     Ok(axum::Json(s.center.export(&ns)?))
 }
 
-async fn import<S: Store>(
-    State(s): State<ConfigState<S>>,
+async fn import(
+    State(s): State<ConfigState>,
     peer: Peer,
     RawQuery(raw): RawQuery,
     body: Bytes,

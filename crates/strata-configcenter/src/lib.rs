@@ -19,19 +19,19 @@ pub use center::{ConfigCenter, Publish, Served, Settings};
 
 use std::sync::Arc;
 use std::time::Duration;
-use strata_store::Store;
+use strata_store::KvApi;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Starts the config center on a node: its view and its gauges.
-pub fn start<S: Store>(
-    store: Arc<S>,
+pub fn start(
+    store: Arc<dyn KvApi>,
     cipher: Option<cipher::Cipher>,
     settings: Settings,
     prometheus: &prometheus::Registry,
     tracker: &TaskTracker,
     cancel: CancellationToken,
-) -> prometheus::Result<Arc<ConfigCenter<S>>> {
+) -> prometheus::Result<Arc<ConfigCenter>> {
     let view = Arc::new(view::View::new(cipher.clone()));
     let metrics = metrics::ConfigMetrics::new(prometheus)?;
     let center = Arc::new(ConfigCenter::new(

@@ -5,7 +5,6 @@ use crate::model::{md5_hex, ConfigKey};
 use crate::validate::ConfigType;
 use serde::{Deserialize, Serialize};
 use strata_proto::error::{ApiError, ErrorCode};
-use strata_store::Store;
 
 /// The `format` field of an export file.
 pub const FORMAT: &str = "strata-config-export/1";
@@ -89,7 +88,7 @@ fn corrupt(message: String) -> ApiError {
     ApiError::bad_request(format!("corrupt import file: {message}"))
 }
 
-impl<S: Store> ConfigCenter<S> {
+impl ConfigCenter {
     /// Exports every config of a namespace.
     pub fn export(&self, ns: &str) -> Result<ExportFile, ApiError> {
         self.metrics.op("export");

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use strata_proto::kv::{Event, EventType, KeyValue};
-use strata_store::Store;
+use strata_store::KvApi;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -302,6 +302,6 @@ impl strata_store::Follower for View {
 }
 
 /// Keeps `view` current until `cancel`.
-pub async fn follow<S: Store>(store: Arc<S>, view: Arc<View>, cancel: CancellationToken) {
+pub async fn follow(store: Arc<dyn KvApi>, view: Arc<View>, cancel: CancellationToken) {
     strata_store::follow(store, ROOT, view, cancel).await;
 }

@@ -26,7 +26,7 @@ impl ClusterService {
     fn members(&self) -> Vec<pb::Member> {
         self.ctx
             .backend
-            .cluster_status()
+            .status()
             .members
             .iter()
             .map(member)
@@ -83,7 +83,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Err(error::member_bad_urls());
         };
         let raft_addr = peer_address(url).ok_or_else(error::member_bad_urls)?;
-        let status = self.ctx.backend.cluster_status();
+        let status = self.ctx.backend.status();
         if status.members.iter().any(|m| m.raft_addr == raft_addr) {
             return Err(Status::failed_precondition(
                 "etcdserver: Peer URLs already exists",
@@ -119,7 +119,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
-        let status = self.ctx.backend.cluster_status();
+        let status = self.ctx.backend.status();
         if !status.members.iter().any(|m| m.id == id) {
             return Err(error::member_not_found());
         }
@@ -158,7 +158,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        let status = self.ctx.backend.cluster_status();
+        let status = self.ctx.backend.status();
         let Some(found) = status.members.iter().find(|m| m.id == id) else {
             return Err(error::member_not_found());
         };

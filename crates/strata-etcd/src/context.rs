@@ -1,13 +1,13 @@
 //! [`Context`]: what every service shares: the backend, the request size limit and the
 //! helpers that fill response headers and map errors.
 
-use crate::backend::EtcdBackend;
 use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
 use prost::Message;
 use std::sync::Arc;
 use strata_proto::error::ApiError;
 use strata_proto::kv::ResponseHeader;
+use strata_store::KvApi;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -19,7 +19,7 @@ const REQUIRE_LEADER_KEY: &str = "hasleader";
 #[derive(Clone)]
 pub(crate) struct Context {
     /// The node behind the API.
-    pub(crate) backend: Arc<dyn EtcdBackend>,
+    pub(crate) backend: Arc<dyn KvApi>,
     /// Largest request accepted, in encoded bytes (etcd's `--max-request-bytes`). Requests
     /// up to this size plus [`GRPC_OVERHEAD_BYTES`](crate::GRPC_OVERHEAD_BYTES) are decoded,
     /// and then refused with etcd's "request is too large".
@@ -34,7 +34,7 @@ impl Context {
     pub(crate) fn header(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.backend.cluster_id(),
-            member_id: self.backend.member_id(),
+            member_id: self.backend.node_id(),
             revision,
             raft_term: self.backend.raft_term(),
         }
@@ -56,9 +56,7 @@ impl Context {
 
     /// Maps a backend error about `subject` to etcd's status.
     pub(crate) fn status(&self, error: ApiError, subject: Subject) -> Status {
-        let status = error::to_status(&error, subject, || {
-            self.backend.cluster_status().leader.is_some()
-        });
+        let status = error::to_status(&error, subject, || self.backend.status().leader.is_some());
         tracing::debug!(code = %error.code, message = %error.message, grpc = ?status.code(), "etcd request failed");
         status
     }
@@ -70,7 +68,7 @@ impl Context {
             .get(REQUIRE_LEADER_KEY)
             .and_then(|value| value.to_str().ok())
             == Some("true");
-        if required && self.backend.cluster_status().leader.is_none() {
+        if required && self.backend.status().leader.is_none() {
             return Err(error::no_leader());
         }
         Ok(())

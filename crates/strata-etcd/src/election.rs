@@ -1,12 +1,12 @@
 //! The `v3electionpb.Election` service: Campaign, Proclaim, Leader, Observe, Resign,
 //! straight onto the backend.
 
-use crate::backend::LockGuard;
 use crate::context::Context;
 use crate::convert;
 use crate::error::{self, Subject};
 use crate::pb::v3electionpb as pb;
 use futures::stream::{BoxStream, StreamExt};
+use strata_store::LockGuard;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 

@@ -1,14 +1,14 @@
 //! The etcd v3 gRPC API over Strata's KV service.
 //!
 //! The services translate etcd's protobuf messages to and from `strata-proto` types and call
-//! an [`EtcdBackend`], which `strata-node` implements on top of the same service layer as
+//! a [`KvApi`], which `strata-node` implements on top of the same service layer as
 //! the native HTTP API, so behaviour cannot drift between the two. etcd clients (`etcdctl`,
 //! Go's clientv3, the `etcd-client` crate) work unchanged: package, service and method names
 //! and field numbers are etcd's, and so are the status codes and messages of errors.
 //!
 //! # How to use
 //! ```no_run
-//! # async fn run(backend: std::sync::Arc<dyn strata_etcd::EtcdBackend>) -> Result<(), strata_etcd::Error> {
+//! # async fn run(backend: std::sync::Arc<dyn strata_etcd::KvApi>) -> Result<(), strata_etcd::Error> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7702").await.expect("bind");
 //! let shutdown = async { tokio::signal::ctrl_c().await.ok(); };
 //! strata_etcd::serve(listener, backend, 1536 * 1024, shutdown).await
@@ -30,7 +30,6 @@
 //!   drops every backend receiver it holds, which cancels the watches behind it.
 //! - Nothing from the network is unwrapped: malformed or oversized requests become statuses.
 
-mod backend;
 mod cluster;
 mod context;
 mod convert;
@@ -45,6 +44,6 @@ pub mod pb;
 mod server;
 mod watch;
 
-pub use backend::{BoxFuture, EtcdBackend, LockGuard};
 pub use maintenance::ETCD_VERSION;
 pub use server::{routes, serve, Error, GRPC_OVERHEAD_BYTES};
+pub use strata_store::{BoxFuture, KvApi, LockGuard};

@@ -48,11 +48,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let status = self.ctx.backend.cluster_status();
+        let status = self.ctx.backend.status();
         let is_learner = status
             .members
             .iter()
-            .any(|m| m.id == self.ctx.backend.member_id() && m.role == "learner");
+            .any(|m| m.id == self.ctx.backend.node_id() && m.role == "learner");
         let db_size = i64::try_from(self.ctx.backend.db_size()).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.ctx.header(status.revision)),

@@ -1,7 +1,6 @@
 //! The entry points: [`routes`] (the services, to mount on any tonic server) and [`serve`]
 //! (a complete HTTP/2 gRPC server on a listener).
 
-use crate::backend::EtcdBackend;
 use crate::cluster::ClusterService;
 use crate::context::Context;
 use crate::election::ElectionService;
@@ -16,6 +15,7 @@ use futures::stream::{self, Stream};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_store::KvApi;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -51,7 +51,7 @@ pub enum Error {
 ///
 /// Streams served through these routes end only when their client leaves; [`serve`] also
 /// ends them at shutdown.
-pub fn routes(backend: Arc<dyn EtcdBackend>, max_message_bytes: usize) -> Routes {
+pub fn routes(backend: Arc<dyn KvApi>, max_message_bytes: usize) -> Routes {
     let ctx = Context {
         backend,
         max_request_bytes: max_message_bytes,
@@ -105,7 +105,7 @@ fn build_routes(ctx: Context) -> Routes {
 /// once in-flight unary requests have finished.
 pub async fn serve(
     listener: TcpListener,
-    backend: Arc<dyn EtcdBackend>,
+    backend: Arc<dyn KvApi>,
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {

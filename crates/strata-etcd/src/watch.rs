@@ -231,7 +231,7 @@ impl WatchSession {
         };
         let with_prev_kv = create.prev_kv;
         let request = watch_request(create);
-        let mut receiver = match self.ctx.backend.watch(request) {
+        let mut receiver = match self.ctx.backend.watch(request, self.ctx.stop.child_token()) {
             Ok(receiver) => receiver,
             Err(e) if e.code == ErrorCode::Compacted => {
                 // etcd accepts the watch, then cancels it for compaction.

@@ -24,7 +24,6 @@ use strata_http::Peer;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_registry::model::{InstanceRef, Registration};
 use strata_registry::{Query, Registry};
-use strata_store::Store;
 use tokio_util::sync::CancellationToken;
 
 /// Heartbeat timeout of an ephemeral Nacos instance.
@@ -33,16 +32,16 @@ const EPHEMERAL_TTL: Duration = Duration::from_secs(15);
 const MAX_HOLD: Duration = Duration::from_secs(120);
 
 /// What the Nacos handlers share.
-pub struct NacosState<S: Store> {
+pub struct NacosState {
     /// The config center.
-    pub configs: Arc<ConfigCenter<S>>,
+    pub configs: Arc<ConfigCenter>,
     /// The registry.
-    pub registry: Arc<Registry<S>>,
+    pub registry: Arc<Registry>,
     /// Cancelled at shutdown; ends held long-polls.
     pub cancel: CancellationToken,
 }
 
-impl<S: Store> Clone for NacosState<S> {
+impl Clone for NacosState {
     fn clone(&self) -> Self {
         NacosState {
             configs: self.configs.clone(),
@@ -53,25 +52,23 @@ impl<S: Store> Clone for NacosState<S> {
 }
 
 /// The Nacos-compatible router, served on its own listener (`--nacos-addr`).
-pub fn router<S: Store>(state: NacosState<S>) -> Router {
+pub fn router(state: NacosState) -> Router {
     Router::new()
         .route(
             "/nacos/v1/cs/configs",
-            get(config_get::<S>)
-                .post(config_publish::<S>)
-                .delete(config_delete::<S>),
+            get(config_get).post(config_publish).delete(config_delete),
         )
-        .route("/nacos/v1/cs/configs/listener", post(config_listen::<S>))
+        .route("/nacos/v1/cs/configs/listener", post(config_listen))
         .route(
             "/nacos/v1/ns/instance",
-            post(instance_register::<S>)
-                .put(instance_register::<S>)
-                .delete(instance_deregister::<S>),
+            post(instance_register)
+                .put(instance_register)
+                .delete(instance_deregister),
         )
-        .route("/nacos/v1/ns/instance/list", get(instance_list::<S>))
+        .route("/nacos/v1/ns/instance/list", get(instance_list))
         .route(
             "/nacos/v1/ns/instance/beat",
-            axum::routing::put(instance_beat::<S>),
+            axum::routing::put(instance_beat),
         )
         .with_state(state)
 }
@@ -151,8 +148,8 @@ impl IntoResponse for NacosError {
 
 type NacosResult = Result<Response, NacosError>;
 
-async fn config_get<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn config_get(
+    State(s): State<NacosState>,
     peer: Peer,
     RawQuery(q): RawQuery,
     body: Bytes,
@@ -177,8 +174,8 @@ async fn config_get<S: Store>(
     }
 }
 
-async fn config_publish<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn config_publish(
+    State(s): State<NacosState>,
     peer: Peer,
     RawQuery(q): RawQuery,
     body: Bytes,
@@ -214,8 +211,8 @@ async fn config_publish<S: Store>(
     Ok((StatusCode::OK, "true").into_response())
 }
 
-async fn config_delete<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn config_delete(
+    State(s): State<NacosState>,
     peer: Peer,
     RawQuery(q): RawQuery,
     body: Bytes,
@@ -254,8 +251,8 @@ pub fn parse_probe(probe: &str) -> Result<Vec<(ConfigKey, String, String)>, Naco
     Ok(out)
 }
 
-async fn config_listen<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn config_listen(
+    State(s): State<NacosState>,
     peer: Peer,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -336,8 +333,8 @@ fn namespace_of(p: &Params) -> String {
         .to_string()
 }
 
-async fn instance_register<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn instance_register(
+    State(s): State<NacosState>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> NacosResult {
@@ -400,8 +397,8 @@ async fn instance_register<S: Store>(
     Ok((StatusCode::OK, "ok").into_response())
 }
 
-async fn instance_deregister<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn instance_deregister(
+    State(s): State<NacosState>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> NacosResult {
@@ -420,8 +417,8 @@ async fn instance_deregister<S: Store>(
     Ok((StatusCode::OK, "ok").into_response())
 }
 
-async fn instance_list<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn instance_list(
+    State(s): State<NacosState>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> NacosResult {
@@ -479,8 +476,8 @@ async fn instance_list<S: Store>(
     Ok(axum::Json(body).into_response())
 }
 
-async fn instance_beat<S: Store>(
-    State(s): State<NacosState<S>>,
+async fn instance_beat(
+    State(s): State<NacosState>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> NacosResult {

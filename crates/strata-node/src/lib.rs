@@ -12,14 +12,13 @@
 //! several nodes in one process with [`NodeConfig::for_test`](strata_config::NodeConfig::for_test).
 
 pub mod coord;
-pub mod etcd_backend;
 pub mod http;
+pub mod kv_api;
 pub mod kv_machine;
 pub mod metrics;
 pub mod proposer;
 pub mod read_index;
 pub mod service;
-pub mod store;
 pub mod watch;
 
 use kv_machine::KvMachine;
@@ -279,17 +278,10 @@ impl Node {
         ));
 
         info!(node_id = id, "starting the service registry");
-        let max_request = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
-        let max_content =
-            usize::try_from(config.config_center.max_content_bytes.0).unwrap_or(usize::MAX);
-        let store = Arc::new(store::NodeStore {
-            service: service.clone(),
-            tracker: tracker.clone(),
-            // Current version + history entry, JSON-escaped (and base64 for cipher- configs).
-            max_txn_bytes: max_request.max(max_content.saturating_mul(3).saturating_add(64 * 1024)),
-        });
+        let kv: Arc<dyn strata_store::KvApi> =
+            Arc::new(kv_api::NodeKv::new(service.clone(), tracker.clone()));
         let registry = strata_registry::start(
-            store.clone(),
+            kv.clone(),
             service.metrics.registry(),
             &tracker,
             cancel.child_token(),
@@ -304,7 +296,7 @@ impl Node {
             None => None,
         };
         let config_center = strata_configcenter::start(
-            store.clone(),
+            kv.clone(),
             cipher,
             strata_configcenter::Settings {
                 max_content_bytes: usize::try_from(config.config_center.max_content_bytes.0)
@@ -381,16 +373,11 @@ impl Node {
 
         if let (Some(listener), Some(addr)) = (grpc_listener, addrs.grpc) {
             info!(node_id = id, %addr, "serving the etcd v3 gRPC API");
-            let backend: Arc<dyn strata_etcd::EtcdBackend> = Arc::new(etcd_backend::EtcdApi::new(
-                service.clone(),
-                cancel.child_token(),
-                tracker.clone(),
-            ));
             let max_message = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
             let token = cancel.clone();
             tracker.spawn(async move {
                 let shutdown = async move { token.cancelled().await };
-                if let Err(e) = strata_etcd::serve(listener, backend, max_message, shutdown).await {
+                if let Err(e) = strata_etcd::serve(listener, kv, max_message, shutdown).await {
                     warn!(error = %e, "gRPC listener stopped with an error");
                 }
             });

@@ -10,7 +10,6 @@
 use crate::model::{node_key, now_ms, CheckKind, InstanceRef};
 use crate::probe::{Health, Probe, Prober};
 use crate::registry::Registry;
-use crate::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -117,7 +116,7 @@ pub fn owner(r: &InstanceRef, nodes: &[u64]) -> Option<u64> {
 /// Keeps this node's liveness key alive until `cancel`, then removes it so the other nodes
 /// take its checks over at once. The key is first written when the registry holds a checked
 /// instance, so a cluster that never uses health checks never sees a registry write.
-pub async fn keep_node_alive<S: Store>(registry: Arc<Registry<S>>, cancel: CancellationToken) {
+pub async fn keep_node_alive(registry: Arc<Registry>, cancel: CancellationToken) {
     let store = registry.store.clone();
     let me = store.node_id();
     while !registry.view.has_checks() {
@@ -130,7 +129,7 @@ pub async fn keep_node_alive<S: Store>(registry: Arc<Registry<S>>, cancel: Cance
     while !cancel.is_cancelled() {
         if lease == 0 {
             let granted = async {
-                let id = store.lease_grant(NODE_TTL_SECS).await?;
+                let id = strata_store::grant(&*store, NODE_TTL_SECS).await?;
                 store
                     .txn(TxnRequest {
                         compare: vec![],
@@ -173,7 +172,7 @@ pub async fn keep_node_alive<S: Store>(registry: Arc<Registry<S>>, cancel: Cance
 
 /// Runs the checks this node owns until `cancel`, re-planning whenever the set of checked
 /// instances or of live nodes changes.
-pub async fn run_checks<S: Store>(registry: Arc<Registry<S>>, cancel: CancellationToken) {
+pub async fn run_checks(registry: Arc<Registry>, cancel: CancellationToken) {
     let me = registry.store.node_id();
     let prober = Prober::new();
     let mut running: HashMap<InstanceRef, (crate::model::Check, CancellationToken)> =
@@ -278,8 +277,8 @@ impl Damper {
     }
 }
 
-async fn check_loop<S: Store>(
-    registry: Arc<Registry<S>>,
+async fn check_loop(
+    registry: Arc<Registry>,
     r: InstanceRef,
     check: crate::model::Check,
     prober: Prober,

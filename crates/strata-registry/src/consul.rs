@@ -10,7 +10,6 @@ use crate::http::{parse_wait, query_pairs};
 use crate::model::{Check, CheckKind, Instance, Registration, DEFAULT_NAMESPACE};
 use crate::probe::{Health, Probe};
 use crate::registry::{Query, Registry};
-use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -27,21 +26,21 @@ use strata_proto::error::{ApiError, ErrorCode};
 const DATACENTER: &str = "dc1";
 
 /// The Consul-compatible router, served on its own listener.
-pub fn router<S: Store>(registry: Arc<Registry<S>>) -> Router {
+pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
-        .route("/v1/agent/service/register", put(register::<S>))
-        .route("/v1/agent/service/deregister/{id}", put(deregister::<S>))
-        .route("/v1/agent/check/pass/{id}", put(pass::<S>))
-        .route("/v1/agent/check/warn/{id}", put(warn::<S>))
-        .route("/v1/agent/check/fail/{id}", put(fail::<S>))
-        .route("/v1/agent/check/update/{id}", put(update::<S>))
-        .route("/v1/agent/services", get(agent_services::<S>))
-        .route("/v1/agent/self", get(agent_self::<S>))
-        .route("/v1/catalog/services", get(catalog_services::<S>))
-        .route("/v1/catalog/service/{name}", get(catalog_service::<S>))
-        .route("/v1/health/service/{name}", get(health_service::<S>))
-        .route("/v1/status/leader", get(status_leader::<S>))
-        .route("/v1/status/peers", get(status_peers::<S>))
+        .route("/v1/agent/service/register", put(register))
+        .route("/v1/agent/service/deregister/{id}", put(deregister))
+        .route("/v1/agent/check/pass/{id}", put(pass))
+        .route("/v1/agent/check/warn/{id}", put(warn))
+        .route("/v1/agent/check/fail/{id}", put(fail))
+        .route("/v1/agent/check/update/{id}", put(update))
+        .route("/v1/agent/services", get(agent_services))
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
         .with_state(registry)
 }
 
@@ -268,13 +267,13 @@ fn ok() -> Response {
     StatusCode::OK.into_response()
 }
 
-async fn register<S: Store>(State(r): State<Arc<Registry<S>>>, body: Bytes) -> ConsulResult {
+async fn register(State(r): State<Arc<Registry>>, body: Bytes) -> ConsulResult {
     let registration = parse_registration(&body)?;
     r.register(registration, true).await?;
     Ok(ok())
 }
 
-fn find<S: Store>(r: &Registry<S>, id: &str) -> Result<Vec<crate::view::Stored>, ConsulError> {
+fn find(r: &Registry, id: &str) -> Result<Vec<crate::view::Stored>, ConsulError> {
     let found = r.view.find_by_id(DEFAULT_NAMESPACE, id);
     if found.is_empty() {
         return Err(ConsulError(
@@ -285,22 +284,14 @@ fn find<S: Store>(r: &Registry<S>, id: &str) -> Result<Vec<crate::view::Stored>,
     Ok(found)
 }
 
-async fn deregister<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
-    Path(id): Path<String>,
-) -> ConsulResult {
+async fn deregister(State(r): State<Arc<Registry>>, Path(id): Path<String>) -> ConsulResult {
     for stored in find(&r, &id)? {
         r.deregister(&stored.instance.reference()).await?;
     }
     Ok(ok())
 }
 
-async fn report<S: Store>(
-    r: &Registry<S>,
-    check_id: &str,
-    health: Health,
-    output: String,
-) -> ConsulResult {
+async fn report(r: &Registry, check_id: &str, health: Health, output: String) -> ConsulResult {
     let id = check_id.strip_prefix("service:").unwrap_or(check_id);
     for stored in find(r, id).map_err(|_| {
         ConsulError(
@@ -322,32 +313,32 @@ fn note(raw: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-async fn pass<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
+async fn pass(
+    State(r): State<Arc<Registry>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ConsulResult {
     report(&r, &id, Health::Passing, note(q.as_deref())).await
 }
 
-async fn warn<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
+async fn warn(
+    State(r): State<Arc<Registry>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ConsulResult {
     report(&r, &id, Health::Warning, note(q.as_deref())).await
 }
 
-async fn fail<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
+async fn fail(
+    State(r): State<Arc<Registry>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ConsulResult {
     report(&r, &id, Health::Critical, note(q.as_deref())).await
 }
 
-async fn update<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
+async fn update(
+    State(r): State<Arc<Registry>>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ConsulResult {
@@ -402,7 +393,7 @@ fn with_index(index: i64, body: Value) -> Response {
     (headers, axum::Json(body)).into_response()
 }
 
-fn node_name<S: Store>(r: &Registry<S>) -> String {
+fn node_name(r: &Registry) -> String {
     format!("strata-{}", r.store.node_id())
 }
 
@@ -411,7 +402,7 @@ fn weights(i: &Instance) -> Value {
     json!({"Passing": w, "Warning": 1})
 }
 
-fn check_json<S: Store>(r: &Registry<S>, i: &Instance) -> Value {
+fn check_json(r: &Registry, i: &Instance) -> Value {
     let kind = match i.check.as_ref().map(|c| &c.kind) {
         Some(CheckKind::Ttl { .. }) => "ttl",
         Some(CheckKind::Probe {
@@ -456,8 +447,8 @@ fn service_json(i: &Instance) -> Value {
     })
 }
 
-async fn query<S: Store>(
-    r: &Registry<S>,
+async fn query(
+    r: &Registry,
     name: &str,
     p: &Params,
 ) -> Result<(i64, Vec<Arc<Instance>>), ConsulError> {
@@ -482,8 +473,8 @@ async fn query<S: Store>(
     }
 }
 
-async fn health_service<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
+async fn health_service(
+    State(r): State<Arc<Registry>>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult {
@@ -504,8 +495,8 @@ async fn health_service<S: Store>(
     Ok(with_index(index, Value::Array(entries)))
 }
 
-async fn catalog_service<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
+async fn catalog_service(
+    State(r): State<Arc<Registry>>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult {
@@ -529,10 +520,7 @@ async fn catalog_service<S: Store>(
     Ok(with_index(index, Value::Array(entries)))
 }
 
-async fn catalog_services<S: Store>(
-    State(r): State<Arc<Registry<S>>>,
-    RawQuery(raw): RawQuery,
-) -> ConsulResult {
+async fn catalog_services(State(r): State<Arc<Registry>>, RawQuery(raw): RawQuery) -> ConsulResult {
     let p = params(raw.as_deref())?;
     if p.index > 0 {
         r.view.wait_for(p.index.saturating_add(1), p.wait).await;
@@ -546,7 +534,7 @@ async fn catalog_services<S: Store>(
     Ok(with_index(r.view.catalog_index(), Value::Object(services)))
 }
 
-async fn agent_services<S: Store>(State(r): State<Arc<Registry<S>>>) -> ConsulResult {
+async fn agent_services(State(r): State<Arc<Registry>>) -> ConsulResult {
     let mut out = Map::new();
     for summary in r.view.services(Some(DEFAULT_NAMESPACE)) {
         if let Some((stored, _, _)) = r.view.service(DEFAULT_NAMESPACE, &summary.name) {
@@ -558,7 +546,7 @@ async fn agent_services<S: Store>(State(r): State<Arc<Registry<S>>>) -> ConsulRe
     Ok(axum::Json(Value::Object(out)).into_response())
 }
 
-async fn agent_self<S: Store>(State(r): State<Arc<Registry<S>>>) -> ConsulResult {
+async fn agent_self(State(r): State<Arc<Registry>>) -> ConsulResult {
     let status = r.store.status();
     let me = status.members.iter().find(|m| m.id == status.node_id);
     let addr = me.map(|m| m.raft_addr.clone()).unwrap_or_default();
@@ -585,7 +573,7 @@ async fn agent_self<S: Store>(State(r): State<Arc<Registry<S>>>) -> ConsulResult
     .into_response())
 }
 
-async fn status_leader<S: Store>(State(r): State<Arc<Registry<S>>>) -> ConsulResult {
+async fn status_leader(State(r): State<Arc<Registry>>) -> ConsulResult {
     let status = r.store.status();
     let leader = status
         .leader
@@ -595,7 +583,7 @@ async fn status_leader<S: Store>(State(r): State<Arc<Registry<S>>>) -> ConsulRes
     Ok(axum::Json(Value::String(leader)).into_response())
 }
 
-async fn status_peers<S: Store>(State(r): State<Arc<Registry<S>>>) -> ConsulResult {
+async fn status_peers(State(r): State<Arc<Registry>>) -> ConsulResult {
     let peers: Vec<String> = r
         .store
         .status()

@@ -3,7 +3,6 @@
 use crate::model::{InstanceRef, Registration, ServiceSettings};
 use crate::probe::Health;
 use crate::registry::{namespace, Query, Registry};
-use crate::store::Store;
 use crate::view::Change;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -23,14 +22,14 @@ use strata_http::ApiResult;
 pub use strata_http::{ApiJson as Body, ErrorResponse};
 
 /// What the registry's handlers share.
-pub struct RegistryState<S: Store> {
+pub struct RegistryState {
     /// The registry.
-    pub registry: Arc<Registry<S>>,
+    pub registry: Arc<Registry>,
     /// Cancelled at shutdown; ends open watches.
     pub cancel: CancellationToken,
 }
 
-impl<S: Store> Clone for RegistryState<S> {
+impl Clone for RegistryState {
     fn clone(&self) -> Self {
         RegistryState {
             registry: self.registry.clone(),
@@ -40,29 +39,26 @@ impl<S: Store> Clone for RegistryState<S> {
 }
 
 /// The native registry routes, to merge into the node's API router.
-pub fn router<S: Store>(state: RegistryState<S>) -> Router {
+pub fn router(state: RegistryState) -> Router {
     Router::new()
-        .route("/v1/registry/instances", post(register::<S>))
-        .route("/v1/registry/services", get(list::<S>))
-        .route("/v1/registry/services/{service}", get(query::<S>))
-        .route(
-            "/v1/registry/services/{service}/settings",
-            put(settings::<S>),
-        )
-        .route("/v1/registry/services/{service}/watch", get(watch::<S>))
+        .route("/v1/registry/instances", post(register))
+        .route("/v1/registry/services", get(list))
+        .route("/v1/registry/services/{service}", get(query))
+        .route("/v1/registry/services/{service}/settings", put(settings))
+        .route("/v1/registry/services/{service}/watch", get(watch))
         .route(
             "/v1/registry/services/{service}/instances/{id}",
-            axum::routing::delete(deregister::<S>),
+            axum::routing::delete(deregister),
         )
         .route(
             "/v1/registry/services/{service}/instances/{id}/heartbeat",
-            put(heartbeat::<S>),
+            put(heartbeat),
         )
         .route(
             "/v1/registry/services/{service}/instances/{id}/status",
-            put(report::<S>),
+            put(report),
         )
-        .route("/v1/registry/checks/local", get(local_checks::<S>))
+        .route("/v1/registry/checks/local", get(local_checks))
         .with_state(state)
 }
 
@@ -137,8 +133,8 @@ fn namespace_param(raw: Option<&str>) -> Result<String, ApiError> {
     namespace(ns)
 }
 
-async fn register<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn register(
+    State(s): State<RegistryState>,
     Body(reg): Body<Registration>,
 ) -> ApiResult<crate::registry::Registered> {
     Ok(axum::Json(s.registry.register(reg, false).await?))
@@ -149,8 +145,8 @@ struct Revision {
     revision: i64,
 }
 
-async fn deregister<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn deregister(
+    State(s): State<RegistryState>,
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Revision> {
@@ -167,8 +163,8 @@ struct Ttl {
     ttl: i64,
 }
 
-async fn heartbeat<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn heartbeat(
+    State(s): State<RegistryState>,
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Ttl> {
@@ -193,8 +189,8 @@ struct Done {
     ok: bool,
 }
 
-async fn report<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn report(
+    State(s): State<RegistryState>,
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
     Body(report): Body<Report>,
@@ -216,10 +212,7 @@ struct Services {
     services: Vec<crate::view::ServiceSummary>,
 }
 
-async fn list<S: Store>(
-    State(s): State<RegistryState<S>>,
-    RawQuery(raw): RawQuery,
-) -> ApiResult<Services> {
+async fn list(State(s): State<RegistryState>, RawQuery(raw): RawQuery) -> ApiResult<Services> {
     let pairs = query_pairs(raw.as_deref());
     let ns = pairs
         .iter()
@@ -235,8 +228,8 @@ async fn list<S: Store>(
     }))
 }
 
-async fn query<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn query(
+    State(s): State<RegistryState>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<crate::registry::QueryResult> {
@@ -244,8 +237,8 @@ async fn query<S: Store>(
     Ok(axum::Json(s.registry.query(&service, &q).await?))
 }
 
-async fn settings<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn settings(
+    State(s): State<RegistryState>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
     Body(settings): Body<ServiceSettings>,
@@ -258,8 +251,8 @@ async fn settings<S: Store>(
     Ok(axum::Json(Revision { revision }))
 }
 
-async fn local_checks<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn local_checks(
+    State(s): State<RegistryState>,
 ) -> axum::Json<Vec<crate::checks::LocalCheck>> {
     axum::Json(s.registry.local_checks.list())
 }
@@ -291,8 +284,8 @@ pub enum WatchMessage {
     },
 }
 
-async fn watch<S: Store>(
-    State(s): State<RegistryState<S>>,
+async fn watch(
+    State(s): State<RegistryState>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -317,7 +310,7 @@ impl Drop for SubscriberGauge {
     }
 }
 
-fn snapshot<S: Store>(s: &RegistryState<S>, ns: &str, service: &str) -> WatchMessage {
+fn snapshot(s: &RegistryState, ns: &str, service: &str) -> WatchMessage {
     let (stored, index, _) = s.registry.view.service_now(ns, service);
     let instances = stored
         .into_iter()
@@ -334,8 +327,8 @@ fn sse(message: &WatchMessage) -> Result<SseEvent, Infallible> {
     }))
 }
 
-fn watch_stream<S: Store>(
-    s: RegistryState<S>,
+fn watch_stream(
+    s: RegistryState,
     ns: String,
     service: String,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {

@@ -1,7 +1,7 @@
 //! The service registry: services and their instances, health checks, discovery, and the
 //! native, Consul-compatible and DNS interfaces to them.
 //!
-//! State lives in the replicated KV store under [`model::ROOT`] (see [`store::Store`]);
+//! State lives in the replicated KV store under [`model::ROOT`] (see [`strata_store::KvApi`]);
 //! every node keeps a [`view::View`] of it that serves reads, DNS and change streams, and
 //! runs its share of the health checks ([`checks`]). The node wires it up with [`start`].
 
@@ -13,12 +13,11 @@ pub mod metrics;
 pub mod model;
 pub mod probe;
 pub mod registry;
-pub mod store;
 pub mod view;
 
 pub use model::{Instance, InstanceRef, Registration};
 pub use registry::{Query, QueryResult, Registered, Registry};
-pub use store::Store;
+pub use strata_store::KvApi;
 
 use rand::seq::SliceRandom;
 use std::sync::Arc;
@@ -27,12 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Starts the registry on a node: its view, its check runner and its liveness key.
-pub fn start<S: Store>(
-    store: Arc<S>,
+pub fn start(
+    store: Arc<dyn KvApi>,
     prometheus: &prometheus::Registry,
     tracker: &TaskTracker,
     cancel: CancellationToken,
-) -> prometheus::Result<Arc<Registry<S>>> {
+) -> prometheus::Result<Arc<Registry>> {
     let view = Arc::new(view::View::new());
     let metrics = metrics::RegistryMetrics::new(prometheus)?;
     let registry = Arc::new(Registry::new(
@@ -51,7 +50,7 @@ pub fn start<S: Store>(
     Ok(registry)
 }
 
-async fn refresh_gauges<S: Store>(registry: Arc<Registry<S>>, cancel: CancellationToken) {
+async fn refresh_gauges(registry: Arc<Registry>, cancel: CancellationToken) {
     loop {
         let (services, instances) = registry.view.counts();
         registry.metrics.services.set(services as i64);

@@ -12,7 +12,6 @@ use crate::model::{
     Instance, InstanceRef, Registration, ServiceSettings,
 };
 use crate::probe::Health;
-use crate::store::Store;
 use crate::view::{Stored, View};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,6 +22,7 @@ use strata_proto::kv::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     ResponseOp, TxnRequest,
 };
+use strata_store::KvApi;
 use tracing::{debug, info};
 
 /// Longest a blocking query may wait.
@@ -31,9 +31,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 const VIEW_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The registry on one node.
-pub struct Registry<S: Store> {
+pub struct Registry {
     /// The replicated store.
-    pub store: Arc<S>,
+    pub store: Arc<dyn KvApi>,
     /// This node's view.
     pub view: Arc<View>,
     /// Metrics.
@@ -146,10 +146,10 @@ pub fn namespace(ns: Option<&str>) -> Result<String, ApiError> {
     Ok(ns.to_string())
 }
 
-impl<S: Store> Registry<S> {
+impl Registry {
     /// A registry over `store`, reading from `view`.
     pub fn new(
-        store: Arc<S>,
+        store: Arc<dyn KvApi>,
         view: Arc<View>,
         metrics: RegistryMetrics,
         tracker: tokio_util::task::TaskTracker,
@@ -188,7 +188,7 @@ impl<S: Store> Registry<S> {
             }
         }
         let lease = match instance.ttl {
-            Some(ttl) => self.store.lease_grant(lease_seconds(ttl.0)).await?,
+            Some(ttl) => strata_store::grant(&*self.store, lease_seconds(ttl.0)).await?,
             None => 0,
         };
         let value = encode(&instance)?;
@@ -310,13 +310,11 @@ impl<S: Store> Registry<S> {
                 format!("instance {r} is persistent; heartbeats are for ephemeral instances"),
             ));
         }
-        self.store.lease_keepalive(stored.lease).await.map_err(|e| {
-            if e.code == ErrorCode::NotFound {
-                not_registered(r)
-            } else {
-                e
-            }
-        })
+        match self.store.lease_keepalive(stored.lease).await {
+            Ok(renewed) => Ok(renewed.ttl),
+            Err(e) if e.code == ErrorCode::NotFound => Err(not_registered(r)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads an instance from the store when the view does not have it (yet).
@@ -372,7 +370,7 @@ impl<S: Store> Registry<S> {
                     .store
                     .lease_keepalive(lease)
                     .await
-                    .is_ok_and(|granted| granted == lease_seconds(ttl)),
+                    .is_ok_and(|renewed| renewed.ttl == lease_seconds(ttl)),
                 None => false,
             };
             if renewed && stored.instance.status == health {
@@ -380,7 +378,7 @@ impl<S: Store> Registry<S> {
             }
             let mut ops = Vec::new();
             if !renewed {
-                let lease = self.store.lease_grant(lease_seconds(ttl)).await?;
+                let lease = strata_store::grant(&*self.store, lease_seconds(ttl)).await?;
                 ops.push(put_op(r.ttl_key(), Vec::new(), lease));
             }
             if stored.instance.status != health {

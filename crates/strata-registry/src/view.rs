@@ -6,11 +6,11 @@
 //! revision to reach the local view before answering, which gives read-your-writes per node.
 
 use crate::model::{Instance, InstanceRef, RegistryKey, ServiceSettings, ROOT};
-use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use strata_proto::kv::{Event, EventType, KeyValue};
+use strata_store::KvApi;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -529,7 +529,7 @@ impl strata_store::Follower for View {
 }
 
 /// Keeps `view` current until `cancel`: loads it, then follows the store's changes.
-pub async fn follow<S: Store>(store: Arc<S>, view: Arc<View>, cancel: CancellationToken) {
+pub async fn follow(store: Arc<dyn KvApi>, view: Arc<View>, cancel: CancellationToken) {
     strata_store::follow(store, ROOT, view, cancel).await;
 }
 

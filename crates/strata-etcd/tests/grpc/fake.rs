@@ -1,8 +1,8 @@
-//! An in-memory [`EtcdBackend`] on `strata_kv::KvStore`: one node, no Raft, no lease clock.
+//! An in-memory [`KvApi`] on `strata_kv::KvStore`: one node, no Raft, no lease clock.
 //! Enough to exercise the gRPC layer; the real semantics are tested in `strata-node`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use strata_etcd::{BoxFuture, EtcdBackend, LockGuard};
+use strata_etcd::{BoxFuture, KvApi, LockGuard};
 use strata_kv::{spec_contains, KvStore};
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{
@@ -129,12 +129,12 @@ fn unexpected(result: KvResult) -> ApiError {
     ApiError::internal(format!("unexpected result {result:?}"))
 }
 
-impl EtcdBackend for FakeBackend {
+impl KvApi for FakeBackend {
     fn cluster_id(&self) -> u64 {
         CLUSTER_ID
     }
 
-    fn member_id(&self) -> u64 {
+    fn node_id(&self) -> u64 {
         MEMBER_ID
     }
 
@@ -201,7 +201,11 @@ impl EtcdBackend for FakeBackend {
         )
     }
 
-    fn watch(&self, req: WatchRequest) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
+    fn watch(
+        &self,
+        req: WatchRequest,
+        _cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
         let mut state = self.lock_state();
         let spec = req.spec();
         spec.resolve()?;
@@ -297,7 +301,19 @@ impl EtcdBackend for FakeBackend {
         }))
     }
 
-    fn cluster_status(&self) -> ClusterStatus {
+    fn txn_within(
+        &self,
+        req: TxnRequest,
+        _max_bytes: usize,
+    ) -> BoxFuture<'_, Result<TxnResponse, ApiError>> {
+        self.txn(req)
+    }
+
+    fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>> {
+        ready(Ok(()))
+    }
+
+    fn status(&self) -> ClusterStatus {
         let state = self.lock_state();
         ClusterStatus {
             node_id: MEMBER_ID,

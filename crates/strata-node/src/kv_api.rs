@@ -1,10 +1,9 @@
-//! [`EtcdApi`]: the etcd v3 gRPC API's view of this node, on the same [`KvService`] as the
-//! native HTTP API.
+//! [`NodeKv`]: this node's [`KvApi`], the one KV API every component holds (the etcd v3 API,
+//! the registry, the config center), on the same [`KvService`] as the native HTTP API.
 
 use crate::coord::Ownership;
 use crate::service::KvService;
 use std::sync::Arc;
-use strata_etcd::{BoxFuture, EtcdBackend, LockGuard};
 use strata_proto::error::ApiError;
 use strata_proto::kv::{
     CompactRequest, CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue,
@@ -13,27 +12,22 @@ use strata_proto::kv::{
     TxnResponse, WatchRequest, WatchResponse,
 };
 use strata_proto::{ClusterStatus, NodeInfo};
+use strata_store::{BoxFuture, KvApi, LockGuard};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Adapts [`KvService`] to [`EtcdBackend`].
-pub struct EtcdApi {
+/// Adapts [`KvService`] to [`KvApi`].
+pub struct NodeKv {
     service: Arc<KvService>,
-    /// Ends watches at shutdown.
-    cancel: CancellationToken,
     /// Tracks watch tasks.
     tracker: TaskTracker,
 }
 
-impl EtcdApi {
-    /// Wraps the service.
-    pub fn new(service: Arc<KvService>, cancel: CancellationToken, tracker: TaskTracker) -> Self {
-        EtcdApi {
-            service,
-            cancel,
-            tracker,
-        }
+impl NodeKv {
+    /// Wraps the service; watch tasks are spawned on `tracker`.
+    pub fn new(service: Arc<KvService>, tracker: TaskTracker) -> Self {
+        NodeKv { service, tracker }
     }
 }
 
@@ -53,13 +47,13 @@ fn lease_of(key: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
-impl EtcdBackend for EtcdApi {
+impl KvApi for NodeKv {
     fn cluster_id(&self) -> u64 {
         // One fixed id per Strata deployment family; etcd clients only compare it for equality.
         0x5354_5241_5441_0001
     }
 
-    fn member_id(&self) -> u64 {
+    fn node_id(&self) -> u64 {
         self.service.node_id()
     }
 
@@ -94,18 +88,29 @@ impl EtcdBackend for EtcdApi {
         Box::pin(self.service.txn(req))
     }
 
+    fn txn_within(
+        &self,
+        req: TxnRequest,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<TxnResponse, ApiError>> {
+        Box::pin(self.service.txn_within(req, max_bytes))
+    }
+
+    fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(self.service.linearize())
+    }
+
     fn compact(&self, req: CompactRequest) -> BoxFuture<'_, Result<CompactResponse, ApiError>> {
         Box::pin(self.service.compact(req))
     }
 
-    fn watch(&self, req: WatchRequest) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
+    fn watch(
+        &self,
+        req: WatchRequest,
+        cancel: CancellationToken,
+    ) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
         self.service.metrics.op("watch");
-        crate::watch::open(
-            self.service.clone(),
-            req,
-            self.cancel.child_token(),
-            &self.tracker,
-        )
+        crate::watch::open(self.service.clone(), req, cancel, &self.tracker)
     }
 
     fn lease_grant(
@@ -135,7 +140,7 @@ impl EtcdBackend for EtcdApi {
         Box::pin(self.service.lease_list())
     }
 
-    fn cluster_status(&self) -> ClusterStatus {
+    fn status(&self) -> ClusterStatus {
         self.service.status()
     }
 

@@ -31,7 +31,7 @@ while (($#)); do
     --secs) secs="${2:?--secs needs a number}"; shift ;;
     --runs) runs="${2:?--runs needs a number}"; shift ;;
     --only) only="${2:?--only needs scenario names}"; shift ;;
-    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

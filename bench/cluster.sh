@@ -1,13 +1,14 @@
-# bench/cluster.sh: a 3-node (node_count) loopback cluster for the domain benchmarks,
-# sourced by registry.sh and config.sh after lib.sh. Expects $strata, $bench, $data and
+# bench/cluster.sh: a 3-node (node_count) loopback cluster of `strata server` nodes, sourced
+# by spine.sh, registry.sh and config.sh after lib.sh. Expects $strata, $bench, $data and
 # $node_count; every node gets the flags in cluster_node_flags (e.g. --dns-addr 127.0.0.1:0).
 # shellcheck shell=bash
 cluster=""
-declare -A node_pid node_api node_raft node_dns node_starts node_extra
+declare -A node_pid node_api node_raft node_starts node_extra
 
-# Starts node $1 of the cluster in $cluster and waits for its addresses.
+# Starts node $1 of the cluster in $cluster (on its previous ports and data dir when it ran
+# before) and waits for its addresses.
 start_node() {
-    local id=$1 dir="$cluster/n$1" addrs pid deadline
+    local id=$1 dir="$cluster/n$1" addrs pid
     mkdir -p "$dir"
     addrs="$dir/addrs.json"
     rm -f "$addrs"
@@ -20,16 +21,14 @@ start_node() {
     pid=$!
     track "$pid"
     node_pid[$id]=$pid
-    deadline=$((${EPOCHREALTIME/./} + 20000000))
-    until [[ -s $addrs ]]; do
-        alive "$pid" || die "node $id exited while starting; see $dir/log.${node_starts[$id]}"
-        ((${EPOCHREALTIME/./} < deadline)) || die "node $id wrote no addresses within 20 s"
-        sleep 0.01
-    done
+    await_addrs "$pid" "$addrs" "node $id" "$dir/log.${node_starts[$id]}"
     node_api[$id]=$(jq -r .api "$addrs")
     node_raft[$id]=$(jq -r .raft "$addrs")
-    node_dns[$id]=$(jq -r '.dns // empty' "$addrs")
 }
+
+# The DNS address node $1 wrote at its start (empty when it serves no DNS). Read on demand,
+# not in start_node, so that restarts timed by spine.sh pay for no extra jq.
+dns_addr() { jq -r '.dns // empty' "$cluster/n$1/addrs.json"; }
 
 # Comma-separated API URLs of the given node ids (default: every node).
 endpoints() {
@@ -47,6 +46,16 @@ cluster_status() {
     timeout 5 "$strata" --endpoints "$1" --output json cluster status 2>/dev/null
 }
 
+# Prints the leader id as seen through the given endpoints (default: every node); fails when
+# none is known.
+leader_id() {
+    local status leader
+    status=$(cluster_status "${1:-$(endpoints)}") || return 1
+    leader=$(jq -r '.leader // empty' <<<"$status")
+    [[ -n $leader ]] || return 1
+    echo "$leader"
+}
+
 voters_with_api() {
     local status count
     status=$(cluster_status "$(endpoints)") || return 1
@@ -58,7 +67,7 @@ voters_with_api() {
 # Starts a fresh 3-node cluster in $data/$1: node 1 founds, 2 and 3 join.
 start_cluster() {
     cluster="$data/$1"
-    node_pid=() node_api=() node_raft=() node_dns=() node_starts=() node_extra=()
+    node_pid=() node_api=() node_raft=() node_starts=() node_extra=()
     log "starting a $node_count-node cluster in $cluster"
     node_extra[1]="--initial-cluster 1=127.0.0.1:0"
     start_node 1

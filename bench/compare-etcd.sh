@@ -27,9 +27,11 @@
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-usage() {
-    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+# --help prints lines 2-29 above, then this.
+options_help() {
     cat <<'EOF'
 
 Options:
@@ -42,38 +44,19 @@ Options:
 EOF
 }
 
-quick=0
-build=1
-keep_data=0
-results_file=""
+# --rounds N, next to the options every benchmark takes (parse_options in lib.sh).
 rounds=""
-while (($#)); do
+own_option() {
     case "$1" in
-    --quick) quick=1 ;;
-    --no-build) build=0 ;;
-    --keep-data) keep_data=1 ;;
     --rounds)
         rounds="${2:?--rounds needs a number}"
-        shift
+        option_args=2
         ;;
-    --results)
-        results_file="${2:?--results needs a file}"
-        shift
-        ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        echo "unknown argument: $1 (see --help)" >&2
-        exit 2
-        ;;
+    *) return 1 ;;
     esac
-    shift
-done
-
-cd "$(dirname "$0")/.."
-repo=$(pwd)
+}
+# The common options (lib.sh): sets quick, build, keep_data and results_file.
+parse_options 28 "$@"
 
 # --- settings -------------------------------------------------------------------------------
 if ((quick)); then
@@ -104,30 +87,11 @@ value_size=256
 many_clients=128
 node_count=3
 
-for tool in jq curl flock cargo awk; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "compare-etcd.sh needs '$tool' on PATH (Debian: apt-get install $tool)" >&2
-        exit 2
-    }
-done
-
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
+# cd to the repository; names the data dir and results file; checks for these tools (lib.sh).
+bench_setup compare-etcd jq curl flock cargo awk
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-data="$repo/bench/.data/compare-etcd-$stamp"
-if [[ -z $results_file ]]; then
-    suffix=""
-    ((quick)) && suffix="-quick"
-    results_file="$repo/bench/results/compare-etcd-$stamp$suffix.json"
-fi
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-strata="$target_dir/release/strata"
-bench="$target_dir/release/strata-bench"
 etcd=/usr/bin/etcd
-
-bench_name=compare-etcd
-our_exes=("$strata" "$bench" "$etcd")
-# shellcheck source=bench/lib.sh
-source "$repo/bench/lib.sh"
+our_exes+=("$etcd")
 
 # etcdctl (v3 API) against the given comma-separated HOST:PORT list, bounded in time.
 ctl() {
@@ -211,7 +175,7 @@ declare -A node_pid node_api node_raft node_grpc node_extra
 
 # Starts Strata node $1 and waits for its addresses.
 start_node() {
-    local id=$1 dir="$data/strata-$1" addrs pid deadline
+    local id=$1 dir="$data/strata-$1" addrs pid
     mkdir -p "$dir"
     addrs="$dir/addrs.json"
     rm -f "$addrs"
@@ -222,12 +186,7 @@ start_node() {
     pid=$!
     track "$pid"
     node_pid[$id]=$pid
-    deadline=$((${EPOCHREALTIME/./} + 20000000))
-    until [[ -s $addrs ]]; do
-        alive "$pid" || die "strata node $id exited while starting; see $dir/log"
-        ((${EPOCHREALTIME/./} < deadline)) || die "strata node $id wrote no addresses within 20 s"
-        sleep 0.01
-    done
+    await_addrs "$pid" "$addrs" "strata node $id" "$dir/log"
     node_api[$id]=$(jq -r .api "$addrs")
     node_raft[$id]=$(jq -r .raft "$addrs")
     node_grpc[$id]=$(jq -r '.grpc // empty' "$addrs")
@@ -401,24 +360,13 @@ for id in $(seq 1 "$node_count"); do
 done
 
 # --- results --------------------------------------------------------------------------------
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-dirty=false
-[[ -n $(git status --porcelain 2>/dev/null) ]] && dirty=true
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-mem_total=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-disk=$(df -T "$data" | awk 'NR == 2 { print $1 " (" $2 ", mounted at " $7 ")" }')
-command_line="bash bench/compare-etcd.sh"
-((quick)) && command_line+=" --quick"
-[[ $rounds == "$default_rounds" ]] || command_line+=" --rounds $rounds"
-quick_json=false
-((quick)) && quick_json=true
+recorded_options=()
+[[ $rounds == "$default_rounds" ]] || recorded_options=(--rounds "$rounds")
+# run_info: when, command, commit, machine (lib.sh).
+describe_run "${recorded_options[@]}"
 workload_ids=$(for workload in "${workloads[@]}"; do echo "${workload%%|*}"; done | jq -Rsc 'split("\n") | map(select(length > 0))')
 
-jq -n \
-    --arg started_at "$started_at" --arg commit "$commit" --argjson dirty "$dirty" \
-    --arg command "$command_line" --argjson quick "$quick_json" \
-    --arg nproc "$(nproc)" --arg cpu "$cpu_model" --arg mem "$mem_total" \
-    --arg kernel "$(uname -r)" --arg disk "$disk" --arg etcd_version "$etcd_version" \
+jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     --argjson rounds "$rounds" --argjson value_size "$value_size" \
     --argjson puts_1 "$puts_1" --argjson puts_16 "$puts_16" --argjson puts_128 "$puts_128" \
     --argjson gets "$gets" --argjson watchers "$watchers" --argjson watch_puts "$watch_puts" \
@@ -446,15 +394,7 @@ jq -n \
     ([$ids[] as $id | {key: $id, value: {etcd: summary($id; "etcd"),
                                          strata: summary($id; "strata")}}] | from_entries)
         as $summary |
-    {
-        benchmark: "compare-etcd",
-        started_at: $started_at,
-        command: $command,
-        quick: $quick,
-        commit: $commit,
-        dirty_tree: $dirty,
-        machine: {nproc: ($nproc | tonumber), cpu: $cpu, memory: $mem, kernel: $kernel,
-                  data_disk: $disk},
+    {benchmark: "compare-etcd"} + $run_info + {
         config: {
             nodes_per_cluster: 3, etcd_version: $etcd_version,
             durability: "both default: fsync on every commit",
@@ -479,19 +419,13 @@ jq -n \
     }' >"$results_file"
 
 # --- summary --------------------------------------------------------------------------------
-jq -r '
-    def f: if . == null then "-" else tostring end;
+print_summary '
     def pretty: {put_1: "put, 1 client", put_16: "put, 16 clients", put_128: "put, 128 clients",
                 get_linearizable: "get linearizable, 128 clients",
                 get_serializable: "get serializable, 128 clients",
                 watch: "watch fan-out, delivery latency",
                 paused_leader_put_16: "put, 16 clients on the followers, leader frozen"}[.] // .;
-    .machine as $m |
-    "",
-    "## Strata vs etcd \(.config.etcd_version) over the etcd v3 API (\(.command))",
-    "",
-    "commit \(.commit)\(if .dirty_tree then " (dirty tree)" else "" end), \(.started_at)",
-    "machine: \($m.nproc) CPUs (\($m.cpu)), \($m.memory), kernel \($m.kernel), data on \($m.data_disk)",
+    heading("Strata vs etcd \(.config.etcd_version) over the etcd v3 API"),
     "medians of \(.config.rounds) interleaved run(s) per cell; watch: \(.config.watchers) watchers, \(.config.watch_puts) puts, throughput = deliveries/s",
     "",
     "| workload | system | throughput (ops/s) | p50 (ms) | p99 (ms) | worst (ms) | RSS per node after (MiB) | errors |",
@@ -510,9 +444,7 @@ jq -r '
         "| \($id | pretty) | \(r($v.strata.throughput; $v.etcd.throughput)) | \(r($v.strata.p50_ms; $v.etcd.p50_ms)) | \(r($v.strata.p99_ms; $v.etcd.p99_ms)) |"),
     "",
     "strata logs: \(.strata_logs.panics) panics, \(.strata_logs.error_lines) ERROR lines"
-' "$results_file"
-echo
-echo "results: ${results_file#"$repo"/}"
+'
 jq -r '
     def x: if . == null then "nan" else . end;
     .ratio | "\(.put | x) \(.get_linearizable | x) \(.get_serializable | x) \(.put_p99 | x)"

@@ -28,9 +28,11 @@
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-usage() {
-    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+# --help prints lines 2-30 above, then this.
+options_help() {
     cat <<'EOF'
 
 Options:
@@ -41,34 +43,8 @@ Options:
   --results FILE  write the JSON results here instead of bench/results/
 EOF
 }
-
-quick=0
-build=1
-keep_data=0
-results_file=""
-while (($#)); do
-    case "$1" in
-    --quick) quick=1 ;;
-    --no-build) build=0 ;;
-    --keep-data) keep_data=1 ;;
-    --results)
-        results_file="${2:?--results needs a file}"
-        shift
-        ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        echo "unknown argument: $1 (see --help)" >&2
-        exit 2
-        ;;
-    esac
-    shift
-done
-
-cd "$(dirname "$0")/.."
-repo=$(pwd)
+# The common options (lib.sh): sets quick, build, keep_data and results_file.
+parse_options 29 "$@"
 
 if ((quick)); then
     publish_rounds=1
@@ -102,28 +78,8 @@ listen_hold_seconds=5
 listen_delivery_timeout=10s
 node_count=3
 
-for tool in jq curl flock cargo awk timeout getconf; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "config.sh needs '$tool' on PATH (Debian: apt-get install $tool)" >&2
-        exit 2
-    }
-done
-
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-data="$repo/bench/.data/config-$stamp"
-if [[ -z $results_file ]]; then
-    suffix=""
-    ((quick)) && suffix="-quick"
-    results_file="$repo/bench/results/config-$stamp$suffix.json"
-fi
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-strata="$target_dir/release/strata"
-bench="$target_dir/release/strata-bench"
-
-bench_name=config
-our_exes=("$strata" "$bench")
-# shellcheck source=bench/lib.sh
-source "$repo/bench/lib.sh"
+# cd to the repository; names the data dir and results file; checks for these tools (lib.sh).
+bench_setup config jq curl flock cargo awk timeout getconf
 
 # 10,000 long-polls are 10,000 sockets in strata-bench and in the node holding them.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -132,27 +88,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 clk_tck=$(getconf CLK_TCK)
 
 # --- build ----------------------------------------------------------------------------------
-if ((build)); then
-    log "building release binaries (waiting for /tmp/strata-cargo.lock)"
-    flock /tmp/strata-cargo.lock cargo build --release -p strata -p strata-bench
-fi
-[[ -x $strata && -x $bench ]] || die "missing $strata or $bench (build without --no-build)"
-mkdir -p "$data" "$(dirname "$results_file")"
+build_release
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # --- cluster helpers (bench/cluster.sh) --------------------------------------------------------
 cluster_node_flags=()
 # shellcheck source=bench/cluster.sh
 source "$repo/bench/cluster.sh"
-
-# Prints the leader id as seen through every endpoint; fails when none is known.
-leader_id() {
-    local status leader
-    status=$(cluster_status "$(endpoints)") || return 1
-    leader=$(jq -r '.leader // empty' <<<"$status")
-    [[ -n $leader ]] || return 1
-    echo "$leader"
-}
 
 # CPU time (user + system) every node has used so far, in clock ticks, as a JSON array.
 cpu_ticks_json() {
@@ -285,25 +227,9 @@ stop_cluster
 node_exits=$cluster_exits
 
 # --- results --------------------------------------------------------------------------------
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-dirty=false
-[[ -n $(git status --porcelain 2>/dev/null) ]] && dirty=true
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-mem_total=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-disk=$(df -T "$data" | awk 'NR == 2 { print $1 " (" $2 ", mounted at " $7 ")" }')
-
-command_line="bash bench/config.sh"
-quick_json=false
-if ((quick)); then
-    command_line+=" --quick"
-    quick_json=true
-fi
-
-jq -n \
-    --arg started_at "$started_at" --arg commit "$commit" --argjson dirty "$dirty" \
-    --arg command "$command_line" --argjson quick "$quick_json" \
-    --arg nproc "$(nproc)" --arg cpu "$cpu_model" --arg mem "$mem_total" \
-    --arg kernel "$(uname -r)" --arg disk "$disk" \
+# run_info: when, command, commit, machine; jq_run_defs: median, runs_summary (lib.sh).
+describe_run
+jq -n --argjson run_info "$run_info" \
     --argjson publish_rounds "$publish_rounds" --argjson publish_requests "$publish_requests" \
     --argjson publish_max_seconds "$publish_max_seconds" \
     --argjson publish_clients "$(printf '%s\n' "${publish_client_counts[@]}" | jq -sc .)" \
@@ -322,16 +248,9 @@ jq -n \
     --argjson rss_idle "$rss_idle" --argjson rss_held "$rss_held" \
     --argjson rss_after "$rss_after" \
     --argjson gauges_held "$gauges_held" --argjson gauges_after "$gauges_after" \
-    --argjson node_logs "$node_logs" --argjson node_exits "$node_exits" '
-    def median: sort | if length == 0 then null
-        elif length % 2 == 1 then .[length / 2 | floor]
-        else (.[length / 2 - 1] + .[length / 2]) / 2 * 1000 | round / 1000 end;
-    def summary($runs; $c): {
-        clients: $c, runs: ($runs | length),
-        throughput_median: ([$runs[].throughput] | median),
-        p50_ms_median: ([$runs[].p50_ms] | median),
-        p99_ms_median: ([$runs[].p99_ms] | median),
-        errors_total: ([$runs[].errors] | add),
+    --argjson node_logs "$node_logs" --argjson node_exits "$node_exits" \
+    "$jq_run_defs"'
+    def summary($runs; $c): runs_summary($runs; $c) + {
         node_cpu_s_median: [range(0; 3) as $i | [$runs[].node_cpu_s[$i]] | median],
         client_cpu_s_median: ([$runs[].client_cpu_s] | median),
         seconds_median: ([$runs[].seconds] | median)
@@ -343,15 +262,7 @@ jq -n \
         as $get_client |
     ($pub | max_by(.throughput_median)) as $best_pub |
     ($gets | max_by(.throughput_median)) as $best_get |
-    {
-        benchmark: "config",
-        started_at: $started_at,
-        command: $command,
-        quick: $quick,
-        commit: $commit,
-        dirty_tree: $dirty,
-        machine: {nproc: ($nproc | tonumber), cpu: $cpu, memory: $mem, kernel: $kernel,
-                  data_disk: $disk},
+    {benchmark: "config"} + $run_info + {
         config: {
             nodes: 3, durability: "default (fsync per commit)",
             configs: $configs, value_size: $value_size,
@@ -417,16 +328,10 @@ jq -n \
     }' >"$results_file"
 
 # --- summary --------------------------------------------------------------------------------
-jq -r '
-    def f: if . == null then "-" else tostring end;
-    def met: if . then "yes" else "NO" end;
+print_summary '
     def cpu: "nodes \(.node_cpu_s_median | map(f) | join("+")) s, bench \(.client_cpu_s_median | f) s in \(.seconds_median | f) s";
-    .summary as $s | .machine as $m | .targets as $t |
-    "",
-    "## Strata config center benchmark (\(.command))",
-    "",
-    "commit \(.commit)\(if .dirty_tree then " (dirty tree)" else "" end), \(.started_at)",
-    "machine: \($m.nproc) CPUs (\($m.cpu)), \($m.memory), kernel \($m.kernel), data on \($m.data_disk)",
+    .summary as $s | .targets as $t |
+    heading("Strata config center benchmark"),
     "",
     "| measure | value | target met |",
     "|---|---:|---|",
@@ -450,9 +355,7 @@ jq -r '
     "",
     "errors: publish \([$s.publish[].errors_total] | map(tostring) | join(" / ")), read \([$s.get[].errors_total] | map(tostring) | join(" / ")), read via client \($s.get_via_client.errors_total | f)",
     "leader: node \($s.leader.at_start) at start, node \($s.leader.before_listen) before the long-polls, node \($s.leader.at_end | f) at the end"
-' "$results_file"
-echo
-echo "results: ${results_file#"$repo"/}"
+'
 jq -r '.summary as $s |
     "RESULT publishes_per_s=\($s.publishes_per_s) publish_p99_ms=\($s.publish_p99_ms)" +
     " reads_per_s=\($s.reads_per_s) read_p99_ms=\($s.read_p99_ms)" +

@@ -28,9 +28,11 @@
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-usage() {
-    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+# --help prints lines 2-29 above, then this.
+options_help() {
     cat <<'EOF'
 
 Options:
@@ -41,34 +43,8 @@ Options:
   --results FILE  write the JSON results here instead of bench/results/
 EOF
 }
-
-quick=0
-build=1
-keep_data=0
-results_file=""
-while (($#)); do
-    case "$1" in
-    --quick) quick=1 ;;
-    --no-build) build=0 ;;
-    --keep-data) keep_data=1 ;;
-    --results)
-        results_file="${2:?--results needs a file}"
-        shift
-        ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        echo "unknown argument: $1 (see --help)" >&2
-        exit 2
-        ;;
-    esac
-    shift
-done
-
-cd "$(dirname "$0")/.."
-repo=$(pwd)
+# The common options (lib.sh): sets quick, build, keep_data and results_file.
+parse_options 29 "$@"
 
 if ((quick)); then
     register_rounds=1
@@ -109,40 +85,15 @@ dns_instances=20
 dns_clients=16
 node_count=3
 
-for tool in jq curl flock cargo awk timeout; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "registry.sh needs '$tool' on PATH (Debian: apt-get install $tool)" >&2
-        exit 2
-    }
-done
-
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-data="$repo/bench/.data/registry-$stamp"
-if [[ -z $results_file ]]; then
-    suffix=""
-    ((quick)) && suffix="-quick"
-    results_file="$repo/bench/results/registry-$stamp$suffix.json"
-fi
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-strata="$target_dir/release/strata"
-bench="$target_dir/release/strata-bench"
-
-bench_name=registry
-our_exes=("$strata" "$bench")
-# shellcheck source=bench/lib.sh
-source "$repo/bench/lib.sh"
+# cd to the repository; names the data dir and results file; checks for these tools (lib.sh).
+bench_setup registry jq curl flock cargo awk timeout
 
 # 1,000 SSE subscribers are 1,000 sockets in strata-bench (and ~333 in each node).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= 4096)) || log "warning: open-file limit $(ulimit -n) may be too low for $watch_subscribers subscribers"
 
 # --- build ----------------------------------------------------------------------------------
-if ((build)); then
-    log "building release binaries (waiting for /tmp/strata-cargo.lock)"
-    flock /tmp/strata-cargo.lock cargo build --release -p strata -p strata-bench
-fi
-[[ -x $strata && -x $bench ]] || die "missing $strata or $bench (build without --no-build)"
-mkdir -p "$data" "$(dirname "$results_file")"
+build_release
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # --- cluster helpers (bench/cluster.sh; every node also serves DNS) ---------------------------
@@ -235,9 +186,10 @@ dns_reg_line=$(run_bench 120 registry-register --endpoints "$(endpoints)" --clie
 log "DNS instances: $dns_reg_line"
 dns_results="$data/dns.jsonl"
 : >"$dns_results"
-[[ -n ${node_dns[1]:-} ]] || die "node 1 wrote no dns address"
+dns_server=$(dns_addr 1)
+[[ -n $dns_server ]] || die "node 1 wrote no dns address"
 for qtype in A SRV; do
-    line=$(run_bench $((dns_seconds + 60)) dns-query --server "${node_dns[1]}" \
+    line=$(run_bench $((dns_seconds + 60)) dns-query --server "$dns_server" \
         --name "dnsbench-0.service.strata" --type "$qtype" --clients "$dns_clients" \
         --duration "${dns_seconds}s") || die "strata-bench dns-query ($qtype) failed"
     echo "$line" >>"$dns_results"
@@ -258,25 +210,9 @@ stop_cluster
 hold_exits=$cluster_exits
 
 # --- results --------------------------------------------------------------------------------
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-dirty=false
-[[ -n $(git status --porcelain 2>/dev/null) ]] && dirty=true
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-mem_total=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-disk=$(df -T "$data" | awk 'NR == 2 { print $1 " (" $2 ", mounted at " $7 ")" }')
-
-command_line="bash bench/registry.sh"
-quick_json=false
-if ((quick)); then
-    command_line+=" --quick"
-    quick_json=true
-fi
-
-jq -n \
-    --arg started_at "$started_at" --arg commit "$commit" --argjson dirty "$dirty" \
-    --arg command "$command_line" --argjson quick "$quick_json" \
-    --arg nproc "$(nproc)" --arg cpu "$cpu_model" --arg mem "$mem_total" \
-    --arg kernel "$(uname -r)" --arg disk "$disk" \
+# run_info: when, command, commit, machine; jq_run_defs: median, runs_summary (lib.sh).
+describe_run
+jq -n --argjson run_info "$run_info" \
     --argjson register_rounds "$register_rounds" --argjson register_requests "$register_requests" \
     --argjson register_max_seconds "$register_max_seconds" \
     --argjson register_services "$register_services" \
@@ -298,29 +234,12 @@ jq -n \
     --argjson rss_hold "$rss_hold" --argjson rss_end "$rss_end" \
     --argjson instances_seen "$instances_json" \
     --argjson throughput_logs "$throughput_logs" --argjson hold_logs "$hold_logs" \
-    --argjson throughput_exits "$throughput_exits" --argjson hold_exits "$hold_exits" '
-    def median: sort | if length == 0 then null
-        elif length % 2 == 1 then .[length / 2 | floor]
-        else (.[length / 2 - 1] + .[length / 2]) / 2 * 1000 | round / 1000 end;
-    def register_summary($c): [$register[] | select(.clients == $c)] as $runs | {
-        clients: $c, runs: ($runs | length),
-        throughput_median: ([$runs[].throughput] | median),
-        p50_ms_median: ([$runs[].p50_ms] | median),
-        p99_ms_median: ([$runs[].p99_ms] | median),
-        errors_total: ([$runs[].errors] | add)
-    };
-    [$client_counts[] as $c | register_summary($c)] as $reg |
+    --argjson throughput_exits "$throughput_exits" --argjson hold_exits "$hold_exits" \
+    "$jq_run_defs"'
+    [$client_counts[] as $c | runs_summary([$register[] | select(.clients == $c)]; $c)] as $reg |
     ($reg | max_by(.throughput_median)) as $best |
     ($dns | map(select(.record_type == "A")) | first) as $dns_a |
-    {
-        benchmark: "registry",
-        started_at: $started_at,
-        command: $command,
-        quick: $quick,
-        commit: $commit,
-        dirty_tree: $dirty,
-        machine: {nproc: ($nproc | tonumber), cpu: $cpu, memory: $mem, kernel: $kernel,
-                  data_disk: $disk},
+    {benchmark: "registry"} + $run_info + {
         config: {
             nodes: 3, durability: "default (fsync per commit)",
             register: {rounds: $register_rounds, client_counts: $client_counts,
@@ -379,15 +298,9 @@ jq -n \
     }' >"$results_file"
 
 # --- summary --------------------------------------------------------------------------------
-jq -r '
-    def f: if . == null then "-" else tostring end;
-    def met: if . then "yes" else "NO" end;
-    .summary as $s | .machine as $m | .targets as $t |
-    "",
-    "## Strata registry benchmark (\(.command))",
-    "",
-    "commit \(.commit)\(if .dirty_tree then " (dirty tree)" else "" end), \(.started_at)",
-    "machine: \($m.nproc) CPUs (\($m.cpu)), \($m.memory), kernel \($m.kernel), data on \($m.data_disk)",
+print_summary '
+    .summary as $s | .targets as $t |
+    heading("Strata registry benchmark"),
     "",
     "| measure | value | target met |",
     "|---|---:|---|",
@@ -407,9 +320,7 @@ jq -r '
     "| node logs before shutdown, hold cluster: panics / ERROR / WARN | \($s.node_logs.hold_cluster | "\(.panics) / \(.error_lines) / \(.warn_lines)") | |",
     "",
     "register errors: \([$s.register[].errors_total] | map(tostring) | join(" / "))"
-' "$results_file"
-echo
-echo "results: ${results_file#"$repo"/}"
+'
 jq -r '.summary as $s |
     "RESULT registrations_per_s=\($s.registrations_per_s) register_p99_ms=\($s.register_p99_ms)" +
     " rss_mib=[\($s.rss_hold_mib | map(tostring) | join(","))]" +

@@ -19,9 +19,11 @@
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+# --help prints lines 2-20 above, then this.
+options_help() {
     cat <<'EOF'
 
 Options:
@@ -32,34 +34,8 @@ Options:
   --results FILE  write the JSON results here instead of bench/results/
 EOF
 }
-
-quick=0
-build=1
-keep_data=0
-results_file=""
-while (($#)); do
-    case "$1" in
-    --quick) quick=1 ;;
-    --no-build) build=0 ;;
-    --keep-data) keep_data=1 ;;
-    --results)
-        results_file="${2:?--results needs a file}"
-        shift
-        ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        echo "unknown argument: $1 (see --help)" >&2
-        exit 2
-        ;;
-    esac
-    shift
-done
-
-cd "$(dirname "$0")/.."
-repo=$(pwd)
+# The common options (lib.sh): sets quick, build, keep_data and results_file.
+parse_options 20 "$@"
 
 if ((quick)); then
     dev_runs=2
@@ -81,36 +57,11 @@ value_size=256
 idle_seconds=5
 node_count=3
 
-for tool in jq curl flock cargo awk; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "spine.sh needs '$tool' on PATH (Debian: apt-get install $tool)" >&2
-        exit 2
-    }
-done
-
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-data="$repo/bench/.data/spine-$stamp"
-if [[ -z $results_file ]]; then
-    suffix=""
-    ((quick)) && suffix="-quick"
-    results_file="$repo/bench/results/spine-$stamp$suffix.json"
-fi
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-strata="$target_dir/release/strata"
-bench="$target_dir/release/strata-bench"
-
-bench_name=spine
-our_exes=("$strata" "$bench")
-# shellcheck source=bench/lib.sh
-source "$repo/bench/lib.sh"
+# cd to the repository; names the data dir and results file; checks for these tools (lib.sh).
+bench_setup spine jq curl flock cargo awk
 
 # --- build ----------------------------------------------------------------------------------
-if ((build)); then
-    log "building release binaries (waiting for /tmp/strata-cargo.lock)"
-    flock /tmp/strata-cargo.lock cargo build --release -p strata -p strata-bench
-fi
-[[ -x $strata && -x $bench ]] || die "missing $strata or $bench (build without --no-build)"
-mkdir -p "$data" "$(dirname "$results_file")"
+build_release
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # --- 1. strata dev time to ready ------------------------------------------------------------
@@ -163,82 +114,11 @@ for run in $(seq 1 "$dev_runs"); do
         >>"$dev_results"
 done
 
-# --- 2. three-node cluster ------------------------------------------------------------------
-cluster="$data/cluster"
-declare -A node_pid node_api node_raft node_starts node_extra
-
-# Starts node $1 (on its previous ports when it ran before) and waits for its addresses.
-start_node() {
-    local id=$1 dir="$cluster/n$1" addrs pid deadline
-    mkdir -p "$dir"
-    addrs="$dir/addrs.json"
-    rm -f "$addrs"
-    node_starts[$id]=$((${node_starts[$id]:-0} + 1))
-    # shellcheck disable=SC2086 # node_extra holds flags meant to split
-    STRATA_LOG=info,openraft=warn "$strata" server --id "$id" --data-dir "$dir/data" \
-        --api-addr "${node_api[$id]:-127.0.0.1:0}" --raft-addr "${node_raft[$id]:-127.0.0.1:0}" \
-        --addrs-file "$addrs" ${node_extra[$id]:-} >"$dir/log.${node_starts[$id]}" 2>&1 &
-    pid=$!
-    track "$pid"
-    node_pid[$id]=$pid
-    deadline=$((${EPOCHREALTIME/./} + 20000000))
-    until [[ -s $addrs ]]; do
-        alive "$pid" || die "node $id exited while starting; see $dir/log.${node_starts[$id]}"
-        ((${EPOCHREALTIME/./} < deadline)) || die "node $id wrote no addresses within 20 s"
-        sleep 0.01
-    done
-    node_api[$id]=$(jq -r .api "$addrs")
-    node_raft[$id]=$(jq -r .raft "$addrs")
-}
-
-# Comma-separated API URLs of the given node ids (default: every node).
-endpoints() {
-    local ids=("$@") id out=()
-    ((${#ids[@]})) || ids=($(seq 1 "$node_count"))
-    for id in "${ids[@]}"; do
-        out+=("http://${node_api[$id]}")
-    done
-    local IFS=,
-    echo "${out[*]}"
-}
-
-# `strata cluster status` as JSON from the given endpoints, bounded in time.
-cluster_status() {
-    timeout 5 "$strata" --endpoints "$1" --output json cluster status 2>/dev/null
-}
-
-# Prints the leader id as seen through the given endpoints; fails when none is known.
-leader_id() {
-    local status leader
-    status=$(cluster_status "$1") || return 1
-    leader=$(jq -r '.leader // empty' <<<"$status")
-    [[ -n $leader ]] || return 1
-    echo "$leader"
-}
-
-voters_with_api() {
-    local status count
-    status=$(cluster_status "$(endpoints)") || return 1
-    count=$(jq '[.members[] | select(.role != "learner" and .api_addr != "")] | length' \
-        <<<"$status")
-    ((count == node_count))
-}
-
-log "starting a $node_count-node cluster in $cluster"
-node_extra[1]="--initial-cluster 1=127.0.0.1:0"
-start_node 1
-wait_until 30 "node 1 to be ready" ready "${node_api[1]}"
-for id in $(seq 2 "$node_count"); do
-    start_node "$id"
-    timeout 90 "$strata" --endpoints "$(endpoints $(seq 1 $((id - 1))))" cluster add-member \
-        "$id" --raft-addr "${node_raft[$id]}" --api-addr "${node_api[$id]}" >/dev/null ||
-        die "strata cluster add-member $id failed"
-done
-wait_until 60 "$node_count voters with API addresses" voters_with_api
-for id in $(seq 1 "$node_count"); do
-    wait_until 30 "node $id to be ready" ready "${node_api[$id]}"
-done
-log "cluster up: $(endpoints)"
+# --- 2. three-node cluster (bench/cluster.sh: node 1 founds, 2 and 3 join) ------------------
+cluster_node_flags=()
+# shellcheck source=bench/cluster.sh
+source "$repo/bench/cluster.sh"
+start_cluster cluster
 
 # --- 3. idle RSS ----------------------------------------------------------------------------
 for i in $(seq 1 10); do
@@ -356,9 +236,7 @@ for id in $(seq 1 "$node_count"); do
     stop_pid "${node_pid[$id]}"
     node_exit[$id]=$stopped_status
 done
-panics=$(cat "$cluster"/n*/log.* | grep -c 'panicked' || true)
-error_lines=$(cat "$cluster"/n*/log.* | grep -c ' ERROR ' || true)
-warn_lines=$(cat "$cluster"/n*/log.* | grep -c ' WARN ' || true)
+node_logs=$(log_counts)
 
 # --- results --------------------------------------------------------------------------------
 nodes_json=$(for id in $(seq 1 "$node_count"); do
@@ -369,25 +247,9 @@ nodes_json=$(for id in $(seq 1 "$node_count"); do
           final_exit_status: $exit}'
 done | jq -s .)
 
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-dirty=false
-[[ -n $(git status --porcelain 2>/dev/null) ]] && dirty=true
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-mem_total=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-disk=$(df -T "$data" | awk 'NR == 2 { print $1 " (" $2 ", mounted at " $7 ")" }')
-
-command_line="bash bench/spine.sh"
-quick_json=false
-if ((quick)); then
-    command_line+=" --quick"
-    quick_json=true
-fi
-
-jq -n \
-    --arg started_at "$started_at" --arg commit "$commit" --argjson dirty "$dirty" \
-    --arg command "$command_line" --argjson quick "$quick_json" \
-    --arg nproc "$(nproc)" --arg cpu "$cpu_model" --arg mem "$mem_total" \
-    --arg kernel "$(uname -r)" --arg disk "$disk" \
+# run_info: when, command, commit, machine; jq_run_defs: median, runs_summary (lib.sh).
+describe_run
+jq -n --argjson run_info "$run_info" \
     --argjson dev_runs "$dev_runs" --argjson load_rounds "$load_rounds" \
     --argjson puts_one "$puts_one_client" --argjson puts_many "$puts_many_clients" \
     --argjson many "$many_clients" --argjson value_size "$value_size" \
@@ -395,26 +257,10 @@ jq -n \
     --argjson idle_seconds "$idle_seconds" \
     --slurpfile dev "$dev_results" --slurpfile load "$load_results" \
     --slurpfile failover "$failover_results" --argjson nodes "$nodes_json" \
-    --argjson panics "$panics" --argjson errors "$error_lines" --argjson warns "$warn_lines" '
-    def median: sort | if length == 0 then null
-        elif length % 2 == 1 then .[length / 2 | floor]
-        else (.[length / 2 - 1] + .[length / 2]) / 2 * 1000 | round / 1000 end;
-    def load_summary($c): [$load[] | select(.clients == $c)] as $runs | {
-        clients: $c, runs: ($runs | length),
-        throughput_median: ([$runs[].throughput] | median),
-        p50_ms_median: ([$runs[].p50_ms] | median),
-        p99_ms_median: ([$runs[].p99_ms] | median),
-        errors_total: ([$runs[].errors] | add)
-    };
-    {
-        benchmark: "spine",
-        started_at: $started_at,
-        command: $command,
-        quick: $quick,
-        commit: $commit,
-        dirty_tree: $dirty,
-        machine: {nproc: ($nproc | tonumber), cpu: $cpu, memory: $mem, kernel: $kernel,
-                  data_disk: $disk},
+    --argjson node_logs "$node_logs" \
+    "$jq_run_defs"'
+    def load_summary($c): runs_summary([$load[] | select(.clients == $c)]; $c);
+    {benchmark: "spine"} + $run_info + {
         config: {
             nodes: 3, durability: "default (fsync per commit)",
             raft: "defaults: heartbeat 100ms, election timeout 500-1000ms",
@@ -433,20 +279,15 @@ jq -n \
                           worst: ([$failover[].failover_ms] | max)},
             restart_to_rejoined_ms: {median: ([$failover[].restart_to_rejoined_ms] | median),
                                      worst: ([$failover[].restart_to_rejoined_ms] | max)},
-            node_logs: {panics: $panics, error_lines: $errors, warn_lines: $warns}
+            node_logs: $node_logs
         },
         raw: {dev: $dev, nodes: $nodes, put: $load, failover: $failover}
     }' >"$results_file"
 
 # --- summary --------------------------------------------------------------------------------
-jq -r '
-    def f: if . == null then "-" else tostring end;
-    .summary as $s | .machine as $m |
-    "",
-    "## Strata spine benchmark (\(.command))",
-    "",
-    "commit \(.commit)\(if .dirty_tree then " (dirty tree)" else "" end), \(.started_at)",
-    "machine: \($m.nproc) CPUs (\($m.cpu)), \($m.memory), kernel \($m.kernel), data on \($m.data_disk)",
+print_summary '
+    .summary as $s |
+    heading("Strata spine benchmark"),
     "",
     "| measure | value |",
     "|---|---:|",
@@ -460,6 +301,4 @@ jq -r '
     "| node logs: panics / ERROR / WARN lines | \($s.node_logs.panics) / \($s.node_logs.error_lines) / \($s.node_logs.warn_lines) |",
     "",
     "put errors: \([$s.put[].errors_total] | map(tostring) | join(" / "))"
-' "$results_file"
-echo
-echo "results: ${results_file#"$repo"/}"
+'

@@ -43,8 +43,12 @@ pub enum ConfigError {
 }
 
 /// The configuration of one node.
+///
+/// Node-level keys are fields; each component's settings are a table named after it
+/// (`[registry]`, `[config_center]`, ...) kept in [`NodeConfig::sections`] and checked by the
+/// component itself. Listener addresses live in `[listen]`; the older `NAME_addr` keys still
+/// work and mean the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id: a positive integer, unique in the cluster, never reused.
     #[serde(default = "default_id")]
@@ -71,9 +75,18 @@ pub struct NodeConfig {
     /// Where DNS (UDP and TCP) for service discovery listens. Unset: disabled.
     #[serde(default)]
     pub dns_addr: Option<String>,
-    /// The registry's DNS domain: services answer as `NAME.service.DOMAIN`.
-    #[serde(default = "default_dns_domain")]
-    pub dns_domain: String,
+    /// The registry's DNS domain (`[registry] dns_domain`; this top-level key is its older
+    /// spelling and still works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
+    /// Listener addresses by name (`api`, `raft`, `grpc`, `consul`, `dns`, `nacos`, and those
+    /// of later components). A component listener without an address is off. Port 0 picks a
+    /// free port.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listen: BTreeMap<String, String>,
+    /// The components this node runs, by name. Unset: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
     /// Address other nodes use to reach this node's raft listener, if different from
     /// `raft_addr` (e.g. when listening on 0.0.0.0).
     #[serde(default)]
@@ -83,7 +96,7 @@ pub struct NodeConfig {
     pub advertise_api_addr: Option<String>,
     /// The founding members, id -> raft address. Empty: this node waits to be added with
     /// `strata cluster add-member` (or, with `strata dev`, founds a one-node cluster).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "member_map")]
     pub initial_cluster: BTreeMap<u64, String>,
     /// Raft timing and log retention.
     #[serde(default)]
@@ -91,9 +104,6 @@ pub struct NodeConfig {
     /// KV limits and compaction.
     #[serde(default)]
     pub kv: KvConfig,
-    /// Config center limits and encryption.
-    #[serde(default)]
-    pub config_center: ConfigCenterConfig,
     /// How long a graceful shutdown may take before it is aborted.
     #[serde(default = "default_grace_period")]
     pub shutdown_grace_period: HumanDuration,
@@ -101,6 +111,9 @@ pub struct NodeConfig {
     /// scripts that start nodes on port 0).
     #[serde(default)]
     pub addrs_file: Option<PathBuf>,
+    /// Component sections, by component name; each component checks its own.
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, toml::Value>,
 }
 
 /// Raft timing and log retention.
@@ -168,9 +181,6 @@ fn default_id() -> u64 {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./strata-data")
 }
-fn default_dns_domain() -> String {
-    "strata".to_string()
-}
 
 fn default_api_addr() -> String {
     "127.0.0.1:7700".into()
@@ -227,40 +237,6 @@ impl Default for RaftConfig {
     }
 }
 
-/// Config center settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigCenterConfig {
-    /// Largest config content accepted.
-    #[serde(default = "default_max_content")]
-    pub max_content_bytes: ByteSize,
-    /// Versions kept per config; older ones are dropped as new ones arrive.
-    #[serde(default = "default_history_retention")]
-    pub history_retention: u64,
-    /// Key for configs whose data id starts with `cipher-`: 32 bytes as base64 or 64 hex
-    /// characters. Unset: such configs are refused. Every node needs the same key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption_key: Option<String>,
-}
-
-fn default_max_content() -> ByteSize {
-    ByteSize(1024 * 1024)
-}
-
-fn default_history_retention() -> u64 {
-    100
-}
-
-impl Default for ConfigCenterConfig {
-    fn default() -> Self {
-        ConfigCenterConfig {
-            max_content_bytes: default_max_content(),
-            history_retention: default_history_retention(),
-            encryption_key: None,
-        }
-    }
-}
-
 impl Default for KvConfig {
     fn default() -> Self {
         KvConfig {
@@ -285,15 +261,17 @@ impl Default for NodeConfig {
             consul_addr: None,
             nacos_addr: None,
             dns_addr: None,
-            dns_domain: default_dns_domain(),
+            dns_domain: None,
+            listen: BTreeMap::new(),
+            roles: None,
             advertise_raft_addr: None,
             advertise_api_addr: None,
             initial_cluster: BTreeMap::new(),
             raft: RaftConfig::default(),
             kv: KvConfig::default(),
-            config_center: ConfigCenterConfig::default(),
             shutdown_grace_period: default_grace_period(),
             addrs_file: None,
+            sections: BTreeMap::new(),
         }
     }
 }
@@ -312,10 +290,46 @@ pub enum AutoCompaction {
 /// A configuration that passed [`NodeConfig::validate`].
 #[derive(Debug, Clone)]
 pub struct ValidatedConfig {
-    /// The checked configuration.
+    /// The checked configuration. Older spellings are folded in: `dns_domain` into the
+    /// `[registry]` section.
     pub config: NodeConfig,
     /// Automatic compaction, parsed.
     pub auto_compaction: AutoCompaction,
+    /// Every configured listener, name -> `HOST:PORT`, from `[listen]` and the older
+    /// `NAME_addr` keys (always `api` and `raft`).
+    pub listen: BTreeMap<String, String>,
+}
+
+/// The older top-level keys for listener addresses, and the listener each names.
+const LEGACY_LISTENERS: [(&str, &str); 4] = [
+    ("grpc_addr", "grpc"),
+    ("consul_addr", "consul"),
+    ("dns_addr", "dns"),
+    ("nacos_addr", "nacos"),
+];
+
+/// The flag that sets listener `name` (older listeners have their own flag).
+pub fn listener_flag(name: &str) -> String {
+    if ["api", "raft"].contains(&name) || LEGACY_LISTENERS.iter().any(|(_, n)| *n == name) {
+        format!("--{name}-addr")
+    } else {
+        format!("--listen {name}=HOST:PORT")
+    }
+}
+
+/// Reads `[initial_cluster]` whose keys are node ids written as TOML keys (always strings).
+fn member_map<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<u64, String>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(id, addr)| match id.trim().parse::<u64>() {
+            Ok(id) => Ok((id, addr)),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "initial_cluster key {id:?} is not a node id"
+            ))),
+        })
+        .collect()
 }
 
 impl std::ops::Deref for ValidatedConfig {
@@ -338,9 +352,16 @@ impl NodeConfig {
         })
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text. A top-level key that is neither a node setting nor a table (a
+    /// component section) is an error that names it; section names are checked against the
+    /// node's components by the node.
     pub fn from_toml(text: &str) -> Result<NodeConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+        let config: NodeConfig =
+            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        if let Some((key, _)) = config.sections.iter().find(|(_, v)| !v.is_table()) {
+            return Err(format!("unknown key `{key}`"));
+        }
+        Ok(config)
     }
 
     /// Returns a commented TOML document of the defaults.
@@ -396,44 +417,30 @@ impl NodeConfig {
         if self.id == 0 {
             return invalid("id must be a positive integer".into());
         }
-        if self.config_center.history_retention == 0 {
-            return invalid("config_center.history_retention must be at least 1".into());
-        }
-        for (name, addr) in [
-            ("grpc_addr", &self.grpc_addr),
-            ("consul_addr", &self.consul_addr),
-            ("dns_addr", &self.dns_addr),
-            ("nacos_addr", &self.nacos_addr),
-        ] {
-            if let Some(addr) = addr {
-                if addr.parse::<SocketAddr>().is_err() {
+        let mut this = self;
+        let listen = this.resolve_listeners()?;
+        if let Some(domain) = this.dns_domain.take() {
+            let registry = this
+                .sections
+                .entry("registry".to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(table) = registry.as_table_mut() else {
+                return invalid("[registry] must be a table".into());
+            };
+            match table.get("dns_domain") {
+                Some(set) if set.as_str() != Some(domain.as_str()) => {
                     return invalid(format!(
-                        "{name} {addr:?} is not HOST:PORT with a numeric IP"
-                    ));
+                        "dns_domain {domain:?} and [registry] dns_domain {set} disagree; keep one"
+                    ))
+                }
+                _ => {
+                    table.insert("dns_domain".into(), toml::Value::String(domain));
                 }
             }
         }
-        let domain = self.dns_domain.trim_end_matches('.');
-        if domain.is_empty()
-            || domain.split('.').any(|l| {
-                l.is_empty()
-                    || l.len() > 63
-                    || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            })
-        {
-            return invalid(format!(
-                "dns_domain {:?} is not a domain name such as \"strata\" or \"sd.example.com\"",
-                self.dns_domain
-            ));
-        }
-        for (name, addr) in [("api_addr", &self.api_addr), ("raft_addr", &self.raft_addr)] {
-            if addr.parse::<SocketAddr>().is_err() {
-                return invalid(format!(
-                    "{name} {addr:?} is not HOST:PORT with a numeric IP"
-                ));
-            }
-        }
-        for (id, addr) in &self.initial_cluster {
+        let self_ = this;
+        let this = &self_;
+        for (id, addr) in &this.initial_cluster {
             if *id == 0 {
                 return invalid("initial cluster ids must be positive".into());
             }
@@ -443,13 +450,13 @@ impl NodeConfig {
                 ));
             }
         }
-        if !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.id) {
+        if !this.initial_cluster.is_empty() && !this.initial_cluster.contains_key(&this.id) {
             return invalid(format!(
                 "initial cluster does not list this node's id {}; add {}=<raft addr>",
-                self.id, self.id
+                this.id, this.id
             ));
         }
-        let raft = &self.raft;
+        let raft = &this.raft;
         if raft.heartbeat_interval.0.is_zero() {
             return invalid("raft.heartbeat_interval must be positive".into());
         }
@@ -469,29 +476,29 @@ impl NodeConfig {
             ("raft.election_timeout_max", raft.election_timeout_max),
             (
                 "kv.watch_progress_interval",
-                self.kv.watch_progress_interval,
+                this.kv.watch_progress_interval,
             ),
-            ("kv.request_timeout", self.kv.request_timeout),
-            ("shutdown_grace_period", self.shutdown_grace_period),
+            ("kv.request_timeout", this.kv.request_timeout),
+            ("shutdown_grace_period", this.shutdown_grace_period),
         ] {
             if value.0 > MAX_DURATION {
                 return invalid(format!("{name} must be at most 100 years"));
             }
         }
-        if self.kv.watch_progress_interval.0.is_zero() {
+        if this.kv.watch_progress_interval.0.is_zero() {
             return invalid("kv.watch_progress_interval must be positive".into());
         }
         if raft.snapshot_entries == 0 {
             return invalid("raft.snapshot_entries must be positive".into());
         }
-        if self.kv.max_request_bytes.0 < 1024 {
+        if this.kv.max_request_bytes.0 < 1024 {
             return invalid("kv.max_request_bytes must be at least 1KiB".into());
         }
-        if self.kv.max_txn_ops == 0 {
+        if this.kv.max_txn_ops == 0 {
             return invalid("kv.max_txn_ops must be positive".into());
         }
-        let retention = self.kv.auto_compaction_retention.trim();
-        let auto_compaction = match self.kv.auto_compaction_mode {
+        let retention = this.kv.auto_compaction_retention.trim();
+        let auto_compaction = match this.kv.auto_compaction_mode {
             AutoCompactionMode::Off => AutoCompaction::Off,
             AutoCompactionMode::Revision => match retention.parse::<i64>() {
                 Ok(n) if n > 0 => AutoCompaction::Revisions(n),
@@ -511,9 +518,48 @@ impl NodeConfig {
             },
         };
         Ok(ValidatedConfig {
-            config: self,
+            config: self_,
             auto_compaction,
+            listen,
         })
+    }
+
+    /// Folds the older `NAME_addr` keys into `[listen]` and checks every address.
+    fn resolve_listeners(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut listen = self.listen.clone();
+        listen
+            .entry("api".into())
+            .or_insert_with(|| self.api_addr.clone());
+        listen
+            .entry("raft".into())
+            .or_insert_with(|| self.raft_addr.clone());
+        let legacy = [
+            &self.grpc_addr,
+            &self.consul_addr,
+            &self.dns_addr,
+            &self.nacos_addr,
+        ];
+        for ((key, name), value) in LEGACY_LISTENERS.iter().zip(legacy) {
+            let Some(addr) = value else { continue };
+            match listen.get(*name) {
+                Some(other) if other != addr => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{key} {addr:?} and [listen] {name} {other:?} disagree; keep one"
+                    )))
+                }
+                _ => {
+                    listen.insert(name.to_string(), addr.clone());
+                }
+            }
+        }
+        for (name, addr) in &listen {
+            if addr.parse::<SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {name} address {addr:?} is not HOST:PORT with a numeric IP"
+                )));
+            }
+        }
+        Ok(listen)
     }
 
     /// Returns a loopback configuration for tests: ports 0, the given folder.
@@ -539,6 +585,31 @@ mod tests {
             NodeConfig::from_toml(&sample).unwrap(),
             NodeConfig::default()
         );
+    }
+
+    #[test]
+    fn initial_cluster_reads_as_a_toml_table_of_ids() {
+        let config = NodeConfig::from_toml(
+            "[initial_cluster]\n1 = \"10.0.0.1:7701\"\n2 = \"10.0.0.2:7701\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.initial_cluster.len(), 2);
+        assert_eq!(config.initial_cluster[&2], "10.0.0.2:7701");
+        let err = NodeConfig::from_toml("[initial_cluster]\none = \"a:1\"\n").unwrap_err();
+        assert!(err.contains("not a node id"), "{err}");
+    }
+
+    #[test]
+    fn older_listener_keys_fold_into_listen() {
+        let config = NodeConfig::from_toml(
+            "grpc_addr = \"127.0.0.1:2379\"\n[listen]\nnacos = \"127.0.0.1:8848\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(config.listen["grpc"], "127.0.0.1:2379");
+        assert_eq!(config.listen["nacos"], "127.0.0.1:8848");
+        assert_eq!(config.listen["api"], "127.0.0.1:7700");
     }
 
     #[test]

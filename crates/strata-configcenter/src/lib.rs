@@ -3,10 +3,11 @@
 //!
 //! State lives in the replicated KV store under [`model::ROOT`] (through
 //! [`strata_store::Store`]); every node keeps a [`view::View`] of it that serves reads,
-//! long-polls and watch streams. The node wires it up with [`start`].
+//! long-polls and watch streams. [`ConfigCenterComponent`] plugs it into a node.
 
 pub mod center;
 pub mod cipher;
+pub mod component;
 pub mod diff;
 pub mod http;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod validate;
 pub mod view;
 
 pub use center::{ConfigCenter, Publish, Served, Settings};
+pub use component::{ConfigCenterComponent, ConfigCenterConfig};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -31,6 +31,7 @@
 //! - Nothing from the network is unwrapped: malformed or oversized requests become statuses.
 
 mod cluster;
+mod component;
 mod context;
 mod convert;
 mod election;
@@ -44,6 +45,7 @@ pub mod pb;
 mod server;
 mod watch;
 
+pub use component::EtcdComponent;
 pub use maintenance::ETCD_VERSION;
 pub use server::{routes, serve, Error, GRPC_OVERHEAD_BYTES};
 pub use strata_store::{BoxFuture, KvApi, LockGuard};

@@ -73,6 +73,56 @@ pub fn router(state: NacosState) -> Router {
         .with_state(state)
 }
 
+/// The Nacos-compatible API as a node component. It serves the registry and the config
+/// center that started before it on this node, so it needs both roles.
+pub struct NacosComponent;
+
+const LISTENERS: &[strata_component::ListenerSpec] = &[strata_component::ListenerSpec {
+    name: "nacos",
+    about: "the Nacos-compatible API",
+    transport: strata_component::Transport::Tcp,
+}];
+
+impl strata_component::Component for NacosComponent {
+    fn name(&self) -> &'static str {
+        "nacos"
+    }
+
+    fn listeners(&self) -> &'static [strata_component::ListenerSpec] {
+        LISTENERS
+    }
+
+    fn start(
+        &self,
+        mut ctx: strata_component::Context,
+    ) -> strata_store::BoxFuture<
+        'static,
+        Result<strata_component::Started, strata_component::StartError>,
+    > {
+        Box::pin(async move {
+            let Some(bound) = ctx.take_listener("nacos") else {
+                return Ok(strata_component::Started::default());
+            };
+            let (Some(configs), Some(registry)) =
+                (ctx.get::<ConfigCenter>(), ctx.get::<Registry>())
+            else {
+                return Err(strata_component::StartError(
+                    "the Nacos API needs the registry and config_center roles on the same node"
+                        .into(),
+                ));
+            };
+            tracing::info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Nacos-compatible API");
+            let state = NacosState {
+                configs,
+                registry,
+                cancel: ctx.cancel.child_token(),
+            };
+            ctx.serve_http("nacos", bound.tcp, router(state));
+            Ok(strata_component::Started::default())
+        })
+    }
+}
+
 /// Query and form parameters, merged (the form wins).
 struct Params(BTreeMap<String, String>);
 

@@ -1,40 +1,49 @@
-//! The composition root: [`Node::start`] opens storage, starts Raft, the service layer and
-//! the listeners in dependency order; [`NodeHandle::shutdown`] stops them in reverse.
+//! The composition root: [`Node::start`] opens storage, binds every listener, starts Raft and
+//! the KV service, then the components in the order [`components::all`] lists them;
+//! [`NodeHandle::shutdown`] stops them in reverse.
 //!
 //! # Layout
+//! - [`components`]: the one list of components.
 //! - [`kv_machine`]: the KV store as a replicated state machine, and the applied-events feed.
 //! - [`service`]: the one service layer every interface calls (forwarding, consistency, limits).
-//! - [`watch`]: watch streams.
+//! - [`kv_api`]: that service as the [`KvApi`] components hold.
+//! - [`watch`], [`coord`]: watch streams; locks and elections.
 //! - [`http`]: the native HTTP/JSON API and the internal leader route.
+//! - [`background`]: founding, self-registration, lease expiry, compaction, leader changes.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! No clap, no signals, no process exit here: that is the `strata` binary's job. Tests start
 //! several nodes in one process with [`NodeConfig::for_test`](strata_config::NodeConfig::for_test).
 
+pub mod background;
+pub mod components;
 pub mod coord;
 pub mod http;
 pub mod kv_api;
 pub mod kv_machine;
+mod listeners;
 pub mod metrics;
 pub mod proposer;
 pub mod read_index;
 pub mod service;
 pub mod watch;
 
+pub use background::refresh_metrics;
+
 use kv_machine::KvMachine;
 use metrics::Metrics;
 use serde::Serialize;
-use service::{KvService, LeaderRequest};
+use service::KvService;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use strata_config::{AutoCompaction, ValidatedConfig};
-use strata_proto::kv::CompactRequest;
+use std::time::Duration;
+use strata_component::{Bound, Component, Context, Provided, Transport};
+use strata_config::ValidatedConfig;
 use strata_proto::NodeInfo;
 use strata_raft::network::HttpNetwork;
 use strata_raft::{LogStore, Raft, StateMachineStore};
-use tokio::net::TcpListener;
+use strata_store::KvApi;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -49,7 +58,7 @@ pub enum NodeError {
     #[error("cannot load raft state ({0}); restore the folder from a backup, or remove it and re-join the cluster as a new member")]
     RaftStorage(String),
     /// A listener could not bind.
-    #[error("{}", bind_message(what, addr, cause))]
+    #[error("{}", listeners::bind_message(what, addr, cause))]
     Bind {
         /// Which listener.
         what: &'static str,
@@ -62,30 +71,52 @@ pub enum NodeError {
     /// Raft refused its configuration or failed to start.
     #[error("cannot start raft: {0}")]
     Raft(String),
+    /// The configuration names something no component knows, or a component refused its
+    /// section.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A component failed to start.
+    #[error("cannot start {name}: {message}")]
+    Component {
+        /// The component.
+        name: &'static str,
+        /// What it said.
+        message: String,
+    },
 }
 
-/// The addresses a started node listens on.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct NodeAddrs {
-    /// Client HTTP API.
-    pub api: SocketAddr,
+/// The addresses a started node listens on, by listener name (`api`, `raft`, `grpc`, ...).
+/// Serialized as one JSON object: the `addrs.json` that tests and scripts read.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct NodeAddrs(BTreeMap<&'static str, SocketAddr>);
+
+impl NodeAddrs {
+    /// The client HTTP API.
+    pub fn api(&self) -> SocketAddr {
+        self.0["api"]
+    }
+
     /// Node-to-node traffic.
-    pub raft: SocketAddr,
-    /// etcd v3 gRPC API, when enabled.
-    pub grpc: Option<SocketAddr>,
-    /// Consul-compatible HTTP API, when enabled.
-    #[serde(default)]
-    pub consul: Option<SocketAddr>,
-    /// Registry DNS (UDP and TCP on the same port), when enabled.
-    #[serde(default)]
-    pub dns: Option<SocketAddr>,
-    /// Nacos-compatible HTTP API, when enabled.
-    #[serde(default)]
-    pub nacos: Option<SocketAddr>,
+    pub fn raft(&self) -> SocketAddr {
+        self.0["raft"]
+    }
+
+    /// Listener `name`, when it is enabled.
+    pub fn get(&self, name: &str) -> Option<SocketAddr> {
+        self.0.get(name).copied()
+    }
 }
 
 /// Starts nodes.
 pub struct Node;
+
+/// A component that is running, for shutdown.
+struct Running {
+    name: &'static str,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
 
 /// A running node. Dropping it without [`NodeHandle::shutdown`] aborts its tasks.
 pub struct NodeHandle {
@@ -94,9 +125,11 @@ pub struct NodeHandle {
     /// The service layer, for in-process callers.
     pub service: Arc<KvService>,
     raft: Raft,
-    /// Cancels listeners and background loops.
+    /// Components in start order.
+    components: Vec<Running>,
+    /// Cancels the node's own listeners and background loops.
     cancel: CancellationToken,
-    /// Every task the node spawned.
+    /// Every task the node itself spawned.
     tracker: TaskTracker,
     /// Cancelled when Raft fails fatally; the binary then exits non-zero.
     fatal: CancellationToken,
@@ -104,9 +137,70 @@ pub struct NodeHandle {
     _data: strata_raft::DataDir,
 }
 
+/// The components `config` selects (its `roles`, or all), after checking that every section,
+/// role and listener it names belongs to one and that each component accepts its section.
+pub fn select_components(
+    config: &ValidatedConfig,
+    all: Vec<Arc<dyn Component>>,
+) -> Result<Vec<Arc<dyn Component>>, NodeError> {
+    let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
+    let unknown = |what: &str, name: &str| {
+        NodeError::Config(format!(
+            "unknown {what} `{name}`; components are: {}",
+            names.join(", ")
+        ))
+    };
+    for section in config.sections.keys() {
+        if !names.contains(&section.as_str()) {
+            return Err(unknown("section", section));
+        }
+    }
+    if let Some(roles) = &config.roles {
+        for role in roles {
+            if !names.contains(&role.as_str()) {
+                return Err(unknown("role", role));
+            }
+        }
+    }
+    for listener in config.listen.keys() {
+        let known = ["api", "raft"].contains(&listener.as_str())
+            || all
+                .iter()
+                .any(|c| c.listeners().iter().any(|l| l.name == listener));
+        if !known {
+            return Err(NodeError::Config(format!(
+                "unknown listener `{listener}` in [listen]"
+            )));
+        }
+    }
+    for component in &all {
+        component
+            .check_config(config.sections.get(component.name()))
+            .map_err(NodeError::Config)?;
+    }
+    Ok(all
+        .into_iter()
+        .filter(|c| {
+            config
+                .roles
+                .as_ref()
+                .is_none_or(|roles| roles.iter().any(|r| r == c.name()))
+        })
+        .collect())
+}
+
 impl Node {
-    /// Starts a node: storage, raft, service, background loops, listeners.
+    /// Starts a node running every component its configuration selects.
     pub async fn start(config: ValidatedConfig) -> Result<NodeHandle, NodeError> {
+        Self::start_with(config, components::all()).await
+    }
+
+    /// Starts a node with the given components (a subset of [`components::all`], for tests).
+    pub async fn start_with(
+        config: ValidatedConfig,
+        all: Vec<Arc<dyn Component>>,
+    ) -> Result<NodeHandle, NodeError> {
+        let components = select_components(&config, all)?;
         let id = config.id;
         info!(node_id = id, data_dir = %config.data_dir.display(), "opening data folder");
         let data = strata_raft::open_storage(&config.data_dir)?;
@@ -117,74 +211,33 @@ impl Node {
         let machine = Arc::new(KvMachine::new());
         let sm = StateMachineStore::open(machine.clone(), data.path.clone()).map_err(load_err)?;
 
-        let api_listener = bind("api", &config.api_addr).await?;
-        let raft_listener = bind("raft", &config.raft_addr).await?;
-        let addrs = NodeAddrs {
-            api: api_listener
-                .local_addr()
-                .map_err(|e| bind_err("api", &config.api_addr, e))?,
-            raft: raft_listener
-                .local_addr()
-                .map_err(|e| bind_err("raft", &config.raft_addr, e))?,
-            grpc: None,
-            consul: None,
-            dns: None,
-            nacos: None,
-        };
-        let grpc_listener = match &config.grpc_addr {
-            Some(addr) => Some(bind("grpc", addr).await?),
-            None => None,
-        };
-        let mut addrs = addrs;
-        let consul_listener = match &config.consul_addr {
-            Some(addr) => {
-                let listener = bind("consul", addr).await?;
-                addrs.consul = Some(
-                    listener
-                        .local_addr()
-                        .map_err(|e| bind_err("consul", addr, e))?,
-                );
-                Some(listener)
+        // Every listener is bound before anything starts, so a taken port fails fast.
+        let api = listeners::bind("api", &config.listen["api"], Transport::Tcp).await?;
+        let raft_listener = listeners::bind("raft", &config.listen["raft"], Transport::Tcp).await?;
+        let mut addrs = BTreeMap::from([("api", api.addr), ("raft", raft_listener.addr)]);
+        let mut bound: Vec<BTreeMap<&'static str, Bound>> = Vec::new();
+        for component in &components {
+            let mut mine = BTreeMap::new();
+            for spec in component.listeners() {
+                if let Some(addr) = config.listen.get(spec.name) {
+                    let listener = listeners::bind(spec.name, addr, spec.transport).await?;
+                    addrs.insert(spec.name, listener.addr);
+                    mine.insert(spec.name, listener);
+                }
             }
-            None => None,
-        };
-        let nacos_listener = match &config.nacos_addr {
-            Some(addr) => {
-                let listener = bind("nacos", addr).await?;
-                addrs.nacos = Some(
-                    listener
-                        .local_addr()
-                        .map_err(|e| bind_err("nacos", addr, e))?,
-                );
-                Some(listener)
-            }
-            None => None,
-        };
-        let dns_sockets = match &config.dns_addr {
-            Some(addr) => {
-                let (udp, tcp) = bind_dns(addr).await?;
-                addrs.dns = Some(tcp.local_addr().map_err(|e| bind_err("dns", addr, e))?);
-                Some((udp, tcp))
-            }
-            None => None,
-        };
-        if let (Some(listener), Some(configured)) = (&grpc_listener, &config.grpc_addr) {
-            addrs.grpc = Some(
-                listener
-                    .local_addr()
-                    .map_err(|e| bind_err("grpc", configured, e))?,
-            );
+            bound.push(mine);
         }
+        let addrs = NodeAddrs(addrs);
         let me = NodeInfo {
             raft_addr: config
                 .advertise_raft_addr
                 .clone()
-                .unwrap_or_else(|| addrs.raft.to_string()),
+                .unwrap_or_else(|| addrs.raft().to_string()),
             api_addr: config
                 .advertise_api_addr
                 .clone()
-                .unwrap_or_else(|| addrs.api.to_string()),
-            grpc_addr: addrs.grpc.map(|a| a.to_string()).unwrap_or_default(),
+                .unwrap_or_else(|| addrs.api().to_string()),
+            grpc_addr: addrs.get("grpc").map(|a| a.to_string()).unwrap_or_default(),
         };
 
         info!(node_id = id, "starting raft");
@@ -242,22 +295,25 @@ impl Node {
             cancel.child_token(),
         ));
 
-        info!(node_id = id, addr = %addrs.raft, "serving raft");
+        info!(node_id = id, addr = %addrs.raft(), "serving raft");
         let raft_router = strata_raft::network::raft_router(raft.clone())
             .merge(http::internal_router(service.clone()))
             // Appends and snapshots can be far larger than a client request; peers are trusted.
             .layer(axum::extract::DefaultBodyLimit::disable());
-        spawn_server(&tracker, &cancel, "raft", raft_listener, raft_router);
+        strata_component::serve_http(&tracker, &cancel, "raft", raft_listener.tcp, raft_router);
 
-        bootstrap(&raft, &config, &me).await?;
+        background::bootstrap(&raft, &config, &me).await?;
 
         info!(node_id = id, "starting background workers");
-        tracker.spawn(register_self(
+        tracker.spawn(background::register_self(
             service.clone(),
             me.clone(),
             cancel.child_token(),
         ));
-        tracker.spawn(lease_expiry_loop(service.clone(), cancel.child_token()));
+        tracker.spawn(background::lease_expiry_loop(
+            service.clone(),
+            cancel.child_token(),
+        ));
         let snapshots_cancel = cancel.child_token();
         tracker.spawn(strata_raft::run_snapshot_schedule(
             raft.clone(),
@@ -265,123 +321,65 @@ impl Node {
             config.raft.snapshot_entries,
             async move { snapshots_cancel.cancelled().await },
         ));
-        tracker.spawn(compaction_loop(
+        tracker.spawn(background::compaction_loop(
             service.clone(),
             config.auto_compaction,
             cancel.child_token(),
         ));
         let fatal = CancellationToken::new();
-        tracker.spawn(leader_change_loop(
+        tracker.spawn(background::leader_change_loop(
             service.clone(),
             fatal.clone(),
             cancel.child_token(),
         ));
 
-        info!(node_id = id, "starting the service registry");
-        let kv: Arc<dyn strata_store::KvApi> =
-            Arc::new(kv_api::NodeKv::new(service.clone(), tracker.clone()));
-        let registry = strata_registry::start(
-            kv.clone(),
-            service.metrics.registry(),
-            &tracker,
-            cancel.child_token(),
-        )
-        .map_err(|e| NodeError::Raft(format!("registry metrics: {e}")))?;
-        info!(node_id = id, "starting the config center");
-        let cipher = match &config.config_center.encryption_key {
-            Some(key) => Some(
-                strata_configcenter::cipher::Cipher::from_key(key)
-                    .map_err(|e| NodeError::Raft(format!("config_center.encryption_key: {e}")))?,
-            ),
-            None => None,
-        };
-        let config_center = strata_configcenter::start(
-            kv.clone(),
-            cipher,
-            strata_configcenter::Settings {
-                max_content_bytes: usize::try_from(config.config_center.max_content_bytes.0)
-                    .unwrap_or(usize::MAX),
-                history_retention: config.config_center.history_retention,
-            },
-            service.metrics.registry(),
-            &tracker,
-            cancel.child_token(),
-        )
-        .map_err(|e| NodeError::Raft(format!("config center metrics: {e}")))?;
-        let config_routes =
-            strata_configcenter::http::router(strata_configcenter::http::ConfigState {
-                center: config_center.clone(),
-                cancel: cancel.child_token(),
+        let kv: Arc<dyn KvApi> = Arc::new(kv_api::NodeKv::new(service.clone(), tracker.clone()));
+        let max_request = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
+        let provided = Provided::default();
+        let mut running = Vec::new();
+        let mut api_routes = axum::Router::new();
+        for (component, listeners) in components.iter().zip(bound) {
+            let name = component.name();
+            let ctx = Context::new(
+                id,
+                kv.clone(),
+                service.metrics.registry().clone(),
+                max_request,
+                config.data_dir.clone(),
+                config.sections.get(name).cloned(),
+                listeners,
+                provided.clone(),
+            );
+            running.push(Running {
+                name,
+                tracker: ctx.tracker.clone(),
+                cancel: ctx.cancel.clone(),
             });
-        let registry_routes = strata_registry::http::router(strata_registry::http::RegistryState {
-            registry: registry.clone(),
-            cancel: cancel.child_token(),
-        });
-        if let (Some(listener), Some(addr)) = (consul_listener, addrs.consul) {
-            info!(node_id = id, %addr, "serving the Consul-compatible API");
-            spawn_server(
-                &tracker,
-                &cancel,
-                "consul",
-                listener,
-                strata_registry::consul::router(registry.clone()),
-            );
-        }
-        if let (Some(listener), Some(addr)) = (nacos_listener, addrs.nacos) {
-            info!(node_id = id, %addr, "serving the Nacos-compatible API");
-            spawn_server(
-                &tracker,
-                &cancel,
-                "nacos",
-                listener,
-                strata_nacos::router(strata_nacos::NacosState {
-                    configs: config_center.clone(),
-                    registry: registry.clone(),
-                    cancel: cancel.child_token(),
-                }),
-            );
-        }
-        if let (Some((udp, tcp)), Some(addr)) = (dns_sockets, addrs.dns) {
-            info!(node_id = id, %addr, domain = %config.dns_domain, "serving registry DNS");
-            let metrics = strata_registry::dns::DnsMetrics::new(service.metrics.registry())
-                .map_err(|e| NodeError::Raft(format!("dns metrics: {e}")))?;
-            tracker.spawn(strata_registry::dns::serve(
-                udp,
-                tcp,
-                config.dns_domain.clone(),
-                registry.view.clone(),
-                metrics,
-                cancel.child_token(),
-            ));
+            let started = component
+                .start(ctx)
+                .await
+                .map_err(|e| NodeError::Component {
+                    name,
+                    message: e.to_string(),
+                })?;
+            if let Some(routes) = started.api_routes {
+                api_routes = api_routes.merge(routes);
+            }
         }
 
-        info!(node_id = id, addr = %addrs.api, "serving client API");
+        info!(node_id = id, addr = %addrs.api(), "serving client API");
         let state = http::ApiState {
             service: service.clone(),
             cancel: cancel.child_token(),
             tracker: tracker.clone(),
         };
-        let body_limit =
-            usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX) + 64 * 1024;
-        spawn_server(
+        strata_component::serve_http(
             &tracker,
             &cancel,
             "api",
-            api_listener,
-            http::api_router(state, body_limit, registry_routes.merge(config_routes)),
+            api.tcp,
+            http::api_router(state, max_request + 64 * 1024, api_routes),
         );
-
-        if let (Some(listener), Some(addr)) = (grpc_listener, addrs.grpc) {
-            info!(node_id = id, %addr, "serving the etcd v3 gRPC API");
-            let max_message = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
-            let token = cancel.clone();
-            tracker.spawn(async move {
-                let shutdown = async move { token.cancelled().await };
-                if let Err(e) = strata_etcd::serve(listener, kv, max_message, shutdown).await {
-                    warn!(error = %e, "gRPC listener stopped with an error");
-                }
-            });
-        }
 
         if let Some(path) = &config.addrs_file {
             let json = serde_json::to_vec_pretty(&addrs).expect("addresses serialize");
@@ -390,367 +388,18 @@ impl Node {
                 warn!(error = %e, path = %path.display(), "cannot write addresses file");
             }
         }
-        info!(node_id = id, api = %addrs.api, raft = %addrs.raft, "node started");
+        info!(node_id = id, api = %addrs.api(), raft = %addrs.raft(), "node started");
         Ok(NodeHandle {
             addrs,
             service,
             raft,
+            components: running,
             cancel,
             tracker,
             fatal,
             _data: data,
         })
     }
-}
-
-fn bind_err(what: &'static str, addr: &str, cause: std::io::Error) -> NodeError {
-    NodeError::Bind {
-        what,
-        addr: addr.to_string(),
-        cause,
-    }
-}
-
-/// The message of [`NodeError::Bind`]: what happened and the flag that fixes it.
-fn bind_message(what: &str, addr: &str, cause: &std::io::Error) -> String {
-    let flag = format!("--{what}-addr");
-    match cause.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "cannot listen on {addr} for {what}: the port is in use (another strata?); stop that process, or pass {flag} with another port (port 0 picks a free one)"
-        ),
-        _ => format!("cannot listen on {addr} for {what}: {cause}; check {flag}"),
-    }
-}
-
-/// Pending connections a listener queues before the kernel drops new ones (tokio's default
-/// is 128, which a reconnect storm of long-polls or watches overflows).
-const LISTEN_BACKLOG: u32 = 4096;
-
-async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
-    let parsed: SocketAddr = addr.parse().map_err(|_| {
-        bind_err(
-            what,
-            addr,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not IP:PORT"),
-        )
-    })?;
-    let socket = if parsed.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .map_err(|e| bind_err(what, addr, e))?;
-    socket
-        .set_reuseaddr(true)
-        .and_then(|()| socket.bind(parsed))
-        .map_err(|e| bind_err(what, addr, e))?;
-    socket
-        .listen(LISTEN_BACKLOG)
-        .map_err(|e| bind_err(what, addr, e))
-}
-
-/// Binds DNS's TCP listener and a UDP socket on the same port (retrying when port 0 picked a
-/// TCP port whose UDP twin is taken).
-async fn bind_dns(addr: &str) -> Result<(tokio::net::UdpSocket, TcpListener), NodeError> {
-    let mut last = None;
-    for _ in 0..16 {
-        let tcp = bind("dns", addr).await?;
-        let local = tcp.local_addr().map_err(|e| bind_err("dns", addr, e))?;
-        match tokio::net::UdpSocket::bind(local).await {
-            Ok(udp) => return Ok((udp, tcp)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(bind_err(
-        "dns",
-        addr,
-        last.unwrap_or_else(|| std::io::Error::other("no free port")),
-    ))
-}
-
-/// Serves `router` on `listener` until `cancel`. Every response carries a `strata-listener`
-/// header naming the listener (`api`, `raft`, `consul`, `nacos`), so a client pointed at the
-/// wrong port can say which one it reached.
-fn spawn_server(
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-    kind: &'static str,
-    listener: TcpListener,
-    router: axum::Router,
-) {
-    let router = router.layer(axum::middleware::map_response(
-        move |mut response: axum::response::Response| async move {
-            response.headers_mut().insert(
-                "strata-listener",
-                axum::http::HeaderValue::from_static(kind),
-            );
-            response
-        },
-    ));
-    let token = cancel.clone();
-    tracker.spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            warn!(error = %e, "listener stopped with an error");
-        }
-    });
-}
-
-/// Founds the cluster if this node is the lowest id of `initial_cluster` and has no state.
-async fn bootstrap(raft: &Raft, config: &ValidatedConfig, me: &NodeInfo) -> Result<(), NodeError> {
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-    let founder = config.initial_cluster.keys().next().copied();
-    if initialized || founder != Some(config.id) {
-        if !initialized && config.initial_cluster.is_empty() {
-            info!(
-                node_id = config.id,
-                "no cluster state; waiting to be added with `strata cluster add-member`"
-            );
-        }
-        return Ok(());
-    }
-    let members: BTreeMap<u64, NodeInfo> = config
-        .initial_cluster
-        .iter()
-        .map(|(id, addr)| {
-            let info = if *id == config.id {
-                me.clone()
-            } else {
-                NodeInfo {
-                    raft_addr: addr.clone(),
-                    api_addr: String::new(),
-                    grpc_addr: String::new(),
-                }
-            };
-            (*id, info)
-        })
-        .collect();
-    info!(
-        node_id = config.id,
-        members = members.len(),
-        "founding the cluster"
-    );
-    raft.initialize(members)
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))
-}
-
-/// Keeps this node's addresses in the membership current (founding members start with only a
-/// raft address; a restart may change the API port).
-async fn register_self(service: Arc<KvService>, me: NodeInfo, cancel: CancellationToken) {
-    loop {
-        let known = {
-            let metrics = service.raft.metrics();
-            let m = metrics.borrow();
-            let node = m
-                .membership_config
-                .membership()
-                .get_node(&service.id)
-                .cloned();
-            (node, m.current_leader)
-        };
-        match known {
-            (Some(node), Some(_))
-                if node.api_addr != me.api_addr || node.grpc_addr != me.grpc_addr =>
-            {
-                let info = NodeInfo {
-                    raft_addr: node.raft_addr,
-                    api_addr: me.api_addr.clone(),
-                    grpc_addr: me.grpc_addr.clone(),
-                };
-                match service
-                    .leader_call(LeaderRequest::SetNode(service.id, info))
-                    .await
-                {
-                    Ok(_) => {
-                        info!(node_id = service.id, api = %me.api_addr, "registered API address")
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "registering API address failed; will retry")
-                    }
-                }
-            }
-            _ => {}
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-    }
-}
-
-/// On the leader: revokes leases whose TTL passed without a keep-alive.
-async fn lease_expiry_loop(service: Arc<KvService>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for id in service.expired_leases() {
-            info!(lease = id, "lease expired; revoking");
-            if let Err(e) = service
-                .serve_as_leader(LeaderRequest::Write(strata_proto::kv::Command::Kv(
-                    strata_proto::kv::KvCommand::LeaseRevoke { id },
-                )))
-                .await
-            {
-                tracing::debug!(lease = id, error = %e, "revoking expired lease failed; will retry");
-            }
-        }
-    }
-}
-
-/// On the leader: compacts history automatically by revision count or by age.
-async fn compaction_loop(service: Arc<KvService>, mode: AutoCompaction, cancel: CancellationToken) {
-    let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !service.is_leader() {
-            samples.clear();
-            continue;
-        }
-        let (revision, compacted) = {
-            let store = service.machine.read();
-            (store.revision(), store.compact_revision())
-        };
-        let target = match mode {
-            AutoCompaction::Off => continue,
-            AutoCompaction::Revisions(keep) => {
-                let target = revision - keep;
-                // Compact in steps of at least a tenth of the retention, not every second.
-                if target - compacted >= (keep / 10).max(1) {
-                    Some(target)
-                } else {
-                    None
-                }
-            }
-            AutoCompaction::Period(keep) => {
-                let now = Instant::now();
-                samples.push_back((now, revision));
-                let mut target = None;
-                while let Some((at, rev)) = samples.front().copied() {
-                    if now.duration_since(at) < keep {
-                        break;
-                    }
-                    target = Some(rev);
-                    samples.pop_front();
-                }
-                target.filter(|t| *t > compacted)
-            }
-        };
-        if let Some(target) = target {
-            info!(revision = target, "auto-compacting");
-            if let Err(e) = service.compact(CompactRequest { revision: target }).await {
-                tracing::debug!(error = %e, "auto-compaction failed; will retry");
-            }
-        }
-    }
-}
-
-/// Counts leader changes for metrics.
-/// Counts leader changes, and cancels `fatal` if Raft stops on its own (a storage failure):
-/// a node whose consensus is dead must exit rather than keep answering `unavailable`.
-async fn leader_change_loop(
-    service: Arc<KvService>,
-    fatal: CancellationToken,
-    cancel: CancellationToken,
-) {
-    let mut metrics = service.raft.metrics();
-    let mut last_leader = metrics.borrow().current_leader;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() {
-                if !cancel.is_cancelled() {
-                    tracing::error!(node_id = service.id, "raft stopped unexpectedly; the node will exit");
-                    fatal.cancel();
-                }
-                return;
-            },
-        }
-        if let Err(e) = &metrics.borrow().running_state {
-            tracing::error!(node_id = service.id, error = %e, "raft failed; the node will exit");
-            fatal.cancel();
-            return;
-        }
-        let leader = metrics.borrow().current_leader;
-        if leader != last_leader {
-            if leader.is_some() {
-                service.metrics.raft_leader_changes.inc();
-                info!(node_id = service.id, leader = ?leader, "leader changed");
-            }
-            last_leader = leader;
-        }
-    }
-}
-
-/// Copies current values into the gauges (called when /metrics is scraped).
-pub fn refresh_metrics(service: &KvService) {
-    let m = service.raft.metrics().borrow().clone();
-    let metrics = &service.metrics;
-    metrics.raft_term.set(m.current_term as i64);
-    metrics
-        .raft_applied_index
-        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
-    metrics
-        .raft_commit_index
-        .set(service.log.committed_index() as i64);
-    metrics
-        .raft_last_log_index
-        .set(m.last_log_index.unwrap_or(0) as i64);
-    metrics
-        .raft_is_leader
-        .set(i64::from(m.current_leader == Some(service.id)));
-    metrics::advance(&metrics.raft_log_fsyncs, service.log.fsync_count());
-    metrics.raft_log_entries.set(service.log.len() as i64);
-    metrics
-        .raft_snapshot_bytes
-        .set(service.sm.snapshot_bytes() as i64);
-    metrics::advance(
-        &metrics.raft_snapshots_installed,
-        service.sm.snapshots_installed(),
-    );
-    let (stats, revision, compacted) = {
-        let store = service.machine.read();
-        (store.stats(), store.revision(), store.compact_revision())
-    };
-    metrics.kv_revision.set(revision);
-    metrics.kv_compact_revision.set(compacted);
-    metrics.kv_keys.set(stats.keys as i64);
-    metrics.kv_leases.set(stats.leases as i64);
-    metrics
-        .storage_db_bytes
-        .set(folder_size(&service.config.data_dir) as i64);
-}
-
-/// Returns the total size of the files under `path` (bounded depth; errors count as 0).
-pub(crate) fn folder_size(path: &std::path::Path) -> u64 {
-    fn walk(path: &std::path::Path, depth: u32) -> u64 {
-        let Ok(entries) = std::fs::read_dir(path) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|entry| match entry.metadata() {
-                Ok(meta) if meta.is_dir() && depth < 4 => walk(&entry.path(), depth + 1),
-                Ok(meta) => meta.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    }
-    walk(path, 0)
 }
 
 impl NodeHandle {
@@ -767,12 +416,32 @@ impl NodeHandle {
         &self.raft
     }
 
-    /// Stops the node: listeners and background loops first, then Raft, waiting at most
-    /// `grace` for tasks to finish.
+    /// Stops the node: hands off leadership, stops components in reverse order of start
+    /// (each waited for at most `grace`), then the node's listeners and background loops,
+    /// then Raft.
     pub async fn shutdown(self, grace: Duration) {
         let id = self.service.id;
         if let Some(leader) = self.service.hand_off_leadership().await {
             info!(node_id = id, new_leader = leader, "handed off leadership");
+        }
+        for component in self.components.iter().rev() {
+            info!(
+                node_id = id,
+                component = component.name,
+                "stopping component"
+            );
+            component.cancel.cancel();
+            component.tracker.close();
+            if tokio::time::timeout(grace, component.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    node_id = id,
+                    component = component.name,
+                    "component did not stop within the grace period"
+                );
+            }
         }
         info!(node_id = id, "stopping listeners and background workers");
         self.cancel.cancel();

@@ -3,9 +3,10 @@
 //!
 //! State lives in the replicated KV store under [`model::ROOT`] (see [`strata_store::KvApi`]);
 //! every node keeps a [`view::View`] of it that serves reads, DNS and change streams, and
-//! runs its share of the health checks ([`checks`]). The node wires it up with [`start`].
+//! runs its share of the health checks ([`checks`]). [`RegistryComponent`] plugs it into a node.
 
 pub mod checks;
+pub mod component;
 pub mod consul;
 pub mod dns;
 pub mod http;
@@ -15,6 +16,7 @@ pub mod probe;
 pub mod registry;
 pub mod view;
 
+pub use component::{RegistryComponent, RegistryConfig};
 pub use model::{Instance, InstanceRef, Registration};
 pub use registry::{Query, QueryResult, Registered, Registry};
 pub use strata_store::KvApi;

@@ -40,7 +40,67 @@ pub struct DevArgs {
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
     #[command(flatten)]
+    pub components: ComponentFlags,
+    #[command(flatten)]
     pub not_for_nodes: ClientOnlyFlags,
+}
+
+/// Which components run, and where listeners of components without a flag of their own
+/// listen.
+#[derive(Args, Debug, Default)]
+pub struct ComponentFlags {
+    /// Listen address of a component's listener, NAME=HOST:PORT (repeatable); e.g.
+    /// --listen grpc=127.0.0.1:2379.
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    pub listen: Vec<String>,
+    /// Run only these components, comma-separated (default: all): etcd, registry,
+    /// config_center, nacos.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Option<Vec<String>>,
+}
+
+impl ComponentFlags {
+    /// Applies the flags on top of `config`.
+    fn apply(self, config: &mut NodeConfig) -> anyhow::Result<()> {
+        for entry in self.listen {
+            let Some((name, addr)) = entry.split_once('=') else {
+                bail!("--listen {entry:?} is not NAME=HOST:PORT");
+            };
+            let name = name.trim().to_string();
+            // A flag wins over the file's older spelling of the same listener.
+            for (key, legacy) in [
+                ("grpc", &mut config.grpc_addr),
+                ("consul", &mut config.consul_addr),
+                ("dns", &mut config.dns_addr),
+                ("nacos", &mut config.nacos_addr),
+            ] {
+                if key == name {
+                    *legacy = None;
+                }
+            }
+            match name.as_str() {
+                "api" => config.api_addr = addr.trim().to_string(),
+                "raft" => config.raft_addr = addr.trim().to_string(),
+                _ => {}
+            }
+            config.listen.insert(name, addr.trim().to_string());
+        }
+        if let Some(roles) = self.roles {
+            config.roles = Some(roles);
+        }
+        Ok(())
+    }
+}
+
+/// Sets `[section] key = value` in `config`, replacing what the file said.
+fn set_section_value(config: &mut NodeConfig, section: &str, key: &str, value: toml::Value) {
+    let table = config
+        .sections
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    if let Some(table) = table.as_table_mut() {
+        table.insert(key.to_string(), value);
+    }
 }
 
 /// The client-only global flags, declared again (hidden) on the node commands so that their
@@ -98,6 +158,8 @@ pub struct ServerArgs {
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub components: ComponentFlags,
     /// Print a commented sample config and exit.
     #[arg(long)]
     pub sample_config: bool,
@@ -129,7 +191,14 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config.raft.heartbeat_interval = strata_config::HumanDuration::from_millis(50);
     config.raft.election_timeout_min = strata_config::HumanDuration::from_millis(150);
     config.raft.election_timeout_max = strata_config::HumanDuration::from_millis(300);
-    config.config_center.encryption_key = Some(dev_encryption_key(&args.data_dir)?);
+    let key = dev_encryption_key(&args.data_dir)?;
+    set_section_value(
+        &mut config,
+        "config_center",
+        "encryption_key",
+        toml::Value::String(key),
+    );
+    args.components.apply(&mut config)?;
     let config = config.validate().context("check the dev configuration")?;
     let grace = config.shutdown_grace_period.0;
     let node = Node::start(config).await?;
@@ -138,27 +207,27 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "strata dev: node 1 ready in {} ms",
         started.elapsed().as_millis()
     );
-    println!("  api     http://{}", node.addrs.api);
-    println!("  raft    {}", node.addrs.raft);
-    if let Some(grpc) = node.addrs.grpc {
+    println!("  api     http://{}", node.addrs.api());
+    println!("  raft    {}", node.addrs.raft());
+    if let Some(grpc) = node.addrs.get("grpc") {
         println!("  grpc    {grpc}   (etcd v3 API: ETCDCTL_API=3 etcdctl --endpoints={grpc} get --prefix '')");
     }
-    if let Some(consul) = node.addrs.consul {
+    if let Some(consul) = node.addrs.get("consul") {
         println!("  consul  http://{consul}   (Consul-compatible API: CONSUL_HTTP_ADDR={consul})");
     }
-    if let Some(dns) = node.addrs.dns {
+    if let Some(dns) = node.addrs.get("dns") {
         println!(
             "  dns     {dns}   (dig @{} -p {} NAME.service.strata SRV)",
             dns.ip(),
             dns.port()
         );
     }
-    if let Some(nacos) = node.addrs.nacos {
+    if let Some(nacos) = node.addrs.get("nacos") {
         println!(
             "  nacos   http://{nacos}   (Nacos-compatible API: nacos.NacosClient(\"{nacos}\"))"
         );
     }
-    println!("  metrics http://{}/metrics", node.addrs.api);
+    println!("  metrics http://{}/metrics", node.addrs.api());
     println!("  data    {}", args.data_dir.display());
     println!("try: strata kv put greeting hello && strata kv get greeting");
     wait_for_signal(node, grace).await
@@ -209,11 +278,16 @@ async fn wait_for_leader(node: &strata_node::NodeHandle, timeout: Duration) -> a
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if args.sample_config {
         print!("{}", NodeConfig::sample_toml());
+        for component in strata_node::components::all() {
+            if let Some(sample) = component.sample_config() {
+                print!("\n{sample}");
+            }
+        }
         return Ok(());
     }
     if let Some(path) = &args.check_config {
-        let config = NodeConfig::from_file(path)?;
-        config.validate()?;
+        let config = NodeConfig::from_file(path)?.validate()?;
+        strata_node::select_components(&config, strata_node::components::all())?;
         println!("{} is valid", path.display());
         return Ok(());
     }
@@ -227,26 +301,30 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    if let Some(addr) = args.api_addr {
-        config.api_addr = addr;
+    // The listener flags are `--listen NAME=HOST:PORT` by their older names.
+    let mut listen_flags = ComponentFlags::default();
+    for (name, addr) in [
+        ("api", args.api_addr),
+        ("raft", args.raft_addr),
+        ("grpc", args.grpc_addr),
+        ("consul", args.consul_addr),
+        ("dns", args.dns_addr),
+        ("nacos", args.nacos_addr),
+    ] {
+        if let Some(addr) = addr {
+            listen_flags.listen.push(format!("{name}={addr}"));
+        }
     }
-    if let Some(addr) = args.raft_addr {
-        config.raft_addr = addr;
-    }
-    if let Some(addr) = args.grpc_addr {
-        config.grpc_addr = Some(addr);
-    }
-    if let Some(addr) = args.consul_addr {
-        config.consul_addr = Some(addr);
-    }
-    if let Some(addr) = args.dns_addr {
-        config.dns_addr = Some(addr);
-    }
-    if let Some(addr) = args.nacos_addr {
-        config.nacos_addr = Some(addr);
-    }
+    listen_flags.apply(&mut config)?;
+    args.components.apply(&mut config)?;
     if let Some(domain) = args.dns_domain {
-        config.dns_domain = domain;
+        config.dns_domain = None;
+        set_section_value(
+            &mut config,
+            "registry",
+            "dns_domain",
+            toml::Value::String(domain),
+        );
     }
     if let Some(addr) = args.advertise_raft_addr {
         config.advertise_raft_addr = Some(addr);
@@ -266,8 +344,8 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     println!(
         "strata server: node {} listening, api http://{} raft {}",
         node.service.node_id(),
-        node.addrs.api,
-        node.addrs.raft
+        node.addrs.api(),
+        node.addrs.raft()
     );
     wait_for_signal(node, grace).await
 }

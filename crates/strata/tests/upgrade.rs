@@ -38,7 +38,9 @@ async fn assert_fixture_served(node: &NodeProc) {
         let ep = ep.clone();
         async move {
             let out = common::cli(&ep, &["--output", "json", "kv", "get", "fixture/history"]);
-            out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+            out.status
+                .success()
+                .then(|| String::from_utf8(out.stdout).unwrap())
         }
     })
     .await;
@@ -103,13 +105,17 @@ async fn a_data_folder_from_format_version_1_opens_serves_and_extends() {
     node.terminate();
     node.restart().await;
     let ep = [node.url()];
-    wait_until(Duration::from_secs(20), "the extended folder served", || {
-        let ep = ep.clone();
-        async move {
-            let out = common::cli(&ep, &["kv", "get", "fixture/new"]);
-            (out.status.success() && out.stdout == b"written-by-this-binary\n").then_some(())
-        }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the extended folder served",
+        || {
+            let ep = ep.clone();
+            async move {
+                let out = common::cli(&ep, &["kv", "get", "fixture/new"]);
+                (out.status.success() && out.stdout == b"written-by-this-binary\n").then_some(())
+            }
+        },
+    )
     .await;
     let history = cli_ok(&ep, &["--output", "json", "kv", "get", "fixture/history"]);
     let history: serde_json::Value = serde_json::from_str(&history).unwrap();
@@ -117,7 +123,10 @@ async fn a_data_folder_from_format_version_1_opens_serves_and_extends() {
     assert_eq!(history["kvs"][0]["create_revision"], 43, "{history}");
     assert_eq!(history["kvs"][0]["version"], 4, "{history}");
     assert_eq!(cli_ok(&ep, &["kv", "get", "fixture/snap/1"]).trim(), "");
-    assert_eq!(cli_ok(&ep, &["kv", "get", "fixture/snap/2"]).trim(), "value-2");
+    assert_eq!(
+        cli_ok(&ep, &["kv", "get", "fixture/snap/2"]).trim(),
+        "value-2"
+    );
     assert_eq!(
         cli_ok(&ep, &["config", "get", "app.yaml"]),
         "greeting: third\n"

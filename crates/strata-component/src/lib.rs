@@ -1,0 +1,259 @@
+//! The component seam: how one crate becomes part of a Strata node.
+//!
+//! A [`Component`] declares a name (its role and its config section), the listeners it
+//! needs, and a start function. The node binds every declared listener the same way, then
+//! calls [`Component::start`] with a [`Context`]: the KV API, the metrics registry, the
+//! component's own task tracker and cancellation token, its bound listeners and its config
+//! section. The component spawns its tasks on that tracker and returns the routes it mounts on
+//! the node's client API ([`Started`]). At shutdown the node stops components in reverse order
+//! of start, each by cancelling its token and waiting for its tracker with a deadline.
+//!
+//! A component never depends on the node or on another component. What one component offers
+//! another (the Nacos API serves the registry and the config center) passes through
+//! [`Context::provide`] and [`Context::get`], in the order the node lists components.
+
+use axum::Router;
+use serde::de::DeserializeOwned;
+use std::any::{Any, TypeId};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use strata_store::{BoxFuture, KvApi};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How a listener is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One TCP listener.
+    Tcp,
+    /// A TCP listener and a UDP socket on the same port (DNS).
+    TcpAndUdp,
+}
+
+/// A listener a component declares. It is enabled when the node's configuration gives it an
+/// address (`[listen] NAME = "HOST:PORT"`, `--listen NAME=HOST:PORT`, or a legacy
+/// `NAME_addr` key or `--NAME-addr` flag).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSpec {
+    /// The listener's name: the key in `[listen]` and `addrs.json`, and the value of the
+    /// `strata-listener` header on HTTP responses.
+    pub name: &'static str,
+    /// What it serves, for logs and `strata dev`'s banner.
+    pub about: &'static str,
+    /// TCP, or TCP and UDP.
+    pub transport: Transport,
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub struct Bound {
+    /// The TCP listener.
+    pub tcp: TcpListener,
+    /// The UDP socket on the same port, for [`Transport::TcpAndUdp`].
+    pub udp: Option<UdpSocket>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Values components offer each other, by type.
+#[derive(Default, Clone)]
+pub struct Provided {
+    values: Arc<Mutex<BTreeMap<TypeIdKey, Arc<dyn Any + Send + Sync>>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TypeIdKey(TypeId);
+
+/// What the node hands a component at start.
+pub struct Context {
+    /// This node's id.
+    pub node_id: u64,
+    /// The replicated KV store.
+    pub kv: Arc<dyn KvApi>,
+    /// Where the component registers its Prometheus metrics (served at the API's `/metrics`).
+    pub metrics: prometheus::Registry,
+    /// The component's own tasks; the node waits for them at shutdown.
+    pub tracker: TaskTracker,
+    /// Cancelled when the node stops this component.
+    pub cancel: CancellationToken,
+    /// The node's limit for one client request, in bytes (`kv.max_request_bytes`).
+    pub max_request_bytes: usize,
+    /// The node's data folder, for components that keep files of their own.
+    pub data_dir: std::path::PathBuf,
+    section: Option<toml::Value>,
+    listeners: BTreeMap<&'static str, Bound>,
+    provided: Provided,
+}
+
+/// Why a component could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<prometheus::Error> for StartError {
+    fn from(e: prometheus::Error) -> Self {
+        StartError(format!("metrics: {e}"))
+    }
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        StartError(message)
+    }
+}
+
+/// What a started component gives back to the node.
+#[derive(Default)]
+pub struct Started {
+    /// Routes mounted on the node's client API listener (next to `/v1/kv/...`).
+    pub api_routes: Option<Router>,
+}
+
+/// One part of a node: the etcd API, the registry, the config center, ...
+pub trait Component: Send + Sync + 'static {
+    /// The component's name: its role in `roles = [...]` and its config section `[NAME]`.
+    fn name(&self) -> &'static str;
+
+    /// The listeners it may serve; each is bound only when configured.
+    fn listeners(&self) -> &'static [ListenerSpec] {
+        &[]
+    }
+
+    /// Checks the component's config section before anything starts (`None`: the section
+    /// is absent). The default accepts only an absent section.
+    fn check_config(&self, section: Option<&toml::Value>) -> Result<(), String> {
+        match section {
+            None => Ok(()),
+            Some(_) => Err(format!("[{}] takes no settings", self.name())),
+        }
+    }
+
+    /// The section's defaults as commented TOML, for `strata server --sample-config`.
+    fn sample_config(&self) -> Option<String> {
+        None
+    }
+
+    /// Starts the component: spawns its tasks on `ctx.tracker`, serves its listeners, and
+    /// returns the routes it mounts on the client API.
+    fn start(&self, ctx: Context) -> BoxFuture<'static, Result<Started, StartError>>;
+}
+
+/// Parses a component's config section into its settings type (`None`: the defaults).
+pub fn parse_section<T: DeserializeOwned + Default>(
+    name: &str,
+    section: Option<&toml::Value>,
+) -> Result<T, String> {
+    match section {
+        None => Ok(T::default()),
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e| format!("[{name}]: {}", e.to_string().trim().replace('\n', " "))),
+    }
+}
+
+impl Context {
+    /// A context for one component; the node fills it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: u64,
+        kv: Arc<dyn KvApi>,
+        metrics: prometheus::Registry,
+        max_request_bytes: usize,
+        data_dir: std::path::PathBuf,
+        section: Option<toml::Value>,
+        listeners: BTreeMap<&'static str, Bound>,
+        provided: Provided,
+    ) -> Context {
+        Context {
+            node_id,
+            kv,
+            metrics,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            max_request_bytes,
+            data_dir,
+            section,
+            listeners,
+            provided,
+        }
+    }
+
+    /// The component's settings from its config section (checked by
+    /// [`Component::check_config`] before start).
+    pub fn settings<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, StartError> {
+        parse_section(name, self.section.as_ref()).map_err(StartError)
+    }
+
+    /// Takes the bound listener `name`, if it was configured.
+    pub fn take_listener(&mut self, name: &str) -> Option<Bound> {
+        self.listeners.remove(name)
+    }
+
+    /// Serves `router` on the listener `name` until the component is stopped. Every response
+    /// carries a `strata-listener: NAME` header, so a client pointed at the wrong port can say
+    /// which one it reached.
+    pub fn serve_http(&self, name: &'static str, tcp: TcpListener, router: Router) {
+        serve_http(&self.tracker, &self.cancel, name, tcp, router);
+    }
+
+    /// Offers `value` to components started after this one.
+    pub fn provide<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        self.provided
+            .values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(TypeIdKey(TypeId::of::<T>()), value);
+    }
+
+    /// A value an earlier component offered, if it runs on this node.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let value = self
+            .provided
+            .values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&TypeIdKey(TypeId::of::<T>()))
+            .cloned()?;
+        value.downcast::<T>().ok()
+    }
+}
+
+/// Serves `router` on `tcp` until `cancel`, as a task on `tracker`, with the
+/// `strata-listener: NAME` header on every response.
+pub fn serve_http(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    name: &'static str,
+    tcp: TcpListener,
+    router: Router,
+) {
+    let router = router.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| async move {
+            response.headers_mut().insert(
+                "strata-listener",
+                axum::http::HeaderValue::from_static(name),
+            );
+            response
+        },
+    ));
+    let token = cancel.clone();
+    tracker.spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(tcp, service)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(listener = name, error = %e, "listener stopped with an error");
+        }
+    });
+}

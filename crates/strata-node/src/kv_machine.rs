@@ -97,7 +97,13 @@ impl strata_raft::StateMachine for KvMachine {
         postcard::to_allocvec(&*store).expect("the KV store always serializes")
     }
 
-    fn restore(&self, data: &[u8]) -> Result<(), String> {
+    fn restore(&self, data: &[u8], format: u32) -> Result<(), String> {
+        // Formats 1 and 2 store the same `KvStore` shape.
+        if !(strata_proto::log::OLDEST_FORMAT..=strata_proto::log::FORMAT).contains(&format) {
+            return Err(format!(
+                "snapshot format {format} is not one this build reads"
+            ));
+        }
         let restored: KvStore =
             postcard::from_bytes(data).map_err(|e| format!("snapshot does not decode: {e}"))?;
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = restored;

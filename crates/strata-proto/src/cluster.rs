@@ -3,16 +3,15 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// What the cluster knows about a member: where to reach it. Stored in the Raft membership.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What the cluster knows about a member: where to reach it. Stored in the Raft membership,
+/// so it is written through the frozen [`crate::log::v1::NodeInfo`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     /// `HOST:PORT` of the node-to-node (Raft) listener.
     pub raft_addr: String,
     /// `HOST:PORT` of the client HTTP API listener; empty until the node has reported it.
-    #[serde(default)]
     pub api_addr: String,
     /// `HOST:PORT` of the etcd v3 gRPC listener; empty when the node serves none.
-    #[serde(default)]
     pub grpc_addr: String,
 }
 

@@ -490,8 +490,9 @@ pub struct LeaseLeasesResponse {
     pub leases: Vec<LeaseStatus>,
 }
 
-/// A replicated KV command: what goes into the Raft log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A replicated KV command: what goes into the Raft log. It is written through the frozen
+/// types of [`crate::log`], not through its own shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvCommand {
     /// See [`PutRequest`].
     Put(PutRequest),
@@ -534,8 +535,9 @@ pub enum KvResult {
     Error(ApiError),
 }
 
-/// What the control plane replicates. New components add variants here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the control plane replicates. New components add variants here (and to a new format
+/// in [`crate::log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// A KV command.
     Kv(KvCommand),
@@ -543,7 +545,7 @@ pub enum Command {
     /// proposals so that one fsync and one replication round cover many writes). Applied in
     /// order; each command gets its own revision. Nested at most
     /// [`MAX_NESTING`](crate::MAX_NESTING) levels deep.
-    Batch(#[serde(deserialize_with = "crate::nesting::deserialize")] Vec<Command>),
+    Batch(Vec<Command>),
 }
 
 /// The result of applying a [`Command`].

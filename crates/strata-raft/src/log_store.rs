@@ -28,6 +28,83 @@ const META: &str = "raft_meta";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
+/// The format of the entries in the log keyspace (`strata_proto::log`); absent: format 1.
+const KEY_FORMAT: &str = "log_format";
+
+/// Encodes an entry as this build stores it: a varint format tag, then the entry.
+fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = postcard::to_allocvec(&strata_proto::log::FORMAT)?;
+    postcard::to_io(entry, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Decodes a stored entry of any format this build reads.
+fn decode_entry(index: u64, value: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
+    let bad = |e: String| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}"));
+    let (format, body) = postcard::take_from_bytes::<u32>(value).map_err(|e| bad(e.to_string()))?;
+    match format {
+        // Format 2 stores format 1's entry behind the tag.
+        2 => postcard::from_bytes(body).map_err(|e| bad(e.to_string())),
+        other => Err(bad(format!(
+            "format {other} is not one this build reads (a newer strata wrote it?)"
+        ))),
+    }
+}
+
+/// Rewrites a format-1 log (entries without a tag) in the current format, in one atomic batch
+/// that also records the format, so a crash leaves either the old log or the new one.
+fn upgrade_log(
+    db: &fjall::Database,
+    log: &fjall::Keyspace,
+    meta: &fjall::Keyspace,
+) -> Result<(), StorageError<NodeId>> {
+    let format = meta
+        .get(KEY_FORMAT)
+        .map_err(|e| read_err(ErrorSubject::Store, e))?
+        .map(|v| postcard::from_bytes::<u32>(&v))
+        .transpose()
+        .map_err(|e| read_err(ErrorSubject::Store, e))?
+        .unwrap_or(1);
+    if format == strata_proto::log::FORMAT {
+        return Ok(());
+    }
+    if format != 1 {
+        return Err(read_err(
+            ErrorSubject::Store,
+            format!("log format {format} is not one this build reads (a newer strata wrote it?)"),
+        ));
+    }
+    let mut batch = db.batch().durability(Some(fjall::PersistMode::SyncAll));
+    let mut entries = 0;
+    for item in log.iter() {
+        let (key, value) = item
+            .into_inner()
+            .map_err(|e| read_err(ErrorSubject::Logs, e))?;
+        let index = decode_index(&key)?;
+        let entry: Entry<TypeConfig> = postcard::from_bytes(&value).map_err(|e| {
+            read_err(
+                ErrorSubject::Logs,
+                format!("format 1 log entry {index}: {e}"),
+            )
+        })?;
+        let bytes = encode_entry(&entry).map_err(|e| write_err(ErrorSubject::Logs, e))?;
+        batch.insert(log, key, bytes.as_slice());
+        entries += 1;
+    }
+    let tag = postcard::to_allocvec(&strata_proto::log::FORMAT)
+        .map_err(|e| write_err(ErrorSubject::Store, e))?;
+    batch.insert(meta, KEY_FORMAT, tag.as_slice());
+    batch
+        .commit()
+        .map_err(|e| write_err(ErrorSubject::Store, e))?;
+    tracing::info!(
+        entries,
+        from = format,
+        to = strata_proto::log::FORMAT,
+        "upgraded the raft log format"
+    );
+    Ok(())
+}
 /// A copy of the latest vote outside the journal. fjall cannot tell a damaged journal from a
 /// torn tail and would silently drop it; a node that forgot its vote could vote twice in one
 /// term. So every saved vote is also written here, and a log whose vote is older than this
@@ -156,6 +233,7 @@ impl LogStore {
         let meta = db
             .keyspace(META, fjall::KeyspaceCreateOptions::default)
             .map_err(|e| read_err(ErrorSubject::Store, e))?;
+        upgrade_log(&db, &log, &meta)?;
         let decode_meta = |key: &str| -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
             Ok(meta
                 .get(key)
@@ -182,8 +260,7 @@ impl LogStore {
                 .into_inner()
                 .map_err(|e| read_err(ErrorSubject::Logs, e))?;
             let index = decode_index(&key)?;
-            let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
-                .map_err(|e| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}")))?;
+            let entry = decode_entry(index, &value)?;
             bytes_loaded += value.len();
             loaded.push((index, entry, value.len()));
             if bytes_loaded >= cache_bytes {
@@ -282,9 +359,7 @@ fn read_range(
             .into_inner()
             .map_err(|e| read_err(ErrorSubject::Logs, e))?;
         let index = decode_index(&key)?;
-        let entry: Entry<TypeConfig> = postcard::from_bytes(&value)
-            .map_err(|e| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}")))?;
-        entries.push(entry);
+        entries.push(decode_entry(index, &value)?);
     }
     Ok(entries)
 }
@@ -546,8 +621,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut mem = self.mem();
         for entry in entries {
             let log_id = *entry.get_log_id();
-            let bytes = postcard::to_allocvec(&entry)
-                .map_err(|e| write_err(ErrorSubject::Log(log_id), e))?;
+            let bytes =
+                encode_entry(&entry).map_err(|e| write_err(ErrorSubject::Log(log_id), e))?;
             mem.cache_bytes += bytes.len();
             mem.cache.insert(log_id.index, (entry, bytes.len()));
             mem.last_log_id = Some(log_id);

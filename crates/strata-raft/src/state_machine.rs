@@ -24,8 +24,10 @@ pub trait StateMachine: Send + Sync + 'static {
     fn apply(&self, log_index: u64, command: &Command) -> CommandResult;
     /// Serializes the whole state.
     fn snapshot(&self) -> Vec<u8>;
-    /// Replaces the whole state with a snapshot produced by [`StateMachine::snapshot`].
-    fn restore(&self, data: &[u8]) -> Result<(), String>;
+    /// Replaces the whole state with a snapshot produced by [`StateMachine::snapshot`] of a
+    /// build writing log `format` (see `strata_proto::log`): a newer build restores what an
+    /// older one wrote.
+    fn restore(&self, data: &[u8], format: u32) -> Result<(), String>;
 }
 
 /// Where the application state stands in the log.
@@ -35,17 +37,41 @@ struct Applied {
     membership: StoredMembership<NodeId, NodeInfo>,
 }
 
+/// The metadata stored in `snapshot.bin`. Format 1 wrote it bare; from format 2 on it follows a
+/// varint format tag. Format 1's first byte is postcard's tag of `last_log_id`, an `Option`
+/// (0 or 1), so a tag of 2 or more can never be mistaken for it.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeInfo>,
+}
+
+fn encode_meta(meta: &SnapshotMeta<NodeId, NodeInfo>) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = postcard::to_allocvec(&strata_proto::log::FORMAT)?;
+    postcard::to_io(&StoredSnapshot { meta: meta.clone() }, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Decodes stored metadata of any format this build reads, with its format.
+fn decode_meta(bytes: &[u8]) -> Result<(SnapshotMeta<NodeId, NodeInfo>, u32), String> {
+    let (format, body) = match bytes.first() {
+        Some(0 | 1) => (1, bytes),
+        _ => postcard::take_from_bytes::<u32>(bytes).map_err(|e| e.to_string())?,
+    };
+    if !(strata_proto::log::OLDEST_FORMAT..=strata_proto::log::FORMAT).contains(&format) {
+        return Err(format!(
+            "snapshot format {format} is not one this build reads (a newer strata wrote it?)"
+        ));
+    }
+    let stored: StoredSnapshot = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    Ok((stored.meta, format))
 }
 
 /// The latest snapshot: its metadata and bytes.
 /// Only the metadata stays in memory; the data is read back from `snapshot.bin` when a
 /// follower needs it, so the node does not hold a second copy of its state.
 type CurrentSnapshot = Option<SnapshotMeta<NodeId, NodeInfo>>;
-/// A snapshot as loaded from disk.
-type LoadedSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>)>;
+/// A snapshot as loaded from disk: metadata, data and format.
+type LoadedSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>, u32)>;
 
 struct Inner<S> {
     app: Arc<S>,
@@ -103,11 +129,11 @@ impl<S: StateMachine> StateMachineStore<S> {
                 snapshots_installed: AtomicU64::new(0),
             }),
         };
-        if let Some((meta, data)) = store.load_snapshot()? {
+        if let Some((meta, data, format)) = store.load_snapshot()? {
             store
                 .inner
                 .app
-                .restore(&data)
+                .restore(&data, format)
                 .map_err(|e| snap_err(ErrorVerb::Read, e))?;
             *store.applied() = Applied {
                 last_applied: meta.last_log_id,
@@ -152,9 +178,8 @@ impl<S: StateMachine> StateMachineStore<S> {
         else {
             return Ok(None);
         };
-        let stored: StoredSnapshot =
-            postcard::from_bytes(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Some((stored.meta, data)))
+        let (meta, format) = decode_meta(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some((meta, data, format)))
     }
 
     /// Persists a snapshot durably, off the async runtime.
@@ -164,8 +189,7 @@ impl<S: StateMachine> StateMachineStore<S> {
         data: Arc<Vec<u8>>,
     ) -> Result<(), StorageError<NodeId>> {
         let dir = self.inner.dir.clone();
-        let meta_bytes = postcard::to_allocvec(&StoredSnapshot { meta: meta.clone() })
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let meta_bytes = encode_meta(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         tokio::task::spawn_blocking(move || crate::snapshot_file::save(&dir, &meta_bytes, &data))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?
@@ -274,7 +298,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let data = Arc::new(snapshot.into_inner());
         let app = self.inner.app.clone();
         let restoring = data.clone();
-        tokio::task::spawn_blocking(move || app.restore(&restoring))
+        // A snapshot sent by the leader is in the format both run (see `strata_proto::log`).
+        tokio::task::spawn_blocking(move || app.restore(&restoring, strata_proto::log::FORMAT))
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -304,7 +329,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let loaded = tokio::task::spawn_blocking(move || this.load_snapshot())
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))??;
-        Ok(loaded.map(|(meta, data)| Snapshot {
+        Ok(loaded.map(|(meta, data, _format)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))

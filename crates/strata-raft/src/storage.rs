@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The on-disk format version this build reads and writes.
-pub const DATA_FORMAT_VERSION: u32 = 1;
+pub const DATA_FORMAT_VERSION: u32 = strata_proto::log::FORMAT;
 const VERSION_FILE: &str = "VERSION";
 const LOCK_FILE: &str = "LOCK";
 /// Folder of the fjall database holding the Raft log, vote and commit index.
@@ -29,7 +29,7 @@ pub enum StorageError {
     )]
     Locked(PathBuf),
     /// The folder was written by an incompatible version.
-    #[error("data folder {path} has format version {found}, this build reads version {expected}; use a matching strata release")]
+    #[error("data folder {path} has format version {found}, this build reads versions 1 to {expected}; use a newer strata release")]
     Version {
         /// The folder.
         path: PathBuf,
@@ -110,17 +110,32 @@ fn check_version(path: &Path) -> Result<(), StorageError> {
         source,
     };
     let version_path = path.join(VERSION_FILE);
+    let write_version = || -> Result<(), StorageError> {
+        let tmp = path.join("VERSION.tmp");
+        let mut file = File::create(&tmp).map_err(io)?;
+        writeln!(file, "{DATA_FORMAT_VERSION}").map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &version_path).map_err(io)?;
+        File::open(path).and_then(|dir| dir.sync_all()).map_err(io)
+    };
     match std::fs::read_to_string(&version_path) {
         Ok(text) => {
             let found = text.trim();
-            if found != DATA_FORMAT_VERSION.to_string() {
-                return Err(StorageError::Version {
+            let readable = strata_proto::log::OLDEST_FORMAT..=DATA_FORMAT_VERSION;
+            match found.parse::<u32>() {
+                Ok(version) if version == DATA_FORMAT_VERSION => Ok(()),
+                // An older folder: the log store and the snapshot reader upgrade what they
+                // read (strata_proto::log); from now on an older binary must not open it.
+                Ok(version) if readable.contains(&version) => {
+                    tracing::info!(from = version, to = DATA_FORMAT_VERSION, path = %path.display(), "upgrading the data folder format");
+                    write_version()
+                }
+                _ => Err(StorageError::Version {
                     path: path.to_path_buf(),
                     found: found.chars().take(32).collect(),
                     expected: DATA_FORMAT_VERSION,
-                });
+                }),
             }
-            Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let has_db = path.join(LOG_DIR).exists();
@@ -131,15 +146,7 @@ fn check_version(path: &Path) -> Result<(), StorageError> {
                     expected: DATA_FORMAT_VERSION,
                 });
             }
-            let tmp = path.join("VERSION.tmp");
-            let mut file = File::create(&tmp).map_err(io)?;
-            writeln!(file, "{DATA_FORMAT_VERSION}").map_err(io)?;
-            file.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &version_path).map_err(io)?;
-            File::open(path)
-                .and_then(|dir| dir.sync_all())
-                .map_err(io)?;
-            Ok(())
+            write_version()
         }
         Err(e) => Err(io(e)),
     }

@@ -20,7 +20,7 @@ impl StateMachine for NullMachine {
         Vec::new()
     }
 
-    fn restore(&self, _data: &[u8]) -> Result<(), String> {
+    fn restore(&self, _data: &[u8], _format: u32) -> Result<(), String> {
         Ok(())
     }
 }

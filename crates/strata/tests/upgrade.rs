@@ -90,6 +90,14 @@ async fn a_data_folder_from_format_version_1_opens_serves_and_extends() {
 
     let mut node = NodeProc::start(1, root.path(), None, &[]).await;
     assert_fixture_served(&node).await;
+    // The folder and its log were upgraded in place to this build's format.
+    let version = std::fs::read_to_string(node.data_dir().join("VERSION")).unwrap();
+    assert_eq!(version.trim(), strata_proto::log::FORMAT.to_string());
+    assert!(
+        node.logs().contains("upgraded the raft log format"),
+        "{}",
+        node.logs()
+    );
 
     // Extend it: new writes land after the old ones, and survive a restart.
     let ep = [node.url()];

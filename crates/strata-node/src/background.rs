@@ -1,15 +1,12 @@
 //! The node's own background work: founding the cluster, keeping this node's addresses in the
-//! membership, lease expiry, automatic compaction, leader-change accounting, and the gauges
-//! refreshed at scrape time.
+//! membership, and leader-change accounting (with the exit on a fatal Raft failure).
 
-use crate::metrics;
-use crate::service::{KvService, LeaderRequest};
 use crate::NodeError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use strata_config::{AutoCompaction, ValidatedConfig};
-use strata_proto::kv::CompactRequest;
+use std::time::Duration;
+use strata_config::ValidatedConfig;
+use strata_kvservice::service::{KvService, LeaderRequest};
 use strata_proto::NodeInfo;
 use strata_raft::Raft;
 use tokio_util::sync::CancellationToken;
@@ -109,84 +106,6 @@ pub(crate) async fn register_self(
     }
 }
 
-/// On the leader: revokes leases whose TTL passed without a keep-alive.
-pub(crate) async fn lease_expiry_loop(service: Arc<KvService>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for id in service.expired_leases() {
-            info!(lease = id, "lease expired; revoking");
-            if let Err(e) = service
-                .serve_as_leader(LeaderRequest::Write(strata_proto::kv::Command::Kv(
-                    strata_proto::kv::KvCommand::LeaseRevoke { id },
-                )))
-                .await
-            {
-                tracing::debug!(lease = id, error = %e, "revoking expired lease failed; will retry");
-            }
-        }
-    }
-}
-
-/// On the leader: compacts history automatically by revision count or by age.
-pub(crate) async fn compaction_loop(
-    service: Arc<KvService>,
-    mode: AutoCompaction,
-    cancel: CancellationToken,
-) {
-    let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !service.is_leader() {
-            samples.clear();
-            continue;
-        }
-        let (revision, compacted) = {
-            let store = service.machine.read();
-            (store.revision(), store.compact_revision())
-        };
-        let target = match mode {
-            AutoCompaction::Off => continue,
-            AutoCompaction::Revisions(keep) => {
-                let target = revision - keep;
-                // Compact in steps of at least a tenth of the retention, not every second.
-                if target - compacted >= (keep / 10).max(1) {
-                    Some(target)
-                } else {
-                    None
-                }
-            }
-            AutoCompaction::Period(keep) => {
-                let now = Instant::now();
-                samples.push_back((now, revision));
-                let mut target = None;
-                while let Some((at, rev)) = samples.front().copied() {
-                    if now.duration_since(at) < keep {
-                        break;
-                    }
-                    target = Some(rev);
-                    samples.pop_front();
-                }
-                target.filter(|t| *t > compacted)
-            }
-        };
-        if let Some(target) = target {
-            info!(revision = target, "auto-compacting");
-            if let Err(e) = service.compact(CompactRequest { revision: target }).await {
-                tracing::debug!(error = %e, "auto-compaction failed; will retry");
-            }
-        }
-    }
-}
-
 /// Counts leader changes for metrics.
 /// Counts leader changes, and cancels `fatal` if Raft stops on its own (a storage failure):
 /// a node whose consensus is dead must exit rather than keep answering `unavailable`.
@@ -222,61 +141,4 @@ pub(crate) async fn leader_change_loop(
             last_leader = leader;
         }
     }
-}
-
-/// Copies current values into the gauges (called when /metrics is scraped).
-pub fn refresh_metrics(service: &KvService) {
-    let m = service.raft.metrics().borrow().clone();
-    let metrics = &service.metrics;
-    metrics.raft_term.set(m.current_term as i64);
-    metrics
-        .raft_applied_index
-        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
-    metrics
-        .raft_commit_index
-        .set(service.log.committed_index() as i64);
-    metrics
-        .raft_last_log_index
-        .set(m.last_log_index.unwrap_or(0) as i64);
-    metrics
-        .raft_is_leader
-        .set(i64::from(m.current_leader == Some(service.id)));
-    metrics::advance(&metrics.raft_log_fsyncs, service.log.fsync_count());
-    metrics.raft_log_entries.set(service.log.len() as i64);
-    metrics
-        .raft_snapshot_bytes
-        .set(service.sm.snapshot_bytes() as i64);
-    metrics::advance(
-        &metrics.raft_snapshots_installed,
-        service.sm.snapshots_installed(),
-    );
-    let (stats, revision, compacted) = {
-        let store = service.machine.read();
-        (store.stats(), store.revision(), store.compact_revision())
-    };
-    metrics.kv_revision.set(revision);
-    metrics.kv_compact_revision.set(compacted);
-    metrics.kv_keys.set(stats.keys as i64);
-    metrics.kv_leases.set(stats.leases as i64);
-    metrics
-        .storage_db_bytes
-        .set(folder_size(&service.config.data_dir) as i64);
-}
-
-/// Returns the total size of the files under `path` (bounded depth; errors count as 0).
-pub(crate) fn folder_size(path: &std::path::Path) -> u64 {
-    fn walk(path: &std::path::Path, depth: u32) -> u64 {
-        let Ok(entries) = std::fs::read_dir(path) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|entry| match entry.metadata() {
-                Ok(meta) if meta.is_dir() && depth < 4 => walk(&entry.path(), depth + 1),
-                Ok(meta) => meta.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    }
-    walk(path, 0)
 }

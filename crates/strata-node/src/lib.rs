@@ -4,42 +4,27 @@
 //!
 //! # Layout
 //! - [`components`]: the one list of components.
-//! - [`kv_machine`]: the KV store as a replicated state machine, and the applied-events feed.
-//! - [`service`]: the one service layer every interface calls (forwarding, consistency, limits).
-//! - [`kv_api`]: that service as the [`KvApi`] components hold.
-//! - [`watch`], [`coord`]: watch streams; locks and elections.
-//! - [`http`]: the native HTTP/JSON API and the internal leader route.
-//! - [`background`]: founding, self-registration, lease expiry, compaction, leader changes.
-//! - [`metrics`]: Prometheus metrics.
+//! - `listeners`: binding every listener the same way.
+//! - [`background`]: founding the cluster, self-registration, leader changes.
+//!
+//! The KV service itself (state machine glue, forwarding, leases, watches, the native API) is
+//! `strata-kvservice`; Raft storage and transport are `strata-raft`.
 //!
 //! No clap, no signals, no process exit here: that is the `strata` binary's job. Tests start
 //! several nodes in one process with [`NodeConfig::for_test`](strata_config::NodeConfig::for_test).
 
 pub mod background;
 pub mod components;
-pub mod coord;
-pub mod http;
-pub mod kv_api;
-pub mod kv_machine;
 mod listeners;
-pub mod metrics;
-pub mod proposer;
-pub mod read_index;
-pub mod service;
-pub mod watch;
 
-pub use background::refresh_metrics;
-
-use kv_machine::KvMachine;
-use metrics::Metrics;
 use serde::Serialize;
-use service::KvService;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_component::{Bound, Component, Context, Provided, Transport};
 use strata_config::ValidatedConfig;
+use strata_kvservice::{http, kv_api, KvMachine, KvService};
 use strata_proto::NodeInfo;
 use strata_raft::network::HttpNetwork;
 use strata_raft::{LogStore, Raft, StateMachineStore};
@@ -262,38 +247,22 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let metrics = Arc::new(Metrics::new(id));
         let config = Arc::new(config);
-        let service = Arc::new(KvService::new(
-            id,
-            raft.clone(),
-            machine,
-            log,
-            sm,
-            client,
-            config.clone(),
-            metrics,
-        ));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        service.set_read_index(read_index::ReadIndexBatcher::start(
-            raft.clone(),
+        let service = strata_kvservice::start(
+            strata_kvservice::Parts {
+                id,
+                raft: raft.clone(),
+                machine,
+                log,
+                sm,
+                client,
+                config: config.clone(),
+            },
             &tracker,
-            cancel.child_token(),
-        ));
-        service.set_forwarder(proposer::Forwarder::start(
-            Arc::downgrade(&service),
-            &tracker,
-            cancel.child_token(),
-        ));
-        service.set_proposer(proposer::Proposer::start(
-            raft.clone(),
-            service.metrics.clone(),
-            service::write_error,
-            config.kv.request_timeout.0,
-            &tracker,
-            cancel.child_token(),
-        ));
+            &cancel,
+        );
 
         info!(node_id = id, addr = %addrs.raft(), "serving raft");
         let raft_router = strata_raft::network::raft_router(raft.clone())
@@ -310,21 +279,12 @@ impl Node {
             me.clone(),
             cancel.child_token(),
         ));
-        tracker.spawn(background::lease_expiry_loop(
-            service.clone(),
-            cancel.child_token(),
-        ));
         let snapshots_cancel = cancel.child_token();
         tracker.spawn(strata_raft::run_snapshot_schedule(
             raft.clone(),
             id,
             config.raft.snapshot_entries,
             async move { snapshots_cancel.cancelled().await },
-        ));
-        tracker.spawn(background::compaction_loop(
-            service.clone(),
-            config.auto_compaction,
-            cancel.child_token(),
         ));
         let fatal = CancellationToken::new();
         tracker.spawn(background::leader_change_loop(

@@ -4,7 +4,7 @@
 //! `fuzz/` explores the same property for longer.
 
 use proptest::prelude::*;
-use strata_node::service::{LeaderReply, LeaderRequest};
+use strata_kvservice::service::{LeaderReply, LeaderRequest};
 use strata_proto::error::ApiError;
 use strata_proto::kv::{Command, CommandResult, KvCommand, PutRequest};
 use strata_proto::NodeInfo;

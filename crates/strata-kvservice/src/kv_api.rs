@@ -167,7 +167,7 @@ impl KvApi for NodeKv {
     }
 
     fn db_size(&self) -> u64 {
-        crate::background::folder_size(&self.service.config.data_dir)
+        crate::loops::folder_size(&self.service.config.data_dir)
     }
 
     fn lock(&self, name: Vec<u8>, lease: i64) -> BoxFuture<'_, Result<LockGuard, ApiError>> {

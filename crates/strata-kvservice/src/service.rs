@@ -89,14 +89,17 @@ struct Lessor {
 
 /// The service layer. Shared by every interface through an `Arc`.
 pub struct KvService {
-    pub(crate) id: u64,
-    pub(crate) raft: Raft,
+    /// This node's id.
+    pub id: u64,
+    /// The Raft handle.
+    pub raft: Raft,
     pub(crate) machine: Arc<KvMachine>,
     pub(crate) log: LogStore,
     pub(crate) sm: StateMachineStore<KvMachine>,
     pub(crate) client: reqwest::Client,
     pub(crate) config: Arc<ValidatedConfig>,
-    pub(crate) metrics: Arc<Metrics>,
+    /// The KV and Raft metrics (and the registry components register theirs in).
+    pub metrics: Arc<Metrics>,
     lessor: Mutex<Lessor>,
     /// Set while a graceful shutdown hands leadership to another node: leader-only requests
     /// are refused as `unavailable`, so callers retry on the next leader.
@@ -106,7 +109,7 @@ pub struct KvService {
     /// Batches a follower's writes on their way to the leader; set once at start.
     forwarder: std::sync::OnceLock<crate::proposer::Forwarder>,
     /// Tasks the service spawns itself (election observers); closed and awaited at shutdown.
-    pub(crate) tasks: tokio_util::task::TaskTracker,
+    pub tasks: tokio_util::task::TaskTracker,
     /// Shares leadership confirmations between concurrent reads; set once at start.
     read_index: std::sync::OnceLock<crate::read_index::ReadIndexBatcher>,
     /// Serialises membership changes on the leader: openraft refuses a change while another

@@ -1,0 +1,101 @@
+//! The KV service: the replicated KV store as every interface uses it.
+//!
+//! [`start`] builds it on a running Raft: the state machine glue ([`kv_machine`]), the service
+//! layer with validation, forwarding and consistency ([`service`]), the batching of writes into
+//! log entries ([`proposer`]) and of leadership confirmations ([`read_index`]), the leader's
+//! lease clock and automatic compaction ([`loops`]), watches ([`watch`]), locks and elections
+//! ([`coord`]). [`kv_api::NodeKv`] is the service as the [`strata_store::KvApi`] components
+//! hold; [`http`] is the native `/v1/kv`, `/v1/lease`, `/v1/lock`, `/v1/election` and
+//! `/v1/cluster` API, plus the internal leader route peers call.
+
+pub mod coord;
+pub mod http;
+pub mod kv_api;
+pub mod kv_machine;
+pub mod loops;
+pub mod metrics;
+pub mod proposer;
+pub mod read_index;
+pub mod service;
+pub mod watch;
+
+pub use kv_machine::KvMachine;
+pub use loops::refresh_metrics;
+pub use service::KvService;
+
+use std::sync::Arc;
+use strata_config::ValidatedConfig;
+use strata_raft::{LogStore, Raft, StateMachineStore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the KV service is built from: this node's Raft and its storage.
+pub struct Parts {
+    /// This node's id.
+    pub id: u64,
+    /// The running Raft.
+    pub raft: Raft,
+    /// The state machine Raft applies to.
+    pub machine: Arc<KvMachine>,
+    /// The log.
+    pub log: LogStore,
+    /// The state machine store (snapshots).
+    pub sm: StateMachineStore<KvMachine>,
+    /// The HTTP client peers are called with.
+    pub client: reqwest::Client,
+    /// The node's configuration.
+    pub config: Arc<ValidatedConfig>,
+}
+
+/// Starts the KV service: its batchers, its forwarder and its leader loops run as tasks on
+/// `tracker` until `cancel`.
+pub fn start(parts: Parts, tracker: &TaskTracker, cancel: &CancellationToken) -> Arc<KvService> {
+    let Parts {
+        id,
+        raft,
+        machine,
+        log,
+        sm,
+        client,
+        config,
+    } = parts;
+    let metrics = Arc::new(metrics::Metrics::new(id));
+    let service = Arc::new(KvService::new(
+        id,
+        raft.clone(),
+        machine,
+        log,
+        sm,
+        client,
+        config.clone(),
+        metrics,
+    ));
+    service.set_read_index(read_index::ReadIndexBatcher::start(
+        raft.clone(),
+        tracker,
+        cancel.child_token(),
+    ));
+    service.set_forwarder(proposer::Forwarder::start(
+        Arc::downgrade(&service),
+        tracker,
+        cancel.child_token(),
+    ));
+    service.set_proposer(proposer::Proposer::start(
+        raft,
+        service.metrics.clone(),
+        service::write_error,
+        config.kv.request_timeout.0,
+        tracker,
+        cancel.child_token(),
+    ));
+    tracker.spawn(loops::lease_expiry_loop(
+        service.clone(),
+        cancel.child_token(),
+    ));
+    tracker.spawn(loops::compaction_loop(
+        service.clone(),
+        config.auto_compaction,
+        cancel.child_token(),
+    ));
+    service
+}

@@ -153,6 +153,9 @@ pub struct NodeProc {
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
     extra: Vec<String>,
+    /// ERROR lines containing one of these are expected by the test (see
+    /// [`NodeProc::expect_errors`]); any other fails the test when the node is dropped.
+    expected_errors: Vec<String>,
 }
 
 impl NodeProc {
@@ -193,6 +196,7 @@ impl NodeProc {
             child: None,
             starts: 0,
             extra,
+            expected_errors: Vec::new(),
         };
         node.spawn().await;
         node
@@ -401,6 +405,22 @@ impl NodeProc {
         );
     }
 
+    /// Declares that ERROR lines containing `pattern` are what this test provokes; others
+    /// still fail it.
+    pub fn expect_errors(&mut self, pattern: &str) {
+        self.expected_errors.push(pattern.to_string());
+    }
+
+    /// The ERROR lines in the logs that no [`NodeProc::expect_errors`] pattern covers.
+    pub fn unexpected_errors(&self) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .filter(|l| !self.expected_errors.iter().any(|p| l.contains(p.as_str())))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Panics if the logs show a panic.
     pub fn assert_no_panic(&self) {
         let logs = self.logs();
@@ -417,6 +437,17 @@ impl Drop for NodeProc {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A node that logged an ERROR the test did not provoke fails the test (unless it is
+        // already failing: a second panic while unwinding would abort).
+        if !std::thread::panicking() {
+            let unexpected = self.unexpected_errors();
+            assert!(
+                unexpected.is_empty(),
+                "node {} logged ERROR lines the test did not expect:\n{}",
+                self.id,
+                unexpected.join("\n")
+            );
         }
     }
 }

@@ -11,7 +11,7 @@
 #      The CPU seconds of every node and of strata-bench itself are recorded for each run;
 #   3. notification latency: `strata-bench config-listen`, 10,000 long-polls (one connection
 #      each) on one follower, all holding the config's md5; once the node's
-#      `strata_config_listeners` gauge shows them all held, one publish through that node;
+#      `strata_configcenter_listeners` gauge shows them all held, one publish through that node;
 #      latency from just before the publish to each long-poll's answer;
 #   4. RSS per node: VmRSS of every node just before the long-polls are opened ("idle"), while
 #      they are all held, and after they have been answered.
@@ -104,12 +104,12 @@ cpu_ticks_json() {
     done | jq -sc .
 }
 
-# strata_config_listeners of every node, as a JSON array (null where it could not be read).
+# strata_configcenter_listeners of every node, as a JSON array (null where it could not be read).
 listeners_json() {
     local id
     for id in $(seq 1 "$node_count"); do
         { curl -sf --max-time 5 "http://${node_api[$id]}/metrics" || true; } |
-            awk '$1 ~ /^strata_config_listeners($|\{)/ { sum += $2; found = 1 } END { print found ? sum : "null" }'
+            awk '$1 ~ /^strata_configcenter_listeners($|\{)/ { sum += $2; found = 1 } END { print found ? sum : "null" }'
     done | jq -sc .
 }
 

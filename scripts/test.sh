@@ -100,6 +100,7 @@ fi
 
 phase "cargo fmt --check" cargo fmt --all -- --check
 phase "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+phase "fuzz targets build" cargo check --manifest-path fuzz/Cargo.toml --bins
 phase "doc tests" cargo test --workspace --doc
 phase "tests" all_tests
 

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
-use strata_config::{ByteSize, NodeConfig};
+use strata_settings::{ByteSize, NodeConfig};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

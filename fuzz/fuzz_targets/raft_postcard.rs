@@ -9,7 +9,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{Entry, SnapshotMeta, Vote};
-use strata_node::service::{LeaderReply, LeaderRequest};
+use strata_kvservice::service::{LeaderReply, LeaderRequest};
 use strata_proto::error::ApiError;
 use strata_proto::kv::{Command, CommandResult};
 use strata_proto::NodeInfo;

@@ -12,7 +12,7 @@
 //!   `strata_client::Client` (reqwest) instead, for comparison.
 //! - `config-listen` ([`listen`]): many long-polls (`POST /v1/config/listen`, one HTTP
 //!   connection each) against one node, all holding the config's current md5; once the node's
-//!   `strata_config_listeners` gauge shows every one of them held, one publish, and for each
+//!   `strata_configcenter_listeners` gauge shows every one of them held, one publish, and for each
 //!   listener the time from just before that publish left to its answer.
 //!
 //! Client task `i` of the closed loops talks to endpoint `i mod n` first, as in `put`.
@@ -696,7 +696,7 @@ pub fn gauge_value(text: &str, name: &str) -> Option<f64> {
     total
 }
 
-/// Reads `strata_config_listeners` from the node at `authority`, over `slot`'s connection
+/// Reads `strata_configcenter_listeners` from the node at `authority`, over `slot`'s connection
 /// (opened when there is none, closed after a failure).
 async fn listeners_gauge(
     authority: &str,
@@ -706,8 +706,8 @@ async fn listeners_gauge(
     let uri = Uri::from_static("/metrics");
     let body = Conn::send_raw(authority, slot, Method::GET, uri, None, timeout).await?;
     let text = String::from_utf8_lossy(&body);
-    let value = gauge_value(&text, "strata_config_listeners")
-        .context("no strata_config_listeners in /metrics")?;
+    let value = gauge_value(&text, "strata_configcenter_listeners")
+        .context("no strata_configcenter_listeners in /metrics")?;
     Ok(value.max(0.0) as u64)
 }
 
@@ -999,14 +999,17 @@ mod tests {
 
     #[test]
     fn gauges_parse_from_the_exposition() {
-        let text = "# HELP strata_config_listeners Open\n\
-                    # TYPE strata_config_listeners gauge\n\
-                    strata_config_listeners{node_id=\"2\"} 10003\n\
-                    strata_config_listeners_other 5\n\
-                    strata_config_configs 7\n";
-        assert_eq!(gauge_value(text, "strata_config_listeners"), Some(10003.0));
-        assert_eq!(gauge_value(text, "strata_config_configs"), Some(7.0));
-        assert_eq!(gauge_value(text, "strata_config_other"), None);
+        let text = "# HELP strata_configcenter_listeners Open\n\
+                    # TYPE strata_configcenter_listeners gauge\n\
+                    strata_configcenter_listeners{node_id=\"2\"} 10003\n\
+                    strata_configcenter_listeners_other 5\n\
+                    strata_configcenter_configs 7\n";
+        assert_eq!(
+            gauge_value(text, "strata_configcenter_listeners"),
+            Some(10003.0)
+        );
+        assert_eq!(gauge_value(text, "strata_configcenter_configs"), Some(7.0));
+        assert_eq!(gauge_value(text, "strata_configcenter_other"), None);
     }
 
     #[test]

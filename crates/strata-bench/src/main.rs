@@ -409,7 +409,7 @@ struct ConfigListenArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     open_timeout: Duration,
     /// Long-polls on their way at once (connecting or sent, not yet counted by the node's
-    /// `strata_config_listeners` gauge, which is polled every 5 ms while they open). Below
+    /// `strata_configcenter_listeners` gauge, which is polled every 5 ms while they open). Below
     /// the node's accept backlog (128: tokio's default), so a burst of connections does not
     /// overflow it and wait for SYN retransmits.
     #[arg(long, default_value_t = 100)]

@@ -5,7 +5,7 @@ use crate::http::{router, ConfigState};
 use crate::Settings;
 use serde::{Deserialize, Serialize};
 use strata_component::{parse_section, Component, Context, StartError, Started};
-use strata_config::ByteSize;
+use strata_settings::ByteSize;
 use strata_store::BoxFuture;
 use tracing::info;
 

@@ -1,4 +1,4 @@
-//! The native HTTP/JSON API under `/v1/config/`. docs/config.md documents every route.
+//! The native HTTP/JSON API under `/v1/config/`. docs/config-center.md documents every route.
 
 use crate::center::{ConfigCenter, Publish, Served};
 use crate::metrics::ListenerGauge;

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the config center, named `strata_config_*`.
+//! Prometheus metrics of the config center, named `strata_configcenter_*`.
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
@@ -18,14 +18,17 @@ impl ConfigMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let operations = IntCounterVec::new(
             Opts::new(
-                "strata_config_operations_total",
+                "strata_configcenter_operations_total",
                 "Config-center operations served, by operation",
             ),
             &["op"],
         )?;
-        let configs = IntGauge::new("strata_config_configs", "Configs in the config center")?;
+        let configs = IntGauge::new(
+            "strata_configcenter_configs",
+            "Configs in the config center",
+        )?;
         let listeners = IntGauge::new(
-            "strata_config_listeners",
+            "strata_configcenter_listeners",
             "Open config long-polls and watch streams on this node",
         )?;
         registry.register(Box::new(operations.clone()))?;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use strata_proto::error::{ApiError, ErrorCode};
 
 /// The `format` field of an export file.
-pub const FORMAT: &str = "strata-config-export/1";
+pub const FORMAT: &str = "strata-settings-export/1";
 
 /// A namespace, exported.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use strata_configcenter::transfer::ExportFile;
 use strata_configcenter::validate::{validate, ConfigType};
 
 const VALID: &[&str] = &[
-    r#"{"format":"strata-config-export/1","namespace":"public","exported_at":1,"configs":[{"group":"G","data_id":"a","type":"json","content":"{}","md5":"99914b932bd37a50b983c5e7c90ae93b"}]}"#,
+    r#"{"format":"strata-settings-export/1","namespace":"public","exported_at":1,"configs":[{"group":"G","data_id":"a","type":"json","content":"{}","md5":"99914b932bd37a50b983c5e7c90ae93b"}]}"#,
     r#"{"namespace":"public","group":"G","data_id":"a","content":"x","type":"text","md5":"9dd4e461268c8034f5c8564e155c67a6","version":3,"modified_at":1}"#,
     "a:\n  - 1\n  - [2, 3]\nb: {c: d}\n",
     "<root a=\"1\"><c>text</c></root>",

@@ -24,8 +24,8 @@ pub use loops::refresh_metrics;
 pub use service::KvService;
 
 use std::sync::Arc;
-use strata_config::ValidatedConfig;
 use strata_raft::{LogStore, Raft, StateMachineStore};
+use strata_settings::ValidatedConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

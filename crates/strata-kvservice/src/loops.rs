@@ -5,8 +5,8 @@ use crate::metrics;
 use crate::service::{KvService, LeaderRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_config::AutoCompaction;
 use strata_proto::kv::CompactRequest;
+use strata_settings::AutoCompaction;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 

@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use strata_config::ValidatedConfig;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{
     Command, CommandResult, CompactRequest, CompactResponse, DeleteRangeRequest,
@@ -28,6 +27,7 @@ use strata_proto::kv::{
 use strata_proto::{ClusterStatus, MemberStatus, NodeInfo};
 use strata_raft::network::{post_postcard, TransportError};
 use strata_raft::{LogStore, Raft, StateMachineStore};
+use strata_settings::ValidatedConfig;
 
 /// A request only the leader can serve.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -439,7 +439,7 @@ async fn instance_register(
         meta,
         weight,
         enabled: Some(p.flag("enable", true)),
-        ttl: ephemeral.then_some(strata_config::HumanDuration(EPHEMERAL_TTL)),
+        ttl: ephemeral.then_some(strata_settings::HumanDuration(EPHEMERAL_TTL)),
         check: None,
         status: None,
     };

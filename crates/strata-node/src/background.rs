@@ -5,10 +5,10 @@ use crate::NodeError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_config::ValidatedConfig;
 use strata_kvservice::service::{KvService, LeaderRequest};
 use strata_proto::NodeInfo;
 use strata_raft::Raft;
+use strata_settings::ValidatedConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 

@@ -11,7 +11,7 @@
 //! `strata-kvservice`; Raft storage and transport are `strata-raft`.
 //!
 //! No clap, no signals, no process exit here: that is the `strata` binary's job. Tests start
-//! several nodes in one process with [`NodeConfig::for_test`](strata_config::NodeConfig::for_test).
+//! several nodes in one process with [`NodeConfig::for_test`](strata_settings::NodeConfig::for_test).
 
 pub mod background;
 pub mod components;
@@ -23,11 +23,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_component::{Bound, Component, Context, Provided, Transport};
-use strata_config::ValidatedConfig;
 use strata_kvservice::{http, kv_api, KvMachine, KvService};
 use strata_proto::NodeInfo;
 use strata_raft::network::HttpNetwork;
 use strata_raft::{LogStore, Raft, StateMachineStore};
+use strata_settings::ValidatedConfig;
 use strata_store::KvApi;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

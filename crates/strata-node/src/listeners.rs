@@ -17,7 +17,7 @@ pub(crate) fn bind_err(what: &'static str, addr: &str, cause: std::io::Error) ->
 
 /// The message of [`NodeError::Bind`]: what happened and the flag that fixes it.
 pub(crate) fn bind_message(what: &str, addr: &str, cause: &std::io::Error) -> String {
-    let flag = strata_config::listener_flag(what);
+    let flag = strata_settings::listener_flag(what);
     match cause.kind() {
         std::io::ErrorKind::AddrInUse => format!(
             "cannot listen on {addr} for {what}: the port is in use (another strata?); stop that process, or pass {flag} with another port (port 0 picks a free one)"

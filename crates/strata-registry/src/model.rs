@@ -9,8 +9,8 @@ use crate::probe::{self, Health, Probe};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use strata_config::HumanDuration;
 use strata_proto::error::ApiError;
+use strata_settings::HumanDuration;
 
 /// Prefix of every registry key.
 pub const ROOT: &str = "/strata/registry/";

@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use strata_config::NodeConfig;
 use strata_node::Node;
+use strata_settings::NodeConfig;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Arguments of `strata dev`.
@@ -188,9 +188,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     // A one-node cluster founds itself; its raft address is filled in once bound.
     config.initial_cluster.insert(1, config.raft_addr.clone());
     // One node has no one to wait for: short timeouts make it ready at once.
-    config.raft.heartbeat_interval = strata_config::HumanDuration::from_millis(50);
-    config.raft.election_timeout_min = strata_config::HumanDuration::from_millis(150);
-    config.raft.election_timeout_max = strata_config::HumanDuration::from_millis(300);
+    config.raft.heartbeat_interval = strata_settings::HumanDuration::from_millis(50);
+    config.raft.election_timeout_min = strata_settings::HumanDuration::from_millis(150);
+    config.raft.election_timeout_max = strata_settings::HumanDuration::from_millis(300);
     let key = dev_encryption_key(&args.data_dir)?;
     set_section_value(
         &mut config,

@@ -253,7 +253,7 @@ async fn gray_release_reaches_matching_labels_only() {
     });
     // Connected once the node counts it.
     wait_until(Duration::from_secs(10), "the canary listener", || {
-        let node = cluster.nodes[0].metric("strata_config_listeners");
+        let node = cluster.nodes[0].metric("strata_configcenter_listeners");
         async move { (node.await? >= 1.0).then_some(()) }
     })
     .await;

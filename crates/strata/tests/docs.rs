@@ -346,7 +346,7 @@ impl Session<'_> {
         let gauges = [
             "strata_kv_watchers",
             "strata_registry_subscribers",
-            "strata_config_listeners",
+            "strata_configcenter_listeners",
         ];
         let metrics = String::from_utf8_lossy(&metrics.stdout);
         let counted = |l: &&str| {

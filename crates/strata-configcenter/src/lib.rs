@@ -2,7 +2,7 @@
 //! history, diff, rollback, gray release, push to listeners, encryption, export and import.
 //!
 //! State lives in the replicated KV store under [`model::ROOT`] (through
-//! [`strata_store::Store`]); every node keeps a [`view::View`] of it that serves reads,
+//! [`strata_store::KvApi`]); every node keeps a [`view::View`] of it that serves reads,
 //! long-polls and watch streams. [`ConfigCenterComponent`] plugs it into a node.
 
 pub mod center;

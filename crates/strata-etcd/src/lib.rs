@@ -1,7 +1,7 @@
 //! The etcd v3 gRPC API over Strata's KV service.
 //!
 //! The services translate etcd's protobuf messages to and from `strata-proto` types and call
-//! a [`KvApi`], which `strata-node` implements on top of the same service layer as
+//! a [`KvApi`], which `strata-kvservice` implements on top of the same service layer as
 //! the native HTTP API, so behaviour cannot drift between the two. etcd clients (`etcdctl`,
 //! Go's clientv3, the `etcd-client` crate) work unchanged: package, service and method names
 //! and field numbers are etcd's, and so are the status codes and messages of errors.

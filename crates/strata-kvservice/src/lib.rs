@@ -8,6 +8,7 @@
 //! hold; [`http`] is the native `/v1/kv`, `/v1/lease`, `/v1/lock`, `/v1/election` and
 //! `/v1/cluster` API, plus the internal leader route peers call.
 
+pub mod consensus;
 pub mod coord;
 pub mod http;
 pub mod kv_api;
@@ -50,51 +51,28 @@ pub struct Parts {
 /// Starts the KV service: its batchers, its forwarder and its leader loops run as tasks on
 /// `tracker` until `cancel`.
 pub fn start(parts: Parts, tracker: &TaskTracker, cancel: &CancellationToken) -> Arc<KvService> {
-    let Parts {
-        id,
-        raft,
-        machine,
-        log,
-        sm,
-        client,
-        config,
-    } = parts;
-    let metrics = Arc::new(metrics::Metrics::new(id));
-    let service = Arc::new(KvService::new(
-        id,
-        raft.clone(),
-        machine,
-        log,
-        sm,
-        client,
-        config.clone(),
-        metrics,
-    ));
-    service.set_read_index(read_index::ReadIndexBatcher::start(
-        raft.clone(),
+    let metrics = Arc::new(metrics::Metrics::new(parts.id));
+    let consensus = consensus::Consensus::start(
+        parts.id,
+        parts.raft.clone(),
+        parts.client.clone(),
+        metrics.clone(),
+        consensus::Timing {
+            request_timeout: parts.config.kv.request_timeout.0,
+            election_timeout_max: parts.config.raft.election_timeout_max.0,
+        },
         tracker,
-        cancel.child_token(),
-    ));
-    service.set_forwarder(proposer::Forwarder::start(
-        Arc::downgrade(&service),
-        tracker,
-        cancel.child_token(),
-    ));
-    service.set_proposer(proposer::Proposer::start(
-        raft,
-        service.metrics.clone(),
-        service::write_error,
-        config.kv.request_timeout.0,
-        tracker,
-        cancel.child_token(),
-    ));
+        cancel,
+    );
+    let auto_compaction = parts.config.auto_compaction;
+    let service = Arc::new(KvService::new(parts, metrics, consensus));
     tracker.spawn(loops::lease_expiry_loop(
         service.clone(),
         cancel.child_token(),
     ));
     tracker.spawn(loops::compaction_loop(
         service.clone(),
-        config.auto_compaction,
+        auto_compaction,
         cancel.child_token(),
     ));
     service

@@ -225,13 +225,13 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Starts the forwarding loop on `tracker`; it stops when `cancel` fires.
-    pub fn start(
-        service: std::sync::Weak<crate::service::KvService>,
+    pub(crate) fn start(
+        leader: Arc<crate::consensus::Inner>,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tracker.spawn(forward_loop(service, receiver, cancel));
+        tracker.spawn(forward_loop(leader, receiver, cancel));
         Forwarder { queue }
     }
 
@@ -278,22 +278,19 @@ fn drain_batch(
 }
 
 async fn forward_loop(
-    service: std::sync::Weak<crate::service::KvService>,
+    leader: Arc<crate::consensus::Inner>,
     mut receiver: mpsc::Receiver<(Command, Reply)>,
     cancel: CancellationToken,
 ) {
-    use crate::service::{LeaderReply, LeaderRequest};
+    use crate::consensus::{LeaderReply, LeaderRequest};
     loop {
         let Some(first) = next_item(&mut receiver, &cancel).await else {
             return;
         };
         let (commands, replies) = drain_batch(first, &mut receiver);
-        let Some(service) = service.upgrade() else {
-            return;
-        };
         // One forward in flight: the next batch gathers while this one is committed.
-        match service
-            .leader_call(LeaderRequest::WriteBatch(commands))
+        match leader
+            .call_leader(LeaderRequest::WriteBatch(commands), |r| leader.serve(r))
             .await
         {
             Ok(LeaderReply::WrittenBatch(results)) if results.len() == replies.len() => {

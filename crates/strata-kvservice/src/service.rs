@@ -8,13 +8,11 @@
 //! known (an election), the request waits up to `kv.request_timeout`. A client that lists
 //! every node therefore never sees "not leader".
 
+use crate::consensus::{not_leader, Consensus};
+pub use crate::consensus::{LeaderReply, LeaderRequest};
 use crate::kv_machine::KvMachine;
 use crate::metrics::Metrics;
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, ServerState};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_proto::error::{ApiError, ErrorCode};
@@ -25,57 +23,8 @@ use strata_proto::kv::{
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use strata_proto::{ClusterStatus, MemberStatus, NodeInfo};
-use strata_raft::network::{post_postcard, TransportError};
 use strata_raft::{LogStore, Raft, StateMachineStore};
 use strata_settings::ValidatedConfig;
-
-/// A request only the leader can serve.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum LeaderRequest {
-    /// Propose a command.
-    Write(Command),
-    /// Confirm leadership and return the index reads must wait for.
-    ReadIndex,
-    /// Refresh a lease's expiry.
-    LeaseKeepAlive(i64),
-    /// Report a lease's remaining time.
-    LeaseTimeToLive(i64),
-    /// Add a member: learner first, then voter once caught up.
-    AddMember(u64, NodeInfo),
-    /// Remove a voter.
-    RemoveMember(u64),
-    /// Update a member's addresses.
-    SetNode(u64, NodeInfo),
-    /// Propose several commands (writes a follower gathered while its previous forward was
-    /// in flight); each gets its own result.
-    WriteBatch(Vec<Command>),
-}
-
-impl LeaderRequest {
-    /// Returns true when sending it twice is harmless, so a failed send may be retried.
-    fn idempotent(&self) -> bool {
-        !matches!(self, LeaderRequest::Write(_) | LeaderRequest::WriteBatch(_))
-    }
-}
-
-/// What the leader answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum LeaderReply {
-    /// Result of a write.
-    Written(CommandResult),
-    /// The read index.
-    ReadIndex(u64),
-    /// Remaining or renewed TTL in seconds, with the granted TTL.
-    Lease { ttl: i64, granted_ttl: i64 },
-    /// A membership change was committed.
-    Done,
-    /// Results of a [`LeaderRequest::WriteBatch`], in order.
-    WrittenBatch(Vec<Result<CommandResult, ApiError>>),
-}
-
-fn not_leader() -> ApiError {
-    ApiError::unavailable("this node is not the leader")
-}
 
 /// Leader-side lease expiry clock. Only the leader's copy matters; it is rebuilt with fresh
 /// TTLs whenever a node becomes leader, so a new leader extends leases instead of expiring them.
@@ -96,56 +45,30 @@ pub struct KvService {
     pub(crate) machine: Arc<KvMachine>,
     pub(crate) log: LogStore,
     pub(crate) sm: StateMachineStore<KvMachine>,
-    pub(crate) client: reqwest::Client,
     pub(crate) config: Arc<ValidatedConfig>,
     /// The KV and Raft metrics (and the registry components register theirs in).
     pub metrics: Arc<Metrics>,
     lessor: Mutex<Lessor>,
-    /// Set while a graceful shutdown hands leadership to another node: leader-only requests
-    /// are refused as `unavailable`, so callers retry on the next leader.
-    stepping_down: AtomicBool,
-    /// Batches writes into log entries; set once by the node after construction.
-    proposer: std::sync::OnceLock<crate::proposer::Proposer>,
-    /// Batches a follower's writes on their way to the leader; set once at start.
-    forwarder: std::sync::OnceLock<crate::proposer::Forwarder>,
+    /// Writes, read indexes, forwarding, membership and hand-off.
+    pub(crate) consensus: Consensus,
     /// Tasks the service spawns itself (election observers); closed and awaited at shutdown.
     pub tasks: tokio_util::task::TaskTracker,
-    /// Shares leadership confirmations between concurrent reads; set once at start.
-    read_index: std::sync::OnceLock<crate::read_index::ReadIndexBatcher>,
-    /// Serialises membership changes on the leader: openraft refuses a change while another
-    /// is uncommitted. An async mutex, because it is held across the change's commit.
-    membership_changes: tokio::sync::Mutex<()>,
 }
 
 impl KvService {
-    /// Wires the service together.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: u64,
-        raft: Raft,
-        machine: Arc<KvMachine>,
-        log: LogStore,
-        sm: StateMachineStore<KvMachine>,
-        client: reqwest::Client,
-        config: Arc<ValidatedConfig>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Builds the service on running consensus plumbing (see [`crate::start`]).
+    pub(crate) fn new(parts: crate::Parts, metrics: Arc<Metrics>, consensus: Consensus) -> Self {
         KvService {
-            id,
-            raft,
-            machine,
-            log,
-            sm,
-            client,
-            config,
+            id: parts.id,
+            raft: parts.raft,
+            machine: parts.machine,
+            log: parts.log,
+            sm: parts.sm,
+            config: parts.config,
             metrics,
             lessor: Mutex::default(),
-            stepping_down: AtomicBool::new(false),
-            proposer: std::sync::OnceLock::new(),
-            read_index: std::sync::OnceLock::new(),
-            forwarder: std::sync::OnceLock::new(),
+            consensus,
             tasks: tokio_util::task::TaskTracker::new(),
-            membership_changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -164,21 +87,6 @@ impl KvService {
         header.raft_term = self.raft.metrics().borrow().current_term;
     }
 
-    /// Installs the write batcher (once, at start).
-    pub fn set_proposer(&self, proposer: crate::proposer::Proposer) {
-        let _ = self.proposer.set(proposer);
-    }
-
-    /// Installs the follower-side write batcher (once, at start).
-    pub fn set_forwarder(&self, forwarder: crate::proposer::Forwarder) {
-        let _ = self.forwarder.set(forwarder);
-    }
-
-    /// Installs the read-index batcher (once, at start).
-    pub fn set_read_index(&self, batcher: crate::read_index::ReadIndexBatcher) {
-        let _ = self.read_index.set(batcher);
-    }
-
     /// Spawns a task tracked by the service.
     pub(crate) fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(task);
@@ -191,9 +99,7 @@ impl KvService {
 
     /// Returns true when this node currently believes it is the leader.
     pub fn is_leader(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        self.consensus.is_leader()
     }
 
     fn request_timeout(&self) -> Duration {
@@ -206,219 +112,31 @@ impl KvService {
 
     /// Serves a leader-only request here if this node leads, else on the leader.
     pub async fn leader_call(&self, request: LeaderRequest) -> Result<LeaderReply, ApiError> {
-        let timeout = match request {
-            LeaderRequest::AddMember(..) => self.request_timeout().max(Duration::from_secs(60)),
-            _ => self.request_timeout(),
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            let leader = self.raft.metrics().borrow().current_leader;
-            let outcome = match leader {
-                Some(id) if id == self.id => self.serve_as_leader(request.clone()).await,
-                Some(id) => self.forward(id, &request, deadline).await,
-                None => Err(ApiError::unavailable("no leader is elected")),
-            };
-            match outcome {
-                Err(e) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
-                    // An election or a leader change is in progress; wait for it to settle.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) if e.code == ErrorCode::Unavailable => {
-                    return Err(ApiError::unavailable(format!(
-                        "{} after waiting {:?}; check that a majority of members is running (`strata cluster status`)",
-                        e.message, timeout
-                    )))
-                }
-                other => return other,
-            }
-        }
+        self.consensus
+            .call_leader(request, |r| self.serve_as_leader(r))
+            .await
     }
 
-    async fn forward(
-        &self,
-        leader: u64,
-        request: &LeaderRequest,
-        deadline: Instant,
-    ) -> Result<LeaderReply, ApiError> {
-        let node = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config.membership().get_node(&leader).cloned()
-        };
-        let Some(node) = node else {
-            return Err(ApiError::unavailable(format!(
-                "leader {leader} is not in the membership"
-            )));
-        };
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(50));
-        let term = self.raft.metrics().borrow().current_term;
-        let call = post_postcard(
-            &self.client,
-            &node.raft_addr,
-            "/internal/leader",
-            request,
-            remaining,
-        );
-        // A leader that stops answering (paused, partitioned) is replaced by an election; the
-        // raft metrics show it, and the request must not wait for the old leader's deadline.
-        let reply: Result<Result<LeaderReply, ApiError>, TransportError> = tokio::select! {
-            reply = call => reply,
-            _ = leader_replaced(&self.raft, leader, term) => {
-                self.metrics.forwards_abandoned.inc();
-                tracing::debug!(leader, term, "leader replaced while a request to it was in flight");
-                return Err(if request.idempotent() {
-                    ApiError::unavailable(format!("leader {leader} was replaced while answering"))
-                } else {
-                    ApiError::new(
-                        ErrorCode::Timeout,
-                        format!("leader {leader} was replaced before it answered; the write may or may not have been applied"),
-                    )
-                });
-            }
-        };
-        match reply {
-            Ok(result) => result,
-            Err(TransportError::Unreachable { .. }) => {
-                Err(ApiError::unavailable(format!("leader {leader} is unreachable")))
-            }
-            Err(e) if request.idempotent() => Err(ApiError::unavailable(e.to_string())),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!("forwarding to leader {leader} failed ({e}); the write may or may not have been applied"),
-            )),
-        }
-    }
-
-    /// Serves a leader-only request on this node, or fails with `unavailable` if it does not
-    /// lead (any more).
+    /// Serves a leader-only request on this node (the leader's end of a forward): lease
+    /// requests from the lease clock here, everything else by the consensus plumbing.
     pub async fn serve_as_leader(&self, request: LeaderRequest) -> Result<LeaderReply, ApiError> {
-        if self.stepping_down.load(Ordering::Relaxed) {
-            return Err(ApiError::unavailable(
-                "the leader is handing off leadership",
-            ));
-        }
         match request {
-            LeaderRequest::Write(command) => self
-                .proposer
-                .get()
-                .ok_or_else(not_leader)?
-                .propose(command)
-                .await
-                .map(LeaderReply::Written),
-            LeaderRequest::WriteBatch(commands) => {
-                let proposer = self.proposer.get().ok_or_else(not_leader)?;
-                if !self.is_leader() {
-                    return Err(not_leader());
-                }
-                // Submitted together, so the proposer packs them into as few entries as it can.
-                let results =
-                    futures::future::join_all(commands.into_iter().map(|c| proposer.propose(c)))
-                        .await;
-                Ok(LeaderReply::WrittenBatch(results))
+            LeaderRequest::LeaseKeepAlive(id) if !self.consensus.stepping_down() => {
+                self.lease_refresh(id, true)
             }
-            LeaderRequest::ReadIndex => {
-                let batcher = self.read_index.get().ok_or_else(not_leader)?;
-                batcher.read_index().await.map(LeaderReply::ReadIndex)
+            LeaderRequest::LeaseTimeToLive(id) if !self.consensus.stepping_down() => {
+                self.lease_refresh(id, false)
             }
-            LeaderRequest::LeaseKeepAlive(id) => self.lease_refresh(id, true),
-            LeaderRequest::LeaseTimeToLive(id) => self.lease_refresh(id, false),
-            LeaderRequest::AddMember(id, info) => {
-                let _change = self.begin_membership_change().await?;
-                tracing::info!(member = id, %info, "adding member as learner");
-                self.raft
-                    .add_learner(id, info, true)
-                    .await
-                    .map_err(write_error)?;
-                tracing::info!(member = id, "learner caught up; promoting to voter");
-                let voters: BTreeSet<u64> = [id].into();
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(voters), false)
-                    .await
-                    .map_err(write_error)?;
-                Ok(LeaderReply::Done)
-            }
-            LeaderRequest::RemoveMember(id) => {
-                let _change = self.begin_membership_change().await?;
-                let known = {
-                    let metrics = self.raft.metrics();
-                    let m = metrics.borrow();
-                    m.membership_config.membership().get_node(&id).is_some()
-                };
-                if !known {
-                    return Err(ApiError::not_found(format!("node {id} is not a member")));
-                }
-                tracing::info!(member = id, "removing member");
-                let voters: BTreeSet<u64> = [id].into();
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters(voters), false)
-                    .await
-                    .map_err(write_error)?;
-                let nodes: BTreeSet<u64> = [id].into();
-                // Removing the node entry too; a learner left behind would still be replicated to.
-                match self
-                    .raft
-                    .change_membership(ChangeMembers::RemoveNodes(nodes), false)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(member = id, error = %e, "node entry already gone"),
-                }
-                Ok(LeaderReply::Done)
-            }
-            LeaderRequest::SetNode(id, info) => {
-                let _change = self.begin_membership_change().await?;
-                let nodes: BTreeMap<u64, NodeInfo> = [(id, info)].into();
-                self.raft
-                    .change_membership(ChangeMembers::SetNodes(nodes), false)
-                    .await
-                    .map_err(write_error)?;
-                Ok(LeaderReply::Done)
-            }
+            LeaderRequest::LeaseKeepAlive(_) | LeaderRequest::LeaseTimeToLive(_) => Err(
+                ApiError::unavailable("the leader is handing off leadership"),
+            ),
+            other => self.consensus.serve(other).await,
         }
-    }
-
-    /// Takes the leader's membership-change turn: waits for changes queued before it and for
-    /// the current membership to be committed, so openraft never sees two changes at once.
-    async fn begin_membership_change(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
-        let turn = tokio::time::timeout(self.request_timeout(), self.membership_changes.lock())
-            .await
-            .map_err(|_| ApiError::unavailable("another membership change is still running"))?;
-        if !self.is_leader() {
-            return Err(not_leader());
-        }
-        self.raft
-            .wait(Some(self.request_timeout()))
-            .metrics(
-                |m| {
-                    let membership = &m.membership_config;
-                    membership.membership().get_joint_config().len() == 1
-                        && membership.log_id() <= &m.last_applied
-                },
-                "membership committed",
-            )
-            .await
-            .map_err(|e| ApiError::unavailable(format!("membership not settled: {e}")))?;
-        Ok(turn)
     }
 
     /// Proposes a KV command through the leader and returns its result.
     pub async fn propose(&self, command: KvCommand) -> Result<KvResult, ApiError> {
-        let command = Command::Kv(command);
-        let result = match self.forwarder.get() {
-            // A follower gathers its writes and forwards them to the leader in batches.
-            Some(forwarder) if !self.is_leader() => forwarder.forward(command).await?,
-            _ => match self.leader_call(LeaderRequest::Write(command)).await? {
-                LeaderReply::Written(result) => result,
-                other => {
-                    return Err(ApiError::internal(format!(
-                        "unexpected reply to a write: {other:?}"
-                    )))
-                }
-            },
-        };
-        match result {
+        match self.consensus.write(Command::Kv(command)).await? {
             CommandResult::Kv(KvResult::Error(e)) => Err(e),
             CommandResult::Kv(result) => Ok(result),
             other => Err(ApiError::internal(format!(
@@ -431,12 +149,7 @@ impl KvService {
     /// call began (ReadIndex: the leader confirms its leadership with a quorum and returns
     /// its commit index; this node waits until it has applied that far).
     pub async fn linearize(&self) -> Result<(), ApiError> {
-        let LeaderReply::ReadIndex(index) = self.leader_call(LeaderRequest::ReadIndex).await?
-        else {
-            return Err(ApiError::internal(
-                "unexpected reply to a read-index request",
-            ));
-        };
+        let index = self.consensus.read_index().await?;
         self.wait_applied(index).await
     }
 
@@ -731,7 +444,7 @@ impl KvService {
             (m.state, m.current_term)
         };
         let mut lessor = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
-        if state != ServerState::Leader {
+        if state != openraft::ServerState::Leader {
             lessor.expiry.clear();
             lessor.term = 0;
             return Vec::new();
@@ -817,89 +530,9 @@ impl KvService {
 }
 
 impl KvService {
-    /// Hands leadership to the most up-to-date voter before this node stops, so the cluster
-    /// does not wait for an election timeout and never elects a lagging node.
-    ///
-    /// openraft 0.9 has no transfer primitive, and followers reject votes while their leader
-    /// lease (`election_timeout_max`) runs. So the leader stops taking requests, waits until
-    /// the target has every entry, stops heartbeating, waits one lease, and asks the target to
-    /// campaign (`POST /internal/campaign`). Returns the new leader's id when the hand-off
-    /// was observed.
+    /// Hands leadership to the most up-to-date voter before this node stops.
     pub async fn hand_off_leadership(&self) -> Option<u64> {
-        if !self.is_leader() {
-            return None;
-        }
-        let (target, last_log_index) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-            let replication = m.replication.clone().unwrap_or_default();
-            let best = replication
-                .iter()
-                .filter(|(id, _)| **id != self.id && voters.contains(id))
-                .max_by_key(|(_, matched)| matched.map(|l| l.index))
-                .map(|(id, _)| *id);
-            (best, m.last_log_index)
-        };
-        let target = target?;
-        let node = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&target)
-            .cloned()?;
-        tracing::info!(node_id = self.id, target, "handing off leadership");
-        self.stepping_down.store(true, Ordering::Relaxed);
-        let caught_up = self
-            .raft
-            .wait(Some(Duration::from_secs(2)))
-            .metrics(
-                |m| {
-                    let matched = m
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(&target).copied().flatten());
-                    matched.map(|l| l.index) >= last_log_index
-                },
-                "hand-off target caught up",
-            )
-            .await;
-        if caught_up.is_err() {
-            tracing::warn!(
-                target,
-                "hand-off target did not catch up in time; stopping anyway"
-            );
-            return None;
-        }
-        self.raft.runtime_config().heartbeat(false);
-        tokio::time::sleep(self.config.raft.election_timeout_max.0 + Duration::from_millis(50))
-            .await;
-        let campaign: Result<Result<(), ApiError>, TransportError> = post_postcard(
-            &self.client,
-            &node.raft_addr,
-            "/internal/campaign",
-            &(),
-            Duration::from_secs(1),
-        )
-        .await;
-        if let Err(e) = campaign {
-            tracing::warn!(target, error = %e, "asking the hand-off target to campaign failed");
-            return None;
-        }
-        let elected = self
-            .raft
-            .wait(Some(Duration::from_secs(3)))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != self.id),
-                "new leader elected",
-            )
-            .await;
-        match elected {
-            Ok(m) => m.current_leader,
-            Err(_) => None,
-        }
+        self.consensus.hand_off_leadership().await
     }
 
     /// Starts an election on this node (the hand-off target's side).
@@ -920,27 +553,6 @@ impl KvService {
 /// while an election is still running: the old leader is gone either way).
 ///
 /// Cancel safety: cancel-safe; it only reads the metrics channel.
-async fn leader_replaced(raft: &Raft, leader: u64, term: u64) {
-    let _ = raft
-        .wait(None)
-        .metrics(
-            |m| m.current_leader != Some(leader) || m.current_term != term,
-            "leader replaced",
-        )
-        .await;
-}
-
 fn unexpected(result: KvResult) -> ApiError {
     ApiError::internal(format!("unexpected result {result:?}"))
-}
-
-pub(crate) fn write_error(error: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> ApiError {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => not_leader(),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ApiError::new(
-            ErrorCode::FailedPrecondition,
-            format!("membership change refused: {e}"),
-        ),
-        RaftError::Fatal(e) => ApiError::unavailable(format!("raft stopped on this node: {e}")),
-    }
 }

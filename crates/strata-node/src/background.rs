@@ -106,7 +106,6 @@ pub(crate) async fn register_self(
     }
 }
 
-/// Counts leader changes for metrics.
 /// Counts leader changes, and cancels `fatal` if Raft stops on its own (a storage failure):
 /// a node whose consensus is dead must exit rather than keep answering `unavailable`.
 pub(crate) async fn leader_change_loop(

@@ -103,7 +103,8 @@ struct Running {
     cancel: CancellationToken,
 }
 
-/// A running node. Dropping it without [`NodeHandle::shutdown`] aborts its tasks.
+/// A running node. Stop it with [`NodeHandle::shutdown`]; dropping it leaves its tasks
+/// running until the runtime ends (the binary always shuts down first).
 pub struct NodeHandle {
     /// Where the node listens.
     pub addrs: NodeAddrs,
@@ -206,6 +207,7 @@ impl Node {
             for spec in component.listeners() {
                 if let Some(addr) = config.listen.get(spec.name) {
                     let listener = listeners::bind(spec.name, addr, spec.transport).await?;
+                    info!(node_id = id, listener = spec.name, addr = %listener.addr, about = spec.about, "bound");
                     addrs.insert(spec.name, listener.addr);
                     mine.insert(spec.name, listener);
                 }
@@ -315,13 +317,21 @@ impl Node {
                 tracker: ctx.tracker.clone(),
                 cancel: ctx.cancel.clone(),
             });
-            let started = component
-                .start(ctx)
-                .await
-                .map_err(|e| NodeError::Component {
-                    name,
-                    message: e.to_string(),
-                })?;
+            let started = match component.start(ctx).await {
+                Ok(started) => started,
+                Err(e) => {
+                    // Stop what already runs, so a failed start leaves nothing behind.
+                    for earlier in running.iter().rev() {
+                        earlier.cancel.cancel();
+                    }
+                    cancel.cancel();
+                    let _ = raft.shutdown().await;
+                    return Err(NodeError::Component {
+                        name,
+                        message: e.to_string(),
+                    });
+                }
+            };
             if let Some(routes) = started.api_routes {
                 api_routes = api_routes.merge(routes);
             }

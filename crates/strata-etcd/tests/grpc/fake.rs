@@ -1,5 +1,5 @@
 //! An in-memory [`KvApi`] on `strata_kv::KvStore`: one node, no Raft, no lease clock.
-//! Enough to exercise the gRPC layer; the real semantics are tested in `strata-node`.
+//! Enough to exercise the gRPC layer; the real semantics are tested in `strata-kvservice` and through real processes.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use strata_etcd::{BoxFuture, KvApi, LockGuard};

@@ -2,7 +2,7 @@
 
 use crate::center::{ConfigCenter, Publish, Served};
 use crate::metrics::ListenerGauge;
-use crate::model::{ClientIdentity, ConfigKey, GrayRule, HistoryEntry, Operation};
+use crate::model::{ClientIdentity, ConfigItem, ConfigKey, GrayRule, HistoryEntry, Operation};
 use crate::transfer::Policy;
 use crate::view::ConfigChange;
 use axum::body::Bytes;
@@ -23,24 +23,16 @@ use tokio_util::sync::CancellationToken;
 /// Longest a long-poll may be held.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(120);
 
-use strata_http::ApiResult;
+use strata_http::{json_event, ApiResult};
 pub use strata_http::{ApiJson as Body, ErrorResponse, Peer};
 
 /// What the handlers share.
+#[derive(Clone)]
 pub struct ConfigState {
     /// The config center.
     pub center: Arc<ConfigCenter>,
     /// Cancelled at shutdown; ends streams and long-polls.
     pub cancel: CancellationToken,
-}
-
-impl Clone for ConfigState {
-    fn clone(&self) -> Self {
-        ConfigState {
-            center: self.center.clone(),
-            cancel: self.cancel.clone(),
-        }
-    }
 }
 
 /// The native config routes, to merge into the node's API router.
@@ -100,6 +92,13 @@ impl Params {
             }
         }
         Ok(p)
+    }
+
+    /// The namespace asked for, or the default one.
+    fn namespace_or_default(&self) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string())
     }
 
     fn key(&self) -> Result<ConfigKey, ApiError> {
@@ -175,17 +174,22 @@ pub struct Written {
     pub md5: String,
 }
 
+/// The reply to a write that made `item` the config's current version.
+fn written(item: ConfigItem) -> axum::Json<Written> {
+    axum::Json(Written {
+        key: item.key,
+        version: item.version,
+        md5: item.md5,
+    })
+}
+
 async fn publish(
     State(s): State<ConfigState>,
     peer: Peer,
     Body(request): Body<Publish>,
 ) -> ApiResult<Written> {
     let item = s.center.publish(request, &source(&peer)).await?;
-    Ok(axum::Json(Written {
-        key: item.key,
-        version: item.version,
-        md5: item.md5,
-    }))
+    Ok(written(item))
 }
 
 async fn get_config(
@@ -235,10 +239,7 @@ async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Vec<crate::center::Summary>> {
     let p = Params::parse(raw.as_deref())?;
-    let ns = p
-        .namespace
-        .clone()
-        .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
+    let ns = p.namespace_or_default();
     Ok(axum::Json(s.center.list(
         &ns,
         p.group.as_deref(),
@@ -309,11 +310,7 @@ async fn rollback(
         .center
         .rollback(&key, r.to_version, &source(&peer))
         .await?;
-    Ok(axum::Json(Written {
-        key: item.key,
-        version: item.version,
-        md5: item.md5,
-    }))
+    Ok(written(item))
 }
 
 #[derive(Deserialize)]
@@ -357,11 +354,7 @@ async fn gray_promote(
     Body(named): Body<Named>,
 ) -> ApiResult<Written> {
     let item = s.center.gray_promote(&named.key()?, &source(&peer)).await?;
-    Ok(axum::Json(Written {
-        key: item.key,
-        version: item.version,
-        md5: item.md5,
-    }))
+    Ok(written(item))
 }
 
 #[derive(Serialize)]
@@ -565,12 +558,7 @@ async fn watch(State(s): State<ConfigState>, peer: Peer, RawQuery(raw): RawQuery
 type SseSender = tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>;
 
 async fn send_message(tx: &SseSender, message: &WatchMessage) -> bool {
-    let event = SseEvent::default().json_data(message).unwrap_or_else(|e| {
-        SseEvent::default()
-            .event("error")
-            .data(format!("encode: {e}"))
-    });
-    tx.send(Ok(event)).await.is_ok()
+    tx.send(Ok(json_event(message))).await.is_ok()
 }
 
 /// Sends every version after `last_version` from the history, in order; false when the
@@ -631,10 +619,7 @@ async fn export(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<crate::transfer::ExportFile> {
     let p = Params::parse(raw.as_deref())?;
-    let ns = p
-        .namespace
-        .clone()
-        .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
+    let ns = p.namespace_or_default();
     Ok(axum::Json(s.center.export(&ns)?))
 }
 
@@ -645,10 +630,7 @@ async fn import(
     body: Bytes,
 ) -> ApiResult<crate::transfer::ImportReport> {
     let p = Params::parse(raw.as_deref())?;
-    let ns = p
-        .namespace
-        .clone()
-        .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
+    let ns = p.namespace_or_default();
     let policy: Policy = p
         .get("policy")
         .unwrap_or("abort")

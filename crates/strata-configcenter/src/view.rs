@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use strata_proto::kv::{Event, EventType, KeyValue};
-use strata_store::KvApi;
-use tokio::sync::{broadcast, watch};
+use strata_store::{AppliedRevision, KvApi};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -91,7 +91,7 @@ pub struct View {
     cipher: Option<Cipher>,
     state: RwLock<State>,
     changes: broadcast::Sender<Arc<ConfigChange>>,
-    revision: watch::Sender<i64>,
+    applied: AppliedRevision,
 }
 
 impl Default for View {
@@ -107,7 +107,7 @@ impl View {
             cipher,
             state: RwLock::new(State::default()),
             changes: broadcast::channel(16384).0,
-            revision: watch::channel(0).0,
+            applied: AppliedRevision::new(),
         }
     }
 
@@ -131,9 +131,7 @@ impl View {
 
     /// Waits until the view has applied `revision`, at most `timeout`; true if it has.
     pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
-        let mut rx = self.revision.subscribe();
-        let reached = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await;
-        matches!(reached, Ok(Ok(_)))
+        self.applied.wait_for(revision, timeout).await
     }
 
     /// The current version of a config.
@@ -195,7 +193,7 @@ impl View {
             *state = fresh;
             let _ = self.changes.send(Arc::new(ConfigChange::Reset));
         }
-        self.revision.send_replace(revision);
+        self.applied.loaded(revision);
     }
 
     /// Applies watched events in revision order and notifies subscribers.
@@ -215,11 +213,7 @@ impl View {
             }
             state.revision = state.revision.max(revision);
         }
-        self.revision.send_if_modified(|r| {
-            let moved = revision > *r;
-            *r = (*r).max(revision);
-            moved
-        });
+        self.applied.advance(revision);
     }
 }
 

@@ -1,13 +1,16 @@
 //! HTTP plumbing every JSON API of Strata shares: an [`ApiError`] as a response, a JSON body
-//! whose rejections are API errors, and the caller's address. The node's API, the registry
-//! and the config center use these, so all of them answer bad input the same way.
+//! whose rejections are API errors, the caller's address, and JSON server-sent events. The
+//! node's API, the registry and the config center use these, so all of them answer bad input
+//! (and encode stream messages) the same way.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use strata_proto::error::{ApiError, ErrorCode};
@@ -88,4 +91,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
                 .map(|c| c.0),
         ))
     }
+}
+
+/// A server-sent event carrying `message` as JSON, or an `error` event that says why it could
+/// not be encoded.
+pub fn json_event<T: Serialize>(message: &T) -> SseEvent {
+    SseEvent::default().json_data(message).unwrap_or_else(|e| {
+        SseEvent::default()
+            .event("error")
+            .data(format!("encode: {e}"))
+    })
 }

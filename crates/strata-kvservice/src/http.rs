@@ -11,7 +11,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -26,6 +26,8 @@ use strata_proto::kv::{
     RangeRequest, TxnRequest, WatchRequest,
 };
 use strata_proto::NodeInfo;
+use strata_raft::network::Postcard;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,7 +43,7 @@ pub struct ApiState {
     pub tracker: TaskTracker,
 }
 
-use strata_http::ApiResult;
+use strata_http::{json_event, ApiResult};
 pub use strata_http::{ApiJson, ErrorResponse};
 
 /// Query parameters whose rejections are API errors.
@@ -303,18 +305,16 @@ async fn election_observe_post(
 }
 
 fn election_observe(s: ApiState, name: Vec<u8>) -> Response {
-    let receiver = match s.service.observe(name) {
-        Ok(receiver) => receiver,
-        Err(e) => return ErrorResponse(e).into_response(),
-    };
-    let stream = ReceiverStream::new(receiver).map(|kv| {
-        let event = SseEvent::default().json_data(&kv).unwrap_or_else(|e| {
-            SseEvent::default()
-                .event("error")
-                .data(format!("encode: {e}"))
-        });
-        Ok::<_, Infallible>(event)
-    });
+    match s.service.observe(name) {
+        Ok(receiver) => event_stream(receiver),
+        Err(e) => ErrorResponse(e).into_response(),
+    }
+}
+
+/// Streams each message `receiver` yields as a JSON server-sent event, with keep-alives.
+fn event_stream<T: Serialize + Send + 'static>(receiver: mpsc::Receiver<T>) -> Response {
+    let stream =
+        ReceiverStream::new(receiver).map(|message| Ok::<_, Infallible>(json_event(&message)));
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -384,23 +384,10 @@ async fn watch_post(State(s): State<ApiState>, ApiJson(req): ApiJson<WatchReques
 
 fn open_watch(s: ApiState, req: WatchRequest) -> Response {
     s.service.metrics.op("watch");
-    let receiver = match watch::open(s.service.clone(), req, s.cancel.child_token(), &s.tracker) {
-        Ok(receiver) => receiver,
-        Err(e) => return ErrorResponse(e).into_response(),
-    };
-    let stream = ReceiverStream::new(receiver).map(|response| {
-        let event = SseEvent::default()
-            .json_data(&response)
-            .unwrap_or_else(|e| {
-                SseEvent::default()
-                    .event("error")
-                    .data(format!("encode: {e}"))
-            });
-        Ok::<_, Infallible>(event)
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    match watch::open(s.service.clone(), req, s.cancel.child_token(), &s.tracker) {
+        Ok(receiver) => event_stream(receiver),
+        Err(e) => ErrorResponse(e).into_response(),
+    }
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
@@ -460,11 +447,10 @@ async fn partition(body: Bytes) -> Response {
     }
 }
 
-async fn leader(State(service): State<Arc<KvService>>, body: Bytes) -> Response {
-    let request: LeaderRequest = match strata_raft::network::decode_body(&body) {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
+async fn leader(
+    State(service): State<Arc<KvService>>,
+    Postcard(request): Postcard<LeaderRequest>,
+) -> Response {
     let reply = service.serve_as_leader(request).await;
     strata_raft::network::postcard_reply(&reply)
 }

@@ -3,7 +3,7 @@
 //! [`start`] builds it on a running Raft: the state machine glue ([`kv_machine`]), the service
 //! layer with validation, forwarding and consistency ([`service`]), the batching of writes into
 //! log entries ([`proposer`]) and of leadership confirmations ([`read_index`]), the leader's
-//! lease clock and automatic compaction ([`loops`]), watches ([`watch`]), locks and elections
+//! lease clock ([`lease_clock`]) and its expiry and automatic compaction loops ([`loops`]), watches ([`watch`]), locks and elections
 //! ([`coord`]). [`kv_api::NodeKv`] is the service as the [`strata_store::KvApi`] components
 //! hold; [`http`] is the native `/v1/kv`, `/v1/lease`, `/v1/lock`, `/v1/election` and
 //! `/v1/cluster` API, plus the internal leader route peers call.
@@ -13,6 +13,7 @@ pub mod coord;
 pub mod http;
 pub mod kv_api;
 pub mod kv_machine;
+pub mod lease_clock;
 pub mod loops;
 pub mod metrics;
 pub mod proposer;

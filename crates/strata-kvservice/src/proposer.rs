@@ -104,14 +104,7 @@ impl Proposer {
 
     /// Proposes `command` (batched with concurrent ones) and returns its result once applied.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ApiError> {
-        let (reply, result) = oneshot::channel();
-        self.queue
-            .send((command, reply))
-            .await
-            .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
-        result
-            .await
-            .map_err(|_| ApiError::unavailable("the node is shutting down"))?
+        submit(&self.queue, command).await
     }
 }
 
@@ -138,9 +131,10 @@ impl Loop {
             let (commands, replies) = drain_batch(first, &mut receiver);
             let Some(term) = leading_term(&self.raft) else {
                 // Nothing was proposed, so the callers may safely retry on the leader.
-                for reply in replies {
-                    let _ = reply.send(Err(ApiError::unavailable("this node is not the leader")));
-                }
+                fail_all(
+                    replies,
+                    &ApiError::unavailable("this node is not the leader"),
+                );
                 continue;
             };
             let task = self.propose_batch(term, commands, replies);
@@ -203,11 +197,7 @@ impl Loop {
                         }
                     }
                 },
-                Err(error) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
+                Err(error) => fail_all(replies, &error),
             }
         }
     }
@@ -237,14 +227,29 @@ impl Forwarder {
 
     /// Sends `command` to the leader (batched with concurrent ones) and returns its result.
     pub async fn forward(&self, command: Command) -> Result<CommandResult, ApiError> {
-        let (reply, result) = oneshot::channel();
-        self.queue
-            .send((command, reply))
-            .await
-            .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
-        result
-            .await
-            .map_err(|_| ApiError::unavailable("the node is shutting down"))?
+        submit(&self.queue, command).await
+    }
+}
+
+/// Queues `command` for a batching loop and waits for the loop's answer.
+async fn submit(
+    queue: &mpsc::Sender<(Command, Reply)>,
+    command: Command,
+) -> Result<CommandResult, ApiError> {
+    let (reply, result) = oneshot::channel();
+    queue
+        .send((command, reply))
+        .await
+        .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+    result
+        .await
+        .map_err(|_| ApiError::unavailable("the node is shutting down"))?
+}
+
+/// Answers every caller of a batch with `error`.
+fn fail_all(replies: Vec<Reply>, error: &ApiError) {
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 
@@ -301,15 +306,9 @@ async fn forward_loop(
             Ok(other) => {
                 let error =
                     ApiError::internal(format!("unexpected reply to a write batch: {other:?}"));
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
+                fail_all(replies, &error);
             }
-            Err(error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
+            Err(error) => fail_all(replies, &error),
         }
     }
 }

@@ -11,10 +11,11 @@
 use crate::consensus::{not_leader, Consensus};
 pub use crate::consensus::{LeaderReply, LeaderRequest};
 use crate::kv_machine::KvMachine;
+use crate::lease_clock::LeaseClock;
 use crate::metrics::Metrics;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{
     Command, CommandResult, CompactRequest, CompactResponse, DeleteRangeRequest,
@@ -25,16 +26,6 @@ use strata_proto::kv::{
 use strata_proto::{ClusterStatus, MemberStatus, NodeInfo};
 use strata_raft::{LogStore, Raft, StateMachineStore};
 use strata_settings::ValidatedConfig;
-
-/// Leader-side lease expiry clock. Only the leader's copy matters; it is rebuilt with fresh
-/// TTLs whenever a node becomes leader, so a new leader extends leases instead of expiring them.
-#[derive(Default)]
-struct Lessor {
-    /// Term in which this node last acted as leader; a change resets every expiry.
-    term: u64,
-    /// Lease id -> when it expires.
-    expiry: HashMap<i64, Instant>,
-}
 
 /// The service layer. Shared by every interface through an `Arc`.
 pub struct KvService {
@@ -48,7 +39,8 @@ pub struct KvService {
     pub(crate) config: Arc<ValidatedConfig>,
     /// The KV and Raft metrics (and the registry components register theirs in).
     pub metrics: Arc<Metrics>,
-    lessor: Mutex<Lessor>,
+    /// The leader's lease expiry clock.
+    lessor: Mutex<LeaseClock>,
     /// Writes, read indexes, forwarding, membership and hand-off.
     pub(crate) consensus: Consensus,
     /// Tasks the service spawns itself (election observers); closed and awaited at shutdown.
@@ -417,22 +409,14 @@ impl KvService {
                 "lease {id:x} not found; it expired or was revoked"
             )));
         };
-        let now = Instant::now();
-        let full = Duration::from_secs(granted_ttl.unsigned_abs());
-        let mut lessor = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
-        let expiry = lessor.expiry.entry(id).or_insert(now + full);
-        if renew {
-            *expiry = now + full;
-            return Ok(LeaderReply::Lease {
-                ttl: granted_ttl,
-                granted_ttl,
-            });
-        }
-        let remaining = expiry.saturating_duration_since(now);
-        Ok(LeaderReply::Lease {
-            ttl: remaining.as_secs() as i64,
-            granted_ttl,
-        })
+        let mut clock = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
+        let ttl = if renew {
+            clock.renew(id, granted_ttl);
+            granted_ttl
+        } else {
+            clock.remaining(id, granted_ttl)
+        };
+        Ok(LeaderReply::Lease { ttl, granted_ttl })
     }
 
     /// One pass of the leader's lease clock: returns the leases that expired. Called
@@ -443,30 +427,12 @@ impl KvService {
             let m = metrics.borrow();
             (m.state, m.current_term)
         };
-        let mut lessor = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
-        if state != openraft::ServerState::Leader {
-            lessor.expiry.clear();
-            lessor.term = 0;
-            return Vec::new();
-        }
-        if lessor.term != term {
-            // Newly elected: every lease gets its full TTL again (never expire at once).
-            lessor.expiry.clear();
-            lessor.term = term;
-        }
-        let now = Instant::now();
+        let leading = (state == openraft::ServerState::Leader).then_some(term);
         let leases = self.machine.read().leases();
-        let live: BTreeSet<i64> = leases.iter().map(|l| l.id).collect();
-        lessor.expiry.retain(|id, _| live.contains(id));
-        let mut expired = Vec::new();
-        for lease in leases {
-            let full = Duration::from_secs(lease.granted_ttl.unsigned_abs());
-            let expiry = *lessor.expiry.entry(lease.id).or_insert(now + full);
-            if expiry <= now {
-                expired.push(lease.id);
-            }
-        }
-        expired
+        self.lessor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expired(leading, &leases)
     }
 
     /// Returns the cluster as this node sees it.

@@ -8,7 +8,8 @@
 //! naming instance's id is `IP:PORT`; its Nacos group and cluster are kept in its metadata.
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +33,7 @@ const EPHEMERAL_TTL: Duration = Duration::from_secs(15);
 const MAX_HOLD: Duration = Duration::from_secs(120);
 
 /// What the Nacos handlers share.
+#[derive(Clone)]
 pub struct NacosState {
     /// The config center.
     pub configs: Arc<ConfigCenter>,
@@ -39,16 +41,6 @@ pub struct NacosState {
     pub registry: Arc<Registry>,
     /// Cancelled at shutdown; ends held long-polls.
     pub cancel: CancellationToken,
-}
-
-impl Clone for NacosState {
-    fn clone(&self) -> Self {
-        NacosState {
-            configs: self.configs.clone(),
-            registry: self.registry.clone(),
-            cancel: self.cancel.clone(),
-        }
-    }
 }
 
 /// The Nacos-compatible router, served on its own listener (`--nacos-addr`).
@@ -123,8 +115,19 @@ impl strata_component::Component for NacosComponent {
     }
 }
 
-/// Query and form parameters, merged (the form wins).
+/// Query and form parameters, merged (the form wins). As an extractor it reads the query
+/// string and the whole body.
 struct Params(BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = BytesRejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let query = request.uri().query().map(str::to_owned);
+        let body = Bytes::from_request(request, state).await?;
+        Ok(Params::new(query.as_deref(), &body))
+    }
+}
 
 impl Params {
     fn new(query: Option<&str>, body: &[u8]) -> Params {
@@ -143,12 +146,12 @@ impl Params {
     }
 
     fn required(&self, k: &str) -> Result<&str, NacosError> {
-        self.get(k).ok_or_else(|| {
-            NacosError(
-                StatusCode::BAD_REQUEST,
-                format!("Required parameter '{k}' is not present"),
-            )
-        })
+        self.get(k).ok_or_else(|| missing(k))
+    }
+
+    /// Like [`Params::required`], but an empty value counts as given.
+    fn given(&self, k: &str) -> Result<&str, NacosError> {
+        self.0.get(k).map(String::as_str).ok_or_else(|| missing(k))
     }
 
     fn flag(&self, k: &str, default: bool) -> bool {
@@ -170,6 +173,14 @@ impl Params {
             data_id,
         )?)
     }
+}
+
+/// The error for a parameter that is not in the query or the form.
+fn missing(k: &str) -> NacosError {
+    NacosError(
+        StatusCode::BAD_REQUEST,
+        format!("Required parameter '{k}' is not present"),
+    )
 }
 
 /// A Nacos-style error: a status and a plain-text body.
@@ -198,19 +209,27 @@ impl IntoResponse for NacosError {
 
 type NacosResult = Result<Response, NacosError>;
 
-async fn config_get(
-    State(s): State<NacosState>,
-    peer: Peer,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
-    let key = p.config_key()?;
-    let client = ClientIdentity {
+/// A success whether or not the thing existed: Nacos answers a delete of something that does
+/// not exist as if it did.
+fn ignore_not_found<T>(result: Result<T, ApiError>) -> Result<(), NacosError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A Nacos client: its address, and no labels (Nacos clients send none).
+fn client_of(peer: &Peer) -> ClientIdentity {
+    ClientIdentity {
         ip: peer.ip(),
         labels: BTreeMap::new(),
-    };
-    match s.configs.get(&key, &client) {
+    }
+}
+
+async fn config_get(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResult {
+    let key = p.config_key()?;
+    match s.configs.get(&key, &client_of(&peer)) {
         Ok(served) => Ok((
             [("content-type", "text/plain;charset=UTF-8")],
             served.content,
@@ -224,20 +243,9 @@ async fn config_get(
     }
 }
 
-async fn config_publish(
-    State(s): State<NacosState>,
-    peer: Peer,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
+async fn config_publish(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResult {
     let key = p.config_key()?;
-    let content = p.0.get("content").cloned().ok_or_else(|| {
-        NacosError(
-            StatusCode::BAD_REQUEST,
-            "Required parameter 'content' is not present".into(),
-        )
-    })?;
+    let content = p.given("content")?.to_string();
     // Nacos knows types Strata does not check (html, text); they are stored as text.
     let kind = p
         .get("type")
@@ -261,21 +269,11 @@ async fn config_publish(
     Ok((StatusCode::OK, "true").into_response())
 }
 
-async fn config_delete(
-    State(s): State<NacosState>,
-    peer: Peer,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
+async fn config_delete(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResult {
     let key = p.config_key()?;
     let source = peer.source();
-    match s.configs.delete(&key, &source).await {
-        Ok(_) => {}
-        // Nacos answers true for a config that does not exist.
-        Err(e) if e.code == ErrorCode::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
+    // Nacos answers true for a config that does not exist.
+    ignore_not_found(s.configs.delete(&key, &source).await)?;
     Ok((StatusCode::OK, "true").into_response())
 }
 
@@ -305,17 +303,9 @@ async fn config_listen(
     State(s): State<NacosState>,
     peer: Peer,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
+    p: Params,
 ) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
-    let probe = p.0.get("Listening-Configs").cloned().ok_or_else(|| {
-        NacosError(
-            StatusCode::BAD_REQUEST,
-            "Required parameter 'Listening-Configs' is not present".into(),
-        )
-    })?;
-    let entries = parse_probe(&probe)?;
+    let entries = parse_probe(p.given("Listening-Configs")?)?;
     let hold = headers
         .get("Long-Pulling-Timeout")
         .and_then(|v| v.to_str().ok())
@@ -327,10 +317,7 @@ async fn config_listen(
         .iter()
         .map(|(k, m, _)| (k.clone(), m.clone()))
         .collect();
-    let client = ClientIdentity {
-        ip: peer.ip(),
-        labels: BTreeMap::new(),
-    };
+    let client = client_of(&peer);
     s.configs.metrics.op("nacos_listen");
     let _gauge = strata_configcenter::metrics::ListenerGauge::new(&s.configs.metrics.listeners);
     let changed = tokio::select! {
@@ -383,12 +370,7 @@ fn namespace_of(p: &Params) -> String {
         .to_string()
 }
 
-async fn instance_register(
-    State(s): State<NacosState>,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
+async fn instance_register(State(s): State<NacosState>, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
     let ip = p.required("ip")?.to_string();
     let port_text = p.required("port")?;
@@ -447,32 +429,18 @@ async fn instance_register(
     Ok((StatusCode::OK, "ok").into_response())
 }
 
-async fn instance_deregister(
-    State(s): State<NacosState>,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
+async fn instance_deregister(State(s): State<NacosState>, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
     let r = InstanceRef::new(
         &namespace_of(&p),
         &name,
         &instance_id(p.required("ip")?, p.required("port")?, &group),
     );
-    match s.registry.deregister(&r).await {
-        Ok(_) => {}
-        Err(e) if e.code == ErrorCode::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
+    ignore_not_found(s.registry.deregister(&r).await)?;
     Ok((StatusCode::OK, "ok").into_response())
 }
 
-async fn instance_list(
-    State(s): State<NacosState>,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
+async fn instance_list(State(s): State<NacosState>, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
     let healthy_only = p.flag("healthyOnly", false);
     let result = s
@@ -526,12 +494,7 @@ async fn instance_list(
     Ok(axum::Json(body).into_response())
 }
 
-async fn instance_beat(
-    State(s): State<NacosState>,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> NacosResult {
-    let p = Params::new(q.as_deref(), &body);
+async fn instance_beat(State(s): State<NacosState>, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
     let beat: Value = match p.get("beat") {
         Some(text) => serde_json::from_str(text)

@@ -91,6 +91,11 @@ impl NodeAddrs {
     pub fn get(&self, name: &str) -> Option<SocketAddr> {
         self.0.get(name).copied()
     }
+
+    /// Every listener, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> + '_ {
+        self.0.iter().map(|(name, addr)| (*name, *addr))
+    }
 }
 
 /// Starts nodes.

@@ -6,7 +6,7 @@
 
 use crate::{NodeId, Raft, TypeConfig};
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -366,6 +366,21 @@ pub fn decode_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
+/// A postcard request body as an extractor; a malformed one is answered 400, as
+/// [`decode_body`] answers it.
+pub struct Postcard<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Postcard<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        decode_body(&body).map(Postcard)
+    }
+}
+
 /// Checks the shape of an append-entries request: its entries follow `prev_log_id` with
 /// consecutive indexes and non-decreasing leaders, as every leader sends them. openraft relies
 /// on this shape without checking it (only `debug_assert`s, then index arithmetic), so a
@@ -397,11 +412,10 @@ pub fn check_append(request: &AppendEntriesRequest<TypeConfig>) -> Result<(), St
     Ok(())
 }
 
-async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
-    let request: AppendEntriesRequest<TypeConfig> = match decode_body(&body) {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
+async fn append(
+    State(raft): State<Raft>,
+    Postcard(request): Postcard<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
     if let Err(message) = check_append(&request) {
         return (
             StatusCode::BAD_REQUEST,
@@ -412,19 +426,17 @@ async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
     postcard_reply(&raft.append_entries(request).await)
 }
 
-async fn vote(State(raft): State<Raft>, body: Bytes) -> Response {
-    let request: VoteRequest<NodeId> = match decode_body(&body) {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
+async fn vote(
+    State(raft): State<Raft>,
+    Postcard(request): Postcard<VoteRequest<NodeId>>,
+) -> Response {
     postcard_reply(&raft.vote(request).await)
 }
 
-async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
-    let transfer: SnapshotTransfer = match decode_body(&body) {
-        Ok(transfer) => transfer,
-        Err(response) => return response,
-    };
+async fn snapshot(
+    State(raft): State<Raft>,
+    Postcard(transfer): Postcard<SnapshotTransfer>,
+) -> Response {
     let snapshot = Snapshot {
         meta: transfer.meta,
         snapshot: Box::new(Cursor::new(transfer.data)),

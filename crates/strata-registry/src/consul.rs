@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, put, MethodRouter};
 use axum::Router;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -30,9 +30,9 @@ pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/v1/agent/service/register", put(register))
         .route("/v1/agent/service/deregister/{id}", put(deregister))
-        .route("/v1/agent/check/pass/{id}", put(pass))
-        .route("/v1/agent/check/warn/{id}", put(warn))
-        .route("/v1/agent/check/fail/{id}", put(fail))
+        .route("/v1/agent/check/pass/{id}", report_route(Health::Passing))
+        .route("/v1/agent/check/warn/{id}", report_route(Health::Warning))
+        .route("/v1/agent/check/fail/{id}", report_route(Health::Critical))
         .route("/v1/agent/check/update/{id}", put(update))
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/self", get(agent_self))
@@ -313,28 +313,19 @@ fn note(raw: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-async fn pass(
-    State(r): State<Arc<Registry>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ConsulResult {
-    report(&r, &id, Health::Passing, note(q.as_deref())).await
+/// `PUT /v1/agent/check/{pass,warn,fail}/{id}?note=...`: reports `health`, with the note as
+/// the check's output.
+fn report_route(health: Health) -> MethodRouter<Arc<Registry>> {
+    put(move |registry, id, query| report_with_note(registry, id, query, health))
 }
 
-async fn warn(
+async fn report_with_note(
     State(r): State<Arc<Registry>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
+    health: Health,
 ) -> ConsulResult {
-    report(&r, &id, Health::Warning, note(q.as_deref())).await
-}
-
-async fn fail(
-    State(r): State<Arc<Registry>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ConsulResult {
-    report(&r, &id, Health::Critical, note(q.as_deref())).await
+    report(&r, &id, health, note(q.as_deref())).await
 }
 
 async fn update(
@@ -473,26 +464,35 @@ async fn query(
     }
 }
 
+/// Answers a catalog or health query for the service `name`: each instance as `entry` shows
+/// it on this node, under the query's index.
+async fn instance_entries(
+    r: &Registry,
+    name: &str,
+    p: &Params,
+    entry: impl Fn(&str, &Instance) -> Value,
+) -> ConsulResult {
+    let (index, instances) = query(r, name, p).await?;
+    let node = node_name(r);
+    let entries: Vec<Value> = instances.iter().map(|i| entry(&node, i)).collect();
+    Ok(with_index(index, Value::Array(entries)))
+}
+
 async fn health_service(
     State(r): State<Arc<Registry>>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult {
     let p = params(raw.as_deref())?;
-    let (index, instances) = query(&r, &name, &p).await?;
-    let node = node_name(&r);
-    let entries: Vec<Value> = instances
-        .iter()
-        .map(|i| {
-            json!({
-                "Node": {"ID": "", "Node": node, "Address": i.address, "Datacenter": DATACENTER,
-                         "TaggedAddresses": {}, "Meta": {}},
-                "Service": service_json(i),
-                "Checks": [check_json(&r, i)],
-            })
+    instance_entries(&r, &name, &p, |node, i| {
+        json!({
+            "Node": {"ID": "", "Node": node, "Address": i.address, "Datacenter": DATACENTER,
+                     "TaggedAddresses": {}, "Meta": {}},
+            "Service": service_json(i),
+            "Checks": [check_json(&r, i)],
         })
-        .collect();
-    Ok(with_index(index, Value::Array(entries)))
+    })
+    .await
 }
 
 async fn catalog_service(
@@ -502,22 +502,17 @@ async fn catalog_service(
 ) -> ConsulResult {
     let mut p = params(raw.as_deref())?;
     p.passing = false;
-    let (index, instances) = query(&r, &name, &p).await?;
-    let node = node_name(&r);
-    let entries: Vec<Value> = instances
-        .iter()
-        .map(|i| {
-            json!({
-                "ID": "", "Node": node, "Address": i.address, "Datacenter": DATACENTER,
-                "TaggedAddresses": {}, "NodeMeta": {},
-                "ServiceID": i.id, "ServiceName": i.service, "ServiceAddress": i.address,
-                "ServicePort": i.port, "ServiceTags": i.tags, "ServiceMeta": i.meta,
-                "ServiceWeights": weights(i), "ServiceEnableTagOverride": false,
-                "CreateIndex": 1, "ModifyIndex": 1,
-            })
+    instance_entries(&r, &name, &p, |node, i| {
+        json!({
+            "ID": "", "Node": node, "Address": i.address, "Datacenter": DATACENTER,
+            "TaggedAddresses": {}, "NodeMeta": {},
+            "ServiceID": i.id, "ServiceName": i.service, "ServiceAddress": i.address,
+            "ServicePort": i.port, "ServiceTags": i.tags, "ServiceMeta": i.meta,
+            "ServiceWeights": weights(i), "ServiceEnableTagOverride": false,
+            "CreateIndex": 1, "ModifyIndex": 1,
         })
-        .collect();
-    Ok(with_index(index, Value::Array(entries)))
+    })
+    .await
 }
 
 async fn catalog_services(State(r): State<Arc<Registry>>, RawQuery(raw): RawQuery) -> ConsulResult {

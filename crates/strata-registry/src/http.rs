@@ -18,24 +18,16 @@ use strata_proto::error::ApiError;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use strata_http::ApiResult;
+use strata_http::{json_event, ApiResult};
 pub use strata_http::{ApiJson as Body, ErrorResponse};
 
 /// What the registry's handlers share.
+#[derive(Clone)]
 pub struct RegistryState {
     /// The registry.
     pub registry: Arc<Registry>,
     /// Cancelled at shutdown; ends open watches.
     pub cancel: CancellationToken,
-}
-
-impl Clone for RegistryState {
-    fn clone(&self) -> Self {
-        RegistryState {
-            registry: self.registry.clone(),
-            cancel: self.cancel.clone(),
-        }
-    }
 }
 
 /// The native registry routes, to merge into the node's API router.
@@ -320,11 +312,7 @@ fn snapshot(s: &RegistryState, ns: &str, service: &str) -> WatchMessage {
 }
 
 fn sse(message: &WatchMessage) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default().json_data(message).unwrap_or_else(|e| {
-        SseEvent::default()
-            .event("error")
-            .data(format!("encode: {e}"))
-    }))
+    Ok(json_event(message))
 }
 
 fn watch_stream(

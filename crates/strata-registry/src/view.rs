@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use strata_proto::kv::{Event, EventType, KeyValue};
-use strata_store::KvApi;
+use strata_store::{AppliedRevision, KvApi};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -123,7 +123,7 @@ pub struct ServiceSummary {
 pub struct View {
     state: RwLock<State>,
     changes: broadcast::Sender<Arc<Notice>>,
-    revision: watch::Sender<i64>,
+    applied: AppliedRevision,
     ready: watch::Sender<bool>,
     /// Per-service wake-ups for blocking queries, so a change wakes only its own waiters.
     waiters: std::sync::Mutex<HashMap<(String, String), watch::Sender<u64>>>,
@@ -141,7 +141,7 @@ impl View {
         View {
             state: RwLock::new(State::default()),
             changes: broadcast::channel(8192).0,
-            revision: watch::channel(0).0,
+            applied: AppliedRevision::new(),
             ready: watch::channel(false).0,
             waiters: std::sync::Mutex::default(),
         }
@@ -172,9 +172,7 @@ impl View {
 
     /// Waits until the view has applied `revision` (or `timeout` passes); true if it has.
     pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
-        let mut rx = self.revision.subscribe();
-        let reached = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await;
-        matches!(reached, Ok(Ok(_)))
+        self.applied.wait_for(revision, timeout).await
     }
 
     /// Waits until the first load finished (or `timeout` passes); true if it has.
@@ -368,7 +366,7 @@ impl View {
             // each change exactly once.
             let _ = self.changes.send(Notice::new(Change::Reset { revision }));
         }
-        self.revision.send_replace(revision);
+        self.applied.loaded(revision);
         self.ready.send_replace(true);
         self.wake(None);
     }
@@ -400,11 +398,7 @@ impl View {
             }
             state.revision = state.revision.max(revision);
         }
-        self.revision.send_if_modified(|r| {
-            let moved = revision > *r;
-            *r = (*r).max(revision);
-            moved
-        });
+        self.applied.advance(revision);
         if !changed.is_empty() {
             self.wake(Some(&changed));
         }

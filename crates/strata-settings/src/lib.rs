@@ -373,11 +373,15 @@ impl NodeConfig {
              # Durations are strings like \"150ms\" or \"10s\"; sizes like \"1.5MiB\".\n\
              # id: unique positive node id.  data_dir: log, snapshots, lock file.\n\
              # api_addr: client HTTP API + /metrics.  raft_addr: node-to-node traffic.\n\
-             # grpc_addr = \"127.0.0.1:7702\" enables the etcd v3 gRPC API (off when unset).\n\
-             # consul_addr = \"127.0.0.1:7705\" enables the Consul-compatible API (off when unset).\n\
-             # dns_addr = \"127.0.0.1:7703\" enables registry DNS on UDP and TCP (off when unset).\n\
-             # nacos_addr = \"127.0.0.1:7848\" enables the Nacos-compatible API (off when unset).\n\
-             # [config_center] encryption_key = \"<32 bytes, base64>\" enables cipher- configs.\n\
+             # Component listeners are off until given an address in a [listen] table, e.g.\n\
+             #   [listen]\n\
+             #   grpc = \"127.0.0.1:7702\"     # etcd v3 gRPC API\n\
+             #   consul = \"127.0.0.1:7705\"   # Consul-compatible API\n\
+             #   dns = \"127.0.0.1:7703\"      # registry DNS, UDP and TCP\n\
+             #   nacos = \"127.0.0.1:7848\"    # Nacos-compatible API\n\
+             # (grpc_addr, consul_addr, dns_addr and nacos_addr are older spellings of the same.)\n\
+             # roles = [\"etcd\", \"registry\", \"config_center\", \"nacos\"] limits the components run\n\
+             # (unset: all). Each component's own section follows the node's keys below.\n\
              # initial_cluster: founding members as a table, e.g.\n\
              #   [initial_cluster]\n\
              #   1 = \"10.0.0.1:7701\"\n\

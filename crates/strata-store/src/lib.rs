@@ -5,9 +5,12 @@
 //! domain logic.
 //!
 //! [`follow`] keeps a materialised view of a key prefix current, for domains that serve reads
-//! from memory.
+//! from memory; [`AppliedRevision`] says how far such a view has got.
 
+mod applied;
 pub mod memory;
+
+pub use applied::AppliedRevision;
 
 use strata_proto::cluster::ClusterStatus;
 use strata_proto::error::ApiError;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use strata_client::{Client, ClientError, Method};
 use strata_configcenter::http::WatchMessage;
 use strata_configcenter::Served;
-use strata_proto::error::ErrorCode;
 
 /// Which config: the data id plus optional group and namespace.
 #[derive(Args, Debug, Clone)]
@@ -522,37 +521,17 @@ async fn listen(
         }
     }
     let mut from: Option<u64> = None;
-    let mut interrupt = std::pin::pin!(crate::coord_cmds::interrupted());
-    let mut link = crate::link::Link::new();
+    let mut follow = crate::link::Reconnecting::new(client);
     loop {
         let mut extra: Vec<(&str, String)> = labels.iter().map(|l| ("label", l.clone())).collect();
         if let Some(v) = from {
             extra.push(("from_version", v.to_string()));
         }
         let path = format!("/v1/config/watch?{}", target.query(&extra));
-        let mut stream = match client.stream_get::<WatchMessage>(&path).await {
-            Ok(s) => s,
-            Err(ClientError::Api(e)) if e.code != ErrorCode::Unavailable => {
-                return Err(anyhow::anyhow!("{e}"))
-            }
-            Err(e) => {
-                let pause = link.lost(&e);
-                tokio::select! {
-                    () = &mut interrupt => return Ok(()),
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
+        let Some(mut stream) = follow.open::<WatchMessage>(&path).await? else {
+            return Ok(());
         };
-        loop {
-            let message = tokio::select! {
-                () = &mut interrupt => return Ok(()),
-                m = stream.next() => m,
-            };
-            let Ok(Some(message)) = message else {
-                link.lost(&format!("{} ended the stream", stream.endpoint));
-                break;
-            };
-            link.up(&stream.endpoint);
+        while let Some(message) = follow.next(&mut stream).await {
             if message.event != "gray" {
                 from = Some(message.version.max(from.unwrap_or(0)));
             }

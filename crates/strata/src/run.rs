@@ -209,28 +209,39 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  api     http://{}", node.addrs.api());
     println!("  raft    {}", node.addrs.raft());
-    if let Some(grpc) = node.addrs.get("grpc") {
-        println!("  grpc    {grpc}   (etcd v3 API: ETCDCTL_API=3 etcdctl --endpoints={grpc} get --prefix '')");
-    }
-    if let Some(consul) = node.addrs.get("consul") {
-        println!("  consul  http://{consul}   (Consul-compatible API: CONSUL_HTTP_ADDR={consul})");
-    }
-    if let Some(dns) = node.addrs.get("dns") {
-        println!(
-            "  dns     {dns}   (dig @{} -p {} NAME.service.strata SRV)",
-            dns.ip(),
-            dns.port()
-        );
-    }
-    if let Some(nacos) = node.addrs.get("nacos") {
-        println!(
-            "  nacos   http://{nacos}   (Nacos-compatible API: nacos.NacosClient(\"{nacos}\"))"
-        );
+    // The listeners the README shows first, in its order; any others after them.
+    let order = ["grpc", "consul", "dns", "nacos"];
+    let mut listeners: Vec<_> = node.addrs.iter().collect();
+    listeners.sort_by_key(|(name, _)| order.iter().position(|o| o == name).unwrap_or(order.len()));
+    for (name, addr) in listeners {
+        if let Some(line) = banner_line(name, addr) {
+            println!("{line}");
+        }
     }
     println!("  metrics http://{}/metrics", node.addrs.api());
     println!("  data    {}", args.data_dir.display());
     println!("try: strata kv put greeting hello && strata kv get greeting");
     wait_for_signal(node, grace).await
+}
+
+/// One line of `strata dev`'s banner for a component listener, with how to use it; `None` for
+/// the API and raft listeners, which have lines of their own.
+fn banner_line(name: &str, addr: std::net::SocketAddr) -> Option<String> {
+    let hint = match name {
+        "api" | "raft" => return None,
+        "grpc" => format!(
+            "{addr}   (etcd v3 API: ETCDCTL_API=3 etcdctl --endpoints={addr} get --prefix '')"
+        ),
+        "consul" => format!("http://{addr}   (Consul-compatible API: CONSUL_HTTP_ADDR={addr})"),
+        "dns" => format!(
+            "{addr}   (dig @{} -p {} NAME.service.strata SRV)",
+            addr.ip(),
+            addr.port()
+        ),
+        "nacos" => format!("http://{addr}   (Nacos-compatible API: nacos.NacosClient(\"{addr}\"))"),
+        _ => addr.to_string(),
+    };
+    Some(format!("  {name:<7} {hint}"))
 }
 
 /// The dev node's key for `cipher-` configs: made on first start, kept in the data folder

@@ -470,35 +470,9 @@ async fn watch(
     // What the user has been told, so a reconnect prints only the difference.
     let mut known: BTreeMap<String, Instance> = BTreeMap::new();
     let mut first = true;
-    let mut interrupt = std::pin::pin!(crate::coord_cmds::interrupted());
-    let mut link = crate::link::Link::new();
-    loop {
-        let mut stream = match client.stream_get::<WatchMessage>(&path).await {
-            Ok(s) => s,
-            Err(ClientError::Api(e)) if e.code != ErrorCode::Unavailable => {
-                return Err(anyhow::anyhow!("{e}"))
-            }
-            Err(e) => {
-                let pause = link.lost(&e);
-                tokio::select! {
-                    () = &mut interrupt => return Ok(()),
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
-        };
-        loop {
-            let message = tokio::select! {
-                () = &mut interrupt => return Ok(()),
-                m = stream.next() => m,
-            };
-            let message = match message {
-                Ok(Some(m)) => m,
-                Ok(None) | Err(_) => {
-                    link.lost(&format!("{} ended the stream", stream.endpoint));
-                    break;
-                }
-            };
-            link.up(&stream.endpoint);
+    let mut follow = crate::link::Reconnecting::new(client);
+    while let Some(mut stream) = follow.open::<WatchMessage>(&path).await? {
+        while let Some(message) = follow.next(&mut stream).await {
             match message {
                 WatchMessage::Snapshot { index, instances } => {
                     let now: BTreeMap<String, Instance> =
@@ -535,6 +509,7 @@ async fn watch(
             }
         }
     }
+    Ok(())
 }
 
 fn print_change(output: Output, index: i64, kind: &str, id: &str, instance: Option<&Instance>) {

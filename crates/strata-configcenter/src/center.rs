@@ -372,7 +372,9 @@ impl ConfigCenter {
                 return Ok(ConfigItem { md5, ..item });
             }
             // Someone else wrote first; wait for the view to see it and try again.
-            self.settle(self.view.revision() + 1).await;
+            // The failed transaction was answered at the revision of the write that beat it:
+            // waiting for exactly that never waits for an unrelated later write.
+            self.settle(response.header.revision).await;
         }
         Err(ApiError::unavailable(format!(
             "config {key} kept changing during the write; retry"
@@ -471,7 +473,9 @@ impl ConfigCenter {
                 info!(config = %key, version, "config deleted");
                 return Ok(version);
             }
-            self.settle(self.view.revision() + 1).await;
+            // The failed transaction was answered at the revision of the write that beat it:
+            // waiting for exactly that never waits for an unrelated later write.
+            self.settle(response.header.revision).await;
         }
         Err(ApiError::unavailable(format!(
             "config {key} kept changing during the delete; retry"

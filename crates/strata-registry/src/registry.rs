@@ -402,7 +402,9 @@ impl Registry {
                 return Ok(());
             }
             // The instance changed under us; read it again.
-            self.settle(self.view.revision() + 1).await;
+            // The failed transaction was answered at the revision of the write that beat it:
+            // waiting for exactly that never waits for an unrelated later write.
+            self.settle(response.header.revision).await;
         }
         Err(ApiError::unavailable(format!(
             "instance {r} kept changing during the report; retry"

@@ -226,6 +226,19 @@ impl ConfigCenter {
         }
     }
 
+    /// Deletes every history entry that falls out of the retention window once `version` is
+    /// written (more than one after `history_retention` was lowered).
+    fn trim_history(&self, key: &ConfigKey, version: u64) -> Option<RequestOp> {
+        let retention = self.settings.history_retention;
+        (version > retention).then(|| {
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                key: key.history_key(0).into_bytes(),
+                range_end: key.history_key(version - retention + 1).into_bytes(),
+                ..DeleteRangeRequest::default()
+            })
+        })
+    }
+
     async fn settle(&self, revision: i64) {
         if !self.view.wait_for(revision, VIEW_CATCH_UP).await {
             debug!(revision, "config view is slow to catch up");
@@ -340,17 +353,7 @@ impl ConfigCenter {
                 put_op(key.item_key(), json(&item)?),
                 put_op(key.history_key(version), json(&history)?),
             ];
-            if version > self.settings.history_retention {
-                // Every version that fell out of the window (more than one after
-                // history_retention was lowered).
-                success.push(RequestOp::DeleteRange(DeleteRangeRequest {
-                    key: key.history_key(0).into_bytes(),
-                    range_end: key
-                        .history_key(version - self.settings.history_retention + 1)
-                        .into_bytes(),
-                    ..DeleteRangeRequest::default()
-                }));
-            }
+            success.extend(self.trim_history(key, version));
             success.extend(change.extra.iter().cloned());
             let mod_revision = current.as_ref().map(|s| s.mod_revision).unwrap_or(0);
             let response = self
@@ -460,11 +463,14 @@ impl ConfigCenter {
                         key.item_key(),
                         CompareTarget::ModRevision(current.mod_revision),
                     )],
-                    success: vec![
+                    success: [
                         delete_op(key.item_key()),
                         delete_op(key.gray_key()),
                         put_op(key.history_key(version), json(&history)?),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(self.trim_history(key, version))
+                    .collect(),
                     failure: vec![],
                 })
                 .await?;

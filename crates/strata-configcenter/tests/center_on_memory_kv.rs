@@ -673,6 +673,31 @@ async fn a_delete_removes_the_config_and_keeps_its_history() {
 }
 
 #[tokio::test]
+async fn a_delete_keeps_the_history_within_the_retention() {
+    let (kv, node) = single(Settings {
+        history_retention: 3,
+        ..Settings::default()
+    })
+    .await;
+    let k = key("short.txt");
+    for content in ["one", "two", "three"] {
+        node.publish(publish("short.txt", content), "test")
+            .await
+            .unwrap();
+    }
+    assert_eq!(node.delete(&k, "operator").await.unwrap(), 4);
+    caught_up(&node, &kv).await;
+    let versions: Vec<u64> = node
+        .history(&k, true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, vec![2, 3, 4]);
+}
+
+#[tokio::test]
 async fn versions_are_never_reused_after_a_delete_even_by_a_restarted_node() {
     let kv = Arc::new(MemoryKv::new());
     let k = key("phoenix.txt");

@@ -153,10 +153,7 @@ impl Consensus {
         if !self.is_leader() {
             return self.forwarder.forward(command).await;
         }
-        match self
-            .call_leader(LeaderRequest::Write(command), |r| self.inner.serve(r))
-            .await?
-        {
+        match self.leader_call(LeaderRequest::Write(command)).await? {
             LeaderReply::Written(result) => Ok(result),
             other => Err(ApiError::internal(format!(
                 "unexpected reply to a write: {other:?}"
@@ -166,10 +163,7 @@ impl Consensus {
 
     /// The leader's commit index, after it confirmed its leadership with a quorum.
     pub async fn read_index(&self) -> Result<u64, ApiError> {
-        match self
-            .call_leader(LeaderRequest::ReadIndex, |r| self.inner.serve(r))
-            .await?
-        {
+        match self.leader_call(LeaderRequest::ReadIndex).await? {
             LeaderReply::ReadIndex(index) => Ok(index),
             other => Err(ApiError::internal(format!(
                 "unexpected reply to a read-index request: {other:?}"

@@ -146,6 +146,7 @@ fn put_op(key: String, value: Vec<u8>) -> RequestOp {
         value,
         lease: 0,
         prev_kv: false,
+        ..Default::default()
     })
 }
 

@@ -10,7 +10,7 @@ use crate::pb::mvccpb;
 use strata_proto::kv::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
     EventType, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseOp, TxnRequest, TxnResponse,
+    ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 use tonic::Status;
 
@@ -54,7 +54,7 @@ pub(crate) fn is_inverted(key: &[u8], range_end: &[u8]) -> bool {
 /// What an inverted range or delete inside a transaction goes to the backend as: a
 /// count-only read of its first key at the same revision. It changes nothing and passes the
 /// backend's checks (which refuse inverted ranges, and compacted or future revisions as etcd
-/// does); `kv::TxnPlan` replaces its result with an empty one of the right kind.
+/// does); `kv::InvertedOps` replaces its result with an empty one of the right kind.
 fn inverted_placeholder(key: Vec<u8>, revision: i64) -> RequestOp {
     RequestOp::Range(RangeRequest {
         key,
@@ -64,12 +64,27 @@ fn inverted_placeholder(key: Vec<u8>, revision: i64) -> RequestOp {
     })
 }
 
-/// Converts a range request's plain fields (sorting and revision filters are applied by
-/// [`RangePlan`](crate::kv::RangePlan)).
+/// Converts a range request, refusing unknown sort enums as etcd does. Sorting and the
+/// revision filters are applied by the store.
 pub(crate) fn range_request(request: &pb::RangeRequest) -> Result<RangeRequest, Status> {
+    use pb::range_request::{SortOrder as PbOrder, SortTarget as PbTarget};
     if request.key.is_empty() {
         return Err(error::empty_key());
     }
+    let sort_order = match PbOrder::try_from(request.sort_order) {
+        Ok(PbOrder::None) => SortOrder::None,
+        Ok(PbOrder::Ascend) => SortOrder::Ascend,
+        Ok(PbOrder::Descend) => SortOrder::Descend,
+        Err(_) => return Err(error::invalid_sort_option()),
+    };
+    let sort_target = match PbTarget::try_from(request.sort_target) {
+        Ok(PbTarget::Key) => SortTarget::Key,
+        Ok(PbTarget::Version) => SortTarget::Version,
+        Ok(PbTarget::Create) => SortTarget::Create,
+        Ok(PbTarget::Mod) => SortTarget::Mod,
+        Ok(PbTarget::Value) => SortTarget::Value,
+        Err(_) => return Err(error::invalid_sort_option()),
+    };
     Ok(RangeRequest {
         key: request.key.clone(),
         range_end: request.range_end.clone(),
@@ -79,6 +94,12 @@ pub(crate) fn range_request(request: &pb::RangeRequest) -> Result<RangeRequest, 
         keys_only: request.keys_only,
         count_only: request.count_only,
         serializable: request.serializable,
+        sort_order,
+        sort_target,
+        min_mod_revision: request.min_mod_revision,
+        max_mod_revision: request.max_mod_revision,
+        min_create_revision: request.min_create_revision,
+        max_create_revision: request.max_create_revision,
     })
 }
 
@@ -96,22 +117,19 @@ pub(crate) fn range_response(
     }
 }
 
-/// Converts a put. `ignore_value` and `ignore_lease` are handled by the KV service before
-/// this, at the top level; inside a transaction they are refused.
+/// Converts a put. `ignore_value` and `ignore_lease` are applied by the store, atomically
+/// with the write, at the top level and inside transactions.
 pub(crate) fn put_request(request: pb::PutRequest) -> Result<PutRequest, Status> {
     if request.key.is_empty() {
         return Err(error::empty_key());
-    }
-    if request.ignore_value || request.ignore_lease {
-        return Err(Status::invalid_argument(
-            "etcdserver: ignore_value and ignore_lease are not supported inside a txn by strata",
-        ));
     }
     Ok(PutRequest {
         key: request.key,
         value: request.value,
         lease: request.lease,
         prev_kv: request.prev_kv,
+        ignore_value: request.ignore_value,
+        ignore_lease: request.ignore_lease,
     })
 }
 
@@ -214,8 +232,8 @@ pub(crate) fn compare(request: pb::Compare) -> Result<Compare, Status> {
 
 /// Converts a transaction, refusing nesting deeper than [`MAX_TXN_DEPTH`].
 ///
-/// Range operations are converted with their plain fields only; the caller keeps the
-/// original requests to sort and filter their results (see `kv::TxnPlan`).
+/// Inverted ranges and deletes become placeholder reads, whose results the caller replaces
+/// (see `kv::InvertedOps`).
 pub(crate) fn txn_request(request: &pb::TxnRequest, depth: usize) -> Result<TxnRequest, Status> {
     if depth > MAX_TXN_DEPTH {
         return Err(Status::invalid_argument(format!(

@@ -238,8 +238,8 @@ pub(crate) fn to_status(
 }
 
 /// `bad_request` covers several etcd errors. The gRPC services check empty keys themselves;
-/// the two txn limits are enforced by the node (whose limit is configurable), and its
-/// messages start with etcd's wording, which is what is recognised here.
+/// the txn limits and the put options are enforced by the node and its store, whose messages
+/// start with etcd's wording, which is what is recognised here.
 fn bad_request(error: &ApiError) -> Status {
     let message = error.message.as_str();
     if message.starts_with("too many operations in txn request") {
@@ -247,6 +247,15 @@ fn bad_request(error: &ApiError) -> Status {
     }
     if message.starts_with("duplicate key given in txn request") {
         return duplicate_key();
+    }
+    if message.starts_with("key not found") {
+        return key_not_found();
+    }
+    if message.starts_with("value is provided") {
+        return value_provided();
+    }
+    if message.starts_with("lease is provided") {
+        return lease_provided();
     }
     passthrough(Code::InvalidArgument, error)
 }

@@ -8,7 +8,7 @@ use strata_proto::kv::{
     CompactResponse, Compare, CompareResult, CompareTarget, DeleteRangeResponse, Event, EventType,
     KeyValue, KvCommand, KvResult, LeaseGrantResponse, LeaseRevokeResponse, LeaseStatus,
     PutRequest, PutResponse, RangeRequest, RangeResponse, RangeSpec, RequestOp, ResponseHeader,
-    ResponseOp, TxnRequest, TxnResponse,
+    ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 
 /// One version of one key.
@@ -230,6 +230,8 @@ impl KvStore {
             return Err(ApiError::bad_request("limit must not be negative"));
         }
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        // Sorting or filtering sees every key of the range before the limit cuts, as in etcd.
+        let arranged = !req.count_only && (req.sorts() || req.filters());
         let mut response = RangeResponse {
             header: self.header(),
             ..Default::default()
@@ -243,16 +245,27 @@ impl KvStore {
                 continue;
             }
             response.count += 1;
-            if req.count_only || (limit != 0 && response.kvs.len() >= limit) {
+            if req.count_only || (!arranged && limit != 0 && response.kvs.len() >= limit) {
                 continue;
             }
             let mut kv = version.to_kv(key);
-            if req.keys_only {
+            if req.keys_only && !arranged {
                 kv.value.clear();
             }
             response.kvs.push(kv);
         }
-        response.more = !req.count_only && (response.kvs.len() as i64) < response.count;
+        if arranged {
+            arrange(req, &mut response.kvs);
+            response.more = limit != 0 && response.kvs.len() > limit;
+            response
+                .kvs
+                .truncate(if limit == 0 { usize::MAX } else { limit });
+            if req.keys_only {
+                response.kvs.iter_mut().for_each(|kv| kv.value.clear());
+            }
+        } else {
+            response.more = !req.count_only && (response.kvs.len() as i64) < response.count;
+        }
         Ok(response)
     }
 
@@ -344,9 +357,31 @@ impl KvStore {
         (result, batch.events)
     }
 
-    fn validate_put(&self, req: &PutRequest) -> Result<(), ApiError> {
+    /// Checks a put on its own: what holds whatever the store's state.
+    fn validate_put_shape(req: &PutRequest) -> Result<(), ApiError> {
         if req.key.is_empty() {
             return Err(ApiError::bad_request("key must not be empty"));
+        }
+        if req.ignore_value && !req.value.is_empty() {
+            return Err(ApiError::bad_request(
+                "value is provided together with ignore_value",
+            ));
+        }
+        if req.ignore_lease && req.lease != 0 {
+            return Err(ApiError::bad_request(
+                "lease is provided together with ignore_lease",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a put against the store: its lease exists, and the key does when the put keeps
+    /// the key's value or lease.
+    fn validate_put_state(&self, req: &PutRequest) -> Result<(), ApiError> {
+        if (req.ignore_value || req.ignore_lease) && self.live(&req.key).is_none() {
+            return Err(ApiError::bad_request(
+                "key not found: a put with ignore_value or ignore_lease needs the key to exist",
+            ));
         }
         if req.lease != 0 && !self.leases.contains_key(&req.lease) {
             return Err(lease_not_found(req.lease));
@@ -354,7 +389,36 @@ impl KvStore {
         Ok(())
     }
 
+    fn validate_put(&self, req: &PutRequest) -> Result<(), ApiError> {
+        Self::validate_put_shape(req)?;
+        self.validate_put_state(req)
+    }
+
+    /// Checks the puts of the branch a transaction will take against the store as it is
+    /// before the transaction, nested transactions included (etcd checks the same way: the
+    /// branch not taken may name a missing lease or key).
+    fn validate_txn_state(&self, req: &TxnRequest) -> Result<(), ApiError> {
+        let ops = if req.compare.iter().all(|c| self.compare_holds(c)) {
+            &req.success
+        } else {
+            &req.failure
+        };
+        for op in ops {
+            match op {
+                RequestOp::Put(put) => self.validate_put_state(put)?,
+                RequestOp::Txn(nested) => self.validate_txn_state(nested)?,
+                RequestOp::Range(_) | RequestOp::DeleteRange(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     fn validate_txn(&self, req: &TxnRequest) -> Result<(), ApiError> {
+        self.validate_txn_shape(req)?;
+        self.validate_txn_state(req)
+    }
+
+    fn validate_txn_shape(&self, req: &TxnRequest) -> Result<(), ApiError> {
         for compare in &req.compare {
             KeyRange::resolve(&compare.spec())?;
         }
@@ -371,7 +435,7 @@ impl KvStore {
                         }
                     }
                     RequestOp::Put(put) => {
-                        self.validate_put(put)?;
+                        Self::validate_put_shape(put)?;
                         if !put_keys.insert(put.key.clone()) {
                             return Err(ApiError::bad_request(
                                 "duplicate key given in txn request",
@@ -381,7 +445,7 @@ impl KvStore {
                     RequestOp::DeleteRange(delete) => {
                         deletes.push(KeyRange::resolve(&delete.spec())?)
                     }
-                    RequestOp::Txn(nested) => self.validate_txn(nested)?,
+                    RequestOp::Txn(nested) => self.validate_txn_shape(nested)?,
                 }
             }
             for key in &put_keys {
@@ -399,14 +463,23 @@ impl KvStore {
             Some(p) => (p.create_revision, p.version + 1),
             None => (batch.main, 1),
         };
+        // `ignore_value` / `ignore_lease` keep what the key holds (validated to exist).
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
         if let Some(p) = &prev {
-            if p.lease != 0 && p.lease != req.lease {
+            if p.lease != 0 && p.lease != lease {
                 self.detach(p.lease, &req.key);
             }
         }
-        if req.lease != 0 {
-            if let Some(lease) = self.leases.get_mut(&req.lease) {
-                lease.keys.insert(req.key.clone());
+        if lease != 0 {
+            if let Some(held) = self.leases.get_mut(&lease) {
+                held.keys.insert(req.key.clone());
             }
         }
         let sub = batch.next();
@@ -415,8 +488,8 @@ impl KvStore {
             sub,
             create_revision,
             version,
-            value: req.value.clone(),
-            lease: req.lease,
+            value,
+            lease,
             tombstone: false,
         };
         let prev_kv = prev.as_ref().map(|p| p.to_kv(&req.key));
@@ -641,6 +714,38 @@ impl KvStore {
             header: self.header(),
         })
     }
+}
+
+/// Filters and sorts a range's key-values as the request asks (before its limit is applied).
+/// The sort is stable, so keys that compare equal stay in key order.
+fn arrange(req: &RangeRequest, kvs: &mut Vec<KeyValue>) {
+    let above = |value: i64, bound: i64| bound == 0 || value >= bound;
+    let below = |value: i64, bound: i64| bound == 0 || value <= bound;
+    kvs.retain(|kv| {
+        above(kv.mod_revision, req.min_mod_revision)
+            && below(kv.mod_revision, req.max_mod_revision)
+            && above(kv.create_revision, req.min_create_revision)
+            && below(kv.create_revision, req.max_create_revision)
+    });
+    if !req.sorts() {
+        return;
+    }
+    let target = req.sort_target;
+    let descending = req.effective_order() == SortOrder::Descend;
+    kvs.sort_by(|a, b| {
+        let ordering = match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        if descending {
+            ordering.reverse()
+        } else {
+            ordering
+        }
+    });
 }
 
 fn lease_not_found(id: i64) -> ApiError {
@@ -883,5 +988,192 @@ mod tests {
         let bytes = postcard::to_allocvec(&store).unwrap();
         let back: KvStore = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, store);
+    }
+
+    fn keys_of(response: &RangeResponse) -> Vec<String> {
+        response
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
+    }
+
+    /// a (create 1, mod 4, value z), b (create 2, mod 2, value x), c (create 3, mod 3, value y).
+    fn three_keys() -> KvStore {
+        let mut store = KvStore::new();
+        put(&mut store, "a", "w");
+        put(&mut store, "b", "x");
+        put(&mut store, "c", "y");
+        put(&mut store, "a", "z");
+        store
+    }
+
+    fn all(store: &KvStore, adjust: impl FnOnce(&mut RangeRequest)) -> RangeResponse {
+        let mut req = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            ..Default::default()
+        };
+        adjust(&mut req);
+        store.range(&req).unwrap()
+    }
+
+    #[test]
+    fn a_sorted_range_sorts_before_the_limit_cuts() {
+        let store = three_keys();
+        let response = all(&store, |r| {
+            r.sort_order = SortOrder::Descend;
+            r.sort_target = SortTarget::Mod;
+            r.limit = 2;
+        });
+        assert_eq!(keys_of(&response), ["a", "c"]);
+        assert!(response.more);
+        assert_eq!(response.count, 3);
+    }
+
+    #[test]
+    fn a_target_without_order_sorts_ascending_and_keys_only_drops_values_after() {
+        let store = three_keys();
+        let response = all(&store, |r| {
+            r.sort_target = SortTarget::Value;
+            r.keys_only = true;
+        });
+        assert_eq!(keys_of(&response), ["b", "c", "a"]);
+        assert!(response.kvs.iter().all(|kv| kv.value.is_empty()));
+        let descending_keys = all(&store, |r| r.sort_order = SortOrder::Descend);
+        assert_eq!(keys_of(&descending_keys), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn revision_filters_keep_the_count_of_the_whole_range() {
+        let store = three_keys();
+        let response = all(&store, |r| {
+            r.max_create_revision = 2;
+            r.min_mod_revision = 3;
+        });
+        assert_eq!(keys_of(&response), ["a"]);
+        assert_eq!(response.count, 3);
+        assert!(!response.more);
+    }
+
+    fn put_with(store: &mut KvStore, req: PutRequest) -> KvResult {
+        store.apply(&KvCommand::Put(req)).0
+    }
+
+    #[test]
+    fn ignore_value_and_ignore_lease_keep_what_the_key_holds() {
+        let mut store = KvStore::new();
+        store.apply(&KvCommand::LeaseGrant { id: 7, ttl: 10 });
+        store.apply(&KvCommand::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: 7,
+            ..Default::default()
+        }));
+        let keep_value = PutRequest {
+            key: b"k".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert!(matches!(put_with(&mut store, keep_value), KvResult::Put(_)));
+        let kv = get(&store, "k", 0).unwrap();
+        assert_eq!(
+            (kv.value.as_slice(), kv.lease, kv.version),
+            (&b"v"[..], 0, 2)
+        );
+        assert!(
+            store.lease(7).unwrap().1.is_empty(),
+            "the lease was replaced by none"
+        );
+
+        store.apply(&KvCommand::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: 7,
+            ..Default::default()
+        }));
+        let keep_lease = PutRequest {
+            key: b"k".to_vec(),
+            value: b"new".to_vec(),
+            ignore_lease: true,
+            ..Default::default()
+        };
+        assert!(matches!(put_with(&mut store, keep_lease), KvResult::Put(_)));
+        let kv = get(&store, "k", 0).unwrap();
+        assert_eq!((kv.value.as_slice(), kv.lease), (&b"new"[..], 7));
+        assert_eq!(store.lease(7).unwrap().1, vec![b"k".to_vec()]);
+    }
+
+    #[test]
+    fn ignore_options_refuse_a_missing_key_or_a_given_field_and_change_nothing() {
+        let mut store = KvStore::new();
+        put(&mut store, "k", "v");
+        let revision = store.revision();
+        let cases = [
+            PutRequest {
+                key: b"missing".to_vec(),
+                ignore_value: true,
+                ..Default::default()
+            },
+            PutRequest {
+                key: b"k".to_vec(),
+                value: b"x".to_vec(),
+                ignore_value: true,
+                ..Default::default()
+            },
+            PutRequest {
+                key: b"k".to_vec(),
+                lease: 3,
+                ignore_lease: true,
+                ..Default::default()
+            },
+        ];
+        for case in cases {
+            let result = put_with(&mut store, case.clone());
+            assert!(
+                matches!(&result, KvResult::Error(e) if e.code == ErrorCode::BadRequest),
+                "{case:?} gave {result:?}"
+            );
+        }
+        assert_eq!(store.revision(), revision);
+    }
+
+    #[test]
+    fn a_txn_checks_ignore_options_only_on_the_branch_it_takes() {
+        let mut store = KvStore::new();
+        put(&mut store, "k", "v");
+        let keep_missing = RequestOp::Put(PutRequest {
+            key: b"missing".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        });
+        let keep_k = RequestOp::Put(PutRequest {
+            key: b"k".to_vec(),
+            ignore_value: true,
+            prev_kv: true,
+            ..Default::default()
+        });
+        let txn = |success: RequestOp, failure: RequestOp| {
+            KvCommand::Txn(TxnRequest {
+                compare: vec![Compare {
+                    key: b"k".to_vec(),
+                    range_end: Vec::new(),
+                    prefix: false,
+                    result: CompareResult::Greater,
+                    target: CompareTarget::Version(0),
+                }],
+                success: vec![success],
+                failure: vec![failure],
+            })
+        };
+        let taken = store.apply(&txn(keep_k.clone(), keep_missing.clone())).0;
+        assert!(
+            matches!(taken, KvResult::Txn(ref t) if t.succeeded),
+            "{taken:?}"
+        );
+        assert_eq!(get(&store, "k", 0).unwrap().version, 2);
+        let refused = store.apply(&txn(keep_missing, keep_k)).0;
+        assert!(matches!(refused, KvResult::Error(_)), "{refused:?}");
+        assert_eq!(get(&store, "k", 0).unwrap().version, 2);
     }
 }

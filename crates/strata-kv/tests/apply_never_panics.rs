@@ -57,6 +57,7 @@ fn range() -> BoxedStrategy<RangeRequest> {
                 keys_only,
                 count_only,
                 serializable: false,
+                ..Default::default()
             },
         )
         .boxed()
@@ -69,6 +70,7 @@ fn put() -> BoxedStrategy<PutRequest> {
             value,
             lease,
             prev_kv,
+            ..Default::default()
         })
         .boxed()
 }

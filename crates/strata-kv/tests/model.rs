@@ -14,7 +14,8 @@ use strata_proto::kv::{
     CompactRequest, CompactResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
     DeleteRangeResponse, Event, EventType, KeyValue, KvCommand, KvResult, LeaseGrantResponse,
     LeaseRevokeResponse, LeaseStatus, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RangeSpec, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    RangeSpec, RequestOp, ResponseHeader, ResponseOp, SortOrder, SortTarget, TxnRequest,
+    TxnResponse,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -121,34 +122,68 @@ fn keys_in(state: &State, sel: &Sel) -> Vec<(Vec<u8>, ModelKv)> {
         .collect()
 }
 
-/// A range read over one snapshot; the header is left for the caller.
+/// A range read over one snapshot; the header is left for the caller. etcd's order of work:
+/// every key of the range, then the revision filters, then the sort, then the limit;
+/// `count` is the whole range and `more` says the limit cut what the filters kept.
 fn read(state: &State, sel: &Sel, req: &RangeRequest) -> RangeResponse {
     let found = keys_in(state, sel);
-    let limit = if req.limit == 0 {
-        usize::MAX
-    } else {
-        req.limit as usize
+    let count = found.len() as i64;
+    if req.count_only {
+        return RangeResponse {
+            count,
+            ..Default::default()
+        };
+    }
+    let within = |value: i64, low: i64, high: i64| {
+        (low == 0 || value >= low) && (high == 0 || value <= high)
     };
-    let kvs: Vec<KeyValue> = if req.count_only {
-        Vec::new()
-    } else {
-        found
-            .iter()
-            .take(limit)
-            .map(|(key, kv)| {
-                let mut kv = kv.to_kv(key);
-                if req.keys_only {
-                    kv.value.clear();
-                }
-                kv
-            })
-            .collect()
+    let mut kvs: Vec<KeyValue> = found
+        .iter()
+        .map(|(key, kv)| kv.to_kv(key))
+        .filter(|kv| {
+            within(kv.mod_revision, req.min_mod_revision, req.max_mod_revision)
+                && within(
+                    kv.create_revision,
+                    req.min_create_revision,
+                    req.max_create_revision,
+                )
+        })
+        .collect();
+    let order = match (req.sort_order, req.sort_target) {
+        (SortOrder::None, SortTarget::Key) => None,
+        (SortOrder::None, _) => Some(SortOrder::Ascend),
+        (order, _) => Some(order),
     };
+    if let Some(order) = order {
+        kvs.sort_by(|a, b| {
+            let by_target = match req.sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            let by_target = if order == SortOrder::Descend {
+                by_target.reverse()
+            } else {
+                by_target
+            };
+            // Ties keep key order.
+            by_target.then_with(|| a.key.cmp(&b.key))
+        });
+    }
+    let more = req.limit > 0 && kvs.len() > req.limit as usize;
+    if req.limit > 0 {
+        kvs.truncate(req.limit as usize);
+    }
+    if req.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
+    }
     RangeResponse {
         header: ResponseHeader::default(),
-        more: !req.count_only && kvs.len() < found.len(),
-        count: found.len() as i64,
         kvs,
+        more,
+        count,
     }
 }
 
@@ -204,11 +239,17 @@ impl Write {
     fn put(&mut self, req: &PutRequest) -> PutResponse {
         let prev = self.state.get(&req.key).cloned();
         let new = ModelKv {
-            value: req.value.clone(),
+            value: match &prev {
+                Some(p) if req.ignore_value => p.value.clone(),
+                _ => req.value.clone(),
+            },
             create_revision: prev.as_ref().map_or(self.rev, |p| p.create_revision),
             mod_revision: self.rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
-            lease: req.lease,
+            lease: match &prev {
+                Some(p) if req.ignore_lease => p.lease,
+                _ => req.lease,
+            },
         };
         let prev_kv = prev.map(|p| p.to_kv(&req.key));
         self.events.push(Event {
@@ -325,8 +366,21 @@ impl Model {
         (self.revision(), write.events)
     }
 
-    fn check_put(&self, req: &PutRequest) -> Result<(), ErrorCode> {
-        if req.key.is_empty() {
+    /// What makes a put invalid whatever the state.
+    fn check_put_shape(req: &PutRequest) -> Result<(), ErrorCode> {
+        let value_and_ignore = req.ignore_value && !req.value.is_empty();
+        let lease_and_ignore = req.ignore_lease && req.lease != 0;
+        if req.key.is_empty() || value_and_ignore || lease_and_ignore {
+            return Err(ErrorCode::BadRequest);
+        }
+        Ok(())
+    }
+
+    /// What makes a put invalid in the current state: keeping a missing key's value or
+    /// lease, or naming a lease that does not exist.
+    fn check_put_state(&self, req: &PutRequest) -> Result<(), ErrorCode> {
+        let keeps = req.ignore_value || req.ignore_lease;
+        if keeps && !self.current().contains_key(&req.key) {
             return Err(ErrorCode::BadRequest);
         }
         if req.lease != 0 && !self.leases.contains_key(&req.lease) {
@@ -335,7 +389,14 @@ impl Model {
         Ok(())
     }
 
-    /// Both branches are validated up front, in order; any failure rejects the whole txn.
+    fn check_put(&self, req: &PutRequest) -> Result<(), ErrorCode> {
+        Self::check_put_shape(req)?;
+        self.check_put_state(req)
+    }
+
+    /// Both branches are checked for shape up front, in order; then the puts of the branch
+    /// the compares choose are checked against the state (as etcd does). Any failure
+    /// rejects the whole txn.
     fn check_txn(&self, txn: &TxnRequest) -> Result<(), ErrorCode> {
         for c in &txn.compare {
             sel_of_compare(c)?;
@@ -353,7 +414,7 @@ impl Model {
                         }
                     }
                     RequestOp::Put(p) => {
-                        self.check_put(p)?;
+                        Self::check_put_shape(p)?;
                         if puts.contains(&p.key.as_slice()) {
                             return Err(ErrorCode::BadRequest);
                         }
@@ -368,6 +429,17 @@ impl Model {
                 .any(|key| deletes.iter().any(|sel| sel.matches(key)))
             {
                 return Err(ErrorCode::BadRequest);
+            }
+        }
+        let succeeded = txn.compare.iter().all(|c| compare_holds(self.current(), c));
+        let taken = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        for op in taken {
+            if let RequestOp::Put(p) = op {
+                self.check_put_state(p)?;
             }
         }
         Ok(())
@@ -547,6 +619,7 @@ impl Spec {
             keys_only,
             count_only,
             serializable: false,
+            ..Default::default()
         }
     }
 
@@ -587,6 +660,8 @@ struct PutGen {
     value: &'static str,
     lease: LeaseGen,
     prev_kv: bool,
+    ignore_value: bool,
+    ignore_lease: bool,
 }
 
 /// The lease of a put.
@@ -616,6 +691,8 @@ impl PutGen {
             value: self.value.as_bytes().to_vec(),
             lease,
             prev_kv: self.prev_kv,
+            ignore_value: self.ignore_value,
+            ignore_lease: self.ignore_lease,
         }
     }
 }
@@ -631,13 +708,19 @@ fn put_gen(no_lease: u32) -> impl Strategy<Value = PutGen> {
             1 => (1..=3i64).prop_map(LeaseGen::Id),
         ],
         any::<bool>(),
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.15),
     )
-        .prop_map(|(key, value, lease, prev_kv)| PutGen {
-            key,
-            value,
-            lease,
-            prev_kv,
-        })
+        .prop_map(
+            |(key, value, lease, prev_kv, ignore_value, ignore_lease)| PutGen {
+                key,
+                value,
+                lease,
+                prev_kv,
+                ignore_value,
+                ignore_lease,
+            },
+        )
 }
 
 /// A range op inside a txn; `revision: None` reads the latest state.
@@ -648,6 +731,54 @@ struct ReadGen {
     keys_only: bool,
     count_only: bool,
     revision: Option<u8>,
+    arrange: Arrange,
+}
+
+/// Sorting and revision filters of a read; the filter bounds are picked around the store's
+/// revisions when run.
+#[derive(Debug, Clone)]
+struct Arrange {
+    order: SortOrder,
+    target: SortTarget,
+    /// `[min_mod, max_mod, min_create, max_create]`: `None` for no bound.
+    bounds: [Option<u8>; 4],
+}
+
+impl Arrange {
+    fn apply(&self, req: &mut RangeRequest, revision: i64) {
+        req.sort_order = self.order;
+        req.sort_target = self.target;
+        let bound = |b: Option<u8>| b.map_or(0, |b| pick(b, 1, revision + 1));
+        req.min_mod_revision = bound(self.bounds[0]);
+        req.max_mod_revision = bound(self.bounds[1]);
+        req.min_create_revision = bound(self.bounds[2]);
+        req.max_create_revision = bound(self.bounds[3]);
+    }
+}
+
+fn arrange_gen() -> impl Strategy<Value = Arrange> {
+    let order = prop::sample::select(&[SortOrder::None, SortOrder::Ascend, SortOrder::Descend][..]);
+    let target = prop::sample::select(
+        &[
+            SortTarget::Key,
+            SortTarget::Version,
+            SortTarget::Create,
+            SortTarget::Mod,
+            SortTarget::Value,
+        ][..],
+    );
+    let bound = || prop_oneof![3 => Just(None), 1 => any::<u8>().prop_map(Some)];
+    let arranged = (order, target, [bound(), bound(), bound(), bound()]).prop_map(
+        |(order, target, bounds)| Arrange {
+            order,
+            target,
+            bounds,
+        },
+    );
+    prop_oneof![
+        2 => Just(Arrange { order: SortOrder::None, target: SortTarget::Key, bounds: [None; 4] }),
+        1 => arranged,
+    ]
 }
 
 fn read_gen() -> impl Strategy<Value = ReadGen> {
@@ -657,14 +788,18 @@ fn read_gen() -> impl Strategy<Value = ReadGen> {
         prop::bool::weighted(0.2),
         prop::bool::weighted(0.2),
         prop_oneof![3 => Just(None), 1 => any::<u8>().prop_map(Some)],
+        arrange_gen(),
     )
-        .prop_map(|(spec, limit, keys_only, count_only, revision)| ReadGen {
-            spec,
-            limit,
-            keys_only,
-            count_only,
-            revision,
-        })
+        .prop_map(
+            |(spec, limit, keys_only, count_only, revision, arrange)| ReadGen {
+                spec,
+                limit,
+                keys_only,
+                count_only,
+                revision,
+                arrange,
+            },
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -764,7 +899,9 @@ impl Cmd {
             OpGen::Delete(s, prev_kv) => RequestOp::DeleteRange(s.delete(*prev_kv)),
             OpGen::Range(r) => {
                 let at = r.revision.map_or(0, |b| pick(b, compact - 1, revision + 1));
-                RequestOp::Range(r.spec.range(r.limit, at, r.keys_only, r.count_only))
+                let mut read = r.spec.range(r.limit, at, r.keys_only, r.count_only);
+                r.arrange.apply(&mut read, revision);
+                RequestOp::Range(read)
             }
         };
         match self {
@@ -865,6 +1002,54 @@ fn check_reads(store: &KvStore, model: &Model, revision: i64, all_options: bool)
                 "range {req:?} (store at {}, compacted at {})",
                 model.revision(),
                 model.compact
+            );
+        }
+        if !all_options {
+            continue;
+        }
+        let middle = model.revision() / 2 + 1;
+        let arranged = [
+            (SortOrder::Descend, SortTarget::Mod, 2, true, [0, 0, 0, 0]),
+            (SortOrder::None, SortTarget::Value, 1, false, [0, 0, 0, 0]),
+            (
+                SortOrder::Ascend,
+                SortTarget::Version,
+                0,
+                false,
+                [middle, 0, 0, 0],
+            ),
+            (
+                SortOrder::None,
+                SortTarget::Key,
+                1,
+                false,
+                [0, 0, 0, middle],
+            ),
+            (
+                SortOrder::Descend,
+                SortTarget::Key,
+                0,
+                true,
+                [0, middle, middle, 0],
+            ),
+        ];
+        for (order, target, limit, keys_only, [min_mod, max_mod, min_create, max_create]) in
+            arranged
+        {
+            let req = RangeRequest {
+                sort_order: order,
+                sort_target: target,
+                min_mod_revision: min_mod,
+                max_mod_revision: max_mod,
+                min_create_revision: min_create,
+                max_create_revision: max_create,
+                ..spec.range(limit, revision, keys_only, false)
+            };
+            assert_eq!(
+                codes(store.range(&req)),
+                model.range(&req),
+                "range {req:?} (store at {})",
+                model.revision()
             );
         }
     }

@@ -17,6 +17,7 @@ fn the_snapshot_bytes_of_formats_1_and_2_are_unchanged() {
         value: b"1".to_vec(),
         lease: 5,
         prev_kv: false,
+        ..Default::default()
     }));
     store.apply(&KvCommand::Put(PutRequest {
         key: b"b".to_vec(),

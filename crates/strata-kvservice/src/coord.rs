@@ -88,6 +88,7 @@ impl KvService {
                     value,
                     lease,
                     prev_kv: false,
+                    ..Default::default()
                 }),
                 RequestOp::Range(RangeRequest {
                     key: key.clone(),
@@ -149,12 +150,11 @@ impl KvService {
                     .into_iter()
                     .filter(|kv| kv.create_revision < me.revision)
                     .max_by_key(|kv| kv.create_revision)
-                    .map(|kv| kv.key)
             };
             let Some(predecessor) = predecessor else {
                 return Ok(());
             };
-            wait_for_delete(&mut feed, &predecessor, &me.key).await?;
+            wait_for_delete(&mut feed, &predecessor, me).await?;
         }
     }
 
@@ -229,6 +229,7 @@ impl KvService {
                 value,
                 lease: leader.lease,
                 prev_kv: false,
+                ..Default::default()
             })],
             failure: Vec::new(),
         };
@@ -320,24 +321,32 @@ impl KvService {
     }
 }
 
-/// Waits until `key` is deleted (or the feed resets, in which case the caller looks again).
-/// Fails if `mine` is deleted meanwhile.
+/// Waits until `predecessor` is deleted (or the feed resets, in which case the caller looks
+/// again). Fails if `mine` is deleted meanwhile.
+///
+/// The feed was subscribed before the caller's read, and this node may apply entries after the
+/// leader answered, so it can still carry deletes of earlier keys of the same names: a
+/// contender that unlocks and locks again reuses its key (`NAME/LEASE`). Only deletes after a
+/// key's creation count.
 async fn wait_for_delete(
     feed: &mut broadcast::Receiver<Applied>,
-    key: &[u8],
-    mine: &[u8],
+    predecessor: &KeyValue,
+    mine: &Ownership,
 ) -> Result<(), ApiError> {
     loop {
         match feed.recv().await {
             Ok(Applied::Events { events, .. }) => {
                 for event in events.iter().filter(|e| e.kind == EventType::Delete) {
-                    if event.kv.key == mine {
+                    let deleted = &event.kv;
+                    if deleted.key == mine.key && deleted.mod_revision > mine.revision {
                         return Err(ApiError::new(
                             ErrorCode::FailedPrecondition,
                             "lost the lock before acquiring it: its lease expired or its key was deleted",
                         ));
                     }
-                    if event.kv.key == key {
+                    if deleted.key == predecessor.key
+                        && deleted.mod_revision > predecessor.create_revision
+                    {
                         return Ok(());
                     }
                 }

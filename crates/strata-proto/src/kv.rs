@@ -160,6 +160,90 @@ pub struct RangeRequest {
     /// Serve from the local replica without confirming leadership (may be stale).
     #[serde(default)]
     pub serializable: bool,
+    /// Order of the result; [`SortOrder::None`] is key order (unless `sort_target` is not
+    /// the key, which then sorts ascending, as in etcd).
+    #[serde(default)]
+    pub sort_order: SortOrder,
+    /// What the result is sorted by.
+    #[serde(default)]
+    pub sort_target: SortTarget,
+    /// Keep only keys with `mod_revision >=` this; 0: no bound.
+    #[serde(default)]
+    pub min_mod_revision: i64,
+    /// Keep only keys with `mod_revision <=` this; 0: no bound.
+    #[serde(default)]
+    pub max_mod_revision: i64,
+    /// Keep only keys with `create_revision >=` this; 0: no bound.
+    #[serde(default)]
+    pub min_create_revision: i64,
+    /// Keep only keys with `create_revision <=` this; 0: no bound.
+    #[serde(default)]
+    pub max_create_revision: i64,
+}
+
+impl RangeRequest {
+    /// The effective sort order: a target other than the key without an order means
+    /// ascending (etcd's rule).
+    pub fn effective_order(&self) -> SortOrder {
+        if self.sort_order == SortOrder::None && self.sort_target != SortTarget::Key {
+            SortOrder::Ascend
+        } else {
+            self.sort_order
+        }
+    }
+
+    /// True when the result is in another order than ascending keys.
+    pub fn sorts(&self) -> bool {
+        match self.effective_order() {
+            SortOrder::None => false,
+            SortOrder::Ascend => self.sort_target != SortTarget::Key,
+            SortOrder::Descend => true,
+        }
+    }
+
+    /// True when a revision filter is set.
+    pub fn filters(&self) -> bool {
+        self.min_mod_revision != 0
+            || self.max_mod_revision != 0
+            || self.min_create_revision != 0
+            || self.max_create_revision != 0
+    }
+
+    /// True when the request uses a field that formats before 3 cannot carry (sorting or
+    /// revision filters).
+    pub fn needs_format_3(&self) -> bool {
+        self.sort_order != SortOrder::None || self.sort_target != SortTarget::Key || self.filters()
+    }
+}
+
+/// Order of a range result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    /// Key order.
+    #[default]
+    None,
+    /// Ascending by the sort target.
+    Ascend,
+    /// Descending by the sort target.
+    Descend,
+}
+
+/// What a range result is sorted by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortTarget {
+    /// The key.
+    #[default]
+    Key,
+    /// The key's version.
+    Version,
+    /// The key's create revision.
+    Create,
+    /// The key's mod revision.
+    Mod,
+    /// The value.
+    Value,
 }
 
 /// The result of a range read.
@@ -190,6 +274,12 @@ pub struct PutRequest {
     /// Return the previous key-value.
     #[serde(default)]
     pub prev_kv: bool,
+    /// Keep the key's current value (`value` must be empty); the key must exist.
+    #[serde(default)]
+    pub ignore_value: bool,
+    /// Keep the key's current lease (`lease` must be 0); the key must exist.
+    #[serde(default)]
+    pub ignore_lease: bool,
 }
 
 /// The result of a put.

@@ -127,6 +127,7 @@ fn range_request() -> BoxedStrategy<RangeRequest> {
                     keys_only,
                     count_only,
                     serializable,
+                    ..Default::default()
                 }
             },
         )
@@ -140,6 +141,7 @@ fn put_request() -> BoxedStrategy<PutRequest> {
             value,
             lease,
             prev_kv,
+            ..Default::default()
         })
         .boxed()
 }

@@ -43,8 +43,9 @@ fn decode_entry(index: u64, value: &[u8]) -> Result<Entry<TypeConfig>, StorageEr
     let bad = |e: String| read_err(ErrorSubject::Logs, format!("log entry {index}: {e}"));
     let (format, body) = postcard::take_from_bytes::<u32>(value).map_err(|e| bad(e.to_string()))?;
     match format {
-        // Format 2 stores format 1's entry behind the tag.
-        2 => postcard::from_bytes(body).map_err(|e| bad(e.to_string())),
+        // Format 2 stores format 1's entry behind the tag; format 3's types decode format 2's
+        // bytes unchanged (it only appends variants).
+        2 | 3 => postcard::from_bytes(body).map_err(|e| bad(e.to_string())),
         other => Err(bad(format!(
             "format {other} is not one this build reads (a newer strata wrote it?)"
         ))),
@@ -65,7 +66,8 @@ fn upgrade_log(
         .transpose()
         .map_err(|e| read_err(ErrorSubject::Store, e))?
         .unwrap_or(1);
-    if format == strata_proto::log::FORMAT {
+    // From format 2 on every entry carries its own tag, so the log needs no rewriting.
+    if (2..=strata_proto::log::FORMAT).contains(&format) {
         return Ok(());
     }
     if format != 1 {

@@ -101,6 +101,7 @@ fn command() -> BoxedStrategy<Command> {
             value: b"v".to_vec(),
             lease,
             prev_kv: false,
+            ..Default::default()
         })
     });
     prop_oneof![

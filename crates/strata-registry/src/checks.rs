@@ -138,6 +138,7 @@ pub async fn keep_node_alive(registry: Arc<Registry>, cancel: CancellationToken)
                             value: me.to_string().into_bytes(),
                             lease: id,
                             prev_kv: false,
+                            ..Default::default()
                         })],
                         failure: vec![],
                     })

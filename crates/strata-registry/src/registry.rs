@@ -101,6 +101,7 @@ fn put_op(key: String, value: Vec<u8>, lease: i64) -> RequestOp {
         value,
         lease,
         prev_kv: false,
+        ..Default::default()
     })
 }
 

@@ -472,6 +472,7 @@ async fn checks_are_split_over_the_live_nodes_and_taken_over_when_a_node_expires
             value: other.to_string().into_bytes(),
             lease: other_lease,
             prev_kv: false,
+            ..Default::default()
         })
         .await
         .unwrap();

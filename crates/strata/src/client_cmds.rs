@@ -12,7 +12,7 @@ use strata_proto::kv::{
     CompactRequest, CompactResponse, DeleteRangeRequest, DeleteRangeResponse, EventType, KeyValue,
     LeaseGrantRequest, LeaseGrantResponse, LeaseIdRequest, LeaseLeasesResponse,
     LeaseRevokeResponse, LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, TxnRequest, TxnResponse, WatchRequest,
+    RangeResponse, SortOrder, SortTarget, TxnRequest, TxnResponse, WatchRequest,
 };
 use strata_proto::ClusterStatus;
 
@@ -22,8 +22,9 @@ pub enum KvCommand {
     Put {
         /// The key (any UTF-8 text).
         key: String,
-        /// The value.
-        value: String,
+        /// The value (leave it out with --ignore-value).
+        #[arg(required_unless_present = "ignore_value")]
+        value: Option<String>,
         /// Attach the key to this lease (the id as `lease grant` prints it); the key is deleted
         /// when the lease ends.
         #[arg(long)]
@@ -31,6 +32,12 @@ pub enum KvCommand {
         /// Print the previous value.
         #[arg(long)]
         prev_kv: bool,
+        /// Keep the key's current value (the key must exist); e.g. to move it to a lease.
+        #[arg(long, conflicts_with = "value")]
+        ignore_value: bool,
+        /// Keep the key's current lease (the key must exist).
+        #[arg(long, conflicts_with = "lease")]
+        ignore_lease: bool,
     },
     /// Read KEY (table output prints only the value for a single key).
     Get {
@@ -54,6 +61,24 @@ pub enum KvCommand {
         /// Serve from the contacted node without confirming with the leader (may be stale).
         #[arg(long)]
         serializable: bool,
+        /// Sort the result by this (before --limit cuts it).
+        #[arg(long, value_enum)]
+        sort_by: Option<SortBy>,
+        /// Sort order (ascending when only --sort-by is given).
+        #[arg(long, value_enum)]
+        order: Option<Order>,
+        /// Only keys last modified at or after this revision.
+        #[arg(long)]
+        min_mod_rev: Option<i64>,
+        /// Only keys last modified at or before this revision.
+        #[arg(long)]
+        max_mod_rev: Option<i64>,
+        /// Only keys created at or after this revision.
+        #[arg(long)]
+        min_create_rev: Option<i64>,
+        /// Only keys created at or before this revision.
+        #[arg(long)]
+        max_create_rev: Option<i64>,
     },
     /// Delete KEY (or every key starting with KEY with --prefix).
     Del {
@@ -93,6 +118,30 @@ pub enum KvCommand {
         /// The oldest revision to keep.
         rev: i64,
     },
+}
+
+/// What `kv get --sort-by` sorts by (etcdctl's names).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SortBy {
+    /// The key.
+    Key,
+    /// The key's version.
+    Version,
+    /// The key's create revision.
+    Create,
+    /// The key's mod revision.
+    Modify,
+    /// The value.
+    Value,
+}
+
+/// `kv get --order`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Order {
+    /// Smallest first.
+    Ascend,
+    /// Largest first.
+    Descend,
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,13 +261,17 @@ pub async fn kv(endpoints: &[String], output: Output, command: KvCommand) -> any
             value,
             lease,
             prev_kv,
+            ignore_value,
+            ignore_lease,
         } => {
             let lease = lease.as_deref().map(parse_lease).transpose()?.unwrap_or(0);
             let request = PutRequest {
                 key: key.into_bytes(),
-                value: value.into_bytes(),
+                value: value.unwrap_or_default().into_bytes(),
                 lease,
                 prev_kv,
+                ignore_value,
+                ignore_lease,
             };
             let response: PutResponse =
                 client.post("/v1/kv/put", &request).await.map_err(explain)?;
@@ -240,6 +293,12 @@ pub async fn kv(endpoints: &[String], output: Output, command: KvCommand) -> any
             keys_only,
             count_only,
             serializable,
+            sort_by,
+            order,
+            min_mod_rev,
+            max_mod_rev,
+            min_create_rev,
+            max_create_rev,
         } => {
             let request = RangeRequest {
                 key: key.into_bytes(),
@@ -250,6 +309,22 @@ pub async fn kv(endpoints: &[String], output: Output, command: KvCommand) -> any
                 keys_only,
                 count_only,
                 serializable,
+                sort_order: match order {
+                    None => SortOrder::None,
+                    Some(Order::Ascend) => SortOrder::Ascend,
+                    Some(Order::Descend) => SortOrder::Descend,
+                },
+                sort_target: match sort_by {
+                    None | Some(SortBy::Key) => SortTarget::Key,
+                    Some(SortBy::Version) => SortTarget::Version,
+                    Some(SortBy::Create) => SortTarget::Create,
+                    Some(SortBy::Modify) => SortTarget::Mod,
+                    Some(SortBy::Value) => SortTarget::Value,
+                },
+                min_mod_revision: min_mod_rev.unwrap_or(0),
+                max_mod_revision: max_mod_rev.unwrap_or(0),
+                min_create_revision: min_create_rev.unwrap_or(0),
+                max_create_revision: max_create_rev.unwrap_or(0),
             };
             let response: RangeResponse = client
                 .post("/v1/kv/range", &request)

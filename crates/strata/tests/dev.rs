@@ -206,3 +206,81 @@ async fn t10_dev_serves_the_cli_reports_health_stops_cleanly_and_keeps_data() {
     let mut dev = dev;
     dev.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_the_cli_sorts_filters_and_keeps_values_and_leases_across_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = root.path().join("data");
+    let mut dev = Dev::start(root.path(), &data_dir, 1).await;
+    let revision = |dev: &Dev| -> i64 {
+        let status: serde_json::Value =
+            serde_json::from_str(&dev.cli(&["--output", "json", "cluster", "status"])).unwrap();
+        status["revision"].as_i64().expect("revision")
+    };
+    let first = revision(&dev) + 1;
+    // Created at first, first+1, first+2; s/a written again at first+3.
+    for (key, value) in [("s/a", "3"), ("s/b", "1"), ("s/c", "2"), ("s/a", "3")] {
+        assert_eq!(dev.cli(&["kv", "put", key, value]), "OK\n");
+    }
+    let keys = |dev: &Dev, extra: &[&str]| {
+        let mut args = vec!["kv", "get", "s/", "--prefix", "--keys-only"];
+        args.extend_from_slice(extra);
+        dev.cli(&args)
+    };
+    let by_mod = keys(&dev, &["--sort-by", "modify", "--order", "descend"]);
+    assert_eq!(by_mod, "s/a\ns/c\ns/b\n");
+    let by_value = keys(&dev, &["--sort-by", "value", "--limit", "2"]);
+    assert_eq!(by_value, "s/b\ns/c\n");
+    let created_early = (first + 1).to_string();
+    assert_eq!(
+        keys(&dev, &["--max-create-rev", &created_early]),
+        "s/a\ns/b\n"
+    );
+    let modified_last = (first + 3).to_string();
+    assert_eq!(keys(&dev, &["--min-mod-rev", &modified_last]), "s/a\n");
+
+    // Keep the value, then the lease: both decided by the store when the write applies.
+    assert_eq!(dev.cli(&["kv", "put", "s/b", "--ignore-value"]), "OK\n");
+    let lease = dev.cli(&["lease", "grant", "300"]);
+    let lease = lease
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    assert_eq!(
+        dev.cli(&["kv", "put", "s/c", "x", "--lease", &lease]),
+        "OK\n"
+    );
+    assert_eq!(
+        dev.cli(&["kv", "put", "s/c", "y", "--ignore-lease"]),
+        "OK\n"
+    );
+    let refused = common::cli(
+        std::slice::from_ref(&dev.url),
+        &["kv", "put", "s/none", "--ignore-value"],
+    );
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("key not found"), "{message}");
+
+    let check = |dev: &Dev| {
+        assert_eq!(dev.cli(&["kv", "get", "s/b"]), "1\n");
+        let json: serde_json::Value =
+            serde_json::from_str(&dev.cli(&["--output", "json", "kv", "get", "s/c"])).unwrap();
+        let kv = &json["kvs"][0];
+        assert_eq!(kv["value"], "y", "{json}");
+        assert_eq!(
+            format!("{:x}", kv["lease"].as_i64().expect("lease")),
+            lease,
+            "{json}"
+        );
+        assert_eq!(dev.cli(&["kv", "get", "s/none"]), "");
+    };
+    check(&dev);
+    dev.stop();
+    // The log (with format-3 entries) replays to the same state.
+    let dev = Dev::start(root.path(), &data_dir, 2).await;
+    check(&dev);
+    let mut dev = dev;
+    dev.stop();
+}

@@ -678,6 +678,25 @@ fn scenario(both: &mut Both, grpc_endpoints: &[String]) {
         both.run(step(&["put", "foo", "bar3", "--prev-kv"])).stdout,
         "OK\nfoo\nbar2\n"
     );
+    // Puts that keep the value or the lease, decided by the store in apply.
+    assert_eq!(
+        both.run(step(&["put", "foo", "--ignore-value"])).stdout,
+        "OK\n"
+    );
+    assert_eq!(
+        both.run(step(&["put", "foo", "bar4", "--ignore-lease"]))
+            .stdout,
+        "OK\n"
+    );
+    assert_eq!(
+        both.run(step(&["get", "foo", "--print-value-only"])).stdout,
+        "bar4\n"
+    );
+    let missing = both.run(step(&["put", "nothing", "--ignore-value"]));
+    assert!(
+        missing.stderr.contains("etcdserver: key not found"),
+        "{missing:?}"
+    );
     assert_eq!(both.run(step(&["del", "foo"])).stdout, "1\n");
     assert_eq!(
         both.run(step(&["del", "foo/", "--prefix", "--prev-kv"]))

@@ -398,6 +398,7 @@ impl KvApi for FakeBackend {
             value,
             lease,
             prev_kv: false,
+            ..Default::default()
         };
         let result = self.apply(KvCommand::Put(put)).map(|result| {
             let revision = match result {
@@ -430,6 +431,7 @@ impl KvApi for FakeBackend {
             value,
             lease,
             prev_kv: false,
+            ..Default::default()
         };
         ready(self.apply(KvCommand::Put(put)).map(|_| ()))
     }

@@ -249,3 +249,68 @@ async fn put_can_keep_the_value_or_the_lease() {
     let status = kv.put(both).await.unwrap_err();
     assert_eq!(status.message(), "etcdserver: value is provided");
 }
+
+#[tokio::test]
+async fn a_txn_can_keep_a_value_and_sort_its_reads() {
+    let server = TestServer::start().await;
+    let mut kv = server.kv();
+    for (key, value) in [("a", "2"), ("b", "1"), ("c", "3")] {
+        kv.put(put(key, value)).await.unwrap();
+    }
+    let keep_b = RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key: b"b".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        })),
+    };
+    let by_value = RequestOp {
+        request: Some(Op::RequestRange(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Value as i32,
+            limit: 2,
+            ..Default::default()
+        })),
+    };
+    let txn = TxnRequest {
+        success: vec![keep_b, by_value],
+        ..Default::default()
+    };
+    let response = kv.txn(txn).await.unwrap().into_inner();
+    assert!(response.succeeded);
+    let Some(OpResponse::ResponseRange(read)) = &response.responses[1].response else {
+        panic!("{response:?}");
+    };
+    let keys: Vec<&[u8]> = read.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    assert_eq!(keys, [&b"c"[..], &b"a"[..]]);
+    assert!(read.more);
+    let b = kv.range(get("b")).await.unwrap().into_inner();
+    assert_eq!(
+        (b.kvs[0].value.as_slice(), b.kvs[0].version),
+        (&b"1"[..], 2)
+    );
+
+    // Keeping a missing key's value fails the whole txn, and nothing changes.
+    let keep_missing = RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key: b"nothing".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        })),
+    };
+    let txn = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(Op::RequestPut(put("a", "changed"))),
+            },
+            keep_missing,
+        ],
+        ..Default::default()
+    };
+    let status = kv.txn(txn).await.unwrap_err();
+    assert_eq!(status.message(), "etcdserver: key not found");
+    let a = kv.range(get("a")).await.unwrap().into_inner();
+    assert_eq!(a.kvs[0].value, b"2");
+}

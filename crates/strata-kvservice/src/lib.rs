@@ -1,14 +1,13 @@
 //! The KV service: the replicated KV store as every interface uses it.
 //!
 //! [`start`] builds it on a running Raft: the state machine glue ([`kv_machine`]), the service
-//! layer with validation, forwarding and consistency ([`service`]), the batching of writes into
-//! log entries ([`proposer`]) and of leadership confirmations ([`read_index`]), the leader's
+//! layer with validation, forwarding and consistency ([`service`]) on the consensus handle of
+//! [`strata_raft::consensus`], the leader's
 //! lease clock ([`lease_clock`]) and its expiry and automatic compaction loops ([`loops`]), watches ([`watch`]), locks and elections
 //! ([`coord`]). [`kv_api::NodeKv`] is the service as the [`strata_store::KvApi`] components
 //! hold; [`http`] is the native `/v1/kv`, `/v1/lease`, `/v1/lock`, `/v1/election` and
 //! `/v1/cluster` API, plus the internal leader route peers call.
 
-pub mod consensus;
 pub mod coord;
 pub mod http;
 pub mod kv_api;
@@ -16,8 +15,6 @@ pub mod kv_machine;
 pub mod lease_clock;
 pub mod loops;
 pub mod metrics;
-pub mod proposer;
-pub mod read_index;
 pub mod service;
 pub mod watch;
 
@@ -26,6 +23,7 @@ pub use loops::refresh_metrics;
 pub use service::KvService;
 
 use std::sync::Arc;
+use strata_raft::consensus::{Consensus, Timing};
 use strata_raft::{LogStore, Raft, StateMachineStore};
 use strata_settings::ValidatedConfig;
 use tokio_util::sync::CancellationToken;
@@ -53,12 +51,12 @@ pub struct Parts {
 /// `tracker` until `cancel`.
 pub fn start(parts: Parts, tracker: &TaskTracker, cancel: &CancellationToken) -> Arc<KvService> {
     let metrics = Arc::new(metrics::Metrics::new(parts.id));
-    let consensus = consensus::Consensus::start(
+    let consensus = Consensus::start(
         parts.id,
         parts.raft.clone(),
         parts.client.clone(),
-        metrics.clone(),
-        consensus::Timing {
+        metrics.consensus(),
+        Timing {
             request_timeout: parts.config.kv.request_timeout.0,
             election_timeout_max: parts.config.raft.election_timeout_max.0,
         },

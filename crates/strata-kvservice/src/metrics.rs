@@ -84,6 +84,16 @@ impl Metrics {
         &self.registry
     }
 
+    /// The metrics the consensus handle updates.
+    pub fn consensus(&self) -> strata_raft::consensus::ConsensusMetrics {
+        strata_raft::consensus::ConsensusMetrics {
+            proposal_batch_size: self.proposal_batch_size.clone(),
+            proposals_abandoned: self.proposals_abandoned.clone(),
+            forwards_abandoned: self.forwards_abandoned.clone(),
+            proposal_seconds: self.proposal_seconds.clone(),
+        }
+    }
+
     /// Creates and registers every metric.
     pub fn new(node_id: u64) -> Self {
         let registry = Registry::new_custom(

@@ -8,8 +8,6 @@
 //! known (an election), the request waits up to `kv.request_timeout`. A client that lists
 //! every node therefore never sees "not leader".
 
-use crate::consensus::{not_leader, Consensus};
-pub use crate::consensus::{LeaderReply, LeaderRequest};
 use crate::kv_machine::KvMachine;
 use crate::lease_clock::LeaseClock;
 use crate::metrics::Metrics;
@@ -24,6 +22,8 @@ use strata_proto::kv::{
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use strata_proto::{ClusterStatus, MemberStatus, NodeInfo};
+use strata_raft::consensus::{not_leader, Consensus};
+pub use strata_raft::consensus::{LeaderReply, LeaderRequest};
 use strata_raft::{LogStore, Raft, StateMachineStore};
 use strata_settings::ValidatedConfig;
 

@@ -10,15 +10,21 @@
 //!   On restart the latest snapshot is restored and openraft re-applies the committed tail.
 //! - [`run_snapshot_schedule`]: when each node snapshots (staggered across members).
 //! - [`network`]: the node-to-node transport (HTTP/1.1, postcard bodies) and its server routes.
+//! - [`consensus::Consensus`]: the consensus plumbing behind one handle: write batching into
+//!   log entries (`proposer`), a follower's forwarding to the leader, read-index batching
+//!   (`read_index`), membership changes and the leadership hand-off.
 //! - [`parse_checked`]: the parser of the checksummed snapshot and vote-marker files; public
 //!   only so that fuzz targets and tests can feed it arbitrary bytes.
 //!
 //! **Architecture Invariant:** nothing here knows about KV semantics; the state machine is a
-//! trait object. **Architecture Invariant:** a write is acknowledged only after it is applied,
+//! trait object and commands are opaque. **Architecture Invariant:** a write is acknowledged only after it is applied,
 //! which openraft allows only after a majority has fsynced it.
 
+pub mod consensus;
 mod log_store;
 pub mod network;
+mod proposer;
+mod read_index;
 mod snapshot_file;
 mod snapshot_schedule;
 mod state_machine;

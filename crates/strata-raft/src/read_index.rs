@@ -7,11 +7,11 @@
 //! loop does). A round that starts after a read arrived is as good as one started for it, so
 //! linearizability is preserved.
 
+use crate::Raft;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_proto::error::ApiError;
-use strata_raft::Raft;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

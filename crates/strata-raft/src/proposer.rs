@@ -14,13 +14,14 @@
 //! answered). A batch also gives up after `kv.request_timeout`. A follower's forward to the
 //! leader is abandoned the same way when raft elects someone else (`KvService::forward`).
 
-use crate::metrics::Metrics;
+use crate::consensus::ConsensusMetrics;
+use crate::Raft;
+use futures::future::BoxFuture;
 use openraft::ServerState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{Command, CommandResult};
-use strata_raft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +47,52 @@ pub struct Proposer {
 pub type WriteErrorMap = fn(
     openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, strata_proto::NodeInfo>>,
 ) -> ApiError;
+
+/// Where the proposer's entries go: Raft ([`RaftSink`]), or a test's double.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// The term this node leads, or `None`.
+    fn leading_term(&self) -> Option<u64>;
+    /// Proposes `entry` in `term`; resolves once it is applied, or fails (leadership of
+    /// `term` lost included). The proposer bounds the wait with its own timeout.
+    fn write(
+        &self,
+        term: u64,
+        entry: Command,
+    ) -> BoxFuture<'static, Result<CommandResult, ApiError>>;
+}
+
+/// Proposes to openraft; a proposal fails at once when this node stops leading its term.
+pub(crate) struct RaftSink {
+    raft: Raft,
+    metrics: ConsensusMetrics,
+    map_error: WriteErrorMap,
+}
+
+impl Sink for RaftSink {
+    fn leading_term(&self) -> Option<u64> {
+        leading_term(&self.raft)
+    }
+
+    fn write(
+        &self,
+        term: u64,
+        entry: Command,
+    ) -> BoxFuture<'static, Result<CommandResult, ApiError>> {
+        let raft = self.raft.clone();
+        let abandoned = self.metrics.proposals_abandoned.clone();
+        let map_error = self.map_error;
+        Box::pin(async move {
+            tokio::select! {
+                result = raft.client_write(entry) => result.map(|r| r.data).map_err(map_error),
+                _ = leadership_lost(&raft, term) => {
+                    abandoned.inc();
+                    tracing::debug!(term, "leadership lost with a batch in flight");
+                    Err(leadership_changed_error())
+                }
+            }
+        })
+    }
+}
 
 /// Returns the term this node leads, or `None` when it is not the leader.
 pub(crate) fn leading_term(raft: &Raft) -> Option<u64> {
@@ -84,17 +131,32 @@ impl Proposer {
     /// A batch that is not applied within `timeout` fails with an "outcome unknown" error.
     pub fn start(
         raft: Raft,
-        metrics: Arc<Metrics>,
+        metrics: ConsensusMetrics,
         map_error: WriteErrorMap,
+        timeout: Duration,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        let sink = RaftSink {
+            raft,
+            metrics: metrics.clone(),
+            map_error,
+        };
+        Self::start_on(Arc::new(sink), metrics, timeout, tracker, cancel)
+    }
+
+    /// [`Proposer::start`] on any [`Sink`].
+    pub(crate) fn start_on(
+        sink: Arc<dyn Sink>,
+        metrics: ConsensusMetrics,
         timeout: Duration,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let loop_state = Loop {
-            raft,
+            sink,
             metrics,
-            map_error,
             timeout,
             tracker: tracker.clone(),
         };
@@ -110,9 +172,8 @@ impl Proposer {
 
 /// What the batching loop needs.
 struct Loop {
-    raft: Raft,
-    metrics: Arc<Metrics>,
-    map_error: WriteErrorMap,
+    sink: Arc<dyn Sink>,
+    metrics: ConsensusMetrics,
     timeout: Duration,
     tracker: TaskTracker,
 }
@@ -129,7 +190,7 @@ impl Loop {
             };
             // Everything that queued while the previous batch was in flight goes into this one.
             let (commands, replies) = drain_batch(first, &mut receiver);
-            let Some(term) = leading_term(&self.raft) else {
+            let Some(term) = self.sink.leading_term() else {
                 // Nothing was proposed, so the callers may safely retry on the leader.
                 fail_all(
                     replies,
@@ -153,9 +214,8 @@ impl Loop {
         commands: Vec<Command>,
         replies: Vec<Reply>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let raft = self.raft.clone();
+        let sink = self.sink.clone();
         let metrics = self.metrics.clone();
-        let map_error = self.map_error;
         let timeout = self.timeout;
         async move {
             let size = commands.len();
@@ -166,12 +226,7 @@ impl Loop {
             };
             let started = Instant::now();
             let outcome = tokio::select! {
-                result = raft.client_write(entry) => result.map_err(map_error),
-                _ = leadership_lost(&raft, term) => {
-                    metrics.proposals_abandoned.inc();
-                    tracing::debug!(term, size, "leadership lost with a batch in flight");
-                    Err(leadership_changed_error())
-                }
+                result = sink.write(term, entry) => result,
                 _ = tokio::time::sleep(timeout) => {
                     metrics.proposals_abandoned.inc();
                     Err(ApiError::new(
@@ -185,7 +240,7 @@ impl Loop {
                 .observe(started.elapsed().as_secs_f64());
             metrics.proposal_batch_size.observe(size as f64);
             match outcome {
-                Ok(response) => match response.data {
+                Ok(result) => match result {
                     CommandResult::Batch(results) if size > 1 => {
                         for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(result));
@@ -310,5 +365,184 @@ async fn forward_loop(
             }
             Err(error) => fail_all(replies, &error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Mutex;
+    use strata_proto::kv::{KvCommand, KvResult, PutRequest, PutResponse, ResponseHeader};
+
+    /// A sink that records each entry's size and answers it when the test releases it. A put
+    /// of key "N" is answered with revision N, so each caller can tell its own result.
+    struct Gate {
+        term: Option<u64>,
+        entries: Mutex<Vec<usize>>,
+        release: Arc<Semaphore>,
+    }
+
+    fn put(n: i64) -> Command {
+        Command::Kv(KvCommand::Put(PutRequest {
+            key: n.to_string().into_bytes(),
+            ..Default::default()
+        }))
+    }
+
+    fn answer(command: &Command) -> CommandResult {
+        match command {
+            Command::Kv(KvCommand::Put(put)) => {
+                let revision = String::from_utf8_lossy(&put.key).parse().unwrap();
+                CommandResult::Kv(KvResult::Put(PutResponse {
+                    header: ResponseHeader {
+                        revision,
+                        ..Default::default()
+                    },
+                    prev_kv: None,
+                }))
+            }
+            Command::Batch(all) => CommandResult::Batch(all.iter().map(answer).collect()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    impl Sink for Gate {
+        fn leading_term(&self) -> Option<u64> {
+            self.term
+        }
+
+        fn write(
+            &self,
+            _term: u64,
+            entry: Command,
+        ) -> BoxFuture<'static, Result<CommandResult, ApiError>> {
+            let size = match &entry {
+                Command::Batch(all) => all.len(),
+                _ => 1,
+            };
+            self.entries.lock().unwrap().push(size);
+            let release = self.release.clone();
+            Box::pin(async move {
+                release.acquire().await.unwrap().forget();
+                Ok(answer(&entry))
+            })
+        }
+    }
+
+    fn metrics() -> ConsensusMetrics {
+        let histogram = |name: &str| {
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(name, "test")).unwrap()
+        };
+        ConsensusMetrics {
+            proposal_batch_size: histogram("batch"),
+            proposals_abandoned: prometheus::IntCounter::new("abandoned", "test").unwrap(),
+            forwards_abandoned: prometheus::IntCounter::new("forwards", "test").unwrap(),
+            proposal_seconds: histogram("seconds"),
+        }
+    }
+
+    fn start(term: Option<u64>, timeout: Duration) -> (Proposer, Arc<Gate>, ConsensusMetrics) {
+        let gate = Arc::new(Gate {
+            term,
+            entries: Mutex::new(Vec::new()),
+            release: Arc::new(Semaphore::new(0)),
+        });
+        let metrics = metrics();
+        let tracker = TaskTracker::new();
+        let proposer = Proposer::start_on(
+            gate.clone(),
+            metrics.clone(),
+            timeout,
+            &tracker,
+            CancellationToken::new(),
+        );
+        (proposer, gate, metrics)
+    }
+
+    fn revision(result: Result<CommandResult, ApiError>) -> i64 {
+        match result.unwrap() {
+            CommandResult::Kv(KvResult::Put(put)) => put.header.revision,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Lets every spawned task run until it waits.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_write_is_proposed_at_once_without_a_timer() {
+        let (proposer, gate, _) = start(Some(1), Duration::from_secs(5));
+        gate.release.add_permits(1);
+        let began = tokio::time::Instant::now();
+        assert_eq!(revision(proposer.propose(put(7)).await), 7);
+        assert_eq!(began.elapsed(), Duration::ZERO, "no virtual time passed");
+        assert_eq!(*gate.entries.lock().unwrap(), [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_queued_behind_a_batch_in_flight_go_out_together_as_the_next_entry() {
+        let (proposer, gate, metrics) = start(Some(1), Duration::from_secs(5));
+        let first = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.propose(put(1)).await }
+        });
+        settle().await;
+        assert_eq!(
+            *gate.entries.lock().unwrap(),
+            [1],
+            "the first write went out alone"
+        );
+        let queued: Vec<_> = (2..=10)
+            .map(|n| {
+                let proposer = proposer.clone();
+                tokio::spawn(async move { proposer.propose(put(n)).await })
+            })
+            .collect();
+        settle().await;
+        assert_eq!(
+            *gate.entries.lock().unwrap(),
+            [1],
+            "nothing else is proposed while one batch is in flight"
+        );
+        gate.release.add_permits(2);
+        assert_eq!(revision(first.await.unwrap()), 1);
+        for (n, write) in (2..=10).zip(queued) {
+            assert_eq!(
+                revision(write.await.unwrap()),
+                n,
+                "each caller gets its own result"
+            );
+        }
+        assert_eq!(*gate.entries.lock().unwrap(), [1, 9]);
+        assert_eq!(metrics.proposal_batch_size.get_sample_count(), 2);
+        assert_eq!(metrics.proposals_abandoned.get(), 0);
+    }
+
+    /// The liveness bug of issue 9: a batch that is never answered must not hold the one
+    /// in-flight slot for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_never_answered_fails_after_the_timeout_and_frees_the_slot() {
+        let timeout = Duration::from_secs(5);
+        let (proposer, gate, metrics) = start(Some(1), timeout);
+        let began = tokio::time::Instant::now();
+        let stuck = proposer.propose(put(1)).await.unwrap_err();
+        assert_eq!(stuck.code, ErrorCode::Timeout, "{stuck:?}");
+        assert_eq!(began.elapsed(), timeout);
+        assert_eq!(metrics.proposals_abandoned.get(), 1);
+        gate.release.add_permits(1);
+        assert_eq!(revision(proposer.propose(put(2)).await), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_does_not_lead_proposes_nothing_and_says_so() {
+        let (proposer, gate, _) = start(None, Duration::from_secs(5));
+        let refused = proposer.propose(put(1)).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unavailable, "{refused:?}");
+        assert!(gate.entries.lock().unwrap().is_empty());
     }
 }

@@ -6,9 +6,10 @@
 //! Nothing here knows KV semantics: commands are opaque [`Command`]s. The forwarder holds the
 //! shared [`Inner`] part, never the KV service, so there is no back-reference to break.
 
-use crate::metrics::Metrics;
+use crate::network::{post_postcard, TransportError};
 use crate::proposer::{Forwarder, Proposer};
 use crate::read_index::ReadIndexBatcher;
+use crate::Raft;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
@@ -20,8 +21,6 @@ use std::time::{Duration, Instant};
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{Command, CommandResult};
 use strata_proto::NodeInfo;
-use strata_raft::network::{post_postcard, TransportError};
-use strata_raft::Raft;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,8 +68,22 @@ pub enum LeaderReply {
     WrittenBatch(Vec<Result<CommandResult, ApiError>>),
 }
 
-pub(crate) fn not_leader() -> ApiError {
+/// The error of a leader-only request on a node that does not lead.
+pub fn not_leader() -> ApiError {
     ApiError::unavailable("this node is not the leader")
+}
+
+/// The metrics the consensus plumbing updates; the caller registers them.
+#[derive(Clone)]
+pub struct ConsensusMetrics {
+    /// Writes per proposed log entry (proposal batching).
+    pub proposal_batch_size: prometheus::Histogram,
+    /// Proposal batches given up on because leadership changed or the deadline passed.
+    pub proposals_abandoned: prometheus::IntCounter,
+    /// Forwards to a leader given up on because raft elected another leader meanwhile.
+    pub forwards_abandoned: prometheus::IntCounter,
+    /// Time from proposal to apply, on the leader.
+    pub proposal_seconds: prometheus::Histogram,
 }
 
 /// Timing the consensus plumbing needs from the node's configuration.
@@ -95,7 +108,7 @@ pub(crate) struct Inner {
     client: reqwest::Client,
     proposer: Proposer,
     read_index: ReadIndexBatcher,
-    metrics: Arc<Metrics>,
+    metrics: ConsensusMetrics,
     request_timeout: Duration,
     election_timeout_max: Duration,
     /// Set while a graceful shutdown hands leadership to another node: leader-only requests
@@ -112,7 +125,7 @@ impl Consensus {
         id: u64,
         raft: Raft,
         client: reqwest::Client,
-        metrics: Arc<Metrics>,
+        metrics: ConsensusMetrics,
         timing: Timing,
         tracker: &TaskTracker,
         cancel: &CancellationToken,

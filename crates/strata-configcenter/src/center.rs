@@ -63,6 +63,8 @@ pub struct ConfigCenter {
     pub tracker: tokio_util::task::TaskTracker,
 }
 
+pub use strata_api::config::{Served, Summary};
+
 /// A publish request.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,52 +94,6 @@ pub struct Publish {
     /// Publish only if the current version is this (0 = only if it does not exist).
     #[serde(default)]
     pub if_version: Option<u64>,
-}
-
-/// What a client sees when it reads a config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Served {
-    /// Which config.
-    #[serde(flatten)]
-    pub key: ConfigKey,
-    /// The plain content.
-    pub content: String,
-    /// Declared type.
-    #[serde(rename = "type")]
-    pub kind: ConfigType,
-    /// MD5 of the content.
-    pub md5: String,
-    /// The version (for a gray read: the main version it is a candidate for).
-    pub version: u64,
-    /// True when this is the gray release.
-    pub gray: bool,
-    /// Milliseconds since the Unix epoch of the change.
-    pub modified_at: u64,
-}
-
-/// A config without its content, for listings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    /// Which config.
-    #[serde(flatten)]
-    pub key: ConfigKey,
-    /// Declared type.
-    #[serde(rename = "type")]
-    pub kind: ConfigType,
-    /// MD5.
-    pub md5: String,
-    /// Version.
-    pub version: u64,
-    /// Description.
-    pub desc: String,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Milliseconds since the Unix epoch of the last change.
-    pub modified_at: u64,
-    /// True when stored encrypted.
-    pub encrypted: bool,
-    /// True when a gray release is running.
-    pub gray: bool,
 }
 
 fn put_op(key: String, value: Vec<u8>) -> RequestOp {

@@ -4,8 +4,8 @@ use crate::cipher::Cipher;
 use crate::http::{router, ConfigState};
 use crate::Settings;
 use serde::{Deserialize, Serialize};
+use strata_api::units::ByteSize;
 use strata_component::{parse_section, Component, Context, StartError, Started};
-use strata_settings::ByteSize;
 use strata_store::BoxFuture;
 use tracing::info;
 

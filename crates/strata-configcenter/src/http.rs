@@ -437,20 +437,7 @@ async fn listen(
     Ok(axum::Json(Changed { changed }))
 }
 
-/// One message of a config watch stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchMessage {
-    /// `current` (first message without `from_version`), `publish`, `rollback`,
-    /// `gray-promote`, `delete`, or `gray` (what this client sees changed because a gray
-    /// release started or ended).
-    pub event: String,
-    /// Version of the config (for `gray`: the main version).
-    pub version: u64,
-    /// MD5 of `content`.
-    pub md5: String,
-    /// What the client sees now (empty after a delete).
-    pub content: String,
-}
+pub use strata_api::config::WatchMessage;
 
 fn op_name(op: Operation) -> &'static str {
     match op {

@@ -13,83 +13,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::str::FromStr;
 
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// The declared type of a config's content (as in Nacos).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ConfigType {
-    /// Free text; every content is valid.
-    #[default]
-    Text,
-    /// JSON (RFC 8259): exactly one value, no comments, no trailing commas.
-    Json,
-    /// YAML 1.2; a stream of several documents is allowed.
-    #[serde(alias = "yml")]
-    Yaml,
-    /// TOML 1.0.
-    Toml,
-    /// Java `.properties`, as read by `java.util.Properties::load`.
-    Properties,
-    /// Well-formed XML 1.0 with namespaces; a DTD is allowed but not validated against.
-    Xml,
-}
-
-impl ConfigType {
-    /// Every type, in the order error messages list them.
-    pub const ALL: [ConfigType; 6] = [
-        ConfigType::Text,
-        ConfigType::Json,
-        ConfigType::Yaml,
-        ConfigType::Toml,
-        ConfigType::Properties,
-        ConfigType::Xml,
-    ];
-
-    /// Returns the lowercase name used on the wire and by `Display`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConfigType::Text => "text",
-            ConfigType::Json => "json",
-            ConfigType::Yaml => "yaml",
-            ConfigType::Toml => "toml",
-            ConfigType::Properties => "properties",
-            ConfigType::Xml => "xml",
-        }
-    }
-}
-
-impl FromStr for ConfigType {
-    type Err = String;
-
-    /// Parses a type name case-insensitively; `yml` is accepted for YAML.
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        if name.eq_ignore_ascii_case("yml") {
-            return Ok(ConfigType::Yaml);
-        }
-        for kind in ConfigType::ALL {
-            if name.eq_ignore_ascii_case(kind.as_str()) {
-                return Ok(kind);
-            }
-        }
-        let valid: Vec<&str> = ConfigType::ALL.iter().map(|kind| kind.as_str()).collect();
-        Err(format!(
-            "unknown config type {name:?}: expected one of {}",
-            valid.join(", ")
-        ))
-    }
-}
-
-impl fmt::Display for ConfigType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use strata_api::config::ConfigType;
 
 /// Why content does not parse as its type; line and column are 1-based.
 ///

@@ -421,7 +421,7 @@ async fn instance_register(State(s): State<NacosState>, p: Params) -> NacosResul
         meta,
         weight,
         enabled: Some(p.flag("enable", true)),
-        ttl: ephemeral.then_some(strata_settings::HumanDuration(EPHEMERAL_TTL)),
+        ttl: ephemeral.then_some(strata_api::units::HumanDuration(EPHEMERAL_TTL)),
         check: None,
         status: None,
     };

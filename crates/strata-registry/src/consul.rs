@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_api::units::HumanDuration;
 use strata_proto::error::{ApiError, ErrorCode};
-use strata_settings::HumanDuration;
 
 const DATACENTER: &str = "dc1";
 

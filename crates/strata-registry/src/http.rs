@@ -249,32 +249,7 @@ async fn local_checks(
     axum::Json(s.registry.local_checks.list())
 }
 
-/// One message of a service watch stream.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum WatchMessage {
-    /// Every instance of the service now (first message, and after a reset).
-    Snapshot {
-        /// Revision of the snapshot.
-        index: i64,
-        /// The instances.
-        instances: Vec<crate::model::Instance>,
-    },
-    /// An instance was registered or changed.
-    Put {
-        /// Revision of the change.
-        index: i64,
-        /// The instance after the change.
-        instance: Box<crate::model::Instance>,
-    },
-    /// An instance was removed.
-    Delete {
-        /// Revision of the change.
-        index: i64,
-        /// Its id.
-        id: String,
-    },
-}
+pub use strata_api::registry::WatchMessage;
 
 async fn watch(
     State(s): State<RegistryState>,

@@ -35,53 +35,7 @@ const MAX_REDIRECTS: usize = 10;
 const MAX_CACHED_CHANNELS: usize = 1024;
 /// The methods an HTTP probe may use.
 const HTTP_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-
-/// Health of an instance or check, as Consul's users know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// The check succeeded.
-    Passing,
-    /// The check succeeded with a complaint (HTTP 429).
-    Warning,
-    /// The check failed, or could not be run.
-    Critical,
-}
-
-/// What to probe.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
-pub enum Probe {
-    /// 2xx passes, 429 warns, anything else (or no response) is critical.
-    Http {
-        /// `http://` or `https://` URL (see the module docs about TLS).
-        url: String,
-        /// Request method, one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS (any case).
-        #[serde(default = "default_method")]
-        method: String,
-        /// Extra request headers; they override the default `User-Agent`.
-        #[serde(default)]
-        headers: BTreeMap<String, String>,
-    },
-    /// Passes when a TCP connection to `addr` (HOST:PORT) is accepted.
-    Tcp {
-        /// Target as HOST:PORT; an IPv6 host is bracketed (`[::1]:80`).
-        addr: String,
-    },
-    /// grpc.health.v1 Check; SERVING passes, anything else is critical. `service` empty = whole
-    /// server.
-    Grpc {
-        /// Target as HOST:PORT; the probe dials `http://HOST:PORT` (plaintext HTTP/2).
-        addr: String,
-        /// Service name sent in the `HealthCheckRequest`.
-        #[serde(default)]
-        service: String,
-    },
-}
-
-fn default_method() -> String {
-    "GET".to_owned()
-}
+pub use strata_api::registry::{Health, Probe};
 
 /// Runs probes; holds the shared HTTP client. Cheap to clone.
 #[derive(Clone)]

@@ -9,11 +9,11 @@
 use crate::metrics::RegistryMetrics;
 use crate::model::{
     lease_seconds, now_ms, service_key, validate_namespace, validate_service_name, CheckKind,
-    Instance, InstanceRef, Registration, ServiceSettings,
+    Instance, InstanceRef, IntoInstance, Registration, ServiceSettings,
 };
 use crate::probe::Health;
 use crate::view::{Stored, View};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,18 +45,7 @@ pub struct Registry {
     pub tracker: tokio_util::task::TaskTracker,
 }
 
-/// The result of a registration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registered {
-    /// The instance as stored.
-    pub instance: Instance,
-    /// Revision of the registration.
-    pub revision: i64,
-    /// Lease of an ephemeral instance, 0 for a persistent one.
-    pub lease: i64,
-    /// False when an identical instance was already registered.
-    pub created: bool,
-}
+pub use strata_api::registry::{QueryResult, Registered};
 
 /// A discovery query.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -82,17 +71,6 @@ pub struct Query {
     /// Longest wait of a blocking query.
     #[serde(default)]
     pub wait: Option<Duration>,
-}
-
-/// The answer to a discovery query.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueryResult {
-    /// The service's index (pass it back as `index` to block for the next change).
-    pub index: i64,
-    /// True when the protection threshold returned every instance instead of the healthy ones.
-    pub protected: bool,
-    /// The matching instances.
-    pub instances: Vec<Arc<Instance>>,
 }
 
 fn put_op(key: String, value: Vec<u8>, lease: i64) -> RequestOp {

@@ -531,7 +531,7 @@ pub async fn follow(store: Arc<dyn KvApi>, view: Arc<View>, cancel: Cancellation
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::Registration;
+    use crate::model::{IntoInstance, Registration};
 
     fn put(id: &str, revision: i64) -> Event {
         let reg: Registration = serde_json::from_value(serde_json::json!({

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
-use strata_registry::model::{Instance, Registration, RegistryKey};
+use strata_registry::model::{Instance, IntoInstance, Registration, RegistryKey};
 
 const VALID: &[&str] = &[
     r#"{"Name":"web","ID":"web-1","Port":80,"Tags":["a"],"Meta":{"k":"v"},"Check":{"HTTP":"http://127.0.0.1:1/","Interval":"1s"}}"#,

@@ -5,9 +5,7 @@
 //! sizes are human strings (`"1.5MiB"`). `strata server --sample-config` prints
 //! [`NodeConfig::sample_toml`]. No I/O here except reading the file.
 
-mod units;
-
-pub use units::{ByteSize, HumanDuration};
+pub use strata_api::units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -153,7 +153,8 @@ pub async fn follow<F: Follower>(
     cancel: CancellationToken,
 ) {
     use std::time::Duration;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff =
+        strata_api::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     while !cancel.is_cancelled() {
         let loaded = store
             .range(RangeRequest {
@@ -169,9 +170,8 @@ pub async fn follow<F: Follower>(
                 tracing::debug!(prefix, error = %e, "view load failed; retrying");
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_pause()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
@@ -195,7 +195,7 @@ pub async fn follow<F: Follower>(
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
+        backoff.reset();
         while let Some(message) = rx.recv().await {
             if message.compact_revision != 0 {
                 tracing::info!(prefix, "view fell behind compaction; reloading");

@@ -8,9 +8,8 @@ use serde_json::{json, Value};
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
+use strata_api::config::{ConfigType, Served, WatchMessage};
 use strata_client::{Client, ClientError, Method};
-use strata_configcenter::http::WatchMessage;
-use strata_configcenter::Served;
 
 /// Which config: the data id plus optional group and namespace.
 #[derive(Args, Debug, Clone)]
@@ -239,8 +238,7 @@ pub async fn config(
             let mut body = target.body();
             body["content"] = Value::String(content);
             if let Some(kind) = kind {
-                let kind: strata_configcenter::validate::ConfigType =
-                    kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                let kind: ConfigType = kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
                 body["type"] = json!(kind);
             }
             if let Some(desc) = desc {

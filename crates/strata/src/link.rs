@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
+use strata_api::backoff::Backoff;
 use strata_client::{Client, ClientError, SseStream};
 use strata_proto::error::ErrorCode;
 
@@ -14,18 +15,15 @@ use strata_proto::error::ErrorCode;
 pub(crate) struct Link {
     /// Since when the connection has been down, once it was reported.
     lost_since: Option<Instant>,
-    /// The next pause between retries (200 ms doubling to 2 s).
-    pause: Duration,
+    /// Pauses between retries: 200 ms doubling to 2 s.
+    pause: Backoff,
 }
-
-const FIRST_PAUSE: Duration = Duration::from_millis(200);
-const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 
 impl Link {
     pub(crate) fn new() -> Link {
         Link {
             lost_since: None,
-            pause: FIRST_PAUSE,
+            pause: Backoff::new(Duration::from_millis(200), Duration::from_secs(2)),
         }
     }
 
@@ -36,14 +34,12 @@ impl Link {
             eprintln!("connection lost ({why}); retrying until it is back (Ctrl-C to stop)");
             self.lost_since = Some(Instant::now());
         }
-        let pause = self.pause;
-        self.pause = (pause * 2).min(LONGEST_PAUSE);
-        pause
+        self.pause.next_pause()
     }
 
     /// A stream is delivering again: says so if it had been lost.
     pub(crate) fn up(&mut self, endpoint: &str) {
-        self.pause = FIRST_PAUSE;
+        self.pause.reset();
         if let Some(since) = self.lost_since.take() {
             eprintln!(
                 "connection back ({endpoint}, after {:.1}s)",

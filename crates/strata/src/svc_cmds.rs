@@ -6,12 +6,11 @@ use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use strata_api::registry::{
+    Check, CheckKind, Instance, Probe, QueryResult, Registered, Registration, WatchMessage,
+};
 use strata_client::{Client, ClientError, Method};
 use strata_proto::error::ErrorCode;
-use strata_registry::http::WatchMessage;
-use strata_registry::model::{Check, CheckKind, Instance, Registration};
-use strata_registry::probe::Probe;
-use strata_registry::{QueryResult, Registered};
 use strata_settings::HumanDuration;
 
 #[derive(Subcommand, Debug)]

@@ -159,6 +159,18 @@ fn components_depend_on_the_seam_not_on_the_node_or_each_other() {
             }
         }
     }
+    // The API types crate links no server and does no I/O, so clients can use it alone.
+    let api_deps = deps_of("strata-api");
+    for dep in &api_deps {
+        assert!(
+            !dep.starts_with("strata-") || dep == "strata-proto",
+            "strata-api depends on {dep}"
+        );
+        assert!(
+            !["tokio", "hyper", "axum", "reqwest", "tonic"].contains(&dep.as_str()),
+            "strata-api depends on {dep}"
+        );
+    }
     for package in packages {
         let name = package["name"].as_str().unwrap();
         if ["strata-node", "strata"].contains(&name) {

@@ -2,10 +2,12 @@
 //! stores as JSON with their key layout. Content validation and storage live with the config
 //! center (`strata_configcenter`); these types carry no server code.
 
+use crate::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 use strata_proto::error::ApiError;
 
 /// Prefix of every config-center key.
@@ -375,4 +377,66 @@ pub struct WatchMessage {
     pub md5: String,
     /// What the client sees now (empty after a delete).
     pub content: String,
+}
+
+/// A publish request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// Namespace (default `public`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Group (default `DEFAULT_GROUP`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Data id.
+    pub data_id: String,
+    /// The content.
+    pub content: String,
+    /// Declared type; content must parse as it. Default: the current type, else text.
+    #[serde(default, rename = "type")]
+    pub kind: Option<ConfigType>,
+    /// Description.
+    #[serde(default)]
+    pub desc: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Publish only if the current md5 is this ("" = only if the config does not exist).
+    #[serde(default)]
+    pub if_md5: Option<String>,
+    /// Publish only if the current version is this (0 = only if it does not exist).
+    #[serde(default)]
+    pub if_version: Option<u64>,
+}
+
+/// The config center as other components call it in-process (the Nacos API does), so they
+/// need not depend on the config center's crate. Provided to later components as
+/// `Arc<dyn ConfigService>`.
+pub trait ConfigService: Send + Sync {
+    /// What `client` reads for `key` (the gray release when it matches).
+    fn get(&self, key: &ConfigKey, client: &ClientIdentity) -> Result<Served, ApiError>;
+    /// Publishes a new version.
+    fn publish<'a>(
+        &'a self,
+        request: Publish,
+        source: &'a str,
+    ) -> BoxFuture<'a, Result<ConfigItem, ApiError>>;
+    /// Deletes a config; returns the history version the delete was recorded as.
+    fn delete<'a>(
+        &'a self,
+        key: &'a ConfigKey,
+        source: &'a str,
+    ) -> BoxFuture<'a, Result<u64, ApiError>>;
+    /// Waits up to `timeout` until one of `watched` (key and the md5 the client has) differs
+    /// from what `client` would read; returns the keys that changed.
+    fn wait_changed<'a>(
+        &'a self,
+        watched: &'a [(ConfigKey, String)],
+        client: &'a ClientIdentity,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Vec<ConfigKey>>;
+    /// Counts a long-poll listener of API `op` in the config center's metrics while the
+    /// returned guard lives.
+    fn listening(&self, op: &'static str) -> Box<dyn Send>;
 }

@@ -3,10 +3,12 @@
 //! (`strata_registry::model`); these types carry no server code.
 
 use crate::units::HumanDuration;
+use crate::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_proto::error::ApiError;
 
 /// Prefix of every registry key.
 pub const ROOT: &str = "/strata/registry/";
@@ -485,4 +487,52 @@ pub enum WatchMessage {
         /// Its id.
         id: String,
     },
+}
+
+/// A discovery query.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Query {
+    /// Namespace (default `public`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Only healthy instances (enabled and passing), subject to the protection threshold.
+    #[serde(default)]
+    pub passing: bool,
+    /// Only instances with this status.
+    #[serde(default)]
+    pub status: Option<Health>,
+    /// Only instances carrying every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Only instances whose metadata has these values.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Blocking query: wait until the service's index exceeds this.
+    #[serde(default)]
+    pub index: i64,
+    /// Longest wait of a blocking query.
+    #[serde(default)]
+    pub wait: Option<Duration>,
+}
+
+/// The registry as other components call it in-process (the Nacos API does), so they need
+/// not depend on the registry's crate. Provided to later components as
+/// `Arc<dyn RegistryService>`.
+pub trait RegistryService: Send + Sync {
+    /// Registers (or, with `replace`, re-registers) an instance.
+    fn register(
+        &self,
+        registration: Registration,
+        replace: bool,
+    ) -> BoxFuture<'_, Result<Registered, ApiError>>;
+    /// Removes an instance; returns the revision of the removal.
+    fn deregister<'a>(&'a self, instance: &'a InstanceRef) -> BoxFuture<'a, Result<i64, ApiError>>;
+    /// Renews an ephemeral instance; returns its lease's remaining seconds.
+    fn heartbeat<'a>(&'a self, instance: &'a InstanceRef) -> BoxFuture<'a, Result<i64, ApiError>>;
+    /// Runs a discovery query.
+    fn query<'a>(
+        &'a self,
+        service: &'a str,
+        query: &'a Query,
+    ) -> BoxFuture<'a, Result<QueryResult, ApiError>>;
 }

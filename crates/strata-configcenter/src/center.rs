@@ -15,7 +15,7 @@ use crate::model::{
 };
 use crate::validate::{validate, ConfigType};
 use crate::view::{StoredGray, StoredItem, View};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::error::{ApiError, ErrorCode};
@@ -63,38 +63,7 @@ pub struct ConfigCenter {
     pub tracker: tokio_util::task::TaskTracker,
 }
 
-pub use strata_api::config::{Served, Summary};
-
-/// A publish request.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Publish {
-    /// Namespace (default `public`).
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Group (default `DEFAULT_GROUP`).
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Data id.
-    pub data_id: String,
-    /// The content.
-    pub content: String,
-    /// Declared type; content must parse as it. Default: the current type, else text.
-    #[serde(default, rename = "type")]
-    pub kind: Option<ConfigType>,
-    /// Description.
-    #[serde(default)]
-    pub desc: Option<String>,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
-    /// Publish only if the current md5 is this ("" = only if the config does not exist).
-    #[serde(default)]
-    pub if_md5: Option<String>,
-    /// Publish only if the current version is this (0 = only if it does not exist).
-    #[serde(default)]
-    pub if_version: Option<u64>,
-}
+pub use strata_api::config::{Publish, Served, Summary};
 
 fn put_op(key: String, value: Vec<u8>) -> RequestOp {
     RequestOp::Put(PutRequest {
@@ -787,5 +756,41 @@ impl ConfigCenter {
                 }
             }
         }
+    }
+}
+
+impl strata_api::config::ConfigService for ConfigCenter {
+    fn get(&self, key: &ConfigKey, client: &ClientIdentity) -> Result<Served, ApiError> {
+        ConfigCenter::get(self, key, client)
+    }
+
+    fn publish<'a>(
+        &'a self,
+        request: Publish,
+        source: &'a str,
+    ) -> strata_api::BoxFuture<'a, Result<ConfigItem, ApiError>> {
+        Box::pin(ConfigCenter::publish(self, request, source))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a ConfigKey,
+        source: &'a str,
+    ) -> strata_api::BoxFuture<'a, Result<u64, ApiError>> {
+        Box::pin(ConfigCenter::delete(self, key, source))
+    }
+
+    fn wait_changed<'a>(
+        &'a self,
+        watched: &'a [(ConfigKey, String)],
+        client: &'a ClientIdentity,
+        timeout: Duration,
+    ) -> strata_api::BoxFuture<'a, Vec<ConfigKey>> {
+        Box::pin(ConfigCenter::wait_changed(self, watched, client, timeout))
+    }
+
+    fn listening(&self, op: &'static str) -> Box<dyn Send> {
+        self.metrics.op(op);
+        Box::new(crate::metrics::ListenerGauge::new(&self.metrics.listeners))
     }
 }

@@ -100,6 +100,9 @@ impl Component for ConfigCenterComponent {
                 ctx.cancel.child_token(),
             )?;
             ctx.provide(center.clone());
+            ctx.provide(std::sync::Arc::new(
+                center.clone() as std::sync::Arc<dyn strata_api::config::ConfigService>
+            ));
             Ok(Started {
                 api_routes: Some(router(ConfigState {
                     center,

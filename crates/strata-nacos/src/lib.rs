@@ -18,14 +18,19 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_configcenter::model::{ClientIdentity, ConfigKey};
-use strata_configcenter::validate::ConfigType;
-use strata_configcenter::{ConfigCenter, Publish};
+use strata_api::config::{ClientIdentity, ConfigKey, ConfigService, ConfigType, Publish};
+use strata_api::registry::{InstanceRef, Query, Registration, RegistryService};
 use strata_http::Peer;
 use strata_proto::error::{ApiError, ErrorCode};
-use strata_registry::model::{InstanceRef, Registration};
-use strata_registry::{Query, Registry};
 use tokio_util::sync::CancellationToken;
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Heartbeat timeout of an ephemeral Nacos instance.
 const EPHEMERAL_TTL: Duration = Duration::from_secs(15);
@@ -36,9 +41,9 @@ const MAX_HOLD: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct NacosState {
     /// The config center.
-    pub configs: Arc<ConfigCenter>,
+    pub configs: Arc<dyn ConfigService>,
     /// The registry.
-    pub registry: Arc<Registry>,
+    pub registry: Arc<dyn RegistryService>,
     /// Cancelled at shutdown; ends held long-polls.
     pub cancel: CancellationToken,
 }
@@ -95,9 +100,10 @@ impl strata_component::Component for NacosComponent {
             let Some(bound) = ctx.take_listener("nacos") else {
                 return Ok(strata_component::Started::default());
             };
-            let (Some(configs), Some(registry)) =
-                (ctx.get::<ConfigCenter>(), ctx.get::<Registry>())
-            else {
+            let (Some(configs), Some(registry)) = (
+                ctx.get::<Arc<dyn ConfigService>>(),
+                ctx.get::<Arc<dyn RegistryService>>(),
+            ) else {
                 return Err(strata_component::StartError(
                     "the Nacos API needs the registry and config_center roles on the same node"
                         .into(),
@@ -105,8 +111,8 @@ impl strata_component::Component for NacosComponent {
             };
             tracing::info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Nacos-compatible API");
             let state = NacosState {
-                configs,
-                registry,
+                configs: Arc::clone(&configs),
+                registry: Arc::clone(&registry),
                 cancel: ctx.cancel.child_token(),
             };
             ctx.serve_http("nacos", bound.tcp, router(state));
@@ -318,8 +324,7 @@ async fn config_listen(
         .map(|(k, m, _)| (k.clone(), m.clone()))
         .collect();
     let client = client_of(&peer);
-    s.configs.metrics.op("nacos_listen");
-    let _gauge = strata_configcenter::metrics::ListenerGauge::new(&s.configs.metrics.listeners);
+    let _listening = s.configs.listening("nacos_listen");
     let changed = tokio::select! {
         changed = s.configs.wait_changed(&watched, &client, hold) => changed,
         () = s.cancel.cancelled() => Vec::new(),
@@ -366,7 +371,7 @@ fn instance_id(ip: &str, port: &str, group: &str) -> String {
 
 fn namespace_of(p: &Params) -> String {
     p.get("namespaceId")
-        .unwrap_or(strata_registry::model::DEFAULT_NAMESPACE)
+        .unwrap_or(strata_api::registry::DEFAULT_NAMESPACE)
         .to_string()
 }
 
@@ -487,7 +492,7 @@ async fn instance_list(State(s): State<NacosState>, p: Params) -> NacosResult {
         .collect();
     let body = json!({
         "name": full, "groupName": group, "clusters": "", "cacheMillis": 10000,
-        "lastRefTime": strata_registry::model::now_ms(), "checksum": "",
+        "lastRefTime": now_ms(), "checksum": "",
         "allIPs": false, "reachProtectionThreshold": protected, "valid": true,
         "hosts": hosts,
     });

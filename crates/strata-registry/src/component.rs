@@ -97,6 +97,9 @@ impl Component for RegistryComponent {
                 ctx.cancel.child_token(),
             )?;
             ctx.provide(registry.clone());
+            ctx.provide(std::sync::Arc::new(
+                registry.clone() as std::sync::Arc<dyn strata_api::registry::RegistryService>
+            ));
             if let Some(bound) = ctx.take_listener("consul") {
                 info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Consul-compatible API");
                 ctx.serve_http("consul", bound.tcp, crate::consul::router(registry.clone()));

@@ -13,8 +13,6 @@ use crate::model::{
 };
 use crate::probe::Health;
 use crate::view::{Stored, View};
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::error::{ApiError, ErrorCode};
@@ -45,33 +43,7 @@ pub struct Registry {
     pub tracker: tokio_util::task::TaskTracker,
 }
 
-pub use strata_api::registry::{QueryResult, Registered};
-
-/// A discovery query.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Query {
-    /// Namespace (default `public`).
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Only healthy instances (enabled and passing), subject to the protection threshold.
-    #[serde(default)]
-    pub passing: bool,
-    /// Only instances with this status.
-    #[serde(default)]
-    pub status: Option<Health>,
-    /// Only instances carrying every one of these tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Only instances whose metadata has these values.
-    #[serde(default)]
-    pub meta: BTreeMap<String, String>,
-    /// Blocking query: wait until the service's index exceeds this.
-    #[serde(default)]
-    pub index: i64,
-    /// Longest wait of a blocking query.
-    #[serde(default)]
-    pub wait: Option<Duration>,
-}
+pub use strata_api::registry::{Query, QueryResult, Registered};
 
 fn put_op(key: String, value: Vec<u8>, lease: i64) -> RequestOp {
     RequestOp::Put(PutRequest {
@@ -514,5 +486,37 @@ impl Registry {
             protected,
             instances,
         })
+    }
+}
+
+impl strata_api::registry::RegistryService for Registry {
+    fn register(
+        &self,
+        registration: Registration,
+        replace: bool,
+    ) -> strata_api::BoxFuture<'_, Result<Registered, ApiError>> {
+        Box::pin(Registry::register(self, registration, replace))
+    }
+
+    fn deregister<'a>(
+        &'a self,
+        instance: &'a InstanceRef,
+    ) -> strata_api::BoxFuture<'a, Result<i64, ApiError>> {
+        Box::pin(Registry::deregister(self, instance))
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        instance: &'a InstanceRef,
+    ) -> strata_api::BoxFuture<'a, Result<i64, ApiError>> {
+        Box::pin(Registry::heartbeat(self, instance))
+    }
+
+    fn query<'a>(
+        &'a self,
+        service: &'a str,
+        query: &'a Query,
+    ) -> strata_api::BoxFuture<'a, Result<QueryResult, ApiError>> {
+        Box::pin(Registry::query(self, service, query))
     }
 }

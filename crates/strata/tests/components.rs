@@ -138,11 +138,6 @@ fn components_depend_on_the_seam_not_on_the_node_or_each_other() {
         "strata-configcenter",
         "strata-nacos",
     ];
-    // Known exception, to be removed when the registry's and config center's API traits move
-    // to an API crate (issue 10, point 4): the Nacos API calls both in-process.
-    let allowed = |from: &str, to: &str| {
-        from == "strata-nacos" && ["strata-registry", "strata-configcenter"].contains(&to)
-    };
     for component in components {
         let deps = deps_of(component);
         assert!(
@@ -154,9 +149,10 @@ fn components_depend_on_the_seam_not_on_the_node_or_each_other() {
             "{component} depends on the node"
         );
         for other in components {
-            if other != component && deps.contains(&other.to_string()) {
-                assert!(allowed(component, other), "{component} depends on {other}");
-            }
+            assert!(
+                other == component || !deps.contains(&other.to_string()),
+                "{component} depends on {other}; call it through a service trait of strata-api"
+            );
         }
     }
     // The API types crate links no server and does no I/O, so clients can use it alone.

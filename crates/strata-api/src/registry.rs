@@ -1,6 +1,6 @@
-//! The registry's API types: what `/v1/registry` takes and returns (and what the registry
-//! stores as JSON). Validation and storage keys live with the registry
-//! (`strata_registry::model`); these types carry no server code.
+//! The registry's API types: what `/v1/registry` takes and returns, what the registry stores
+//! as JSON and under which keys. Validation (which needs the probe parser) lives with the
+//! registry (`strata_registry::model::IntoInstance`); these types carry no server code.
 
 use crate::units::HumanDuration;
 use crate::BoxFuture;

@@ -1,4 +1,5 @@
-//! The config center's data model, its validation, and its key layout in the KV store.
+//! The config center's data model and key layout (defined in `strata_api::config`,
+//! re-exported here), and the helpers the server adds.
 //!
 //! A config lives at `/strata/config/items/NS/GROUP/DATA_ID`; every version of it also at
 //! `/strata/config/history/NS/GROUP/DATA_ID/VERSION` (16 hex digits, so keys sort by

@@ -357,8 +357,11 @@ impl KvStore {
         (result, batch.events)
     }
 
-    /// Checks a put on its own: what holds whatever the store's state.
-    fn validate_put_shape(req: &PutRequest) -> Result<(), ApiError> {
+    /// Checks what a put needs wherever it stands in a transaction: a key, no value or lease
+    /// next to the option that keeps it, and a live lease. Leases do not change inside a
+    /// transaction, so checking both branches against the state before it is exact, and no
+    /// key is ever attached to a lease that does not exist.
+    fn validate_put_everywhere(&self, req: &PutRequest) -> Result<(), ApiError> {
         if req.key.is_empty() {
             return Err(ApiError::bad_request("key must not be empty"));
         }
@@ -372,32 +375,33 @@ impl KvStore {
                 "lease is provided together with ignore_lease",
             ));
         }
-        Ok(())
-    }
-
-    /// Checks a put against the store: its lease exists, and the key does when the put keeps
-    /// the key's value or lease.
-    fn validate_put_state(&self, req: &PutRequest) -> Result<(), ApiError> {
-        if (req.ignore_value || req.ignore_lease) && self.live(&req.key).is_none() {
-            return Err(ApiError::bad_request(
-                "key not found: a put with ignore_value or ignore_lease needs the key to exist",
-            ));
-        }
         if req.lease != 0 && !self.leases.contains_key(&req.lease) {
             return Err(lease_not_found(req.lease));
         }
         Ok(())
     }
 
+    /// Checks a put that will run: the key exists when the put keeps its value or lease.
+    fn validate_put_taken(&self, req: &PutRequest) -> Result<(), ApiError> {
+        if (req.ignore_value || req.ignore_lease) && self.live(&req.key).is_none() {
+            return Err(ApiError::bad_request(
+                "key not found: a put with ignore_value or ignore_lease needs the key to exist",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_put(&self, req: &PutRequest) -> Result<(), ApiError> {
-        Self::validate_put_shape(req)?;
-        self.validate_put_state(req)
+        self.validate_put_everywhere(req)?;
+        self.validate_put_taken(req)
     }
 
     /// Checks the puts of the branch a transaction will take against the store as it is
-    /// before the transaction, nested transactions included (etcd checks the same way: the
-    /// branch not taken may name a missing lease or key).
-    fn validate_txn_state(&self, req: &TxnRequest) -> Result<(), ApiError> {
+    /// before the transaction, nested transactions included, as etcd does: a branch not taken
+    /// may keep the value of a missing key. (A nested transaction's compares are judged on
+    /// that state too, like etcd's check; should apply take the other branch, a put that keeps
+    /// the value of a key which is gone writes an empty value, the same on every replica.)
+    fn validate_txn_taken(&self, req: &TxnRequest) -> Result<(), ApiError> {
         let ops = if req.compare.iter().all(|c| self.compare_holds(c)) {
             &req.success
         } else {
@@ -405,8 +409,8 @@ impl KvStore {
         };
         for op in ops {
             match op {
-                RequestOp::Put(put) => self.validate_put_state(put)?,
-                RequestOp::Txn(nested) => self.validate_txn_state(nested)?,
+                RequestOp::Put(put) => self.validate_put_taken(put)?,
+                RequestOp::Txn(nested) => self.validate_txn_taken(nested)?,
                 RequestOp::Range(_) | RequestOp::DeleteRange(_) => {}
             }
         }
@@ -415,7 +419,7 @@ impl KvStore {
 
     fn validate_txn(&self, req: &TxnRequest) -> Result<(), ApiError> {
         self.validate_txn_shape(req)?;
-        self.validate_txn_state(req)
+        self.validate_txn_taken(req)
     }
 
     fn validate_txn_shape(&self, req: &TxnRequest) -> Result<(), ApiError> {
@@ -435,7 +439,7 @@ impl KvStore {
                         }
                     }
                     RequestOp::Put(put) => {
-                        Self::validate_put_shape(put)?;
+                        self.validate_put_everywhere(put)?;
                         if !put_keys.insert(put.key.clone()) {
                             return Err(ApiError::bad_request(
                                 "duplicate key given in txn request",
@@ -1175,5 +1179,24 @@ mod tests {
         let refused = store.apply(&txn(keep_missing, keep_k)).0;
         assert!(matches!(refused, KvResult::Error(_)), "{refused:?}");
         assert_eq!(get(&store, "k", 0).unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_missing_lease_is_refused_in_either_branch_so_no_key_holds_a_dead_lease() {
+        let mut store = KvStore::new();
+        let on_dead_lease = RequestOp::Put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 99,
+            ..Default::default()
+        });
+        let txn = KvCommand::Txn(TxnRequest {
+            compare: Vec::new(),
+            success: Vec::new(),
+            failure: vec![on_dead_lease],
+        });
+        let before = store.revision();
+        let refused = store.apply(&txn).0;
+        assert!(matches!(refused, KvResult::Error(ref e) if e.code == ErrorCode::NotFound));
+        assert_eq!(store.revision(), before);
     }
 }

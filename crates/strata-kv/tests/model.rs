@@ -366,21 +366,11 @@ impl Model {
         (self.revision(), write.events)
     }
 
-    /// What makes a put invalid whatever the state.
-    fn check_put_shape(req: &PutRequest) -> Result<(), ErrorCode> {
+    /// What makes a put invalid wherever it stands in a txn (leases do not change inside one).
+    fn check_put_everywhere(&self, req: &PutRequest) -> Result<(), ErrorCode> {
         let value_and_ignore = req.ignore_value && !req.value.is_empty();
         let lease_and_ignore = req.ignore_lease && req.lease != 0;
         if req.key.is_empty() || value_and_ignore || lease_and_ignore {
-            return Err(ErrorCode::BadRequest);
-        }
-        Ok(())
-    }
-
-    /// What makes a put invalid in the current state: keeping a missing key's value or
-    /// lease, or naming a lease that does not exist.
-    fn check_put_state(&self, req: &PutRequest) -> Result<(), ErrorCode> {
-        let keeps = req.ignore_value || req.ignore_lease;
-        if keeps && !self.current().contains_key(&req.key) {
             return Err(ErrorCode::BadRequest);
         }
         if req.lease != 0 && !self.leases.contains_key(&req.lease) {
@@ -389,14 +379,23 @@ impl Model {
         Ok(())
     }
 
-    fn check_put(&self, req: &PutRequest) -> Result<(), ErrorCode> {
-        Self::check_put_shape(req)?;
-        self.check_put_state(req)
+    /// What makes a put that will run invalid: keeping a missing key's value or lease.
+    fn check_put_taken(&self, req: &PutRequest) -> Result<(), ErrorCode> {
+        let keeps = req.ignore_value || req.ignore_lease;
+        if keeps && !self.current().contains_key(&req.key) {
+            return Err(ErrorCode::BadRequest);
+        }
+        Ok(())
     }
 
-    /// Both branches are checked for shape up front, in order; then the puts of the branch
-    /// the compares choose are checked against the state (as etcd does). Any failure
-    /// rejects the whole txn.
+    fn check_put(&self, req: &PutRequest) -> Result<(), ErrorCode> {
+        self.check_put_everywhere(req)?;
+        self.check_put_taken(req)
+    }
+
+    /// Both branches are checked up front, in order; then the puts of the branch the
+    /// compares choose are checked for keys they keep (as etcd does). Any failure rejects the
+    /// whole txn.
     fn check_txn(&self, txn: &TxnRequest) -> Result<(), ErrorCode> {
         for c in &txn.compare {
             sel_of_compare(c)?;
@@ -414,7 +413,7 @@ impl Model {
                         }
                     }
                     RequestOp::Put(p) => {
-                        Self::check_put_shape(p)?;
+                        self.check_put_everywhere(p)?;
                         if puts.contains(&p.key.as_slice()) {
                             return Err(ErrorCode::BadRequest);
                         }
@@ -439,7 +438,7 @@ impl Model {
         };
         for op in taken {
             if let RequestOp::Put(p) = op {
-                self.check_put_state(p)?;
+                self.check_put_taken(p)?;
             }
         }
         Ok(())

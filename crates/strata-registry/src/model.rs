@@ -1,4 +1,5 @@
-//! The registry's data model, its validation, and where each record lives in the KV store.
+//! The registry's data model (its types and key layout are in `strata_api::registry`,
+//! re-exported here) and its validation.
 //!
 //! Every record is JSON under [`ROOT`], so `strata kv get --prefix /strata/registry/` shows
 //! the registry as it is. An instance is one key; its health status is a field of that key

@@ -1,0 +1,316 @@
+//! [`AuthState`]: users, roles and tokens as the cluster replicates them, and who a
+//! credential is. [`LoginThrottle`]: failed logins slow down per user and per client address.
+//!
+//! Times are milliseconds since the Unix epoch, passed in, so everything here is
+//! deterministic and testable without a clock.
+
+use crate::secret;
+use crate::{Grants, Role, User};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Where the auth records live in the KV store; only root may read or write under it.
+pub const ROOT: &str = "/strata/auth/";
+
+/// Who a token acts as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// A user: the token has the user's roles, as they are when it is used.
+    User(String),
+    /// A set of roles, with no user behind it (for services).
+    Roles(Vec<String>),
+}
+
+/// A token as stored: its digest is the record's key, never its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Who it acts as.
+    pub owner: Owner,
+    /// When it stops working (ms since the epoch); `None`: never.
+    pub expires_at_ms: Option<u64>,
+    /// What it is for, as its creator said.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Why a credential was refused. The messages never contain the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown user, wrong password, unknown or malformed token (deliberately one answer).
+    BadCredentials,
+    /// The token expired.
+    Expired,
+    /// Too many failed logins; retry after this many milliseconds.
+    Throttled(u64),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::BadCredentials => {
+                f.write_str("authentication failed: invalid user name, password or token")
+            }
+            Refusal::Expired => f.write_str("authentication failed: the token has expired"),
+            Refusal::Throttled(ms) => write!(
+                f,
+                "too many failed logins; retry in {} s",
+                ms.div_ceil(1000)
+            ),
+        }
+    }
+}
+
+/// A caller who proved who it is.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user's name, or `None` for a role-set token.
+    pub user: Option<String>,
+    /// What it may do.
+    pub grants: Grants,
+}
+
+/// The replicated auth records.
+#[derive(Debug, Clone, Default)]
+pub struct AuthState {
+    /// Whether access control is enforced.
+    pub enabled: bool,
+    /// Users by name.
+    pub users: BTreeMap<String, User>,
+    /// Roles by name.
+    pub roles: BTreeMap<String, Role>,
+    /// Tokens by digest.
+    pub tokens: HashMap<String, Token>,
+}
+
+impl AuthState {
+    /// The caller behind a user name and password.
+    pub fn login(&self, user: &str, password: &str) -> Result<Principal, Refusal> {
+        let Some(record) = self.users.get(user) else {
+            // Spend the time of a verification anyway, so a missing user is not faster.
+            let _ = secret::verify_password(password, dummy_hash());
+            return Err(Refusal::BadCredentials);
+        };
+        let Some(hash) = &record.password_hash else {
+            return Err(Refusal::BadCredentials);
+        };
+        if !secret::verify_password(password, hash) {
+            return Err(Refusal::BadCredentials);
+        }
+        Ok(Principal {
+            user: Some(user.to_string()),
+            grants: Grants::of(&record.roles, &self.roles),
+        })
+    }
+
+    /// The caller behind a token at time `now_ms`.
+    pub fn authenticate(&self, token: &str, now_ms: u64) -> Result<Principal, Refusal> {
+        if !secret::looks_like_token(token) {
+            return Err(Refusal::BadCredentials);
+        }
+        let digest = secret::token_digest(token);
+        // The map lookup is by digest: learning whether a digest exists reveals nothing about
+        // other tokens' texts.
+        let Some(record) = self.tokens.get(&digest) else {
+            return Err(Refusal::BadCredentials);
+        };
+        if record.expires_at_ms.is_some_and(|at| now_ms >= at) {
+            return Err(Refusal::Expired);
+        }
+        match &record.owner {
+            Owner::User(name) => {
+                let Some(user) = self.users.get(name) else {
+                    return Err(Refusal::BadCredentials);
+                };
+                Ok(Principal {
+                    user: Some(name.clone()),
+                    grants: Grants::of(&user.roles, &self.roles),
+                })
+            }
+            Owner::Roles(roles) => Ok(Principal {
+                user: None,
+                grants: Grants::of(roles, &self.roles),
+            }),
+        }
+    }
+}
+
+/// A hash verified against when the user is unknown, made once per process.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| secret::hash_password("no user has this password"))
+}
+
+/// Failed logins per key (a user name, or a client address): after `free` failures within a
+/// window, each further attempt must wait twice as long as the last, up to `longest_ms`.
+#[derive(Debug, Clone)]
+pub struct LoginThrottle {
+    free: u32,
+    first_ms: u64,
+    longest_ms: u64,
+    /// Key -> (failures, the time before which attempts are refused).
+    failures: HashMap<String, (u32, u64)>,
+}
+
+impl LoginThrottle {
+    /// `free` failures cost nothing; then waits start at `first_ms` and double up to
+    /// `longest_ms`.
+    pub fn new(free: u32, first_ms: u64, longest_ms: u64) -> Self {
+        LoginThrottle {
+            free,
+            first_ms,
+            longest_ms,
+            failures: HashMap::new(),
+        }
+    }
+
+    /// `Err(Throttled)` when an attempt for every one of `keys` may not be made at `now_ms`.
+    pub fn check(&self, keys: &[&str], now_ms: u64) -> Result<(), Refusal> {
+        let wait = keys
+            .iter()
+            .filter_map(|key| self.failures.get(*key))
+            .map(|(_, until)| until.saturating_sub(now_ms))
+            .max()
+            .unwrap_or(0);
+        if wait > 0 {
+            return Err(Refusal::Throttled(wait));
+        }
+        Ok(())
+    }
+
+    /// Records the outcome of an attempt for `keys` at `now_ms`.
+    pub fn record(&mut self, keys: &[&str], success: bool, now_ms: u64) {
+        for key in keys {
+            if success {
+                self.failures.remove(*key);
+                continue;
+            }
+            let entry = self.failures.entry((*key).to_string()).or_insert((0, 0));
+            entry.0 += 1;
+            if entry.0 > self.free {
+                let doublings = (entry.0 - self.free - 1).min(32);
+                let wait = self
+                    .first_ms
+                    .saturating_mul(1u64 << doublings)
+                    .min(self.longest_ms);
+                entry.1 = now_ms + wait;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{Access, Kind, Names, Permission};
+
+    fn state() -> (AuthState, String) {
+        let mut state = AuthState::default();
+        state.roles.insert(
+            "app".into(),
+            Role {
+                permissions: vec![Permission {
+                    kind: Kind::Kv,
+                    names: Names::prefix("app/"),
+                    access: Access::ReadWrite,
+                }],
+            },
+        );
+        state.users.insert(
+            "alice".into(),
+            User {
+                password_hash: Some(secret::hash_password("s3cret")),
+                roles: vec!["app".into()],
+            },
+        );
+        let (text, digest) = secret::new_token();
+        state.tokens.insert(
+            digest,
+            Token {
+                owner: Owner::User("alice".into()),
+                expires_at_ms: Some(1_000),
+                description: "ci".into(),
+            },
+        );
+        (state, text)
+    }
+
+    #[test]
+    fn a_user_logs_in_with_the_right_password_only_and_gets_its_roles() {
+        let (state, _) = state();
+        let alice = state.login("alice", "s3cret").unwrap();
+        assert_eq!(alice.user.as_deref(), Some("alice"));
+        assert!(alice
+            .grants
+            .allows(Kind::Kv, Access::Write, &Names::one("app/x")));
+        assert!(!alice
+            .grants
+            .allows(Kind::Kv, Access::Read, &Names::one("other")));
+        assert_eq!(
+            state.login("alice", "wrong").unwrap_err(),
+            Refusal::BadCredentials
+        );
+        assert_eq!(
+            state.login("bob", "s3cret").unwrap_err(),
+            Refusal::BadCredentials
+        );
+    }
+
+    #[test]
+    fn a_token_works_until_it_expires_and_garbage_is_refused() {
+        let (state, token) = state();
+        assert!(state.authenticate(&token, 999).is_ok());
+        assert_eq!(
+            state.authenticate(&token, 1_000).unwrap_err(),
+            Refusal::Expired
+        );
+        assert_eq!(
+            state.authenticate("strata_nope", 0).unwrap_err(),
+            Refusal::BadCredentials
+        );
+        let (other, _) = secret::new_token();
+        assert_eq!(
+            state.authenticate(&other, 0).unwrap_err(),
+            Refusal::BadCredentials
+        );
+    }
+
+    #[test]
+    fn refusals_never_contain_the_credential() {
+        let (state, token) = state();
+        for refusal in [
+            state.authenticate(&token, 5_000).unwrap_err(),
+            state.login("alice", "wrong").unwrap_err(),
+        ] {
+            let text = refusal.to_string();
+            assert!(!text.contains(&token) && !text.contains("wrong"), "{text}");
+        }
+    }
+
+    #[test]
+    fn repeated_failures_are_throttled_per_key_and_a_success_clears_them() {
+        let mut throttle = LoginThrottle::new(3, 1_000, 60_000);
+        let keys = ["user:alice", "addr:10.0.0.1"];
+        for _ in 0..3 {
+            assert!(throttle.check(&keys, 0).is_ok());
+            throttle.record(&keys, false, 0);
+        }
+        assert!(throttle.check(&keys, 0).is_ok(), "three failures are free");
+        throttle.record(&keys, false, 0);
+        assert_eq!(throttle.check(&keys, 0), Err(Refusal::Throttled(1_000)));
+        assert!(
+            throttle.check(&["user:bob"], 0).is_ok(),
+            "other keys are not slowed"
+        );
+        assert!(throttle.check(&keys, 1_000).is_ok());
+        throttle.record(&keys, false, 1_000);
+        assert_eq!(throttle.check(&keys, 1_000), Err(Refusal::Throttled(2_000)));
+        for _ in 0..40 {
+            throttle.record(&keys, false, 0);
+        }
+        assert_eq!(throttle.check(&keys, 0), Err(Refusal::Throttled(60_000)));
+        throttle.record(&keys, true, 0);
+        assert!(throttle.check(&keys, 0).is_ok());
+    }
+}

@@ -22,6 +22,7 @@ pub mod state;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use strata_proto::kv::prefix_end;
 
 /// The role that allows everything.
 pub const ROOT_ROLE: &str = "root";
@@ -126,19 +127,6 @@ impl Names {
         let (lo, hi) = self.interval();
         name >= lo.as_slice() && hi.is_none_or(|hi| name < hi.as_slice())
     }
-}
-
-/// The smallest name above every name starting with `prefix`, or empty (no bound) when there
-/// is none.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
 }
 
 /// One grant.

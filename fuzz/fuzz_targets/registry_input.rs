@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use strata_registry::dns::{answer, Endpoint, Lookup};
-use strata_registry::model::{Instance, Registration, RegistryKey};
+use strata_registry::model::{Instance, IntoInstance, Registration, RegistryKey};
 
 struct Fixed;
 

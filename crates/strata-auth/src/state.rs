@@ -12,6 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 /// Where the auth records live in the KV store; only root may read or write under it.
 pub const ROOT: &str = "/strata/auth/";
 
+/// Key of the switch that turns access control on (`true`) or off.
+pub const ENABLED_KEY: &str = "/strata/auth/enabled";
+/// Prefix of user records (`/strata/auth/users/NAME`, JSON [`User`]).
+pub const USERS: &str = "/strata/auth/users/";
+/// Prefix of role records (`/strata/auth/roles/NAME`, JSON [`Role`]).
+pub const ROLES: &str = "/strata/auth/roles/";
+/// Prefix of token records (`/strata/auth/tokens/DIGEST`, JSON [`Token`]).
+pub const TOKENS: &str = "/strata/auth/tokens/";
+
 /// Who a token acts as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,6 +93,79 @@ pub struct AuthState {
 }
 
 impl AuthState {
+    /// Builds the state from the records under [`ROOT`], as a node reads them from the KV
+    /// store. Records that do not decode are skipped and returned, so one bad record never
+    /// locks everybody out or in.
+    pub fn load<'a>(
+        records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> (Self, Vec<String>) {
+        let mut state = AuthState::default();
+        let mut skipped = Vec::new();
+        for (key, value) in records {
+            if let Err(why) = state.apply(key, Some(value)) {
+                skipped.push(why);
+            }
+        }
+        (state, skipped)
+    }
+
+    /// Applies one change of a record under [`ROOT`]: a put (`Some(value)`) or a delete. A key
+    /// outside the layout or a value that does not decode changes nothing and is an error that
+    /// names the key, never the value (it may hold a password hash).
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let key =
+            std::str::from_utf8(key).map_err(|_| "auth record key is not UTF-8".to_string())?;
+        let bad = |what: &str| format!("auth record {key}: {what}");
+        if key == ENABLED_KEY {
+            self.enabled = match value {
+                None => false,
+                Some(b"true") => true,
+                Some(b"false") => false,
+                Some(_) => return Err(bad("expected true or false")),
+            };
+            return Ok(());
+        }
+        fn decode<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+            serde_json::from_slice(value).map_err(|e| {
+                // serde_json's message can quote the value; say only where it broke.
+                format!(
+                    "does not decode ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                )
+            })
+        }
+        if let Some(name) = key.strip_prefix(USERS).filter(|n| !n.is_empty()) {
+            match value {
+                None => drop(self.users.remove(name)),
+                Some(v) => drop(
+                    self.users
+                        .insert(name.to_string(), decode(v).map_err(|e| bad(&e))?),
+                ),
+            }
+        } else if let Some(name) = key.strip_prefix(ROLES).filter(|n| !n.is_empty()) {
+            match value {
+                None => drop(self.roles.remove(name)),
+                Some(v) => drop(
+                    self.roles
+                        .insert(name.to_string(), decode(v).map_err(|e| bad(&e))?),
+                ),
+            }
+        } else if let Some(digest) = key.strip_prefix(TOKENS).filter(|d| !d.is_empty()) {
+            match value {
+                None => drop(self.tokens.remove(digest)),
+                Some(v) => drop(
+                    self.tokens
+                        .insert(digest.to_string(), decode(v).map_err(|e| bad(&e))?),
+                ),
+            }
+        } else {
+            return Err(bad("not a key of the auth layout"));
+        }
+        Ok(())
+    }
+
     /// The caller behind a user name and password.
     pub fn login(&self, user: &str, password: &str) -> Result<Principal, Refusal> {
         let Some(record) = self.users.get(user) else {
@@ -312,5 +394,62 @@ mod tests {
         assert_eq!(throttle.check(&keys, 0), Err(Refusal::Throttled(60_000)));
         throttle.record(&keys, true, 0);
         assert!(throttle.check(&keys, 0).is_ok());
+    }
+
+    #[test]
+    fn records_load_apply_and_bad_ones_are_skipped_without_their_values() {
+        let user = serde_json::to_vec(&User {
+            password_hash: Some(secret::hash_password("pw")),
+            roles: vec!["app".into()],
+        })
+        .unwrap();
+        let (text, digest) = secret::new_token();
+        let token = serde_json::to_vec(&Token {
+            owner: Owner::Roles(vec!["app".into()]),
+            expires_at_ms: None,
+            description: String::new(),
+        })
+        .unwrap();
+        let token_key = format!("{TOKENS}{digest}");
+        let records: Vec<(&[u8], &[u8])> = vec![
+            (ENABLED_KEY.as_bytes(), b"true"),
+            (b"/strata/auth/users/alice", &user),
+            (b"/strata/auth/users/mallory", b"{not json secret-ish"),
+            (token_key.as_bytes(), &token),
+            (b"/strata/auth/elsewhere", b"x"),
+        ];
+        let (mut state, skipped) = AuthState::load(records);
+        assert!(state.enabled);
+        assert!(state.login("alice", "pw").is_ok());
+        assert!(state.authenticate(&text, 0).is_ok());
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped.iter().all(|s| !s.contains("secret-ish")),
+            "{skipped:?}"
+        );
+        state.apply(b"/strata/auth/users/alice", None).unwrap();
+        assert!(state.login("alice", "pw").is_err());
+        state.apply(ENABLED_KEY.as_bytes(), None).unwrap();
+        assert!(!state.enabled);
+    }
+
+    proptest::proptest! {
+        /// The fuzz target's twin: any record bytes apply or are refused without a change.
+        #[test]
+        fn any_record_applies_or_is_refused_without_a_change(
+            pick in 0usize..5,
+            name in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let prefix = [USERS, ROLES, TOKENS, ENABLED_KEY, ""][pick];
+            let mut key = prefix.as_bytes().to_vec();
+            key.extend_from_slice(&name);
+            let mut state = AuthState::default();
+            let before = format!("{:?}", (state.enabled, &state.users, &state.roles));
+            if state.apply(&key, Some(&value)).is_err() {
+                let after = format!("{:?}", (state.enabled, &state.users, &state.roles));
+                proptest::prop_assert_eq!(before, after);
+            }
+        }
     }
 }

@@ -89,7 +89,7 @@ pub struct AuthState {
     /// Roles by name.
     pub roles: BTreeMap<String, Role>,
     /// Tokens by digest.
-    pub tokens: HashMap<String, Token>,
+    pub tokens: BTreeMap<String, Token>,
 }
 
 impl AuthState {
@@ -125,45 +125,17 @@ impl AuthState {
             };
             return Ok(());
         }
-        fn decode<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
-            serde_json::from_slice(value).map_err(|e| {
-                // serde_json's message can quote the value; say only where it broke.
-                format!(
-                    "does not decode ({:?} error at line {} column {})",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                )
-            })
-        }
-        if let Some(name) = key.strip_prefix(USERS).filter(|n| !n.is_empty()) {
-            match value {
-                None => drop(self.users.remove(name)),
-                Some(v) => drop(
-                    self.users
-                        .insert(name.to_string(), decode(v).map_err(|e| bad(&e))?),
-                ),
-            }
-        } else if let Some(name) = key.strip_prefix(ROLES).filter(|n| !n.is_empty()) {
-            match value {
-                None => drop(self.roles.remove(name)),
-                Some(v) => drop(
-                    self.roles
-                        .insert(name.to_string(), decode(v).map_err(|e| bad(&e))?),
-                ),
-            }
-        } else if let Some(digest) = key.strip_prefix(TOKENS).filter(|d| !d.is_empty()) {
-            match value {
-                None => drop(self.tokens.remove(digest)),
-                Some(v) => drop(
-                    self.tokens
-                        .insert(digest.to_string(), decode(v).map_err(|e| bad(&e))?),
-                ),
-            }
+        let named = |prefix: &str| key.strip_prefix(prefix).filter(|name| !name.is_empty());
+        let outcome = if let Some(name) = named(USERS) {
+            put_or_remove(&mut self.users, name, value)
+        } else if let Some(name) = named(ROLES) {
+            put_or_remove(&mut self.roles, name, value)
+        } else if let Some(digest) = named(TOKENS) {
+            put_or_remove(&mut self.tokens, digest, value)
         } else {
-            return Err(bad("not a key of the auth layout"));
-        }
-        Ok(())
+            Err("not a key of the auth layout".to_string())
+        };
+        outcome.map_err(|what| bad(&what))
     }
 
     /// The caller behind a user name and password.
@@ -215,6 +187,33 @@ impl AuthState {
             }),
         }
     }
+}
+
+/// Puts the JSON record `value` under `name` in `map`, or removes it when `value` is `None`.
+/// A value that does not decode changes nothing; the error says where it broke, never what it
+/// holds (serde_json's own message can quote the value).
+fn put_or_remove<T: serde::de::DeserializeOwned>(
+    map: &mut BTreeMap<String, T>,
+    name: &str,
+    value: Option<&[u8]>,
+) -> Result<(), String> {
+    match value {
+        None => {
+            map.remove(name);
+        }
+        Some(value) => {
+            let record = serde_json::from_slice(value).map_err(|e| {
+                let class = e.classify();
+                format!(
+                    "does not decode ({class:?} error at line {} column {})",
+                    e.line(),
+                    e.column()
+                )
+            })?;
+            map.insert(name.to_string(), record);
+        }
+    }
+    Ok(())
 }
 
 /// A hash verified against when the user is unknown, made once per process.

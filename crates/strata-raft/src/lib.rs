@@ -52,6 +52,15 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// Lets every task on the current-thread test runtime run until it waits (tests on tokio's
+/// paused clock use it to observe that something did, or did not, happen).
+#[cfg(test)]
+pub(crate) async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The Raft handle specialised to Strata.
 pub type Raft = openraft::Raft<TypeConfig>;
 /// Node id.

@@ -467,13 +467,6 @@ mod tests {
         }
     }
 
-    /// Lets every spawned task run until it waits.
-    async fn settle() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_lone_write_is_proposed_at_once_without_a_timer() {
         let (proposer, gate, _) = start(Some(1), Duration::from_secs(5));
@@ -491,7 +484,7 @@ mod tests {
             let proposer = proposer.clone();
             async move { proposer.propose(put(1)).await }
         });
-        settle().await;
+        crate::settle().await;
         assert_eq!(
             *gate.entries.lock().unwrap(),
             [1],
@@ -503,7 +496,7 @@ mod tests {
                 tokio::spawn(async move { proposer.propose(put(n)).await })
             })
             .collect();
-        settle().await;
+        crate::settle().await;
         assert_eq!(
             *gate.entries.lock().unwrap(),
             [1],

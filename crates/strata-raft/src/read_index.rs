@@ -162,9 +162,8 @@ mod tests {
     async fn an_idle_batcher_runs_no_rounds_and_a_lone_read_runs_one() {
         let rounds = Arc::new(AtomicUsize::new(0));
         let (batcher, cancel) = batcher(rounds.clone());
-        // An absence can only be observed over a window; on the paused clock this second is
-        // virtual and passes as soon as every task is idle.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Every task ran until it waits: an idle batcher would have started a round by now.
+        crate::settle().await;
         assert_eq!(rounds.load(Ordering::SeqCst), 0);
         assert_eq!(batcher.read_index().await.unwrap(), 100);
         assert_eq!(rounds.load(Ordering::SeqCst), 1);

@@ -14,11 +14,23 @@
 //! - [`state`]: the replicated records (users, roles, tokens), login and token
 //!   authentication, and the throttle for failed logins.
 //!
-//! **Architecture Invariant:** nothing here does I/O or knows a protocol; the APIs map their
-//! requests to `(Kind, Access, range)` and their clients' dialects to a [`Grants`].
+//! - [`gate`]: a node's live view of the records and the checks every API calls;
+//!   [`admin`]: changes to the records, through the replicated store; [`audit`]: the audit log.
+//! - [`kv`]: what a KV request needs, as etcd checks it.
+//!
+//! **Architecture Invariant:** nothing here knows a protocol; the APIs map their requests to
+//! `(Kind, Access, range)` and their clients' credentials to a [`Caller`]. The records change
+//! only through [`Auth`], which writes them with compare-and-set through the store's API.
 
+pub mod admin;
+pub mod audit;
+pub mod gate;
+pub mod kv;
 pub mod secret;
 pub mod state;
+
+pub use admin::Auth;
+pub use gate::{Caller, Gate};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

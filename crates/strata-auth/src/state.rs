@@ -46,6 +46,8 @@ pub struct Token {
 /// Why a credential was refused. The messages never contain the credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// Access control is on and the request carries no credential.
+    Missing,
     /// Unknown user, wrong password, unknown or malformed token (deliberately one answer).
     BadCredentials,
     /// The token expired.
@@ -57,6 +59,9 @@ pub enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Refusal::Missing => f.write_str(
+                "authentication required: access control is on; log in (strata auth login) or pass a token",
+            ),
             Refusal::BadCredentials => {
                 f.write_str("authentication failed: invalid user name, password or token")
             }

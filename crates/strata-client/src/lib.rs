@@ -57,6 +57,16 @@ pub struct Client {
     /// How long a call keeps retrying while no endpoint accepts a connection; `None` means
     /// until `timeout`.
     connect_timeout: Option<Duration>,
+    /// Sent as `Authorization: Bearer TOKEN` when access control is on.
+    token: Option<String>,
+}
+
+static DEFAULT_TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets the token every [`Client`] made afterwards in this process sends (the CLI sets it once
+/// from `STRATA_TOKEN` or the token `strata auth login` stored). The first call wins.
+pub fn set_default_token(token: Option<String>) {
+    let _ = DEFAULT_TOKEN.set(token);
 }
 
 /// Adds `http://` when an endpoint has no scheme and drops a trailing slash.
@@ -197,7 +207,14 @@ impl Client {
             preferred: AtomicUsize::new(0),
             timeout: Duration::from_secs(15),
             connect_timeout: None,
+            token: DEFAULT_TOKEN.get().cloned().flatten(),
         }
+    }
+
+    /// Sends `token` with every request (`None`: none).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Sets how long a call may keep trying endpoints.
@@ -244,6 +261,9 @@ impl Client {
             let mut request = self
                 .http
                 .request(method.clone(), format!("{endpoint}{path}"));
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -376,6 +396,9 @@ impl Client {
             let mut builder = self
                 .http
                 .request(method.clone(), format!("{endpoint}{path}"));
+            if let Some(token) = &self.token {
+                builder = builder.bearer_auth(token);
+            }
             if let Some(request) = request {
                 builder = builder.json(request);
             }

@@ -82,6 +82,9 @@ pub struct Context {
     pub max_request_bytes: usize,
     /// The node's data folder, for components that keep files of their own.
     pub data_dir: std::path::PathBuf,
+    /// Access control: the node's gate (who is asking, may they) and the auth records' API.
+    /// Every interface a component serves resolves its callers through it.
+    pub auth: strata_auth::Auth,
     section: Option<toml::Value>,
     listeners: BTreeMap<&'static str, Bound>,
     provided: Provided,
@@ -170,6 +173,7 @@ impl Context {
         metrics: prometheus::Registry,
         max_request_bytes: usize,
         data_dir: std::path::PathBuf,
+        auth: strata_auth::Auth,
         section: Option<toml::Value>,
         listeners: BTreeMap<&'static str, Bound>,
         provided: Provided,
@@ -182,6 +186,7 @@ impl Context {
             cancel: CancellationToken::new(),
             max_request_bytes,
             data_dir,
+            auth,
             section,
             listeners,
             provided,

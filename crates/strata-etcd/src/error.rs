@@ -234,6 +234,10 @@ pub(crate) fn to_status(
         }
         ErrorCode::Timeout => timed_out(),
         ErrorCode::Internal => passthrough(Code::Internal, error),
+        ErrorCode::Unauthenticated => {
+            Status::new(Code::Unauthenticated, "etcdserver: invalid auth token")
+        }
+        ErrorCode::PermissionDenied => permission_denied(),
     }
 }
 
@@ -327,4 +331,9 @@ mod tests {
         assert_eq!(none.code(), Code::Unavailable);
         assert_eq!(none.message(), "etcdserver: no leader");
     }
+}
+
+/// etcd's answer to a request the caller's roles do not allow.
+pub(crate) fn permission_denied() -> Status {
+    Status::new(Code::PermissionDenied, "etcdserver: permission denied")
 }

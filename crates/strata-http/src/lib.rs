@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+pub use strata_auth::{Caller, Gate};
 use strata_proto::error::{ApiError, ErrorCode};
 
 /// An [`ApiError`] as an HTTP response: the code's status and `{"code","message"}`.
@@ -101,4 +103,76 @@ pub fn json_event<T: Serialize>(message: &T) -> SseEvent {
             .event("error")
             .data(format!("encode: {e}"))
     })
+}
+
+/// Who made a request: the [`Caller`] the access gate ([`authenticate`]) resolved and left in
+/// the request's extensions. A handler on a router without the gate is refused (fails closed).
+pub struct Who(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = ErrorResponse;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Who)
+            .ok_or_else(|| {
+                ErrorResponse(ApiError::internal(
+                    "request did not pass the access gate (a route is mounted without it)",
+                ))
+            })
+    }
+}
+
+/// How one interface finds credentials and says no, for [`authenticate`].
+#[derive(Clone)]
+pub struct GateLayer {
+    /// The node's gate.
+    pub gate: Arc<Gate>,
+    /// The interface's name in the audit log and metrics.
+    pub api: &'static str,
+    /// The token a request carries, in the interface's dialect.
+    pub token_of: fn(&Parts) -> Option<String>,
+    /// Paths served without a credential (health, metrics, login).
+    pub open: fn(&str) -> bool,
+    /// The interface's answer to a refused credential.
+    pub reject: fn(ApiError) -> Response,
+}
+
+/// The token of `Authorization: Bearer TOKEN` (the native API's dialect, and Consul's second).
+pub fn bearer_token(parts: &Parts) -> Option<String> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// Middleware: resolves the request's [`Caller`] through the gate and leaves it in the
+/// request's extensions, or answers with the interface's refusal. Open paths pass with the
+/// caller they have (an open caller when they carry nothing).
+pub async fn authenticate(
+    axum::extract::State(layer): axum::extract::State<GateLayer>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let from = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    let token = (layer.token_of)(&parts);
+    let caller = match layer.gate.caller(layer.api, token.as_deref(), from.clone()) {
+        Ok(caller) => caller,
+        Err(_) if (layer.open)(parts.uri.path()) => Caller::open(layer.api, from),
+        Err(e) => return (layer.reject)(e),
+    };
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
 }

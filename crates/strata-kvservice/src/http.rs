@@ -37,13 +37,17 @@ use tokio_util::task::TaskTracker;
 pub struct ApiState {
     /// The service layer.
     pub service: Arc<KvService>,
+    /// Access control.
+    pub auth: strata_auth::Auth,
     /// Cancelled at shutdown; ends open watches.
     pub cancel: CancellationToken,
     /// Tracks watch tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
 
-use strata_http::{json_event, ApiResult};
+use strata_auth::kv as needs;
+use strata_auth::{Access, Caller, Names};
+use strata_http::{json_event, ApiResult, Who};
 pub use strata_http::{ApiJson, ErrorResponse};
 
 /// Query parameters whose rejections are API errors.
@@ -66,6 +70,14 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
 
 /// Builds the client API router.
 pub fn api_router(state: ApiState, body_limit: usize, extra: Router) -> Router {
+    let gate = strata_http::GateLayer {
+        gate: state.auth.gate.clone(),
+        api: "native",
+        token_of: strata_http::bearer_token,
+        open: open_path,
+        reject: |e| ErrorResponse(e).into_response(),
+    };
+    let auth_routes = crate::auth_http::routes(state.auth.clone());
     Router::new()
         .route("/v1/kv/range", post(range))
         .route("/v1/kv/put", post(put))
@@ -95,10 +107,45 @@ pub fn api_router(state: ApiState, body_limit: usize, extra: Router) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(auth_routes)
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            strata_http::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
+}
+
+/// Paths served without a credential when access control is on: health, metrics, cluster
+/// status (as etcd serves them), and logging in.
+fn open_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/livez"
+            | "/readyz"
+            | "/metrics"
+            | "/v1/cluster/status"
+            | "/v1/auth/login"
+            | "/v1/auth/status"
+    )
+}
+
+/// Allows only root (or anyone with access control off).
+fn allow_root(s: &ApiState, who: &Caller, action: &str) -> Result<(), ErrorResponse> {
+    count_error(s, s.auth.gate.check_root(who, action)).map(|_| ())
+}
+
+/// Checks `needs` of a KV request for `who`, counting a refusal like any other error.
+fn allow(
+    s: &ApiState,
+    who: &Caller,
+    needs: &[needs::Need],
+    action: &str,
+) -> Result<(), ErrorResponse> {
+    let checked = s.auth.gate.check_kv(who, needs, action);
+    count_error(s, checked).map(|_| ())
 }
 
 async fn not_found() -> ErrorResponse {
@@ -134,36 +181,46 @@ fn count_error<T>(
 
 async fn range(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<RangeRequest>,
 ) -> ApiResult<impl Serialize> {
+    allow(&s, &who, &needs::range(&req), "range")?;
     count_error(&s, s.service.range(req).await)
 }
 
 async fn put(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<PutRequest>,
 ) -> ApiResult<impl Serialize> {
+    allow(&s, &who, &needs::put(&req), "put")?;
     count_error(&s, s.service.put(req).await)
 }
 
 async fn delete_range(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<DeleteRangeRequest>,
 ) -> ApiResult<impl Serialize> {
+    allow(&s, &who, &needs::delete(&req), "delete")?;
     count_error(&s, s.service.delete(req).await)
 }
 
 async fn txn(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<TxnRequest>,
 ) -> ApiResult<impl Serialize> {
+    allow(&s, &who, &needs::txn(&req), "txn")?;
     count_error(&s, s.service.txn(req).await)
 }
 
 async fn compact(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<CompactRequest>,
 ) -> ApiResult<impl Serialize> {
+    allow_root(&s, &who, "compact")?;
     count_error(&s, s.service.compact(req).await)
 }
 
@@ -239,15 +296,29 @@ struct LeaderReply {
 
 async fn lock_acquire(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<Contend>,
 ) -> ApiResult<impl Serialize> {
+    allow(
+        &s,
+        &who,
+        &[(Access::Write, Names::prefix(req.name.clone()))],
+        "lock",
+    )?;
     count_error(&s, s.service.lock(req.name, req.lease).await)
 }
 
 async fn lock_release(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<Owned>,
 ) -> ApiResult<impl Serialize> {
+    allow(
+        &s,
+        &who,
+        &[(Access::Write, Names::one(req.key.clone()))],
+        "unlock",
+    )?;
     count_error(
         &s,
         s.service
@@ -259,15 +330,29 @@ async fn lock_release(
 
 async fn election_campaign(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<Contend>,
 ) -> ApiResult<impl Serialize> {
+    allow(
+        &s,
+        &who,
+        &[(Access::Write, Names::prefix(req.name.clone()))],
+        "campaign",
+    )?;
     count_error(&s, s.service.campaign(req.name, req.lease, req.value).await)
 }
 
 async fn election_proclaim(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<Owned>,
 ) -> ApiResult<impl Serialize> {
+    allow(
+        &s,
+        &who,
+        &[(Access::Write, Names::one(req.key.clone()))],
+        "proclaim",
+    )?;
     let leader = crate::coord::Ownership {
         key: req.key,
         revision: req.revision,
@@ -284,27 +369,44 @@ async fn election_proclaim(
 
 async fn election_leader(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<ElectionName>,
 ) -> ApiResult<impl Serialize> {
+    allow(
+        &s,
+        &who,
+        &[(Access::Read, Names::prefix(req.name.clone()))],
+        "leader",
+    )?;
     let leader = s.service.election_leader(req.name, req.serializable).await;
     count_error(&s, leader.map(|leader| LeaderReply { leader }))
 }
 
 async fn election_observe_get(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiQuery(req): ApiQuery<ElectionName>,
 ) -> Response {
-    election_observe(s, req.name)
+    election_observe(s, who, req.name)
 }
 
 async fn election_observe_post(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<ElectionName>,
 ) -> Response {
-    election_observe(s, req.name)
+    election_observe(s, who, req.name)
 }
 
-fn election_observe(s: ApiState, name: Vec<u8>) -> Response {
+fn election_observe(s: ApiState, who: Caller, name: Vec<u8>) -> Response {
+    if let Err(e) = allow(
+        &s,
+        &who,
+        &[(Access::Read, Names::prefix(name.clone()))],
+        "observe",
+    ) {
+        return e.into_response();
+    }
     match s.service.observe(name) {
         Ok(receiver) => event_stream(receiver),
         Err(e) => ErrorResponse(e).into_response(),
@@ -340,8 +442,10 @@ struct Done {
 
 async fn add_member(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<AddMember>,
 ) -> ApiResult<impl Serialize> {
+    allow_root(&s, &who, "add_member")?;
     let info = NodeInfo {
         raft_addr: req.raft_addr,
         api_addr: req.api_addr,
@@ -358,8 +462,10 @@ async fn add_member(
 
 async fn remove_member(
     State(s): State<ApiState>,
+    Who(who): Who,
     Path(id): Path<String>,
 ) -> ApiResult<impl Serialize> {
+    allow_root(&s, &who, "remove_member")?;
     let id: u64 = id.parse().map_err(|_| {
         ErrorResponse(ApiError::bad_request(format!(
             "member id {id:?} is not a number"
@@ -374,15 +480,26 @@ async fn remove_member(
     )
 }
 
-async fn watch_get(State(s): State<ApiState>, ApiQuery(req): ApiQuery<WatchRequest>) -> Response {
-    open_watch(s, req)
+async fn watch_get(
+    State(s): State<ApiState>,
+    Who(who): Who,
+    ApiQuery(req): ApiQuery<WatchRequest>,
+) -> Response {
+    open_watch(s, who, req)
 }
 
-async fn watch_post(State(s): State<ApiState>, ApiJson(req): ApiJson<WatchRequest>) -> Response {
-    open_watch(s, req)
+async fn watch_post(
+    State(s): State<ApiState>,
+    Who(who): Who,
+    ApiJson(req): ApiJson<WatchRequest>,
+) -> Response {
+    open_watch(s, who, req)
 }
 
-fn open_watch(s: ApiState, req: WatchRequest) -> Response {
+fn open_watch(s: ApiState, who: Caller, req: WatchRequest) -> Response {
+    if let Err(e) = allow(&s, &who, &needs::watch(&req), "watch") {
+        return e.into_response();
+    }
     s.service.metrics.op("watch");
     match watch::open(s.service.clone(), req, s.cancel.child_token(), &s.tracker) {
         Ok(receiver) => event_stream(receiver),

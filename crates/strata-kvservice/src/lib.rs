@@ -8,6 +8,7 @@
 //! hold; [`http`] is the native `/v1/kv`, `/v1/lease`, `/v1/lock`, `/v1/election` and
 //! `/v1/cluster` API, plus the internal leader route peers call.
 
+pub mod auth_http;
 pub mod coord;
 pub mod http;
 pub mod kv_api;

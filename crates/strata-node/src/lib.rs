@@ -115,6 +115,8 @@ pub struct NodeHandle {
     pub addrs: NodeAddrs,
     /// The service layer, for in-process callers.
     pub service: Arc<KvService>,
+    /// Access control: the node's gate and the auth records' API.
+    pub auth: strata_auth::Auth,
     raft: Raft,
     /// Components in start order.
     components: Vec<Running>,
@@ -301,6 +303,7 @@ impl Node {
         ));
 
         let kv: Arc<dyn KvApi> = Arc::new(kv_api::NodeKv::new(service.clone(), tracker.clone()));
+        let auth = start_auth(&config, &service, kv.clone(), &tracker, &cancel).await?;
         let max_request = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
         let provided = Provided::default();
         let mut running = Vec::new();
@@ -313,6 +316,7 @@ impl Node {
                 service.metrics.registry().clone(),
                 max_request,
                 config.data_dir.clone(),
+                auth.clone(),
                 config.sections.get(name).cloned(),
                 listeners,
                 provided.clone(),
@@ -345,6 +349,7 @@ impl Node {
         info!(node_id = id, addr = %addrs.api(), "serving client API");
         let state = http::ApiState {
             service: service.clone(),
+            auth: auth.clone(),
             cancel: cancel.child_token(),
             tracker: tracker.clone(),
         };
@@ -367,6 +372,7 @@ impl Node {
         Ok(NodeHandle {
             addrs,
             service,
+            auth,
             raft,
             components: running,
             cancel,
@@ -375,6 +381,50 @@ impl Node {
             _data: data,
         })
     }
+}
+
+/// Audit files rotate at this size; this many old ones are kept.
+const AUDIT_FILE_BYTES: u64 = 64 * 1024 * 1024;
+const AUDIT_FILES_KEPT: u32 = 5;
+
+/// The node's access control: a gate auditing to `DATA/audit/`, loaded from this node's copy
+/// of the auth records before any interface serves (so a node of a cluster with access
+/// control on never starts open), then following them.
+async fn start_auth(
+    config: &ValidatedConfig,
+    service: &Arc<KvService>,
+    kv: Arc<dyn KvApi>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<strata_auth::Auth, NodeError> {
+    let dir = config.data_dir.join("audit");
+    let audit = strata_auth::audit::Audit::to_dir(&dir, AUDIT_FILE_BYTES, AUDIT_FILES_KEPT)
+        .map_err(|e| {
+            NodeError::Config(format!(
+                "cannot open the audit log in {}: {e}",
+                dir.display()
+            ))
+        })?;
+    let gate = strata_auth::Gate::new(audit);
+    gate.register(service.metrics.registry())
+        .map_err(|e| NodeError::Config(format!("auth metrics: {e}")))?;
+    let records = kv
+        .range(strata_proto::kv::RangeRequest {
+            key: strata_auth::state::ROOT.as_bytes().to_vec(),
+            prefix: true,
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NodeError::Config(format!("cannot read the auth records: {e}")))?;
+    strata_store::Follower::load(gate.as_ref(), &records.kvs, records.header.revision);
+    tracker.spawn(strata_store::follow(
+        kv.clone(),
+        strata_auth::state::ROOT,
+        gate.clone(),
+        cancel.child_token(),
+    ));
+    Ok(strata_auth::Auth::new(gate, kv))
 }
 
 impl NodeHandle {

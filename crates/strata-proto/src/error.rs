@@ -29,6 +29,10 @@ pub enum ErrorCode {
     Timeout,
     /// A bug or an unexpected storage failure; someone must look at the logs.
     Internal,
+    /// Access control is on and the request carries no valid credential.
+    Unauthenticated,
+    /// The caller's roles do not allow the request.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -46,6 +50,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
         }
     }
 
@@ -68,6 +74,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `main` only parses the command line, loads and validates the config, initialises logging,
 //! runs the command, and maps the outcome to an exit code (`✘ message` and exit 1 on error).
 
+mod auth_cmds;
 mod client_cmds;
 mod config_cmds;
 mod coord_cmds;
@@ -26,6 +27,7 @@ Examples:
   strata svc list                     services in the registry
   strata config get app.yaml          a config from the configuration center
   strata cluster status               leader, term, indexes and members
+  strata auth login --password-stdin  log in (when access control is on)
 
 Client commands talk to http://127.0.0.1:7700 unless given --endpoints (or STRATA_ENDPOINTS).
 `strata COMMAND --help` explains each command.";
@@ -48,6 +50,10 @@ pub struct Cli {
         default_value = "http://127.0.0.1:7700"
     )]
     pub endpoints: Vec<String>,
+    /// Token sent to the API when access control is on (default: the one `strata auth login`
+    /// stored).
+    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output format: table (for people) or json (for scripts).
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -89,6 +95,9 @@ pub enum Command {
     /// Publish, read, roll back and follow configs (the configuration center).
     #[command(subcommand)]
     Config(config_cmds::ConfigCommand),
+    /// Log in, turn access control on and off, manage users, roles and tokens.
+    #[command(subcommand)]
+    Auth(auth_cmds::AuthCommand),
 }
 
 /// The error of a command whose exit status `strata` passes on (`strata lock NAME -- CMD`
@@ -142,6 +151,7 @@ fn main() {
     let mut cli = cli;
     if !is_node {
         cli.endpoints = strata_client::parse_endpoints(&cli.endpoints).unwrap_or_else(|e| fail(&e));
+        strata_client::set_default_token(auth_cmds::resolve_token(cli.token.take()));
     }
     let result = runtime.block_on(async move {
         match cli.command {
@@ -154,6 +164,7 @@ fn main() {
             Command::Elect(args) => coord_cmds::elect(&cli.endpoints, cli.output, args).await,
             Command::Svc(cmd) => svc_cmds::svc(&cli.endpoints, cli.output, cmd).await,
             Command::Config(cmd) => config_cmds::config(&cli.endpoints, cli.output, cmd).await,
+            Command::Auth(cmd) => auth_cmds::auth(&cli.endpoints, cli.output, cmd).await,
         }
     });
     // Do not wait for lingering blocking tasks (e.g. a stdin reader) at exit.

@@ -111,6 +111,8 @@ pub struct ClientOnlyFlags {
     endpoints: Option<Vec<String>>,
     #[arg(long, hide = true, value_enum)]
     output: Option<crate::Output>,
+    #[arg(long, hide = true)]
+    token: Option<String>,
 }
 
 /// Arguments of `strata server`. Flags override the config file.
@@ -158,6 +160,10 @@ pub struct ServerArgs {
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
+    /// At the cluster's first start: create the user root with the password in this file
+    /// and turn access control on. Ignored once a root user exists.
+    #[arg(long, env = "STRATA_ROOT_PASSWORD_FILE", value_name = "FILE")]
+    pub root_password_file: Option<PathBuf>,
     #[command(flatten)]
     pub components: ComponentFlags,
     /// Print a commented sample config and exit.
@@ -203,6 +209,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let grace = config.shutdown_grace_period.0;
     let node = Node::start(config).await?;
     wait_for_leader(&node, Duration::from_secs(10)).await?;
+    let root_password = dev_root_password(&node, &args.data_dir)?;
     println!(
         "strata dev: node 1 ready in {} ms",
         started.elapsed().as_millis()
@@ -220,6 +227,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("  metrics http://{}/metrics", node.addrs.api());
     println!("  data    {}", args.data_dir.display());
+    let on_off = if node.auth.enabled() { "on" } else { "off" };
+    println!(
+        "  auth    {on_off} (user root, password in {}; strata auth enable turns it on)",
+        root_password.display()
+    );
     println!("try: strata kv put greeting hello && strata kv get greeting");
     wait_for_signal(node, grace).await
 }
@@ -247,15 +259,21 @@ fn banner_line(name: &str, addr: std::net::SocketAddr) -> Option<String> {
 /// The dev node's key for `cipher-` configs: made on first start, kept in the data folder
 /// (readable by the owner only), so encrypted configs work out of the box and survive restarts.
 fn dev_encryption_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    dev_secret(data_dir, "config-center.key", 32)
+}
+
+/// The secret in `DATA/NAME`, or a new one of `bytes` random bytes in hex, written there
+/// (mode 0600) on first start.
+fn dev_secret(data_dir: &std::path::Path, name: &str, bytes: usize) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("config-center.key");
+    let path = data_dir.join(name);
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok(text.trim().to_string());
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("create the data folder {}", data_dir.display()))?;
-    let key: String = (0..32)
+    let secret: String = (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
     let mut file = std::fs::OpenOptions::new()
@@ -264,10 +282,10 @@ fn dev_encryption_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("create {}", path.display()))?;
-    file.write_all(key.as_bytes())
+    file.write_all(secret.as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("write {}", path.display()))?;
-    Ok(key)
+    Ok(secret)
 }
 
 async fn wait_for_leader(node: &strata_node::NodeHandle, timeout: Duration) -> anyhow::Result<()> {
@@ -349,6 +367,10 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(path) = args.addrs_file {
         config.addrs_file = Some(path);
     }
+    let root_password = match &args.root_password_file {
+        Some(path) => Some(read_root_password(path)?),
+        None => None,
+    };
     let config = config.validate()?;
     let grace = config.shutdown_grace_period.0;
     let node = Node::start(config).await?;
@@ -358,7 +380,67 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         node.addrs.api(),
         node.addrs.raft()
     );
+    if let Some(password) = root_password {
+        tokio::spawn(bootstrap_root(node.auth.clone(), password));
+    }
     wait_for_signal(node, grace).await
+}
+
+/// The root password from `--root-password-file` (its first line).
+fn read_root_password(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the root password file {}", path.display()))?;
+    let password = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string();
+    if password.is_empty() {
+        bail!("the root password file {} is empty", path.display());
+    }
+    Ok(password)
+}
+
+/// Creates root with `password` and turns access control on, once the cluster accepts writes;
+/// does nothing when a root user exists.
+async fn bootstrap_root(auth: strata_auth::Auth, password: String) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match auth.bootstrap(&password, true).await {
+            Ok(true) => {
+                tracing::info!("created the user root and turned access control on");
+                return;
+            }
+            Ok(false) => {
+                tracing::info!("a root user exists; --root-password-file ignored");
+                return;
+            }
+            Err(e)
+                if e.code.is_retryable() || e.code == strata_proto::error::ErrorCode::Timeout =>
+            {
+                tracing::debug!(error = %e, "cluster not writable yet; will create root later");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the root user");
+                return;
+            }
+        }
+    }
+}
+
+/// A dev node's root password: made on first start and kept in `DATA/root-password` (mode
+/// 0600). Nothing is written to the store: the user root is created with it when access
+/// control is first enabled (`strata auth enable`, `etcdctl auth enable`).
+fn dev_root_password(
+    node: &strata_node::NodeHandle,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    let password = dev_secret(data_dir, "root-password", 24)?;
+    node.auth.set_pending_root_password(password);
+    Ok(data_dir.join("root-password"))
 }
 
 async fn wait_for_signal(node: strata_node::NodeHandle, grace: Duration) -> anyhow::Result<()> {

@@ -1,0 +1,479 @@
+//! Access control on real processes: a 3-node cluster where root turns it on through the CLI,
+//! users and tokens enforced on every node, denied requests that change nothing and reach the
+//! audit log, a `strata server` that bootstraps root from `--root-password-file`, and no
+//! secret in any log.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Runs the CLI against `endpoints` with its own config folder (where `strata auth login`
+/// stores the token) and extra environment, feeding `stdin`.
+fn strata(
+    config_home: &Path,
+    endpoints: &[String],
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: &[u8],
+) -> Output {
+    let mut command = Command::new(strata_bin());
+    command
+        .env("XDG_CONFIG_HOME", config_home)
+        .env_remove("STRATA_TOKEN")
+        .env_remove("STRATA_PASSWORD")
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    run_with_deadline(&mut command, stdin, Duration::from_secs(30))
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: &Output, what: &str) -> String {
+    assert!(
+        !out.status.success(),
+        "{what} succeeded but should not have"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A native API call with an optional bearer token: (status, body).
+async fn call(api: &str, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+    let http = reqwest::Client::new();
+    let mut request = http.post(format!("http://{api}{path}")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn put(api: &str, token: Option<&str>, key: &str, value: &str) -> (u16, Value) {
+    call(
+        api,
+        token,
+        "/v1/kv/put",
+        json!({"key": key, "value": value}),
+    )
+    .await
+}
+
+async fn get(api: &str, token: Option<&str>, key: &str) -> Option<String> {
+    let (status, body) = call(api, token, "/v1/kv/range", json!({"key": key})).await;
+    assert_eq!(status, 200, "range {key}: {body}");
+    body["kvs"][0]["value"].as_str().map(str::to_string)
+}
+
+async fn auth_enabled(api: &str) -> bool {
+    let body: Value = reqwest::get(format!("http://{api}/v1/auth/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["enabled"] == true
+}
+
+/// Logs in through the API and returns the token.
+async fn login(api: &str, user: &str, password: &str) -> String {
+    let (status, body) = call(
+        api,
+        None,
+        "/v1/auth/login",
+        json!({"user": user, "password": password}),
+    )
+    .await;
+    assert_eq!(status, 200, "login {user}: {body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t01_roles_users_and_tokens_enforced_on_every_node_and_audited() {
+    let cluster = Cluster::start(3, &[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let eps = cluster.endpoints();
+    let run = |env: &[(&str, &str)], args: &[&str], stdin: &[u8]| {
+        strata(home.path(), &eps, env, args, stdin)
+    };
+    let root_password = "r00t-pass-never-logged";
+    let alice_password = "alice-pass-never-logged";
+
+    // Enabling without root is refused, as etcd refuses it.
+    let refused = err(&run(&[], &["auth", "enable"], b""), "enable without root");
+    assert!(refused.contains("root user does not exist"), "{refused}");
+
+    ok(
+        &run(
+            &[],
+            &["auth", "user", "add", "root", "--password-stdin"],
+            format!("{root_password}\n").as_bytes(),
+        ),
+        "add root",
+    );
+    ok(
+        &run(&[], &["auth", "user", "grant", "root", "root"], b""),
+        "grant root",
+    );
+    ok(&run(&[], &["auth", "role", "add", "app"], b""), "role add");
+    ok(
+        &run(
+            &[],
+            &["auth", "role", "grant", "app", "app/", "--prefix"],
+            b"",
+        ),
+        "role grant",
+    );
+    ok(
+        &run(
+            &[("STRATA_PASSWORD", alice_password)],
+            &["auth", "user", "add", "alice"],
+            b"",
+        ),
+        "add alice",
+    );
+    ok(
+        &run(&[], &["auth", "user", "grant", "alice", "app"], b""),
+        "grant alice",
+    );
+    // A key outside alice's grant, written while access control is off.
+    let n1 = cluster.nodes[0].api.clone();
+    assert_eq!(put(&n1, None, "other/x", "before").await.0, 200);
+    ok(&run(&[], &["auth", "enable"], b""), "enable");
+    let status = ok(&run(&[], &["auth", "status"], b""), "status");
+    assert_eq!(status.trim(), "access control: on");
+
+    // Every node follows the switch; without a token a request is refused with 401.
+    for node in &cluster.nodes {
+        let api = node.api.clone();
+        wait_until(Duration::from_secs(10), "auth on everywhere", || {
+            let api = api.clone();
+            async move { auth_enabled(&api).await.then_some(()) }
+        })
+        .await;
+        let (status, body) = put(&api, None, "app/anon", "x").await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["code"], "unauthenticated");
+        // Health and status stay open.
+        let live = reqwest::get(format!("http://{api}/livez")).await.unwrap();
+        assert_eq!(live.status().as_u16(), 200);
+    }
+    let denied_cli = err(
+        &run(&[], &["kv", "put", "app/cli", "1"], b""),
+        "put without login",
+    );
+    assert!(denied_cli.contains("unauthenticated"), "{denied_cli}");
+
+    // alice logs in through the CLI; the stored token is the owner's alone.
+    let logged = ok(
+        &run(
+            &[],
+            &["auth", "login", "--user", "alice", "--password-stdin"],
+            format!("{alice_password}\n").as_bytes(),
+        ),
+        "alice login",
+    );
+    assert!(logged.contains("logged in as alice"), "{logged}");
+    let token_file = home.path().join("strata/token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    ok(
+        &run(&[], &["kv", "put", "app/cli", "from-cli"], b""),
+        "alice put in grant",
+    );
+    let who = ok(&run(&[], &["auth", "whoami"], b""), "whoami");
+    assert_eq!(who.trim(), "alice");
+    let denied = err(
+        &run(&[], &["kv", "put", "other/x", "after"], b""),
+        "alice put outside",
+    );
+    assert!(
+        denied.contains("permission_denied") && denied.contains("alice"),
+        "{denied}"
+    );
+    let denied = err(
+        &run(&[], &["auth", "user", "list"], b""),
+        "alice lists users",
+    );
+    assert!(denied.contains("permission_denied"), "{denied}");
+
+    // Through each node's API: writes inside the grant work, outside it are refused with 403,
+    // reads over a range must be covered whole, the auth records are root's only.
+    let alice = login(&cluster.nodes[1].api, "alice", alice_password).await;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let api = &node.api;
+        let key = format!("app/n{i}");
+        let (status, body) = put(api, Some(&alice), &key, "ok").await;
+        assert_eq!(status, 200, "node {}: {body}", node.id);
+        let (status, body) = put(api, Some(&alice), "other/x", "after").await;
+        assert_eq!(status, 403, "node {}: {body}", node.id);
+        assert_eq!(body["code"], "permission_denied");
+        let (status, _) = call(
+            api,
+            Some(&alice),
+            "/v1/kv/range",
+            json!({"key": "app/", "prefix": true}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = call(
+            api,
+            Some(&alice),
+            "/v1/kv/range",
+            json!({"key": "a", "range_end": "b"}),
+        )
+        .await;
+        assert_eq!(status, 403, "a range wider than the grant");
+        let (status, _) = call(
+            api,
+            Some(&alice),
+            "/v1/kv/range",
+            json!({"key": "/strata/auth/", "prefix": true}),
+        )
+        .await;
+        assert_eq!(status, 403);
+        // A transaction is checked on both branches, whatever its compares decide.
+        let txn = json!({
+            "compare": [{"key": "app/n0", "result": "equal", "target": {"version": 0}}],
+            "success": [{"put": {"key": "app/t", "value": "1"}}],
+            "failure": [{"put": {"key": "other/x", "value": "txn"}}],
+        });
+        let (status, _) = call(api, Some(&alice), "/v1/kv/txn", txn).await;
+        assert_eq!(status, 403);
+        let (status, _) = call(
+            api,
+            Some(&alice),
+            "/v1/cluster/members",
+            json!({"id": 9, "raft_addr": "127.0.0.1:1"}),
+        )
+        .await;
+        assert_eq!(status, 403, "membership is root's");
+    }
+
+    // Denied requests changed nothing.
+    let root = login(&n1, "root", root_password).await;
+    assert_eq!(
+        get(&n1, Some(&root), "other/x").await.as_deref(),
+        Some("before")
+    );
+    assert_eq!(get(&n1, Some(&root), "app/t").await, None);
+
+    // A role token for a service: made by root, revoked by root, and dead on every node.
+    let service = ok(
+        &run(
+            &[("STRATA_TOKEN", &root)],
+            &[
+                "auth",
+                "token",
+                "create",
+                "--roles",
+                "app",
+                "--description",
+                "billing",
+            ],
+            b"",
+        ),
+        "token create",
+    );
+    let service = service.trim().to_string();
+    assert!(service.starts_with("strata_"), "{service}");
+    for node in &cluster.nodes {
+        let api = node.api.clone();
+        let token = service.clone();
+        wait_until(Duration::from_secs(10), "token known everywhere", || {
+            let (api, token) = (api.clone(), token.clone());
+            async move { (put(&api, Some(&token), "app/svc", "1").await.0 == 200).then_some(()) }
+        })
+        .await;
+    }
+    let list = ok(
+        &run(
+            &[("STRATA_TOKEN", &root)],
+            &["--output", "json", "auth", "token", "list"],
+            b"",
+        ),
+        "token list",
+    );
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let id = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["description"] == "billing")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !list.to_string().contains(&service),
+        "a listing never shows a token"
+    );
+    ok(
+        &run(
+            &[("STRATA_TOKEN", &root)],
+            &["auth", "token", "revoke", &id],
+            b"",
+        ),
+        "revoke",
+    );
+    for node in &cluster.nodes {
+        let api = node.api.clone();
+        let token = service.clone();
+        wait_until(Duration::from_secs(10), "revoked everywhere", || {
+            let (api, token) = (api.clone(), token.clone());
+            async move { (put(&api, Some(&token), "app/svc", "2").await.0 == 401).then_some(()) }
+        })
+        .await;
+    }
+
+    // Deleting a user kills its tokens.
+    ok(
+        &run(
+            &[("STRATA_TOKEN", &root)],
+            &["auth", "user", "delete", "alice"],
+            b"",
+        ),
+        "delete alice",
+    );
+    let (status, _) = put(&n1, Some(&alice), "app/after-delete", "x").await;
+    assert_eq!(status, 401);
+
+    // The audit log has the denied write with who and from where, and the allowed ones.
+    let audit_of = |i: usize| {
+        std::fs::read_to_string(cluster.nodes[i].dir.join("data/audit/audit.log"))
+            .unwrap_or_default()
+    };
+    let has_denied = wait_until(Duration::from_secs(5), "audit lines", || async {
+        let lines: Vec<Value> = (0..3)
+            .flat_map(|i| {
+                audit_of(i)
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<Value>>()
+            })
+            .collect();
+        let denied = lines.iter().any(|l| {
+            l["user"] == "alice"
+                && l["resource"] == "kv:other/x"
+                && l["allowed"] == false
+                && l["from"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with("127.0.0.1:"))
+        });
+        let allowed = lines
+            .iter()
+            .any(|l| l["user"] == "alice" && l["action"] == "put" && l["allowed"] == true);
+        (denied && allowed).then_some(true)
+    })
+    .await;
+    assert!(has_denied);
+
+    // Access control off again, by root; then requests need no token.
+    ok(
+        &run(&[("STRATA_TOKEN", &root)], &["auth", "disable"], b""),
+        "disable",
+    );
+    wait_until(Duration::from_secs(10), "auth off", || {
+        let api = n1.clone();
+        async move { (!auth_enabled(&api).await).then_some(()) }
+    })
+    .await;
+    assert_eq!(put(&n1, None, "other/x", "open").await.0, 200);
+
+    // No password or token in any log line, audit line or stored record listing.
+    let mut texts: Vec<String> = (0..3).map(audit_of).collect();
+    for node in &cluster.nodes {
+        texts.push(node.logs());
+    }
+    for text in &texts {
+        for secret in [
+            root_password,
+            alice_password,
+            alice.as_str(),
+            root.as_str(),
+            service.as_str(),
+        ] {
+            assert!(!text.contains(secret), "a secret reached a log");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t02_server_bootstraps_root_from_a_file_and_starts_closed() {
+    let root_dir = tempfile::tempdir().unwrap();
+    let password_file = root_dir.path().join("root-password");
+    std::fs::write(&password_file, "first-start-secret\n").unwrap();
+    let file = password_file.to_str().unwrap();
+    let mut node = NodeProc::start(
+        1,
+        root_dir.path(),
+        Some("1=127.0.0.1:0"),
+        &["--root-password-file", file],
+    )
+    .await;
+    let api = node.api.clone();
+    wait_until(Duration::from_secs(20), "access control on", || {
+        let api = api.clone();
+        async move { auth_enabled(&api).await.then_some(()) }
+    })
+    .await;
+    assert_eq!(put(&api, None, "k", "v").await.0, 401);
+    let token = login(&api, "root", "first-start-secret").await;
+    assert_eq!(put(&api, Some(&token), "k", "v").await.0, 200);
+
+    // A wrong password is refused, and after a few failures even the right one waits.
+    let mut throttled = false;
+    for _ in 0..6 {
+        let (status, body) = call(
+            &api,
+            None,
+            "/v1/auth/login",
+            json!({"user": "root", "password": "wrong"}),
+        )
+        .await;
+        assert_eq!(status, 401, "{body}");
+        throttled |= body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many failed logins");
+    }
+    assert!(throttled, "repeated failures are throttled");
+    let (status, body) = call(
+        &api,
+        None,
+        "/v1/auth/login",
+        json!({"user": "root", "password": "first-start-secret"}),
+    )
+    .await;
+    assert_eq!(status, 401, "still throttled: {body}");
+
+    // A restart keeps it closed from the first request on, and the file no longer matters.
+    std::fs::write(&password_file, "another-password\n").unwrap();
+    node.kill9();
+    node.restart().await;
+    assert_eq!(put(&node.api, None, "k", "v2").await.0, 401);
+    assert_eq!(
+        get(&node.api, Some(&token), "k").await.as_deref(),
+        Some("v")
+    );
+    let logs = node.logs();
+    assert!(!logs.contains("first-start-secret") && !logs.contains(&token));
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 /// The files to compile; imports between them resolve against `proto/`.
 const PROTOS: &[&str] = &[
     "mvccpb/kv.proto",
+    "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",

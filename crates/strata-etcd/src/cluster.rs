@@ -77,6 +77,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "member_add")?;
         let request = request.into_inner();
         // A Strata member has one Raft address; etcd allows several peer URLs.
         let [url] = request.peer_urls.as_slice() else {
@@ -118,6 +120,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "member_remove")?;
         let id = request.into_inner().id;
         let status = self.ctx.backend.status();
         if !status.members.iter().any(|m| m.id == id) {
@@ -136,8 +140,10 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _request: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "member_update")?;
         Err(error::unimplemented(
             "MemberUpdate (changing a member's peer URLs; remove and add the member instead)",
         ))
@@ -157,6 +163,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "member_promote")?;
         let id = request.into_inner().id;
         let status = self.ctx.backend.status();
         let Some(found) = status.members.iter().find(|m| m.id == id) else {

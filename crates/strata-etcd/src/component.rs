@@ -28,9 +28,10 @@ impl Component for EtcdComponent {
                 let kv = ctx.kv.clone();
                 let max = ctx.max_request_bytes;
                 let stop = ctx.cancel.clone();
+                let auth = ctx.auth.clone();
                 ctx.tracker.spawn(async move {
                     let shutdown = async move { stop.cancelled().await };
-                    if let Err(e) = crate::serve(bound.tcp, kv, max, shutdown).await {
+                    if let Err(e) = crate::serve(bound.tcp, kv, max, Some(auth), shutdown).await {
                         tracing::warn!(error = %e, "gRPC listener stopped with an error");
                     }
                 });

@@ -5,6 +5,8 @@ use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
 use prost::Message;
 use std::sync::Arc;
+use strata_auth::kv::Need;
+use strata_auth::Caller;
 use strata_proto::error::ApiError;
 use strata_proto::kv::ResponseHeader;
 use strata_store::KvApi;
@@ -27,7 +29,13 @@ pub(crate) struct Context {
     /// Cancelled when the server shuts down: long-lived streams (watch, keep-alive, observe)
     /// end with etcd's "server stopped" so that graceful shutdown does not wait on them.
     pub(crate) stop: CancellationToken,
+    /// Access control; `None` serves everyone (tests that mount bare routes).
+    pub(crate) auth: Option<strata_auth::Auth>,
 }
+
+/// The gRPC metadata keys etcd reads a token from: `token` (clientv3, etcdctl), then
+/// `authorization` (what etcd's JSON gateway forwards).
+const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
 impl Context {
     /// Returns a header at `revision` carrying this node's cluster id, member id and term.
@@ -72,6 +80,48 @@ impl Context {
             return Err(error::no_leader());
         }
         Ok(())
+    }
+
+    /// Who sent `request`: the caller behind its token, in etcd's words when refused (no
+    /// token at all is etcd's "user name is empty"; a bad one its "invalid auth token").
+    pub(crate) fn who<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        let from = request.remote_addr().map(|a| a.to_string());
+        let Some(auth) = &self.auth else {
+            return Ok(Caller::open("etcd", from));
+        };
+        let token = TOKEN_KEYS.iter().find_map(|key| {
+            let value = request.metadata().get(*key)?.to_str().ok()?;
+            let value = value.trim();
+            Some(value.strip_prefix("Bearer ").unwrap_or(value).to_string())
+        });
+        auth.gate
+            .caller("etcd", token.as_deref(), from)
+            .map_err(|_| match token {
+                None => error::user_empty(),
+                Some(_) => error::invalid_auth_token(),
+            })
+    }
+
+    /// Allows `who` what a KV request needs, or refuses with etcd's "permission denied".
+    pub(crate) fn allow(&self, who: &Caller, needs: &[Need], action: &str) -> Result<(), Status> {
+        match &self.auth {
+            None => Ok(()),
+            Some(auth) => auth
+                .gate
+                .check_kv(who, needs, action)
+                .map_err(|e| self.status(e, Subject::Key)),
+        }
+    }
+
+    /// Allows only root (membership, compaction, maintenance, auth management).
+    pub(crate) fn allow_root(&self, who: &Caller, action: &str) -> Result<(), Status> {
+        match &self.auth {
+            None => Ok(()),
+            Some(auth) => auth
+                .gate
+                .check_root(who, action)
+                .map_err(|e| self.status(e, Subject::Key)),
+        }
     }
 
     /// Refuses a request larger than the limit, as etcd does before proposing it.

@@ -6,6 +6,7 @@ use crate::convert;
 use crate::error::{self, Subject};
 use crate::pb::v3electionpb as pb;
 use futures::stream::{BoxStream, StreamExt};
+use strata_auth::{Access, Names};
 use strata_store::LockGuard;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -40,7 +41,11 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
+        let names = Names::prefix(request.name.clone());
+        self.ctx
+            .allow(&who, &[(Access::Write, names)], "campaign")?;
         let name = request.name.clone();
         // A campaign waits like a lock (shutdown must not wait for it), and like a lock
         // fails only for its lease.
@@ -69,8 +74,12 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
         let leader = leader_guard(request.leader)?;
+        let names = Names::one(leader.key.clone());
+        self.ctx
+            .allow(&who, &[(Access::Write, names)], "proclaim")?;
         self.ctx
             .backend
             .proclaim(leader, request.value)
@@ -85,7 +94,10 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let name = request.into_inner().name;
+        let names = Names::prefix(name.clone());
+        self.ctx.allow(&who, &[(Access::Read, names)], "leader")?;
         let found = self
             .ctx
             .backend
@@ -104,7 +116,10 @@ impl pb::election_server::Election for ElectionService {
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         self.ctx.check_require_leader(request.metadata())?;
+        let who = self.ctx.who(&request)?;
         let name = request.into_inner().name;
+        let names = Names::prefix(name.clone());
+        self.ctx.allow(&who, &[(Access::Read, names)], "observe")?;
         let receiver = self
             .ctx
             .backend
@@ -127,7 +142,10 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let leader = leader_guard(request.into_inner().leader)?;
+        let names = Names::one(leader.key.clone());
+        self.ctx.allow(&who, &[(Access::Write, names)], "resign")?;
         self.ctx
             .backend
             .resign(leader)

@@ -202,6 +202,9 @@ pub(crate) fn to_status(
     subject: Subject,
     leader_known: impl FnOnce() -> bool,
 ) -> Status {
+    if let Some(status) = auth_status(&error.message) {
+        return status;
+    }
     match error.code {
         ErrorCode::BadRequest => bad_request(error),
         ErrorCode::PayloadTooLarge => request_too_large(),
@@ -336,4 +339,76 @@ mod tests {
 /// etcd's answer to a request the caller's roles do not allow.
 pub(crate) fn permission_denied() -> Status {
     Status::new(Code::PermissionDenied, "etcdserver: permission denied")
+}
+
+/// etcd's auth errors, by the message the auth records' API starts them with. etcd clients
+/// recognise these by their exact text (clientv3 turns an unknown failed-precondition message
+/// into "the client connection is closing"), so the status carries etcd's words alone.
+const AUTH_ERRORS: &[(&str, Code)] = &[
+    (
+        "etcdserver: root user does not exist",
+        Code::FailedPrecondition,
+    ),
+    (
+        "etcdserver: root user does not have root role",
+        Code::FailedPrecondition,
+    ),
+    (
+        "etcdserver: user name already exists",
+        Code::FailedPrecondition,
+    ),
+    ("etcdserver: user name not found", Code::FailedPrecondition),
+    (
+        "etcdserver: role name already exists",
+        Code::FailedPrecondition,
+    ),
+    ("etcdserver: role name not found", Code::FailedPrecondition),
+    (
+        "etcdserver: role is not granted to the user",
+        Code::FailedPrecondition,
+    ),
+    (
+        "etcdserver: permission is not granted to the role",
+        Code::FailedPrecondition,
+    ),
+    (
+        "etcdserver: authentication is not enabled",
+        Code::FailedPrecondition,
+    ),
+    ("etcdserver: invalid auth management", Code::InvalidArgument),
+    ("etcdserver: user name is empty", Code::InvalidArgument),
+    ("etcdserver: role name is empty", Code::InvalidArgument),
+];
+
+fn auth_status(message: &str) -> Option<Status> {
+    AUTH_ERRORS
+        .iter()
+        .find(|(text, _)| message.starts_with(text))
+        .map(|(text, code)| Status::new(*code, *text))
+}
+
+/// etcd's answer to a request without a token while access control is on.
+pub(crate) fn user_empty() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: user name is empty")
+}
+
+/// etcd's answer to an unknown or expired token.
+pub(crate) fn invalid_auth_token() -> Status {
+    Status::new(Code::Unauthenticated, "etcdserver: invalid auth token")
+}
+
+/// etcd's answer to a wrong user name or password.
+pub(crate) fn auth_failed() -> Status {
+    Status::new(
+        Code::InvalidArgument,
+        "etcdserver: authentication failed, invalid user ID or password",
+    )
+}
+
+/// etcd's answer to a login while access control is off (etcdctl then goes on without one).
+pub(crate) fn auth_not_enabled() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: authentication is not enabled",
+    )
 }

@@ -9,6 +9,7 @@ use crate::context::Context;
 use crate::convert::{self, is_inverted};
 use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
+use strata_auth::kv as needs;
 use strata_proto::kv::{
     CompactRequest, DeleteRangeResponse, RangeResponse, ResponseOp, TxnResponse,
 };
@@ -32,9 +33,11 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         let read = convert::range_request(&request)?;
+        self.ctx.allow(&who, &needs::range(&read), "range")?;
         if is_inverted(&request.key, &request.range_end) {
             return Ok(Response::new(pb::RangeResponse {
                 header: Some(self.ctx.current_header()),
@@ -55,12 +58,14 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         if request.key.is_empty() {
             return Err(error::empty_key());
         }
         let put = convert::put_request(request)?;
+        self.ctx.allow(&who, &needs::put(&put), "put")?;
         let result = self
             .ctx
             .backend
@@ -75,6 +80,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         if !request.key.is_empty() && is_inverted(&request.key, &request.range_end) {
@@ -84,6 +90,7 @@ impl pb::kv_server::Kv for KvService {
             }));
         }
         let delete = convert::delete_request(request)?;
+        self.ctx.allow(&who, &needs::delete(&delete), "delete")?;
         let result = self
             .ctx
             .backend
@@ -101,9 +108,11 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         let txn = convert::txn_request(&request, 0)?;
+        self.ctx.allow(&who, &needs::txn(&txn), "txn")?;
         let plan = InvertedOps::new(&request);
         let mut result = self
             .ctx
@@ -120,6 +129,8 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "compact")?;
         let request = request.into_inner();
         // `physical` asks to wait until the compaction is on disk; Strata's compaction is
         // applied with the log entry, so every successful compaction already is.

@@ -32,6 +32,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.ctx.who(&request)?;
         let request = request.into_inner();
         if request.ttl > MAX_LEASE_TTL_SECONDS {
             return Err(error::lease_ttl_too_large());
@@ -58,6 +59,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        self.ctx.who(&request)?;
         let id = request.into_inner().id;
         let revoked = self
             .ctx
@@ -74,6 +76,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.ctx.who(&request)?;
         self.ctx.check_require_leader(request.metadata())?;
         let state = KeepAlive {
             ctx: self.ctx.clone(),
@@ -91,6 +94,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.ctx.who(&request)?;
         let request = request.into_inner();
         let result = self
             .ctx
@@ -120,8 +124,9 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.ctx.who(&request)?;
         let listed = self
             .ctx
             .backend

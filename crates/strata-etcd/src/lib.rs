@@ -11,7 +11,7 @@
 //! # async fn run(backend: std::sync::Arc<dyn strata_etcd::KvApi>) -> Result<(), strata_etcd::Error> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7702").await.expect("bind");
 //! let shutdown = async { tokio::signal::ctrl_c().await.ok(); };
-//! strata_etcd::serve(listener, backend, 1536 * 1024, shutdown).await
+//! strata_etcd::serve(listener, backend, 1536 * 1024, None, shutdown).await
 //! # }
 //! ```
 //! [`routes`] returns the same services for mounting on a tonic server of one's own.
@@ -30,6 +30,7 @@
 //!   drops every backend receiver it holds, which cancels the watches behind it.
 //! - Nothing from the network is unwrapped: malformed or oversized requests become statuses.
 
+mod auth;
 mod cluster;
 mod component;
 mod context;

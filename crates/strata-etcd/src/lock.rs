@@ -3,6 +3,7 @@
 use crate::context::Context;
 use crate::error::{self, Subject};
 use crate::pb::v3lockpb as pb;
+use strata_auth::{Access, Names};
 use tonic::{Request, Response, Status};
 
 /// Serves the Lock service.
@@ -23,7 +24,10 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
+        let names = Names::prefix(request.name.clone());
+        self.ctx.allow(&who, &[(Access::Write, names)], "lock")?;
         // Waiting for a lock can take forever; shutdown must not wait for it.
         let held = tokio::select! {
             held = self.ctx.backend.lock(request.name, request.lease) => held,
@@ -43,7 +47,10 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let who = self.ctx.who(&request)?;
         let key = request.into_inner().key;
+        self.ctx
+            .allow(&who, &[(Access::Write, Names::one(key.clone()))], "unlock")?;
         self.ctx
             .backend
             .unlock(key)

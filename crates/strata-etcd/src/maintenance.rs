@@ -70,8 +70,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "defragment")?;
         // Strata's storage reclaims space on its own (log purging after snapshots), so there
         // is nothing to defragment; succeeding keeps maintenance scripts working.
         Ok(Response::new(pb::DefragmentResponse {
@@ -81,22 +83,28 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "hash")?;
         Err(error::unimplemented("Hash"))
     }
 
     async fn hash_kv(
         &self,
-        _request: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "hash_kv")?;
         Err(error::unimplemented("HashKV"))
     }
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "snapshot")?;
         Err(error::unimplemented(
             "Snapshot (copy the data folder of a stopped node instead)",
         ))
@@ -104,8 +112,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let who = self.ctx.who(&request)?;
+        self.ctx.allow_root(&who, "move_leader")?;
         Err(error::unimplemented("MoveLeader"))
     }
 }

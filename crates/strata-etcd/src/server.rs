@@ -1,6 +1,7 @@
 //! The entry points: [`routes`] (the services, to mount on any tonic server) and [`serve`]
 //! (a complete HTTP/2 gRPC server on a listener).
 
+use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::context::Context;
 use crate::election::ElectionService;
@@ -56,6 +57,7 @@ pub fn routes(backend: Arc<dyn KvApi>, max_message_bytes: usize) -> Routes {
         backend,
         max_request_bytes: max_message_bytes,
         stop: CancellationToken::new(),
+        auth: None,
     };
     build_routes(ctx)
 }
@@ -63,6 +65,12 @@ pub fn routes(backend: Arc<dyn KvApi>, max_message_bytes: usize) -> Routes {
 fn build_routes(ctx: Context) -> Routes {
     let decode_limit = ctx.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let mut builder = Routes::builder();
+    if let Some(auth) = ctx.auth.clone() {
+        builder.add_service(EtcdCodes::new(
+            etcdserverpb::auth_server::AuthServer::new(AuthService::new(ctx.clone(), auth))
+                .max_decoding_message_size(decode_limit),
+        ));
+    }
     builder
         .add_service(EtcdCodes::new(
             etcdserverpb::kv_server::KvServer::new(KvService::new(ctx.clone()))
@@ -98,7 +106,8 @@ fn build_routes(ctx: Context) -> Routes {
 }
 
 /// Serves the etcd v3 API on `listener` (gRPC over HTTP/2 with prior knowledge, which is
-/// what gRPC clients speak) until `shutdown` completes.
+/// what gRPC clients speak) until `shutdown` completes. With `auth`, the Auth service is
+/// served too and every request is checked against the caller's grants.
 ///
 /// At shutdown the listener closes, open watch, keep-alive and observe streams end with
 /// etcd's "server stopped" (clients reconnect elsewhere and resume), and the call returns
@@ -107,6 +116,7 @@ pub async fn serve(
     listener: TcpListener,
     backend: Arc<dyn KvApi>,
     max_message_bytes: usize,
+    auth: Option<strata_auth::Auth>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let stop = CancellationToken::new();
@@ -114,6 +124,7 @@ pub async fn serve(
         backend,
         max_request_bytes: max_message_bytes,
         stop: stop.clone(),
+        auth,
     };
     let signal = async move {
         shutdown.await;

@@ -29,6 +29,7 @@ use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
 use futures::stream::{self, BoxStream, StreamExt};
 use std::collections::VecDeque;
+use strata_auth::Caller;
 use strata_proto::error::ErrorCode;
 use strata_proto::kv::{WatchRequest, WatchResponse};
 use tokio::sync::mpsc;
@@ -69,9 +70,10 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.ctx.check_require_leader(request.metadata())?;
+        let who = self.ctx.who(&request)?;
         let requests = request.into_inner().boxed();
         Ok(Response::new(
-            WatchSession::new(self.ctx.clone(), requests).into_stream(),
+            WatchSession::new(self.ctx.clone(), who, requests).into_stream(),
         ))
     }
 }
@@ -93,6 +95,8 @@ enum FeedItem {
 pub(crate) struct WatchSession {
     /// Shared server state.
     ctx: Context,
+    /// Who opened the stream; each watch it creates is checked against its grants.
+    who: Caller,
     /// The client's requests; `None` once the client closed its sending side.
     requests: Option<BoxStream<'static, Result<pb::WatchRequest, Status>>>,
     /// Live watches by id, each its backend receiver turned into replies.
@@ -109,10 +113,12 @@ impl WatchSession {
     /// Starts a session over the client's request stream.
     pub(crate) fn new(
         ctx: Context,
+        who: Caller,
         requests: BoxStream<'static, Result<pb::WatchRequest, Status>>,
     ) -> Self {
         WatchSession {
             ctx,
+            who,
             requests: Some(requests),
             watches: StreamMap::new(),
             next_id: 0,
@@ -231,6 +237,21 @@ impl WatchSession {
         };
         let with_prev_kv = create.prev_kv;
         let request = watch_request(create);
+        // As etcd: a watch the caller may not read is created and canceled at once, with the
+        // permission error as the reason; the stream stays open.
+        if let Err(status) = self
+            .ctx
+            .allow(&self.who, &strata_auth::kv::watch(&request), "watch")
+        {
+            self.replies
+                .push_back(self.created(id, self.ctx.backend.revision()));
+            let reason = format!(
+                "rpc error: code = PermissionDenied desc = {}",
+                status.message()
+            );
+            self.replies.push_back(self.canceled(id, Some(reason)));
+            return;
+        }
         let mut receiver = match self.ctx.backend.watch(request, self.ctx.stop.child_token()) {
             Ok(receiver) => receiver,
             Err(e) if e.code == ErrorCode::Compacted => {

@@ -52,6 +52,7 @@ impl TestServer {
             listener,
             backend.clone(),
             MAX_REQUEST_BYTES,
+            None,
             async move {
                 let _ = signal.await;
             },

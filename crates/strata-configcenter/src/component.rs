@@ -107,6 +107,7 @@ impl Component for ConfigCenterComponent {
                 api_routes: Some(router(ConfigState {
                     center,
                     cancel: ctx.cancel.child_token(),
+                    auth: ctx.auth.clone(),
                 })),
             })
         })

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// Longest a long-poll may be held.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(120);
 
-use strata_http::{json_event, ApiResult};
+use strata_auth::{Access, Caller, Kind, Names};
+use strata_http::{json_event, ApiResult, Who};
 pub use strata_http::{ApiJson as Body, ErrorResponse, Peer};
 
 /// What the handlers share.
@@ -33,6 +34,29 @@ pub struct ConfigState {
     pub center: Arc<ConfigCenter>,
     /// Cancelled at shutdown; ends streams and long-polls.
     pub cancel: CancellationToken,
+    /// Access control.
+    pub auth: strata_auth::Auth,
+}
+
+/// Allows `who` `access` on the config `key` (`NAMESPACE/GROUP/DATA_ID`).
+fn allow(s: &ConfigState, who: &Caller, access: Access, key: &ConfigKey) -> Result<(), ApiError> {
+    let name = Names::one(format!("{}/{}/{}", key.namespace, key.group, key.data_id));
+    s.auth
+        .gate
+        .check(who, Kind::Config, access, &name, "config")
+}
+
+/// Allows `who` `access` on every config of namespace `ns`.
+fn allow_namespace(
+    s: &ConfigState,
+    who: &Caller,
+    access: Access,
+    ns: &str,
+) -> Result<(), ApiError> {
+    let names = Names::prefix(format!("{ns}/"));
+    s.auth
+        .gate
+        .check(who, Kind::Config, access, &names, "config")
 }
 
 /// The native config routes, to merge into the node's API router.
@@ -185,20 +209,29 @@ fn written(item: ConfigItem) -> axum::Json<Written> {
 
 async fn publish(
     State(s): State<ConfigState>,
+    Who(who): Who,
     peer: Peer,
     Body(request): Body<Publish>,
 ) -> ApiResult<Written> {
+    let key = ConfigKey::new(
+        request.namespace.as_deref(),
+        request.group.as_deref(),
+        &request.data_id,
+    )?;
+    allow(&s, &who, Access::Write, &key)?;
     let item = s.center.publish(request, &source(&peer)).await?;
     Ok(written(item))
 }
 
 async fn get_config(
     State(s): State<ConfigState>,
+    Who(who): Who,
     peer: Peer,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Served> {
     let p = Params::parse(raw.as_deref())?;
     let key = p.key()?;
+    allow(&s, &who, Access::Read, &key)?;
     if let Some(version) = p.number("version")? {
         let entry = s.center.version(&key, version).await?;
         if entry.op == Operation::Delete {
@@ -227,19 +260,23 @@ struct Version {
 
 async fn delete(
     State(s): State<ConfigState>,
+    Who(who): Who,
     peer: Peer,
     Body(named): Body<Named>,
 ) -> ApiResult<Version> {
+    allow(&s, &who, Access::Write, &named.key()?)?;
     let version = s.center.delete(&named.key()?, &source(&peer)).await?;
     Ok(axum::Json(Version { version }))
 }
 
 async fn list(
     State(s): State<ConfigState>,
+    Who(who): Who,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Vec<crate::center::Summary>> {
     let p = Params::parse(raw.as_deref())?;
     let ns = p.namespace_or_default();
+    allow_namespace(&s, &who, Access::Read, &ns)?;
     Ok(axum::Json(s.center.list(
         &ns,
         p.group.as_deref(),
@@ -252,9 +289,11 @@ async fn list(
 /// is left out rather than shown empty).
 async fn history(
     State(s): State<ConfigState>,
+    Who(who): Who,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Vec<serde_json::Value>> {
     let p = Params::parse(raw.as_deref())?;
+    allow(&s, &who, Access::Read, &p.key()?)?;
     let with_content = p.get("content").is_some_and(|v| v == "true" || v == "1");
     let entries: Vec<HistoryEntry> = s.center.history(&p.key()?, with_content).await?;
     let mut shown = Vec::with_capacity(entries.len());
@@ -276,8 +315,13 @@ struct Diff {
     diff: String,
 }
 
-async fn diff(State(s): State<ConfigState>, RawQuery(raw): RawQuery) -> ApiResult<Diff> {
+async fn diff(
+    State(s): State<ConfigState>,
+    Who(who): Who,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Diff> {
     let p = Params::parse(raw.as_deref())?;
+    allow(&s, &who, Access::Read, &p.key()?)?;
     let from = p
         .number("from")?
         .ok_or_else(|| ApiError::bad_request("from is required"))?;
@@ -302,10 +346,12 @@ struct Rollback {
 
 async fn rollback(
     State(s): State<ConfigState>,
+    Who(who): Who,
     peer: Peer,
     Body(r): Body<Rollback>,
 ) -> ApiResult<Written> {
     let key = ConfigKey::new(r.namespace.as_deref(), r.group.as_deref(), &r.data_id)?;
+    allow(&s, &who, Access::Write, &key)?;
     let item = s
         .center
         .rollback(&key, r.to_version, &source(&peer))
@@ -333,8 +379,13 @@ struct GrayStarted {
     md5: String,
 }
 
-async fn gray(State(s): State<ConfigState>, Body(r): Body<GrayRequest>) -> ApiResult<GrayStarted> {
+async fn gray(
+    State(s): State<ConfigState>,
+    Who(who): Who,
+    Body(r): Body<GrayRequest>,
+) -> ApiResult<GrayStarted> {
     let key = ConfigKey::new(r.namespace.as_deref(), r.group.as_deref(), &r.data_id)?;
+    allow(&s, &who, Access::Write, &key)?;
     let rule = match (r.ips, r.labels) {
         (Some(ips), None) => GrayRule::Ips(ips),
         (None, Some(labels)) => GrayRule::Labels(labels),
@@ -350,9 +401,11 @@ async fn gray(State(s): State<ConfigState>, Body(r): Body<GrayRequest>) -> ApiRe
 
 async fn gray_promote(
     State(s): State<ConfigState>,
+    Who(who): Who,
     peer: Peer,
     Body(named): Body<Named>,
 ) -> ApiResult<Written> {
+    allow(&s, &who, Access::Write, &named.key()?)?;
     let item = s.center.gray_promote(&named.key()?, &source(&peer)).await?;
     Ok(written(item))
 }
@@ -362,7 +415,12 @@ struct Done {
     ok: bool,
 }
 
-async fn gray_abort(State(s): State<ConfigState>, Body(named): Body<Named>) -> ApiResult<Done> {
+async fn gray_abort(
+    State(s): State<ConfigState>,
+    Who(who): Who,
+    Body(named): Body<Named>,
+) -> ApiResult<Done> {
+    allow(&s, &who, Access::Write, &named.key()?)?;
     s.center.gray_abort(&named.key()?).await?;
     Ok(axum::Json(Done { ok: true }))
 }
@@ -410,6 +468,7 @@ pub struct Changed {
 
 async fn listen(
     State(s): State<ConfigState>,
+    Who(who): Who,
     peer: Peer,
     Body(r): Body<ListenRequest>,
 ) -> ApiResult<Changed> {
@@ -423,6 +482,7 @@ async fn listen(
     let mut watched = Vec::with_capacity(r.configs.len());
     for c in &r.configs {
         let key = ConfigKey::new(c.namespace.as_deref(), c.group.as_deref(), &c.data_id)?;
+        allow(&s, &who, Access::Read, &key)?;
         watched.push((key, c.md5.clone()));
     }
     let client = ClientIdentity {
@@ -448,9 +508,15 @@ fn op_name(op: Operation) -> &'static str {
     }
 }
 
-async fn watch(State(s): State<ConfigState>, peer: Peer, RawQuery(raw): RawQuery) -> Response {
+async fn watch(
+    State(s): State<ConfigState>,
+    Who(who): Who,
+    peer: Peer,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let parsed = Params::parse(raw.as_deref()).and_then(|p| {
         let key = p.key()?;
+        allow(&s, &who, Access::Read, &key)?;
         let from = p.number("from_version")?;
         Ok((key, from, p.client(&peer)))
     });
@@ -603,21 +669,25 @@ async fn replay(
 
 async fn export(
     State(s): State<ConfigState>,
+    Who(who): Who,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<crate::transfer::ExportFile> {
     let p = Params::parse(raw.as_deref())?;
     let ns = p.namespace_or_default();
+    allow_namespace(&s, &who, Access::Read, &ns)?;
     Ok(axum::Json(s.center.export(&ns)?))
 }
 
 async fn import(
     State(s): State<ConfigState>,
+    Who(who): Who,
     peer: Peer,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> ApiResult<crate::transfer::ImportReport> {
     let p = Params::parse(raw.as_deref())?;
     let ns = p.namespace_or_default();
+    allow_namespace(&s, &who, Access::Write, &ns)?;
     let policy: Policy = p
         .get("policy")
         .unwrap_or("abort")

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_api::config::{ClientIdentity, ConfigKey, ConfigService, ConfigType, Publish};
 use strata_api::registry::{InstanceRef, Query, Registration, RegistryService};
-use strata_http::Peer;
+use strata_auth::{Access, Auth, Caller, Kind, Names};
+use strata_http::{Peer, Who};
 use strata_proto::error::{ApiError, ErrorCode};
 use tokio_util::sync::CancellationToken;
 
@@ -46,11 +47,73 @@ pub struct NacosState {
     pub registry: Arc<dyn RegistryService>,
     /// Cancelled at shutdown; ends held long-polls.
     pub cancel: CancellationToken,
+    /// Access control.
+    pub auth: Auth,
+}
+
+/// How long a Nacos login token lasts (Nacos's default `token.expire.seconds`).
+const TOKEN_TTL: Duration = Duration::from_secs(18_000);
+
+/// The token of a request, as Nacos clients send it: the `accessToken` query parameter (what
+/// nacos-sdk-python and the Java client send), an `accessToken` header, or
+/// `Authorization: Bearer`. (A token in a form body is not read: the gate runs before the body.)
+fn nacos_token(parts: &axum::http::request::Parts) -> Option<String> {
+    form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "accessToken")
+        .map(|(_, v)| v.into_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get("accessToken")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .or_else(|| strata_http::bearer_token(parts))
+        .filter(|t| !t.is_empty())
+}
+
+/// Nacos's words for a refused credential: 403 with a plain-text reason.
+fn refused(e: ApiError) -> Response {
+    let text = if e.message.contains("required") {
+        "user not found!"
+    } else if e.message.contains("expired") {
+        "token expired!"
+    } else {
+        "token invalid!"
+    };
+    (StatusCode::FORBIDDEN, text).into_response()
+}
+
+/// Allows `who` `access` on `name` of `kind`, or answers as Nacos does.
+fn allow(
+    s: &NacosState,
+    who: &Caller,
+    kind: Kind,
+    access: Access,
+    name: String,
+) -> Result<(), NacosError> {
+    s.auth
+        .gate
+        .check(who, kind, access, &Names::one(name), "nacos")
+        .map_err(|_| NacosError(StatusCode::FORBIDDEN, "authorization failed!".into()))
+}
+
+fn config_name(key: &ConfigKey) -> String {
+    format!("{}/{}/{}", key.namespace, key.group, key.data_id)
 }
 
 /// The Nacos-compatible router, served on its own listener (`--nacos-addr`).
 pub fn router(state: NacosState) -> Router {
+    let gate = strata_http::GateLayer {
+        gate: state.auth.gate.clone(),
+        api: "nacos",
+        token_of: nacos_token,
+        open: |path| path == "/nacos/v1/auth/login" || path == "/nacos/v1/auth/users/login",
+        reject: refused,
+    };
     Router::new()
+        .route("/nacos/v1/auth/login", post(login))
+        .route("/nacos/v1/auth/users/login", post(login))
         .route(
             "/nacos/v1/cs/configs",
             get(config_get).post(config_publish).delete(config_delete),
@@ -68,6 +131,45 @@ pub fn router(state: NacosState) -> Router {
             axum::routing::put(instance_beat),
         )
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            strata_http::authenticate,
+        ))
+}
+
+/// `POST /nacos/v1/auth/login?username=..&password=..` (or a form): a token for later calls'
+/// `accessToken` parameter. As Nacos, it checks the password whether or not access control is
+/// on, and says `user not found!` for any refusal.
+async fn login(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResult {
+    let user = p.get("username").unwrap_or_default().to_string();
+    let password = p.get("password").unwrap_or_default().to_string();
+    let from = peer.0.map(|a| a.to_string());
+    let token = s
+        .auth
+        .login("nacos", &user, &password, from.as_deref(), TOKEN_TTL)
+        .await
+        .map_err(|e| match e.code {
+            ErrorCode::Unauthenticated if e.message.starts_with("too many") => {
+                NacosError(StatusCode::FORBIDDEN, e.message)
+            }
+            ErrorCode::Unauthenticated => {
+                NacosError(StatusCode::FORBIDDEN, "user not found!".into())
+            }
+            _ => e.into(),
+        })?;
+    let admin = s
+        .auth
+        .state()
+        .users
+        .get(&user)
+        .is_some_and(|u| u.roles.iter().any(|r| r == strata_auth::ROOT_ROLE));
+    Ok(axum::Json(json!({
+        "accessToken": token,
+        "tokenTtl": TOKEN_TTL.as_secs(),
+        "globalAdmin": admin,
+        "username": user,
+    }))
+    .into_response())
 }
 
 /// The Nacos-compatible API as a node component. It serves the registry and the config
@@ -114,6 +216,7 @@ impl strata_component::Component for NacosComponent {
                 configs: Arc::clone(&configs),
                 registry: Arc::clone(&registry),
                 cancel: ctx.cancel.child_token(),
+                auth: ctx.auth.clone(),
             };
             ctx.serve_http("nacos", bound.tcp, router(state));
             Ok(strata_component::Started::default())
@@ -201,6 +304,7 @@ impl From<ApiError> for NacosError {
                 StatusCode::BAD_REQUEST
             }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PermissionDenied | ErrorCode::Unauthenticated => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         NacosError(status, e.message)
@@ -233,8 +337,14 @@ fn client_of(peer: &Peer) -> ClientIdentity {
     }
 }
 
-async fn config_get(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResult {
+async fn config_get(
+    State(s): State<NacosState>,
+    Who(who): Who,
+    peer: Peer,
+    p: Params,
+) -> NacosResult {
     let key = p.config_key()?;
+    allow(&s, &who, Kind::Config, Access::Read, config_name(&key))?;
     match s.configs.get(&key, &client_of(&peer)) {
         Ok(served) => Ok((
             [("content-type", "text/plain;charset=UTF-8")],
@@ -249,8 +359,14 @@ async fn config_get(State(s): State<NacosState>, peer: Peer, p: Params) -> Nacos
     }
 }
 
-async fn config_publish(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResult {
+async fn config_publish(
+    State(s): State<NacosState>,
+    Who(who): Who,
+    peer: Peer,
+    p: Params,
+) -> NacosResult {
     let key = p.config_key()?;
+    allow(&s, &who, Kind::Config, Access::Write, config_name(&key))?;
     let content = p.given("content")?.to_string();
     // Nacos knows types Strata does not check (html, text); they are stored as text.
     let kind = p
@@ -275,8 +391,14 @@ async fn config_publish(State(s): State<NacosState>, peer: Peer, p: Params) -> N
     Ok((StatusCode::OK, "true").into_response())
 }
 
-async fn config_delete(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResult {
+async fn config_delete(
+    State(s): State<NacosState>,
+    Who(who): Who,
+    peer: Peer,
+    p: Params,
+) -> NacosResult {
     let key = p.config_key()?;
+    allow(&s, &who, Kind::Config, Access::Write, config_name(&key))?;
     let source = peer.source();
     // Nacos answers true for a config that does not exist.
     ignore_not_found(s.configs.delete(&key, &source).await)?;
@@ -307,11 +429,15 @@ pub fn parse_probe(probe: &str) -> Result<Vec<(ConfigKey, String, String)>, Naco
 
 async fn config_listen(
     State(s): State<NacosState>,
+    Who(who): Who,
     peer: Peer,
     headers: HeaderMap,
     p: Params,
 ) -> NacosResult {
     let entries = parse_probe(p.given("Listening-Configs")?)?;
+    for (key, _, _) in &entries {
+        allow(&s, &who, Kind::Config, Access::Read, config_name(key))?;
+    }
     let hold = headers
         .get("Long-Pulling-Timeout")
         .and_then(|v| v.to_str().ok())
@@ -375,8 +501,23 @@ fn namespace_of(p: &Params) -> String {
         .to_string()
 }
 
-async fn instance_register(State(s): State<NacosState>, p: Params) -> NacosResult {
+/// Registry names as permissions see them: `NAMESPACE/SERVICE`.
+/// Allows `who` `access` on the service `name` of the request's namespace
+/// (`NAMESPACE/SERVICE`).
+fn allow_service(
+    s: &NacosState,
+    who: &Caller,
+    p: &Params,
+    name: &str,
+    access: Access,
+) -> Result<(), NacosError> {
+    let full = format!("{}/{name}", namespace_of(p));
+    allow(s, who, Kind::Registry, access, full)
+}
+
+async fn instance_register(State(s): State<NacosState>, Who(who): Who, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
+    allow_service(&s, &who, &p, &name, Access::Write)?;
     let ip = p.required("ip")?.to_string();
     let port_text = p.required("port")?;
     let id = instance_id(&ip, port_text, &group);
@@ -434,8 +575,9 @@ async fn instance_register(State(s): State<NacosState>, p: Params) -> NacosResul
     Ok((StatusCode::OK, "ok").into_response())
 }
 
-async fn instance_deregister(State(s): State<NacosState>, p: Params) -> NacosResult {
+async fn instance_deregister(State(s): State<NacosState>, Who(who): Who, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
+    allow_service(&s, &who, &p, &name, Access::Write)?;
     let r = InstanceRef::new(
         &namespace_of(&p),
         &name,
@@ -445,8 +587,9 @@ async fn instance_deregister(State(s): State<NacosState>, p: Params) -> NacosRes
     Ok((StatusCode::OK, "ok").into_response())
 }
 
-async fn instance_list(State(s): State<NacosState>, p: Params) -> NacosResult {
+async fn instance_list(State(s): State<NacosState>, Who(who): Who, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
+    allow_service(&s, &who, &p, &name, Access::Read)?;
     let healthy_only = p.flag("healthyOnly", false);
     let result = s
         .registry
@@ -499,8 +642,9 @@ async fn instance_list(State(s): State<NacosState>, p: Params) -> NacosResult {
     Ok(axum::Json(body).into_response())
 }
 
-async fn instance_beat(State(s): State<NacosState>, p: Params) -> NacosResult {
+async fn instance_beat(State(s): State<NacosState>, Who(who): Who, p: Params) -> NacosResult {
     let (group, name) = service_name(&p)?;
+    allow_service(&s, &who, &p, &name, Access::Write)?;
     let beat: Value = match p.get("beat") {
         Some(text) => serde_json::from_str(text)
             .map_err(|e| NacosError(StatusCode::BAD_REQUEST, format!("invalid beat: {e}")))?,

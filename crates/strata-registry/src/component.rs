@@ -102,7 +102,11 @@ impl Component for RegistryComponent {
             ));
             if let Some(bound) = ctx.take_listener("consul") {
                 info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Consul-compatible API");
-                ctx.serve_http("consul", bound.tcp, crate::consul::router(registry.clone()));
+                ctx.serve_http(
+                    "consul",
+                    bound.tcp,
+                    crate::consul::router(registry.clone(), ctx.auth.clone()),
+                );
             }
             if let Some(bound) = ctx.take_listener("dns") {
                 let udp = bound
@@ -123,6 +127,7 @@ impl Component for RegistryComponent {
                 api_routes: Some(router(RegistryState {
                     registry,
                     cancel: ctx.cancel.child_token(),
+                    auth: ctx.auth.clone(),
                 })),
             })
         })

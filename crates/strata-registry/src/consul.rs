@@ -11,7 +11,7 @@ use crate::model::{Check, CheckKind, Instance, Registration, DEFAULT_NAMESPACE};
 use crate::probe::{Health, Probe};
 use crate::registry::{Query, Registry};
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put, MethodRouter};
@@ -21,12 +21,33 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_api::units::HumanDuration;
+use strata_auth::{Access, Auth, Caller, Kind, Names};
+use strata_http::Who;
 use strata_proto::error::{ApiError, ErrorCode};
 
 const DATACENTER: &str = "dc1";
 
-/// The Consul-compatible router, served on its own listener.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// The Consul-compatible router, served on its own listener, behind the access gate with
+/// Consul's token conventions and the ACL endpoints.
+pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
+    let gate = strata_http::GateLayer {
+        gate: auth.gate.clone(),
+        api: "consul",
+        token_of: consul_token,
+        open: |path| {
+            path.starts_with("/v1/status/")
+                || path == "/v1/acl/bootstrap"
+                || path == "/v1/acl/token/self"
+        },
+        reject: |e| {
+            let message = if e.message.contains("required") {
+                DENIED_ANONYMOUS.to_string()
+            } else {
+                "ACL not found".to_string()
+            };
+            (StatusCode::FORBIDDEN, message).into_response()
+        },
+    };
     Router::new()
         .route("/v1/agent/service/register", put(register))
         .route("/v1/agent/service/deregister/{id}", put(deregister))
@@ -42,6 +63,73 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .with_state(registry)
+        .merge(crate::consul_acl::router(auth.clone()))
+        .layer(Extension(auth))
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            strata_http::authenticate,
+        ))
+}
+
+/// Consul's answer to a request without a token, when access control is on.
+const DENIED_ANONYMOUS: &str = "Permission denied: anonymous token lacks permission. The anonymous token is used implicitly when a request does not specify a token.";
+
+/// The token of a request, in Consul's order: `?token=`, `X-Consul-Token`, then
+/// `Authorization: Bearer`.
+pub fn consul_token(parts: &http::request::Parts) -> Option<String> {
+    let from_query = query_pairs(parts.uri.query())
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v);
+    from_query
+        .or_else(|| {
+            parts
+                .headers
+                .get("x-consul-token")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+        })
+        .or_else(|| strata_http::bearer_token(parts))
+        .filter(|t| !t.is_empty())
+}
+
+/// Registry names as permissions see them: `NAMESPACE/SERVICE`.
+fn service_names(service: &str) -> Names {
+    Names::one(format!("{DEFAULT_NAMESPACE}/{service}"))
+}
+
+/// Allows `who` to read or write the service `service`, or answers as Consul does.
+fn allow(auth: &Auth, who: &Caller, access: Access, service: &str) -> Result<(), ConsulError> {
+    let action = match access {
+        Access::Read => "service:read",
+        _ => "service:write",
+    };
+    auth.gate
+        .check(who, Kind::Registry, access, &service_names(service), action)
+        .map_err(|_| {
+            ConsulError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Permission denied: {} lacks permission '{action}' on {service:?}",
+                    who.who()
+                ),
+            )
+        })
+}
+
+/// True when `who` may read the service (listings leave out the others, as Consul filters).
+fn may_read(auth: &Auth, who: &Caller, service: &str) -> bool {
+    !who.enforced()
+        || auth
+            .gate
+            .check(
+                who,
+                Kind::Registry,
+                Access::Read,
+                &service_names(service),
+                "service:read",
+            )
+            .is_ok()
 }
 
 /// A Consul-style error: a status and a plain-text message.
@@ -56,6 +144,7 @@ impl From<ApiError> for ConsulError {
                 StatusCode::BAD_REQUEST
             }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PermissionDenied | ErrorCode::Unauthenticated => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ConsulError(status, e.message)
@@ -75,7 +164,7 @@ fn bad(message: impl Into<String>) -> ConsulError {
 type ConsulResult = Result<Response, ConsulError>;
 
 /// Looks a key up case-insensitively, as Consul decodes its JSON.
-fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     object
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -267,8 +356,14 @@ fn ok() -> Response {
     StatusCode::OK.into_response()
 }
 
-async fn register(State(r): State<Arc<Registry>>, body: Bytes) -> ConsulResult {
+async fn register(
+    State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
+    body: Bytes,
+) -> ConsulResult {
     let registration = parse_registration(&body)?;
+    allow(&auth, &who, Access::Write, &registration.service)?;
     r.register(registration, true).await?;
     Ok(ok())
 }
@@ -284,21 +379,40 @@ fn find(r: &Registry, id: &str) -> Result<Vec<crate::view::Stored>, ConsulError>
     Ok(found)
 }
 
-async fn deregister(State(r): State<Arc<Registry>>, Path(id): Path<String>) -> ConsulResult {
-    for stored in find(&r, &id)? {
+async fn deregister(
+    State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+) -> ConsulResult {
+    let found = find(&r, &id)?;
+    for stored in &found {
+        allow(&auth, &who, Access::Write, &stored.instance.service)?;
+    }
+    for stored in found {
         r.deregister(&stored.instance.reference()).await?;
     }
     Ok(ok())
 }
 
-async fn report(r: &Registry, check_id: &str, health: Health, output: String) -> ConsulResult {
+async fn report(
+    r: &Registry,
+    (who, auth): (&Caller, &Auth),
+    check_id: &str,
+    health: Health,
+    output: String,
+) -> ConsulResult {
     let id = check_id.strip_prefix("service:").unwrap_or(check_id);
-    for stored in find(r, id).map_err(|_| {
+    let found = find(r, id).map_err(|_| {
         ConsulError(
             StatusCode::NOT_FOUND,
             format!("Unknown check ID {check_id:?}"),
         )
-    })? {
+    })?;
+    for stored in &found {
+        allow(auth, who, Access::Write, &stored.instance.service)?;
+    }
+    for stored in found {
         r.report(&stored.instance.reference(), health, output.clone())
             .await?;
     }
@@ -316,20 +430,26 @@ fn note(raw: Option<&str>) -> String {
 /// `PUT /v1/agent/check/{pass,warn,fail}/{id}?note=...`: reports `health`, with the note as
 /// the check's output.
 fn report_route(health: Health) -> MethodRouter<Arc<Registry>> {
-    put(move |registry, id, query| report_with_note(registry, id, query, health))
+    put(move |registry, who, auth, id, query| {
+        report_with_note(registry, who, auth, id, query, health)
+    })
 }
 
 async fn report_with_note(
     State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     health: Health,
 ) -> ConsulResult {
-    report(&r, &id, health, note(q.as_deref())).await
+    report(&r, (&who, &auth), &id, health, note(q.as_deref())).await
 }
 
 async fn update(
     State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ConsulResult {
@@ -345,7 +465,7 @@ async fn update(
         other => return Err(bad(format!("invalid Status {other:?}"))),
     };
     let output = string(object, "Output")?.unwrap_or_default();
-    report(&r, &id, health, output).await
+    report(&r, (&who, &auth), &id, health, output).await
 }
 
 /// Query parameters shared by the catalog and health endpoints.
@@ -480,9 +600,12 @@ async fn instance_entries(
 
 async fn health_service(
     State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult {
+    allow(&auth, &who, Access::Read, &name)?;
     let p = params(raw.as_deref())?;
     instance_entries(&r, &name, &p, |node, i| {
         json!({
@@ -497,9 +620,12 @@ async fn health_service(
 
 async fn catalog_service(
     State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult {
+    allow(&auth, &who, Access::Read, &name)?;
     let mut p = params(raw.as_deref())?;
     p.passing = false;
     instance_entries(&r, &name, &p, |node, i| {
@@ -515,7 +641,12 @@ async fn catalog_service(
     .await
 }
 
-async fn catalog_services(State(r): State<Arc<Registry>>, RawQuery(raw): RawQuery) -> ConsulResult {
+async fn catalog_services(
+    State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
+    RawQuery(raw): RawQuery,
+) -> ConsulResult {
     let p = params(raw.as_deref())?;
     if p.index > 0 {
         r.view.wait_for(p.index.saturating_add(1), p.wait).await;
@@ -524,14 +655,22 @@ async fn catalog_services(State(r): State<Arc<Registry>>, RawQuery(raw): RawQuer
         .view
         .services(Some(DEFAULT_NAMESPACE))
         .into_iter()
+        .filter(|s| may_read(&auth, &who, &s.name))
         .map(|s| (s.name, json!(s.tags)))
         .collect();
     Ok(with_index(r.view.catalog_index(), Value::Object(services)))
 }
 
-async fn agent_services(State(r): State<Arc<Registry>>) -> ConsulResult {
+async fn agent_services(
+    State(r): State<Arc<Registry>>,
+    Who(who): Who,
+    Extension(auth): Extension<Auth>,
+) -> ConsulResult {
     let mut out = Map::new();
     for summary in r.view.services(Some(DEFAULT_NAMESPACE)) {
+        if !may_read(&auth, &who, &summary.name) {
+            continue;
+        }
         if let Some((stored, _, _)) = r.view.service(DEFAULT_NAMESPACE, &summary.name) {
             for s in stored {
                 out.insert(s.instance.id.clone(), service_json(&s.instance));

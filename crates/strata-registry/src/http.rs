@@ -18,7 +18,8 @@ use strata_proto::error::ApiError;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use strata_http::{json_event, ApiResult};
+use strata_auth::{Access, Caller, Kind, Names};
+use strata_http::{json_event, ApiResult, Who};
 pub use strata_http::{ApiJson as Body, ErrorResponse};
 
 /// What the registry's handlers share.
@@ -28,6 +29,23 @@ pub struct RegistryState {
     pub registry: Arc<Registry>,
     /// Cancelled at shutdown; ends open watches.
     pub cancel: CancellationToken,
+    /// Access control.
+    pub auth: strata_auth::Auth,
+}
+
+/// Allows `who` `access` on the service `service` of namespace `ns` (`NAMESPACE/SERVICE`).
+fn allow(
+    s: &RegistryState,
+    who: &Caller,
+    access: Access,
+    ns: &str,
+    service: &str,
+    action: &str,
+) -> Result<(), ApiError> {
+    let name = Names::one(format!("{ns}/{service}"));
+    s.auth
+        .gate
+        .check(who, Kind::Registry, access, &name, action)
 }
 
 /// The native registry routes, to merge into the node's API router.
@@ -127,8 +145,11 @@ fn namespace_param(raw: Option<&str>) -> Result<String, ApiError> {
 
 async fn register(
     State(s): State<RegistryState>,
+    Who(who): Who,
     Body(reg): Body<Registration>,
 ) -> ApiResult<crate::registry::Registered> {
+    let ns = namespace(reg.namespace.as_deref())?;
+    allow(&s, &who, Access::Write, &ns, &reg.service, "register")?;
     Ok(axum::Json(s.registry.register(reg, false).await?))
 }
 
@@ -139,10 +160,12 @@ struct Revision {
 
 async fn deregister(
     State(s): State<RegistryState>,
+    Who(who): Who,
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Revision> {
     let ns = namespace_param(raw.as_deref())?;
+    allow(&s, &who, Access::Write, &ns, &service, "deregister")?;
     let revision = s
         .registry
         .deregister(&InstanceRef::new(&ns, &service, &id))
@@ -157,10 +180,12 @@ struct Ttl {
 
 async fn heartbeat(
     State(s): State<RegistryState>,
+    Who(who): Who,
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Ttl> {
     let ns = namespace_param(raw.as_deref())?;
+    allow(&s, &who, Access::Write, &ns, &service, "heartbeat")?;
     let ttl = s
         .registry
         .heartbeat(&InstanceRef::new(&ns, &service, &id))
@@ -183,11 +208,13 @@ struct Done {
 
 async fn report(
     State(s): State<RegistryState>,
+    Who(who): Who,
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
     Body(report): Body<Report>,
 ) -> ApiResult<Done> {
     let ns = namespace_param(raw.as_deref())?;
+    allow(&s, &who, Access::Write, &ns, &service, "report")?;
     s.registry
         .report(
             &InstanceRef::new(&ns, &service, &id),
@@ -204,7 +231,11 @@ struct Services {
     services: Vec<crate::view::ServiceSummary>,
 }
 
-async fn list(State(s): State<RegistryState>, RawQuery(raw): RawQuery) -> ApiResult<Services> {
+async fn list(
+    State(s): State<RegistryState>,
+    Who(who): Who,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Services> {
     let pairs = query_pairs(raw.as_deref());
     let ns = pairs
         .iter()
@@ -216,26 +247,49 @@ async fn list(State(s): State<RegistryState>, RawQuery(raw): RawQuery) -> ApiRes
     s.registry.metrics.op("list");
     Ok(axum::Json(Services {
         index: s.registry.view.catalog_index(),
-        services: s.registry.view.services(ns.as_deref()),
+        // Services the caller may not read are left out, as Consul filters its catalog.
+        services: s
+            .registry
+            .view
+            .services(ns.as_deref())
+            .into_iter()
+            .filter(|summary| {
+                !who.enforced()
+                    || allow(
+                        &s,
+                        &who,
+                        Access::Read,
+                        &summary.namespace,
+                        &summary.name,
+                        "list",
+                    )
+                    .is_ok()
+            })
+            .collect(),
     }))
 }
 
 async fn query(
     State(s): State<RegistryState>,
+    Who(who): Who,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<crate::registry::QueryResult> {
     let q = parse_query(raw.as_deref())?;
+    let ns = namespace(q.namespace.as_deref())?;
+    allow(&s, &who, Access::Read, &ns, &service, "query")?;
     Ok(axum::Json(s.registry.query(&service, &q).await?))
 }
 
 async fn settings(
     State(s): State<RegistryState>,
+    Who(who): Who,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
     Body(settings): Body<ServiceSettings>,
 ) -> ApiResult<Revision> {
     let ns = namespace_param(raw.as_deref())?;
+    allow(&s, &who, Access::Write, &ns, &service, "settings")?;
     let revision = s
         .registry
         .set_settings(Some(&ns), &service, settings)
@@ -253,11 +307,13 @@ pub use strata_api::registry::WatchMessage;
 
 async fn watch(
     State(s): State<RegistryState>,
+    Who(who): Who,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let ns = match namespace_param(raw.as_deref())
         .and_then(|ns| crate::model::validate_service_name(&service).map(|()| ns))
+        .and_then(|ns| allow(&s, &who, Access::Read, &ns, &service, "watch").map(|()| ns))
     {
         Ok(ns) => ns,
         Err(e) => return ErrorResponse(e).into_response(),

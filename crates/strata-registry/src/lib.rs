@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod component;
 pub mod consul;
+pub mod consul_acl;
 pub mod dns;
 pub mod http;
 pub mod metrics;

@@ -608,3 +608,189 @@ async fn t03_etcdctl_users_roles_and_prefix_grants_behave_as_on_etcd() {
         "denied writes changed nothing"
     );
 }
+
+fn python(script: &str, args: &[&str]) -> String {
+    let path = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new("python3");
+    command
+        .arg(&path)
+        .args(args)
+        .env_remove("CONSUL_HTTP_TOKEN");
+    let out = run_with_deadline(&mut command, b"", Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("all steps passed"),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t04_consul_tokens_and_nacos_logins_in_their_clients_dialects() {
+    let extra = [REGISTRY_ON_ANY_PORT, NACOS_ON_ANY_PORT].concat();
+    let cluster = Cluster::start(3, &extra).await;
+    let home = tempfile::tempdir().unwrap();
+    let eps = cluster.endpoints();
+    let run = |env: &[(&str, &str)], args: &[&str]| strata(home.path(), &eps, env, args, b"");
+    let root_password = "consul-nacos-root";
+    let alice_password = "nacos-alice-pw";
+    ok(
+        &run(
+            &[("STRATA_PASSWORD", root_password)],
+            &["auth", "user", "add", "root"],
+        ),
+        "root",
+    );
+    ok(
+        &run(&[], &["auth", "user", "grant", "root", "root"]),
+        "grant root",
+    );
+    ok(&run(&[], &["auth", "role", "add", "app-config"]), "role");
+    ok(
+        &run(
+            &[],
+            &[
+                "auth",
+                "role",
+                "grant",
+                "app-config",
+                "--kind",
+                "config",
+                "public/DEFAULT_GROUP/",
+                "--prefix",
+                "--access",
+                "read",
+            ],
+        ),
+        "grant config",
+    );
+    ok(
+        &run(
+            &[("STRATA_PASSWORD", alice_password)],
+            &["auth", "user", "add", "alice"],
+        ),
+        "alice",
+    );
+    ok(
+        &run(&[], &["auth", "user", "grant", "alice", "app-config"]),
+        "grant alice",
+    );
+    let publish = |data_id: &str, group: &str, content: &str| {
+        let mut command = Command::new(strata_bin());
+        command
+            .env("XDG_CONFIG_HOME", home.path())
+            .arg("--endpoints")
+            .arg(eps.join(","))
+            .args([
+                "config", "publish", data_id, "--group", group, "--file", "-",
+            ]);
+        let out = run_with_deadline(&mut command, content.as_bytes(), Duration::from_secs(30));
+        ok(&out, "publish");
+    };
+    publish("app.yaml", "DEFAULT_GROUP", "greeting: hello\n");
+    publish("secret.yaml", "OPS_GROUP", "password: hunter2\n");
+    ok(&run(&[], &["auth", "enable"]), "enable");
+    let n2 = cluster.nodes[1].api.clone();
+    wait_until(Duration::from_secs(10), "auth on", || {
+        let api = n2.clone();
+        async move { auth_enabled(&api).await.then_some(()) }
+    })
+    .await;
+    for node in &cluster.nodes {
+        let api = node.api.clone();
+        wait_until(Duration::from_secs(10), "auth on everywhere", || {
+            let api = api.clone();
+            async move { auth_enabled(&api).await.then_some(()) }
+        })
+        .await;
+    }
+    let root = login(&n2, "root", root_password).await;
+
+    // py-consul with a token limited to one service, through a follower's Consul listener.
+    let consul = cluster.nodes[2].consul.clone().unwrap();
+    let said = python("consul_auth.py", &[&consul, &root]);
+    assert!(said.contains("limited token registers db: 403"), "{said}");
+    // The refused registration changed nothing.
+    let http = reqwest::Client::new();
+    let db: Value = http
+        .get(format!("http://{n2}/v1/registry/services/db"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = db["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["db-9"], "only root's db instance exists");
+
+    // nacos-sdk-python logs in and reads what alice's role allows.
+    let nacos = cluster.nodes[0].nacos.clone().unwrap();
+    python("nacos_auth.py", &[&nacos, "alice", alice_password]);
+    // Repeated wrong passwords are throttled, by user and by address.
+    let mut throttled = false;
+    for _ in 0..6 {
+        let response = http
+            .post(format!(
+                "http://{nacos}/nacos/v1/auth/login?username=alice&password=bad"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403);
+        throttled |= response
+            .text()
+            .await
+            .unwrap()
+            .contains("too many failed logins");
+    }
+    assert!(throttled, "failed Nacos logins are throttled");
+    // Nacos's answers to a missing and a bad token.
+    let anon = http
+        .get(format!(
+            "http://{nacos}/nacos/v1/cs/configs?dataId=app.yaml&group=DEFAULT_GROUP"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 403);
+    assert_eq!(anon.text().await.unwrap(), "user not found!");
+    let bad = http
+        .get(format!("http://{nacos}/nacos/v1/cs/configs?dataId=app.yaml&group=DEFAULT_GROUP&accessToken=strata_{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.text().await.unwrap(), "token invalid!");
+
+    // Refusals from both dialects are in the audit logs.
+    let audit: String = cluster
+        .nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(n.dir.join("data/audit/audit.log")).unwrap_or_default())
+        .collect();
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["api"] == "consul"
+        && l["allowed"] == false
+        && l["resource"] == "registry:public/db"));
+    assert!(lines.iter().any(|l| l["api"] == "nacos"
+        && l["allowed"] == false
+        && l["resource"] == "config:public/OPS_GROUP/secret.yaml"));
+    assert!(lines
+        .iter()
+        .any(|l| l["api"] == "nacos" && l["action"] == "login" && l["allowed"] == false));
+    for node in &cluster.nodes {
+        let logs = node.logs();
+        for secret in [root_password, alice_password, root.as_str()] {
+            assert!(!logs.contains(secret), "a secret reached a log");
+        }
+    }
+}

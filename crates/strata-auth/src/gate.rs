@@ -474,3 +474,47 @@ impl strata_store::Follower for Gate {
         self.replace(state, last.kv.mod_revision);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+    use strata_store::Follower;
+
+    fn gate_on() -> Arc<Gate> {
+        let gate = Gate::off();
+        let on = KeyValue {
+            key: crate::state::ENABLED_KEY.as_bytes().to_vec(),
+            value: b"true".to_vec(),
+            ..KeyValue::default()
+        };
+        gate.load(&[on], 1);
+        gate
+    }
+
+    #[test]
+    fn with_access_control_off_everyone_is_open_but_auth_records_stay_unwritable() {
+        let gate = Gate::off();
+        let caller = gate.caller("test", Some("garbage"), None).unwrap();
+        assert!(!caller.enforced());
+        let reserved = Names::one(format!("{ROOT}enabled"));
+        assert!(gate
+            .check(&caller, Kind::Kv, Access::Write, &reserved, "put")
+            .is_err());
+        assert!(gate
+            .check(&caller, Kind::Kv, Access::Read, &reserved, "range")
+            .is_ok());
+    }
+
+    proptest! {
+        /// The `credentials` fuzz target's gate half, on stable: no text is a credential when
+        /// no token exists, and a missing token is refused.
+        #[test]
+        fn garbage_never_authenticates(text in ".{0,100}") {
+            let gate = gate_on();
+            prop_assert!(gate.caller("test", Some(&text), None).is_err());
+            prop_assert!(gate.caller("test", None, None).is_err());
+        }
+    }
+}

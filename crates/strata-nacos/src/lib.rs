@@ -57,7 +57,7 @@ const TOKEN_TTL: Duration = Duration::from_secs(18_000);
 /// The token of a request, as Nacos clients send it: the `accessToken` query parameter (what
 /// nacos-sdk-python and the Java client send), an `accessToken` header, or
 /// `Authorization: Bearer`. (A token in a form body is not read: the gate runs before the body.)
-fn nacos_token(parts: &axum::http::request::Parts) -> Option<String> {
+pub fn nacos_token(parts: &axum::http::request::Parts) -> Option<String> {
     form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == "accessToken")
         .map(|(_, v)| v.into_owned())

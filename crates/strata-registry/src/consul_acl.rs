@@ -583,3 +583,27 @@ mod tests {
         assert!(parse_rules("").unwrap().is_empty());
     }
 }
+
+#[cfg(test)]
+mod fuzz_twin {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The `credentials` fuzz target's rules half, on stable: any text parses or is refused.
+        #[test]
+        fn any_rules_text_parses_or_is_refused(text in ".{0,200}") {
+            let _ = parse_rules(&text);
+        }
+
+        /// Rules-shaped text with random names and policies never panics either.
+        #[test]
+        fn rule_shaped_text_never_panics(
+            kind in "(service|service_prefix|key|key_prefix|node|x)",
+            name in "[a-z/\"{}=# ]{0,12}",
+            policy in "(read|write|list|deny|\"|)",
+        ) {
+            let _ = parse_rules(&format!("{kind} \"{name}\" {{ policy = \"{policy}\" }}"));
+        }
+    }
+}

@@ -21,8 +21,8 @@
 # each figure Strata divided by etcd at 128 clients (throughputs: higher is better for Strata;
 # put_p99: lower is better for Strata), 2 decimals.
 #
-# Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--no-build] [--keep-data]
-#                                   [--results FILE]
+# Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--auth] [--no-build]
+#                                   [--keep-data] [--results FILE]
 #
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start.
@@ -38,19 +38,27 @@ Options:
   --quick         smoke run: 1 round, small request counts, watch with 100 watchers
                   (well under 3 minutes after the build)
   --rounds N      rounds of every workload on each system (default 3; 1 with --quick)
+  --auth          access control on in both systems, set up the same way through etcdctl:
+                  root, a role with readwrite on the prefix bench/, a user with that role;
+                  the load generator logs in as that user (--user) and sends its token
   --no-build      use the release binaries already in target/release
   --keep-data     keep bench/.data/compare-etcd-<stamp> (logs, data dirs) after a clean run
   --results FILE  write the JSON results here instead of bench/results/
 EOF
 }
 
-# --rounds N, next to the options every benchmark takes (parse_options in lib.sh).
+# --rounds N and --auth, next to the options every benchmark takes (parse_options in lib.sh).
 rounds=""
+auth=0
 own_option() {
     case "$1" in
     --rounds)
         rounds="${2:?--rounds needs a number}"
         option_args=2
+        ;;
+    --auth)
+        auth=1
+        option_args=1
         ;;
     *) return 1 ;;
     esac
@@ -93,12 +101,28 @@ started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 etcd=/usr/bin/etcd
 our_exes+=("$etcd")
 
-# etcdctl (v3 API) against the given comma-separated HOST:PORT list, bounded in time.
+# etcdctl (v3 API) against the given comma-separated HOST:PORT list, bounded in time; as root
+# once --auth has turned access control on.
+ctl_user=()
 ctl() {
     local endpoints=$1
     shift
     ETCDCTL_API=3 timeout 10 etcdctl --endpoints "$endpoints" --dial-timeout 2s \
-        --command-timeout 5s "$@"
+        --command-timeout 5s "${ctl_user[@]}" "$@"
+}
+
+# --auth: the same users, role and grant in etcd and in Strata, through etcdctl.
+root_password="bench-root-$RANDOM$RANDOM"
+bench_password="bench-user-$RANDOM$RANDOM"
+enable_auth() {
+    local endpoints=$1
+    ctl "$endpoints" user add "root:$root_password" >&3
+    ctl "$endpoints" user grant-role root root >&3
+    ctl "$endpoints" role add bench >&3
+    ctl "$endpoints" role grant-permission bench --prefix=true readwrite bench/ >&3
+    ctl "$endpoints" user add "bench:$bench_password" >&3
+    ctl "$endpoints" user grant-role bench bench >&3
+    ctl "$endpoints" auth enable >&3
 }
 
 # --- 1. packages and build ------------------------------------------------------------------
@@ -228,6 +252,13 @@ done
 strata_endpoints=$(for id in $(seq 1 "$node_count"); do echo "${node_grpc[$id]}"; done | paste -sd,)
 wait_until 30 "Strata's etcd API to be healthy" ctl "$strata_endpoints" endpoint health
 log "strata up: gRPC $strata_endpoints"
+if ((auth)); then
+    enable_auth "$etcd_endpoints"
+    enable_auth "$strata_endpoints"
+    ctl_user=(--user "root:$root_password")
+    export STRATA_BENCH_USER="bench:$bench_password"
+    log "access control on in both: the load generator logs in as bench (readwrite on bench/)"
+fi
 
 # --- leaders and endpoint order -------------------------------------------------------------
 # The endpoint (HOST:PORT) whose member reports itself as the leader, via the etcd API.
@@ -362,6 +393,7 @@ done
 # --- results --------------------------------------------------------------------------------
 recorded_options=()
 [[ $rounds == "$default_rounds" ]] || recorded_options=(--rounds "$rounds")
+((auth == 0)) || recorded_options+=(--auth)
 # run_info: when, command, commit, machine (lib.sh).
 describe_run "${recorded_options[@]}"
 workload_ids=$(for workload in "${workloads[@]}"; do echo "${workload%%|*}"; done | jq -Rsc 'split("\n") | map(select(length > 0))')
@@ -373,7 +405,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     --argjson max_seconds "$max_seconds" --argjson many "$many_clients" \
     --argjson ids "$workload_ids" --slurpfile runs "$runs_file" \
     --argjson panics "$panics" --argjson errors "$error_lines" \
-    --argjson error_samples "$error_samples" '
+    --argjson error_samples "$error_samples" --argjson auth "$auth" '
     def median: map(select(. != null)) | sort |
         if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
@@ -403,6 +435,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
                 ("put_" + ($many | tostring)): $puts_128, get: $gets},
             get_clients: $many, watchers: $watchers, watch_puts: $watch_puts,
             max_seconds_per_run: $max_seconds,
+            access_control: (if $auth == 1 then "on in both: user bench, role with readwrite on prefix bench/, token sent on every call" else "off" end),
             connections: "two HTTP/2 connections per endpoint (at most one per client), clients round-robin over them; endpoints listed followers first"
         },
         summary: $summary,

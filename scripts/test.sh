@@ -107,6 +107,18 @@ if command -v c++ >/dev/null; then
 fi
 phase "doc tests" cargo test --workspace --doc
 phase "tests" all_tests
+# The multi-node tests again with access control on: every node starts closed
+# (--root-password-file) and the harness sends a root token with every call.
+auth_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        STRATA_TEST_AUTH=1 cargo nextest run -p strata --no-fail-fast \
+            --test cluster --test coord --test liveness --test chaos
+    else
+        STRATA_TEST_AUTH=1 cargo test -p strata --no-fail-fast \
+            --test cluster --test coord --test liveness --test chaos
+    fi
+}
+phase "tests with access control on" auth_tests
 
 if [ "$with_dev" = 1 ]; then
     now_revision=$("$hold/strata" --endpoints http://127.0.0.1:7700 --output json cluster status | jq .revision)

@@ -9,8 +9,9 @@
 use crate::load::Driver;
 use anyhow::{bail, Context};
 use std::time::Duration;
+use strata_etcd::pb::etcdserverpb::auth_client::AuthClient;
 use strata_etcd::pb::etcdserverpb::kv_client::KvClient;
-use strata_etcd::pb::etcdserverpb::{PutRequest, RangeRequest};
+use strata_etcd::pb::etcdserverpb::{AuthenticateRequest, PutRequest, RangeRequest};
 use tonic::transport::{Channel, Endpoint};
 
 /// A fixed set of HTTP/2 connections to the endpoints, shared by every client of a run.
@@ -20,6 +21,8 @@ pub struct Pool {
     channels: Vec<Channel>,
     /// `host:port` of each connection, for messages.
     targets: Vec<String>,
+    /// The token of `--user`, sent as the `token` metadata on every call (as clientv3 does).
+    token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl Pool {
@@ -29,6 +32,7 @@ impl Pool {
         endpoints: &[String],
         connections: usize,
         connect_timeout: Duration,
+        user: Option<&str>,
     ) -> anyhow::Result<Pool> {
         if endpoints.is_empty() {
             bail!("--endpoints needs at least one HOST:PORT");
@@ -52,7 +56,24 @@ impl Pool {
             channels.push(channel);
             targets.push(target);
         }
-        Ok(Pool { channels, targets })
+        let token = match user {
+            None => None,
+            Some(user) => Some(authenticate(&channels[0], user, connect_timeout).await?),
+        };
+        Ok(Pool {
+            channels,
+            targets,
+            token,
+        })
+    }
+
+    /// `message` as a request carrying the pool's token, if any.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        request
     }
 
     /// Returns the connection client `client_index` uses.
@@ -128,7 +149,7 @@ impl EtcdDriver {
             value: value.to_vec(),
             ..Default::default()
         };
-        tokio::time::timeout(self.request_timeout, client.put(request))
+        tokio::time::timeout(self.request_timeout, client.put(self.pool.request(request)))
             .await
             .map_err(|_| anyhow::anyhow!("put timed out after {:?}", self.request_timeout))??;
         Ok(())
@@ -169,11 +190,14 @@ impl Driver for EtcdDriver {
                     serializable: *serializable,
                     ..Default::default()
                 };
-                let response = tokio::time::timeout(self.request_timeout, client.range(request))
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("range timed out after {:?}", self.request_timeout)
-                    })??;
+                let response = tokio::time::timeout(
+                    self.request_timeout,
+                    client.range(self.pool.request(request)),
+                )
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("range timed out after {:?}", self.request_timeout)
+                })??;
                 if response.get_ref().kvs.is_empty() {
                     // The key was written before the run; a read that misses it is wrong.
                     bail!("key {:?} not found", String::from_utf8_lossy(key));
@@ -182,6 +206,31 @@ impl Driver for EtcdDriver {
             }
         }
     }
+}
+
+/// Logs in as `NAME:PASSWORD` (etcdctl's `--user` form) and returns the token.
+async fn authenticate(
+    channel: &Channel,
+    user: &str,
+    timeout: Duration,
+) -> anyhow::Result<tonic::metadata::AsciiMetadataValue> {
+    let (name, password) = user
+        .split_once(':')
+        .context("--user must be NAME:PASSWORD")?;
+    let mut auth = AuthClient::new(channel.clone());
+    let request = AuthenticateRequest {
+        name: name.to_string(),
+        password: password.to_string(),
+    };
+    let response = tokio::time::timeout(timeout, auth.authenticate(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("authenticate timed out after {timeout:?}"))?
+        .with_context(|| format!("authenticate as {name}"))?;
+    response
+        .into_inner()
+        .token
+        .parse()
+        .context("the token is not valid metadata")
 }
 
 /// Writes `key` once (before a get run), through the pool's first connection.
@@ -197,7 +246,7 @@ pub async fn write_key(
         value,
         ..Default::default()
     };
-    tokio::time::timeout(timeout, client.put(request))
+    tokio::time::timeout(timeout, client.put(pool.request(request)))
         .await
         .map_err(|_| anyhow::anyhow!("put timed out after {timeout:?}"))?
         .with_context(|| format!("put through {}", pool.target(0)))?;

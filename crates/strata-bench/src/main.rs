@@ -137,6 +137,10 @@ struct ConnectionArgs {
     /// (default: two per endpoint, at most one per client).
     #[arg(long)]
     connections: Option<usize>,
+    /// Log in as NAME:PASSWORD (etcdctl's --user) and send the token on every call, for a
+    /// cluster with access control on.
+    #[arg(long, env = "STRATA_BENCH_USER", hide_env_values = true)]
+    user: Option<String>,
 }
 
 /// Flags of `strata-bench etcd-put`.
@@ -707,7 +711,13 @@ async fn drive_etcd(
     let connections = connection
         .connections
         .unwrap_or_else(|| etcd::default_connections(args.endpoints.len(), args.clients));
-    let pool = etcd::Pool::connect(&args.endpoints, connections, request_timeout).await?;
+    let pool = etcd::Pool::connect(
+        &args.endpoints,
+        connections,
+        request_timeout,
+        connection.user.as_deref(),
+    )
+    .await?;
     if let etcd::EtcdOp::Get { key, .. } = &op {
         let value = value_of_size(args.value_size);
         etcd::write_key(&pool, key, value, request_timeout)
@@ -752,7 +762,13 @@ async fn drive_watch(args: EtcdWatchArgs) -> anyhow::Result<()> {
         .connection
         .connections
         .unwrap_or_else(|| etcd::default_connections(args.endpoints.len(), args.watchers));
-    let pool = etcd::Pool::connect(&args.endpoints, connections, request_timeout).await?;
+    let pool = etcd::Pool::connect(
+        &args.endpoints,
+        connections,
+        request_timeout,
+        args.connection.user.as_deref(),
+    )
+    .await?;
     let plan = watch::WatchPlan {
         watchers: args.watchers,
         puts: args.puts,

@@ -103,11 +103,12 @@ pub async fn run(pool: &Pool, plan: &WatchPlan) -> anyhow::Result<WatchOutcome> 
     let mut creating = JoinSet::new();
     for watcher_index in 0..plan.watchers {
         let channel = pool.channel(watcher_index);
+        let pool_for_token = pool.clone();
         let target = pool.target(watcher_index).to_string();
         let prefix = plan.prefix.clone().into_bytes();
         let timeout = plan.request_timeout;
         creating.spawn(async move {
-            tokio::time::timeout(timeout, create_watch(channel, prefix))
+            tokio::time::timeout(timeout, create_watch(channel, &pool_for_token, prefix))
                 .await
                 .map_err(|_| anyhow::anyhow!("watch creation timed out after {timeout:?}"))?
                 .with_context(|| format!("create watcher {watcher_index} through {target}"))
@@ -141,7 +142,7 @@ pub async fn run(pool: &Pool, plan: &WatchPlan) -> anyhow::Result<WatchOutcome> 
         };
         let sent = Instant::now();
         sent_at.set(sent).expect("each put index is sent once");
-        match tokio::time::timeout(plan.request_timeout, kv.put(request)).await {
+        match tokio::time::timeout(plan.request_timeout, kv.put(pool.request(request))).await {
             Ok(Ok(_)) => put_latencies.record(sent.elapsed()),
             Ok(Err(status)) => {
                 failed_puts += 1;
@@ -181,6 +182,7 @@ pub async fn run(pool: &Pool, plan: &WatchPlan) -> anyhow::Result<WatchOutcome> 
 /// The request side stays open (an ended request stream makes etcd cancel its watches).
 async fn create_watch(
     channel: tonic::transport::Channel,
+    pool: &Pool,
     prefix: Vec<u8>,
 ) -> anyhow::Result<Streaming<strata_etcd::pb::etcdserverpb::WatchResponse>> {
     let range_end = prefix_end(&prefix);
@@ -193,7 +195,7 @@ async fn create_watch(
     };
     let requests = tokio_stream::once(create).chain(tokio_stream::pending());
     let mut stream = WatchClient::new(channel)
-        .watch(requests)
+        .watch(pool.request(requests))
         .await?
         .into_inner();
     match stream.message().await? {

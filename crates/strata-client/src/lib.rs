@@ -61,12 +61,13 @@ pub struct Client {
     token: Option<String>,
 }
 
-static DEFAULT_TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+static DEFAULT_TOKEN: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
 
 /// Sets the token every [`Client`] made afterwards in this process sends (the CLI sets it once
-/// from `STRATA_TOKEN` or the token `strata auth login` stored). The first call wins.
+/// from `STRATA_TOKEN` or the token `strata auth login` stored; a test harness sets the token
+/// of the cluster it started).
 pub fn set_default_token(token: Option<String>) {
-    let _ = DEFAULT_TOKEN.set(token);
+    *DEFAULT_TOKEN.write().unwrap_or_else(|e| e.into_inner()) = token;
 }
 
 /// Adds `http://` when an endpoint has no scheme and drops a trailing slash.
@@ -207,7 +208,10 @@ impl Client {
             preferred: AtomicUsize::new(0),
             timeout: Duration::from_secs(15),
             connect_timeout: None,
-            token: DEFAULT_TOKEN.get().cloned().flatten(),
+            token: DEFAULT_TOKEN
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

@@ -305,7 +305,7 @@ async fn t50_watch_from_revision_survives_leader_kill_exactly_once_in_order() {
             .map(|n| n.url()),
     );
     let watch_out = cluster.root.path().join("watch.out");
-    let mut watcher = std::process::Command::new(common::strata_bin())
+    let mut watcher = common::strata_command()
         .args([
             "--endpoints",
             &endpoints.join(","),

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{strata_bin, wait_until, Cluster};
-use std::process::{Command, Stdio};
+use common::{strata_command, wait_until, Cluster};
+use std::process::Stdio;
 use std::time::Duration;
 use strata_proto::kv::{LeaseGrantRequest, LeaseGrantResponse};
 
@@ -24,7 +24,7 @@ async fn t10_two_lock_holders_never_overlap_and_tokens_grow() {
     let mut holders = Vec::new();
     for _ in 0..3 {
         holders.push(
-            Command::new(strata_bin())
+            strata_command()
                 .args([
                     "--endpoints",
                     &endpoints,
@@ -117,14 +117,14 @@ async fn t30_election_hands_over_and_observers_see_each_leader() {
     let cluster = Cluster::start(3, &[]).await;
     let endpoints = cluster.endpoints().join(",");
     let listen_out = cluster.root.path().join("listen.out");
-    let mut listener = Command::new(strata_bin())
+    let mut listener = strata_command()
         .args(["--endpoints", &endpoints, "elect", "svc", "--listen"])
         .stdout(std::fs::File::create(&listen_out).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let first_out = cluster.root.path().join("first.out");
-    let mut first = Command::new(strata_bin())
+    let mut first = strata_command()
         .args(["--endpoints", &endpoints, "elect", "svc", "alpha"])
         .stdout(std::fs::File::create(&first_out).unwrap())
         .stderr(Stdio::null())
@@ -141,7 +141,7 @@ async fn t30_election_hands_over_and_observers_see_each_leader() {
     })
     .await;
     let second_out = cluster.root.path().join("second.out");
-    let mut second = Command::new(strata_bin())
+    let mut second = strata_command()
         .args(["--endpoints", &endpoints, "elect", "svc", "beta"])
         .stdout(std::fs::File::create(&second_out).unwrap())
         .stderr(Stdio::null())

@@ -18,6 +18,72 @@ use strata_client::Client;
 use strata_proto::kv::{RangeRequest, RangeResponse};
 use strata_proto::ClusterStatus;
 
+/// The root password every node gets in the harness's access-control mode.
+const TEST_ROOT_PASSWORD: &str = "harness-root-password";
+
+/// True when the suite runs with access control on (`STRATA_TEST_AUTH=1`): every node starts
+/// with `--root-password-file`, so a cluster comes up closed, and the harness logs in as root
+/// and hands the token to every client and CLI call it makes.
+pub fn auth_mode() -> bool {
+    std::env::var("STRATA_TEST_AUTH").is_ok_and(|v| v == "1")
+}
+
+static ROOT_TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The root token of this test's cluster, once [`ensure_token`] got one.
+pub fn root_token() -> Option<String> {
+    ROOT_TOKEN.lock().unwrap().clone()
+}
+
+/// In access-control mode: waits until `endpoints` have access control on, logs in as root,
+/// and makes every client made afterwards send the token. Does nothing otherwise, or when a
+/// token is already held.
+pub async fn ensure_token(endpoints: &[String]) {
+    if !auth_mode() || root_token().is_some() {
+        return;
+    }
+    let token = wait_until(Duration::from_secs(30), "a root login", || {
+        let endpoints = endpoints.to_vec();
+        async move {
+            let client = Client::new(&endpoints)
+                .with_timeout(Duration::from_secs(2))
+                .with_token(None);
+            let status: serde_json::Value = client.get_json("/v1/auth/status").await.ok()?;
+            if status["enabled"] != true {
+                return None;
+            }
+            let body = serde_json::json!({"user": "root", "password": TEST_ROOT_PASSWORD});
+            let reply: serde_json::Value = client
+                .call(strata_client::Method::POST, "/v1/auth/login", Some(&body))
+                .await
+                .ok()?;
+            reply["token"].as_str().map(str::to_string)
+        }
+    })
+    .await;
+    // The mode must be real: a request without the token is refused.
+    let anonymous = Client::new(endpoints)
+        .with_timeout(Duration::from_secs(5))
+        .with_token(None);
+    let refused = anonymous.put("harness/anonymous", "x").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(strata_proto::error::ErrorCode::Unauthenticated),
+        "access-control mode, but an anonymous put was not refused: {refused}"
+    );
+    strata_client::set_default_token(Some(token.clone()));
+    *ROOT_TOKEN.lock().unwrap() = Some(token);
+}
+
+/// A `strata` command with the harness's root token in `STRATA_TOKEN` (access-control mode).
+pub fn strata_command() -> Command {
+    let mut command = Command::new(strata_bin());
+    if let Some(token) = root_token() {
+        command.env("STRATA_TOKEN", token);
+    }
+    command
+}
+
 /// Path of the binary under test.
 pub fn strata_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
@@ -215,8 +281,14 @@ impl NodeProc {
         let log_path = self.dir.join(format!("log.{}", self.starts));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(strata_bin());
+        if auth_mode() {
+            let file = self.dir.join("root-password");
+            std::fs::write(&file, TEST_ROOT_PASSWORD).unwrap();
+            command.arg("server").arg("--root-password-file").arg(file);
+        } else {
+            command.arg("server");
+        }
         command
-            .arg("server")
             .args(["--id", &self.id.to_string()])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
@@ -539,7 +611,7 @@ pub fn run_with_deadline(command: &mut Command, stdin: &[u8], timeout: Duration)
 
 /// Runs the CLI with `--endpoints`, feeding it `stdin`, and returns its output (at most 30 s).
 pub fn cli_with_stdin(endpoints: &[String], args: &[&str], stdin: &[u8]) -> Output {
-    let mut command = Command::new(strata_bin());
+    let mut command = strata_command();
     command
         .arg("--endpoints")
         .arg(endpoints.join(","))
@@ -549,7 +621,7 @@ pub fn cli_with_stdin(endpoints: &[String], args: &[&str], stdin: &[u8]) -> Outp
 
 /// Runs the CLI with `--endpoints` and returns its output.
 pub fn cli(endpoints: &[String], args: &[&str]) -> Output {
-    Command::new(strata_bin())
+    strata_command()
         .arg("--endpoints")
         .arg(endpoints.join(","))
         .args(args)
@@ -648,14 +720,16 @@ impl Cluster {
     /// Waits until some running node reports a leader; returns its id.
     pub async fn wait_for_leader(&self) -> u64 {
         let endpoints = self.endpoints();
-        wait_until(Duration::from_secs(20), "a leader", || {
+        let leader = wait_until(Duration::from_secs(20), "a leader", || {
             let client = Client::new(&endpoints).with_timeout(Duration::from_secs(2));
             async move {
                 let status: ClusterStatus = client.get_json("/v1/cluster/status").await.ok()?;
                 status.leader
             }
         })
-        .await
+        .await;
+        ensure_token(&endpoints).await;
+        leader
     }
 
     /// Waits until the leader lists `count` voters with API addresses.

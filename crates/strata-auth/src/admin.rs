@@ -24,6 +24,9 @@ pub const ROOT_USER: &str = "root";
 /// How long a token from a password login lasts unless the interface says otherwise.
 pub const LOGIN_TTL: Duration = Duration::from_secs(3600);
 
+/// The longest a token may last (ten years); longer is what "until revoked" is for.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// How long a change waits for this node's view to show it before answering anyway.
 const VIEW_WAIT: Duration = Duration::from_secs(5);
 
@@ -439,6 +442,12 @@ impl Auth {
                 }
             }
         }
+        if ttl.is_some_and(|ttl| ttl > MAX_TOKEN_TTL) {
+            return Err(ApiError::bad_request(format!(
+                "a token may last at most {} days",
+                MAX_TOKEN_TTL.as_secs() / 86_400
+            )));
+        }
         let (text, digest) = secret::new_token();
         let (lease, expires_at_ms) = match ttl {
             None => (0, None),
@@ -529,32 +538,30 @@ impl Auth {
         .await
     }
 
-    /// Creates the user `root` with the role `root` and `password` when no root user exists;
-    /// returns whether it did. With `enable`, access control is switched on as well.
+    /// Creates the user `root` with the role `root` and `password` when no root user exists,
+    /// and with `enable` turns access control on, in one transaction (a crash never leaves
+    /// root without access control on). Returns whether it did; `false` when a root user
+    /// exists, whatever its state.
     pub async fn bootstrap(&self, password: &str, enable: bool) -> Result<bool, ApiError> {
-        let created = self.create_root(password).await?;
-        if created && enable {
-            self.enable().await?;
+        let record = User {
+            password_hash: Some(hash(password).await?),
+            roles: vec![ROOT_ROLE.to_string()],
+        };
+        let key = user_key(ROOT_USER);
+        let mut ops = vec![put_op(&key, &record, 0)];
+        if enable {
+            ops.push(RequestOp::Put(PutRequest {
+                key: ENABLED_KEY.as_bytes().to_vec(),
+                value: b"true".to_vec(),
+                ..PutRequest::default()
+            }));
         }
-        Ok(created)
+        self.write_if(&[(key.as_str(), 0)], ops).await
     }
 
     /// Creates the user `root` with the role `root` unless a root user exists.
     async fn create_root(&self, password: &str) -> Result<bool, ApiError> {
-        let (root, _) = self.read::<User>(&user_key(ROOT_USER)).await?;
-        let created = if root.is_none() {
-            match self.user_add(ROOT_USER, Some(password)).await {
-                Ok(()) => {}
-                // Another node bootstrapped it first.
-                Err(e) if e.code == ErrorCode::AlreadyExists => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            self.user_grant(ROOT_USER, ROOT_ROLE).await?;
-            true
-        } else {
-            false
-        };
-        Ok(created)
+        self.bootstrap(password, false).await
     }
 
     /// Whether `caller` may manage the auth records (root, or anyone with access control

@@ -68,6 +68,12 @@ impl Caller {
     }
 }
 
+/// The name in a client's verified TLS certificate, left in a request's extensions by the
+/// listener that accepted it (`None`: no certificate). Access control maps it to the user of
+/// that name when the request carries no token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateName(pub Option<String>);
+
 #[derive(Default)]
 struct View {
     state: AuthState,
@@ -101,12 +107,20 @@ struct Metrics {
 /// The node's access-control gate.
 pub struct Gate {
     view: RwLock<Arc<View>>,
+    /// Enforce even before the records say so: a server given a root password starts closed
+    /// until that root is written (see [`Gate::hold_closed`]).
+    held_closed: std::sync::atomic::AtomicBool,
     /// The store revision the view reflects.
     revision: tokio::sync::watch::Sender<i64>,
     throttle: Mutex<LoginThrottle>,
+    /// Password checks running at once (each takes tens of ms and 19 MiB by design).
+    verifying: tokio::sync::Semaphore,
     audit: Audit,
     metrics: Metrics,
 }
+
+/// Password checks a node runs at once; more wait their turn.
+const CONCURRENT_LOGINS: usize = 4;
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,8 +156,10 @@ impl Gate {
         };
         Arc::new(Gate {
             view: RwLock::new(Arc::new(View::default())),
+            held_closed: std::sync::atomic::AtomicBool::new(false),
             revision: tokio::sync::watch::Sender::new(0),
             throttle: Mutex::new(LoginThrottle::new(FREE_FAILURES, 1_000, 60_000)),
+            verifying: tokio::sync::Semaphore::new(CONCURRENT_LOGINS),
             audit,
             metrics,
         })
@@ -166,7 +182,19 @@ impl Gate {
 
     /// Whether access control is on.
     pub fn enabled(&self) -> bool {
-        self.view().state.enabled
+        self.view().state.enabled || self.is_held_closed()
+    }
+
+    /// Keeps access control on whatever the records say (`true`), until released (`false`).
+    /// A node that bootstraps root from a password holds itself closed until root is written,
+    /// so nobody can claim the cluster first.
+    pub fn hold_closed(&self, closed: bool) {
+        self.held_closed
+            .store(closed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_held_closed(&self) -> bool {
+        self.held_closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A copy of the records (for the admin API's reads).
@@ -197,7 +225,7 @@ impl Gate {
         from: Option<String>,
     ) -> Result<Caller, ApiError> {
         let view = self.view();
-        if !view.state.enabled {
+        if !view.state.enabled && !self.is_held_closed() {
             return Ok(Caller::open(api, from));
         }
         let refused = |refusal: Refusal, from: Option<String>| {
@@ -248,6 +276,38 @@ impl Gate {
         }
     }
 
+    /// The caller behind a verified client certificate naming `user`: that user, if it
+    /// exists (a certificate is a credential like a token, checked by the TLS handshake).
+    pub fn caller_by_certificate(
+        &self,
+        api: &'static str,
+        user: &str,
+        from: Option<String>,
+    ) -> Result<Caller, ApiError> {
+        let view = self.view();
+        if !view.state.enabled && !self.is_held_closed() {
+            return Ok(Caller::open(api, from));
+        }
+        match view.users.get(user) {
+            Some(grants) => Ok(Caller {
+                user: Some(user.to_string()),
+                grants: Some(grants.clone()),
+                from,
+                api,
+            }),
+            None => {
+                self.metrics
+                    .decisions
+                    .with_label_values(&[api, "unauthenticated"])
+                    .inc();
+                Err(ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "authentication failed: the client certificate names no user",
+                ))
+            }
+        }
+    }
+
     /// Allows `caller` to `action` (`wanted`: read or write) the names `names` of `kind`, or
     /// says why not. Writes, and every refusal, go to the audit log when access control is on.
     pub fn check(
@@ -277,6 +337,22 @@ impl Gate {
             self.check(caller, Kind::Kv, *access, names, action)?;
         }
         Ok(())
+    }
+
+    /// Allows `caller` `wanted` on every key attached to a lease: etcd's rule for revoking a
+    /// lease (write: it deletes them) and for listing its keys (read).
+    pub fn check_lease_keys(
+        &self,
+        caller: &Caller,
+        keys: &[String],
+        wanted: Access,
+        action: &str,
+    ) -> Result<(), ApiError> {
+        let needs: Vec<kv::Need> = keys
+            .iter()
+            .map(|key| (wanted, Names::one(key.as_bytes().to_vec())))
+            .collect();
+        self.check_kv(caller, &needs, action)
     }
 
     /// Allows only root (or anyone, with access control off): cluster membership, compaction,
@@ -351,6 +427,13 @@ impl Gate {
         password: &str,
         from: Option<&str>,
     ) -> Result<(), ApiError> {
+        // Bounded verification: at most a few hashes at once, and the throttle is checked
+        // again once it is this attempt's turn, so parallel guesses queue behind it.
+        let _turn = self
+            .verifying
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("the node is stopping"))?;
         let now = now_ms();
         let user_key = format!("user:{user}");
         let addr_key = format!("addr:{}", from.map(host_of).unwrap_or_default());

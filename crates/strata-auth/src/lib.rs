@@ -30,7 +30,7 @@ pub mod secret;
 pub mod state;
 
 pub use admin::Auth;
-pub use gate::{Caller, Gate};
+pub use gate::{Caller, CertificateName, Gate};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -85,6 +85,8 @@ pub struct Context {
     /// Access control: the node's gate (who is asking, may they) and the auth records' API.
     /// Every interface a component serves resolves its callers through it.
     pub auth: strata_auth::Auth,
+    /// TLS for the client listeners (`[tls]`), or `None` for plain TCP.
+    pub tls: Option<Arc<strata_tls::ServerTls>>,
     section: Option<toml::Value>,
     listeners: BTreeMap<&'static str, Bound>,
     provided: Provided,
@@ -174,6 +176,7 @@ impl Context {
         max_request_bytes: usize,
         data_dir: std::path::PathBuf,
         auth: strata_auth::Auth,
+        tls: Option<Arc<strata_tls::ServerTls>>,
         section: Option<toml::Value>,
         listeners: BTreeMap<&'static str, Bound>,
         provided: Provided,
@@ -187,6 +190,7 @@ impl Context {
             max_request_bytes,
             data_dir,
             auth,
+            tls,
             section,
             listeners,
             provided,
@@ -208,7 +212,14 @@ impl Context {
     /// carries a `strata-listener: NAME` header, so a client pointed at the wrong port can say
     /// which one it reached.
     pub fn serve_http(&self, name: &'static str, tcp: TcpListener, router: Router) {
-        serve_http(&self.tracker, &self.cancel, name, tcp, router);
+        serve_http(
+            &self.tracker,
+            &self.cancel,
+            name,
+            tcp,
+            router,
+            self.tls.clone(),
+        );
     }
 
     /// Offers `value` to components started after this one.
@@ -234,13 +245,14 @@ impl Context {
 }
 
 /// Serves `router` on `tcp` until `cancel`, as a task on `tracker`, with the
-/// `strata-listener: NAME` header on every response.
+/// `strata-listener: NAME` header on every response; over TLS when `tls` is given.
 pub fn serve_http(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
     name: &'static str,
     tcp: TcpListener,
     router: Router,
+    tls: Option<Arc<strata_tls::ServerTls>>,
 ) {
     let router = router.layer(axum::middleware::map_response(
         move |mut response: axum::response::Response| async move {
@@ -251,6 +263,10 @@ pub fn serve_http(
             response
         },
     ));
+    if let Some(tls) = tls {
+        serve_https(tracker, cancel, name, tcp, router, tls);
+        return;
+    }
     let token = cancel.clone();
     tracker.spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -260,5 +276,70 @@ pub fn serve_http(
         if let Err(e) = result {
             tracing::warn!(listener = name, error = %e, "listener stopped with an error");
         }
+    });
+}
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`serve_http`] over TLS: each connection's handshake, then HTTP/1.1 or HTTP/2 (by ALPN),
+/// with the client's address and its certificate's name in every request's extensions.
+fn serve_https(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    name: &'static str,
+    tcp: TcpListener,
+    router: Router,
+    tls: Arc<strata_tls::ServerTls>,
+) {
+    use tower::ServiceExt;
+    let token = cancel.clone();
+    let connections = tracker.clone();
+    tracker.spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, addr) = tokio::select! {
+                () = token.cancelled() => break,
+                accepted = tcp.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(listener = name, error = %e, "accept failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let router = router.clone();
+            let watcher = graceful.watcher();
+            connections.spawn(async move {
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = name, client = %addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let certified = strata_auth::CertificateName(strata_tls::peer_name(stream.get_ref().1));
+                let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(addr));
+                    request.extensions_mut().insert(certified.clone());
+                    router.clone().oneshot(request.map(axum::body::Body::new))
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let connection = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(listener = name, client = %addr, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        graceful.shutdown().await;
     });
 }

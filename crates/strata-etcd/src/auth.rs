@@ -117,7 +117,7 @@ impl pb::auth_server::Auth for AuthService {
         if !self.auth.enabled() {
             return Err(error::auth_not_enabled());
         }
-        let from = request.remote_addr().map(|a| a.to_string());
+        let from = self.ctx.from(&request);
         let request = request.into_inner();
         let token = self
             .auth

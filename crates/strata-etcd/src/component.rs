@@ -29,9 +29,29 @@ impl Component for EtcdComponent {
                 let max = ctx.max_request_bytes;
                 let stop = ctx.cancel.clone();
                 let auth = ctx.auth.clone();
+                // gRPC speaks HTTP/2 only.
+                let tls = match &ctx.tls {
+                    Some(tls) => Some(
+                        tls.with_alpn(&[b"h2".as_slice()])
+                            .map_err(|e| StartError(format!("[tls]: {e}")))?,
+                    ),
+                    None => None,
+                };
+                if let Some(tls) = &tls {
+                    let stop = ctx.cancel.clone();
+                    ctx.tracker.spawn(
+                        tls.clone()
+                            .watch(std::time::Duration::from_secs(2), async move {
+                                stop.cancelled().await
+                            }),
+                    );
+                }
                 ctx.tracker.spawn(async move {
                     let shutdown = async move { stop.cancelled().await };
-                    if let Err(e) = crate::serve(bound.tcp, kv, max, Some(auth), shutdown).await {
+                    if let Err(e) =
+                        crate::server::serve_tls(bound.tcp, kv, max, Some(auth), tls, shutdown)
+                            .await
+                    {
                         tracing::warn!(error = %e, "gRPC listener stopped with an error");
                     }
                 });

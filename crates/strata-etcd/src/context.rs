@@ -85,7 +85,15 @@ impl Context {
     /// Who sent `request`: the caller behind its token, in etcd's words when refused (no
     /// token at all is etcd's "user name is empty"; a bad one its "invalid auth token").
     pub(crate) fn who<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        let from = request.remote_addr().map(|a| a.to_string());
+        let tls = request
+            .extensions()
+            .get::<crate::server::TlsConnectInfo>()
+            .cloned();
+        let from = tls
+            .as_ref()
+            .and_then(|t| t.remote)
+            .or_else(|| request.remote_addr())
+            .map(|a| a.to_string());
         let Some(auth) = &self.auth else {
             return Ok(Caller::open("etcd", from));
         };
@@ -94,6 +102,14 @@ impl Context {
             let value = value.trim();
             Some(value.strip_prefix("Bearer ").unwrap_or(value).to_string())
         });
+        // With no token, a verified client certificate names the user (etcd's
+        // --client-cert-auth).
+        if let (None, Some(name)) = (&token, tls.and_then(|t| t.certificate)) {
+            return auth
+                .gate
+                .caller_by_certificate("etcd", &name, from)
+                .map_err(|_| error::invalid_auth_token());
+        }
         auth.gate
             .caller("etcd", token.as_deref(), from)
             .map_err(|_| match token {
@@ -111,6 +127,40 @@ impl Context {
                 .check_kv(who, needs, action)
                 .map_err(|e| self.status(e, Subject::Key)),
         }
+    }
+
+    /// Allows `who` `access` on every key attached to lease `id` (etcd's rule for revoking a
+    /// lease and listing its keys); an unknown lease passes, for the call to answer.
+    pub(crate) async fn allow_lease_keys(
+        &self,
+        who: &Caller,
+        id: i64,
+        access: strata_auth::Access,
+        action: &str,
+    ) -> Result<(), Status> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        if !who.enforced() || who.is_root() {
+            return Ok(());
+        }
+        match self.backend.lease_time_to_live(id, true).await {
+            Ok(lease) => auth
+                .gate
+                .check_lease_keys(who, &lease.keys, access, action)
+                .map_err(|e| self.status(e, Subject::Key)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The client's address, from the TLS connection or the TCP one.
+    pub(crate) fn from<T>(&self, request: &tonic::Request<T>) -> Option<String> {
+        request
+            .extensions()
+            .get::<crate::server::TlsConnectInfo>()
+            .and_then(|t| t.remote)
+            .or_else(|| request.remote_addr())
+            .map(|a| a.to_string())
     }
 
     /// Allows only root (membership, compaction, maintenance, auth management).

@@ -5,6 +5,7 @@ use crate::context::Context;
 use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
 use futures::stream::{self, BoxStream, StreamExt};
+use strata_auth::Access;
 use strata_proto::error::ErrorCode;
 use strata_proto::kv::LeaseGrantRequest;
 use tonic::{Request, Response, Status, Streaming};
@@ -59,8 +60,11 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        self.ctx.who(&request)?;
+        let who = self.ctx.who(&request)?;
         let id = request.into_inner().id;
+        self.ctx
+            .allow_lease_keys(&who, id, Access::Write, "lease_revoke")
+            .await?;
         let revoked = self
             .ctx
             .backend
@@ -94,8 +98,13 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        self.ctx.who(&request)?;
+        let who = self.ctx.who(&request)?;
         let request = request.into_inner();
+        if request.keys {
+            self.ctx
+                .allow_lease_keys(&who, request.id, Access::Read, "lease_keys")
+                .await?;
+        }
         let result = self
             .ctx
             .backend

@@ -119,6 +119,20 @@ pub async fn serve(
     auth: Option<strata_auth::Auth>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    serve_tls(listener, backend, max_message_bytes, auth, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given (its ALPN should offer `h2`): each connection's
+/// handshake runs on its own task, and a verified client certificate's name is the user when
+/// a request carries no token (etcd's `--client-cert-auth`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    backend: Arc<dyn KvApi>,
+    max_message_bytes: usize,
+    auth: Option<strata_auth::Auth>,
+    tls: Option<Arc<strata_tls::ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     let stop = CancellationToken::new();
     let ctx = Context {
         backend,
@@ -130,16 +144,127 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     };
-    Server::builder()
+    let server = Server::builder()
         // etcd lets one connection carry any number of streams (a client may open a
         // watch stream per key); per-request work is bounded by the backend.
         .max_concurrent_streams(u32::MAX)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_routes(build_routes(ctx))
-        .serve_with_incoming_shutdown(accept(listener), signal)
-        .await?;
+        .add_routes(build_routes(ctx));
+    match tls {
+        None => {
+            server
+                .serve_with_incoming_shutdown(accept(listener), signal)
+                .await?
+        }
+        Some(tls) => {
+            server
+                .serve_with_incoming_shutdown(accept_tls(listener, tls), signal)
+                .await?
+        }
+    }
     Ok(())
+}
+
+/// What a TLS connection tells a request: the client's address and its certificate's name.
+#[derive(Debug, Clone)]
+pub struct TlsConnectInfo {
+    /// The client's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The name in its verified certificate, if it sent one.
+    pub certificate: Option<String>,
+}
+
+/// A TLS connection as tonic serves it.
+pub struct TlsConnection {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    info: TlsConnectInfo,
+}
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = TlsConnectInfo;
+
+    fn connect_info(&self) -> TlsConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections and runs each handshake on a task of its own (a slow client never holds
+/// up the others), yielding the finished ones.
+fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<strata_tls::ServerTls>,
+) -> impl Stream<Item = std::io::Result<TlsConnection>> + Send {
+    let (ready, connections) = tokio::sync::mpsc::channel::<std::io::Result<TlsConnection>>(64);
+    tokio::spawn(async move {
+        let raw = accept(listener);
+        tokio::pin!(raw);
+        loop {
+            // Stop accepting (and release the port) once tonic drops the connection stream.
+            let tcp = tokio::select! {
+                () = ready.closed() => return,
+                next = futures::StreamExt::next(&mut raw) => match next {
+                    Some(Ok(tcp)) => tcp,
+                    _ => return,
+                },
+            };
+            let acceptor = tls.acceptor();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let remote = tcp.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let certificate = strata_tls::peer_name(stream.get_ref().1);
+                        let info = TlsConnectInfo {
+                            remote,
+                            certificate,
+                        };
+                        let _ = ready.send(Ok(TlsConnection { stream, info })).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(connections)
 }
 
 /// Accepts connections forever, with `TCP_NODELAY` (replies are small frames that must not

@@ -168,7 +168,18 @@ pub async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string());
     let token = (layer.token_of)(&parts);
-    let caller = match layer.gate.caller(layer.api, token.as_deref(), from.clone()) {
+    let certified = parts
+        .extensions
+        .get::<strata_auth::CertificateName>()
+        .and_then(|c| c.0.clone());
+    let resolved = match (&token, certified) {
+        // A token wins over a certificate, as in etcd.
+        (None, Some(name)) => layer
+            .gate
+            .caller_by_certificate(layer.api, &name, from.clone()),
+        _ => layer.gate.caller(layer.api, token.as_deref(), from.clone()),
+    };
+    let caller = match resolved {
         Ok(caller) => caller,
         Err(_) if (layer.open)(parts.uri.path()) => Caller::open(layer.api, from),
         Err(e) => return (layer.reject)(e),

@@ -132,6 +132,33 @@ fn open_path(path: &str) -> bool {
     )
 }
 
+/// etcd's largest lease TTL, in seconds; longer would overflow the lease clock.
+const MAX_LEASE_TTL_SECONDS: i64 = 9_000_000_000;
+
+/// Allows `who` `access` on every key attached to lease `id` (an unknown lease passes: the
+/// call itself answers it).
+async fn allow_lease_keys(
+    s: &ApiState,
+    who: &Caller,
+    id: i64,
+    access: Access,
+    action: &str,
+) -> Result<(), ErrorResponse> {
+    if !who.enforced() || who.is_root() {
+        return Ok(());
+    }
+    match s.service.lease_time_to_live(id, true).await {
+        Ok(lease) => count_error(
+            s,
+            s.auth
+                .gate
+                .check_lease_keys(who, &lease.keys, access, action),
+        )
+        .map(|_| ()),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Allows only root (or anyone with access control off).
 fn allow_root(s: &ApiState, who: &Caller, action: &str) -> Result<(), ErrorResponse> {
     count_error(s, s.auth.gate.check_root(who, action)).map(|_| ())
@@ -228,13 +255,21 @@ async fn lease_grant(
     State(s): State<ApiState>,
     ApiJson(req): ApiJson<LeaseGrantRequest>,
 ) -> ApiResult<impl Serialize> {
+    if req.ttl > MAX_LEASE_TTL_SECONDS {
+        return Err(ErrorResponse(ApiError::bad_request(format!(
+            "lease TTL {} s is over the limit of {MAX_LEASE_TTL_SECONDS} s",
+            req.ttl
+        ))));
+    }
     count_error(&s, s.service.lease_grant(req).await)
 }
 
 async fn lease_revoke(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<LeaseIdRequest>,
 ) -> ApiResult<impl Serialize> {
+    allow_lease_keys(&s, &who, req.id, Access::Write, "lease_revoke").await?;
     count_error(&s, s.service.lease_revoke(req.id).await)
 }
 
@@ -247,8 +282,12 @@ async fn lease_keepalive(
 
 async fn lease_time_to_live(
     State(s): State<ApiState>,
+    Who(who): Who,
     ApiJson(req): ApiJson<LeaseIdRequest>,
 ) -> ApiResult<impl Serialize> {
+    if req.keys {
+        allow_lease_keys(&s, &who, req.id, Access::Read, "lease_keys").await?;
+    }
     count_error(&s, s.service.lease_time_to_live(req.id, req.keys).await)
 }
 

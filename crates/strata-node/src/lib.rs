@@ -278,7 +278,14 @@ impl Node {
             .merge(http::internal_router(service.clone()))
             // Appends and snapshots can be far larger than a client request; peers are trusted.
             .layer(axum::extract::DefaultBodyLimit::disable());
-        strata_component::serve_http(&tracker, &cancel, "raft", raft_listener.tcp, raft_router);
+        strata_component::serve_http(
+            &tracker,
+            &cancel,
+            "raft",
+            raft_listener.tcp,
+            raft_router,
+            None,
+        );
 
         background::bootstrap(&raft, &config, &me).await?;
 
@@ -304,6 +311,7 @@ impl Node {
 
         let kv: Arc<dyn KvApi> = Arc::new(kv_api::NodeKv::new(service.clone(), tracker.clone()));
         let auth = start_auth(&config, &service, kv.clone(), &tracker, &cancel).await?;
+        let tls = start_tls(&config, &tracker, &cancel)?;
         let max_request = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
         let provided = Provided::default();
         let mut running = Vec::new();
@@ -317,6 +325,7 @@ impl Node {
                 max_request,
                 config.data_dir.clone(),
                 auth.clone(),
+                tls.clone(),
                 config.sections.get(name).cloned(),
                 listeners,
                 provided.clone(),
@@ -359,6 +368,7 @@ impl Node {
             "api",
             api.tcp,
             http::api_router(state, max_request + 64 * 1024, api_routes),
+            tls,
         );
 
         if let Some(path) = &config.addrs_file {
@@ -381,6 +391,44 @@ impl Node {
             _data: data,
         })
     }
+}
+
+/// How often TLS files are checked for a rotation.
+const TLS_RELOAD_PERIOD: Duration = Duration::from_secs(2);
+
+/// The client listeners' TLS from `[tls]`, reloaded when its files change; `None` without.
+fn start_tls(
+    config: &ValidatedConfig,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<Option<Arc<strata_tls::ServerTls>>, NodeError> {
+    let settings = &config.tls;
+    let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
+        return Ok(None);
+    };
+    let client_auth = match (settings.client_auth.as_deref(), &settings.ca_file) {
+        (Some("require"), _) => strata_tls::ClientAuth::Require,
+        (Some("none"), _) | (None, None) => strata_tls::ClientAuth::None,
+        _ => strata_tls::ClientAuth::Optional,
+    };
+    let files = strata_tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: settings.ca_file.clone(),
+    };
+    let tls = strata_tls::ServerTls::load(
+        files,
+        client_auth,
+        &[b"h2".as_slice(), b"http/1.1".as_slice()],
+    )
+    .map_err(|e| NodeError::Config(format!("[tls]: {e}")))?;
+    info!(cert = %cert.display(), client_auth = ?client_auth, "TLS on the client listeners");
+    let stop = cancel.child_token();
+    tracker.spawn(
+        tls.clone()
+            .watch(TLS_RELOAD_PERIOD, async move { stop.cancelled().await }),
+    );
+    Ok(Some(tls))
 }
 
 /// Audit files rotate at this size; this many old ones are kept.
@@ -406,6 +454,7 @@ async fn start_auth(
             ))
         })?;
     let gate = strata_auth::Gate::new(audit);
+    gate.hold_closed(config.start_closed);
     gate.register(service.metrics.registry())
         .map_err(|e| NodeError::Config(format!("auth metrics: {e}")))?;
     let records = kv

@@ -299,8 +299,11 @@ async fn settings(
 
 async fn local_checks(
     State(s): State<RegistryState>,
-) -> axum::Json<Vec<crate::checks::LocalCheck>> {
-    axum::Json(s.registry.local_checks.list())
+    Who(who): Who,
+) -> ApiResult<Vec<crate::checks::LocalCheck>> {
+    // Every service's instances and probe output: an operator's view.
+    s.auth.gate.check_root(&who, "local_checks")?;
+    Ok(axum::Json(s.registry.local_checks.list()))
 }
 
 pub use strata_api::registry::WatchMessage;

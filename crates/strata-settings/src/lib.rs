@@ -109,6 +109,14 @@ pub struct NodeConfig {
     /// scripts that start nodes on port 0).
     #[serde(default)]
     pub addrs_file: Option<PathBuf>,
+    /// TLS for the client listeners (`[tls]`).
+    #[serde(default, skip_serializing_if = "TlsConfig::is_off")]
+    pub tls: TlsConfig,
+    /// Serve with access control on until the records turn it on or off (`strata server
+    /// --root-password-file`: closed from the first request until root is written). Not a
+    /// file key.
+    #[serde(skip)]
+    pub start_closed: bool,
     /// Component sections, by component name; each component checks its own.
     #[serde(flatten)]
     pub sections: BTreeMap<String, toml::Value>,
@@ -269,8 +277,37 @@ impl Default for NodeConfig {
             kv: KvConfig::default(),
             shutdown_grace_period: default_grace_period(),
             addrs_file: None,
+            tls: TlsConfig::default(),
+            start_closed: false,
             sections: BTreeMap::new(),
         }
+    }
+}
+
+/// TLS for the client listeners (the native API, etcd gRPC, Consul, Nacos; DNS stays plain).
+/// Files are PEM and are reloaded when they change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first. Set with `key_file` to turn TLS on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The CA that signs client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificates: `none`, `optional` (the default when `ca_file` is set: a client
+    /// may log in with one, its name is the user) or `require`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<String>,
+}
+
+impl TlsConfig {
+    /// True when no TLS key is set.
+    pub fn is_off(&self) -> bool {
+        *self == TlsConfig::default()
     }
 }
 
@@ -519,6 +556,25 @@ impl NodeConfig {
                 }
             },
         };
+        let tls = &self_.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return invalid("[tls] needs both cert_file and key_file".into());
+        }
+        if tls.cert_file.is_none() && (tls.ca_file.is_some() || tls.client_auth.is_some()) {
+            return invalid("[tls] ca_file and client_auth need cert_file and key_file".into());
+        }
+        match tls.client_auth.as_deref() {
+            None | Some("none") | Some("optional") => {}
+            Some("require") if tls.ca_file.is_some() => {}
+            Some("require") => {
+                return invalid("[tls] client_auth = \"require\" needs ca_file".into())
+            }
+            Some(other) => {
+                return invalid(format!(
+                    "[tls] client_auth {other:?} must be none, optional or require"
+                ))
+            }
+        }
         Ok(ValidatedConfig {
             config: self_,
             auto_compaction,

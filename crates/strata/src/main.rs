@@ -5,6 +5,7 @@
 //! runs the command, and maps the outcome to an exit code (`✘ message` and exit 1 on error).
 
 mod auth_cmds;
+mod cert_cmds;
 mod client_cmds;
 mod config_cmds;
 mod coord_cmds;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Log in, turn access control on and off, manage users, roles and tokens.
     #[command(subcommand)]
     Auth(auth_cmds::AuthCommand),
+    /// Make a CA and certificates for TLS (for people without a PKI).
+    #[command(subcommand)]
+    Cert(cert_cmds::CertCommand),
 }
 
 /// The error of a command whose exit status `strata` passes on (`strata lock NAME -- CMD`
@@ -140,6 +144,12 @@ fn main() {
     exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let is_node = matches!(cli.command, Command::Dev(_) | Command::Server(_));
+    if let Command::Cert(cmd) = cli.command {
+        if let Err(e) = cert_cmds::cert(cmd) {
+            fail(&format!("{e:#}"));
+        }
+        return;
+    }
     init_logging(is_node);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,6 +175,7 @@ fn main() {
             Command::Svc(cmd) => svc_cmds::svc(&cli.endpoints, cli.output, cmd).await,
             Command::Config(cmd) => config_cmds::config(&cli.endpoints, cli.output, cmd).await,
             Command::Auth(cmd) => auth_cmds::auth(&cli.endpoints, cli.output, cmd).await,
+            Command::Cert(_) => Ok(()),
         }
     });
     // Do not wait for lingering blocking tasks (e.g. a stdin reader) at exit.

@@ -160,6 +160,22 @@ pub struct ServerArgs {
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for the client listeners (API, etcd gRPC, Consul, Nacos).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates; a client certificate's name is its user.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificates: none, optional (default with --tls-ca) or require.
+    #[arg(long, value_name = "MODE")]
+    pub tls_client_auth: Option<String>,
+    /// Allow plain TCP on addresses other than loopback (anyone on the network can then read
+    /// and forge traffic).
+    #[arg(long)]
+    pub insecure: bool,
     /// At the cluster's first start: create the user root with the password in this file
     /// and turn access control on. Ignored once a root user exists.
     #[arg(long, env = "STRATA_ROOT_PASSWORD_FILE", value_name = "FILE")]
@@ -371,7 +387,22 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         Some(path) => Some(read_root_password(path)?),
         None => None,
     };
+    if args.tls_cert.is_some() {
+        config.tls.cert_file = args.tls_cert;
+        config.tls.key_file = args.tls_key;
+    }
+    if args.tls_ca.is_some() {
+        config.tls.ca_file = args.tls_ca;
+    }
+    if args.tls_client_auth.is_some() {
+        config.tls.client_auth = args.tls_client_auth;
+    }
+    // Closed from the first request until the root from the file is written.
+    config.start_closed = root_password.is_some();
     let config = config.validate()?;
+    if !args.insecure {
+        refuse_plain_on_network(&config)?;
+    }
     let grace = config.shutdown_grace_period.0;
     let node = Node::start(config).await?;
     println!(
@@ -384,6 +415,35 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(bootstrap_root(node.auth.clone(), password));
     }
     wait_for_signal(node, grace).await
+}
+
+/// Refuses plain TCP on an address other than loopback: TLS (`[tls]`, `--tls-cert`) protects
+/// the client listeners; node-to-node traffic has no TLS yet, so a raft listener beyond
+/// loopback needs `--insecure` too. DNS is exempt.
+fn refuse_plain_on_network(config: &strata_settings::ValidatedConfig) -> anyhow::Result<()> {
+    let tls = config.tls.cert_file.is_some();
+    for (name, addr) in &config.listen {
+        if name == "dns" || (tls && name != "raft") {
+            continue;
+        }
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            let why = if name == "raft" {
+                "node-to-node traffic is not encrypted yet"
+            } else {
+                "no TLS is configured (--tls-cert and --tls-key, or [tls])"
+            };
+            bail!(
+                "the {name} listener on {addr} is not loopback and {why}: anyone on the network could read and change its traffic; give --insecure to run it anyway"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The root password from `--root-password-file` (its first line).
@@ -409,10 +469,12 @@ async fn bootstrap_root(auth: strata_auth::Auth, password: String) {
     loop {
         match auth.bootstrap(&password, true).await {
             Ok(true) => {
+                auth.gate.hold_closed(false);
                 tracing::info!("created the user root and turned access control on");
                 return;
             }
             Ok(false) => {
+                auth.gate.hold_closed(false);
                 tracing::info!("a root user exists; --root-password-file ignored");
                 return;
             }

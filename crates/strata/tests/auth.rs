@@ -270,6 +270,34 @@ async fn t01_roles_users_and_tokens_enforced_on_every_node_and_audited() {
 
     // Denied requests changed nothing.
     let root = login(&n1, "root", root_password).await;
+    // Revoking a lease deletes its keys: it needs write on every one of them, and listing
+    // them needs read (etcd's rules); root's lease and key outlive alice's attempts.
+    let (_, lease) = call(&n1, Some(&root), "/v1/lease/grant", json!({"ttl": 600})).await;
+    let lease = lease["id"].as_i64().unwrap();
+    let body = json!({"key": "other/leased", "value": "v", "lease": lease});
+    assert_eq!(call(&n1, Some(&root), "/v1/kv/put", body).await.0, 200);
+    let (status, _) = call(&n1, Some(&alice), "/v1/lease/revoke", json!({"id": lease})).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &n1,
+        Some(&alice),
+        "/v1/lease/timetolive",
+        json!({"id": lease, "keys": true}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &n1,
+        Some(&alice),
+        "/v1/lease/timetolive",
+        json!({"id": lease}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        get(&n1, Some(&root), "other/leased").await.as_deref(),
+        Some("v")
+    );
     assert_eq!(
         get(&n1, Some(&root), "other/x").await.as_deref(),
         Some("before")
@@ -435,8 +463,17 @@ async fn t02_server_bootstraps_root_from_a_file_and_starts_closed() {
         async move { auth_enabled(&api).await.then_some(()) }
     })
     .await;
+    // Closed from the first request: nothing passes before root is written.
     assert_eq!(put(&api, None, "k", "v").await.0, 401);
-    let token = login(&api, "root", "first-start-secret").await;
+    let token = wait_until(Duration::from_secs(20), "root from the file", || {
+        let api = api.clone();
+        async move {
+            let body = json!({"user": "root", "password": "first-start-secret"});
+            let (status, reply) = call(&api, None, "/v1/auth/login", body).await;
+            (status == 200).then(|| reply["token"].as_str().unwrap().to_string())
+        }
+    })
+    .await;
     assert_eq!(put(&api, Some(&token), "k", "v").await.0, 200);
 
     // A wrong password is refused, and after a few failures even the right one waits.

@@ -731,6 +731,7 @@ async fn t15_three_nodes_found_the_cluster_from_initial_cluster() {
         nodes.push(NodeProc::start_on(i as u64 + 1, root.path(), Some(&initial), &raft, &[]).await);
     }
     let endpoints: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    common::ensure_token(&endpoints).await;
     let client = Client::new(&endpoints).with_timeout(Duration::from_secs(15));
     client.put("founded", "yes").await.unwrap();
     // Every founder reports all three members with their API addresses filled in.

@@ -1,0 +1,303 @@
+//! TLS for every Strata listener and client, with rustls (and *ring* as its crypto provider,
+//! so nothing needs a C library from the system).
+//!
+//! - [`ServerTls`]: a listener's server config from PEM files (certificate chain, key, and a CA
+//!   for client certificates), reloaded when the files change ([`ServerTls::watch`]), so
+//!   certificates rotate without a restart.
+//! - [`client_config`]: a client config that trusts a CA file and may present a certificate.
+//! - [`peer_name`]: the name a verified client certificate carries (CN, else the first DNS
+//!   SAN), which access control maps to a user.
+//! - [`cert`]: a small CA for people without a PKI (`strata cert init|issue`).
+
+pub mod cert;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// Makes *ring* the process's rustls crypto provider; every config here needs one. Calling it
+/// again does nothing.
+pub fn install_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Why a TLS config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The files do not make a valid config (a key that does not match the certificate, ...).
+    #[error("{0}")]
+    Config(String),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Whether a listener asks clients for certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificates.
+    None,
+    /// A client may present one (verified against the CA); others connect without.
+    Optional,
+    /// Every client must present one signed by the CA (mutual TLS).
+    Require,
+}
+
+/// The PEM files of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+    /// The CA that signs client certificates; needed for [`ClientAuth::Optional`] and
+    /// [`ClientAuth::Require`].
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> Vec<&Path> {
+        let mut paths = vec![self.cert.as_path(), self.key.as_path()];
+        if let Some(ca) = &self.ca {
+            paths.push(ca.as_path());
+        }
+        paths
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// Reads a private key from a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// Modification times of files, to notice a rotation.
+fn stamps(paths: &[&Path]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn server_config(
+    files: &TlsFiles,
+    client_auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    install_provider();
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let builder = ServerConfig::builder();
+    let builder = match (client_auth, &files.ca) {
+        (ClientAuth::None, _) => builder.with_no_client_auth(),
+        (_, None) => {
+            return Err(TlsError::Config(
+                "client certificates need a CA to check them against (tls.ca_file, --tls-ca)"
+                    .into(),
+            ))
+        }
+        (mode, Some(ca)) => {
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots(ca)?));
+            let verifier = if mode == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Config(format!("client certificate check: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        TlsError::Config(format!(
+            "{} and {} do not make a certificate and its key: {e}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A listener's TLS: the current server config, rebuilt when its files change.
+#[derive(Debug)]
+pub struct ServerTls {
+    files: TlsFiles,
+    client_auth: ClientAuth,
+    alpn: Vec<Vec<u8>>,
+    current: RwLock<(Arc<ServerConfig>, Vec<Option<SystemTime>>)>,
+}
+
+impl ServerTls {
+    /// Loads the files; `alpn` lists the protocols offered (`h2`, `http/1.1`).
+    pub fn load(
+        files: TlsFiles,
+        client_auth: ClientAuth,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerTls>, TlsError> {
+        let stamped = stamps(&files.paths());
+        let config = server_config(&files, client_auth, alpn)?;
+        Ok(Arc::new(ServerTls {
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            files,
+            client_auth,
+            current: RwLock::new((Arc::new(config), stamped)),
+        }))
+    }
+
+    /// The same files and client check, offering other protocols (a gRPC listener offers
+    /// `h2` only).
+    pub fn with_alpn(&self, alpn: &[&[u8]]) -> Result<Arc<ServerTls>, TlsError> {
+        ServerTls::load(self.files.clone(), self.client_auth, alpn)
+    }
+
+    /// Whether clients are asked for certificates.
+    pub fn client_auth(&self) -> ClientAuth {
+        self.client_auth
+    }
+
+    /// The config new connections use.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// An acceptor with the current config.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config())
+    }
+
+    /// Rebuilds the config when a file changed since the last load. A change that does not
+    /// make a valid config keeps the old one (and says why); returns whether it reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&self.files.paths());
+        if now == self.current.read().unwrap_or_else(|e| e.into_inner()).1 {
+            return Ok(false);
+        }
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        let config = server_config(&self.files, self.client_auth, &alpn)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(config), now);
+        Ok(true)
+    }
+
+    /// Checks the files every `period` until `stop` resolves, reloading them when they change.
+    pub async fn watch(
+        self: Arc<Self>,
+        period: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    failing = false;
+                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                }
+                Ok(false) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "TLS files changed but do not load; keeping the previous certificate");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A client config: trusts the CA in `ca` (else the system's roots) and presents the
+/// certificate and key in `identity`, if given.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
+    install_provider();
+    let roots = match ca {
+        Some(path) => roots(path)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            roots
+        }
+    };
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| TlsError::Config(format!("client certificate: {e}")))?,
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The name in a peer's verified certificate: its subject's common name, else its first DNS
+/// name. `None` when the peer sent no certificate.
+pub fn peer_name(connection: &rustls::CommonState) -> Option<String> {
+    let der = connection.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    if let Some(cn) = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        return Some(cn.to_string());
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+        _ => None,
+    })
+}

@@ -48,6 +48,17 @@ impl Caller {
         }
     }
 
+    /// A caller without a valid credential on a path open to everyone: checked, and allowed
+    /// nothing (open paths need no grant).
+    pub fn anonymous(api: &'static str, from: Option<String>) -> Self {
+        Caller {
+            user: None,
+            grants: Some(Arc::new(Grants::default())),
+            from,
+            api,
+        }
+    }
+
     /// True when access control applied to this caller (it was off otherwise).
     pub fn enforced(&self) -> bool {
         self.grants.is_some()

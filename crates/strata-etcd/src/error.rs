@@ -267,75 +267,6 @@ fn bad_request(error: &ApiError) -> Status {
     passthrough(Code::InvalidArgument, error)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(code: ErrorCode, message: &str, subject: Subject) -> Status {
-        to_status(&ApiError::new(code, message), subject, || true)
-    }
-
-    #[test]
-    fn codes_and_messages_match_etcd() {
-        let compacted = map(ErrorCode::Compacted, "x", Subject::Key);
-        assert_eq!(compacted.code(), Code::OutOfRange);
-        assert_eq!(
-            compacted.message(),
-            "etcdserver: mvcc: required revision has been compacted"
-        );
-        let lease = map(ErrorCode::NotFound, "lease 7 not found", Subject::Lease);
-        assert_eq!(lease.code(), Code::NotFound);
-        assert_eq!(lease.message(), "etcdserver: requested lease not found");
-        let member = map(ErrorCode::NotFound, "no such member", Subject::Member);
-        assert_eq!(member.message(), "etcdserver: member not found");
-        let large = map(ErrorCode::PayloadTooLarge, "too big", Subject::Key);
-        assert_eq!(large.code(), Code::InvalidArgument);
-        assert_eq!(large.message(), "etcdserver: request is too large");
-        let timeout = map(ErrorCode::Timeout, "slow", Subject::Key);
-        assert_eq!(timeout.code(), Code::Unavailable);
-        assert_eq!(timeout.message(), "etcdserver: request timed out");
-    }
-
-    #[test]
-    fn txn_limits_keep_etcd_wording() {
-        let ops = map(
-            ErrorCode::BadRequest,
-            "too many operations in txn request (limit 128, kv.max_txn_ops)",
-            Subject::Key,
-        );
-        assert_eq!(
-            ops.message(),
-            "etcdserver: too many operations in txn request"
-        );
-        let dup = map(
-            ErrorCode::BadRequest,
-            "duplicate key given in txn request",
-            Subject::Key,
-        );
-        assert_eq!(
-            dup.message(),
-            "etcdserver: duplicate key given in txn request"
-        );
-        let other = map(
-            ErrorCode::BadRequest,
-            "limit must not be negative",
-            Subject::Key,
-        );
-        assert_eq!(other.code(), Code::InvalidArgument);
-        assert_eq!(other.message(), "etcdserver: limit must not be negative");
-    }
-
-    #[test]
-    fn unavailable_depends_on_a_known_leader() {
-        let error = ApiError::unavailable("this node is not the leader");
-        let changed = to_status(&error, Subject::Key, || true);
-        assert_eq!(changed.message(), "etcdserver: leader changed");
-        let none = to_status(&error, Subject::Key, || false);
-        assert_eq!(none.code(), Code::Unavailable);
-        assert_eq!(none.message(), "etcdserver: no leader");
-    }
-}
-
 /// etcd's answer to a request the caller's roles do not allow.
 pub(crate) fn permission_denied() -> Status {
     Status::new(Code::PermissionDenied, "etcdserver: permission denied")
@@ -411,4 +342,73 @@ pub(crate) fn auth_not_enabled() -> Status {
         Code::FailedPrecondition,
         "etcdserver: authentication is not enabled",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(code: ErrorCode, message: &str, subject: Subject) -> Status {
+        to_status(&ApiError::new(code, message), subject, || true)
+    }
+
+    #[test]
+    fn codes_and_messages_match_etcd() {
+        let compacted = map(ErrorCode::Compacted, "x", Subject::Key);
+        assert_eq!(compacted.code(), Code::OutOfRange);
+        assert_eq!(
+            compacted.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let lease = map(ErrorCode::NotFound, "lease 7 not found", Subject::Lease);
+        assert_eq!(lease.code(), Code::NotFound);
+        assert_eq!(lease.message(), "etcdserver: requested lease not found");
+        let member = map(ErrorCode::NotFound, "no such member", Subject::Member);
+        assert_eq!(member.message(), "etcdserver: member not found");
+        let large = map(ErrorCode::PayloadTooLarge, "too big", Subject::Key);
+        assert_eq!(large.code(), Code::InvalidArgument);
+        assert_eq!(large.message(), "etcdserver: request is too large");
+        let timeout = map(ErrorCode::Timeout, "slow", Subject::Key);
+        assert_eq!(timeout.code(), Code::Unavailable);
+        assert_eq!(timeout.message(), "etcdserver: request timed out");
+    }
+
+    #[test]
+    fn txn_limits_keep_etcd_wording() {
+        let ops = map(
+            ErrorCode::BadRequest,
+            "too many operations in txn request (limit 128, kv.max_txn_ops)",
+            Subject::Key,
+        );
+        assert_eq!(
+            ops.message(),
+            "etcdserver: too many operations in txn request"
+        );
+        let dup = map(
+            ErrorCode::BadRequest,
+            "duplicate key given in txn request",
+            Subject::Key,
+        );
+        assert_eq!(
+            dup.message(),
+            "etcdserver: duplicate key given in txn request"
+        );
+        let other = map(
+            ErrorCode::BadRequest,
+            "limit must not be negative",
+            Subject::Key,
+        );
+        assert_eq!(other.code(), Code::InvalidArgument);
+        assert_eq!(other.message(), "etcdserver: limit must not be negative");
+    }
+
+    #[test]
+    fn unavailable_depends_on_a_known_leader() {
+        let error = ApiError::unavailable("this node is not the leader");
+        let changed = to_status(&error, Subject::Key, || true);
+        assert_eq!(changed.message(), "etcdserver: leader changed");
+        let none = to_status(&error, Subject::Key, || false);
+        assert_eq!(none.code(), Code::Unavailable);
+        assert_eq!(none.message(), "etcdserver: no leader");
+    }
 }

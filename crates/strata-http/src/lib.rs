@@ -181,7 +181,7 @@ pub async fn authenticate(
     };
     let caller = match resolved {
         Ok(caller) => caller,
-        Err(_) if (layer.open)(parts.uri.path()) => Caller::open(layer.api, from),
+        Err(_) if (layer.open)(parts.uri.path()) => Caller::anonymous(layer.api, from),
         Err(e) => return (layer.reject)(e),
     };
     parts.extensions.insert(caller);

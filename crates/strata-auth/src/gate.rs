@@ -235,11 +235,35 @@ impl Gate {
         token: Option<&str>,
         from: Option<String>,
     ) -> Result<Caller, ApiError> {
+        self.resolve(api, token, from, true)
+    }
+
+    /// [`Gate::caller`] without counting or auditing a refusal (for a first try that may be
+    /// repeated once this node has caught up).
+    pub fn caller_quietly(
+        &self,
+        api: &'static str,
+        token: Option<&str>,
+        from: Option<String>,
+    ) -> Result<Caller, ApiError> {
+        self.resolve(api, token, from, false)
+    }
+
+    fn resolve(
+        &self,
+        api: &'static str,
+        token: Option<&str>,
+        from: Option<String>,
+        record: bool,
+    ) -> Result<Caller, ApiError> {
         let view = self.view();
         if !view.state.enabled && !self.is_held_closed() {
             return Ok(Caller::open(api, from));
         }
         let refused = |refusal: Refusal, from: Option<String>| {
+            if !record {
+                return unauthenticated(refusal);
+            }
             self.metrics
                 .decisions
                 .with_label_values(&[api, "unauthenticated"])

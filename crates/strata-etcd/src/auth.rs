@@ -32,8 +32,8 @@ impl AuthService {
     }
 
     /// The caller, who must be root (or anyone while access control is off).
-    fn admin<T>(&self, request: &Request<T>, action: &str) -> Result<Caller, Status> {
-        let who = self.ctx.who(request)?;
+    async fn admin<T>(&self, request: &Request<T>, action: &str) -> Result<Caller, Status> {
+        let who = self.ctx.who(request).await?;
         self.ctx.allow_root(&who, action)?;
         Ok(who)
     }
@@ -79,7 +79,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
-        self.admin(&request, "auth_enable")?;
+        self.admin(&request, "auth_enable").await?;
         self.auth.enable().await.map_err(|e| self.fail(e))?;
         Ok(Response::new(pb::AuthEnableResponse {
             header: self.header(),
@@ -90,7 +90,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthDisableRequest>,
     ) -> Result<Response<pb::AuthDisableResponse>, Status> {
-        self.admin(&request, "auth_disable")?;
+        self.admin(&request, "auth_disable").await?;
         self.auth.disable().await.map_err(|e| self.fail(e))?;
         Ok(Response::new(pb::AuthDisableResponse {
             header: self.header(),
@@ -146,7 +146,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
-        self.admin(&request, "user_add")?;
+        self.admin(&request, "user_add").await?;
         let request = request.into_inner();
         if request.name.is_empty() {
             return Err(error::user_empty());
@@ -166,7 +166,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGetRequest>,
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let name = request.into_inner().name;
         if who.user.as_deref() != Some(name.as_str()) {
             self.ctx.allow_root(&who, "user_get")?;
@@ -182,7 +182,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserListRequest>,
     ) -> Result<Response<pb::AuthUserListResponse>, Status> {
-        self.admin(&request, "user_list")?;
+        self.admin(&request, "user_list").await?;
         let users = self.auth.user_list().await.map_err(|e| self.fail(e))?;
         Ok(Response::new(pb::AuthUserListResponse {
             header: self.header(),
@@ -194,7 +194,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserDeleteRequest>,
     ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
-        self.admin(&request, "user_delete")?;
+        self.admin(&request, "user_delete").await?;
         let name = request.into_inner().name;
         self.auth
             .user_delete(&name)
@@ -209,7 +209,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         if who.user.as_deref() != Some(request.name.as_str()) {
             self.ctx.allow_root(&who, "user_passwd")?;
@@ -227,7 +227,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGrantRoleRequest>,
     ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
-        self.admin(&request, "user_grant")?;
+        self.admin(&request, "user_grant").await?;
         let request = request.into_inner();
         self.auth
             .user_grant(&request.user, &request.role)
@@ -242,7 +242,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
-        self.admin(&request, "user_revoke")?;
+        self.admin(&request, "user_revoke").await?;
         let request = request.into_inner();
         self.auth
             .user_revoke(&request.name, &request.role)
@@ -257,7 +257,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleAddRequest>,
     ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
-        self.admin(&request, "role_add")?;
+        self.admin(&request, "role_add").await?;
         let name = request.into_inner().name;
         if name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: role name is empty"));
@@ -272,7 +272,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGetRequest>,
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
-        self.admin(&request, "role_get")?;
+        self.admin(&request, "role_get").await?;
         let name = request.into_inner().role;
         let perm = if name == strata_auth::ROOT_ROLE {
             // As etcd shows it: everything, read and write.
@@ -299,7 +299,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleListRequest>,
     ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
-        self.admin(&request, "role_list")?;
+        self.admin(&request, "role_list").await?;
         let roles = self.auth.role_list().await.map_err(|e| self.fail(e))?;
         Ok(Response::new(pb::AuthRoleListResponse {
             header: self.header(),
@@ -311,7 +311,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleDeleteRequest>,
     ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
-        self.admin(&request, "role_delete")?;
+        self.admin(&request, "role_delete").await?;
         let name = request.into_inner().role;
         self.auth
             .role_delete(&name)
@@ -326,7 +326,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
-        self.admin(&request, "role_grant")?;
+        self.admin(&request, "role_grant").await?;
         let request = request.into_inner();
         let Some(perm) = &request.perm else {
             return Err(Status::invalid_argument("etcdserver: permission not given"));
@@ -344,7 +344,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
-        self.admin(&request, "role_revoke")?;
+        self.admin(&request, "role_revoke").await?;
         let request = request.into_inner();
         let names = Names::range(request.key, request.range_end);
         self.auth

@@ -77,7 +77,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "member_add")?;
         let request = request.into_inner();
         // A Strata member has one Raft address; etcd allows several peer URLs.
@@ -120,7 +120,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "member_remove")?;
         let id = request.into_inner().id;
         let status = self.ctx.backend.status();
@@ -142,7 +142,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "member_update")?;
         Err(error::unimplemented(
             "MemberUpdate (changing a member's peer URLs; remove and add the member instead)",
@@ -163,7 +163,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "member_promote")?;
         let id = request.into_inner().id;
         let status = self.ctx.backend.status();

@@ -84,7 +84,13 @@ impl Context {
 
     /// Who sent `request`: the caller behind its token, in etcd's words when refused (no
     /// token at all is etcd's "user name is empty"; a bad one its "invalid auth token").
-    pub(crate) fn who<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+    ///
+    /// The credentials are taken from the request at once, so the returned future owns
+    /// everything it needs (a streaming request need not be held across the await).
+    pub(crate) fn who<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> impl std::future::Future<Output = Result<Caller, Status>> + Send + 'static {
         let tls = request
             .extensions()
             .get::<crate::server::TlsConnectInfo>()
@@ -94,28 +100,31 @@ impl Context {
             .and_then(|t| t.remote)
             .or_else(|| request.remote_addr())
             .map(|a| a.to_string());
-        let Some(auth) = &self.auth else {
-            return Ok(Caller::open("etcd", from));
-        };
         let token = TOKEN_KEYS.iter().find_map(|key| {
             let value = request.metadata().get(*key)?.to_str().ok()?;
             let value = value.trim();
             Some(value.strip_prefix("Bearer ").unwrap_or(value).to_string())
         });
-        // With no token, a verified client certificate names the user (etcd's
-        // --client-cert-auth).
-        if let (None, Some(name)) = (&token, tls.and_then(|t| t.certificate)) {
-            return auth
-                .gate
-                .caller_by_certificate("etcd", &name, from)
-                .map_err(|_| error::invalid_auth_token());
+        let auth = self.auth.clone();
+        async move {
+            let Some(auth) = auth else {
+                return Ok(Caller::open("etcd", from));
+            };
+            // With no token, a verified client certificate names the user (etcd's
+            // --client-cert-auth).
+            if let (None, Some(name)) = (&token, tls.and_then(|t| t.certificate)) {
+                return auth
+                    .gate
+                    .caller_by_certificate("etcd", &name, from)
+                    .map_err(|_| error::invalid_auth_token());
+            }
+            auth.caller("etcd", token.as_deref(), from)
+                .await
+                .map_err(|_| match token {
+                    None => error::user_empty(),
+                    Some(_) => error::invalid_auth_token(),
+                })
         }
-        auth.gate
-            .caller("etcd", token.as_deref(), from)
-            .map_err(|_| match token {
-                None => error::user_empty(),
-                Some(_) => error::invalid_auth_token(),
-            })
     }
 
     /// Allows `who` what a KV request needs, or refuses with etcd's "permission denied".

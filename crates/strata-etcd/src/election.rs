@@ -41,7 +41,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         let names = Names::prefix(request.name.clone());
         self.ctx
@@ -74,7 +74,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         let leader = leader_guard(request.leader)?;
         let names = Names::one(leader.key.clone());
@@ -94,7 +94,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let name = request.into_inner().name;
         let names = Names::prefix(name.clone());
         self.ctx.allow(&who, &[(Access::Read, names)], "leader")?;
@@ -116,7 +116,7 @@ impl pb::election_server::Election for ElectionService {
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         self.ctx.check_require_leader(request.metadata())?;
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let name = request.into_inner().name;
         let names = Names::prefix(name.clone());
         self.ctx.allow(&who, &[(Access::Read, names)], "observe")?;
@@ -142,7 +142,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let leader = leader_guard(request.into_inner().leader)?;
         let names = Names::one(leader.key.clone());
         self.ctx.allow(&who, &[(Access::Write, names)], "resign")?;

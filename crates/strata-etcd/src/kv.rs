@@ -33,7 +33,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         let read = convert::range_request(&request)?;
@@ -58,7 +58,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         if request.key.is_empty() {
@@ -80,7 +80,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         if !request.key.is_empty() && is_inverted(&request.key, &request.range_end) {
@@ -108,7 +108,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         self.ctx.check_size(&request)?;
         let txn = convert::txn_request(&request, 0)?;
@@ -129,7 +129,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "compact")?;
         let request = request.into_inner();
         // `physical` asks to wait until the compaction is on disk; Strata's compaction is

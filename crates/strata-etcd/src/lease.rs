@@ -33,7 +33,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        self.ctx.who(&request)?;
+        self.ctx.who(&request).await?;
         let request = request.into_inner();
         if request.ttl > MAX_LEASE_TTL_SECONDS {
             return Err(error::lease_ttl_too_large());
@@ -60,7 +60,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let id = request.into_inner().id;
         self.ctx
             .allow_lease_keys(&who, id, Access::Write, "lease_revoke")
@@ -80,7 +80,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        self.ctx.who(&request)?;
+        self.ctx.who(&request).await?;
         self.ctx.check_require_leader(request.metadata())?;
         let state = KeepAlive {
             ctx: self.ctx.clone(),
@@ -98,7 +98,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         if request.keys {
             self.ctx
@@ -135,7 +135,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        self.ctx.who(&request)?;
+        self.ctx.who(&request).await?;
         let listed = self
             .ctx
             .backend

@@ -24,7 +24,7 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let request = request.into_inner();
         let names = Names::prefix(request.name.clone());
         self.ctx.allow(&who, &[(Access::Write, names)], "lock")?;
@@ -47,7 +47,7 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let key = request.into_inner().key;
         self.ctx
             .allow(&who, &[(Access::Write, Names::one(key.clone()))], "unlock")?;

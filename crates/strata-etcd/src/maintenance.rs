@@ -72,7 +72,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "defragment")?;
         // Strata's storage reclaims space on its own (log purging after snapshots), so there
         // is nothing to defragment; succeeding keeps maintenance scripts working.
@@ -85,7 +85,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "hash")?;
         Err(error::unimplemented("Hash"))
     }
@@ -94,7 +94,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "hash_kv")?;
         Err(error::unimplemented("HashKV"))
     }
@@ -103,7 +103,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "snapshot")?;
         Err(error::unimplemented(
             "Snapshot (copy the data folder of a stopped node instead)",
@@ -114,7 +114,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "move_leader")?;
         Err(error::unimplemented("MoveLeader"))
     }

@@ -70,7 +70,7 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.ctx.check_require_leader(request.metadata())?;
-        let who = self.ctx.who(&request)?;
+        let who = self.ctx.who(&request).await?;
         let requests = request.into_inner().boxed();
         Ok(Response::new(
             WatchSession::new(self.ctx.clone(), who, requests).into_stream(),

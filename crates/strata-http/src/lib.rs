@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 pub use strata_auth::{Caller, Gate};
 use strata_proto::error::{ApiError, ErrorCode};
 
@@ -129,8 +128,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Who {
 /// How one interface finds credentials and says no, for [`authenticate`].
 #[derive(Clone)]
 pub struct GateLayer {
-    /// The node's gate.
-    pub gate: Arc<Gate>,
+    /// The node's access control.
+    pub auth: strata_auth::Auth,
     /// The interface's name in the audit log and metrics.
     pub api: &'static str,
     /// The token a request carries, in the interface's dialect.
@@ -175,9 +174,15 @@ pub async fn authenticate(
     let resolved = match (&token, certified) {
         // A token wins over a certificate, as in etcd.
         (None, Some(name)) => layer
+            .auth
             .gate
             .caller_by_certificate(layer.api, &name, from.clone()),
-        _ => layer.gate.caller(layer.api, token.as_deref(), from.clone()),
+        _ => {
+            layer
+                .auth
+                .caller(layer.api, token.as_deref(), from.clone())
+                .await
+        }
     };
     let caller = match resolved {
         Ok(caller) => caller,

@@ -361,6 +361,9 @@ async fn role_revoke(
     Ok(axum::Json(DONE))
 }
 
+/// The longest token a user may make for itself (root's tokens may last longer, or forever).
+const SELF_TOKEN_SECONDS: u64 = 24 * 3600;
+
 #[derive(Deserialize)]
 struct TokenCreate {
     /// Acts as this user (default: the caller).
@@ -398,8 +401,9 @@ async fn token_create(
             }
         },
     };
-    // Anyone may make tokens for themselves; anything else is root's.
-    if owner != Owner::User(who.user.clone().unwrap_or_default()) {
+    // Anyone may make tokens for themselves, lasting at most a day; anything else is root's.
+    let own = who.user.is_some() && owner == Owner::User(who.user.clone().unwrap_or_default());
+    if !own || req.ttl_seconds.is_none_or(|t| t > SELF_TOKEN_SECONDS) {
         admin(&auth, &who, "token_create")?;
     }
     let user = match &owner {

@@ -71,7 +71,7 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
 /// Builds the client API router.
 pub fn api_router(state: ApiState, body_limit: usize, extra: Router) -> Router {
     let gate = strata_http::GateLayer {
-        gate: state.auth.gate.clone(),
+        auth: state.auth.clone(),
         api: "native",
         token_of: strata_http::bearer_token,
         open: open_path,

@@ -105,7 +105,7 @@ fn config_name(key: &ConfigKey) -> String {
 /// The Nacos-compatible router, served on its own listener (`--nacos-addr`).
 pub fn router(state: NacosState) -> Router {
     let gate = strata_http::GateLayer {
-        gate: state.auth.gate.clone(),
+        auth: state.auth.clone(),
         api: "nacos",
         token_of: nacos_token,
         open: |path| path == "/nacos/v1/auth/login" || path == "/nacos/v1/auth/users/login",

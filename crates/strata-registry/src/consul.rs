@@ -31,7 +31,7 @@ const DATACENTER: &str = "dc1";
 /// Consul's token conventions and the ACL endpoints.
 pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
     let gate = strata_http::GateLayer {
-        gate: auth.gate.clone(),
+        auth: auth.clone(),
         api: "consul",
         token_of: consul_token,
         open: |path| {

@@ -372,6 +372,26 @@ async fn t01_roles_users_and_tokens_enforced_on_every_node_and_audited() {
         .await;
     }
 
+    // A user's own tokens last at most a day, and a password change revokes them.
+    let own = |ttl: u64| {
+        call(
+            &n1,
+            Some(&alice),
+            "/v1/auth/tokens",
+            json!({"ttl_seconds": ttl}),
+        )
+    };
+    assert_eq!(own(48 * 3600).await.0, 403);
+    let (status, made) = own(3600).await;
+    assert_eq!(status, 200);
+    let mine = made["token"].as_str().unwrap().to_string();
+    assert_eq!(put(&n1, Some(&mine), "app/own", "1").await.0, 200);
+    let body = json!({"password": alice_password});
+    let (status, _) = call(&n1, Some(&root), "/v1/auth/users/alice/password", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(put(&n1, Some(&mine), "app/own", "2").await.0, 401);
+    assert_eq!(put(&n1, Some(&alice), "app/own", "3").await.0, 401);
+
     // Deleting a user kills its tokens.
     ok(
         &run(
@@ -830,4 +850,40 @@ async fn t04_consul_tokens_and_nacos_logins_in_their_clients_dialects() {
             assert!(!logs.contains(secret), "a secret reached a log");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t05_a_token_made_through_one_node_works_at_once_on_one_that_missed_it() {
+    let cluster = Cluster::start(3, &[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let eps = cluster.endpoints();
+    let run = |env: &[(&str, &str)], args: &[&str]| strata(home.path(), &eps, env, args, b"");
+    ok(
+        &run(
+            &[("STRATA_PASSWORD", "lagging-root")],
+            &["auth", "user", "add", "root"],
+        ),
+        "root",
+    );
+    ok(
+        &run(&[], &["auth", "user", "grant", "root", "root"]),
+        "grant",
+    );
+    ok(&run(&[], &["auth", "enable"]), "enable");
+    let leader = cluster.wait_for_leader().await;
+    let lagging = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let lagging_api = lagging.api.clone();
+    wait_until(Duration::from_secs(10), "auth on at the follower", || {
+        let api = lagging_api.clone();
+        async move { auth_enabled(&api).await.then_some(()) }
+    })
+    .await;
+    // The follower misses the token's write, then rejoins: the first request that carries the
+    // token goes to it at once, and it catches up before answering instead of refusing.
+    cluster.isolate(lagging.id).await;
+    let leader_api = cluster.nodes[(leader - 1) as usize].api.clone();
+    let token = login(&leader_api, "root", "lagging-root").await;
+    cluster.heal().await;
+    let (status, body) = put(&lagging_api, Some(&token), "fresh", "v").await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -593,7 +593,10 @@ mod fuzz_twin {
         /// The `credentials` fuzz target's rules half, on stable: any text parses or is refused.
         #[test]
         fn any_rules_text_parses_or_is_refused(text in ".{0,200}") {
-            let _ = parse_rules(&text);
+            // Whatever parses grants only kinds Consul rules can say.
+            if let Ok(permissions) = parse_rules(&text) {
+                prop_assert!(permissions.iter().all(|p| matches!(p.kind, Kind::Registry | Kind::Kv)));
+            }
         }
 
         /// Rules-shaped text with random names and policies never panics either.
@@ -603,7 +606,10 @@ mod fuzz_twin {
             name in "[a-z/\"{}=# ]{0,12}",
             policy in "(read|write|list|deny|\"|)",
         ) {
-            let _ = parse_rules(&format!("{kind} \"{name}\" {{ policy = \"{policy}\" }}"));
+            let parsed = parse_rules(&format!("{kind} \"{name}\" {{ policy = \"{policy}\" }}"));
+            if policy == "deny" {
+                prop_assert!(parsed.is_err(), "deny is always refused");
+            }
         }
     }
 }

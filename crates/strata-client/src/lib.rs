@@ -197,7 +197,7 @@ async fn speaks_only_http2(endpoint: &str) -> bool {
 impl Client {
     /// Creates a client; endpoints are `http://host:port` (scheme optional).
     pub fn new(endpoints: &[String]) -> Self {
-        let http = reqwest::Client::builder()
+        let http = strata_tls::http_client_builder()
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .build()

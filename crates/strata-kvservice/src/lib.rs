@@ -43,7 +43,7 @@ pub struct Parts {
     /// The state machine store (snapshots).
     pub sm: StateMachineStore<KvMachine>,
     /// The HTTP client peers are called with.
-    pub client: reqwest::Client,
+    pub client: strata_raft::network::PeerClient,
     /// The node's configuration.
     pub config: Arc<ValidatedConfig>,
 }

@@ -250,8 +250,15 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let network = HttpNetwork::new();
+        let peer_tls = peer_tls(&config)?;
+        let peer_client = match &peer_tls {
+            Some((files, _)) => strata_raft::network::PeerClient::mutual_tls(files.clone())
+                .map_err(|e| NodeError::Config(format!("[peer_tls]: {e}")))?,
+            None => strata_raft::network::PeerClient::plain(),
+        };
+        let network = HttpNetwork::new(peer_client);
         let client = network.client().clone();
+        let network_client = client.clone();
         let raft = Raft::new(id, Arc::new(raft_config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -278,13 +285,27 @@ impl Node {
             .merge(http::internal_router(service.clone()))
             // Appends and snapshots can be far larger than a client request; peers are trusted.
             .layer(axum::extract::DefaultBodyLimit::disable());
+        let raft_tls = peer_tls.map(|(_, server)| server);
+        for reloading in [network_client.reloading()].into_iter().flatten() {
+            let stop = cancel.child_token();
+            tracker
+                .spawn(reloading.watch(TLS_RELOAD_PERIOD, async move { stop.cancelled().await }));
+        }
+        if let Some(server) = &raft_tls {
+            let stop = cancel.child_token();
+            tracker.spawn(
+                server
+                    .clone()
+                    .watch(TLS_RELOAD_PERIOD, async move { stop.cancelled().await }),
+            );
+        }
         strata_component::serve_http(
             &tracker,
             &cancel,
             "raft",
             raft_listener.tcp,
             raft_router,
-            None,
+            raft_tls,
         );
 
         background::bootstrap(&raft, &config, &me).await?;
@@ -395,6 +416,32 @@ impl Node {
 
 /// How often TLS files are checked for a rotation.
 const TLS_RELOAD_PERIOD: Duration = Duration::from_secs(2);
+
+/// Mutual TLS between peers from `[peer_tls]`: the files, and the raft listener's config (which
+/// requires a certificate signed by the cluster CA); `None` without.
+fn peer_tls(
+    config: &ValidatedConfig,
+) -> Result<Option<(strata_tls::TlsFiles, Arc<strata_tls::ServerTls>)>, NodeError> {
+    let settings = &config.peer_tls;
+    let (Some(cert), Some(key), Some(ca)) =
+        (&settings.cert_file, &settings.key_file, &settings.ca_file)
+    else {
+        return Ok(None);
+    };
+    let files = strata_tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: Some(ca.clone()),
+    };
+    let server = strata_tls::ServerTls::load(
+        files.clone(),
+        strata_tls::ClientAuth::Require,
+        &[b"http/1.1".as_slice()],
+    )
+    .map_err(|e| NodeError::Config(format!("[peer_tls]: {e}")))?;
+    info!(cert = %cert.display(), ca = %ca.display(), "mutual TLS between raft peers");
+    Ok(Some((files, server)))
+}
 
 /// The client listeners' TLS from `[tls]`, reloaded when its files change; `None` without.
 fn start_tls(

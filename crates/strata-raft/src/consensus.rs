@@ -105,7 +105,7 @@ pub struct Consensus {
 pub(crate) struct Inner {
     id: u64,
     raft: Raft,
-    client: reqwest::Client,
+    client: crate::network::PeerClient,
     proposer: Proposer,
     read_index: ReadIndexBatcher,
     metrics: ConsensusMetrics,
@@ -124,7 +124,7 @@ impl Consensus {
     pub fn start(
         id: u64,
         raft: Raft,
-        client: reqwest::Client,
+        client: crate::network::PeerClient,
         metrics: ConsensusMetrics,
         timing: Timing,
         tracker: &TaskTracker,
@@ -358,10 +358,42 @@ impl Inner {
             LeaderRequest::AddMember(id, info) => {
                 let _change = self.begin_membership_change().await?;
                 tracing::info!(member = id, %info, "adding member as learner");
-                self.raft
-                    .add_learner(id, info, true)
+                let raft_addr = info.raft_addr.clone();
+                // openraft's own blocking wait counts a learner within 5000 entries as caught
+                // up, even one never reached: wait until it holds the entry that added it.
+                let added = self
+                    .raft
+                    .add_learner(id, info, false)
                     .await
                     .map_err(write_error)?;
+                let needed = added.log_id.index;
+                let caught_up = self
+                    .raft
+                    .wait(Some(self.request_timeout))
+                    .metrics(
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id).cloned().flatten())
+                                .is_some_and(|matched| matched.index >= needed)
+                        },
+                        "learner caught up",
+                    )
+                    .await;
+                if caught_up.is_err() {
+                    tracing::warn!(
+                        member = id,
+                        raft_addr,
+                        "learner has not caught up; left a learner"
+                    );
+                    return Err(ApiError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "member {id} was added as a learner but received nothing within {:?}: check that {raft_addr} is reachable from the leader and, with peer TLS, that its certificate is signed by the cluster CA. It stays a learner: run add-member again to promote it once it caught up, or remove-member {id}",
+                            self.request_timeout
+                        ),
+                    ));
+                }
                 tracing::info!(member = id, "learner caught up; promoting to voter");
                 let voters: BTreeSet<u64> = [id].into();
                 self.raft

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::NodeInfo;
 
@@ -110,9 +111,74 @@ fn note_peer(addr: &str, failure: Option<&TransportError>) {
     }
 }
 
-/// Posts a postcard-encoded request to `http://{addr}{path}` and decodes the reply.
+/// How this node calls its peers: plain HTTP, or HTTPS presenting the node's certificate and
+/// trusting only the cluster CA (mutual TLS: the raft listener asks for the same), rebuilt
+/// when the files change so certificates rotate without a restart. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum PeerClient {
+    /// Plain HTTP.
+    Plain(reqwest::Client),
+    /// Mutual TLS.
+    Tls(Arc<strata_tls::Reloading<reqwest::Client>>),
+}
+
+/// The settings of every peer client, plain or TLS.
+fn peer_settings(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    builder
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+}
+
+impl PeerClient {
+    /// Plain HTTP to peers.
+    pub fn plain() -> PeerClient {
+        PeerClient::Plain(
+            peer_settings(strata_tls::http_client_builder())
+                .build()
+                .expect("a reqwest client with plain settings always builds"),
+        )
+    }
+
+    /// HTTPS to peers with the node's certificate; `files.ca` (the cluster CA) is required.
+    pub fn mutual_tls(files: strata_tls::TlsFiles) -> Result<PeerClient, strata_tls::TlsError> {
+        let Some(ca) = files.ca.clone() else {
+            return Err(strata_tls::TlsError::Config(
+                "peer TLS needs the cluster CA (peer_tls.ca_file, --peer-tls-ca)".into(),
+            ));
+        };
+        let paths = vec![files.cert.clone(), files.key.clone(), ca.clone()];
+        let reloading = strata_tls::Reloading::new("peers", paths, move || {
+            let builder = strata_tls::https_client_builder(
+                Some(&ca),
+                Some((files.cert.as_path(), files.key.as_path())),
+            )?;
+            peer_settings(builder)
+                .build()
+                .map_err(|e| strata_tls::TlsError::Config(format!("peer client: {e}")))
+        })?;
+        Ok(PeerClient::Tls(reloading))
+    }
+
+    /// The files' watcher, when there are files.
+    pub fn reloading(&self) -> Option<Arc<strata_tls::Reloading<reqwest::Client>>> {
+        match self {
+            PeerClient::Plain(_) => None,
+            PeerClient::Tls(reloading) => Some(reloading.clone()),
+        }
+    }
+
+    fn request(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
+        match self {
+            PeerClient::Plain(client) => client.post(format!("http://{addr}{path}")),
+            PeerClient::Tls(reloading) => reloading.get().post(format!("https://{addr}{path}")),
+        }
+    }
+}
+
+/// Posts a postcard-encoded request to `{addr}{path}` over HTTP or HTTPS and decodes the reply.
 pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
-    client: &reqwest::Client,
+    client: &PeerClient,
     addr: &str,
     path: &str,
     request: &Req,
@@ -131,7 +197,7 @@ pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
 }
 
 async fn post_postcard_once<Req: Serialize, Resp: DeserializeOwned>(
-    client: &reqwest::Client,
+    client: &PeerClient,
     addr: &str,
     path: &str,
     request: &Req,
@@ -149,7 +215,7 @@ async fn post_postcard_once<Req: Serialize, Resp: DeserializeOwned>(
     }
     let body = postcard::to_allocvec(request).map_err(|e| failed(format!("encode: {e}")))?;
     let response = client
-        .post(format!("http://{addr}{path}"))
+        .request(addr, path)
         .timeout(timeout)
         .header("content-type", "application/octet-stream")
         .body(body)
@@ -179,36 +245,24 @@ async fn post_postcard_once<Req: Serialize, Resp: DeserializeOwned>(
 /// Creates connections to peers. Holds one pooled HTTP client for all of them.
 #[derive(Clone)]
 pub struct HttpNetwork {
-    client: reqwest::Client,
+    client: PeerClient,
 }
 
 impl HttpNetwork {
-    /// Creates the factory with its own connection pool.
-    pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .expect("a reqwest client with plain settings always builds");
+    /// Creates the factory over `client` and its connection pool.
+    pub fn new(client: PeerClient) -> Self {
         HttpNetwork { client }
     }
 
-    /// Returns the shared HTTP client, for other node-to-node calls.
-    pub fn client(&self) -> &reqwest::Client {
+    /// Returns the shared peer client, for other node-to-node calls.
+    pub fn client(&self) -> &PeerClient {
         &self.client
-    }
-}
-
-impl Default for HttpNetwork {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
 /// A connection to one peer.
 pub struct PeerConnection {
-    client: reqwest::Client,
+    client: PeerClient,
     target: NodeId,
     addr: String,
 }

@@ -58,7 +58,7 @@ impl Default for Prober {
 impl Prober {
     /// Returns a prober with a fresh HTTP client and an empty gRPC channel cache.
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
+        let http = strata_tls::http_client_builder()
             .user_agent("strata-health-check")
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
             .no_proxy()
@@ -132,16 +132,7 @@ impl Prober {
             .headers(header_map);
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(error) => {
-                let reason = error_chain(&error);
-                // Without a TLS feature, hyper's connector refuses an https URL (or a redirect
-                // to one) with "invalid URL, scheme is not http"; say why. Display only.
-                if reason.contains("scheme is not http") {
-                    let message = format!("https is not supported: built without tls ({reason})");
-                    return (Health::Critical, message);
-                }
-                return (Health::Critical, reason);
-            }
+            Err(error) => return (Health::Critical, error_chain(&error)),
         };
         let status = response.status();
         let health = if status.is_success() {
@@ -563,11 +554,13 @@ mod tests {
             .await;
         assert_eq!(health, Health::Critical, "{output}");
 
+        // HTTPS to a server that speaks plain HTTP fails the handshake.
+        let plain =
+            http_server(|_| "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()).await;
         let (health, output) = prober
-            .run(&http("https://127.0.0.1:1/".to_owned()), TIMEOUT)
+            .run(&http(format!("https://{plain}/")), TIMEOUT)
             .await;
-        assert_eq!(health, Health::Critical);
-        assert!(output.contains("https is not supported"), "{output}");
+        assert_eq!(health, Health::Critical, "{output}");
     }
 
     #[tokio::test]

@@ -112,6 +112,9 @@ pub struct NodeConfig {
     /// TLS for the client listeners (`[tls]`).
     #[serde(default, skip_serializing_if = "TlsConfig::is_off")]
     pub tls: TlsConfig,
+    /// Mutual TLS between raft peers (`[peer_tls]`).
+    #[serde(default, skip_serializing_if = "PeerTlsConfig::is_off")]
+    pub peer_tls: PeerTlsConfig,
     /// Serve with access control on until the records turn it on or off (`strata server
     /// --root-password-file`: closed from the first request until root is written). Not a
     /// file key.
@@ -278,6 +281,7 @@ impl Default for NodeConfig {
             shutdown_grace_period: default_grace_period(),
             addrs_file: None,
             tls: TlsConfig::default(),
+            peer_tls: PeerTlsConfig::default(),
             start_closed: false,
             sections: BTreeMap::new(),
         }
@@ -308,6 +312,30 @@ impl TlsConfig {
     /// True when no TLS key is set.
     pub fn is_off(&self) -> bool {
         *self == TlsConfig::default()
+    }
+}
+
+/// Mutual TLS between raft peers: each node serves its raft listener with `cert_file` and asks
+/// every caller for a certificate signed by `ca_file` (the cluster CA), and presents the same
+/// certificate when it calls a peer. All three files or none; reloaded when they change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    /// This node's certificate chain, leaf first (server and client use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The cluster CA: the only issuer whose certificates a peer accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PeerTlsConfig {
+    /// True when no peer TLS file is set.
+    pub fn is_off(&self) -> bool {
+        *self == PeerTlsConfig::default()
     }
 }
 
@@ -423,7 +451,9 @@ impl NodeConfig {
              #   2 = \"10.0.0.2:7701\"\n\
              #   3 = \"10.0.0.3:7701\"\n\
              # Leave it out to join an existing cluster via `strata cluster add-member`.\n\
-             # kv.auto_compaction_mode: off | revision | periodic; retention is a count or a duration.\n\n{body}"
+             # kv.auto_compaction_mode: off | revision | periodic; retention is a count or a duration.\n\
+             # [tls] cert_file + key_file (and ca_file, client_auth) put the client listeners on TLS;\n\
+             # [peer_tls] cert_file + key_file + ca_file put raft peers on mutual TLS.\n\n{body}"
         )
     }
 
@@ -575,6 +605,12 @@ impl NodeConfig {
                 ))
             }
         }
+        let peer = &self_.peer_tls;
+        if !peer.is_off()
+            && (peer.cert_file.is_none() || peer.key_file.is_none() || peer.ca_file.is_none())
+        {
+            return invalid("[peer_tls] needs cert_file, key_file and ca_file (mutual TLS)".into());
+        }
         Ok(ValidatedConfig {
             config: self_,
             auto_compaction,
@@ -696,6 +732,11 @@ mod tests {
             ..Default::default()
         };
         assert!(config.validate().is_err());
+        let half = "[peer_tls]\ncert_file = \"n.pem\"\nkey_file = \"n.key\"\n";
+        let err = NodeConfig::from_toml(half).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("[peer_tls] needs"), "{err}");
+        let whole = format!("{half}ca_file = \"ca.pem\"\n");
+        assert!(NodeConfig::from_toml(&whole).unwrap().validate().is_ok());
     }
 
     #[test]

@@ -111,6 +111,10 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+fn path_refs(paths: &[PathBuf]) -> Vec<&Path> {
+    paths.iter().map(PathBuf::as_path).collect()
+}
+
 /// Modification times of files, to notice a rotation.
 fn stamps(paths: &[&Path]) -> Vec<Option<SystemTime>> {
     paths
@@ -160,13 +164,97 @@ fn server_config(
     Ok(config)
 }
 
+/// Something built from files (a TLS config, a client holding one), rebuilt when one of the
+/// files changes, so certificates rotate without a restart. A change that does not build keeps
+/// the previous value.
+pub struct Reloading<T> {
+    what: &'static str,
+    paths: Vec<PathBuf>,
+    build: Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>,
+    current: RwLock<(T, Vec<Option<SystemTime>>)>,
+}
+
+impl<T> std::fmt::Debug for Reloading<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloading")
+            .field("what", &self.what)
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone> Reloading<T> {
+    /// Builds the first value; `what` names it in log lines ("client listeners", "peers").
+    pub fn new(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
+    ) -> Result<Arc<Self>, TlsError> {
+        let stamped = stamps(&path_refs(&paths));
+        let value = build()?;
+        Ok(Arc::new(Reloading {
+            what,
+            paths,
+            build: Box::new(build),
+            current: RwLock::new((value, stamped)),
+        }))
+    }
+
+    /// The current value.
+    pub fn get(&self) -> T {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Rebuilds the value when a file changed since the last build; returns whether it did.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&path_refs(&self.paths));
+        if now == self.current.read().unwrap_or_else(|e| e.into_inner()).1 {
+            return Ok(false);
+        }
+        let value = (self.build)()?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (value, now);
+        Ok(true)
+    }
+
+    /// Checks the files every `period` until `stop` resolves, rebuilding when they change.
+    pub async fn watch(
+        self: Arc<Self>,
+        period: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    failing = false;
+                    tracing::info!(tls = self.what, files = ?self.paths, "TLS certificate reloaded");
+                }
+                Ok(false) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(tls = self.what, error = %e, "TLS files changed but do not load; keeping the previous certificate");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 /// A listener's TLS: the current server config, rebuilt when its files change.
 #[derive(Debug)]
 pub struct ServerTls {
     files: TlsFiles,
     client_auth: ClientAuth,
-    alpn: Vec<Vec<u8>>,
-    current: RwLock<(Arc<ServerConfig>, Vec<Option<SystemTime>>)>,
+    config: Arc<Reloading<Arc<ServerConfig>>>,
 }
 
 impl ServerTls {
@@ -176,13 +264,20 @@ impl ServerTls {
         client_auth: ClientAuth,
         alpn: &[&[u8]],
     ) -> Result<Arc<ServerTls>, TlsError> {
-        let stamped = stamps(&files.paths());
-        let config = server_config(&files, client_auth, alpn)?;
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let building = files.clone();
+        let config = Reloading::new(
+            "server",
+            files.paths().into_iter().map(Path::to_path_buf).collect(),
+            move || {
+                let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+                server_config(&building, client_auth, &alpn).map(Arc::new)
+            },
+        )?;
         Ok(Arc::new(ServerTls {
-            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
             files,
             client_auth,
-            current: RwLock::new((Arc::new(config), stamped)),
+            config,
         }))
     }
 
@@ -199,11 +294,7 @@ impl ServerTls {
 
     /// The config new connections use.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
+        self.config.get()
     }
 
     /// An acceptor with the current config.
@@ -211,17 +302,9 @@ impl ServerTls {
         tokio_rustls::TlsAcceptor::from(self.config())
     }
 
-    /// Rebuilds the config when a file changed since the last load. A change that does not
-    /// make a valid config keeps the old one (and says why); returns whether it reloaded.
+    /// Rebuilds the config when a file changed since the last load; returns whether it did.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.files.paths());
-        if now == self.current.read().unwrap_or_else(|e| e.into_inner()).1 {
-            return Ok(false);
-        }
-        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let config = server_config(&self.files, self.client_auth, &alpn)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(config), now);
-        Ok(true)
+        self.config.reload_if_changed()
     }
 
     /// Checks the files every `period` until `stop` resolves, reloading them when they change.
@@ -230,26 +313,7 @@ impl ServerTls {
         period: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        tokio::pin!(stop);
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                () = tokio::time::sleep(period) => {}
-            }
-            match self.reload_if_changed() {
-                Ok(true) => {
-                    failing = false;
-                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
-                }
-                Ok(false) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "TLS files changed but do not load; keeping the previous certificate");
-                }
-                Err(_) => {}
-            }
-        }
+        self.config.clone().watch(period, stop).await
     }
 }
 
@@ -300,4 +364,22 @@ pub fn peer_name(connection: &rustls::CommonState) -> Option<String> {
         x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
         _ => None,
     })
+}
+
+/// A reqwest client builder, with the crypto provider installed first: reqwest's TLS is built
+/// without a provider of its own (so nothing needs aws-lc), and panics when it finds none.
+/// Every reqwest client in Strata starts here.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_provider();
+    reqwest::Client::builder()
+}
+
+/// An HTTPS client builder that trusts `ca` (else the system's roots) and presents the
+/// certificate and key in `identity`, if given; HTTP/1.1.
+pub fn https_client_builder(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<reqwest::ClientBuilder, TlsError> {
+    let config = client_config(ca, identity, &[b"http/1.1".as_slice()])?;
+    Ok(http_client_builder().tls_backend_preconfigured(config))
 }

@@ -172,6 +172,16 @@ pub struct ServerArgs {
     /// Client certificates: none, optional (default with --tls-ca) or require.
     #[arg(long, value_name = "MODE")]
     pub tls_client_auth: Option<String>,
+    /// Mutual TLS between raft peers: this node's certificate chain (PEM), presented to peers
+    /// and served on the raft listener. Needs --peer-tls-key and --peer-tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The peer certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+    pub peer_tls_ca: Option<PathBuf>,
     /// Allow plain TCP on addresses other than loopback (anyone on the network can then read
     /// and forge traffic).
     #[arg(long)]
@@ -397,6 +407,11 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if args.tls_client_auth.is_some() {
         config.tls.client_auth = args.tls_client_auth;
     }
+    if args.peer_tls_cert.is_some() {
+        config.peer_tls.cert_file = args.peer_tls_cert;
+        config.peer_tls.key_file = args.peer_tls_key;
+        config.peer_tls.ca_file = args.peer_tls_ca;
+    }
     // Closed from the first request until the root from the file is written.
     config.start_closed = root_password.is_some();
     let config = config.validate()?;
@@ -418,12 +433,14 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 /// Refuses plain TCP on an address other than loopback: TLS (`[tls]`, `--tls-cert`) protects
-/// the client listeners; node-to-node traffic has no TLS yet, so a raft listener beyond
-/// loopback needs `--insecure` too. DNS is exempt.
+/// the client listeners, mutual TLS (`[peer_tls]`, `--peer-tls-cert`) the raft listener. DNS is
+/// exempt.
 fn refuse_plain_on_network(config: &strata_settings::ValidatedConfig) -> anyhow::Result<()> {
     let tls = config.tls.cert_file.is_some();
+    let peer_tls = config.peer_tls.cert_file.is_some();
     for (name, addr) in &config.listen {
-        if name == "dns" || (tls && name != "raft") {
+        let protected = if name == "raft" { peer_tls } else { tls };
+        if name == "dns" || protected {
             continue;
         }
         let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
@@ -434,7 +451,7 @@ fn refuse_plain_on_network(config: &strata_settings::ValidatedConfig) -> anyhow:
                 .is_ok_and(|ip| ip.is_loopback());
         if !loopback {
             let why = if name == "raft" {
-                "node-to-node traffic is not encrypted yet"
+                "no peer TLS is configured (--peer-tls-cert, --peer-tls-key and --peer-tls-ca, or [peer_tls])"
             } else {
                 "no TLS is configured (--tls-cert and --tls-key, or [tls])"
             };

@@ -55,7 +55,7 @@ fn err(out: &Output, what: &str) -> String {
 
 /// A native API call with an optional bearer token: (status, body).
 async fn call(api: &str, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut request = http.post(format!("http://{api}{path}")).json(&body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -82,7 +82,9 @@ async fn get(api: &str, token: Option<&str>, key: &str) -> Option<String> {
 }
 
 async fn auth_enabled(api: &str) -> bool {
-    let body: Value = reqwest::get(format!("http://{api}/v1/auth/status"))
+    let body: Value = http_client()
+        .get(format!("http://{api}/v1/auth/status"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -171,7 +173,11 @@ async fn t01_roles_users_and_tokens_enforced_on_every_node_and_audited() {
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["code"], "unauthenticated");
         // Health and status stay open.
-        let live = reqwest::get(format!("http://{api}/livez")).await.unwrap();
+        let live = http_client()
+            .get(format!("http://{api}/livez"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(live.status().as_u16(), 200);
     }
     let denied_cli = err(
@@ -769,7 +775,7 @@ async fn t04_consul_tokens_and_nacos_logins_in_their_clients_dialects() {
     let said = python("consul_auth.py", &[&consul, &root]);
     assert!(said.contains("limited token registers db: 403"), "{said}");
     // The refused registration changed nothing.
-    let http = reqwest::Client::new();
+    let http = http_client();
     let db: Value = http
         .get(format!("http://{n2}/v1/registry/services/db"))
         .bearer_auth(&root)

@@ -119,7 +119,7 @@ async fn t10_every_bad_request_gets_its_status_and_code_and_the_node_keeps_servi
     let cluster = Cluster::start_with_config(1, "[kv]\nmax_request_bytes = \"4KiB\"\n", &[]).await;
     let node = &cluster.nodes[0];
     let url = |path: &str| format!("{}{path}", node.url());
-    let http = reqwest::Client::builder()
+    let http = strata_tls::http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -712,7 +712,7 @@ async fn t42_garbled_journal_is_refused_not_silently_dropped() {
         Outcome::Serving(api) => {
             let request = json!({"key": "k", "serializable": true});
             let got = send(
-                reqwest::Client::new()
+                common::http_client()
                     .post(format!("http://{api}/v1/kv/range"))
                     .json(&request),
             )

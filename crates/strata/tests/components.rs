@@ -11,7 +11,13 @@ use std::process::Command;
 use std::time::Duration;
 
 async fn status_of(url: &str) -> u16 {
-    reqwest::get(url).await.unwrap().status().as_u16()
+    common::http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]

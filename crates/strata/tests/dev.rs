@@ -126,7 +126,7 @@ impl Drop for Dev {
 }
 
 async fn get_status(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.unwrap();
+    let response = common::http_client().get(url).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }

@@ -80,7 +80,7 @@ async fn serve_ok(listener: TcpListener, stop: CancellationToken) {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    strata_tls::http_client_builder()
         .timeout(Duration::from_secs(90))
         .build()
         .unwrap()

@@ -271,6 +271,20 @@ async fn t02_server_refuses_plain_tcp_beyond_loopback_unless_insecure() {
         stderr.contains("not loopback") && stderr.contains("--insecure") && stderr.contains("api"),
         "{stderr}"
     );
+    // The raft listener likewise, until peers speak mutual TLS.
+    let mut command = Command::new(strata_bin());
+    command
+        .args(["server", "--id", "1", "--api-addr", "127.0.0.1:0"])
+        .args(["--raft-addr", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(root.path().join("data"));
+    let out = run_with_deadline(&mut command, b"", Duration::from_secs(20));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("raft listener") && stderr.contains("--peer-tls-cert"),
+        "{stderr}"
+    );
     // With --insecure it starts (and is stopped by the test).
     let dir = root.path().join("insecure");
     std::fs::create_dir_all(&dir).unwrap();
@@ -305,4 +319,204 @@ async fn t02_server_refuses_plain_tcp_beyond_loopback_unless_insecure() {
     )
     .await;
     assert!(child.0.try_wait().unwrap().is_none());
+}
+
+/// Replaces `to` with a copy of `from` in one rename, so a reader never sees half a file.
+fn replace_file(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// POSTs to a raft listener over HTTPS trusting `ca`, presenting `identity` if given; `Ok`
+/// with the status when an HTTP answer came back, `Err` when the connection was refused.
+async fn raft_call(addr: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<u16, String> {
+    let client = strata_tls::https_client_builder(Some(ca), identity)
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    client
+        .post(format!("https://{addr}/raft/vote"))
+        .body(vec![0xff, 0xff, 0xff])
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t03_peers_speak_mutual_tls_refuse_strangers_and_rotate_without_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = root.path().join("ca");
+    cert(&ca, &["init"]);
+    cert(&ca, &["issue", "node", "--host", "127.0.0.1,localhost"]);
+    // A second CA the cluster does not trust, with a node certificate of its own.
+    let stranger = root.path().join("stranger");
+    cert(&stranger, &["init", "--name", "Stranger CA"]);
+    cert(
+        &stranger,
+        &["issue", "node", "--host", "127.0.0.1,localhost"],
+    );
+    // Every node reads the files in `peer/`; the test rotates them there.
+    let peer = root.path().join("peer");
+    std::fs::create_dir_all(&peer).unwrap();
+    for name in ["ca.pem", "node.pem", "node-key.pem"] {
+        std::fs::copy(ca.join(name), peer.join(name)).unwrap();
+    }
+    let arg = |dir: &Path, name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (cert_file, key_file, ca_file) = (
+        arg(&peer, "node.pem"),
+        arg(&peer, "node-key.pem"),
+        arg(&peer, "ca.pem"),
+    );
+    let flags = [
+        "--peer-tls-cert",
+        cert_file.as_str(),
+        "--peer-tls-key",
+        key_file.as_str(),
+        "--peer-tls-ca",
+        ca_file.as_str(),
+    ];
+    let mut cluster = Cluster::start(3, &flags).await;
+    let client = cluster.client();
+    for n in 0..20 {
+        client.put(format!("tls/{n:02}"), "v").await.unwrap();
+    }
+    for node in &cluster.nodes {
+        assert!(node.logs().contains("mutual TLS between raft peers"));
+    }
+
+    // The raft listener answers only callers with a certificate of the cluster CA.
+    let raft = cluster.nodes[0].raft.clone();
+    let member = (peer.join("node.pem"), peer.join("node-key.pem"));
+    let member = Some((member.0.as_path(), member.1.as_path()));
+    let status = raft_call(&raft, &peer.join("ca.pem"), member).await;
+    assert!(
+        status.is_ok(),
+        "a member's certificate is answered: {status:?}"
+    );
+    let anonymous = raft_call(&raft, &peer.join("ca.pem"), None).await;
+    assert!(anonymous.is_err(), "no client certificate: {anonymous:?}");
+    let foreign = (stranger.join("node.pem"), stranger.join("node-key.pem"));
+    let foreign = raft_call(
+        &raft,
+        &peer.join("ca.pem"),
+        Some((foreign.0.as_path(), foreign.1.as_path())),
+    )
+    .await;
+    assert!(foreign.is_err(), "a stranger's certificate: {foreign:?}");
+    let plain = http_client()
+        .post(format!("http://{raft}/raft/vote"))
+        .timeout(Duration::from_secs(5))
+        .body(vec![0xff])
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP: {plain:?}"
+    );
+
+    // A node with a stranger's certificate cannot join: it never gets a single entry.
+    let outsider = NodeProc::start(
+        4,
+        cluster.root.path(),
+        None,
+        &[
+            "--peer-tls-cert",
+            &arg(&stranger, "node.pem"),
+            "--peer-tls-key",
+            &arg(&stranger, "node-key.pem"),
+            "--peer-tls-ca",
+            &arg(&stranger, "ca.pem"),
+        ],
+    )
+    .await;
+    let out = cli_with_stdin(
+        &cluster.endpoints(),
+        &[
+            "cluster",
+            "add-member",
+            "4",
+            "--raft-addr",
+            &outsider.raft,
+            "--api-addr",
+            &outsider.api,
+        ],
+        b"",
+    );
+    assert!(
+        !out.status.success(),
+        "a stranger joined: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        outsider.logs(),
+        cluster.nodes[0].logs()
+    );
+    let status = outsider.status().await.unwrap();
+    assert_eq!(status.applied_index, 0, "{status:?}");
+    assert!(
+        outsider
+            .local_prefix("tls/")
+            .await
+            .is_none_or(|r| r.count == 0),
+        "the stranger holds data"
+    );
+    drop(outsider);
+    cli_ok(&cluster.endpoints(), &["cluster", "remove-member", "4"]);
+
+    // Rotate to a new CA: every node serves the new certificate and calls its peers with it,
+    // without a restart. A follower killed and restarted afterwards trusts only the new CA,
+    // so it catches up only if the leader presents the new certificate.
+    let next = root.path().join("next");
+    cert(&next, &["init", "--name", "Next CA"]);
+    cert(&next, &["issue", "node", "--host", "127.0.0.1,localhost"]);
+    replace_file(&next.join("ca.pem"), &peer.join("ca.pem"));
+    replace_file(&next.join("node-key.pem"), &peer.join("node-key.pem"));
+    replace_file(&next.join("node.pem"), &peer.join("node.pem"));
+    let rotated = (next.join("node.pem"), next.join("node-key.pem"));
+    for node in &cluster.nodes {
+        let raft = node.raft.clone();
+        let next_ca = next.join("ca.pem");
+        let rotated = rotated.clone();
+        wait_until(Duration::from_secs(15), "the new CA's certificate", || {
+            let (raft, next_ca, rotated) = (raft.clone(), next_ca.clone(), rotated.clone());
+            async move {
+                raft_call(
+                    &raft,
+                    &next_ca,
+                    Some((rotated.0.as_path(), rotated.1.as_path())),
+                )
+                .await
+                .ok()
+            }
+        })
+        .await;
+    }
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.node(follower).kill9();
+    cluster.node(follower).restart().await;
+    let written = client.put("tls/after-rotation", "v").await.unwrap();
+    let node = &cluster.nodes[(follower - 1) as usize];
+    wait_until(
+        Duration::from_secs(30),
+        "the restarted follower to catch up over the new certificates",
+        || async {
+            let stored = node.local_prefix("tls/after-rotation").await?;
+            (stored.header.revision >= written.header.revision && stored.count == 1).then_some(())
+        },
+    )
+    .await;
+    for node in &cluster.nodes {
+        assert!(
+            node.logs().contains("TLS certificate reloaded"),
+            "node {}",
+            node.id
+        );
+    }
 }

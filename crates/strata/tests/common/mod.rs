@@ -21,6 +21,12 @@ use strata_proto::ClusterStatus;
 /// The root password every node gets in the harness's access-control mode.
 const TEST_ROOT_PASSWORD: &str = "harness-root-password";
 
+/// A plain HTTP client; reqwest's TLS needs the crypto provider installed before any client
+/// is built, which `strata_tls::http_client_builder` does.
+pub fn http_client() -> reqwest::Client {
+    strata_tls::http_client_builder().build().unwrap()
+}
+
 /// True when the suite runs with access control on (`STRATA_TEST_AUTH=1`): every node starts
 /// with `--root-password-file`, so a cluster comes up closed, and the harness logs in as root
 /// and hands the token to every client and CLI call it makes.
@@ -355,7 +361,7 @@ impl NodeProc {
     /// Cuts this node off from the raft addresses `peers` (node-to-node calls to them fail
     /// as unreachable); an empty list heals. Returns false if the node did not answer.
     pub async fn cut_off(&self, peers: &[String]) -> bool {
-        reqwest::Client::new()
+        http_client()
             .post(format!("http://{}/internal/fault/partition", self.raft))
             .timeout(Duration::from_secs(2))
             .json(&peers)
@@ -449,7 +455,9 @@ impl NodeProc {
 
     /// Fetches /metrics and returns the value of the first sample named `name`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.url()))
+        let text = http_client()
+            .get(format!("{}/metrics", self.url()))
+            .send()
             .await
             .ok()?
             .text()

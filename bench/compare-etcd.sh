@@ -21,7 +21,7 @@
 # each figure Strata divided by etcd at 128 clients (throughputs: higher is better for Strata;
 # put_p99: lower is better for Strata), 2 decimals.
 #
-# Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--auth] [--no-build]
+# Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--auth] [--tls] [--no-build]
 #                                   [--keep-data] [--results FILE]
 #
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
@@ -41,6 +41,10 @@ Options:
   --auth          access control on in both systems, set up the same way through etcdctl:
                   root, a role with readwrite on the prefix bench/, a user with that role;
                   the load generator logs in as that user (--user) and sends its token
+  --tls           TLS on both systems with one CA made by `strata cert`: client listeners
+                  require a client certificate (etcd --client-cert-auth, Strata
+                  --tls-client-auth require) and peers speak mutual TLS; every client
+                  (etcdctl, strata, the load generator) presents one
   --no-build      use the release binaries already in target/release
   --keep-data     keep bench/.data/compare-etcd-<stamp> (logs, data dirs) after a clean run
   --results FILE  write the JSON results here instead of bench/results/
@@ -50,6 +54,7 @@ EOF
 # --rounds N and --auth, next to the options every benchmark takes (parse_options in lib.sh).
 rounds=""
 auth=0
+tls=0
 own_option() {
     case "$1" in
     --rounds)
@@ -58,6 +63,10 @@ own_option() {
         ;;
     --auth)
         auth=1
+        option_args=1
+        ;;
+    --tls)
+        tls=1
         option_args=1
         ;;
     *) return 1 ;;
@@ -104,11 +113,13 @@ our_exes+=("$etcd")
 # etcdctl (v3 API) against the given comma-separated HOST:PORT list, bounded in time; as root
 # once --auth has turned access control on.
 ctl_user=()
+ctl_tls=()
+scheme=http
 ctl() {
     local endpoints=$1
     shift
     ETCDCTL_API=3 timeout 10 etcdctl --endpoints "$endpoints" --dial-timeout 2s \
-        --command-timeout 5s "${ctl_user[@]}" "$@"
+        --command-timeout 5s "${ctl_tls[@]}" "${ctl_user[@]}" "$@"
 }
 
 # --auth: the same users, role and grant in etcd and in Strata, through etcdctl.
@@ -152,6 +163,39 @@ fi
 
 mkdir -p "$data" "$(dirname "$results_file")"
 
+# --tls: one CA, one certificate for every node (its address is 127.0.0.1) and one for the
+# clients; both systems get the same files.
+etcd_tls=()
+strata_tls=()
+if ((tls)); then
+    pki="$data/pki"
+    "$strata" cert init --dir "$pki" >&3
+    "$strata" cert issue node --host 127.0.0.1,localhost --dir "$pki" >&3
+    "$strata" cert issue client --dir "$pki" >&3
+    scheme=https
+    ctl_tls=(--cacert "$pki/ca.pem" --cert "$pki/client.pem" --key "$pki/client-key.pem")
+    etcd_tls=(--cert-file "$pki/node.pem" --key-file "$pki/node-key.pem" --client-cert-auth
+        --trusted-ca-file "$pki/ca.pem" --peer-cert-file "$pki/node.pem"
+        --peer-key-file "$pki/node-key.pem" --peer-client-cert-auth
+        --peer-trusted-ca-file "$pki/ca.pem")
+    strata_tls=(--tls-cert "$pki/node.pem" --tls-key "$pki/node-key.pem" --tls-ca "$pki/ca.pem"
+        --tls-client-auth require --peer-tls-cert "$pki/node.pem"
+        --peer-tls-key "$pki/node-key.pem" --peer-tls-ca "$pki/ca.pem")
+    # The strata CLI and the load generator read these.
+    export STRATA_CACERT="$pki/ca.pem" STRATA_CERT="$pki/client.pem" STRATA_KEY="$pki/client-key.pem"
+    export STRATA_BENCH_CACERT="$pki/ca.pem" STRATA_BENCH_CERT="$pki/client.pem"
+    export STRATA_BENCH_CERT_KEY="$pki/client-key.pem"
+    log "TLS on in both: client certificates required, mutual TLS between peers"
+fi
+# A Strata node's API answers /readyz (over TLS with the client certificate under --tls).
+node_ready() {
+    if ((tls)); then
+        curl -sf -o /dev/null --connect-timeout 0.5 --max-time 1 "${ctl_tls[@]}" "https://$1/readyz"
+    else
+        ready "$1"
+    fi
+}
+
 # --- 2a. three-node etcd cluster ------------------------------------------------------------
 declare -A etcd_pid etcd_client
 etcd_initial=()
@@ -163,7 +207,7 @@ mapfile -t ports < <("$bench" free-ports --count $((2 * node_count)))
 for id in $(seq 1 "$node_count"); do
     etcd_client[$id]="127.0.0.1:${ports[$((2 * id - 2))]}"
     etcd_peer[$id]="127.0.0.1:${ports[$((2 * id - 1))]}"
-    etcd_initial+=("etcd-$id=http://${etcd_peer[$id]}")
+    etcd_initial+=("etcd-$id=$scheme://${etcd_peer[$id]}")
 done
 initial_cluster=$(IFS=,; echo "${etcd_initial[*]}")
 log "starting a $node_count-member etcd $etcd_version cluster in $data"
@@ -173,10 +217,10 @@ for id in $(seq 1 "$node_count"); do
     # Everything not given here is etcd's default: fsync of the WAL on every commit,
     # heartbeat 100 ms, election timeout 1 s, snapshot every 100,000 entries.
     "$etcd" --name "etcd-$id" --data-dir "$dir/data" \
-        --listen-client-urls "http://${etcd_client[$id]}" \
-        --advertise-client-urls "http://${etcd_client[$id]}" \
-        --listen-peer-urls "http://${etcd_peer[$id]}" \
-        --initial-advertise-peer-urls "http://${etcd_peer[$id]}" \
+        --listen-client-urls "$scheme://${etcd_client[$id]}" \
+        --advertise-client-urls "$scheme://${etcd_client[$id]}" \
+        --listen-peer-urls "$scheme://${etcd_peer[$id]}" \
+        --initial-advertise-peer-urls "$scheme://${etcd_peer[$id]}" "${etcd_tls[@]}" \
         --initial-cluster "$initial_cluster" --initial-cluster-state new \
         --initial-cluster-token "compare-etcd-$stamp" \
         --logger zap --log-outputs stderr --log-level warn >"$dir/log" 2>&1 &
@@ -206,7 +250,7 @@ start_node() {
     # shellcheck disable=SC2086 # node_extra holds flags meant to split
     "$strata" server --id "$id" --data-dir "$dir/data" \
         --api-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
-        --addrs-file "$addrs" ${node_extra[$id]:-} >"$dir/log" 2>&1 &
+        --addrs-file "$addrs" "${strata_tls[@]}" ${node_extra[$id]:-} >"$dir/log" 2>&1 &
     pid=$!
     track "$pid"
     node_pid[$id]=$pid
@@ -220,7 +264,7 @@ start_node() {
 strata_api_endpoints() {
     local ids=("$@") id out=()
     for id in "${ids[@]}"; do
-        out+=("http://${node_api[$id]}")
+        out+=("$scheme://${node_api[$id]}")
     done
     (IFS=,; echo "${out[*]}")
 }
@@ -238,7 +282,7 @@ voters_with_api() {
 log "starting a $node_count-node Strata cluster in $data"
 node_extra[1]="--initial-cluster 1=127.0.0.1:0"
 start_node 1
-wait_until 30 "strata node 1 to be ready" ready "${node_api[1]}"
+wait_until 30 "strata node 1 to be ready" node_ready "${node_api[1]}"
 for id in $(seq 2 "$node_count"); do
     start_node "$id"
     timeout 90 "$strata" --endpoints "$(strata_api_endpoints $(seq 1 $((id - 1))))" \
@@ -247,7 +291,7 @@ for id in $(seq 2 "$node_count"); do
 done
 wait_until 60 "$node_count Strata voters with API addresses" voters_with_api
 for id in $(seq 1 "$node_count"); do
-    wait_until 30 "strata node $id to be ready" ready "${node_api[$id]}"
+    wait_until 30 "strata node $id to be ready" node_ready "${node_api[$id]}"
 done
 strata_endpoints=$(for id in $(seq 1 "$node_count"); do echo "${node_grpc[$id]}"; done | paste -sd,)
 wait_until 30 "Strata's etcd API to be healthy" ctl "$strata_endpoints" endpoint health
@@ -277,6 +321,7 @@ ordered_endpoints() {
     leader=$(leader_endpoint "$endpoints") || return 1
     [[ -n $leader ]] || return 1
     leader=${leader#http://}
+    leader=${leader#https://}
     for ep in ${endpoints//,/ }; do
         [[ $ep == "$leader" ]] || followers+=("$ep")
     done
@@ -394,6 +439,7 @@ done
 recorded_options=()
 [[ $rounds == "$default_rounds" ]] || recorded_options=(--rounds "$rounds")
 ((auth == 0)) || recorded_options+=(--auth)
+((tls == 0)) || recorded_options+=(--tls)
 # run_info: when, command, commit, machine (lib.sh).
 describe_run "${recorded_options[@]}"
 workload_ids=$(for workload in "${workloads[@]}"; do echo "${workload%%|*}"; done | jq -Rsc 'split("\n") | map(select(length > 0))')
@@ -405,7 +451,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     --argjson max_seconds "$max_seconds" --argjson many "$many_clients" \
     --argjson ids "$workload_ids" --slurpfile runs "$runs_file" \
     --argjson panics "$panics" --argjson errors "$error_lines" \
-    --argjson error_samples "$error_samples" --argjson auth "$auth" '
+    --argjson error_samples "$error_samples" --argjson auth "$auth" --argjson tls "$tls" '
     def median: map(select(. != null)) | sort |
         if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
@@ -435,6 +481,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
                 ("put_" + ($many | tostring)): $puts_128, get: $gets},
             get_clients: $many, watchers: $watchers, watch_puts: $watch_puts,
             max_seconds_per_run: $max_seconds,
+            tls: (if $tls == 1 then "on in both: client certificates required (etcd --client-cert-auth, Strata --tls-client-auth require), mutual TLS between peers, one CA" else "off" end),
             access_control: (if $auth == 1 then "on in both: user bench, role with readwrite on prefix bench/, token sent on every call" else "off" end),
             connections: "two HTTP/2 connections per endpoint (at most one per client), clients round-robin over them; endpoints listed followers first"
         },

@@ -1,5 +1,7 @@
 //! Compiles the etcd v3 protobuf definitions in `proto/` into Rust (messages, servers and
-//! clients). `protox` parses the files in pure Rust, so building needs no system `protoc`.
+//! clients), and their JSON mapping for the JSON gateway (`pbjson-build`: serde impls with
+//! the proto field names, as etcd's gateway writes them). `protox` parses the files in pure
+//! Rust, so building needs no system `protoc`.
 
 use std::path::Path;
 
@@ -19,9 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
     let descriptors = protox::compile(PROTOS, [root])?;
+    let encoded = prost::Message::encode_to_vec(&descriptors);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&encoded)?
+        .preserve_proto_field_names()
+        .build(&[".mvccpb", ".authpb", ".etcdserverpb"])?;
     Ok(())
 }

@@ -358,7 +358,7 @@ impl Gate {
         };
         let reserved = kind == Kind::Kv && kv::touches(names, ROOT.as_bytes());
         let allowed = grants.allows(kind, wanted, names) && (!reserved || grants.is_root());
-        self.decide(caller, wanted, resource(kind, names), action, allowed)
+        self.decide(caller, wanted, || resource(kind, names), action, allowed)
     }
 
     /// [`check`](Gate::check) for each of `needs` over KV keys.
@@ -397,7 +397,7 @@ impl Gate {
             return Ok(());
         }
         let allowed = caller.is_root();
-        self.decide(caller, Access::Write, "cluster".into(), action, allowed)
+        self.decide(caller, Access::Write, || "cluster".into(), action, allowed)
     }
 
     /// Allows any authenticated caller (leases, status): the request touches nothing a role
@@ -410,7 +410,7 @@ impl Gate {
         &self,
         caller: &Caller,
         wanted: Access,
-        resource: String,
+        resource: impl FnOnce() -> String,
         action: &str,
         allowed: bool,
     ) -> Result<(), ApiError> {
@@ -419,17 +419,20 @@ impl Gate {
             .decisions
             .with_label_values(&[caller.api, outcome])
             .inc();
-        if !allowed || wanted != Access::Read {
-            self.audit.record(Record {
-                time: audit::now(),
-                user: caller.user.clone(),
-                from: caller.from.clone(),
-                api: caller.api,
-                action: action.to_string(),
-                resource: resource.clone(),
-                allowed,
-            });
+        if allowed && wanted == Access::Read {
+            // A permitted read is neither audited nor explained: nothing to format.
+            return Ok(());
         }
+        let resource = resource();
+        self.audit.record(Record {
+            time: audit::now(),
+            user: caller.user.clone(),
+            from: caller.from.clone(),
+            api: caller.api,
+            action: action.to_string(),
+            resource: resource.clone(),
+            allowed,
+        });
         if allowed {
             Ok(())
         } else {

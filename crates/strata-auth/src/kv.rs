@@ -73,19 +73,41 @@ fn txn_into(req: &TxnRequest, needs: &mut Vec<Need>) {
 /// True when `names` reaches into `reserved` (a prefix of keys no one but root may touch
 /// through the KV APIs).
 pub fn touches(names: &Names, reserved: &[u8]) -> bool {
-    let reserved = Names::prefix(reserved.to_vec());
-    let (lo, hi) = names.interval();
-    let (r_lo, r_hi) = reserved.interval();
-    // Two half-open intervals overlap when each starts before the other ends.
-    let starts_before =
-        |start: &Vec<u8>, end: &Option<Vec<u8>>| end.as_ref().is_none_or(|e| start < e);
-    starts_before(&lo, &r_hi) && starts_before(&r_lo, &hi)
+    // Two half-open intervals overlap when each starts before the other ends; compared in
+    // place, as this runs on every request. `reserved` is [reserved, its prefix end).
+    let reserved_end = strata_proto::kv::prefix_end(reserved);
+    let lo = names.start.as_slice();
+    let starts_before_reserved_ends = reserved_end.is_empty() || lo < reserved_end.as_slice();
+    match names.end.as_deref() {
+        // One key: inside the prefix or not.
+        None => lo.starts_with(reserved),
+        // Everything from lo on.
+        Some([]) => starts_before_reserved_ends,
+        Some(hi) => starts_before_reserved_ends && reserved < hi,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use strata_proto::kv::{Compare, CompareResult, CompareTarget};
+
+    proptest::proptest! {
+        /// The in-place overlap test agrees with interval arithmetic on [lo, hi).
+        #[test]
+        fn touches_agrees_with_interval_arithmetic(
+            start in proptest::collection::vec(proptest::sample::select(vec![b'/', b'a', b'z', 0xff]), 0..4),
+            end in proptest::option::of(proptest::collection::vec(proptest::sample::select(vec![b'/', b'a', b'z', 0xff]), 0..4)),
+            reserved in proptest::collection::vec(proptest::sample::select(vec![b'/', b'a', b'z', 0xff]), 0..3),
+        ) {
+            let names = Names { start, end };
+            let (lo, hi) = names.interval();
+            let (r_lo, r_hi) = Names::prefix(reserved.clone()).interval();
+            let before = |start: &Vec<u8>, end: &Option<Vec<u8>>| end.as_ref().is_none_or(|e| start < e);
+            let expected = before(&lo, &r_hi) && before(&r_lo, &hi);
+            proptest::prop_assert_eq!(touches(&names, &reserved), expected);
+        }
+    }
 
     #[test]
     fn a_transaction_needs_both_branches_and_its_compares() {

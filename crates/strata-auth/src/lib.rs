@@ -235,20 +235,23 @@ impl Grants {
         let Some(granted) = self.intervals.get(&(kind, write)) else {
             return false;
         };
-        let (lo, hi) = names.interval();
-        if hi.as_ref().is_some_and(|hi| hi <= &lo) {
-            // An empty range asks for nothing.
-            return true;
-        }
+        // Compared in place (this runs on every request): `names` is [lo, hi).
+        let lo = names.start.as_slice();
         // `granted` is merged: disjoint, non-adjacent and sorted, so one interval must hold it.
-        granted.iter().any(|(g_lo, g_hi)| {
-            g_lo <= &lo
-                && match (g_hi, &hi) {
-                    (None, _) => true,
-                    (Some(_), None) => false,
-                    (Some(g_hi), Some(hi)) => hi <= g_hi,
-                }
-        })
+        let held = |ends_within: &dyn Fn(Option<&[u8]>) -> bool| {
+            granted
+                .iter()
+                .any(|(g_lo, g_hi)| g_lo.as_slice() <= lo && ends_within(g_hi.as_deref()))
+        };
+        match names.end.as_deref() {
+            // One key: [lo, lo\0) ends within g_hi exactly when lo < g_hi.
+            None => held(&|g_hi| g_hi.is_none_or(|g_hi| lo < g_hi)),
+            // Everything from lo on.
+            Some([]) => held(&|g_hi| g_hi.is_none()),
+            // An empty range asks for nothing.
+            Some(hi) if hi <= lo => true,
+            Some(hi) => held(&|g_hi| g_hi.is_none_or(|g_hi| hi <= g_hi)),
+        }
     }
 }
 
@@ -385,6 +388,30 @@ mod tests {
                     );
                 }
             }
+        }
+
+        /// The in-place check decides exactly as the interval arithmetic it replaced.
+        #[test]
+        fn allows_agrees_with_interval_arithmetic(
+            granted in prop::collection::vec(names(), 0..4),
+            asked in names(),
+        ) {
+            let roles = role(granted.iter().cloned()
+                .map(|n| grant(Kind::Kv, n, Access::Read)).collect());
+            let grants = Grants::of(&["r".into()], &roles);
+            let (lo, hi) = asked.interval();
+            let expected = grants.intervals.get(&(Kind::Kv, false)).is_some_and(|granted| {
+                hi.as_ref().is_some_and(|hi| hi <= &lo)
+                    || granted.iter().any(|(g_lo, g_hi)| {
+                        g_lo <= &lo
+                            && match (g_hi, &hi) {
+                                (None, _) => true,
+                                (Some(_), None) => false,
+                                (Some(g_hi), Some(hi)) => hi <= g_hi,
+                            }
+                    })
+                });
+            prop_assert_eq!(grants.allows(Kind::Kv, Access::Read, &asked), expected);
         }
 
         /// And a single granted name is always allowed.

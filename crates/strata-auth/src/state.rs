@@ -228,14 +228,16 @@ fn dummy_hash() -> &'static str {
 }
 
 /// Failed logins per key (a user name, or a client address): after `free` failures within a
-/// window, each further attempt must wait twice as long as the last, up to `longest_ms`.
+/// window, each further attempt must wait twice as long as the last, up to `longest_ms`. A key
+/// with no failure for `longest_ms` starts over, and such keys are dropped once the table
+/// holds [`LoginThrottle::PRUNE_AT`] of them, so random names cannot grow it without bound.
 #[derive(Debug, Clone)]
 pub struct LoginThrottle {
     free: u32,
     first_ms: u64,
     longest_ms: u64,
-    /// Key -> (failures, the time before which attempts are refused).
-    failures: HashMap<String, (u32, u64)>,
+    /// Key -> (failures, the time before which attempts are refused, the last failure).
+    failures: HashMap<String, (u32, u64, u64)>,
 }
 
 impl LoginThrottle {
@@ -250,12 +252,15 @@ impl LoginThrottle {
         }
     }
 
+    /// How many keys the table holds before it drops the ones whose window has passed.
+    pub const PRUNE_AT: usize = 10_000;
+
     /// `Err(Throttled)` when an attempt for every one of `keys` may not be made at `now_ms`.
     pub fn check(&self, keys: &[&str], now_ms: u64) -> Result<(), Refusal> {
         let wait = keys
             .iter()
             .filter_map(|key| self.failures.get(*key))
-            .map(|(_, until)| until.saturating_sub(now_ms))
+            .map(|(_, until, _)| until.saturating_sub(now_ms))
             .max()
             .unwrap_or(0);
         if wait > 0 {
@@ -266,20 +271,33 @@ impl LoginThrottle {
 
     /// Records the outcome of an attempt for `keys` at `now_ms`.
     pub fn record(&mut self, keys: &[&str], success: bool, now_ms: u64) {
+        let window = self.longest_ms;
+        if !success && self.failures.len() >= Self::PRUNE_AT {
+            self.failures
+                .retain(|_, (_, until, last)| *until > now_ms || now_ms - *last < window);
+        }
         for key in keys {
             if success {
                 self.failures.remove(*key);
                 continue;
             }
-            let entry = self.failures.entry((*key).to_string()).or_insert((0, 0));
+            let entry = self
+                .failures
+                .entry((*key).to_string())
+                .or_insert((0, 0, now_ms));
+            if now_ms.saturating_sub(entry.2) >= window && entry.1 <= now_ms {
+                // Quiet for a whole window: the count starts over.
+                *entry = (0, 0, now_ms);
+            }
             entry.0 += 1;
+            entry.2 = now_ms;
             if entry.0 > self.free {
                 let doublings = (entry.0 - self.free - 1).min(32);
                 let wait = self
                     .first_ms
                     .saturating_mul(1u64 << doublings)
                     .min(self.longest_ms);
-                entry.1 = now_ms + wait;
+                entry.1 = now_ms.saturating_add(wait);
             }
         }
     }
@@ -372,6 +390,26 @@ mod tests {
             let text = refusal.to_string();
             assert!(!text.contains(&token) && !text.contains("wrong"), "{text}");
         }
+    }
+
+    #[test]
+    fn failures_start_over_after_a_quiet_window_and_the_table_stays_bounded() {
+        let mut throttle = LoginThrottle::new(3, 1_000, 60_000);
+        for _ in 0..3 {
+            throttle.record(&["user:a"], false, 0);
+        }
+        // A fourth failure a whole window later is a first failure again: free.
+        throttle.record(&["user:a"], false, 60_000);
+        assert!(throttle.check(&["user:a"], 60_000).is_ok());
+        // Random names cannot grow the table past the prune point by much.
+        for n in 0..(LoginThrottle::PRUNE_AT as u64 * 2) {
+            throttle.record(&[&format!("user:{n}")], false, n * 10);
+        }
+        assert!(
+            throttle.failures.len() <= LoginThrottle::PRUNE_AT,
+            "{}",
+            throttle.failures.len()
+        );
     }
 
     #[test]

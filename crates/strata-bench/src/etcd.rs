@@ -33,6 +33,7 @@ impl Pool {
         connections: usize,
         connect_timeout: Duration,
         user: Option<&str>,
+        tls: Option<&tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<Pool> {
         if endpoints.is_empty() {
             bail!("--endpoints needs at least one HOST:PORT");
@@ -44,10 +45,16 @@ impl Pool {
         let mut targets = Vec::with_capacity(connections);
         for connection_index in 0..connections {
             let target = host_port(&endpoints[connection_index % endpoints.len()]);
-            let endpoint = Endpoint::from_shared(format!("http://{target}"))
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
                 .with_context(|| format!("parse the endpoint {target:?}"))?
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true);
+            if let Some(tls) = tls {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .context("TLS settings (--cacert, --cert, --cert-key)")?;
+            }
             // `connect` opens a connection of its own each time; clones of the channel share it.
             let channel = tokio::time::timeout(connect_timeout, endpoint.connect())
                 .await

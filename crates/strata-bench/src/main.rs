@@ -141,6 +141,38 @@ struct ConnectionArgs {
     /// cluster with access control on.
     #[arg(long, env = "STRATA_BENCH_USER", hide_env_values = true)]
     user: Option<String>,
+    /// Connect over TLS, trusting this CA certificate (PEM), as etcd's benchmark tool does.
+    #[arg(long, env = "STRATA_BENCH_CACERT")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) to present over TLS.
+    #[arg(
+        long,
+        env = "STRATA_BENCH_CERT",
+        requires = "cert_key",
+        requires = "cacert"
+    )]
+    cert: Option<PathBuf>,
+    /// The client certificate's key (PEM); `--key` names the key an `etcd-get` reads.
+    #[arg(long, env = "STRATA_BENCH_CERT_KEY", requires = "cert")]
+    cert_key: Option<PathBuf>,
+}
+
+impl ConnectionArgs {
+    /// The TLS settings of `--cacert`, `--cert` and `--cert-key`; `None` without `--cacert`.
+    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let Some(ca) = &self.cacert else {
+            return Ok(None);
+        };
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("read {}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.cert_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(tls))
+    }
 }
 
 /// Flags of `strata-bench etcd-put`.
@@ -716,6 +748,7 @@ async fn drive_etcd(
         connections,
         request_timeout,
         connection.user.as_deref(),
+        connection.tls()?.as_ref(),
     )
     .await?;
     if let etcd::EtcdOp::Get { key, .. } = &op {
@@ -767,6 +800,7 @@ async fn drive_watch(args: EtcdWatchArgs) -> anyhow::Result<()> {
         connections,
         request_timeout,
         args.connection.user.as_deref(),
+        args.connection.tls()?.as_ref(),
     )
     .await?;
     let plan = watch::WatchPlan {

@@ -70,6 +70,22 @@ pub fn set_default_token(token: Option<String>) {
     *DEFAULT_TOKEN.write().unwrap_or_else(|e| e.into_inner()) = token;
 }
 
+static DEFAULT_TLS: std::sync::RwLock<Option<strata_tls::rustls::ClientConfig>> =
+    std::sync::RwLock::new(None);
+
+/// Sets the TLS every [`Client`] made afterwards in this process uses for `https://`
+/// endpoints: trust `ca` (else the system's roots) and present the certificate and key in
+/// `identity` (a node maps its name to a user). Fails on a file that does not load.
+pub fn set_default_tls(
+    ca: Option<&std::path::Path>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<(), String> {
+    let config = strata_tls::client_config(ca, identity, &[b"http/1.1".as_slice()])
+        .map_err(|e| e.to_string())?;
+    *DEFAULT_TLS.write().unwrap_or_else(|e| e.into_inner()) = Some(config);
+    Ok(())
+}
+
 /// Adds `http://` when an endpoint has no scheme and drops a trailing slash.
 pub fn normalize_endpoint(endpoint: &str) -> String {
     let trimmed = endpoint.trim().trim_end_matches('/');
@@ -135,6 +151,7 @@ fn wrong_listener(endpoint: &str, headers: &reqwest::header::HeaderMap) -> Optio
         "raft" => "Strata's node-to-node raft listener (--raft-addr)",
         "consul" => "Strata's Consul-compatible API (--consul-addr)",
         "nacos" => "Strata's Nacos-compatible API (--nacos-addr)",
+        "grpc" => "Strata's etcd v3 gRPC listener (--grpc-addr, for etcdctl and etcd clients)",
         _ => "a Strata listener other than the native API",
     };
     Some(ClientError::Transport(format!(
@@ -197,11 +214,19 @@ async fn speaks_only_http2(endpoint: &str) -> bool {
 impl Client {
     /// Creates a client; endpoints are `http://host:port` (scheme optional).
     pub fn new(endpoints: &[String]) -> Self {
-        let http = strata_tls::http_client_builder()
+        let mut builder = strata_tls::http_client_builder()
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(tls) = DEFAULT_TLS
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder
             .build()
-            .expect("a reqwest client with plain settings always builds");
+            .expect("a reqwest client with plain settings and a built TLS config always builds");
         Client {
             endpoints: endpoints.iter().map(|e| normalize_endpoint(e)).collect(),
             http,

@@ -29,10 +29,10 @@ impl Component for EtcdComponent {
                 let max = ctx.max_request_bytes;
                 let stop = ctx.cancel.clone();
                 let auth = ctx.auth.clone();
-                // gRPC speaks HTTP/2 only.
+                // gRPC speaks HTTP/2; the JSON gateway also HTTP/1.1.
                 let tls = match &ctx.tls {
                     Some(tls) => Some(
-                        tls.with_alpn(&[b"h2".as_slice()])
+                        tls.with_alpn(&[b"h2".as_slice(), b"http/1.1".as_slice()])
                             .map_err(|e| StartError(format!("[tls]: {e}")))?,
                     ),
                     None => None,

@@ -22,7 +22,8 @@
 //!   system `protoc`). Clients are generated too, for tests and tools.
 //! - One module per service: `kv`, `watch`, `lease`, `cluster`, `maintenance`, `lock`,
 //!   `election`; `convert` moves fields between the two models; `error` is the one place
-//!   where errors become etcd statuses.
+//!   where errors become etcd statuses. `gateway`: etcd's JSON gateway (`POST /v3/kv/range`
+//!   and the other unary calls) on the same port, handing each request to the same service.
 //!
 //! # Invariants
 //! - Every response header carries the cluster id, member id, revision and Raft term.
@@ -37,6 +38,7 @@ mod context;
 mod convert;
 mod election;
 mod error;
+mod gateway;
 mod kv;
 mod lease;
 mod lock;

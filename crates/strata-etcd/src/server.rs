@@ -62,6 +62,16 @@ pub fn routes(backend: Arc<dyn KvApi>, max_message_bytes: usize) -> Routes {
     build_routes(ctx)
 }
 
+/// `routes` plus etcd's JSON gateway (`POST /v3/...`). A request for no route gets gRPC's
+/// "unimplemented" when it is gRPC, else a 404 that names this listener (`strata-listener:
+/// grpc`), so the CLI pointed here can say where it is.
+fn with_gateway(mut routes: Routes, ctx: &Context) -> Routes {
+    let gateway = crate::gateway::router(ctx);
+    let router = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = router.merge(gateway).fallback(crate::gateway::fallback);
+    routes
+}
+
 fn build_routes(ctx: Context) -> Routes {
     let decode_limit = ctx.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let mut builder = Routes::builder();
@@ -150,7 +160,9 @@ pub async fn serve_tls(
         .max_concurrent_streams(u32::MAX)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_routes(build_routes(ctx));
+        // The JSON gateway answers HTTP/1.1 clients (curl, scripts) on the same port.
+        .accept_http1(true)
+        .add_routes(with_gateway(build_routes(ctx.clone()), &ctx));
     match tls {
         None => {
             server

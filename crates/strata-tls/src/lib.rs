@@ -11,6 +11,8 @@
 
 pub mod cert;
 
+pub use rustls;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;

@@ -55,6 +55,27 @@ pub struct Cli {
     /// stored).
     #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) to trust for https:// endpoints (default: the system's roots).
+    #[arg(long, global = true, env = "STRATA_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for https:// endpoints; its name is the user it logs in as.
+    #[arg(
+        long = "cert",
+        global = true,
+        env = "STRATA_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "key",
+        global = true,
+        env = "STRATA_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
     /// Output format: table (for people) or json (for scripts).
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -162,6 +183,11 @@ fn main() {
     if !is_node {
         cli.endpoints = strata_client::parse_endpoints(&cli.endpoints).unwrap_or_else(|e| fail(&e));
         strata_client::set_default_token(auth_cmds::resolve_token(cli.token.take()));
+        let identity = cli.client_cert.as_deref().zip(cli.client_key.as_deref());
+        if cli.cacert.is_some() || identity.is_some() {
+            strata_client::set_default_tls(cli.cacert.as_deref(), identity)
+                .unwrap_or_else(|e| fail(&format!("TLS: {e}")));
+        }
     }
     let result = runtime.block_on(async move {
         match cli.command {

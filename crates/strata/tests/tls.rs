@@ -197,6 +197,43 @@ async fn t01_tls_listeners_client_certificates_and_rotation_without_restart() {
         "a certificate of no user"
     );
 
+    // The CLI over HTTPS: trusting the CA, as alice by her certificate.
+    let cli_as = |client: Option<&str>, args: &[&str]| {
+        let mut command = Command::new(strata_bin());
+        command
+            .arg("--endpoints")
+            .arg(https(""))
+            .arg("--cacert")
+            .arg(ca.join("ca.pem"));
+        if let Some(name) = client {
+            command
+                .arg("--cert")
+                .arg(ca.join(format!("{name}.pem")))
+                .arg("--key")
+                .arg(ca.join(format!("{name}-key.pem")));
+        }
+        run_with_deadline(command.args(args), b"", Duration::from_secs(30))
+    };
+    let out = cli_as(Some("alice"), &["kv", "put", "app/cli", "v"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli_as(Some("alice"), &["auth", "whoami"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("alice"),
+        "{out:?}"
+    );
+    let out = cli_as(Some("alice"), &["kv", "put", "other", "v"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission"),
+        "{out:?}"
+    );
+    let out = cli_as(None, &["kv", "get", "app/cli"]);
+    assert!(!out.status.success(), "no credential: {out:?}");
+
     let grpc = node.grpc_addr().to_string();
     let out = etcdctl(&ca, &grpc, "alice", &["put", "app/e", "1"]);
     assert_eq!(

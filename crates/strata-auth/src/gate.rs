@@ -35,6 +35,20 @@ pub struct Caller {
     pub from: Option<String>,
     /// Which interface it came through (`native`, `etcd`, `consul`, `nacos`).
     pub api: &'static str,
+    /// What it was resolved from, so a long-lived stream can resolve it again
+    /// ([`Gate::recheck`]).
+    credential: Credential,
+}
+
+/// The credential a [`Caller`] was resolved from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credential {
+    /// None: access control was off, or the caller is anonymous.
+    None,
+    /// A token, by its digest.
+    Token(String),
+    /// A verified client certificate naming this user.
+    Certificate(String),
 }
 
 impl Caller {
@@ -45,6 +59,7 @@ impl Caller {
             grants: None,
             from,
             api,
+            credential: Credential::None,
         }
     }
 
@@ -56,6 +71,7 @@ impl Caller {
             grants: Some(Arc::new(Grants::default())),
             from,
             api,
+            credential: Credential::None,
         }
     }
 
@@ -286,29 +302,44 @@ impl Gate {
             return Err(refused(Refusal::BadCredentials, from));
         }
         let digest = secret::token_digest(token);
-        let Some(record) = view.state.tokens.get(&digest) else {
-            return Err(refused(Refusal::BadCredentials, from));
-        };
-        if record.expires_at_ms.is_some_and(|at| now_ms() >= at) {
-            return Err(refused(Refusal::Expired, from));
+        match by_digest(&view, api, digest, from.clone()) {
+            Ok(caller) => Ok(caller),
+            Err(refusal) => Err(refused(refusal, from)),
         }
-        match &record.owner {
-            Owner::User(name) => match view.users.get(name) {
+    }
+
+    /// Resolves `caller` again from the credential it came with, against the records as they
+    /// are now: a stream opened long ago loses what its token, user or roles no longer grant
+    /// (expired, revoked, deleted), and access control switched on since applies to it.
+    pub fn recheck(&self, caller: &Caller) -> Result<Caller, ApiError> {
+        let view = self.view();
+        if !view.state.enabled && !self.is_held_closed() {
+            return Ok(Caller::open(caller.api, caller.from.clone()));
+        }
+        let (api, from) = (caller.api, caller.from.clone());
+        match &caller.credential {
+            Credential::None if caller.grants.is_none() => Err(unauthenticated(Refusal::Missing)),
+            Credential::None => Ok(Caller::anonymous(api, from)),
+            Credential::Token(digest) => {
+                by_digest(&view, api, digest.clone(), from).map_err(unauthenticated)
+            }
+            Credential::Certificate(user) => match view.users.get(user) {
                 Some(grants) => Ok(Caller {
-                    user: Some(name.clone()),
+                    user: Some(user.clone()),
                     grants: Some(grants.clone()),
                     from,
                     api,
+                    credential: caller.credential.clone(),
                 }),
-                None => Err(refused(Refusal::BadCredentials, from)),
+                None => Err(unauthenticated(Refusal::BadCredentials)),
             },
-            Owner::Roles(roles) => Ok(Caller {
-                user: None,
-                grants: Some(Arc::new(Grants::of(roles, &view.state.roles))),
-                from,
-                api,
-            }),
         }
+    }
+
+    /// Follows the auth records' revision: it moves whenever a user, role, token or the switch
+    /// changes, which is when a long-lived stream should [`recheck`](Gate::recheck) its caller.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.revision.subscribe()
     }
 
     /// The caller behind a verified client certificate naming `user`: that user, if it
@@ -329,6 +360,7 @@ impl Gate {
                 grants: Some(grants.clone()),
                 from,
                 api,
+                credential: Credential::Certificate(user.to_string()),
             }),
             None => {
                 self.metrics
@@ -532,6 +564,35 @@ impl Gate {
             moved
         });
     }
+}
+
+/// The caller a token (by its digest) stands for, in `view`.
+fn by_digest(
+    view: &View,
+    api: &'static str,
+    digest: String,
+    from: Option<String>,
+) -> Result<Caller, Refusal> {
+    let Some(record) = view.state.tokens.get(&digest) else {
+        return Err(Refusal::BadCredentials);
+    };
+    if record.expires_at_ms.is_some_and(|at| now_ms() >= at) {
+        return Err(Refusal::Expired);
+    }
+    let (user, grants) = match &record.owner {
+        Owner::User(name) => match view.users.get(name) {
+            Some(grants) => (Some(name.clone()), grants.clone()),
+            None => return Err(Refusal::BadCredentials),
+        },
+        Owner::Roles(roles) => (None, Arc::new(Grants::of(roles, &view.state.roles))),
+    };
+    Ok(Caller {
+        user,
+        grants: Some(grants),
+        from,
+        api,
+        credential: Credential::Token(digest),
+    })
 }
 
 /// The host part of `addr` (`IP:PORT`), so the throttle counts per client machine.

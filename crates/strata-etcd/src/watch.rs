@@ -22,13 +22,18 @@
 //!
 //! A client that closes its sending side keeps its watches, as with etcd; the stream ends
 //! once it also has no watch left.
+//!
+//! With access control on, the stream's caller is resolved again from its credential at each
+//! create and whenever a user, role or token changes: a watch its caller may no longer read
+//! (token expired or revoked, user deleted, role revoked) is canceled with the reason.
 
 use crate::context::Context;
 use crate::convert;
 use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
 use futures::stream::{self, BoxStream, StreamExt};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use strata_auth::kv::Need;
 use strata_auth::Caller;
 use strata_proto::error::ErrorCode;
 use strata_proto::kv::{WatchRequest, WatchResponse};
@@ -95,8 +100,12 @@ enum FeedItem {
 pub(crate) struct WatchSession {
     /// Shared server state.
     ctx: Context,
-    /// Who opened the stream; each watch it creates is checked against its grants.
+    /// Who opened the stream, as last resolved; each watch is checked against its grants.
     who: Caller,
+    /// What each live watch needs, to check it again when the auth records change.
+    needs: HashMap<i64, Vec<Need>>,
+    /// Moves when the auth records change (`None` without access control).
+    auth_changes: Option<tokio::sync::watch::Receiver<i64>>,
     /// The client's requests; `None` once the client closed its sending side.
     requests: Option<BoxStream<'static, Result<pb::WatchRequest, Status>>>,
     /// Live watches by id, each its backend receiver turned into replies.
@@ -116,9 +125,12 @@ impl WatchSession {
         who: Caller,
         requests: BoxStream<'static, Result<pb::WatchRequest, Status>>,
     ) -> Self {
+        let auth_changes = ctx.auth.as_ref().map(|auth| auth.gate.changes());
         WatchSession {
             ctx,
             who,
+            needs: HashMap::new(),
+            auth_changes,
             requests: Some(requests),
             watches: StreamMap::new(),
             next_id: 0,
@@ -159,15 +171,16 @@ impl WatchSession {
                     }
                     None => self.requests = None,
                 },
+                () = auth_changed(&mut self.auth_changes) => self.recheck_watches(),
                 Some((id, item)) = self.watches.next() => match item {
                     FeedItem::Reply { reply, last } => {
                         if last {
-                            self.watches.remove(&id);
+                            self.drop_watch(id);
                         }
                         return Some(Ok(reply));
                     }
                     FeedItem::Closed => {
-                        self.watches.remove(&id);
+                        self.drop_watch(id);
                         let reply = self.canceled(id, Some(CLOSED_BY_SERVER.to_string()));
                         return Some(Ok(reply));
                     }
@@ -176,11 +189,39 @@ impl WatchSession {
         }
     }
 
+    fn drop_watch(&mut self, id: i64) -> bool {
+        self.needs.remove(&id);
+        self.watches.remove(&id).is_some()
+    }
+
+    /// Resolves the caller again; a watch it may no longer read is canceled with the reason.
+    fn recheck_watches(&mut self) {
+        let Some(auth) = &self.ctx.auth else {
+            return;
+        };
+        let mut ids: Vec<i64> = self.needs.keys().copied().collect();
+        ids.sort_unstable();
+        let refused = match auth.gate.recheck(&self.who) {
+            Ok(who) => {
+                self.who = who;
+                ids.retain(|id| self.ctx.allow(&self.who, &self.needs[id], "watch").is_err());
+                permission_reason(&error::permission_denied())
+            }
+            Err(_) => permission_reason(&error::invalid_auth_token()),
+        };
+        for id in ids {
+            self.drop_watch(id);
+            let reply = self.canceled(id, Some(refused.clone()));
+            self.replies.push_back(reply);
+        }
+    }
+
     /// Ends the session with `status`, dropping every watch.
     fn finish(&mut self, status: Status) -> Status {
         self.finished = true;
         self.requests = None;
         self.watches.clear();
+        self.needs.clear();
         self.replies.clear();
         status
     }
@@ -204,7 +245,7 @@ impl WatchSession {
 
     /// Cancels a live watch and confirms it; an unknown id gets no reply, as in etcd.
     fn cancel(&mut self, id: i64) {
-        if self.watches.remove(&id).is_none() {
+        if !self.drop_watch(id) {
             return;
         }
         let reply = self.canceled(id, None);
@@ -237,18 +278,22 @@ impl WatchSession {
         };
         let with_prev_kv = create.prev_kv;
         let request = watch_request(create);
+        let needs = strata_auth::kv::watch(&request);
         // As etcd: a watch the caller may not read is created and canceled at once, with the
-        // permission error as the reason; the stream stays open.
-        if let Err(status) = self
-            .ctx
-            .allow(&self.who, &strata_auth::kv::watch(&request), "watch")
-        {
+        // permission error as the reason; the stream stays open. The caller is resolved again
+        // first: its token may have expired since the stream opened.
+        let allowed = match self.ctx.auth.as_ref().map(|a| a.gate.recheck(&self.who)) {
+            Some(Err(_)) => Err(error::invalid_auth_token()),
+            Some(Ok(who)) => {
+                self.who = who;
+                self.ctx.allow(&self.who, &needs, "watch")
+            }
+            None => self.ctx.allow(&self.who, &needs, "watch"),
+        };
+        if let Err(status) = allowed {
             self.replies
                 .push_back(self.created(id, self.ctx.backend.revision()));
-            let reason = format!(
-                "rpc error: code = PermissionDenied desc = {}",
-                status.message()
-            );
+            let reason = permission_reason(&status);
             self.replies.push_back(self.canceled(id, Some(reason)));
             return;
         }
@@ -296,6 +341,7 @@ impl WatchSession {
         }
         self.watches
             .insert(id, feed(self.ctx.clone(), id, with_prev_kv, receiver));
+        self.needs.insert(id, needs);
     }
 
     fn created(&self, id: i64, revision: i64) -> pb::WatchResponse {
@@ -339,6 +385,29 @@ impl WatchSession {
             cancel_reason: reason,
             ..Default::default()
         });
+    }
+}
+
+/// A canceled watch's reason for a refused permission or credential, as etcd words it.
+fn permission_reason(status: &Status) -> String {
+    format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    )
+}
+
+/// Resolves when the auth records change; never without access control (or once the gate
+/// is gone).
+async fn auth_changed(changes: &mut Option<tokio::sync::watch::Receiver<i64>>) {
+    match changes {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *changes = None;
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

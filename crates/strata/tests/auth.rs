@@ -1081,3 +1081,94 @@ async fn t06_the_json_gateway_speaks_and_enforces_as_etcds_does() {
         "the refused gateway write is audited"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t07_a_watch_stream_loses_what_its_user_loses() {
+    let cluster = Cluster::start(1, GRPC_ON_ANY_PORT).await;
+    let grpc = cluster.nodes[0].grpc_addr().to_string();
+    let setup = [
+        (
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": "root-secret"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+        ),
+        ("/v3/auth/role/add", json!({"name": "app"})),
+        (
+            "/v3/auth/role/grant",
+            json!({"name": "app", "perm": {"permType": "READ", "key": b64("app/"), "range_end": b64("app0")}}),
+        ),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "alice", "password": "alice-secret"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "alice", "role": "app"}),
+        ),
+        ("/v3/auth/enable", json!({})),
+    ];
+    for (path, body) in setup {
+        let (status, reply) = gateway(&grpc, None, path, body).await;
+        assert_eq!(status, 200, "{path}: {reply}");
+    }
+    let root = json!({"name": "root", "password": "root-secret"});
+    let (_, reply) = gateway(&grpc, None, "/v3/auth/authenticate", root).await;
+    let root = reply["token"].as_str().unwrap().to_string();
+
+    // alice watches her prefix through etcdctl and sees a change.
+    let out = cluster.root.path().join("watch.out");
+    let mut watcher = KillOnDrop(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={grpc}"))
+            .args(["--user=alice:alice-secret", "watch", "app/", "--prefix"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(cluster.root.path().join("watch.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let put = json!({"key": b64("app/x"), "value": b64("seen")});
+    wait_until(
+        Duration::from_secs(20),
+        "alice's watch to see a put",
+        || {
+            let (grpc, root, put, out) = (grpc.clone(), root.clone(), put.clone(), out.clone());
+            async move {
+                gateway(&grpc, Some(&root), "/v3/kv/put", put).await;
+                std::fs::read_to_string(&out)
+                    .ok()?
+                    .contains("seen")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Root takes the role away: the open stream's watch is canceled, etcdctl says why and exits.
+    let revoke = json!({"name": "alice", "role": "app"});
+    let (status, reply) = gateway(&grpc, Some(&root), "/v3/auth/user/revoke", revoke).await;
+    assert_eq!(status, 200, "{reply}");
+    let exited = wait_until(Duration::from_secs(20), "the watch to be canceled", || {
+        let status = watcher.0.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let said = std::fs::read_to_string(cluster.root.path().join("watch.err")).unwrap();
+    assert!(!exited.success());
+    // etcdctl 3.4 prints no reason; the audit log has the refusal.
+    assert!(said.contains("watch is canceled by the server"), "{said}");
+    let audit = std::fs::read_to_string(cluster.nodes[0].dir.join("data/audit/audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"user\":\"alice\"")
+            && l.contains("\"action\":\"watch\"")
+            && l.contains("\"allowed\":false")),
+        "{audit}"
+    );
+    // Nothing written after the revocation reached alice.
+    let later = json!({"key": b64("app/y"), "value": b64("unseen")});
+    gateway(&grpc, Some(&root), "/v3/kv/put", later).await;
+    assert!(!std::fs::read_to_string(&out).unwrap().contains("unseen"));
+}

@@ -525,6 +525,8 @@ async fn watch(
         Err(e) => return ErrorResponse(e).into_response(),
     };
     s.center.metrics.op("watch");
+    let gate = s.auth.gate.clone();
+    let guarded = Names::one(format!("{}/{}/{}", key.namespace, key.group, key.data_id));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let mut changes = s.center.view.subscribe();
     let tracker = s.center.tracker.clone();
@@ -603,7 +605,11 @@ async fn watch(
             }
         }
     });
-    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let events = strata_http::guard_events(events, gate, who, move |gate, who| {
+        gate.check(who, Kind::Config, Access::Read, &guarded, "config")
+    });
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }

@@ -438,24 +438,30 @@ async fn election_observe_post(
 }
 
 fn election_observe(s: ApiState, who: Caller, name: Vec<u8>) -> Response {
-    if let Err(e) = allow(
-        &s,
-        &who,
-        &[(Access::Read, Names::prefix(name.clone()))],
-        "observe",
-    ) {
+    let wanted = vec![(Access::Read, Names::prefix(name.clone()))];
+    if let Err(e) = allow(&s, &who, &wanted, "observe") {
         return e.into_response();
     }
     match s.service.observe(name) {
-        Ok(receiver) => event_stream(receiver),
+        Ok(receiver) => event_stream(&s, who, wanted, "observe", receiver),
         Err(e) => ErrorResponse(e).into_response(),
     }
 }
 
-/// Streams each message `receiver` yields as a JSON server-sent event, with keep-alives.
-fn event_stream<T: Serialize + Send + 'static>(receiver: mpsc::Receiver<T>) -> Response {
+/// Streams each message `receiver` yields as a JSON server-sent event, with keep-alives, for
+/// as long as `who` may still do what `wanted` says.
+fn event_stream<T: Serialize + Send + 'static>(
+    s: &ApiState,
+    who: Caller,
+    wanted: Vec<needs::Need>,
+    action: &'static str,
+    receiver: mpsc::Receiver<T>,
+) -> Response {
     let stream =
         ReceiverStream::new(receiver).map(|message| Ok::<_, Infallible>(json_event(&message)));
+    let stream = strata_http::guard_events(stream, s.auth.gate.clone(), who, move |gate, who| {
+        gate.check_kv(who, &wanted, action)
+    });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -536,12 +542,13 @@ async fn watch_post(
 }
 
 fn open_watch(s: ApiState, who: Caller, req: WatchRequest) -> Response {
-    if let Err(e) = allow(&s, &who, &needs::watch(&req), "watch") {
+    let wanted = needs::watch(&req);
+    if let Err(e) = allow(&s, &who, &wanted, "watch") {
         return e.into_response();
     }
     s.service.metrics.op("watch");
     match watch::open(s.service.clone(), req, s.cancel.child_token(), &s.tracker) {
-        Ok(receiver) => event_stream(receiver),
+        Ok(receiver) => event_stream(&s, who, wanted, "watch", receiver),
         Err(e) => ErrorResponse(e).into_response(),
     }
 }

@@ -322,7 +322,13 @@ async fn watch(
         Err(e) => return ErrorResponse(e).into_response(),
     };
     s.registry.metrics.op("watch");
-    Sse::new(watch_stream(s, ns, service))
+    let gate = s.auth.gate.clone();
+    let name = Names::one(format!("{ns}/{service}"));
+    let events = watch_stream(s, ns, service);
+    let events = strata_http::guard_events(events, gate, who, move |gate, who| {
+        gate.check(who, Kind::Registry, Access::Read, &name, "watch")
+    });
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }

@@ -1082,10 +1082,9 @@ async fn t06_the_json_gateway_speaks_and_enforces_as_etcds_does() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t07_a_watch_stream_loses_what_its_user_loses() {
-    let cluster = Cluster::start(1, GRPC_ON_ANY_PORT).await;
-    let grpc = cluster.nodes[0].grpc_addr().to_string();
+/// Through the etcd JSON gateway at `grpc`: root, a role reading `app/`, alice with it, access
+/// control on. Returns root's token.
+async fn alice_reads_app_over_gateway(grpc: &str) -> String {
     let setup = [
         (
             "/v3/auth/user/add",
@@ -1111,12 +1110,19 @@ async fn t07_a_watch_stream_loses_what_its_user_loses() {
         ("/v3/auth/enable", json!({})),
     ];
     for (path, body) in setup {
-        let (status, reply) = gateway(&grpc, None, path, body).await;
+        let (status, reply) = gateway(grpc, None, path, body).await;
         assert_eq!(status, 200, "{path}: {reply}");
     }
     let root = json!({"name": "root", "password": "root-secret"});
-    let (_, reply) = gateway(&grpc, None, "/v3/auth/authenticate", root).await;
-    let root = reply["token"].as_str().unwrap().to_string();
+    let (_, reply) = gateway(grpc, None, "/v3/auth/authenticate", root).await;
+    reply["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t07_a_watch_stream_loses_what_its_user_loses() {
+    let cluster = Cluster::start(1, GRPC_ON_ANY_PORT).await;
+    let grpc = cluster.nodes[0].grpc_addr().to_string();
+    let root = alice_reads_app_over_gateway(&grpc).await;
 
     // alice watches her prefix through etcdctl and sees a change.
     let out = cluster.root.path().join("watch.out");
@@ -1171,4 +1177,65 @@ async fn t07_a_watch_stream_loses_what_its_user_loses() {
     let later = json!({"key": b64("app/y"), "value": b64("unseen")});
     gateway(&grpc, Some(&root), "/v3/kv/put", later).await;
     assert!(!std::fs::read_to_string(&out).unwrap().contains("unseen"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t08_a_native_event_stream_ends_when_its_user_loses_the_right() {
+    let cluster = Cluster::start(1, GRPC_ON_ANY_PORT).await;
+    let grpc = cluster.nodes[0].grpc_addr().to_string();
+    let api = cluster.nodes[0].api.clone();
+    let root = alice_reads_app_over_gateway(&grpc).await;
+    let alice = login(&api, "alice", "alice-secret").await;
+
+    // alice's native watch on her prefix delivers a change.
+    let mut watch = http_client()
+        .post(format!("http://{api}/v1/kv/watch"))
+        .bearer_auth(&alice)
+        .json(&json!({"key": "app/", "prefix": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    let mut seen = String::new();
+    assert_eq!(put(&api, Some(&root), "app/x", "seen").await.0, 200);
+    assert!(read_until(&mut watch, &mut seen, "app/x").await, "{seen}");
+
+    // Root revokes her role: the stream says why and ends.
+    let (status, reply) = call_delete(&api, &root, "/v1/auth/users/alice/roles/app").await;
+    assert_eq!(status, 200, "{reply}");
+    read_until(&mut watch, &mut seen, "event: error").await;
+    assert!(seen.contains("permission_denied"), "{seen}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.chunk()).await;
+    assert!(
+        matches!(ended, Ok(Ok(None))),
+        "the stream goes on after the refusal: {ended:?}"
+    );
+}
+
+/// Reads an event stream into `seen` until it holds `needle` (true) or ends (false); panics
+/// after 20 s.
+async fn read_until(watch: &mut reqwest::Response, seen: &mut String, needle: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, watch.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in the stream: {seen}"))
+            .unwrap();
+        match chunk {
+            Some(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            None => return false,
+        }
+    }
+    true
+}
+
+async fn call_delete(api: &str, token: &str, path: &str) -> (u16, Value) {
+    let response = http_client()
+        .delete(format!("http://{api}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -174,13 +174,16 @@ if ((tls)); then
     "$strata" cert issue client --dir "$pki" >&3
     scheme=https
     ctl_tls=(--cacert "$pki/ca.pem" --cert "$pki/client.pem" --key "$pki/client-key.pem")
+    # One CA signs peers and clients, so both systems accept only the node certificate's name
+    # from peers (etcd --peer-cert-allowed-cn, Strata --peer-tls-allowed-name).
     etcd_tls=(--cert-file "$pki/node.pem" --key-file "$pki/node-key.pem" --client-cert-auth
         --trusted-ca-file "$pki/ca.pem" --peer-cert-file "$pki/node.pem"
         --peer-key-file "$pki/node-key.pem" --peer-client-cert-auth
-        --peer-trusted-ca-file "$pki/ca.pem")
+        --peer-trusted-ca-file "$pki/ca.pem" --peer-cert-allowed-cn node)
     strata_tls=(--tls-cert "$pki/node.pem" --tls-key "$pki/node-key.pem" --tls-ca "$pki/ca.pem"
         --tls-client-auth require --peer-tls-cert "$pki/node.pem"
-        --peer-tls-key "$pki/node-key.pem" --peer-tls-ca "$pki/ca.pem")
+        --peer-tls-key "$pki/node-key.pem" --peer-tls-ca "$pki/ca.pem"
+        --peer-tls-allowed-name node)
     # The strata CLI and the load generator read these.
     export STRATA_CACERT="$pki/ca.pem" STRATA_CERT="$pki/client.pem" STRATA_KEY="$pki/client-key.pem"
     export STRATA_BENCH_CACERT="$pki/ca.pem" STRATA_BENCH_CERT="$pki/client.pem"

@@ -273,8 +273,9 @@ impl LoginThrottle {
     pub fn record(&mut self, keys: &[&str], success: bool, now_ms: u64) {
         let window = self.longest_ms;
         if !success && self.failures.len() >= Self::PRUNE_AT {
-            self.failures
-                .retain(|_, (_, until, last)| *until > now_ms || now_ms - *last < window);
+            self.failures.retain(|_, (_, until, last)| {
+                *until > now_ms || now_ms.saturating_sub(*last) < window
+            });
         }
         for key in keys {
             if success {

@@ -164,6 +164,19 @@ where
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
     let (parts, body) = request.into_parts();
+    // A browser page must not drive this port (etcd's gateway takes any body type, so a
+    // cross-site form post would reach it): requests a browser marks as cross-site are
+    // refused. curl, scripts and HTTP libraries send neither header.
+    let cross_site = parts.headers.contains_key(header::ORIGIN)
+        || parts
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v != "none" && v != "same-origin");
+    if cross_site {
+        return error(&Status::permission_denied(
+            "etcdserver: the JSON gateway refuses requests from web pages (Origin or Sec-Fetch-Site)",
+        ));
+    }
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return error(&Status::invalid_argument(
             "etcdserver: request is too large",

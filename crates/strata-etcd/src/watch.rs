@@ -125,7 +125,12 @@ impl WatchSession {
         who: Caller,
         requests: BoxStream<'static, Result<pb::WatchRequest, Status>>,
     ) -> Self {
-        let auth_changes = ctx.auth.as_ref().map(|auth| auth.gate.changes());
+        let auth_changes = ctx.auth.as_ref().map(|auth| {
+            let mut changes = auth.gate.changes();
+            // `who` was resolved before this subscription: a change in between counts.
+            changes.mark_changed();
+            changes
+        });
         WatchSession {
             ctx,
             who,

@@ -126,7 +126,11 @@ where
         caller: Caller,
         check: F,
     }
-    let changes = Some(gate.changes());
+    let mut changes = gate.changes();
+    // The caller was resolved before this subscription: look again at once, so a change that
+    // landed in between is not missed.
+    changes.mark_changed();
+    let changes = Some(changes);
     let state = Guarded {
         events: Box::pin(events),
         changes,

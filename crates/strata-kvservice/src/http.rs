@@ -499,7 +499,7 @@ async fn add_member(
     count_error(
         &s,
         s.service
-            .add_member(req.id, info)
+            .add_member(req.id, info, true)
             .await
             .map(|()| Done { ok: true }),
     )

@@ -158,7 +158,8 @@ impl KvApi for NodeKv {
             } else {
                 id
             };
-            self.service.add_member(id, info).await.map(|()| id)
+            // etcd's MemberAdd: a voter at once, so the node may be started afterwards.
+            self.service.add_member(id, info, false).await.map(|()| id)
         })
     }
 

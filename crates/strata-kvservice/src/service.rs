@@ -471,8 +471,14 @@ impl KvService {
         }
     }
 
-    /// Adds a member (learner, then voter once it caught up).
-    pub async fn add_member(&self, id: u64, info: NodeInfo) -> Result<(), ApiError> {
+    /// Adds a member: a learner, then a voter; with `when_caught_up` only once it holds the
+    /// log (else at once, as etcd's `MemberAdd`).
+    pub async fn add_member(
+        &self,
+        id: u64,
+        info: NodeInfo,
+        when_caught_up: bool,
+    ) -> Result<(), ApiError> {
         if id == 0 {
             return Err(ApiError::bad_request("member id must be positive"));
         }
@@ -482,9 +488,12 @@ impl KvService {
                 info.raft_addr
             )));
         }
-        self.leader_call(LeaderRequest::AddMember(id, info))
-            .await
-            .map(|_| ())
+        let request = if when_caught_up {
+            LeaderRequest::AddMemberWhenCaughtUp(id, info)
+        } else {
+            LeaderRequest::AddMember(id, info)
+        };
+        self.leader_call(request).await.map(|_| ())
     }
 
     /// Removes a member.

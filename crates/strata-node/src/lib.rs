@@ -286,6 +286,7 @@ impl Node {
             // Appends and snapshots can be far larger than a client request; peers are trusted.
             .layer(axum::extract::DefaultBodyLimit::disable());
         let raft_tls = peer_tls.map(|(_, server)| server);
+        let raft_router = only_peers(raft_router, &config.peer_tls.allowed_names);
         for reloading in [network_client.reloading()].into_iter().flatten() {
             let stop = cancel.child_token();
             tracker
@@ -416,6 +417,35 @@ impl Node {
 
 /// How often TLS files are checked for a rotation.
 const TLS_RELOAD_PERIOD: Duration = Duration::from_secs(2);
+
+/// With `[peer_tls] allowed_names`, the raft listener serves only callers whose certificate
+/// carries one of them (its name is in each request, from `serve_http`); the rest get 403.
+fn only_peers(router: axum::Router, allowed: &[String]) -> axum::Router {
+    if allowed.is_empty() {
+        return router;
+    }
+    let allowed: Arc<std::collections::HashSet<String>> =
+        Arc::new(allowed.iter().cloned().collect());
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = allowed.clone();
+            async move {
+                let name = request
+                    .extensions()
+                    .get::<strata_auth::CertificateName>()
+                    .and_then(|c| c.0.clone());
+                if name.is_some_and(|n| allowed.contains(&n)) {
+                    next.run(request).await
+                } else {
+                    axum::response::IntoResponse::into_response((
+                        axum::http::StatusCode::FORBIDDEN,
+                        "this certificate is not one of the cluster's peers ([peer_tls] allowed_names)",
+                    ))
+                }
+            }
+        },
+    ))
+}
 
 /// Mutual TLS between peers from `[peer_tls]`: the files, and the raft listener's config (which
 /// requires a certificate signed by the cluster CA); `None` without.

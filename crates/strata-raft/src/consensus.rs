@@ -35,7 +35,8 @@ pub enum LeaderRequest {
     LeaseKeepAlive(i64),
     /// Report a lease's remaining time.
     LeaseTimeToLive(i64),
-    /// Add a member: learner first, then voter once caught up.
+    /// Add a member as etcd's `MemberAdd` does: a voter at once (as a learner, promoted
+    /// without waiting), so the node may be started afterwards.
     AddMember(u64, NodeInfo),
     /// Remove a voter.
     RemoveMember(u64),
@@ -44,6 +45,9 @@ pub enum LeaderRequest {
     /// Propose several commands (writes a follower gathered while its previous forward was
     /// in flight); each gets its own result.
     WriteBatch(Vec<Command>),
+    /// Add a member as a learner and promote it only once it holds the log (`strata cluster
+    /// add-member`): a node the leader cannot reach never becomes a voter.
+    AddMemberWhenCaughtUp(u64, NodeInfo),
 }
 
 impl LeaderRequest {
@@ -238,7 +242,9 @@ impl Inner {
         Fut: Future<Output = Result<LeaderReply, ApiError>>,
     {
         let timeout = match request {
-            LeaderRequest::AddMember(..) => self.request_timeout.max(Duration::from_secs(60)),
+            LeaderRequest::AddMember(..) | LeaderRequest::AddMemberWhenCaughtUp(..) => {
+                self.request_timeout.max(Duration::from_secs(60))
+            }
             _ => self.request_timeout,
         };
         let deadline = Instant::now() + timeout;
@@ -330,6 +336,7 @@ impl Inner {
                 "the leader is handing off leadership",
             ));
         }
+        let wait = matches!(request, LeaderRequest::AddMemberWhenCaughtUp(..));
         match request {
             LeaderRequest::Write(command) => self
                 .proposer
@@ -355,7 +362,7 @@ impl Inner {
             LeaderRequest::LeaseKeepAlive(_) | LeaderRequest::LeaseTimeToLive(_) => Err(
                 ApiError::internal("lease requests are served by the KV service"),
             ),
-            LeaderRequest::AddMember(id, info) => {
+            LeaderRequest::AddMember(id, info) | LeaderRequest::AddMemberWhenCaughtUp(id, info) => {
                 let _change = self.begin_membership_change().await?;
                 tracing::info!(member = id, %info, "adding member as learner");
                 let raft_addr = info.raft_addr.clone();
@@ -367,34 +374,48 @@ impl Inner {
                     .await
                     .map_err(write_error)?;
                 let needed = added.log_id.index;
-                let caught_up = self
-                    .raft
-                    .wait(Some(self.request_timeout))
-                    .metrics(
-                        |m| {
-                            m.replication
-                                .as_ref()
-                                .and_then(|r| r.get(&id).cloned().flatten())
-                                .is_some_and(|matched| matched.index >= needed)
-                        },
-                        "learner caught up",
-                    )
-                    .await;
-                if caught_up.is_err() {
+                let matched = |m: &openraft::RaftMetrics<u64, NodeInfo>| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .map(|matched| matched.index)
+                };
+                let caught_up = !wait
+                    || self
+                        .raft
+                        .wait(Some(self.request_timeout))
+                        .metrics(
+                            |m| matched(m).is_some_and(|index| index >= needed),
+                            "learner caught up",
+                        )
+                        .await
+                        .is_ok();
+                if !caught_up {
+                    let (held, leading) = {
+                        let metrics = self.raft.metrics();
+                        let m = metrics.borrow();
+                        (matched(&m), m.replication.is_some())
+                    };
                     tracing::warn!(
                         member = id,
                         raft_addr,
+                        ?held,
                         "learner has not caught up; left a learner"
                     );
+                    let why = match (leading, held) {
+                        (false, _) => "this node stopped leading meanwhile".to_string(),
+                        (true, None) => format!("it received nothing: check that {raft_addr} is reachable from the leader and, with peer TLS, that its certificate is one the cluster accepts"),
+                        (true, Some(index)) => format!("it holds the log up to {index} of {needed} so far (a large snapshot takes a while)"),
+                    };
                     return Err(ApiError::new(
                         ErrorCode::Timeout,
                         format!(
-                            "member {id} was added as a learner but received nothing within {:?}: check that {raft_addr} is reachable from the leader and, with peer TLS, that its certificate is signed by the cluster CA. It stays a learner: run add-member again to promote it once it caught up, or remove-member {id}",
+                            "member {id} was added as a learner but has not caught up within {:?}: {why}. It stays a learner: run add-member again to promote it once it has caught up, or remove-member {id}",
                             self.request_timeout
                         ),
                     ));
                 }
-                tracing::info!(member = id, "learner caught up; promoting to voter");
+                tracing::info!(member = id, "promoting the learner to voter");
                 let voters: BTreeSet<u64> = [id].into();
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(voters), false)

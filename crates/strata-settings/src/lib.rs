@@ -330,6 +330,11 @@ pub struct PeerTlsConfig {
     /// The cluster CA: the only issuer whose certificates a peer accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The names (common name, else first DNS name) a peer's certificate may carry, as etcd's
+    /// `--peer-cert-allowed-cn`. Required when the cluster CA also signs client certificates
+    /// (`[tls] ca_file` is the same file): else any user's certificate would pass as a peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_names: Vec<String>,
 }
 
 impl PeerTlsConfig {
@@ -610,6 +615,20 @@ impl NodeConfig {
             && (peer.cert_file.is_none() || peer.key_file.is_none() || peer.ca_file.is_none())
         {
             return invalid("[peer_tls] needs cert_file, key_file and ca_file (mutual TLS)".into());
+        }
+        if let (Some(peer_ca), Some(client_ca)) = (&peer.ca_file, &tls.ca_file) {
+            let same = |a: &PathBuf, b: &PathBuf| {
+                a == b
+                    || std::fs::canonicalize(a)
+                        .ok()
+                        .zip(std::fs::canonicalize(b).ok())
+                        .is_some_and(|(a, b)| a == b)
+            };
+            if same(peer_ca, client_ca) && peer.allowed_names.is_empty() {
+                return invalid(
+                    "[peer_tls] ca_file also signs client certificates ([tls] ca_file): any client's certificate would pass as a peer; give peers a CA of their own, or list the peers' certificate names in [peer_tls] allowed_names (--peer-tls-allowed-name)".into(),
+                );
+            }
         }
         Ok(ValidatedConfig {
             config: self_,

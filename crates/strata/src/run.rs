@@ -182,6 +182,15 @@ pub struct ServerArgs {
     /// The cluster CA (PEM): peers must present a certificate it signed.
     #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
     pub peer_tls_ca: Option<PathBuf>,
+    /// Names a peer's certificate may carry (common name, else first DNS name),
+    /// comma-separated; needed when the cluster CA also signs client certificates.
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "peer_tls_cert"
+    )]
+    pub peer_tls_allowed_name: Vec<String>,
     /// Allow plain TCP on addresses other than loopback (anyone on the network can then read
     /// and forge traffic).
     #[arg(long)]
@@ -411,6 +420,9 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         config.peer_tls.cert_file = args.peer_tls_cert;
         config.peer_tls.key_file = args.peer_tls_key;
         config.peer_tls.ca_file = args.peer_tls_ca;
+    }
+    if !args.peer_tls_allowed_name.is_empty() {
+        config.peer_tls.allowed_names = args.peer_tls_allowed_name;
     }
     // Closed from the first request until the root from the file is written.
     config.start_closed = root_password.is_some();

@@ -1025,3 +1025,41 @@ async fn t10_etcdctl_prints_what_etcd_prints() {
         node.assert_no_panic();
     }
 }
+
+/// etcd's order of work: `member add` first, start the node afterwards. The member is a voter
+/// at once (as etcd's `MemberAdd` makes it: a fourth voter, so the three running ones still
+/// make a majority), and the node joins when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_member_add_before_the_node_starts_as_with_etcd() {
+    let mut cluster = Cluster::start(3, GRPC_ON_ANY_PORT).await;
+    let grpc = cluster.nodes[0].grpc_addr().to_string();
+    let raft = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().to_string()
+    };
+    let out = common::run_with_deadline(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={grpc}"))
+            .args(["member", "add", "n4"])
+            .arg(format!("--peer-urls=http://{raft}")),
+        b"",
+        Duration::from_secs(30),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("added to cluster"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = cluster.nodes[0].status().await.unwrap();
+    let added = status.members.iter().find(|m| m.raft_addr == raft).unwrap();
+    assert_ne!(added.role, "learner", "{status:?}");
+
+    // The node starts afterwards and catches up.
+    let node = common::NodeProc::start_on(added.id, cluster.root.path(), None, &raft, &[]).await;
+    cluster.client().put("after-join", "x").await.unwrap();
+    let commit = cluster.nodes[0].status().await.unwrap().commit_index;
+    cluster.nodes.push(node);
+    cluster.wait_applied(added.id, commit).await;
+}

@@ -308,6 +308,27 @@ async fn t02_server_refuses_plain_tcp_beyond_loopback_unless_insecure() {
         stderr.contains("not loopback") && stderr.contains("--insecure") && stderr.contains("api"),
         "{stderr}"
     );
+    // Peers and clients sharing one CA without naming the peers: any user would pass as one.
+    let mut command = Command::new(strata_bin());
+    command
+        .args(["server", "--id", "1", "--api-addr", "127.0.0.1:0"])
+        .args(["--raft-addr", "127.0.0.1:0"])
+        .args([
+            "--tls-cert",
+            "n.pem",
+            "--tls-key",
+            "n.key",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .args(["--peer-tls-cert", "n.pem", "--peer-tls-key", "n.key"])
+        .args(["--peer-tls-ca", "ca.pem"])
+        .arg("--data-dir")
+        .arg(root.path().join("data"));
+    let out = run_with_deadline(&mut command, b"", Duration::from_secs(20));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("allowed_names"), "{stderr}");
     // The raft listener likewise, until peers speak mutual TLS.
     let mut command = Command::new(strata_bin());
     command
@@ -388,6 +409,8 @@ async fn t03_peers_speak_mutual_tls_refuse_strangers_and_rotate_without_restart(
     let ca = root.path().join("ca");
     cert(&ca, &["init"]);
     cert(&ca, &["issue", "node", "--host", "127.0.0.1,localhost"]);
+    // A user's certificate from the same CA: it must not pass as a peer.
+    cert(&ca, &["issue", "alice"]);
     // A second CA the cluster does not trust, with a node certificate of its own.
     let stranger = root.path().join("stranger");
     cert(&stranger, &["init", "--name", "Stranger CA"]);
@@ -414,6 +437,8 @@ async fn t03_peers_speak_mutual_tls_refuse_strangers_and_rotate_without_restart(
         key_file.as_str(),
         "--peer-tls-ca",
         ca_file.as_str(),
+        "--peer-tls-allowed-name",
+        "node",
     ];
     let mut cluster = Cluster::start(3, &flags).await;
     let client = cluster.client();
@@ -443,6 +468,18 @@ async fn t03_peers_speak_mutual_tls_refuse_strangers_and_rotate_without_restart(
     )
     .await;
     assert!(foreign.is_err(), "a stranger's certificate: {foreign:?}");
+    let user = (ca.join("alice.pem"), ca.join("alice-key.pem"));
+    let user = raft_call(
+        &raft,
+        &peer.join("ca.pem"),
+        Some((user.0.as_path(), user.1.as_path())),
+    )
+    .await;
+    assert_eq!(
+        user,
+        Ok(403),
+        "a user's certificate of the same CA is no peer"
+    );
     let plain = http_client()
         .post(format!("http://{raft}/raft/vote"))
         .timeout(Duration::from_secs(5))

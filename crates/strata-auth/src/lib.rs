@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod audit;
 pub mod gate;
+pub mod guard;
 pub mod kv;
 pub mod secret;
 pub mod state;

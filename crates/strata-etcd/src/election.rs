@@ -118,8 +118,8 @@ impl pb::election_server::Election for ElectionService {
         self.ctx.check_require_leader(request.metadata())?;
         let who = self.ctx.who(&request).await?;
         let name = request.into_inner().name;
-        let names = Names::prefix(name.clone());
-        self.ctx.allow(&who, &[(Access::Read, names)], "observe")?;
+        let wanted = vec![(Access::Read, Names::prefix(name.clone()))];
+        self.ctx.allow(&who, &wanted, "observe")?;
         let receiver = self
             .ctx
             .backend
@@ -135,6 +135,18 @@ impl pb::election_server::Election for ElectionService {
                 })
             })
             .take_until(async move { stop.cancelled_owned().await });
+        // The stream ends with the permission error once its caller may no longer read it.
+        let Some(auth) = &self.ctx.auth else {
+            return Ok(Response::new(leaders.boxed()));
+        };
+        let status_of = self.ctx.clone();
+        let leaders = strata_auth::guard::guard(
+            leaders,
+            auth.gate.clone(),
+            who,
+            move |gate, who| gate.check_kv(who, &wanted, "observe"),
+            move |e| Err(status_of.status(e, Subject::Election)),
+        );
         Ok(Response::new(leaders.boxed()))
     }
 

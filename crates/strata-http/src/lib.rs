@@ -104,11 +104,8 @@ pub fn json_event<T: Serialize>(message: &T) -> SseEvent {
     })
 }
 
-/// Ends a stream of server-sent events once its caller may no longer read what it shows.
-/// Whenever the auth records change, the caller is resolved again from its credential
-/// ([`Gate::recheck`]) and `check` runs on it; a refusal (token expired or revoked, user
-/// deleted, role or permission revoked) sends one `error` event with the reason and ends the
-/// stream. A stream opened without access control ends the same way once it is switched on.
+/// Ends a stream of server-sent events once its caller may no longer read what it shows
+/// ([`strata_auth::guard::guard`]): a refusal is one `error` event with the reason, then the end.
 pub fn guard_events<S, F>(
     events: S,
     gate: std::sync::Arc<Gate>,
@@ -119,57 +116,8 @@ where
     S: futures::Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
     F: Fn(&Gate, &Caller) -> Result<(), ApiError> + Send + 'static,
 {
-    struct Guarded<S, F> {
-        events: std::pin::Pin<Box<S>>,
-        changes: Option<tokio::sync::watch::Receiver<i64>>,
-        gate: std::sync::Arc<Gate>,
-        caller: Caller,
-        check: F,
-    }
-    let mut changes = gate.changes();
-    // The caller was resolved before this subscription: look again at once, so a change that
-    // landed in between is not missed.
-    changes.mark_changed();
-    let changes = Some(changes);
-    let state = Guarded {
-        events: Box::pin(events),
-        changes,
-        gate,
-        caller,
-        check,
-    };
-    futures::stream::unfold(Some(state), |state| async move {
-        let mut state = state?;
-        loop {
-            let changed = async {
-                match state.changes.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                event = futures::StreamExt::next(&mut state.events) => {
-                    return event.map(|event| (event, Some(state)));
-                }
-                still = changed => {
-                    if !still {
-                        // The gate is gone (the node is stopping): nothing to follow.
-                        state.changes = None;
-                        continue;
-                    }
-                    let refused = match state.gate.recheck(&state.caller) {
-                        Ok(caller) => {
-                            state.caller = caller;
-                            (state.check)(&state.gate, &state.caller).err()
-                        }
-                        Err(e) => Some(e),
-                    };
-                    if let Some(e) = refused {
-                        return Some((Ok(json_event(&e).event("error")), None));
-                    }
-                }
-            }
-        }
+    strata_auth::guard::guard(events, gate, caller, check, |e| {
+        Ok(json_event(&e).event("error"))
     })
 }
 

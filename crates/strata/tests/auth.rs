@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// Runs the CLI against `endpoints` with its own config folder (where `strata auth login`
@@ -1153,6 +1153,74 @@ async fn t07_a_watch_stream_loses_what_its_user_loses() {
     )
     .await;
 
+    // alice also observes an election under her prefix, which root campaigns in.
+    let _campaign = KillOnDrop(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={grpc}"))
+            .args(["--user=root:root-secret", "elect", "app/e", "p1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let observed_out = cluster.root.path().join("observe.out");
+    let mut observer = KillOnDrop(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={grpc}"))
+            .args(["--user=alice:alice-secret", "elect", "--listen", "app/e"])
+            .stdout(std::fs::File::create(&observed_out).unwrap())
+            .stderr(std::fs::File::create(cluster.root.path().join("observe.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "alice to observe root's leadership",
+        || {
+            let seen = std::fs::read_to_string(&observed_out).unwrap_or_default();
+            async move { seen.contains("p1").then_some(()) }
+        },
+    )
+    .await;
+
+    // And through the Observe RPC, with a raw client.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let login = strata_etcd::pb::etcdserverpb::AuthenticateRequest {
+        name: "alice".into(),
+        password: "alice-secret".into(),
+    };
+    let token = strata_etcd::pb::etcdserverpb::auth_client::AuthClient::new(channel.clone())
+        .authenticate(login)
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut request = tonic::Request::new(strata_etcd::pb::v3electionpb::LeaderRequest {
+        name: b"app/e".to_vec(),
+    });
+    request
+        .metadata_mut()
+        .insert("token", token.parse().unwrap());
+    let mut observe = strata_etcd::pb::v3electionpb::election_client::ElectionClient::new(channel)
+        .observe(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(20), observe.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.is_some(),
+        "the Observe stream shows root's leadership"
+    );
+
     // Root takes the role away: the open stream's watch is canceled, etcdctl says why and exits.
     let revoke = json!({"name": "alice", "role": "app"});
     let (status, reply) = gateway(&grpc, Some(&root), "/v3/auth/user/revoke", revoke).await;
@@ -1173,6 +1241,29 @@ async fn t07_a_watch_stream_loses_what_its_user_loses() {
             && l.contains("\"allowed\":false")),
         "{audit}"
     );
+    // The election observer ends too.
+    let observed = wait_until(Duration::from_secs(20), "the observer to end", || {
+        let status = observer.0.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(!observed.success());
+    let said = std::fs::read_to_string(cluster.root.path().join("observe.err")).unwrap();
+    // etcdctl 3.4 observes with a get and a watch of its own and prints no reason.
+    assert!(said.contains("observer lost"), "{said}");
+    // The Observe RPC itself ends with the permission error.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match observe.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the Observe stream goes on after the revocation");
+    let status = ended.expect_err("the Observe stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     // Nothing written after the revocation reached alice.
     let later = json!({"key": b64("app/y"), "value": b64("unseen")});
     gateway(&grpc, Some(&root), "/v3/kv/put", later).await;

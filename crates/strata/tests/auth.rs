@@ -944,49 +944,14 @@ async fn t06_the_json_gateway_speaks_and_enforces_as_etcds_does() {
         cluster.nodes[0].grpc_addr().to_string(),
     ];
     // Set up alike through each gateway: root, a role over app/, alice with it, auth on.
-    let setup = [
-        (
-            "/v3/auth/user/add",
-            json!({"name": "root", "password": "root-secret"}),
-        ),
-        (
-            "/v3/auth/user/grant",
-            json!({"user": "root", "role": "root"}),
-        ),
-        ("/v3/auth/role/add", json!({"name": "app"})),
-        (
-            "/v3/auth/role/grant",
-            json!({"name": "app", "perm": {"permType": "READWRITE", "key": b64("app/"), "range_end": b64("app0")}}),
-        ),
-        (
-            "/v3/auth/user/add",
-            json!({"name": "alice", "password": "alice-secret"}),
-        ),
-        (
-            "/v3/auth/user/grant",
-            json!({"user": "alice", "role": "app"}),
-        ),
-        (
-            "/v3/kv/put",
-            json!({"key": b64("other"), "value": b64("before")}),
-        ),
-        ("/v3/auth/enable", json!({})),
-    ];
     let mut tokens = Vec::new();
     for addr in &sides {
-        for (path, body) in &setup {
-            let (status, reply) = gateway(addr, None, path, body.clone()).await;
-            assert_eq!(status, 200, "{addr}{path}: {reply}");
-        }
+        let before = json!({"key": b64("other"), "value": b64("before")});
+        let root = gateway_setup(addr, "READWRITE", &[("/v3/kv/put", before)]).await;
         let login = json!({"name": "alice", "password": "alice-secret"});
         let (status, reply) = gateway(addr, None, "/v3/auth/authenticate", login).await;
         assert_eq!(status, 200, "{reply}");
-        let root = json!({"name": "root", "password": "root-secret"});
-        let (_, root_reply) = gateway(addr, None, "/v3/auth/authenticate", root).await;
-        tokens.push((
-            reply["token"].as_str().unwrap().to_string(),
-            root_reply["token"].as_str().unwrap().to_string(),
-        ));
+        tokens.push((reply["token"].as_str().unwrap().to_string(), root));
     }
     // The same requests through both: alice inside and outside her prefix, nobody, a bad
     // token, a bad body; the answers agree (status and body, but for headers and revisions).
@@ -1082,10 +1047,11 @@ async fn t06_the_json_gateway_speaks_and_enforces_as_etcds_does() {
     );
 }
 
-/// Through the etcd JSON gateway at `grpc`: root, a role reading `app/`, alice with it, access
-/// control on. Returns root's token.
-async fn alice_reads_app_over_gateway(grpc: &str) -> String {
-    let setup = [
+/// Through the etcd JSON gateway at `grpc`: root, a role with `perm_type` on `app/`, alice
+/// with it, the calls in `before_enable`, then access control on. Returns root's token.
+async fn gateway_setup(grpc: &str, perm_type: &str, before_enable: &[(&str, Value)]) -> String {
+    let perm = json!({"permType": perm_type, "key": b64("app/"), "range_end": b64("app0")});
+    let mut setup = vec![
         (
             "/v3/auth/user/add",
             json!({"name": "root", "password": "root-secret"}),
@@ -1095,10 +1061,7 @@ async fn alice_reads_app_over_gateway(grpc: &str) -> String {
             json!({"user": "root", "role": "root"}),
         ),
         ("/v3/auth/role/add", json!({"name": "app"})),
-        (
-            "/v3/auth/role/grant",
-            json!({"name": "app", "perm": {"permType": "READ", "key": b64("app/"), "range_end": b64("app0")}}),
-        ),
+        ("/v3/auth/role/grant", json!({"name": "app", "perm": perm})),
         (
             "/v3/auth/user/add",
             json!({"name": "alice", "password": "alice-secret"}),
@@ -1107,15 +1070,21 @@ async fn alice_reads_app_over_gateway(grpc: &str) -> String {
             "/v3/auth/user/grant",
             json!({"user": "alice", "role": "app"}),
         ),
-        ("/v3/auth/enable", json!({})),
     ];
+    setup.extend(before_enable.iter().cloned());
+    setup.push(("/v3/auth/enable", json!({})));
     for (path, body) in setup {
         let (status, reply) = gateway(grpc, None, path, body).await;
-        assert_eq!(status, 200, "{path}: {reply}");
+        assert_eq!(status, 200, "{grpc}{path}: {reply}");
     }
     let root = json!({"name": "root", "password": "root-secret"});
     let (_, reply) = gateway(grpc, None, "/v3/auth/authenticate", root).await;
     reply["token"].as_str().unwrap().to_string()
+}
+
+/// [`gateway_setup`] with a role reading `app/`.
+async fn alice_reads_app_over_gateway(grpc: &str) -> String {
+    gateway_setup(grpc, "READ", &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

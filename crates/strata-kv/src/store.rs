@@ -1,8 +1,10 @@
 //! [`KvStore`]: histories of keys, leases, and how commands change them.
 
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Borrow;
+use std::collections::BTreeSet;
+use std::ops::{Bound, Deref};
+use std::sync::Arc;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{
     CompactResponse, Compare, CompareResult, CompareTarget, DeleteRangeResponse, Event, EventType,
@@ -43,13 +45,80 @@ impl Version {
     }
 }
 
+/// A key's bytes, shared by the key map, the lease that holds it and every snapshot view, so
+/// that copying a tree node copies pointers. Serializes exactly as the `Vec<u8>` it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Key(Arc<[u8]>);
+
+impl Key {
+    fn new(bytes: &[u8]) -> Self {
+        Key(Arc::from(bytes))
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(deserializer).map(|bytes| Key(Arc::from(bytes)))
+    }
+}
+
+/// One key's retained versions, oldest first. Shared until written: a write while a snapshot
+/// view holds the old history copies this one key's history, nothing else. Serializes exactly
+/// as the `Vec<Version>` it replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct History(Arc<Vec<Version>>);
+
+impl History {
+    fn make_mut(&mut self) -> &mut Vec<Version> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl Deref for History {
+    type Target = [Version];
+    fn deref(&self) -> &[Version] {
+        &self.0
+    }
+}
+
+impl Serialize for History {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.as_slice().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for History {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<Version>::deserialize(deserializer).map(|versions| History(Arc::new(versions)))
+    }
+}
+
 /// A lease as the state machine sees it. Expiry timing lives with the leader, not here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Lease {
     /// The TTL the lease was granted with, in seconds.
     ttl: i64,
     /// Keys currently attached.
-    keys: BTreeSet<Vec<u8>>,
+    keys: imbl::OrdSet<Key>,
 }
 
 /// Counts for metrics and status.
@@ -66,6 +135,10 @@ pub struct KvStats {
 }
 
 /// The MVCC key-value state machine. See the crate docs.
+///
+/// Both maps are persistent B-trees that share structure: `clone` takes constant time and
+/// copies nothing, and a later write copies only the nodes on its path. That is how a
+/// snapshot gets a consistent view without stopping apply (see [`KvStore::view`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvStore {
     /// The revision of the last change.
@@ -73,9 +146,9 @@ pub struct KvStore {
     /// Reads below this revision fail with `compacted`.
     compact_revision: i64,
     /// Every key's retained history.
-    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    keys: imbl::OrdMap<Key, History>,
     /// Live leases by id.
-    leases: BTreeMap<i64, Lease>,
+    leases: imbl::OrdMap<i64, Lease>,
 }
 
 /// The key range a request resolved to.
@@ -141,6 +214,12 @@ impl KvStore {
             revision: 1,
             ..Default::default()
         }
+    }
+
+    /// Returns a frozen copy of the whole state in constant time. Later writes to `self` do
+    /// not show in it; it shares every unchanged node with `self`.
+    pub fn view(&self) -> KvStore {
+        self.clone()
     }
 
     /// Returns the revision of the last change.
@@ -236,7 +315,7 @@ impl KvStore {
             header: self.header(),
             ..Default::default()
         };
-        for (key, versions) in self.keys.range::<[u8], _>(range.bounds()) {
+        for (key, versions) in self.keys.range::<_, [u8]>(range.bounds()) {
             let visible = versions.partition_point(|v| v.main <= at);
             let Some(version) = visible.checked_sub(1).map(|i| &versions[i]) else {
                 continue;
@@ -282,9 +361,12 @@ impl KvStore {
 
     /// Returns the granted TTL and attached keys of a lease, if it exists.
     pub fn lease(&self, id: i64) -> Option<(i64, Vec<Vec<u8>>)> {
-        self.leases
-            .get(&id)
-            .map(|lease| (lease.ttl, lease.keys.iter().cloned().collect()))
+        self.leases.get(&id).map(|lease| {
+            (
+                lease.ttl,
+                lease.keys.iter().map(|key| key.to_vec()).collect(),
+            )
+        })
     }
 
     /// Returns the events with revision `>= from` on keys in `spec`, in revision order, with
@@ -301,7 +383,7 @@ impl KvStore {
             ));
         }
         let mut found: Vec<(i64, u32, Event)> = Vec::new();
-        for (key, versions) in self.keys.range::<[u8], _>(range.bounds()) {
+        for (key, versions) in self.keys.range::<_, [u8]>(range.bounds()) {
             let first = versions.partition_point(|v| v.main < from);
             for index in first..versions.len() {
                 let version = &versions[index];
@@ -481,9 +563,10 @@ impl KvStore {
                 self.detach(p.lease, &req.key);
             }
         }
+        let key = Key::new(&req.key);
         if lease != 0 {
             if let Some(held) = self.leases.get_mut(&lease) {
-                held.keys.insert(req.key.clone());
+                held.keys.insert(key.clone());
             }
         }
         let sub = batch.next();
@@ -500,7 +583,7 @@ impl KvStore {
         batch
             .events
             .push(event_for(&req.key, &new, prev_kv.clone()));
-        self.keys.entry(req.key.clone()).or_default().push(new);
+        self.keys.entry(key).or_default().make_mut().push(new);
         PutResponse {
             header: self.header(),
             prev_kv: if req.prev_kv { prev_kv } else { None },
@@ -519,9 +602,9 @@ impl KvStore {
         range: &KeyRange,
         want_prev: bool,
     ) -> DeleteRangeResponse {
-        let doomed: Vec<Vec<u8>> = self
+        let doomed: Vec<Key> = self
             .keys
-            .range::<[u8], _>(range.bounds())
+            .range::<_, [u8]>(range.bounds())
             .filter(|(_, versions)| versions.last().is_some_and(|v| !v.tombstone))
             .map(|(key, _)| key.clone())
             .collect();
@@ -544,7 +627,8 @@ impl KvStore {
         let versions = self
             .keys
             .get_mut(key)
-            .expect("caller checked the key is live");
+            .expect("caller checked the key is live")
+            .make_mut();
         let prev = versions.last().expect("live key has a version").clone();
         let tombstone = Version {
             main: batch.main,
@@ -571,9 +655,9 @@ impl KvStore {
             Ok(range) => range,
             Err(_) => return false,
         };
-        let live: Vec<(&Vec<u8>, &Version)> = self
+        let live: Vec<(&Key, &Version)> = self
             .keys
-            .range::<[u8], _>(range.bounds())
+            .range::<_, [u8]>(range.bounds())
             .filter_map(|(key, versions)| {
                 versions.last().filter(|v| !v.tombstone).map(|v| (key, v))
             })
@@ -656,20 +740,25 @@ impl KvStore {
                 ),
             ));
         }
-        self.keys.retain(|_, versions| {
-            let visible = versions.partition_point(|v| v.main <= revision);
-            if visible > 1 {
-                versions.drain(..visible - 1);
+        // Find what changes first and touch only that: a key with one live version keeps its
+        // node, so a snapshot view taken before still shares it.
+        let changed: Vec<Key> = self
+            .keys
+            .iter()
+            .filter(|(_, versions)| compacted_len(versions, revision) != versions.len())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in changed {
+            let Some(history) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            let versions = history.make_mut();
+            let keep = compacted_len(versions, revision);
+            versions.drain(..versions.len() - keep);
+            if versions.is_empty() {
+                self.keys.remove(&key);
             }
-            // A tombstone older than the compaction point hides nothing anyone can read.
-            if versions
-                .first()
-                .is_some_and(|v| v.tombstone && v.main < revision)
-            {
-                versions.remove(0);
-            }
-            !versions.is_empty()
-        });
+        }
         self.compact_revision = revision;
         Ok(CompactResponse {
             header: self.header(),
@@ -693,7 +782,7 @@ impl KvStore {
             id,
             Lease {
                 ttl,
-                keys: BTreeSet::new(),
+                keys: imbl::OrdSet::new(),
             },
         );
         Ok(LeaseGrantResponse {
@@ -718,6 +807,21 @@ impl KvStore {
             header: self.header(),
         })
     }
+}
+
+/// How many of `versions` a compaction at `revision` keeps: the last one visible at
+/// `revision` and everything after it, minus that one if it is a tombstone older than
+/// `revision` (it hides nothing anyone can read).
+fn compacted_len(versions: &[Version], revision: i64) -> usize {
+    let visible = versions.partition_point(|v| v.main <= revision);
+    let mut first = visible.saturating_sub(1);
+    if versions
+        .get(first)
+        .is_some_and(|v| v.tombstone && v.main < revision)
+    {
+        first += 1;
+    }
+    versions.len() - first
 }
 
 /// Filters and sorts a range's key-values as the request asks (before its limit is applied).

@@ -25,18 +25,19 @@ mod log_store;
 pub mod network;
 mod proposer;
 mod read_index;
+mod snapshot_data;
 mod snapshot_file;
 mod snapshot_schedule;
 mod state_machine;
 mod storage;
 
 pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
+pub use snapshot_data::SnapshotData;
 pub use snapshot_file::{parse_checked, SnapshotParts};
 pub use snapshot_schedule::{next_snapshot_due, run_snapshot_schedule, snapshot_phase};
-pub use state_machine::{StateMachine, StateMachineStore};
+pub use state_machine::{SnapshotWriter, StateMachine, StateMachineStore};
 pub use storage::{open_storage, DataDir, StorageError};
 
-use std::io::Cursor;
 use strata_proto::kv::{Command, CommandResult};
 use strata_proto::NodeInfo;
 
@@ -48,7 +49,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -4,13 +4,14 @@
 //! Every call carries the deadline openraft gives it (`RPCOption::hard_ttl`); a connection
 //! that cannot be made is reported as `Unreachable`, so openraft backs off instead of spinning.
 
-use crate::{NodeId, Raft, TypeConfig};
+use crate::{NodeId, Raft, SnapshotData, TypeConfig};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures::StreamExt;
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
     StreamingError, Unreachable,
@@ -24,7 +25,6 @@ use openraft::{OptionalSend, Snapshot, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::NodeInfo;
@@ -203,18 +203,29 @@ async fn post_postcard_once<Req: Serialize, Resp: DeserializeOwned>(
     request: &Req,
     timeout: Duration,
 ) -> Result<Resp, TransportError> {
-    let failed = |message: String| TransportError::Failed {
+    let body = postcard::to_allocvec(request).map_err(|e| TransportError::Failed {
         addr: addr.to_string(),
-        message,
-    };
+        message: format!("encode: {e}"),
+    })?;
+    let response = post_body(client, addr, path, body.into(), timeout).await?;
+    decode_reply(addr, response).await
+}
+
+/// Posts `body` to `{addr}{path}` (unless fault injection cut the peer off).
+async fn post_body(
+    client: &PeerClient,
+    addr: &str,
+    path: &str,
+    body: reqwest::Body,
+    timeout: Duration,
+) -> Result<reqwest::Response, TransportError> {
     if is_cut_off(addr) {
         return Err(TransportError::Unreachable {
             addr: addr.to_string(),
             message: "cut off by fault injection".into(),
         });
     }
-    let body = postcard::to_allocvec(request).map_err(|e| failed(format!("encode: {e}")))?;
-    let response = client
+    client
         .request(addr, path)
         .timeout(timeout)
         .header("content-type", "application/octet-stream")
@@ -228,9 +239,23 @@ async fn post_postcard_once<Req: Serialize, Resp: DeserializeOwned>(
                     message: e.to_string(),
                 }
             } else {
-                failed(e.to_string())
+                TransportError::Failed {
+                    addr: addr.to_string(),
+                    message: e.to_string(),
+                }
             }
-        })?;
+        })
+}
+
+/// Decodes a peer's postcard reply; a status other than success is a failure with its text.
+async fn decode_reply<Resp: DeserializeOwned>(
+    addr: &str,
+    response: reqwest::Response,
+) -> Result<Resp, TransportError> {
+    let failed = |message: String| TransportError::Failed {
+        addr: addr.to_string(),
+        message,
+    };
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| failed(e.to_string()))?;
     if !status.is_success() {
@@ -306,13 +331,27 @@ impl PeerConnection {
     }
 }
 
-/// The body of a whole-snapshot transfer.
+/// The body of a whole-snapshot transfer in one message, as builds before streamed transfers
+/// send it (`POST /raft/snapshot`); still served, and sent to a peer without the stream route.
 #[derive(Serialize, Deserialize)]
 struct SnapshotTransfer {
     vote: Vote<NodeId>,
     meta: SnapshotMeta<NodeId, NodeInfo>,
     data: Vec<u8>,
 }
+
+/// What precedes the data of a streamed snapshot (`POST /raft/snapshot/stream`): the body is
+/// a u32 LE length, this header in postcard, then the data to the end.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+}
+
+/// The size of the chunks a snapshot is streamed in.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// The largest header a streamed snapshot may start with.
+const MAX_SNAPSHOT_HEADER: usize = 1 << 20;
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
@@ -353,23 +392,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let transfer = SnapshotTransfer {
-            vote,
-            meta: snapshot.meta.clone(),
-            data: snapshot.snapshot.into_inner(),
-        };
         tracing::info!(
             target_node = self.target,
-            bytes = transfer.data.len(),
+            bytes = snapshot.snapshot.len(),
             "sending snapshot"
         );
-        let send = post_postcard::<_, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>(
-            &self.client,
-            &self.addr,
-            "/raft/snapshot",
-            &transfer,
-            SNAPSHOT_TIMEOUT,
-        );
+        let send = send_snapshot(&self.client, &self.addr, vote, snapshot);
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = send => reply,
@@ -394,6 +422,7 @@ pub fn raft_router(raft: Raft) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .route("/raft/snapshot/stream", post(snapshot_stream))
         .with_state(raft)
 }
 
@@ -487,13 +516,146 @@ async fn vote(
     postcard_reply(&raft.vote(request).await)
 }
 
+/// Receives a snapshot sent in one message by a peer of an older build.
 async fn snapshot(
     State(raft): State<Raft>,
     Postcard(transfer): Postcard<SnapshotTransfer>,
 ) -> Response {
+    let data = match receive_into(
+        &raft,
+        futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(transfer.data))]),
+    )
+    .await
+    {
+        Ok(data) => data,
+        Err(response) => return response,
+    };
     let snapshot = Snapshot {
         meta: transfer.meta,
-        snapshot: Box::new(Cursor::new(transfer.data)),
+        snapshot: data,
     };
     postcard_reply(&raft.install_full_snapshot(transfer.vote, snapshot).await)
+}
+
+/// Receives a streamed snapshot: the header, then the data written to a file chunk by chunk
+/// as it arrives, so memory holds at most a chunk whatever the snapshot's size.
+async fn snapshot_stream(State(raft): State<Raft>, body: axum::body::Body) -> Response {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message).into_response();
+    let mut stream = body.into_data_stream();
+    let mut head = Vec::new();
+    let header_len = loop {
+        if head.len() >= 4 {
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if len > MAX_SNAPSHOT_HEADER {
+                return bad(format!("snapshot header of {len} bytes is too large"));
+            }
+            if head.len() >= 4 + len {
+                break len;
+            }
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+            Some(Err(e)) => return bad(format!("snapshot body: {e}")),
+            None => return bad("snapshot body ended inside its header".into()),
+        }
+    };
+    let header: SnapshotHeader = match postcard::from_bytes(&head[4..4 + header_len]) {
+        Ok(header) => header,
+        Err(e) => return bad(format!("malformed snapshot header: {e}")),
+    };
+    let rest = Bytes::from(head.split_off(4 + header_len));
+    let chunks = futures::stream::iter([Ok(rest)])
+        .chain(stream.map(|chunk| chunk.map_err(std::io::Error::other)));
+    let data = match receive_into(&raft, chunks).await {
+        Ok(data) => data,
+        Err(response) => return response,
+    };
+    let snapshot = Snapshot {
+        meta: header.meta,
+        snapshot: data,
+    };
+    postcard_reply(&raft.install_full_snapshot(header.vote, snapshot).await)
+}
+
+/// Writes `chunks` into a new receiving file of the state machine, a chunk of up to
+/// `SNAPSHOT_CHUNK` at a time.
+async fn receive_into(
+    raft: &Raft,
+    chunks: impl futures::Stream<Item = std::io::Result<Bytes>>,
+) -> Result<Box<SnapshotData>, Response> {
+    let failed = |message: String| (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+    let mut data = raft
+        .begin_receiving_snapshot()
+        .await
+        .map_err(|e| failed(format!("cannot receive a snapshot: {e}")))?;
+    let mut chunks = std::pin::pin!(chunks);
+    let mut pending = Vec::with_capacity(SNAPSHOT_CHUNK);
+    loop {
+        let next = chunks.next().await;
+        let done = next.is_none();
+        if let Some(chunk) = next {
+            let chunk = chunk.map_err(|e| {
+                (StatusCode::BAD_REQUEST, format!("snapshot body: {e}")).into_response()
+            })?;
+            pending.extend_from_slice(&chunk);
+        }
+        if pending.len() >= SNAPSHOT_CHUNK || (done && !pending.is_empty()) {
+            let full = std::mem::replace(&mut pending, Vec::with_capacity(SNAPSHOT_CHUNK));
+            data.append(full)
+                .await
+                .map_err(|e| failed(format!("write received snapshot: {e}")))?;
+        }
+        if done {
+            return Ok(data);
+        }
+    }
+}
+
+/// Sends a snapshot to `addr` as a stream of chunks read from its file, or in one message to
+/// a peer of an older build that has no stream route.
+async fn send_snapshot(
+    client: &PeerClient,
+    addr: &str,
+    vote: Vote<NodeId>,
+    snapshot: Snapshot<TypeConfig>,
+) -> Result<Result<SnapshotResponse<NodeId>, Fatal<NodeId>>, TransportError> {
+    let failed = |message: String| TransportError::Failed {
+        addr: addr.to_string(),
+        message,
+    };
+    let header = postcard::to_allocvec(&SnapshotHeader {
+        vote,
+        meta: snapshot.meta.clone(),
+    })
+    .map_err(|e| failed(format!("encode: {e}")))?;
+    let mut head = (header.len() as u32).to_le_bytes().to_vec();
+    head.extend_from_slice(&header);
+    // The data is read again for the fallback below, so the stream reads a second handle.
+    let data = snapshot.snapshot;
+    let region_stream = SnapshotData::stored(data.region().clone()).into_chunks(SNAPSHOT_CHUNK);
+    let body = futures::stream::iter([Ok(Bytes::from(head))]).chain(region_stream);
+    let response = post_body(
+        client,
+        addr,
+        "/raft/snapshot/stream",
+        reqwest::Body::wrap_stream(body),
+        SNAPSHOT_TIMEOUT,
+    )
+    .await?;
+    if response.status() == StatusCode::NOT_FOUND {
+        tracing::info!(
+            peer = addr,
+            "peer takes snapshots in one message (older build)"
+        );
+        let transfer = SnapshotTransfer {
+            vote,
+            meta: snapshot.meta,
+            data: data
+                .read_all()
+                .await
+                .map_err(|e| failed(format!("read snapshot: {e}")))?,
+        };
+        return post_postcard(client, addr, "/raft/snapshot", &transfer, SNAPSHOT_TIMEOUT).await;
+    }
+    decode_reply(addr, response).await
 }

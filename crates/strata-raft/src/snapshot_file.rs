@@ -4,23 +4,19 @@
 //! Layout: magic `STRATA-SNAPSHOT-1\n`, u32 LE length + postcard metadata, u64 LE length +
 //! data, u32 LE CRC-32 of metadata and data. Written to a temp file, fsynced, renamed over the
 //! old file, and the folder fsynced, so a crash leaves either the old or the new snapshot.
+//!
+//! A snapshot's data is streamed in and out ([`save_streaming`], [`open_region`]): it is never
+//! held in memory whole, whatever its size.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 const MAGIC: &[u8] = b"STRATA-SNAPSHOT-1\n";
-const FILE: &str = "snapshot.bin";
-
-/// Writes a snapshot durably, replacing the previous one.
-pub fn save(dir: &Path, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
-    save_named(dir, FILE, meta, data)
-}
-
-/// Reads the snapshot, if there is one. A damaged file is an error, never a panic.
-pub fn load(dir: &Path) -> Result<Option<SnapshotParts>, String> {
-    load_named(dir, FILE)
-}
+/// The snapshot's file name in the data folder.
+pub(crate) const FILE: &str = "snapshot.bin";
 
 /// Bytes written between two flushes of a snapshot file to disk. Flushing as it goes keeps
 /// the dirty data small, so the final sync is short and the Raft log's own fsyncs on the same
@@ -29,28 +25,212 @@ const FLUSH_EVERY: usize = 4 * 1024 * 1024;
 
 /// Writes `dir/name` durably and atomically.
 pub fn save_named(dir: &Path, name: &str, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
+    save_streaming(dir, name, meta, |out| out.write_all(data)).map(|_| ())
+}
+
+/// Writes `dir/name` durably and atomically, with data that `write_data` streams into it, and
+/// returns the data's length. The data passes through a checksum on its way and is flushed to
+/// disk every few MiB, so neither memory nor dirty pages grow with its size.
+pub fn save_streaming(
+    dir: &Path,
+    name: &str,
+    meta: &[u8],
+    write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
     let meta_len = u32::try_from(meta.len()).map_err(std::io::Error::other)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(meta);
-    crc.update(data);
     let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut file = std::io::BufWriter::new(File::create(&tmp)?);
-        file.write_all(MAGIC)?;
-        file.write_all(&meta_len.to_le_bytes())?;
-        file.write_all(meta)?;
-        file.write_all(&(data.len() as u64).to_le_bytes())?;
-        for chunk in data.chunks(FLUSH_EVERY) {
-            file.write_all(chunk)?;
-            file.flush()?;
-            file.get_ref().sync_data()?;
-        }
-        file.write_all(&crc.finalize().to_le_bytes())?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-    }
+    let mut out = DataWriter {
+        file: std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
+        crc: crc32fast::Hasher::new(),
+        written: 0,
+        unsynced: 0,
+    };
+    out.file.write_all(MAGIC)?;
+    out.file.write_all(&meta_len.to_le_bytes())?;
+    out.file.write_all(meta)?;
+    out.crc.update(meta);
+    // The length is not known yet: a placeholder, filled in once the data is written.
+    out.file.write_all(&0u64.to_le_bytes())?;
+    write_data(&mut out)?;
+    let DataWriter {
+        mut file,
+        crc,
+        written,
+        ..
+    } = out;
+    file.write_all(&crc.finalize().to_le_bytes())?;
+    let mut file = file.into_inner().map_err(|e| e.into_error())?;
+    file.seek(SeekFrom::Start((MAGIC.len() + 4 + meta.len()) as u64))?;
+    file.write_all(&written.to_le_bytes())?;
+    file.sync_all()?;
+    drop(file);
     std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    Ok(written)
+}
+
+/// The data part of a file being written: checksummed, counted and flushed as it goes.
+struct DataWriter {
+    file: std::io::BufWriter<File>,
+    crc: crc32fast::Hasher,
+    written: u64,
+    unsynced: usize,
+}
+
+impl Write for DataWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.written += n as u64;
+        self.unsynced += n;
+        if self.unsynced >= FLUSH_EVERY {
+            self.file.flush()?;
+            self.file.get_ref().sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Where the data of a checksummed file lies: an open file (which stays readable when a newer
+/// snapshot replaces its name) and the data's offset and length in it.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// The open file.
+    pub file: Arc<File>,
+    /// Where the data starts.
+    pub offset: u64,
+    /// How long the data is.
+    pub len: u64,
+}
+
+impl Region {
+    /// Reads the data from the start, buffered, without moving any shared file position.
+    pub fn reader(&self) -> impl Read + Send + 'static {
+        BufReader::with_capacity(
+            1 << 20,
+            RegionReader {
+                file: self.file.clone(),
+                pos: self.offset,
+                end: self.offset + self.len,
+            },
+        )
+    }
+
+    /// Reads at most `max` bytes of the data from `at` (0 = its start); empty past the end.
+    pub fn read_chunk(&self, at: u64, max: usize) -> std::io::Result<Vec<u8>> {
+        let n = self.len.saturating_sub(at).min(max as u64) as usize;
+        let mut buf = vec![0; n];
+        self.file.read_exact_at(&mut buf, self.offset + at)?;
+        Ok(buf)
+    }
+}
+
+struct RegionReader {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RegionReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.end.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read_at(&mut buf[..n], self.pos)?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += read as u64;
+        Ok(read)
+    }
+}
+
+/// Opens `dir/name`, if it exists, and returns its metadata and where its data lies, reading
+/// the data only when `verify` asks for the checksum to be checked (streamed, in chunks).
+/// A damaged file is an error naming what is wrong, never a panic.
+pub fn open_region(
+    dir: &Path,
+    name: &str,
+    verify: bool,
+) -> Result<Option<(Vec<u8>, Region)>, String> {
+    let path = dir.join(name);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open {}: {e}", path.display())),
+    };
+    read_region(file, verify)
+        .map(Some)
+        .map_err(|e| format!("{} is damaged: {e}", path.display()))
+}
+
+fn read_region(file: File, verify: bool) -> Result<(Vec<u8>, Region), String> {
+    let total = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut header = BufReader::new(&file);
+    let mut magic = [0u8; MAGIC.len()];
+    header
+        .read_exact(&mut magic)
+        .map_err(|_| "truncated".to_string())?;
+    if magic != MAGIC {
+        return Err("bad magic".into());
+    }
+    let mut word = [0u8; 4];
+    header
+        .read_exact(&mut word)
+        .map_err(|_| "truncated".to_string())?;
+    let meta_len = u64::from(u32::from_le_bytes(word));
+    let data_at = MAGIC.len() as u64 + 4 + meta_len + 8;
+    if data_at + 4 > total {
+        return Err("truncated".into());
+    }
+    let mut meta = vec![0; meta_len as usize];
+    header
+        .read_exact(&mut meta)
+        .map_err(|_| "truncated".to_string())?;
+    let mut long = [0u8; 8];
+    header
+        .read_exact(&mut long)
+        .map_err(|_| "truncated".to_string())?;
+    let len = u64::from_le_bytes(long);
+    match data_at.checked_add(len).and_then(|end| end.checked_add(4)) {
+        Some(end) if end == total => {}
+        Some(end) if end > total => return Err("truncated".into()),
+        _ => return Err("trailing bytes".into()),
+    }
+    drop(header);
+    let region = Region {
+        file: Arc::new(file),
+        offset: data_at,
+        len,
+    };
+    if verify {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&meta);
+        let mut reader = region.reader();
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&buf[..n]);
+        }
+        let mut stored = [0u8; 4];
+        region
+            .file
+            .read_exact_at(&mut stored, data_at + len)
+            .map_err(|e| e.to_string())?;
+        if crc.finalize() != u32::from_le_bytes(stored) {
+            return Err("checksum mismatch".into());
+        }
+    }
+    Ok((meta, region))
 }
 
 /// A snapshot's metadata bytes and data bytes.
@@ -130,10 +310,10 @@ mod tests {
     #[test]
     fn round_trips_and_detects_damage() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load(dir.path()).unwrap(), None);
-        save(dir.path(), b"meta", b"data bytes").unwrap();
+        assert_eq!(load_named(dir.path(), FILE).unwrap(), None);
+        save_named(dir.path(), FILE, b"meta", b"data bytes").unwrap();
         assert_eq!(
-            load(dir.path()).unwrap(),
+            load_named(dir.path(), FILE).unwrap(),
             Some((b"meta".to_vec(), b"data bytes".to_vec()))
         );
         let path = dir.path().join(FILE);
@@ -141,9 +321,55 @@ mod tests {
         let last = bytes.len() - 6;
         bytes[last] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(load(dir.path()).unwrap_err().contains("checksum"));
+        assert!(load_named(dir.path(), FILE)
+            .unwrap_err()
+            .contains("checksum"));
         std::fs::write(&path, &bytes[..10]).unwrap();
-        assert!(load(dir.path()).is_err());
+        assert!(load_named(dir.path(), FILE).is_err());
+    }
+
+    #[test]
+    fn streams_in_and_out_and_detects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(open_region(dir.path(), FILE, true).unwrap().is_none());
+        let data: Vec<u8> = (0..3 * FLUSH_EVERY + 17).map(|i| (i % 251) as u8).collect();
+        let written = save_streaming(dir.path(), FILE, b"meta", |out| {
+            for chunk in data.chunks(100_003) {
+                out.write_all(chunk)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(written, data.len() as u64);
+        // The streamed file is the same file `save` writes, and `load` reads it.
+        assert_eq!(
+            load_named(dir.path(), FILE).unwrap(),
+            Some((b"meta".to_vec(), data.clone()))
+        );
+        let (meta, region) = open_region(dir.path(), FILE, true).unwrap().unwrap();
+        assert_eq!(meta, b"meta");
+        let mut back = Vec::new();
+        region.reader().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(region.read_chunk(5, 3).unwrap(), data[5..8]);
+        assert!(region.read_chunk(data.len() as u64, 10).unwrap().is_empty());
+
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        // Unverified, the header still opens; verified, the damage shows.
+        assert!(open_region(dir.path(), FILE, false).unwrap().is_some());
+        let error = open_region(dir.path(), FILE, true).unwrap_err();
+        assert!(error.contains("checksum"), "{error}");
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let error = open_region(dir.path(), FILE, false).unwrap_err();
+        assert!(error.contains("truncated"), "{error}");
+        bytes.push(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let error = open_region(dir.path(), FILE, false).unwrap_err();
+        assert!(error.contains("trailing"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! [`StateMachineStore`]: adapts an application [`StateMachine`] to openraft, with snapshots
 //! persisted as a file in the data folder (see `snapshot_file`).
 
+use crate::snapshot_data::SnapshotData;
+use crate::snapshot_file::Region;
 use crate::{NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -8,12 +10,16 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use strata_proto::kv::{Command, CommandResult};
 use strata_proto::NodeInfo;
+
+/// Writes a frozen view of the state: see [`StateMachine::snapshot`].
+pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
 
 /// The application state replicated by Raft.
 ///
@@ -22,12 +28,14 @@ use strata_proto::NodeInfo;
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed command. Never fails: a rejected command returns an error result.
     fn apply(&self, log_index: u64, command: &Command) -> CommandResult;
-    /// Serializes the whole state.
-    fn snapshot(&self) -> Vec<u8>;
-    /// Replaces the whole state with a snapshot produced by [`StateMachine::snapshot`] of a
-    /// build writing log `format` (see `strata_proto::log`): a newer build restores what an
-    /// older one wrote.
-    fn restore(&self, data: &[u8], format: u32) -> Result<(), String>;
+    /// Freezes the state as it is now, in constant time, and returns what serializes that
+    /// view. Called with apply held off (so the view matches the applied position); the
+    /// writer then runs on another thread while apply goes on.
+    fn snapshot(&self) -> SnapshotWriter;
+    /// Replaces the whole state with a snapshot written by [`StateMachine::snapshot`] of a
+    /// build writing log `format` (see `strata_proto::log`), read as a stream: a newer build
+    /// restores what an older one wrote.
+    fn restore(&self, data: &mut dyn Read, format: u32) -> Result<(), String>;
 }
 
 /// Where the application state stands in the log.
@@ -70,8 +78,8 @@ fn decode_meta(bytes: &[u8]) -> Result<(SnapshotMeta<NodeId, NodeInfo>, u32), St
 /// Only the metadata stays in memory; the data is read back from `snapshot.bin` when a
 /// follower needs it, so the node does not hold a second copy of its state.
 type CurrentSnapshot = Option<SnapshotMeta<NodeId, NodeInfo>>;
-/// A snapshot as loaded from disk: metadata, data and format.
-type LoadedSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>, u32)>;
+/// A snapshot as opened on disk: metadata, where its data lies, and format.
+type LoadedSnapshot = Option<(SnapshotMeta<NodeId, NodeInfo>, Region, u32)>;
 
 struct Inner<S> {
     app: Arc<S>,
@@ -79,6 +87,9 @@ struct Inner<S> {
     dir: PathBuf,
     applied: Mutex<Applied>,
     current: Mutex<CurrentSnapshot>,
+    /// Held while `snapshot.bin` is replaced, so a snapshot built and one installed never
+    /// write it at once, and the older of two never replaces the newer.
+    saving: Mutex<()>,
     snapshot_seq: AtomicU64,
     snapshot_bytes: AtomicU64,
     snapshots_installed: AtomicU64,
@@ -116,24 +127,34 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> 
 }
 
 impl<S: StateMachine> StateMachineStore<S> {
-    /// Restores `app` from the latest snapshot in `dir`, if any.
+    /// Restores `app` from the latest snapshot in `dir`, if any: the file's checksum is
+    /// checked, then the data is streamed into the state machine, with progress in the log.
     pub fn open(app: Arc<S>, dir: PathBuf) -> Result<Self, StorageError<NodeId>> {
+        SnapshotData::remove_leftovers(&dir);
         let store = StateMachineStore {
             inner: Arc::new(Inner {
                 app,
                 dir,
                 applied: Mutex::new(Applied::default()),
                 current: Mutex::new(None),
+                saving: Mutex::new(()),
                 snapshot_seq: AtomicU64::new(0),
                 snapshot_bytes: AtomicU64::new(0),
                 snapshots_installed: AtomicU64::new(0),
             }),
         };
-        if let Some((meta, data, format)) = store.load_snapshot()? {
+        if let Some((meta, region, format)) = store.load_snapshot(true)? {
+            let started = Instant::now();
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes = region.len,
+                "restoring state machine from snapshot"
+            );
+            let mut reader = Progress::new(region.reader(), region.len, "restoring snapshot");
             store
                 .inner
                 .app
-                .restore(&data, format)
+                .restore(&mut reader, format)
                 .map_err(|e| snap_err(ErrorVerb::Read, e))?;
             *store.applied() = Applied {
                 last_applied: meta.last_log_id,
@@ -142,9 +163,13 @@ impl<S: StateMachine> StateMachineStore<S> {
             store
                 .inner
                 .snapshot_bytes
-                .store(data.len() as u64, Ordering::Relaxed);
+                .store(region.len, Ordering::Relaxed);
             *store.current() = Some(meta);
-            tracing::info!(applied = ?store.applied().last_applied, "restored state machine from snapshot");
+            tracing::info!(
+                applied = ?store.applied().last_applied,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "restored state machine from snapshot"
+            );
         }
         Ok(store)
     }
@@ -172,47 +197,109 @@ impl<S: StateMachine> StateMachineStore<S> {
         self.inner.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn load_snapshot(&self) -> Result<LoadedSnapshot, StorageError<NodeId>> {
-        let Some((meta, data)) = crate::snapshot_file::load(&self.inner.dir)
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+    fn load_snapshot(&self, verify: bool) -> Result<LoadedSnapshot, StorageError<NodeId>> {
+        let Some((meta, region)) =
+            crate::snapshot_file::open_region(&self.inner.dir, crate::snapshot_file::FILE, verify)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?
         else {
             return Ok(None);
         };
         let (meta, format) = decode_meta(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Some((meta, data, format)))
+        Ok(Some((meta, region, format)))
     }
 
-    /// Persists a snapshot durably, off the async runtime.
-    async fn save_snapshot(
+    /// Writes `snapshot.bin` with the data `write_data` streams, unless a snapshot at least as
+    /// new is already there, and makes it current. Blocking: run it off the async runtime.
+    /// Returns the data's length, or `None` when a newer snapshot was kept.
+    fn save_snapshot(
         &self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        data: Arc<Vec<u8>>,
-    ) -> Result<(), StorageError<NodeId>> {
-        let dir = self.inner.dir.clone();
+        write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<Option<u64>, StorageError<NodeId>> {
+        let _saving = self.inner.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let newer_kept = self
+            .current()
+            .as_ref()
+            .is_some_and(|current| current.last_log_id > meta.last_log_id);
+        if newer_kept {
+            return Ok(None);
+        }
         let meta_bytes = encode_meta(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        tokio::task::spawn_blocking(move || crate::snapshot_file::save(&dir, &meta_bytes, &data))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
+        let written = crate::snapshot_file::save_streaming(
+            &self.inner.dir,
+            crate::snapshot_file::FILE,
+            &meta_bytes,
+            write_data,
+        )
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.inner.snapshot_bytes.store(written, Ordering::Relaxed);
+        *self.current() = Some(meta.clone());
+        Ok(Some(written))
+    }
+
+    /// The current snapshot with its data, opened from disk (not read).
+    fn stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self
+            .load_snapshot(false)?
+            .map(|(meta, region, _format)| Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotData::stored(region)),
+            }))
+    }
+}
+
+/// A reader that logs how far it has got every few seconds, for long restores.
+struct Progress<R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    what: &'static str,
+    last: Instant,
+}
+
+impl<R> Progress<R> {
+    fn new(inner: R, total: u64, what: &'static str) -> Self {
+        Progress {
+            inner,
+            done: 0,
+            total,
+            what,
+            last: Instant::now(),
+        }
+    }
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.last.elapsed() >= Duration::from_secs(2) {
+            self.last = Instant::now();
+            tracing::info!(
+                done_bytes = self.done,
+                total_bytes = self.total,
+                percent = self.done * 100 / self.total.max(1),
+                "{}",
+                self.what
+            );
+        }
+        Ok(n)
     }
 }
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // Serialize and read the applied position under the same lock that `apply` holds, so
-        // the snapshot contains exactly the entries up to `last_applied`. The builder runs
-        // concurrently with apply in openraft, so this lock is what makes the pair consistent.
-        // Serialising is CPU-bound and can take a while on a large store: it runs off the
-        // async runtime, so heartbeats and appends keep flowing meanwhile.
-        let this = self.clone();
-        let started = std::time::Instant::now();
-        let (data, applied) = tokio::task::spawn_blocking(move || {
-            let applied = this.applied();
-            (this.inner.app.snapshot(), applied.clone())
-        })
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let serialize_ms = started.elapsed().as_millis() as u64;
+        // Freeze the state and read the applied position under the lock that `apply` holds,
+        // so the view contains exactly the entries up to `last_applied`. Freezing takes
+        // constant time (the state shares structure with the view), so apply waits for
+        // nothing that grows with the store; serialising and writing the view then run on a
+        // blocking thread while apply goes on.
+        let frozen = Instant::now();
+        let (writer, applied) = {
+            let applied = self.applied();
+            (self.inner.app.snapshot(), applied.clone())
+        };
+        let freeze_us = frozen.elapsed().as_micros() as u64;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match applied.last_applied {
             Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
@@ -223,25 +310,32 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             last_membership: applied.membership.clone(),
             snapshot_id,
         };
-        let data = Arc::new(data);
-        let writing = std::time::Instant::now();
-        self.save_snapshot(&meta, data.clone()).await?;
-        self.inner
-            .snapshot_bytes
-            .store(data.len() as u64, Ordering::Relaxed);
-        tracing::info!(
-            snapshot = %meta.snapshot_id,
-            bytes = data.len(),
-            serialize_ms,
-            write_ms = writing.elapsed().as_millis() as u64,
-            "built snapshot"
-        );
-        *self.current() = Some(meta.clone());
-        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone());
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        let this = self.clone();
+        let writing = Instant::now();
+        let saved = {
+            let meta = meta.clone();
+            tokio::task::spawn_blocking(move || this.save_snapshot(&meta, writer))
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))??
+        };
+        match saved {
+            Some(bytes) => tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes,
+                freeze_us,
+                write_ms = writing.elapsed().as_millis() as u64,
+                "built snapshot"
+            ),
+            None => tracing::info!(
+                snapshot = %meta.snapshot_id,
+                "a newer snapshot was installed meanwhile; kept it"
+            ),
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.stored_snapshot())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))??
+            .ok_or_else(|| snap_err(ErrorVerb::Read, "the snapshot just written is gone"))
     }
 }
 
@@ -286,36 +380,51 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        SnapshotData::receiving(&self.inner.dir, seq)
+            .map(Box::new)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<NodeId>> {
-        let data = Arc::new(snapshot.into_inner());
-        let app = self.inner.app.clone();
-        let restoring = data.clone();
-        // A snapshot sent by the leader is in the format both run (see `strata_proto::log`).
-        tokio::task::spawn_blocking(move || app.restore(&restoring, strata_proto::log::FORMAT))
-            .await
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        *self.applied() = Applied {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        self.save_snapshot(meta, data.clone()).await?;
-        self.inner
-            .snapshot_bytes
-            .store(data.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        let bytes = snapshot.len();
+        let this = self.clone();
+        let stored = meta.clone();
+        // Streamed from the received file into the state machine, then copied into
+        // `snapshot.bin`: memory holds the state, never the serialized bytes. A snapshot sent
+        // by the leader is in the format both run (see `strata_proto::log`).
+        tokio::task::spawn_blocking(move || {
+            let region = snapshot.region();
+            let mut reader = Progress::new(region.reader(), region.len, "installing snapshot");
+            this.inner
+                .app
+                .restore(&mut reader, strata_proto::log::FORMAT)
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            *this.applied() = Applied {
+                last_applied: stored.last_log_id,
+                membership: stored.last_membership.clone(),
+            };
+            this.save_snapshot(&stored, |out| {
+                std::io::copy(&mut region.reader(), out).map(|_| ())
+            })
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))??;
         self.inner
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed snapshot from leader");
-        *self.current() = Some(meta.clone());
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "installed snapshot from leader"
+        );
         Ok(())
     }
 
@@ -326,12 +435,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             return Ok(None);
         }
         let this = self.clone();
-        let loaded = tokio::task::spawn_blocking(move || this.load_snapshot())
+        tokio::task::spawn_blocking(move || this.stored_snapshot())
             .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))??;
-        Ok(loaded.map(|(meta, data, _format)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
     }
 }

@@ -16,11 +16,11 @@ impl StateMachine for NullMachine {
         CommandResult::None
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        Vec::new()
+    fn snapshot(&self) -> strata_raft::SnapshotWriter {
+        Box::new(|_| Ok(()))
     }
 
-    fn restore(&self, _data: &[u8], _format: u32) -> Result<(), String> {
+    fn restore(&self, _data: &mut dyn std::io::Read, _format: u32) -> Result<(), String> {
         Ok(())
     }
 }

@@ -1,0 +1,124 @@
+//! [`SnapshotData`]: a snapshot's data as openraft hands it around: a region of a file on
+//! disk, read and written in chunks, never held in memory whole.
+
+use crate::snapshot_file::Region;
+use bytes::Bytes;
+use futures::Stream;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Prefix of the files a follower receives a snapshot into; removed once installed, and
+/// left-overs of a crash are removed at start-up.
+pub(crate) const RECEIVING_PREFIX: &str = "snapshot.recv-";
+
+/// A snapshot's data: the data region of `snapshot.bin`, or a file being received.
+#[derive(Debug)]
+pub struct SnapshotData {
+    region: Region,
+    /// Set for a received file, removed when this is dropped.
+    temp: Option<PathBuf>,
+}
+
+impl SnapshotData {
+    /// The data of a stored snapshot.
+    pub(crate) fn stored(region: Region) -> Self {
+        SnapshotData { region, temp: None }
+    }
+
+    /// An empty file in `dir` to receive a snapshot into.
+    pub(crate) fn receiving(dir: &Path, seq: u64) -> std::io::Result<Self> {
+        let path = dir.join(format!("{RECEIVING_PREFIX}{seq}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        Ok(SnapshotData {
+            region: Region {
+                file: Arc::new(file),
+                offset: 0,
+                len: 0,
+            },
+            temp: Some(path),
+        })
+    }
+
+    /// Removes receiving files a crash left in `dir`.
+    pub(crate) fn remove_leftovers(dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(RECEIVING_PREFIX)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// The data's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.region.len
+    }
+
+    /// True when there is no data.
+    pub fn is_empty(&self) -> bool {
+        self.region.len == 0
+    }
+
+    /// Where the data lies.
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Appends received bytes at the end, off the async runtime.
+    pub async fn append(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        let file = self.region.file.clone();
+        let at = self.region.offset + self.region.len;
+        let n = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.region.len += n;
+        Ok(())
+    }
+
+    /// The data as a stream of chunks of at most `chunk` bytes, each read off the runtime
+    /// when the stream is polled: a sender holds one chunk at a time.
+    pub fn into_chunks(self, chunk: usize) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+        futures::stream::try_unfold((self, 0u64), move |(data, at)| async move {
+            if at >= data.region.len {
+                return Ok(None);
+            }
+            let region = data.region.clone();
+            let bytes = tokio::task::spawn_blocking(move || region.read_chunk(at, chunk))
+                .await
+                .map_err(std::io::Error::other)??;
+            let next = at + bytes.len() as u64;
+            Ok(Some((Bytes::from(bytes), (data, next))))
+        })
+    }
+
+    /// Reads all the data into memory: only for a peer of an older build, which takes a
+    /// snapshot as one message.
+    pub async fn read_all(&self) -> std::io::Result<Vec<u8>> {
+        let region = self.region.clone();
+        let len = usize::try_from(region.len).map_err(std::io::Error::other)?;
+        tokio::task::spawn_blocking(move || region.read_chunk(0, len))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+impl Drop for SnapshotData {
+    fn drop(&mut self) {
+        if let Some(path) = &self.temp {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -21,8 +21,8 @@
 # each figure Strata divided by etcd at 128 clients (throughputs: higher is better for Strata;
 # put_p99: lower is better for Strata), 2 decimals.
 #
-# Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--auth] [--tls] [--no-build]
-#                                   [--keep-data] [--results FILE]
+# Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--connections-per-member N]
+#                                   [--auth] [--tls] [--no-build] [--keep-data] [--results FILE]
 #
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start.
@@ -38,6 +38,10 @@ Options:
   --quick         smoke run: 1 round, small request counts, watch with 100 watchers
                   (well under 3 minutes after the build)
   --rounds N      rounds of every workload on each system (default 3; 1 with --quick)
+  --connections-per-member N
+                  HTTP/2 connections the load generator opens to each member, shared by
+                  all its clients (default 1, as an etcd client library holds them; never
+                  more connections than clients)
   --auth          access control on in both systems, set up the same way through etcdctl:
                   root, a role with readwrite on the prefix bench/, a user with that role;
                   the load generator logs in as that user (--user) and sends its token
@@ -55,10 +59,15 @@ EOF
 rounds=""
 auth=0
 tls=0
+per_member=1
 own_option() {
     case "$1" in
     --rounds)
         rounds="${2:?--rounds needs a number}"
+        option_args=2
+        ;;
+    --connections-per-member)
+        per_member="${2:?--connections-per-member needs a number}"
         option_args=2
         ;;
     --auth)
@@ -98,6 +107,10 @@ fi
 rounds=${rounds:-$default_rounds}
 [[ $rounds =~ ^[1-9][0-9]?$ ]] || {
     echo "--rounds must be a number from 1 to 99" >&2
+    exit 2
+}
+[[ $per_member =~ ^[1-9][0-9]?$ ]] || {
+    echo "--connections-per-member must be a number from 1 to 99" >&2
     exit 2
 }
 value_size=256
@@ -358,6 +371,24 @@ pid_of_endpoint() {
     return 0
 }
 
+# The connections of a run: --connections-per-member on each member, but not more than the
+# run has clients (or watchers), as etcd's benchmark tool never opens more than it uses. The
+# paused-leader run uses the followers only.
+connections_for() {
+    local clients=1 members=$node_count
+    while (($#)); do
+        case $1 in
+        --clients | --watchers) clients=$2 ;;
+        --max-seconds) ;;
+        esac
+        shift
+    done
+    [[ $id == paused_leader_* ]] && members=$((node_count - 1))
+    local total=$((per_member * members))
+    ((total < clients)) || total=$clients
+    echo "$total"
+}
+
 runs_file="$data/runs.jsonl"
 : >"$runs_file"
 declare -A order
@@ -376,9 +407,9 @@ for round in $(seq 1 "$rounds"); do
                 strata) pids+=("${node_pid[$node]}") ;;
                 esac
             done
-            extra=(--key-prefix "bench/r$round/$id/")
-            [[ $id == watch ]] && extra=(--prefix "bench/r$round/watch/")
-            [[ $id == get_* ]] && extra=(--key "bench/get/key")
+            extra=(--key-prefix "bench/r$round/$id/" --connections "$(connections_for "${args[@]}")")
+            [[ $id == watch ]] && extra=(--prefix "bench/r$round/watch/" --connections "$(connections_for "${args[@]}")")
+            [[ $id == get_* ]] && extra=(--key "bench/get/key" --connections "$(connections_for "${args[@]}")")
             [[ $id == watch || $id == paused_leader_* ]] || extra+=(--max-seconds "$max_seconds")
             frozen=""
             if [[ $id == paused_leader_* ]]; then
@@ -441,6 +472,7 @@ done
 # --- results --------------------------------------------------------------------------------
 recorded_options=()
 [[ $rounds == "$default_rounds" ]] || recorded_options=(--rounds "$rounds")
+((per_member == 1)) || recorded_options+=(--connections-per-member "$per_member")
 ((auth == 0)) || recorded_options+=(--auth)
 ((tls == 0)) || recorded_options+=(--tls)
 # run_info: when, command, commit, machine (lib.sh).
@@ -454,7 +486,8 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     --argjson max_seconds "$max_seconds" --argjson many "$many_clients" \
     --argjson ids "$workload_ids" --slurpfile runs "$runs_file" \
     --argjson panics "$panics" --argjson errors "$error_lines" \
-    --argjson error_samples "$error_samples" --argjson auth "$auth" --argjson tls "$tls" '
+    --argjson error_samples "$error_samples" --argjson auth "$auth" --argjson tls "$tls" \
+    --argjson per_member "$per_member" '
     def median: map(select(. != null)) | sort |
         if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
@@ -486,7 +519,8 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             max_seconds_per_run: $max_seconds,
             tls: (if $tls == 1 then "on in both: client certificates required (etcd --client-cert-auth, Strata --tls-client-auth require), mutual TLS between peers, one CA" else "off" end),
             access_control: (if $auth == 1 then "on in both: user bench, role with readwrite on prefix bench/, token sent on every call" else "off" end),
-            connections: "two HTTP/2 connections per endpoint (at most one per client), clients round-robin over them; endpoints listed followers first"
+            connections_per_member: $per_member,
+            connections: "\($per_member) HTTP/2 connection(s) per member (never more than clients), clients round-robin over them; endpoints listed followers first"
         },
         summary: $summary,
         ratio: {

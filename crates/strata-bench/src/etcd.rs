@@ -99,10 +99,10 @@ impl Pool {
     }
 }
 
-/// The default connection count: two per endpoint (a handful, as etcd's benchmark uses), and
-/// never more than there are clients.
+/// The default connection count: one per endpoint (as an etcd client library holds one per
+/// member, and etcd's `benchmark` tool is run), and never more than there are clients.
 pub fn default_connections(endpoints: usize, clients: usize) -> usize {
-    (2 * endpoints).min(clients).max(1)
+    endpoints.min(clients).max(1)
 }
 
 /// Strips an `http://` prefix and any trailing `/`, leaving `host:port`.
@@ -271,9 +271,9 @@ mod tests {
     }
 
     #[test]
-    fn default_connections_is_two_per_endpoint_but_not_more_than_clients() {
-        assert_eq!(default_connections(3, 128), 6);
-        assert_eq!(default_connections(3, 4), 4);
+    fn default_connections_is_one_per_endpoint_but_not_more_than_clients() {
+        assert_eq!(default_connections(3, 128), 3);
+        assert_eq!(default_connections(3, 2), 2);
         assert_eq!(default_connections(3, 1), 1);
         assert_eq!(default_connections(1, 0), 1);
     }

@@ -134,7 +134,7 @@ struct GetArgs {
 #[derive(Args, Debug)]
 struct ConnectionArgs {
     /// HTTP/2 connections shared by all clients, round-robin over the endpoints
-    /// (default: two per endpoint, at most one per client).
+    /// (default: one per endpoint, at most one per client).
     #[arg(long)]
     connections: Option<usize>,
     /// Log in as NAME:PASSWORD (etcdctl's --user) and send the token on every call, for a

@@ -25,6 +25,7 @@ struct Version {
     /// Puts since creation, 1 for the first; 0 for a tombstone.
     version: i64,
     /// The value; empty for a tombstone.
+    #[serde(serialize_with = "serialize_bytes")]
     value: Vec<u8>,
     /// The attached lease, 0 for none.
     lease: i64,
@@ -71,8 +72,15 @@ impl Deref for Key {
 
 impl Serialize for Key {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter())
+        serialize_bytes(&self.0, serializer)
     }
+}
+
+/// Writes bytes as one run instead of byte by byte. In postcard both are a varint length and
+/// the raw bytes, so the snapshot format is unchanged (`tests/snapshot_format.rs` pins it);
+/// reading takes them as a sequence, which streams without a scratch buffer.
+fn serialize_bytes<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
 }
 
 impl<'de> Deserialize<'de> for Key {
@@ -140,6 +148,7 @@ pub struct KvStats {
 /// copies nothing, and a later write copies only the nodes on its path. That is how a
 /// snapshot gets a consistent view without stopping apply (see [`KvStore::view`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredKvStore")]
 pub struct KvStore {
     /// The revision of the last change.
     revision: i64,
@@ -149,6 +158,70 @@ pub struct KvStore {
     keys: imbl::OrdMap<Key, History>,
     /// Live leases by id.
     leases: imbl::OrdMap<i64, Lease>,
+    /// Derived from `keys`, never stored: rebuilt when a snapshot is read.
+    #[serde(skip_serializing)]
+    derived: Derived,
+}
+
+/// What [`KvStore`] keeps up to date as it applies, so that nothing has to walk every key:
+/// the counts behind [`KvStore::stats`], and which keys compaction can shrink.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Derived {
+    /// Retained versions across all keys.
+    versions: usize,
+    /// Bytes of keys (once per version) and values.
+    bytes: usize,
+    /// Keys with more than one version or only a tombstone: the only ones a compaction can
+    /// change. A key with one live version is never visited by compaction.
+    compactable: imbl::OrdSet<Key>,
+}
+
+impl Derived {
+    fn of(keys: &imbl::OrdMap<Key, History>) -> Derived {
+        let mut derived = Derived::default();
+        for (key, versions) in keys {
+            derived.versions += versions.len();
+            derived.bytes += versions
+                .iter()
+                .map(|v| version_bytes(key, v))
+                .sum::<usize>();
+            if is_compactable(versions) {
+                derived.compactable.insert(key.clone());
+            }
+        }
+        derived
+    }
+}
+
+/// The bytes a version accounts for in [`KvStats::bytes`].
+fn version_bytes(key: &[u8], version: &Version) -> usize {
+    key.len() + version.value.len()
+}
+
+fn is_compactable(versions: &[Version]) -> bool {
+    versions.len() > 1 || versions.first().is_some_and(|v| v.tombstone)
+}
+
+/// A [`KvStore`] as snapshots store it: everything but what is derived. Same fields, same
+/// order, so the bytes are those of the store's own `Serialize`.
+#[derive(Deserialize)]
+struct StoredKvStore {
+    revision: i64,
+    compact_revision: i64,
+    keys: imbl::OrdMap<Key, History>,
+    leases: imbl::OrdMap<i64, Lease>,
+}
+
+impl From<StoredKvStore> for KvStore {
+    fn from(stored: StoredKvStore) -> KvStore {
+        KvStore {
+            derived: Derived::of(&stored.keys),
+            revision: stored.revision,
+            compact_revision: stored.compact_revision,
+            keys: stored.keys,
+            leases: stored.leases,
+        }
+    }
 }
 
 /// The key range a request resolved to.
@@ -232,19 +305,21 @@ impl KvStore {
         self.compact_revision
     }
 
-    /// Returns counts for metrics.
+    /// Returns counts for metrics, in constant time.
     pub fn stats(&self) -> KvStats {
-        let mut stats = KvStats {
+        KvStats {
             keys: self.keys.len(),
+            versions: self.derived.versions,
+            bytes: self.derived.bytes,
             leases: self.leases.len(),
-            ..Default::default()
-        };
-        for (key, versions) in &self.keys {
-            stats.versions += versions.len();
-            stats.bytes += key.len() * versions.len();
-            stats.bytes += versions.iter().map(|v| v.value.len()).sum::<usize>();
         }
-        stats
+    }
+
+    /// Returns true when what the store keeps up to date as it applies (counts, keys that
+    /// compaction can shrink) equals a recount from the keys. For tests.
+    #[doc(hidden)]
+    pub fn derived_state_is_consistent(&self) -> bool {
+        self.derived == Derived::of(&self.keys)
     }
 
     fn header(&self) -> ResponseHeader {
@@ -583,7 +658,13 @@ impl KvStore {
         batch
             .events
             .push(event_for(&req.key, &new, prev_kv.clone()));
-        self.keys.entry(key).or_default().make_mut().push(new);
+        self.derived.versions += 1;
+        self.derived.bytes += version_bytes(&key, &new);
+        let history = self.keys.entry(key.clone()).or_default();
+        history.make_mut().push(new);
+        if history.len() == 2 {
+            self.derived.compactable.insert(key);
+        }
         PutResponse {
             header: self.header(),
             prev_kv: if req.prev_kv { prev_kv } else { None },
@@ -643,7 +724,10 @@ impl KvStore {
         batch
             .events
             .push(event_for(key, &tombstone, Some(prev_kv.clone())));
+        self.derived.versions += 1;
+        self.derived.bytes += version_bytes(key, &tombstone);
         versions.push(tombstone);
+        self.derived.compactable.insert(Key::new(key));
         if prev.lease != 0 {
             self.detach(prev.lease, key);
         }
@@ -742,11 +826,17 @@ impl KvStore {
         }
         // Find what changes first and touch only that: a key with one live version keeps its
         // node, so a snapshot view taken before still shares it.
+        // Only keys with history can change (`Derived::compactable`).
         let changed: Vec<Key> = self
-            .keys
+            .derived
+            .compactable
             .iter()
-            .filter(|(_, versions)| compacted_len(versions, revision) != versions.len())
-            .map(|(key, _)| key.clone())
+            .filter(|key| {
+                self.keys
+                    .get(*key)
+                    .is_some_and(|versions| compacted_len(versions, revision) != versions.len())
+            })
+            .cloned()
             .collect();
         for key in changed {
             let Some(history) = self.keys.get_mut(&key) else {
@@ -754,7 +844,13 @@ impl KvStore {
             };
             let versions = history.make_mut();
             let keep = compacted_len(versions, revision);
-            versions.drain(..versions.len() - keep);
+            for dropped in versions.drain(..versions.len() - keep) {
+                self.derived.versions -= 1;
+                self.derived.bytes -= version_bytes(&key, &dropped);
+            }
+            if !is_compactable(versions) {
+                self.derived.compactable.remove(&key);
+            }
             if versions.is_empty() {
                 self.keys.remove(&key);
             }

@@ -1176,7 +1176,10 @@ fn run(cmds: &[Cmd]) {
     check(&store, &model);
     for (step, cmd) in cmds.iter().enumerate() {
         let command = cmd.command(&model);
-        let before = store.clone();
+        // `before` shares every node with `store` (a snapshot view): applying to `store` must
+        // leave it exactly as it was.
+        let before = store.view();
+        let before_bytes = postcard::to_allocvec(&before).expect("a store serializes");
         let (result, events) = store.apply(&command);
         let (expected, expected_events) = model.apply(&command);
         match expected {
@@ -1211,6 +1214,15 @@ fn run(cmds: &[Cmd]) {
             );
             assert_eq!(store.lease(*id), None);
         }
+        assert!(
+            store.derived_state_is_consistent(),
+            "step {step}: counts or compactable keys drifted from the keys after {command:?}"
+        );
+        assert_eq!(
+            postcard::to_allocvec(&before).expect("a store serializes"),
+            before_bytes,
+            "step {step}: {command:?} changed a view taken before it"
+        );
         check(&store, &model);
     }
     // Finally sweep every revision and every watch start once.

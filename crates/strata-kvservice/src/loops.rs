@@ -107,13 +107,16 @@ pub fn refresh_metrics(service: &KvService) {
         .set(i64::from(m.current_leader == Some(service.id)));
     metrics::advance(&metrics.raft_log_fsyncs, service.log.fsync_count());
     metrics.raft_log_entries.set(service.log.len() as i64);
+    let snapshots = service.sm.snapshot_stats();
+    metrics.raft_snapshot_bytes.set(snapshots.bytes as i64);
+    metrics::advance(&metrics.raft_snapshots_installed, snapshots.installed);
+    metrics::advance(&metrics.raft_snapshots_built, snapshots.built);
     metrics
-        .raft_snapshot_bytes
-        .set(service.sm.snapshot_bytes() as i64);
-    metrics::advance(
-        &metrics.raft_snapshots_installed,
-        service.sm.snapshots_installed(),
-    );
+        .raft_snapshot_apply_pause_max
+        .set(snapshots.freeze_max_us as f64 / 1e6);
+    metrics
+        .raft_snapshot_write_seconds
+        .set(snapshots.last_write_ms as f64 / 1e3);
     let (stats, revision, compacted) = {
         let store = service.machine.read();
         (store.stats(), store.revision(), store.compact_revision())

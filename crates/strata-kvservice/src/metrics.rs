@@ -1,7 +1,7 @@
 //! Prometheus metrics of the node. Names follow `strata_<component>_<thing>_<unit>`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
@@ -36,6 +36,12 @@ pub struct Metrics {
     pub raft_snapshots_installed: IntCounter,
     /// Size of the latest snapshot.
     pub raft_snapshot_bytes: IntGauge,
+    /// Snapshots built by this node.
+    pub raft_snapshots_built: IntCounter,
+    /// The longest time apply waited for a snapshot (to freeze the state) since start.
+    pub raft_snapshot_apply_pause_max: Gauge,
+    /// How long the latest snapshot took to serialise and write, apply going on.
+    pub raft_snapshot_write_seconds: Gauge,
     /// KV operations served, by operation.
     pub kv_operations: IntCounterVec,
     /// Current KV revision.
@@ -56,6 +62,14 @@ pub struct Metrics {
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("metric names are valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("metric names are valid");
     registry
         .register(Box::new(g.clone()))
         .expect("metric registered once");
@@ -203,6 +217,21 @@ impl Metrics {
                 &registry,
                 "strata_raft_snapshot_bytes",
                 "Size of the latest snapshot",
+            ),
+            raft_snapshots_built: counter(
+                &registry,
+                "strata_raft_snapshots_built_total",
+                "Snapshots built by this node since start",
+            ),
+            raft_snapshot_apply_pause_max: float_gauge(
+                &registry,
+                "strata_raft_snapshot_apply_pause_max_seconds",
+                "Longest time apply waited for a snapshot to freeze the state, since start",
+            ),
+            raft_snapshot_write_seconds: float_gauge(
+                &registry,
+                "strata_raft_snapshot_write_seconds",
+                "Time the latest snapshot took to serialise and write (apply goes on meanwhile)",
             ),
             kv_operations,
             kv_revision: gauge(&registry, "strata_kv_revision", "Current KV revision"),

@@ -35,7 +35,7 @@ pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
 pub use snapshot_data::SnapshotData;
 pub use snapshot_file::{parse_checked, SnapshotParts};
 pub use snapshot_schedule::{next_snapshot_due, run_snapshot_schedule, snapshot_phase};
-pub use state_machine::{SnapshotWriter, StateMachine, StateMachineStore};
+pub use state_machine::{SnapshotStats, SnapshotWriter, StateMachine, StateMachineStore};
 pub use storage::{open_storage, DataDir, StorageError};
 
 use strata_proto::kv::{Command, CommandResult};

@@ -93,6 +93,26 @@ struct Inner<S> {
     snapshot_seq: AtomicU64,
     snapshot_bytes: AtomicU64,
     snapshots_installed: AtomicU64,
+    snapshots_built: AtomicU64,
+    /// The longest time apply waited for a snapshot to freeze the state, since start.
+    freeze_max_us: AtomicU64,
+    /// How long the latest snapshot took to serialise and write.
+    last_write_ms: AtomicU64,
+}
+
+/// What this node's snapshots cost, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Size of the latest snapshot's data.
+    pub bytes: u64,
+    /// Snapshots installed from a leader since start.
+    pub installed: u64,
+    /// Snapshots built by this node since start.
+    pub built: u64,
+    /// The longest time apply was held off by a snapshot since start (freezing the state).
+    pub freeze_max_us: u64,
+    /// How long the latest built snapshot took to serialise and write, apply going on.
+    pub last_write_ms: u64,
 }
 
 /// The openraft state machine over an application [`StateMachine`]. Cheap to clone.
@@ -141,6 +161,9 @@ impl<S: StateMachine> StateMachineStore<S> {
                 snapshot_seq: AtomicU64::new(0),
                 snapshot_bytes: AtomicU64::new(0),
                 snapshots_installed: AtomicU64::new(0),
+                snapshots_built: AtomicU64::new(0),
+                freeze_max_us: AtomicU64::new(0),
+                last_write_ms: AtomicU64::new(0),
             }),
         };
         if let Some((meta, region, format)) = store.load_snapshot(true)? {
@@ -179,14 +202,16 @@ impl<S: StateMachine> StateMachineStore<S> {
         &self.inner.app
     }
 
-    /// Returns the size of the latest snapshot in bytes.
-    pub fn snapshot_bytes(&self) -> u64 {
-        self.inner.snapshot_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Returns how many snapshots this node has installed from a leader.
-    pub fn snapshots_installed(&self) -> u64 {
-        self.inner.snapshots_installed.load(Ordering::Relaxed)
+    /// Returns what this node's snapshots cost so far.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        let inner = &self.inner;
+        SnapshotStats {
+            bytes: inner.snapshot_bytes.load(Ordering::Relaxed),
+            installed: inner.snapshots_installed.load(Ordering::Relaxed),
+            built: inner.snapshots_built.load(Ordering::Relaxed),
+            freeze_max_us: inner.freeze_max_us.load(Ordering::Relaxed),
+            last_write_ms: inner.last_write_ms.load(Ordering::Relaxed),
+        }
     }
 
     fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -300,6 +325,9 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             (self.inner.app.snapshot(), applied.clone())
         };
         let freeze_us = frozen.elapsed().as_micros() as u64;
+        self.inner
+            .freeze_max_us
+            .fetch_max(freeze_us, Ordering::Relaxed);
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match applied.last_applied {
             Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
@@ -318,12 +346,15 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
                 .await
                 .map_err(|e| snap_err(ErrorVerb::Write, e))??
         };
+        let write_ms = writing.elapsed().as_millis() as u64;
+        self.inner.last_write_ms.store(write_ms, Ordering::Relaxed);
+        self.inner.snapshots_built.fetch_add(1, Ordering::Relaxed);
         match saved {
             Some(bytes) => tracing::info!(
                 snapshot = %meta.snapshot_id,
                 bytes,
                 freeze_us,
-                write_ms = writing.elapsed().as_millis() as u64,
+                write_ms,
                 "built snapshot"
             ),
             None => tracing::info!(

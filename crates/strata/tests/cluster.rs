@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{cli_ok, wait_until, Cluster, NodeProc};
+use common::{add_member, cli_ok, wait_until, Cluster, NodeProc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,14 +123,8 @@ async fn t20_kill_leader_under_load_loses_no_acknowledged_write() {
 
     // The old leader comes back and catches up; every acknowledged write is on every node.
     cluster.node(old_leader).restart().await;
-    let leader = leader_of(&cluster).await;
-    let commit = cluster.nodes[(leader - 1) as usize]
-        .status()
-        .await
-        .unwrap()
-        .commit_index;
+    let leader = cluster.wait_all_caught_up().await;
     for node in &cluster.nodes {
-        cluster.wait_applied(node.id, commit).await;
         let stored = node.local_prefix("load/").await.expect("read from node");
         let header = stored.header.clone();
         let stored: BTreeMap<String, (String, i64)> = stored
@@ -152,7 +146,7 @@ async fn t20_kill_leader_under_load_loses_no_acknowledged_write() {
             .collect();
         assert!(
             lost.is_empty(),
-            "node {} (old leader: {old_leader}, now leader: {leader}, commit {commit}) lost {} \
+            "node {} (old leader: {old_leader}, now leader: {leader}) lost {} \
              acknowledged writes, holding {} keys at revision {}; first lost: {:?}\n{}",
             node.id,
             lost.len(),
@@ -259,18 +253,7 @@ async fn t40_remove_member_then_add_empty_node_which_catches_up() {
         .filter(|n| n.id != victim)
         .map(|n| n.url())
         .collect();
-    cli_ok(
-        &live,
-        &[
-            "cluster",
-            "add-member",
-            "4",
-            "--raft-addr",
-            &fresh.raft,
-            "--api-addr",
-            &fresh.api,
-        ],
-    );
+    add_member(&live, &fresh);
     let out = cli_ok(&live, &["--output", "json", "cluster", "status"]);
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let ids: BTreeSet<u64> = status["members"]

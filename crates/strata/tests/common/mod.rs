@@ -683,18 +683,7 @@ impl Cluster {
         cluster.wait_for_leader().await;
         for id in 2..=n {
             let node = NodeProc::start(id, cluster.root.path(), None, extra).await;
-            cli_ok(
-                &cluster.endpoints(),
-                &[
-                    "cluster",
-                    "add-member",
-                    &id.to_string(),
-                    "--raft-addr",
-                    &node.raft,
-                    "--api-addr",
-                    &node.api,
-                ],
-            );
+            add_member(&cluster.endpoints(), &node);
             cluster.nodes.push(node);
         }
         cluster.wait_for_members(n as usize).await;
@@ -787,6 +776,21 @@ impl Cluster {
         }
     }
 
+    /// Waits until every node has applied what the leader had committed when this was
+    /// called, and returns the leader's id.
+    pub async fn wait_all_caught_up(&self) -> u64 {
+        let leader = self.wait_for_leader().await;
+        let commit = self.nodes[(leader - 1) as usize]
+            .status()
+            .await
+            .expect("the leader answers")
+            .commit_index;
+        for node in &self.nodes {
+            self.wait_applied(node.id, commit).await;
+        }
+        leader
+    }
+
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64) {
         let node = &self.nodes[(id - 1) as usize];
@@ -800,6 +804,22 @@ impl Cluster {
         )
         .await
     }
+}
+
+/// Adds `node` to the cluster behind `endpoints` with `strata cluster add-member`.
+pub fn add_member(endpoints: &[String], node: &NodeProc) {
+    cli_ok(
+        endpoints,
+        &[
+            "cluster",
+            "add-member",
+            &node.id.to_string(),
+            "--raft-addr",
+            &node.raft,
+            "--api-addr",
+            &node.api,
+        ],
+    );
 }
 
 /// Returns two distinct free loopback ports. Both are bound at once (so they differ) and

@@ -1,0 +1,219 @@
+//! Snapshots at size, with real `strata server` processes on loopback: snapshots built while
+//! writes go on stop no write and lose none, and a new member catches up from a snapshot
+//! streamed in many chunks.
+//!
+//! The bound stated for a write during a snapshot: apply waits at most
+//! [`APPLY_PAUSE_BOUND`] for a snapshot to freeze the state (the node's own measure,
+//! `strata_raft_snapshot_apply_pause_max_seconds`), whatever the store's size, and no put
+//! acknowledged during the run took longer than [`PUT_BOUND`] end to end.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{add_member, wait_until, Cluster, NodeProc};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata_client::Client;
+
+/// The longest apply may wait for a snapshot to freeze the state (measured by the node).
+const APPLY_PAUSE_BOUND: Duration = Duration::from_millis(50);
+/// The longest any single put may take while snapshots are built (measured by the client).
+const PUT_BOUND: Duration = Duration::from_secs(2);
+/// Value size of the bulk keys: with `BULK_KEYS` of them the store is about 16 MiB, so a
+/// snapshot is 16 chunks on the wire and takes a while to serialise on a debug build.
+const VALUE_BYTES: usize = 1024;
+const BULK_KEYS: usize = 16_000;
+
+/// Writes `count` keys `{prefix}{n}` of `VALUE_BYTES` from `writers` tasks.
+async fn bulk_load(client: Arc<Client>, prefix: &'static str, count: usize, writers: usize) {
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in (writer..count).step_by(writers) {
+                let value = vec![b'a' + (n % 26) as u8; VALUE_BYTES];
+                client.put(format!("{prefix}{n:06}"), value).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Every put of a timed load: key -> value, and the slowest put.
+struct Load {
+    acked: BTreeMap<String, String>,
+    slowest: Duration,
+    puts: usize,
+}
+
+/// Puts `load/{writer}-{n}` from `writers` tasks until `stop` is set.
+async fn timed_load(client: Arc<Client>, writers: usize, stop: Arc<AtomicBool>) -> Load {
+    let load = Arc::new(Mutex::new(Load {
+        acked: BTreeMap::new(),
+        slowest: Duration::ZERO,
+        puts: 0,
+    }));
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let (client, load, stop) = (client.clone(), load.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load/{writer:02}-{n:06}");
+                let value = format!("v{writer}-{n}");
+                let started = Instant::now();
+                client.put(key.clone(), value.clone()).await.unwrap();
+                let took = started.elapsed();
+                let mut load = load.lock().unwrap();
+                load.slowest = load.slowest.max(took);
+                load.puts += 1;
+                load.acked.insert(key, value);
+                n += 1;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(load).ok().unwrap().into_inner().unwrap()
+}
+
+async fn metric(node: &NodeProc, name: &str) -> f64 {
+    node.metric(name).await.unwrap_or(0.0)
+}
+
+/// How many keys under `prefix` the node holds (its local state, counted only).
+async fn local_count(node: &NodeProc, prefix: &str) -> Option<i64> {
+    let request = strata_proto::kv::RangeRequest {
+        key: prefix.into(),
+        prefix: true,
+        serializable: true,
+        count_only: true,
+        ..Default::default()
+    };
+    let response: strata_proto::kv::RangeResponse =
+        node.client().post("/v1/kv/range", &request).await.ok()?;
+    Some(response.count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_from_a_streamed_one()
+{
+    // Snapshots every 300 entries: several per node during the timed load below.
+    let cluster = Cluster::start_with_config(
+        3,
+        "[raft]\nsnapshot_entries = 300\nkeep_entries_after_snapshot = 50\n",
+        &[],
+    )
+    .await;
+    let client = Arc::new(cluster.client());
+    bulk_load(client.clone(), "bulk/", BULK_KEYS, 32).await;
+
+    let mut built_before = Vec::new();
+    for node in &cluster.nodes {
+        built_before.push(metric(node, "strata_raft_snapshots_built_total").await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(timed_load(client.clone(), 16, stop.clone()));
+    // Run until every node has built at least two snapshots of the full store under load.
+    wait_until(
+        Duration::from_secs(120),
+        "every node to build two snapshots under load",
+        || async {
+            for (node, before) in cluster.nodes.iter().zip(&built_before) {
+                let built = metric(node, "strata_raft_snapshots_built_total").await;
+                if built < before + 2.0 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let load = load.await.unwrap();
+    assert!(load.puts > 100, "only {} puts went through", load.puts);
+
+    for node in &cluster.nodes {
+        let pause = metric(node, "strata_raft_snapshot_apply_pause_max_seconds").await;
+        let bytes = metric(node, "strata_raft_snapshot_bytes").await;
+        let write = metric(node, "strata_raft_snapshot_write_seconds").await;
+        eprintln!(
+            "node {}: snapshot {bytes} bytes, written in {write} s, apply paused at most {pause} s",
+            node.id
+        );
+        assert!(
+            bytes > (BULK_KEYS * VALUE_BYTES) as f64,
+            "node {}: snapshot of {bytes} bytes is smaller than the bulk data",
+            node.id
+        );
+        assert!(
+            pause < APPLY_PAUSE_BOUND.as_secs_f64(),
+            "node {}: apply waited {pause} s for a snapshot of {bytes} bytes (written in {write} s)",
+            node.id
+        );
+    }
+    eprintln!("{} puts, the slowest {:?}", load.puts, load.slowest);
+    assert!(
+        load.slowest < PUT_BOUND,
+        "a put took {:?} while snapshots were built ({} puts)",
+        load.slowest,
+        load.puts
+    );
+
+    // Every acknowledged write is on every node.
+    cluster.wait_all_caught_up().await;
+    for node in &cluster.nodes {
+        let stored = node.local_prefix("load/").await.unwrap();
+        let stored: BTreeMap<String, String> = stored
+            .kvs
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
+            .collect();
+        let lost: Vec<_> = load
+            .acked
+            .iter()
+            .filter(|(key, value)| stored.get(*key) != Some(*value))
+            .take(5)
+            .collect();
+        assert!(lost.is_empty(), "node {} lost {lost:?}", node.id);
+        node.assert_no_panic();
+    }
+
+    // A new, empty member: the leader's log starts long after index 1, so it must take the
+    // snapshot, streamed in 1 MiB chunks.
+    let fresh = NodeProc::start(4, cluster.root.path(), None, &[]).await;
+    add_member(&cluster.endpoints(), &fresh);
+    wait_until(
+        Duration::from_secs(60),
+        "the new member to install a snapshot and catch up",
+        || async {
+            let installed = metric(&fresh, "strata_raft_snapshots_installed_total").await;
+            let bulk = local_count(&fresh, "bulk/").await?;
+            (installed >= 1.0 && bulk == BULK_KEYS as i64).then_some(())
+        },
+    )
+    .await;
+    let value = fresh.local_get("bulk/000027").await.unwrap();
+    assert_eq!(value, vec![b'b'; VALUE_BYTES]);
+    let load_keys = local_count(&fresh, "load/").await.unwrap();
+    assert_eq!(load_keys as usize, load.acked.len());
+    // No receiving file is left behind once installed.
+    let leftovers: Vec<_> = std::fs::read_dir(fresh.data_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot.recv"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    fresh.assert_no_panic();
+}

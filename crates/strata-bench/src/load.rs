@@ -115,7 +115,7 @@ pub async fn run<D: Driver>(driver: D, plan: Plan) -> anyhow::Result<Outcome> {
                 }
                 let sent = Instant::now();
                 match driver.issue(&mut client, sequence).await {
-                    Ok(()) => tally.latencies.record(sent.elapsed()),
+                    Ok(()) => tally.latencies.record_at(started.elapsed(), sent.elapsed()),
                     Err(error) => {
                         tally.errors += 1;
                         tally

@@ -30,6 +30,7 @@ mod etcd;
 mod load;
 mod native;
 mod registry;
+mod scan;
 mod stats;
 mod watch;
 
@@ -60,6 +61,10 @@ enum Command {
     EtcdGet(EtcdGetArgs),
     /// etcd v3 watch fan-out: many watchers on one prefix, latency of each put's delivery.
     EtcdWatch(EtcdWatchArgs),
+    /// Reads every key under a prefix through the etcd API, in pages of `--page` keys.
+    EtcdRangeAll(EtcdScanArgs),
+    /// Replays a prefix's history with a watch from `--from-revision` until `--expect` events.
+    EtcdWatchReplay(EtcdScanArgs),
     /// Register new service instances (one per request) and measure registration latency.
     RegistryRegister(RegistryRegisterArgs),
     /// Keep ephemeral instances alive: one heartbeat per instance per interval, spread evenly.
@@ -229,6 +234,93 @@ struct EtcdWatchArgs {
     /// Longest wait after a put for every watcher to receive it, in seconds.
     #[arg(long, default_value_t = 5.0)]
     delivery_timeout: f64,
+}
+
+/// Flags of `strata-bench etcd-range-all` and `etcd-watch-replay`.
+#[derive(Args, Debug)]
+struct EtcdScanArgs {
+    /// `HOST:PORT` of a gRPC listener (the first is used).
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// The prefix to read.
+    #[arg(long)]
+    prefix: String,
+    /// `etcd-range-all`: keys per page (etcd clients' `--limit`).
+    #[arg(long, default_value_t = 1000)]
+    page: i64,
+    /// `etcd-range-all`: serializable reads.
+    #[arg(long)]
+    serializable: bool,
+    /// `etcd-watch-replay`: the revision to watch from.
+    #[arg(long, default_value_t = 1)]
+    from_revision: i64,
+    /// Keys (`etcd-range-all`) or events (`etcd-watch-replay`) expected; fewer is an error.
+    #[arg(long)]
+    expect: Option<u64>,
+    /// Longest wait for one page or one watch response, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    request_timeout: f64,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+/// The report line of a scan.
+#[derive(Serialize, Debug)]
+struct ScanReport {
+    workload: &'static str,
+    /// Keys or events received.
+    items: u64,
+    /// Pages or watch responses with events.
+    batches: u64,
+    /// Bytes of keys and values received.
+    bytes: u64,
+    seconds: f64,
+    /// Keys or events per second.
+    throughput: f64,
+    /// The slowest page, or the longest gap between watch responses.
+    slowest_ms: f64,
+}
+
+/// Runs `etcd-range-all` or `etcd-watch-replay` and prints its report line.
+async fn drive_scan(workload: &'static str, args: EtcdScanArgs) -> anyhow::Result<()> {
+    let timeout = Duration::try_from_secs_f64(args.request_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--request-timeout must be a positive number of seconds")?;
+    let pool = etcd::Pool::connect(
+        &args.endpoints[..1],
+        1,
+        timeout,
+        args.connection.user.as_deref(),
+        args.connection.tls()?.as_ref(),
+    )
+    .await?;
+    let prefix = args.prefix.as_bytes();
+    let scan = if workload == "etcd-range-all" {
+        scan::range_all(&pool, prefix, args.page, args.serializable, timeout).await?
+    } else {
+        let Some(expect) = args.expect else {
+            bail!("etcd-watch-replay needs --expect: the events to wait for");
+        };
+        scan::watch_replay(&pool, prefix, args.from_revision, expect, timeout).await?
+    };
+    let seconds = scan.elapsed.as_secs_f64();
+    let report = ScanReport {
+        workload,
+        items: scan.items,
+        batches: scan.batches,
+        bytes: scan.bytes,
+        seconds: round_to(seconds, 3),
+        throughput: round_to(per_second(scan.items, seconds), 1),
+        slowest_ms: round_to(scan.slowest.as_secs_f64() * 1000.0, 3),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    if let Some(expect) = args.expect {
+        if scan.items < expect {
+            bail!("{workload}: {} of {expect} expected", scan.items);
+        }
+    }
+    Ok(())
 }
 
 /// Flags of `strata-bench registry-register`.
@@ -485,6 +577,16 @@ struct Report {
     p99_ms: Option<f64>,
     /// Slowest successful request (delivery).
     max_ms: Option<f64>,
+    /// The median of the per-second p99s (1-second windows by completion time, each of at
+    /// least 100 requests): the steady p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_p99_median_ms: Option<f64>,
+    /// The worst per-second p99: a stall of the server shows here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_p99_worst_ms: Option<f64>,
+    /// How many 1-second windows the two above are over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    windows: Option<usize>,
     /// How many endpoints the clients were given.
     endpoints: usize,
     /// Bytes per value (the KV workloads).
@@ -668,6 +770,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             drive_etcd("etcd-get", op, &args.load, &args.connection, serializable).await
         }
         Command::EtcdWatch(args) => drive_watch(args).await,
+        Command::EtcdRangeAll(args) => drive_scan("etcd-range-all", args).await,
+        Command::EtcdWatchReplay(args) => drive_scan("etcd-watch-replay", args).await,
         Command::RegistryRegister(args) => drive_registry_register(args).await,
         Command::RegistryHeartbeat(args) => drive_registry_heartbeat(args).await,
         Command::RegistryWatch(args) => drive_registry_watch(args).await,
@@ -846,6 +950,7 @@ async fn drive_watch(args: EtcdWatchArgs) -> anyhow::Result<()> {
 /// Builds the report of a closed-loop run.
 fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> Report {
     let elapsed = outcome.elapsed.as_secs_f64();
+    let windows = outcome.latency.and_then(|s| s.windows);
     Report {
         workload: name,
         clients: args.clients,
@@ -856,6 +961,9 @@ fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> 
         p50_ms: outcome.latency.map(|s| s.p50_ms),
         p99_ms: outcome.latency.map(|s| s.p99_ms),
         max_ms: outcome.latency.map(|s| s.max_ms),
+        window_p99_median_ms: windows.map(|w| w.median_p99_ms),
+        window_p99_worst_ms: windows.map(|w| w.worst_p99_ms),
+        windows: windows.map(|w| w.count),
         endpoints: args.endpoints.len(),
         value_size: Some(args.value_size),
         ..Report::default()

@@ -10,7 +10,14 @@ use std::time::Duration;
 pub struct Latencies {
     /// Samples, unsorted until [`Latencies::summary`] sorts them.
     samples: Vec<Duration>,
+    /// Samples recorded with [`Latencies::record_at`]: the second of the run each completed
+    /// in, and its latency, for the per-second percentiles.
+    timed: Vec<(u32, Duration)>,
 }
+
+/// Windows with fewer samples than this are left out of the per-second percentiles: the p99 of
+/// a handful of requests is just their slowest.
+const MIN_WINDOW_SAMPLES: usize = 100;
 
 /// The percentiles a report prints, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,6 +28,20 @@ pub struct Summary {
     pub p99_ms: f64,
     /// Slowest request.
     pub max_ms: f64,
+    /// The p99 of each 1-second window of the run (by completion time, windows of at least
+    /// 100 samples): their median (the steady p99) and their worst (a stall shows here).
+    pub windows: Option<WindowSummary>,
+}
+
+/// Per-second p99s of a run (see [`Summary::windows`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowSummary {
+    /// Windows counted.
+    pub count: usize,
+    /// Median of the windows' p99s.
+    pub median_p99_ms: f64,
+    /// Worst of the windows' p99s.
+    pub worst_p99_ms: f64,
 }
 
 impl Latencies {
@@ -29,9 +50,37 @@ impl Latencies {
         self.samples.push(latency);
     }
 
+    /// Adds one sample of a request that completed `done_at` after the run started.
+    pub fn record_at(&mut self, done_at: Duration, latency: Duration) {
+        self.samples.push(latency);
+        let second = u32::try_from(done_at.as_secs()).unwrap_or(u32::MAX);
+        self.timed.push((second, latency));
+    }
+
     /// Moves every sample of `other` into `self`.
     pub fn merge(&mut self, other: Latencies) {
         self.samples.extend(other.samples);
+        self.timed.extend(other.timed);
+    }
+
+    fn windows(&mut self) -> Option<WindowSummary> {
+        self.timed.sort_unstable();
+        let mut p99s: Vec<Duration> = self
+            .timed
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter(|window| window.len() >= MIN_WINDOW_SAMPLES)
+            .map(|window| {
+                // Sorted by (second, latency), so each window's latencies are sorted.
+                let latencies: Vec<Duration> = window.iter().map(|(_, l)| *l).collect();
+                nearest_rank(&latencies, 0.99)
+            })
+            .collect();
+        p99s.sort_unstable();
+        Some(WindowSummary {
+            count: p99s.len(),
+            median_p99_ms: millis(nearest_rank_or_none(&p99s, 0.5)?),
+            worst_p99_ms: millis(*p99s.last()?),
+        })
     }
 
     /// Returns how many samples were recorded.
@@ -43,10 +92,12 @@ impl Latencies {
     pub fn summary(&mut self) -> Option<Summary> {
         self.samples.sort_unstable();
         let max = *self.samples.last()?;
+        let windows = self.windows();
         Some(Summary {
             p50_ms: millis(nearest_rank(&self.samples, 0.50)),
             p99_ms: millis(nearest_rank(&self.samples, 0.99)),
             max_ms: millis(max),
+            windows,
         })
     }
 }
@@ -59,6 +110,10 @@ fn nearest_rank(sorted: &[Duration], quantile: f64) -> Duration {
     // Sample counts stay far below 2^52, so the f64 round trip is exact.
     let rank = (quantile * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn nearest_rank_or_none(sorted: &[Duration], quantile: f64) -> Option<Duration> {
+    (!sorted.is_empty()).then(|| nearest_rank(sorted, quantile))
 }
 
 /// Converts to milliseconds, rounded to microseconds so the JSON stays short.
@@ -107,6 +162,32 @@ mod tests {
         all.merge(ms(&[3]));
         assert_eq!(all.len(), 3);
         assert_eq!(all.summary().unwrap().max_ms, 3.0);
+    }
+
+    #[test]
+    fn windows_show_the_second_that_stalled() {
+        let mut latencies = Latencies::default();
+        for second in 0..5u64 {
+            for n in 0..200u64 {
+                // Second 3 has a slow tail: its p99 is 500 ms; every other second's is 2 ms.
+                let latency = if second == 3 && n >= 190 {
+                    500
+                } else {
+                    1 + n / 190
+                };
+                latencies.record_at(
+                    Duration::from_millis(second * 1000 + n),
+                    Duration::from_millis(latency),
+                );
+            }
+        }
+        // A second with too few samples is not a window.
+        latencies.record_at(Duration::from_secs(9), Duration::from_secs(3));
+        let windows = latencies.summary().unwrap().windows.unwrap();
+        assert_eq!(windows.count, 5);
+        assert_eq!(windows.median_p99_ms, 2.0);
+        assert_eq!(windows.worst_p99_ms, 500.0);
+        assert_eq!(Latencies::default().windows(), None);
     }
 
     #[test]

@@ -288,7 +288,7 @@ fn put_index_of(value: &[u8]) -> Option<usize> {
 /// Returns etcd's range end for every key starting with `prefix` (`--prefix` in etcdctl):
 /// the prefix with its last byte below 0xff incremented, or `\0` (everything) when there is
 /// none.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

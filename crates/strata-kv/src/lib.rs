@@ -24,4 +24,4 @@
 
 mod store;
 
-pub use store::{spec_contains, KvStats, KvStore};
+pub use store::{spec_contains, KvStats, KvStore, Replay};

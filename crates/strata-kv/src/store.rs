@@ -224,6 +224,65 @@ impl From<StoredKvStore> for KvStore {
     }
 }
 
+/// History to replay in revision order, a batch at a time: see [`KvStore::replay`].
+#[derive(Debug)]
+pub struct Replay {
+    view: KvStore,
+    order: std::vec::IntoIter<Step>,
+    with_prev: bool,
+}
+
+/// One event of a [`Replay`]: where its version is in the view.
+#[derive(Debug)]
+struct Step {
+    main: i64,
+    sub: u32,
+    key: Key,
+    index: u32,
+}
+
+impl Replay {
+    /// Events not taken yet.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when every event has been taken.
+    pub fn is_empty(&self) -> bool {
+        self.order.len() == 0
+    }
+
+    /// Returns the next events in revision order: at least `max` (when that many remain) and
+    /// then the rest of the last one's revision, so a revision is never split between two
+    /// batches. Empty when every event has been taken.
+    pub fn next_batch(&mut self, max: usize) -> Vec<Event> {
+        let mut batch: Vec<Event> = Vec::new();
+        while let Some(step) = self.order.as_slice().first() {
+            if batch.len() >= max && batch.last().is_some_and(|e| e.kv.mod_revision != step.main) {
+                break;
+            }
+            let Some(step) = self.order.next() else {
+                break;
+            };
+            let Some(versions) = self.view.keys.get(&step.key) else {
+                continue;
+            };
+            let index = step.index as usize;
+            let prev_kv = if self.with_prev {
+                index
+                    .checked_sub(1)
+                    .map(|p| &versions[p])
+                    .filter(|p| !p.tombstone)
+                    .map(|p| p.to_kv(&step.key))
+            } else {
+                None
+            };
+            batch.push(event_for(&step.key, &versions[index], prev_kv));
+        }
+        batch
+    }
+}
+
 /// The key range a request resolved to.
 struct KeyRange {
     start: Vec<u8>,
@@ -423,6 +482,50 @@ impl KvStore {
         Ok(response)
     }
 
+    /// Reads at most `limit` live keys of `spec` at revision `at` (0: the latest), starting
+    /// after the key `after` when given, and returns them with the key to continue after
+    /// (`None` when the range is done; the next page may still be empty when every key after
+    /// this one is deleted). Unlike [`KvStore::range`] it does not count the rest
+    /// of the range, so paging through `n` keys costs `n`, not `n` per page. Meant for a
+    /// [`KvStore::view`], so every page reads the same revision.
+    pub fn page(
+        &self,
+        spec: &RangeSpec,
+        at: i64,
+        after: Option<&[u8]>,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<(Vec<KeyValue>, Option<Vec<u8>>), ApiError> {
+        let range = KeyRange::resolve(spec)?;
+        let at = self.check_read_revision(at)?;
+        let (start, end) = range.bounds();
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => start,
+        };
+        let mut kvs = Vec::new();
+        for (key, versions) in self.keys.range::<_, [u8]>((start, end)) {
+            if kvs.len() >= limit.max(1) {
+                // More keys follow: continue after the last one returned.
+                let after = kvs.last().map(|kv: &KeyValue| kv.key.clone());
+                return Ok((kvs, after));
+            }
+            let visible = versions.partition_point(|v| v.main <= at);
+            let Some(version) = visible.checked_sub(1).map(|i| &versions[i]) else {
+                continue;
+            };
+            if version.tombstone {
+                continue;
+            }
+            let mut kv = version.to_kv(key);
+            if keys_only {
+                kv.value.clear();
+            }
+            kvs.push(kv);
+        }
+        Ok((kvs, None))
+    }
+
     /// Lists live leases.
     pub fn leases(&self) -> Vec<LeaseStatus> {
         self.leases
@@ -445,8 +548,26 @@ impl KvStore {
     }
 
     /// Returns the events with revision `>= from` on keys in `spec`, in revision order, with
-    /// `prev_kv` filled where the previous version is still retained.
+    /// `prev_kv` filled where the previous version is still retained. Everything at once: a
+    /// large replay should use [`KvStore::replay`] on a view instead.
     pub fn events_since(&self, spec: &RangeSpec, from: i64) -> Result<Vec<Event>, ApiError> {
+        let mut replay = self.view().replay(spec, from, true)?;
+        let mut events = Vec::with_capacity(replay.len());
+        loop {
+            let batch = replay.next_batch(usize::MAX);
+            if batch.is_empty() {
+                return Ok(events);
+            }
+            events.extend(batch);
+        }
+    }
+
+    /// Prepares the events with revision `>= from` on keys in `spec`, to be taken in revision
+    /// order a batch at a time ([`Replay::next_batch`]). Call it on a [`KvStore::view`]: the
+    /// replay owns it, so the store goes on applying meanwhile. What it holds until taken is
+    /// an order of the events (about 32 bytes each), not the events: each batch is built from
+    /// the view when asked for. `with_prev` fills `prev_kv`.
+    pub fn replay(self, spec: &RangeSpec, from: i64, with_prev: bool) -> Result<Replay, ApiError> {
         let range = KeyRange::resolve(spec)?;
         if from < self.compact_revision {
             return Err(ApiError::new(
@@ -457,21 +578,25 @@ impl KvStore {
                 ),
             ));
         }
-        let mut found: Vec<(i64, u32, Event)> = Vec::new();
+        let mut order = Vec::new();
         for (key, versions) in self.keys.range::<_, [u8]>(range.bounds()) {
             let first = versions.partition_point(|v| v.main < from);
             for index in first..versions.len() {
                 let version = &versions[index];
-                let prev_kv = index
-                    .checked_sub(1)
-                    .map(|p| &versions[p])
-                    .filter(|p| !p.tombstone)
-                    .map(|p| p.to_kv(key));
-                found.push((version.main, version.sub, event_for(key, version, prev_kv)));
+                order.push(Step {
+                    main: version.main,
+                    sub: version.sub,
+                    key: key.clone(),
+                    index: index as u32,
+                });
             }
         }
-        found.sort_by_key(|(main, sub, _)| (*main, *sub));
-        Ok(found.into_iter().map(|(_, _, event)| event).collect())
+        order.sort_unstable_by_key(|step| (step.main, step.sub));
+        Ok(Replay {
+            view: self,
+            order: order.into_iter(),
+            with_prev,
+        })
     }
 
     /// Applies one command from the log. Returns its result and the events it produced.
@@ -1046,6 +1171,46 @@ mod tests {
             KvResult::Put(r) => r.header.revision,
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_replay_comes_in_batches_that_never_split_a_revision_and_ignores_later_writes() {
+        let mut store = KvStore::new();
+        put(&mut store, "k/a", "1");
+        // One revision that changes three keys.
+        let txn = TxnRequest {
+            success: ["k/b", "k/c", "k/d"]
+                .iter()
+                .map(|key| {
+                    RequestOp::Put(PutRequest {
+                        key: key.as_bytes().to_vec(),
+                        value: b"2".to_vec(),
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.apply(&KvCommand::Txn(txn)).0,
+            KvResult::Txn(_)
+        ));
+        put(&mut store, "k/a", "3");
+        let mut replay = store
+            .view()
+            .replay(&RangeSpec::prefix("k/"), 1, true)
+            .unwrap();
+        // Written after the view: not in the replay.
+        put(&mut store, "k/e", "4");
+        assert_eq!(replay.len(), 5);
+        let revisions =
+            |batch: &[Event]| -> Vec<i64> { batch.iter().map(|e| e.kv.mod_revision).collect() };
+        assert_eq!(revisions(&replay.next_batch(1)), [2]);
+        assert_eq!(revisions(&replay.next_batch(1)), [3, 3, 3]);
+        let last = replay.next_batch(1);
+        assert_eq!(revisions(&last), [4]);
+        assert_eq!(last[0].prev_kv.as_ref().unwrap().value, b"1");
+        assert!(replay.is_empty() && replay.next_batch(1).is_empty());
     }
 
     fn get(store: &KvStore, key: &str, revision: i64) -> Option<KeyValue> {

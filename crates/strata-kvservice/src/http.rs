@@ -80,6 +80,7 @@ pub fn api_router(state: ApiState, body_limit: usize, extra: Router) -> Router {
     let auth_routes = crate::auth_http::routes(state.auth.clone());
     Router::new()
         .route("/v1/kv/range", post(range))
+        .route("/v1/kv/range/stream", post(range_stream))
         .route("/v1/kv/put", post(put))
         .route("/v1/kv/delete", post(delete_range))
         .route("/v1/kv/txn", post(txn))
@@ -213,6 +214,56 @@ async fn range(
 ) -> ApiResult<impl Serialize> {
     allow(&s, &who, &needs::range(&req), "range")?;
     count_error(&s, s.service.range(req).await)
+}
+
+/// A range streamed as JSON lines: `{"header": ...}`, then one `{"kvs": [...]}` per page of up
+/// to 1,000 keys, all read at the header's revision, then `{"done": {"count": N}}`. A stream
+/// that ends without the `done` line was cut short (an `{"error": ...}` line says why when it
+/// can).
+async fn range_stream(
+    State(s): State<ApiState>,
+    Who(who): Who,
+    ApiJson(req): ApiJson<RangeRequest>,
+) -> Result<Response, ErrorResponse> {
+    allow(&s, &who, &needs::range(&req), "range")?;
+    let stream = count_error(&s, s.service.range_stream(req).await)?.0;
+    let first = serde_json::json!({ "header": stream.header });
+    let lines = futures::stream::unfold(
+        (Some(stream), Some(first), 0usize),
+        |(stream, first, count)| async move {
+            if let Some(first) = first {
+                return Some((line(&first), (stream, None, count)));
+            }
+            let mut stream = stream?;
+            match stream.next_page().await {
+                Ok(Some(kvs)) => {
+                    let count = count + kvs.len();
+                    let page = line(&serde_json::json!({ "kvs": kvs }));
+                    Some((page, (Some(stream), None, count)))
+                }
+                Ok(None) => Some((
+                    line(&serde_json::json!({ "done": { "count": count } })),
+                    (None, None, count),
+                )),
+                Err(e) => Some((
+                    line(&serde_json::json!({ "error": e })),
+                    (None, None, count),
+                )),
+            }
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines.map(Ok::<_, Infallible>)),
+    )
+        .into_response())
+}
+
+/// One JSON line.
+fn line(value: &serde_json::Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    Bytes::from(bytes)
 }
 
 async fn put(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{
     Command, CommandResult, CompactRequest, CompactResponse, DeleteRangeRequest,
-    DeleteRangeResponse, KvCommand, KvResult, LeaseGrantRequest, LeaseGrantResponse,
+    DeleteRangeResponse, KeyValue, KvCommand, KvResult, LeaseGrantRequest, LeaseGrantResponse,
     LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
@@ -224,13 +224,69 @@ impl KvService {
     /// Reads keys; linearizable unless `serializable` is set.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
         self.metrics.op("range");
-        req.spec().resolve()?;
+        let spec = req.spec();
+        spec.resolve()?;
         if !req.serializable {
             self.linearize().await?;
         }
-        let mut response = self.machine.read().range(&req)?;
+        // Read from a view (constant time to take), so a large range never holds the lock
+        // apply needs; a range over more than one key runs off the async runtime.
+        let view = self.machine.read().view();
+        let mut response = if spec.range_end.is_empty() && !spec.prefix {
+            view.range(&req)?
+        } else {
+            tokio::task::spawn_blocking(move || view.range(&req))
+                .await
+                .map_err(|e| ApiError::internal(format!("range task failed: {e}")))??
+        };
         self.stamp(&mut response.header);
         Ok(response)
+    }
+
+    /// Opens a read of a whole range, streamed a page at a time from one view of the store,
+    /// so every page reads the same revision and memory holds one page (see
+    /// [`RangeStream`]). Sorting, revision filters and `count_only` are not streamed.
+    pub async fn range_stream(&self, req: RangeRequest) -> Result<RangeStream, ApiError> {
+        self.metrics.op("range");
+        let spec = req.spec();
+        spec.resolve()?;
+        if req.sorts() || req.filters() || req.count_only {
+            return Err(ApiError::bad_request(
+                "a streamed range takes no sort, revision filter or count_only; use /v1/kv/range",
+            ));
+        }
+        if req.limit < 0 {
+            return Err(ApiError::bad_request("limit must not be negative"));
+        }
+        if !req.serializable {
+            self.linearize().await?;
+        }
+        let view = self.machine.read().view();
+        let revision = if req.revision > 0 {
+            req.revision
+        } else {
+            view.revision()
+        };
+        // Checks the revision now, so a compacted one fails before anything is streamed.
+        view.page(&spec, revision, None, 0, true)?;
+        let mut header = ResponseHeader {
+            revision,
+            ..Default::default()
+        };
+        self.stamp(&mut header);
+        Ok(RangeStream {
+            header,
+            view: Arc::new(view),
+            spec,
+            revision,
+            after: None,
+            keys_only: req.keys_only,
+            left: usize::try_from(req.limit)
+                .ok()
+                .filter(|l| *l > 0)
+                .unwrap_or(usize::MAX),
+            done: false,
+        })
     }
 
     /// Writes one key.
@@ -530,4 +586,45 @@ impl KvService {
 /// Cancel safety: cancel-safe; it only reads the metrics channel.
 fn unexpected(result: KvResult) -> ApiError {
     ApiError::internal(format!("unexpected result {result:?}"))
+}
+
+/// Keys per page of a [`RangeStream`].
+pub const RANGE_STREAM_PAGE: usize = 1000;
+
+/// A range read page by page from one view of the store: see [`KvService::range_stream`].
+pub struct RangeStream {
+    /// The revision every page reads, and who answered.
+    pub header: ResponseHeader,
+    view: Arc<strata_kv::KvStore>,
+    spec: strata_proto::kv::RangeSpec,
+    revision: i64,
+    after: Option<Vec<u8>>,
+    keys_only: bool,
+    /// Keys still to return under the request's limit.
+    left: usize,
+    done: bool,
+}
+
+impl RangeStream {
+    /// The next page of at most [`RANGE_STREAM_PAGE`] keys, read off the async runtime;
+    /// `None` once the range (or the request's limit) is done.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<KeyValue>>, ApiError> {
+        while !self.done {
+            let (view, spec, after) = (self.view.clone(), self.spec.clone(), self.after.take());
+            let (revision, keys_only) = (self.revision, self.keys_only);
+            let limit = RANGE_STREAM_PAGE.min(self.left);
+            let (kvs, next) = tokio::task::spawn_blocking(move || {
+                view.page(&spec, revision, after.as_deref(), limit, keys_only)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("range task failed: {e}")))??;
+            self.left -= kvs.len();
+            self.done = next.is_none() || self.left == 0;
+            self.after = next;
+            if !kvs.is_empty() {
+                return Ok(Some(kvs));
+            }
+        }
+        Ok(None)
+    }
 }

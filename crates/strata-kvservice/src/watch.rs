@@ -158,20 +158,25 @@ impl Watcher {
         }
     }
 
-    /// Delivers history from `next_revision` up to the store's current revision.
+    /// Delivers history from `next_revision` up to the store's current revision. The history
+    /// is read from a view of the store (taken in constant time, so apply never waits for a
+    /// replay), ordered off the async runtime, and sent a message at a time: memory holds the
+    /// order of the events and one message, never the whole history.
     async fn catch_up(&mut self) -> Flow {
         let spec = self.request.spec();
-        let (current, history) = {
+        let (current, view) = {
             let store = self.service.machine.read();
             let current = store.revision();
             if self.next_revision > current {
                 return Flow::Continue;
             }
-            (current, store.events_since(&spec, self.next_revision))
+            (current, store.view())
         };
-        let history = match history {
-            Ok(history) => history,
-            Err(e) if e.code == ErrorCode::Compacted => {
+        let (from, with_prev) = (self.next_revision, self.request.prev_kv);
+        let replay = tokio::task::spawn_blocking(move || view.replay(&spec, from, with_prev)).await;
+        let mut replay = match replay {
+            Ok(Ok(replay)) => replay,
+            Ok(Err(e)) if e.code == ErrorCode::Compacted => {
                 let compact_revision = self.service.machine.read().compact_revision();
                 let response = WatchResponse {
                     header: self.header(current),
@@ -181,38 +186,26 @@ impl Watcher {
                 let _ = self.send(response).await;
                 return Flow::Stop;
             }
-            Err(_) => return Flow::Stop,
+            Ok(Err(_)) | Err(_) => return Flow::Stop,
         };
         self.next_revision = current + 1;
-        let events = self.filter(history);
-        let mut chunk: Vec<Event> = Vec::new();
-        for event in events {
-            let boundary = chunk
-                .last()
-                .is_some_and(|last| last.kv.mod_revision != event.kv.mod_revision);
-            if boundary && chunk.len() >= MAX_EVENTS_PER_MESSAGE {
-                let revision = chunk.last().map(|e| e.kv.mod_revision).unwrap_or(current);
-                let response = WatchResponse {
-                    header: self.header(revision),
-                    events: std::mem::take(&mut chunk),
-                    ..Default::default()
-                };
-                if let Flow::Stop = self.send(response).await {
-                    return Flow::Stop;
-                }
+        loop {
+            let events = self.filter(replay.next_batch(MAX_EVENTS_PER_MESSAGE));
+            if replay.is_empty() && events.is_empty() {
+                return Flow::Continue;
             }
-            chunk.push(event);
-        }
-        if !chunk.is_empty() {
-            let revision = chunk.last().map(|e| e.kv.mod_revision).unwrap_or(current);
+            let Some(revision) = events.last().map(|e| e.kv.mod_revision) else {
+                continue;
+            };
             let response = WatchResponse {
                 header: self.header(revision),
-                events: chunk,
+                events,
                 ..Default::default()
             };
-            return self.send(response).await;
+            if let Flow::Stop = self.send(response).await {
+                return Flow::Stop;
+            }
         }
-        Flow::Continue
     }
 
     fn filter(&self, events: Vec<Event>) -> Vec<Event> {

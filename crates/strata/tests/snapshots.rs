@@ -101,6 +101,70 @@ async fn local_count(node: &NodeProc, prefix: &str) -> Option<i64> {
     Some(response.count)
 }
 
+/// What `POST /v1/kv/range/stream` returned.
+struct Streamed {
+    keys: Vec<String>,
+    pages: usize,
+}
+
+/// Streams every key under `prefix` from `node`; once the first page is in, writes
+/// `write_midway` (if given) through the cluster.
+async fn stream_range(node: &NodeProc, prefix: &str, write_midway: Option<&str>) -> Streamed {
+    let mut request = common::http_client()
+        .post(format!("{}/v1/kv/range/stream", node.url()))
+        .json(&strata_proto::kv::RangeRequest {
+            key: prefix.into(),
+            prefix: true,
+            keys_only: true,
+            ..Default::default()
+        });
+    if let Some(token) = common::root_token() {
+        request = request.bearer_auth(token);
+    }
+    let mut response = request.send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let mut buffer = Vec::new();
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let mut wrote = write_midway.is_none();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            lines.push(serde_json::from_slice(&line).unwrap());
+        }
+        if !wrote && lines.iter().any(|l| l.get("kvs").is_some()) {
+            node.client()
+                .put(write_midway.unwrap_or_default(), "late")
+                .await
+                .unwrap();
+            wrote = true;
+        }
+    }
+    assert!(
+        lines[0]["header"]["revision"].as_i64().unwrap() > 0,
+        "{}",
+        lines[0]
+    );
+    let done = lines.last().unwrap();
+    let mut keys = Vec::new();
+    let mut pages = 0;
+    for line in &lines {
+        if let Some(kvs) = line["kvs"].as_array() {
+            pages += 1;
+            keys.extend(kvs.iter().map(|kv| {
+                let kv: strata_proto::kv::KeyValue = serde_json::from_value(kv.clone()).unwrap();
+                String::from_utf8(kv.key).unwrap()
+            }));
+        }
+    }
+    assert_eq!(
+        done["done"]["count"].as_u64(),
+        Some(keys.len() as u64),
+        "{done}"
+    );
+    Streamed { keys, pages }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_from_a_streamed_one()
 {
@@ -190,6 +254,21 @@ async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_fr
         node.assert_no_panic();
     }
 
+    // The whole bulk prefix streamed back, a page per line, all at one revision: a key written
+    // while the stream is read is not in it.
+    let stream = stream_range(&cluster.nodes[0], "bulk/", Some("bulk/000100x")).await;
+    assert_eq!(stream.keys.len(), BULK_KEYS);
+    assert_eq!(stream.pages, BULK_KEYS.div_ceil(1000));
+    assert!(
+        stream.keys.windows(2).all(|w| w[0] < w[1]),
+        "keys out of order"
+    );
+    assert!(!stream.keys.iter().any(|k| k == "bulk/000100x"));
+    assert_eq!(
+        local_count(&cluster.nodes[0], "bulk/").await,
+        Some(BULK_KEYS as i64 + 1)
+    );
+
     // A new, empty member: the leader's log starts long after index 1, so it must take the
     // snapshot, streamed in 1 MiB chunks.
     let fresh = NodeProc::start(4, cluster.root.path(), None, &[]).await;
@@ -200,7 +279,8 @@ async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_fr
         || async {
             let installed = metric(&fresh, "strata_raft_snapshots_installed_total").await;
             let bulk = local_count(&fresh, "bulk/").await?;
-            (installed >= 1.0 && bulk == BULK_KEYS as i64).then_some(())
+            // The bulk keys and the one written while streaming.
+            (installed >= 1.0 && bulk == BULK_KEYS as i64 + 1).then_some(())
         },
     )
     .await;

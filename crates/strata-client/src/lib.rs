@@ -412,12 +412,40 @@ impl Client {
         self.open_stream::<(), T>(Method::GET, path, None).await
     }
 
+    /// GETs a route that answers with raw bytes (a backup) on one endpoint (trying each in
+    /// turn) and returns the body as a stream of chunks.
+    pub async fn download(&self, path: &str) -> Result<Download, ClientError> {
+        let (endpoint, response) = self.open_response::<()>(Method::GET, path, None).await?;
+        Ok(Download {
+            endpoint,
+            size: response.content_length(),
+            body: Box::pin(response.bytes_stream()),
+        })
+    }
+
     async fn open_stream<Req: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         request: Option<&Req>,
     ) -> Result<SseStream<T>, ClientError> {
+        let (endpoint, response) = self.open_response(method, path, request).await?;
+        Ok(SseStream {
+            endpoint,
+            body: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+            _message: std::marker::PhantomData,
+        })
+    }
+
+    /// Sends one request whose answer is read as a stream, on the first endpoint that takes
+    /// it, and returns that endpoint and the successful response.
+    async fn open_response<Req: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        request: Option<&Req>,
+    ) -> Result<(String, reqwest::Response), ClientError> {
         let mut last_error = ClientError::Transport("no endpoints".into());
         for attempt in 0..self.endpoints.len() {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.endpoints.len();
@@ -460,14 +488,33 @@ impl Client {
                 return Err(ClientError::Api(error));
             }
             self.preferred.store(index, Ordering::Relaxed);
-            return Ok(SseStream {
-                endpoint: endpoint.clone(),
-                body: Box::pin(response.bytes_stream()),
-                buffer: Vec::new(),
-                _message: std::marker::PhantomData,
-            });
+            return Ok((endpoint.clone(), response));
         }
         Err(last_error)
+    }
+}
+
+/// A body being downloaded: see [`Client::download`].
+pub struct Download {
+    /// The endpoint serving it.
+    pub endpoint: String,
+    /// Its length, when the server said.
+    pub size: Option<u64>,
+    body: ByteStream,
+}
+
+impl Download {
+    /// The next chunk, or `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        use futures::StreamExt;
+        match self.body.next().await {
+            None => Ok(None),
+            Some(Ok(chunk)) => Ok(Some(chunk)),
+            Some(Err(e)) => Err(ClientError::Transport(format!(
+                "download from {} broke off: {e}",
+                self.endpoint
+            ))),
+        }
     }
 }
 

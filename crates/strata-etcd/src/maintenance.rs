@@ -1,10 +1,12 @@
 //! The `etcdserverpb.Maintenance` service: Status and Alarm, which `etcdctl endpoint status`
-//! and `endpoint health` use; Defragment as a no-op; the rest unimplemented.
+//! and `endpoint health` use; Defragment as a no-op; Snapshot (a Strata snapshot file, for
+//! `etcdctl snapshot save`); the rest unimplemented.
 
 use crate::context::Context;
-use crate::error;
+use crate::error::{self, Subject};
 use crate::pb::etcdserverpb as pb;
 use futures::stream::BoxStream;
+use sha2::Digest;
 use tonic::{Request, Response, Status};
 
 /// The version Status reports. etcd clients parse it as semver and compare the major and
@@ -20,6 +22,38 @@ impl MaintenanceService {
     /// Returns the service over the shared context.
     pub(crate) fn new(ctx: Context) -> Self {
         MaintenanceService { ctx }
+    }
+}
+
+/// The length of an etcd snapshot stream around `content` bytes.
+fn strata_envelope_len(content: u64) -> u64 {
+    content.div_ceil(512) * 512 + 32
+}
+
+/// A backup on its way out as an etcd snapshot stream: the content, then zeros to a multiple
+/// of 512 bytes, then the SHA-256 of both.
+struct Envelope {
+    chunks: tokio::sync::mpsc::Receiver<Result<Vec<u8>, strata_proto::error::ApiError>>,
+    /// `None` once the digest is sent.
+    hasher: Option<sha2::Sha256>,
+    sent: u64,
+    content: u64,
+    total: u64,
+}
+
+impl Envelope {
+    /// What follows the content: the padding and digest, once; then nothing. A stream that
+    /// ended early ends without them, so etcdctl refuses it.
+    fn trailer(&mut self) -> Option<Vec<u8>> {
+        if self.sent < self.content {
+            return None;
+        }
+        let mut hasher = self.hasher.take()?;
+        let padding = vec![0u8; (self.total - 32 - self.sent) as usize];
+        hasher.update(&padding);
+        let mut blob = padding;
+        blob.extend_from_slice(&hasher.finalize());
+        Some(blob)
     }
 }
 
@@ -105,9 +139,47 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let who = self.ctx.who(&request).await?;
         self.ctx.allow_root(&who, "snapshot")?;
-        Err(error::unimplemented(
-            "Snapshot (copy the data folder of a stopped node instead)",
-        ))
+        // Strata's own snapshot file (what `strata cluster snapshot restore` reads), not a
+        // bbolt database: `etcdctl snapshot save` stores it as it comes.
+        let backup = self
+            .ctx
+            .backend
+            .backup()
+            .await
+            .map_err(|e| self.ctx.status(e, Subject::Key))?;
+        // etcdctl expects the stream to end with zeros up to a multiple of 512 bytes and the
+        // SHA-256 of everything before (etcd's own checksum); Strata's reader accepts that.
+        let header = Some(self.ctx.current_header());
+        let total = strata_envelope_len(backup.size);
+        let stream = futures::stream::unfold(
+            Envelope {
+                chunks: backup.chunks,
+                hasher: Some(sha2::Sha256::new()),
+                sent: 0,
+                content: backup.size,
+                total,
+            },
+            move |mut envelope| {
+                async move {
+                    let blob = match envelope.chunks.recv().await {
+                        Some(Ok(blob)) => blob,
+                        Some(Err(e)) => return Some((Err(Status::internal(e.message)), envelope)),
+                        None => envelope.trailer()?,
+                    };
+                    if let Some(hasher) = envelope.hasher.as_mut() {
+                        hasher.update(&blob);
+                    }
+                    envelope.sent += blob.len() as u64;
+                    let response = pb::SnapshotResponse {
+                        header,
+                        remaining_bytes: envelope.total.saturating_sub(envelope.sent),
+                        blob,
+                    };
+                    Some((Ok(response), envelope))
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn move_leader(

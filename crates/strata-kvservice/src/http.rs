@@ -103,6 +103,7 @@ pub fn api_router(state: ApiState, body_limit: usize, extra: Router) -> Router {
         )
         .route("/v1/cluster/status", get(status))
         .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/snapshot", get(backup))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
@@ -534,6 +535,28 @@ struct AddMember {
 #[derive(Serialize)]
 struct Done {
     ok: bool,
+}
+
+/// A backup of the whole state (`strata cluster snapshot save`): a snapshot file, streamed.
+async fn backup(State(s): State<ApiState>, Who(who): Who) -> Result<Response, ErrorResponse> {
+    allow_root(&s, &who, "snapshot")?;
+    let backup = count_error(&s, s.service.backup().await)?.0;
+    let chunks = ReceiverStream::new(backup.chunks).map(|chunk| {
+        chunk
+            .map(Bytes::from)
+            .map_err(|e| std::io::Error::other(e.message))
+    });
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, backup.size.to_string()),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 async fn add_member(

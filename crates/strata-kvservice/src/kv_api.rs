@@ -171,6 +171,10 @@ impl KvApi for NodeKv {
         crate::loops::folder_size(&self.service.config.data_dir)
     }
 
+    fn backup(&self) -> BoxFuture<'_, Result<strata_store::Backup, ApiError>> {
+        Box::pin(async move { self.service.backup().await })
+    }
+
     fn lock(&self, name: Vec<u8>, lease: i64) -> BoxFuture<'_, Result<LockGuard, ApiError>> {
         Box::pin(async move { self.service.lock(name, lease).await.map(guard) })
     }

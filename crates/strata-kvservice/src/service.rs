@@ -588,6 +588,35 @@ fn unexpected(result: KvResult) -> ApiError {
     ApiError::internal(format!("unexpected result {result:?}"))
 }
 
+impl KvService {
+    /// Writes a backup of the whole state (frozen now, written while apply goes on) and
+    /// streams it a 1 MiB chunk at a time; the file is removed once sent or dropped.
+    pub async fn backup(&self) -> Result<strata_store::Backup, ApiError> {
+        let data = self
+            .sm
+            .export()
+            .await
+            .map_err(|e| ApiError::internal(format!("write the backup: {e}")))?;
+        let size = data.len();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        self.spawn_task(async move {
+            use futures::StreamExt;
+            let mut chunks = std::pin::pin!(data.into_chunks(1 << 20));
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk
+                    .map(|bytes| bytes.to_vec())
+                    .map_err(|e| ApiError::internal(format!("read the backup: {e}")));
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        tracing::info!(bytes = size, "sending a backup");
+        Ok(strata_store::Backup { size, chunks: rx })
+    }
+}
+
 /// Keys per page of a [`RangeStream`].
 pub const RANGE_STREAM_PAGE: usize = 1000;
 

@@ -59,7 +59,8 @@ pub(crate) async fn bootstrap(
 }
 
 /// Keeps this node's addresses in the membership current (founding members start with only a
-/// raft address; a restart may change the API port).
+/// raft address; a restart may change the API port; a member restored from a backup may not
+/// know its raft address, which is then filled in).
 pub(crate) async fn register_self(
     service: Arc<KvService>,
     me: NodeInfo,
@@ -78,10 +79,17 @@ pub(crate) async fn register_self(
         };
         match known {
             (Some(node), Some(_))
-                if node.api_addr != me.api_addr || node.grpc_addr != me.grpc_addr =>
+                if node.api_addr != me.api_addr
+                    || node.grpc_addr != me.grpc_addr
+                    || node.raft_addr.is_empty() =>
             {
+                let raft_addr = if node.raft_addr.is_empty() {
+                    me.raft_addr.clone()
+                } else {
+                    node.raft_addr
+                };
                 let info = NodeInfo {
-                    raft_addr: node.raft_addr,
+                    raft_addr,
                     api_addr: me.api_addr.clone(),
                     grpc_addr: me.grpc_addr.clone(),
                 };

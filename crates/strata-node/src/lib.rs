@@ -13,6 +13,9 @@
 //! No clap, no signals, no process exit here: that is the `strata` binary's job. Tests start
 //! several nodes in one process with [`NodeConfig::for_test`](strata_settings::NodeConfig::for_test).
 
+/// Backups of the replicated state: inspect a saved snapshot file, restore one into a new
+/// data folder (`strata cluster snapshot`).
+pub use strata_raft::backup;
 pub mod background;
 pub mod components;
 mod listeners;

@@ -20,6 +20,7 @@
 //! trait object and commands are opaque. **Architecture Invariant:** a write is acknowledged only after it is applied,
 //! which openraft allows only after a majority has fsynced it.
 
+pub mod backup;
 pub mod consensus;
 mod log_store;
 pub mod network;

@@ -11,6 +11,9 @@ use std::sync::Arc;
 /// Prefix of the files a follower receives a snapshot into; removed once installed, and
 /// left-overs of a crash are removed at start-up.
 pub(crate) const RECEIVING_PREFIX: &str = "snapshot.recv-";
+/// Prefix of the files a backup is written to before it is sent (`StateMachineStore::export`);
+/// removed once sent, and left-overs of a crash are removed at start-up.
+pub(crate) const EXPORT_PREFIX: &str = "snapshot.export-";
 
 /// A snapshot's data: the data region of `snapshot.bin`, or a file being received.
 #[derive(Debug)]
@@ -45,17 +48,29 @@ impl SnapshotData {
         })
     }
 
-    /// Removes receiving files a crash left in `dir`.
+    /// A whole file, removed when this is dropped.
+    pub(crate) fn whole_temp_file(path: PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(SnapshotData {
+            region: Region {
+                file: Arc::new(file),
+                offset: 0,
+                len,
+            },
+            temp: Some(path),
+        })
+    }
+
+    /// Removes receiving and export files a crash left in `dir`.
     pub(crate) fn remove_leftovers(dir: &Path) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(RECEIVING_PREFIX)
-            {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(RECEIVING_PREFIX) || name.starts_with(EXPORT_PREFIX) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -198,11 +198,12 @@ fn read_region(file: File, verify: bool) -> Result<(Vec<u8>, Region), String> {
         .read_exact(&mut long)
         .map_err(|_| "truncated".to_string())?;
     let len = u64::from_le_bytes(long);
-    match data_at.checked_add(len).and_then(|end| end.checked_add(4)) {
-        Some(end) if end == total => {}
+    let envelope = match data_at.checked_add(len).and_then(|end| end.checked_add(4)) {
+        Some(end) if end == total => None,
         Some(end) if end > total => return Err("truncated".into()),
+        Some(end) if is_etcd_envelope(end, total) => Some(end),
         _ => return Err("trailing bytes".into()),
-    }
+    };
     drop(header);
     let region = Region {
         file: Arc::new(file),
@@ -229,8 +230,54 @@ fn read_region(file: File, verify: bool) -> Result<(Vec<u8>, Region), String> {
         if crc.finalize() != u32::from_le_bytes(stored) {
             return Err("checksum mismatch".into());
         }
+        if let Some(end) = envelope {
+            check_etcd_envelope(&region.file, end, total)?;
+        }
     }
     Ok((meta, region))
+}
+
+/// The length of an etcd snapshot stream holding `content` bytes: the content, zeros up to a
+/// multiple of 512, and the SHA-256 of both (what `etcdctl snapshot save` expects to get).
+fn etcd_envelope_len(content: u64) -> u64 {
+    content.div_ceil(512) * 512 + 32
+}
+
+/// True when a file of `total` bytes whose own content ends at `end` is that content in an
+/// etcd snapshot envelope (as `etcdctl snapshot save` keeps what the etcd API sent).
+fn is_etcd_envelope(end: u64, total: u64) -> bool {
+    etcd_envelope_len(end) == total
+}
+
+/// Checks an envelope's padding (zeros) and SHA-256.
+fn check_etcd_envelope(file: &File, end: u64, total: u64) -> Result<(), String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut left = total - 32;
+    let mut buf = vec![0; 1 << 20];
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        reader
+            .read_exact(&mut buf[..n])
+            .map_err(|_| "truncated".to_string())?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut padding = vec![0; (total - 32 - end) as usize];
+    file.read_exact_at(&mut padding, end)
+        .map_err(|e| e.to_string())?;
+    if padding.iter().any(|b| *b != 0) {
+        return Err("trailing bytes".into());
+    }
+    let mut stored = [0u8; 32];
+    file.read_exact_at(&mut stored, total - 32)
+        .map_err(|e| e.to_string())?;
+    if hasher.finalize().as_slice() != stored {
+        return Err("checksum mismatch (SHA-256 of the etcd snapshot stream)".into());
+    }
+    Ok(())
 }
 
 /// A snapshot's metadata bytes and data bytes.

@@ -54,13 +54,21 @@ struct StoredSnapshot {
 }
 
 fn encode_meta(meta: &SnapshotMeta<NodeId, NodeInfo>) -> Result<Vec<u8>, postcard::Error> {
-    let mut bytes = postcard::to_allocvec(&strata_proto::log::FORMAT)?;
+    encode_meta_as(meta, strata_proto::log::FORMAT)
+}
+
+/// Encodes metadata tagged with `format`: the format of the data it goes with.
+pub(crate) fn encode_meta_as(
+    meta: &SnapshotMeta<NodeId, NodeInfo>,
+    format: u32,
+) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = postcard::to_allocvec(&format)?;
     postcard::to_io(&StoredSnapshot { meta: meta.clone() }, &mut bytes)?;
     Ok(bytes)
 }
 
 /// Decodes stored metadata of any format this build reads, with its format.
-fn decode_meta(bytes: &[u8]) -> Result<(SnapshotMeta<NodeId, NodeInfo>, u32), String> {
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<(SnapshotMeta<NodeId, NodeInfo>, u32), String> {
     let (format, body) = match bytes.first() {
         Some(0 | 1) => (1, bytes),
         _ => postcard::take_from_bytes::<u32>(bytes).map_err(|e| e.to_string())?,
@@ -260,6 +268,33 @@ impl<S: StateMachine> StateMachineStore<S> {
         self.inner.snapshot_bytes.store(written, Ordering::Relaxed);
         *self.current() = Some(meta.clone());
         Ok(Some(written))
+    }
+
+    /// Writes a snapshot of the state as it is now into a new file in the data folder and
+    /// returns the whole file (removed when the returned data is dropped): a backup, in the
+    /// format of `snapshot.bin`, that `strata cluster snapshot restore` reads. The state is
+    /// frozen in constant time, so apply goes on while it is written.
+    pub async fn export(&self) -> Result<SnapshotData, StorageError<NodeId>> {
+        let (writer, applied) = {
+            let applied = self.applied();
+            (self.inner.app.snapshot(), applied.clone())
+        };
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id: format!("export-{seq}"),
+        };
+        let name = format!("{}{seq}", crate::snapshot_data::EXPORT_PREFIX);
+        let dir = self.inner.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let meta_bytes = encode_meta(&meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            crate::snapshot_file::save_streaming(&dir, &name, &meta_bytes, writer)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            SnapshotData::whole_temp_file(dir.join(&name)).map_err(|e| snap_err(ErrorVerb::Read, e))
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
     }
 
     /// The current snapshot with its data, opened from disk (not read).

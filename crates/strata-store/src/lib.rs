@@ -129,6 +129,24 @@ pub trait KvApi: Send + Sync + 'static {
     fn remove_member(&self, id: u64) -> BoxFuture<'_, Result<(), ApiError>>;
     /// Approximate size of this node's data folder in bytes.
     fn db_size(&self) -> u64;
+    /// Writes a backup of the whole state as it is now (a snapshot file, see `strata cluster
+    /// snapshot save`) and streams it. Stores without snapshots cannot.
+    fn backup(&self) -> BoxFuture<'_, Result<Backup, ApiError>> {
+        Box::pin(async {
+            Err(ApiError::new(
+                strata_proto::error::ErrorCode::FailedPrecondition,
+                "this store keeps no snapshots to back up",
+            ))
+        })
+    }
+}
+
+/// A backup being sent: its size, and its bytes a chunk at a time.
+pub struct Backup {
+    /// Bytes in all.
+    pub size: u64,
+    /// The chunks, in order; an error ends the stream.
+    pub chunks: mpsc::Receiver<Result<Vec<u8>, ApiError>>,
 }
 
 /// Grants a lease of `ttl` seconds and returns its id.

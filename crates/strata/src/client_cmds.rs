@@ -195,6 +195,42 @@ pub enum ClusterCommand {
         /// The member's node id.
         id: u64,
     },
+    /// Back up the whole state to a file, restore one into a new data folder, or check one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save a snapshot of the whole state, as it is now, from the first endpoint that answers
+    /// (writes go on meanwhile; the file is checked before it is kept). Needs root.
+    Save {
+        /// Where to write it (replaced atomically).
+        file: std::path::PathBuf,
+    },
+    /// Make a new data folder from a saved snapshot: a one-member cluster holding its state.
+    /// Start a node on the folder, then add members with `strata cluster add-member`.
+    Restore {
+        /// The saved snapshot.
+        file: std::path::PathBuf,
+        /// The new data folder (must be empty or absent).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// The node id the restored member will run with (its `--id`).
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// Its raft address, HOST:PORT, as far as known (the node updates it when it starts).
+        #[arg(long, default_value = "")]
+        raft_addr: String,
+        /// Its API address, HOST:PORT, as far as known.
+        #[arg(long, default_value = "")]
+        api_addr: String,
+    },
+    /// Check a saved snapshot's checksum and show what it holds.
+    Status {
+        /// The saved snapshot.
+        file: std::path::PathBuf,
+    },
 }
 
 /// How long a command keeps retrying while no endpoint accepts a connection. Long enough to
@@ -670,6 +706,7 @@ pub async fn cluster(
                 Output::Table => println!("member {id} added"),
             }
         }
+        ClusterCommand::Snapshot(command) => snapshot(&client, output, command).await?,
         ClusterCommand::RemoveMember { id } => {
             let reply: serde_json::Value = client
                 .call::<(), _>(reqwest_delete(), &format!("/v1/cluster/members/{id}"), None)
@@ -682,6 +719,117 @@ pub async fn cluster(
         }
     }
     Ok(())
+}
+
+/// Runs `strata cluster snapshot ...`.
+async fn snapshot(client: &Client, output: Output, command: SnapshotCommand) -> anyhow::Result<()> {
+    use strata_node::backup;
+    let (file, info) = match command {
+        SnapshotCommand::Save { file } => {
+            let info = save_snapshot(client, &file).await?;
+            (file, info)
+        }
+        SnapshotCommand::Status { file } => {
+            let info = backup::inspect(&file).map_err(anyhow::Error::msg)?;
+            (file, info)
+        }
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            id,
+            raft_addr,
+            api_addr,
+        } => {
+            let me = strata_proto::NodeInfo {
+                raft_addr,
+                api_addr,
+                grpc_addr: String::new(),
+            };
+            let info = backup::restore(&file, &data_dir, id, me)
+                .await
+                .map_err(anyhow::Error::msg)
+                .with_context(|| {
+                    format!("restore {} into {}", file.display(), data_dir.display())
+                })?;
+            if matches!(output, Output::Table) {
+                println!(
+                    "restored into {}: start `strata server --id {id} --data-dir {}`, then add members with `strata cluster add-member`",
+                    data_dir.display(),
+                    data_dir.display()
+                );
+            }
+            (file, info)
+        }
+    };
+    let (term, index) = info.last_log.unwrap_or((0, 0));
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "file": file,
+            "term": term,
+            "index": index,
+            "data_bytes": info.data_bytes,
+            "format": info.format,
+            "members": info.members.keys().collect::<Vec<_>>(),
+        }))?,
+        Output::Table => println!(
+            "{}: state up to log index {index} (term {term}), {} bytes of data, format {}, members {:?}",
+            file.display(),
+            info.data_bytes,
+            info.format,
+            info.members.keys().collect::<Vec<_>>()
+        ),
+    }
+    Ok(())
+}
+
+/// Downloads a backup into `file` (through a `.part` file, synced, checked, then renamed).
+async fn save_snapshot(
+    client: &Client,
+    file: &std::path::Path,
+) -> anyhow::Result<strata_node::backup::BackupInfo> {
+    use std::io::Write;
+    let mut part_name = file.as_os_str().to_owned();
+    part_name.push(".part");
+    let part = std::path::PathBuf::from(part_name);
+    let mut download = client
+        .download("/v1/cluster/snapshot")
+        .await
+        .map_err(explain)?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&part).with_context(|| format!("create {}", part.display()))?,
+    );
+    let mut received = 0u64;
+    let outcome: anyhow::Result<()> = async {
+        while let Some(chunk) = download.next_chunk().await.map_err(explain)? {
+            received += chunk.len() as u64;
+            out.write_all(&chunk)
+                .with_context(|| format!("write {}", part.display()))?;
+        }
+        if let Some(size) = download.size {
+            if size != received {
+                bail!("the snapshot ended after {received} of {size} bytes");
+            }
+        }
+        let out = out.into_inner().map_err(|e| e.into_error())?;
+        out.sync_all()?;
+        Ok(())
+    }
+    .await;
+    let checked = outcome.and_then(|()| {
+        strata_node::backup::inspect(&part)
+            .map_err(|e| anyhow::anyhow!("the received snapshot is damaged: {e}"))
+    });
+    match checked {
+        Ok(info) => {
+            std::fs::rename(&part, file)
+                .with_context(|| format!("rename {} to {}", part.display(), file.display()))?;
+            Ok(info)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
 }
 
 fn reqwest_delete() -> strata_client::Method {

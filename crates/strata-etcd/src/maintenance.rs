@@ -159,24 +159,22 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 content: backup.size,
                 total,
             },
-            move |mut envelope| {
-                async move {
-                    let blob = match envelope.chunks.recv().await {
-                        Some(Ok(blob)) => blob,
-                        Some(Err(e)) => return Some((Err(Status::internal(e.message)), envelope)),
-                        None => envelope.trailer()?,
-                    };
-                    if let Some(hasher) = envelope.hasher.as_mut() {
-                        hasher.update(&blob);
-                    }
-                    envelope.sent += blob.len() as u64;
-                    let response = pb::SnapshotResponse {
-                        header,
-                        remaining_bytes: envelope.total.saturating_sub(envelope.sent),
-                        blob,
-                    };
-                    Some((Ok(response), envelope))
+            move |mut envelope| async move {
+                let blob = match envelope.chunks.recv().await {
+                    Some(Ok(blob)) => blob,
+                    Some(Err(e)) => return Some((Err(Status::internal(e.message)), envelope)),
+                    None => envelope.trailer()?,
+                };
+                if let Some(hasher) = envelope.hasher.as_mut() {
+                    hasher.update(&blob);
                 }
+                envelope.sent += blob.len() as u64;
+                let response = pb::SnapshotResponse {
+                    header,
+                    remaining_bytes: envelope.total.saturating_sub(envelope.sent),
+                    blob,
+                };
+                Some((Ok(response), envelope))
             },
         );
         Ok(Response::new(Box::pin(stream)))

@@ -24,4 +24,4 @@
 
 mod store;
 
-pub use store::{spec_contains, KvStats, KvStore, Replay};
+pub use store::{spec_contains, KvMemory, KvStats, KvStore, Replay};

@@ -142,6 +142,26 @@ pub struct KvStats {
     pub leases: usize,
 }
 
+/// Memory the store's structures take, estimated from counts and type sizes (see
+/// [`KvStore::memory`]); the node exports each as `strata_memory_bytes{structure}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvMemory {
+    /// The keys' own bytes, once per key.
+    pub key_bytes: usize,
+    /// The values' own bytes, every retained version.
+    pub value_bytes: usize,
+    /// Allocation overhead of the keys.
+    pub key_overhead: usize,
+    /// Allocation overhead of the values.
+    pub value_overhead: usize,
+    /// Version records (revisions, lease, flags) and each key's history.
+    pub versions: usize,
+    /// The key map's B-tree nodes.
+    pub tree: usize,
+    /// Compactable-key and lease-key sets.
+    pub indexes: usize,
+}
+
 /// The MVCC key-value state machine. See the crate docs.
 ///
 /// Both maps are persistent B-trees that share structure: `clone` takes constant time and
@@ -171,6 +191,10 @@ struct Derived {
     versions: usize,
     /// Bytes of keys (once per version) and values.
     bytes: usize,
+    /// Bytes of the keys held, once per key.
+    key_bytes: usize,
+    /// Bytes of the values of every retained version.
+    value_bytes: usize,
     /// Keys with more than one version or only a tombstone: the only ones a compaction can
     /// change. A key with one live version is never visited by compaction.
     compactable: imbl::OrdSet<Key>,
@@ -181,6 +205,8 @@ impl Derived {
         let mut derived = Derived::default();
         for (key, versions) in keys {
             derived.versions += versions.len();
+            derived.key_bytes += key.len();
+            derived.value_bytes += versions.iter().map(|v| v.value.len()).sum::<usize>();
             derived.bytes += versions
                 .iter()
                 .map(|v| version_bytes(key, v))
@@ -371,6 +397,35 @@ impl KvStore {
             versions: self.derived.versions,
             bytes: self.derived.bytes,
             leases: self.leases.len(),
+        }
+    }
+
+    /// Estimates the memory the store's structures take, in constant time, from its counts
+    /// and the sizes of its types (see [`KvMemory`]).
+    pub fn memory(&self) -> KvMemory {
+        let keys = self.keys.len();
+        let versions = self.derived.versions;
+        // malloc hands out blocks of 16 bytes with an 8-byte header, so a block of `n` bytes
+        // takes about `n + 8` rounded up to 16, which averages `n + 16` for spread sizes.
+        const MALLOC: usize = 16;
+        const ARC: usize = 16;
+        let entry = size_of::<(Key, History)>();
+        let compactable = self.derived.compactable.len();
+        let lease_keys: usize = self.leases.values().map(|l| l.keys.len()).sum();
+        KvMemory {
+            key_bytes: self.derived.key_bytes,
+            value_bytes: self.derived.value_bytes,
+            // Each key: one shared allocation (Arc header + bytes).
+            key_overhead: keys * (ARC + MALLOC),
+            // Each value: its own allocation.
+            value_overhead: versions * MALLOC,
+            // Each version record, and each key's history allocation (Arc + Vec header).
+            versions: versions * size_of::<Version>() + keys * (ARC + 24 + 2 * MALLOC),
+            // B-tree leaves: 64 slots per leaf, between a third and all of them used; a
+            // B+tree split on sequential keys leaves them half full. Branches are a few %.
+            tree: keys * entry * 2 + keys * entry / 16,
+            // The sets of keys compaction can shrink and of keys attached to each lease.
+            indexes: (compactable + lease_keys) * size_of::<Key>() * 2,
         }
     }
 
@@ -785,7 +840,11 @@ impl KvStore {
             .push(event_for(&req.key, &new, prev_kv.clone()));
         self.derived.versions += 1;
         self.derived.bytes += version_bytes(&key, &new);
+        self.derived.value_bytes += new.value.len();
         let history = self.keys.entry(key.clone()).or_default();
+        if history.is_empty() {
+            self.derived.key_bytes += key.len();
+        }
         history.make_mut().push(new);
         if history.len() == 2 {
             self.derived.compactable.insert(key);
@@ -972,11 +1031,13 @@ impl KvStore {
             for dropped in versions.drain(..versions.len() - keep) {
                 self.derived.versions -= 1;
                 self.derived.bytes -= version_bytes(&key, &dropped);
+                self.derived.value_bytes -= dropped.value.len();
             }
             if !is_compactable(versions) {
                 self.derived.compactable.remove(&key);
             }
             if versions.is_empty() {
+                self.derived.key_bytes -= key.len();
                 self.keys.remove(&key);
             }
         }

@@ -31,7 +31,17 @@ pub struct KvMachine {
     store: RwLock<KvStore>,
     /// Applied changes, for watches.
     feed: broadcast::Sender<Applied>,
+    /// A running average of the bytes one feed message holds, for the memory estimate.
+    feed_message_bytes: std::sync::atomic::AtomicUsize,
+    /// Woken when a compaction dropped much of the history (see
+    /// [`KvMachine::compacted_much`]).
+    compacted: tokio::sync::Notify,
 }
+
+/// A compaction that drops at least this share of the retained versions (and at least
+/// `COMPACTED_MIN` of them) asks for a snapshot, so the disk is reclaimed.
+const COMPACTED_SHARE: usize = 10;
+const COMPACTED_MIN: usize = 1000;
 
 impl Default for KvMachine {
     fn default() -> Self {
@@ -46,12 +56,29 @@ impl KvMachine {
         KvMachine {
             store: RwLock::new(KvStore::new()),
             feed,
+            compacted: tokio::sync::Notify::new(),
+            feed_message_bytes: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     /// Returns a read guard on the store.
     pub fn read(&self) -> RwLockReadGuard<'_, KvStore> {
         self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves after a compaction that dropped at least a tenth of the retained versions
+    /// (and at least 1,000 of them).
+    pub async fn compacted_much(&self) {
+        self.compacted.notified().await
+    }
+
+    /// Estimates the bytes the applied-events feed holds: the messages it keeps for slow
+    /// watchers (at most its capacity) times their average size.
+    pub fn feed_bytes(&self) -> usize {
+        self.feed.len()
+            * self
+                .feed_message_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Subscribes to applied changes. Subscribe *before* reading history to leave no gap.
@@ -72,12 +99,34 @@ impl KvMachine {
 
     fn apply_kv(&self, command: &KvCommand) -> KvResult {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let before = store.stats().versions;
         let (result, events) = store.apply(command);
+        if let (KvCommand::Compact(_), KvResult::Compact(_)) = (command, &result) {
+            let dropped = before.saturating_sub(store.stats().versions);
+            if dropped >= COMPACTED_MIN && dropped * COMPACTED_SHARE >= before {
+                tracing::info!(dropped, before, "compaction dropped versions");
+                self.compacted.notify_one();
+            }
+        }
         if !events.is_empty() {
             // Sent under the write lock, so a reader holding the read lock knows that every
             // event up to `store.revision()` is either in its feed or in the history it reads.
             // No receivers is fine: nobody is watching.
             let revision = store.revision();
+            let size: usize = events
+                .iter()
+                .map(|e| {
+                    size_of::<Event>()
+                        + 2 * e.kv.key.len()
+                        + e.kv.value.len()
+                        + e.prev_kv
+                            .as_ref()
+                            .map_or(0, |p| p.key.len() + p.value.len())
+                })
+                .sum();
+            let average = &self.feed_message_bytes;
+            let old = average.load(std::sync::atomic::Ordering::Relaxed);
+            average.store((old * 7 + size) / 8, std::sync::atomic::Ordering::Relaxed);
             let _ = self.feed.send(Applied::Events {
                 revision,
                 events: Arc::new(events),

@@ -75,5 +75,9 @@ pub fn start(parts: Parts, tracker: &TaskTracker, cancel: &CancellationToken) ->
         auto_compaction,
         cancel.child_token(),
     ));
+    tracker.spawn(loops::snapshot_after_compaction_loop(
+        service.clone(),
+        cancel.child_token(),
+    ));
     service
 }

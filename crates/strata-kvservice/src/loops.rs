@@ -88,6 +88,32 @@ pub(crate) async fn compaction_loop(
     }
 }
 
+/// Builds a snapshot soon after a compaction that dropped much of the history, so the disk it
+/// took is given back without anyone asking: the snapshot file shrinks to the compacted state
+/// and the log behind it is purged. Each node waits a little by its id first, so a cluster's
+/// members do not all snapshot at the same moment.
+pub(crate) async fn snapshot_after_compaction_loop(
+    service: Arc<KvService>,
+    cancel: CancellationToken,
+) {
+    let stagger = Duration::from_secs(2 * (service.id % 5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = service.machine.compacted_much() => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(stagger) => {}
+        }
+        info!("a compaction dropped much of the history; building a snapshot to reclaim disk");
+        if let Err(e) = service.raft.trigger().snapshot().await {
+            tracing::debug!(error = %e, "triggering a snapshot failed");
+            return;
+        }
+    }
+}
+
 /// Copies current values into the gauges (called when /metrics is scraped).
 pub fn refresh_metrics(service: &KvService) {
     let m = service.raft.metrics().borrow().clone();
@@ -117,10 +143,33 @@ pub fn refresh_metrics(service: &KvService) {
     metrics
         .raft_snapshot_write_seconds
         .set(snapshots.last_write_ms as f64 / 1e3);
-    let (stats, revision, compacted) = {
+    let (stats, revision, compacted, memory) = {
         let store = service.machine.read();
-        (store.stats(), store.revision(), store.compact_revision())
+        (
+            store.stats(),
+            store.revision(),
+            store.compact_revision(),
+            store.memory(),
+        )
     };
+    let structures = [
+        ("kv_keys", memory.key_bytes),
+        ("kv_values", memory.value_bytes),
+        ("kv_key_overhead", memory.key_overhead),
+        ("kv_value_overhead", memory.value_overhead),
+        ("kv_versions", memory.versions),
+        ("kv_tree", memory.tree),
+        ("kv_indexes", memory.indexes),
+        ("watch_feed", service.machine.feed_bytes()),
+        ("log_cache", service.log.cache_bytes()),
+        ("resident", resident_bytes()),
+    ];
+    for (structure, bytes) in structures {
+        metrics
+            .memory
+            .with_label_values(&[structure])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
     metrics.kv_revision.set(revision);
     metrics.kv_compact_revision.set(compacted);
     metrics.kv_keys.set(stats.keys as i64);
@@ -130,17 +179,29 @@ pub fn refresh_metrics(service: &KvService) {
         .set(folder_size(&service.config.data_dir) as i64);
 }
 
-/// Returns the total size of the files under `path` (bounded depth; errors count as 0).
+/// The process's resident memory (`/proc/self/statm`), 0 where that cannot be read.
+fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Returns the disk the files under `path` take, in allocated bytes (bounded depth; errors
+/// count as 0).
 pub fn folder_size(path: &std::path::Path) -> u64 {
     fn walk(path: &std::path::Path, depth: u32) -> u64 {
+        use std::os::unix::fs::MetadataExt;
         let Ok(entries) = std::fs::read_dir(path) else {
             return 0;
         };
+        // Allocated blocks, not lengths: the log engine's journal is a sparse file whose
+        // length says nothing about the disk it takes.
         entries
             .flatten()
             .map(|entry| match entry.metadata() {
                 Ok(meta) if meta.is_dir() && depth < 4 => walk(&entry.path(), depth + 1),
-                Ok(meta) => meta.len(),
+                Ok(meta) => meta.blocks() * 512,
                 Err(_) => 0,
             })
             .sum()

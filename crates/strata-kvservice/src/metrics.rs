@@ -58,6 +58,8 @@ pub struct Metrics {
     pub storage_db_bytes: IntGauge,
     /// Requests answered with an error, by code.
     pub api_errors: IntCounterVec,
+    /// Memory by structure (estimated from counts and type sizes), and the process's RSS.
+    pub memory: prometheus::IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -246,9 +248,23 @@ impl Metrics {
             storage_db_bytes: gauge(
                 &registry,
                 "strata_storage_db_size_bytes",
-                "Size of the data folder (log, snapshot, markers)",
+                "Disk the data folder takes (allocated bytes of log, snapshot, markers)",
             ),
             api_errors,
+            memory: {
+                let memory = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "strata_memory_bytes",
+                        "Memory by structure, estimated from counts and type sizes; `resident` is the process's RSS",
+                    ),
+                    &["structure"],
+                )
+                .expect("valid");
+                registry
+                    .register(Box::new(memory.clone()))
+                    .expect("registered once");
+                memory
+            },
             registry,
         }
     }

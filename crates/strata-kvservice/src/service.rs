@@ -524,6 +524,7 @@ impl KvService {
             applied_index,
             revision: self.machine.read().revision(),
             members,
+            disk_bytes: crate::loops::folder_size(&self.config.data_dir),
         }
     }
 

@@ -54,4 +54,7 @@ pub struct ClusterStatus {
     pub revision: i64,
     /// Every voter and learner.
     pub members: Vec<MemberStatus>,
+    /// Bytes of disk the answering node's data folder uses (allocated blocks).
+    #[serde(default)]
+    pub disk_bytes: u64,
 }

@@ -324,6 +324,11 @@ impl LogStore {
         }
     }
 
+    /// Returns the bytes of encoded entries held in memory (the log's read cache).
+    pub fn cache_bytes(&self) -> usize {
+        self.mem().cache_bytes
+    }
+
     /// Returns true when the unpurged log is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

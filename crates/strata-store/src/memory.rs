@@ -456,6 +456,7 @@ impl KvApi for MemoryKv {
                 grpc_addr: String::new(),
                 role: "leader".into(),
             }],
+            disk_bytes: 0,
         }
     }
 

@@ -676,14 +676,34 @@ pub async fn cluster(
                         ("RAFT", Align::Left),
                         ("API", Align::Left),
                         ("GRPC", Align::Left),
+                        ("APPLIED", Align::Right),
+                        ("DISK", Align::Right),
                     ]);
-                    for m in &status.members {
+                    let scheme = if endpoints.iter().any(|e| e.starts_with("https://")) {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    let own = futures::future::join_all(status.members.iter().map(|m| {
+                        member_status(scheme, &m.api_addr, m.id == status.node_id, &status)
+                    }))
+                    .await;
+                    for (m, own) in status.members.iter().zip(own) {
+                        let (applied, disk) = match own {
+                            Some(own) => (
+                                own.applied_index.to_string(),
+                                crate::table::bytes(own.disk_bytes),
+                            ),
+                            None => ("-".into(), "-".into()),
+                        };
                         table.row(vec![
                             m.id.to_string(),
                             m.role.clone(),
                             m.raft_addr.clone(),
                             m.api_addr.clone(),
                             m.grpc_addr.clone(),
+                            applied,
+                            disk,
                         ]);
                     }
                     table.print();
@@ -719,6 +739,28 @@ pub async fn cluster(
         }
     }
     Ok(())
+}
+
+/// A member's own view of itself (its applied index and disk), asked of the member with a
+/// short timeout; `None` when it does not answer.
+async fn member_status(
+    scheme: &str,
+    api_addr: &str,
+    answered: bool,
+    status: &ClusterStatus,
+) -> Option<ClusterStatus> {
+    if answered {
+        return Some(status.clone());
+    }
+    if api_addr.is_empty() {
+        return None;
+    }
+    Client::new(&[format!("{scheme}://{api_addr}")])
+        .with_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1))
+        .get_json("/v1/cluster/status")
+        .await
+        .ok()
 }
 
 /// Runs `strata cluster snapshot ...`.

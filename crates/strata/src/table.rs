@@ -81,6 +81,21 @@ impl Table {
 }
 
 /// `1 instance`, `2 instances`.
+/// A byte count in binary units: `512 B`, `1.5 KiB`, `20.0 MiB`, `3.2 GiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("{n} {one}")
@@ -114,6 +129,14 @@ mod tests {
         for line in table.render().lines() {
             assert_eq!(line, line.trim_end());
         }
+    }
+
+    #[test]
+    fn bytes_read_in_binary_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(20 * 1024 * 1024), "20.0 MiB");
+        assert_eq!(bytes(3 << 40), "3.0 TiB");
     }
 
     #[test]

@@ -434,3 +434,53 @@ async fn a_saved_snapshot_restores_into_a_new_cluster_that_serves_and_takes_writ
     node.assert_no_panic();
     second.assert_no_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_that_drops_most_history_gives_the_disk_back_without_a_manual_step() {
+    let cluster = Cluster::start(3, &[]).await;
+    let client = Arc::new(cluster.client());
+    // 3,000 versions of 30 keys, 1 KiB each: far fewer entries than a scheduled snapshot needs.
+    let mut tasks = Vec::new();
+    for writer in 0..15 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..200 {
+                let key = format!("hist/{:02}", (writer * 2 + n % 2));
+                client.put(key, vec![b'h'; VALUE_BYTES]).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for node in &cluster.nodes {
+        assert_eq!(metric(node, "strata_raft_snapshots_built_total").await, 0.0);
+    }
+    let status = cluster.nodes[0].status().await.unwrap();
+    assert!(status.disk_bytes > 0, "{status:?}");
+    let revision = status.revision;
+    let _: serde_json::Value = client
+        .post(
+            "/v1/kv/compact",
+            &strata_proto::kv::CompactRequest { revision },
+        )
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "every node to snapshot the compacted state",
+        || async {
+            for node in &cluster.nodes {
+                let built = metric(node, "strata_raft_snapshots_built_total").await;
+                let bytes = metric(node, "strata_raft_snapshot_bytes").await;
+                // 30 keys of 1 KiB left, not 3,000 versions.
+                if built < 1.0 || bytes > (100 * VALUE_BYTES) as f64 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    assert_eq!(local_count(&cluster.nodes[2], "hist/").await, Some(30));
+}

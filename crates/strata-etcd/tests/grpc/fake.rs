@@ -323,6 +323,7 @@ impl KvApi for FakeBackend {
             applied_index: 41,
             revision: state.store.revision(),
             members: state.members.clone(),
+            disk_bytes: 0,
         }
     }
 

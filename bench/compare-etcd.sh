@@ -150,29 +150,7 @@ enable_auth() {
 }
 
 # --- 1. packages and build ------------------------------------------------------------------
-missing=()
-[[ -x $etcd ]] || missing+=(etcd-server)
-command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
-if ((${#missing[@]})); then
-    as_root=()
-    ((EUID == 0)) || as_root=(sudo)
-    log "installing ${missing[*]} (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! timeout 600 "${as_root[@]}" apt-get install -y "${missing[@]}" >&3; then
-        timeout 600 "${as_root[@]}" apt-get update >&3 || die "apt-get update failed"
-        timeout 600 "${as_root[@]}" apt-get install -y "${missing[@]}" >&3 ||
-            die "apt-get install ${missing[*]} failed"
-    fi
-fi
-etcd_version=$("$etcd" --version | sed -n 's/^etcd Version: //p')
-[[ $etcd_version == 3.4.* ]] || die "$etcd is version '$etcd_version', expected 3.4.x"
-
-if ((build)); then
-    log "building release binaries (waiting for /tmp/strata-cargo.lock)"
-    (cd "$repo" && flock /tmp/strata-cargo.lock cargo build --release -p strata -p strata-bench) >&3 2>&1 ||
-        die "cargo build failed"
-fi
-[[ -x $strata && -x $bench ]] || die "missing $strata or $bench (build without --no-build)"
+etcd_packages_and_build
 
 mkdir -p "$data" "$(dirname "$results_file")"
 

@@ -278,3 +278,32 @@ print_summary() {
     echo
     echo "results: ${results_file#"$repo"/}"
 }
+
+# --- etcd beside Strata ---------------------------------------------------------------------
+# For the scripts that compare with etcd (compare-etcd.sh, scale.sh): installs the Debian
+# packages etcd-server and etcd-client when missing, checks that $etcd is 3.4.x (sets
+# etcd_version), builds the release binaries unless --no-build, and checks they exist.
+etcd_packages_and_build() {
+    local missing=() as_root=()
+    [[ -x $etcd ]] || missing+=(etcd-server)
+    command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+    if ((${#missing[@]})); then
+        ((EUID == 0)) || as_root=(sudo)
+        log "installing ${missing[*]} (apt-get)"
+        export DEBIAN_FRONTEND=noninteractive
+        # The package lists are refreshed only when the install fails without them.
+        if ! timeout 600 "${as_root[@]}" apt-get install -y "${missing[@]}" >&3; then
+            timeout 600 "${as_root[@]}" apt-get update >&3 || die "apt-get update failed"
+            timeout 600 "${as_root[@]}" apt-get install -y "${missing[@]}" >&3 ||
+                die "apt-get install ${missing[*]} failed"
+        fi
+    fi
+    etcd_version=$("$etcd" --version | sed -n 's/^etcd Version: //p')
+    [[ $etcd_version == 3.4.* ]] || die "$etcd is version '$etcd_version', expected 3.4.x"
+    if ((build)); then
+        log "building release binaries (waiting for /tmp/strata-cargo.lock)"
+        (cd "$repo" && flock /tmp/strata-cargo.lock cargo build --release -p strata -p strata-bench) \
+            >&3 2>&1 || die "cargo build failed"
+    fi
+    [[ -x $strata && -x $bench ]] || die "missing $strata or $bench (build without --no-build)"
+}

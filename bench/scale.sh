@@ -1,0 +1,932 @@
+#!/usr/bin/env bash
+# bench/scale.sh: Strata vs etcd 3.4 holding a million keys, through the etcd v3 gRPC API.
+#
+#   1. installs the Debian packages etcd-server and etcd-client if missing, builds release;
+#   2. starts a 3-member etcd 3.4 cluster (/usr/bin/etcd, default durability, with
+#      --quota-backend-bytes 8 GiB so phase B fits) and a 3-node Strata cluster (node 1 founds
+#      with --initial-cluster 1=127.0.0.1:0, 2 and 3 join by `strata cluster add-member`),
+#      side by side, data on the real disk under bench/.data/, ports picked at run time;
+#   3. registry (Strata only): `strata-bench registry-register`, 64 clients, 20,000
+#      registrations on a registry holding no instances; then 100,000 persistent instances
+#      over 100 services; then the same 20,000-registration run again (full / empty ratio);
+#   4. load A: `strata-bench etcd-put`, 128 clients, 1,000,000 keys of 256 bytes under
+#      scale/a/ (endpoints followers first, leader last): throughput, p50/p99/max, and the
+#      per-second p99s (median = steady, worst = a stall); then VmRSS and `du -sb` per member;
+#   5. reads: every key of scale/a/ paged (`etcd-range-all`, pages of 1,000) and its history
+#      replayed by a watch from revision 1 (`etcd-watch-replay`), through one follower each;
+#   6. compaction at the current revision (`etcdctl compact --physical`) on both; etcd then
+#      needs `etcdctl defrag` on every member to give disk back (disk reported after each);
+#      Strata gets no defrag: its data dirs are sampled every second for up to 60 s until they
+#      stop shrinking, and what was seen is written down as a note; RSS after;
+#   7. restart: kill -9 one follower of each, restart it with the same flags and data dir and
+#      time until it serves a linearizable read through its own endpoint and has caught up;
+#   8. join: a 4th, empty member is added to each, timed until a serializable count of
+#      scale/a/ through its own endpoint equals the cluster's; then it is removed and stopped;
+#   9. load B: 100,000 keys of 16 KiB under scale/b/ (skipped with --skip-b or when less than
+#      12 GiB is free on the data disk), same figures as load A, RSS and disk after.
+#
+# Writes every raw number, the machine, the commit and the settings to
+# bench/results/scale-<UTC timestamp>.json (-quick.json with --quick), prints a markdown table
+# per phase, and as the last line exactly
+#   RESULT put_ratio=<x> worst_window_p99_over_steady=<x> rss_ratio=<x> restart_s=<s>/<e>
+#          join_s=<s>/<e> register_full_over_empty=<x>
+# (one line): Strata / etcd put throughput in load A; Strata's worst over median per-second
+# p99 in load A; Strata / etcd median RSS after load A; restart and join seconds of Strata and
+# etcd; Strata's registrations/s on the full registry over the empty one.
+#
+# Usage: bash bench/scale.sh [--quick] [--skip-b] [--no-build] [--keep-data] [--results FILE]
+#
+# Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
+# SIGKILL after 15 s); it never signals processes it did not start. Every load run is bounded
+# in requests and in time.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+# --help prints lines 2-41 above, then this.
+options_help() {
+    cat <<'EOF'
+
+Options:
+  --quick         everything about 20x smaller: 50,000 keys in load A, 5,000 in load B,
+                  5,000 registry instances, 1,000 registrations per measurement (a few
+                  minutes after the build)
+  --skip-b        leave out load B (the 16 KiB values)
+  --no-build      use the release binaries already in target/release
+  --keep-data     keep bench/.data/scale-<stamp> (logs, data dirs) after a clean run
+  --results FILE  write the JSON results here instead of bench/results/
+EOF
+}
+
+skip_b=0
+own_option() {
+    case "$1" in
+    --skip-b)
+        skip_b=1
+        option_args=1
+        ;;
+    *) return 1 ;;
+    esac
+}
+# The common options (lib.sh): sets quick, build, keep_data and results_file.
+parse_options 41 "$@"
+
+# --- settings -------------------------------------------------------------------------------
+if ((quick)); then
+    keys_a=50000
+    keys_b=5000
+    fill_instances=5000
+    register_requests=1000
+    load_max_seconds=120
+    fill_max_seconds=120
+    register_max_seconds=60
+    restart_timeout=120
+    join_timeout=300
+    min_free_b_gib=1
+else
+    keys_a=1000000
+    keys_b=100000
+    fill_instances=100000
+    register_requests=20000
+    load_max_seconds=600
+    fill_max_seconds=600
+    register_max_seconds=120
+    restart_timeout=600
+    join_timeout=1800
+    min_free_b_gib=12
+fi
+value_a=256
+value_b=16384
+load_clients=128
+register_clients=64
+fill_clients=128
+services=100
+page=1000
+settle_max_s=60
+settle_quiet_s=10
+node_count=3
+etcd_quota=8589934592
+prefix_a=scale/a/
+prefix_b=scale/b/
+# A key load A writes (strata-bench names keys <prefix><sequence:010>).
+probe_key="${prefix_a}0000000001"
+
+tools=(jq curl awk timeout du df)
+((build)) && tools+=(cargo flock)
+# cd to the repository; names the data dir and results file; checks for these tools (lib.sh).
+bench_setup scale "${tools[@]}"
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+etcd=/usr/bin/etcd
+our_exes+=("$etcd")
+
+# --- small helpers --------------------------------------------------------------------------
+# etcdctl (v3 API) against the comma-separated HOST:PORT list $1, bounded in time; its
+# warnings go to a file in $data.
+ctl() {
+    local endpoints=$1
+    shift
+    ETCDCTL_API=3 timeout 10 etcdctl --endpoints "$endpoints" --dial-timeout 2s \
+        --command-timeout 5s "$@" 2>>"$data/etcdctl.stderr"
+}
+# The same for commands that may take long (compact, defrag, member add): $1 seconds.
+ctl_slow() {
+    local seconds=$1 endpoints=$2
+    shift 2
+    ETCDCTL_API=3 timeout $((seconds + 10)) etcdctl --endpoints "$endpoints" --dial-timeout 2s \
+        --command-timeout "${seconds}s" "$@" 2>>"$data/etcdctl.stderr"
+}
+
+# Polls "$@" every $2 seconds until it succeeds; returns 1 once $1 seconds have passed (the
+# caller decides whether that is fatal). Used where a check costs a process start, which on a
+# small machine takes CPU from the servers being timed, so it polls more slowly than
+# wait_until.
+poll_until() {
+    local timeout_s=$1 interval=$2
+    shift 2
+    local deadline=$((${EPOCHREALTIME/./} + timeout_s * 1000000))
+    until "$@" >/dev/null 2>&1; do
+        ((${EPOCHREALTIME/./} < deadline)) || return 1
+        sleep "$interval"
+    done
+}
+
+now_us() { echo "${EPOCHREALTIME/./}"; }
+# Seconds between two stamps of now_us, 3 decimals.
+elapsed_s() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1000000 }'; }
+
+# Apparent size in bytes of the tree at $1 (`du -sb`); files vanishing while du runs (log
+# segments being purged) are not an error.
+dir_bytes() { { du -sb "$1" 2>/dev/null || true; } | awk '{ n = $1 } END { print n + 0 }'; }
+# Bytes of disk blocks the tree at $1 really holds (`du -sB1`): smaller than its apparent size
+# when it holds sparse files, as Strata's log journal is (a 64 MiB file, mostly holes).
+dir_alloc_bytes() { { du -sB1 "$1" 2>/dev/null || true; } | awk '{ n = $1 } END { print n + 0 }'; }
+# Bytes as MiB, one decimal.
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+
+# Free bytes on the file system holding $data.
+free_bytes() { df -B1 --output=avail "$data" | awk 'NR == 2 { print $1 }'; }
+
+# Raw facts for the results file, one JSON line each: record PATH JSON sets PATH (dotted) of
+# the results' "phases" object to JSON.
+facts="" # set once $data exists
+record() {
+    jq -nc --arg path "$1" --argjson value "$2" '{path: ($path | split(".")), value: $value}' \
+        >>"$facts"
+}
+
+# Runs strata-bench with a time cap of $1 seconds; its JSON line goes to stdout, its stderr
+# to a file in $data.
+run_bench() {
+    local cap=$1
+    shift
+    timeout --kill-after=10 "$cap" "$bench" "$@" 2>>"$data/bench.stderr"
+}
+
+# --- 1. packages and build ------------------------------------------------------------------
+etcd_packages_and_build
+mkdir -p "$data" "$(dirname "$results_file")"
+facts="$data/facts.jsonl"
+: >"$facts"
+: >"$data/bench.stderr"
+: >"$data/etcdctl.stderr"
+
+# --- members of both systems ----------------------------------------------------------------
+# etcd member N: client and peer address, the --initial-cluster and --initial-cluster-state
+# it was first started with (a restart repeats them, as etcd ignores them once it has data).
+declare -A etcd_pid etcd_client etcd_peer etcd_cluster etcd_state
+etcd_token="scale-$stamp"
+
+start_etcd() {
+    local id=$1 dir="$data/etcd-$1"
+    mkdir -p "$dir"
+    echo "--- start $(date -u +%H:%M:%S.%N)" >>"$dir/log"
+    # Everything not given here is etcd's default: WAL fsync on every commit, heartbeat
+    # 100 ms, election timeout 1 s, snapshot every 100,000 entries, no auto-compaction.
+    "$etcd" --name "etcd-$id" --data-dir "$dir/data" \
+        --listen-client-urls "http://${etcd_client[$id]}" \
+        --advertise-client-urls "http://${etcd_client[$id]}" \
+        --listen-peer-urls "http://${etcd_peer[$id]}" \
+        --initial-advertise-peer-urls "http://${etcd_peer[$id]}" \
+        --initial-cluster "${etcd_cluster[$id]}" --initial-cluster-state "${etcd_state[$id]}" \
+        --initial-cluster-token "$etcd_token" --quota-backend-bytes "$etcd_quota" \
+        --logger zap --log-outputs stderr --log-level warn >>"$dir/log" 2>&1 &
+    etcd_pid[$id]=$!
+    track "${etcd_pid[$id]}"
+}
+
+# Strata node N: its API, raft and gRPC addresses (127.0.0.1:0 at its first start, the bound
+# ones from then on, so a restart comes back where its peers expect it) and extra flags.
+declare -A node_pid node_api node_raft node_grpc node_extra
+
+start_strata() {
+    local id=$1 dir="$data/strata-$1" addrs="$data/strata-$1/addrs.json" pid
+    mkdir -p "$dir"
+    rm -f "$addrs"
+    echo "--- start $(date -u +%H:%M:%S.%N)" >>"$dir/log"
+    # shellcheck disable=SC2086 # node_extra holds flags meant to split
+    "$strata" server --id "$id" --data-dir "$dir/data" \
+        --api-addr "${node_api[$id]:-127.0.0.1:0}" --raft-addr "${node_raft[$id]:-127.0.0.1:0}" \
+        --grpc-addr "${node_grpc[$id]:-127.0.0.1:0}" \
+        --addrs-file "$addrs" ${node_extra[$id]:-} >>"$dir/log" 2>&1 &
+    pid=$!
+    track "$pid"
+    node_pid[$id]=$pid
+    await_addrs "$pid" "$addrs" "strata node $id" "$dir/log"
+    node_api[$id]=$(jq -r .api "$addrs")
+    node_raft[$id]=$(jq -r .raft "$addrs")
+    node_grpc[$id]=$(jq -r '.grpc // empty' "$addrs")
+    [[ -n ${node_grpc[$id]} ]] || die "strata node $id has no gRPC address in $addrs"
+}
+
+# The members currently in each cluster (4 during the join phase).
+etcd_ids=()
+strata_ids=()
+
+# Comma-separated client endpoints of system $1 (etcd: HOST:PORT; strata: gRPC HOST:PORT,
+# or with $2 = api the API URLs).
+endpoints_of() {
+    local system=$1 kind=${2:-grpc} id out=()
+    case $system in
+    etcd) for id in "${etcd_ids[@]}"; do out+=("${etcd_client[$id]}"); done ;;
+    strata)
+        for id in "${strata_ids[@]}"; do
+            if [[ $kind == api ]]; then
+                out+=("http://${node_api[$id]}")
+            else
+                out+=("${node_grpc[$id]}")
+            fi
+        done
+        ;;
+    esac
+    (IFS=,; echo "${out[*]}")
+}
+
+pid_of() {
+    case $1 in
+    etcd) echo "${etcd_pid[$2]}" ;;
+    strata) echo "${node_pid[$2]}" ;;
+    esac
+}
+data_dir_of() {
+    case $1 in
+    etcd) echo "$data/etcd-$2/data" ;;
+    strata) echo "$data/strata-$2/data" ;;
+    esac
+}
+log_of() {
+    case $1 in
+    etcd) echo "$data/etcd-$2/log" ;;
+    strata) echo "$data/strata-$2/log" ;;
+    esac
+}
+# The member id of system $1 serving client endpoint $2 (HOST:PORT).
+id_of_endpoint() {
+    local id
+    for id in 1 2 3 4; do
+        case $1 in
+        etcd) [[ ${etcd_client[$id]:-} == "$2" ]] && echo "$id" && return 0 ;;
+        strata) [[ ${node_grpc[$id]:-} == "$2" ]] && echo "$id" && return 0 ;;
+        esac
+    done
+    return 1
+}
+
+# Dies unless every member of system $1 is running.
+check_members() {
+    local system=$1 id
+    local -n ids="${system}_ids"
+    for id in "${ids[@]}"; do
+        is_ours "$(pid_of "$system" "$id")" ||
+            die "$system member $id exited during $2; see $(log_of "$system" "$id")"
+    done
+}
+
+# RSS and data-dir size of every member of system $1, as JSON in member order:
+# {rss_mib, disk_bytes, disk_mib (apparent size, du -sb), disk_alloc_bytes, disk_alloc_mib
+# (blocks held, du -sB1)}.
+footprint() {
+    local system=$1 id pid dir rss=() disk=() alloc=()
+    local -n ids="${system}_ids"
+    for id in "${ids[@]}"; do
+        pid=$(pid_of "$system" "$id")
+        is_ours "$pid" || die "$system member $id is not running; see $(log_of "$system" "$id")"
+        dir=$(data_dir_of "$system" "$id")
+        rss+=("$(rss_mib "$pid")")
+        disk+=("$(dir_bytes "$dir")")
+        alloc+=("$(dir_alloc_bytes "$dir")")
+    done
+    jq -nc --argjson rss "$(printf '%s\n' "${rss[@]}" | jq -sc .)" \
+        --argjson disk "$(printf '%s\n' "${disk[@]}" | jq -sc .)" \
+        --argjson alloc "$(printf '%s\n' "${alloc[@]}" | jq -sc .)" \
+        '{rss_mib: $rss, disk_bytes: $disk,
+          disk_mib: ($disk | map(. / 1048576 * 10 | round / 10)),
+          disk_alloc_bytes: $alloc,
+          disk_alloc_mib: ($alloc | map(. / 1048576 * 10 | round / 10))}'
+}
+# Records system $2's footprint as phases.$1.$2.footprint and logs it.
+record_footprint() {
+    local phase=$1 system=$2 fp
+    fp=$(footprint "$system")
+    record "$phase.$system.footprint" "$fp"
+    log "$(printf '%-6s %-17s RSS %s MiB, disk %s MiB (allocated %s)' "$system" "$phase" \
+        "$(jq -r '.rss_mib | join(" / ")' <<<"$fp")" "$(jq -r '.disk_mib | join(" / ")' <<<"$fp")" \
+        "$(jq -r '.disk_alloc_mib | join(" / ")' <<<"$fp")")"
+}
+
+# The endpoint (HOST:PORT) whose member reports itself as the leader, via the etcd API.
+leader_endpoint() {
+    ctl "$1" endpoint status -w json |
+        jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint' |
+        awk 'NR == 1 { sub("^https?://", ""); print }'
+}
+
+# System $1's endpoints with the followers first and the leader last (so one-endpoint reads
+# go through a follower on both systems).
+ordered_endpoints() {
+    local system=$1 all leader ep followers=()
+    all=$(endpoints_of "$system")
+    leader=$(leader_endpoint "$all") || return 1
+    [[ -n $leader ]] || return 1
+    for ep in ${all//,/ }; do
+        [[ $ep == "$leader" ]] || followers+=("$ep")
+    done
+    ((${#followers[@]} == $(tr ',' '\n' <<<"$all" | wc -l) - 1)) || return 1
+    (IFS=,; echo "${followers[*]},$leader")
+}
+# Sets order[etcd] and order[strata] (dies when a cluster has no leader).
+declare -A order
+find_leaders() {
+    local system
+    for system in etcd strata; do
+        poll_until 30 0.2 ordered_endpoints "$system" || die "no $system leader found"
+        order[$system]=$(ordered_endpoints "$system") || die "no $system leader found"
+    done
+}
+
+# `strata cluster status` as JSON through the API URLs $1, bounded in time.
+strata_status() { timeout 5 "$strata" --endpoints "$1" --output json cluster status 2>/dev/null; }
+
+# True when the Strata cluster has exactly the members strata_ids, all voters with an API.
+strata_members_are() {
+    local status
+    status=$(strata_status "$(endpoints_of strata api)") || return 1
+    jq -e --argjson n "${#strata_ids[@]}" \
+        '(.members | length) == $n and
+         ([.members[] | select(.role != "learner" and .api_addr != "")] | length) == $n' \
+        <<<"$status" >/dev/null
+}
+
+# True when etcd has exactly the members etcd_ids and every one of them is healthy.
+etcd_members_are() {
+    local id
+    for id in "${etcd_ids[@]}"; do
+        is_ours "${etcd_pid[$id]}" || die "etcd-$id exited; see $data/etcd-$id/log"
+    done
+    (($(ctl "$(endpoints_of etcd)" member list | grep -c .) == ${#etcd_ids[@]})) || return 1
+    ctl "$(endpoints_of etcd)" endpoint health
+}
+
+# Keys under $2 as member endpoint $1 counts them (serializable with $3 = s), via the etcd API:
+# a range with limit 1 still reports the total in .count.
+count_at() {
+    ctl "$1" get --prefix "$2" --limit 1 --keys-only --consistency="${3:-l}" -w json |
+        jq -e '.count // 0'
+}
+
+# The current revision as the member at endpoint $1 reports it.
+revision_at() { ctl "$1" endpoint status -w json | jq -e '.[0].Status.header.revision'; }
+
+# --- 2a. three-member etcd cluster ----------------------------------------------------------
+mapfile -t ports < <("$bench" free-ports --count $((2 * node_count)))
+((${#ports[@]} == 2 * node_count)) || die "strata-bench free-ports gave ${#ports[@]} ports"
+initial=()
+for id in $(seq 1 "$node_count"); do
+    etcd_client[$id]="127.0.0.1:${ports[$((2 * id - 2))]}"
+    etcd_peer[$id]="127.0.0.1:${ports[$((2 * id - 1))]}"
+    initial+=("etcd-$id=http://${etcd_peer[$id]}")
+    etcd_ids+=("$id")
+done
+etcd_initial_cluster=$(IFS=,; echo "${initial[*]}")
+log "starting a $node_count-member etcd $etcd_version cluster in $data"
+for id in "${etcd_ids[@]}"; do
+    etcd_cluster[$id]=$etcd_initial_cluster
+    etcd_state[$id]=new
+    start_etcd "$id"
+done
+wait_until 60 "the etcd cluster to be healthy" etcd_members_are
+log "etcd up: $(endpoints_of etcd)"
+
+# --- 2b. three-node Strata cluster ----------------------------------------------------------
+log "starting a $node_count-node Strata cluster in $data"
+node_extra[1]="--initial-cluster 1=127.0.0.1:0"
+start_strata 1
+strata_ids+=(1)
+wait_until 30 "strata node 1 to be ready" ready "${node_api[1]}"
+for id in $(seq 2 "$node_count"); do
+    start_strata "$id"
+    timeout 90 "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member "$id" \
+        --raft-addr "${node_raft[$id]}" --api-addr "${node_api[$id]}" >/dev/null ||
+        die "strata cluster add-member $id failed"
+    strata_ids+=("$id")
+done
+wait_until 60 "$node_count Strata voters with API addresses" strata_members_are
+for id in "${strata_ids[@]}"; do
+    wait_until 30 "strata node $id to be ready" ready "${node_api[$id]}"
+done
+wait_until 30 "Strata's etcd API to be healthy" ctl "$(endpoints_of strata)" endpoint health
+log "strata up: gRPC $(endpoints_of strata)"
+
+# --- 3. registry: empty, 100,000 instances, full (Strata only) ------------------------------
+# One registry-register run of $2 instances with $3 clients, ids <$1>NNNNNNNN, over the same
+# services; its JSON line goes to stdout.
+register() {
+    local id_prefix=$1 requests=$2 clients=$3 max_seconds=$4
+    run_bench $((max_seconds + 120)) registry-register --endpoints "$(endpoints_of strata api)" \
+        --clients "$clients" --requests "$requests" --max-seconds "$max_seconds" \
+        --services "$services" --service-prefix "scale-svc-" --id-prefix "$id_prefix"
+}
+# Instances of the scale-svc-* services in the view of Strata node $1.
+instances_seen() {
+    curl -sf --max-time 10 "http://${node_api[$1]}/v1/registry/services" |
+        jq -e '[.services[] | select(.name | startswith("scale-svc-")) | .instances] | add // 0'
+}
+all_nodes_see() {
+    local id n
+    for id in "${strata_ids[@]}"; do
+        n=$(instances_seen "$id") || return 1
+        ((n == $1)) || return 1
+    done
+}
+
+record_footprint start etcd
+record_footprint start strata
+log "registry: $register_requests registrations, $register_clients clients, on an empty registry"
+line=$(register empty- "$register_requests" "$register_clients" "$register_max_seconds") ||
+    die "registry-register (empty) failed; see $data/bench.stderr"
+record registry.empty "$line"
+log "registry empty: $line"
+log "registry: filling with $fill_instances persistent instances over $services services"
+line=$(register fill- "$fill_instances" "$fill_clients" "$fill_max_seconds") ||
+    die "registry-register (fill) failed; see $data/bench.stderr"
+record registry.fill "$line"
+log "registry fill: $line"
+log "registry: $register_requests registrations, $register_clients clients, on the full registry"
+line=$(register full- "$register_requests" "$register_clients" "$register_max_seconds") ||
+    die "registry-register (full) failed; see $data/bench.stderr"
+record registry.full "$line"
+log "registry full: $line"
+registered=$(jq -s '[.[] | select(.path[0] == "registry") | .value.requests] | add' "$facts")
+if poll_until 30 0.5 all_nodes_see "$registered"; then
+    seen_ok=true
+else
+    seen_ok=false
+    log "WARNING: not every Strata node sees the $registered instances registered"
+fi
+seen=$(for id in "${strata_ids[@]}"; do instances_seen "$id" || echo null; done | jq -sc .)
+record registry.instances "$(jq -nc --argjson registered "$registered" --argjson seen "$seen" \
+    --argjson ok "$seen_ok" '{registered: $registered, seen_per_node: $seen, all_match: $ok}')"
+record_footprint after_registry etcd
+record_footprint after_registry strata
+
+# --- 4. load A: 1,000,000 keys of 256 bytes -------------------------------------------------
+# Puts $2 keys of $3 bytes under $1 with 128 clients into each system (etcd first), records
+# the run, checks the count of keys, and records RSS and disk after.
+load_phase() {
+    local phase=$1 prefix=$2 requests=$3 value_size=$4 system line count expected
+    find_leaders
+    for system in etcd strata; do
+        log "$phase: $system, $requests puts of $value_size bytes, $load_clients clients, endpoints ${order[$system]}"
+        line=$(run_bench $((load_max_seconds + 120)) etcd-put --endpoints "${order[$system]}" \
+            --clients "$load_clients" --requests "$requests" --value-size "$value_size" \
+            --key-prefix "$prefix" --max-seconds "$load_max_seconds") ||
+            die "strata-bench etcd-put ($phase) against $system failed; see $data/bench.stderr"
+        check_members "$system" "$phase"
+        record "$phase.$system.put" "$(jq -c --arg leader "${order[$system]##*,}" \
+            '. + {leader_endpoint: $leader}' <<<"$line")"
+        log "$(jq -r --arg s "$system" '"\($s) \(.workload): \(.throughput) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms, window p99 median \(.window_p99_median_ms) / worst \(.window_p99_worst_ms) ms over \(.windows) windows, errors \(.errors)"' <<<"$line")"
+        # Every successful put wrote one new key, and every client one warm-up key.
+        count=$(count_at "${order[$system]##*,}" "$prefix") || die "counting $prefix in $system failed"
+        expected=$(jq '.requests + .clients' <<<"$line")
+        record "$phase.$system.keys" "$(jq -nc --argjson c "$count" --argjson e "$expected" \
+            '{counted: $c, successful_puts_plus_warmups: $e}')"
+        if ((count != expected)); then
+            if (($(jq .errors <<<"$line") == 0)); then
+                die "$system holds $count keys under $prefix after $expected successful puts (no errors)"
+            fi
+            log "$system holds $count keys under $prefix; $expected puts succeeded (some failed, and a failed put may still have been applied)"
+        fi
+        record_footprint "$phase" "$system"
+    done
+}
+load_phase load_a "$prefix_a" "$keys_a" "$value_a"
+declare -A keys_in_a
+keys_in_a[etcd]=$(jq -s '[.[] | select(.path == ["load_a", "etcd", "keys"])][0].value.counted' "$facts")
+keys_in_a[strata]=$(jq -s '[.[] | select(.path == ["load_a", "strata", "keys"])][0].value.counted' "$facts")
+
+# --- 5. full range read and watch replay ----------------------------------------------------
+find_leaders
+for workload in etcd-range-all etcd-watch-replay; do
+    for system in etcd strata; do
+        endpoint=${order[$system]%%,*}
+        args=(--endpoints "$endpoint" --prefix "$prefix_a" --expect "${keys_in_a[$system]}")
+        if [[ $workload == etcd-range-all ]]; then
+            args+=(--page "$page")
+        else
+            args+=(--from-revision 1)
+        fi
+        log "$workload: $system through $endpoint (a follower), expecting ${keys_in_a[$system]}"
+        line=$(run_bench $((load_max_seconds + 120)) "$workload" "${args[@]}") ||
+            die "strata-bench $workload against $system failed; see $data/bench.stderr"
+        check_members "$system" "$workload"
+        record "reads.$system.${workload#etcd-}" "$(jq -c --arg ep "$endpoint" \
+            '. + {endpoint: $ep}' <<<"$line")"
+        log "$system $workload: $line"
+    done
+done
+
+# --- 6. compaction --------------------------------------------------------------------------
+# Total bytes of every Strata member's data dir: apparent (du -sb), then allocated (du -sB1).
+strata_disk_total() {
+    local id dir total=0 held=0
+    for id in "${strata_ids[@]}"; do
+        dir=$(data_dir_of strata "$id")
+        total=$((total + $(dir_bytes "$dir")))
+        held=$((held + $(dir_alloc_bytes "$dir")))
+    done
+    echo "$total $held"
+}
+
+find_leaders
+for system in etcd strata; do
+    leader=${order[$system]##*,}
+    revision=$(revision_at "$leader") || die "no revision from the $system leader"
+    record_footprint compaction_before "$system"
+    t0=$(now_us)
+    ctl_slow 600 "$(endpoints_of "$system")" compact --physical "$revision" >/dev/null ||
+        die "etcdctl compact $revision against $system failed; see $data/etcdctl.stderr"
+    t1=$(now_us)
+    record "compaction.$system.revision" "$revision"
+    record "compaction.$system.compact_s" "$(elapsed_s "$t0" "$t1")"
+    log "$system: compacted at revision $revision in $(elapsed_s "$t0" "$t1") s"
+    if [[ $system == etcd ]]; then
+        record_footprint compaction_after etcd
+        defrag=()
+        for id in "${etcd_ids[@]}"; do
+            t0=$(now_us)
+            ctl_slow 600 "${etcd_client[$id]}" defrag >/dev/null ||
+                die "etcdctl defrag of etcd-$id failed; see $data/etcdctl.stderr"
+            defrag+=("$(elapsed_s "$t0" "$(now_us)")")
+        done
+        record compaction.etcd.defrag_s "$(printf '%s\n' "${defrag[@]}" | jq -sc .)"
+        log "etcd: defragmented every member (seconds: ${defrag[*]})"
+        record_footprint compaction_defrag etcd
+    else
+        # No defrag for Strata: sample the data dirs every second until they have shrunk and
+        # then held still for settle_quiet_s, or settle_max_s have passed.
+        t_start=$(now_us)
+        deadline=$((t_start + settle_max_s * 1000000))
+        read -r previous held < <(strata_disk_total)
+        first=$previous
+        first_alloc=$held
+        samples=("0 $previous $held")
+        shrank=0
+        last_change=$t_start
+        last_shrink=""
+        while (($(now_us) < deadline)); do
+            sleep 1
+            read -r total held < <(strata_disk_total)
+            now=$(now_us)
+            samples+=("$(elapsed_s "$t_start" "$now") $total $held")
+            if ((total < previous)); then
+                shrank=1
+                last_change=$now
+                last_shrink=$(elapsed_s "$t_start" "$now")
+            elif ((total != previous)); then
+                last_change=$now
+            fi
+            previous=$total
+            if ((shrank && now - last_change >= settle_quiet_s * 1000000)); then
+                break
+            fi
+        done
+        waited=$(elapsed_s "$t_start" "$(now_us)")
+        before_total=$(jq -s '[.[] | select(.path == ["compaction_before", "strata", "footprint"])][0].value.disk_bytes | add' "$facts")
+        before_alloc=$(jq -s '[.[] | select(.path == ["compaction_before", "strata", "footprint"])][0].value.disk_alloc_bytes | add' "$facts")
+        sizes="$(mib "$before_total") MiB before compaction (allocated $(mib "$before_alloc")), $(mib "$first") MiB when compact returned (allocated $(mib "$first_alloc")), $(mib "$previous") MiB at the end (allocated $(mib "$held"))"
+        if ((shrank)); then
+            note="data dirs (sum of $node_count, du -sb) shrank without defrag: $sizes, ${waited} s after compact returned (last decrease at ${last_shrink} s, then unchanged for ${settle_quiet_s} s)"
+        else
+            note="data dirs (sum of $node_count, du -sb) did not shrink within ${waited} s of compact returning: $sizes (Strata writes its state to disk only in snapshots, built every 10,000 log entries by default, and nothing was written while it was sampled)"
+        fi
+        record compaction.strata.settle "$(printf '%s\n' "${samples[@]}" | jq -Rsc --arg note "$note" \
+            --argjson waited "$waited" --argjson shrank "$shrank" \
+            'split("\n") | map(select(length > 0) | split(" ") | map(tonumber)) |
+             {samples_s_bytes_allocated: ., waited_s: $waited, shrank: ($shrank == 1), note: $note}')"
+        log "strata: $note"
+        record_footprint compaction_after strata
+    fi
+done
+
+# --- 7. restart of a follower ---------------------------------------------------------------
+# True when etcd member $1 answers a linearizable read through its own endpoint at revision
+# $2 or later (nothing is written meanwhile, so that is the leader's revision).
+etcd_caught_up() {
+    local rev
+    is_ours "${etcd_pid[$1]}" || die "etcd-$1 exited after its restart; see $data/etcd-$1/log"
+    rev=$(ctl "${etcd_client[$1]}" get --consistency=l "$probe_key" -w json |
+        jq -e '.header.revision') || return 1
+    ((rev >= $2))
+}
+# True when Strata node $1's own status shows applied_index >= $2 (the leader's commit index
+# before the kill) and a linearizable read through its own gRPC endpoint succeeds.
+strata_caught_up() {
+    local status
+    is_ours "${node_pid[$1]}" || die "strata node $1 exited after its restart; see $data/strata-$1/log"
+    status=$(strata_status "http://${node_api[$1]}") || return 1
+    jq -e --argjson index "$2" '.applied_index >= $index' <<<"$status" >/dev/null || return 1
+    ctl "${node_grpc[$1]}" get --consistency=l "$probe_key" -w json >/dev/null
+}
+# Kills (SIGKILL) member $2 of system $1, one of ours, and reaps it.
+kill_member() {
+    local pid
+    pid=$(pid_of "$1" "$2")
+    is_ours "$pid" || die "$1 member $2 (pid $pid) is not running"
+    kill -KILL "$pid"
+    { wait "$pid" || true; } 2>/dev/null
+    untrack "$pid"
+}
+
+find_leaders
+for system in etcd strata; do
+    victim=$(id_of_endpoint "$system" "${order[$system]%%,*}") || die "no $system follower id"
+    leader=${order[$system]##*,}
+    if [[ $system == etcd ]]; then
+        target=$(revision_at "$leader") || die "no revision from the etcd leader"
+    else
+        leader_id=$(id_of_endpoint strata "$leader") || die "no Strata leader id"
+        target=$(strata_status "http://${node_api[$leader_id]}" | jq -e .commit_index) ||
+            die "no commit index from the Strata leader"
+    fi
+    log "restart: kill -9 $system member $victim (a follower), then start it again"
+    kill_member "$system" "$victim"
+    t0=$(now_us)
+    if [[ $system == etcd ]]; then
+        start_etcd "$victim"
+        poll_until "$restart_timeout" 0.2 etcd_caught_up "$victim" "$target" ||
+            die "etcd-$victim did not catch up within ${restart_timeout} s of its restart"
+    else
+        start_strata "$victim"
+        poll_until "$restart_timeout" 0.2 strata_caught_up "$victim" "$target" ||
+            die "strata node $victim did not catch up within ${restart_timeout} s of its restart"
+    fi
+    seconds=$(elapsed_s "$t0" "$(now_us)")
+    record "restart.$system" "$(jq -nc --argjson member "$victim" --argjson s "$seconds" \
+        --argjson target "$target" --arg what "$([[ $system == etcd ]] &&
+            echo "linearizable get through its endpoint at the leader's revision" ||
+            echo "applied_index >= leader commit index and a linearizable get through its endpoint")" \
+        '{member: $member, seconds: $s, caught_up_to: $target, check: $what}')"
+    log "restart: $system member $victim serving and caught up ${seconds} s after its restart"
+done
+wait_until 60 "etcd to be healthy after the restart" etcd_members_are
+wait_until 60 "Strata to have its voters after the restart" strata_members_are
+record_footprint after_restart etcd
+record_footprint after_restart strata
+
+# --- 8. join of an empty 4th member ---------------------------------------------------------
+joined() {
+    local n
+    is_ours "$(pid_of "$1" 4)" || die "$1 member 4 exited while joining; see $(log_of "$1" 4)"
+    n=$(count_at "$2" "$prefix_a" s) || return 1
+    ((n == $3))
+}
+
+mapfile -t ports < <("$bench" free-ports --count 2)
+((${#ports[@]} == 2)) || die "strata-bench free-ports gave ${#ports[@]} ports"
+etcd_client[4]="127.0.0.1:${ports[0]}"
+etcd_peer[4]="127.0.0.1:${ports[1]}"
+
+# etcd: member add, then start it with the full member list and state "existing". etcd
+# refuses a member add ("unhealthy cluster") until every member has been connected for 5 s
+# (--strict-reconfig-check), which a member restarted just before has not: the add is retried
+# for up to 60 s, and the time counts from the start of the attempt that succeeded.
+etcd_member_add() {
+    join_t0=$(now_us)
+    ctl_slow 60 "$(endpoints_of etcd)" member add etcd-4 --peer-urls="http://${etcd_peer[4]}"
+}
+log "join: etcd-4 (member add, then start it empty)"
+join_t0=""
+attempts_t0=$(now_us)
+poll_until 60 1 etcd_member_add ||
+    die "etcdctl member add etcd-4 failed for 60 s; see $data/etcdctl.stderr"
+t0=$join_t0
+log "join: etcd accepted the member add $(elapsed_s "$attempts_t0" "$t0") s after the first attempt"
+etcd_cluster[4]="$etcd_initial_cluster,etcd-4=http://${etcd_peer[4]}"
+etcd_state[4]=existing
+start_etcd 4
+etcd_ids+=(4)
+poll_until "$join_timeout" 0.2 joined etcd "${etcd_client[4]}" "${keys_in_a[etcd]}" ||
+    die "etcd-4 did not catch up within ${join_timeout} s"
+etcd_join_s=$(elapsed_s "$t0" "$(now_us)")
+log "join: etcd-4 counts ${keys_in_a[etcd]} keys ${etcd_join_s} s after member add"
+record join.etcd "$(jq -nc --argjson s "$etcd_join_s" --argjson keys "${keys_in_a[etcd]}" \
+    --argjson refused "$(elapsed_s "$attempts_t0" "$t0")" \
+    '{seconds: $s, keys: $keys, member_add_refused_for_s: $refused,
+      timed: "from the etcdctl member add that was accepted, through starting it, to a serializable count through its own endpoint equal to the cluster'"'"'s"}')"
+record_footprint join etcd
+
+# Strata: start it empty, then cluster add-member (a learner, promoted once caught up).
+log "join: strata node 4 (start it empty, then cluster add-member)"
+t0=$(now_us)
+start_strata 4
+timeout "$join_timeout" "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member 4 \
+    --raft-addr "${node_raft[4]}" --api-addr "${node_api[4]}" >/dev/null ||
+    die "strata cluster add-member 4 failed"
+add_member_s=$(elapsed_s "$t0" "$(now_us)")
+strata_ids+=(4)
+poll_until "$join_timeout" 0.2 joined strata "${node_grpc[4]}" "${keys_in_a[strata]}" ||
+    die "strata node 4 did not catch up within ${join_timeout} s"
+strata_join_s=$(elapsed_s "$t0" "$(now_us)")
+log "join: strata node 4 counts ${keys_in_a[strata]} keys ${strata_join_s} s after its start (add-member returned after ${add_member_s} s)"
+record join.strata "$(jq -nc --argjson s "$strata_join_s" --argjson keys "${keys_in_a[strata]}" \
+    --argjson add "$add_member_s" \
+    '{seconds: $s, keys: $keys, add_member_returned_s: $add,
+      timed: "from starting it, through strata cluster add-member, to a serializable count through its own endpoint equal to the cluster'"'"'s"}')"
+record_footprint join strata
+
+# Remove the 4th members again and stop them, so load B runs on 3 nodes; their data dirs go
+# (disk for load B), their logs stay.
+etcd4_hex=$(ctl "$(endpoints_of etcd)" member list | awk -F', ' '$3 == "etcd-4" { print $1 }')
+[[ -n $etcd4_hex ]] || die "etcd-4 is not in the member list"
+etcd_ids=("${etcd_ids[@]:0:$node_count}")
+ctl_slow 60 "$(endpoints_of etcd)" member remove "$etcd4_hex" >/dev/null ||
+    die "etcdctl member remove etcd-4 failed; see $data/etcdctl.stderr"
+stop_pid "${etcd_pid[4]}"
+strata_ids=("${strata_ids[@]:0:$node_count}")
+timeout 60 "$strata" --endpoints "$(endpoints_of strata api)" cluster remove-member 4 >/dev/null ||
+    die "strata cluster remove-member 4 failed"
+stop_pid "${node_pid[4]}"
+rm -rf "$data/etcd-4/data" "$data/strata-4/data"
+wait_until 60 "etcd to have 3 healthy members again" etcd_members_are
+wait_until 60 "Strata to have 3 voters again" strata_members_are
+log "join: the 4th members are removed and stopped"
+
+# --- 9. load B: 100,000 keys of 16 KiB ------------------------------------------------------
+free_before_b=$(free_bytes)
+record load_b.free_bytes_before "$free_before_b"
+if ((skip_b)); then
+    skip_reason="--skip-b"
+elif ((free_before_b < min_free_b_gib * 1073741824)); then
+    skip_reason="only $(mib "$free_before_b") MiB free on the data disk, less than ${min_free_b_gib} GiB"
+else
+    skip_reason=""
+fi
+if [[ -n $skip_reason ]]; then
+    log "load B skipped: $skip_reason"
+    record load_b.skipped "$(jq -nc --arg r "$skip_reason" '$r')"
+else
+    load_phase load_b "$prefix_b" "$keys_b" "$value_b"
+fi
+
+# --- shut both clusters down ----------------------------------------------------------------
+# Strata log lines are counted before the shutdown (a node logs errors for peers that stop
+# before it does); the restart and the removal of node 4 account for some of them.
+strata_log_lines() { cat "$data"/strata-*/log | grep -c -e "$1" || true; }
+panics=$(strata_log_lines 'panicked')
+snapshots_built=$(strata_log_lines 'built snapshot')
+error_lines=$(strata_log_lines ' ERROR ')
+error_samples=$({ cat "$data"/strata-*/log | grep -e ' ERROR ' -e 'panicked' || true; } |
+    cut -d' ' -f2- | cut -c1-300 | sort | uniq -c | sort -rn | awk 'NR <= 8' |
+    jq -Rsc 'split("\n") | map(select(length > 0))')
+for id in $(seq 1 "$node_count"); do
+    stop_pid "${node_pid[$id]}"
+    stop_pid "${etcd_pid[$id]}"
+done
+
+# --- results --------------------------------------------------------------------------------
+recorded_options=()
+((skip_b == 0)) || recorded_options+=(--skip-b)
+# run_info: when, command, commit, machine (lib.sh).
+describe_run "${recorded_options[@]}"
+jq -s 'reduce .[] as $f ({}; setpath($f.path; $f.value))' "$facts" >"$data/phases.json"
+
+jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
+    --slurpfile phases "$data/phases.json" \
+    --argjson keys_a "$keys_a" --argjson keys_b "$keys_b" --argjson value_a "$value_a" \
+    --argjson value_b "$value_b" --argjson load_clients "$load_clients" \
+    --argjson load_max_seconds "$load_max_seconds" --argjson register_requests "$register_requests" \
+    --argjson register_clients "$register_clients" --argjson fill_instances "$fill_instances" \
+    --argjson fill_clients "$fill_clients" --argjson services "$services" --argjson page "$page" \
+    --argjson quota "$etcd_quota" --argjson settle_max "$settle_max_s" \
+    --argjson settle_quiet "$settle_quiet_s" --argjson min_free "$min_free_b_gib" \
+    --argjson panics "$panics" --argjson errors "$error_lines" \
+    --argjson snapshots "$snapshots_built" --argjson error_samples "$error_samples" '
+    def median: map(select(. != null)) | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def ratio($a; $b): if $a == null or $b == null or $b == 0 then null
+        else ($a / $b * 1000 | round / 1000) end;
+    $phases[0] as $p |
+    {benchmark: "scale"} + $run_info + {
+        config: {
+            nodes_per_cluster: 3, etcd_version: $etcd_version,
+            etcd_flags: "defaults (WAL fsync on every commit, snapshot every 100,000 entries, no auto-compaction) plus --quota-backend-bytes \($quota) (8 GiB; the default 2 GiB would not hold load B)",
+            strata_flags: "defaults (fsync on every commit, snapshot every 10,000 entries); no storage quota",
+            load_a: {keys: $keys_a, value_size: $value_a, clients: $load_clients,
+                     max_seconds: $load_max_seconds, key_prefix: "scale/a/"},
+            load_b: {keys: $keys_b, value_size: $value_b, clients: $load_clients,
+                     max_seconds: $load_max_seconds, key_prefix: "scale/b/",
+                     skipped_below_free_gib: $min_free},
+            connections: "strata-bench default: one HTTP/2 connection per endpoint; endpoints listed followers first, leader last",
+            reads: {page: $page, through: "one follower of each system"},
+            registry: {measure_requests: $register_requests, measure_clients: $register_clients,
+                       fill_instances: $fill_instances, fill_clients: $fill_clients,
+                       services: $services, kind: "persistent",
+                       order: "right after the cluster is up: measure (empty), fill, measure (full); all before load A"},
+            compaction: "etcdctl compact --physical <current revision> on both; etcdctl defrag on every etcd member afterwards; none on Strata, whose data dirs are sampled every 1 s for up to \($settle_max) s (until they have shrunk and then held still for \($settle_quiet) s); load A writes every key once, so the compaction leaves every scale/a/ key its one version: there is little history to free in either system",
+            restart: "kill -9 of one follower per system, restarted with the same flags, ports and data dir",
+            join: "an empty 4th member per system, removed and stopped again afterwards",
+            disk: "du -sb of each member data dir (apparent bytes), MiB; allocated: du -sB1 (blocks held; Strata preallocates a sparse 64 MiB log journal that du -sb counts whole)"
+        },
+        phases: $p,
+        summary: {
+            put_ratio: ratio($p.load_a.strata.put.throughput; $p.load_a.etcd.put.throughput),
+            worst_window_p99_over_steady: ratio($p.load_a.strata.put.window_p99_worst_ms;
+                                                $p.load_a.strata.put.window_p99_median_ms),
+            etcd_worst_window_p99_over_steady: ratio($p.load_a.etcd.put.window_p99_worst_ms;
+                                                     $p.load_a.etcd.put.window_p99_median_ms),
+            rss_median_after_a_mib: {etcd: ($p.load_a.etcd.footprint.rss_mib | median),
+                                     strata: ($p.load_a.strata.footprint.rss_mib | median)},
+            rss_ratio: ratio($p.load_a.strata.footprint.rss_mib | median;
+                             $p.load_a.etcd.footprint.rss_mib | median),
+            restart_s: {strata: $p.restart.strata.seconds, etcd: $p.restart.etcd.seconds},
+            join_s: {strata: $p.join.strata.seconds, etcd: $p.join.etcd.seconds},
+            register_full_over_empty: ratio($p.registry.full.throughput; $p.registry.empty.throughput),
+            register_target_met: (ratio($p.registry.full.throughput; $p.registry.empty.throughput)
+                                  | if . == null then null else . >= 0.9 end)
+        },
+        strata_logs: {panics: $panics, error_lines: $errors, snapshots_built: $snapshots,
+                      error_samples: $error_samples}
+    }' >"$results_file"
+
+# --- summary --------------------------------------------------------------------------------
+# shellcheck disable=SC2016 # a jq program: its $names are jq variables
+print_summary '
+    def mibs: if . == null then "-" else map(tostring) | join(" / ") end;
+    def disk: if . == null then "-" else "\(.disk_mib | mibs) (allocated \(.disk_alloc_mib | mibs))" end;
+    def put_row($sys; $x): "| \($sys) | \($x.put.throughput | f) | \($x.put.p50_ms | f) | \($x.put.p99_ms | f) | \($x.put.max_ms | f) | \($x.put.window_p99_median_ms | f) | \($x.put.window_p99_worst_ms | f) | \($x.put.windows | f) | \($x.put.errors | f) | \($x.footprint.rss_mib | mibs) | \($x.footprint | disk) |";
+    def put_table($title; $ph):
+        "", "### \($title)", "",
+        "| system | throughput (puts/s) | p50 (ms) | p99 (ms) | max (ms) | steady window p99 (ms) | worst window p99 (ms) | windows | errors | RSS per member after (MiB) | disk per member after (MiB, du -sb) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        put_row("etcd"; $ph.etcd), put_row("strata"; $ph.strata);
+    .phases as $p | .config as $c |
+    heading("Strata vs etcd \($c.etcd_version) at scale over the etcd v3 API"),
+    "etcd: \($c.etcd_flags)",
+    "",
+    "### Registry (Strata only): \($c.registry.measure_requests) registrations, \($c.registry.measure_clients) clients",
+    "",
+    "| registry holds | throughput (/s) | p50 (ms) | p99 (ms) | errors |",
+    "|---|---:|---:|---:|---:|",
+    "| no instances | \($p.registry.empty.throughput | f) | \($p.registry.empty.p50_ms | f) | \($p.registry.empty.p99_ms | f) | \($p.registry.empty.errors | f) |",
+    "| \($p.registry.empty.requests + $p.registry.fill.requests) instances (after a fill of \($p.registry.fill.requests) at \($p.registry.fill.throughput | f)/s) | \($p.registry.full.throughput | f) | \($p.registry.full.p50_ms | f) | \($p.registry.full.p99_ms | f) | \($p.registry.full.errors | f) |",
+    "",
+    "full / empty: \(.summary.register_full_over_empty | f) (target >= 0.9: \(.summary.register_target_met | met)); instances seen per node: \($p.registry.instances.seen_per_node | mibs) of \($p.registry.instances.registered)",
+    "",
+    "before load A (after the registry phase: the replicated store of Strata holds the registry instances too): RSS per member etcd \($p.after_registry.etcd.footprint.rss_mib | mibs), strata \($p.after_registry.strata.footprint.rss_mib | mibs) MiB; disk etcd \($p.after_registry.etcd.footprint | disk), strata \($p.after_registry.strata.footprint | disk) MiB",
+    put_table("Load A: \($c.load_a.keys) keys of \($c.load_a.value_size) bytes, \($c.load_a.clients) clients"; $p.load_a),
+    "",
+    "### Reads of scale/a/ through a follower",
+    "",
+    "| system | keys | range-all (s) | keys/s | slowest page (ms) | watch replay (s) | events/s | slowest gap (ms) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ($p.reads | to_entries[] | "| \(.key) | \(.value["range-all"].items | f) | \(.value["range-all"].seconds | f) | \(.value["range-all"].throughput | f) | \(.value["range-all"].slowest_ms | f) | \(.value["watch-replay"].seconds | f) | \(.value["watch-replay"].throughput | f) | \(.value["watch-replay"].slowest_ms | f) |"),
+    "",
+    "### Compaction at the current revision",
+    "",
+    "| system | revision | compact (s) | disk before (MiB, du -sb) | disk after compaction (MiB) | disk after defrag (MiB) | defrag (s) | RSS after (MiB) |",
+    "|---|---:|---:|---|---|---|---|---|",
+    "| etcd | \($p.compaction.etcd.revision | f) | \($p.compaction.etcd.compact_s | f) | \($p.compaction_before.etcd.footprint | disk) | \($p.compaction_after.etcd.footprint | disk) | \($p.compaction_defrag.etcd.footprint | disk) | \($p.compaction.etcd.defrag_s | mibs) | \($p.compaction_defrag.etcd.footprint.rss_mib | mibs) |",
+    "| strata | \($p.compaction.strata.revision | f) | \($p.compaction.strata.compact_s | f) | \($p.compaction_before.strata.footprint | disk) | \($p.compaction_after.strata.footprint | disk) | (no defrag) | - | \($p.compaction_after.strata.footprint.rss_mib | mibs) |",
+    "",
+    "strata: \($p.compaction.strata.settle.note)",
+    "",
+    "### Restart of a follower (kill -9) and join of an empty 4th member",
+    "",
+    "| system | restarted member | restart to serving and caught up (s) | join to caught up (s) | RSS per member after join (MiB) | disk per member after join (MiB, du -sb) |",
+    "|---|---:|---:|---:|---|---|",
+    (("etcd", "strata") as $s |
+        "| \($s) | \($p.restart[$s].member | f) | \($p.restart[$s].seconds | f) | \($p.join[$s].seconds | f)\(if $s == "strata" then " (add-member returned at \($p.join.strata.add_member_returned_s | f))" else "" end) | \($p.join[$s].footprint.rss_mib | mibs) | \($p.join[$s].footprint | disk) |"),
+    (if $p.load_b.skipped then "", "### Load B: skipped (\($p.load_b.skipped))"
+     else put_table("Load B: \($c.load_b.keys) keys of \($c.load_b.value_size) bytes, \($c.load_b.clients) clients, on top of load A"; $p.load_b) end),
+    "",
+    "strata logs: \(.strata_logs.panics) panics, \(.strata_logs.error_lines) ERROR lines (a kill -9 and a member removal happened), \(.strata_logs.snapshots_built) snapshots built"
+'
+jq -r '.summary |
+    def x: if . == null then "nan" else . end;
+    "\(.put_ratio | x) \(.worst_window_p99_over_steady | x) \(.rss_ratio | x) \(.restart_s.strata | x) \(.restart_s.etcd | x) \(.join_s.strata | x) \(.join_s.etcd | x) \(.register_full_over_empty | x)"' \
+    "$results_file" | {
+    read -r put worst rss rs_s rs_e js_s js_e reg
+    printf 'RESULT put_ratio=%.2f worst_window_p99_over_steady=%.2f rss_ratio=%.2f restart_s=%.2f/%.2f join_s=%.2f/%.2f register_full_over_empty=%.2f\n' \
+        "$put" "$worst" "$rss" "$rs_s" "$rs_e" "$js_s" "$js_e" "$reg"
+}

@@ -126,6 +126,7 @@ struct Lease {
     /// The TTL the lease was granted with, in seconds.
     ttl: i64,
     /// Keys currently attached.
+    #[serde(deserialize_with = "lenient::ord_set")]
     keys: imbl::OrdSet<Key>,
 }
 
@@ -158,7 +159,7 @@ pub struct KvMemory {
     pub versions: usize,
     /// The key map's B-tree nodes.
     pub tree: usize,
-    /// Compactable-key and lease-key sets.
+    /// The compactable-key set.
     pub indexes: usize,
 }
 
@@ -228,13 +229,73 @@ fn is_compactable(versions: &[Version]) -> bool {
     versions.len() > 1 || versions.first().is_some_and(|v| v.tombstone)
 }
 
+/// Deserializers for the persistent maps that never trust a length read from the input:
+/// imbl's own reserve the length up front, so a damaged or hostile snapshot could claim 2^60
+/// entries and abort the node. These insert what actually arrives.
+mod lenient {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    pub fn ord_map<'de, D, K, V>(deserializer: D) -> Result<imbl::OrdMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        struct MapVisitor<K, V>(PhantomData<(K, V)>);
+        impl<'de, K, V> Visitor<'de> for MapVisitor<K, V>
+        where
+            K: Deserialize<'de> + Ord + Clone,
+            V: Deserialize<'de> + Clone,
+        {
+            type Value = imbl::OrdMap<K, V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut map = imbl::OrdMap::new();
+                while let Some((key, value)) = access.next_entry()? {
+                    map.insert(key, value);
+                }
+                Ok(map)
+            }
+        }
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+
+    pub fn ord_set<'de, D, T>(deserializer: D) -> Result<imbl::OrdSet<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + Ord + Clone,
+    {
+        struct SetVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Ord + Clone> Visitor<'de> for SetVisitor<T> {
+            type Value = imbl::OrdSet<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a set")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut set = imbl::OrdSet::new();
+                while let Some(item) = access.next_element()? {
+                    set.insert(item);
+                }
+                Ok(set)
+            }
+        }
+        deserializer.deserialize_seq(SetVisitor(PhantomData))
+    }
+}
+
 /// A [`KvStore`] as snapshots store it: everything but what is derived. Same fields, same
 /// order, so the bytes are those of the store's own `Serialize`.
 #[derive(Deserialize)]
 struct StoredKvStore {
     revision: i64,
     compact_revision: i64,
+    #[serde(deserialize_with = "lenient::ord_map")]
     keys: imbl::OrdMap<Key, History>,
+    #[serde(deserialize_with = "lenient::ord_map")]
     leases: imbl::OrdMap<i64, Lease>,
 }
 
@@ -411,7 +472,6 @@ impl KvStore {
         const ARC: usize = 16;
         let entry = size_of::<(Key, History)>();
         let compactable = self.derived.compactable.len();
-        let lease_keys: usize = self.leases.values().map(|l| l.keys.len()).sum();
         KvMemory {
             key_bytes: self.derived.key_bytes,
             value_bytes: self.derived.value_bytes,
@@ -424,8 +484,9 @@ impl KvStore {
             // B-tree leaves: 64 slots per leaf, between a third and all of them used; a
             // B+tree split on sequential keys leaves them half full. Branches are a few %.
             tree: keys * entry * 2 + keys * entry / 16,
-            // The sets of keys compaction can shrink and of keys attached to each lease.
-            indexes: (compactable + lease_keys) * size_of::<Key>() * 2,
+            // The set of keys compaction can shrink. (Keys attached to leases are not counted:
+            // walking the leases on every scrape would cost time under the lock.)
+            indexes: compactable * size_of::<Key>() * 2,
         }
     }
 
@@ -1272,6 +1333,17 @@ mod tests {
         assert_eq!(revisions(&last), [4]);
         assert_eq!(last[0].prev_kv.as_ref().unwrap().value, b"1");
         assert!(replay.is_empty() && replay.next_batch(1).is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_claiming_a_huge_map_is_an_error_not_an_abort() {
+        let mut bytes = postcard::to_allocvec(&KvStore::new()).unwrap();
+        // revision 1, compact revision 0, then the key map's length: claim 2^60 entries.
+        bytes.truncate(2);
+        bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]);
+        assert!(postcard::from_bytes::<KvStore>(&bytes).is_err());
+        let mut scratch = [0u8; 16];
+        assert!(postcard::from_io::<KvStore, _>((&bytes[..], &mut scratch[..])).is_err());
     }
 
     fn get(store: &KvStore, key: &str, revision: i64) -> Option<KeyValue> {

@@ -228,7 +228,16 @@ async fn range_stream(
 ) -> Result<Response, ErrorResponse> {
     allow(&s, &who, &needs::range(&req), "range")?;
     let stream = count_error(&s, s.service.range_stream(req).await)?.0;
-    let first = serde_json::json!({ "header": stream.header });
+    /// The lines of the stream, in the API's own field order.
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Line {
+        Header(strata_proto::kv::ResponseHeader),
+        Kvs(Vec<strata_proto::kv::KeyValue>),
+        Done { count: usize },
+        Error(ApiError),
+    }
+    let first = Line::Header(stream.header.clone());
     let lines = futures::stream::unfold(
         (Some(stream), Some(first), 0usize),
         |(stream, first, count)| async move {
@@ -239,17 +248,10 @@ async fn range_stream(
             match stream.next_page().await {
                 Ok(Some(kvs)) => {
                     let count = count + kvs.len();
-                    let page = line(&serde_json::json!({ "kvs": kvs }));
-                    Some((page, (Some(stream), None, count)))
+                    Some((line(&Line::Kvs(kvs)), (Some(stream), None, count)))
                 }
-                Ok(None) => Some((
-                    line(&serde_json::json!({ "done": { "count": count } })),
-                    (None, None, count),
-                )),
-                Err(e) => Some((
-                    line(&serde_json::json!({ "error": e })),
-                    (None, None, count),
-                )),
+                Ok(None) => Some((line(&Line::Done { count }), (None, None, count))),
+                Err(e) => Some((line(&Line::Error(e)), (None, None, count))),
             }
         },
     );
@@ -261,7 +263,7 @@ async fn range_stream(
 }
 
 /// One JSON line.
-fn line(value: &serde_json::Value) -> Bytes {
+fn line(value: &impl Serialize) -> Bytes {
     let mut bytes = serde_json::to_vec(value).unwrap_or_default();
     bytes.push(b'\n');
     Bytes::from(bytes)

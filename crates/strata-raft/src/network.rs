@@ -341,11 +341,13 @@ struct SnapshotTransfer {
 }
 
 /// What precedes the data of a streamed snapshot (`POST /raft/snapshot/stream`): the body is
-/// a u32 LE length, this header in postcard, then the data to the end.
+/// a u32 LE length, this header in postcard, the data, and the CRC-32 of the data (u32 LE).
+/// The receiver installs nothing whose length or checksum is wrong.
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
     vote: Vote<NodeId>,
     meta: SnapshotMeta<NodeId, NodeInfo>,
+    data_len: u64,
 }
 
 /// The size of the chunks a snapshot is streamed in.
@@ -566,10 +568,13 @@ async fn snapshot_stream(State(raft): State<Raft>, body: axum::body::Body) -> Re
     let rest = Bytes::from(head.split_off(4 + header_len));
     let chunks = futures::stream::iter([Ok(rest)])
         .chain(stream.map(|chunk| chunk.map_err(std::io::Error::other)));
-    let data = match receive_into(&raft, chunks).await {
+    let mut data = match receive_into(&raft, chunks).await {
         Ok(data) => data,
         Err(response) => return response,
     };
+    if let Err(message) = data.strip_checksum(header.data_len).await {
+        return bad(format!("received snapshot is damaged: {message}"));
+    }
     let snapshot = Snapshot {
         meta: header.meta,
         snapshot: data,
@@ -626,20 +631,41 @@ async fn send_snapshot(
     let header = postcard::to_allocvec(&SnapshotHeader {
         vote,
         meta: snapshot.meta.clone(),
+        data_len: snapshot.snapshot.len(),
     })
     .map_err(|e| failed(format!("encode: {e}")))?;
     let mut head = (header.len() as u32).to_le_bytes().to_vec();
     head.extend_from_slice(&header);
     // The data is read again for the fallback below, so the stream reads a second handle.
     let data = snapshot.snapshot;
-    let region_stream = SnapshotData::stored(data.region().clone()).into_chunks(SNAPSHOT_CHUNK);
-    let body = futures::stream::iter([Ok(Bytes::from(head))]).chain(region_stream);
+    let crc = Arc::new(std::sync::Mutex::new(crc32fast::Hasher::new()));
+    let hashing = crc.clone();
+    let region_stream = SnapshotData::stored(data.region().clone())
+        .into_chunks(SNAPSHOT_CHUNK)
+        .inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                hashing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .update(chunk);
+            }
+        });
+    let trailer = futures::stream::once(async move {
+        let crc = crc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Bytes::from(crc.finalize().to_le_bytes().to_vec()))
+    });
+    let body = futures::stream::iter([Ok(Bytes::from(head))])
+        .chain(region_stream)
+        .chain(trailer);
+    // A transfer's time grows with the snapshot, and the reply comes only once the follower
+    // has installed it: a minute for every 100 MiB on top of the base.
+    let timeout = SNAPSHOT_TIMEOUT + Duration::from_secs(60 * (data.len() >> 20) / 100);
     let response = post_body(
         client,
         addr,
         "/raft/snapshot/stream",
         reqwest::Body::wrap_stream(body),
-        SNAPSHOT_TIMEOUT,
+        timeout,
     )
     .await?;
     if response.status() == StatusCode::NOT_FOUND {
@@ -655,7 +681,7 @@ async fn send_snapshot(
                 .await
                 .map_err(|e| failed(format!("read snapshot: {e}")))?,
         };
-        return post_postcard(client, addr, "/raft/snapshot", &transfer, SNAPSHOT_TIMEOUT).await;
+        return post_postcard(client, addr, "/raft/snapshot", &transfer, timeout).await;
     }
     decode_reply(addr, response).await
 }

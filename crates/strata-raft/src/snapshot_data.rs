@@ -62,7 +62,7 @@ impl SnapshotData {
         })
     }
 
-    /// Removes receiving and export files a crash left in `dir`.
+    /// Removes receiving, export and half-written snapshot files a crash left in `dir`.
     pub(crate) fn remove_leftovers(dir: &Path) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -70,7 +70,10 @@ impl SnapshotData {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(RECEIVING_PREFIX) || name.starts_with(EXPORT_PREFIX) {
+            let leftover = name.starts_with(RECEIVING_PREFIX)
+                || name.starts_with(EXPORT_PREFIX)
+                || name == "snapshot.bin.tmp";
+            if leftover {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -100,6 +103,48 @@ impl SnapshotData {
             .await
             .map_err(std::io::Error::other)??;
         self.region.len += n;
+        Ok(())
+    }
+
+    /// Checks and removes the CRC-32 a streamed snapshot ends with (see `network`): the data
+    /// must be `data_len` bytes followed by their checksum. Reads the data once, off the
+    /// runtime.
+    pub(crate) async fn strip_checksum(&mut self, data_len: u64) -> Result<(), String> {
+        if self.region.len != data_len.saturating_add(4) {
+            return Err(format!(
+                "{} bytes arrived where {data_len} and a checksum were sent",
+                self.region.len
+            ));
+        }
+        let region = Region {
+            len: data_len,
+            ..self.region.clone()
+        };
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            use std::io::Read;
+            let mut crc = crc32fast::Hasher::new();
+            let mut reader = region.reader();
+            let mut buf = vec![0; 1 << 20];
+            loop {
+                let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                crc.update(&buf[..n]);
+            }
+            let mut stored = [0u8; 4];
+            region
+                .file
+                .read_exact_at(&mut stored, region.offset + data_len)
+                .map_err(|e| e.to_string())?;
+            if crc.finalize() != u32::from_le_bytes(stored) {
+                return Err("checksum mismatch".into());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.region.len = data_len;
         Ok(())
     }
 

@@ -37,10 +37,25 @@ pub fn save_streaming(
     meta: &[u8],
     write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
-    let meta_len = u32::try_from(meta.len()).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!("{name}.tmp"));
+    let written = write_file(dir, name, &tmp, meta, write_data);
+    if written.is_err() {
+        // A failed write (a full disk, say) must not leave a snapshot-sized file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_file(
+    dir: &Path,
+    name: &str,
+    tmp: &Path,
+    meta: &[u8],
+    write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    let meta_len = u32::try_from(meta.len()).map_err(std::io::Error::other)?;
     let mut out = DataWriter {
-        file: std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
+        file: std::io::BufWriter::with_capacity(1 << 20, File::create(tmp)?),
         crc: crc32fast::Hasher::new(),
         written: 0,
         unsynced: 0,
@@ -64,7 +79,7 @@ pub fn save_streaming(
     file.write_all(&written.to_le_bytes())?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::rename(tmp, dir.join(name))?;
     File::open(dir)?.sync_all()?;
     Ok(written)
 }

@@ -468,14 +468,20 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         tokio::task::spawn_blocking(move || {
             let region = snapshot.region();
             let mut reader = Progress::new(region.reader(), region.len, "installing snapshot");
-            this.inner
-                .app
-                .restore(&mut reader, strata_proto::log::FORMAT)
-                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            *this.applied() = Applied {
-                last_applied: stored.last_log_id,
-                membership: stored.last_membership.clone(),
-            };
+            {
+                // The state and its position change together: a snapshot built meanwhile
+                // freezes under this lock, so it never pairs the new state with the old
+                // position (which a restart would re-apply on top of it).
+                let mut applied = this.applied();
+                this.inner
+                    .app
+                    .restore(&mut reader, strata_proto::log::FORMAT)
+                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                *applied = Applied {
+                    last_applied: stored.last_log_id,
+                    membership: stored.last_membership.clone(),
+                };
+            }
             this.save_snapshot(&stored, |out| {
                 std::io::copy(&mut region.reader(), out).map(|_| ())
             })

@@ -121,23 +121,10 @@ impl SnapshotData {
             ..self.region.clone()
         };
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            use std::io::Read;
-            let mut crc = crc32fast::Hasher::new();
-            let mut reader = region.reader();
-            let mut buf = vec![0; 1 << 20];
-            loop {
-                let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                crc.update(&buf[..n]);
-            }
-            let mut stored = [0u8; 4];
-            region
-                .file
-                .read_exact_at(&mut stored, region.offset + data_len)
+            let sum = region
+                .crc_after(crc32fast::Hasher::new())
                 .map_err(|e| e.to_string())?;
-            if crc.finalize() != u32::from_le_bytes(stored) {
+            if sum != region.u32_after()? {
                 return Err("checksum mismatch".into());
             }
             Ok(())

@@ -136,6 +136,28 @@ impl Region {
         )
     }
 
+    /// Feeds the data, read in 1 MiB chunks, into `crc` and returns the sum.
+    pub fn crc_after(&self, mut crc: crc32fast::Hasher) -> std::io::Result<u32> {
+        let mut reader = self.reader();
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                return Ok(crc.finalize());
+            }
+            crc.update(&buf[..n]);
+        }
+    }
+
+    /// The u32 (LE) stored right after the data: its checksum, in both places one is kept.
+    pub fn u32_after(&self) -> Result<u32, String> {
+        let mut stored = [0u8; 4];
+        self.file
+            .read_exact_at(&mut stored, self.offset + self.len)
+            .map_err(|e| e.to_string())?;
+        Ok(u32::from_le_bytes(stored))
+    }
+
     /// Reads at most `max` bytes of the data from `at` (0 = its start); empty past the end.
     pub fn read_chunk(&self, at: u64, max: usize) -> std::io::Result<Vec<u8>> {
         let n = self.len.saturating_sub(at).min(max as u64) as usize;
@@ -228,21 +250,7 @@ fn read_region(file: File, verify: bool) -> Result<(Vec<u8>, Region), String> {
     if verify {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&meta);
-        let mut reader = region.reader();
-        let mut buf = vec![0; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            crc.update(&buf[..n]);
-        }
-        let mut stored = [0u8; 4];
-        region
-            .file
-            .read_exact_at(&mut stored, data_at + len)
-            .map_err(|e| e.to_string())?;
-        if crc.finalize() != u32::from_le_bytes(stored) {
+        if region.crc_after(crc).map_err(|e| e.to_string())? != region.u32_after()? {
             return Err("checksum mismatch".into());
         }
         if let Some(end) = envelope {

@@ -748,9 +748,13 @@ record_footprint join etcd
 log "join: strata node 4 (start it empty, then cluster add-member)"
 t0=$(now_us)
 start_strata 4
-timeout "$join_timeout" "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member 4 \
-    --raft-addr "${node_raft[4]}" --api-addr "${node_api[4]}" >/dev/null ||
-    die "strata cluster add-member 4 failed"
+# add-member waits kv.request_timeout (10 s) for the learner to catch up; a million keys take
+# longer (a snapshot of ~300 MB), so it is run again, as its error says, until it promotes.
+add_member_4() {
+    timeout 60 "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member 4 \
+        --raft-addr "${node_raft[4]}" --api-addr "${node_api[4]}" >/dev/null 2>>"$data/add-member.stderr"
+}
+poll_until "$join_timeout" 1 add_member_4 || die "strata cluster add-member 4 failed; see $data/add-member.stderr"
 add_member_s=$(elapsed_s "$t0" "$(now_us)")
 strata_ids+=(4)
 poll_until "$join_timeout" 0.2 joined strata "${node_grpc[4]}" "${keys_in_a[strata]}" ||

@@ -40,4 +40,6 @@ fuzz_target!(|data: &[u8]| {
     let snapshot = postcard::to_allocvec(&store).expect("the store encodes");
     let restored: KvStore = postcard::from_bytes(&snapshot).expect("a snapshot decodes");
     assert_eq!(restored, store);
+    let streamed = KvStore::read_snapshot(&mut &snapshot[..]).expect("a snapshot streams in");
+    assert_eq!(streamed, store);
 });

@@ -1,5 +1,7 @@
 //! [`KvStore`]: histories of keys, leases, and how commands change them.
 
+mod decode;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::collections::BTreeSet;
@@ -24,9 +26,9 @@ struct Version {
     create_revision: i64,
     /// Puts since creation, 1 for the first; 0 for a tombstone.
     version: i64,
-    /// The value; empty for a tombstone.
-    #[serde(serialize_with = "serialize_bytes")]
-    value: Vec<u8>,
+    /// The value; empty for a tombstone. A boxed slice holds no spare capacity.
+    #[serde(serialize_with = "serialize_bytes", deserialize_with = "boxed_bytes")]
+    value: Box<[u8]>,
     /// The attached lease, 0 for none.
     lease: i64,
     /// True when this version records a deletion.
@@ -40,7 +42,7 @@ impl Version {
             create_revision: self.create_revision,
             mod_revision: self.main,
             version: self.version,
-            value: self.value.clone(),
+            value: self.value.to_vec(),
             lease: self.lease,
         }
     }
@@ -77,10 +79,14 @@ impl Serialize for Key {
 }
 
 /// Writes bytes as one run instead of byte by byte. In postcard both are a varint length and
-/// the raw bytes, so the snapshot format is unchanged (`tests/snapshot_format.rs` pins it);
-/// reading takes them as a sequence, which streams without a scratch buffer.
+/// the raw bytes, so the snapshot format is unchanged (`tests/snapshot_format.rs` pins it).
+/// serde reads them back as a sequence; a node reads snapshots with [`KvStore::read_snapshot`].
 fn serialize_bytes<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_bytes(bytes)
+}
+
+fn boxed_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Box<[u8]>, D::Error> {
+    Vec::<u8>::deserialize(deserializer).map(Vec::into_boxed_slice)
 }
 
 impl<'de> Deserialize<'de> for Key {
@@ -89,15 +95,44 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// One key's retained versions, oldest first. Shared until written: a write while a snapshot
+/// One key's retained versions, oldest first, in one allocation of exactly their size (a
+/// `Vec` would round a first push up to four). Shared until written: a write while a snapshot
 /// view holds the old history copies this one key's history, nothing else. Serializes exactly
 /// as the `Vec<Version>` it replaced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct History(Arc<Vec<Version>>);
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct History(Arc<[Version]>);
+
+impl Default for History {
+    fn default() -> Self {
+        History(Arc::new([]))
+    }
+}
 
 impl History {
-    fn make_mut(&mut self) -> &mut Vec<Version> {
-        Arc::make_mut(&mut self.0)
+    /// The versions from `from` on, then `extra`, as a new allocation. Values move out of a
+    /// history nobody else holds and are copied out of a shared one.
+    fn rebuild(&mut self, from: usize, extra: Option<Version>) {
+        let mut versions = Vec::with_capacity(self.0.len() - from + usize::from(extra.is_some()));
+        match Arc::get_mut(&mut self.0) {
+            Some(own) => versions.extend(own[from..].iter_mut().map(|v| Version {
+                value: std::mem::take(&mut v.value),
+                ..*v
+            })),
+            None => versions.extend(self.0[from..].iter().cloned()),
+        }
+        versions.extend(extra);
+        self.0 = Arc::from(versions);
+    }
+
+    fn push(&mut self, version: Version) {
+        self.rebuild(0, Some(version));
+    }
+
+    /// Drops the oldest `count` versions.
+    fn drop_oldest(&mut self, count: usize) {
+        if count > 0 {
+            self.rebuild(count, None);
+        }
     }
 }
 
@@ -110,13 +145,13 @@ impl Deref for History {
 
 impl Serialize for History {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.as_slice().serialize(serializer)
+        self.0.serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for History {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Vec::<Version>::deserialize(deserializer).map(|versions| History(Arc::new(versions)))
+        Vec::<Version>::deserialize(deserializer).map(|versions| History(Arc::from(versions)))
     }
 }
 
@@ -479,8 +514,8 @@ impl KvStore {
             key_overhead: keys * (ARC + MALLOC),
             // Each value: its own allocation.
             value_overhead: versions * MALLOC,
-            // Each version record, and each key's history allocation (Arc + Vec header).
-            versions: versions * size_of::<Version>() + keys * (ARC + 24 + 2 * MALLOC),
+            // Each version record, in one allocation per key's history (with an Arc header).
+            versions: versions * size_of::<Version>() + keys * (ARC + MALLOC),
             // B-tree leaves: 64 slots per leaf, between a third and all of them used; a
             // B+tree split on sequential keys leaves them half full. Branches are a few %.
             tree: keys * entry * 2 + keys * entry / 16,
@@ -488,6 +523,13 @@ impl KvStore {
             // walking the leases on every scrape would cost time under the lock.)
             indexes: compactable * size_of::<Key>() * 2,
         }
+    }
+
+    /// Reads a store from a snapshot body: the bytes postcard writes for it, streamed through
+    /// a buffer (postcard's own reader over a stream is several times slower). Bad bytes are
+    /// an error, never a panic or an allocation sized by the input.
+    pub fn read_snapshot(input: &mut dyn std::io::Read) -> Result<KvStore, String> {
+        decode::read(input)
     }
 
     /// Returns true when what the store keeps up to date as it applies (counts, keys that
@@ -868,7 +910,7 @@ impl KvStore {
         // `ignore_value` / `ignore_lease` keep what the key holds (validated to exist).
         let value = match (&prev, req.ignore_value) {
             (Some(p), true) => p.value.clone(),
-            _ => req.value.clone(),
+            _ => req.value.as_slice().into(),
         };
         let lease = match (&prev, req.ignore_lease) {
             (Some(p), true) => p.lease,
@@ -906,7 +948,7 @@ impl KvStore {
         if history.is_empty() {
             self.derived.key_bytes += key.len();
         }
-        history.make_mut().push(new);
+        history.push(new);
         if history.len() == 2 {
             self.derived.compactable.insert(key);
         }
@@ -950,18 +992,17 @@ impl KvStore {
     /// Writes a tombstone for a live key and returns the key-value it replaced.
     fn delete_key(&mut self, batch: &mut Batch, key: &[u8]) -> KeyValue {
         let sub = batch.next();
-        let versions = self
+        let history = self
             .keys
             .get_mut(key)
-            .expect("caller checked the key is live")
-            .make_mut();
-        let prev = versions.last().expect("live key has a version").clone();
+            .expect("caller checked the key is live");
+        let prev = history.last().expect("live key has a version").clone();
         let tombstone = Version {
             main: batch.main,
             sub,
             create_revision: 0,
             version: 0,
-            value: Vec::new(),
+            value: Box::default(),
             lease: 0,
             tombstone: true,
         };
@@ -971,7 +1012,7 @@ impl KvStore {
             .push(event_for(key, &tombstone, Some(prev_kv.clone())));
         self.derived.versions += 1;
         self.derived.bytes += version_bytes(key, &tombstone);
-        versions.push(tombstone);
+        history.push(tombstone);
         self.derived.compactable.insert(Key::new(key));
         if prev.lease != 0 {
             self.detach(prev.lease, key);
@@ -1001,10 +1042,9 @@ impl KvStore {
             return compare_numbers(compare.result, 0, target_number(&compare.target));
         }
         live.iter().all(|(_, version)| match &compare.target {
-            CompareTarget::Value(expected) => compare_ord(
-                compare.result,
-                version.value.as_slice().cmp(expected.as_slice()),
-            ),
+            CompareTarget::Value(expected) => {
+                compare_ord(compare.result, version.value[..].cmp(expected.as_slice()))
+            }
             CompareTarget::Version(n) => compare_numbers(compare.result, version.version, *n),
             CompareTarget::CreateRevision(n) => {
                 compare_numbers(compare.result, version.create_revision, *n)
@@ -1087,17 +1127,17 @@ impl KvStore {
             let Some(history) = self.keys.get_mut(&key) else {
                 continue;
             };
-            let versions = history.make_mut();
-            let keep = compacted_len(versions, revision);
-            for dropped in versions.drain(..versions.len() - keep) {
+            let dropping = history.len() - compacted_len(history, revision);
+            for dropped in &history[..dropping] {
                 self.derived.versions -= 1;
-                self.derived.bytes -= version_bytes(&key, &dropped);
+                self.derived.bytes -= version_bytes(&key, dropped);
                 self.derived.value_bytes -= dropped.value.len();
             }
-            if !is_compactable(versions) {
+            history.drop_oldest(dropping);
+            if !is_compactable(history) {
                 self.derived.compactable.remove(&key);
             }
-            if versions.is_empty() {
+            if history.is_empty() {
                 self.derived.key_bytes -= key.len();
                 self.keys.remove(&key);
             }

@@ -198,7 +198,9 @@ proptest! {
         }
         let snapshot = postcard::to_allocvec(&store).expect("the store encodes");
         let restored: KvStore = postcard::from_bytes(&snapshot).expect("a snapshot decodes");
-        prop_assert_eq!(restored, store);
+        prop_assert_eq!(&restored, &store);
+        let streamed = KvStore::read_snapshot(&mut &snapshot[..]).expect("a snapshot streams in");
+        prop_assert_eq!(streamed, store);
     }
 }
 

@@ -159,11 +159,8 @@ impl strata_raft::StateMachine for KvMachine {
                 "snapshot format {format} is not one this build reads"
             ));
         }
-        // Nothing in `KvStore` borrows from the input, so the scratch buffer postcard wants for
-        // borrowed bytes stays unused; the data streams through `data`.
-        let mut scratch = [0u8; 64];
-        let (restored, _): (KvStore, _) = postcard::from_io((data, &mut scratch[..]))
-            .map_err(|e| format!("snapshot does not decode: {e}"))?;
+        let restored =
+            KvStore::read_snapshot(data).map_err(|e| format!("snapshot does not decode: {e}"))?;
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = restored;
         let _ = self.feed.send(Applied::Reset);
         Ok(())

@@ -6,25 +6,27 @@
 #      --quota-backend-bytes 8 GiB so phase B fits) and a 3-node Strata cluster (node 1 founds
 #      with --initial-cluster 1=127.0.0.1:0, 2 and 3 join by `strata cluster add-member`),
 #      side by side, data on the real disk under bench/.data/, ports picked at run time;
-#   3. registry (Strata only): `strata-bench registry-register`, 64 clients, 20,000
-#      registrations on a registry holding no instances; then 100,000 persistent instances
-#      over 100 services; then the same 20,000-registration run again (full / empty ratio);
-#   4. load A: `strata-bench etcd-put`, 128 clients, 1,000,000 keys of 256 bytes under
+#   3. load A: `strata-bench etcd-put`, 128 clients, 1,000,000 keys of 256 bytes under
 #      scale/a/ (endpoints followers first, leader last): throughput, p50/p99/max, and the
 #      per-second p99s (median = steady, worst = a stall); then VmRSS and `du -sb` per member;
-#   5. reads: every key of scale/a/ paged (`etcd-range-all`, pages of 1,000) and its history
+#   4. reads: every key of scale/a/ paged (`etcd-range-all`, pages of 1,000) and its history
 #      replayed by a watch (`etcd-watch-replay`) over the last 99,000 revisions (Strata keeps
 #      100,000 by default, so revision 1 is not readable on both), through one follower each;
-#   6. compaction at the current revision (`etcdctl compact --physical`) on both; etcd then
+#   5. compaction at the current revision (`etcdctl compact --physical`) on both; etcd then
 #      needs `etcdctl defrag` on every member to give disk back (disk reported after each);
 #      Strata gets no defrag: its data dirs are sampled every second for up to 60 s until they
 #      stop shrinking, and what was seen is written down as a note; RSS after;
-#   7. restart: kill -9 one follower of each, restart it with the same flags and data dir and
+#   6. restart: kill -9 one follower of each, restart it with the same flags and data dir and
 #      time until it serves a linearizable read through its own endpoint and has caught up;
-#   8. join: a 4th, empty member is added to each, timed until a serializable count of
+#   7. join: a 4th, empty member is added to each, timed until a serializable count of
 #      scale/a/ through its own endpoint equals the cluster's; then it is removed and stopped;
-#   9. load B: 100,000 keys of 16 KiB under scale/b/ (skipped with --skip-b or when less than
-#      12 GiB is free on the data disk), same figures as load A, RSS and disk after.
+#   8. load B: 100,000 keys of 16 KiB under scale/b/ (skipped with --skip-b or when less than
+#      12 GiB is free on the data disk), same figures as load A, RSS and disk after;
+#   9. registry (Strata only), last, so that every footprint compared with etcd is taken with
+#      the same data in both: `strata-bench registry-register`, 64 clients, 20,000
+#      registrations on a registry holding no instances; then 100,000 persistent instances
+#      over 100 services; then the same 20,000-registration run again (full / empty ratio);
+#      RSS and disk after.
 #
 # Writes every raw number, the machine, the commit and the settings to
 # bench/results/scale-<UTC timestamp>.json (-quick.json with --quick), prints a markdown table
@@ -44,7 +46,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-# --help prints lines 2-42 above, then this.
+# --help prints lines 2-44 above, then this.
 options_help() {
     cat <<'EOF'
 
@@ -70,7 +72,7 @@ own_option() {
     esac
 }
 # The common options (lib.sh): sets quick, build, keep_data and results_file.
-parse_options 42 "$@"
+parse_options 44 "$@"
 
 # --- settings -------------------------------------------------------------------------------
 if ((quick)); then
@@ -103,7 +105,7 @@ register_clients=64
 fill_clients=128
 services=100
 page=1000
-# Revisions the watch replay covers (see step 5); below Strata's default retention of 100,000.
+# Revisions the watch replay covers (see step 4); below Strata's default retention of 100,000.
 replay_window=$((keys_a < 99000 ? keys_a : 99000))
 settle_max_s=60
 settle_quiet_s=10
@@ -438,60 +440,10 @@ for id in "${strata_ids[@]}"; do
 done
 wait_until 30 "Strata's etcd API to be healthy" ctl "$(endpoints_of strata)" endpoint health
 log "strata up: gRPC $(endpoints_of strata)"
-
-# --- 3. registry: empty, 100,000 instances, full (Strata only) ------------------------------
-# One registry-register run of $2 instances with $3 clients, ids <$1>NNNNNNNN, over the same
-# services; its JSON line goes to stdout.
-register() {
-    local id_prefix=$1 requests=$2 clients=$3 max_seconds=$4
-    run_bench $((max_seconds + 120)) registry-register --endpoints "$(endpoints_of strata api)" \
-        --clients "$clients" --requests "$requests" --max-seconds "$max_seconds" \
-        --services "$services" --service-prefix "scale-svc-" --id-prefix "$id_prefix"
-}
-# Instances of the scale-svc-* services in the view of Strata node $1.
-instances_seen() {
-    curl -sf --max-time 10 "http://${node_api[$1]}/v1/registry/services" |
-        jq -e '[.services[] | select(.name | startswith("scale-svc-")) | .instances] | add // 0'
-}
-all_nodes_see() {
-    local id n
-    for id in "${strata_ids[@]}"; do
-        n=$(instances_seen "$id") || return 1
-        ((n == $1)) || return 1
-    done
-}
-
 record_footprint start etcd
 record_footprint start strata
-log "registry: $register_requests registrations, $register_clients clients, on an empty registry"
-line=$(register empty- "$register_requests" "$register_clients" "$register_max_seconds") ||
-    die "registry-register (empty) failed; see $data/bench.stderr"
-record registry.empty "$line"
-log "registry empty: $line"
-log "registry: filling with $fill_instances persistent instances over $services services"
-line=$(register fill- "$fill_instances" "$fill_clients" "$fill_max_seconds") ||
-    die "registry-register (fill) failed; see $data/bench.stderr"
-record registry.fill "$line"
-log "registry fill: $line"
-log "registry: $register_requests registrations, $register_clients clients, on the full registry"
-line=$(register full- "$register_requests" "$register_clients" "$register_max_seconds") ||
-    die "registry-register (full) failed; see $data/bench.stderr"
-record registry.full "$line"
-log "registry full: $line"
-registered=$(jq -s '[.[] | select(.path[0] == "registry") | .value.requests] | add' "$facts")
-if poll_until 30 0.5 all_nodes_see "$registered"; then
-    seen_ok=true
-else
-    seen_ok=false
-    log "WARNING: not every Strata node sees the $registered instances registered"
-fi
-seen=$(for id in "${strata_ids[@]}"; do instances_seen "$id" || echo null; done | jq -sc .)
-record registry.instances "$(jq -nc --argjson registered "$registered" --argjson seen "$seen" \
-    --argjson ok "$seen_ok" '{registered: $registered, seen_per_node: $seen, all_match: $ok}')"
-record_footprint after_registry etcd
-record_footprint after_registry strata
 
-# --- 4. load A: 1,000,000 keys of 256 bytes -------------------------------------------------
+# --- 3. load A: 1,000,000 keys of 256 bytes -------------------------------------------------
 # Puts $2 keys of $3 bytes under $1 with 128 clients into each system (etcd first), records
 # the run, checks the count of keys, and records RSS and disk after.
 load_phase() {
@@ -526,7 +478,7 @@ declare -A keys_in_a
 keys_in_a[etcd]=$(jq -s '[.[] | select(.path == ["load_a", "etcd", "keys"])][0].value.counted' "$facts")
 keys_in_a[strata]=$(jq -s '[.[] | select(.path == ["load_a", "strata", "keys"])][0].value.counted' "$facts")
 
-# --- 5. full range read and watch replay ----------------------------------------------------
+# --- 4. full range read and watch replay ----------------------------------------------------
 find_leaders
 for workload in etcd-range-all etcd-watch-replay; do
     for system in etcd strata; do
@@ -554,7 +506,7 @@ for workload in etcd-range-all etcd-watch-replay; do
     done
 done
 
-# --- 6. compaction --------------------------------------------------------------------------
+# --- 5. compaction --------------------------------------------------------------------------
 # Total bytes of every Strata member's data dir: apparent (du -sb), then allocated (du -sB1).
 strata_disk_total() {
     local id dir total=0 held=0
@@ -637,7 +589,7 @@ for system in etcd strata; do
     fi
 done
 
-# --- 7. restart of a follower ---------------------------------------------------------------
+# --- 6. restart of a follower ---------------------------------------------------------------
 # True when etcd member $1 answers a linearizable read through its own endpoint at revision
 # $2 or later (nothing is written meanwhile, so that is the leader's revision).
 etcd_caught_up() {
@@ -702,7 +654,7 @@ wait_until 60 "Strata to have its voters after the restart" strata_members_are
 record_footprint after_restart etcd
 record_footprint after_restart strata
 
-# --- 8. join of an empty 4th member ---------------------------------------------------------
+# --- 7. join of an empty 4th member ---------------------------------------------------------
 joined() {
     local n
     is_ours "$(pid_of "$1" 4)" || die "$1 member 4 exited while joining; see $(log_of "$1" 4)"
@@ -767,8 +719,8 @@ record join.strata "$(jq -nc --argjson s "$strata_join_s" --argjson keys "${keys
       timed: "from starting it, through strata cluster add-member, to a serializable count through its own endpoint equal to the cluster'"'"'s"}')"
 record_footprint join strata
 
-# Remove the 4th members again and stop them, so load B runs on 3 nodes; their data dirs go
-# (disk for load B), their logs stay.
+# Remove the 4th members again and stop them, so load B and the registry run on 3 nodes; their
+# data dirs go (disk for load B), their logs stay.
 etcd4_hex=$(ctl "$(endpoints_of etcd)" member list | awk -F', ' '$3 == "etcd-4" { print $1 }')
 [[ -n $etcd4_hex ]] || die "etcd-4 is not in the member list"
 etcd_ids=("${etcd_ids[@]:0:$node_count}")
@@ -784,7 +736,7 @@ wait_until 60 "etcd to have 3 healthy members again" etcd_members_are
 wait_until 60 "Strata to have 3 voters again" strata_members_are
 log "join: the 4th members are removed and stopped"
 
-# --- 9. load B: 100,000 keys of 16 KiB ------------------------------------------------------
+# --- 8. load B: 100,000 keys of 16 KiB ------------------------------------------------------
 free_before_b=$(free_bytes)
 record load_b.free_bytes_before "$free_before_b"
 if ((skip_b)); then
@@ -800,6 +752,60 @@ if [[ -n $skip_reason ]]; then
 else
     load_phase load_b "$prefix_b" "$keys_b" "$value_b"
 fi
+
+# --- 9. registry: empty, 100,000 instances, full (Strata only) ------------------------------
+# Last, so that every footprint compared with etcd (after load A, compaction, restart, join,
+# load B) is taken with the same data in both systems. Strata keeps the instances in its KV
+# under /strata/registry/, outside scale/a/ and scale/b/, so no key count above sees them.
+
+# One registry-register run of $2 instances with $3 clients, ids <$1>NNNNNNNN, over the same
+# services; its JSON line goes to stdout.
+register() {
+    local id_prefix=$1 requests=$2 clients=$3 max_seconds=$4
+    run_bench $((max_seconds + 120)) registry-register --endpoints "$(endpoints_of strata api)" \
+        --clients "$clients" --requests "$requests" --max-seconds "$max_seconds" \
+        --services "$services" --service-prefix "scale-svc-" --id-prefix "$id_prefix"
+}
+# Instances of the scale-svc-* services in the view of Strata node $1.
+instances_seen() {
+    curl -sf --max-time 10 "http://${node_api[$1]}/v1/registry/services" |
+        jq -e '[.services[] | select(.name | startswith("scale-svc-")) | .instances] | add // 0'
+}
+all_nodes_see() {
+    local id n
+    for id in "${strata_ids[@]}"; do
+        n=$(instances_seen "$id") || return 1
+        ((n == $1)) || return 1
+    done
+}
+
+log "registry: $register_requests registrations, $register_clients clients, on an empty registry"
+line=$(register empty- "$register_requests" "$register_clients" "$register_max_seconds") ||
+    die "registry-register (empty) failed; see $data/bench.stderr"
+record registry.empty "$line"
+log "registry empty: $line"
+log "registry: filling with $fill_instances persistent instances over $services services"
+line=$(register fill- "$fill_instances" "$fill_clients" "$fill_max_seconds") ||
+    die "registry-register (fill) failed; see $data/bench.stderr"
+record registry.fill "$line"
+log "registry fill: $line"
+log "registry: $register_requests registrations, $register_clients clients, on the full registry"
+line=$(register full- "$register_requests" "$register_clients" "$register_max_seconds") ||
+    die "registry-register (full) failed; see $data/bench.stderr"
+record registry.full "$line"
+log "registry full: $line"
+registered=$(jq -s '[.[] | select(.path[0] == "registry") | .value.requests] | add' "$facts")
+if poll_until 30 0.5 all_nodes_see "$registered"; then
+    seen_ok=true
+else
+    seen_ok=false
+    log "WARNING: not every Strata node sees the $registered instances registered"
+fi
+seen=$(for id in "${strata_ids[@]}"; do instances_seen "$id" || echo null; done | jq -sc .)
+record registry.instances "$(jq -nc --argjson registered "$registered" --argjson seen "$seen" \
+    --argjson ok "$seen_ok" '{registered: $registered, seen_per_node: $seen, all_match: $ok}')"
+record_footprint after_registry etcd
+record_footprint after_registry strata
 
 # --- shut both clusters down ----------------------------------------------------------------
 # Strata log lines are counted before the shutdown (a node logs errors for peers that stop
@@ -856,7 +862,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             registry: {measure_requests: $register_requests, measure_clients: $register_clients,
                        fill_instances: $fill_instances, fill_clients: $fill_clients,
                        services: $services, kind: "persistent",
-                       order: "right after the cluster is up: measure (empty), fill, measure (full); all before load A"},
+                       order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances"},
             compaction: "etcdctl compact --physical <current revision> on both; etcdctl defrag on every etcd member afterwards; none on Strata, whose data dirs are sampled every 1 s for up to \($settle_max) s (until they have shrunk and then held still for \($settle_quiet) s); load A writes every key once, so the compaction leaves every scale/a/ key its one version: there is little history to free in either system",
             restart: "kill -9 of one follower per system, restarted with the same flags, ports and data dir",
             join: "an empty 4th member per system, removed and stopped again afterwards",
@@ -897,17 +903,6 @@ print_summary '
     .phases as $p | .config as $c |
     heading("Strata vs etcd \($c.etcd_version) at scale over the etcd v3 API"),
     "etcd: \($c.etcd_flags)",
-    "",
-    "### Registry (Strata only): \($c.registry.measure_requests) registrations, \($c.registry.measure_clients) clients",
-    "",
-    "| registry holds | throughput (/s) | p50 (ms) | p99 (ms) | errors |",
-    "|---|---:|---:|---:|---:|",
-    "| no instances | \($p.registry.empty.throughput | f) | \($p.registry.empty.p50_ms | f) | \($p.registry.empty.p99_ms | f) | \($p.registry.empty.errors | f) |",
-    "| \($p.registry.empty.requests + $p.registry.fill.requests) instances (after a fill of \($p.registry.fill.requests) at \($p.registry.fill.throughput | f)/s) | \($p.registry.full.throughput | f) | \($p.registry.full.p50_ms | f) | \($p.registry.full.p99_ms | f) | \($p.registry.full.errors | f) |",
-    "",
-    "full / empty: \(.summary.register_full_over_empty | f) (target >= 0.9: \(.summary.register_target_met | met)); instances seen per node: \($p.registry.instances.seen_per_node | mibs) of \($p.registry.instances.registered)",
-    "",
-    "before load A (after the registry phase: the replicated store of Strata holds the registry instances too): RSS per member etcd \($p.after_registry.etcd.footprint.rss_mib | mibs), strata \($p.after_registry.strata.footprint.rss_mib | mibs) MiB; disk etcd \($p.after_registry.etcd.footprint | disk), strata \($p.after_registry.strata.footprint | disk) MiB",
     put_table("Load A: \($c.load_a.keys) keys of \($c.load_a.value_size) bytes, \($c.load_a.clients) clients"; $p.load_a),
     "",
     "### Reads of scale/a/ through a follower",
@@ -933,6 +928,17 @@ print_summary '
         "| \($s) | \($p.restart[$s].member | f) | \($p.restart[$s].seconds | f) | \($p.join[$s].seconds | f)\(if $s == "strata" then " (add-member returned at \($p.join.strata.add_member_returned_s | f))" else "" end) | \($p.join[$s].footprint.rss_mib | mibs) | \($p.join[$s].footprint | disk) |"),
     (if $p.load_b.skipped then "", "### Load B: skipped (\($p.load_b.skipped))"
      else put_table("Load B: \($c.load_b.keys) keys of \($c.load_b.value_size) bytes, \($c.load_b.clients) clients, on top of load A"; $p.load_b) end),
+    "",
+    "### Registry (Strata only, run last, on top of load A\(if $p.load_b.skipped then "" else " and load B" end)): \($c.registry.measure_requests) registrations, \($c.registry.measure_clients) clients",
+    "",
+    "| registry holds | throughput (/s) | p50 (ms) | p99 (ms) | errors |",
+    "|---|---:|---:|---:|---:|",
+    "| no instances | \($p.registry.empty.throughput | f) | \($p.registry.empty.p50_ms | f) | \($p.registry.empty.p99_ms | f) | \($p.registry.empty.errors | f) |",
+    "| \($p.registry.empty.requests + $p.registry.fill.requests) instances (after a fill of \($p.registry.fill.requests) at \($p.registry.fill.throughput | f)/s) | \($p.registry.full.throughput | f) | \($p.registry.full.p50_ms | f) | \($p.registry.full.p99_ms | f) | \($p.registry.full.errors | f) |",
+    "",
+    "full / empty: \(.summary.register_full_over_empty | f) (target >= 0.9: \(.summary.register_target_met | met)); instances seen per node: \($p.registry.instances.seen_per_node | mibs) of \($p.registry.instances.registered)",
+    "",
+    "at the end (after the registry phase: the replicated store of Strata holds the registry instances too, etcd does not): RSS per member etcd \($p.after_registry.etcd.footprint.rss_mib | mibs), strata \($p.after_registry.strata.footprint.rss_mib | mibs) MiB; disk etcd \($p.after_registry.etcd.footprint | disk), strata \($p.after_registry.strata.footprint | disk) MiB",
     "",
     "strata logs: \(.strata_logs.panics) panics, \(.strata_logs.error_lines) ERROR lines (a kill -9 and a member removal happened), \(.strata_logs.snapshots_built) snapshots built"
 '

@@ -202,7 +202,18 @@ async fn speaks_only_http2(endpoint: &str) -> bool {
             .ok()?;
         let mut head = [0u8; 9];
         stream.read_exact(&mut head).await.ok()?;
-        Some(head[3] == 0x04)
+        if head[3] != 0x04 {
+            return Some(false);
+        }
+        // Strata's API speaks HTTP/2 too: only a listener that refuses HTTP/1.1 is gRPC's.
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut status = [0u8; 5];
+        let http1 = stream.read_exact(&mut status).await.is_ok() && &status == b"HTTP/";
+        Some(!http1)
     };
     tokio::time::timeout(Duration::from_millis(500), probe)
         .await

@@ -236,6 +236,11 @@ pub(crate) fn to_status(
             }
         }
         ErrorCode::Timeout => timed_out(),
+        // etcd's NOSPACE alarm: clients know this text and do not retry it.
+        ErrorCode::NoSpace => Status::new(
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
         ErrorCode::Internal => passthrough(Code::Internal, error),
         ErrorCode::Unauthenticated => {
             Status::new(Code::Unauthenticated, "etcdserver: invalid auth token")

@@ -46,6 +46,8 @@ pub struct Parts {
     pub client: strata_raft::network::PeerClient,
     /// The node's configuration.
     pub config: Arc<ValidatedConfig>,
+    /// The data folder's free space (read-only below `kv.disk_reserve`).
+    pub space: Arc<strata_raft::DiskSpace>,
 }
 
 /// Starts the KV service: its batchers, its forwarder and its leader loops run as tasks on
@@ -61,6 +63,7 @@ pub fn start(parts: Parts, tracker: &TaskTracker, cancel: &CancellationToken) ->
             request_timeout: parts.config.kv.request_timeout.0,
             election_timeout_max: parts.config.raft.election_timeout_max.0,
         },
+        parts.space.clone(),
         tracker,
         cancel,
     );

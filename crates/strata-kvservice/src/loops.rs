@@ -177,6 +177,13 @@ pub fn refresh_metrics(service: &KvService) {
     metrics
         .storage_db_bytes
         .set(folder_size(&service.config.data_dir) as i64);
+    let free = service.space.refresh();
+    metrics
+        .disk_free_bytes
+        .set(i64::try_from(free).unwrap_or(i64::MAX));
+    metrics
+        .disk_read_only
+        .set(i64::from(service.space.is_full()));
 }
 
 /// The process's resident memory (`/proc/self/statm`), 0 where that cannot be read.

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub watchers: IntGauge,
     /// Size of the database file on disk.
     pub storage_db_bytes: IntGauge,
+    /// Free bytes on the data folder's file system.
+    pub disk_free_bytes: IntGauge,
+    /// 1 while the node refuses writes for lack of disk space.
+    pub disk_read_only: IntGauge,
     /// Requests answered with an error, by code.
     pub api_errors: IntCounterVec,
     /// Memory by structure (estimated from counts and type sizes), and the process's RSS.
@@ -249,6 +253,16 @@ impl Metrics {
                 &registry,
                 "strata_storage_db_size_bytes",
                 "Disk the data folder takes (allocated bytes of log, snapshot, markers)",
+            ),
+            disk_free_bytes: gauge(
+                &registry,
+                "strata_disk_free_bytes",
+                "Free bytes on the data folder's file system",
+            ),
+            disk_read_only: gauge(
+                &registry,
+                "strata_disk_read_only",
+                "1 while the node refuses writes because free disk space is below kv.disk_reserve",
             ),
             api_errors,
             memory: {

@@ -37,6 +37,8 @@ pub struct KvService {
     pub(crate) log: LogStore,
     pub(crate) sm: StateMachineStore<KvMachine>,
     pub(crate) config: Arc<ValidatedConfig>,
+    /// The data folder's free space (read-only below `kv.disk_reserve`).
+    pub(crate) space: Arc<strata_raft::DiskSpace>,
     /// The KV and Raft metrics (and the registry components register theirs in).
     pub metrics: Arc<Metrics>,
     /// The leader's lease expiry clock.
@@ -57,6 +59,7 @@ impl KvService {
             log: parts.log,
             sm: parts.sm,
             config: parts.config,
+            space: parts.space,
             metrics,
             lessor: Mutex::default(),
             consensus,
@@ -525,6 +528,8 @@ impl KvService {
             revision: self.machine.read().revision(),
             members,
             disk_bytes: crate::loops::folder_size(&self.config.data_dir),
+            disk_free_bytes: self.space.refresh(),
+            read_only: self.space.is_full(),
         }
     }
 

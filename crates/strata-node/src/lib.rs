@@ -200,12 +200,13 @@ impl Node {
         let id = config.id;
         info!(node_id = id, data_dir = %config.data_dir.display(), "opening data folder");
         let data = strata_raft::open_storage(&config.data_dir)?;
+        data.space.set_reserve(config.kv.disk_reserve.0);
         let load_err = |e: openraft::StorageError<u64>| {
             NodeError::RaftStorage(format!("data folder {}: {e}", data.path.display()))
         };
-        let log = LogStore::open(data.log_db.clone(), &data.path).map_err(load_err)?;
+        let log = LogStore::open(&data).map_err(load_err)?;
         let machine = Arc::new(KvMachine::new());
-        let sm = StateMachineStore::open(machine.clone(), data.path.clone()).map_err(load_err)?;
+        let sm = StateMachineStore::open(machine.clone(), &data).map_err(load_err)?;
 
         // Every listener is bound before anything starts, so a taken port fails fast.
         let api = listeners::bind("api", &config.listen["api"], Transport::Tcp).await?;
@@ -278,6 +279,7 @@ impl Node {
                 sm,
                 client,
                 config: config.clone(),
+                space: data.space.clone(),
             },
             &tracker,
             &cancel,

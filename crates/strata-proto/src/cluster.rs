@@ -57,4 +57,11 @@ pub struct ClusterStatus {
     /// Bytes of disk the answering node's data folder uses (allocated blocks).
     #[serde(default)]
     pub disk_bytes: u64,
+    /// Bytes free on the file system of the answering node's data folder.
+    #[serde(default)]
+    pub disk_free_bytes: u64,
+    /// True while the answering node refuses writes because its free disk space is below
+    /// `kv.disk_reserve`.
+    #[serde(default)]
+    pub read_only: bool,
 }

@@ -33,6 +33,9 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The caller's roles do not allow the request.
     PermissionDenied,
+    /// The node's disk is below its reserve (`kv.disk_reserve`): it refuses writes and serves
+    /// reads until space is freed.
+    NoSpace,
 }
 
 impl ErrorCode {
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::PermissionDenied => 403,
+            ErrorCode::NoSpace => 507,
         }
     }
 
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NoSpace => "no_space",
         }
     }
 }

@@ -112,7 +112,7 @@ pub async fn restore(
     // node, in the backup's last term) is written after it, and its write returns once both
     // are durable (one writer, in order).
     if let Some(last) = restored.last_log_id {
-        let mut log = LogStore::open(data.log_db.clone(), &data.path).map_err(|e| e.to_string())?;
+        let mut log = LogStore::open(&data).map_err(|e| e.to_string())?;
         log.purge(last).await.map_err(|e| e.to_string())?;
         log.save_vote(&openraft::Vote::new(last.leader_id.term, id))
             .await

@@ -121,16 +121,21 @@ pub(crate) struct Inner {
     /// Serialises membership changes on the leader: openraft refuses a change while another
     /// is uncommitted. An async mutex, because it is held across the change's commit.
     membership_changes: tokio::sync::Mutex<()>,
+    /// The data folder's free space: below the reserve, writes are refused here and, when
+    /// this node leads, for every node that forwards to it.
+    space: Arc<crate::DiskSpace>,
 }
 
 impl Consensus {
     /// Starts the batching loops on `tracker`; they stop when `cancel` fires.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: u64,
         raft: Raft,
         client: crate::network::PeerClient,
         metrics: ConsensusMetrics,
         timing: Timing,
+        space: Arc<crate::DiskSpace>,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Consensus {
@@ -142,7 +147,12 @@ impl Consensus {
             tracker,
             cancel.child_token(),
         );
-        let read_index = ReadIndexBatcher::start(raft.clone(), tracker, cancel.child_token());
+        let read_index = ReadIndexBatcher::start(
+            raft.clone(),
+            timing.request_timeout,
+            tracker,
+            cancel.child_token(),
+        );
         let inner = Arc::new(Inner {
             id,
             raft,
@@ -154,6 +164,7 @@ impl Consensus {
             election_timeout_max: timing.election_timeout_max,
             stepping_down: AtomicBool::new(false),
             membership_changes: tokio::sync::Mutex::new(()),
+            space,
         });
         let forwarder = Forwarder::start(inner.clone(), tracker, cancel.child_token());
         Consensus { inner, forwarder }
@@ -167,6 +178,7 @@ impl Consensus {
     /// Proposes `command` through the leader (a follower batches its forwards) and returns
     /// its result once applied.
     pub async fn write(&self, command: Command) -> Result<CommandResult, ApiError> {
+        self.inner.space.check_writable()?;
         if !self.is_leader() {
             return self.forwarder.forward(command).await;
         }
@@ -337,6 +349,12 @@ impl Inner {
             ));
         }
         let wait = matches!(request, LeaderRequest::AddMemberWhenCaughtUp(..));
+        if matches!(
+            request,
+            LeaderRequest::Write(_) | LeaderRequest::WriteBatch(_)
+        ) {
+            self.space.check_writable()?;
+        }
         match request {
             LeaderRequest::Write(command) => self
                 .proposer

@@ -22,6 +22,7 @@
 
 pub mod backup;
 pub mod consensus;
+mod disk_space;
 mod log_store;
 pub mod network;
 mod proposer;
@@ -32,6 +33,7 @@ mod snapshot_schedule;
 mod state_machine;
 mod storage;
 
+pub use disk_space::{DiskSpace, DEFAULT_RESERVE as DEFAULT_DISK_RESERVE};
 pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
 pub use snapshot_data::SnapshotData;
 pub use snapshot_file::{parse_checked, SnapshotParts};

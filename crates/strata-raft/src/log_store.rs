@@ -209,22 +209,19 @@ fn write_err(subject: ErrorSubject<NodeId>, e: impl std::fmt::Display) -> Storag
 }
 
 impl LogStore {
-    /// Loads the log from `db` and starts the writer thread. The thread exits when the last
-    /// clone of the store is dropped.
-    pub fn open(
-        db: fjall::Database,
-        dir: &std::path::Path,
-    ) -> Result<LogStore, StorageError<NodeId>> {
-        Self::open_with_cache(db, dir, CACHE_BYTES)
+    /// Loads the log from the data folder's database and starts the writer thread. The
+    /// thread exits when the last clone of the store is dropped.
+    pub fn open(data: &crate::DataDir) -> Result<LogStore, StorageError<NodeId>> {
+        Self::open_with_cache(data, CACHE_BYTES)
     }
 
     /// [`LogStore::open`] with a cache budget of `cache_bytes` (tests use 0 to force every
     /// durable entry to be read back from disk).
     pub fn open_with_cache(
-        db: fjall::Database,
-        dir: &std::path::Path,
+        data: &crate::DataDir,
         cache_bytes: usize,
     ) -> Result<LogStore, StorageError<NodeId>> {
+        let (db, dir, space) = (data.log_db.clone(), &data.path, data.space.clone());
         let mut mem = MemLog::default();
         let log = db
             // A small memtable: the newest entries are cached by us already.
@@ -295,7 +292,7 @@ impl LogStore {
         let tables = Tables { db, log, meta };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(tables, rx, weak))
+            .spawn(move || writer_loop(tables, rx, weak, &space))
             .map_err(|e| write_err(ErrorSubject::Store, e))?;
         Ok(LogStore {
             shared,
@@ -406,7 +403,12 @@ struct Tables {
     meta: fjall::Keyspace,
 }
 
-fn writer_loop(tables: Tables, rx: mpsc::Receiver<WriteOp>, shared: std::sync::Weak<Shared>) {
+fn writer_loop(
+    tables: Tables,
+    rx: mpsc::Receiver<WriteOp>,
+    shared: std::sync::Weak<Shared>,
+    space: &crate::DiskSpace,
+) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH_OPS {
@@ -415,7 +417,10 @@ fn writer_loop(tables: Tables, rx: mpsc::Receiver<WriteOp>, shared: std::sync::W
                 Err(_) => break,
             }
         }
-        let result = write_batch(&tables, &ops);
+        let result = match wait_for_room(&ops, &shared, space) {
+            Ok(()) => write_batch(&tables, &ops),
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(()) => {
                 if let Some(shared) = shared.upgrade().filter(|_| needs_fsync(&ops)) {
@@ -444,6 +449,34 @@ fn writer_loop(tables: Tables, rx: mpsc::Receiver<WriteOp>, shared: std::sync::W
                 WriteOp::Truncate { .. } | WriteOp::Purge { .. } | WriteOp::Committed { .. } => {}
             }
         }
+    }
+}
+
+/// Holds a batch with appends until the disk has room for it above half the reserve, so the
+/// engine never meets a full disk (see [`crate::DiskSpace`]). Appends already accepted wait rather
+/// than fail: failing one would stop Raft. Gives up only when the store is gone (shutdown).
+fn wait_for_room(
+    ops: &[WriteOp],
+    shared: &std::sync::Weak<Shared>,
+    space: &crate::DiskSpace,
+) -> Result<(), fjall::Error> {
+    let bytes: usize = ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Append { entries, .. } => entries.iter().map(|(_, b)| b.len()).sum(),
+            _ => 0,
+        })
+        .sum();
+    if bytes == 0 {
+        return Ok(());
+    }
+    // The journal writes each entry with a small header; twice the payload covers it.
+    if space.wait_for_room(2 * bytes as u64, || shared.strong_count() == 0) {
+        Ok(())
+    } else {
+        Err(fjall::Error::Io(std::io::Error::other(
+            "the log was closed while waiting for disk space",
+        )))
     }
 }
 

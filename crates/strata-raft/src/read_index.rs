@@ -34,9 +34,31 @@ pub struct ReadIndexBatcher {
 }
 
 impl ReadIndexBatcher {
-    /// Starts the round loop on `tracker`; it stops when `cancel` fires.
-    pub fn start(raft: Raft, tracker: &TaskTracker, cancel: CancellationToken) -> Self {
-        Self::start_with(move || confirm_leadership(raft.clone()), tracker, cancel)
+    /// Starts the round loop on `tracker`; it stops when `cancel` fires. A round that has not
+    /// confirmed leadership within `timeout` fails its reads with `timeout`.
+    pub fn start(
+        raft: Raft,
+        timeout: std::time::Duration,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self::start_with(
+            move || {
+                let confirm = confirm_leadership(raft.clone());
+                async move {
+                    tokio::time::timeout(timeout, confirm)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ApiError::new(
+                                strata_proto::error::ErrorCode::Timeout,
+                                format!("leadership was not confirmed within {timeout:?} (kv.request_timeout)"),
+                            ))
+                        })
+                }
+            },
+            tracker,
+            cancel,
+        )
     }
 
     /// [`ReadIndexBatcher::start`] with the round given as a function (tests use a fake).

@@ -29,6 +29,15 @@ impl SnapshotData {
         SnapshotData { region, temp: None }
     }
 
+    /// No data, for a snapshot that covers nothing.
+    pub(crate) fn empty() -> std::io::Result<Self> {
+        Ok(SnapshotData::stored(Region {
+            file: Arc::new(std::fs::File::open("/dev/null")?),
+            offset: 0,
+            len: 0,
+        }))
+    }
+
     /// An empty file in `dir` to receive a snapshot into.
     pub(crate) fn receiving(dir: &Path, seq: u64) -> std::io::Result<Self> {
         let path = dir.join(format!("{RECEIVING_PREFIX}{seq}"));

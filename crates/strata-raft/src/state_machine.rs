@@ -93,6 +93,8 @@ struct Inner<S> {
     app: Arc<S>,
     /// The data folder, where `snapshot.bin` lives.
     dir: PathBuf,
+    /// Its free space: a snapshot is built only if it fits above the reserve.
+    space: Arc<crate::DiskSpace>,
     applied: Mutex<Applied>,
     current: Mutex<CurrentSnapshot>,
     /// Held while `snapshot.bin` is replaced, so a snapshot built and one installed never
@@ -157,12 +159,14 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> 
 impl<S: StateMachine> StateMachineStore<S> {
     /// Restores `app` from the latest snapshot in `dir`, if any: the file's checksum is
     /// checked, then the data is streamed into the state machine, with progress in the log.
-    pub fn open(app: Arc<S>, dir: PathBuf) -> Result<Self, StorageError<NodeId>> {
+    pub fn open(app: Arc<S>, data: &crate::DataDir) -> Result<Self, StorageError<NodeId>> {
+        let dir = data.path.clone();
         SnapshotData::remove_leftovers(&dir);
         let store = StateMachineStore {
             inner: Arc::new(Inner {
                 app,
                 dir,
+                space: data.space.clone(),
                 applied: Mutex::new(Applied::default()),
                 current: Mutex::new(None),
                 saving: Mutex::new(()),
@@ -373,13 +377,33 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             last_membership: applied.membership.clone(),
             snapshot_id,
         };
+        // The new snapshot takes about as much as the last one; without room for it above
+        // the reserve, or when writing it fails, the last snapshot stands (a failed build
+        // must not reach openraft, which stops the node on it) and the next turn tries again.
+        let last_bytes = self.inner.snapshot_bytes.load(Ordering::Relaxed);
         let this = self.clone();
         let writing = Instant::now();
-        let saved = {
+        let saved = if self.inner.space.has_room(last_bytes) {
             let meta = meta.clone();
             tokio::task::spawn_blocking(move || this.save_snapshot(&meta, writer))
                 .await
-                .map_err(|e| snap_err(ErrorVerb::Write, e))??
+                .map_err(|e| snap_err(ErrorVerb::Write, e))
+                .and_then(|saved| saved)
+        } else {
+            Err(snap_err(
+                ErrorVerb::Write,
+                format!(
+                    "{} bytes free, below the reserve plus the last snapshot's {last_bytes} bytes",
+                    self.inner.space.free()
+                ),
+            ))
+        };
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot not built; the last one stands");
+                return self.last_snapshot_or_none().await;
+            }
         };
         let write_ms = writing.elapsed().as_millis() as u64;
         self.inner.last_write_ms.store(write_ms, Ordering::Relaxed);
@@ -402,6 +426,26 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))??
             .ok_or_else(|| snap_err(ErrorVerb::Read, "the snapshot just written is gone"))
+    }
+}
+
+impl<S: StateMachine> StateMachineStore<S> {
+    /// The stored snapshot, or, with none stored, one that covers nothing (openraft keeps
+    /// what it has when handed a snapshot no newer than its own).
+    async fn last_snapshot_or_none(&self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let this = self.clone();
+        let stored = tokio::task::spawn_blocking(move || this.stored_snapshot())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))??;
+        match stored {
+            Some(snapshot) => Ok(snapshot),
+            None => Ok(Snapshot {
+                meta: SnapshotMeta::default(),
+                snapshot: Box::new(
+                    SnapshotData::empty().map_err(|e| snap_err(ErrorVerb::Read, e))?,
+                ),
+            }),
+        }
     }
 }
 

@@ -54,6 +54,8 @@ pub struct DataDir {
     pub path: PathBuf,
     /// The open database holding the log, vote and commit index.
     pub log_db: fjall::Database,
+    /// The folder's free space and the reserve the node keeps (read-only below it).
+    pub space: std::sync::Arc<crate::DiskSpace>,
     /// Held for the lifetime of the process: `try_lock` fails for a second process.
     _lock: File,
 }
@@ -92,6 +94,7 @@ pub fn open_storage(path: &Path) -> Result<DataDir, StorageError> {
     Ok(DataDir {
         path: path.to_path_buf(),
         log_db,
+        space: std::sync::Arc::new(crate::DiskSpace::new(path, crate::DEFAULT_DISK_RESERVE)),
         _lock: lock,
     })
 }

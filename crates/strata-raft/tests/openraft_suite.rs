@@ -50,8 +50,8 @@ impl
     > {
         let dir = tempfile::tempdir().expect("create a temp dir");
         let data = open_storage(dir.path()).expect("open a fresh data folder");
-        let log = LogStore::open_with_cache(data.log_db.clone(), &data.path, self.cache_bytes)?;
-        let sm = StateMachineStore::open(Arc::new(NullMachine), data.path.clone())?;
+        let log = LogStore::open_with_cache(&data, self.cache_bytes)?;
+        let sm = StateMachineStore::open(Arc::new(NullMachine), &data)?;
         Ok(((data, dir), log, sm))
     }
 }

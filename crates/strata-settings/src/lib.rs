@@ -182,6 +182,10 @@ pub struct KvConfig {
     /// How long a client request waits for a leader before failing with `unavailable`.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
+    /// Free space the data folder's file system keeps: below it the node refuses writes
+    /// (`no_space`) and serves reads until space is freed.
+    #[serde(default = "default_disk_reserve")]
+    pub disk_reserve: ByteSize,
 }
 
 fn default_id() -> u64 {
@@ -233,6 +237,9 @@ fn default_progress_interval() -> HumanDuration {
 fn default_request_timeout() -> HumanDuration {
     HumanDuration::from_millis(10_000)
 }
+fn default_disk_reserve() -> ByteSize {
+    ByteSize(128 * 1024 * 1024)
+}
 
 impl Default for RaftConfig {
     fn default() -> Self {
@@ -255,6 +262,7 @@ impl Default for KvConfig {
             auto_compaction_retention: default_compaction_retention(),
             watch_progress_interval: default_progress_interval(),
             request_timeout: default_request_timeout(),
+            disk_reserve: default_disk_reserve(),
         }
     }
 }

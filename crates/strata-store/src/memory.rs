@@ -457,6 +457,8 @@ impl KvApi for MemoryKv {
                 role: "leader".into(),
             }],
             disk_bytes: 0,
+            disk_free_bytes: 0,
+            read_only: false,
         }
     }
 

@@ -692,7 +692,14 @@ pub async fn cluster(
                         let (applied, disk) = match own {
                             Some(own) => (
                                 own.applied_index.to_string(),
-                                crate::table::bytes(own.disk_bytes),
+                                if own.read_only {
+                                    format!(
+                                        "{} (read-only: disk full)",
+                                        crate::table::bytes(own.disk_bytes)
+                                    )
+                                } else {
+                                    crate::table::bytes(own.disk_bytes)
+                                },
                             ),
                             None => ("-".into(), "-".into()),
                         };

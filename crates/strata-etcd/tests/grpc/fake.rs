@@ -324,6 +324,8 @@ impl KvApi for FakeBackend {
             revision: state.store.revision(),
             members: state.members.clone(),
             disk_bytes: 0,
+            disk_free_bytes: 0,
+            read_only: false,
         }
     }
 

@@ -228,6 +228,9 @@ pub struct NodeProc {
     /// ERROR lines containing one of these are expected by the test (see
     /// [`NodeProc::expect_errors`]); any other fails the test when the node is dropped.
     expected_errors: Vec<String>,
+    /// A command the node is started through (e.g. `nsenter` into a mount namespace), which
+    /// must exec `strata` in place so that the child is the node.
+    wrapper: Vec<String>,
 }
 
 impl NodeProc {
@@ -249,6 +252,29 @@ impl NodeProc {
         raft_addr: &str,
         extra: &[&str],
     ) -> NodeProc {
+        Self::launch(id, root, initial_cluster, raft_addr, extra, &[]).await
+    }
+
+    /// [`NodeProc::start`] through `wrapper`, a command that execs the rest of its arguments
+    /// in place (e.g. `nsenter` into a mount namespace); restarts go through it too.
+    pub async fn start_wrapped(
+        id: u64,
+        root: &Path,
+        initial_cluster: Option<&str>,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> NodeProc {
+        Self::launch(id, root, initial_cluster, "127.0.0.1:0", extra, wrapper).await
+    }
+
+    async fn launch(
+        id: u64,
+        root: &Path,
+        initial_cluster: Option<&str>,
+        raft_addr: &str,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> NodeProc {
         let dir = root.join(format!("n{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -269,6 +295,7 @@ impl NodeProc {
             starts: 0,
             extra,
             expected_errors: Vec::new(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         node.spawn().await;
         node
@@ -286,7 +313,14 @@ impl NodeProc {
         }
         let log_path = self.dir.join(format!("log.{}", self.starts));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut command = Command::new(strata_bin());
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(strata_bin());
+                command
+            }
+            None => Command::new(strata_bin()),
+        };
         if auth_mode() {
             let file = self.dir.join("root-password");
             std::fs::write(&file, TEST_ROOT_PASSWORD).unwrap();

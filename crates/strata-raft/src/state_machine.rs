@@ -385,7 +385,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
         let writing = Instant::now();
         let saved = if self.inner.space.has_room(last_bytes) {
             let meta = meta.clone();
-            tokio::task::spawn_blocking(move || this.save_snapshot(&meta, writer))
+            in_background(move || this.save_snapshot(&meta, writer))
                 .await
                 .map_err(|e| snap_err(ErrorVerb::Write, e))
                 .and_then(|saved| saved)
@@ -427,6 +427,26 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             .map_err(|e| snap_err(ErrorVerb::Read, e))??
             .ok_or_else(|| snap_err(ErrorVerb::Read, "the snapshot just written is gone"))
     }
+}
+
+/// Runs `work` on a thread of its own at a lower CPU priority (nice 10), so that serialising
+/// and writing a large snapshot yields the cores to requests, apply and the log writer; it
+/// still runs at full speed on an idle machine.
+async fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-snapshot".into())
+        .spawn(move || {
+            // On Linux this sets the calling thread's nice value; failing only costs priority.
+            let _ = rustix::process::setpriority_process(None, 10);
+            let _ = done.send(work());
+        })
+        .map_err(|e| e.to_string())?;
+    result
+        .await
+        .map_err(|_| "the snapshot thread ended without a result".to_string())
 }
 
 impl<S: StateMachine> StateMachineStore<S> {

@@ -576,6 +576,11 @@ impl NodeConfig {
         if this.kv.max_request_bytes.0 < 1024 {
             return invalid("kv.max_request_bytes must be at least 1KiB".into());
         }
+        // The log engine flushes memtables of up to 8 MiB into the reserve; a smaller one
+        // lets that background flush meet a full disk.
+        if this.kv.disk_reserve.0 < 16 * 1024 * 1024 {
+            return invalid("kv.disk_reserve must be at least 16MiB".into());
+        }
         if this.kv.max_txn_ops == 0 {
             return invalid("kv.max_txn_ops must be positive".into());
         }
@@ -764,6 +769,12 @@ mod tests {
         assert!(err.to_string().contains("[peer_tls] needs"), "{err}");
         let whole = format!("{half}ca_file = \"ca.pem\"\n");
         assert!(NodeConfig::from_toml(&whole).unwrap().validate().is_ok());
+        let small = "[kv]\ndisk_reserve = \"4MiB\"\n";
+        let err = NodeConfig::from_toml(small)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("kv.disk_reserve"), "{err}");
     }
 
     #[test]

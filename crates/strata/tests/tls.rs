@@ -192,9 +192,10 @@ async fn t01_tls_listeners_client_certificates_and_rotation_without_restart() {
         "alice writes her prefix"
     );
     assert!(put("alice", "other").contains("permission_denied"));
+    let refused = put("mallory", "app/y");
     assert!(
-        put("mallory", "app/y").contains("unauthenticated"),
-        "a certificate of no user"
+        refused.contains("unauthenticated"),
+        "a certificate of no user: {refused}"
     );
 
     // The CLI over HTTPS: trusting the CA, as alice by her certificate.

@@ -4,7 +4,7 @@
 //!
 //! The tmpfs lives in a mount namespace held by a `sleep` process (`unshare`), and the node
 //! is started (and restarted) inside it with `nsenter`; the test reaches the folder through
-//! `/proc/HOLDER/root`. Needs root or unprivileged user namespaces, as CI has.
+//! `/proc/HOLDER/root`. Needs root, or unprivileged user namespaces for anyone else.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,26 +25,46 @@ const FILLER_BYTES: usize = 24 << 20;
 const VALUE_BYTES: usize = 64 << 10;
 
 /// A process holding a mount namespace with a tmpfs at `dir`; killed (and the tmpfs gone)
-/// when dropped.
+/// when dropped. As root the namespace is a plain mount namespace; otherwise (or if that is
+/// refused) it is inside a user namespace of this user, as unprivileged containers do.
 struct Holder {
     child: Child,
     dir: PathBuf,
+    user_namespace: bool,
 }
 
 impl Holder {
     fn mount(dir: &Path) -> Holder {
         std::fs::create_dir_all(dir).unwrap();
+        let root = current_uid() == 0;
+        let mut refusals = Vec::new();
+        for user_namespace in [!root, true] {
+            match Holder::try_mount(dir, user_namespace) {
+                Ok(holder) => return holder,
+                Err(why) => refusals.push(why),
+            }
+        }
+        panic!(
+            "could not mount a tmpfs in a new mount namespace (this test needs root or user namespaces): {refusals:?}"
+        );
+    }
+
+    fn try_mount(dir: &Path, user_namespace: bool) -> Result<Holder, String> {
         let script = format!(
             "mount -t tmpfs -o size={DISK} tmpfs '{}' && echo mounted && exec sleep 3600",
             dir.display()
         );
-        let mut child = Command::new("unshare")
+        let mut command = Command::new("unshare");
+        if user_namespace {
+            command.args(["--user", "--map-root-user"]);
+        }
+        let mut child = command
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("unshare (util-linux) runs");
+            .map_err(|e| format!("unshare (util-linux): {e}"))?;
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -52,12 +72,15 @@ impl Holder {
         if line.trim() != "mounted" {
             let mut why = String::new();
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut why).unwrap();
-            panic!("could not mount a tmpfs in a new mount namespace (this test needs root or user namespaces): {why}");
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(why);
         }
-        Holder {
+        Ok(Holder {
             child,
             dir: dir.to_path_buf(),
-        }
+            user_namespace,
+        })
     }
 
     /// The namespace's view of `dir`'s file `name`, from outside it.
@@ -68,15 +91,28 @@ impl Holder {
             .join(name)
     }
 
+    /// The command that runs a program inside the namespace (exec'd in place).
     fn nsenter(&self) -> Vec<String> {
-        vec![
-            "nsenter".into(),
-            "-t".into(),
-            self.child.id().to_string(),
-            "-m".into(),
-            "--".into(),
-        ]
+        let mut command = vec!["nsenter".into(), "-t".into(), self.child.id().to_string()];
+        if self.user_namespace {
+            command.extend(["-U".into(), "--preserve-credentials".into()]);
+        }
+        command.extend(["-m".into(), "--".into()]);
+        command
     }
+}
+
+/// This process's user id, from `/proc/self/status`.
+fn current_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
 }
 
 impl Drop for Holder {

@@ -169,6 +169,13 @@ async fn t10_every_bad_request_gets_its_status_and_code_and_the_node_keeps_servi
     }
     let got = got.expect("an answer to the 256 KiB body within three tries");
     assert_error("256 KiB body", &got, 413, "payload_too_large");
+    // The node closed that connection after its early answer; a new client does not pick a
+    // closed connection from its pool for the next request (seen once in CI as an incomplete
+    // message on the next put).
+    let http = strata_tls::http_client_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     // ...and a key + value of exactly the limit is accepted.
     let at_limit = "y".repeat(LIMIT - "big".len());
     let got = send(

@@ -417,10 +417,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let result = match wait_for_room(&ops, &shared, space) {
-            Ok(()) => write_batch(&tables, &ops),
-            Err(e) => Err(e),
-        };
+        let result = wait_for_room(&ops, &shared, space).and_then(|()| write_batch(&tables, &ops));
         match &result {
             Ok(()) => {
                 if let Some(shared) = shared.upgrade().filter(|_| needs_fsync(&ops)) {

@@ -421,10 +421,8 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
                 "a newer snapshot was installed meanwhile; kept it"
             ),
         }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.stored_snapshot())
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))??
+        self.stored_off_runtime()
+            .await?
             .ok_or_else(|| snap_err(ErrorVerb::Read, "the snapshot just written is gone"))
     }
 }
@@ -453,11 +451,7 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// The stored snapshot, or, with none stored, one that covers nothing (openraft keeps
     /// what it has when handed a snapshot no newer than its own).
     async fn last_snapshot_or_none(&self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let this = self.clone();
-        let stored = tokio::task::spawn_blocking(move || this.stored_snapshot())
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))??;
-        match stored {
+        match self.stored_off_runtime().await? {
             Some(snapshot) => Ok(snapshot),
             None => Ok(Snapshot {
                 meta: SnapshotMeta::default(),
@@ -466,6 +460,16 @@ impl<S: StateMachine> StateMachineStore<S> {
                 ),
             }),
         }
+    }
+
+    /// [`Self::stored_snapshot`] on a blocking thread.
+    async fn stored_off_runtime(
+        &self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.stored_snapshot())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
     }
 }
 
@@ -570,9 +574,6 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         if self.current().is_none() {
             return Ok(None);
         }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.stored_snapshot())
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        self.stored_off_runtime().await
     }
 }

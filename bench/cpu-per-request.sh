@@ -23,7 +23,7 @@ bench="${CARGO_TARGET_DIR:-$repo/target}/release/strata-bench"
 [[ -x $bench ]] || { echo "missing $bench: cargo build --release -p strata-bench" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 ports=(--api-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0
-    --consul-addr 127.0.0.1:0 --dns-addr 127.0.0.1:0 --nacos-addr 127.0.0.1:0)
+    --consul-addr 127.0.0.1:0 --dns-addr 127.0.0.1:0 --nacos-addr 127.0.0.1:0 --gateway-addr 127.0.0.1:0)
 
 # run BINARY NAME MODE: prints "NAME MODE instructions/request".
 run() {

@@ -10,6 +10,7 @@ mod client_cmds;
 mod config_cmds;
 mod coord_cmds;
 mod duration;
+mod gateway_cmds;
 mod link;
 mod log_limit;
 mod run;
@@ -117,6 +118,9 @@ pub enum Command {
     /// Publish, read, roll back and follow configs (the configuration center).
     #[command(subcommand)]
     Config(config_cmds::ConfigCommand),
+    /// Manage the gateway's routes and see its upstream groups.
+    #[command(subcommand)]
+    Gateway(gateway_cmds::GatewayCommand),
     /// Log in, turn access control on and off, manage users, roles and tokens.
     #[command(subcommand)]
     Auth(auth_cmds::AuthCommand),
@@ -200,6 +204,7 @@ fn main() {
             Command::Elect(args) => coord_cmds::elect(&cli.endpoints, cli.output, args).await,
             Command::Svc(cmd) => svc_cmds::svc(&cli.endpoints, cli.output, cmd).await,
             Command::Config(cmd) => config_cmds::config(&cli.endpoints, cli.output, cmd).await,
+            Command::Gateway(cmd) => gateway_cmds::gateway(&cli.endpoints, cli.output, cmd).await,
             Command::Auth(cmd) => auth_cmds::auth(&cli.endpoints, cli.output, cmd).await,
             Command::Cert(_) => Ok(()),
         }

@@ -73,8 +73,10 @@ fn check_config(toml: &str) -> (bool, String) {
 fn component_sections_roles_and_listeners_are_checked_by_name() {
     let (ok, text) = check_config("[initial_cluster]\n1 = \"127.0.0.1:7701\"\n[registry]\ndns_domain = \"sd.example.com\"\n[listen]\ngrpc = \"127.0.0.1:2379\"\n");
     assert!(ok, "{text}");
+    let (ok, text) = check_config("[cache]\nsize = 1\n");
+    assert!(!ok && text.contains("unknown section `cache`"), "{text}");
     let (ok, text) = check_config("[gateway]\nroutes = 1\n");
-    assert!(!ok && text.contains("unknown section `gateway`"), "{text}");
+    assert!(!ok && text.contains("unknown field `routes`"), "{text}");
     let (ok, text) = check_config("roles = [\"registry\", \"cache\"]\n");
     assert!(!ok && text.contains("unknown role `cache`"), "{text}");
     let (ok, text) = check_config("[listen]\nsmtp = \"127.0.0.1:25\"\n");

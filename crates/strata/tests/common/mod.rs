@@ -129,6 +129,9 @@ struct Addrs {
     /// The Nacos-compatible listener; `None` unless started with `--nacos-addr`.
     #[serde(default)]
     nacos: Option<std::net::SocketAddr>,
+    /// The gateway listener; `None` unless started with `--listen gateway=...`.
+    #[serde(default)]
+    gateway: Option<std::net::SocketAddr>,
 }
 
 /// `strata dev` flags that put every listener on a port chosen at run time, so that no test
@@ -147,6 +150,8 @@ pub const DEV_ON_ANY_PORT: &[&str] = &[
     "--dns-addr",
     "127.0.0.1:0",
     "--nacos-addr",
+    "127.0.0.1:0",
+    "--gateway-addr",
     "127.0.0.1:0",
 ];
 
@@ -221,6 +226,8 @@ pub struct NodeProc {
     pub dns: Option<String>,
     /// `127.0.0.1:port` of the Nacos-compatible API, when started with `--nacos-addr`.
     pub nacos: Option<String>,
+    /// `127.0.0.1:port` of the gateway, when started with `--listen gateway=HOST:PORT`.
+    pub gateway: Option<String>,
     child: Option<Child>,
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
@@ -291,6 +298,7 @@ impl NodeProc {
             consul: None,
             dns: None,
             nacos: None,
+            gateway: None,
             child: None,
             starts: 0,
             extra,
@@ -360,6 +368,7 @@ impl NodeProc {
         self.consul = addrs.consul.map(|addr| addr.to_string());
         self.dns = addrs.dns.map(|addr| addr.to_string());
         self.nacos = addrs.nacos.map(|addr| addr.to_string());
+        self.gateway = addrs.gateway.map(|addr| addr.to_string());
     }
 
     /// `127.0.0.1:port` of the etcd v3 gRPC API; panics if the node serves none.

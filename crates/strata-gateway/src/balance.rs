@@ -1,0 +1,295 @@
+//! Load balancing over the live members of an upstream group.
+//!
+//! [`Members`] is an immutable set built each time the group changes (a registry event, a new
+//! table); the proxy picks from the current one without locks, except smooth weighted round
+//! robin, whose running weights sit behind a short mutex (as nginx keeps them per worker).
+
+use crate::model::Balance;
+use rand::Rng;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One member of a group. Counters live as long as the member stays in the group, across
+/// rebuilds of the set.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `HOST:PORT`.
+    pub address: String,
+    /// The registry instance id, or the address for a static member.
+    pub id: String,
+    /// Relative share.
+    pub weight: u32,
+    /// Requests in flight now.
+    pub in_flight: AtomicU64,
+    /// Requests sent, all time.
+    pub requests: AtomicU64,
+    /// Failed connections or exchanges, all time.
+    pub failures: AtomicU64,
+}
+
+impl Endpoint {
+    /// A member with zeroed counters.
+    pub fn new(address: String, id: String, weight: u32) -> Endpoint {
+        Endpoint {
+            address,
+            id,
+            weight: weight.max(1),
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What `ring_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(hyper::header::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client's address.
+    ClientIp,
+}
+
+impl HashOn {
+    /// Parses `header:NAME`, `cookie:NAME` or `client_ip`.
+    pub fn parse(text: &str) -> Result<HashOn, String> {
+        let bad = || format!("hash_on {text:?} is not header:NAME, cookie:NAME or client_ip");
+        match text.split_once(':') {
+            Some(("header", name)) => hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| bad()),
+            Some(("cookie", name)) if !name.is_empty() => Ok(HashOn::Cookie(name.to_string())),
+            None if text == "client_ip" => Ok(HashOn::ClientIp),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Virtual nodes per unit of weight on the hash ring.
+const RING_POINTS_PER_WEIGHT: usize = 64;
+
+/// An immutable member set with what its policy needs.
+#[derive(Debug)]
+pub struct Members {
+    /// The members.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    policy: Balance,
+    next: AtomicUsize,
+    /// Smooth weighted round robin: the running weight of each member.
+    current: Mutex<Vec<i64>>,
+    /// Ring hash: (point, member index), sorted by point.
+    ring: Vec<(u64, usize)>,
+}
+
+impl Members {
+    /// Builds the set for `policy`.
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: Balance) -> Members {
+        let ring = if policy == Balance::RingHash {
+            let mut ring = Vec::new();
+            for (index, endpoint) in endpoints.iter().enumerate() {
+                for point in 0..endpoint.weight as usize * RING_POINTS_PER_WEIGHT {
+                    let label = format!("{}#{point}", endpoint.id);
+                    ring.push((hash(label.as_bytes()), index));
+                }
+            }
+            ring.sort_unstable();
+            ring
+        } else {
+            Vec::new()
+        };
+        Members {
+            current: Mutex::new(vec![0; endpoints.len()]),
+            endpoints,
+            policy,
+            next: AtomicUsize::new(0),
+            ring,
+        }
+    }
+
+    /// Picks a member, skipping the indexes in `tried` when another is left. `key` is the
+    /// value `ring_hash` hashes (ignored by the other policies).
+    pub fn pick(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let usable = |i: usize| !tried.contains(&i) || tried.len() >= n;
+        let chosen = match self.policy {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+            }
+            Balance::Random => {
+                let start = rand::thread_rng().gen_range(0..n);
+                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+            }
+            Balance::Weighted => self.smooth_weighted(&usable),
+            Balance::LeastRequest => self.two_choices(&usable),
+            Balance::RingHash => {
+                let point = match key {
+                    Some(key) => hash(key),
+                    None => rand::thread_rng().gen(),
+                };
+                let start = self.ring.partition_point(|(p, _)| *p < point);
+                (0..self.ring.len())
+                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
+                    .find(|&i| usable(i))
+            }
+        };
+        chosen.or(Some(0))
+    }
+
+    /// nginx's smooth weighted round robin: every member gains its weight, the largest
+    /// running weight wins and pays back the total.
+    fn smooth_weighted(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            if !usable(i) {
+                continue;
+            }
+            let weight = i64::from(endpoint.weight);
+            current[i] += weight;
+            total += weight;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            current[b] -= total;
+        }
+        best
+    }
+
+    /// Power of two choices on requests in flight per unit of weight.
+    fn two_choices(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|&i| usable(i)).collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            n => {
+                let mut rng = rand::thread_rng();
+                let a = candidates[rng.gen_range(0..n)];
+                let mut b = candidates[rng.gen_range(0..n - 1)];
+                if b == a {
+                    b = candidates[n - 1];
+                }
+                let load = |i: usize| {
+                    let e = &self.endpoints[i];
+                    // Compare in_flight/weight without division.
+                    (e.in_flight.load(Ordering::Relaxed) + 1) as u128
+                };
+                let (wa, wb) = (
+                    u128::from(self.endpoints[a].weight),
+                    u128::from(self.endpoints[b].weight),
+                );
+                Some(if load(a) * wb <= load(b) * wa { a } else { b })
+            }
+        }
+    }
+}
+
+/// FNV-1a followed by a 64-bit finaliser: stable across processes and versions, so every
+/// gateway node maps a key to the same member.
+pub fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(weights: &[u32], policy: Balance) -> Members {
+        let endpoints = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Arc::new(Endpoint::new(format!("10.0.0.{i}:80"), format!("e{i}"), *w)))
+            .collect();
+        Members::new(endpoints, policy)
+    }
+
+    fn shares(m: &Members, picks: usize, key: impl Fn(usize) -> Option<Vec<u8>>) -> Vec<usize> {
+        let mut counts = vec![0; m.endpoints.len()];
+        for i in 0..picks {
+            counts[m.pick(key(i).as_deref(), &[]).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_what_was_tried() {
+        let m = members(&[1, 1, 1], Balance::RoundRobin);
+        assert_eq!(shares(&m, 300, |_| None), [100, 100, 100]);
+        for _ in 0..10 {
+            assert_ne!(m.pick(None, &[1]), Some(1));
+        }
+        // When every member was tried, one is still returned.
+        assert!(m.pick(None, &[0, 1, 2]).is_some());
+    }
+
+    #[test]
+    fn smooth_weighted_follows_weights_and_interleaves() {
+        let m = members(&[5, 1, 1], Balance::Weighted);
+        let seq: Vec<usize> = (0..7).map(|_| m.pick(None, &[]).unwrap()).collect();
+        assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0], "nginx's sequence for 5/1/1");
+        assert_eq!(shares(&m, 700, |_| None), [500, 100, 100]);
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_member() {
+        let m = members(&[1, 1], Balance::LeastRequest);
+        m.endpoints[0].in_flight.store(10, Ordering::Relaxed);
+        assert_eq!(shares(&m, 100, |_| None), [0, 100]);
+    }
+
+    #[test]
+    fn ring_hash_is_sticky_spreads_by_weight_and_moves_little_on_removal() {
+        let m = members(&[1, 1, 2], Balance::RingHash);
+        let key = |i: usize| Some(format!("user-{i}").into_bytes());
+        let first = shares(&m, 8000, key);
+        for (share, want) in first.iter().zip([2000.0, 2000.0, 4000.0]) {
+            assert!((*share as f64 - want).abs() < want * 0.25, "{first:?}");
+        }
+        for i in 0..100 {
+            let k = key(i);
+            assert_eq!(m.pick(k.as_deref(), &[]), m.pick(k.as_deref(), &[]));
+        }
+        // Dropping member 0 moves only its keys.
+        let smaller = Members::new(m.endpoints[1..].to_vec(), Balance::RingHash);
+        for i in 0..1000 {
+            let k = key(i);
+            let before = m.pick(k.as_deref(), &[]).unwrap();
+            let after = smaller.pick(k.as_deref(), &[]).unwrap() + 1;
+            if before != 0 {
+                assert_eq!(before, after, "key {i} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn hash_on_parses_its_three_forms() {
+        assert!(matches!(
+            HashOn::parse("header:x-user"),
+            Ok(HashOn::Header(_))
+        ));
+        assert_eq!(
+            HashOn::parse("cookie:sid"),
+            Ok(HashOn::Cookie("sid".into()))
+        );
+        assert_eq!(HashOn::parse("client_ip"), Ok(HashOn::ClientIp));
+        assert!(HashOn::parse("ip").is_err());
+        assert!(HashOn::parse("header:bad name").is_err());
+    }
+}

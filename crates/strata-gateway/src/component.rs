@@ -1,0 +1,515 @@
+//! The gateway as a node component: its `[gateway]` section, where its table comes from, and
+//! its admin API on the node's client listener.
+//!
+//! The table is one JSON document in the config center (namespace `gateway`, group `gateway`,
+//! data id `routes`), so every gateway node applies the same table atomically when it changes.
+//! `[gateway] routes_file` serves a gateway without the config center: the table is read from
+//! that file and re-read when it changes.
+
+use crate::model::Table;
+use crate::proxy::Gateway;
+use crate::route::Compiled;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use strata_api::config::{ClientIdentity, ConfigKey, ConfigService, ConfigType, Publish};
+use strata_api::registry::RegistryService;
+use strata_auth::{Access, Caller, Kind, Names};
+use strata_component::{
+    parse_section, Component, Context, ListenerSpec, StartError, Started, Transport,
+};
+use strata_http::{ApiJson, ApiResult, Who};
+use strata_proto::error::{ApiError, ErrorCode};
+use strata_store::BoxFuture;
+
+/// The component's name: its role and its config section.
+pub const NAME: &str = "gateway";
+/// The listener that serves proxied traffic.
+pub const LISTENER: &str = "gateway";
+/// Where the table lives in the config center.
+pub const TABLE_NAMESPACE: &str = "gateway";
+/// The table's group.
+pub const TABLE_GROUP: &str = "gateway";
+/// The table's data id.
+pub const TABLE_DATA_ID: &str = "routes";
+/// How often a `routes_file` is checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(2);
+/// How long an admin change waits to be in force on this node before it answers.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// The `[gateway]` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Read the route table from this file (TOML or JSON) instead of the config center.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes_file: Option<PathBuf>,
+}
+
+/// The API gateway, load balancer and frontend router.
+pub struct GatewayComponent;
+
+static LISTENERS: [ListenerSpec; 1] = [ListenerSpec {
+    name: LISTENER,
+    about: "API gateway (HTTP/1.1 and h2c)",
+    transport: Transport::Tcp,
+}];
+
+impl Component for GatewayComponent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn listeners(&self) -> &'static [ListenerSpec] {
+        &LISTENERS
+    }
+
+    fn check_config(&self, section: Option<&toml::Value>) -> Result<(), String> {
+        parse_section::<GatewayConfig>(NAME, section).map(|_| ())
+    }
+
+    fn sample_config(&self) -> Option<String> {
+        Some(format!(
+            "[{NAME}]\n# Serve the route table from a file instead of the config center:\n# routes_file = \"/etc/strata/routes.toml\"\n"
+        ))
+    }
+
+    fn start(&self, mut ctx: Context) -> BoxFuture<'static, Result<Started, StartError>> {
+        Box::pin(async move {
+            let config: GatewayConfig = ctx.settings(NAME)?;
+            let metrics = crate::metrics::Metrics::new(&ctx.metrics)?;
+            let registry = ctx.get::<Arc<dyn RegistryService>>().map(|r| (*r).clone());
+            let configs = ctx.get::<Arc<dyn ConfigService>>().map(|c| (*c).clone());
+            let gateway = Gateway::new(metrics, registry, ctx.tracker.clone(), ctx.cancel.clone());
+            let source = match (&config.routes_file, configs) {
+                (Some(file), _) => {
+                    let table = read_file(file).map_err(StartError)?;
+                    let compiled = Compiled::new(table)
+                        .map_err(|e| StartError(format!("{}: {e}", file.display())))?;
+                    gateway.install(compiled, 0);
+                    ctx.tracker.spawn(watch_file(
+                        gateway.clone(),
+                        file.clone(),
+                        ctx.cancel.clone(),
+                    ));
+                    Source::File(file.clone())
+                }
+                (None, Some(configs)) => {
+                    ctx.tracker.spawn(follow_config(
+                        gateway.clone(),
+                        configs.clone(),
+                        ctx.node_id,
+                        ctx.cancel.clone(),
+                    ));
+                    Source::ConfigCenter(configs)
+                }
+                (None, None) => Source::None,
+            };
+            if let Some(bound) = ctx.take_listener(LISTENER) {
+                tracing::info!(addr = %bound.addr, "gateway listening");
+                gateway.serve(LISTENER, bound.tcp);
+            }
+            let state = AdminState {
+                gateway,
+                source: Arc::new(source),
+                auth: ctx.auth.clone(),
+            };
+            Ok(Started {
+                api_routes: Some(admin_router(state)),
+            })
+        })
+    }
+}
+
+/// Where this node's table comes from.
+enum Source {
+    ConfigCenter(Arc<dyn ConfigService>),
+    File(PathBuf),
+    None,
+}
+
+fn table_key() -> ConfigKey {
+    ConfigKey {
+        namespace: TABLE_NAMESPACE.into(),
+        group: TABLE_GROUP.into(),
+        data_id: TABLE_DATA_ID.into(),
+    }
+}
+
+fn read_file(file: &std::path::Path) -> Result<Table, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the route table {}: {e}", file.display()))?;
+    Table::parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Re-reads `file` when its modification time changes.
+async fn watch_file(
+    gateway: Arc<Gateway>,
+    file: PathBuf,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let modified = |f: &std::path::Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    let mut seen: Option<SystemTime> = modified(&file);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(FILE_POLL) => {}
+        }
+        let now = modified(&file);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match read_file(&file).and_then(|t| Compiled::new(t).map_err(|e| e.0)) {
+            Ok(compiled) => gateway.install(compiled, 0),
+            Err(error) => {
+                gateway.metrics.tables_refused.inc();
+                tracing::warn!(%error, "route table refused; the previous one keeps serving");
+            }
+        }
+    }
+}
+
+/// Applies every version of the table document as it is published.
+async fn follow_config(
+    gateway: Arc<Gateway>,
+    configs: Arc<dyn ConfigService>,
+    node_id: u64,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let key = table_key();
+    let client = ClientIdentity {
+        ip: None,
+        labels: BTreeMap::from([("strata_node".to_string(), node_id.to_string())]),
+    };
+    let mut md5 = String::new();
+    loop {
+        match configs.get(&key, &client) {
+            Ok(served) if served.md5 != md5 => {
+                md5 = served.md5.clone();
+                match Table::parse(&served.content).and_then(Compiled::new) {
+                    Ok(compiled) => gateway.install(compiled, served.version),
+                    Err(error) => {
+                        gateway.metrics.tables_refused.inc();
+                        tracing::warn!(version = served.version, %error, "route table refused; the previous one keeps serving");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.code == ErrorCode::NotFound => {
+                if !md5.is_empty() || gateway.live().version != 0 {
+                    gateway.install(Compiled::new(Table::default()).expect("empty table"), 0);
+                }
+                md5.clear();
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the route table; retrying"),
+        }
+        let watched = [(key.clone(), md5.clone())];
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = configs.wait_changed(&watched, &client, Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+// --- admin API ------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct AdminState {
+    gateway: Arc<Gateway>,
+    source: Arc<Source>,
+    auth: strata_auth::Auth,
+}
+
+fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/gateway/routes", get(list_routes).post(apply_routes))
+        .route(
+            "/v1/gateway/routes/{name}",
+            get(show_route).delete(delete_route),
+        )
+        .route("/v1/gateway/upstreams", get(list_upstreams))
+        .route("/v1/gateway/upstreams/{name}", get(show_upstream))
+        .with_state(state)
+}
+
+fn allow(s: &AdminState, who: &Caller, access: Access, names: &Names) -> Result<(), ApiError> {
+    s.auth
+        .gate
+        .check(who, Kind::Gateway, access, names, "gateway")
+}
+
+/// The table in force on this node.
+#[derive(Serialize)]
+struct TableView {
+    /// Config-center version (0: none, or a file).
+    version: u64,
+    /// `config_center`, `file` or `none`.
+    source: String,
+    routes: Vec<crate::model::RouteSpec>,
+    upstreams: Vec<crate::model::UpstreamSpec>,
+}
+
+fn source_name(source: &Source) -> String {
+    match source {
+        Source::ConfigCenter(_) => "config_center".into(),
+        Source::File(path) => format!("file {}", path.display()),
+        Source::None => "none".into(),
+    }
+}
+
+async fn list_routes(State(s): State<AdminState>, Who(who): Who) -> ApiResult<TableView> {
+    allow(&s, &who, Access::Read, &Names::prefix(""))?;
+    let live = s.gateway.live();
+    Ok(axum::Json(TableView {
+        version: live.version,
+        source: source_name(&s.source),
+        routes: live.compiled.source.routes.clone(),
+        upstreams: live.compiled.source.upstreams.clone(),
+    }))
+}
+
+async fn show_route(
+    State(s): State<AdminState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<crate::model::RouteSpec> {
+    allow(&s, &who, Access::Read, &Names::one(name.clone()))?;
+    let live = s.gateway.live();
+    live.compiled
+        .source
+        .routes
+        .iter()
+        .find(|r| r.name == name)
+        .cloned()
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found(format!("no route named {name:?}")).into())
+}
+
+#[derive(Deserialize)]
+struct ApplyParams {
+    /// Replace the whole table instead of adding to it by name.
+    #[serde(default)]
+    replace: bool,
+}
+
+/// The answer to a change of the table.
+#[derive(Serialize)]
+struct Applied {
+    /// The config-center version the change was published as.
+    version: u64,
+    /// Routes in the table now.
+    routes: usize,
+    /// Upstreams in the table now.
+    upstreams: usize,
+    /// True when this node serves the new table already.
+    in_force: bool,
+}
+
+async fn apply_routes(
+    State(s): State<AdminState>,
+    Who(who): Who,
+    Query(params): Query<ApplyParams>,
+    ApiJson(table): ApiJson<Table>,
+) -> ApiResult<Applied> {
+    if params.replace {
+        allow(&s, &who, Access::Write, &Names::prefix(""))?;
+    } else {
+        for name in table
+            .routes
+            .iter()
+            .map(|r| &r.name)
+            .chain(table.upstreams.iter().map(|u| &u.name))
+        {
+            allow(&s, &who, Access::Write, &Names::one(name.clone()))?;
+        }
+    }
+    change_table(&s, &who, move |current| {
+        if params.replace {
+            Ok(table.clone())
+        } else {
+            let mut merged = current;
+            merged.merge(table.clone());
+            Ok(merged)
+        }
+    })
+    .await
+}
+
+async fn delete_route(
+    State(s): State<AdminState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<Applied> {
+    allow(&s, &who, Access::Write, &Names::one(name.clone()))?;
+    change_table(&s, &who, move |mut current| {
+        let before = current.routes.len();
+        current.routes.retain(|r| r.name != name);
+        if current.routes.len() == before {
+            return Err(ApiError::not_found(format!("no route named {name:?}")));
+        }
+        Ok(current)
+    })
+    .await
+}
+
+/// Reads the stored table, changes it, validates the result and publishes it only if nobody
+/// published in between (retrying a few times), then waits for this node to serve it.
+async fn change_table(
+    s: &AdminState,
+    who: &Caller,
+    change: impl Fn(Table) -> Result<Table, ApiError>,
+) -> ApiResult<Applied> {
+    let configs = match s.source.as_ref() {
+        Source::ConfigCenter(configs) => configs,
+        Source::File(path) => {
+            return Err(ApiError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "this gateway serves the route table from {}; edit that file instead",
+                    path.display()
+                ),
+            )
+            .into())
+        }
+        Source::None => {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the config center does not run on this node, so the route table cannot be changed here",
+            )
+            .into())
+        }
+    };
+    let key = table_key();
+    for _ in 0..5 {
+        let (current, md5) = match configs.get(&key, &ClientIdentity::default()) {
+            Ok(served) => (
+                Table::parse(&served.content).unwrap_or_default(),
+                served.md5,
+            ),
+            Err(e) if e.code == ErrorCode::NotFound => (Table::default(), String::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let next = change(current)?;
+        let compiled =
+            Compiled::new(next.clone()).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.0))?;
+        let (routes, upstreams) = (compiled.routes.len(), compiled.upstreams.len());
+        let content = serde_json::to_string_pretty(&next)
+            .map_err(|e| ApiError::internal(format!("encode the route table: {e}")))?;
+        let publish = Publish {
+            namespace: Some(TABLE_NAMESPACE.into()),
+            group: Some(TABLE_GROUP.into()),
+            data_id: TABLE_DATA_ID.into(),
+            content,
+            kind: Some(ConfigType::Json),
+            desc: Some("Strata gateway route table".into()),
+            tags: None,
+            if_md5: Some(md5),
+            if_version: None,
+        };
+        match configs
+            .publish(publish, &format!("gateway admin ({})", who.who()))
+            .await
+        {
+            Ok(item) => {
+                let in_force = s.gateway.wait_applied(item.version, APPLY_WAIT).await;
+                return Ok(axum::Json(Applied {
+                    version: item.version,
+                    routes,
+                    upstreams,
+                    in_force,
+                }));
+            }
+            Err(e) if e.code == ErrorCode::FailedPrecondition => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Unavailable,
+        "the route table kept changing under this update; try again",
+    )
+    .into())
+}
+
+/// One upstream group as it runs on this node.
+#[derive(Serialize)]
+struct UpstreamView {
+    name: String,
+    balance: crate::model::Balance,
+    /// `static`, or `service NAME`.
+    source: String,
+    members: Vec<MemberView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MemberView {
+    id: String,
+    address: String,
+    weight: u32,
+    in_flight: u64,
+    requests: u64,
+    failures: u64,
+}
+
+fn upstream_view(group: &crate::upstream::Group) -> UpstreamView {
+    let members = group.members();
+    UpstreamView {
+        name: group.spec.name.clone(),
+        balance: group.spec.balance,
+        source: match &group.spec.service {
+            Some(service) => format!("service {service}"),
+            None => "static".into(),
+        },
+        members: members
+            .endpoints
+            .iter()
+            .map(|e| MemberView {
+                id: e.id.clone(),
+                address: e.address.clone(),
+                weight: e.weight,
+                in_flight: e.in_flight.load(Ordering::Relaxed),
+                requests: e.requests.load(Ordering::Relaxed),
+                failures: e.failures.load(Ordering::Relaxed),
+            })
+            .collect(),
+        problem: group
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    }
+}
+
+#[derive(Serialize)]
+struct UpstreamList {
+    upstreams: Vec<UpstreamView>,
+}
+
+async fn list_upstreams(State(s): State<AdminState>, Who(who): Who) -> ApiResult<UpstreamList> {
+    allow(&s, &who, Access::Read, &Names::prefix(""))?;
+    let live = s.gateway.live();
+    Ok(axum::Json(UpstreamList {
+        upstreams: live.groups.values().map(|g| upstream_view(g)).collect(),
+    }))
+}
+
+async fn show_upstream(
+    State(s): State<AdminState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<UpstreamView> {
+    allow(&s, &who, Access::Read, &Names::one(name.clone()))?;
+    let live = s.gateway.live();
+    live.groups
+        .get(&name)
+        .map(|g| axum::Json(upstream_view(g)))
+        .ok_or_else(|| ApiError::not_found(format!("no upstream named {name:?}")).into())
+}

@@ -1,0 +1,27 @@
+//! The API gateway, load balancer and frontend router (component `gateway`).
+//!
+//! - [`model`]: the route table as users write it (TOML or JSON): routes and upstream groups.
+//! - [`route`]: validation, compilation and the matcher, with the documented match order.
+//! - [`balance`]: load-balancing policies over an upstream's members.
+//! - [`upstream`]: upstream groups at run time, static or following a registry service.
+//! - [`proxy`]: the listener and the forwarding path.
+//! - [`component`]: the node component, where the table comes from (the config center or a
+//!   file), and the admin API under `/v1/gateway/`.
+//!
+//! **Architecture Invariant:** a request uses one table from start to end: the table in force
+//! is an `Arc` swapped whole, so a reload never fails or changes a request in flight.
+//! **Architecture Invariant:** a table is applied only after it compiles; an invalid one is
+//! refused (at publish through the admin API, and again by every node) and the previous table
+//! keeps serving.
+
+pub mod balance;
+pub mod component;
+mod metrics;
+pub mod model;
+pub mod proxy;
+pub mod route;
+pub mod upstream;
+
+pub use component::GatewayComponent;
+pub use model::{Table, TableError};
+pub use route::Compiled;

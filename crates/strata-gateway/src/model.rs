@@ -1,0 +1,368 @@
+//! The route table as users write it (TOML or JSON), and its validation.
+//!
+//! A table is `routes` and `upstreams`, each named. [`Table::parse`] reads either format;
+//! [`crate::route::Compiled::new`] checks everything that can be wrong (unknown upstream, bad
+//! regex, a route that can never match, ...) and builds what the proxy matches against. A table
+//! that fails is refused whole: the gateway keeps serving the one it has.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use strata_api::units::{ByteSize, HumanDuration};
+
+/// The whole route table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    /// Routes, matched in the documented order (see [`crate::route`]).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Upstream groups the routes proxy to.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSpec>,
+}
+
+/// One route: what it matches and what it does.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Unique name (metrics label, `strata gateway routes show NAME`).
+    pub name: String,
+    /// Higher priorities are tried first; equal priorities by specificity (see the module docs
+    /// of [`crate::route`]).
+    #[serde(default)]
+    pub priority: i32,
+    /// Hosts: `api.example.com`, or `*.example.com` for any subdomain. Empty: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// The path condition. Absent: any path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathSpec>,
+    /// Methods (`GET`, `POST`, ...). Empty: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Request headers that must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<FieldMatch>,
+    /// Query parameters that must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<FieldMatch>,
+    /// Cookies that must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<FieldMatch>,
+    /// Action: proxy to this upstream group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Action: answer with a redirect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Action: answer with a fixed response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<Respond>,
+    /// Proxy: remove the matched path prefix before forwarding (`/api/users` to `/users`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+    /// Proxy: replace the path; `{name}` is a parameter of a template path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+    /// Changes to the request before it is forwarded.
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub request_headers: HeaderOps,
+    /// Changes to the response before it is returned.
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub response_headers: HeaderOps,
+    /// Proxy: the whole exchange with the upstream, headers of the answer included (default
+    /// 30s); 504 after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Largest request body (default 10MiB); 413 over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<ByteSize>,
+    /// Retries of an idempotent request on another instance when the connection fails
+    /// (default 1; 0 turns them off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Proxy: a canary release, sending a share of the requests to another upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A canary release: `weight` percent of a route's requests go to `upstream` (typically a
+/// group of the same service filtered by `meta = { version = "v2" }`) instead of the route's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The canary's upstream group.
+    pub upstream: String,
+    /// Percent of requests (0 to 100, fractions allowed).
+    pub weight: f64,
+    /// A request header that forces the choice: `canary` (or `true`, `1`) sends to the canary,
+    /// `stable` (or `false`, `0`) to the route's upstream; other values are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_header: Option<String>,
+    /// Keeps a client on one side: `cookie:NAME` (the gateway sets NAME to `canary` or
+    /// `stable` on the first answer; a client sending it chooses, as with `force_header`), or
+    /// `header:NAME` (the side follows a hash of that header's value, e.g. a user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
+}
+
+/// A path condition: exactly one of the four kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum PathSpec {
+    /// The path is exactly this.
+    Exact(String),
+    /// The path starts with this, at a segment boundary (`/api` matches `/api` and `/api/x`,
+    /// not `/apix`); a prefix ending in `/` matches anything under it.
+    Prefix(String),
+    /// The whole path matches this regular expression.
+    Regex(String),
+    /// Segments, where `{name}` matches one non-empty segment (`/users/{id}/orders`).
+    Template(String),
+}
+
+/// A condition on a header, query parameter or cookie: its value equals `value`, matches
+/// `regex`, or (neither given) it is present. `present = false` asks for its absence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMatch {
+    /// Header, parameter or cookie name (header names are case-insensitive).
+    pub name: String,
+    /// The exact value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// A regular expression the whole value must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `false`: the field must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// Header changes: `set` replaces, `add` appends, `remove` deletes (applied in that order:
+/// remove, set, add).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Headers to append.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Headers to replace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers to delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A redirect answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// The `Location`: an absolute URL or a path. `{path}` is the request's path, `{query}` its
+    /// query string (with the `?`, or empty).
+    pub to: String,
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// A fixed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    /// Status (default 200).
+    #[serde(default = "default_respond_status")]
+    pub status: u16,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+    /// `Content-Type` (default `text/plain; charset=utf-8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+fn default_respond_status() -> u16 {
+    200
+}
+
+/// An upstream group: where proxied requests go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Unique name, referred to by routes.
+    pub name: String,
+    /// Static members, `HOST:PORT` (weight 1 each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Static members with weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointSpec>,
+    /// Or: the healthy instances of this registry service, followed as they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The service's namespace (default `public`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Only instances with every one of these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Only instances whose metadata has these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// How a member is chosen (default `round_robin`).
+    #[serde(default)]
+    pub balance: Balance,
+    /// For `ring_hash`: what is hashed, `header:NAME`, `cookie:NAME` or `client_ip` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    /// How to talk to members: `http1` (default) or `h2c` (HTTP/2 without TLS, for gRPC).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Longest wait for a connection to a member (default 1s); the next member is tried after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<HumanDuration>,
+}
+
+/// A static member with a weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// `HOST:PORT`.
+    pub address: String,
+    /// Relative share of the requests (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Load-balancing policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each member in turn, ignoring weights.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's): shares follow the weights, evenly interleaved.
+    Weighted,
+    /// Uniformly at random.
+    Random,
+    /// Power of two choices: of two random members, the one with fewer requests in flight
+    /// per unit of weight.
+    LeastRequest,
+    /// Consistent hashing of `hash_on` over a ring; a member's share follows its weight.
+    RingHash,
+}
+
+/// Upstream protocols.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC backends).
+    H2c,
+}
+
+/// Why a table was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableError(pub String);
+
+impl std::fmt::Display for TableError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TableError {}
+
+impl Table {
+    /// Reads a table from TOML or JSON text (JSON when it starts with `{`).
+    pub fn parse(text: &str) -> Result<Table, TableError> {
+        if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| TableError(format!("route table (JSON): {e}")))
+        } else {
+            toml::from_str(text).map_err(|e| {
+                TableError(format!(
+                    "route table (TOML): {}",
+                    e.to_string().trim().replace('\n', " ")
+                ))
+            })
+        }
+    }
+
+    /// Adds or replaces (by name) the routes and upstreams of `other`.
+    pub fn merge(&mut self, other: Table) {
+        for route in other.routes {
+            match self.routes.iter_mut().find(|r| r.name == route.name) {
+                Some(existing) => *existing = route,
+                None => self.routes.push(route),
+            }
+        }
+        for upstream in other.upstreams {
+            match self.upstreams.iter_mut().find(|u| u.name == upstream.name) {
+                Some(existing) => *existing = upstream,
+                None => self.upstreams.push(upstream),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_json_read_the_same_table() {
+        let toml = r#"
+            [[routes]]
+            name = "api"
+            hosts = ["api.example.com"]
+            path = { prefix = "/v1" }
+            upstream = "backend"
+            [[upstreams]]
+            name = "backend"
+            addresses = ["127.0.0.1:8080"]
+        "#;
+        let json = r#"{"routes":[{"name":"api","hosts":["api.example.com"],
+            "path":{"prefix":"/v1"},"upstream":"backend"}],
+            "upstreams":[{"name":"backend","addresses":["127.0.0.1:8080"]}]}"#;
+        assert_eq!(Table::parse(toml).unwrap(), Table::parse(json).unwrap());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let error = Table::parse("[[routes]]\nname = \"a\"\nupstrem = \"x\"\n").unwrap_err();
+        assert!(error.0.contains("upstrem"), "{error}");
+    }
+
+    #[test]
+    fn merge_replaces_by_name_and_appends_new_ones() {
+        let mut table = Table::parse(
+            "[[routes]]\nname = \"a\"\nupstream = \"u\"\n[[routes]]\nname = \"b\"\nupstream = \"u\"\n",
+        )
+        .unwrap();
+        table.merge(
+            Table::parse("[[routes]]\nname = \"b\"\nupstream = \"v\"\n[[routes]]\nname = \"c\"\nupstream = \"u\"\n")
+                .unwrap(),
+        );
+        let names: Vec<_> = table.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(table.routes[1].upstream.as_deref(), Some("v"));
+    }
+}

@@ -1,0 +1,622 @@
+//! The data plane: the gateway's listener, route lookup and forwarding.
+//!
+//! Every request reads the current [`Live`] table once (an `Arc` clone) and uses it to the
+//! end, so a reload never changes the rules under a request in flight. Forwarding uses the
+//! group's pooled client; hop-by-hop headers are dropped both ways, `X-Forwarded-*` and
+//! `X-Request-Id` are set, `Upgrade` (WebSocket) is passed through.
+
+use crate::balance::HashOn;
+use crate::metrics::Metrics;
+use crate::route::{parse_cookies, Action, CanaryChoice, Compiled, RequestView, Route};
+use crate::upstream::{build_groups, Group};
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use strata_api::registry::RegistryService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a client may take to send a request's headers (slowloris protection).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; 431 over it.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The table in force and the groups it uses.
+pub struct Live {
+    /// The compiled routes.
+    pub compiled: Arc<Compiled>,
+    /// Upstream groups by name.
+    pub groups: BTreeMap<String, Arc<Group>>,
+    /// The config-center version it came from (0: none or a file).
+    pub version: u64,
+}
+
+/// The gateway of one node: the live table and everything requests share.
+pub struct Gateway {
+    live: RwLock<Arc<Live>>,
+    /// Its metrics.
+    pub metrics: Metrics,
+    registry: Option<Arc<dyn RegistryService>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl Gateway {
+    /// A gateway with an empty table.
+    pub fn new(
+        metrics: Metrics,
+        registry: Option<Arc<dyn RegistryService>>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Gateway> {
+        let empty = Compiled::new(Default::default()).expect("the empty table is valid");
+        Arc::new(Gateway {
+            live: RwLock::new(Arc::new(Live {
+                compiled: Arc::new(empty),
+                groups: BTreeMap::new(),
+                version: 0,
+            })),
+            metrics,
+            registry,
+            tracker,
+            cancel,
+            applied: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// The table in force.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `compiled` (config-center version `version`) in force: requests that started
+    /// before keep the old table, later ones get this one.
+    pub fn install(&self, compiled: Compiled, version: u64) {
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let groups = build_groups(
+            &compiled.upstreams,
+            &live.groups,
+            self.registry.as_ref(),
+            &self.tracker,
+            &self.cancel,
+        );
+        *live = Arc::new(Live {
+            compiled: Arc::new(compiled),
+            groups,
+            version,
+        });
+        drop(live);
+        self.metrics.tables_applied.inc();
+        self.metrics.table_version.set(version as i64);
+        self.applied.send_replace(version);
+        tracing::info!(version, "route table applied");
+    }
+
+    /// Waits until a table of at least `version` is in force, up to `timeout`.
+    pub async fn wait_applied(&self, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Serves the gateway on `tcp` until cancelled.
+    pub fn serve(self: &Arc<Self>, name: &'static str, tcp: TcpListener) {
+        let gateway = self.clone();
+        let tracker = self.tracker.clone();
+        let cancel = self.cancel.clone();
+        let connections = self.metrics.connections.clone();
+        self.tracker.spawn(async move {
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_header_list_size(MAX_HEADER_BYTES as u32);
+            loop {
+                let (stream, client) = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    accepted = tcp.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            tracing::warn!(listener = name, error = %e, "accept failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, client).await) }
+                });
+                let connection = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                    .into_owned();
+                let watched = graceful.watch(connection);
+                let connections = connections.clone();
+                tracker.spawn(async move {
+                    connections.inc();
+                    if let Err(e) = watched.await {
+                        tracing::debug!(listener = name, %client, error = %e, "connection ended with an error");
+                    }
+                    connections.dec();
+                });
+            }
+            graceful.shutdown().await;
+        });
+    }
+
+    /// Answers one request.
+    pub async fn handle(
+        &self,
+        request: Request<hyper::body::Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let live = self.live();
+        let host = request_host(&request);
+        let request_id = request
+            .headers()
+            .get(&X_REQUEST_ID)
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let found = live.compiled.find(&RequestView {
+            method: request.method(),
+            host: &host,
+            path: request.uri().path(),
+            query: request.uri().query(),
+            headers: request.headers(),
+        });
+        let (route_name, mut response) = match found {
+            None => (
+                "",
+                plain(StatusCode::NOT_FOUND, "no route matches this request\n"),
+            ),
+            Some((route, params)) => {
+                let response = match &route.action {
+                    Action::Respond {
+                        status,
+                        body,
+                        content_type,
+                    } => {
+                        let mut response = Response::new(Body::from(body.clone()));
+                        *response.status_mut() = *status;
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_TYPE, content_type.clone());
+                        response
+                    }
+                    Action::Redirect { to, status } => redirect(&request, to, *status),
+                    Action::Proxy { upstream, .. } => {
+                        let path = route.upstream_path(request.uri().path(), &params);
+                        let choice = route
+                            .canary
+                            .as_ref()
+                            .map(|c| (c, c.choose(request.headers())));
+                        let upstream = match &choice {
+                            Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
+                            _ => upstream.as_str(),
+                        };
+                        let mut response = self
+                            .forward(
+                                &live,
+                                route,
+                                upstream,
+                                path,
+                                request,
+                                client,
+                                &host,
+                                &request_id,
+                            )
+                            .await;
+                        if let Some((
+                            _,
+                            CanaryChoice {
+                                set_cookie: Some(cookie),
+                                ..
+                            },
+                        )) = choice
+                        {
+                            response.headers_mut().append(header::SET_COOKIE, cookie);
+                        }
+                        response
+                    }
+                };
+                (route.name.as_str(), response_with_edits(route, response))
+            }
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+        self.metrics
+            .requests
+            .with_label_values(&[route_name, status_class(response.status())])
+            .inc();
+        self.metrics
+            .seconds
+            .with_label_values(&[route_name])
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        live: &Live,
+        route: &Route,
+        upstream: &str,
+        path: String,
+        mut request: Request<hyper::body::Incoming>,
+        client: SocketAddr,
+        host: &str,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
+        let Some(group) = live.groups.get(upstream) else {
+            return plain(StatusCode::BAD_GATEWAY, "upstream group is missing\n");
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.max_body) {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is over the route's limit\n",
+            );
+        }
+        let members = group.members();
+        if members.endpoints.is_empty() {
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream {upstream:?} has no live members\n"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        let key = hash_key(group.hash_on.as_ref(), request.headers(), client);
+        let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        let empty_body = declared == Some(0)
+            || (declared.is_none()
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+                && hyper::body::Body::is_end_stream(&body));
+        // Only a request without a body can be sent again (the body streams once). One that
+        // never reached a member (connection refused) may always go to another; one that may
+        // have, only when its method is idempotent.
+        let resendable = empty_body && upgrade.is_none();
+        let safe_to_repeat = resendable && idempotent(&parts.method);
+        prepare_headers(
+            &mut parts.headers,
+            client,
+            host,
+            request_id,
+            upgrade.is_some(),
+        );
+        if group.spec.protocol == crate::model::Protocol::H2c {
+            parts.headers.remove(header::HOST);
+        }
+        route.request_headers.apply(&mut parts.headers);
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let limit = route.max_body;
+        let mut body = Some(Body::new(
+            http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                .map_err(|e| std::io::Error::other(e.to_string())),
+        ));
+        let deadline = tokio::time::Instant::now() + route.timeout;
+        let mut tried = Vec::new();
+        loop {
+            let Some(index) = members.pick(key.as_deref(), &tried) else {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "no live members\n");
+            };
+            tried.push(index);
+            let endpoint = &members.endpoints[index];
+            let uri = match Uri::try_from(format!("http://{}{}{}", endpoint.address, path, query)) {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        "the rewritten path is not a valid URI\n",
+                    )
+                }
+            };
+            let mut outgoing = Request::new(body.take().unwrap_or_else(Body::empty));
+            *outgoing.method_mut() = parts.method.clone();
+            *outgoing.uri_mut() = uri;
+            *outgoing.headers_mut() = parts.headers.clone();
+            endpoint.requests.fetch_add(1, Ordering::Relaxed);
+            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let answer = tokio::time::timeout_at(deadline, group.client.request(outgoing)).await;
+            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let failure = |kind: &str| {
+                endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .upstream_failures
+                    .with_label_values(&[upstream, kind])
+                    .inc();
+            };
+            match answer {
+                Err(_) => {
+                    failure("timeout");
+                    return plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the upstream did not answer in time\n",
+                    );
+                }
+                Ok(Ok(response)) => {
+                    return finish_response(response, upgrade, self.tracker.clone());
+                }
+                Ok(Err(error)) => {
+                    let connect = error.is_connect();
+                    failure(if connect { "connect" } else { "reset" });
+                    let retry = if connect { resendable } else { safe_to_repeat };
+                    if retry
+                        && tried.len() as u32 <= route.retries
+                        && tried.len() < members.endpoints.len()
+                    {
+                        self.metrics.retries.with_label_values(&[upstream]).inc();
+                        tracing::debug!(%upstream, member = %endpoint.address, error = %error, "exchange failed; trying another member");
+                        continue;
+                    }
+                    if limit_exceeded(&error) {
+                        return plain(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request body is over the route's limit\n",
+                        );
+                    }
+                    tracing::debug!(%upstream, member = %endpoint.address, error = %error, "upstream exchange failed");
+                    return plain(StatusCode::BAD_GATEWAY, "the upstream failed to answer\n");
+                }
+            }
+        }
+    }
+}
+
+/// True when the body-size limit cut the upload short.
+fn limit_exceeded(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Strips hop-by-hop headers from the upstream's answer and splices an upgraded connection.
+fn finish_response(
+    response: Response<hyper::body::Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    tracker: TaskTracker,
+) -> Response<Body> {
+    let mut response = response;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tracker.spawn(async move {
+                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await)
+                else {
+                    return;
+                };
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    // The client's connection has its own version; hyper picks the wire format from it.
+    parts.version = hyper::Version::HTTP_11;
+    for name in &HOP_BY_HOP {
+        if *name != header::TRAILER {
+            parts.headers.remove(name);
+        }
+    }
+    parts.headers.remove(header::UPGRADE);
+    Response::from_parts(parts, Body::new(body))
+}
+
+fn response_with_edits(route: &Route, mut response: Response<Body>) -> Response<Body> {
+    route.response_headers.apply(response.headers_mut());
+    response
+}
+
+/// Drops hop-by-hop headers (keeping `Connection: upgrade` for an upgrade and `TE: trailers`
+/// for gRPC) and sets the forwarding headers.
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    host: &str,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(upgrade && name == header::UPGRADE))
+        .collect();
+    let trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Ok(value) = HeaderValue::from_str(host) {
+        headers.insert(X_FORWARDED_HOST.clone(), value);
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// What ring hash hashes for this request; `None` picks a random point.
+fn hash_key(hash_on: Option<&HashOn>, headers: &HeaderMap, client: SocketAddr) -> Option<Vec<u8>> {
+    match hash_on {
+        None | Some(HashOn::ClientIp) => Some(client.ip().to_string().into_bytes()),
+        Some(HashOn::Header(name)) => headers.get(name).map(|v| v.as_bytes().to_vec()),
+        Some(HashOn::Cookie(name)) => parse_cookies(headers)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_bytes()),
+    }
+}
+
+/// The request's host without port, lower case: from the URI (HTTP/2, absolute form) or the
+/// `Host` header.
+fn request_host<B>(request: &Request<B>) -> String {
+    let raw = request
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(|h| match h.rsplit_once(':') {
+                    Some((host, port))
+                        if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        host.to_string()
+                    }
+                    _ => h.to_string(),
+                })
+        })
+        .unwrap_or_default();
+    raw.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+fn redirect<B>(request: &Request<B>, to: &str, status: StatusCode) -> Response<Body> {
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let location = to
+        .replace("{path}", request.uri().path())
+        .replace("{query}", &query);
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+            response
+        }
+        Err(_) => plain(
+            StatusCode::BAD_REQUEST,
+            "the redirect target is not a valid header\n",
+        ),
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut response = Response::new(Body::from(Bytes::copy_from_slice(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id: u128 = rand::random();
+    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+}

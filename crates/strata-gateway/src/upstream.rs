@@ -1,0 +1,229 @@
+//! Upstream groups at run time: their members, static or followed in the registry.
+//!
+//! A registry group runs one task that keeps a blocking query open on its service (passing
+//! instances only, with the group's tag and metadata filters); each answer replaces the member
+//! set, so a new, drained or failed instance changes where requests go as soon as the registry
+//! knows. Counters of a member survive a rebuild while its id and address stay the same.
+
+use crate::balance::{Endpoint, HashOn, Members};
+use crate::model::UpstreamSpec;
+use crate::route::DEFAULT_CONNECT_TIMEOUT;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use strata_api::registry::{Instance, Query, RegistryService};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Longest blocking query on the registry; it returns early on any change.
+const REGISTRY_WAIT: Duration = Duration::from_secs(30);
+/// Pause after a failed registry query.
+const REGISTRY_RETRY: Duration = Duration::from_secs(1);
+
+/// The pooled HTTP client of a group.
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    axum::body::Body,
+>;
+
+/// How long an idle pooled connection to a member stays open.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+fn http_client(spec: &UpstreamSpec, connect_timeout: Duration) -> HttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    let mut builder =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    builder
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new());
+    if spec.protocol == crate::model::Protocol::H2c {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// One upstream group.
+#[derive(Debug)]
+pub struct Group {
+    /// The connection pool to its members, shared by every request.
+    pub client: HttpClient,
+    /// As configured.
+    pub spec: UpstreamSpec,
+    /// What `ring_hash` hashes.
+    pub hash_on: Option<HashOn>,
+    /// Connect timeout per member.
+    pub connect_timeout: Duration,
+    members: RwLock<Arc<Members>>,
+    /// Why the member set may be stale (registry unreachable), if it may.
+    pub problem: Mutex<Option<String>>,
+    /// Stops the registry follower when the group leaves the table.
+    follower: CancellationToken,
+}
+
+impl Group {
+    /// The current member set.
+    pub fn members(&self) -> Arc<Members> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, endpoints: Vec<(String, String, u32)>) {
+        let old = self.members();
+        let endpoints = endpoints
+            .into_iter()
+            .map(|(address, id, weight)| {
+                old.endpoints
+                    .iter()
+                    .find(|e| e.address == address && e.id == id && e.weight == weight)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(address, id, weight)))
+            })
+            .collect();
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Members::new(endpoints, self.spec.balance));
+    }
+
+    /// Stops following the registry.
+    pub fn retire(&self) {
+        self.follower.cancel();
+    }
+}
+
+/// Builds the groups of a new table, reusing `previous` groups whose spec did not change (so
+/// their members, counters and registry followers carry over), and retires the rest.
+pub fn build_groups(
+    specs: &BTreeMap<String, UpstreamSpec>,
+    previous: &BTreeMap<String, Arc<Group>>,
+    registry: Option<&Arc<dyn RegistryService>>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> BTreeMap<String, Arc<Group>> {
+    let mut groups = BTreeMap::new();
+    for (name, spec) in specs {
+        if let Some(existing) = previous.get(name).filter(|g| g.spec == *spec) {
+            groups.insert(name.clone(), existing.clone());
+            continue;
+        }
+        let connect_timeout = spec
+            .connect_timeout
+            .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.0);
+        let group = Arc::new(Group {
+            client: http_client(spec, connect_timeout),
+            spec: spec.clone(),
+            hash_on: spec.hash_on.as_deref().and_then(|h| HashOn::parse(h).ok()),
+            connect_timeout,
+            members: RwLock::new(Arc::new(Members::new(Vec::new(), spec.balance))),
+            problem: Mutex::new(None),
+            follower: cancel.child_token(),
+        });
+        let statics: Vec<(String, String, u32)> = spec
+            .addresses
+            .iter()
+            .map(|a| (a.clone(), a.clone(), 1))
+            .chain(
+                spec.endpoints
+                    .iter()
+                    .map(|e| (e.address.clone(), e.address.clone(), e.weight)),
+            )
+            .collect();
+        group.replace(statics);
+        if let Some(service) = &spec.service {
+            match registry {
+                Some(registry) => {
+                    tracker.spawn(follow(group.clone(), registry.clone(), service.clone()));
+                }
+                None => {
+                    *group.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(
+                        "the registry does not run on this node, so the service cannot be followed"
+                            .into(),
+                    );
+                }
+            }
+        }
+        groups.insert(name.clone(), group);
+    }
+    for (name, group) in previous {
+        if !groups.get(name).is_some_and(|g| Arc::ptr_eq(g, group)) {
+            group.retire();
+        }
+    }
+    groups
+}
+
+/// The address to dial for an instance (IPv6 in brackets).
+fn instance_address(instance: &Instance) -> String {
+    if instance.address.contains(':') && !instance.address.starts_with('[') {
+        format!("[{}]:{}", instance.address, instance.port)
+    } else {
+        format!("{}:{}", instance.address, instance.port)
+    }
+}
+
+/// The registry's weight (a positive real, 1 by default) as a share: hundredths, at least 1.
+fn instance_weight(instance: &Instance) -> u32 {
+    let scaled = (instance.weight * 100.0).round();
+    if scaled.is_finite() && scaled >= 1.0 {
+        scaled.min(f64::from(u32::MAX)) as u32
+    } else {
+        1
+    }
+}
+
+/// Keeps `group`'s members equal to the passing instances of `service`.
+async fn follow(group: Arc<Group>, registry: Arc<dyn RegistryService>, service: String) {
+    let cancel = group.follower.clone();
+    let mut index = 0;
+    let mut failing = false;
+    loop {
+        let query = Query {
+            namespace: group.spec.namespace.clone(),
+            passing: true,
+            status: None,
+            tags: group.spec.tags.clone(),
+            meta: group.spec.meta.clone(),
+            index,
+            wait: Some(REGISTRY_WAIT),
+        };
+        let answer = tokio::select! {
+            () = cancel.cancelled() => return,
+            answer = registry.query(&service, &query) => answer,
+        };
+        match answer {
+            Ok(result) => {
+                if failing {
+                    tracing::info!(upstream = %group.spec.name, %service, "registry answers again");
+                    failing = false;
+                }
+                *group.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                if index == 0 || result.index != index {
+                    let members: Vec<_> = result
+                        .instances
+                        .iter()
+                        .map(|i| (instance_address(i), i.id.clone(), instance_weight(i)))
+                        .collect();
+                    tracing::debug!(upstream = %group.spec.name, %service, members = members.len(), index = result.index, "members changed");
+                    group.replace(members);
+                }
+                index = result.index.max(1);
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(upstream = %group.spec.name, %service, %error, "registry query failed; keeping the last members and retrying");
+                    failing = true;
+                }
+                *group.problem.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("registry query failed: {error}"));
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(REGISTRY_RETRY) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `strata gateway ...`: the gateway's route table and its upstream groups.
+
+use crate::table::{Align, Table};
+use crate::Output;
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use strata_client::{Client, ClientError, Method};
+
+#[derive(Subcommand, Debug)]
+pub enum GatewayCommand {
+    /// List, show, apply and delete routes.
+    #[command(subcommand)]
+    Routes(RoutesCommand),
+    /// Show upstream groups as this node runs them: live members, weights, requests in flight.
+    #[command(subcommand)]
+    Upstreams(UpstreamsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoutesCommand {
+    /// List the routes in force.
+    List,
+    /// Show route NAME.
+    Show {
+        /// Route name.
+        name: String,
+    },
+    /// Add or replace (by name) the routes and upstreams of FILE (TOML or JSON); the whole
+    /// table is validated before it is published.
+    Apply {
+        /// The table file.
+        file: PathBuf,
+        /// Replace the whole table with FILE instead of merging by name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Delete route NAME.
+    Delete {
+        /// Route name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UpstreamsCommand {
+    /// List upstream groups with their live member counts.
+    List,
+    /// Show upstream NAME's members.
+    Show {
+        /// Upstream name.
+        name: String,
+    },
+}
+
+fn api(e: ClientError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// Percent-encodes a path segment.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs `strata gateway ...`.
+pub async fn gateway(
+    endpoints: &[String],
+    output: Output,
+    command: GatewayCommand,
+) -> anyhow::Result<()> {
+    let client = Client::new(endpoints).with_connect_timeout(Duration::from_secs(5));
+    match command {
+        GatewayCommand::Routes(RoutesCommand::List) => {
+            let table: Value = client.get_json("/v1/gateway/routes").await.map_err(api)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&table)?),
+                Output::Table => print_routes(&table),
+            }
+        }
+        GatewayCommand::Routes(RoutesCommand::Show { name }) => {
+            let route: Value = client
+                .get_json(&format!("/v1/gateway/routes/{}", segment(&name)))
+                .await
+                .map_err(api)?;
+            println!("{}", serde_json::to_string_pretty(&route)?);
+        }
+        GatewayCommand::Routes(RoutesCommand::Apply { file, replace }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let table = strata_gateway::Table::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let path = if replace {
+                "/v1/gateway/routes?replace=true"
+            } else {
+                "/v1/gateway/routes"
+            };
+            let reply: Value = client
+                .call(Method::POST, path, Some(&table))
+                .await
+                .map_err(api)?;
+            match output {
+                Output::Json => println!("{reply}"),
+                Output::Table => println!(
+                    "applied: version {}, {} routes, {} upstreams{}",
+                    reply["version"],
+                    reply["routes"],
+                    reply["upstreams"],
+                    if reply["in_force"] == Value::Bool(true) {
+                        ""
+                    } else {
+                        " (not yet in force on this node)"
+                    }
+                ),
+            }
+        }
+        GatewayCommand::Routes(RoutesCommand::Delete { name }) => {
+            let reply: Value = client
+                .call::<(), _>(
+                    Method::DELETE,
+                    &format!("/v1/gateway/routes/{}", segment(&name)),
+                    None,
+                )
+                .await
+                .map_err(api)?;
+            match output {
+                Output::Json => println!("{reply}"),
+                Output::Table => println!("deleted route {name} (version {})", reply["version"]),
+            }
+        }
+        GatewayCommand::Upstreams(UpstreamsCommand::List) => {
+            let list: Value = client
+                .get_json("/v1/gateway/upstreams")
+                .await
+                .map_err(api)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => {
+                    let mut table = Table::new(&[
+                        ("NAME", Align::Left),
+                        ("BALANCE", Align::Left),
+                        ("SOURCE", Align::Left),
+                        ("MEMBERS", Align::Right),
+                        ("IN FLIGHT", Align::Right),
+                        ("PROBLEM", Align::Left),
+                    ]);
+                    for u in list["upstreams"].as_array().into_iter().flatten() {
+                        let members = u["members"].as_array().cloned().unwrap_or_default();
+                        let in_flight: u64 =
+                            members.iter().filter_map(|m| m["in_flight"].as_u64()).sum();
+                        table.row(vec![
+                            text(&u["name"]),
+                            text(&u["balance"]),
+                            text(&u["source"]),
+                            members.len().to_string(),
+                            in_flight.to_string(),
+                            text(&u["problem"]),
+                        ]);
+                    }
+                    print!("{}", table.render());
+                }
+            }
+        }
+        GatewayCommand::Upstreams(UpstreamsCommand::Show { name }) => {
+            let upstream: Value = client
+                .get_json(&format!("/v1/gateway/upstreams/{}", segment(&name)))
+                .await
+                .map_err(api)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&upstream)?),
+                Output::Table => {
+                    let mut table = Table::new(&[
+                        ("ID", Align::Left),
+                        ("ADDRESS", Align::Left),
+                        ("WEIGHT", Align::Right),
+                        ("IN FLIGHT", Align::Right),
+                        ("REQUESTS", Align::Right),
+                        ("FAILURES", Align::Right),
+                    ]);
+                    for m in upstream["members"].as_array().into_iter().flatten() {
+                        table.row(vec![
+                            text(&m["id"]),
+                            text(&m["address"]),
+                            text(&m["weight"]),
+                            text(&m["in_flight"]),
+                            text(&m["requests"]),
+                            text(&m["failures"]),
+                        ]);
+                    }
+                    print!("{}", table.render());
+                    if let Some(problem) = upstream["problem"].as_str() {
+                        println!("problem: {problem}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_routes(table: &Value) {
+    let mut out = Table::new(&[
+        ("NAME", Align::Left),
+        ("PRIORITY", Align::Right),
+        ("HOSTS", Align::Left),
+        ("PATH", Align::Left),
+        ("METHODS", Align::Left),
+        ("ACTION", Align::Left),
+    ]);
+    for r in table["routes"].as_array().into_iter().flatten() {
+        let list = |k: &str| {
+            r[k].as_array()
+                .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()
+        };
+        let path = match r["path"].as_object().and_then(|o| o.iter().next()) {
+            Some((kind, value)) => format!("{kind} {}", text(value)),
+            None => String::new(),
+        };
+        let action = if let Some(u) = r["upstream"].as_str() {
+            format!("upstream {u}")
+        } else if r["redirect"].is_object() {
+            format!("redirect {}", text(&r["redirect"]["to"]))
+        } else {
+            format!("respond {}", text(&r["respond"]["status"]))
+        };
+        out.row(vec![
+            text(&r["name"]),
+            r["priority"].as_i64().unwrap_or(0).to_string(),
+            list("hosts"),
+            path,
+            list("methods"),
+            action,
+        ]);
+    }
+    print!("{}", out.render());
+    println!(
+        "table version {} from {}",
+        table["version"],
+        text(&table["source"])
+    );
+}

@@ -1,0 +1,804 @@
+//! The gateway on a real `strata server`: routes and actions, balancing over static and
+//! registry-backed groups, table changes (valid, invalid, under load), failing upstreams and
+//! bad input, WebSocket-style upgrades and gRPC over h2c. Backends run in the test process on
+//! ports chosen at run time.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::extract::Request;
+use axum::routing::any;
+use axum::Router;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A backend that answers every request with its name and what it received.
+struct Backend {
+    addr: String,
+    stop: CancellationToken,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        let router = Router::new().fallback(any(move |request: Request| async move {
+            if request.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            let headers: BTreeMap<String, String> = request
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            axum::Json(json!({
+                "name": name,
+                "method": request.method().as_str(),
+                "path": request.uri().path(),
+                "query": request.uri().query(),
+                "headers": headers,
+            }))
+        }));
+        let token = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Backend { addr, stop }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start_node(root: &std::path::Path) -> NodeProc {
+    let node = NodeProc::start(
+        1,
+        root,
+        Some("1=127.0.0.1:0"),
+        &[
+            "--listen",
+            "gateway=127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let url = node.url();
+    wait_until(Duration::from_secs(20), "the node to be ready", || {
+        let url = url.clone();
+        async move {
+            let ok = http_client()
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success();
+            ok.then_some(())
+        }
+    })
+    .await;
+    node
+}
+
+/// Applies `table` through the admin API (merging by name, or replacing it); returns the
+/// status and the answer.
+async fn apply(node: &NodeProc, table: &Value, replace: bool) -> (u16, Value) {
+    let response = http_client()
+        .post(format!(
+            "{}/v1/gateway/routes{}",
+            node.url(),
+            if replace { "?replace=true" } else { "" }
+        ))
+        .json(table)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn apply_ok(node: &NodeProc, table: &Value) -> u64 {
+    let (status, reply) = apply(node, table, true).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["in_force"], true, "{reply}");
+    reply["version"].as_u64().unwrap()
+}
+
+fn gateway_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// GET through the gateway: status, headers and body as JSON when it is JSON.
+async fn get(
+    client: &reqwest::Client,
+    node: &NodeProc,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = client.get(format!("http://{}{path}", node.gateway.as_ref().unwrap()));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t01_routes_match_act_and_balance_over_static_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [
+                {"name": "api", "path": {"prefix": "/api/"}, "strip_prefix": true, "upstream": "pair",
+                 "request_headers": {"set": {"x-route": "api"}},
+                 "response_headers": {"set": {"x-served-by": "strata"}, "remove": ["content-type"]}},
+                {"name": "user", "path": {"template": "/users/{id}/profile"},
+                 "rewrite": "/profiles/{id}", "upstream": "pair"},
+                {"name": "v2", "priority": 5, "headers": [{"name": "accept-version", "value": "v2"}],
+                 "respond": {"status": 200, "body": "version two"}},
+                {"name": "post-only", "path": {"prefix": "/api/"}, "methods": ["POST"],
+                 "respond": {"status": 201, "body": "posted"}},
+                {"name": "old", "path": {"prefix": "/old"}, "redirect": {"to": "/new{path}{query}", "status": 301}},
+                {"name": "example", "hosts": ["*.example.com"], "respond": {"body": "wildcard"}}
+            ],
+            "upstreams": [
+                {"name": "pair", "addresses": [a.addr, b.addr]}
+            ]
+        }),
+    )
+    .await;
+    let client = gateway_client();
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let (status, headers, body) = get(
+            &client,
+            &node,
+            "/api/orders/7?x=1",
+            &[("x-request-id", "req-1")],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["path"], "/orders/7");
+        assert_eq!(body["query"], "x=1");
+        assert_eq!(body["headers"]["x-route"], "api");
+        assert_eq!(body["headers"]["x-request-id"], "req-1");
+        assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-served-by"], "strata");
+        assert_eq!(headers["x-request-id"], "req-1");
+        assert!(!headers.contains_key("content-type"), "{headers:?}");
+        names.push(body["name"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        names,
+        ["a", "b", "a", "b", "a", "b"],
+        "round robin takes turns"
+    );
+    let (_, _, body) = get(&client, &node, "/users/42/profile", &[]).await;
+    assert_eq!(body["path"], "/profiles/42");
+    let (status, _, body) = get(&client, &node, "/api/x", &[("accept-version", "v2")]).await;
+    assert_eq!((status, body), (200, json!("version two")), "priority wins");
+    let response = client
+        .post(format!("http://{}/api/x", node.gateway.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let (status, headers, _) = get(&client, &node, "/old/page?q=1", &[]).await;
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "/new/old/page?q=1");
+    let (status, _, body) = get(&client, &node, "/", &[("host", "www.example.com")]).await;
+    assert_eq!((status, body), (200, json!("wildcard")));
+    let (status, headers, _) = get(&client, &node, "/nothing", &[]).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        headers["x-request-id"].len(),
+        32,
+        "a request id is made when none came"
+    );
+    // The admin views and the CLI.
+    let listed = cli_ok(&[node.url()], &["gateway", "routes", "list"]);
+    assert!(
+        listed.contains("upstream pair") && listed.contains("redirect /new"),
+        "{listed}"
+    );
+    let shown: Value = serde_json::from_str(&cli_ok(
+        &[node.url()],
+        &["--output", "json", "gateway", "upstreams", "show", "pair"],
+    ))
+    .unwrap();
+    let requests: u64 = shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 7, "{shown}");
+    let metrics = http_client()
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"strata_gateway_requests_total{code="2xx",route="api",node_id="1"} 6"#,
+        r#"strata_gateway_requests_total{code="3xx",route="old",node_id="1"} 1"#,
+        r#"strata_gateway_requests_total{code="4xx",route="",node_id="1"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t02_a_registry_group_follows_registrations_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let backends = [
+        Backend::start("r1").await,
+        Backend::start("r2").await,
+        Backend::start("r3").await,
+    ];
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "svc", "upstream": "web"}],
+            "upstreams": [{"name": "web", "service": "web", "balance": "least_request"}]
+        }),
+    )
+    .await;
+    let client = gateway_client();
+    let (status, headers, _) = get(&client, &node, "/", &[]).await;
+    assert_eq!(status, 503, "no instances yet");
+    assert_eq!(headers["retry-after"], "1");
+    let http = http_client();
+    for (i, backend) in backends.iter().enumerate() {
+        let response = http
+            .post(format!("{}/v1/registry/instances", node.url()))
+            .json(&json!({"service": "web", "id": format!("r{}", i + 1),
+                "address": "127.0.0.1", "port": backend.port()}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+    let seen = wait_until(
+        Duration::from_secs(5),
+        "all three instances to serve",
+        || {
+            let client = client.clone();
+            let node = &node;
+            async move {
+                let mut names = std::collections::BTreeSet::new();
+                for _ in 0..30 {
+                    let (status, _, body) = get(&client, node, "/", &[]).await;
+                    if status == 200 {
+                        names.insert(body["name"].as_str().unwrap().to_string());
+                    }
+                }
+                (names.len() == 3).then_some(names)
+            }
+        },
+    )
+    .await;
+    assert_eq!(seen.len(), 3);
+    // Deregister r1 and stop r2 while requests flow: within a second only r3 answers, and
+    // every GET succeeds (a refused connection is retried on another member).
+    let changed = Instant::now();
+    let response = http
+        .delete(format!(
+            "{}/v1/registry/services/web/instances/r1",
+            node.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    backends[1].stop.cancel();
+    let mut failures = 0;
+    let mut last_other = changed;
+    while changed.elapsed() < Duration::from_secs(3) {
+        let (status, _, body) = get(&client, &node, "/", &[]).await;
+        if status != 200 {
+            failures += 1;
+        } else if body["name"] != "r3" {
+            last_other = Instant::now();
+        }
+    }
+    assert!(
+        last_other.duration_since(changed) < Duration::from_secs(1),
+        "r1 or r2 still served {:?} after the change",
+        last_other.duration_since(changed)
+    );
+    // r2 is still registered (nothing checks it): its refused connections are retried.
+    assert_eq!(failures, 0, "requests failed while the set changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t03_an_invalid_table_is_refused_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let version = apply_ok(
+        &node,
+        &json!({"routes": [{"name": "hello", "respond": {"body": "hello"}}]}),
+    )
+    .await;
+    let cases = [
+        (
+            json!({"routes": [{"name": "a", "upstream": "missing"}]}),
+            "unknown upstream \"missing\"",
+        ),
+        (
+            json!({"routes": [{"name": "a", "path": {"regex": "(["}, "respond": {}}]}),
+            "bad regex",
+        ),
+        (
+            json!({"routes": [{"name": "a", "path": {"exact": "/x"}, "respond": {}},
+                              {"name": "b", "path": {"exact": "/x"}, "respond": {}}]}),
+            "route \"b\" can never match",
+        ),
+        (
+            json!({"routes": [{"name": "a", "respond": {}, "bogus": 1}]}),
+            "bogus",
+        ),
+    ];
+    for (table, want) in cases {
+        let (status, reply) = apply(&node, &table, true).await;
+        assert_eq!(status, 400, "{table}: {reply}");
+        assert!(reply["message"].as_str().unwrap().contains(want), "{reply}");
+    }
+    let client = gateway_client();
+    let (status, _, body) = get(&client, &node, "/", &[]).await;
+    assert_eq!((status, body), (200, json!("hello")));
+    let listed: Value = http_client()
+        .get(format!("{}/v1/gateway/routes", node.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["version"], version);
+    // The CLI refuses a bad file before sending it, and names the file.
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[[routes]]\nname = \"x\"\nupstrem = \"u\"\n").unwrap();
+    let output = cli(
+        &[node.url()],
+        &["gateway", "routes", "apply", file.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("upstrem") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+    // A good file merges by name; delete removes one route.
+    let file = dir.path().join("more.toml");
+    std::fs::write(
+        &file,
+        "[[routes]]\nname = \"bye\"\npath = { exact = \"/bye\" }\nrespond = { body = \"bye\" }\n",
+    )
+    .unwrap();
+    let applied = cli_ok(
+        &[node.url()],
+        &["gateway", "routes", "apply", file.to_str().unwrap()],
+    );
+    assert!(applied.contains("2 routes"), "{applied}");
+    let (_, _, body) = get(&client, &node, "/bye", &[]).await;
+    assert_eq!(body, json!("bye"));
+    cli_ok(&[node.url()], &["gateway", "routes", "delete", "bye"]);
+    let (_, _, body) = get(&client, &node, "/bye", &[]).await;
+    assert_eq!(body, json!("hello"));
+    let output = cli(&[node.url()], &["gateway", "routes", "delete", "bye"]);
+    assert!(!output.status.success());
+}
+
+/// Accepts connections, reads a request and closes without answering.
+async fn resetting_backend() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    addr
+}
+
+/// Sends raw bytes to the gateway and returns what came back before the connection closed
+/// (or `deadline` passed).
+async fn raw(addr: &str, request: &[u8], deadline: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(deadline, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t04_failing_upstreams_and_bad_input_get_the_right_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let slow = Backend::start("slow").await;
+    let reset = resetting_backend().await;
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [
+                {"name": "slow", "path": {"prefix": "/slow"}, "upstream": "slow", "timeout": "300ms"},
+                {"name": "reset", "path": {"prefix": "/reset"}, "upstream": "reset"},
+                {"name": "refused", "path": {"prefix": "/refused"}, "upstream": "refused"},
+                {"name": "small", "path": {"prefix": "/small"}, "upstream": "slow", "max_body": "1KiB"}
+            ],
+            "upstreams": [
+                {"name": "slow", "addresses": [slow.addr]},
+                {"name": "reset", "addresses": [reset]},
+                {"name": "refused", "addresses": [refused]}
+            ]
+        }),
+    )
+    .await;
+    let client = gateway_client();
+    let started = Instant::now();
+    let (status, _, _) = get(&client, &node, "/slow", &[]).await;
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(&client, &node, "/reset", &[]).await.0, 502);
+    assert_eq!(get(&client, &node, "/refused", &[]).await.0, 502);
+    let gateway = node.gateway.clone().unwrap();
+    let big = client
+        .post(format!("http://{gateway}/small"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status().as_u16(), 413);
+    let fits = client
+        .post(format!("http://{gateway}/small"))
+        .body(vec![b'x'; 512])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status().as_u16(), 200);
+    // A chunked body over the limit is cut off too.
+    let chunks = futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 512])));
+    let chunked = client
+        .post(format!("http://{gateway}/small"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status().as_u16(), 413);
+    // Oversized headers, a malformed request, and a client that never finishes its headers.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let answer = raw(&gateway, huge.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    let answer = raw(&gateway, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.200}");
+    let started = Instant::now();
+    let answer = raw(
+        &gateway,
+        b"GET / HTTP/1.1\r\nhost: x\r\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a slow client was not cut off: {:?} {answer:.200}",
+        started.elapsed()
+    );
+    // Nothing above broke the gateway.
+    assert_eq!(get(&client, &node, "/small", &[]).await.0, 200);
+    node.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t05_route_tables_change_under_load_without_failing_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let table = |i: usize| {
+        json!({
+            "routes": [{"name": "all", "upstream": if i.is_multiple_of(2) { "even" } else { "odd" },
+                        "response_headers": {"set": {"x-table": i.to_string()}}}],
+            "upstreams": [
+                {"name": "even", "addresses": [a.addr]},
+                {"name": "odd", "addresses": [b.addr], "balance": "random"}
+            ]
+        })
+    };
+    apply_ok(&node, &table(0)).await;
+    let stop = CancellationToken::new();
+    let gateway = node.gateway.clone().unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, gateway) = (stop.clone(), gateway.clone());
+        workers.push(tokio::spawn(async move {
+            let client = gateway_client();
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.is_cancelled() && ok < 200_000 {
+                match client.get(format!("http://{gateway}/x")).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for i in 1..=20 {
+        apply_ok(&node, &table(i)).await;
+    }
+    stop.cancel();
+    let mut total = 0;
+    for worker in workers {
+        let (ok, failed) = worker.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "failed requests during reloads: {failed:?}"
+        );
+        total += ok;
+    }
+    assert!(
+        total > 100,
+        "too few requests ran during the reloads: {total}"
+    );
+    let (_, headers, body) = get(&gateway_client(), &node, "/x", &[]).await;
+    assert_eq!(headers["x-table"], "20");
+    assert_eq!(body["name"], "a");
+}
+
+/// A backend that switches protocols and then echoes bytes, as a WebSocket server would.
+async fn upgrading_backend() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                assert!(head.contains("upgrade: echo"), "{head}");
+                stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                    .await
+                    .unwrap();
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t06_upgrades_and_grpc_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let echo = upgrading_backend().await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [
+                {"name": "ws", "path": {"prefix": "/ws"}, "upstream": "echo"},
+                {"name": "grpc", "path": {"prefix": "/etcdserverpb.KV/"}, "upstream": "etcd"}
+            ],
+            "upstreams": [
+                {"name": "echo", "addresses": [echo]},
+                {"name": "etcd", "addresses": [node.grpc_addr()], "protocol": "h2c"}
+            ]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let mut stream = TcpStream::connect(&gateway).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for message in [&b"ping"[..], b"and again"] {
+        stream.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, message);
+    }
+    // gRPC (HTTP/2 with trailers) through the gateway to the node's own etcd API.
+    use strata_etcd::pb::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+    let mut kv = KvClient::connect(format!("http://{gateway}"))
+        .await
+        .unwrap();
+    kv.put(PutRequest {
+        key: b"through/gateway".to_vec(),
+        value: b"yes".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let range = kv
+        .range(RangeRequest {
+            key: b"through/gateway".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(range.kvs[0].value, b"yes");
+    // A gRPC error status travels in the trailers.
+    let status = kv
+        .range(RangeRequest {
+            key: Vec::new(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t07_a_canary_takes_its_share_the_forcing_header_wins_and_cookies_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (v1, v2) = (Backend::start("v1").await, Backend::start("v2").await);
+    let http = http_client();
+    for (id, backend, version) in [("a", &v1, "v1"), ("b", &v2, "v2")] {
+        let response = http
+            .post(format!("{}/v1/registry/instances", node.url()))
+            .json(&json!({"service": "shop", "id": id, "address": "127.0.0.1",
+                "port": backend.port(), "meta": {"version": version}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [
+                {"name": "shop", "upstream": "shop-v1",
+                 "canary": {"upstream": "shop-v2", "weight": 10, "force_header": "x-canary"}},
+                {"name": "sticky", "path": {"prefix": "/sticky"}, "upstream": "shop-v1",
+                 "canary": {"upstream": "shop-v2", "weight": 50, "sticky": "cookie:side"}}
+            ],
+            "upstreams": [
+                {"name": "shop-v1", "service": "shop", "meta": {"version": "v1"}},
+                {"name": "shop-v2", "service": "shop", "meta": {"version": "v2"}}
+            ]
+        }),
+    )
+    .await;
+    let client = gateway_client();
+    wait_until(Duration::from_secs(5), "both versions to be live", || {
+        let (client, node) = (client.clone(), &node);
+        async move {
+            let stable = get(&client, node, "/", &[("x-canary", "stable")]).await;
+            let canary = get(&client, node, "/", &[("x-canary", "canary")]).await;
+            (stable.2["name"] == "v1" && canary.2["name"] == "v2").then_some(())
+        }
+    })
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let gateway = gateway.clone();
+        workers.push(tokio::spawn(async move {
+            let client = gateway_client();
+            let mut v2 = 0;
+            for _ in 0..1250 {
+                let body: Value = client
+                    .get(format!("http://{gateway}/"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v2 += usize::from(body["name"] == "v2");
+            }
+            v2
+        }));
+    }
+    let mut v2 = 0;
+    for worker in workers {
+        v2 += worker.await.unwrap();
+    }
+    let percent = v2 as f64 / 100.0;
+    assert!(
+        (8.5..=11.5).contains(&percent),
+        "{percent}% of 10,000 went to the canary"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &node, "/", &[("x-canary", "canary")]).await.2["name"],
+            "v2"
+        );
+        assert_eq!(
+            get(&client, &node, "/", &[("x-canary", "stable")]).await.2["name"],
+            "v1"
+        );
+    }
+    // Sticky by cookie: the first answer assigns a side, the cookie keeps it.
+    for _ in 0..10 {
+        let (_, headers, body) = get(&client, &node, "/sticky", &[]).await;
+        let cookie = headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let side = body["name"].as_str().unwrap().to_string();
+        assert_eq!(cookie == "side=canary", side == "v2", "{cookie} {side}");
+        for _ in 0..10 {
+            let (_, headers, body) = get(&client, &node, "/sticky", &[("cookie", &cookie)]).await;
+            assert_eq!(body["name"], side.as_str());
+            assert!(!headers.contains_key("set-cookie"));
+        }
+    }
+}

@@ -27,7 +27,39 @@ pub struct Metrics {
     pub table_version: IntGauge,
 }
 
+/// A route's request counters (by status class) and latency histogram, looked up once per
+/// table instead of once per request.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [IntCounter; 5],
+    seconds: prometheus::Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.by_class[class].inc();
+        self.seconds.observe(seconds);
+    }
+}
+
 impl Metrics {
+    /// The handles of route `name` (empty: no route matched).
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let class = |c: &str| self.requests.with_label_values(&[name, c]);
+        RouteMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            seconds: self.seconds.with_label_values(&[name]),
+        }
+    }
+
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
         let metrics = Metrics {

@@ -6,7 +6,7 @@
 //! `X-Request-Id` are set, `Upgrade` (WebSocket) is passed through.
 
 use crate::balance::HashOn;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{parse_cookies, Action, CanaryChoice, Compiled, RequestView, Route};
 use crate::upstream::{build_groups, Group};
 use axum::body::Body;
@@ -37,6 +37,10 @@ pub struct Live {
     pub groups: BTreeMap<String, Arc<Group>>,
     /// The config-center version it came from (0: none or a file).
     pub version: u64,
+    /// Metrics of each route, by index in `compiled.routes`.
+    route_metrics: Vec<RouteMetrics>,
+    /// Metrics of requests no route matched.
+    unmatched: RouteMetrics,
 }
 
 /// The gateway of one node: the live table and everything requests share.
@@ -81,6 +85,8 @@ impl Gateway {
                 compiled: Arc::new(empty),
                 groups: BTreeMap::new(),
                 version: 0,
+                route_metrics: Vec::new(),
+                unmatched: metrics.route(""),
             })),
             metrics,
             registry,
@@ -106,10 +112,17 @@ impl Gateway {
             &self.tracker,
             &self.cancel,
         );
+        let route_metrics = compiled
+            .routes
+            .iter()
+            .map(|r| self.metrics.route(&r.name))
+            .collect();
         *live = Arc::new(Live {
             compiled: Arc::new(compiled),
             groups,
             version,
+            route_metrics,
+            unmatched: self.metrics.route(""),
         });
         drop(live);
         self.metrics.tables_applied.inc();
@@ -202,12 +215,12 @@ impl Gateway {
             query: request.uri().query(),
             headers: request.headers(),
         });
-        let (route_name, mut response) = match found {
+        let (route_metrics, mut response) = match found {
             None => (
-                "",
+                &live.unmatched,
                 plain(StatusCode::NOT_FOUND, "no route matches this request\n"),
             ),
-            Some((route, params)) => {
+            Some((index, route, params)) => {
                 let response = match &route.action {
                     Action::Respond {
                         status,
@@ -257,20 +270,16 @@ impl Gateway {
                         response
                     }
                 };
-                (route.name.as_str(), response_with_edits(route, response))
+                (
+                    &live.route_metrics[index],
+                    response_with_edits(route, response),
+                )
             }
         };
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
-        self.metrics
-            .requests
-            .with_label_values(&[route_name, status_class(response.status())])
-            .inc();
-        self.metrics
-            .seconds
-            .with_label_values(&[route_name])
-            .observe(started.elapsed().as_secs_f64());
+        route_metrics.observe(response.status().as_u16(), started.elapsed().as_secs_f64());
         response
     }
 
@@ -311,7 +320,11 @@ impl Gateway {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return response;
         }
-        let key = hash_key(group.hash_on.as_ref(), request.headers(), client);
+        let key = if group.spec.balance == crate::model::Balance::RingHash {
+            hash_key(group.hash_on.as_ref(), request.headers(), client)
+        } else {
+            None
+        };
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let empty_body = declared == Some(0)
@@ -340,10 +353,15 @@ impl Gateway {
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
         let limit = route.max_body;
-        let mut body = Some(Body::new(
-            http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        ));
+        let mut body = Some(if empty_body {
+            Body::empty()
+        } else {
+            Body::new(
+                http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            )
+        });
+        let mut headers = Some(parts.headers);
         let deadline = tokio::time::Instant::now() + route.timeout;
         let mut tried = Vec::new();
         loop {
@@ -364,7 +382,16 @@ impl Gateway {
             let mut outgoing = Request::new(body.take().unwrap_or_else(Body::empty));
             *outgoing.method_mut() = parts.method.clone();
             *outgoing.uri_mut() = uri;
-            *outgoing.headers_mut() = parts.headers.clone();
+            // The headers are kept for another attempt only when there can be one.
+            *outgoing.headers_mut() = match (resendable && route.retries > 0, headers.take()) {
+                (true, Some(h)) => {
+                    let copy = h.clone();
+                    headers = Some(h);
+                    copy
+                }
+                (_, Some(h)) => h,
+                (_, None) => HeaderMap::new(),
+            };
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
             let answer = tokio::time::timeout_at(deadline, group.client.request(outgoing)).await;
@@ -604,16 +631,6 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
 }
 
 fn new_request_id() -> HeaderValue {

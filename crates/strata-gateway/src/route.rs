@@ -371,13 +371,14 @@ impl Compiled {
         })
     }
 
-    /// The first route that matches, with the parameters its template captured.
-    pub fn find(&self, request: &RequestView<'_>) -> Option<(&Route, Params)> {
+    /// The first route that matches (and its index in [`Compiled::routes`]), with the
+    /// parameters its template captured.
+    pub fn find(&self, request: &RequestView<'_>) -> Option<(usize, &Route, Params)> {
         let mut cookies = None;
-        self.routes.iter().find_map(|route| {
+        self.routes.iter().enumerate().find_map(|(index, route)| {
             route
                 .matches(request, &mut cookies)
-                .map(|params| (route, params))
+                .map(|params| (index, route, params))
         })
     }
 }
@@ -996,7 +997,7 @@ mod tests {
             query,
             headers: &map,
         })
-        .map(|(r, _)| r.name.as_str())
+        .map(|(_, r, _)| r.name.as_str())
     }
 
     #[test]
@@ -1135,11 +1136,11 @@ mod tests {
             query: None,
             headers: &empty,
         };
-        let (route, params) = c.find(&view("/api/orders/1")).unwrap();
+        let (_, route, params) = c.find(&view("/api/orders/1")).unwrap();
         assert_eq!(route.upstream_path("/api/orders/1", &params), "/orders/1");
-        let (route, params) = c.find(&view("/api/")).unwrap();
+        let (_, route, params) = c.find(&view("/api/")).unwrap();
         assert_eq!(route.upstream_path("/api/", &params), "/");
-        let (route, params) = c.find(&view("/users/42/profile")).unwrap();
+        let (_, route, params) = c.find(&view("/users/42/profile")).unwrap();
         assert_eq!(
             route.upstream_path("/users/42/profile", &params),
             "/v2/profiles/42"

@@ -215,7 +215,7 @@ jq -s --argjson run_info "$run_info" --argjson rounds "$rounds" --argjson second
               rps: (map(.value.rps) | median), p50_ms: (map(.value.p50_ms) | median),
               p99_ms: (map(.value.p99_ms) | median),
               cpu_us_per_req: (if .[0].value.cpu_us_per_req == null then null
-                               else (map(.value.cpu_us_per_req) | median) end),
+                               else (map(.value.cpu_us_per_req) | median * 100 | round / 100) end),
               peak_rss_mib: (map(.value.peak_rss_mib) | max),
               error_lines: (map(.value.error_lines) | add)}})
        | from_entries) as $summary

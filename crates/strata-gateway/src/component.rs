@@ -55,11 +55,21 @@ pub struct GatewayConfig {
 /// The API gateway, load balancer and frontend router.
 pub struct GatewayComponent;
 
-static LISTENERS: [ListenerSpec; 1] = [ListenerSpec {
-    name: LISTENER,
-    about: "API gateway (HTTP/1.1 and h2c)",
-    transport: Transport::Tcp,
-}];
+/// The listener that serves proxied traffic over TLS.
+pub const TLS_LISTENER: &str = "gateway_tls";
+
+static LISTENERS: [ListenerSpec; 2] = [
+    ListenerSpec {
+        name: LISTENER,
+        about: "API gateway (HTTP/1.1 and h2c)",
+        transport: Transport::Tcp,
+    },
+    ListenerSpec {
+        name: TLS_LISTENER,
+        about: "API gateway over TLS (HTTP/2 and HTTP/1.1 by ALPN, certificates by SNI)",
+        transport: Transport::Tcp,
+    },
+];
 
 impl Component for GatewayComponent {
     fn name(&self) -> &'static str {
@@ -92,7 +102,9 @@ impl Component for GatewayComponent {
                     let table = read_file(file).map_err(StartError)?;
                     let compiled = Compiled::new(table)
                         .map_err(|e| StartError(format!("{}: {e}", file.display())))?;
-                    gateway.install(compiled, 0);
+                    gateway
+                        .install(compiled, 0)
+                        .map_err(|e| StartError(format!("{}: {e}", file.display())))?;
                     ctx.tracker.spawn(watch_file(
                         gateway.clone(),
                         file.clone(),
@@ -113,8 +125,15 @@ impl Component for GatewayComponent {
             };
             if let Some(bound) = ctx.take_listener(LISTENER) {
                 tracing::info!(addr = %bound.addr, "gateway listening");
-                gateway.serve(LISTENER, bound.tcp);
+                gateway.serve(LISTENER, bound.tcp, None);
             }
+            if let Some(bound) = ctx.take_listener(TLS_LISTENER) {
+                tracing::info!(addr = %bound.addr, "gateway listening over TLS");
+                let config = crate::sni::server_config(gateway.sni.clone());
+                gateway.serve(TLS_LISTENER, bound.tcp, Some(config));
+            }
+            ctx.tracker
+                .spawn(watch_certificates(gateway.clone(), ctx.cancel.clone()));
             let state = AdminState {
                 gateway,
                 source: Arc::new(source),
@@ -167,10 +186,34 @@ async fn watch_file(
         }
         seen = now;
         match read_file(&file).and_then(|t| Compiled::new(t).map_err(|e| e.0)) {
-            Ok(compiled) => gateway.install(compiled, 0),
+            Ok(compiled) => {
+                if let Err(error) = gateway.install(compiled, 0) {
+                    gateway.metrics.tables_refused.inc();
+                    tracing::warn!(%error, "route table refused; the previous one keeps serving");
+                }
+            }
             Err(error) => {
                 gateway.metrics.tables_refused.inc();
                 tracing::warn!(%error, "route table refused; the previous one keeps serving");
+            }
+        }
+    }
+}
+
+/// Re-reads the HTTPS certificates when their files change.
+async fn watch_certificates(gateway: Arc<Gateway>, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(FILE_POLL) => {}
+        }
+        match gateway.sni.reload_if_changed() {
+            Ok(true) => {
+                tracing::info!(files = ?gateway.sni.files(), "gateway certificates reloaded")
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot reload the gateway certificates; the loaded ones keep serving")
             }
         }
     }
@@ -193,8 +236,12 @@ async fn follow_config(
         match configs.get(&key, &client) {
             Ok(served) if served.md5 != md5 => {
                 md5 = served.md5.clone();
-                match Table::parse(&served.content).and_then(Compiled::new) {
-                    Ok(compiled) => gateway.install(compiled, served.version),
+                let installed = Table::parse(&served.content)
+                    .and_then(Compiled::new)
+                    .map_err(|e| e.0)
+                    .and_then(|compiled| gateway.install(compiled, served.version));
+                match installed {
+                    Ok(()) => {}
                     Err(error) => {
                         gateway.metrics.tables_refused.inc();
                         tracing::warn!(version = served.version, %error, "route table refused; the previous one keeps serving");
@@ -204,7 +251,8 @@ async fn follow_config(
             Ok(_) => {}
             Err(e) if e.code == ErrorCode::NotFound => {
                 if !md5.is_empty() || gateway.live().version != 0 {
-                    gateway.install(Compiled::new(Table::default()).expect("empty table"), 0);
+                    let empty = Compiled::new(Table::default()).expect("the empty table is valid");
+                    let _ = gateway.install(empty, 0);
                 }
                 md5.clear();
             }
@@ -236,6 +284,7 @@ fn admin_router(state: AdminState) -> Router {
         )
         .route("/v1/gateway/upstreams", get(list_upstreams))
         .route("/v1/gateway/upstreams/{name}", get(show_upstream))
+        .route("/v1/gateway/tcp", get(list_tcp))
         .with_state(state)
 }
 
@@ -254,6 +303,8 @@ struct TableView {
     source: String,
     routes: Vec<crate::model::RouteSpec>,
     upstreams: Vec<crate::model::UpstreamSpec>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tcp: Vec<crate::model::TcpSpec>,
 }
 
 fn source_name(source: &Source) -> String {
@@ -272,6 +323,7 @@ async fn list_routes(State(s): State<AdminState>, Who(who): Who) -> ApiResult<Ta
         source: source_name(&s.source),
         routes: live.compiled.source.routes.clone(),
         upstreams: live.compiled.source.upstreams.clone(),
+        tcp: live.compiled.source.tcp.clone(),
     }))
 }
 
@@ -399,6 +451,8 @@ async fn change_table(
         let next = change(current)?;
         let compiled =
             Compiled::new(next.clone()).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.0))?;
+        crate::sni::check(&next.certificates)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("certificate: {e}")))?;
         let (routes, upstreams) = (compiled.routes.len(), compiled.upstreams.len());
         let content = serde_json::to_string_pretty(&next)
             .map_err(|e| ApiError::internal(format!("encode the route table: {e}")))?;
@@ -512,4 +566,16 @@ async fn show_upstream(
         .get(&name)
         .map(|g| axum::Json(upstream_view(g)))
         .ok_or_else(|| ApiError::not_found(format!("no upstream named {name:?}")).into())
+}
+
+#[derive(Serialize)]
+struct TcpList {
+    tcp: Vec<crate::tcp::TcpView>,
+}
+
+async fn list_tcp(State(s): State<AdminState>, Who(who): Who) -> ApiResult<TcpList> {
+    allow(&s, &who, Access::Read, &Names::prefix(""))?;
+    Ok(axum::Json(TcpList {
+        tcp: s.gateway.tcp.views(),
+    }))
 }

@@ -5,6 +5,8 @@
 //! - [`balance`]: load-balancing policies over an upstream's members.
 //! - [`upstream`]: upstream groups at run time, static or following a registry service.
 //! - [`proxy`]: the listener and the forwarding path.
+//! - [`sni`]: certificates of the HTTPS listener by SNI name, reloaded when files change.
+//! - [`tcp`]: TCP (L4) listeners of the table, balancing raw connections.
 //! - [`component`]: the node component, where the table comes from (the config center or a
 //!   file), and the admin API under `/v1/gateway/`.
 //!
@@ -20,6 +22,8 @@ mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod route;
+pub mod sni;
+pub mod tcp;
 pub mod upstream;
 
 pub use component::GatewayComponent;

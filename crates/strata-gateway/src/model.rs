@@ -19,6 +19,38 @@ pub struct Table {
     /// Upstream groups the routes proxy to.
     #[serde(default)]
     pub upstreams: Vec<UpstreamSpec>,
+    /// TCP (L4) listeners, each balancing raw connections over an upstream group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpSpec>,
+    /// Certificates of the HTTPS listener, chosen by SNI name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateSpec>,
+}
+
+/// A certificate of the HTTPS listener and the names it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    /// SNI names: `api.example.com`, or `*.example.com`. The table's first certificate also
+    /// answers clients that send no name or one no entry covers.
+    pub hosts: Vec<String>,
+    /// PEM certificate chain (read on every gateway node; rotated files are re-read).
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key.
+    pub key_file: std::path::PathBuf,
+}
+
+/// A TCP (L4) listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSpec {
+    /// Unique name.
+    pub name: String,
+    /// `HOST:PORT` to listen on (port 0: any free port, shown by `GET /v1/gateway/tcp`).
+    pub listen: String,
+    /// The upstream group whose members get the connections (`ring_hash` hashes the client's
+    /// address).
+    pub upstream: String,
 }
 
 /// One route: what it matches and what it does.
@@ -312,6 +344,15 @@ impl Table {
             match self.routes.iter_mut().find(|r| r.name == route.name) {
                 Some(existing) => *existing = route,
                 None => self.routes.push(route),
+            }
+        }
+        if !other.certificates.is_empty() {
+            self.certificates = other.certificates;
+        }
+        for tcp in other.tcp {
+            match self.tcp.iter_mut().find(|t| t.name == tcp.name) {
+                Some(existing) => *existing = tcp,
+                None => self.tcp.push(tcp),
             }
         }
         for upstream in other.upstreams {

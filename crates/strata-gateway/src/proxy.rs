@@ -52,7 +52,15 @@ pub struct Gateway {
     tracker: TaskTracker,
     cancel: CancellationToken,
     applied: tokio::sync::watch::Sender<u64>,
+    /// The table's TCP (L4) listeners.
+    pub tcp: crate::tcp::TcpListeners,
+    /// Certificates of the HTTPS listener.
+    pub sni: Arc<crate::sni::SniCertificates>,
 }
+
+/// Marks a request that came over TLS (for `X-Forwarded-Proto`).
+#[derive(Clone, Copy)]
+struct Https;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -93,6 +101,8 @@ impl Gateway {
             tracker,
             cancel,
             applied: tokio::sync::watch::channel(0).0,
+            tcp: Default::default(),
+            sni: Default::default(),
         })
     }
 
@@ -102,8 +112,10 @@ impl Gateway {
     }
 
     /// Puts `compiled` (config-center version `version`) in force: requests that started
-    /// before keep the old table, later ones get this one.
-    pub fn install(&self, compiled: Compiled, version: u64) {
+    /// before keep the old table, later ones get this one. Refused (the old table stays) when a
+    /// certificate it names cannot be loaded.
+    pub fn install(self: &Arc<Self>, compiled: Compiled, version: u64) -> Result<(), String> {
+        self.sni.set(&compiled.source.certificates)?;
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         let groups = build_groups(
             &compiled.upstreams,
@@ -124,11 +136,21 @@ impl Gateway {
             route_metrics,
             unmatched: self.metrics.route(""),
         });
+        let tcp_wanted = live
+            .compiled
+            .source
+            .tcp
+            .iter()
+            .map(|t| (t.name.clone(), t.listen.clone()))
+            .collect();
         drop(live);
+        self.tcp
+            .reconcile(&tcp_wanted, self, &self.tracker, &self.cancel);
         self.metrics.tables_applied.inc();
         self.metrics.table_version.set(version as i64);
         self.applied.send_replace(version);
         tracing::info!(version, "route table applied");
+        Ok(())
     }
 
     /// Waits until a table of at least `version` is in force, up to `timeout`.
@@ -139,12 +161,19 @@ impl Gateway {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Serves the gateway on `tcp` until cancelled.
-    pub fn serve(self: &Arc<Self>, name: &'static str, tcp: TcpListener) {
+    /// Serves the gateway on `tcp` until cancelled: plain HTTP (HTTP/1.1 and h2c), or HTTPS
+    /// with `tls` (HTTP/2 or HTTP/1.1 by ALPN).
+    pub fn serve(
+        self: &Arc<Self>,
+        name: &'static str,
+        tcp: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
         let gateway = self.clone();
         let tracker = self.tracker.clone();
         let cancel = self.cancel.clone();
         let connections = self.metrics.connections.clone();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         self.tracker.spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
             let mut builder =
@@ -172,18 +201,42 @@ impl Gateway {
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
+                let https = acceptor.is_some();
                 let service = hyper::service::service_fn(move |request| {
                     let gateway = gateway.clone();
-                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, client).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https).await)
+                    }
                 });
-                let connection = builder
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                    .into_owned();
-                let watched = graceful.watch(connection);
+                let (watcher, builder, acceptor) =
+                    (graceful.watcher(), builder.clone(), acceptor.clone());
                 let connections = connections.clone();
                 tracker.spawn(async move {
                     connections.inc();
-                    if let Err(e) = watched.await {
+                    let result = match acceptor {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            watcher
+                                .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
+                                .await
+                        }
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    let io = hyper_util::rt::TokioIo::new(stream);
+                                    watcher
+                                        .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
+                                        .await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(listener = name, %client, error = %e, "TLS handshake failed");
+                                    Ok(())
+                                }
+                                Err(_) => Ok(()),
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(listener = name, %client, error = %e, "connection ended with an error");
                     }
                     connections.dec();
@@ -196,10 +249,14 @@ impl Gateway {
     /// Answers one request.
     pub async fn handle(
         &self,
-        request: Request<hyper::body::Incoming>,
+        mut request: Request<hyper::body::Incoming>,
         client: SocketAddr,
+        https: bool,
     ) -> Response<Body> {
         let started = Instant::now();
+        if https {
+            request.extensions_mut().insert(Https);
+        }
         let live = self.live();
         let host = request_host(&request);
         let request_id = request
@@ -327,6 +384,7 @@ impl Gateway {
         };
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
+        let https = parts.extensions.get::<Https>().is_some();
         let empty_body = declared == Some(0)
             || (declared.is_none()
                 && !parts.headers.contains_key(header::TRANSFER_ENCODING)
@@ -342,6 +400,7 @@ impl Gateway {
             host,
             request_id,
             upgrade.is_some(),
+            https,
         );
         if group.spec.protocol == crate::model::Protocol::H2c {
             parts.headers.remove(header::HOST);
@@ -500,6 +559,7 @@ fn prepare_headers(
     host: &str,
     request_id: &HeaderValue,
     upgrade: bool,
+    https: bool,
 ) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -535,7 +595,8 @@ fn prepare_headers(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Ok(value) = HeaderValue::from_str(host) {
         headers.insert(X_FORWARDED_HOST.clone(), value);
     }

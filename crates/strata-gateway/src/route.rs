@@ -364,6 +364,23 @@ impl Compiled {
         }
         routes.sort_by_key(|r| r.order);
         check_shadowing(&table, &routes)?;
+        check_tcp(&table, &upstreams)?;
+        for certificate in &table.certificates {
+            if certificate.hosts.is_empty() {
+                return Err(TableError(format!(
+                    "certificate {}: give the `hosts` it serves",
+                    certificate.cert_file.display()
+                )));
+            }
+            for host in &certificate.hosts {
+                compile_host(host).map_err(|m| {
+                    TableError(format!(
+                        "certificate {}: {m}",
+                        certificate.cert_file.display()
+                    ))
+                })?;
+            }
+        }
         Ok(Compiled {
             routes,
             upstreams,
@@ -381,6 +398,34 @@ impl Compiled {
                 .map(|params| (index, route, params))
         })
     }
+}
+
+fn check_tcp(table: &Table, upstreams: &BTreeMap<String, UpstreamSpec>) -> Result<(), TableError> {
+    let mut names = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for tcp in &table.tcp {
+        let fail = |m: String| Err(TableError(format!("tcp listener {:?}: {m}", tcp.name)));
+        if tcp.name.is_empty() {
+            return Err(TableError("a tcp listener has an empty name".into()));
+        }
+        if !names.insert(tcp.name.as_str()) {
+            return Err(TableError(format!(
+                "two tcp listeners are named {:?}",
+                tcp.name
+            )));
+        }
+        let port_zero = tcp.listen.ends_with(":0");
+        if tcp.listen.parse::<std::net::SocketAddr>().is_err() {
+            return fail(format!("listen {:?} is not IP:PORT", tcp.listen));
+        }
+        if !port_zero && !addresses.insert(tcp.listen.as_str()) {
+            return fail(format!("another tcp listener has {:?}", tcp.listen));
+        }
+        if !upstreams.contains_key(&tcp.upstream) {
+            return fail(format!("unknown upstream {:?}", tcp.upstream));
+        }
+    }
+    Ok(())
 }
 
 fn check_upstream(u: &UpstreamSpec) -> Result<(), TableError> {

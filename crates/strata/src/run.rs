@@ -39,6 +39,9 @@ pub struct DevArgs {
     /// API gateway address, HTTP/1.1 and h2c (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7780")]
     pub gateway_addr: String,
+    /// API gateway over TLS, certificates by SNI from the route table (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7743")]
+    pub gateway_tls_addr: String,
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
@@ -232,6 +235,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config
         .listen
         .insert("gateway".to_string(), args.gateway_addr.clone());
+    config
+        .listen
+        .insert("gateway_tls".to_string(), args.gateway_tls_addr.clone());
     // A one-node cluster founds itself; its raft address is filled in once bound.
     config.initial_cluster.insert(1, config.raft_addr.clone());
     // One node has no one to wait for: short timeouts make it ready at once.
@@ -258,7 +264,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  api     http://{}", node.addrs.api());
     println!("  raft    {}", node.addrs.raft());
     // The listeners the README shows first, in its order; any others after them.
-    let order = ["grpc", "consul", "dns", "nacos", "gateway"];
+    let order = ["grpc", "consul", "dns", "nacos", "gateway", "gateway_tls"];
     let mut listeners: Vec<_> = node.addrs.iter().collect();
     listeners.sort_by_key(|(name, _)| order.iter().position(|o| o == name).unwrap_or(order.len()));
     for (name, addr) in listeners {
@@ -293,6 +299,9 @@ fn banner_line(name: &str, addr: std::net::SocketAddr) -> Option<String> {
         ),
         "nacos" => format!("http://{addr}   (Nacos-compatible API: nacos.NacosClient(\"{addr}\"))"),
         "gateway" => format!("http://{addr}   (API gateway: strata gateway routes apply FILE)"),
+        "gateway_tls" => {
+            format!("https://{addr}   (API gateway over TLS: [[certificates]] in the route table)")
+        }
         _ => addr.to_string(),
     };
     Some(format!("  {name:<7} {hint}"))

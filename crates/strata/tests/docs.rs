@@ -102,12 +102,14 @@ async fn start_node(root: &Path) -> Node {
     })
     .await;
     let names = [("api", 7700), ("raft", 7701), ("grpc", 7702), ("dns", 7703)];
-    let to_bound: HashMap<u16, u16> =
-        (names
-            .into_iter()
-            .chain([("consul", 7705), ("nacos", 7848), ("gateway", 7780)]))
-        .map(|(name, default)| (default, addrs[name].port()))
-        .collect();
+    let to_bound: HashMap<u16, u16> = (names.into_iter().chain([
+        ("consul", 7705),
+        ("nacos", 7848),
+        ("gateway", 7780),
+        ("gateway_tls", 7743),
+    ]))
+    .map(|(name, default)| (default, addrs[name].port()))
+    .collect();
     Node {
         _child: child,
         root: root.to_path_buf(),

@@ -74,6 +74,8 @@ async fn start_node(root: &std::path::Path) -> NodeProc {
         &[
             "--listen",
             "gateway=127.0.0.1:0",
+            "--listen",
+            "gateway_tls=127.0.0.1:0",
             "--grpc-addr",
             "127.0.0.1:0",
         ],
@@ -801,4 +803,266 @@ async fn t07_a_canary_takes_its_share_the_forcing_header_wins_and_cookies_stick(
             assert!(!headers.contains_key("set-cookie"));
         }
     }
+}
+
+/// A TCP server that answers each line with its name and the line.
+async fn echo_server(name: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let (read, mut write) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if write
+                        .write_all(format!("{name} {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn tcp_listeners(node: &NodeProc) -> Value {
+    http_client()
+        .get(format!("{}/v1/gateway/tcp", node.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Sends `line` on `stream` and reads the answer line.
+async fn ask(stream: &mut TcpStream, line: &str) -> String {
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "the connection closed");
+        answer.push(byte[0]);
+    }
+    String::from_utf8(answer).unwrap().trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t08_a_tcp_listener_balances_raw_connections_and_survives_table_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (one, two) = (echo_server("one").await, echo_server("two").await);
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let table = |extra_route: bool| {
+        let mut routes = vec![json!({"name": "hello", "respond": {"body": "hi"}})];
+        if extra_route {
+            routes.push(
+                json!({"name": "bye", "path": {"exact": "/bye"}, "respond": {"body": "bye"}}),
+            );
+        }
+        json!({
+            "routes": routes,
+            "upstreams": [{"name": "echo", "addresses": [one, two, refused]}],
+            "tcp": [{"name": "echo", "listen": "127.0.0.1:0", "upstream": "echo"}]
+        })
+    };
+    apply_ok(&node, &table(false)).await;
+    let listeners = tcp_listeners(&node).await;
+    let bound = listeners["tcp"][0]["bound"].as_str().unwrap().to_string();
+    let mut names = std::collections::BTreeSet::new();
+    let mut kept = TcpStream::connect(&bound).await.unwrap();
+    let first = ask(&mut kept, "hello").await;
+    for i in 0..6 {
+        let mut stream = TcpStream::connect(&bound).await.unwrap();
+        let answer = ask(&mut stream, &format!("line {i}")).await;
+        let (name, rest) = answer.split_once(' ').unwrap();
+        assert_eq!(rest, format!("line {i}"));
+        names.insert(name.to_string());
+    }
+    assert_eq!(names.len(), 2, "both members served: {names:?}");
+    // A table change that keeps the listener keeps its port and its open connections.
+    apply_ok(&node, &table(true)).await;
+    let listeners = tcp_listeners(&node).await;
+    assert_eq!(listeners["tcp"][0]["bound"], bound.as_str());
+    let again = ask(&mut kept, "still there").await;
+    assert_eq!(
+        again.split_once(' ').unwrap().0,
+        first.split_once(' ').unwrap().0
+    );
+    assert_eq!(again.split_once(' ').unwrap().1, "still there");
+    // Removing it closes the port.
+    apply_ok(
+        &node,
+        &json!({"routes": [{"name": "hello", "respond": {"body": "hi"}}]}),
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "the TCP listener to close", || {
+        let bound = bound.clone();
+        async move { TcpStream::connect(&bound).await.is_err().then_some(()) }
+    })
+    .await;
+}
+
+fn strata_cert(dir: &std::path::Path, args: &[&str]) {
+    let output = run_with_deadline(
+        std::process::Command::new(strata_bin())
+            .arg("cert")
+            .args(args)
+            .arg("--dir")
+            .arg(dir),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(output.status.success(), "strata cert {args:?}: {output:?}");
+}
+
+/// Connects over TLS to `addr` naming `sni`, offering `alpn`; returns the stream, the
+/// certificate served and the protocol agreed.
+async fn tls_connect(
+    ca: &std::path::Path,
+    addr: &str,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    Vec<u8>,
+    Option<Vec<u8>>,
+) {
+    let config = strata_tls::client_config(Some(&ca.join("ca.pem")), None, alpn).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    let served = stream.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec();
+    let agreed = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    (stream, served, agreed)
+}
+
+fn pem_der(path: &std::path::Path) -> Vec<u8> {
+    strata_tls::read_certs(path).unwrap()[0].as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t09_tls_serves_a_certificate_per_sni_name_over_h2_and_http1_and_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    strata_cert(&pki, &["init"]);
+    strata_cert(&pki, &["issue", "site-a", "--host", "a.test"]);
+    strata_cert(&pki, &["issue", "site-b", "--host", "www.b.test"]);
+    let backend = Backend::start("tls-backend").await;
+    let file = |name: &str| pki.join(name).to_string_lossy().into_owned();
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "b"}],
+            "upstreams": [{"name": "b", "addresses": [backend.addr]}],
+            "certificates": [
+                {"hosts": ["a.test"], "cert_file": file("site-a.pem"), "key_file": file("site-a-key.pem")},
+                {"hosts": ["*.b.test"], "cert_file": file("site-b.pem"), "key_file": file("site-b-key.pem")}
+            ]
+        }),
+    )
+    .await;
+    let tls_addr = node.gateway_tls.clone().unwrap();
+    let (_, served, agreed) = tls_connect(
+        &pki,
+        &tls_addr,
+        "a.test",
+        &[b"h2".as_slice(), b"http/1.1".as_slice()],
+    )
+    .await;
+    assert_eq!(served, pem_der(&pki.join("site-a.pem")));
+    assert_eq!(agreed.as_deref(), Some(&b"h2"[..]));
+    let (_, served, _) = tls_connect(&pki, &tls_addr, "www.b.test", &[b"h2".as_slice()]).await;
+    assert_eq!(served, pem_der(&pki.join("site-b.pem")));
+
+    // HTTP/2 over TLS, then HTTP/1.1 over TLS; the backend hears that the client used https.
+    let (stream, _, _) = tls_connect(&pki, &tls_addr, "a.test", &[b"h2".as_slice()]).await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get("https://a.test/over/h2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["path"], "/over/h2");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    let (mut stream, _, agreed) =
+        tls_connect(&pki, &tls_addr, "www.b.test", &[b"http/1.1".as_slice()]).await;
+    assert_eq!(agreed.as_deref(), Some(&b"http/1.1"[..]));
+    stream
+        .write_all(b"GET /over/h1 HTTP/1.1\r\nhost: www.b.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("/over/h1") && answer.contains("https"),
+        "{answer}"
+    );
+
+    // Rotation: new files under the same names are served without a restart.
+    let before = pem_der(&pki.join("site-a.pem"));
+    std::fs::remove_file(pki.join("site-a.pem")).unwrap();
+    std::fs::remove_file(pki.join("site-a-key.pem")).unwrap();
+    strata_cert(&pki, &["issue", "site-a", "--host", "a.test"]);
+    let after = pem_der(&pki.join("site-a.pem"));
+    assert_ne!(before, after);
+    wait_until(
+        Duration::from_secs(10),
+        "the rotated certificate to be served",
+        || {
+            let (pki, tls_addr, after) = (pki.clone(), tls_addr.clone(), after.clone());
+            async move {
+                let (_, served, _) =
+                    tls_connect(&pki, &tls_addr, "a.test", &[b"h2".as_slice()]).await;
+                (served == after).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A table naming a certificate that cannot be loaded is refused.
+    let (status, reply) = apply(
+        &node,
+        &json!({"routes": [{"name": "all", "respond": {}}],
+                "certificates": [{"hosts": ["c.test"], "cert_file": file("missing.pem"),
+                                  "key_file": file("site-a-key.pem")}]}),
+        false,
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("missing.pem"),
+        "{reply}"
+    );
 }

@@ -132,6 +132,9 @@ struct Addrs {
     /// The gateway listener; `None` unless started with `--listen gateway=...`.
     #[serde(default)]
     gateway: Option<std::net::SocketAddr>,
+    /// The gateway's TLS listener; `None` unless started with `--listen gateway_tls=...`.
+    #[serde(default)]
+    gateway_tls: Option<std::net::SocketAddr>,
 }
 
 /// `strata dev` flags that put every listener on a port chosen at run time, so that no test
@@ -152,6 +155,8 @@ pub const DEV_ON_ANY_PORT: &[&str] = &[
     "--nacos-addr",
     "127.0.0.1:0",
     "--gateway-addr",
+    "127.0.0.1:0",
+    "--gateway-tls-addr",
     "127.0.0.1:0",
 ];
 
@@ -228,6 +233,8 @@ pub struct NodeProc {
     pub nacos: Option<String>,
     /// `127.0.0.1:port` of the gateway, when started with `--listen gateway=HOST:PORT`.
     pub gateway: Option<String>,
+    /// `127.0.0.1:port` of the gateway's TLS listener (`--listen gateway_tls=HOST:PORT`).
+    pub gateway_tls: Option<String>,
     child: Option<Child>,
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
@@ -299,6 +306,7 @@ impl NodeProc {
             dns: None,
             nacos: None,
             gateway: None,
+            gateway_tls: None,
             child: None,
             starts: 0,
             extra,
@@ -369,6 +377,7 @@ impl NodeProc {
         self.dns = addrs.dns.map(|addr| addr.to_string());
         self.nacos = addrs.nacos.map(|addr| addr.to_string());
         self.gateway = addrs.gateway.map(|addr| addr.to_string());
+        self.gateway_tls = addrs.gateway_tls.map(|addr| addr.to_string());
     }
 
     /// `127.0.0.1:port` of the etcd v3 gRPC API; panics if the node serves none.

@@ -4,6 +4,7 @@
 //! - [`route`]: validation, compilation and the matcher, with the documented match order.
 //! - [`balance`]: load-balancing policies over an upstream's members.
 //! - [`upstream`]: upstream groups at run time, static or following a registry service.
+//! - [`files`]: static files with ETag, Last-Modified, Range and precompressed variants.
 //! - [`proxy`]: the listener and the forwarding path.
 //! - [`sni`]: certificates of the HTTPS listener by SNI name, reloaded when files change.
 //! - [`tcp`]: TCP (L4) listeners of the table, balancing raw connections.
@@ -18,6 +19,7 @@
 
 pub mod balance;
 pub mod component;
+pub mod files;
 mod metrics;
 pub mod model;
 pub mod proxy;

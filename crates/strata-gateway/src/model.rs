@@ -90,6 +90,9 @@ pub struct RouteSpec {
     /// Action: answer with a fixed response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub respond: Option<Respond>,
+    /// Action: serve static files from a folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSpec>,
     /// Proxy: remove the matched path prefix before forwarding (`/api/users` to `/users`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strip_prefix: bool,
@@ -208,6 +211,17 @@ pub struct Redirect {
 
 fn default_redirect_status() -> u16 {
     302
+}
+
+/// Static files from a folder on each gateway node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSpec {
+    /// The folder.
+    pub dir: std::path::PathBuf,
+    /// File served for a directory (e.g. `index.html`); unset, a directory answers 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
 }
 
 /// A fixed answer.

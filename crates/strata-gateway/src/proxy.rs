@@ -292,6 +292,12 @@ impl Gateway {
                         response
                     }
                     Action::Redirect { to, status } => redirect(&request, to, *status),
+                    Action::Files { files, .. } => {
+                        let path = route.upstream_path(request.uri().path(), &params);
+                        files
+                            .serve(request.method(), &path, request.headers())
+                            .await
+                    }
                     Action::Proxy { upstream, .. } => {
                         let path = route.upstream_path(request.uri().path(), &params);
                         let choice = route

@@ -102,6 +102,13 @@ pub enum Action {
         /// Status.
         status: StatusCode,
     },
+    /// Serve files from a folder.
+    Files {
+        /// The folder and its index.
+        files: crate::files::StaticFiles,
+        /// Remove the matched prefix.
+        strip_prefix: bool,
+    },
     /// Answer with a fixed response.
     Respond {
         /// Status.
@@ -693,13 +700,16 @@ fn compile_action(
         spec.upstream.is_some(),
         spec.redirect.is_some(),
         spec.respond.is_some(),
+        spec.files.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err("give exactly one action: `upstream`, `redirect` or `respond`".into());
+        return Err("give exactly one action: `upstream`, `redirect`, `respond` or `files`".into());
     }
-    let proxy_only = spec.strip_prefix || spec.rewrite.is_some();
-    if spec.upstream.is_none() && proxy_only {
-        return Err("`strip_prefix` and `rewrite` apply only to `upstream` routes".into());
+    if spec.upstream.is_none() && spec.rewrite.is_some() {
+        return Err("`rewrite` applies only to `upstream` routes".into());
+    }
+    if spec.upstream.is_none() && spec.files.is_none() && spec.strip_prefix {
+        return Err("`strip_prefix` applies only to `upstream` and `files` routes".into());
     }
     if spec.strip_prefix && spec.rewrite.is_some() {
         return Err("give `strip_prefix` or `rewrite`, not both".into());
@@ -737,6 +747,23 @@ fn compile_action(
             upstream: upstream.clone(),
             strip_prefix: spec.strip_prefix,
             rewrite: spec.rewrite.clone(),
+        });
+    }
+    if let Some(files) = &spec.files {
+        if files.dir.as_os_str().is_empty() {
+            return Err("files: `dir` is empty".into());
+        }
+        if let Some(index) = &files.index {
+            if index.is_empty() || index.contains(['/', '\\']) || index == ".." {
+                return Err(format!("files: index {index:?} is not a file name"));
+            }
+        }
+        return Ok(Action::Files {
+            files: crate::files::StaticFiles {
+                dir: files.dir.clone(),
+                index: files.index.clone(),
+            },
+            strip_prefix: spec.strip_prefix,
         });
     }
     if let Some(Redirect { to, status }) = &spec.redirect {
@@ -883,6 +910,9 @@ impl Route {
     pub fn upstream_path(&self, path: &str, params: &Params) -> String {
         match &self.action {
             Action::Proxy {
+                strip_prefix: true, ..
+            }
+            | Action::Files {
                 strip_prefix: true, ..
             } => {
                 let Some(PathMatch::Prefix(prefix)) = &self.path else {

@@ -1066,3 +1066,125 @@ async fn t09_tls_serves_a_certificate_per_sni_name_over_h2_and_http1_and_rotates
         "{reply}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_static_files_with_range_etag_and_precompressed_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("docs")).unwrap();
+    let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(site.join("app.js"), &text).unwrap();
+    std::fs::write(site.join("app.js.gz"), b"pretend-gzip").unwrap();
+    std::fs::write(site.join("docs/index.html"), "<h1>docs</h1>").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "secret").unwrap();
+    apply_ok(
+        &node,
+        &json!({"routes": [
+            {"name": "static", "path": {"prefix": "/static/"}, "strip_prefix": true,
+             "files": {"dir": site}},
+            {"name": "docs", "path": {"prefix": "/docs"}, "files": {"dir": site, "index": "index.html"}}
+        ]}),
+    )
+    .await;
+    let client = gateway_client();
+    let gateway = node.gateway.clone().unwrap();
+    let url = |path: &str| format!("http://{gateway}{path}");
+    let full = client.get(url("/static/app.js")).send().await.unwrap();
+    assert_eq!(full.status(), 200);
+    assert_eq!(
+        full.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(full.headers()["accept-ranges"], "bytes");
+    let etag = full.headers()["etag"].to_str().unwrap().to_string();
+    let modified = full.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(full.text().await.unwrap(), text);
+    // Conditional requests.
+    let again = client
+        .get(url("/static/app.js"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let again = client
+        .get(url("/static/app.js"))
+        .header("if-modified-since", &modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    // Ranges.
+    let part = client
+        .get(url("/static/app.js"))
+        .header("range", "bytes=7-13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 7-13/{}", text.len()).as_str()
+    );
+    assert_eq!(part.text().await.unwrap(), &text[7..14]);
+    let tail = client
+        .get(url("/static/app.js"))
+        .header("range", "bytes=-8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.text().await.unwrap(), &text[text.len() - 8..]);
+    let beyond = client
+        .get(url("/static/app.js"))
+        .header("range", "bytes=999999-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), 416);
+    // A precompressed variant for a client that takes gzip (reqwest here decodes nothing).
+    let gz = client
+        .get(url("/static/app.js"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.headers()["vary"], "Accept-Encoding");
+    assert_ne!(gz.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(gz.text().await.unwrap(), "pretend-gzip");
+    // Directories only with an index; nothing outside the folder; read-only methods.
+    assert_eq!(
+        client
+            .get(url("/static/docs/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let index = client.get(url("/docs/")).send().await.unwrap();
+    assert_eq!(index.text().await.unwrap(), "<h1>docs</h1>");
+    for escape in [
+        "/static/../secret.txt",
+        "/static/%2e%2e/secret.txt",
+        "/static/..%2fsecret.txt",
+    ] {
+        let answer = raw(
+            &gateway,
+            format!("GET {escape} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "{escape}: {answer:.100}"
+        );
+        assert!(!answer.contains("secret"), "{escape}: {answer}");
+    }
+    let post = client.post(url("/static/app.js")).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+}

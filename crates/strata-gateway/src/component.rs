@@ -50,6 +50,10 @@ pub struct GatewayConfig {
     /// Read the route table from this file (TOML or JSON) instead of the config center.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes_file: Option<PathBuf>,
+    /// Proxies in front of the gateway (address blocks) whose `X-Forwarded-For` names the
+    /// client, for `allow_ips` / `deny_ips` and ring hashing by client address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The API gateway, load balancer and frontend router.
@@ -81,7 +85,8 @@ impl Component for GatewayComponent {
     }
 
     fn check_config(&self, section: Option<&toml::Value>) -> Result<(), String> {
-        parse_section::<GatewayConfig>(NAME, section).map(|_| ())
+        let config = parse_section::<GatewayConfig>(NAME, section)?;
+        crate::edge::parse_list("gateway.trusted_proxies", &config.trusted_proxies).map(|_| ())
     }
 
     fn sample_config(&self) -> Option<String> {
@@ -96,7 +101,16 @@ impl Component for GatewayComponent {
             let metrics = crate::metrics::Metrics::new(&ctx.metrics)?;
             let registry = ctx.get::<Arc<dyn RegistryService>>().map(|r| (*r).clone());
             let configs = ctx.get::<Arc<dyn ConfigService>>().map(|c| (*c).clone());
-            let gateway = Gateway::new(metrics, registry, ctx.tracker.clone(), ctx.cancel.clone());
+            let trusted =
+                crate::edge::parse_list("gateway.trusted_proxies", &config.trusted_proxies)
+                    .map_err(StartError)?;
+            let gateway = Gateway::new(
+                metrics,
+                registry,
+                ctx.tracker.clone(),
+                ctx.cancel.clone(),
+                trusted,
+            );
             let source = match (&config.routes_file, configs) {
                 (Some(file), _) => {
                     let table = read_file(file).map_err(StartError)?;

@@ -4,6 +4,7 @@
 //! - [`route`]: validation, compilation and the matcher, with the documented match order.
 //! - [`balance`]: load-balancing policies over an upstream's members.
 //! - [`upstream`]: upstream groups at run time, static or following a registry service.
+//! - [`edge`]: CORS, client address lists, the client behind trusted proxies.
 //! - [`files`]: static files with ETag, Last-Modified, Range and precompressed variants.
 //! - [`proxy`]: the listener and the forwarding path.
 //! - [`sni`]: certificates of the HTTPS listener by SNI name, reloaded when files change.
@@ -19,6 +20,7 @@
 
 pub mod balance;
 pub mod component;
+pub mod edge;
 pub mod files;
 mod metrics;
 pub mod model;

@@ -119,6 +119,39 @@ pub struct RouteSpec {
     /// Proxy: a canary release, sending a share of the requests to another upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// Cross-origin requests from browsers: preflights answered here, headers added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsSpec>,
+    /// Only clients in these blocks (`10.0.0.0/8`, `2001:db8::/32`, an address) may use the
+    /// route; empty: any. 403 otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ips: Vec<String>,
+    /// Clients in these blocks get 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_ips: Vec<String>,
+}
+
+/// A CORS policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSpec {
+    /// Origins allowed (`https://app.example.com`), or `"*"` for any.
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight allows (default GET, HEAD, POST).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight allows (default: those it asks for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Whether cookies and credentials may be sent (not with origin `"*"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
 }
 
 /// A canary release: `weight` percent of a route's requests go to `upstream` (typically a

@@ -56,6 +56,8 @@ pub struct Gateway {
     pub tcp: crate::tcp::TcpListeners,
     /// Certificates of the HTTPS listener.
     pub sni: Arc<crate::sni::SniCertificates>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    trusted: Vec<crate::edge::Cidr>,
 }
 
 /// Marks a request that came over TLS (for `X-Forwarded-Proto`).
@@ -86,6 +88,7 @@ impl Gateway {
         registry: Option<Arc<dyn RegistryService>>,
         tracker: TaskTracker,
         cancel: CancellationToken,
+        trusted: Vec<crate::edge::Cidr>,
     ) -> Arc<Gateway> {
         let empty = Compiled::new(Default::default()).expect("the empty table is valid");
         Arc::new(Gateway {
@@ -103,6 +106,7 @@ impl Gateway {
             applied: tokio::sync::watch::channel(0).0,
             tcp: Default::default(),
             sni: Default::default(),
+            trusted,
         })
     }
 
@@ -265,19 +269,46 @@ impl Gateway {
             .filter(|v| !v.is_empty() && v.len() <= 200)
             .cloned()
             .unwrap_or_else(new_request_id);
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // A CORS preflight is matched as the request it announces.
+        let announced = (request.method() == Method::OPTIONS && origin.is_some())
+            .then(|| request.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
+            .flatten()
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
         let found = live.compiled.find(&RequestView {
-            method: request.method(),
+            method: announced.as_ref().unwrap_or(request.method()),
             host: &host,
             path: request.uri().path(),
             query: request.uri().query(),
             headers: request.headers(),
         });
+        let client_ip = crate::edge::client_ip(client.ip(), request.headers(), &self.trusted);
         let (route_metrics, mut response) = match found {
             None => (
                 &live.unmatched,
                 plain(StatusCode::NOT_FOUND, "no route matches this request\n"),
             ),
+            Some((index, route, _)) if !route.ips.permits(client_ip) => (
+                &live.route_metrics[index],
+                plain(
+                    StatusCode::FORBIDDEN,
+                    "this address may not use this route\n",
+                ),
+            ),
+            Some((index, route, _)) if announced.is_some() && route.cors.is_some() => {
+                let cors = route.cors.as_ref().expect("checked above");
+                let asked = request
+                    .headers()
+                    .get(header::ACCESS_CONTROL_REQUEST_HEADERS);
+                let origin = origin.as_deref().unwrap_or("");
+                (&live.route_metrics[index], cors.preflight(origin, asked))
+            }
             Some((index, route, params)) => {
+                let cors = route.cors.as_ref().zip(origin);
                 let response = match &route.action {
                     Action::Respond {
                         status,
@@ -333,10 +364,11 @@ impl Gateway {
                         response
                     }
                 };
-                (
-                    &live.route_metrics[index],
-                    response_with_edits(route, response),
-                )
+                let mut response = response_with_edits(route, response);
+                if let Some((cors, origin)) = cors {
+                    cors.decorate(&origin, response.headers_mut());
+                }
+                (&live.route_metrics[index], response)
             }
         };
         response

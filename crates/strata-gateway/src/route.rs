@@ -79,6 +79,10 @@ pub struct Route {
     pub retries: u32,
     /// The canary release, if any.
     pub canary: Option<CanaryRule>,
+    /// The CORS policy, if any.
+    pub cors: Option<crate::edge::Cors>,
+    /// Client address lists.
+    pub ips: crate::edge::IpRules,
     /// Sort key (see the module docs); `index` last.
     order: (i32, u8, usize, u8, usize, usize, usize),
 }
@@ -560,6 +564,13 @@ fn compile_route(
         timeout: spec.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
         max_body: spec.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
         retries: spec.retries.unwrap_or(1),
+        cors: spec
+            .cors
+            .as_ref()
+            .map(crate::edge::Cors::new)
+            .transpose()
+            .map_err(fail)?,
+        ips: crate::edge::IpRules::new(&spec.allow_ips, &spec.deny_ips).map_err(fail)?,
         canary: match &spec.canary {
             None => None,
             Some(_) if spec.upstream.is_none() => {

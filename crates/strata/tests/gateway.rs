@@ -1188,3 +1188,80 @@ async fn t10_static_files_with_range_etag_and_precompressed_variants() {
     let post = client.post(url("/static/app.js")).send().await.unwrap();
     assert_eq!(post.status(), 405);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t11_cors_preflights_and_client_address_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let backend = Backend::start("api").await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [
+                {"name": "api", "path": {"prefix": "/api"}, "methods": ["PUT"], "upstream": "b",
+                 "cors": {"allow_origins": ["https://app.example"], "allow_methods": ["GET", "PUT"],
+                          "expose_headers": ["x-total"], "allow_credentials": true, "max_age": "1h"}},
+                {"name": "open", "path": {"prefix": "/open"}, "upstream": "b",
+                 "cors": {"allow_origins": ["*"]}},
+                {"name": "internal", "path": {"prefix": "/internal"}, "upstream": "b",
+                 "allow_ips": ["10.0.0.0/8"]},
+                {"name": "no-local", "path": {"prefix": "/public"}, "upstream": "b",
+                 "deny_ips": ["127.0.0.0/8"]}
+            ],
+            "upstreams": [{"name": "b", "addresses": [backend.addr]}]
+        }),
+    )
+    .await;
+    let client = gateway_client();
+    let gateway = node.gateway.clone().unwrap();
+    let url = |path: &str| format!("http://{gateway}{path}");
+    // A preflight for PUT is answered by the gateway, not forwarded.
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, url("/api/items"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(h["access-control-allow-headers"], "content-type");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-max-age"], "3600");
+    let refused = client
+        .request(reqwest::Method::OPTIONS, url("/api/items"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    // The actual request is forwarded and decorated.
+    let put = client
+        .put(url("/api/items"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    assert_eq!(
+        put.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(put.headers()["access-control-expose-headers"], "x-total");
+    assert_eq!(put.headers()["vary"], "Origin");
+    let open = client
+        .get(url("/open"))
+        .header("origin", "https://anyone.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.headers()["access-control-allow-origin"], "*");
+    // Address lists: the test connects from 127.0.0.1.
+    assert_eq!(get(&client, &node, "/internal", &[]).await.0, 403);
+    assert_eq!(get(&client, &node, "/public", &[]).await.0, 403);
+    assert_eq!(get(&client, &node, "/open", &[]).await.0, 200);
+}

@@ -54,6 +54,12 @@ pub struct GatewayConfig {
     /// client, for `allow_ips` / `deny_ips` and ring hashing by client address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// Access log: `stdout` or a file (appended to); unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
+    /// The fields of each line (default: all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log_fields: Vec<String>,
 }
 
 /// The API gateway, load balancer and frontend router.
@@ -86,6 +92,7 @@ impl Component for GatewayComponent {
 
     fn check_config(&self, section: Option<&toml::Value>) -> Result<(), String> {
         let config = parse_section::<GatewayConfig>(NAME, section)?;
+        crate::access_log::check_fields(&config.access_log_fields)?;
         crate::edge::parse_list("gateway.trusted_proxies", &config.trusted_proxies).map(|_| ())
     }
 
@@ -111,6 +118,17 @@ impl Component for GatewayComponent {
                 ctx.cancel.clone(),
                 trusted,
             );
+            if let Some(target) = &config.access_log {
+                let log = crate::access_log::AccessLog::start(
+                    target,
+                    config.access_log_fields.clone(),
+                    gateway.metrics.access_log_dropped.clone(),
+                    &ctx.tracker,
+                    ctx.cancel.clone(),
+                )
+                .map_err(StartError)?;
+                let _ = gateway.access_log.set(log);
+            }
             let source = match (&config.routes_file, configs) {
                 (Some(file), _) => {
                     let table = read_file(file).map_err(StartError)?;

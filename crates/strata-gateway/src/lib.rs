@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: the route table as users write it (TOML or JSON): routes and upstream groups.
 //! - [`route`]: validation, compilation and the matcher, with the documented match order.
+//! - [`access_log`]: JSON access log lines, written by a task of their own.
 //! - [`balance`]: load-balancing policies over an upstream's members.
 //! - [`upstream`]: upstream groups at run time, static or following a registry service.
 //! - [`edge`]: CORS, client address lists, the client behind trusted proxies.
@@ -18,6 +19,7 @@
 //! refused (at publish through the admin API, and again by every node) and the previous table
 //! keeps serving.
 
+pub mod access_log;
 pub mod balance;
 pub mod component;
 pub mod edge;

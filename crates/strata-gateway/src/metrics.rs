@@ -25,6 +25,8 @@ pub struct Metrics {
     pub tables_refused: IntCounter,
     /// The config-center version of the table in use (0: none).
     pub table_version: IntGauge,
+    /// Access log lines dropped because the writer was behind.
+    pub access_log_dropped: IntCounter,
 }
 
 /// A route's request counters (by status class) and latency histogram, looked up once per
@@ -108,7 +110,12 @@ impl Metrics {
                 "strata_gateway_table_version",
                 "Config-center version of the route table in use (0: none)",
             )?,
+            access_log_dropped: IntCounter::new(
+                "strata_gateway_access_log_dropped_total",
+                "Access log lines dropped because the writer was behind",
+            )?,
         };
+        registry.register(Box::new(metrics.access_log_dropped.clone()))?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.seconds.clone()))?;
         registry.register(Box::new(metrics.upstream_failures.clone()))?;

@@ -58,7 +58,13 @@ pub struct Gateway {
     pub sni: Arc<crate::sni::SniCertificates>,
     /// Proxies whose `X-Forwarded-For` names the client.
     trusted: Vec<crate::edge::Cidr>,
+    /// The access log, when one is configured.
+    pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
 }
+
+/// The member that answered a proxied request (a response extension, for the access log).
+#[derive(Clone)]
+struct Member(String);
 
 /// Marks a request that came over TLS (for `X-Forwarded-Proto`).
 #[derive(Clone, Copy)]
@@ -107,6 +113,7 @@ impl Gateway {
             tcp: Default::default(),
             sni: Default::default(),
             trusted,
+            access_log: std::sync::OnceLock::new(),
         })
     }
 
@@ -287,6 +294,36 @@ impl Gateway {
             headers: request.headers(),
         });
         let client_ip = crate::edge::client_ip(client.ip(), request.headers(), &self.trusted);
+        let logged = self.access_log.get().map(|log| {
+            let ts_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let record = crate::access_log::Record {
+                ts_ms,
+                client: client_ip.to_string(),
+                method: request.method().to_string(),
+                host: host.clone(),
+                path: request.uri().path().to_string(),
+                query: request.uri().query().map(str::to_string),
+                user_agent: request
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                protocol: match request.version() {
+                    hyper::Version::HTTP_2 => "HTTP/2",
+                    hyper::Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                ..Default::default()
+            };
+            (log, record)
+        });
+        let found_name = found
+            .as_ref()
+            .map(|(_, route, _)| route.name.clone())
+            .filter(|_| logged.is_some())
+            .unwrap_or_default();
         let (route_metrics, mut response) = match found {
             None => (
                 &live.unmatched,
@@ -375,6 +412,19 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
         route_metrics.observe(response.status().as_u16(), started.elapsed().as_secs_f64());
+        if let Some((log, mut record)) = logged {
+            record.status = response.status().as_u16();
+            record.route = found_name;
+            record.member = response.extensions().get::<Member>().map(|m| m.0.clone());
+            record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            record.request_id = response
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            log.log(record);
+        }
         response
     }
 
@@ -509,7 +559,13 @@ impl Gateway {
                     );
                 }
                 Ok(Ok(response)) => {
-                    return finish_response(response, upgrade, self.tracker.clone());
+                    let mut response = finish_response(response, upgrade, self.tracker.clone());
+                    if self.access_log.get().is_some() {
+                        response
+                            .extensions_mut()
+                            .insert(Member(endpoint.address.clone()));
+                    }
+                    return response;
                 }
                 Ok(Err(error)) => {
                     let connect = error.is_connect();

@@ -1265,3 +1265,110 @@ async fn t11_cors_preflights_and_client_address_lists() {
     assert_eq!(get(&client, &node, "/public", &[]).await.0, 403);
     assert_eq!(get(&client, &node, "/open", &[]).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t12_the_access_log_writes_one_json_line_per_request_and_trusts_configured_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\naccess_log = {:?}\naccess_log_fields = [\"client\", \"method\", \"path\", \"status\", \"route\", \"member\", \"request_id\"]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+            log.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let node = NodeProc::start(
+        1,
+        dir.path(),
+        Some("1=127.0.0.1:0"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "gateway=127.0.0.1:0",
+        ],
+    )
+    .await;
+    let backend = Backend::start("logged").await;
+    wait_until(Duration::from_secs(20), "the route table to apply", || {
+        let node = &node;
+        let backend = &backend;
+        async move {
+            let (status, _) = apply(
+                node,
+                &json!({"routes": [
+                    {"name": "api", "path": {"prefix": "/api"}, "upstream": "b"},
+                    {"name": "office", "path": {"prefix": "/office"}, "allow_ips": ["192.0.2.0/24"],
+                     "respond": {"body": "office"}}],
+                    "upstreams": [{"name": "b", "addresses": [backend.addr]}]}),
+                true,
+            )
+            .await;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    let client = gateway_client();
+    for i in 0..5 {
+        let id = format!("req-{i}");
+        assert_eq!(
+            get(
+                &client,
+                &node,
+                &format!("/api/{i}"),
+                &[("x-request-id", &id)]
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    assert_eq!(get(&client, &node, "/nowhere", &[]).await.0, 404);
+    // Behind a trusted proxy (127.0.0.1), the client is the address the proxy names.
+    assert_eq!(
+        get(
+            &client,
+            &node,
+            "/office",
+            &[("x-forwarded-for", "192.0.2.7")]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(get(&client, &node, "/office", &[]).await.0, 403);
+    let lines: Vec<Value> = wait_until(Duration::from_secs(10), "8 access log lines", || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (lines.len() >= 8).then_some(lines)
+        }
+    })
+    .await;
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    for (i, line) in lines[..5].iter().enumerate() {
+        assert_eq!(line["path"], format!("/api/{i}"));
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["route"], "api");
+        assert_eq!(line["member"], backend.addr.as_str());
+        assert_eq!(line["request_id"], format!("req-{i}"));
+        assert_eq!(line["client"], "127.0.0.1");
+        assert_eq!(
+            line.as_object().unwrap().len(),
+            7,
+            "only the configured fields: {line}"
+        );
+    }
+    assert_eq!(
+        (lines[5]["status"].clone(), lines[5]["route"].clone()),
+        (json!(404), json!(""))
+    );
+    assert_eq!(lines[6]["client"], "192.0.2.7");
+    assert_eq!(lines[7]["status"], 403);
+}

@@ -13,8 +13,12 @@
 # strata, then again) and medians reported. Per proxy: requests/s, p50 and p99 (wrk --latency),
 # CPU microseconds per request (utime+stime from /proc over the run) and peak RSS (VmHWM).
 #
-# Not yet measured (the gateway lacks them): TLS 1.3 with HTTP/2, open-loop latency at a fixed
-# rate (wrk2/oha are not in Debian), the 1,000-route table.
+# The realistic case: a second Strata (`strata server`, same pinning) with 1,000 routes (host and
+# path prefix each, a header set on the way in and one on the way out) and the access log on,
+# against the bare one in the same rounds.
+#
+# Not yet measured: TLS 1.3 with HTTP/2, open-loop latency at a fixed rate (wrk2/oha are not
+# in Debian).
 #
 # The last line: RATIO rps_vs_nginx=.. rps_vs_haproxy=.. cpu_us_per_req=.. p99_overhead_vs_nginx=..
 # (12-byte keep-alive case; p99 overhead is the proxy's p99 minus the direct p99, as a ratio of
@@ -56,12 +60,13 @@ build_release
 our_exes+=("$(command -v nginx)" "$(command -v haproxy)")
 describe_run "$@"
 
-mapfile -t ports < <("$bench" free-ports --count 4)
-((${#ports[@]} == 4)) || die "strata-bench free-ports gave ${#ports[@]} ports"
+mapfile -t ports < <("$bench" free-ports --count 5)
+((${#ports[@]} == 5)) || die "strata-bench free-ports gave ${#ports[@]} ports"
 backend_port=${ports[0]} nginx_port=${ports[1]} haproxy_port=${ports[2]} gateway_port=${ports[3]}
+real_port=${ports[4]}
 
 # --- backend: nginx on CPU 1, answering from memory -----------------------------------------
-mkdir -p "$data/backend" "$data/nginx" "$data/haproxy" "$data/strata"
+mkdir -p "$data/backend" "$data/nginx" "$data/haproxy" "$data/strata" "$data/strata-real"
 head -c 16384 /dev/zero | tr '\0' 'x' >"$data/backend/16k"
 cat >"$data/backend/nginx.conf" <<EOF
 daemon off;
@@ -150,6 +155,32 @@ addresses = ["127.0.0.1:$backend_port"]
 EOF
 "$strata" --endpoints "http://$api" gateway routes apply "$data/strata/routes.toml" >/dev/null ||
     die "strata gateway routes apply failed; see $data/strata/log"
+# The realistic Strata: 1,000 routes, header edits, access log on.
+printf '[gateway]\naccess_log = "%s"\n' "$data/strata-real/access.log" >"$data/strata-real/node.toml"
+TOKIO_WORKER_THREADS=1 STRATA_LOG=warn taskset -c 0 "$strata" server --id 1 \
+    --data-dir "$data/strata-real/data" --api-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0 \
+    --initial-cluster 1=127.0.0.1:0 --config "$data/strata-real/node.toml" \
+    --listen "gateway=127.0.0.1:$real_port" --addrs-file "$data/strata-real/addrs.json" \
+    >"$data/strata-real/log" 2>&1 &
+real_pid=$!
+track "$real_pid"
+await_addrs "$real_pid" "$data/strata-real/addrs.json" "strata server" "$data/strata-real/log"
+real_api=$(jq -r .api "$data/strata-real/addrs.json")
+wait_until 30 "the realistic strata to be ready" ready "$real_api"
+{
+    for i in $(seq 0 999); do
+        printf '[[routes]]\nname = "r%d"\nhosts = ["svc%d.example.com"]\npath = { prefix = "/api/v%d/" }\n' "$i" "$i" "$i"
+        printf 'strip_prefix = true\nupstream = "backend"\n'
+        printf 'request_headers = { set = { "x-route" = "r%d" } }\n' "$i"
+        printf 'response_headers = { set = { "x-gateway" = "strata" } }\n'
+    done
+    printf '[[upstreams]]\nname = "backend"\naddresses = ["127.0.0.1:%d"]\n' "$backend_port"
+} >"$data/strata-real/routes.toml"
+"$strata" --endpoints "http://$real_api" gateway routes apply "$data/strata-real/routes.toml" >/dev/null ||
+    die "strata gateway routes apply (1,000 routes) failed; see $data/strata-real/log"
+real_path=/api/v500/12
+real_host=svc500.example.com
+wait_until 10 "the realistic route" curl -sf -o /dev/null -H "Host: $real_host" "http://127.0.0.1:$real_port$real_path"
 for port in "$nginx_port" "$haproxy_port" "$gateway_port"; do
     wait_until 10 "the proxy on $port" curl -sf -o /dev/null "http://127.0.0.1:$port/12"
 done
@@ -166,23 +197,30 @@ ms() { # wrk latency ("812.00us", "1.20ms", "2.00s") in ms
         else printf "%.4f", v }'
 }
 
-declare -A port_of=([direct]=$backend_port [nginx]=$nginx_port [haproxy]=$haproxy_port [strata]=$gateway_port)
-declare -A pid_of=([nginx]=$nginx_pid [haproxy]=$haproxy_pid [strata]=$strata_pid)
-workloads=("keepalive_12b|/12|" "keepalive_16k|/16k|" "new_connection_12b|/12|close")
+declare -A port_of=([direct]=$backend_port [nginx]=$nginx_port [haproxy]=$haproxy_port [strata]=$gateway_port [strata_realistic]=$real_port)
+declare -A pid_of=([nginx]=$nginx_pid [haproxy]=$haproxy_pid [strata]=$strata_pid [strata_realistic]=$real_pid)
+# name|path|close|systems
+workloads=("keepalive_12b|/12||direct nginx haproxy strata" "keepalive_16k|/16k||direct nginx haproxy strata"
+    "new_connection_12b|/12|close|direct nginx haproxy strata" "realistic_12b|/12||strata strata_realistic")
 raw="$data/raw.jsonl"
 : >"$raw"
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 for round in $(seq 1 "$rounds"); do
     for workload in "${workloads[@]}"; do
-        IFS='|' read -r name path close <<<"$workload"
-        for system in direct nginx haproxy strata; do
+        IFS='|' read -r name path close systems <<<"$workload"
+        for system in $systems; do
             headers=()
+            target=$path
             [[ -n $close ]] && headers=(-H "Connection: close")
+            if [[ $system == strata_realistic ]]; then
+                headers+=(-H "Host: $real_host")
+                target=$real_path
+            fi
             pid=${pid_of[$system]:-}
             before=0
             [[ -n $pid ]] && before=$(cpu_ticks "$pid")
             out=$(taskset -c 1 wrk -t1 -c"$connections" -d"${seconds}s" --latency "${headers[@]}" \
-                "http://127.0.0.1:${port_of[$system]}$path" 2>&1) || die "wrk against $system failed: $out"
+                "http://127.0.0.1:${port_of[$system]}$target" 2>&1) || die "wrk against $system failed: $out"
             cpu_us=null
             rss=null
             requests=$(awk '/requests in/ { print $1 }' <<<"$out")
@@ -230,6 +268,6 @@ jq -r '
     | ($s["keepalive_12b/direct"].p99_ms) as $floor
     | "workload             system   req/s      p50 ms  p99 ms  cpu us/req  peak RSS MiB",
       ($s | to_entries[] | "\(.key | split("/")[0] | .[0:20] | . + " " * (20 - length)) \(.key | split("/")[1] | . + " " * (8 - length)) \(.value.rps | floor | tostring | . + " " * (10 - length)) \(.value.p50_ms | tostring | .[0:6] | . + " " * (7 - length)) \(.value.p99_ms | tostring | .[0:6] | . + " " * (7 - length)) \(.value.cpu_us_per_req // "-" | tostring | . + " " * (11 - length)) \(.value.peak_rss_mib // "-")"),
-      "RATIO rps_vs_nginx=\($s["keepalive_12b/strata"].rps / $s["keepalive_12b/nginx"].rps * 100 | round / 100) rps_vs_haproxy=\($s["keepalive_12b/strata"].rps / $s["keepalive_12b/haproxy"].rps * 100 | round / 100) cpu_us_per_req=\($s["keepalive_12b/strata"].cpu_us_per_req) p99_overhead_vs_nginx=\((($s["keepalive_12b/strata"].p99_ms - $floor) / ([($s["keepalive_12b/nginx"].p99_ms - $floor), 0.001] | max)) * 100 | round / 100)"
+      "RATIO rps_vs_nginx=\($s["keepalive_12b/strata"].rps / $s["keepalive_12b/nginx"].rps * 100 | round / 100) rps_vs_haproxy=\($s["keepalive_12b/strata"].rps / $s["keepalive_12b/haproxy"].rps * 100 | round / 100) cpu_us_per_req=\($s["keepalive_12b/strata"].cpu_us_per_req) p99_overhead_vs_nginx=\((($s["keepalive_12b/strata"].p99_ms - $floor) / ([($s["keepalive_12b/nginx"].p99_ms - $floor), 0.001] | max)) * 100 | round / 100) realistic_vs_bare=\($s["realistic_12b/strata_realistic"].rps / $s["realistic_12b/strata"].rps * 100 | round / 100)"
 ' "$results_file"
 log "results in $results_file"

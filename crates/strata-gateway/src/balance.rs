@@ -25,6 +25,23 @@ pub struct Endpoint {
     pub requests: AtomicU64,
     /// Failed connections or exchanges, all time.
     pub failures: AtomicU64,
+    /// Until when (ms on [`now_ms`]'s clock) the member is skipped after refusing a
+    /// connection; 0: not ejected.
+    ejected_until: AtomicU64,
+}
+
+/// How long a member that refused a connection is skipped while others are left (passive
+/// health: the registry or the member's return ends it, whichever comes first).
+pub const EJECTION_MS: u64 = 1000;
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl Endpoint {
@@ -37,7 +54,19 @@ impl Endpoint {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
         }
+    }
+
+    /// Skips this member for [`EJECTION_MS`] (it refused a connection).
+    pub fn eject(&self) {
+        self.ejected_until
+            .store(now_ms() + EJECTION_MS, Ordering::Relaxed);
+    }
+
+    /// True while the member is skipped.
+    pub fn ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
     }
 }
 
@@ -115,8 +144,19 @@ impl Members {
         if n == 0 {
             return None;
         }
-        let usable = |i: usize| !tried.contains(&i) || tried.len() >= n;
-        let chosen = match self.policy {
+        // Members not tried and not ejected first; then not tried; then any.
+        let now = now_ms();
+        let fresh = |i: usize| !tried.contains(&i) && !self.endpoints[i].ejected(now);
+        let untried = |i: usize| !tried.contains(&i);
+        let any = |_: usize| true;
+        self.pick_among(key, &fresh)
+            .or_else(|| self.pick_among(key, &untried))
+            .or_else(|| self.pick_among(key, &any))
+    }
+
+    fn pick_among(&self, key: Option<&[u8]>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = self.endpoints.len();
+        match self.policy {
             Balance::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
@@ -125,8 +165,8 @@ impl Members {
                 let start = rand::thread_rng().gen_range(0..n);
                 (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
             }
-            Balance::Weighted => self.smooth_weighted(&usable),
-            Balance::LeastRequest => self.two_choices(&usable),
+            Balance::Weighted => self.smooth_weighted(usable),
+            Balance::LeastRequest => self.two_choices(usable),
             Balance::RingHash => {
                 let point = match key {
                     Some(key) => hash(key),
@@ -137,8 +177,7 @@ impl Members {
                     .map(|k| self.ring[(start + k) % self.ring.len()].1)
                     .find(|&i| usable(i))
             }
-        };
-        chosen.or(Some(0))
+        }
     }
 
     /// nginx's smooth weighted round robin: every member gains its weight, the largest
@@ -245,6 +284,19 @@ mod tests {
         let seq: Vec<usize> = (0..7).map(|_| m.pick(None, &[]).unwrap()).collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0], "nginx's sequence for 5/1/1");
         assert_eq!(shares(&m, 700, |_| None), [500, 100, 100]);
+    }
+
+    #[test]
+    fn an_ejected_member_is_skipped_while_others_are_left() {
+        let m = members(&[1, 1, 1], Balance::RoundRobin);
+        m.endpoints[1].eject();
+        assert_eq!(shares(&m, 300, |_| None)[1], 0);
+        m.endpoints[0].eject();
+        m.endpoints[2].eject();
+        assert!(
+            m.pick(None, &[]).is_some(),
+            "all ejected: one is still chosen"
+        );
     }
 
     #[test]

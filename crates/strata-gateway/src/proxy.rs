@@ -540,6 +540,9 @@ impl Gateway {
                 (_, None) => HeaderMap::new(),
             };
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
+            if tried.len() == 1 {
+                group.retry_budget.deposit();
+            }
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
             let answer = tokio::time::timeout_at(deadline, group.client.request(outgoing)).await;
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -559,6 +562,18 @@ impl Gateway {
                     );
                 }
                 Ok(Ok(response)) => {
+                    let overloaded = matches!(response.status().as_u16(), 502..=504);
+                    if overloaded
+                        && safe_to_repeat
+                        && tried.len() as u32 <= route.retries
+                        && tried.len() < members.endpoints.len()
+                        && group.retry_budget.withdraw()
+                    {
+                        failure("status");
+                        self.metrics.retries.with_label_values(&[upstream]).inc();
+                        tracing::debug!(%upstream, member = %endpoint.address, status = %response.status(), "member answered 502-504; trying another member");
+                        continue;
+                    }
                     let mut response = finish_response(response, upgrade, self.tracker.clone());
                     if self.access_log.get().is_some() {
                         response
@@ -570,10 +585,14 @@ impl Gateway {
                 Ok(Err(error)) => {
                     let connect = error.is_connect();
                     failure(if connect { "connect" } else { "reset" });
+                    if connect {
+                        endpoint.eject();
+                    }
                     let retry = if connect { resendable } else { safe_to_repeat };
                     if retry
                         && tried.len() as u32 <= route.retries
                         && tried.len() < members.endpoints.len()
+                        && group.retry_budget.withdraw()
                     {
                         self.metrics.retries.with_label_values(&[upstream]).inc();
                         tracing::debug!(%upstream, member = %endpoint.address, error = %error, "exchange failed; trying another member");

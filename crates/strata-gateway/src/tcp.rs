@@ -211,6 +211,7 @@ async fn relay(gateway: &Gateway, name: &str, mut client: TcpStream, peer: Socke
             }
             Ok(Err(_)) | Err(_) => {
                 endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                endpoint.eject();
                 gateway
                     .metrics
                     .upstream_failures

@@ -46,9 +46,57 @@ fn http_client(spec: &UpstreamSpec, connect_timeout: Duration) -> HttpClient {
     builder.build(connector)
 }
 
+/// Retries a group may make, as Finagle's and tower's budgets count them: each request adds a
+/// fifth of a retry, and ten retries a second are always allowed, up to ten seconds' worth; a
+/// retry spends one. So retries add at most about 20% to the load a failing group gets.
+#[derive(Debug)]
+pub struct RetryBudget {
+    state: Mutex<(f64, std::time::Instant)>,
+}
+
+/// Share of a retry each request earns.
+const RETRY_RATIO: f64 = 0.2;
+/// Retries a second always allowed.
+const RETRY_FLOOR_PER_SEC: f64 = 10.0;
+/// Most retries saved up.
+const RETRY_CAP: f64 = 100.0;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            state: Mutex::new((RETRY_FLOOR_PER_SEC, std::time::Instant::now())),
+        }
+    }
+}
+
+impl RetryBudget {
+    /// Counts a first attempt.
+    pub fn deposit(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = (state.0 + RETRY_RATIO).min(RETRY_CAP);
+    }
+
+    /// Takes one retry if the budget has it.
+    pub fn withdraw(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(state.1).as_secs_f64() * RETRY_FLOOR_PER_SEC;
+        state.0 = (state.0 + earned).min(RETRY_CAP);
+        state.1 = now;
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// One upstream group.
 #[derive(Debug)]
 pub struct Group {
+    /// Retries it may still make.
+    pub retry_budget: RetryBudget,
     /// The connection pool to its members, shared by every request.
     pub client: HttpClient,
     /// As configured.
@@ -114,6 +162,7 @@ pub fn build_groups(
             .connect_timeout
             .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.0);
         let group = Arc::new(Group {
+            retry_budget: RetryBudget::default(),
             client: http_client(spec, connect_timeout),
             spec: spec.clone(),
             hash_on: spec.hash_on.as_deref().and_then(|h| HashOn::parse(h).ok()),
@@ -225,5 +274,24 @@ async fn follow(group: Arc<Group>, registry: Arc<dyn RegistryService>, service: 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_budget_allows_a_fifth_of_the_requests_plus_a_floor() {
+        let budget = RetryBudget::default();
+        // The floor's first second is there at once: ten retries, then none.
+        let granted = (0..50).filter(|_| budget.withdraw()).count();
+        assert!((10..=11).contains(&granted), "{granted}");
+        // A hundred requests earn twenty more.
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        let granted = (0..50).filter(|_| budget.withdraw()).count();
+        assert!((20..=21).contains(&granted), "{granted}");
     }
 }

@@ -1372,3 +1372,70 @@ async fn t12_the_access_log_writes_one_json_line_per_request_and_trusts_configur
     assert_eq!(lines[6]["client"], "192.0.2.7");
     assert_eq!(lines[7]["status"], 403);
 }
+
+/// A backend that answers every request with `status` (keeping the connection open).
+async fn status_backend(status: u16) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let reply =
+                            format!("HTTP/1.1 {status} Oops\r\ncontent-length: 4\r\n\r\noops");
+                        if stream.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t13_idempotent_requests_retry_a_502_to_504_answer_on_another_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let good = Backend::start("good").await;
+    let bad = status_backend(503).await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "pair"},
+                       {"name": "no-retry", "path": {"prefix": "/once"}, "upstream": "pair", "retries": 0}],
+            "upstreams": [{"name": "pair", "addresses": [bad, good.addr]}]
+        }),
+    )
+    .await;
+    let client = gateway_client();
+    for _ in 0..10 {
+        let (status, _, body) = get(&client, &node, "/x", &[]).await;
+        assert_eq!((status, body["name"].clone()), (200, json!("good")));
+    }
+    // Not retried: a POST, and a route with retries = 0.
+    let gateway = node.gateway.clone().unwrap();
+    let mut statuses = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let post = client
+            .post(format!("http://{gateway}/x"))
+            .send()
+            .await
+            .unwrap();
+        statuses.insert(post.status().as_u16());
+        statuses.insert(get(&client, &node, "/once", &[]).await.0);
+    }
+    assert_eq!(statuses, [200, 503].into_iter().collect());
+}

@@ -303,7 +303,8 @@ pub struct UpstreamSpec {
     /// How a member is chosen (default `round_robin`).
     #[serde(default)]
     pub balance: Balance,
-    /// For `ring_hash`: what is hashed, `header:NAME`, `cookie:NAME` or `client_ip` (default).
+    /// For `ring_hash` and `maglev`: what is hashed, `header:NAME`, `cookie:NAME` or
+    /// `client_ip` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<String>,
     /// How to talk to members: `http1` (default) or `h2c` (HTTP/2 without TLS, for gRPC).
@@ -345,6 +346,9 @@ pub enum Balance {
     LeastRequest,
     /// Consistent hashing of `hash_on` over a ring; a member's share follows its weight.
     RingHash,
+    /// Consistent hashing of `hash_on` through Maglev's lookup table (65,537 entries): even
+    /// shares and minimal disruption when members change; shares follow weights.
+    Maglev,
 }
 
 /// Upstream protocols.

@@ -465,7 +465,10 @@ impl Gateway {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return response;
         }
-        let key = if group.spec.balance == crate::model::Balance::RingHash {
+        let key = if matches!(
+            group.spec.balance,
+            crate::model::Balance::RingHash | crate::model::Balance::Maglev
+        ) {
             hash_key(group.hash_on.as_ref(), request.headers(), client)
         } else {
             None

@@ -465,8 +465,8 @@ fn check_upstream(u: &UpstreamSpec) -> Result<(), TableError> {
     if u.endpoints.iter().any(|e| e.weight == 0) {
         return fail("an endpoint has weight 0 (leave it out instead)".into());
     }
-    if u.balance != Balance::RingHash && u.hash_on.is_some() {
-        return fail("`hash_on` needs balance = \"ring_hash\"".into());
+    if !matches!(u.balance, Balance::RingHash | Balance::Maglev) && u.hash_on.is_some() {
+        return fail("`hash_on` needs balance = \"ring_hash\" or \"maglev\"".into());
     }
     if let Some(hash_on) = &u.hash_on {
         crate::balance::HashOn::parse(hash_on)

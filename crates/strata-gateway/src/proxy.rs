@@ -66,6 +66,33 @@ pub struct Gateway {
 #[derive(Clone)]
 struct Member(String);
 
+/// Pause after a failed `accept` (out of file descriptors, say) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next connection on `tcp`, or `None` once `cancel` fires. A failed accept is logged
+/// and retried after [`ACCEPT_BACKOFF`]; the listener's other connections are unaffected.
+pub(crate) async fn accept(
+    tcp: &TcpListener,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            accepted = tcp.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return None,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+            },
+        }
+    }
+}
+
 /// Marks a request that came over TLS (for `X-Forwarded-Proto`).
 #[derive(Clone, Copy)]
 struct Https;
@@ -199,16 +226,8 @@ impl Gateway {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_header_list_size(MAX_HEADER_BYTES as u32);
             loop {
-                let (stream, client) = tokio::select! {
-                    () = cancel.cancelled() => break,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            tracing::warn!(listener = name, error = %e, "accept failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
+                let Some((stream, client)) = accept(&tcp, name, &cancel).await else {
+                    break;
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();

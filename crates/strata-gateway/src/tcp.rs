@@ -146,16 +146,8 @@ async fn serve(
     accepted: Arc<AtomicU64>,
 ) {
     loop {
-        let (client, peer) = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(tcp = %name, error = %e, "accept failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((client, peer)) = crate::proxy::accept(&listener, &name, &stop).await else {
+            return;
         };
         accepted.fetch_add(1, Ordering::Relaxed);
         let _ = client.set_nodelay(true);

@@ -30,7 +30,8 @@ impl Backend {
         let stop = CancellationToken::new();
         let router = Router::new().fallback(any(move |request: Request| async move {
             if request.uri().path() == "/slow" {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // An upstream that hangs: it never answers.
+                std::future::pending::<()>().await;
             }
             let headers: BTreeMap<String, String> = request
                 .headers()

@@ -6,7 +6,7 @@
 
 use crate::model::Balance;
 use rand::Rng;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One member of a group. Counters live as long as the member stays in the group, across
@@ -28,7 +28,15 @@ pub struct Endpoint {
     /// Until when (ms on [`now_ms`]'s clock) the member is skipped after refusing a
     /// connection; 0: not ejected.
     ejected_until: AtomicU64,
+    /// When it joined the group (ms on [`now_ms`]'s clock), for slow start; 0: warm from the
+    /// start.
+    pub joined_ms: u64,
+    /// False while active health checks find it down.
+    healthy: AtomicBool,
 }
+
+/// The share a member still warming up gets at first (Envoy's `min_weight_percent`).
+const SLOW_START_FLOOR: f64 = 0.1;
 
 /// How long a member that refused a connection is skipped while others are left (passive
 /// health: the registry or the member's return ends it, whichever comes first).
@@ -55,7 +63,41 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
+            joined_ms: 0,
+            healthy: AtomicBool::new(true),
         }
+    }
+
+    /// A member that joins a running group now (it warms up under slow start).
+    pub fn joining(address: String, id: String, weight: u32) -> Endpoint {
+        Endpoint {
+            joined_ms: now_ms(),
+            ..Endpoint::new(address, id, weight)
+        }
+    }
+
+    /// The fraction of its weight the member gets `now` under a slow start of `window_ms`:
+    /// from 10% when it joins, linearly to all of it.
+    pub fn warmth(&self, now: u64, window_ms: u64) -> f64 {
+        if window_ms == 0 || self.joined_ms == 0 {
+            return 1.0;
+        }
+        let age = now.saturating_sub(self.joined_ms);
+        if age >= window_ms {
+            1.0
+        } else {
+            (age as f64 / window_ms as f64).max(SLOW_START_FLOOR)
+        }
+    }
+
+    /// What the last active health checks concluded (true without them).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records the health checks' verdict; true when it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
     /// Skips this member for [`EJECTION_MS`] (it refused a connection).
@@ -114,11 +156,23 @@ pub struct Members {
     ring: Vec<(u64, usize)>,
     /// Maglev: member index per table entry.
     maglev: Vec<u32>,
+    /// Slow start window of members that join (0: none).
+    slow_start_ms: u64,
 }
 
 impl Members {
-    /// Builds the set for `policy`.
+    /// Builds the set for `policy`, without slow start.
     pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: Balance) -> Members {
+        Members::with_slow_start(endpoints, policy, 0)
+    }
+
+    /// Builds the set for `policy`; members that joined less than `slow_start_ms` ago get a
+    /// reduced share.
+    pub fn with_slow_start(
+        endpoints: Vec<Arc<Endpoint>>,
+        policy: Balance,
+        slow_start_ms: u64,
+    ) -> Members {
         let ring = if policy == Balance::RingHash {
             let mut ring = Vec::new();
             for (index, endpoint) in endpoints.iter().enumerate() {
@@ -144,6 +198,7 @@ impl Members {
             policy,
             next: AtomicUsize::new(0),
             ring,
+            slow_start_ms,
         }
     }
 
@@ -154,17 +209,50 @@ impl Members {
         if n == 0 {
             return None;
         }
-        // Members not tried and not ejected first; then not tried; then any.
+        // Members not tried, not ejected, healthy (and, warming up, admitted by chance in
+        // proportion to their warmth) first; then the same without the chance; then not
+        // tried; then any.
         let now = now_ms();
-        let fresh = |i: usize| !tried.contains(&i) && !self.endpoints[i].ejected(now);
+        let fresh = |i: usize| {
+            let e = &self.endpoints[i];
+            !tried.contains(&i) && !e.ejected(now) && e.is_healthy()
+        };
+        let admitted = |i: usize| fresh(i) && self.admit(i, now);
         let untried = |i: usize| !tried.contains(&i);
         let any = |_: usize| true;
-        self.pick_among(key, &fresh)
-            .or_else(|| self.pick_among(key, &untried))
-            .or_else(|| self.pick_among(key, &any))
+        self.pick_among(key, &admitted, now)
+            .or_else(|| self.pick_among(key, &fresh, now))
+            .or_else(|| self.pick_among(key, &untried, now))
+            .or_else(|| self.pick_among(key, &any, now))
     }
 
-    fn pick_among(&self, key: Option<&[u8]>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    /// Round robin and random ignore weights, so a warming member is skipped by chance: it
+    /// is taken with a probability equal to its warmth.
+    fn admit(&self, i: usize, now: u64) -> bool {
+        if self.slow_start_ms == 0 || !matches!(self.policy, Balance::RoundRobin | Balance::Random)
+        {
+            return true;
+        }
+        let warmth = self.endpoints[i].warmth(now, self.slow_start_ms);
+        warmth >= 1.0 || rand::thread_rng().gen::<f64>() < warmth
+    }
+
+    /// A member's weight now, in thousandths, reduced while it warms up.
+    fn effective_weight(&self, i: usize, now: u64) -> i64 {
+        let full = i64::from(self.endpoints[i].weight) * 1000;
+        if self.slow_start_ms == 0 {
+            return full;
+        }
+        let warmth = self.endpoints[i].warmth(now, self.slow_start_ms);
+        ((full as f64 * warmth) as i64).max(1)
+    }
+
+    fn pick_among(
+        &self,
+        key: Option<&[u8]>,
+        usable: &dyn Fn(usize) -> bool,
+        now: u64,
+    ) -> Option<usize> {
         let n = self.endpoints.len();
         match self.policy {
             Balance::RoundRobin => {
@@ -175,8 +263,8 @@ impl Members {
                 let start = rand::thread_rng().gen_range(0..n);
                 (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
             }
-            Balance::Weighted => self.smooth_weighted(usable),
-            Balance::LeastRequest => self.two_choices(usable),
+            Balance::Weighted => self.smooth_weighted(usable, now),
+            Balance::LeastRequest => self.two_choices(usable, now),
             Balance::Maglev => {
                 let point = match key {
                     Some(key) => hash(key),
@@ -209,15 +297,15 @@ impl Members {
 
     /// nginx's smooth weighted round robin: every member gains its weight, the largest
     /// running weight wins and pays back the total.
-    fn smooth_weighted(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn smooth_weighted(&self, usable: &dyn Fn(usize) -> bool, now: u64) -> Option<usize> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (i, endpoint) in self.endpoints.iter().enumerate() {
+        for i in 0..self.endpoints.len() {
             if !usable(i) {
                 continue;
             }
-            let weight = i64::from(endpoint.weight);
+            let weight = self.effective_weight(i, now);
             current[i] += weight;
             total += weight;
             if best.is_none_or(|b| current[i] > current[b]) {
@@ -231,7 +319,7 @@ impl Members {
     }
 
     /// Power of two choices on requests in flight per unit of weight.
-    fn two_choices(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn two_choices(&self, usable: &dyn Fn(usize) -> bool, now: u64) -> Option<usize> {
         let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|&i| usable(i)).collect();
         match candidates.len() {
             0 => None,
@@ -249,8 +337,8 @@ impl Members {
                     (e.in_flight.load(Ordering::Relaxed) + 1) as u128
                 };
                 let (wa, wb) = (
-                    u128::from(self.endpoints[a].weight),
-                    u128::from(self.endpoints[b].weight),
+                    self.effective_weight(a, now) as u128,
+                    self.effective_weight(b, now) as u128,
                 );
                 Some(if load(a) * wb <= load(b) * wa { a } else { b })
             }
@@ -363,6 +451,65 @@ mod tests {
         assert!(
             m.pick(None, &[]).is_some(),
             "all ejected: one is still chosen"
+        );
+    }
+
+    #[test]
+    fn a_joining_member_warms_up_under_slow_start() {
+        let hour = 3_600_000;
+        for policy in [Balance::Weighted, Balance::RoundRobin, Balance::Random] {
+            let endpoints = vec![
+                Arc::new(Endpoint::new("10.0.0.1:80".into(), "a".into(), 1)),
+                Arc::new(Endpoint::joining("10.0.0.2:80".into(), "b".into(), 1)),
+            ];
+            let m = Members::with_slow_start(endpoints, policy, hour);
+            let counts = shares(&m, 10_000, |_| None);
+            // Just joined: its weight counts a tenth (about 1 in 11 by weight; round robin
+            // and random skip it 9 times in 10, so about 1 in 20 of two).
+            assert!(
+                (350..=1400).contains(&counts[1]),
+                "{policy:?}: the joining member got {counts:?}"
+            );
+            // The same member without slow start gets half.
+            let m = Members::new(m.endpoints.clone(), policy);
+            let counts = shares(&m, 10_000, |_| None);
+            assert!((4000..=6000).contains(&counts[1]), "{policy:?}: {counts:?}");
+        }
+        // Least request weighs requests in flight by the reduced weight: the joining member
+        // wins only once the other has ten times its load.
+        let endpoints = vec![
+            Arc::new(Endpoint::new("10.0.0.1:80".into(), "a".into(), 1)),
+            Arc::new(Endpoint::joining("10.0.0.2:80".into(), "b".into(), 1)),
+        ];
+        let m = Members::with_slow_start(endpoints, Balance::LeastRequest, hour);
+        m.endpoints[0].in_flight.store(5, Ordering::Relaxed);
+        assert_eq!(shares(&m, 100, |_| None), [100, 0]);
+        m.endpoints[0].in_flight.store(10, Ordering::Relaxed);
+        assert_eq!(shares(&m, 100, |_| None), [0, 100]);
+        let e = Endpoint::joining("10.0.0.3:80".into(), "c".into(), 1);
+        assert_eq!(e.warmth(e.joined_ms + hour / 2, hour), 0.5);
+        assert_eq!(e.warmth(e.joined_ms + hour, hour), 1.0);
+        assert_eq!(
+            Endpoint::new("x".into(), "x".into(), 1).warmth(0, hour),
+            1.0
+        );
+    }
+
+    #[test]
+    fn unhealthy_members_get_nothing_unless_all_are() {
+        let m = members(&[1, 1, 1], Balance::Weighted);
+        assert!(m.endpoints[0].set_healthy(false));
+        assert!(
+            !m.endpoints[0].set_healthy(false),
+            "no change the second time"
+        );
+        assert_eq!(shares(&m, 300, |_| None), [0, 150, 150]);
+        m.endpoints[1].set_healthy(false);
+        m.endpoints[2].set_healthy(false);
+        assert_eq!(
+            shares(&m, 300, |_| None).iter().sum::<usize>(),
+            300,
+            "none healthy: every member gets requests again"
         );
     }
 

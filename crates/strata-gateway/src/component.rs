@@ -60,6 +60,10 @@ pub struct GatewayConfig {
     /// The fields of each line (default: all of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log_fields: Vec<String>,
+    /// The HTTP and HTTPS listeners expect a PROXY protocol header (v1 or v2) at the start of
+    /// every connection, from a load balancer in front; its source address is the client.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// The API gateway, load balancer and frontend router.
@@ -105,43 +109,14 @@ impl Component for GatewayComponent {
     fn start(&self, mut ctx: Context) -> BoxFuture<'static, Result<Started, StartError>> {
         Box::pin(async move {
             let config: GatewayConfig = ctx.settings(NAME)?;
-            let metrics = crate::metrics::Metrics::new(&ctx.metrics)?;
             let registry = ctx.get::<Arc<dyn RegistryService>>().map(|r| (*r).clone());
             let configs = ctx.get::<Arc<dyn ConfigService>>().map(|c| (*c).clone());
-            let trusted =
-                crate::edge::parse_list("gateway.trusted_proxies", &config.trusted_proxies)
-                    .map_err(StartError)?;
-            let gateway = Gateway::new(
-                metrics,
-                registry,
-                ctx.tracker.clone(),
-                ctx.cancel.clone(),
-                trusted,
-            );
-            if let Some(target) = &config.access_log {
-                let log = crate::access_log::AccessLog::start(
-                    target,
-                    config.access_log_fields.clone(),
-                    gateway.metrics.access_log_dropped.clone(),
-                    &ctx.tracker,
-                    ctx.cancel.clone(),
-                )
+            let gateway = build_gateway(&config, &ctx.metrics, registry, &ctx.tracker, &ctx.cancel)
                 .map_err(StartError)?;
-                let _ = gateway.access_log.set(log);
-            }
             let source = match (&config.routes_file, configs) {
                 (Some(file), _) => {
-                    let table = read_file(file).map_err(StartError)?;
-                    let compiled = Compiled::new(table)
-                        .map_err(|e| StartError(format!("{}: {e}", file.display())))?;
-                    gateway
-                        .install(compiled, 0)
-                        .map_err(|e| StartError(format!("{}: {e}", file.display())))?;
-                    ctx.tracker.spawn(watch_file(
-                        gateway.clone(),
-                        file.clone(),
-                        ctx.cancel.clone(),
-                    ));
+                    install_file(&gateway, file, false, &ctx.tracker, &ctx.cancel)
+                        .map_err(StartError)?;
                     Source::File(file.clone())
                 }
                 (None, Some(configs)) => {
@@ -157,12 +132,13 @@ impl Component for GatewayComponent {
             };
             if let Some(bound) = ctx.take_listener(LISTENER) {
                 tracing::info!(addr = %bound.addr, "gateway listening");
-                gateway.serve(LISTENER, bound.tcp, None);
+                gateway.serve(LISTENER, bound.tcp, None, config.proxy_protocol);
             }
+            let proxy_protocol = config.proxy_protocol;
             if let Some(bound) = ctx.take_listener(TLS_LISTENER) {
                 tracing::info!(addr = %bound.addr, "gateway listening over TLS");
                 let config = crate::sni::server_config(gateway.sni.clone());
-                gateway.serve(TLS_LISTENER, bound.tcp, Some(config));
+                gateway.serve(TLS_LISTENER, bound.tcp, Some(config), proxy_protocol);
             }
             ctx.tracker
                 .spawn(watch_certificates(gateway.clone(), ctx.cancel.clone()));
@@ -176,6 +152,54 @@ impl Component for GatewayComponent {
             })
         })
     }
+}
+
+/// A gateway with `config`'s options and metrics in `metrics` (its table still empty).
+pub(crate) fn build_gateway(
+    config: &GatewayConfig,
+    metrics: &prometheus::Registry,
+    registry: Option<Arc<dyn RegistryService>>,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Arc<Gateway>, String> {
+    let trusted = crate::edge::parse_list("gateway.trusted_proxies", &config.trusted_proxies)?;
+    crate::access_log::check_fields(&config.access_log_fields)?;
+    let metrics = crate::metrics::Metrics::new(metrics).map_err(|e| e.to_string())?;
+    let gateway = Gateway::new(metrics, registry, tracker.clone(), cancel.clone(), trusted);
+    if let Some(target) = &config.access_log {
+        let log = crate::access_log::AccessLog::start(
+            target,
+            config.access_log_fields.clone(),
+            gateway.metrics.access_log_dropped.clone(),
+            tracker,
+            cancel.clone(),
+        )?;
+        let _ = gateway.access_log.set(log);
+    }
+    Ok(gateway)
+}
+
+/// Installs the table of `file` and re-reads it when it changes. `standalone`: the file may
+/// also hold the `[server]` section of `strata gateway --config`.
+pub(crate) fn install_file(
+    gateway: &Arc<Gateway>,
+    file: &std::path::Path,
+    standalone: bool,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let table = read_file(file, standalone)?;
+    let compiled = Compiled::new(table).map_err(|e| format!("{}: {e}", file.display()))?;
+    gateway
+        .install(compiled, 0)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    tracker.spawn(watch_file(
+        gateway.clone(),
+        file.to_path_buf(),
+        standalone,
+        cancel.clone(),
+    ));
+    Ok(())
 }
 
 /// Where this node's table comes from.
@@ -193,16 +217,22 @@ fn table_key() -> ConfigKey {
     }
 }
 
-fn read_file(file: &std::path::Path) -> Result<Table, String> {
+fn read_file(file: &std::path::Path, standalone: bool) -> Result<Table, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read the route table {}: {e}", file.display()))?;
-    Table::parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+    let parsed = if standalone {
+        crate::standalone::split(&text).map(|(_, table)| table)
+    } else {
+        Table::parse(&text)
+    };
+    parsed.map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// Re-reads `file` when its modification time changes.
 async fn watch_file(
     gateway: Arc<Gateway>,
     file: PathBuf,
+    standalone: bool,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let modified = |f: &std::path::Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
@@ -217,7 +247,7 @@ async fn watch_file(
             continue;
         }
         seen = now;
-        match read_file(&file).and_then(|t| Compiled::new(t).map_err(|e| e.0)) {
+        match read_file(&file, standalone).and_then(|t| Compiled::new(t).map_err(|e| e.0)) {
             Ok(compiled) => {
                 if let Err(error) = gateway.install(compiled, 0) {
                     gateway.metrics.tables_refused.inc();
@@ -233,7 +263,10 @@ async fn watch_file(
 }
 
 /// Re-reads the HTTPS certificates when their files change.
-async fn watch_certificates(gateway: Arc<Gateway>, cancel: tokio_util::sync::CancellationToken) {
+pub(crate) async fn watch_certificates(
+    gateway: Arc<Gateway>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -328,7 +361,7 @@ fn allow(s: &AdminState, who: &Caller, access: Access, names: &Names) -> Result<
 
 /// The table in force on this node.
 #[derive(Serialize)]
-struct TableView {
+pub(crate) struct TableView {
     /// Config-center version (0: none, or a file).
     version: u64,
     /// `config_center`, `file` or `none`.
@@ -337,6 +370,20 @@ struct TableView {
     upstreams: Vec<crate::model::UpstreamSpec>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tcp: Vec<crate::model::TcpSpec>,
+}
+
+impl TableView {
+    /// The table `gateway` serves, which came from `source`.
+    pub(crate) fn of(gateway: &Gateway, source: String) -> TableView {
+        let live = gateway.live();
+        TableView {
+            version: live.version,
+            source,
+            routes: live.compiled.source.routes.clone(),
+            upstreams: live.compiled.source.upstreams.clone(),
+            tcp: live.compiled.source.tcp.clone(),
+        }
+    }
 }
 
 fn source_name(source: &Source) -> String {
@@ -349,14 +396,10 @@ fn source_name(source: &Source) -> String {
 
 async fn list_routes(State(s): State<AdminState>, Who(who): Who) -> ApiResult<TableView> {
     allow(&s, &who, Access::Read, &Names::prefix(""))?;
-    let live = s.gateway.live();
-    Ok(axum::Json(TableView {
-        version: live.version,
-        source: source_name(&s.source),
-        routes: live.compiled.source.routes.clone(),
-        upstreams: live.compiled.source.upstreams.clone(),
-        tcp: live.compiled.source.tcp.clone(),
-    }))
+    Ok(axum::Json(TableView::of(
+        &s.gateway,
+        source_name(&s.source),
+    )))
 }
 
 async fn show_route(
@@ -525,7 +568,7 @@ async fn change_table(
 
 /// One upstream group as it runs on this node.
 #[derive(Serialize)]
-struct UpstreamView {
+pub(crate) struct UpstreamView {
     name: String,
     balance: crate::model::Balance,
     /// `static`, or `service NAME`.
@@ -533,6 +576,12 @@ struct UpstreamView {
     members: Vec<MemberView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     problem: Option<String>,
+    /// Connections opened to members so far.
+    connections_opened: u64,
+    /// Connections to members open now.
+    connections_open: i64,
+    /// Share of requests that reused a pooled connection (1 - opened / requests).
+    pool_reuse: f64,
 }
 
 #[derive(Serialize)]
@@ -540,14 +589,35 @@ struct MemberView {
     id: String,
     address: String,
     weight: u32,
+    /// `passing`, or `failing` while active health checks find it down.
+    health: &'static str,
+    /// True while skipped after refusing a connection (passive health).
+    ejected: bool,
+    /// Percent of its weight it gets now (below 100 while warming up under slow start).
+    warmth_percent: u32,
     in_flight: u64,
     requests: u64,
     failures: u64,
 }
 
-fn upstream_view(group: &crate::upstream::Group) -> UpstreamView {
+pub(crate) fn upstream_view(group: &crate::upstream::Group) -> UpstreamView {
     let members = group.members();
+    let now = crate::balance::now_ms();
+    let slow_start = group.spec.slow_start.map_or(0, |d| d.0.as_millis() as u64);
+    let requests: u64 = members
+        .endpoints
+        .iter()
+        .map(|e| e.requests.load(Ordering::Relaxed))
+        .sum();
+    let opened = group.metrics.opened.get();
     UpstreamView {
+        connections_opened: opened,
+        connections_open: group.metrics.open.get(),
+        pool_reuse: if requests == 0 {
+            0.0
+        } else {
+            (1.0 - opened as f64 / requests as f64).max(0.0)
+        },
         name: group.spec.name.clone(),
         balance: group.spec.balance,
         source: match &group.spec.service {
@@ -561,6 +631,9 @@ fn upstream_view(group: &crate::upstream::Group) -> UpstreamView {
                 id: e.id.clone(),
                 address: e.address.clone(),
                 weight: e.weight,
+                health: if e.is_healthy() { "passing" } else { "failing" },
+                ejected: e.ejected(now),
+                warmth_percent: (e.warmth(now, slow_start) * 100.0).round() as u32,
                 in_flight: e.in_flight.load(Ordering::Relaxed),
                 requests: e.requests.load(Ordering::Relaxed),
                 failures: e.failures.load(Ordering::Relaxed),
@@ -575,8 +648,8 @@ fn upstream_view(group: &crate::upstream::Group) -> UpstreamView {
 }
 
 #[derive(Serialize)]
-struct UpstreamList {
-    upstreams: Vec<UpstreamView>,
+pub(crate) struct UpstreamList {
+    pub(crate) upstreams: Vec<UpstreamView>,
 }
 
 async fn list_upstreams(State(s): State<AdminState>, Who(who): Who) -> ApiResult<UpstreamList> {

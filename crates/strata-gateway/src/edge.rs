@@ -79,7 +79,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
 
 /// A route's address lists: a denied address is refused; with an allow list, only its
 /// addresses pass.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct IpRules {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,

@@ -4,11 +4,16 @@
 //! - [`route`]: validation, compilation and the matcher, with the documented match order.
 //! - [`access_log`]: JSON access log lines, written by a task of their own.
 //! - [`balance`]: load-balancing policies over an upstream's members.
-//! - [`upstream`]: upstream groups at run time, static or following a registry service.
+//! - [`upstream`]: upstream groups at run time, static or following a registry service; the
+//!   pooled, counted connections to their members.
+//! - [`health`]: active health checks of static members.
+//! - [`metrics`]: the gateway's Prometheus metrics, per route and per upstream.
 //! - [`edge`]: CORS, client address lists, the client behind trusted proxies.
 //! - [`files`]: static files with ETag, Last-Modified, Range and precompressed variants.
 //! - [`proxy`]: the listener and the forwarding path.
+//! - [`proxy_protocol`]: the PROXY protocol (v1 and v2) header a load balancer in front sends.
 //! - [`sni`]: certificates of the HTTPS listener by SNI name, reloaded when files change.
+//! - [`standalone`]: `strata gateway --config FILE`, the gateway without a cluster.
 //! - [`tcp`]: TCP (L4) listeners of the table, balancing raw connections.
 //! - [`component`]: the node component, where the table comes from (the config center or a
 //!   file), and the admin API under `/v1/gateway/`.
@@ -24,11 +29,14 @@ pub mod balance;
 pub mod component;
 pub mod edge;
 pub mod files;
-mod metrics;
+pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod route;
 pub mod sni;
+pub mod standalone;
 pub mod tcp;
 pub mod upstream;
 

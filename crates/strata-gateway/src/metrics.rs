@@ -1,8 +1,8 @@
 //! The gateway's Prometheus metrics.
 
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric of the gateway.
@@ -27,6 +27,50 @@ pub struct Metrics {
     pub table_version: IntGauge,
     /// Access log lines dropped because the writer was behind.
     pub access_log_dropped: IntCounter,
+    /// Answers from upstream members, by upstream and status class.
+    pub upstream_requests: IntCounterVec,
+    /// Time from sending a request to a member to its response headers, by upstream.
+    pub upstream_seconds: HistogramVec,
+    /// Time to open a connection to a member, by upstream.
+    pub upstream_connect_seconds: HistogramVec,
+    /// Connections opened to members, by upstream (with the requests, the pool reuse ratio:
+    /// 1 - opened / requests).
+    pub upstream_connections_opened: IntCounterVec,
+    /// Connections to members open now, by upstream.
+    pub upstream_connections: IntGaugeVec,
+    /// 1 while active health checks find a member up, 0 while down, by upstream and member.
+    pub upstream_member_healthy: IntGaugeVec,
+}
+
+/// An upstream group's metric handles, looked up once when the group is built.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    by_class: [IntCounter; 5],
+    seconds: prometheus::Histogram,
+    /// Connect time.
+    pub connect_seconds: prometheus::Histogram,
+    /// Connections opened.
+    pub opened: IntCounter,
+    /// Connections open now.
+    pub open: IntGauge,
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamMetrics")
+            .field("opened", &self.opened.get())
+            .field("open", &self.open.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamMetrics {
+    /// Counts one answer of a member.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.by_class[class].inc();
+        self.seconds.observe(seconds);
+    }
 }
 
 /// A route's request counters (by status class) and latency histogram, looked up once per
@@ -46,19 +90,28 @@ impl RouteMetrics {
     }
 }
 
+/// The five status-class counters of `name` in `vec` (labels: name, class).
+fn classes(vec: &IntCounterVec, name: &str) -> [IntCounter; 5] {
+    ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| vec.with_label_values(&[name, class]))
+}
+
 impl Metrics {
     /// The handles of route `name` (empty: no route matched).
     pub fn route(&self, name: &str) -> RouteMetrics {
-        let class = |c: &str| self.requests.with_label_values(&[name, c]);
         RouteMetrics {
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
+            by_class: classes(&self.requests, name),
             seconds: self.seconds.with_label_values(&[name]),
+        }
+    }
+
+    /// The handles of upstream group `name`.
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            by_class: classes(&self.upstream_requests, name),
+            seconds: self.upstream_seconds.with_label_values(&[name]),
+            connect_seconds: self.upstream_connect_seconds.with_label_values(&[name]),
+            opened: self.upstream_connections_opened.with_label_values(&[name]),
+            open: self.upstream_connections.with_label_values(&[name]),
         }
     }
 
@@ -114,7 +167,57 @@ impl Metrics {
                 "strata_gateway_access_log_dropped_total",
                 "Access log lines dropped because the writer was behind",
             )?,
+            upstream_requests: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_upstream_requests_total",
+                    "Answers from upstream members, by upstream and status class",
+                ),
+                &["upstream", "code"],
+            )?,
+            upstream_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "strata_gateway_upstream_duration_seconds",
+                    "Time from sending a request to a member to its response headers, by upstream",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 18)?),
+                &["upstream"],
+            )?,
+            upstream_connect_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "strata_gateway_upstream_connect_duration_seconds",
+                    "Time to open a connection to an upstream member, by upstream",
+                )
+                .buckets(exponential_buckets(0.00005, 2.0, 16)?),
+                &["upstream"],
+            )?,
+            upstream_connections_opened: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_upstream_connections_opened_total",
+                    "Connections opened to upstream members, by upstream (pool reuse ratio: 1 - this / strata_gateway_upstream_requests_total)",
+                ),
+                &["upstream"],
+            )?,
+            upstream_connections: IntGaugeVec::new(
+                Opts::new(
+                    "strata_gateway_upstream_connections",
+                    "Connections to upstream members open now, by upstream",
+                ),
+                &["upstream"],
+            )?,
+            upstream_member_healthy: IntGaugeVec::new(
+                Opts::new(
+                    "strata_gateway_upstream_member_healthy",
+                    "1 while active health checks find a static member up, 0 while down",
+                ),
+                &["upstream", "member"],
+            )?,
         };
+        registry.register(Box::new(metrics.upstream_requests.clone()))?;
+        registry.register(Box::new(metrics.upstream_seconds.clone()))?;
+        registry.register(Box::new(metrics.upstream_connect_seconds.clone()))?;
+        registry.register(Box::new(metrics.upstream_connections_opened.clone()))?;
+        registry.register(Box::new(metrics.upstream_connections.clone()))?;
+        registry.register(Box::new(metrics.upstream_member_healthy.clone()))?;
         registry.register(Box::new(metrics.access_log_dropped.clone()))?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.seconds.clone()))?;

@@ -25,6 +25,24 @@ pub struct Table {
     /// Certificates of the HTTPS listener, chosen by SNI name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateSpec>,
+    /// Rules per host that apply before any route (client address lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostSpec>,
+}
+
+/// Rules for every request to some hosts, checked before the routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Hosts: `api.example.com`, or `*.example.com` for any subdomain.
+    pub hosts: Vec<String>,
+    /// Only clients in these blocks may send requests to these hosts; empty: any. 403
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ips: Vec<String>,
+    /// Clients in these blocks get 403 from these hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_ips: Vec<String>,
 }
 
 /// A certificate of the HTTPS listener and the names it serves.
@@ -35,9 +53,31 @@ pub struct CertificateSpec {
     /// answers clients that send no name or one no entry covers.
     pub hosts: Vec<String>,
     /// PEM certificate chain (read on every gateway node; rotated files are re-read).
-    pub cert_file: std::path::PathBuf,
-    /// PEM private key.
-    pub key_file: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Or: the PEM certificate chain itself, kept in the table (so in the config center).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    /// Or: the PEM private key itself. Anyone who may read the table's config document may
+    /// read it: give `config` read access on namespace `gateway` accordingly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+}
+
+impl CertificateSpec {
+    /// How the certificate is named in messages: its file, or its first host.
+    pub fn label(&self) -> String {
+        match &self.cert_file {
+            Some(file) => file.display().to_string(),
+            None => format!(
+                "for {}",
+                self.hosts.first().map_or("(no host)", String::as_str)
+            ),
+        }
+    }
 }
 
 /// A TCP (L4) listener.
@@ -51,6 +91,10 @@ pub struct TcpSpec {
     /// The upstream group whose members get the connections (`ring_hash` hashes the client's
     /// address).
     pub upstream: String,
+    /// Connections start with a PROXY protocol header (v1 or v2) naming the client, as sent
+    /// by a load balancer in front; connections without one are closed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// One route: what it matches and what it does.
@@ -313,6 +357,37 @@ pub struct UpstreamSpec {
     /// Longest wait for a connection to a member (default 1s); the next member is tried after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<HumanDuration>,
+    /// A member that joins the group gets a share growing linearly from 10% to its full
+    /// weight over this long (`round_robin`, `weighted`, `random`, `least_request`); unset: at
+    /// once. Members present when the group is built start warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<HumanDuration>,
+    /// Active health checks of static members (registry groups follow the registry's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+/// Active health checks: each static member is probed on an interval; one that fails
+/// `unhealthy` probes in a row gets no requests until it passes `healthy` in a row. When no
+/// member is healthy, every member gets requests again (as Envoy's panic mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// `GET` this path and expect 2xx or 3xx; unset: a TCP connect is the probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Between probes of a member (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+    /// A probe slower than this fails (default 2s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Passed probes in a row that bring a member back (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<u32>,
+    /// Failed probes in a row that take a member out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<u32>,
 }
 
 /// A static member with a weight.
@@ -399,6 +474,9 @@ impl Table {
         }
         if !other.certificates.is_empty() {
             self.certificates = other.certificates;
+        }
+        if !other.hosts.is_empty() {
+            self.hosts = other.hosts;
         }
         for tcp in other.tcp {
             match self.tcp.iter_mut().find(|t| t.name == tcp.name) {

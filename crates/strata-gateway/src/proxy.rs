@@ -157,6 +157,7 @@ impl Gateway {
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         let groups = build_groups(
             &compiled.upstreams,
+            &self.metrics,
             &live.groups,
             self.registry.as_ref(),
             &self.tracker,
@@ -200,12 +201,14 @@ impl Gateway {
     }
 
     /// Serves the gateway on `tcp` until cancelled: plain HTTP (HTTP/1.1 and h2c), or HTTPS
-    /// with `tls` (HTTP/2 or HTTP/1.1 by ALPN).
+    /// with `tls` (HTTP/2 or HTTP/1.1 by ALPN). With `proxy_protocol`, every connection must
+    /// start with a PROXY protocol header (v1 or v2), whose source address is the client.
     pub fn serve(
         self: &Arc<Self>,
         name: &'static str,
         tcp: TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
+        proxy_protocol: bool,
     ) {
         let gateway = self.clone();
         let tracker = self.tracker.clone();
@@ -226,22 +229,32 @@ impl Gateway {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_header_list_size(MAX_HEADER_BYTES as u32);
             loop {
-                let Some((stream, client)) = accept(&tcp, name, &cancel).await else {
+                let Some((mut stream, mut client)) = accept(&tcp, name, &cancel).await else {
                     break;
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
                 let https = acceptor.is_some();
-                let service = hyper::service::service_fn(move |request| {
-                    let gateway = gateway.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https).await)
-                    }
-                });
                 let (watcher, builder, acceptor) =
                     (graceful.watcher(), builder.clone(), acceptor.clone());
                 let connections = connections.clone();
                 tracker.spawn(async move {
+                    if proxy_protocol {
+                        match crate::proxy_protocol::read_header(&mut stream, HEADER_TIMEOUT).await {
+                            Ok(crate::proxy_protocol::Header::Proxied { source, .. }) => client = source,
+                            Ok(crate::proxy_protocol::Header::Local) => {}
+                            Err(error) => {
+                                tracing::debug!(listener = name, %client, %error, "connection without a valid PROXY header closed");
+                                return;
+                            }
+                        }
+                    }
+                    let service = hyper::service::service_fn(move |request| {
+                        let gateway = gateway.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https).await)
+                        }
+                    });
                     connections.inc();
                     let result = match acceptor {
                         None => {
@@ -344,6 +357,15 @@ impl Gateway {
             .filter(|_| logged.is_some())
             .unwrap_or_default();
         let (route_metrics, mut response) = match found {
+            _ if !live.compiled.permits_host(&host, client_ip) => (
+                found
+                    .as_ref()
+                    .map_or(&live.unmatched, |(index, _, _)| &live.route_metrics[*index]),
+                plain(
+                    StatusCode::FORBIDDEN,
+                    "this address may not use this host\n",
+                ),
+            ),
             None => (
                 &live.unmatched,
                 plain(StatusCode::NOT_FOUND, "no route matches this request\n"),
@@ -403,6 +425,7 @@ impl Gateway {
                                 path,
                                 request,
                                 client,
+                                client_ip,
                                 &host,
                                 &request_id,
                             )
@@ -456,6 +479,7 @@ impl Gateway {
         path: String,
         mut request: Request<hyper::body::Incoming>,
         client: SocketAddr,
+        client_ip: std::net::IpAddr,
         host: &str,
         request_id: &HeaderValue,
     ) -> Response<Body> {
@@ -488,7 +512,7 @@ impl Gateway {
             group.spec.balance,
             crate::model::Balance::RingHash | crate::model::Balance::Maglev
         ) {
-            hash_key(group.hash_on.as_ref(), request.headers(), client)
+            hash_key(group.hash_on.as_ref(), request.headers(), client_ip)
         } else {
             None
         };
@@ -566,8 +590,14 @@ impl Gateway {
                 group.retry_budget.deposit();
             }
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent = Instant::now();
             let answer = tokio::time::timeout_at(deadline, group.client.request(outgoing)).await;
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(Ok(response)) = &answer {
+                group
+                    .metrics
+                    .observe(response.status().as_u16(), sent.elapsed().as_secs_f64());
+            }
             let failure = |kind: &str| {
                 endpoint.failures.fetch_add(1, Ordering::Relaxed);
                 self.metrics
@@ -758,9 +788,13 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// What ring hash hashes for this request; `None` picks a random point.
-fn hash_key(hash_on: Option<&HashOn>, headers: &HeaderMap, client: SocketAddr) -> Option<Vec<u8>> {
+fn hash_key(
+    hash_on: Option<&HashOn>,
+    headers: &HeaderMap,
+    client: std::net::IpAddr,
+) -> Option<Vec<u8>> {
     match hash_on {
-        None | Some(HashOn::ClientIp) => Some(client.ip().to_string().into_bytes()),
+        None | Some(HashOn::ClientIp) => Some(client.to_string().into_bytes()),
         Some(HashOn::Header(name)) => headers.get(name).map(|v| v.as_bytes().to_vec()),
         Some(HashOn::Cookie(name)) => parse_cookies(headers)
             .into_iter()

@@ -50,6 +50,8 @@ pub struct Compiled {
     pub routes: Vec<Route>,
     /// Upstream groups, by name.
     pub upstreams: BTreeMap<String, UpstreamSpec>,
+    /// Address lists per host, most specific host first.
+    host_rules: Vec<(HostMatch, crate::edge::IpRules)>,
     /// The table as written (for `routes list|show`).
     pub source: Table,
 }
@@ -317,6 +319,17 @@ enum HostMatch {
     Suffix(String),
 }
 
+impl HostMatch {
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(exact) => host == exact,
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 enum PathMatch {
     Exact(String),
@@ -377,26 +390,55 @@ impl Compiled {
         check_shadowing(&table, &routes)?;
         check_tcp(&table, &upstreams)?;
         for certificate in &table.certificates {
+            let label = certificate.label();
             if certificate.hosts.is_empty() {
                 return Err(TableError(format!(
-                    "certificate {}: give the `hosts` it serves",
-                    certificate.cert_file.display()
+                    "certificate {label}: give the `hosts` it serves"
+                )));
+            }
+            if certificate.cert_file.is_some() == certificate.cert_pem.is_some()
+                || certificate.key_file.is_some() == certificate.key_pem.is_some()
+            {
+                return Err(TableError(format!(
+                    "certificate {label}: give the certificate as `cert_file` or `cert_pem` and the key as `key_file` or `key_pem`, one of each"
                 )));
             }
             for host in &certificate.hosts {
-                compile_host(host).map_err(|m| {
-                    TableError(format!(
-                        "certificate {}: {m}",
-                        certificate.cert_file.display()
-                    ))
-                })?;
+                compile_host(host).map_err(|m| TableError(format!("certificate {label}: {m}")))?;
             }
         }
+        let mut host_rules = Vec::new();
+        for (index, rule) in table.hosts.iter().enumerate() {
+            let fail = |m: String| TableError(format!("hosts entry {}: {m}", index + 1));
+            if rule.hosts.is_empty() {
+                return Err(fail("give the `hosts` it applies to".into()));
+            }
+            let ips = crate::edge::IpRules::new(&rule.allow_ips, &rule.deny_ips).map_err(fail)?;
+            for host in &rule.hosts {
+                host_rules.push((compile_host(host).map_err(fail)?, ips.clone()));
+            }
+        }
+        // Exact names before wildcards, longer wildcards first: the most specific rule wins.
+        host_rules.sort_by_key(|(host, _)| match host {
+            HostMatch::Exact(_) => (0, 0),
+            HostMatch::Suffix(suffix) => (1, usize::MAX - suffix.len()),
+        });
         Ok(Compiled {
             routes,
             upstreams,
+            host_rules,
             source: table,
         })
+    }
+
+    /// True unless the most specific `[[hosts]]` rule for `host` refuses `client`.
+    pub fn permits_host(&self, host: &str, client: std::net::IpAddr) -> bool {
+        self.host_rules.is_empty()
+            || self
+                .host_rules
+                .iter()
+                .find(|(h, _)| h.matches(host))
+                .is_none_or(|(_, ips)| ips.permits(client))
     }
 
     /// The first route that matches (and its index in [`Compiled::routes`]), with the
@@ -871,14 +913,7 @@ impl Route {
         if !self.methods.is_empty() && !self.methods.contains(request.method) {
             return None;
         }
-        if !self.hosts.is_empty()
-            && !self.hosts.iter().any(|h| match h {
-                HostMatch::Exact(exact) => request.host == exact,
-                HostMatch::Suffix(suffix) => {
-                    request.host.len() > suffix.len() && request.host.ends_with(suffix.as_str())
-                }
-            })
-        {
+        if !self.hosts.is_empty() && !self.hosts.iter().any(|h| h.matches(request.host)) {
             return None;
         }
         let params = match &self.path {

@@ -1,8 +1,11 @@
 //! TLS on the gateway's HTTPS listener: a certificate per SNI name, from the PEM files the
-//! table's `[[certificates]]` name, re-read when the table changes and when the files change
-//! (checked every 2 s), so certificates rotate without a restart.
+//! table's `[[certificates]]` name (re-read when the files change, checked every 2 s) or from
+//! PEM text kept in the table itself (so in the config center, replaced by publishing the
+//! table): certificates rotate without a restart.
 
 use crate::model::CertificateSpec;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
@@ -30,6 +33,7 @@ fn stamps(specs: &[CertificateSpec]) -> Vec<Option<SystemTime>> {
     specs
         .iter()
         .flat_map(|s| [&s.cert_file, &s.key_file])
+        .flatten()
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
 }
@@ -38,16 +42,14 @@ fn stamps(specs: &[CertificateSpec]) -> Vec<Option<SystemTime>> {
 fn load(specs: &[CertificateSpec]) -> Result<SniMap, String> {
     let mut map = SniMap::default();
     for spec in specs {
-        let certs = strata_tls::read_certs(&spec.cert_file).map_err(|e| e.to_string())?;
-        let key = strata_tls::read_key(&spec.key_file).map_err(|e| e.to_string())?;
+        let (certs, key) = read_pair(spec)?;
+        let label = spec.label();
         let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(|e| format!("{}: not a usable private key: {e}", spec.key_file.display()))?;
+            .map_err(|e| format!("certificate {label}: not a usable private key: {e}"))?;
         let certified = Arc::new(CertifiedKey::new(certs, signing));
         if certified.keys_match().is_err() {
             return Err(format!(
-                "{} does not hold the key of {}",
-                spec.key_file.display(),
-                spec.cert_file.display()
+                "certificate {label}: the private key is not the certificate's"
             ));
         }
         for host in &spec.hosts {
@@ -64,6 +66,43 @@ fn load(specs: &[CertificateSpec]) -> Result<SniMap, String> {
     map.wildcard
         .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
     Ok(map)
+}
+
+/// The chain and key of `spec`, from its files or its PEM text.
+fn read_pair(
+    spec: &CertificateSpec,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let label = spec.label();
+    let certs = match (&spec.cert_file, &spec.cert_pem) {
+        (Some(file), None) => strata_tls::read_certs(file).map_err(|e| e.to_string())?,
+        (None, Some(pem)) => {
+            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("certificate {label}: cert_pem: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "certificate {label}: cert_pem holds no certificate"
+                ));
+            }
+            certs
+        }
+        _ => {
+            return Err(format!(
+                "certificate {label}: give exactly one of cert_file and cert_pem"
+            ))
+        }
+    };
+    let key = match (&spec.key_file, &spec.key_pem) {
+        (Some(file), None) => strata_tls::read_key(file).map_err(|e| e.to_string())?,
+        (None, Some(pem)) => PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("certificate {label}: key_pem: {e}"))?,
+        _ => {
+            return Err(format!(
+                "certificate {label}: give exactly one of key_file and key_pem"
+            ))
+        }
+    };
+    Ok((certs, key))
 }
 
 /// Checks that every certificate of a table loads (the admin API refuses a table whose
@@ -106,7 +145,11 @@ impl SniCertificates {
     /// The files in use, for the admin API.
     pub fn files(&self) -> Vec<PathBuf> {
         let loaded = self.loaded_from.lock().unwrap_or_else(|e| e.into_inner());
-        loaded.0.iter().map(|s| s.cert_file.clone()).collect()
+        loaded
+            .0
+            .iter()
+            .filter_map(|s| s.cert_file.clone())
+            .collect()
     }
 }
 

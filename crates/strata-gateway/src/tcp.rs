@@ -165,18 +165,28 @@ async fn serve(
 }
 
 /// Connects `client` to a member of the listener's upstream and copies bytes both ways.
-async fn relay(gateway: &Gateway, name: &str, mut client: TcpStream, peer: SocketAddr) {
+async fn relay(gateway: &Gateway, name: &str, mut client: TcpStream, mut peer: SocketAddr) {
     let live = gateway.live();
-    let Some(upstream) = live
+    let Some((upstream, proxy_protocol)) = live
         .compiled
         .source
         .tcp
         .iter()
         .find(|t| t.name == name)
-        .map(|t| t.upstream.clone())
+        .map(|t| (t.upstream.clone(), t.proxy_protocol))
     else {
         return;
     };
+    if proxy_protocol {
+        match crate::proxy_protocol::read_header(&mut client, crate::proxy::HEADER_TIMEOUT).await {
+            Ok(crate::proxy_protocol::Header::Proxied { source, .. }) => peer = source,
+            Ok(crate::proxy_protocol::Header::Local) => {}
+            Err(error) => {
+                tracing::debug!(tcp = %name, %peer, %error, "connection without a valid PROXY header closed");
+                return;
+            }
+        }
+    }
     let Some(group) = live.groups.get(&upstream) else {
         return;
     };

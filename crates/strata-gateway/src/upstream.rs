@@ -6,10 +6,15 @@
 //! knows. Counters of a member survive a rebuild while its id and address stay the same.
 
 use crate::balance::{Endpoint, HashOn, Members};
+use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::model::UpstreamSpec;
 use crate::route::DEFAULT_CONNECT_TIMEOUT;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use strata_api::registry::{Instance, Query, RegistryService};
 use tokio_util::sync::CancellationToken;
@@ -21,19 +26,117 @@ const REGISTRY_WAIT: Duration = Duration::from_secs(30);
 const REGISTRY_RETRY: Duration = Duration::from_secs(1);
 
 /// The pooled HTTP client of a group.
-pub type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    axum::body::Body,
->;
+pub type HttpClient = hyper_util::client::legacy::Client<Connector, axum::body::Body>;
 
 /// How long an idle pooled connection to a member stays open.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-fn http_client(spec: &UpstreamSpec, connect_timeout: Duration) -> HttpClient {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
+/// Opens connections to members and counts them: connect time, connections opened, open now.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    inner: HttpConnector,
+    metrics: UpstreamMetrics,
+}
+
+/// A connection to a member; the open-connections gauge goes down when it closes.
+pub struct Counted {
+    io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    open: prometheus::IntGauge,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<Counted, Box<dyn std::error::Error + Send + Sync>>> + Send>>;
+
+impl tower_service::Service<hyper::Uri> for Connector {
+    type Response = Counted;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let started = std::time::Instant::now();
+        let connecting = self.inner.call(uri);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            metrics
+                .connect_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.opened.inc();
+            metrics.open.inc();
+            Ok(Counted {
+                io,
+                open: metrics.open,
+            })
+        })
+    }
+}
+
+impl hyper::rt::Read for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl Connection for Counted {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+fn http_client(
+    spec: &UpstreamSpec,
+    connect_timeout: Duration,
+    metrics: UpstreamMetrics,
+) -> HttpClient {
+    let mut inner = HttpConnector::new();
+    inner.set_connect_timeout(Some(connect_timeout));
+    inner.set_nodelay(true);
+    inner.enforce_http(true);
+    let connector = Connector { inner, metrics };
     let mut builder =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
     builder
@@ -105,6 +208,8 @@ pub struct Group {
     pub hash_on: Option<HashOn>,
     /// Connect timeout per member.
     pub connect_timeout: Duration,
+    /// Its metric handles.
+    pub metrics: UpstreamMetrics,
     members: RwLock<Arc<Members>>,
     /// Why the member set may be stale (registry unreachable), if it may.
     pub problem: Mutex<Option<String>>,
@@ -121,7 +226,9 @@ impl Group {
             .clone()
     }
 
-    fn replace(&self, endpoints: Vec<(String, String, u32)>) {
+    /// Replaces the member set. Members not in the old set warm up under slow start unless
+    /// `initial` (the group's first set).
+    fn replace(&self, endpoints: Vec<(String, String, u32)>, initial: bool) {
         let old = self.members();
         let endpoints = endpoints
             .into_iter()
@@ -130,11 +237,24 @@ impl Group {
                     .iter()
                     .find(|e| e.address == address && e.id == id && e.weight == weight)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(address, id, weight)))
+                    .unwrap_or_else(|| {
+                        Arc::new(if initial {
+                            Endpoint::new(address, id, weight)
+                        } else {
+                            Endpoint::joining(address, id, weight)
+                        })
+                    })
             })
             .collect();
-        *self.members.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(Members::new(endpoints, self.spec.balance));
+        let slow_start = self.spec.slow_start.map_or(0, |d| d.0.as_millis() as u64);
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(
+            Members::with_slow_start(endpoints, self.spec.balance, slow_start),
+        );
+    }
+
+    /// Cancelled when the group leaves the table (its background tasks end).
+    pub fn retired(&self) -> CancellationToken {
+        self.follower.clone()
     }
 
     /// Stops following the registry.
@@ -147,6 +267,7 @@ impl Group {
 /// their members, counters and registry followers carry over), and retires the rest.
 pub fn build_groups(
     specs: &BTreeMap<String, UpstreamSpec>,
+    metrics: &Metrics,
     previous: &BTreeMap<String, Arc<Group>>,
     registry: Option<&Arc<dyn RegistryService>>,
     tracker: &TaskTracker,
@@ -161,9 +282,11 @@ pub fn build_groups(
         let connect_timeout = spec
             .connect_timeout
             .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.0);
+        let upstream_metrics = metrics.upstream(name);
         let group = Arc::new(Group {
             retry_budget: RetryBudget::default(),
-            client: http_client(spec, connect_timeout),
+            client: http_client(spec, connect_timeout, upstream_metrics.clone()),
+            metrics: upstream_metrics,
             spec: spec.clone(),
             hash_on: spec.hash_on.as_deref().and_then(|h| HashOn::parse(h).ok()),
             connect_timeout,
@@ -181,7 +304,30 @@ pub fn build_groups(
                     .map(|e| (e.address.clone(), e.address.clone(), e.weight)),
             )
             .collect();
-        group.replace(statics);
+        // A group that replaces one of the same name starts from its members, so members
+        // that stay keep their counters and warmth, and only new ones warm up.
+        let predecessor = previous.get(name);
+        if let Some(old) = predecessor {
+            *group.members.write().unwrap_or_else(|e| e.into_inner()) = old.members();
+        }
+        let keep = match predecessor {
+            // A registry group keeps the old members until its first answer.
+            Some(old) if spec.service.is_some() && registry.is_some() => old
+                .members()
+                .endpoints
+                .iter()
+                .map(|e| (e.address.clone(), e.id.clone(), e.weight))
+                .collect(),
+            _ => statics,
+        };
+        group.replace(keep, predecessor.is_none());
+        if let Some(check) = spec.health_check.clone().filter(|_| spec.service.is_none()) {
+            tracker.spawn(crate::health::run(
+                group.clone(),
+                check,
+                metrics.upstream_member_healthy.clone(),
+            ));
+        }
         if let Some(service) = &spec.service {
             match registry {
                 Some(registry) => {
@@ -257,7 +403,8 @@ async fn follow(group: Arc<Group>, registry: Arc<dyn RegistryService>, service: 
                         .map(|i| (instance_address(i), i.id.clone(), instance_weight(i)))
                         .collect();
                     tracing::debug!(upstream = %group.spec.name, %service, members = members.len(), index = result.index, "members changed");
-                    group.replace(members);
+                    let initial = index == 0 && group.members().endpoints.is_empty();
+                    group.replace(members, initial);
                 }
                 index = result.index.max(1);
             }

@@ -3,11 +3,27 @@
 use crate::table::{Align, Table};
 use crate::Output;
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 use strata_client::{Client, ClientError, Method};
+
+/// `strata gateway`: a subcommand, or `--config FILE` to run a gateway alone.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct GatewayArgs {
+    /// Run a standalone gateway (no cluster) from FILE: a route table with a `[server]`
+    /// section (docs/gateway.md); it runs until SIGTERM or Ctrl-C.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// With --config: write the bound addresses (JSON) to this file once listening.
+    #[arg(long, value_name = "PATH", requires = "config")]
+    pub addrs_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<GatewayCommand>,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum GatewayCommand {
@@ -71,12 +87,48 @@ fn segment(s: &str) -> String {
         .collect()
 }
 
+/// How long a standalone gateway lets requests in flight finish after SIGTERM.
+const STANDALONE_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs a standalone gateway until SIGTERM or Ctrl-C.
+async fn standalone(file: PathBuf, addrs_file: Option<PathBuf>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let gateway = strata_gateway::standalone::Standalone::start(&file)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (name, addr) in &gateway.addrs {
+        println!("  {name:<12} {addr}");
+    }
+    if let Some(path) = addrs_file {
+        let json = serde_json::to_vec_pretty(&gateway.addrs)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+    gateway.shutdown(STANDALONE_GRACE).await;
+    Ok(())
+}
+
 /// Runs `strata gateway ...`.
 pub async fn gateway(
     endpoints: &[String],
     output: Output,
-    command: GatewayCommand,
+    args: GatewayArgs,
 ) -> anyhow::Result<()> {
+    let command = match (args.config, args.command) {
+        (Some(file), _) => return standalone(file, args.addrs_file).await,
+        (None, Some(command)) => command,
+        (None, None) => anyhow::bail!(
+            "give a subcommand (routes, upstreams) or --config FILE; see `strata gateway --help`"
+        ),
+    };
     let client = Client::new(endpoints).with_connect_timeout(Duration::from_secs(5));
     match command {
         GatewayCommand::Routes(RoutesCommand::List) => {
@@ -181,6 +233,9 @@ pub async fn gateway(
                         ("ID", Align::Left),
                         ("ADDRESS", Align::Left),
                         ("WEIGHT", Align::Right),
+                        ("HEALTH", Align::Left),
+                        ("EJECTED", Align::Left),
+                        ("WARMTH", Align::Right),
                         ("IN FLIGHT", Align::Right),
                         ("REQUESTS", Align::Right),
                         ("FAILURES", Align::Right),
@@ -190,12 +245,26 @@ pub async fn gateway(
                             text(&m["id"]),
                             text(&m["address"]),
                             text(&m["weight"]),
+                            text(&m["health"]),
+                            if m["ejected"].as_bool() == Some(true) {
+                                "yes"
+                            } else {
+                                "no"
+                            }
+                            .to_string(),
+                            format!("{}%", text(&m["warmth_percent"])),
                             text(&m["in_flight"]),
                             text(&m["requests"]),
                             text(&m["failures"]),
                         ]);
                     }
                     print!("{}", table.render());
+                    println!(
+                        "connections: {} open, {} opened; pool reuse {:.1}%",
+                        text(&upstream["connections_open"]),
+                        text(&upstream["connections_opened"]),
+                        upstream["pool_reuse"].as_f64().unwrap_or(0.0) * 100.0
+                    );
                     if let Some(problem) = upstream["problem"].as_str() {
                         println!("problem: {problem}");
                     }

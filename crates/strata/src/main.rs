@@ -118,9 +118,9 @@ pub enum Command {
     /// Publish, read, roll back and follow configs (the configuration center).
     #[command(subcommand)]
     Config(config_cmds::ConfigCommand),
-    /// Manage the gateway's routes and see its upstream groups.
-    #[command(subcommand)]
-    Gateway(gateway_cmds::GatewayCommand),
+    /// Manage the gateway's routes and see its upstream groups, or run a gateway alone
+    /// (`--config FILE`).
+    Gateway(gateway_cmds::GatewayArgs),
     /// Log in, turn access control on and off, manage users, roles and tokens.
     #[command(subcommand)]
     Auth(auth_cmds::AuthCommand),
@@ -168,7 +168,8 @@ fn exit_quietly_on_broken_pipe() {
 fn main() {
     exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
-    let is_node = matches!(cli.command, Command::Dev(_) | Command::Server(_));
+    let is_node = matches!(cli.command, Command::Dev(_) | Command::Server(_))
+        || matches!(&cli.command, Command::Gateway(args) if args.config.is_some());
     if let Command::Cert(cmd) = cli.command {
         if let Err(e) = cert_cmds::cert(cmd) {
             fail(&format!("{e:#}"));

@@ -117,6 +117,35 @@ async fn apply(node: &NodeProc, table: &Value, replace: bool) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
+/// A node with the config file `config` and a gateway listener.
+async fn start_configured(root: &std::path::Path, config: &std::path::Path) -> NodeProc {
+    NodeProc::start(
+        1,
+        root,
+        Some("1=127.0.0.1:0"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "gateway=127.0.0.1:0",
+        ],
+    )
+    .await
+}
+
+/// Applies `table` (replacing) as soon as the node accepts it.
+async fn apply_when_ready(node: &NodeProc, table: &Value) {
+    wait_until(
+        Duration::from_secs(20),
+        "the route table to apply",
+        || async {
+            let (status, _) = apply(node, table, true).await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn apply_ok(node: &NodeProc, table: &Value) -> u64 {
     let (status, reply) = apply(node, table, true).await;
     assert_eq!(status, 200, "{reply}");
@@ -125,7 +154,7 @@ async fn apply_ok(node: &NodeProc, table: &Value) -> u64 {
 }
 
 fn gateway_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    strata_tls::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20))
         .build()
@@ -1280,36 +1309,16 @@ async fn t12_the_access_log_writes_one_json_line_per_request_and_trusts_configur
         ),
     )
     .unwrap();
-    let node = NodeProc::start(
-        1,
-        dir.path(),
-        Some("1=127.0.0.1:0"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "gateway=127.0.0.1:0",
-        ],
-    )
-    .await;
+    let node = start_configured(dir.path(), &config).await;
     let backend = Backend::start("logged").await;
-    wait_until(Duration::from_secs(20), "the route table to apply", || {
-        let node = &node;
-        let backend = &backend;
-        async move {
-            let (status, _) = apply(
-                node,
-                &json!({"routes": [
-                    {"name": "api", "path": {"prefix": "/api"}, "upstream": "b"},
-                    {"name": "office", "path": {"prefix": "/office"}, "allow_ips": ["192.0.2.0/24"],
-                     "respond": {"body": "office"}}],
-                    "upstreams": [{"name": "b", "addresses": [backend.addr]}]}),
-                true,
-            )
-            .await;
-            (status == 200).then_some(())
-        }
-    })
+    apply_when_ready(
+        &node,
+        &json!({"routes": [
+            {"name": "api", "path": {"prefix": "/api"}, "upstream": "b"},
+            {"name": "office", "path": {"prefix": "/office"}, "allow_ips": ["192.0.2.0/24"],
+             "respond": {"body": "office"}}],
+            "upstreams": [{"name": "b", "addresses": [backend.addr]}]}),
+    )
     .await;
     let client = gateway_client();
     for i in 0..5 {
@@ -1439,4 +1448,447 @@ async fn t13_idempotent_requests_retry_a_502_to_504_answer_on_another_member() {
         statuses.insert(get(&client, &node, "/once", &[]).await.0);
     }
     assert_eq!(statuses, [200, 503].into_iter().collect());
+}
+
+/// A PROXY protocol v2 header for a TCP/IPv4 connection from `source`.
+fn proxy_v2(source: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&source);
+    header.extend_from_slice(&[10, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&80u16.to_be_bytes());
+    header
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t14_proxy_protocol_names_the_client_and_hosts_have_address_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[gateway]\nproxy_protocol = true\n").unwrap();
+    let node = start_configured(dir.path(), &config).await;
+    let backend = Backend::start("behind").await;
+    let echo = echo_server("echo").await;
+    apply_when_ready(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "b"}],
+            "upstreams": [{"name": "b", "addresses": [backend.addr]},
+                          {"name": "e", "addresses": [echo]}],
+            "hosts": [{"hosts": ["locked.test"], "allow_ips": ["203.0.113.0/24"]},
+                      {"hosts": ["*.test"], "deny_ips": ["192.0.2.0/24"]}],
+            "tcp": [{"name": "proxied", "listen": "127.0.0.1:0", "upstream": "e",
+                     "proxy_protocol": true}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let request = |host: &str| {
+        format!("GET /who HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    // v1: the header's source is the client: allowed on locked.test, and it is what the
+    // backend hears in X-Forwarded-For.
+    let mut v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\n".to_vec();
+    v1.extend(request("locked.test"));
+    let answer = raw(&gateway, &v1, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"x-forwarded-for\":\"203.0.113.7\""),
+        "{answer}"
+    );
+    // v2 from another address: locked.test refuses it, another host serves it.
+    let mut v2 = proxy_v2([198, 51, 100, 9], 4000);
+    v2.extend(request("locked.test"));
+    let answer = raw(&gateway, &v2, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let mut v2 = proxy_v2([198, 51, 100, 9], 4001);
+    v2.extend(request("open.test"));
+    let answer = raw(&gateway, &v2, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The wildcard rule denies its block; the exact rule is more specific for its host.
+    let mut v2 = proxy_v2([192, 0, 2, 1], 4002);
+    v2.extend(request("open.test"));
+    let answer = raw(&gateway, &v2, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Without a header the connection is closed unanswered; the listener keeps serving.
+    let answer = raw(&gateway, &request("open.test"), Duration::from_secs(15)).await;
+    assert_eq!(answer, "", "a request without a PROXY header is not served");
+    let mut v1 = b"PROXY UNKNOWN\r\n".to_vec();
+    v1.extend(request("open.test"));
+    let answer = raw(&gateway, &v1, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A TCP listener that asks for the header relays after it, and closes without one.
+    let listeners = wait_until(Duration::from_secs(10), "the tcp listener", || {
+        let node = &node;
+        async move {
+            let list = tcp_listeners(node).await;
+            list["tcp"][0]["bound"].as_str().map(str::to_string)
+        }
+    })
+    .await;
+    let mut stream = TcpStream::connect(&listeners).await.unwrap();
+    stream
+        .write_all(b"PROXY TCP4 203.0.113.8 10.0.0.1 5556 9000\r\n")
+        .await
+        .unwrap();
+    assert_eq!(ask(&mut stream, "hello").await, "echo hello");
+    let answer = raw(&listeners, b"hello\n", Duration::from_secs(15)).await;
+    assert_eq!(answer, "");
+    node.assert_no_panic();
+}
+
+/// A backend whose `/health` answers with the status in `health`; other paths answer 200
+/// with its name.
+async fn checked_backend(
+    name: &'static str,
+    health: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let router = Router::new()
+        .route(
+            "/health",
+            any(move || {
+                let health = health.clone();
+                async move {
+                    axum::http::StatusCode::from_u16(
+                        health.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                    .unwrap()
+                }
+            }),
+        )
+        .fallback(any(
+            move || async move { axum::Json(json!({"name": name})) },
+        ));
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
+}
+
+async fn upstream_view(node: &NodeProc, name: &str) -> Value {
+    http_client()
+        .get(format!("{}/v1/gateway/upstreams/{name}", node.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Sends `n` GETs through the gateway, 8 at a time; counts the answers by backend name.
+async fn spread(gateway: &str, n: usize) -> BTreeMap<String, usize> {
+    let client = gateway_client();
+    let url = format!("http://{gateway}/spread");
+    let names = futures::future::join_all((0..8).map(|worker| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut names = Vec::new();
+            for _ in (worker..n).step_by(8) {
+                let response = client.get(&url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                let body: Value = response.json().await.unwrap();
+                names.push(body["name"].as_str().unwrap().to_string());
+            }
+            names
+        }
+    }))
+    .await;
+    let mut counts = BTreeMap::new();
+    for name in names.into_iter().flatten() {
+        *counts.entry(name).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_health_checks_take_members_out_and_back_and_joiners_warm_up() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (health_a, health_b) = (
+        std::sync::Arc::new(AtomicU16::new(200)),
+        std::sync::Arc::new(AtomicU16::new(200)),
+    );
+    let (a, _stop_a) = checked_backend("a", health_a.clone()).await;
+    let (b, _stop_b) = checked_backend("b", health_b.clone()).await;
+    let (c, _stop_c) = checked_backend("c", std::sync::Arc::new(AtomicU16::new(200))).await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "u"}],
+            "upstreams": [{"name": "u", "addresses": [a, b],
+                           "health_check": {"path": "/health", "interval": "100ms",
+                                            "timeout": "1s", "healthy": 2, "unhealthy": 2}}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    // Waits until the checks find member `addr` of `u` in state `want`.
+    let verdict = |addr: String, want: &'static str| {
+        let node = &node;
+        async move {
+            wait_until(
+                Duration::from_secs(10),
+                &format!("{addr} {want}"),
+                || async {
+                    let view = upstream_view(node, "u").await;
+                    let member = view["members"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|m| m["address"] == addr.as_str())
+                        .cloned()
+                        .unwrap();
+                    (member["health"] == want).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    // b fails its checks: it is taken out, and every request goes to a.
+    health_b.store(503, Ordering::Relaxed);
+    verdict(b.clone(), "failing").await;
+    let counts = spread(&gateway, 200).await;
+    assert_eq!(counts.get("a"), Some(&200), "{counts:?}");
+    // Both failing: requests go to both again rather than nowhere.
+    health_a.store(500, Ordering::Relaxed);
+    verdict(a.clone(), "failing").await;
+    let counts = spread(&gateway, 100).await;
+    assert_eq!(counts.values().sum::<usize>(), 100, "{counts:?}");
+    // b passes again: back in, and a stays out.
+    health_b.store(200, Ordering::Relaxed);
+    verdict(b.clone(), "passing").await;
+    let counts = spread(&gateway, 100).await;
+    assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
+    let metrics = http_client()
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let a_health = format!("strata_gateway_upstream_member_healthy{{member=\"{a}\",upstream=\"u\"");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&a_health) && l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strata_gateway_upstream_connect_duration_seconds_count{upstream=\"u\"")
+    );
+
+    // Slow start: c joins a weighted group of one and starts at a tenth of a's share; a keeps
+    // its pooled connections across the change.
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "w"}],
+            "upstreams": [{"name": "w", "endpoints": [{"address": a, "weight": 1}],
+                           "balance": "weighted", "slow_start": "1h"}]
+        }),
+    )
+    .await;
+    let counts = spread(&gateway, 100).await;
+    assert_eq!(counts.get("a"), Some(&100), "{counts:?}");
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "w"}],
+            "upstreams": [{"name": "w", "endpoints": [{"address": a, "weight": 1},
+                                                      {"address": c, "weight": 1}],
+                           "balance": "weighted", "slow_start": "1h"}]
+        }),
+    )
+    .await;
+    let view = upstream_view(&node, "w").await;
+    let warmth: BTreeMap<String, u64> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["address"].as_str().unwrap().to_string(),
+                m["warmth_percent"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(warmth[&a], 100, "{view}");
+    assert_eq!(warmth[&c], 10, "{view}");
+    let counts = spread(&gateway, 1100).await;
+    let to_c = counts.get("c").copied().unwrap_or(0);
+    assert!(
+        (50..=160).contains(&to_c),
+        "c got {to_c} of 1100: {counts:?}"
+    );
+    let view = upstream_view(&node, "w").await;
+    assert!(view["pool_reuse"].as_f64().unwrap() > 0.9, "{view}");
+    assert!(
+        view["members"][0]["requests"].as_u64().unwrap() >= 1000,
+        "{view}"
+    );
+    node.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t16_a_standalone_gateway_runs_from_one_file_and_follows_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("alone").await;
+    let file = dir.path().join("gateway.toml");
+    let table = |extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"api\"\npath = {{ prefix = \"/api\" }}\nupstream = \"b\"\n{extra}\n[[upstreams]]\nname = \"b\"\naddresses = [\"{}\"]\n",
+            backend.addr
+        )
+    };
+    std::fs::write(&file, table("")).unwrap();
+    let addrs_file = dir.path().join("addrs.json");
+    let log = dir.path().join("gateway.log");
+    let mut child = KillOnDrop(
+        strata_command()
+            .args(["gateway", "--config"])
+            .arg(&file)
+            .arg("--addrs-file")
+            .arg(&addrs_file)
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addrs: BTreeMap<String, String> =
+        wait_for_addrs(&mut child.0, &addrs_file, &[&log], Duration::from_secs(20)).await;
+    let (gateway, admin) = (addrs["gateway"].clone(), addrs["admin"].clone());
+    let client = gateway_client();
+    let body: Value = client
+        .get(format!("http://{gateway}/api/x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["name"], "alone");
+    let metrics = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("strata_gateway_requests_total{code=\"2xx\",route=\"api\"} 1"),
+        "{metrics}"
+    );
+    let upstreams: Value = client
+        .get(format!("http://{admin}/v1/gateway/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        upstreams["upstreams"][0]["members"][0]["address"],
+        backend.addr.as_str()
+    );
+    // The file changes: the new route serves within the poll interval; the old one still does.
+    std::fs::write(
+        &file,
+        table("\n[[routes]]\nname = \"hello\"\npath = { exact = \"/hello\" }\nrespond = { body = \"hi\" }\n"),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(15), "the changed file to apply", || {
+        let (client, gateway) = (&client, &gateway);
+        async move {
+            let response = client
+                .get(format!("http://{gateway}/hello"))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        client
+            .get(format!("http://{gateway}/api/y"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    send_sigterm(&child.0);
+    let status = wait_exit(&mut child.0, Duration::from_secs(20)).expect("it exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+
+    // A registry group needs a node: refused at start with the reason.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[routes]]\nname = \"r\"\nupstream = \"s\"\n[[upstreams]]\nname = \"s\"\nservice = \"orders\"\n",
+    )
+    .unwrap();
+    let output = run_with_deadline(
+        strata_command().args(["gateway", "--config"]).arg(&bad),
+        b"",
+        Duration::from_secs(20),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("registry service"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t17_certificates_kept_in_the_config_center_serve_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    strata_cert(&pki, &["init"]);
+    strata_cert(&pki, &["issue", "inline", "--host", "inline.test"]);
+    let backend = Backend::start("tls-inline").await;
+    let read = |name: &str| std::fs::read_to_string(pki.join(name)).unwrap();
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "b"}],
+            "upstreams": [{"name": "b", "addresses": [backend.addr]}],
+            "certificates": [{"hosts": ["inline.test"], "cert_pem": read("inline.pem"),
+                              "key_pem": read("inline-key.pem")}]
+        }),
+    )
+    .await;
+    let tls_addr = node.gateway_tls.clone().unwrap();
+    let (_, served, _) = tls_connect(&pki, &tls_addr, "inline.test", &[b"h2".as_slice()]).await;
+    assert_eq!(served, pem_der(&pki.join("inline.pem")));
+    // A key that is not the certificate's is refused at publish, naming the problem.
+    strata_cert(&pki, &["issue", "other", "--host", "other.test"]);
+    let (status, reply) = apply(
+        &node,
+        &json!({
+            "certificates": [{"hosts": ["inline.test"], "cert_pem": read("inline.pem"),
+                              "key_pem": read("other-key.pem")}]
+        }),
+        false,
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply.to_string().contains("not the certificate's"),
+        "{reply}"
+    );
+    let (_, served, _) = tls_connect(&pki, &tls_addr, "inline.test", &[b"h2".as_slice()]).await;
+    assert_eq!(served, pem_der(&pki.join("inline.pem")));
 }

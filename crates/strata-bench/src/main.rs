@@ -20,15 +20,21 @@
 //!   ([`registry`]).
 //! - `config-publish`, `config-get` and `config-listen` drive the config center's native API
 //!   (`/v1/config/`) ([`config`]).
+//! - `http-open-loop` sends HTTP/1.1 GETs to one URL at a fixed rate over keep-alive
+//!   connections, with latency measured from each request's due time when its connection was
+//!   busy (no coordinated omission, as wrk2 and oha), and prints p50, p99 and p99.9
+//!   ([`open_loop`]).
 //! - `free-ports` prints loopback ports that were free a moment ago, for scripts.
 //!
 //! The cluster-level scripts `bench/spine.sh`, `bench/compare-etcd.sh`, `bench/registry.sh`
-//! and `bench/config.sh` start the servers and call this binary.
+//! and `bench/config.sh` start the servers and call this binary; `bench/compare-proxies.sh`
+//! calls `http-open-loop`.
 
 mod config;
 mod etcd;
 mod load;
 mod native;
+mod open_loop;
 mod registry;
 mod scan;
 mod stats;
@@ -79,6 +85,8 @@ enum Command {
     ConfigGet(ConfigGetArgs),
     /// Config long-poll fan-out: many held long-polls on one node, latency of one change.
     ConfigListen(ConfigListenArgs),
+    /// HTTP/1.1 GETs of one URL at a fixed rate (open loop, latency-corrected): p50/p99/p99.9.
+    HttpOpenLoop(HttpOpenLoopArgs),
     /// Print COUNT loopback TCP ports that were free (bound together, then released).
     FreePorts {
         /// How many ports.
@@ -556,6 +564,109 @@ struct ConfigListenArgs {
     request_timeout: f64,
 }
 
+/// Flags of `strata-bench http-open-loop`.
+#[derive(Args, Debug)]
+struct HttpOpenLoopArgs {
+    /// The URL every request GETs: `http://HOST:PORT/PATH` (no TLS).
+    #[arg(long)]
+    url: String,
+    /// Requests per second over all connections (request `i` is due at `i / rate` s).
+    #[arg(long)]
+    rate: f64,
+    /// How long the schedule runs; `rate × duration` requests in all (at most 20 million).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// HTTP/1.1 keep-alive connections, each with one request in flight; connection `c`
+    /// sends requests `c`, `c + N`, `c + 2N`, ...
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// A request unanswered this long (with the reconnection it may need) counts as an error;
+    /// nothing is sent or waited for after `duration + timeout`.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// The report line of `http-open-loop`.
+#[derive(Serialize, Debug)]
+struct OpenLoopReport {
+    workload: &'static str,
+    /// The URL requested.
+    url: String,
+    /// The rate asked for, requests per second.
+    rate: f64,
+    /// Keep-alive connections.
+    connections: usize,
+    /// Requests in the schedule (`rate × duration`).
+    scheduled: u64,
+    /// Requests sent.
+    sent: u64,
+    /// Requests answered with a success status.
+    requests: u64,
+    /// Requests failed, timed out or left unsent at the deadline.
+    errors: u64,
+    /// Requests sent after their due time because their connection was still busy (their
+    /// latency counts from the due time).
+    late: u64,
+    /// From the start of the schedule to the last answer.
+    seconds: f64,
+    /// Successful requests per second of `seconds`.
+    achieved_rate: f64,
+    /// Median latency; null when nothing succeeded.
+    p50_ms: Option<f64>,
+    /// 99th percentile latency.
+    p99_ms: Option<f64>,
+    /// 99.9th percentile latency.
+    p999_ms: Option<f64>,
+    /// Slowest successful request.
+    max_ms: Option<f64>,
+    /// CPU seconds (user + system) strata-bench itself used during the run.
+    client_cpu_s: Option<f64>,
+}
+
+/// Runs `http-open-loop` and prints its report line; fails when nothing succeeded.
+async fn drive_http_open_loop(args: HttpOpenLoopArgs) -> anyhow::Result<()> {
+    let plan = open_loop::Plan::new(
+        &args.url,
+        args.rate,
+        args.duration,
+        args.connections,
+        args.timeout,
+    )?;
+    let cpu_before = process_cpu_seconds();
+    let outcome = open_loop::run(plan).await?;
+    let elapsed = outcome.elapsed.as_secs_f64();
+    let answered = outcome.answered();
+    let report = OpenLoopReport {
+        workload: "http-open-loop",
+        url: args.url.clone(),
+        rate: args.rate,
+        connections: args.connections,
+        scheduled: outcome.scheduled,
+        sent: outcome.sent,
+        requests: answered,
+        errors: outcome.errors,
+        late: outcome.late,
+        seconds: round_to(elapsed, 3),
+        achieved_rate: round_to(per_second(answered, elapsed), 1),
+        p50_ms: outcome.percentile_ms(0.50),
+        p99_ms: outcome.percentile_ms(0.99),
+        p999_ms: outcome.percentile_ms(0.999),
+        max_ms: outcome.percentile_ms(1.0),
+        client_cpu_s: cpu_used_since(cpu_before),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    if let Some(message) = &outcome.first_error {
+        eprintln!(
+            "{} of {} http-open-loop requests failed; first: {message}",
+            outcome.errors, outcome.scheduled
+        );
+    }
+    if answered == 0 {
+        bail!("no http-open-loop request succeeded");
+    }
+    Ok(())
+}
+
 /// The JSON line printed after a run. Field order is the output order.
 #[derive(Serialize, Debug, Default)]
 struct Report {
@@ -779,6 +890,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::ConfigPublish(args) => drive_config_publish(args).await,
         Command::ConfigGet(args) => drive_config_get(args).await,
         Command::ConfigListen(args) => drive_config_listen(args).await,
+        Command::HttpOpenLoop(args) => drive_http_open_loop(args).await,
         Command::FreePorts { count } => {
             for port in free_ports(count)? {
                 println!("{port}");
@@ -1738,6 +1850,30 @@ mod tests {
         assert_eq!(args.hold, Duration::from_secs(2));
         assert_eq!(args.poll_timeout, Duration::from_secs(120));
         assert_eq!(args.data_id, "bench-listen");
+    }
+
+    #[test]
+    fn cli_parses_http_open_loop() {
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "http-open-loop",
+            "--url",
+            "http://127.0.0.1:8080/12",
+            "--rate",
+            "20000",
+            "--duration",
+            "8s",
+        ])
+        .unwrap();
+        let Command::HttpOpenLoop(args) = cli.command else {
+            panic!("expected http-open-loop");
+        };
+        assert_eq!(args.rate, 20000.0);
+        assert_eq!(args.duration, Duration::from_secs(8));
+        assert_eq!(args.connections, 64);
+        assert_eq!(args.timeout, Duration::from_secs(2));
+        // --url and --rate are required.
+        assert!(Cli::try_parse_from(["strata-bench", "http-open-loop", "--rate", "1"]).is_err());
     }
 
     #[test]

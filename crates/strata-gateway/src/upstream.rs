@@ -35,7 +35,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 #[derive(Clone, Debug)]
 pub struct Connector {
     inner: HttpConnector,
-    metrics: UpstreamMetrics,
+    /// Shared: the pooled client clones its connector for every request.
+    metrics: Arc<UpstreamMetrics>,
 }
 
 /// A connection to a member; the open-connections gauge goes down when it closes.
@@ -75,7 +76,7 @@ impl tower_service::Service<hyper::Uri> for Connector {
             metrics.open.inc();
             Ok(Counted {
                 io,
-                open: metrics.open,
+                open: metrics.open.clone(),
             })
         })
     }
@@ -136,7 +137,10 @@ fn http_client(
     inner.set_connect_timeout(Some(connect_timeout));
     inner.set_nodelay(true);
     inner.enforce_http(true);
-    let connector = Connector { inner, metrics };
+    let connector = Connector {
+        inner,
+        metrics: Arc::new(metrics),
+    };
     let mut builder =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
     builder

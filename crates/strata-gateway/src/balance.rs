@@ -33,6 +33,12 @@ pub struct Endpoint {
     pub joined_ms: u64,
     /// False while active health checks find it down.
     healthy: AtomicBool,
+    /// Outlier detection's state of this member.
+    pub outlier: strata_resilience::outlier::HostState,
+    /// Its own circuit breaker, when the group has one per member.
+    pub breaker: std::sync::OnceLock<Arc<strata_resilience::breaker::CircuitBreaker>>,
+    /// Until when (ms) its breaker is open: the balancer skips it until then.
+    pub breaker_open_until: AtomicU64,
 }
 
 /// The share a member still warming up gets at first (Envoy's `min_weight_percent`).
@@ -42,14 +48,9 @@ const SLOW_START_FLOOR: f64 = 0.1;
 /// health: the registry or the member's return ends it, whichever comes first).
 pub const EJECTION_MS: u64 = 1000;
 
-/// Milliseconds on a process-wide monotonic clock.
+/// Milliseconds on a process-wide monotonic clock (the one outlier detection uses).
 pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-        + 1
+    strata_resilience::outlier::now_ms()
 }
 
 impl Endpoint {
@@ -65,6 +66,9 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             joined_ms: 0,
             healthy: AtomicBool::new(true),
+            outlier: Default::default(),
+            breaker: Default::default(),
+            breaker_open_until: AtomicU64::new(0),
         }
     }
 
@@ -106,9 +110,17 @@ impl Endpoint {
             .store(now_ms() + EJECTION_MS, Ordering::Relaxed);
     }
 
-    /// True while the member is skipped.
+    /// True while the member is skipped after refusing a connection.
     pub fn ejected(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
+    }
+
+    /// True while the member is skipped for any reason: it refused a connection, outlier
+    /// detection ejected it, or its breaker is open.
+    pub fn unavailable(&self, now: u64) -> bool {
+        self.ejected(now)
+            || self.outlier.is_ejected(now)
+            || self.breaker_open_until.load(Ordering::Relaxed) > now
     }
 }
 
@@ -215,7 +227,7 @@ impl Members {
         let now = now_ms();
         let fresh = |i: usize| {
             let e = &self.endpoints[i];
-            !tried.contains(&i) && !e.ejected(now) && e.is_healthy()
+            !tried.contains(&i) && !e.unavailable(now) && e.is_healthy()
         };
         let admitted = |i: usize| fresh(i) && self.admit(i, now);
         let untried = |i: usize| !tried.contains(&i);

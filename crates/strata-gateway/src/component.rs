@@ -582,6 +582,21 @@ pub(crate) struct UpstreamView {
     connections_open: i64,
     /// Share of requests that reused a pooled connection (1 - opened / requests).
     pool_reuse: f64,
+    /// The group's circuit breaker (scope `group`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker: Option<strata_resilience::breaker::Snapshot>,
+    /// The retry budget: retries available now, spent and refused so far.
+    retry_budget: BudgetView,
+    /// Requests in flight and the group's limit, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<(u32, u32)>,
+}
+
+#[derive(Serialize)]
+struct BudgetView {
+    available: u64,
+    spent: u64,
+    refused: u64,
 }
 
 #[derive(Serialize)]
@@ -591,8 +606,13 @@ struct MemberView {
     weight: u32,
     /// `passing`, or `failing` while active health checks find it down.
     health: &'static str,
-    /// True while skipped after refusing a connection (passive health).
+    /// True while skipped: it refused a connection, or outlier detection ejected it.
     ejected: bool,
+    /// Ejections by outlier detection so far.
+    ejections: u64,
+    /// Its own breaker's state (scope `instance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker: Option<strata_resilience::breaker::State>,
     /// Percent of its weight it gets now (below 100 while warming up under slow start).
     warmth_percent: u32,
     in_flight: u64,
@@ -611,6 +631,13 @@ pub(crate) fn upstream_view(group: &crate::upstream::Group) -> UpstreamView {
         .sum();
     let opened = group.metrics.opened.get();
     UpstreamView {
+        breaker: group.breaker.as_ref().map(|b| b.snapshot()),
+        retry_budget: BudgetView {
+            available: group.retry_budget.available(),
+            spent: group.retry_budget.spent(),
+            refused: group.retry_budget.refused(),
+        },
+        concurrency: group.concurrency.as_ref().map(|c| (c.in_use(), c.max())),
         connections_opened: opened,
         connections_open: group.metrics.open.get(),
         pool_reuse: if requests == 0 {
@@ -632,7 +659,9 @@ pub(crate) fn upstream_view(group: &crate::upstream::Group) -> UpstreamView {
                 address: e.address.clone(),
                 weight: e.weight,
                 health: if e.is_healthy() { "passing" } else { "failing" },
-                ejected: e.ejected(now),
+                ejected: e.ejected(now) || e.outlier.is_ejected(now),
+                ejections: e.outlier.ejections.load(Ordering::Relaxed),
+                breaker: e.breaker.get().map(|b| b.state()),
                 warmth_percent: (e.warmth(now, slow_start) * 100.0).round() as u32,
                 in_flight: e.in_flight.load(Ordering::Relaxed),
                 requests: e.requests.load(Ordering::Relaxed),

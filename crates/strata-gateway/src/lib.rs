@@ -9,6 +9,7 @@
 //! - [`health`]: active health checks of static members.
 //! - [`metrics`]: the gateway's Prometheus metrics, per route and per upstream.
 //! - [`edge`]: CORS, client address lists, the client behind trusted proxies.
+//! - [`guard`]: a route's rate limits, concurrency limit, fallback and retry policy.
 //! - [`files`]: static files with ETag, Last-Modified, Range and precompressed variants.
 //! - [`proxy`]: the listener and the forwarding path.
 //! - [`proxy_protocol`]: the PROXY protocol (v1 and v2) header a load balancer in front sends.
@@ -29,6 +30,7 @@ pub mod balance;
 pub mod component;
 pub mod edge;
 pub mod files;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod model;

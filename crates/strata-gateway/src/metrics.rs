@@ -40,6 +40,23 @@ pub struct Metrics {
     pub upstream_connections: IntGaugeVec,
     /// 1 while active health checks find a member up, 0 while down, by upstream and member.
     pub upstream_member_healthy: IntGaugeVec,
+    /// 1 for a breaker's current state, 0 for the others, by upstream, member (empty for a
+    /// group's breaker) and state.
+    pub breaker_state: IntGaugeVec,
+    /// Breaker transitions, by upstream, member, from and to.
+    pub breaker_transitions: IntCounterVec,
+    /// Requests refused by an open breaker, by upstream.
+    pub breaker_rejected: IntCounterVec,
+    /// Ejections by outlier detection, by upstream and reason.
+    pub ejections: IntCounterVec,
+    /// Requests refused by a rate limit, by route.
+    pub rate_limited: IntCounterVec,
+    /// Requests refused by a concurrency limit, by `route` or `upstream` and name.
+    pub over_capacity: IntCounterVec,
+    /// Retries the budget refused, by upstream.
+    pub retries_refused: IntCounterVec,
+    /// Hedged requests sent, by upstream.
+    pub hedges: IntCounterVec,
 }
 
 /// An upstream group's metric handles, looked up once when the group is built.
@@ -211,7 +228,75 @@ impl Metrics {
                 ),
                 &["upstream", "member"],
             )?,
+            breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "strata_gateway_breaker_state",
+                    "1 for a circuit breaker's current state, by upstream, member (empty: the group's breaker) and state",
+                ),
+                &["upstream", "member", "state"],
+            )?,
+            breaker_transitions: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_breaker_transitions_total",
+                    "Circuit breaker state changes, by upstream, member, from and to",
+                ),
+                &["upstream", "member", "from", "to"],
+            )?,
+            breaker_rejected: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_breaker_rejected_total",
+                    "Requests refused by an open circuit breaker, by upstream",
+                ),
+                &["upstream"],
+            )?,
+            ejections: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_outlier_ejections_total",
+                    "Members ejected by outlier detection, by upstream and reason",
+                ),
+                &["upstream", "reason"],
+            )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_rate_limited_total",
+                    "Requests refused (429) by a rate limit, by route",
+                ),
+                &["route"],
+            )?,
+            over_capacity: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_concurrency_rejected_total",
+                    "Requests refused (503) by a concurrency limit, by scope (route or upstream) and name",
+                ),
+                &["scope", "name"],
+            )?,
+            retries_refused: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_retries_refused_total",
+                    "Retries the retry budget refused, by upstream",
+                ),
+                &["upstream"],
+            )?,
+            hedges: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_hedged_requests_total",
+                    "Second requests sent because the first was slow, by upstream",
+                ),
+                &["upstream"],
+            )?,
         };
+        for collector in [
+            Box::new(metrics.breaker_state.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.breaker_transitions.clone()),
+            Box::new(metrics.breaker_rejected.clone()),
+            Box::new(metrics.ejections.clone()),
+            Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.over_capacity.clone()),
+            Box::new(metrics.retries_refused.clone()),
+            Box::new(metrics.hedges.clone()),
+        ] {
+            registry.register(collector)?;
+        }
         registry.register(Box::new(metrics.upstream_requests.clone()))?;
         registry.register(Box::new(metrics.upstream_seconds.clone()))?;
         registry.register(Box::new(metrics.upstream_connect_seconds.clone()))?;

@@ -173,6 +173,82 @@ pub struct RouteSpec {
     /// Clients in these blocks get 403.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_ips: Vec<String>,
+    /// Rate limits, each checked in turn; over one: 429 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Requests of this route in flight at once (bulkhead); over it: 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Proxy: what to answer when the upstream's circuit breaker is open (default 503 with
+    /// `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    /// Proxy: the wait before each retry, random up to a bound that doubles from 25ms to 1s
+    /// (gRPC's retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff: Option<strata_resilience::budget::Backoff>,
+    /// Proxy: retry non-idempotent requests too (POST, PATCH) when the member may have seen
+    /// them (off by default: only idempotent methods are sent twice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_non_idempotent: bool,
+    /// Proxy: for idempotent requests without a body, send the same request to a second
+    /// member when the first has not answered within this long, and take the first answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge_after: Option<HumanDuration>,
+}
+
+/// A rate limit of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Requests per `per`.
+    pub requests: u32,
+    /// The period (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<HumanDuration>,
+    /// Requests at once over the steady pace (default `requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// What is limited: unset, the whole route; `client_ip`; `header:NAME` (per value, e.g.
+    /// an API key or tenant header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Sentinel's warm-up: after this long idle, start at a third of the rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<HumanDuration>,
+    /// Queueing: wait up to this long for a turn instead of answering 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<HumanDuration>,
+    /// The rate holds for the whole cluster: the gateway nodes share it by their traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
+}
+
+impl RateLimitSpec {
+    /// The library's configuration.
+    pub fn rate(&self) -> strata_resilience::limit::RateConfig {
+        strata_resilience::limit::RateConfig {
+            requests: self.requests,
+            per: self
+                .per
+                .unwrap_or(HumanDuration(std::time::Duration::from_secs(1))),
+            burst: self.burst,
+            warm_up: self.warm_up,
+            max_wait: self.max_wait,
+        }
+    }
+}
+
+/// The answer of a route whose upstream's breaker is open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// Send the request to this upstream group instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Or answer this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<Respond>,
 }
 
 /// A CORS policy.
@@ -365,6 +441,42 @@ pub struct UpstreamSpec {
     /// Active health checks of static members (registry groups follow the registry's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
+    /// A circuit breaker (Resilience4j's fields and defaults), for the whole group or for each
+    /// member (`breaker_scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<strata_resilience::breaker::BreakerConfig>,
+    /// `group` (default: one breaker; open, the route's fallback answers) or `instance` (one
+    /// per member; an open member is skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_scope: Option<BreakerScope>,
+    /// What counts as a failure for the breaker: `5xx` (default with `timeout`, `connect`
+    /// and `reset`), `4xx`, a status such as `429`, `timeout`, `connect`, `reset`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_on: Vec<String>,
+    /// Passive outlier detection (Envoy's fields and defaults): ejected members are skipped by
+    /// every balancing policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<strata_resilience::outlier::OutlierConfig>,
+    /// The retry budget (on by default: 20% of requests plus 10 a second, over 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<strata_resilience::budget::BudgetConfig>,
+    /// Requests to this group in flight at once (bulkhead); over it: 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Idle pooled connections kept per member (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_member: Option<usize>,
+}
+
+/// Where a circuit breaker sits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerScope {
+    /// One breaker for the group.
+    #[default]
+    Group,
+    /// One breaker per member.
+    Instance,
 }
 
 /// Active health checks: each static member is probed on an interval; one that fails

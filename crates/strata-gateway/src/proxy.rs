@@ -6,6 +6,7 @@
 //! `X-Request-Id` are set, `Upgrade` (WebSocket) is passed through.
 
 use crate::balance::HashOn;
+use crate::guard::FallbackAction;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{parse_cookies, Action, CanaryChoice, Compiled, RequestView, Route};
 use crate::upstream::{build_groups, Group};
@@ -20,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use strata_api::registry::RegistryService;
+use strata_resilience::outlier::Outcome;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -155,6 +157,8 @@ impl Gateway {
     pub fn install(self: &Arc<Self>, compiled: Compiled, version: u64) -> Result<(), String> {
         self.sni.set(&compiled.source.certificates)?;
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let mut compiled = compiled;
+        compiled.adopt_limits(&live.compiled);
         let groups = build_groups(
             &compiled.upstreams,
             &self.metrics,
@@ -387,58 +391,91 @@ impl Gateway {
             }
             Some((index, route, params)) => {
                 let cors = route.cors.as_ref().zip(origin);
-                let response = match &route.action {
-                    Action::Respond {
-                        status,
-                        body,
-                        content_type,
-                    } => {
-                        let mut response = Response::new(Body::from(body.clone()));
-                        *response.status_mut() = *status;
-                        response
-                            .headers_mut()
-                            .insert(header::CONTENT_TYPE, content_type.clone());
-                        response
-                    }
-                    Action::Redirect { to, status } => redirect(&request, to, *status),
-                    Action::Files { files, .. } => {
-                        let path = route.upstream_path(request.uri().path(), &params);
-                        files
-                            .serve(request.method(), &path, request.headers())
-                            .await
-                    }
-                    Action::Proxy { upstream, .. } => {
-                        let path = route.upstream_path(request.uri().path(), &params);
-                        let choice = route
-                            .canary
-                            .as_ref()
-                            .map(|c| (c, c.choose(request.headers())));
-                        let upstream = match &choice {
-                            Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
-                            _ => upstream.as_str(),
+                let admitted = if route.guard.is_open() {
+                    Ok(None)
+                } else {
+                    route
+                        .guard
+                        .admit(request.headers(), client_ip)
+                        .await
+                        .map(Some)
+                        .map_err(|(refusal, response)| {
+                            match refusal {
+                                crate::guard::Refusal::RateLimited(_) => self
+                                    .metrics
+                                    .rate_limited
+                                    .with_label_values(&[route.name.as_str()])
+                                    .inc(),
+                                crate::guard::Refusal::Busy => self
+                                    .metrics
+                                    .over_capacity
+                                    .with_label_values(&["route", route.name.as_str()])
+                                    .inc(),
+                            }
+                            response
+                        })
+                };
+                let response = match admitted {
+                    Err(refused) => refused,
+                    Ok(admitted) => {
+                        let mut response = match &route.action {
+                            Action::Respond {
+                                status,
+                                body,
+                                content_type,
+                            } => {
+                                let mut response = Response::new(Body::from(body.clone()));
+                                *response.status_mut() = *status;
+                                response
+                                    .headers_mut()
+                                    .insert(header::CONTENT_TYPE, content_type.clone());
+                                response
+                            }
+                            Action::Redirect { to, status } => redirect(&request, to, *status),
+                            Action::Files { files, .. } => {
+                                let path = route.upstream_path(request.uri().path(), &params);
+                                files
+                                    .serve(request.method(), &path, request.headers())
+                                    .await
+                            }
+                            Action::Proxy { upstream, .. } => {
+                                let path = route.upstream_path(request.uri().path(), &params);
+                                let choice = route
+                                    .canary
+                                    .as_ref()
+                                    .map(|c| (c, c.choose(request.headers())));
+                                let upstream = match &choice {
+                                    Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
+                                    _ => upstream.as_str(),
+                                };
+                                let mut response = self
+                                    .forward(
+                                        &live,
+                                        route,
+                                        upstream,
+                                        path,
+                                        request,
+                                        client,
+                                        client_ip,
+                                        &host,
+                                        &request_id,
+                                    )
+                                    .await;
+                                if let Some((
+                                    _,
+                                    CanaryChoice {
+                                        set_cookie: Some(cookie),
+                                        ..
+                                    },
+                                )) = choice
+                                {
+                                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                                }
+                                response
+                            }
                         };
-                        let mut response = self
-                            .forward(
-                                &live,
-                                route,
-                                upstream,
-                                path,
-                                request,
-                                client,
-                                client_ip,
-                                &host,
-                                &request_id,
-                            )
-                            .await;
-                        if let Some((
-                            _,
-                            CanaryChoice {
-                                set_cookie: Some(cookie),
-                                ..
-                            },
-                        )) = choice
-                        {
-                            response.headers_mut().append(header::SET_COOKIE, cookie);
+                        if let Some(admitted) = admitted {
+                            admitted.decorate(response.headers_mut());
                         }
                         response
                     }
@@ -470,6 +507,8 @@ impl Gateway {
         response
     }
 
+    /// Forwards to `upstream` through its circuit breaker (open: the route's fallback) and
+    /// concurrency limit.
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
@@ -477,7 +516,7 @@ impl Gateway {
         route: &Route,
         upstream: &str,
         path: String,
-        mut request: Request<hyper::body::Incoming>,
+        request: Request<hyper::body::Incoming>,
         client: SocketAddr,
         client_ip: std::net::IpAddr,
         host: &str,
@@ -486,15 +525,158 @@ impl Gateway {
         let Some(group) = live.groups.get(upstream) else {
             return plain(StatusCode::BAD_GATEWAY, "upstream group is missing\n");
         };
+        let permit = match &group.breaker {
+            None => None,
+            Some(breaker) => {
+                let (acquired, transition) = breaker.try_acquire();
+                if let Some(transition) = transition {
+                    self.breaker_changed(group, None, breaker, transition);
+                }
+                match acquired {
+                    Ok(permit) => Some(permit),
+                    Err(rejected) => {
+                        self.metrics
+                            .breaker_rejected
+                            .with_label_values(&[upstream])
+                            .inc();
+                        return match &route.guard.fallback {
+                            Some(FallbackAction::Respond {
+                                status,
+                                body,
+                                content_type,
+                            }) => {
+                                let mut response = Response::new(Body::from(body.clone()));
+                                *response.status_mut() = *status;
+                                response
+                                    .headers_mut()
+                                    .insert(header::CONTENT_TYPE, content_type.clone());
+                                response
+                            }
+                            Some(FallbackAction::Upstream(other)) if other != upstream => {
+                                Box::pin(self.forward(
+                                    live, route, other, path, request, client, client_ip, host,
+                                    request_id,
+                                ))
+                                .await
+                            }
+                            _ => {
+                                let mut response = plain(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    &format!("upstream {upstream:?} is failing: its circuit breaker is open\n"),
+                                );
+                                let seconds = rejected.retry_after.as_secs()
+                                    + u64::from(rejected.retry_after.subsec_nanos() > 0);
+                                response
+                                    .headers_mut()
+                                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                                response
+                            }
+                        };
+                    }
+                }
+            }
+        };
+        let _slot = match &group.concurrency {
+            None => None,
+            Some(limit) => match limit.try_acquire() {
+                Some(slot) => Some(slot),
+                None => {
+                    self.metrics
+                        .over_capacity
+                        .with_label_values(&["upstream", upstream])
+                        .inc();
+                    let mut response = plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many requests to this upstream in flight\n",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return response;
+                }
+            },
+        };
+        let (response, failed) = self
+            .attempts(
+                group, route, upstream, path, request, client, client_ip, host, request_id,
+            )
+            .await;
+        if let (Some(breaker), Some(permit)) = (&group.breaker, permit) {
+            if let Some(transition) = breaker.record(permit, failed) {
+                self.breaker_changed(group, None, breaker, transition);
+            }
+        }
+        response
+    }
+
+    /// Counts, shows and logs (once) a breaker's change of state; a member's open breaker
+    /// keeps the balancer away from it for the wait.
+    fn breaker_changed(
+        &self,
+        group: &Group,
+        member: Option<&crate::balance::Endpoint>,
+        breaker: &strata_resilience::breaker::CircuitBreaker,
+        transition: strata_resilience::breaker::Transition,
+    ) {
+        let upstream = group.spec.name.as_str();
+        let address = member.map_or("", |m| m.address.as_str());
+        if let Some(member) = member {
+            let until = if transition.to == strata_resilience::breaker::State::Open {
+                crate::balance::now_ms() + breaker.config().wait_in_open.0.as_millis() as u64
+            } else {
+                0
+            };
+            member.breaker_open_until.store(until, Ordering::Relaxed);
+        }
+        self.metrics
+            .breaker_transitions
+            .with_label_values(&[
+                upstream,
+                address,
+                transition.from.as_str(),
+                transition.to.as_str(),
+            ])
+            .inc();
+        for state in strata_resilience::breaker::State::ALL {
+            self.metrics
+                .breaker_state
+                .with_label_values(&[upstream, address, state.as_str()])
+                .set(i64::from(state == transition.to));
+        }
+        if transition.to == strata_resilience::breaker::State::Open {
+            tracing::warn!(%upstream, member = address, from = transition.from.as_str(), "circuit breaker opened");
+        } else {
+            tracing::info!(%upstream, member = address, from = transition.from.as_str(), to = transition.to.as_str(), "circuit breaker changed state");
+        }
+    }
+
+    /// Sends the request to members, retrying as the route allows; returns the answer and
+    /// whether it counts as a failure for the group's breaker.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        group: &Group,
+        route: &Route,
+        upstream: &str,
+        path: String,
+        mut request: Request<hyper::body::Incoming>,
+        client: SocketAddr,
+        client_ip: std::net::IpAddr,
+        host: &str,
+        request_id: &HeaderValue,
+    ) -> (Response<Body>, bool) {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > route.max_body) {
-            return plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body is over the route's limit\n",
+            return (
+                plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body is over the route's limit\n",
+                ),
+                false,
             );
         }
         let members = group.members();
@@ -506,7 +688,7 @@ impl Gateway {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
+            return (response, true);
         }
         let key = if matches!(
             group.spec.balance,
@@ -527,7 +709,8 @@ impl Gateway {
         // never reached a member (connection refused) may always go to another; one that may
         // have, only when its method is idempotent.
         let resendable = empty_body && upgrade.is_none();
-        let safe_to_repeat = resendable && idempotent(&parts.method);
+        let safe_to_repeat =
+            resendable && (idempotent(&parts.method) || route.guard.retry_non_idempotent);
         prepare_headers(
             &mut parts.headers,
             client,
@@ -558,17 +741,51 @@ impl Gateway {
         let deadline = tokio::time::Instant::now() + route.timeout;
         let mut tried = Vec::new();
         loop {
+            if tried.len() >= members.endpoints.len() && !tried.is_empty() {
+                return (
+                    plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "every member's circuit breaker is open\n",
+                    ),
+                    true,
+                );
+            }
             let Some(index) = members.pick(key.as_deref(), &tried) else {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "no live members\n");
+                return (
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "no live members\n"),
+                    true,
+                );
             };
             tried.push(index);
             let endpoint = &members.endpoints[index];
+            let member_permit = match endpoint.breaker.get() {
+                None => None,
+                Some(breaker) => {
+                    let (acquired, transition) = breaker.try_acquire();
+                    if let Some(transition) = transition {
+                        self.breaker_changed(group, Some(endpoint), breaker, transition);
+                    }
+                    match acquired {
+                        Ok(permit) => Some((breaker, permit)),
+                        Err(_) => {
+                            self.metrics
+                                .breaker_rejected
+                                .with_label_values(&[upstream])
+                                .inc();
+                            continue;
+                        }
+                    }
+                }
+            };
             let uri = match Uri::try_from(format!("http://{}{}{}", endpoint.address, path, query)) {
                 Ok(uri) => uri,
                 Err(_) => {
-                    return plain(
-                        StatusCode::BAD_REQUEST,
-                        "the rewritten path is not a valid URI\n",
+                    return (
+                        plain(
+                            StatusCode::BAD_REQUEST,
+                            "the rewritten path is not a valid URI\n",
+                        ),
+                        false,
                     )
                 }
             };
@@ -593,10 +810,36 @@ impl Gateway {
             let sent = Instant::now();
             let answer = tokio::time::timeout_at(deadline, group.client.request(outgoing)).await;
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if let Ok(Ok(response)) = &answer {
-                group
-                    .metrics
-                    .observe(response.status().as_u16(), sent.elapsed().as_secs_f64());
+            // What the breakers and outlier detection make of it.
+            let (failed, outcome) = match &answer {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    group.metrics.observe(status, sent.elapsed().as_secs_f64());
+                    (
+                        group.failure_on.status(status),
+                        if status >= 500 {
+                            Outcome::Status(status)
+                        } else {
+                            Outcome::Success
+                        },
+                    )
+                }
+                Ok(Err(error)) if error.is_connect() => {
+                    (group.failure_on.connect, Outcome::LocalFailure)
+                }
+                Ok(Err(_)) => (group.failure_on.reset, Outcome::LocalFailure),
+                Err(_) => (group.failure_on.timeout, Outcome::LocalFailure),
+            };
+            if let Some((breaker, permit)) = member_permit {
+                if let Some(transition) = breaker.record(permit, failed) {
+                    self.breaker_changed(group, Some(endpoint), breaker, transition);
+                }
+            }
+            if let Some(detector) = &group.detector {
+                let hosts: Vec<_> = members.endpoints.iter().map(|e| &e.outlier).collect();
+                if let Some(ejection) = detector.record(&hosts, index, outcome) {
+                    crate::upstream::report_ejection(group, &self.metrics, endpoint, ejection);
+                }
             }
             let failure = |kind: &str| {
                 endpoint.failures.fetch_add(1, Ordering::Relaxed);
@@ -605,25 +848,42 @@ impl Gateway {
                     .with_label_values(&[upstream, kind])
                     .inc();
             };
+            // Whether another attempt is allowed (and paid for from the budget).
+            let may_retry = |allowed: bool| {
+                if !(allowed
+                    && tried.len() as u32 <= route.retries
+                    && tried.len() < members.endpoints.len())
+                {
+                    return false;
+                }
+                if group.retry_budget.withdraw() {
+                    self.metrics.retries.with_label_values(&[upstream]).inc();
+                    true
+                } else {
+                    self.metrics
+                        .retries_refused
+                        .with_label_values(&[upstream])
+                        .inc();
+                    false
+                }
+            };
             match answer {
                 Err(_) => {
                     failure("timeout");
-                    return plain(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the upstream did not answer in time\n",
+                    return (
+                        plain(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "the upstream did not answer in time\n",
+                        ),
+                        failed,
                     );
                 }
                 Ok(Ok(response)) => {
                     let overloaded = matches!(response.status().as_u16(), 502..=504);
-                    if overloaded
-                        && safe_to_repeat
-                        && tried.len() as u32 <= route.retries
-                        && tried.len() < members.endpoints.len()
-                        && group.retry_budget.withdraw()
-                    {
+                    if overloaded && may_retry(safe_to_repeat) {
                         failure("status");
-                        self.metrics.retries.with_label_values(&[upstream]).inc();
                         tracing::debug!(%upstream, member = %endpoint.address, status = %response.status(), "member answered 502-504; trying another member");
+                        self.back_off(route, tried.len(), deadline).await;
                         continue;
                     }
                     let mut response = finish_response(response, upgrade, self.tracker.clone());
@@ -632,7 +892,7 @@ impl Gateway {
                             .extensions_mut()
                             .insert(Member(endpoint.address.clone()));
                     }
-                    return response;
+                    return (response, failed);
                 }
                 Ok(Err(error)) => {
                     let connect = error.is_connect();
@@ -640,26 +900,37 @@ impl Gateway {
                     if connect {
                         endpoint.eject();
                     }
-                    let retry = if connect { resendable } else { safe_to_repeat };
-                    if retry
-                        && tried.len() as u32 <= route.retries
-                        && tried.len() < members.endpoints.len()
-                        && group.retry_budget.withdraw()
-                    {
-                        self.metrics.retries.with_label_values(&[upstream]).inc();
+                    if may_retry(if connect { resendable } else { safe_to_repeat }) {
                         tracing::debug!(%upstream, member = %endpoint.address, error = %error, "exchange failed; trying another member");
+                        if !connect {
+                            self.back_off(route, tried.len(), deadline).await;
+                        }
                         continue;
                     }
                     if limit_exceeded(&error) {
-                        return plain(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "request body is over the route's limit\n",
+                        return (
+                            plain(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "request body is over the route's limit\n",
+                            ),
+                            false,
                         );
                     }
                     tracing::debug!(%upstream, member = %endpoint.address, error = %error, "upstream exchange failed");
-                    return plain(StatusCode::BAD_GATEWAY, "the upstream failed to answer\n");
+                    return (
+                        plain(StatusCode::BAD_GATEWAY, "the upstream failed to answer\n"),
+                        failed,
+                    );
                 }
             }
+        }
+    }
+
+    /// Waits before retry number `attempt` (the route's backoff), but not past `deadline`.
+    async fn back_off(&self, route: &Route, attempt: usize, deadline: tokio::time::Instant) {
+        let delay = route.guard.backoff.delay(attempt as u32);
+        if !delay.is_zero() {
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + delay)).await;
         }
     }
 }
@@ -853,7 +1124,7 @@ fn redirect<B>(request: &Request<B>, to: &str, status: StatusCode) -> Response<B
     }
 }
 
-fn plain(status: StatusCode, text: &str) -> Response<Body> {
+pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut response = Response::new(Body::from(Bytes::copy_from_slice(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(

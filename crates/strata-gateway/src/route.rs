@@ -85,6 +85,8 @@ pub struct Route {
     pub cors: Option<crate::edge::Cors>,
     /// Client address lists.
     pub ips: crate::edge::IpRules,
+    /// Rate limits, concurrency limit, fallback and retry policy.
+    pub guard: crate::guard::RouteGuard,
     /// Sort key (see the module docs); `index` last.
     order: (i32, u8, usize, u8, usize, usize, usize),
 }
@@ -431,6 +433,16 @@ impl Compiled {
         })
     }
 
+    /// Takes over the rate-limit buckets of `previous`'s routes of the same name whose limits
+    /// did not change.
+    pub fn adopt_limits(&mut self, previous: &Compiled) {
+        for route in &mut self.routes {
+            if let Some(old) = previous.routes.iter().find(|r| r.name == route.name) {
+                route.guard.adopt(&old.guard);
+            }
+        }
+    }
+
     /// True unless the most specific `[[hosts]]` rule for `host` refuses `client`.
     pub fn permits_host(&self, host: &str, client: std::net::IpAddr) -> bool {
         self.host_rules.is_empty()
@@ -516,6 +528,26 @@ fn check_upstream(u: &UpstreamSpec) -> Result<(), TableError> {
     }
     if u.protocol == Protocol::H2c && u.service.is_none() && static_members == 0 {
         return fail("has no members".into());
+    }
+    if let Some(breaker) = &u.circuit_breaker {
+        breaker
+            .check()
+            .map_err(|m| TableError(format!("upstream {:?}: circuit_breaker: {m}", u.name)))?;
+    } else if u.breaker_scope.is_some() {
+        return fail("`breaker_scope` needs a `circuit_breaker`".into());
+    }
+    crate::upstream::FailureOn::parse(&u.failure_on)
+        .map_err(|m| TableError(format!("upstream {:?}: {m}", u.name)))?;
+    if let Some(outlier) = &u.outlier_detection {
+        outlier
+            .check()
+            .map_err(|m| TableError(format!("upstream {:?}: outlier_detection: {m}", u.name)))?;
+    }
+    if u.max_concurrent == Some(0) {
+        return fail("max_concurrent must be at least 1".into());
+    }
+    if u.health_check.is_some() && u.service.is_some() {
+        return fail("`health_check` is for static members; a registry service's instances are checked by the registry".into());
     }
     Ok(())
 }
@@ -613,6 +645,7 @@ fn compile_route(
             .transpose()
             .map_err(fail)?,
         ips: crate::edge::IpRules::new(&spec.allow_ips, &spec.deny_ips).map_err(fail)?,
+        guard: crate::guard::RouteGuard::new(spec, upstreams).map_err(fail)?,
         canary: match &spec.canary {
             None => None,
             Some(_) if spec.upstream.is_none() => {

@@ -7,7 +7,7 @@
 
 use crate::balance::{Endpoint, HashOn, Members};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::model::UpstreamSpec;
+use crate::model::{BreakerScope, UpstreamSpec};
 use crate::route::DEFAULT_CONNECT_TIMEOUT;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use std::collections::BTreeMap;
@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use strata_api::registry::{Instance, Query, RegistryService};
+use strata_resilience::breaker::{BreakerConfig, CircuitBreaker};
+use strata_resilience::budget::RetryBudget;
+use strata_resilience::limit::ConcurrencyLimit;
+use strata_resilience::outlier::Detector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +34,8 @@ pub type HttpClient = hyper_util::client::legacy::Client<Connector, axum::body::
 
 /// How long an idle pooled connection to a member stays open.
 const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle pooled connections kept per member unless the group says otherwise.
+const POOL_MAX_IDLE: usize = 256;
 
 /// Opens connections to members and counts them: connect time, connections opened, open now.
 #[derive(Clone, Debug)]
@@ -145,6 +151,7 @@ fn http_client(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
     builder
         .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(spec.max_idle_per_member.unwrap_or(POOL_MAX_IDLE))
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new());
     if spec.protocol == crate::model::Protocol::H2c {
@@ -153,49 +160,61 @@ fn http_client(
     builder.build(connector)
 }
 
-/// Retries a group may make, as Finagle's and tower's budgets count them: each request adds a
-/// fifth of a retry, and ten retries a second are always allowed, up to ten seconds' worth; a
-/// retry spends one. So retries add at most about 20% to the load a failing group gets.
-#[derive(Debug)]
-pub struct RetryBudget {
-    state: Mutex<(f64, std::time::Instant)>,
+/// What counts as a failure for a circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureOn {
+    /// Status classes (index 1 to 5) that count.
+    classes: [bool; 6],
+    /// Single statuses that count.
+    codes: Vec<u16>,
+    /// No answer within the route's timeout.
+    pub timeout: bool,
+    /// The connection could not be opened.
+    pub connect: bool,
+    /// The connection broke before an answer.
+    pub reset: bool,
 }
 
-/// Share of a retry each request earns.
-const RETRY_RATIO: f64 = 0.2;
-/// Retries a second always allowed.
-const RETRY_FLOOR_PER_SEC: f64 = 10.0;
-/// Most retries saved up.
-const RETRY_CAP: f64 = 100.0;
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        RetryBudget {
-            state: Mutex::new((RETRY_FLOOR_PER_SEC, std::time::Instant::now())),
+impl FailureOn {
+    /// Parses `failure_on` (empty: `5xx`, `timeout`, `connect`, `reset`).
+    pub fn parse(list: &[String]) -> Result<FailureOn, String> {
+        let defaults = ["5xx", "timeout", "connect", "reset"].map(String::from);
+        let list = if list.is_empty() { &defaults[..] } else { list };
+        let mut on = FailureOn {
+            classes: [false; 6],
+            codes: Vec::new(),
+            timeout: false,
+            connect: false,
+            reset: false,
+        };
+        for item in list {
+            match item.as_str() {
+                "timeout" => on.timeout = true,
+                "connect" => on.connect = true,
+                "reset" => on.reset = true,
+                class if class.len() == 3 && class.ends_with("xx") => {
+                    let digit = class.as_bytes()[0];
+                    if !(b'1'..=b'5').contains(&digit) {
+                        return Err(format!("failure_on {item:?}: no such status class"));
+                    }
+                    on.classes[usize::from(digit - b'0')] = true;
+                }
+                code => match code.parse::<u16>() {
+                    Ok(code) if (100..600).contains(&code) => on.codes.push(code),
+                    _ => {
+                        return Err(format!(
+                            "failure_on {item:?} is not a status, a class such as 5xx, timeout, connect or reset"
+                        ))
+                    }
+                },
+            }
         }
-    }
-}
-
-impl RetryBudget {
-    /// Counts a first attempt.
-    pub fn deposit(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = (state.0 + RETRY_RATIO).min(RETRY_CAP);
+        Ok(on)
     }
 
-    /// Takes one retry if the budget has it.
-    pub fn withdraw(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let earned = now.duration_since(state.1).as_secs_f64() * RETRY_FLOOR_PER_SEC;
-        state.0 = (state.0 + earned).min(RETRY_CAP);
-        state.1 = now;
-        if state.0 >= 1.0 {
-            state.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+    /// True when an answer with `status` counts as a failure.
+    pub fn status(&self, status: u16) -> bool {
+        self.classes[usize::from((status / 100).min(5))] || self.codes.contains(&status)
     }
 }
 
@@ -204,6 +223,16 @@ impl RetryBudget {
 pub struct Group {
     /// Retries it may still make.
     pub retry_budget: RetryBudget,
+    /// The group's circuit breaker (scope `group`).
+    pub breaker: Option<Arc<CircuitBreaker>>,
+    /// The members' breakers' configuration (scope `instance`).
+    member_breaker: Option<BreakerConfig>,
+    /// What the breakers count as failures.
+    pub failure_on: FailureOn,
+    /// Outlier detection, when configured.
+    pub detector: Option<Detector>,
+    /// Requests in flight at once, when limited.
+    pub concurrency: Option<ConcurrencyLimit>,
     /// The connection pool to its members, shared by every request.
     pub client: HttpClient,
     /// As configured.
@@ -242,11 +271,17 @@ impl Group {
                     .find(|e| e.address == address && e.id == id && e.weight == weight)
                     .cloned()
                     .unwrap_or_else(|| {
-                        Arc::new(if initial {
+                        let endpoint = if initial {
                             Endpoint::new(address, id, weight)
                         } else {
                             Endpoint::joining(address, id, weight)
-                        })
+                        };
+                        if let Some(config) = &self.member_breaker {
+                            let _ = endpoint
+                                .breaker
+                                .set(Arc::new(CircuitBreaker::new(config.clone())));
+                        }
+                        Arc::new(endpoint)
                     })
             })
             .collect();
@@ -287,8 +322,22 @@ pub fn build_groups(
             .connect_timeout
             .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.0);
         let upstream_metrics = metrics.upstream(name);
+        let scope = spec.breaker_scope.unwrap_or_default();
         let group = Arc::new(Group {
-            retry_budget: RetryBudget::default(),
+            retry_budget: RetryBudget::new(spec.retry_budget.clone().unwrap_or_default()),
+            breaker: spec
+                .circuit_breaker
+                .clone()
+                .filter(|_| scope == BreakerScope::Group)
+                .map(|c| Arc::new(CircuitBreaker::new(c))),
+            member_breaker: spec
+                .circuit_breaker
+                .clone()
+                .filter(|_| scope == BreakerScope::Instance),
+            failure_on: FailureOn::parse(&spec.failure_on)
+                .unwrap_or_else(|_| FailureOn::parse(&[]).expect("the default failure_on parses")),
+            detector: spec.outlier_detection.clone().map(Detector::new),
+            concurrency: spec.max_concurrent.map(ConcurrencyLimit::new),
             client: http_client(spec, connect_timeout, upstream_metrics.clone()),
             metrics: upstream_metrics,
             spec: spec.clone(),
@@ -325,6 +374,9 @@ pub fn build_groups(
             _ => statics,
         };
         group.replace(keep, predecessor.is_none());
+        if group.detector.is_some() {
+            tracker.spawn(sweep_outliers(group.clone(), metrics.clone()));
+        }
         if let Some(check) = spec.health_check.clone().filter(|_| spec.service.is_none()) {
             tracker.spawn(crate::health::run(
                 group.clone(),
@@ -428,21 +480,57 @@ async fn follow(group: Arc<Group>, registry: Arc<dyn RegistryService>, service: 
     }
 }
 
+/// Runs outlier detection's interval rules over `group`'s members until it is retired.
+async fn sweep_outliers(group: Arc<Group>, metrics: Metrics) {
+    let Some(detector) = group.detector.clone() else {
+        return;
+    };
+    let retired = group.retired();
+    loop {
+        tokio::select! {
+            () = retired.cancelled() => return,
+            () = tokio::time::sleep(detector.config().interval.0) => {}
+        }
+        let members = group.members();
+        let hosts: Vec<_> = members.endpoints.iter().map(|e| &e.outlier).collect();
+        for ejection in detector.sweep(&hosts) {
+            let member = &members.endpoints[ejection.host];
+            report_ejection(&group, &metrics, member, ejection);
+        }
+    }
+}
+
+/// Counts and logs (once) an ejection by outlier detection.
+pub fn report_ejection(
+    group: &Group,
+    metrics: &Metrics,
+    member: &Endpoint,
+    ejection: strata_resilience::outlier::Ejection,
+) {
+    metrics
+        .ejections
+        .with_label_values(&[group.spec.name.as_str(), ejection.reason.as_str()])
+        .inc();
+    tracing::warn!(
+        upstream = %group.spec.name,
+        member = %member.address,
+        reason = ejection.reason.as_str(),
+        seconds = ejection.duration.as_secs(),
+        "member ejected by outlier detection"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_retry_budget_allows_a_fifth_of_the_requests_plus_a_floor() {
-        let budget = RetryBudget::default();
-        // The floor's first second is there at once: ten retries, then none.
-        let granted = (0..50).filter(|_| budget.withdraw()).count();
-        assert!((10..=11).contains(&granted), "{granted}");
-        // A hundred requests earn twenty more.
-        for _ in 0..100 {
-            budget.deposit();
-        }
-        let granted = (0..50).filter(|_| budget.withdraw()).count();
-        assert!((20..=21).contains(&granted), "{granted}");
+    fn failure_on_reads_classes_statuses_and_kinds() {
+        let on = FailureOn::parse(&[]).unwrap();
+        assert!(on.status(503) && !on.status(404) && on.timeout && on.connect && on.reset);
+        let on = FailureOn::parse(&["4xx".into(), "503".into()]).unwrap();
+        assert!(on.status(404) && on.status(503) && !on.status(500) && !on.timeout);
+        assert!(FailureOn::parse(&["6xx".into()]).is_err());
+        assert!(FailureOn::parse(&["slow".into()]).is_err());
     }
 }

@@ -235,6 +235,7 @@ pub async fn gateway(
                         ("WEIGHT", Align::Right),
                         ("HEALTH", Align::Left),
                         ("EJECTED", Align::Left),
+                        ("BREAKER", Align::Left),
                         ("WARMTH", Align::Right),
                         ("IN FLIGHT", Align::Right),
                         ("REQUESTS", Align::Right),
@@ -252,6 +253,7 @@ pub async fn gateway(
                                 "no"
                             }
                             .to_string(),
+                            text(&m["breaker"]),
                             format!("{}%", text(&m["warmth_percent"])),
                             text(&m["in_flight"]),
                             text(&m["requests"]),
@@ -264,6 +266,23 @@ pub async fn gateway(
                         text(&upstream["connections_open"]),
                         text(&upstream["connections_opened"]),
                         upstream["pool_reuse"].as_f64().unwrap_or(0.0) * 100.0
+                    );
+                    if let Some(breaker) = upstream["breaker"].as_object() {
+                        println!(
+                            "breaker: {} ({} calls, {}% failed, {}% slow, {} refused)",
+                            text(&breaker["state"]),
+                            text(&breaker["calls"]),
+                            text(&breaker["failure_rate"]),
+                            text(&breaker["slow_call_rate"]),
+                            text(&breaker["not_permitted"])
+                        );
+                    }
+                    let budget = &upstream["retry_budget"];
+                    println!(
+                        "retry budget: {} available, {} spent, {} refused",
+                        text(&budget["available"]),
+                        text(&budget["spent"]),
+                        text(&budget["refused"])
                     );
                     if let Some(problem) = upstream["problem"].as_str() {
                         println!("problem: {problem}");

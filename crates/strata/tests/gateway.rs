@@ -1892,3 +1892,268 @@ async fn t17_certificates_kept_in_the_config_center_serve_tls() {
     let (_, served, _) = tls_connect(&pki, &tls_addr, "inline.test", &[b"h2".as_slice()]).await;
     assert_eq!(served, pem_der(&pki.join("inline.pem")));
 }
+
+/// The value of the first series of `/metrics` whose line starts with `prefix`.
+async fn metric_value(node: &NodeProc, prefix: &str) -> Option<f64> {
+    let text = http_client()
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends `n` GETs of `path` through the gateway, 8 at a time; returns the statuses.
+async fn statuses(gateway: &str, path: &str, n: usize) -> Vec<u16> {
+    let client = gateway_client();
+    let url = format!("http://{gateway}{path}");
+    futures::future::join_all((0..8).map(|worker| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut seen = Vec::new();
+            for _ in (worker..n).step_by(8) {
+                seen.push(client.get(&url).send().await.unwrap().status().as_u16());
+            }
+            seen
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t18_a_failing_member_is_ejected_its_breaker_opens_and_closes_after_recovery() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let status_c = std::sync::Arc::new(AtomicU16::new(200));
+    let (a, _sa) = checked_backend("a", std::sync::Arc::new(AtomicU16::new(200))).await;
+    let (b, _sb) = checked_backend("b", std::sync::Arc::new(AtomicU16::new(200))).await;
+    let (c, _sc) = checked_backend("c", status_c.clone()).await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "u", "retries": 2}],
+            "upstreams": [{"name": "u", "addresses": [a, b, c],
+                "outlier_detection": {"consecutive_5xx": 3, "interval": "1s",
+                                      "base_ejection_time": "2s", "max_ejection_percent": 50},
+                "circuit_breaker": {"window_size": 10, "minimum_calls": 3, "wait_in_open": "1s",
+                                    "half_open_calls": 2},
+                "breaker_scope": "instance"}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    // c answers 503 under load: the client barely notices (retries on a and b, then c is
+    // ejected and its breaker opens).
+    status_c.store(503, Ordering::Relaxed);
+    let seen = statuses(&gateway, "/health", 600).await;
+    let failed = seen.iter().filter(|s| **s != 200).count();
+    assert!(failed <= 30, "{failed} of 600 failed");
+    let ejected = metric_value(
+        &node,
+        "strata_gateway_outlier_ejections_total{reason=\"consecutive_5xx\",upstream=\"u\"",
+    )
+    .await;
+    assert!(ejected.is_some_and(|n| n >= 1.0), "{ejected:?}");
+    let opened = format!(
+        "strata_gateway_breaker_transitions_total{{from=\"closed\",member=\"{c}\",to=\"open\""
+    );
+    assert!(metric_value(&node, &opened).await.is_some_and(|n| n >= 1.0));
+    let view = upstream_view(&node, "u").await;
+    let member_c = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["address"] == c.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(member_c["breaker"], "open", "{view}");
+    assert!(
+        view["retry_budget"]["spent"].as_u64().unwrap() >= 1,
+        "{view}"
+    );
+    // c recovers: after its ejection and the breaker's wait, trial calls close the breaker.
+    status_c.store(200, Ordering::Relaxed);
+    let closed = format!(
+        "strata_gateway_breaker_transitions_total{{from=\"half_open\",member=\"{c}\",to=\"closed\""
+    );
+    wait_until(Duration::from_secs(20), "c's breaker to close", || {
+        let (node, gateway, closed) = (&node, &gateway, &closed);
+        async move {
+            let seen = statuses(gateway, "/health", 24).await;
+            assert!(seen.iter().all(|s| *s == 200), "{seen:?}");
+            metric_value(node, closed).await.filter(|n| *n >= 1.0)
+        }
+    })
+    .await;
+    let state =
+        format!("strata_gateway_breaker_state{{member=\"{c}\",state=\"closed\",upstream=\"u\"");
+    assert_eq!(metric_value(&node, &state).await, Some(1.0));
+    node.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t19_slow_calls_open_a_group_breaker_and_the_fallback_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let backend = Backend::start("slowpoke").await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "u", "timeout": "300ms", "retries": 0,
+                        "fallback": {"respond": {"status": 200, "body": "from the fallback"}}}],
+            "upstreams": [{"name": "u", "addresses": [backend.addr],
+                "circuit_breaker": {"window_size": 4, "minimum_calls": 4,
+                                    "slow_call_duration": "100ms", "slow_call_rate_threshold": 50,
+                                    "wait_in_open": "1h"},
+                "failure_on": ["connect"]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let client = gateway_client();
+    let url = |path: &str| format!("http://{gateway}{path}");
+    // Two fast calls and two that hang until the route's timeout: half are slow.
+    for path in ["/fast", "/fast", "/slow", "/slow"] {
+        let response = client.get(url(path)).send().await.unwrap();
+        assert_ne!(response.text().await.unwrap(), "from the fallback");
+    }
+    let response = client.get(url("/fast")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "from the fallback");
+    let view = upstream_view(&node, "u").await;
+    assert_eq!(view["breaker"]["state"], "open", "{view}");
+    assert_eq!(view["breaker"]["slow_call_rate"], 50.0, "{view}");
+    let rejected = metric_value(
+        &node,
+        "strata_gateway_breaker_rejected_total{upstream=\"u\"",
+    )
+    .await;
+    assert_eq!(rejected, Some(1.0));
+    // Without a fallback the route answers 503 with Retry-After.
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "u", "timeout": "300ms", "retries": 0}],
+            "upstreams": [{"name": "u", "addresses": [backend.addr],
+                "circuit_breaker": {"window_size": 4, "minimum_calls": 4,
+                                    "slow_call_duration": "100ms", "slow_call_rate_threshold": 50,
+                                    "wait_in_open": "1h"},
+                "failure_on": ["connect"], "max_concurrent": 1}]
+        }),
+    )
+    .await;
+    for path in ["/slow", "/slow", "/slow", "/slow"] {
+        client.get(url(path)).send().await.unwrap();
+    }
+    let response = client.get(url("/fast")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(
+        response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 3000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_rate_limits_per_key_answer_429_and_concurrency_limits_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let backend = Backend::start("limited").await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [
+                {"name": "keyed", "path": {"prefix": "/api"}, "upstream": "u",
+                 "rate_limits": [{"requests": 5, "per": "2s", "key": "header:x-api-key"}]},
+                {"name": "narrow", "path": {"prefix": "/slow"}, "upstream": "u",
+                 "max_concurrent": 1, "timeout": "2s"}
+            ],
+            "upstreams": [{"name": "u", "addresses": [backend.addr]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let client = gateway_client();
+    let send = |key: &'static str| {
+        let (client, gateway) = (client.clone(), gateway.clone());
+        async move {
+            client
+                .get(format!("http://{gateway}/api/x"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for remaining in (0..5).rev() {
+        let response = send("alice").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-limit"], "5");
+        assert_eq!(
+            response.headers()["ratelimit-remaining"],
+            remaining.to_string().as_str()
+        );
+    }
+    let refused = send("alice").await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    // Another key has its own allowance.
+    assert_eq!(send("bob").await.status(), 200);
+    // Alice's allowance comes back with time.
+    wait_until(Duration::from_secs(5), "alice's next request", || async {
+        (send("alice").await.status() == 200).then_some(())
+    })
+    .await;
+    assert!(
+        metric_value(&node, "strata_gateway_rate_limited_total{route=\"keyed\"")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    );
+    // One request of /slow at a time: a second one in the meantime gets 503 at once.
+    let first = tokio::spawn({
+        let (client, gateway) = (client.clone(), gateway.clone());
+        async move {
+            client
+                .get(format!("http://{gateway}/slow"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "the first request to be in flight",
+        || async {
+            let view = upstream_view(&node, "u").await;
+            (view["members"][0]["in_flight"] == 1).then_some(())
+        },
+    )
+    .await;
+    let second = client
+        .get(format!("http://{gateway}/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 503);
+    assert_eq!(first.await.unwrap(), 504);
+}

@@ -792,8 +792,19 @@ impl Gateway {
             let mut outgoing = Request::new(body.take().unwrap_or_else(Body::empty));
             *outgoing.method_mut() = parts.method.clone();
             *outgoing.uri_mut() = uri;
+            // A hedge: a second member gets the same request if the first is slow (idempotent
+            // requests without a body only, and not with per-member breakers).
+            let hedge = route.guard.hedge_after.filter(|_| {
+                safe_to_repeat
+                    && tried.len() == 1
+                    && members.endpoints.len() > 1
+                    && endpoint.breaker.get().is_none()
+            });
             // The headers are kept for another attempt only when there can be one.
-            *outgoing.headers_mut() = match (resendable && route.retries > 0, headers.take()) {
+            *outgoing.headers_mut() = match (
+                resendable && (route.retries > 0 || hedge.is_some()),
+                headers.take(),
+            ) {
                 (true, Some(h)) => {
                     let copy = h.clone();
                     headers = Some(h);
@@ -808,8 +819,49 @@ impl Gateway {
             }
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
-            let answer = tokio::time::timeout_at(deadline, group.client.request(outgoing)).await;
+            let (answer, answered_by) = match hedge {
+                None => (
+                    tokio::time::timeout_at(deadline, group.client.request(outgoing)).await,
+                    index,
+                ),
+                Some(after) => {
+                    let first = group.client.request(outgoing);
+                    tokio::pin!(first);
+                    let raced = tokio::time::timeout_at(deadline, async {
+                        tokio::select! {
+                            answer = &mut first => return (answer, index),
+                            () = tokio::time::sleep(after) => {}
+                        }
+                        let Some(other) = members
+                            .pick(key.as_deref(), &tried)
+                            .filter(|other| *other != index)
+                        else {
+                            return (first.await, index);
+                        };
+                        self.metrics.hedges.with_label_values(&[upstream]).inc();
+                        let spare = &members.endpoints[other];
+                        spare.requests.fetch_add(1, Ordering::Relaxed);
+                        let mut second = Request::new(Body::empty());
+                        *second.method_mut() = parts.method.clone();
+                        match Uri::try_from(format!("http://{}{}{}", spare.address, path, query)) {
+                            Ok(uri) => *second.uri_mut() = uri,
+                            Err(_) => return (first.await, index),
+                        }
+                        *second.headers_mut() = headers.clone().unwrap_or_default();
+                        tokio::select! {
+                            answer = &mut first => (answer, index),
+                            answer = group.client.request(second) => (answer, other),
+                        }
+                    })
+                    .await;
+                    match raced {
+                        Ok((answer, by)) => (Ok(answer), by),
+                        Err(elapsed) => (Err(elapsed), index),
+                    }
+                }
+            };
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let (index, endpoint) = (answered_by, &members.endpoints[answered_by]);
             // What the breakers and outlier detection make of it.
             let (failed, outcome) = match &answer {
                 Ok(Ok(response)) => {

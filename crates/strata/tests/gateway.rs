@@ -2157,3 +2157,76 @@ async fn t20_rate_limits_per_key_answer_429_and_concurrency_limits_503() {
     assert_eq!(second.status(), 503);
     assert_eq!(first.await.unwrap(), 504);
 }
+
+/// A backend that answers every request with its name after `delay`.
+async fn delayed_backend(name: &'static str, delay: Duration) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let router = Router::new().fallback(any(move || async move {
+        tokio::time::sleep(delay).await;
+        axum::Json(json!({"name": name}))
+    }));
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t21_a_hedged_request_takes_the_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (slow, _s) = delayed_backend("slow", Duration::from_secs(3)).await;
+    let (fast, _f) = delayed_backend("fast", Duration::ZERO).await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "u", "hedge_after": "50ms", "timeout": "10s"}],
+            "upstreams": [{"name": "u", "addresses": [slow, fast]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let client = gateway_client();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let body: Value = client
+            .get(format!("http://{gateway}/x"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["name"], "fast");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let hedged = metric_value(&node, "strata_gateway_hedged_requests_total{upstream=\"u\"").await;
+    // At least every other first attempt lands on the slow member (the hedge takes the next
+    // turn of round robin, so it may be every one).
+    assert!(
+        hedged.is_some_and(|n| (3.0..=6.0).contains(&n)),
+        "{hedged:?}"
+    );
+    // A POST is not hedged: it waits for the slow member when it lands there.
+    let answers = futures::future::join_all(
+        (0..2).map(|_| client.post(format!("http://{gateway}/x")).send()),
+    )
+    .await;
+    let mut names = Vec::new();
+    for answer in answers {
+        let body: Value = answer.unwrap().json().await.unwrap();
+        names.push(body["name"].as_str().unwrap().to_string());
+    }
+    names.sort();
+    assert_eq!(names, ["fast", "slow"]);
+}

@@ -142,6 +142,12 @@ impl Component for GatewayComponent {
             }
             ctx.tracker
                 .spawn(watch_certificates(gateway.clone(), ctx.cancel.clone()));
+            ctx.tracker.spawn(crate::cluster_limits::run(
+                gateway.clone(),
+                ctx.kv.clone(),
+                ctx.node_id,
+                ctx.cancel.clone(),
+            ));
             let state = AdminState {
                 gateway,
                 source: Arc::new(source),

@@ -9,6 +9,7 @@
 //! - [`health`]: active health checks of static members.
 //! - [`metrics`]: the gateway's Prometheus metrics, per route and per upstream.
 //! - [`edge`]: CORS, client address lists, the client behind trusted proxies.
+//! - [`cluster_limits`]: gateway nodes sharing a cluster-wide rate by their traffic.
 //! - [`guard`]: a route's rate limits, concurrency limit, fallback and retry policy.
 //! - [`files`]: static files with ETag, Last-Modified, Range and precompressed variants.
 //! - [`proxy`]: the listener and the forwarding path.
@@ -27,6 +28,7 @@
 
 pub mod access_log;
 pub mod balance;
+pub mod cluster_limits;
 pub mod component;
 pub mod edge;
 pub mod files;

@@ -2230,3 +2230,87 @@ async fn t21_a_hedged_request_takes_the_first_answer() {
     names.sort();
     assert_eq!(names, ["fast", "slow"]);
 }
+
+/// Sends GETs to `gateways` in turn from 12 workers for `period`; counts the 200s and 429s.
+async fn load_for(gateways: &[String], period: Duration) -> (usize, usize) {
+    let client = gateway_client();
+    let deadline = Instant::now() + period;
+    let results = futures::future::join_all((0..12).map(|worker| {
+        let client = client.clone();
+        let gateways = gateways.to_vec();
+        async move {
+            let (mut ok, mut limited) = (0, 0);
+            let mut turn = worker;
+            while Instant::now() < deadline {
+                let gateway = &gateways[turn % gateways.len()];
+                turn += 1;
+                match client.get(format!("http://{gateway}/x")).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) if r.status() == 429 => limited += 1,
+                    _ => {}
+                }
+            }
+            (ok, limited)
+        }
+    }))
+    .await;
+    results
+        .into_iter()
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t22_a_cluster_wide_limit_holds_across_gateway_nodes_and_after_one_leaves() {
+    let mut cluster = Cluster::start(3, &["--listen", "gateway=127.0.0.1:0"]).await;
+    let backend = Backend::start("shared").await;
+    let (status, reply) = apply(
+        &cluster.nodes[0],
+        &json!({
+            "routes": [{"name": "all", "upstream": "u",
+                        "rate_limits": [{"requests": 60, "per": "1s", "cluster": true}]}],
+            "upstreams": [{"name": "u", "addresses": [backend.addr]}]
+        }),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let gateways: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.gateway.clone().unwrap())
+        .collect();
+    for gateway in &gateways {
+        wait_until(
+            Duration::from_secs(20),
+            "every gateway to serve the route",
+            || async {
+                let response = gateway_client()
+                    .get(format!("http://{gateway}/x"))
+                    .send()
+                    .await
+                    .ok()?;
+                matches!(response.status().as_u16(), 200 | 429).then_some(())
+            },
+        )
+        .await;
+    }
+    // Overload from three nodes: bursts are spent and shares settle, then 4 s are counted.
+    load_for(&gateways, Duration::from_secs(3)).await;
+    let (ok, limited) = load_for(&gateways, Duration::from_secs(4)).await;
+    eprintln!("three nodes: {ok} allowed, {limited} refused in 4 s");
+    assert!(limited > 0, "the load must exceed the limit");
+    assert!(
+        (216..=264).contains(&ok),
+        "{ok} allowed in 4 s by three nodes (limit 60/s)"
+    );
+    // Node 3 leaves; the clients keep using the two others.
+    cluster.node(3).kill9();
+    let two = &gateways[..2];
+    load_for(two, Duration::from_secs(3)).await;
+    let (ok, limited) = load_for(two, Duration::from_secs(4)).await;
+    eprintln!("two nodes: {ok} allowed, {limited} refused in 4 s");
+    assert!(
+        (216..=264).contains(&ok),
+        "{ok} allowed in 4 s by two nodes (limit 60/s)"
+    );
+}

@@ -142,6 +142,12 @@ impl Component for GatewayComponent {
             }
             ctx.tracker
                 .spawn(watch_certificates(gateway.clone(), ctx.cancel.clone()));
+            ctx.tracker.spawn(
+                gateway
+                    .keys
+                    .clone()
+                    .follow(ctx.kv.clone(), ctx.cancel.clone()),
+            );
             ctx.tracker.spawn(crate::cluster_limits::run(
                 gateway.clone(),
                 ctx.kv.clone(),
@@ -152,6 +158,7 @@ impl Component for GatewayComponent {
                 gateway,
                 source: Arc::new(source),
                 auth: ctx.auth.clone(),
+                kv: ctx.kv.clone(),
             };
             Ok(Started {
                 api_routes: Some(admin_router(state)),
@@ -344,6 +351,7 @@ struct AdminState {
     gateway: Arc<Gateway>,
     source: Arc<Source>,
     auth: strata_auth::Auth,
+    kv: Arc<dyn strata_store::KvApi>,
 }
 
 fn admin_router(state: AdminState) -> Router {
@@ -356,6 +364,8 @@ fn admin_router(state: AdminState) -> Router {
         .route("/v1/gateway/upstreams", get(list_upstreams))
         .route("/v1/gateway/upstreams/{name}", get(show_upstream))
         .route("/v1/gateway/tcp", get(list_tcp))
+        .route("/v1/gateway/keys", get(list_keys).post(create_key))
+        .route("/v1/gateway/keys/{id}", axum::routing::delete(revoke_key))
         .with_state(state)
 }
 
@@ -718,4 +728,123 @@ async fn list_tcp(State(s): State<AdminState>, Who(who): Who) -> ApiResult<TcpLi
     Ok(axum::Json(TcpList {
         tcp: s.gateway.tcp.views(),
     }))
+}
+
+// --- API keys -------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    /// Who will use the key.
+    consumer: String,
+    /// What it may do.
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// A key as listed: everything but its digest.
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    consumer: String,
+    scopes: Vec<String>,
+    created_ms: u64,
+    /// The key itself: only in the answer that made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl KeyView {
+    fn of(record: crate::edge_auth::KeyRecord, key: Option<String>) -> KeyView {
+        KeyView {
+            id: record.id,
+            consumer: record.consumer,
+            scopes: record.scopes,
+            created_ms: record.created_ms,
+            key,
+        }
+    }
+}
+
+fn key_path(id: &str) -> Vec<u8> {
+    format!("{}{id}", crate::edge_auth::KEYS_PREFIX).into_bytes()
+}
+
+async fn create_key(
+    State(s): State<AdminState>,
+    Who(who): Who,
+    ApiJson(new): ApiJson<NewKey>,
+) -> ApiResult<KeyView> {
+    allow(
+        &s,
+        &who,
+        Access::Write,
+        &Names::one(format!("keys/{}", new.consumer)),
+    )?;
+    if new.consumer.is_empty() || new.consumer.len() > 200 {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "give a consumer name (1 to 200 bytes)",
+        )
+        .into());
+    }
+    let (text, record) = crate::edge_auth::new_key(&new.consumer, new.scopes);
+    let value = serde_json::to_vec(&record)
+        .map_err(|e| ApiError::internal(format!("encode the key: {e}")))?;
+    s.kv.put(strata_proto::kv::PutRequest {
+        key: key_path(&record.id),
+        value,
+        ..Default::default()
+    })
+    .await?;
+    tracing::info!(id = %record.id, consumer = %record.consumer, by = %who.who(), "gateway API key created");
+    Ok(axum::Json(KeyView::of(record, Some(text))))
+}
+
+#[derive(Serialize)]
+struct KeyList {
+    keys: Vec<KeyView>,
+}
+
+async fn list_keys(State(s): State<AdminState>, Who(who): Who) -> ApiResult<KeyList> {
+    allow(&s, &who, Access::Read, &Names::prefix("keys/"))?;
+    let answer =
+        s.kv.range(strata_proto::kv::RangeRequest {
+            key: crate::edge_auth::KEYS_PREFIX.as_bytes().to_vec(),
+            prefix: true,
+            ..Default::default()
+        })
+        .await?;
+    Ok(axum::Json(KeyList {
+        keys: answer
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .map(|record| KeyView::of(record, None))
+            .collect(),
+    }))
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    revoked: String,
+}
+
+async fn revoke_key(
+    State(s): State<AdminState>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> ApiResult<Revoked> {
+    allow(&s, &who, Access::Write, &Names::prefix("keys/"))?;
+    let deleted =
+        s.kv.delete_range(strata_proto::kv::DeleteRangeRequest {
+            key: key_path(&id),
+            ..Default::default()
+        })
+        .await?;
+    if deleted.deleted == 0 {
+        return Err(ApiError::not_found(format!("no API key with id {id:?}")).into());
+    }
+    tracing::info!(%id, by = %who.who(), "gateway API key revoked");
+    Ok(axum::Json(Revoked { revoked: id }))
 }

@@ -27,6 +27,9 @@ pub enum LimitKey {
     ClientIp,
     /// Each value of a request header (absent: one shared bucket).
     Header(HeaderName),
+    /// Each authenticated consumer (the route's `auth`: an API key's consumer, a token's
+    /// `sub`).
+    Consumer,
 }
 
 impl LimitKey {
@@ -34,12 +37,13 @@ impl LimitKey {
         match text {
             None => Ok(LimitKey::Route),
             Some("client_ip") => Ok(LimitKey::ClientIp),
+            Some("consumer") => Ok(LimitKey::Consumer),
             Some(other) => match other.split_once(':') {
                 Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
                     .map(LimitKey::Header)
                     .map_err(|_| format!("rate limit key {other:?}: not a header name")),
                 _ => Err(format!(
-                    "rate limit key {other:?} is not client_ip or header:NAME"
+                    "rate limit key {other:?} is not client_ip, consumer or header:NAME"
                 )),
             },
         }
@@ -186,12 +190,14 @@ impl RouteGuard {
         &self,
         headers: &HeaderMap,
         client: IpAddr,
+        consumer: Option<&str>,
     ) -> Result<Admitted, (Refusal, Response<Body>)> {
         let mut tightest: Option<(u32, u32, Duration)> = None;
         for (index, limit) in self.limits.iter().enumerate() {
             let key = match &limit.key {
                 LimitKey::Route => String::new(),
                 LimitKey::ClientIp => client.to_string(),
+                LimitKey::Consumer => consumer.unwrap_or_default().to_string(),
                 LimitKey::Header(name) => headers
                     .get(name)
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

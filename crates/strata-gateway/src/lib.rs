@@ -8,6 +8,7 @@
 //!   pooled, counted connections to their members.
 //! - [`health`]: active health checks of static members.
 //! - [`metrics`]: the gateway's Prometheus metrics, per route and per upstream.
+//! - [`edge_auth`]: API keys and JSON Web Tokens on routes.
 //! - [`edge`]: CORS, client address lists, the client behind trusted proxies.
 //! - [`cluster_limits`]: gateway nodes sharing a cluster-wide rate by their traffic.
 //! - [`guard`]: a route's rate limits, concurrency limit, fallback and retry policy.
@@ -31,6 +32,7 @@ pub mod balance;
 pub mod cluster_limits;
 pub mod component;
 pub mod edge;
+pub mod edge_auth;
 pub mod files;
 pub mod guard;
 pub mod health;

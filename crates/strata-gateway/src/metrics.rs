@@ -57,6 +57,8 @@ pub struct Metrics {
     pub retries_refused: IntCounterVec,
     /// Hedged requests sent, by upstream.
     pub hedges: IntCounterVec,
+    /// Requests refused at the edge, by route and kind (`unauthenticated`, `forbidden`).
+    pub auth_refused: IntCounterVec,
 }
 
 /// An upstream group's metric handles, looked up once when the group is built.
@@ -284,6 +286,13 @@ impl Metrics {
                 ),
                 &["upstream"],
             )?,
+            auth_refused: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_auth_refused_total",
+                    "Requests refused by a route's auth, by route and kind (unauthenticated, forbidden)",
+                ),
+                &["route", "kind"],
+            )?,
         };
         for collector in [
             Box::new(metrics.breaker_state.clone()) as Box<dyn prometheus::core::Collector>,
@@ -294,6 +303,7 @@ impl Metrics {
             Box::new(metrics.over_capacity.clone()),
             Box::new(metrics.retries_refused.clone()),
             Box::new(metrics.hedges.clone()),
+            Box::new(metrics.auth_refused.clone()),
         ] {
             registry.register(collector)?;
         }

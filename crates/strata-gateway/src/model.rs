@@ -28,6 +28,69 @@ pub struct Table {
     /// Rules per host that apply before any route (client address lists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostSpec>,
+    /// Issuers of JSON Web Tokens that routes accept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_providers: Vec<JwtProviderSpec>,
+}
+
+/// An issuer of JSON Web Tokens and how to check its tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderSpec {
+    /// Unique name, referred to by routes.
+    pub name: String,
+    /// `iss` must be this, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// `aud` must hold one of these, when given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// The issuer's keys (a JWKS document), fetched, cached, refreshed every `jwks_refresh`
+    /// and when a token names a key id not seen yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Or: one public key (PEM), for RS256 or ES256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+    /// Or: a shared secret, for HS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Accepted algorithms (default: HS256 with a secret, RS256 and ES256 with keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+    /// Allowed clock skew for `exp` and `nbf` (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<HumanDuration>,
+    /// How often the JWKS document is fetched again (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh: Option<HumanDuration>,
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuthSpec {
+    /// Credentials accepted, tried in this order: `api_key`, `jwt`.
+    pub methods: Vec<String>,
+    /// The JWT provider (with `jwt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_provider: Option<String>,
+    /// The header that carries an API key (default `x-api-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_header: Option<String>,
+    /// Scopes the caller must all have (a key's scopes; a token's `scope` or `scp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Roles of which the caller must have one (a token's `roles`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The header that tells the upstream who called (default `x-consumer`): a key's
+    /// consumer, a token's `sub`. A client's own header of that name is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_header: Option<String>,
+    /// Token claims passed upstream: header name to claim name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims_to_headers: BTreeMap<String, String>,
 }
 
 /// Rules for every request to some hosts, checked before the routes.
@@ -191,6 +254,10 @@ pub struct RouteSpec {
     /// them (off by default: only idempotent methods are sent twice).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry_non_idempotent: bool,
+    /// Who may use the route: API keys, JWT; 401 without valid credentials, 403 without the
+    /// scopes or roles asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuthSpec>,
     /// Proxy: for idempotent requests without a body, send the same request to a second
     /// member when the first has not answered within this long, and take the first answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,8 +276,8 @@ pub struct RateLimitSpec {
     /// Requests at once over the steady pace (default `requests`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-    /// What is limited: unset, the whole route; `client_ip`; `header:NAME` (per value, e.g.
-    /// an API key or tenant header).
+    /// What is limited: unset, the whole route; `client_ip`; `consumer` (who the route's
+    /// `auth` found); `header:NAME` (per value, e.g. a tenant header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Sentinel's warm-up: after this long idle, start at a third of the rate.
@@ -589,6 +656,16 @@ impl Table {
         }
         if !other.hosts.is_empty() {
             self.hosts = other.hosts;
+        }
+        for provider in other.jwt_providers {
+            match self
+                .jwt_providers
+                .iter_mut()
+                .find(|p| p.name == provider.name)
+            {
+                Some(existing) => *existing = provider,
+                None => self.jwt_providers.push(provider),
+            }
         }
         for tcp in other.tcp {
             match self.tcp.iter_mut().find(|t| t.name == tcp.name) {

@@ -43,6 +43,8 @@ pub struct Live {
     route_metrics: Vec<RouteMetrics>,
     /// Metrics of requests no route matched.
     unmatched: RouteMetrics,
+    /// The table's JWT providers, by name.
+    pub providers: BTreeMap<String, Arc<crate::edge_auth::JwtProvider>>,
 }
 
 /// The gateway of one node: the live table and everything requests share.
@@ -62,6 +64,8 @@ pub struct Gateway {
     trusted: Vec<crate::edge::Cidr>,
     /// The access log, when one is configured.
     pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
+    /// The API keys, kept up to date from the KV store on a node.
+    pub keys: Arc<crate::edge_auth::ApiKeys>,
 }
 
 /// The member that answered a proxied request (a response extension, for the access log).
@@ -133,6 +137,7 @@ impl Gateway {
                 version: 0,
                 route_metrics: Vec::new(),
                 unmatched: metrics.route(""),
+                providers: BTreeMap::new(),
             })),
             metrics,
             registry,
@@ -143,6 +148,7 @@ impl Gateway {
             sni: Default::default(),
             trusted,
             access_log: std::sync::OnceLock::new(),
+            keys: Default::default(),
         })
     }
 
@@ -159,6 +165,22 @@ impl Gateway {
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         let mut compiled = compiled;
         compiled.adopt_limits(&live.compiled);
+        // JWT providers whose spec did not change keep their keys and fetcher.
+        let mut providers = BTreeMap::new();
+        for spec in &compiled.source.jwt_providers {
+            let provider = match live.providers.get(&spec.name).filter(|p| p.spec == *spec) {
+                Some(same) => same.clone(),
+                None => {
+                    crate::edge_auth::JwtProvider::start(spec.clone(), &self.tracker, &self.cancel)?
+                }
+            };
+            providers.insert(spec.name.clone(), provider);
+        }
+        for (name, old) in &live.providers {
+            if !providers.get(name).is_some_and(|p| Arc::ptr_eq(p, old)) {
+                old.retire();
+            }
+        }
         let groups = build_groups(
             &compiled.upstreams,
             &self.metrics,
@@ -178,6 +200,7 @@ impl Gateway {
             version,
             route_metrics,
             unmatched: self.metrics.route(""),
+            providers,
         });
         let tcp_wanted = live
             .compiled
@@ -391,12 +414,43 @@ impl Gateway {
             }
             Some((index, route, params)) => {
                 let cors = route.cors.as_ref().zip(origin);
-                let admitted = if route.guard.is_open() {
+                // Who is calling, when the route asks.
+                let identity = match &route.auth {
+                    None => Ok(None),
+                    Some(auth) => {
+                        match auth.authenticate(request.headers(), &live.providers, &self.keys) {
+                            Ok(identity) => {
+                                auth.inject(request.headers_mut(), &identity);
+                                Ok(Some(identity))
+                            }
+                            Err((refused, why, response)) => {
+                                let kind = match refused {
+                                    crate::edge_auth::Refused::Unauthenticated => "unauthenticated",
+                                    crate::edge_auth::Refused::Forbidden => "forbidden",
+                                };
+                                self.metrics
+                                    .auth_refused
+                                    .with_label_values(&[route.name.as_str(), kind])
+                                    .inc();
+                                tracing::debug!(route = %route.name, %why, "request refused at the edge");
+                                Err(response)
+                            }
+                        }
+                    }
+                };
+                let consumer = identity
+                    .as_ref()
+                    .ok()
+                    .and_then(|i| i.as_ref())
+                    .map(|i| i.consumer.clone());
+                let admitted = if let Err(response) = identity {
+                    Err(response)
+                } else if route.guard.is_open() {
                     Ok(None)
                 } else {
                     route
                         .guard
-                        .admit(request.headers(), client_ip)
+                        .admit(request.headers(), client_ip, consumer.as_deref())
                         .await
                         .map(Some)
                         .map_err(|(refusal, response)| {

@@ -87,6 +87,8 @@ pub struct Route {
     pub ips: crate::edge::IpRules,
     /// Rate limits, concurrency limit, fallback and retry policy.
     pub guard: crate::guard::RouteGuard,
+    /// Who may use the route.
+    pub auth: Option<crate::edge_auth::RouteAuth>,
     /// Sort key (see the module docs); `index` last.
     order: (i32, u8, usize, u8, usize, usize, usize),
 }
@@ -380,13 +382,24 @@ impl Compiled {
                 )));
             }
         }
+        let mut providers = Vec::new();
+        for provider in &table.jwt_providers {
+            crate::edge_auth::check_provider(provider).map_err(TableError)?;
+            if providers.contains(&provider.name) {
+                return Err(TableError(format!(
+                    "two jwt providers are named {:?}",
+                    provider.name
+                )));
+            }
+            providers.push(provider.name.clone());
+        }
         let mut names = BTreeSet::new();
         let mut routes = Vec::with_capacity(table.routes.len());
         for (index, spec) in table.routes.iter().enumerate() {
             if !names.insert(spec.name.as_str()) {
                 return Err(TableError(format!("two routes are named {:?}", spec.name)));
             }
-            routes.push(compile_route(spec, index, &upstreams)?);
+            routes.push(compile_route(spec, index, &upstreams, &providers)?);
         }
         routes.sort_by_key(|r| r.order);
         check_shadowing(&table, &routes)?;
@@ -570,6 +583,7 @@ fn compile_route(
     spec: &RouteSpec,
     index: usize,
     upstreams: &BTreeMap<String, UpstreamSpec>,
+    providers: &[String],
 ) -> Result<Route, TableError> {
     let route = spec.name.as_str();
     let fail = |m: String| TableError(format!("route {route:?}: {m}"));
@@ -646,6 +660,12 @@ fn compile_route(
             .map_err(fail)?,
         ips: crate::edge::IpRules::new(&spec.allow_ips, &spec.deny_ips).map_err(fail)?,
         guard: crate::guard::RouteGuard::new(spec, upstreams).map_err(fail)?,
+        auth: spec
+            .auth
+            .as_ref()
+            .map(|auth| crate::edge_auth::RouteAuth::new(auth, providers))
+            .transpose()
+            .map_err(fail)?,
         canary: match &spec.canary {
             None => None,
             Some(_) if spec.upstream.is_none() => {

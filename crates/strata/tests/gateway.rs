@@ -2314,3 +2314,278 @@ async fn t22_a_cluster_wide_limit_holds_across_gateway_nodes_and_after_one_leave
         "{ok} allowed in 4 s by two nodes (limit 60/s)"
     );
 }
+
+/// A P-256 signing key: its `kid`, the JWK of its public half, and a way to sign.
+struct EcKey {
+    kid: String,
+    jwk: Value,
+    pkcs8: Vec<u8>,
+}
+
+impl EcKey {
+    fn new(kid: &str) -> EcKey {
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, &pkcs8, &rng).unwrap();
+        // Uncompressed point: 0x04, X (32 bytes), Y (32 bytes).
+        let point = pair.public_key().as_ref();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        EcKey {
+            kid: kid.to_string(),
+            jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                        "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
+            pkcs8,
+        }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
+        )
+        .unwrap()
+    }
+}
+
+/// Serves `keys` as a JWKS document; returns its URL and the shared key list.
+async fn jwks_server(keys: Vec<Value>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(keys));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let served = shared.clone();
+    let router = Router::new().route(
+        "/jwks.json",
+        any(move || {
+            let served = served.clone();
+            async move { axum::Json(json!({"keys": *served.lock().unwrap()})) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, shared)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t23_jwt_from_a_jwks_url_is_checked_and_follows_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let backend = Backend::start("secured").await;
+    let first = EcKey::new("k1");
+    let (jwks_url, served) = jwks_server(vec![first.jwk.clone()]).await;
+    apply_ok(
+        &node,
+        &json!({
+            "jwt_providers": [{"name": "idp", "jwks_url": jwks_url, "issuer": "https://idp.test",
+                               "audiences": ["orders"]}],
+            "routes": [
+                {"name": "orders", "path": {"prefix": "/orders"}, "upstream": "u",
+                 "auth": {"methods": ["jwt"], "jwt_provider": "idp", "scopes": ["orders:read"],
+                          "claims_to_headers": {"x-tenant": "tenant"}}},
+                {"name": "admin", "path": {"prefix": "/admin"}, "upstream": "u",
+                 "auth": {"methods": ["jwt"], "jwt_provider": "idp", "roles": ["admin"]}}
+            ],
+            "upstreams": [{"name": "u", "addresses": [backend.addr]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let client = gateway_client();
+    let claims = |exp: u64, aud: &str| {
+        json!({"sub": "ann", "iss": "https://idp.test", "aud": aud, "exp": exp,
+               "scope": "orders:read profile", "tenant": "acme", "roles": ["user"]})
+    };
+    let call = |path: &'static str, token: Option<String>| {
+        let (client, gateway) = (client.clone(), gateway.clone());
+        async move {
+            let mut request = client
+                .get(format!("http://{gateway}{path}"))
+                .header("x-consumer", "forged");
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let good = first.sign(&claims(unix_now() + 600, "orders"));
+    // The JWKS is fetched in the background: the first requests may find no key yet.
+    let response = wait_until(Duration::from_secs(10), "the JWKS to load", || async {
+        let response = call("/orders/1", Some(good.clone())).await;
+        (response.status() == 200).then_some(response)
+    })
+    .await;
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-consumer"], "ann", "{seen}");
+    assert_eq!(seen["headers"]["x-tenant"], "acme", "{seen}");
+    assert!(seen["headers"].get("authorization").is_some());
+    // No token, expired, wrong audience: 401 with a challenge.
+    let none = call("/orders/1", None).await;
+    assert_eq!(none.status(), 401);
+    assert!(none.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let expired = call(
+        "/orders/1",
+        Some(first.sign(&claims(unix_now() - 3600, "orders"))),
+    )
+    .await;
+    assert_eq!(expired.status(), 401);
+    assert!(expired.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("token expired"));
+    let audience = call(
+        "/orders/1",
+        Some(first.sign(&claims(unix_now() + 600, "billing"))),
+    )
+    .await;
+    assert_eq!(audience.status(), 401);
+    // Valid, but without the role the admin route asks for: 403.
+    assert_eq!(call("/admin/x", Some(good.clone())).await.status(), 403);
+    // A key the JWKS does not have: 401.
+    let stranger = EcKey::new("k2");
+    let rotated = stranger.sign(&claims(unix_now() + 600, "orders"));
+    assert_eq!(call("/orders/1", Some(rotated.clone())).await.status(), 401);
+    // The issuer rotates to k2: the unknown key id makes the gateway fetch the JWKS again.
+    served.lock().unwrap().push(stranger.jwk.clone());
+    wait_until(
+        Duration::from_secs(10),
+        "the rotated key to be accepted",
+        || async { (call("/orders/1", Some(rotated.clone())).await.status() == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(call("/orders/1", Some(good)).await.status(), 200);
+    let refused = metric_value(
+        &node,
+        "strata_gateway_auth_refused_total{kind=\"unauthenticated\",route=\"orders\"",
+    )
+    .await;
+    assert!(refused.is_some_and(|n| n >= 4.0), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t24_api_keys_take_effect_and_are_revoked_on_every_node_within_a_second() {
+    let cluster = Cluster::start(3, &["--listen", "gateway=127.0.0.1:0"]).await;
+    let backend = Backend::start("keyed").await;
+    let (status, reply) = apply(
+        &cluster.nodes[0],
+        &json!({
+            "routes": [{"name": "api", "upstream": "u",
+                        "auth": {"methods": ["api_key"], "scopes": ["read"]},
+                        "rate_limits": [{"requests": 2, "per": "1m", "key": "consumer"}]}],
+            "upstreams": [{"name": "u", "addresses": [backend.addr]}]
+        }),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let endpoints = cluster.endpoints();
+    let create = |consumer: &str, scope: &str| {
+        let output = cli(
+            &endpoints,
+            &[
+                "gateway",
+                "keys",
+                "create",
+                "--consumer",
+                consumer,
+                "--scope",
+                scope,
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let key = create("shop", "read");
+    let weak = create("intern", "write");
+    assert!(key.starts_with("sgk_"), "{key}");
+    let client = gateway_client();
+    let call = |gateway: String, key: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{gateway}/x"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Every node accepts the new key within a second of its creation.
+    let created = Instant::now();
+    for node in &cluster.nodes {
+        let gateway = node.gateway.clone().unwrap();
+        wait_until(Duration::from_secs(5), "the key on every node", || {
+            let (gateway, key) = (gateway.clone(), key.clone());
+            let call = &call;
+            async move { (call(gateway, key).await.status() == 200).then_some(()) }
+        })
+        .await;
+    }
+    assert!(
+        created.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        created.elapsed()
+    );
+    let gateway = cluster.nodes[1].gateway.clone().unwrap();
+    let answer: Value = call(gateway.clone(), key.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["headers"]["x-consumer"], "shop");
+    // The rate limit counts per consumer: two a minute on this node.
+    assert_eq!(call(gateway.clone(), key.clone()).await.status(), 429);
+    // A key without the scope: 403; a made-up key: 401.
+    wait_until(Duration::from_secs(5), "the second key", || async {
+        (call(gateway.clone(), weak.clone()).await.status() == 403).then_some(())
+    })
+    .await;
+    let forged = format!("sgk_{}_{}", "0".repeat(16), "0".repeat(64));
+    assert_eq!(call(gateway.clone(), forged).await.status(), 401);
+    // The list shows both keys, without secrets; revoking one takes it away everywhere.
+    let list = cli(&endpoints, &["--output", "json", "gateway", "keys", "list"]);
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list["keys"].as_array().unwrap().len(), 2, "{list}");
+    assert!(
+        !list.to_string().contains(&key[20..]),
+        "no secret in the list"
+    );
+    let id = &key[4..20];
+    let revoked = cli(&endpoints, &["gateway", "keys", "revoke", id]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let revoked_at = Instant::now();
+    for node in &cluster.nodes {
+        let gateway = node.gateway.clone().unwrap();
+        wait_until(
+            Duration::from_secs(5),
+            "the key refused on every node",
+            || {
+                let (gateway, key) = (gateway.clone(), key.clone());
+                let call = &call;
+                async move { (call(gateway, key).await.status() == 401).then_some(()) }
+            },
+        )
+        .await;
+    }
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+}

@@ -25,13 +25,16 @@
 //!   busy (no coordinated omission, as wrk2 and oha), and prints p50, p99 and p99.9
 //!   ([`open_loop`]).
 //! - `free-ports` prints loopback ports that were free a moment ago, for scripts.
+//! - `jwt-sign` prints a JSON Web Token signed with a private key in PEM ([`jwt`]), for load
+//!   runs against gateway routes that require one.
 //!
 //! The cluster-level scripts `bench/spine.sh`, `bench/compare-etcd.sh`, `bench/registry.sh`
 //! and `bench/config.sh` start the servers and call this binary; `bench/compare-proxies.sh`
-//! calls `http-open-loop`.
+//! calls `http-open-loop`; `bench/gateway-features.sh` calls `jwt-sign`.
 
 mod config;
 mod etcd;
+mod jwt;
 mod load;
 mod native;
 mod open_loop;
@@ -93,6 +96,22 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// Print a JSON Web Token signed with a private key (PEM); `exp` one day ahead unless given.
+    JwtSign(JwtSignArgs),
+}
+
+/// Flags of `strata-bench jwt-sign`.
+#[derive(Args, Debug)]
+struct JwtSignArgs {
+    /// The private key, PEM: EC in PKCS#8 for ES256 and ES384, RSA for RS256, RS384, RS512.
+    #[arg(long)]
+    key_pem: PathBuf,
+    /// The signing algorithm.
+    #[arg(long, default_value = "ES256")]
+    alg: String,
+    /// The claims, a JSON object; `exp` is set one day ahead when it has none.
+    #[arg(long, default_value = "{}")]
+    claims: String,
 }
 
 /// Flags every workload shares.
@@ -895,6 +914,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             for port in free_ports(count)? {
                 println!("{port}");
             }
+            Ok(())
+        }
+        Command::JwtSign(args) => {
+            let pem = std::fs::read(&args.key_pem)
+                .with_context(|| format!("read {}", args.key_pem.display()))?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .context("the clock is before 1970")?
+                .as_secs();
+            println!("{}", jwt::sign(&pem, &args.alg, &args.claims, now)?);
             Ok(())
         }
     }
@@ -1874,6 +1903,29 @@ mod tests {
         assert_eq!(args.timeout, Duration::from_secs(2));
         // --url and --rate are required.
         assert!(Cli::try_parse_from(["strata-bench", "http-open-loop", "--rate", "1"]).is_err());
+    }
+
+    #[test]
+    fn cli_parses_jwt_sign() {
+        let cli = Cli::try_parse_from([
+            "strata-bench",
+            "jwt-sign",
+            "--key-pem",
+            "/tmp/key.pem",
+            "--alg",
+            "ES256",
+            "--claims",
+            r#"{"sub":"bench"}"#,
+        ])
+        .unwrap();
+        let Command::JwtSign(args) = cli.command else {
+            panic!("expected jwt-sign");
+        };
+        assert_eq!(args.key_pem, PathBuf::from("/tmp/key.pem"));
+        assert_eq!(args.alg, "ES256");
+        assert_eq!(args.claims, r#"{"sub":"bench"}"#);
+        // --key-pem is required.
+        assert!(Cli::try_parse_from(["strata-bench", "jwt-sign"]).is_err());
     }
 
     #[test]

@@ -406,7 +406,9 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct RouteAuth {
     api_key: bool,
+    basic: bool,
     jwt: Option<String>,
+    oidc: Option<String>,
     key_header: HeaderName,
     scopes: Vec<String>,
     roles: Vec<String>,
@@ -424,13 +426,31 @@ pub enum Refused {
 }
 
 impl RouteAuth {
-    /// Compiles a route's `auth` (`providers`: the table's provider names).
-    pub fn new(spec: &RouteAuthSpec, providers: &[String]) -> Result<RouteAuth, String> {
+    /// Compiles a route's `auth` (`providers` and `oidc_providers`: the table's provider
+    /// names).
+    pub fn new(
+        spec: &RouteAuthSpec,
+        providers: &[String],
+        oidc_providers: &[String],
+    ) -> Result<RouteAuth, String> {
         let mut api_key = false;
+        let mut basic = false;
         let mut jwt = None;
+        let mut oidc = None;
         for method in &spec.methods {
             match method.as_str() {
                 "api_key" => api_key = true,
+                "basic" => basic = true,
+                "oidc" => {
+                    let provider = spec
+                        .oidc_provider
+                        .clone()
+                        .ok_or("auth: `oidc` needs an `oidc_provider`")?;
+                    if !oidc_providers.contains(&provider) {
+                        return Err(format!("auth: unknown oidc_provider {provider:?}"));
+                    }
+                    oidc = Some(provider);
+                }
                 "jwt" => {
                     let provider = spec
                         .jwt_provider
@@ -441,11 +461,15 @@ impl RouteAuth {
                     }
                     jwt = Some(provider);
                 }
-                other => return Err(format!("auth: method {other:?} is not api_key or jwt")),
+                other => {
+                    return Err(format!(
+                        "auth: method {other:?} is not api_key, basic, jwt or oidc"
+                    ))
+                }
             }
         }
-        if !api_key && jwt.is_none() {
-            return Err("auth: give `methods` (api_key, jwt)".into());
+        if !api_key && !basic && jwt.is_none() && oidc.is_none() {
+            return Err("auth: give `methods` (api_key, basic, jwt, oidc)".into());
         }
         let header = |name: &str| {
             HeaderName::from_bytes(name.as_bytes())
@@ -453,7 +477,9 @@ impl RouteAuth {
         };
         Ok(RouteAuth {
             api_key,
+            basic,
             jwt,
+            oidc,
             key_header: header(spec.api_key_header.as_deref().unwrap_or("x-api-key"))?,
             scopes: spec.scopes.clone(),
             roles: spec.roles.clone(),
@@ -470,9 +496,9 @@ impl RouteAuth {
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
-        providers: &BTreeMap<String, Arc<JwtProvider>>,
-        keys: &ApiKeys,
+        context: &AuthContext<'_>,
     ) -> Result<Identity, (Refused, String, Response<Body>)> {
+        let (providers, keys) = (context.jwt, context.keys);
         let bearer = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -502,6 +528,21 @@ impl RouteAuth {
                 }
             }
         }
+        if identity.is_none() && self.basic {
+            if let Some((user, password)) = basic_credentials(headers) {
+                match keys.verify(&password).filter(|r| r.consumer == user) {
+                    Some(record) => {
+                        identity = Some(Identity {
+                            consumer: record.consumer,
+                            scopes: record.scopes,
+                            roles: Vec::new(),
+                            claims: None,
+                        })
+                    }
+                    None => why = "wrong user or password".into(),
+                }
+            }
+        }
         if identity.is_none() {
             if let (Some(name), Some(token)) =
                 (&self.jwt, bearer.filter(|b| !b.starts_with(KEY_PREFIX)))
@@ -513,7 +554,23 @@ impl RouteAuth {
                 }
             }
         }
+        let oidc = self.oidc.as_ref().and_then(|name| context.oidc.get(name));
+        if identity.is_none() {
+            if let Some(session) = oidc.and_then(|p| p.session(headers)) {
+                identity = Some(Identity {
+                    consumer: session.sub,
+                    scopes: session.scope.split_whitespace().map(String::from).collect(),
+                    roles: session.roles,
+                    claims: None,
+                });
+            }
+        }
         let Some(identity) = identity else {
+            // A browser route without a session: off to the issuer's login page.
+            if let Some(provider) = oidc.filter(|_| why == "no credentials") {
+                let response = provider.login_redirect(context.origin, context.return_to);
+                return Err((Refused::Unauthenticated, "no session".into(), response));
+            }
             return Err((Refused::Unauthenticated, why.clone(), self.challenge(&why)));
         };
         let has_scopes = self.scopes.iter().all(|s| identity.scopes.contains(s));
@@ -560,6 +617,12 @@ impl RouteAuth {
                 HeaderValue::from_static("ApiKey realm=\"strata\""),
             );
         }
+        if self.basic {
+            h.append(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"strata\", charset=\"UTF-8\""),
+            );
+        }
         response
     }
 
@@ -585,6 +648,35 @@ impl RouteAuth {
             }
         }
     }
+}
+
+/// What authentication needs besides the request's headers.
+pub struct AuthContext<'a> {
+    /// The table's JWT providers.
+    pub jwt: &'a BTreeMap<String, Arc<JwtProvider>>,
+    /// The table's OIDC providers.
+    pub oidc: &'a BTreeMap<String, Arc<crate::oidc::OidcProvider>>,
+    /// The API keys.
+    pub keys: &'a ApiKeys,
+    /// `http(s)://host[:port]` as the client sees the gateway (for redirects).
+    pub origin: &'a str,
+    /// The path and query the client asked for (to return to after a login).
+    pub return_to: &'a str,
+}
+
+/// User and password of `Authorization: Basic`.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// Consumer, scopes and roles from a token's claims.

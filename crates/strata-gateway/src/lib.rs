@@ -13,6 +13,7 @@
 //! - [`cluster_limits`]: gateway nodes sharing a cluster-wide rate by their traffic.
 //! - [`guard`]: a route's rate limits, concurrency limit, fallback and retry policy.
 //! - [`files`]: static files with ETag, Last-Modified, Range and precompressed variants.
+//! - [`oidc`]: single sign-on for browser routes (OpenID Connect, code flow with PKCE).
 //! - [`proxy`]: the listener and the forwarding path.
 //! - [`proxy_protocol`]: the PROXY protocol (v1 and v2) header a load balancer in front sends.
 //! - [`sni`]: certificates of the HTTPS listener by SNI name, reloaded when files change.
@@ -38,6 +39,7 @@ pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod oidc;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod route;

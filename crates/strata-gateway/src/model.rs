@@ -31,6 +31,41 @@ pub struct Table {
     /// Issuers of JSON Web Tokens that routes accept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt_providers: Vec<JwtProviderSpec>,
+    /// OpenID Connect issuers for single sign-on on browser routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc_providers: Vec<OidcProviderSpec>,
+}
+
+/// An OpenID Connect issuer that logs browsers in (authorization code with PKCE).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderSpec {
+    /// Unique name, referred to by routes.
+    pub name: String,
+    /// The issuer; its endpoints come from `ISSUER/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The client id registered at the issuer.
+    pub client_id: String,
+    /// The client secret, for confidential clients (PKCE is used either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// Scopes asked for (default `openid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Signs the session and login cookies (at least 32 bytes; the same on every node).
+    pub cookie_secret: String,
+    /// Where the issuer sends the browser back (default `/_strata/oidc/callback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_path: Option<String>,
+    /// Where a browser logs out (default `/_strata/oidc/logout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout_path: Option<String>,
+    /// The session cookie's name (default `strata_session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_name: Option<String>,
+    /// How long a session lasts (default 8h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_ttl: Option<HumanDuration>,
 }
 
 /// An issuer of JSON Web Tokens and how to check its tokens.
@@ -70,11 +105,16 @@ pub struct JwtProviderSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAuthSpec {
-    /// Credentials accepted, tried in this order: `api_key`, `jwt`.
+    /// Credentials accepted, tried in this order: `api_key`, `basic` (user: a consumer,
+    /// password: one of its API keys), `jwt`, `oidc` (a browser session; without one, a
+    /// redirect to the issuer's login).
     pub methods: Vec<String>,
     /// The JWT provider (with `jwt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_provider: Option<String>,
+    /// The OpenID Connect provider (with `oidc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_provider: Option<String>,
     /// The header that carries an API key (default `x-api-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_header: Option<String>,
@@ -656,6 +696,16 @@ impl Table {
         }
         if !other.hosts.is_empty() {
             self.hosts = other.hosts;
+        }
+        for provider in other.oidc_providers {
+            match self
+                .oidc_providers
+                .iter_mut()
+                .find(|p| p.name == provider.name)
+            {
+                Some(existing) => *existing = provider,
+                None => self.oidc_providers.push(provider),
+            }
         }
         for provider in other.jwt_providers {
             match self

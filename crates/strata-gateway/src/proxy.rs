@@ -45,6 +45,8 @@ pub struct Live {
     unmatched: RouteMetrics,
     /// The table's JWT providers, by name.
     pub providers: BTreeMap<String, Arc<crate::edge_auth::JwtProvider>>,
+    /// The table's OpenID Connect providers, by name.
+    pub oidc: BTreeMap<String, Arc<crate::oidc::OidcProvider>>,
 }
 
 /// The gateway of one node: the live table and everything requests share.
@@ -138,6 +140,7 @@ impl Gateway {
                 route_metrics: Vec::new(),
                 unmatched: metrics.route(""),
                 providers: BTreeMap::new(),
+                oidc: BTreeMap::new(),
             })),
             metrics,
             registry,
@@ -181,6 +184,21 @@ impl Gateway {
                 old.retire();
             }
         }
+        let mut oidc = BTreeMap::new();
+        for spec in &compiled.source.oidc_providers {
+            let provider = match live.oidc.get(&spec.name).filter(|p| p.spec == *spec) {
+                Some(same) => same.clone(),
+                None => {
+                    crate::oidc::OidcProvider::start(spec.clone(), &self.tracker, &self.cancel)?
+                }
+            };
+            oidc.insert(spec.name.clone(), provider);
+        }
+        for (name, old) in &live.oidc {
+            if !oidc.get(name).is_some_and(|p| Arc::ptr_eq(p, old)) {
+                old.retire();
+            }
+        }
         let groups = build_groups(
             &compiled.upstreams,
             &self.metrics,
@@ -201,6 +219,7 @@ impl Gateway {
             route_metrics,
             unmatched: self.metrics.route(""),
             providers,
+            oidc,
         });
         let tcp_wanted = live
             .compiled
@@ -345,6 +364,29 @@ impl Gateway {
             .then(|| request.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
             .flatten()
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+        // A single sign-on callback or logout, whatever the routes say.
+        if !live.oidc.is_empty() {
+            let path = request.uri().path();
+            if let Some(provider) = live
+                .oidc
+                .values()
+                .find(|p| p.callback_path() == path || p.logout_path() == path)
+            {
+                let origin = origin_of(&request, &host);
+                let mut response = if provider.callback_path() == path {
+                    let query = request.uri().query().unwrap_or_default().to_string();
+                    provider.callback(request.headers(), &query, &origin).await
+                } else {
+                    provider.logout(&origin)
+                };
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID.clone(), request_id);
+                live.unmatched
+                    .observe(response.status().as_u16(), started.elapsed().as_secs_f64());
+                return response;
+            }
+        }
         let found = live.compiled.find(&RequestView {
             method: announced.as_ref().unwrap_or(request.method()),
             host: &host,
@@ -418,7 +460,20 @@ impl Gateway {
                 let identity = match &route.auth {
                     None => Ok(None),
                     Some(auth) => {
-                        match auth.authenticate(request.headers(), &live.providers, &self.keys) {
+                        let origin = origin_of(&request, &host);
+                        let return_to = request
+                            .uri()
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_string();
+                        let context = crate::edge_auth::AuthContext {
+                            jwt: &live.providers,
+                            oidc: &live.oidc,
+                            keys: &self.keys,
+                            origin: &origin,
+                            return_to: &return_to,
+                        };
+                        match auth.authenticate(request.headers(), &context) {
                             Ok(identity) => {
                                 auth.inject(request.headers_mut(), &identity);
                                 Ok(Some(identity))
@@ -1162,6 +1217,22 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// `http(s)://host[:port]` as the client addressed the gateway (for redirects back to it).
+fn origin_of<B>(request: &Request<B>, host: &str) -> String {
+    let scheme = if request.extensions().get::<Https>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let authority = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or(host);
+    format!("{scheme}://{authority}")
 }
 
 /// What ring hash hashes for this request; `None` picks a random point.

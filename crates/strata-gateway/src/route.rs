@@ -393,13 +393,24 @@ impl Compiled {
             }
             providers.push(provider.name.clone());
         }
+        let mut oidc = Vec::new();
+        for provider in &table.oidc_providers {
+            crate::oidc::check_provider(provider).map_err(TableError)?;
+            if oidc.contains(&provider.name) {
+                return Err(TableError(format!(
+                    "two oidc providers are named {:?}",
+                    provider.name
+                )));
+            }
+            oidc.push(provider.name.clone());
+        }
         let mut names = BTreeSet::new();
         let mut routes = Vec::with_capacity(table.routes.len());
         for (index, spec) in table.routes.iter().enumerate() {
             if !names.insert(spec.name.as_str()) {
                 return Err(TableError(format!("two routes are named {:?}", spec.name)));
             }
-            routes.push(compile_route(spec, index, &upstreams, &providers)?);
+            routes.push(compile_route(spec, index, &upstreams, &providers, &oidc)?);
         }
         routes.sort_by_key(|r| r.order);
         check_shadowing(&table, &routes)?;
@@ -584,6 +595,7 @@ fn compile_route(
     index: usize,
     upstreams: &BTreeMap<String, UpstreamSpec>,
     providers: &[String],
+    oidc: &[String],
 ) -> Result<Route, TableError> {
     let route = spec.name.as_str();
     let fail = |m: String| TableError(format!("route {route:?}: {m}"));
@@ -663,7 +675,7 @@ fn compile_route(
         auth: spec
             .auth
             .as_ref()
-            .map(|auth| crate::edge_auth::RouteAuth::new(auth, providers))
+            .map(|auth| crate::edge_auth::RouteAuth::new(auth, providers, oidc))
             .transpose()
             .map_err(fail)?,
         canary: match &spec.canary {

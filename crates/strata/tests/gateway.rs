@@ -2589,3 +2589,275 @@ async fn t24_api_keys_take_effect_and_are_revoked_on_every_node_within_a_second(
         revoked_at.elapsed()
     );
 }
+
+/// What the test issuer remembers of a code: the PKCE challenge, the nonce, the redirect URI.
+type Grant = (String, String, String);
+
+/// A small OpenID Connect issuer: discovery, an authorize endpoint that logs "ann" in at once,
+/// a token endpoint that checks the PKCE verifier, and its JWKS.
+async fn oidc_issuer() -> String {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let key = Arc::new(EcKey::new("issuer-key"));
+    let codes: Arc<Mutex<HashMap<String, Grant>>> = Default::default();
+    let discovery = json!({
+        "issuer": base, "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"), "jwks_uri": format!("{base}/jwks"),
+        "end_session_endpoint": format!("{base}/logout")
+    });
+    let params = |query: &str| -> HashMap<String, String> {
+        query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| {
+                let v = v.replace('+', " ");
+                let mut out = Vec::new();
+                let b = v.as_bytes();
+                let mut i = 0;
+                while i < b.len() {
+                    if b[i] == b'%' && i + 2 < b.len() {
+                        out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                        i += 3;
+                    } else {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+                (k.to_string(), String::from_utf8(out).unwrap())
+            })
+            .collect()
+    };
+    let router = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            any(move || {
+                let d = discovery.clone();
+                async move { axum::Json(d) }
+            }),
+        )
+        .route(
+            "/jwks",
+            any({
+                let key = key.clone();
+                move || {
+                    let jwk = key.jwk.clone();
+                    async move { axum::Json(json!({"keys": [jwk]})) }
+                }
+            }),
+        )
+        .route(
+            "/authorize",
+            any({
+                let codes = codes.clone();
+                move |request: Request| {
+                    let codes = codes.clone();
+                    async move {
+                        let p = params(request.uri().query().unwrap_or_default());
+                        assert_eq!(p["response_type"], "code");
+                        assert_eq!(p["code_challenge_method"], "S256");
+                        let code = format!("code-{}", codes.lock().unwrap().len());
+                        codes.lock().unwrap().insert(
+                            code.clone(),
+                            (
+                                p["code_challenge"].clone(),
+                                p["nonce"].clone(),
+                                p["redirect_uri"].clone(),
+                            ),
+                        );
+                        let location =
+                            format!("{}?code={code}&state={}", p["redirect_uri"], p["state"]);
+                        (
+                            axum::http::StatusCode::FOUND,
+                            [(axum::http::header::LOCATION, location)],
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/token",
+            any({
+                let (codes, key, base) = (codes.clone(), key.clone(), base.clone());
+                move |body: String| {
+                    let (codes, key, base) = (codes.clone(), key.clone(), base.clone());
+                    async move {
+                        use base64::Engine;
+                        let p = params(&body);
+                        let Some((challenge, nonce, redirect_uri)) =
+                            codes.lock().unwrap().remove(&p["code"])
+                        else {
+                            return (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                axum::Json(json!({"error": "invalid_grant"})),
+                            );
+                        };
+                        let digest = ring::digest::digest(
+                            &ring::digest::SHA256,
+                            p["code_verifier"].as_bytes(),
+                        );
+                        let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .encode(digest.as_ref());
+                        if expected != challenge
+                            || redirect_uri != p["redirect_uri"]
+                            || p["client_id"] != "shop-ui"
+                        {
+                            return (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                axum::Json(json!({"error": "invalid_grant"})),
+                            );
+                        }
+                        let id_token = key
+                            .sign(&json!({"iss": base, "aud": "shop-ui", "sub": "ann",
+                            "nonce": nonce, "exp": unix_now() + 600, "roles": ["buyer"]}));
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(json!({"id_token": id_token, "token_type": "Bearer"})),
+                        )
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    base
+}
+
+/// The `name=value` of a response's `Set-Cookie` for `name`.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
+        .find(|c| c.starts_with(&format!("{name}=")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_single_sign_on_logs_a_browser_in_with_pkce_and_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let backend = Backend::start("app").await;
+    let issuer = oidc_issuer().await;
+    apply_ok(
+        &node,
+        &json!({
+            "oidc_providers": [{"name": "sso", "issuer": issuer, "client_id": "shop-ui",
+                                "cookie_secret": "0123456789abcdef0123456789abcdef-secret",
+                                "scopes": ["openid", "profile"]}],
+            "routes": [
+                {"name": "app", "path": {"prefix": "/app"}, "upstream": "u",
+                 "auth": {"methods": ["oidc"], "oidc_provider": "sso", "roles": ["buyer"]}},
+                {"name": "basic", "path": {"prefix": "/basic"}, "upstream": "u",
+                 "auth": {"methods": ["basic"]}}
+            ],
+            "upstreams": [{"name": "u", "addresses": [backend.addr]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let browser = gateway_client();
+    let get = |url: String, cookie: Option<String>| {
+        let browser = browser.clone();
+        async move {
+            let mut request = browser.get(url);
+            if let Some(cookie) = cookie {
+                request = request.header("cookie", cookie);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    // No session: sent to the issuer's login page, with a login cookie.
+    let first = wait_until(Duration::from_secs(10), "discovery to load", || async {
+        let response = get(format!("http://{gateway}/app/orders?page=2"), None).await;
+        (response.status() == 302).then_some(response)
+    })
+    .await;
+    let login_cookie = set_cookie(&first, "strata_oidc_login").expect("a login cookie");
+    let to_issuer = first.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        to_issuer.starts_with(&format!("{issuer}/authorize?")),
+        "{to_issuer}"
+    );
+    assert!(
+        to_issuer.contains("code_challenge_method=S256"),
+        "{to_issuer}"
+    );
+    // The issuer logs the user in and sends the browser back with a code.
+    let back = get(to_issuer, None).await;
+    assert_eq!(back.status(), 302);
+    let callback = back.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        callback.starts_with(&format!("http://{gateway}/_strata/oidc/callback?")),
+        "{callback}"
+    );
+    // Without the login cookie the callback is refused; with it, a session starts.
+    assert_eq!(get(callback.clone(), None).await.status(), 401);
+    let done = get(callback.clone(), Some(login_cookie.clone())).await;
+    assert_eq!(done.status(), 302, "{:?}", done.text().await);
+    let session = set_cookie(&done, "strata_session").expect("a session cookie");
+    assert_eq!(done.headers()["location"], "/app/orders?page=2");
+    // The code cannot be used twice.
+    assert_eq!(get(callback, Some(login_cookie)).await.status(), 401);
+    // With the session the app answers, and the upstream learns who it is.
+    let app = get(
+        format!("http://{gateway}/app/orders"),
+        Some(session.clone()),
+    )
+    .await;
+    assert_eq!(app.status(), 200);
+    let seen: Value = app.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-consumer"], "ann");
+    // A tampered session is no session.
+    let tampered = format!("{}x", session);
+    assert_eq!(
+        get(format!("http://{gateway}/app/orders"), Some(tampered))
+            .await
+            .status(),
+        302
+    );
+    // Logout clears the cookie and goes to the issuer's end-session page.
+    let out = get(
+        format!("http://{gateway}/_strata/oidc/logout"),
+        Some(session),
+    )
+    .await;
+    assert_eq!(out.status(), 302);
+    assert!(out.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with(&format!("{issuer}/logout")));
+    assert_eq!(
+        set_cookie(&out, "strata_session").as_deref(),
+        Some("strata_session=")
+    );
+
+    // HTTP basic: the user is a consumer, the password one of its API keys.
+    let created = http_client()
+        .post(format!("{}/v1/gateway/keys", node.url()))
+        .json(&json!({"consumer": "robot"}))
+        .send()
+        .await
+        .unwrap();
+    let key: Value = created.json().await.unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    let basic = |user: &str, password: &str| {
+        browser
+            .get(format!("http://{gateway}/basic/x"))
+            .basic_auth(user, Some(password))
+            .send()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "basic credentials to work",
+        || async { (basic("robot", &key).await.unwrap().status() == 200).then_some(()) },
+    )
+    .await;
+    let wrong_user = basic("someone", &key).await.unwrap();
+    assert_eq!(wrong_user.status(), 401);
+    assert!(wrong_user.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+}

@@ -92,6 +92,9 @@ pub struct RouteGuard {
     pub retry_non_idempotent: bool,
     /// Hedge idempotent requests after this long.
     pub hedge_after: Option<Duration>,
+    /// What counts as a failure for the upstream's breakers on this route (default: the
+    /// upstream's `failure_on`).
+    pub failure_on: Option<crate::upstream::FailureOn>,
 }
 
 /// A request that passed the guard: holds its concurrency slot, and the rate-limit headers
@@ -167,6 +170,11 @@ impl RouteGuard {
             backoff: spec.retry_backoff.clone().unwrap_or_default(),
             retry_non_idempotent: spec.retry_non_idempotent,
             hedge_after: spec.hedge_after.map(|d| d.0).filter(|d| !d.is_zero()),
+            failure_on: if spec.failure_on.is_empty() {
+                None
+            } else {
+                Some(crate::upstream::FailureOn::parse(&spec.failure_on)?)
+            },
         })
     }
 

@@ -290,6 +290,10 @@ pub struct RouteSpec {
     /// (gRPC's retry backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_backoff: Option<strata_resilience::budget::Backoff>,
+    /// Proxy: what counts as a failure for the upstream's circuit breakers on this route
+    /// (same words as the upstream's `failure_on`, which applies when this is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_on: Vec<String>,
     /// Proxy: retry non-idempotent requests too (POST, PATCH) when the member may have seen
     /// them (off by default: only idempotent methods are sent twice).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

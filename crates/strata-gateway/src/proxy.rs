@@ -971,13 +971,15 @@ impl Gateway {
             };
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
             let (index, endpoint) = (answered_by, &members.endpoints[answered_by]);
-            // What the breakers and outlier detection make of it.
+            // What the breakers and outlier detection make of it (the route may count
+            // failures its own way).
+            let failure_on = route.guard.failure_on.as_ref().unwrap_or(&group.failure_on);
             let (failed, outcome) = match &answer {
                 Ok(Ok(response)) => {
                     let status = response.status().as_u16();
                     group.metrics.observe(status, sent.elapsed().as_secs_f64());
                     (
-                        group.failure_on.status(status),
+                        failure_on.status(status),
                         if status >= 500 {
                             Outcome::Status(status)
                         } else {
@@ -985,11 +987,9 @@ impl Gateway {
                         },
                     )
                 }
-                Ok(Err(error)) if error.is_connect() => {
-                    (group.failure_on.connect, Outcome::LocalFailure)
-                }
-                Ok(Err(_)) => (group.failure_on.reset, Outcome::LocalFailure),
-                Err(_) => (group.failure_on.timeout, Outcome::LocalFailure),
+                Ok(Err(error)) if error.is_connect() => (failure_on.connect, Outcome::LocalFailure),
+                Ok(Err(_)) => (failure_on.reset, Outcome::LocalFailure),
+                Err(_) => (failure_on.timeout, Outcome::LocalFailure),
             };
             if let Some((breaker, permit)) = member_permit {
                 if let Some(transition) = breaker.record(permit, failed) {

@@ -2065,6 +2065,22 @@ async fn t19_slow_calls_open_a_group_breaker_and_the_fallback_answers() {
             .unwrap()
             > 3000
     );
+    // A route may count failures its own way: here timeouts, which the upstream ignores.
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "u", "timeout": "200ms", "retries": 0,
+                        "failure_on": ["timeout"]}],
+            "upstreams": [{"name": "u", "addresses": [backend.addr],
+                "circuit_breaker": {"window_size": 2, "minimum_calls": 2, "wait_in_open": "1h"},
+                "failure_on": ["connect"]}]
+        }),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(client.get(url("/slow")).send().await.unwrap().status(), 504);
+    }
+    assert_eq!(client.get(url("/fast")).send().await.unwrap().status(), 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,8 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     fixed: Option<DecodingKey>,
     jwks: RwLock<HashMap<String, DecodingKey>>,
+    /// Tokens already verified, with their claims.
+    verified: Verified,
     refresh: tokio::sync::Notify,
     last_asked: Mutex<Option<Instant>>,
     /// Why the keys may be stale, when they may.
@@ -167,6 +169,53 @@ impl std::fmt::Debug for JwtProvider {
                 &self.jwks.read().unwrap_or_else(|e| e.into_inner()).len(),
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// Most tokens whose verification is remembered.
+const VERIFIED_MAX: usize = 10_000;
+/// Longest a verification is remembered.
+const VERIFIED_TTL_SECS: u64 = 300;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Verified tokens and their claims, until the time stored with each (the token's `exp`, at
+/// most [`VERIFIED_TTL_SECS`] ahead).
+#[derive(Debug, Default)]
+struct Verified {
+    entries: Mutex<HashMap<String, (serde_json::Value, u64)>>,
+}
+
+impl Verified {
+    fn get(&self, token: &str, now: u64) -> Option<serde_json::Value> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(token)
+            .filter(|(_, until)| now < *until)
+            .map(|(claims, _)| claims.clone())
+    }
+
+    fn put(&self, token: &str, claims: serde_json::Value, until: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= VERIFIED_MAX {
+            let now = now_secs();
+            entries.retain(|_, (_, until)| now < *until);
+            if entries.len() >= VERIFIED_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_string(), (claims, until));
+    }
+
+    fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -250,6 +299,7 @@ impl JwtProvider {
             algorithms: algorithms(&spec)?,
             fixed: fixed_key(&spec)?,
             jwks: RwLock::new(HashMap::new()),
+            verified: Verified::default(),
             refresh: tokio::sync::Notify::new(),
             last_asked: Mutex::new(None),
             problem: Mutex::new(None),
@@ -288,6 +338,7 @@ impl JwtProvider {
                 Ok(keys) => {
                     tracing::debug!(provider = %self.spec.name, keys = keys.len(), "JWKS fetched");
                     *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = keys;
+                    self.verified.clear();
                     *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
                 Err(error) => {
@@ -318,6 +369,21 @@ impl JwtProvider {
 
     /// The claims of `token`, when it is valid.
     pub fn verify(&self, token: &str) -> Result<serde_json::Value, String> {
+        // A client sends the same token with every request: its signature is checked once
+        // (an ES256 check costs tens of microseconds), then the cached claims serve until the
+        // token expires, the cache entry ages out, or the keys change.
+        let now = now_secs();
+        if let Some(claims) = self.verified.get(token, now) {
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token)?;
+        let exp = claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
+        self.verified
+            .put(token, claims.clone(), exp.min(now + VERIFIED_TTL_SECS));
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<serde_json::Value, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "malformed token".to_string())?;
         if !self.algorithms.contains(&header.alg) {
@@ -740,6 +806,7 @@ mod tests {
             algorithms: algorithms(&spec).unwrap(),
             fixed: fixed_key(&spec).unwrap(),
             jwks: Default::default(),
+            verified: Verified::default(),
             refresh: tokio::sync::Notify::new(),
             last_asked: Mutex::new(None),
             problem: Mutex::new(None),

@@ -19,7 +19,7 @@ use crate::model::{
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, StatusCode};
 use regex::Regex;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Default whole-exchange timeout of a proxied request.
@@ -52,6 +52,10 @@ pub struct Compiled {
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     /// Address lists per host, most specific host first.
     host_rules: Vec<(HostMatch, crate::edge::IpRules)>,
+    /// Routes naming exact hosts, by host (indexes into `routes`, ascending).
+    by_host: HashMap<String, Vec<usize>>,
+    /// Routes for any host or a wildcard (ascending).
+    any_host: Vec<usize>,
     /// The table as written (for `routes list|show`).
     pub source: Table,
 }
@@ -449,10 +453,35 @@ impl Compiled {
             HostMatch::Exact(_) => (0, 0),
             HostMatch::Suffix(suffix) => (1, usize::MAX - suffix.len()),
         });
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for (index, route) in routes.iter().enumerate() {
+            let exact: Option<Vec<&String>> = route
+                .hosts
+                .iter()
+                .map(|h| match h {
+                    HostMatch::Exact(host) => Some(host),
+                    HostMatch::Suffix(_) => None,
+                })
+                .collect();
+            match exact.filter(|hosts| !hosts.is_empty()) {
+                Some(hosts) => {
+                    for host in hosts {
+                        let list = by_host.entry(host.clone()).or_default();
+                        if list.last() != Some(&index) {
+                            list.push(index);
+                        }
+                    }
+                }
+                None => any_host.push(index),
+            }
+        }
         Ok(Compiled {
             routes,
             upstreams,
             host_rules,
+            by_host,
+            any_host,
             source: table,
         })
     }
@@ -481,11 +510,34 @@ impl Compiled {
     /// parameters its template captured.
     pub fn find(&self, request: &RequestView<'_>) -> Option<(usize, &Route, Params)> {
         let mut cookies = None;
-        self.routes.iter().enumerate().find_map(|(index, route)| {
-            route
-                .matches(request, &mut cookies)
-                .map(|params| (index, route, params))
-        })
+        // Only the routes that can match the host, in match order: those naming it exactly,
+        // merged with those for any host or a wildcard.
+        let exact = self
+            .by_host
+            .get(request.host)
+            .map_or(&[][..], Vec::as_slice);
+        let (mut a, mut b) = (0, 0);
+        loop {
+            let index = match (exact.get(a), self.any_host.get(b)) {
+                (Some(&x), Some(&y)) if x < y => {
+                    a += 1;
+                    x
+                }
+                (_, Some(&y)) => {
+                    b += 1;
+                    y
+                }
+                (Some(&x), None) => {
+                    a += 1;
+                    x
+                }
+                (None, None) => return None,
+            };
+            let route = &self.routes[index];
+            if let Some(params) = route.matches(request, &mut cookies) {
+                return Some((index, route, params));
+            }
+        }
     }
 }
 
@@ -1184,6 +1236,36 @@ mod tests {
             headers: &map,
         })
         .map(|(_, r, _)| r.name.as_str())
+    }
+
+    proptest::proptest! {
+        /// The host index finds what a scan of every route in order finds.
+        #[test]
+        fn the_host_index_agrees_with_a_full_scan(
+            routes in proptest::collection::vec((0usize..4, 0usize..3, -2i32..3), 1..30),
+            host in 0usize..4,
+            path in 0usize..3,
+        ) {
+            let hosts = ["a.test", "b.test", "*.test", ""];
+            let paths = ["/x", "/x/y", "/z"];
+            let mut text = String::new();
+            for (i, (h, p, priority)) in routes.iter().enumerate() {
+                text += &format!("[[routes]]\nname = \"r{i}\"\nupstream = \"u\"\npriority = {priority}\npath = {{ prefix = \"{}\" }}\n", paths[*p]);
+                if !hosts[*h].is_empty() {
+                    text += &format!("hosts = [\"{}\"]\n", hosts[*h]);
+                }
+            }
+            text += UPSTREAM;
+            // Tables whose routes shadow each other are refused; those prove nothing here.
+            if let Ok(c) = table(&text) {
+                let request_host = ["a.test", "b.test", "c.test", "other.example"][host];
+                let method = Method::GET;
+                let map = HeaderMap::new();
+                let view = RequestView { method: &method, host: request_host, path: paths[path], query: None, headers: &map };
+                let scanned = c.routes.iter().position(|r| r.matches(&view, &mut None).is_some());
+                proptest::prop_assert_eq!(c.find(&view).map(|(i, _, _)| i), scanned);
+            }
+        }
     }
 
     #[test]

@@ -2276,7 +2276,7 @@ async fn load_for(gateways: &[String], period: Duration) -> (usize, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t22_a_cluster_wide_limit_holds_across_gateway_nodes_and_after_one_leaves() {
+async fn t22_a_cluster_wide_limit_holds_while_a_gateway_node_leaves_and_rejoins() {
     let mut cluster = Cluster::start(3, &["--listen", "gateway=127.0.0.1:0"]).await;
     let backend = Backend::start("shared").await;
     let (status, reply) = apply(
@@ -2328,6 +2328,30 @@ async fn t22_a_cluster_wide_limit_holds_across_gateway_nodes_and_after_one_leave
     assert!(
         (216..=264).contains(&ok),
         "{ok} allowed in 4 s by two nodes (limit 60/s)"
+    );
+    // Node 3 comes back and takes its share again.
+    cluster.node(3).restart().await;
+    let third = cluster.nodes[2].gateway.clone().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "node 3's gateway to serve again",
+        || async {
+            let response = gateway_client()
+                .get(format!("http://{third}/x"))
+                .send()
+                .await
+                .ok()?;
+            matches!(response.status().as_u16(), 200 | 429).then_some(())
+        },
+    )
+    .await;
+    let three = vec![gateways[0].clone(), gateways[1].clone(), third];
+    load_for(&three, Duration::from_secs(3)).await;
+    let (ok, limited) = load_for(&three, Duration::from_secs(4)).await;
+    eprintln!("three nodes again: {ok} allowed, {limited} refused in 4 s");
+    assert!(
+        (216..=264).contains(&ok),
+        "{ok} allowed in 4 s after node 3 rejoined"
     );
 }
 

@@ -6,6 +6,7 @@
 //! - [`balance`]: load-balancing policies over an upstream's members.
 //! - [`upstream`]: upstream groups at run time, static or following a registry service; the
 //!   pooled, counted connections to their members.
+//! - [`idle`]: bodies that give up when their bytes stop (a route's `idle_timeout`).
 //! - [`health`]: active health checks of static members.
 //! - [`metrics`]: the gateway's Prometheus metrics, per route and per upstream.
 //! - [`edge_auth`]: API keys and JSON Web Tokens on routes.
@@ -37,6 +38,7 @@ pub mod edge_auth;
 pub mod files;
 pub mod guard;
 pub mod health;
+pub mod idle;
 pub mod metrics;
 pub mod model;
 pub mod oidc;

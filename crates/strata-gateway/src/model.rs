@@ -256,6 +256,10 @@ pub struct RouteSpec {
     /// 30s); 504 after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
+    /// Proxy: longest wait for the next bytes of a streamed answer (after its headers) or
+    /// upload; the exchange is cut after it (default: no limit beyond `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
     /// Largest request body (default 10MiB); 413 over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<ByteSize>,

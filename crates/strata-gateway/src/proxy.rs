@@ -841,8 +841,12 @@ impl Gateway {
         let mut body = Some(if empty_body {
             Body::empty()
         } else {
+            let upload = match route.idle_timeout {
+                Some(idle) => Body::new(crate::idle::IdleBody::new(body, idle)),
+                None => Body::new(body),
+            };
             Body::new(
-                http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                http_body_util::Limited::new(upload, usize::try_from(limit).unwrap_or(usize::MAX))
                     .map_err(|e| std::io::Error::other(e.to_string())),
             )
         });
@@ -1048,6 +1052,10 @@ impl Gateway {
                         continue;
                     }
                     let mut response = finish_response(response, upgrade, self.tracker.clone());
+                    if let Some(idle) = route.idle_timeout {
+                        response =
+                            response.map(|body| Body::new(crate::idle::IdleBody::new(body, idle)));
+                    }
                     if self.access_log.get().is_some() {
                         response
                             .extensions_mut()

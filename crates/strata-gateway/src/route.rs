@@ -79,6 +79,8 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// Whole-exchange timeout.
     pub timeout: Duration,
+    /// Longest wait for the next bytes of a body, when set.
+    pub idle_timeout: Option<Duration>,
     /// Largest request body.
     pub max_body: u64,
     /// Retries on another member after a failed connection (idempotent methods only).
@@ -714,6 +716,7 @@ fn compile_route(
         request_headers: HeaderEdits::new(route, "request_headers", &spec.request_headers)?,
         response_headers: HeaderEdits::new(route, "response_headers", &spec.response_headers)?,
         timeout: spec.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
+        idle_timeout: spec.idle_timeout.map(|t| t.0).filter(|t| !t.is_zero()),
         max_body: spec.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
         retries: spec.retries.unwrap_or(1),
         cors: spec

@@ -2901,3 +2901,46 @@ async fn t25_single_sign_on_logs_a_browser_in_with_pkce_and_out_again() {
         .unwrap()
         .starts_with("Basic"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t26_an_answer_whose_bytes_stop_is_cut_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    // A backend that sends its headers and three of the hundred bytes it announces, then waits.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalling = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")
+                    .await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "upstream": "u", "idle_timeout": "300ms"}],
+            "upstreams": [{"name": "u", "addresses": [stalling]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let started = Instant::now();
+    let response = gateway_client()
+        .get(format!("http://{gateway}/download"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.is_err(),
+        "the body must not complete"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+}

@@ -38,12 +38,20 @@ impl Backend {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                 .collect();
+            let (method, path) = (request.method().clone(), request.uri().path().to_string());
+            let query = request.uri().query().map(str::to_string);
+            // The whole upload is read before answering, as a real service would (an answer
+            // sent early would race the gateway's body limit).
+            let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+                .await
+                .map_or(0, |b| b.len());
             axum::Json(json!({
                 "name": name,
-                "method": request.method().as_str(),
-                "path": request.uri().path(),
-                "query": request.uri().query(),
+                "method": method.as_str(),
+                "path": path,
+                "query": query,
                 "headers": headers,
+                "body_bytes": body,
             }))
         }));
         let token = stop.clone();

@@ -632,26 +632,7 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Load-balancing policies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Each member in turn, ignoring weights.
-    #[default]
-    RoundRobin,
-    /// Smooth weighted round robin (nginx's): shares follow the weights, evenly interleaved.
-    Weighted,
-    /// Uniformly at random.
-    Random,
-    /// Power of two choices: of two random members, the one with fewer requests in flight
-    /// per unit of weight.
-    LeastRequest,
-    /// Consistent hashing of `hash_on` over a ring; a member's share follows its weight.
-    RingHash,
-    /// Consistent hashing of `hash_on` through Maglev's lookup table (65,537 entries): even
-    /// shares and minimal disruption when members change; shares follow weights.
-    Maglev,
-}
+pub use strata_resilience::balance::Balance;
 
 /// Upstream protocols.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

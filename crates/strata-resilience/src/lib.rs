@@ -2,6 +2,9 @@
 //! the RPC consumer per method and per provider. One implementation of each idea, with the
 //! semantics (and the defaults) users know from Resilience4j, Sentinel, Envoy and Finagle:
 //!
+//! - [`balance`]: load-balancing policies over a group's members (round robin, smooth
+//!   weighted, random, P2C least request, ring hash, Maglev), skipping ejected, unhealthy and
+//!   breaker-open members, with slow start.
 //! - [`breaker`]: circuit breakers (closed, open, half-open, forced-open, disabled) over a
 //!   count- or time-based sliding window of failures and slow calls.
 //! - [`budget`]: retry budgets (a share of the traffic, with a floor) and backoff with jitter.
@@ -13,6 +16,7 @@
 //! are exact. Nothing here does I/O or logs per call: state changes are returned or reported
 //! through callbacks, and the caller turns them into metrics and one log line each.
 
+pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod limit;

@@ -1,5 +1,5 @@
 //! The RPC consumer's discovery (`strata-rpc`) against a real `strata server`: it follows a
-//! service's passing instances as they register, deregister and fail, and spreads calls over
+//! service's passing instances as they register and deregister, and spreads calls over
 //! them with the gateway's balancing policies.
 #![allow(clippy::unwrap_used)]
 

@@ -385,7 +385,7 @@ impl OidcProvider {
             state: random_text(),
             verifier: random_text(),
             nonce: random_text(),
-            return_to: return_to.to_string(),
+            return_to: safe_return_to(return_to),
             exp: now_secs() + LOGIN_TTL.as_secs(),
         };
         let scopes = if self.spec.scopes.is_empty() {
@@ -599,6 +599,21 @@ impl OidcProvider {
     }
 }
 
+/// Where to send the browser after its login: a path on this gateway only. A path that a
+/// browser would read as another host (`//evil.test/x`, `/\evil.test`) becomes `/`, so a
+/// login can never end in an open redirect.
+fn safe_return_to(path: &str) -> String {
+    let local = path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
+        && !path.bytes().any(|b| b.is_ascii_control());
+    if local {
+        path.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
 fn redirect(location: &str, set_cookie: &str) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::FOUND;
@@ -637,6 +652,15 @@ mod tests {
         assert_eq!(query_param(&text, "s").as_deref(), Some("a+b"));
         assert_eq!(query_param("a=%zz", "a").as_deref(), Some("%zz"));
         assert_eq!(query_param("a=%4", "a").as_deref(), Some("%4"));
+    }
+
+    #[test]
+    fn a_login_returns_only_to_a_local_path() {
+        assert_eq!(safe_return_to("/app/orders?page=2"), "/app/orders?page=2");
+        assert_eq!(safe_return_to("//evil.test/x"), "/");
+        assert_eq!(safe_return_to("/\\evil.test"), "/");
+        assert_eq!(safe_return_to("https://evil.test/"), "/");
+        assert_eq!(safe_return_to("/a\r\nSet-Cookie: x"), "/");
     }
 
     #[test]

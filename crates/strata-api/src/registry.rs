@@ -300,6 +300,25 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The address to dial, `HOST:PORT` (an IPv6 address in brackets).
+    pub fn dial_address(&self) -> String {
+        if self.address.contains(':') && !self.address.starts_with('[') {
+            format!("[{}]:{}", self.address, self.port)
+        } else {
+            format!("{}:{}", self.address, self.port)
+        }
+    }
+
+    /// The weight as a balancer's share: hundredths, at least 1.
+    pub fn weight_share(&self) -> u32 {
+        let scaled = (self.weight * 100.0).round();
+        if scaled.is_finite() && scaled >= 1.0 {
+            scaled.min(f64::from(u32::MAX)) as u32
+        } else {
+            1
+        }
+    }
+
     /// Names this instance.
     pub fn reference(&self) -> InstanceRef {
         InstanceRef::new(&self.namespace, &self.service, &self.id)

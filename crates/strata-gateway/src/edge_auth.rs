@@ -154,6 +154,8 @@ pub struct JwtProvider {
     /// Tokens already verified, with their claims.
     verified: Verified,
     refresh: tokio::sync::Notify,
+    /// Counts finished JWKS fetches, for callers waiting for the next one.
+    fetches: tokio::sync::watch::Sender<u64>,
     last_asked: Mutex<Option<Instant>>,
     /// Why the keys may be stale, when they may.
     pub problem: Mutex<Option<String>>,
@@ -301,6 +303,7 @@ impl JwtProvider {
             jwks: RwLock::new(HashMap::new()),
             verified: Verified::default(),
             refresh: tokio::sync::Notify::new(),
+            fetches: tokio::sync::watch::channel(0).0,
             last_asked: Mutex::new(None),
             problem: Mutex::new(None),
             retired: cancel.child_token(),
@@ -346,6 +349,7 @@ impl JwtProvider {
                     *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
                 }
             }
+            self.fetches.send_modify(|n| *n += 1);
             tokio::select! {
                 () = self.retired.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
@@ -381,6 +385,24 @@ impl JwtProvider {
         self.verified
             .put(token, claims.clone(), exp.min(now + VERIFIED_TTL_SECS));
         Ok(claims)
+    }
+
+    /// As [`JwtProvider::verify`], but a token naming a key id not held yet waits (up to
+    /// `patience`) for the fetch that asks for, then is checked once more.
+    pub async fn verify_waiting(
+        &self,
+        token: &str,
+        patience: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let mut fetches = self.fetches.subscribe();
+        let seen = *fetches.borrow_and_update();
+        match self.verify(token) {
+            Err(why) if why.starts_with("unknown key id") && self.spec.jwks_url.is_some() => {
+                let _ = tokio::time::timeout(patience, fetches.wait_for(|n| *n > seen)).await;
+                self.verify(token)
+            }
+            other => other,
+        }
     }
 
     fn verify_uncached(&self, token: &str) -> Result<serde_json::Value, String> {
@@ -466,6 +488,18 @@ pub struct Identity {
     scopes: Vec<String>,
     roles: Vec<String>,
     claims: Option<serde_json::Value>,
+}
+
+impl Identity {
+    /// The caller an API key names.
+    fn of_key(record: KeyRecord) -> Identity {
+        Identity {
+            consumer: record.consumer,
+            scopes: record.scopes,
+            roles: Vec::new(),
+            claims: None,
+        }
+    }
 }
 
 /// A route's compiled `auth`.
@@ -582,14 +616,7 @@ impl RouteAuth {
                 .or(bearer.filter(|b| b.starts_with(KEY_PREFIX)));
             if let Some(presented) = presented {
                 match keys.verify(presented) {
-                    Some(record) => {
-                        identity = Some(Identity {
-                            consumer: record.consumer,
-                            scopes: record.scopes,
-                            roles: Vec::new(),
-                            claims: None,
-                        })
-                    }
+                    Some(record) => identity = Some(Identity::of_key(record)),
                     None => why = "unknown or revoked API key".into(),
                 }
             }
@@ -597,14 +624,7 @@ impl RouteAuth {
         if identity.is_none() && self.basic {
             if let Some((user, password)) = basic_credentials(headers) {
                 match keys.verify(&password).filter(|r| r.consumer == user) {
-                    Some(record) => {
-                        identity = Some(Identity {
-                            consumer: record.consumer,
-                            scopes: record.scopes,
-                            roles: Vec::new(),
-                            claims: None,
-                        })
-                    }
+                    Some(record) => identity = Some(Identity::of_key(record)),
                     None => why = "wrong user or password".into(),
                 }
             }
@@ -808,6 +828,7 @@ mod tests {
             jwks: Default::default(),
             verified: Verified::default(),
             refresh: tokio::sync::Notify::new(),
+            fetches: tokio::sync::watch::channel(0).0,
             last_asked: Mutex::new(None),
             problem: Mutex::new(None),
             retired: CancellationToken::new(),

@@ -520,13 +520,10 @@ impl OidcProvider {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or("the issuer's keys are not loaded")?;
-        let mut claims = checker.verify(&tokens.id_token);
-        if matches!(&claims, Err(why) if why.starts_with("unknown key id")) {
-            // The keys may be on their way: one more try after the fetch it asked for.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            claims = checker.verify(&tokens.id_token);
-        }
-        let claims = claims.map_err(|why| format!("ID token: {why}"))?;
+        let claims = checker
+            .verify_waiting(&tokens.id_token, Duration::from_secs(2))
+            .await
+            .map_err(|why| format!("ID token: {why}"))?;
         if claims.get("nonce").and_then(|n| n.as_str()) != Some(login.nonce.as_str()) {
             return Err("ID token: nonce does not match".into());
         }

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use strata_api::registry::{Instance, Query, RegistryService};
+use strata_api::registry::{Query, RegistryService};
 use strata_resilience::breaker::{BreakerConfig, CircuitBreaker};
 use strata_resilience::budget::RetryBudget;
 use strata_resilience::limit::ConcurrencyLimit;
@@ -407,25 +407,6 @@ pub fn build_groups(
     groups
 }
 
-/// The address to dial for an instance (IPv6 in brackets).
-fn instance_address(instance: &Instance) -> String {
-    if instance.address.contains(':') && !instance.address.starts_with('[') {
-        format!("[{}]:{}", instance.address, instance.port)
-    } else {
-        format!("{}:{}", instance.address, instance.port)
-    }
-}
-
-/// The registry's weight (a positive real, 1 by default) as a share: hundredths, at least 1.
-fn instance_weight(instance: &Instance) -> u32 {
-    let scaled = (instance.weight * 100.0).round();
-    if scaled.is_finite() && scaled >= 1.0 {
-        scaled.min(f64::from(u32::MAX)) as u32
-    } else {
-        1
-    }
-}
-
 /// Keeps `group`'s members equal to the passing instances of `service`.
 async fn follow(group: Arc<Group>, registry: Arc<dyn RegistryService>, service: String) {
     let cancel = group.follower.clone();
@@ -456,7 +437,7 @@ async fn follow(group: Arc<Group>, registry: Arc<dyn RegistryService>, service: 
                     let members: Vec<_> = result
                         .instances
                         .iter()
-                        .map(|i| (instance_address(i), i.id.clone(), instance_weight(i)))
+                        .map(|i| (i.dial_address(), i.id.clone(), i.weight_share()))
                         .collect();
                     tracing::debug!(upstream = %group.spec.name, %service, members = members.len(), index = result.index, "members changed");
                     let initial = index == 0 && group.members().endpoints.is_empty();

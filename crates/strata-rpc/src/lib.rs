@@ -43,25 +43,6 @@ impl Drop for Discovery {
     }
 }
 
-/// The address to dial for an instance (IPv6 in brackets).
-fn address(instance: &Instance) -> String {
-    if instance.address.contains(':') && !instance.address.starts_with('[') {
-        format!("[{}]:{}", instance.address, instance.port)
-    } else {
-        format!("{}:{}", instance.address, instance.port)
-    }
-}
-
-/// The registry's weight (a positive real, 1 by default) in hundredths, at least 1.
-fn weight(instance: &Instance) -> u32 {
-    let scaled = (instance.weight * 100.0).round();
-    if scaled.is_finite() && scaled >= 1.0 {
-        scaled.min(f64::from(u32::MAX)) as u32
-    } else {
-        1
-    }
-}
-
 /// Percent-encodes a path segment or query value.
 fn encode(text: &str) -> String {
     text.bytes()
@@ -144,7 +125,7 @@ impl Discovery {
         let old = self.members();
         let endpoints = instances
             .iter()
-            .map(|i| (address(i), i.id.clone(), weight(i)))
+            .map(|i| (i.dial_address(), i.id.clone(), i.weight_share()))
             .map(|(address, id, weight)| {
                 old.endpoints
                     .iter()

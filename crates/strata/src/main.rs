@@ -13,6 +13,7 @@ mod duration;
 mod gateway_cmds;
 mod link;
 mod log_limit;
+mod rpc_cmds;
 mod run;
 mod svc_cmds;
 mod table;
@@ -115,6 +116,9 @@ pub enum Command {
     /// Register, find and watch service instances (the service registry).
     #[command(subcommand)]
     Svc(svc_cmds::SvcCommand),
+    /// List, call and benchmark the gRPC methods of a registered service (by reflection).
+    #[command(subcommand)]
+    Rpc(rpc_cmds::RpcCommand),
     /// Publish, read, roll back and follow configs (the configuration center).
     #[command(subcommand)]
     Config(config_cmds::ConfigCommand),
@@ -204,6 +208,7 @@ fn main() {
             Command::Lock(args) => coord_cmds::lock(&cli.endpoints, cli.output, args).await,
             Command::Elect(args) => coord_cmds::elect(&cli.endpoints, cli.output, args).await,
             Command::Svc(cmd) => svc_cmds::svc(&cli.endpoints, cli.output, cmd).await,
+            Command::Rpc(cmd) => rpc_cmds::rpc(&cli.endpoints, cli.output, cmd).await,
             Command::Config(cmd) => config_cmds::config(&cli.endpoints, cli.output, cmd).await,
             Command::Gateway(cmd) => gateway_cmds::gateway(&cli.endpoints, cli.output, cmd).await,
             Command::Auth(cmd) => auth_cmds::auth(&cli.endpoints, cli.output, cmd).await,
@@ -237,7 +242,8 @@ fn init_logging(is_node: bool) {
     let default = if is_node {
         "info,openraft=warn,fjall=warn,lsm_tree=warn"
     } else {
-        "warn"
+        // The CLI reports a failed call itself; the consumer's own log line would repeat it.
+        "warn,strata_rpc::consumer=error"
     };
     let (filter, limit) = match EnvFilter::try_from_env("STRATA_LOG") {
         Ok(filter) => (filter, log_limit::RepeatLimit::default()),

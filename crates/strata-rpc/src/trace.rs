@@ -229,7 +229,7 @@ pub fn export_body(service: &str, spans: &[Span]) -> Value {
 }
 
 async fn export(endpoint: String, service: String, mut rx: mpsc::Receiver<Span>) {
-    let client = reqwest::Client::builder()
+    let client = strata_tls::http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();

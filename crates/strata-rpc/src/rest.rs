@@ -12,7 +12,6 @@ use crate::consumer::{error_chain, refused, Call, Inner};
 use crate::context::{CallContext, TraceParent};
 use crate::trace;
 use bytes::Bytes;
-use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
@@ -73,7 +72,8 @@ impl RestConsumer {
         let parent = TraceParent::from_headers(&parts.headers).or(context.trace);
         let span = parent.map_or_else(|| TraceParent::root(trace::sample_new()), |p| p.child());
         let mut call = Call {
-            path: format!("{} {}", parts.method, parts.uri.path()),
+            uri: parts.uri.clone(),
+            rest_method: Some(parts.method.clone()),
             started,
             deadline,
             span,
@@ -113,10 +113,7 @@ impl RestConsumer {
                 }
             })?;
             call.attempts += 1;
-            call.last = Some((
-                attempt.endpoint.id.clone(),
-                attempt.endpoint.address.clone(),
-            ));
+            call.last = Some(attempt.endpoint.clone());
             tried.push(attempt.index);
             let uri = format!("http://{}{}", attempt.endpoint.address, path_and_query);
             let mut request = http::Request::new(Full::new(body.clone()));
@@ -126,9 +123,9 @@ impl RestConsumer {
                 code: Code::Internal,
                 message: format!("{}: bad URI {uri}: {e}", inner.where_(&call)),
             })?;
-            if let Ok(value) = HeaderValue::from_str(&call.span.to_string()) {
-                request.headers_mut().insert(TraceParent::HEADER, value);
-            }
+            request
+                .headers_mut()
+                .insert(TraceParent::HEADER, call.span.header_value());
             let exchange = async {
                 let response = self.http.request(request).await?;
                 let (parts, body) = response.into_parts();

@@ -11,7 +11,7 @@
 //! full queue drops spans (counted in `strata_rpc_spans_total{outcome="dropped"}`) rather than slow a
 //! call down.
 
-use crate::context::TraceParent;
+use crate::context::{hex, TraceParent};
 use crate::metrics::METRICS;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -168,10 +168,6 @@ fn nanos(time: SystemTime) -> String {
         .unwrap_or_default()
         .as_nanos()
         .to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One span in OTLP's JSON encoding (ids in hex, 64-bit integers as strings).

@@ -9,32 +9,24 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::Code;
 
-type Done = Box<dyn FnOnce(Code, &str) + Send>;
-
 /// Calls `done` once with the response's final status: from the trailers, from a status in
 /// the headers (a trailers-only response), `CANCELLED` when the body is dropped unfinished,
 /// or `UNKNOWN` when it ends without a status.
-pub(crate) struct Watched {
+pub(crate) struct Watched<F: FnOnce(Code, &str)> {
     body: Body,
-    done: Option<Done>,
+    done: Option<F>,
 }
 
-impl Watched {
-    pub(crate) fn wrap(body: Body, done: impl FnOnce(Code, &str) + Send + 'static) -> Body {
+impl<F: FnOnce(Code, &str) + Send + Unpin + 'static> Watched<F> {
+    pub(crate) fn wrap(body: Body, done: F) -> Body {
         Body::new(Watched {
             body,
-            done: Some(Box::new(done)),
+            done: Some(done),
         })
-    }
-
-    fn finish(&mut self, code: Code, message: &str) {
-        if let Some(done) = self.done.take() {
-            done(code, message);
-        }
     }
 }
 
-impl http_body::Body for Watched {
+impl<F: FnOnce(Code, &str) + Send + Unpin + 'static> http_body::Body for Watched<F> {
     type Data = Bytes;
     type Error = tonic::Status;
 
@@ -71,7 +63,15 @@ impl http_body::Body for Watched {
     }
 }
 
-impl Drop for Watched {
+impl<F: FnOnce(Code, &str)> Watched<F> {
+    fn finish(&mut self, code: Code, message: &str) {
+        if let Some(done) = self.done.take() {
+            done(code, message);
+        }
+    }
+}
+
+impl<F: FnOnce(Code, &str)> Drop for Watched<F> {
     fn drop(&mut self) {
         self.finish(Code::Cancelled, "the response was dropped before its end");
     }

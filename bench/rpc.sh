@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# bench/rpc.sh: what the strata-rpc consumer stack costs per call against bare tonic (issue 15).
+#
+# One `strata server` (one node, for the registry) and one example provider (`orders`, release
+# build, pinned to CPU 0 with its default runtime, which then has one worker). The load
+# generator, `strata-bench rpc-echo`, runs pinned to CPU 1 (so one tokio worker too), with
+# `--clients` concurrent callers in a closed loop making unary `orders.v1.Orders/Get` calls
+# (a few bytes each way), in one of two modes:
+#   bare   tonic's own `Channel` to the provider's address (HTTP/2, one connection)
+#   stack  `strata_rpc::Consumer::builder(client, "orders").build()` with its defaults:
+#          discovery by blocking queries, round robin, a circuit breaker per instance,
+#          outlier detection, the retry budget, `traceparent` propagation; no span export
+#          (sampling off: no OTLP endpoint is configured)
+# Both talk to the same provider process. Each run is 1 s of warm-up and 8 s measured (3 s with
+# --quick); rounds alternate bare, stack, bare, stack... (5 rounds, 3 with --quick), and the
+# ratios are of the medians over rounds.
+#
+# The last line: RATIO stack_vs_bare_rps=.. stack_vs_bare_p99=.. (issue 15 asks for at least
+# 0.9 and at most 1.1), with the medians before it.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+clients=32
+own_option() {
+    case "$1" in
+    --clients)
+        clients="${2:?--clients needs a number}"
+        option_args=2
+        ;;
+    *) return 1 ;;
+    esac
+}
+options_help() {
+    cat <<'EOF2'
+Options:
+  --quick       3 rounds of 3 s instead of 5 rounds of 8 s
+  --clients N   concurrent callers (default 32)
+  --no-build    use the release binaries as they are
+  --keep-data   keep logs in bench/.data
+  --results F   write the JSON results to F
+EOF2
+}
+parse_options 19 "$@"
+rounds=5
+seconds=8
+if ((quick)); then
+    rounds=3
+    seconds=3
+fi
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+bench_setup rpc jq taskset curl
+orders="${CARGO_TARGET_DIR:-$repo/target}/release/orders"
+our_exes+=("$orders")
+if ((build)); then
+    log "building release binaries (waiting for /tmp/strata-cargo.lock)"
+    flock /tmp/strata-cargo.lock cargo build --release -p strata -p strata-bench -p strata-examples
+    build=0
+fi
+build_release
+[[ -x $orders ]] || die "missing $orders (build without --no-build)"
+describe_run --clients "$clients"
+
+log "starting a strata node and the orders provider"
+STRATA_LOG=warn "$strata" server --id 1 --data-dir "$data/node" --api-addr 127.0.0.1:0 \
+    --raft-addr 127.0.0.1:0 --initial-cluster 1=127.0.0.1:0 --addrs-file "$data/addrs.json" \
+    >"$data/node.log" 2>&1 &
+node_pid=$!
+track "$node_pid"
+await_addrs "$node_pid" "$data/addrs.json" "strata server" "$data/node.log"
+api=$(jq -r .api "$data/addrs.json")
+wait_until 30 "the node to be ready" ready "$api"
+
+RUST_LOG=warn taskset -c 0 "$orders" --endpoints "http://$api" --id bench-1 >"$data/orders.log" 2>&1 &
+orders_pid=$!
+track "$orders_pid"
+wait_until 30 "the provider to register" grep -q "orders serving on" "$data/orders.log"
+address=$(sed -n 's/^orders serving on \([^ ]*\) as .*/\1/p' "$data/orders.log")
+log "provider at $address; $rounds rounds of ${seconds}s per mode, $clients clients"
+
+runs='[]'
+for round in $(seq 1 "$rounds"); do
+    for mode in bare stack; do
+        out=$(taskset -c 1 "$bench" rpc-echo --mode "$mode" --address "$address" \
+            --endpoints "http://$api" --clients "$clients" --duration "${seconds}s")
+        [[ $(jq .errors <<<"$out") == 0 ]] || die "$mode run had errors: $out"
+        log "round $round $mode: $(jq -r '"\(.calls_per_sec | floor) calls/s p50 \(.p50_us | floor) µs p99 \(.p99_us | floor) µs"' <<<"$out")"
+        runs=$(jq -c --arg mode "$mode" --argjson round "$round" --argjson out "$out" \
+            '. + [$out + {mode: $mode, round: $round}]' <<<"$runs")
+    done
+done
+
+jq -n --argjson run_info "$run_info" --argjson runs "$runs" --argjson clients "$clients" \
+    --argjson seconds "$seconds" --argjson rounds "$rounds" "$jq_run_defs"'
+    def of($m; $f): [$runs[] | select(.mode == $m) | .[$f]] | median;
+    {benchmark: "rpc"} + $run_info + {
+        config: {clients: $clients, seconds: $seconds, rounds: $rounds,
+                 method: "orders.v1.Orders/Get", pinning: "provider CPU 0, client CPU 1"},
+        runs: $runs,
+        summary: {
+            bare: {calls_per_sec: of("bare"; "calls_per_sec"), p50_us: of("bare"; "p50_us"),
+                   p99_us: of("bare"; "p99_us")},
+            stack: {calls_per_sec: of("stack"; "calls_per_sec"), p50_us: of("stack"; "p50_us"),
+                    p99_us: of("stack"; "p99_us")}
+        }
+    } | .summary += {
+        stack_vs_bare_rps: ((.summary.stack.calls_per_sec / .summary.bare.calls_per_sec) * 100 | round / 100),
+        stack_vs_bare_p99: ((.summary.stack.p99_us / .summary.bare.p99_us) * 100 | round / 100)
+    }' >"$results_file"
+log "results in $results_file"
+jq -r '.summary | "bare  \(.bare.calls_per_sec | floor) calls/s p50 \(.bare.p50_us | floor) µs p99 \(.bare.p99_us | floor) µs",
+    "stack \(.stack.calls_per_sec | floor) calls/s p50 \(.stack.p50_us | floor) µs p99 \(.stack.p99_us | floor) µs",
+    "RATIO stack_vs_bare_rps=\(.stack_vs_bare_rps) stack_vs_bare_p99=\(.stack_vs_bare_p99)"' "$results_file"

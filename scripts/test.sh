@@ -36,7 +36,7 @@ if ((${#missing[@]})); then
 fi
 
 # Python packages the compatibility tests drive (client libraries used unchanged).
-python_packages=("consul:py-consul" "nacos:nacos-sdk-python==1.0.0")
+python_packages=("consul:py-consul" "nacos:nacos-sdk-python==1.0.0" "grpc:grpcio")
 for entry in "${python_packages[@]}"; do
   module="${entry%%:*}"
   package="${entry#*:}"

@@ -13,5 +13,6 @@ pub fn all() -> Vec<Arc<dyn Component>> {
         Arc::new(strata_configcenter::ConfigCenterComponent),
         Arc::new(strata_nacos::NacosComponent),
         Arc::new(strata_gateway::GatewayComponent),
+        Arc::new(strata_xds::XdsComponent),
     ]
 }

@@ -42,6 +42,10 @@ pub struct DevArgs {
     /// API gateway over TLS, certificates by SNI from the route table (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7743")]
     pub gateway_tls_addr: String,
+    /// xDS control plane (ADS) for gRPC clients dialing `xds:///SERVICE` (port 0 picks a free
+    /// port).
+    #[arg(long, default_value = "127.0.0.1:7718")]
+    pub xds_addr: String,
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     pub addrs_file: Option<PathBuf>,
@@ -238,6 +242,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config
         .listen
         .insert("gateway_tls".to_string(), args.gateway_tls_addr.clone());
+    config
+        .listen
+        .insert("xds".to_string(), args.xds_addr.clone());
     // A one-node cluster founds itself; its raft address is filled in once bound.
     config.initial_cluster.insert(1, config.raft_addr.clone());
     // One node has no one to wait for: short timeouts make it ready at once.
@@ -264,7 +271,15 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  api     http://{}", node.addrs.api());
     println!("  raft    {}", node.addrs.raft());
     // The listeners the README shows first, in its order; any others after them.
-    let order = ["grpc", "consul", "dns", "nacos", "gateway", "gateway_tls"];
+    let order = [
+        "grpc",
+        "consul",
+        "dns",
+        "nacos",
+        "gateway",
+        "gateway_tls",
+        "xds",
+    ];
     let mut listeners: Vec<_> = node.addrs.iter().collect();
     listeners.sort_by_key(|(name, _)| order.iter().position(|o| o == name).unwrap_or(order.len()));
     for (name, addr) in listeners {
@@ -302,6 +317,7 @@ fn banner_line(name: &str, addr: std::net::SocketAddr) -> Option<String> {
         "gateway_tls" => {
             format!("https://{addr}   (API gateway over TLS: [[certificates]] in the route table)")
         }
+        "xds" => format!("{addr}   (xDS for gRPC clients dialing xds:///SERVICE: docs/rpc.md)"),
         _ => addr.to_string(),
     };
     Some(format!("  {name:<7} {hint}"))

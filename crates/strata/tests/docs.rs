@@ -107,6 +107,7 @@ async fn start_node(root: &Path) -> Node {
         ("nacos", 7848),
         ("gateway", 7780),
         ("gateway_tls", 7743),
+        ("xds", 7718),
     ]))
     .map(|(name, default)| (default, addrs[name].port()))
     .collect();

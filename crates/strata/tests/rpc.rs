@@ -695,3 +695,78 @@ async fn t06_strata_rpc_lists_and_calls_through_reflection_and_errors_name_the_s
     );
     node.assert_no_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t07_python_grpcio_over_xds_reaches_registered_providers_and_follows_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(
+        1,
+        dir.path(),
+        Some("1=127.0.0.1:0"),
+        &["--listen", "xds=127.0.0.1:0"],
+    )
+    .await;
+    let addrs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.dir.join("addrs.json")).unwrap()).unwrap();
+    let xds = addrs["xds"].as_str().unwrap().to_string();
+    let _one = Example::orders(&node, "o-1", &["--meta", "zone=a"]).await;
+    let mut two = Example::orders(&node, "o-2", &["--meta", "zone=b"]).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/xds_client.py");
+    let mut python = std::process::Command::new("python3")
+        .args([script, &xds, "orders"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = python.stdin.take().unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = python.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(40), lines.recv())
+            .await
+            .expect("the Python client answers within 40 s")
+            .expect("the Python client is running")
+    };
+    assert_eq!(next().await, "ready");
+    let mut expect = async |ids: &str| {
+        use std::io::Write;
+        writeln!(stdin, "expect {ids}").unwrap();
+        stdin.flush().unwrap();
+    };
+    expect("o-1,o-2").await;
+    let line = next().await;
+    assert!(line.starts_with("ok "), "{line}");
+    eprintln!("xds client: {line}");
+
+    // A new instance joins the set the client balances over.
+    let _three = Example::orders(&node, "o-3", &[]).await;
+    expect("o-1,o-2,o-3").await;
+    let line = next().await;
+    assert!(line.starts_with("ok "), "{line}");
+    eprintln!("xds client: {line}");
+
+    // One leaves (graceful stop: deregistered first); the client stops calling it.
+    send_sigterm(&two.child);
+    let _ = tokio::task::spawn_blocking(move || two.child.wait()).await;
+    expect("o-1,o-3").await;
+    let line = next().await;
+    assert!(line.starts_with("ok "), "{line}");
+    eprintln!("xds client: {line}");
+
+    drop(stdin);
+    let _ = python.kill();
+    let _ = python.wait();
+    let metrics = node.metric("strata_xds_responses_total").await;
+    assert!(metrics.is_some(), "the node counts xDS responses");
+    node.assert_no_panic();
+}

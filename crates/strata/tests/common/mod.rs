@@ -158,6 +158,8 @@ pub const DEV_ON_ANY_PORT: &[&str] = &[
     "127.0.0.1:0",
     "--gateway-tls-addr",
     "127.0.0.1:0",
+    "--xds-addr",
+    "127.0.0.1:0",
 ];
 
 /// Waits for a starting process to write its addresses file; if the process exits first,

@@ -3,13 +3,16 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = ["orders.proto", "checkout.proto"];
-    let descriptors = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("descriptors.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    // Each binary reflects only the service it serves.
+    for name in ["orders", "checkout"] {
+        let own = protox::compile([format!("{name}.proto")], ["proto"])?;
+        std::fs::write(
+            out.join(format!("{name}.bin")),
+            prost::Message::encode_to_vec(&own),
+        )?;
+    }
+    let descriptors = protox::compile(["orders.proto", "checkout.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

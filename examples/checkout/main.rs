@@ -72,7 +72,7 @@ enum Command {
 
 fn orders(endpoints: &[String]) -> Result<OrdersClient<Consumer>, String> {
     let config = ServiceConfig::from_json(SERVICE_CONFIG)?;
-    let consumer = Consumer::builder(strata_client::Client::new(endpoints), "orders")
+    let consumer = Consumer::builder(strata_examples::strata_client(endpoints), "orders")
         .service_config(config)
         .build();
     Ok(OrdersClient::new(consumer))
@@ -177,14 +177,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id: id.clone(),
                 orders: orders(&args.endpoints)?,
             };
-            let provider =
-                strata_rpc::Provider::new(strata_client::Client::new(&args.endpoints), "checkout")
-                    .id(&id)
-                    .reflection(strata_examples::DESCRIPTORS)
-                    .on_registered(move |_| {
-                        println!("checkout serving on {local} as {id}");
-                        let _ = std::io::stdout().flush();
-                    });
+            let provider = strata_rpc::Provider::new(
+                strata_examples::strata_client(&args.endpoints),
+                "checkout",
+            )
+            .id(&id)
+            .reflection(strata_examples::CHECKOUT_DESCRIPTORS)
+            .on_registered(move |_| {
+                println!("checkout serving on {local} as {id}");
+                let _ = std::io::stdout().flush();
+            });
             let routes = tonic::service::Routes::new(CheckoutServer::new(service));
             provider
                 .serve(listener, routes, strata_examples::shutdown_signal())

@@ -122,7 +122,7 @@ impl Orders for Service {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     strata_examples::init_logging();
     let args = Args::parse();
-    let client = strata_client::Client::new(&args.endpoints);
+    let client = strata_examples::strata_client(&args.endpoints);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let local = listener.local_addr()?;
     let id = args
@@ -131,7 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| format!("orders-{}-{}", local.ip(), local.port()));
     let mut provider = strata_rpc::Provider::new(client, "orders")
         .id(&id)
-        .reflection(strata_examples::DESCRIPTORS)
+        .reflection(strata_examples::ORDERS_DESCRIPTORS)
         .warmup(Duration::from_secs(5))
         .on_registered({
             let id = id.clone();

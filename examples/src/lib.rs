@@ -13,8 +13,17 @@ pub mod checkout {
     tonic::include_proto!("checkout.v1");
 }
 
-/// The encoded `FileDescriptorSet` of both services, for server reflection.
-pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+/// The encoded `FileDescriptorSet` of `orders.v1`, for server reflection.
+pub const ORDERS_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orders.bin"));
+
+/// The encoded `FileDescriptorSet` of `checkout.v1`, for server reflection.
+pub const CHECKOUT_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/checkout.bin"));
+
+/// The Strata nodes to use: `--endpoints`, with the token in `STRATA_TOKEN` when access
+/// control is on.
+pub fn strata_client(endpoints: &[String]) -> strata_client::Client {
+    strata_client::Client::new(endpoints).with_token(std::env::var("STRATA_TOKEN").ok())
+}
 
 /// Logs to stderr as `RUST_LOG` says (default `info`).
 pub fn init_logging() {

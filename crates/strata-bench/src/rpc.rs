@@ -85,6 +85,7 @@ where
     for task in run(Duration::from_secs(1), false) {
         task.await?;
     }
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let mut all = Latencies::default();
     let mut errors = 0;
@@ -94,6 +95,7 @@ where
         errors += e;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu_before;
     let calls = all.len();
     let summary = all.summary().context("no call succeeded")?;
     Ok(serde_json::json!({
@@ -104,7 +106,28 @@ where
         "p50_us": summary.p50_ms * 1000.0,
         "p99_us": summary.p99_ms * 1000.0,
         "clients": clients,
+        // The client process's CPU (user + system) per successful call, over the run.
+        "cpu_us_per_call": cpu * 1e6 / calls.max(1) as f64,
     }))
+}
+
+/// User plus system CPU time of this process so far, from `/proc/self/stat` (clock ticks of
+/// 10 ms; 0 where there is no procfs).
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces, so split after its last ')').
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Runs the benchmark and prints one JSON line.

@@ -788,7 +788,10 @@ impl Inner {
                 Err(_) => {
                     return Answer::Failed {
                         code: Code::DeadlineExceeded,
-                        message: format!("deadline exceeded after {:?}", call.started.elapsed()),
+                        message: format!(
+                            "deadline exceeded after {} ms",
+                            call.started.elapsed().as_millis()
+                        ),
                         unsent: false,
                         pushback: None,
                         response: None,
@@ -809,7 +812,10 @@ impl Inner {
                 if expired {
                     return Answer::Failed {
                         code: Code::DeadlineExceeded,
-                        message: format!("deadline exceeded after {:?}", call.started.elapsed()),
+                        message: format!(
+                            "deadline exceeded after {} ms",
+                            call.started.elapsed().as_millis()
+                        ),
                         unsent: false,
                         pushback: None,
                         response: None,

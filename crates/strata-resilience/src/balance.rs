@@ -75,6 +75,11 @@ pub fn now_ms() -> u64 {
     crate::outlier::now_ms()
 }
 
+/// `instant` in ms on [`now_ms`]'s clock (for a caller that already read the clock).
+pub fn ms_at(instant: tokio::time::Instant) -> u64 {
+    crate::outlier::ms_at(instant)
+}
+
 impl Endpoint {
     /// A member with zeroed counters.
     pub fn new(address: String, id: String, weight: u32) -> Endpoint {
@@ -213,6 +218,11 @@ impl Members {
     /// Picks a member, skipping the indexes in `tried` when another is left. `key` is the
     /// value `ring_hash` hashes (ignored by the other policies).
     pub fn pick(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
+        self.pick_at(key, tried, now_ms())
+    }
+
+    /// [`Members::pick`] at `now` (ms on [`now_ms`]'s clock).
+    pub fn pick_at(&self, key: Option<&[u8]>, tried: &[usize], now: u64) -> Option<usize> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
@@ -220,7 +230,6 @@ impl Members {
         // Members not tried, not ejected, healthy (and, warming up, admitted by chance in
         // proportion to their warmth) first; then the same without the chance; then not
         // tried; then any.
-        let now = now_ms();
         let fresh = |i: usize| {
             let e = &self.endpoints[i];
             !tried.contains(&i) && !e.unavailable(now) && e.is_healthy()

@@ -394,7 +394,11 @@ impl CircuitBreaker {
     /// Asks to make a call. Open: refused until the wait is over; the first call after it
     /// turns the breaker half-open (reported in the transition).
     pub fn try_acquire(&self) -> (Result<Permit, Rejected>, Option<Transition>) {
-        let now = Instant::now();
+        self.try_acquire_at(Instant::now())
+    }
+
+    /// [`CircuitBreaker::try_acquire`] at `now` (a caller that already read the clock).
+    pub fn try_acquire_at(&self, now: Instant) -> (Result<Permit, Rejected>, Option<Transition>) {
         let mut inner = self.lock();
         let mut transition = None;
         if inner.state == State::Open {
@@ -435,7 +439,11 @@ impl CircuitBreaker {
 
     /// Records the outcome of a permitted call (its duration is measured from the permit).
     pub fn record(&self, permit: Permit, failed: bool) -> Option<Transition> {
-        let now = Instant::now();
+        self.record_at(permit, failed, Instant::now())
+    }
+
+    /// [`CircuitBreaker::record`] at `now`.
+    pub fn record_at(&self, permit: Permit, failed: bool, now: Instant) -> Option<Transition> {
         let slow = now.saturating_duration_since(permit.started) > self.config.slow_call_duration.0;
         let mut inner = self.lock();
         if permit.generation != inner.generation {

@@ -214,12 +214,14 @@ impl HostState {
 
 /// Milliseconds on a process-wide clock that follows tokio's (paused in tests).
 pub fn now_ms() -> u64 {
+    ms_at(tokio::time::Instant::now())
+}
+
+/// `instant` in ms on [`now_ms`]'s clock.
+pub fn ms_at(instant: tokio::time::Instant) -> u64 {
     static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
-    tokio::time::Instant::now()
-        .saturating_duration_since(origin)
-        .as_millis() as u64
-        + 1
+    instant.saturating_duration_since(origin).as_millis() as u64 + 1
 }
 
 /// An ejection.

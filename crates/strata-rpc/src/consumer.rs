@@ -20,7 +20,10 @@
 //! Every failure the consumer makes itself, and every failed status it passes on, says which
 //! service, method and instance, how many attempts were made, and why.
 
-use crate::context::{format_grpc_timeout, parse_grpc_timeout, CallContext, TraceParent};
+use crate::context::{
+    format_grpc_timeout, header, parse_grpc_timeout, CallContext, TraceParent, GRPC_STATUS,
+    GRPC_TIMEOUT, TRACEPARENT, TRACESTATE,
+};
 use crate::discovery::{Discovery, Selector};
 use crate::metrics::METRICS;
 use crate::service_config::{code_name, MethodConfig, ServiceConfig, Throttling};
@@ -202,7 +205,7 @@ impl ConsumerBuilder {
             service: self.selector.service.clone(),
             filters: describe(&self.selector),
             discovery,
-            channels: RwLock::new(HashMap::new()),
+            channels: RwLock::new(FastMap::default()),
             throttle: self.service_config.throttling.clone().map(Throttle::new),
             config: self.service_config,
             instance_breaker: match self.breaker_scope {
@@ -218,7 +221,7 @@ impl ConsumerBuilder {
             hash_key: self.hash_key,
             fallbacks: self.fallbacks,
             failure_codes: self.failure_codes,
-            methods: RwLock::new(HashMap::new()),
+            methods: RwLock::new(FastMap::default()),
             first_attempts: METRICS
                 .client_attempts
                 .with_label_values(&[self.selector.service.as_str(), "first"]),
@@ -288,7 +291,7 @@ pub(crate) struct Inner {
     pub(crate) service: String,
     filters: String,
     pub(crate) discovery: Arc<Discovery>,
-    channels: RwLock<HashMap<String, tonic::transport::Channel>>,
+    channels: RwLock<FastMap<tonic::transport::Channel>>,
     config: ServiceConfig,
     instance_breaker: Option<BreakerConfig>,
     service_breaker: Option<Arc<CircuitBreaker>>,
@@ -302,9 +305,36 @@ pub(crate) struct Inner {
     fallbacks: HashMap<String, Bytes>,
     failure_codes: Vec<Code>,
     /// Metric handles by method path, so a call looks its labels up once.
-    methods: RwLock<HashMap<String, Arc<MethodMetrics>>>,
+    methods: RwLock<FastMap<Arc<MethodMetrics>>>,
     first_attempts: prometheus::IntCounter,
 }
+
+/// FNV-1a: the per-call lookups by address and method path hash short keys the process
+/// chose or its registry holds, in maps of bounded size, where SipHash's cost showed and its
+/// protection buys nothing.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+type FastMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// A method's metric handles.
 struct MethodMetrics {
@@ -417,28 +447,49 @@ impl Payload {
             match body.frame().now_or_never() {
                 Some(Some(Ok(frame))) => {
                     let data = frame.data_ref().map(Bytes::len);
-                    chunks.push_back(frame);
                     match data {
                         Some(n) if size + n <= RETRY_BUFFER => size += n,
                         // Too large to keep, or request trailers: sent once, as it comes.
-                        _ => return Ok(Payload::streaming(chunks, body)),
+                        _ => {
+                            chunks.push_back(frame);
+                            return Ok(Payload::streaming(chunks, body));
+                        }
                     }
+                    if chunks.is_empty() {
+                        // The common case, a unary request: one frame, then the end. Kept
+                        // as it is, with no copy and no queue.
+                        match body.frame().now_or_never() {
+                            Some(None) => {
+                                return Ok(Payload::Whole(frame.into_data().unwrap_or_default()))
+                            }
+                            Some(Some(Ok(next))) => {
+                                chunks.push_back(frame);
+                                let n = next.data_ref().map(Bytes::len);
+                                chunks.push_back(next);
+                                match n {
+                                    Some(n) if size + n <= RETRY_BUFFER => size += n,
+                                    _ => return Ok(Payload::streaming(chunks, body)),
+                                }
+                                continue;
+                            }
+                            Some(Some(Err(status))) => return Err(status),
+                            None => {
+                                chunks.push_back(frame);
+                                return Ok(Payload::streaming(chunks, body));
+                            }
+                        }
+                    }
+                    chunks.push_back(frame);
                 }
                 Some(Some(Err(status))) => return Err(status),
                 Some(None) => {
-                    let mut data = chunks.into_iter().filter_map(|f| f.into_data().ok());
-                    // The common case, one frame, is kept without a copy.
-                    return Ok(Payload::Whole(match (data.next(), data.next()) {
-                        (None, _) => Bytes::new(),
-                        (Some(only), None) => only,
-                        (Some(first), Some(second)) => {
-                            let mut whole = BytesMut::with_capacity(size);
-                            for part in [first, second].into_iter().chain(data) {
-                                whole.extend_from_slice(&part);
-                            }
-                            whole.freeze()
+                    let mut whole = BytesMut::with_capacity(size);
+                    for frame in chunks {
+                        if let Ok(data) = frame.into_data() {
+                            whole.extend_from_slice(&data);
                         }
-                    }));
+                    }
+                    return Ok(Payload::Whole(whole.freeze()));
                 }
                 None => return Ok(Payload::streaming(chunks, body)),
             }
@@ -518,6 +569,7 @@ impl Attempt {
             return;
         }
         self.finished = true;
+        let now = Instant::now();
         let failed = self.inner.failure_codes.contains(&code);
         self.endpoint
             .in_flight
@@ -528,10 +580,10 @@ impl Attempt {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some((breaker, permit)) = self.permit.take() {
-            if let Some(t) = breaker.record(permit, failed) {
+            if let Some(t) = breaker.record_at(permit, failed, now) {
                 self.inner.transition(Some(&self.endpoint.id), t);
                 if t.to == strata_resilience::breaker::State::Open {
-                    let until = strata_resilience::balance::now_ms()
+                    let until = strata_resilience::balance::ms_at(now)
                         + breaker.config().wait_in_open.0.as_millis() as u64;
                     self.endpoint
                         .breaker_open_until
@@ -542,7 +594,7 @@ impl Attempt {
         if let (Some(breaker), Some(permit)) =
             (&self.inner.service_breaker, self.service_permit.take())
         {
-            if let Some(t) = breaker.record(permit, failed) {
+            if let Some(t) = breaker.record_at(permit, failed, now) {
                 self.inner.transition(None, t);
             }
         }
@@ -602,6 +654,29 @@ impl Drop for Attempt {
 pub(crate) enum NoPick {
     NoInstance,
     BreakerOpen(Duration),
+}
+
+/// The members a call has tried (at most [`MAX_TRIED`] are remembered), kept inline: a call
+/// that needs one attempt allocates nothing for it.
+#[derive(Default)]
+pub(crate) struct Tried {
+    items: [usize; MAX_TRIED],
+    len: usize,
+}
+
+const MAX_TRIED: usize = 8;
+
+impl Tried {
+    pub(crate) fn push(&mut self, index: usize) {
+        if self.len < MAX_TRIED {
+            self.items[self.len] = index;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[usize] {
+        &self.items[..self.len]
+    }
 }
 
 /// What a call knows while it runs.
@@ -667,9 +742,16 @@ impl Inner {
 
     /// Picks an instance not tried yet (any, when all were) whose breaker lets a call through.
     pub(crate) fn pick(self: &Arc<Self>, call: &Call, tried: &[usize]) -> Result<Attempt, NoPick> {
+        // One reading of the clock for the whole pick; the first attempt's is the call's start.
+        let now = if call.attempts == 0 {
+            call.started
+        } else {
+            Instant::now()
+        };
+        let now_ms = strata_resilience::balance::ms_at(now);
         let service_permit = match &self.service_breaker {
             Some(breaker) => {
-                let (permit, transition) = breaker.try_acquire();
+                let (permit, transition) = breaker.try_acquire_at(now);
                 if let Some(t) = transition {
                     self.transition(None, t);
                 }
@@ -686,11 +768,11 @@ impl Inner {
         let mut retry_after = None::<Duration>;
         loop {
             let skip: Vec<usize> = tried.iter().chain(&rejected).copied().collect();
-            let mut index = members.pick(call.key.as_deref(), &skip);
+            let mut index = members.pick_at(call.key.as_deref(), &skip, now_ms);
             if index.is_some_and(|i| rejected.contains(&i)) {
                 // Every untried instance refused: an instance tried before may still do.
                 index = members
-                    .pick(call.key.as_deref(), &rejected)
+                    .pick_at(call.key.as_deref(), &rejected, now_ms)
                     .filter(|i| !rejected.contains(i));
             }
             let Some(index) = index else {
@@ -706,15 +788,14 @@ impl Inner {
                         .breaker
                         .get_or_init(|| Arc::new(CircuitBreaker::new(config.clone())))
                         .clone();
-                    let (permit, transition) = breaker.try_acquire();
+                    let (permit, transition) = breaker.try_acquire_at(now);
                     if let Some(t) = transition {
                         self.transition(Some(&endpoint.id), t);
                     }
                     match permit {
                         Ok(permit) => Some((breaker, permit)),
                         Err(refusal) => {
-                            let until = strata_resilience::balance::now_ms()
-                                + refusal.retry_after.as_millis() as u64;
+                            let until = now_ms + refusal.retry_after.as_millis() as u64;
                             endpoint
                                 .breaker_open_until
                                 .store(until, std::sync::atomic::Ordering::Relaxed);
@@ -760,16 +841,8 @@ impl Inner {
             if let Ok(mut value) = HeaderValue::from_str(&format_grpc_timeout(remaining)) {
                 // Nearly unique per call, like `traceparent`: kept out of the HPACK table.
                 value.set_sensitive(true);
-                headers.insert(crate::context::GRPC_TIMEOUT, value);
+                headers.insert(GRPC_TIMEOUT, value);
             }
-        }
-        headers.insert(TraceParent::HEADER, call.span.header_value());
-        if let Some(state) = call
-            .trace_state
-            .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok())
-        {
-            headers.insert("tracestate", state);
         }
         if attempt_number(call) > 1 {
             if let Ok(value) = HeaderValue::from_str(&(attempt_number(call) - 1).to_string()) {
@@ -830,7 +903,9 @@ impl Inner {
                 }
             }
             Ok(response) => {
-                if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+                if header(response.headers(), &GRPC_STATUS).is_some() {
+                    let status = tonic::Status::from_header_map(response.headers())
+                        .unwrap_or_else(|| tonic::Status::unknown("a bad grpc-status"));
                     if status.code() == Code::Ok {
                         return Answer::Committed(response);
                     }
@@ -907,9 +982,7 @@ impl Inner {
         let method_config = self.config.method(parts.uri.path()).unwrap_or(&NO_POLICY);
         let context = CallContext::current().unwrap_or_default();
         let mut deadline = context.deadline;
-        let own = parts
-            .headers
-            .get(crate::context::GRPC_TIMEOUT)
+        let own = header(&parts.headers, &GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .or(method_config.timeout)
@@ -937,9 +1010,7 @@ impl Inner {
             deadline,
             span,
             parent: parent.map(|p| p.span_id),
-            trace_state: parts
-                .headers
-                .get("tracestate")
+            trace_state: header(&parts.headers, &TRACESTATE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
                 .or(context.trace_state),
@@ -947,6 +1018,20 @@ impl Inner {
             attempts: 0,
             last: None,
         };
+        // What every attempt sends is set once here, so that an attempt's copy of the headers
+        // changes at most `grpc-timeout` in place (no growth, no rehash per attempt).
+        call.headers.insert(TRACEPARENT, call.span.header_value());
+        if let Some(state) = call
+            .trace_state
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            call.headers.insert(TRACESTATE, state);
+        }
+        if call.deadline.is_some() {
+            call.headers
+                .insert(GRPC_TIMEOUT, HeaderValue::from_static("0n"));
+        }
         let _limit = match &self.limit {
             Some(limit) => match limit.try_acquire() {
                 Some(permit) => Some(permit),
@@ -1006,7 +1091,7 @@ impl Inner {
         config: &MethodConfig,
         mut payload: Payload,
     ) -> (Result<http::Response<Body>, tonic::Status>, Option<Attempt>) {
-        let mut tried = Vec::new();
+        let mut tried = Tried::default();
         loop {
             let Some(body) = payload.body() else {
                 return (
@@ -1014,7 +1099,7 @@ impl Inner {
                     None,
                 );
             };
-            let mut attempt = match self.pick(call, &tried) {
+            let mut attempt = match self.pick(call, tried.as_slice()) {
                 Ok(attempt) => attempt,
                 Err(why) => return (self.fallback_or(call, why), None),
             };
@@ -1062,7 +1147,7 @@ impl Inner {
         let Some(policy) = config.hedging.clone() else {
             return self.retried(call, config, payload).await;
         };
-        let mut tried = Vec::new();
+        let mut tried = Tried::default();
         let mut running = FuturesUnordered::new();
         let mut last_failure: Option<(Code, String)> = None;
         let mut next_at = Instant::now();
@@ -1072,7 +1157,7 @@ impl Inner {
                 && (call.attempts == 0 || self.may_retry(call, policy.max_attempts, false));
             if may_send {
                 let Some(body) = payload.body() else { break };
-                match self.pick(call, &tried) {
+                match self.pick(call, tried.as_slice()) {
                     Ok(mut attempt) => {
                         self.begin(call, &attempt, &mut tried, "hedge");
                         let snapshot = call.snapshot();
@@ -1152,7 +1237,7 @@ impl Inner {
     }
 
     /// Counts an attempt that is about to go out (`kind` when it is not the first).
-    fn begin(&self, call: &mut Call, attempt: &Attempt, tried: &mut Vec<usize>, kind: &str) {
+    fn begin(&self, call: &mut Call, attempt: &Attempt, tried: &mut Tried, kind: &str) {
         call.attempts += 1;
         call.last = Some(attempt.endpoint.clone());
         tried.push(attempt.index);
@@ -1208,7 +1293,9 @@ impl Inner {
         };
         match result {
             Ok(response) => {
-                if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+                if header(response.headers(), &GRPC_STATUS).is_some() {
+                    let status = tonic::Status::from_header_map(response.headers())
+                        .unwrap_or_else(|| tonic::Status::unknown("a bad grpc-status"));
                     finish.done(status.code(), status.message());
                     return response;
                 }
@@ -1380,5 +1467,69 @@ impl Finish {
                 retries: self.retries,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(body: Body) -> Vec<Bytes> {
+        futures::executor::block_on(async move {
+            let collected = body.collect().await.unwrap();
+            vec![collected.to_bytes()]
+        })
+    }
+
+    #[test]
+    fn a_complete_body_is_kept_whole_and_a_pending_one_streams_through_intact() {
+        // One frame, then the end: kept as it is.
+        let one = Body::new(http_body_util::Full::new(Bytes::from_static(b"abc")));
+        match Payload::read(one).unwrap() {
+            Payload::Whole(bytes) => assert_eq!(bytes, "abc"),
+            Payload::Streaming(_) => panic!("a one-frame body streams"),
+        }
+        // Several ready frames: joined.
+        let parts: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+            Ok(Frame::data(Bytes::from_static(b"e"))),
+        ];
+        let several = Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            parts,
+        )));
+        let mut payload = Payload::read(several).unwrap();
+        assert!(payload.retryable());
+        assert_eq!(
+            frames(payload.body().unwrap()),
+            [Bytes::from_static(b"abcde")]
+        );
+        assert_eq!(
+            frames(payload.body().unwrap()),
+            [Bytes::from_static(b"abcde")]
+        );
+        // A body whose second frame is not ready yet (a client stream): sent once, whole.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .unwrap();
+        let pending = Body::new(http_body_util::StreamBody::new(rx));
+        let mut payload = Payload::read(pending).unwrap();
+        assert!(!payload.retryable());
+        let body = payload.body().unwrap();
+        assert!(payload.body().is_none(), "a stream goes out once");
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"-second"))))
+            .unwrap();
+        drop(tx);
+        assert_eq!(frames(body), [Bytes::from_static(b"first-second")]);
+    }
+
+    #[test]
+    fn tried_remembers_in_order() {
+        let mut tried = Tried::default();
+        assert!(tried.as_slice().is_empty());
+        for i in 0..10 {
+            tried.push(i);
+        }
+        assert_eq!(tried.as_slice(), [0, 1, 2, 3, 4, 5, 6, 7]);
     }
 }

@@ -44,7 +44,26 @@ impl CallContext {
 }
 
 /// The `grpc-timeout` header.
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+/// The `traceparent` header.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// The `tracestate` header.
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+/// The `grpc-status` header or trailer.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The value of header `name`, found by comparing names rather than hashing: gRPC messages
+/// carry a handful of headers, and hashing a custom name (SipHash) costs more than reading
+/// them all.
+pub fn header<'a>(
+    headers: &'a HeaderMap,
+    name: &http::HeaderName,
+) -> Option<&'a http::HeaderValue> {
+    if headers.len() > 16 {
+        return headers.get(name);
+    }
+    headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
 
 /// Parses a `grpc-timeout` value (`100m`, `5S`, ...): at most 8 digits and a unit.
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -182,7 +201,7 @@ impl TraceParent {
 
     /// Reads it from request headers.
     pub fn from_headers(headers: &HeaderMap) -> Option<TraceParent> {
-        TraceParent::parse(headers.get(Self::HEADER)?.to_str().ok()?)
+        TraceParent::parse(header(headers, &TRACEPARENT)?.to_str().ok()?)
     }
 
     /// The trace id in hex, as logs and collectors show it.

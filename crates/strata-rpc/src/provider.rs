@@ -474,13 +474,13 @@ where
         };
         let context = CallContext {
             deadline: headers
-                .get(GRPC_TIMEOUT)
+                .get(&GRPC_TIMEOUT)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_grpc_timeout)
                 .map(|t| started + t),
             trace: Some(span),
             trace_state: headers
-                .get("tracestate")
+                .get(&crate::context::TRACESTATE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         };

@@ -103,9 +103,9 @@ impl RestConsumer {
                 d.saturating_duration_since(Instant::now())
             }))
             .await;
-        let mut tried = Vec::new();
+        let mut tried = crate::consumer::Tried::default();
         loop {
-            let mut attempt = inner.pick(&call, &tried).map_err(|why| {
+            let mut attempt = inner.pick(&call, tried.as_slice()).map_err(|why| {
                 let status = inner.no_pick(&call, why);
                 RestError {
                     code: status.code(),
@@ -125,7 +125,7 @@ impl RestConsumer {
             })?;
             request
                 .headers_mut()
-                .insert(TraceParent::HEADER, call.span.header_value());
+                .insert(crate::context::TRACEPARENT, call.span.header_value());
             let exchange = async {
                 let response = self.http.request(request).await?;
                 let (parts, body) = response.into_parts();

@@ -38,9 +38,18 @@ impl<F: FnOnce(Code, &str) + Send + Unpin + 'static> http_body::Body for Watched
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    match tonic::Status::from_header_map(trailers) {
-                        Some(status) => self.finish(status.code(), status.message()),
-                        None => self.finish(Code::Unknown, "the response ended without a status"),
+                    // The common case, `0`, without parsing the rest of the status.
+                    let ok = crate::context::header(trailers, &crate::context::GRPC_STATUS)
+                        .is_some_and(|v| v.as_bytes() == b"0");
+                    if ok {
+                        self.finish(Code::Ok, "");
+                    } else {
+                        match tonic::Status::from_header_map(trailers) {
+                            Some(status) => self.finish(status.code(), status.message()),
+                            None => {
+                                self.finish(Code::Unknown, "the response ended without a status")
+                            }
+                        }
                     }
                 }
             }

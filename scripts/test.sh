@@ -64,6 +64,9 @@ phase() { # phase NAME COMMAND...
     fi
 }
 all_tests() {
+    # The RPC tests and docs/rpc.md run the example provider and consumer (examples/) as real
+    # processes; a test build makes only the test harness of a package's binaries.
+    cargo build -p strata-examples --bins || return 1
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run --workspace --no-fail-fast
     else

@@ -405,6 +405,40 @@ impl Consumer {
         }
     }
 
+    /// A builder for a `strata://SERVICE` URI, whose query may select instances and the
+    /// balancing: `strata://orders?tag=v1&meta=version:v2&namespace=shop&balance=least_request`
+    /// (`tag` and `meta` repeat).
+    pub fn from_uri(client: strata_client::Client, uri: &str) -> Result<ConsumerBuilder, String> {
+        let rest = uri
+            .strip_prefix("strata://")
+            .ok_or_else(|| format!("{uri:?}: expected strata://SERVICE"))?;
+        let (service, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let service = service.trim_end_matches('/');
+        if service.is_empty() || service.contains('/') {
+            return Err(format!("{uri:?}: expected strata://SERVICE"));
+        }
+        let mut builder = Consumer::builder(client, service);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            builder = match key {
+                "tag" => builder.tag(value),
+                "namespace" => builder.namespace(value),
+                "meta" => {
+                    let (k, v) = value
+                        .split_once(':')
+                        .ok_or_else(|| format!("{uri:?}: meta={value:?} is not KEY:VALUE"))?;
+                    builder.meta(k, v)
+                }
+                "balance" => builder.balance(
+                    serde_json::from_value(serde_json::Value::String(value.into()))
+                        .map_err(|_| format!("{uri:?}: balance={value:?} is not a policy"))?,
+                ),
+                other => return Err(format!("{uri:?}: unknown parameter {other:?}")),
+            };
+        }
+        Ok(builder)
+    }
+
     /// The service's instances, as discovery sees them.
     pub fn discovery(&self) -> &Arc<Discovery> {
         &self.inner.discovery
@@ -908,6 +942,22 @@ impl Inner {
                         .unwrap_or_else(|| tonic::Status::unknown("a bad grpc-status"));
                     if status.code() == Code::Ok {
                         return Answer::Committed(response);
+                    }
+                    // tonic's server ends a call whose `grpc-timeout` passed with CANCELLED;
+                    // for the caller it is the deadline.
+                    if status.code() == Code::Cancelled
+                        && call.deadline.is_some_and(|d| d <= Instant::now())
+                    {
+                        return Answer::Failed {
+                            code: Code::DeadlineExceeded,
+                            message: format!(
+                                "deadline exceeded after {} ms",
+                                call.started.elapsed().as_millis()
+                            ),
+                            unsent: false,
+                            pushback: None,
+                            response: None,
+                        };
                     }
                     let pushback = response.headers().get("grpc-retry-pushback-ms").map(|v| {
                         v.to_str()
@@ -1521,6 +1571,31 @@ mod tests {
             .unwrap();
         drop(tx);
         assert_eq!(frames(body), [Bytes::from_static(b"first-second")]);
+    }
+
+    #[test]
+    fn a_strata_uri_names_the_service_and_its_filters() {
+        let client = || strata_client::Client::new(&["http://127.0.0.1:1".into()]);
+        let builder = Consumer::from_uri(
+            client(),
+            "strata://orders?tag=v1&tag=eu&meta=version:v2&namespace=shop&balance=least_request",
+        )
+        .unwrap();
+        assert_eq!(builder.selector.service, "orders");
+        assert_eq!(builder.selector.tags, ["v1", "eu"]);
+        assert_eq!(builder.selector.meta, [("version".into(), "v2".into())]);
+        assert_eq!(builder.selector.namespace.as_deref(), Some("shop"));
+        assert_eq!(builder.selector.balance, Balance::LeastRequest);
+        for bad in [
+            "http://orders",
+            "strata://",
+            "strata://a/b",
+            "strata://orders?meta=x",
+            "strata://orders?balance=fastest",
+            "strata://orders?color=red",
+        ] {
+            assert!(Consumer::from_uri(client(), bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -126,6 +126,16 @@ impl Discovery {
 
     fn replace(&self, instances: &[Arc<Instance>], initial: bool) {
         let old = self.members();
+        // The same members (another instance of the service changed, one these filters do
+        // not select): keep the set, and with it the balancer's position.
+        let same = !initial
+            && old.endpoints.len() == instances.len()
+            && old.endpoints.iter().zip(instances).all(|(e, i)| {
+                e.id == i.id && e.address == i.dial_address() && e.weight == i.weight_share()
+            });
+        if same {
+            return;
+        }
         let endpoints = instances
             .iter()
             .map(|i| (i.dial_address(), i.id.clone(), i.weight_share()))

@@ -8,6 +8,7 @@
 //! - ClusterLoadAssignment `SERVICE`: the passing instances, grouped by locality (the
 //!   `region` and `zone` of their metadata), each with its registry weight.
 
+use crate::rules::{cluster_name, ServiceRules};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion,
@@ -18,13 +19,14 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost,
+    header_matcher, route, route_action, route_match, weighted_cluster, HeaderMatcher, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use std::collections::BTreeMap;
 use strata_api::registry::Instance;
@@ -48,26 +50,71 @@ pub fn any(type_url: &str, message: &impl prost::Message) -> Any {
     }
 }
 
-/// The route configuration of `service`: every domain, every path, to cluster `service`.
-pub fn route_configuration(service: &str) -> RouteConfiguration {
+/// A route for every path (and `headers`) to `cluster`.
+fn route(headers: Vec<HeaderMatcher>, cluster: route_action::ClusterSpecifier) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
+            headers,
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(cluster),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The route configuration of `service`: every domain and path; by its `rules` (header
+/// routes first, then the weighted split), else to cluster `service`.
+pub fn route_configuration(service: &str, rules: Option<&ServiceRules>) -> RouteConfiguration {
+    let mut routes: Vec<Route> = Vec::new();
+    if let Some(rules) = rules {
+        for rule in &rules.routes {
+            let matcher = HeaderMatcher {
+                name: rule.header.clone(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(
+                            rule.value.clone(),
+                        )),
+                        ignore_case: false,
+                    },
+                )),
+                ..Default::default()
+            };
+            routes.push(route(
+                vec![matcher],
+                route_action::ClusterSpecifier::Cluster(cluster_name(service, &rule.subset)),
+            ));
+        }
+    }
+    let split: Vec<_> = rules
+        .map(|r| r.split.iter().filter(|w| w.weight > 0).collect())
+        .unwrap_or_default();
+    let default = if split.is_empty() {
+        route_action::ClusterSpecifier::Cluster(service.into())
+    } else {
+        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: split
+                .iter()
+                .map(|w| weighted_cluster::ClusterWeight {
+                    name: cluster_name(service, &w.subset),
+                    weight: Some(UInt32Value { value: w.weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    };
+    routes.push(route(Vec::new(), default));
     RouteConfiguration {
         name: service.into(),
         virtual_hosts: vec![VirtualHost {
             name: service.into(),
             domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        service.into(),
-                    )),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+            routes,
             ..Default::default()
         }],
         ..Default::default()
@@ -75,11 +122,11 @@ pub fn route_configuration(service: &str) -> RouteConfiguration {
 }
 
 /// The API listener of `service`, its route configuration inline.
-pub fn listener(service: &str) -> Listener {
+pub fn listener(service: &str, rules: Option<&ServiceRules>) -> Listener {
     let manager = HttpConnectionManager {
         stat_prefix: service.into(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
-            route_configuration(service),
+            route_configuration(service, rules),
         )),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
@@ -100,10 +147,10 @@ pub fn listener(service: &str) -> Listener {
     }
 }
 
-/// The cluster of `service`: endpoints by EDS over ADS, round robin.
-pub fn cluster(service: &str) -> Cluster {
+/// Cluster `name` (a service, or a subset of one): endpoints by EDS over ADS, round robin.
+pub fn cluster(name: &str) -> Cluster {
     Cluster {
-        name: service.into(),
+        name: name.into(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
         )),
@@ -122,8 +169,8 @@ pub fn cluster(service: &str) -> Cluster {
     }
 }
 
-/// The endpoints of `service`: `instances` (the passing ones) by locality.
-pub fn assignment(service: &str, instances: &[std::sync::Arc<Instance>]) -> ClusterLoadAssignment {
+/// The endpoints of cluster `name`: `instances` (the passing ones) by locality.
+pub fn assignment(name: &str, instances: &[std::sync::Arc<Instance>]) -> ClusterLoadAssignment {
     let mut localities: BTreeMap<(String, String), Vec<LbEndpoint>> = BTreeMap::new();
     for instance in instances {
         let locality = (
@@ -152,7 +199,7 @@ pub fn assignment(service: &str, instances: &[std::sync::Arc<Instance>]) -> Clus
         });
     }
     ClusterLoadAssignment {
-        cluster_name: service.into(),
+        cluster_name: name.into(),
         endpoints: localities
             .into_iter()
             .map(|((region, zone), lb_endpoints)| LocalityLbEndpoints {
@@ -179,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_listener_routes_everything_to_the_cluster_and_ends_with_the_router() {
-        let listener = listener("orders");
+        let listener = listener("orders", None);
         let api = listener.api_listener.unwrap().api_listener.unwrap();
         assert_eq!(api.type_url, HCM);
         let manager = HttpConnectionManager::decode(api.value.as_slice()).unwrap();
@@ -200,6 +247,48 @@ mod tests {
             action.cluster_specifier,
             Some(route_action::ClusterSpecifier::Cluster("orders".into()))
         );
+    }
+
+    #[test]
+    fn rules_become_header_routes_and_weighted_clusters() {
+        let rules = crate::rules::Rules::parse(
+            r#"
+            [[services]]
+            name = "orders"
+            routes = [{ header = "x-version", value = "v2", subset = { version = "v2" } }]
+            split = [{ subset = { version = "v1" }, weight = 95 }, { subset = { version = "v2" }, weight = 5 }]
+            "#,
+        )
+        .unwrap();
+        let config = route_configuration("orders", rules.of("orders"));
+        let routes = &config.virtual_hosts[0].routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(
+            routes[0].r#match.as_ref().unwrap().headers[0].name,
+            "x-version"
+        );
+        let Some(route::Action::Route(first)) = &routes[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            first.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                "orders/version=v2".into()
+            ))
+        );
+        let Some(route::Action::Route(last)) = &routes[1].action else {
+            panic!()
+        };
+        let Some(route_action::ClusterSpecifier::WeightedClusters(split)) = &last.cluster_specifier
+        else {
+            panic!("no split")
+        };
+        let names: Vec<_> = split
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight.unwrap().value))
+            .collect();
+        assert_eq!(names, [("orders/version=v1", 95), ("orders/version=v2", 5)]);
     }
 
     #[test]

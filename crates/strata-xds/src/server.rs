@@ -8,6 +8,7 @@
 //! passing instances sends a new assignment.
 
 use crate::resources::{self, any, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::rules::{parse_cluster, Rules};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -71,21 +72,25 @@ impl Metrics {
 pub struct Ads {
     registry: Arc<dyn RegistryService>,
     namespace: String,
+    rules: tokio::sync::watch::Receiver<Arc<Rules>>,
     metrics: Metrics,
     stop: CancellationToken,
 }
 
 impl Ads {
     /// Serves the services of `namespace` in `registry` until `stop`.
+    /// `rules` are the routing rules now and as they change.
     pub fn new(
         registry: Arc<dyn RegistryService>,
         namespace: String,
+        rules: tokio::sync::watch::Receiver<Arc<Rules>>,
         metrics: Metrics,
         stop: CancellationToken,
     ) -> Ads {
         Ads {
             registry,
             namespace,
+            rules,
             metrics,
             stop,
         }
@@ -190,12 +195,16 @@ impl Session {
         let Some(subscription) = self.subscriptions.get_mut(kind) else {
             return true;
         };
+        let rules = self.ads.rules.borrow().clone();
         let resources: Vec<Any> = subscription
             .names
             .iter()
             .filter_map(|name| match kind {
-                LISTENER => Some(any(LISTENER, &resources::listener(name))),
-                ROUTE => Some(any(ROUTE, &resources::route_configuration(name))),
+                LISTENER => Some(any(LISTENER, &resources::listener(name, rules.of(name)))),
+                ROUTE => Some(any(
+                    ROUTE,
+                    &resources::route_configuration(name, rules.of(name)),
+                )),
                 CLUSTER => Some(any(CLUSTER, &resources::cluster(name))),
                 _ => self
                     .instances
@@ -224,19 +233,22 @@ impl Session {
     }
 }
 
-/// Follows `service`'s passing instances with blocking queries; sends each new answer.
+/// Follows the passing instances of `cluster` (a service, or a subset of one by metadata)
+/// with blocking queries; sends each new answer.
 async fn watch(
     registry: Arc<dyn RegistryService>,
     namespace: String,
-    service: String,
+    cluster: String,
     updates: mpsc::Sender<(String, Arc<QueryResult>)>,
     stop: CancellationToken,
 ) {
+    let (service, subset) = parse_cluster(&cluster);
     let mut index = 0;
     loop {
         let query = Query {
             namespace: Some(namespace.clone()),
             passing: true,
+            meta: subset.clone(),
             index,
             wait: (index > 0).then_some(WAIT),
             ..Default::default()
@@ -250,7 +262,7 @@ async fn watch(
                 if index == 0 || result.index != index {
                     index = result.index.max(1);
                     if updates
-                        .send((service.clone(), Arc::new(result)))
+                        .send((cluster.clone(), Arc::new(result)))
                         .await
                         .is_err()
                     {
@@ -259,7 +271,7 @@ async fn watch(
                 }
             }
             Err(error) => {
-                tracing::warn!(%service, %error, "registry query for xDS failed; retrying");
+                tracing::warn!(%cluster, %error, "registry query for xDS failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -296,11 +308,19 @@ impl AggregatedDiscoveryService for Ads {
         };
         let stop = self.stop.clone();
         let streams = self.metrics.streams.clone();
+        let mut rules = self.rules.clone();
+        rules.mark_unchanged();
         streams.inc();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
+                    Ok(()) = rules.changed() => {
+                        // Routes live in the listeners (and route configurations).
+                        if !session.send(LISTENER).await || !session.send(ROUTE).await {
+                            break;
+                        }
+                    }
                     request = requests.message() => match request {
                         Ok(Some(request)) => {
                             if !session.request(request).await {

@@ -23,13 +23,11 @@ use strata_resilience::balance::Balance;
 use strata_resilience::breaker::{BreakerConfig, State};
 use strata_rpc::{BreakerScope, Consumer, Discovery, Selector, ServiceConfig};
 
-async fn register(node: &NodeProc, id: &str, port: u16, tags: &[&str]) {
+/// POSTs `body` to the node's `path`; the call must succeed.
+async fn post_ok(node: &NodeProc, path: &str, body: serde_json::Value) {
     let response = http_client()
-        .post(format!("{}/v1/registry/instances", node.url()))
-        .json(
-            &json!({"service": "orders", "id": id, "address": "127.0.0.1", "port": port,
-                      "tags": tags}),
-        )
+        .post(format!("{}{path}", node.url()))
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -38,6 +36,12 @@ async fn register(node: &NodeProc, id: &str, port: u16, tags: &[&str]) {
         "{:?}",
         response.text().await
     );
+}
+
+async fn register(node: &NodeProc, id: &str, port: u16, tags: &[&str]) {
+    let body = json!({"service": "orders", "id": id, "address": "127.0.0.1", "port": port,
+                      "tags": tags});
+    post_ok(node, "/v1/registry/instances", body).await;
 }
 
 async fn deregister(node: &NodeProc, id: &str) {
@@ -131,7 +135,8 @@ fn example_bin(name: &str) -> PathBuf {
     let path = std::path::Path::new(strata_bin()).with_file_name(name);
     assert!(
         path.exists(),
-        "{} is missing: build the examples too (cargo build --workspace)",
+        "{} is missing: build the examples first (cargo build -p strata-examples --bins; \
+         scripts/test.sh does)",
         path.display()
     );
     path
@@ -699,9 +704,32 @@ async fn t06_strata_rpc_lists_and_calls_through_reflection_and_errors_name_the_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t07_python_grpcio_over_xds_reaches_registered_providers_and_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
+    let (node, xds) = node_with_xds(dir.path()).await;
+    let _one = Example::orders(&node, "o-1", &["--meta", "zone=a"]).await;
+    let mut two = Example::orders(&node, "o-2", &["--meta", "zone=b"]).await;
+
+    let mut client = XdsClient::start(&xds).await;
+    let mut expect = async |ids: &str| client.expect(ids).await;
+    expect("o-1,o-2").await;
+
+    // A new instance joins the set the client balances over.
+    let _three = Example::orders(&node, "o-3", &[]).await;
+    expect("o-1,o-2,o-3").await;
+
+    // One leaves (graceful stop: deregistered first); the client stops calling it.
+    send_sigterm(&two.child);
+    let _ = tokio::task::spawn_blocking(move || two.child.wait()).await;
+    expect("o-1,o-3").await;
+    let metrics = node.metric("strata_xds_responses_total").await;
+    assert!(metrics.is_some(), "the node counts xDS responses");
+    node.assert_no_panic();
+}
+
+/// A node with its xds listener on, and that listener's address.
+async fn node_with_xds(dir: &std::path::Path) -> (NodeProc, String) {
     let node = NodeProc::start(
         1,
-        dir.path(),
+        dir,
         Some("1=127.0.0.1:0"),
         &["--listen", "xds=127.0.0.1:0"],
     )
@@ -709,64 +737,111 @@ async fn t07_python_grpcio_over_xds_reaches_registered_providers_and_follows_cha
     let addrs: serde_json::Value =
         serde_json::from_slice(&std::fs::read(node.dir.join("addrs.json")).unwrap()).unwrap();
     let xds = addrs["xds"].as_str().unwrap().to_string();
-    let _one = Example::orders(&node, "o-1", &["--meta", "zone=a"]).await;
-    let mut two = Example::orders(&node, "o-2", &["--meta", "zone=b"]).await;
+    (node, xds)
+}
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/xds_client.py");
-    let mut python = std::process::Command::new("python3")
-        .args([script, &xds, "orders"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdin = python.stdin.take().unwrap();
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = python.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+/// Python's grpcio dialing `xds:///orders` through a node's xds listener
+/// (`tests/py/xds_client.py`), driven line by line.
+struct XdsClient {
+    python: Child,
+    stdin: std::process::ChildStdin,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl XdsClient {
+    async fn start(xds: &str) -> XdsClient {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/xds_client.py");
+        let mut python = std::process::Command::new("python3")
+            .args([script, xds, "orders"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = python.stdin.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = python.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(40), lines.recv())
+        });
+        let mut client = XdsClient {
+            python,
+            stdin,
+            lines,
+        };
+        assert_eq!(client.next().await, "ready");
+        client
+    }
+
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(40), self.lines.recv())
             .await
             .expect("the Python client answers within 40 s")
             .expect("the Python client is running")
-    };
-    assert_eq!(next().await, "ready");
-    let mut expect = async |ids: &str| {
+    }
+
+    /// Calls until exactly the instances `ids` answer (see the script); `args` may add
+    /// request metadata (`KEY=VALUE`).
+    async fn expect(&mut self, args: &str) {
         use std::io::Write;
-        writeln!(stdin, "expect {ids}").unwrap();
-        stdin.flush().unwrap();
+        writeln!(self.stdin, "expect {args}").unwrap();
+        self.stdin.flush().unwrap();
+        let line = self.next().await;
+        assert!(line.starts_with("ok "), "expect {args}: {line}");
+        eprintln!("xds client, expect {args}: {line}");
+    }
+}
+
+impl Drop for XdsClient {
+    fn drop(&mut self) {
+        let _ = self.python.kill();
+        let _ = self.python.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t08_xds_routing_rules_from_the_config_center_route_by_header_and_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, xds) = node_with_xds(dir.path()).await;
+    let _v1 = Example::orders(&node, "o-1", &["--meta", "version=v1"]).await;
+    let _v2 = Example::orders(&node, "o-2", &["--meta", "version=v2"]).await;
+    let publish = async |content: &str| {
+        let body = json!({"namespace": "public", "group": "xds", "data_id": "routes",
+                          "content": content, "type": "toml"});
+        post_ok(&node, "/v1/config/publish", body).await;
     };
-    expect("o-1,o-2").await;
-    let line = next().await;
-    assert!(line.starts_with("ok "), "{line}");
-    eprintln!("xds client: {line}");
-
-    // A new instance joins the set the client balances over.
-    let _three = Example::orders(&node, "o-3", &[]).await;
-    expect("o-1,o-2,o-3").await;
-    let line = next().await;
-    assert!(line.starts_with("ok "), "{line}");
-    eprintln!("xds client: {line}");
-
-    // One leaves (graceful stop: deregistered first); the client stops calling it.
-    send_sigterm(&two.child);
-    let _ = tokio::task::spawn_blocking(move || two.child.wait()).await;
-    expect("o-1,o-3").await;
-    let line = next().await;
-    assert!(line.starts_with("ok "), "{line}");
-    eprintln!("xds client: {line}");
-
-    drop(stdin);
-    let _ = python.kill();
-    let _ = python.wait();
-    let metrics = node.metric("strata_xds_responses_total").await;
-    assert!(metrics.is_some(), "the node counts xDS responses");
+    // Canary by header: x-version: v2 goes to version=v2; everything else to version=v1.
+    publish(
+        r#"[[services]]
+name = "orders"
+routes = [{ header = "x-version", value = "v2", subset = { version = "v2" } }]
+split = [{ subset = { version = "v1" }, weight = 1 }]
+"#,
+    )
+    .await;
+    let mut client = XdsClient::start(&xds).await;
+    client.expect("o-1").await;
+    client.expect("o-2 x-version=v2").await;
+    // A new version of the rules moves the traffic: all of it to version=v2 now.
+    publish(
+        r#"[[services]]
+name = "orders"
+split = [{ subset = { version = "v2" }, weight = 1 }]
+"#,
+    )
+    .await;
+    client.expect("o-2").await;
+    // An invalid version is refused; the rules in force stay.
+    publish("[[services]]\nname = \"orders\"\nsplit = [{ subset = {}, weight = 0 }]\n").await;
+    client.expect("o-2").await;
+    // Without rules, every instance again.
+    let key = json!({"namespace": "public", "group": "xds", "data_id": "routes"});
+    post_ok(&node, "/v1/config/delete", key).await;
+    client.expect("o-1,o-2").await;
     node.assert_no_panic();
 }

@@ -4,9 +4,10 @@ xDS listener and reports which instances answer.
 Usage: python3 xds_client.py XDS_HOST:PORT SERVICE
 
 It reads commands from stdin, one per line:
-  expect ID,ID,...   call /orders.v1.Orders/Get until every listed instance has answered and
-                     the last 30 answers all came from them; print "ok COUNTS", or
-                     "timeout SEEN" after 20 seconds.
+  expect ID,ID,... [KEY=VALUE]
+                     call /orders.v1.Orders/Get (with that request metadata, if given) until
+                     every listed instance has answered and the last 30 answers all came
+                     from them; print "ok COUNTS", or "timeout SEEN" after 20 seconds.
 The messages are encoded by hand (two string fields), so no generated code is needed.
 """
 
@@ -98,11 +99,12 @@ def main():
             print("unknown command", words[0], flush=True)
             continue
         wanted = set(words[1].split(","))
+        metadata = [tuple(words[2].split("=", 1))] if len(words) > 2 else None
         counts, recent = {}, []
         deadline = time.time() + 20
         while True:
             try:
-                answer = served_by(get(get_request("x:1"), timeout=2))
+                answer = served_by(get(get_request("x:1"), timeout=2, metadata=metadata))
                 counts[answer] = counts.get(answer, 0) + 1
                 recent = (recent + [answer])[-30:]
             except grpc.RpcError as error:

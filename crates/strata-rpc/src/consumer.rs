@@ -1037,8 +1037,8 @@ impl Inner {
             .and_then(parse_grpc_timeout)
             .or(method_config.timeout)
             .or(self.timeout);
-        if let Some(own) = own {
-            let own = started + own;
+        // A timeout too long to add to the clock (grpc-timeout allows 11,000 years) is none.
+        if let Some(own) = own.and_then(|own| started.checked_add(own)) {
             deadline = Some(deadline.map_or(own, |d| d.min(own)));
         }
         let parent = TraceParent::from_headers(&parts.headers).or(context.trace);

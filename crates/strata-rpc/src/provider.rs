@@ -477,7 +477,7 @@ where
                 .get(&GRPC_TIMEOUT)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_grpc_timeout)
-                .map(|t| started + t),
+                .and_then(|t| started.checked_add(t)),
             trace: Some(span),
             trace_state: headers
                 .get(&crate::context::TRACESTATE)

@@ -66,8 +66,8 @@ impl RestConsumer {
         let context = CallContext::current().unwrap_or_default();
         let started = Instant::now();
         let mut deadline = context.deadline;
-        if let Some(own) = inner.timeout {
-            deadline = Some(deadline.map_or(started + own, |d| d.min(started + own)));
+        if let Some(own) = inner.timeout.and_then(|own| started.checked_add(own)) {
+            deadline = Some(deadline.map_or(own, |d| d.min(own)));
         }
         let parent = TraceParent::from_headers(&parts.headers).or(context.trace);
         let span = parent.map_or_else(|| TraceParent::root(trace::sample_new()), |p| p.child());

@@ -52,7 +52,7 @@ impl RetryPolicy {
                 .backoff_multiplier
                 .powi(n.saturating_sub(1).min(64) as i32);
         let bound = bound.min(self.max_backoff.as_secs_f64());
-        Duration::from_secs_f64(rand::random::<f64>() * bound)
+        Duration::try_from_secs_f64(rand::random::<f64>() * bound).unwrap_or(self.max_backoff)
     }
 }
 
@@ -135,8 +135,10 @@ struct RawThrottling {
 fn duration(field: &str, text: &str) -> Result<Duration, String> {
     text.strip_suffix('s')
         .and_then(|n| n.parse::<f64>().ok())
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|n| Duration::try_from_secs_f64(n).ok())
+        // gRPC's own limit for durations (about 10,000 years) keeps deadlines addable to
+        // the clock.
+        .filter(|d| d.as_secs() <= 315_576_000_000)
         .ok_or_else(|| format!("{field}: {text:?} is not a duration like \"1.5s\""))
 }
 
@@ -361,6 +363,10 @@ mod tests {
         for (text, wanted) in [
             (
                 r#"{"methodConfig":[{"name":[{}],"timeout":"5"}]}"#,
+                "methodConfig[0].timeout",
+            ),
+            (
+                r#"{"methodConfig":[{"name":[{}],"timeout":"1e300s"}]}"#,
                 "methodConfig[0].timeout",
             ),
             (

@@ -67,7 +67,7 @@ pub fn header<'a>(
 
 /// Parses a `grpc-timeout` value (`100m`, `5S`, ...): at most 8 digits and a unit.
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -268,7 +268,17 @@ mod tests {
                 Some(duration)
             );
         }
-        for junk in ["", "m", "100", "123456789m", "1x", "-1m", "1.5S", "١m"] {
+        for junk in [
+            "",
+            "m",
+            "100",
+            "123456789m",
+            "1x",
+            "-1m",
+            "1.5S",
+            "١m",
+            "1١",
+        ] {
             assert_eq!(parse_grpc_timeout(junk), None, "{junk:?}");
         }
         // Never shorter than asked, at most one unit longer.

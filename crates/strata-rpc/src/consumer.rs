@@ -585,6 +585,22 @@ enum Answer {
     },
 }
 
+impl Answer {
+    /// The call's deadline passed.
+    fn expired(call: &Call) -> Answer {
+        Answer::Failed {
+            code: Code::DeadlineExceeded,
+            message: format!(
+                "deadline exceeded after {} ms",
+                call.started.elapsed().as_millis()
+            ),
+            unsent: false,
+            pushback: None,
+            response: None,
+        }
+    }
+}
+
 /// One attempt on one instance: its permits, and what it owes the breaker, outlier
 /// detection and the balancer's in-flight count when it ends. Dropped unfinished (a hedge
 /// that lost, a call the caller gave up on), it counts as neither success nor failure.
@@ -892,18 +908,7 @@ impl Inner {
         let result = match remaining {
             Some(remaining) => match tokio::time::timeout(remaining, exchange).await {
                 Ok(result) => result,
-                Err(_) => {
-                    return Answer::Failed {
-                        code: Code::DeadlineExceeded,
-                        message: format!(
-                            "deadline exceeded after {} ms",
-                            call.started.elapsed().as_millis()
-                        ),
-                        unsent: false,
-                        pushback: None,
-                        response: None,
-                    }
-                }
+                Err(_) => return Answer::expired(call),
             },
             None => exchange.await,
         };
@@ -917,16 +922,7 @@ impl Inner {
                 let expired =
                     call.deadline.is_some_and(|d| d <= Instant::now()) || timed_out(&error);
                 if expired {
-                    return Answer::Failed {
-                        code: Code::DeadlineExceeded,
-                        message: format!(
-                            "deadline exceeded after {} ms",
-                            call.started.elapsed().as_millis()
-                        ),
-                        unsent: false,
-                        pushback: None,
-                        response: None,
-                    };
+                    return Answer::expired(call);
                 }
                 Answer::Failed {
                     code: Code::Unavailable,
@@ -948,16 +944,7 @@ impl Inner {
                     if status.code() == Code::Cancelled
                         && call.deadline.is_some_and(|d| d <= Instant::now())
                     {
-                        return Answer::Failed {
-                            code: Code::DeadlineExceeded,
-                            message: format!(
-                                "deadline exceeded after {} ms",
-                                call.started.elapsed().as_millis()
-                            ),
-                            unsent: false,
-                            pushback: None,
-                            response: None,
-                        };
+                        return Answer::expired(call);
                     }
                     let pushback = response.headers().get("grpc-retry-pushback-ms").map(|v| {
                         v.to_str()

@@ -14,5 +14,6 @@ pub fn all() -> Vec<Arc<dyn Component>> {
         Arc::new(strata_nacos::NacosComponent),
         Arc::new(strata_gateway::GatewayComponent),
         Arc::new(strata_xds::XdsComponent),
+        Arc::new(strata_monitor::MonitorComponent),
     ]
 }

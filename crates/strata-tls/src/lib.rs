@@ -289,6 +289,12 @@ impl ServerTls {
         ServerTls::load(self.files.clone(), self.client_auth, alpn)
     }
 
+    /// The certificate, key and CA files (a component's HTTPS client presents the same
+    /// certificate and trusts the same CA).
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
     /// Whether clients are asked for certificates.
     pub fn client_auth(&self) -> ClientAuth {
         self.client_auth

@@ -1,0 +1,215 @@
+//! Where samples enter: the local store, then every other monitor node.
+//!
+//! Replication is full: each monitor node keeps every sample, so any node answers any query
+//! from its own disk and losing a node loses nothing. The node that ingests a batch (a
+//! scrape, a remote write, an OTLP export) appends it to its store and queues it for each
+//! peer, which receives it as a remote write marked as a replica (so it is not forwarded
+//! again). A peer's queue is bounded ([`QUEUE_BATCHES`]); a peer that is down has its batches
+//! retried until the queue overflows, then the oldest are dropped and counted. Samples are
+//! idempotent in the store (a repeat is refused as out of order), so a retry never doubles.
+
+use crate::model::Labels;
+use crate::remote;
+use crate::store::{Appended, Store};
+use prometheus::{IntCounterVec, Opts};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Batches queued for one peer before the oldest are dropped.
+pub const QUEUE_BATCHES: usize = 4096;
+/// The header that marks a replicated write.
+pub const REPLICA_HEADER: &str = "strata-monitor-replica";
+
+struct Peer {
+    addr: String,
+    queue: Mutex<VecDeque<Arc<Vec<u8>>>>,
+    ready: Notify,
+    cancel: CancellationToken,
+}
+
+/// The ingest path.
+pub struct Ingest {
+    /// The local store.
+    pub store: Arc<Store>,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    http: reqwest::Client,
+    scheme: &'static str,
+    token: Option<String>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    samples: IntCounterVec,
+    replication: IntCounterVec,
+}
+
+impl Ingest {
+    /// The ingest path over `store`; peers are added with [`Ingest::set_peers`].
+    pub fn new(
+        store: Arc<Store>,
+        http: reqwest::Client,
+        scheme: &'static str,
+        token: Option<String>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        registry: &prometheus::Registry,
+    ) -> Result<Ingest, prometheus::Error> {
+        let samples = IntCounterVec::new(
+            Opts::new(
+                "strata_monitor_samples_total",
+                "Samples offered to the store, by source (scrape, remote_write, otlp, replica) and result (stored, out_of_order, out_of_bounds).",
+            ),
+            &["source", "result"],
+        )?;
+        let replication = IntCounterVec::new(
+            Opts::new(
+                "strata_monitor_replication_batches_total",
+                "Batches sent to peer monitor nodes, by result (sent, retried, dropped).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(samples.clone()))?;
+        registry.register(Box::new(replication.clone()))?;
+        Ok(Ingest {
+            store,
+            peers: Mutex::new(HashMap::new()),
+            http,
+            scheme,
+            token,
+            tracker,
+            cancel,
+            samples,
+            replication,
+        })
+    }
+
+    /// Appends `batch` locally and, unless it came from a peer, queues it for every peer.
+    pub fn write(&self, source: &str, batch: &[(Labels, i64, f64)]) -> std::io::Result<Appended> {
+        let appended = self.store.append(batch)?;
+        for (result, n) in [
+            ("stored", appended.stored),
+            ("out_of_order", appended.out_of_order),
+            ("out_of_bounds", appended.out_of_bounds),
+        ] {
+            if n > 0 {
+                self.samples
+                    .with_label_values(&[source, result])
+                    .inc_by(n as u64);
+            }
+        }
+        if source != "replica" && !batch.is_empty() {
+            let peers: Vec<Arc<Peer>> = self
+                .peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            if !peers.is_empty() {
+                let body = Arc::new(remote::encode(batch));
+                for peer in peers {
+                    let mut queue = peer.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if queue.len() >= QUEUE_BATCHES {
+                        queue.pop_front();
+                        self.replication.with_label_values(&["dropped"]).inc();
+                    }
+                    queue.push_back(body.clone());
+                    drop(queue);
+                    peer.ready.notify_one();
+                }
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Replaces the peer set (node id to API address), starting and stopping senders.
+    pub fn set_peers(self: &Arc<Self>, wanted: &BTreeMap<u64, String>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.retain(|id, peer| {
+            let keep = wanted.get(id) == Some(&peer.addr);
+            if !keep {
+                peer.cancel.cancel();
+            }
+            keep
+        });
+        for (id, addr) in wanted {
+            if peers.contains_key(id) || addr.is_empty() {
+                continue;
+            }
+            tracing::info!(peer = id, %addr, "replicating monitor samples to a peer");
+            let peer = Arc::new(Peer {
+                addr: addr.clone(),
+                queue: Mutex::new(VecDeque::new()),
+                ready: Notify::new(),
+                cancel: self.cancel.child_token(),
+            });
+            peers.insert(*id, peer.clone());
+            self.tracker.spawn(self.clone().send_loop(*id, peer));
+        }
+    }
+
+    async fn send_loop(self: Arc<Self>, id: u64, peer: Arc<Peer>) {
+        let url = format!("{}://{}/api/v1/write", self.scheme, peer.addr);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let next = peer
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .front()
+                .cloned();
+            let Some(body) = next else {
+                tokio::select! {
+                    () = peer.cancel.cancelled() => return,
+                    () = peer.ready.notified() => continue,
+                }
+            };
+            let mut request = self
+                .http
+                .post(&url)
+                .header("content-encoding", "snappy")
+                .header("content-type", "application/x-protobuf")
+                .header("x-prometheus-remote-write-version", "0.1.0")
+                .header(REPLICA_HEADER, "1")
+                .timeout(Duration::from_secs(10))
+                .body(body.to_vec());
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let sent = request.send().await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    peer.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop_front();
+                    self.replication.with_label_values(&["sent"]).inc();
+                    backoff = Duration::from_millis(100);
+                }
+                Ok(response) if response.status().is_client_error() => {
+                    tracing::warn!(peer = id, status = %response.status(), "a peer refused a replicated batch; dropping it");
+                    peer.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop_front();
+                    self.replication.with_label_values(&["dropped"]).inc();
+                }
+                other => {
+                    let error = match other {
+                        Ok(r) => r.status().to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::debug!(peer = id, %error, "replication to a peer failed; retrying");
+                    self.replication.with_label_values(&["retried"]).inc();
+                    tokio::select! {
+                        () = peer.cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

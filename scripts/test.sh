@@ -21,6 +21,9 @@ need_packages=(
   "protoc protobuf-compiler"
   "dig dnsutils"
   "jq jq"
+  "prometheus prometheus"
+  "promtool prometheus"
+  "prometheus-alertmanager prometheus-alertmanager"
 )
 missing=()
 for entry in "${need_packages[@]}"; do

@@ -51,6 +51,8 @@ pub struct ApiState {
     pub max_request_bytes: usize,
     /// Alerting and recording rules, as `/api/v1/rules` and `/api/v1/alerts` show them.
     pub rules: Arc<dyn RulesView>,
+    /// The KV store (registry instances for `http_sd`).
+    pub kv: Arc<dyn strata_store::KvApi>,
 }
 
 /// What the rule evaluator shows the API.
@@ -87,6 +89,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/write", post(write))
+        .route("/v1/monitor/sd", get(http_sd))
         .with_state(state)
 }
 
@@ -559,6 +562,98 @@ async fn buildinfo() -> ApiResult {
         "buildDate": "",
         "goVersion": "none",
     }))
+}
+
+/// Prometheus's `http_sd_configs` format: one group per registered instance, its address
+/// (the metrics port when the instance names one) and `__meta_strata_*` labels for
+/// relabelling. `?service=` and `?namespace=` narrow it.
+async fn http_sd(
+    State(s): State<ApiState>,
+    Who(who): Who,
+    RawQuery(raw): RawQuery,
+) -> Result<axum::Json<Json>, ApiFailure> {
+    let p = Params::parse(raw.as_deref(), &HeaderMap::new(), &[]);
+    let namespace = p.get("namespace");
+    let service = p.get("service");
+    let names = match (namespace, service) {
+        (Some(ns), Some(svc)) => Names::one(format!("{ns}/{svc}")),
+        (Some(ns), None) => Names::prefix(format!("{ns}/")),
+        _ => Names::prefix(Vec::new()),
+    };
+    s.auth
+        .gate
+        .check(
+            &who,
+            Kind::Registry,
+            Access::Read,
+            &names,
+            "monitor http_sd",
+        )
+        .map_err(ApiFailure::from)?;
+    let request = strata_proto::kv::RangeRequest {
+        key: strata_api::registry::instances_prefix(
+            namespace,
+            service.filter(|_| namespace.is_some()),
+        )
+        .into_bytes(),
+        prefix: true,
+        serializable: true,
+        ..Default::default()
+    };
+    let found = s.kv.range(request).await.map_err(ApiFailure::from)?;
+    let mut groups = Vec::new();
+    for kv in found.kvs {
+        let Ok(i) = serde_json::from_slice::<strata_api::registry::Instance>(&kv.value) else {
+            continue;
+        };
+        if service.is_some_and(|svc| svc != i.service) {
+            continue;
+        }
+        let port = i
+            .meta
+            .get("metrics_port")
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(i.port);
+        let host = if i.address.contains(':') {
+            format!("[{}]", i.address)
+        } else {
+            i.address.clone()
+        };
+        let mut labels = Map::new();
+        let mut put = |k: String, v: String| {
+            labels.insert(k, Json::String(v));
+        };
+        put("__meta_strata_namespace".into(), i.namespace.clone());
+        put("__meta_strata_service".into(), i.service.clone());
+        put("__meta_strata_instance_id".into(), i.id.clone());
+        put("__meta_strata_address".into(), i.address.clone());
+        put("__meta_strata_port".into(), i.port.to_string());
+        put(
+            "__meta_strata_tags".into(),
+            format!(",{},", i.tags.join(",")),
+        );
+        put(
+            "__meta_strata_health".into(),
+            if i.healthy() {
+                "passing".into()
+            } else {
+                "critical".into()
+            },
+        );
+        for (k, v) in i.meta.iter() {
+            let key: String = k
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            put(format!("__meta_strata_meta_{key}"), v.clone());
+        }
+        if let Some(path) = i.meta.get("metrics_path").filter(|p| p.starts_with('/')) {
+            put("__metrics_path__".into(), path.clone());
+        }
+        put("job".into(), i.service.clone());
+        groups.push(json!({"targets": [format!("{host}:{port}")], "labels": labels}));
+    }
+    Ok(axum::Json(Json::Array(groups)))
 }
 
 async fn write(

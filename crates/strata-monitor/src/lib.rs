@@ -186,6 +186,7 @@ impl Component for MonitorComponent {
                 scrape_timeout: config.scrape_timeout.0,
                 max_request_bytes: ctx.max_request_bytes,
                 rules: Arc::new(api::NoRules),
+                kv: ctx.kv.clone(),
             };
             Ok(Started {
                 api_routes: Some(api::router(state)),

@@ -781,3 +781,40 @@ fn urlencode(s: &str) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn t06_prometheus_discovers_registered_services_through_http_sd() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(1, dir.path(), Some("1=127.0.0.1:0"), &[]).await;
+    let server = metrics_server().await;
+    register_metrics_instance(&node, server.port).await;
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: strata-services\n    http_sd_configs:\n      - url: {}/v1/monitor/sd\n        refresh_interval: 1s\n",
+        node.url()
+    );
+    let prom = start_prometheus(dir.path(), &config).await;
+    let target = wait_until(
+        Duration::from_secs(30),
+        "Prometheus scraping the registered instance",
+        || async {
+            let body = get_raw(&format!("{}/api/v1/targets", prom.url)).await;
+            body["data"]["activeTargets"]
+                .as_array()?
+                .iter()
+                .find(|t| t["health"] == "up")
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(target["labels"]["job"], "demo");
+    assert_eq!(
+        target["labels"]["instance"],
+        format!("127.0.0.1:{}", server.port)
+    );
+    assert_eq!(target["discoveredLabels"]["__meta_strata_service"], "demo");
+    assert_eq!(
+        target["discoveredLabels"]["__meta_strata_namespace"],
+        "public"
+    );
+    assert!(!server.hits.lock().unwrap().is_empty());
+}

@@ -10,6 +10,7 @@
 //! - [`remote`]: remote write 1.0 (ingest, and replication between monitor nodes).
 //! - [`ingest`]: the write path: local store, then every peer.
 //! - [`promql`]: the query engine.
+//! - [`rules`]: recording and alerting rules, notifications.
 //! - [`api`]: the `/api/v1/` routes.
 
 pub mod api;
@@ -19,12 +20,14 @@ pub mod ingest;
 pub mod model;
 pub mod promql;
 pub mod remote;
+pub mod rules;
 pub mod scrape;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use strata_api::config::{ClientIdentity, ConfigKey, ConfigService};
 use strata_api::units::{ByteSize, HumanDuration};
 use strata_component::{parse_section, Component, Context, StartError, Started};
 use strata_store::BoxFuture;
@@ -48,6 +51,12 @@ pub struct MonitorConfig {
     pub block_range: HumanDuration,
     /// How far back an instant query looks for a series' latest sample.
     pub lookback: HumanDuration,
+    /// How often rule groups without an `interval` of their own are evaluated.
+    pub evaluation_interval: HumanDuration,
+    /// Alertmanager base URLs (`http://HOST:9093`); alerts go to their `/api/v2/alerts`.
+    pub alertmanagers: Vec<String>,
+    /// Webhook URLs that receive the same JSON array Alertmanager does.
+    pub webhooks: Vec<String>,
     /// Targets to scrape besides the cluster's nodes and registered instances.
     pub static_targets: Vec<scrape::StaticTarget>,
 }
@@ -61,6 +70,9 @@ impl Default for MonitorConfig {
             retention_size: ByteSize(0),
             block_range: HumanDuration(Duration::from_secs(2 * 3600)),
             lookback: HumanDuration(Duration::from_secs(300)),
+            evaluation_interval: HumanDuration(Duration::from_secs(15)),
+            alertmanagers: Vec::new(),
+            webhooks: Vec::new(),
             static_targets: Vec::new(),
         }
     }
@@ -73,6 +85,16 @@ impl MonitorConfig {
         }
         if self.block_range.0 < Duration::from_secs(1) {
             return Err("[monitor] block_range must be at least 1s".into());
+        }
+        if self.evaluation_interval.0 < Duration::from_millis(100) {
+            return Err("[monitor] evaluation_interval must be at least 100ms".into());
+        }
+        for url in self.alertmanagers.iter().chain(&self.webhooks) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "[monitor] {url:?} is not an http:// or https:// URL"
+                ));
+            }
         }
         for group in &self.static_targets {
             if !group.metrics_path.starts_with('/') {
@@ -135,6 +157,9 @@ impl Component for MonitorComponent {
                 .pool_idle_timeout(Duration::from_secs(60))
                 .build()
                 .map_err(|e| StartError(format!("monitor: HTTP client: {e}")))?;
+            let notify_http = strata_tls::http_client_builder()
+                .build()
+                .map_err(|e| StartError(format!("monitor: HTTP client: {e}")))?;
             let ingest = Arc::new(
                 ingest::Ingest::new(
                     store.clone(),
@@ -176,6 +201,39 @@ impl Component for MonitorComponent {
             let engine = Arc::new(promql::Engine {
                 lookback_ms: config.lookback.0.as_millis() as i64,
             });
+            let rules = Arc::new(rules::Rules::new(config.evaluation_interval.0));
+            match rules::parse_file("builtin", rules::BUILTIN_RULES) {
+                Ok(groups) => rules.install("builtin", groups),
+                Err(error) => tracing::error!(%error, "Strata's built-in rules do not parse"),
+            }
+            match ctx.get::<Arc<dyn ConfigService>>().map(|c| (*c).clone()) {
+                Some(configs) => {
+                    ctx.tracker.spawn(follow_rule_files(
+                        ctx.kv.clone(),
+                        configs,
+                        rules.clone(),
+                        ctx.node_id,
+                        ctx.cancel.clone(),
+                    ));
+                }
+                None => tracing::info!(
+                    "no config center on this node: only the built-in rules are evaluated"
+                ),
+            }
+            let rule_loop = rules::RuleLoop {
+                rules: rules.clone(),
+                engine: engine.clone(),
+                store: store.clone(),
+                ingest: ingest.clone(),
+                http: notify_http,
+                receivers: rules::Receivers {
+                    alertmanagers: config.alertmanagers.clone(),
+                    webhooks: config.webhooks.clone(),
+                },
+                kv: ctx.kv.clone(),
+                me: ctx.node_id,
+            };
+            ctx.tracker.spawn(rule_loop.run(ctx.cancel.clone()));
             let state = api::ApiState {
                 store,
                 ingest,
@@ -185,13 +243,96 @@ impl Component for MonitorComponent {
                 scrape_interval: config.scrape_interval.0,
                 scrape_timeout: config.scrape_timeout.0,
                 max_request_bytes: ctx.max_request_bytes,
-                rules: Arc::new(api::NoRules),
+                rules,
                 kv: ctx.kv.clone(),
             };
             Ok(Started {
                 api_routes: Some(api::router(state)),
             })
         })
+    }
+}
+
+/// Installs every rule file published in the config center (namespace `public`, group
+/// [`rules::RULES_GROUP`]) and follows changes; a file that does not parse is logged and its
+/// previous version stays.
+async fn follow_rule_files(
+    kv: Arc<dyn strata_store::KvApi>,
+    configs: Arc<dyn ConfigService>,
+    rules: Arc<rules::Rules>,
+    node_id: u64,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let client = ClientIdentity {
+        ip: None,
+        labels: std::collections::BTreeMap::from([(
+            "strata_node".to_string(),
+            node_id.to_string(),
+        )]),
+    };
+    let prefix = format!(
+        "{}items/public/{}/",
+        strata_api::config::ROOT,
+        rules::RULES_GROUP
+    );
+    let mut installed: std::collections::BTreeMap<String, String> =
+        std::collections::BTreeMap::new();
+    loop {
+        let request = strata_proto::kv::RangeRequest {
+            key: prefix.clone().into_bytes(),
+            prefix: true,
+            serializable: true,
+            keys_only: true,
+            ..Default::default()
+        };
+        if let Ok(found) = kv.range(request).await {
+            let ids: Vec<String> = found
+                .kvs
+                .iter()
+                .filter_map(|kv| {
+                    Some(
+                        std::str::from_utf8(kv.key.strip_prefix(prefix.as_bytes())?)
+                            .ok()?
+                            .to_string(),
+                    )
+                })
+                .collect();
+            for gone in installed
+                .keys()
+                .filter(|f| !ids.contains(f))
+                .cloned()
+                .collect::<Vec<_>>()
+            {
+                rules.remove_file(&gone);
+                installed.remove(&gone);
+                tracing::info!(file = %gone, "rule file removed");
+            }
+            for id in ids {
+                let Ok(key) = ConfigKey::new(Some("public"), Some(rules::RULES_GROUP), &id) else {
+                    continue;
+                };
+                let Ok(served) = configs.get(&key, &client) else {
+                    continue;
+                };
+                if installed.get(&id) == Some(&served.md5) {
+                    continue;
+                }
+                installed.insert(id.clone(), served.md5.clone());
+                match rules::parse_file(&id, &served.content) {
+                    Ok(groups) => {
+                        tracing::info!(file = %id, groups = groups.len(), version = served.version, "rule file loaded");
+                        rules.install(&id, groups);
+                    }
+                    Err(error) => {
+                        tracing::warn!(file = %id, %error, "rule file refused; its previous version stays")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

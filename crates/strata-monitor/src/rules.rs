@@ -1,0 +1,898 @@
+//! Recording and alerting rules in Prometheus's rule-file format, evaluated on a schedule,
+//! with notifications to Alertmanager's v2 API and to webhooks (the same JSON body).
+//!
+//! - Files live in the config center, namespace `public`, group [`RULES_GROUP`], one config
+//!   per file (`strata monitor rules apply FILE` publishes one). Every node re-reads them when
+//!   they change; a file that does not parse is logged and its previous version stays.
+//!   Strata's own rules ([`BUILTIN_RULES`]) are always loaded.
+//! - Each group is evaluated by one monitor node, chosen by rendezvous hashing as targets
+//!   are, at fixed slots of its interval; so a group is evaluated once per interval in the
+//!   cluster, and moves when its node dies.
+//! - Alerts follow Prometheus: pending while the expression returns the series for less than
+//!   `for`, then firing; `keep_firing_for` holds a firing alert after the series is gone;
+//!   resolved alerts are sent for 15 minutes. Firing alerts are re-sent every minute with an
+//!   `endsAt` four intervals ahead, so a receiver resolves them by itself if the monitor dies.
+//!   `ALERTS` and `ALERTS_FOR_STATE` series are written as Prometheus writes them.
+//! - Templates in labels and annotations: `{{ $labels.NAME }}`, `{{ $value }}`,
+//!   `{{ humanize $value }}`, `{{ $externalLabels.NAME }}` (none), and `printf "%.Nf"`.
+
+use crate::ingest::Ingest;
+use crate::model::{Labels, METRIC_NAME};
+use crate::promql::{Engine, Value};
+use crate::store::Store;
+use serde_json::{json, Value as Json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// The config-center group that holds rule files.
+pub const RULES_GROUP: &str = "monitor-rules";
+/// How long a resolved alert is still sent.
+const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
+/// How often a firing alert is re-sent.
+const RESEND_DELAY_MS: i64 = 60 * 1000;
+
+/// Strata's own alerting rules.
+pub const BUILTIN_RULES: &str = r#"groups:
+  - name: strata
+    rules:
+      - alert: StrataNoLeader
+        expr: max(strata_raft_is_leader) < 1
+        for: 30s
+        labels: {severity: critical}
+        annotations:
+          summary: "The cluster has no Raft leader: writes are stopped"
+      - alert: StrataNodeDown
+        expr: up{job="strata"} == 0
+        for: 1m
+        labels: {severity: critical}
+        annotations:
+          summary: "Strata node {{ $labels.instance }} is down"
+      - alert: StrataRaftApplyLagging
+        expr: strata_raft_commit_index - strata_raft_applied_index > 1000
+        for: 1m
+        labels: {severity: warning}
+        annotations:
+          summary: "{{ $labels.instance }} applies {{ $value }} entries behind the commit index"
+      - alert: StrataDiskFilling
+        expr: strata_disk_read_only == 1 or predict_linear(strata_disk_free_bytes[1h], 4 * 3600) < 0
+        for: 5m
+        labels: {severity: warning}
+        annotations:
+          summary: "{{ $labels.instance }} will run out of disk within 4 hours (or is read-only)"
+      - alert: StrataRegistryCheckFailures
+        expr: sum by (instance) (rate(strata_registry_check_runs_total{result!="passing"}[5m])) > 0
+        for: 5m
+        labels: {severity: warning}
+        annotations:
+          summary: "Health checks run by {{ $labels.instance }} are failing"
+      - alert: StrataGateway5xxRatio
+        expr: sum by (route) (rate(strata_gateway_requests_total{code="5xx"}[5m])) / sum by (route) (rate(strata_gateway_requests_total[5m])) > 0.05
+        for: 5m
+        labels: {severity: warning}
+        annotations:
+          summary: "Route {{ $labels.route }} answers {{ humanizePercentage $value }} 5xx"
+      - alert: StrataBreakerOpen
+        expr: strata_gateway_breaker_state{state="open"} == 1 or increase(strata_rpc_breaker_transitions_total{to="open"}[5m]) > 0
+        for: 1m
+        labels: {severity: warning}
+        annotations:
+          summary: "A circuit breaker is open ({{ $labels.upstream }}{{ $labels.service }})"
+"#;
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// `record` or `alert` name.
+    pub name: String,
+    /// True for an alerting rule.
+    pub alerting: bool,
+    /// The expression.
+    pub expr: String,
+    /// `for`, ms.
+    pub for_ms: i64,
+    /// `keep_firing_for`, ms.
+    pub keep_firing_for_ms: i64,
+    /// Labels added.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (alerts).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A rule group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Its name (unique within its file).
+    pub name: String,
+    /// The file it came from.
+    pub file: String,
+    /// Evaluation interval, ms (0: the default).
+    pub interval_ms: i64,
+    /// Its rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+fn duration_ms(text: &str) -> Result<i64, String> {
+    promql_parser::util::parse_duration(text)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|e| format!("bad duration {text:?}: {e}"))
+}
+
+fn string_map(y: &Yaml, what: &str) -> Result<BTreeMap<String, String>, String> {
+    match y {
+        Yaml::BadValue | Yaml::Null => Ok(BTreeMap::new()),
+        Yaml::Hash(h) => h
+            .iter()
+            .map(|(k, v)| {
+                let k = k
+                    .as_str()
+                    .ok_or_else(|| format!("{what}: a key is not a string"))?;
+                let v = match v {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Real(r) => r.clone(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    _ => return Err(format!("{what}.{k}: not a string")),
+                };
+                Ok((k.to_string(), v))
+            })
+            .collect(),
+        _ => Err(format!("{what}: not a map")),
+    }
+}
+
+/// Parses a rule file; every expression must parse as PromQL.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<Group>, String> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("{file}: {e}"))?;
+    let Some(doc) = docs.first() else {
+        return Ok(Vec::new());
+    };
+    let groups = match &doc["groups"] {
+        Yaml::Array(a) => a,
+        Yaml::BadValue | Yaml::Null => return Ok(Vec::new()),
+        _ => return Err(format!("{file}: groups is not a list")),
+    };
+    let mut out: Vec<Group> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let name = g["name"]
+            .as_str()
+            .ok_or_else(|| format!("{file}: group {} has no name", gi + 1))?
+            .to_string();
+        if out.iter().any(|o| o.name == name) {
+            return Err(format!("{file}: group {name:?} is defined twice"));
+        }
+        let interval_ms = match g["interval"].as_str() {
+            Some(d) => duration_ms(d).map_err(|e| format!("{file}: group {name}: {e}"))?,
+            None => 0,
+        };
+        let mut rules = Vec::new();
+        let list = match &g["rules"] {
+            Yaml::Array(a) => a.as_slice(),
+            Yaml::BadValue | Yaml::Null => &[],
+            _ => return Err(format!("{file}: group {name}: rules is not a list")),
+        };
+        for (ri, r) in list.iter().enumerate() {
+            let at = format!("{file}: group {name}, rule {}", ri + 1);
+            let (rule_name, alerting) = match (r["record"].as_str(), r["alert"].as_str()) {
+                (Some(n), None) => (n.to_string(), false),
+                (None, Some(n)) => (n.to_string(), true),
+                _ => return Err(format!("{at}: exactly one of record and alert is needed")),
+            };
+            let expr = match &r["expr"] {
+                Yaml::String(s) => s.clone(),
+                Yaml::Integer(i) => i.to_string(),
+                Yaml::Real(x) => x.clone(),
+                _ => return Err(format!("{at}: no expr")),
+            };
+            promql_parser::parser::parse(&expr).map_err(|e| format!("{at}: {e}"))?;
+            if !alerting
+                && !rule_name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            {
+                return Err(format!("{at}: {rule_name:?} is not a metric name"));
+            }
+            let for_ms = match r["for"].as_str() {
+                Some(d) => duration_ms(d).map_err(|e| format!("{at}: {e}"))?,
+                None => 0,
+            };
+            let keep_firing_for_ms = match r["keep_firing_for"].as_str() {
+                Some(d) => duration_ms(d).map_err(|e| format!("{at}: {e}"))?,
+                None => 0,
+            };
+            let labels = string_map(&r["labels"], &format!("{at}: labels"))?;
+            let annotations = string_map(&r["annotations"], &format!("{at}: annotations"))?;
+            if !alerting && (for_ms != 0 || !annotations.is_empty()) {
+                return Err(format!("{at}: for and annotations are for alerting rules"));
+            }
+            rules.push(Rule {
+                name: rule_name,
+                alerting,
+                expr,
+                for_ms,
+                keep_firing_for_ms,
+                labels,
+                annotations,
+            });
+        }
+        out.push(Group {
+            name,
+            file: file.to_string(),
+            interval_ms,
+            rules,
+        });
+    }
+    Ok(out)
+}
+
+/// Expands the template subset in `text`.
+pub fn expand(text: &str, labels: &Labels, value: f64) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find("}}") else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let inner = rest[open + 2..open + close].trim().trim_matches('-').trim();
+        out.push_str(&expand_action(inner, labels, value));
+        rest = &rest[open + close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn expand_action(action: &str, labels: &Labels, value: f64) -> String {
+    let words: Vec<&str> = action.split_whitespace().collect();
+    let operand = |w: &str| -> Option<String> {
+        if w == "$value" || w == ".Value" {
+            Some(format_number(value))
+        } else if let Some(name) = w
+            .strip_prefix("$labels.")
+            .or_else(|| w.strip_prefix(".Labels."))
+        {
+            Some(labels.get(name).unwrap_or("").to_string())
+        } else if w.starts_with("$externalLabels.") {
+            Some(String::new())
+        } else {
+            None
+        }
+    };
+    match words.as_slice() {
+        [one] => operand(one).unwrap_or_default(),
+        ["humanize", "$value"] => humanize(value),
+        ["humanizePercentage", "$value"] => format!("{}%", trim_float(value * 100.0, 4)),
+        ["humanizeDuration", "$value"] => humanize_duration(value),
+        ["printf", fmt, arg] => {
+            let f = fmt.trim_matches('"');
+            let v = if *arg == "$value" {
+                value
+            } else {
+                operand(arg)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            match f
+                .strip_prefix("%.")
+                .and_then(|p| p.strip_suffix('f'))
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                Some(n) => format!("{v:.n$}"),
+                None => format_number(v),
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+fn format_number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn trim_float(v: f64, digits: usize) -> String {
+    let s = format!("{v:.digits$}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+fn humanize(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format_number(v);
+    }
+    let units = ["", "k", "M", "G", "T", "P", "E"];
+    let mut x = v;
+    let mut i = 0;
+    while x.abs() >= 1000.0 && i + 1 < units.len() {
+        x /= 1000.0;
+        i += 1;
+    }
+    format!("{}{}", trim_float(x, 4), units[i])
+}
+
+fn humanize_duration(secs: f64) -> String {
+    if !secs.is_finite() {
+        return format_number(secs);
+    }
+    let total = secs.abs().round() as u64;
+    let (d, h, m, s) = (
+        total / 86400,
+        total / 3600 % 24,
+        total / 60 % 60,
+        total % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{}s", trim_float(secs, 4)),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m {s}s"),
+    }
+}
+
+/// An alert's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Returned, not for long enough.
+    Pending,
+    /// Firing.
+    Firing,
+    /// Resolved (kept to send the resolution).
+    Inactive,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Firing => "firing",
+            State::Inactive => "inactive",
+        }
+    }
+}
+
+/// One alert of an alerting rule.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    /// Its labels (rule labels, `alertname`).
+    pub labels: Labels,
+    /// Its annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// State.
+    pub state: State,
+    /// First evaluation that returned it, ms.
+    pub active_at: i64,
+    /// When it started firing, ms.
+    pub fired_at: i64,
+    /// When it resolved, ms.
+    pub resolved_at: i64,
+    /// Last evaluation that returned it, ms.
+    pub last_seen: i64,
+    /// Last time it was sent, ms.
+    pub last_sent: i64,
+    /// The expression's value.
+    pub value: f64,
+}
+
+#[derive(Default)]
+struct RuleState {
+    alerts: HashMap<Labels, Alert>,
+    health: String,
+    last_error: String,
+    last_eval_ms: i64,
+    duration: f64,
+}
+
+#[derive(Default)]
+struct GroupState {
+    group: Option<Group>,
+    rules: Vec<RuleState>,
+    last_eval_ms: i64,
+    owner: u64,
+}
+
+/// The loaded groups and their alerts.
+pub struct Rules {
+    groups: Mutex<BTreeMap<(String, String), GroupState>>,
+    default_interval_ms: i64,
+}
+
+impl Rules {
+    /// No groups yet.
+    pub fn new(default_interval: Duration) -> Rules {
+        Rules {
+            groups: Mutex::new(BTreeMap::new()),
+            default_interval_ms: default_interval.as_millis().max(1) as i64,
+        }
+    }
+
+    /// Replaces the groups of `file` (alert state of unchanged rules is kept).
+    pub fn install(&self, file: &str, groups: Vec<Group>) {
+        let mut all = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let keep: Vec<(String, String)> = groups
+            .iter()
+            .map(|g| (file.to_string(), g.name.clone()))
+            .collect();
+        all.retain(|k, _| k.0 != file || keep.contains(k));
+        for g in groups {
+            let key = (file.to_string(), g.name.clone());
+            let entry = all.entry(key).or_default();
+            if entry.group.as_ref() != Some(&g) {
+                let mut rules: Vec<RuleState> = Vec::new();
+                for (i, rule) in g.rules.iter().enumerate() {
+                    let same = entry.group.as_ref().and_then(|old| old.rules.get(i)) == Some(rule);
+                    rules.push(if same {
+                        std::mem::take(&mut entry.rules[i])
+                    } else {
+                        RuleState::default()
+                    });
+                }
+                entry.rules = rules;
+                entry.group = Some(g);
+            }
+        }
+    }
+
+    /// Removes every group of `file`.
+    pub fn remove_file(&self, file: &str) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| k.0 != file);
+    }
+
+    fn interval(&self, g: &Group) -> i64 {
+        if g.interval_ms > 0 {
+            g.interval_ms
+        } else {
+            self.default_interval_ms
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+}
+
+/// Evaluates one group at `t`: recording rules write samples, alerting rules update alerts.
+/// Returns the alerts to send now.
+pub fn evaluate(
+    rules: &Rules,
+    key: &(String, String),
+    t: i64,
+    engine: &Engine,
+    store: &Store,
+    ingest: &Ingest,
+) -> Vec<Json> {
+    let Some(group) = rules
+        .groups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .and_then(|g| g.group.clone())
+    else {
+        return Vec::new();
+    };
+    let interval = rules.interval(&group);
+    let mut to_send = Vec::new();
+    let mut batch = Vec::new();
+    for (i, rule) in group.rules.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let result = engine.instant(store, &rule.expr, t);
+        let samples = match result {
+            Ok(Value::Vector(v)) => Ok(v.into_iter().map(|s| (s.labels, s.v)).collect::<Vec<_>>()),
+            Ok(Value::Scalar(_, v)) => Ok(vec![(Labels::default(), v)]),
+            Ok(_) => Err("the expression is not a vector or a scalar".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut groups = rules.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = groups.get_mut(key).and_then(|g| g.rules.get_mut(i)) else {
+            continue;
+        };
+        state.last_eval_ms = t;
+        state.duration = started.elapsed().as_secs_f64();
+        let samples = match samples {
+            Ok(s) => {
+                state.health = "ok".into();
+                state.last_error.clear();
+                s
+            }
+            Err(e) => {
+                tracing::warn!(group = %group.name, rule = %rule.name, error = %e, "rule evaluation failed");
+                state.health = "err".into();
+                state.last_error = e;
+                continue;
+            }
+        };
+        if !rule.alerting {
+            for (labels, v) in samples {
+                let mut pairs = labels.to_vec();
+                pairs.retain(|(k, _)| k != METRIC_NAME);
+                pairs.extend(rule.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                pairs.push((METRIC_NAME.into(), rule.name.clone()));
+                batch.push((Labels::new(pairs), t, v));
+            }
+            continue;
+        }
+        let mut seen = Vec::new();
+        for (labels, v) in samples {
+            let base = labels.without_name();
+            let mut pairs = base.to_vec();
+            for (k, template) in &rule.labels {
+                pairs.push((k.clone(), expand(template, &base, v)));
+            }
+            pairs.push(("alertname".into(), rule.name.clone()));
+            let alert_labels = Labels::new(pairs);
+            let annotations: BTreeMap<String, String> = rule
+                .annotations
+                .iter()
+                .map(|(k, a)| (k.clone(), expand(a, &base, v)))
+                .collect();
+            seen.push(alert_labels.clone());
+            let alert = state
+                .alerts
+                .entry(alert_labels.clone())
+                .or_insert_with(|| Alert {
+                    labels: alert_labels,
+                    annotations: annotations.clone(),
+                    state: State::Pending,
+                    active_at: t,
+                    fired_at: 0,
+                    resolved_at: 0,
+                    last_seen: t,
+                    last_sent: 0,
+                    value: v,
+                });
+            if alert.state == State::Inactive {
+                *alert = Alert {
+                    state: State::Pending,
+                    active_at: t,
+                    fired_at: 0,
+                    resolved_at: 0,
+                    last_sent: 0,
+                    ..alert.clone()
+                };
+            }
+            alert.value = v;
+            alert.annotations = annotations;
+            alert.last_seen = t;
+        }
+        state.alerts.retain(|labels, alert| {
+            if seen.contains(labels) {
+                return true;
+            }
+            match alert.state {
+                State::Pending => false,
+                State::Firing
+                    if rule.keep_firing_for_ms > 0
+                        && t - alert.last_seen < rule.keep_firing_for_ms =>
+                {
+                    true
+                }
+                State::Firing => {
+                    alert.state = State::Inactive;
+                    alert.resolved_at = t;
+                    alert.last_sent = 0;
+                    true
+                }
+                State::Inactive => t - alert.resolved_at < RESOLVED_RETENTION_MS,
+            }
+        });
+        for alert in state.alerts.values_mut() {
+            if alert.state == State::Pending && t - alert.active_at >= rule.for_ms {
+                alert.state = State::Firing;
+                alert.fired_at = t;
+                alert.last_sent = 0;
+            }
+            if alert.state != State::Inactive {
+                let mut pairs = alert.labels.to_vec();
+                pairs.push((METRIC_NAME.into(), "ALERTS".into()));
+                pairs.push(("alertstate".into(), alert.state.name().into()));
+                batch.push((Labels::new(pairs), t, 1.0));
+                let mut pairs = alert.labels.to_vec();
+                pairs.push((METRIC_NAME.into(), "ALERTS_FOR_STATE".into()));
+                batch.push((Labels::new(pairs), t, (alert.active_at / 1000) as f64));
+            }
+            let due = match alert.state {
+                State::Pending => false,
+                State::Firing | State::Inactive => {
+                    alert.last_sent == 0 || t - alert.last_sent >= RESEND_DELAY_MS
+                }
+            };
+            if due {
+                alert.last_sent = t;
+                let ends = if alert.state == State::Inactive {
+                    alert.resolved_at
+                } else {
+                    t + 4 * interval.max(RESEND_DELAY_MS)
+                };
+                to_send.push(json!({
+                    "labels": alert.labels.iter().collect::<BTreeMap<_, _>>(),
+                    "annotations": alert.annotations,
+                    "startsAt": rfc3339(alert.active_at),
+                    "endsAt": rfc3339(ends),
+                    "generatorURL": format!("/graph?g0.expr={}", rule.expr.replace(' ', "+")),
+                }));
+            }
+        }
+    }
+    if let Some(g) = rules
+        .groups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(key)
+    {
+        g.last_eval_ms = t;
+    }
+    if !batch.is_empty() {
+        if let Err(e) = ingest.write("rule", &batch) {
+            tracing::error!(error = %e, "cannot store rule results");
+        }
+    }
+    to_send
+}
+
+impl crate::api::RulesView for Rules {
+    fn rules(&self) -> Json {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let out: Vec<Json> = groups
+            .values()
+            .filter_map(|g| {
+                let group = g.group.as_ref()?;
+                let rules: Vec<Json> = group
+                    .rules
+                    .iter()
+                    .zip(&g.rules)
+                    .map(|(r, s)| {
+                        let mut alerts: Vec<&Alert> = s.alerts.values().filter(|a| a.state != State::Inactive).collect();
+                        alerts.sort_by(|a, b| a.labels.cmp(&b.labels));
+                        let state = if alerts.iter().any(|a| a.state == State::Firing) {
+                            "firing"
+                        } else if alerts.is_empty() {
+                            "inactive"
+                        } else {
+                            "pending"
+                        };
+                        let mut rule = json!({
+                            "name": r.name,
+                            "query": r.expr,
+                            "labels": r.labels,
+                            "health": if s.health.is_empty() { "unknown" } else { s.health.as_str() },
+                            "lastError": s.last_error,
+                            "evaluationTime": s.duration,
+                            "lastEvaluation": rfc3339(s.last_eval_ms),
+                            "type": if r.alerting { "alerting" } else { "recording" },
+                        });
+                        if r.alerting {
+                            rule["duration"] = json!(r.for_ms as f64 / 1000.0);
+                            rule["keepFiringFor"] = json!(r.keep_firing_for_ms as f64 / 1000.0);
+                            rule["annotations"] = json!(r.annotations);
+                            rule["state"] = json!(state);
+                            rule["alerts"] = Json::Array(alerts.iter().map(|a| alert_json(a)).collect());
+                        }
+                        rule
+                    })
+                    .collect();
+                Some(json!({
+                    "name": group.name,
+                    "file": group.file,
+                    "interval": self.interval(group) as f64 / 1000.0,
+                    "rules": rules,
+                    "lastEvaluation": rfc3339(g.last_eval_ms),
+                    "evaluatedBy": g.owner,
+                }))
+            })
+            .collect();
+        json!({"groups": out})
+    }
+
+    fn alerts(&self) -> Json {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Json> = Vec::new();
+        for g in groups.values() {
+            for s in &g.rules {
+                let mut alerts: Vec<&Alert> = s
+                    .alerts
+                    .values()
+                    .filter(|a| a.state != State::Inactive)
+                    .collect();
+                alerts.sort_by(|a, b| a.labels.cmp(&b.labels));
+                out.extend(alerts.into_iter().map(alert_json));
+            }
+        }
+        json!({"alerts": out})
+    }
+}
+
+fn alert_json(a: &Alert) -> Json {
+    json!({
+        "labels": a.labels.iter().collect::<BTreeMap<_, _>>(),
+        "annotations": a.annotations,
+        "state": a.state.name(),
+        "activeAt": rfc3339(a.active_at),
+        "value": format_number(a.value),
+    })
+}
+
+/// Where alerts go.
+#[derive(Debug, Clone, Default)]
+pub struct Receivers {
+    /// Alertmanager base URLs (`http://host:9093`); alerts are POSTed to `/api/v2/alerts`.
+    pub alertmanagers: Vec<String>,
+    /// Webhook URLs, POSTed the same JSON array.
+    pub webhooks: Vec<String>,
+}
+
+/// Sends `alerts` to every receiver (errors are logged; the next resend retries).
+pub async fn notify(http: &reqwest::Client, receivers: &Receivers, alerts: &[Json]) -> usize {
+    if alerts.is_empty() {
+        return 0;
+    }
+    let body = Json::Array(alerts.to_vec());
+    let urls = receivers
+        .alertmanagers
+        .iter()
+        .map(|a| format!("{}/api/v2/alerts", a.trim_end_matches('/')))
+        .chain(receivers.webhooks.iter().cloned());
+    let mut delivered = 0;
+    for url in urls {
+        match http
+            .post(&url)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => delivered += 1,
+            Ok(r) => tracing::warn!(%url, status = %r.status(), "an alert receiver refused alerts"),
+            Err(e) => {
+                tracing::warn!(%url, error = %e.without_url(), "cannot reach an alert receiver")
+            }
+        }
+    }
+    delivered
+}
+
+/// Everything the rule loop needs.
+pub struct RuleLoop {
+    /// The rules.
+    pub rules: Arc<Rules>,
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The store.
+    pub store: Arc<Store>,
+    /// The ingest path (recording rules, `ALERTS`).
+    pub ingest: Arc<Ingest>,
+    /// HTTP client for notifications.
+    pub http: reqwest::Client,
+    /// Receivers.
+    pub receivers: Receivers,
+    /// KV (the monitor nodes, for group ownership).
+    pub kv: Arc<dyn strata_store::KvApi>,
+    /// This node.
+    pub me: u64,
+}
+
+impl RuleLoop {
+    /// Evaluates the groups this node owns at their slots until `cancel`.
+    pub async fn run(self, cancel: tokio_util::sync::CancellationToken) {
+        let mut next: HashMap<(String, String), i64> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let mut nodes = crate::scrape::monitor_nodes(&*self.kv).await;
+            nodes.sort_unstable();
+            let keys: Vec<((String, String), i64)> = {
+                let mut groups = self.rules.groups.lock().unwrap_or_else(|e| e.into_inner());
+                groups
+                    .iter_mut()
+                    .filter_map(|(k, g)| {
+                        let group = g.group.as_ref()?;
+                        g.owner = crate::scrape::owner(&format!("rules/{}/{}", k.0, k.1), &nodes)
+                            .unwrap_or(0);
+                        (g.owner == self.me).then(|| (k.clone(), self.rules.interval(group)))
+                    })
+                    .collect()
+            };
+            next.retain(|k, _| keys.iter().any(|(key, _)| key == k));
+            let now = now_ms();
+            for (key, interval) in keys {
+                let slot = (now.div_euclid(interval)) * interval;
+                let due = next.entry(key.clone()).or_insert(slot);
+                if now < *due {
+                    continue;
+                }
+                *due = slot + interval;
+                let (rules, engine, store, ingest) = (
+                    self.rules.clone(),
+                    self.engine.clone(),
+                    self.store.clone(),
+                    self.ingest.clone(),
+                );
+                let k = key.clone();
+                let alerts = tokio::task::spawn_blocking(move || {
+                    evaluate(&rules, &k, slot, &engine, &store, &ingest)
+                })
+                .await
+                .unwrap_or_default();
+                notify(&self.http, &self.receivers, &alerts).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_rules_parse() {
+        let groups = parse_file("builtin", BUILTIN_RULES).unwrap();
+        assert_eq!(groups[0].rules.len(), 7);
+        assert!(groups[0].rules.iter().all(|r| r.alerting));
+    }
+
+    #[test]
+    fn rule_files_parse_and_bad_ones_say_where() {
+        let text = "groups:\n- name: g\n  interval: 10s\n  rules:\n  - record: job:up:sum\n    expr: sum by (job) (up)\n  - alert: Down\n    expr: up == 0\n    for: 1m\n    keep_firing_for: 30s\n    labels: {severity: page, n: 3}\n    annotations: {summary: 'x'}\n";
+        let g = parse_file("f.yml", text).unwrap();
+        assert_eq!(g[0].interval_ms, 10_000);
+        assert_eq!(g[0].rules[1].for_ms, 60_000);
+        assert_eq!(g[0].rules[1].keep_firing_for_ms, 30_000);
+        assert_eq!(g[0].rules[1].labels["n"], "3");
+        let bad = parse_file(
+            "f.yml",
+            "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up ==\n",
+        )
+        .unwrap_err();
+        assert!(bad.starts_with("f.yml: group g, rule 1:"), "{bad}");
+        assert!(parse_file(
+            "f.yml",
+            "groups:\n- name: g\n  rules:\n  - record: a b\n    expr: up\n"
+        )
+        .is_err());
+        assert!(parse_file("f.yml", "groups: [").is_err());
+    }
+
+    #[test]
+    fn templates_expand_labels_and_values() {
+        let l = Labels::from_pairs(&[("instance", "h:1"), ("job", "j")]);
+        assert_eq!(
+            expand(
+                "{{ $labels.instance }} of {{$labels.job}} is {{ $value }}",
+                &l,
+                0.5
+            ),
+            "h:1 of j is 0.5"
+        );
+        assert_eq!(expand("{{ humanize $value }}", &l, 1_234_567.0), "1.2346M");
+        assert_eq!(
+            expand("{{ printf \"%.2f\" $value }}", &l, 1.0 / 3.0),
+            "0.33"
+        );
+        assert_eq!(expand("{{ humanizePercentage $value }}", &l, 0.25), "25%");
+        assert_eq!(
+            expand("{{ $labels.missing }}|{{ unclosed", &l, 0.0),
+            "|{{ unclosed"
+        );
+    }
+}

@@ -36,6 +36,7 @@ mod config;
 mod etcd;
 mod jwt;
 mod load;
+mod monitor;
 mod native;
 mod open_loop;
 mod registry;
@@ -91,6 +92,10 @@ enum Command {
     ConfigListen(ConfigListenArgs),
     /// HTTP/1.1 GETs of one URL at a fixed rate (open loop, latency-corrected): p50/p99/p99.9.
     HttpOpenLoop(HttpOpenLoopArgs),
+    /// Remote-write node-exporter-like series to a monitor or a Prometheus, as Prometheus sends.
+    MonitorLoad(monitor::MonitorLoadArgs),
+    /// Dashboard-like range queries against a monitor or a Prometheus; latency percentiles.
+    MonitorQuery(monitor::MonitorQueryArgs),
     /// Unary gRPC echo calls to the example provider: bare tonic or the strata-rpc consumer.
     RpcEcho(rpc::RpcEchoArgs),
     /// Print COUNT loopback TCP ports that were free (bound together, then released).
@@ -914,6 +919,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::ConfigListen(args) => drive_config_listen(args).await,
         Command::HttpOpenLoop(args) => drive_http_open_loop(args).await,
         Command::RpcEcho(args) => rpc::rpc_echo(args).await,
+        Command::MonitorLoad(args) => monitor::monitor_load(args).await,
+        Command::MonitorQuery(args) => monitor::monitor_query(args).await,
         Command::FreePorts { count } => {
             for port in free_ports(count)? {
                 println!("{port}");

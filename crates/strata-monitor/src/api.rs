@@ -90,6 +90,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/write", post(write))
         .route("/v1/monitor/sd", get(http_sd))
+        .route("/v1/monitor/flush", post(flush))
+        .route("/v1/monitor/stats", get(stats))
         .with_state(state)
 }
 
@@ -245,18 +247,7 @@ pub fn parse_step(v: &str) -> Result<i64, String> {
         .map_err(|_| format!("cannot parse {v:?} to a valid duration"))
 }
 
-/// A sample value as Prometheus writes it.
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
-}
+pub use crate::model::format_value;
 
 fn point(t: i64, v: f64) -> Json {
     json!([t as f64 / 1000.0, format_value(v)])
@@ -561,6 +552,49 @@ async fn buildinfo() -> ApiResult {
         "buildUser": "strata",
         "buildDate": "",
         "goVersion": "none",
+    }))
+}
+
+/// Writes everything in the head out as blocks now (benchmarks: the size on disk of all the
+/// data, as after compaction), then answers the store's counts.
+async fn flush(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
+    allow(&s, &who, Access::Write)?;
+    let store = s.store.clone();
+    let flushed = tokio::task::spawn_blocking(move || store.flush_head()).await;
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(ApiFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "internal",
+                message: format!("flush failed: {e}"),
+            })
+        }
+        Err(e) => {
+            return Err(ApiFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "internal",
+                message: e.to_string(),
+            })
+        }
+    }
+    stats(State(s), Who(who)).await
+}
+
+/// The store's counts: head series and samples, blocks, their bytes and samples, WAL bytes.
+async fn stats(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
+    allow(&s, &who, Access::Read)?;
+    let st = s.store.stats();
+    success(json!({
+        "head_series": st.head_series,
+        "head_samples": st.head_samples,
+        "head_chunk_bytes": st.head_bytes,
+        "blocks": st.blocks,
+        "block_bytes": st.block_bytes,
+        "block_samples": st.block_samples,
+        "wal_bytes": st.wal_bytes,
+        "min_time_ms": st.min_time,
+        "bytes_per_sample": if st.block_samples > 0 { st.block_bytes as f64 / st.block_samples as f64 } else { 0.0 },
     }))
 }
 

@@ -11,6 +11,7 @@
 //! - [`ingest`]: the write path: local store, then every peer.
 //! - [`promql`]: the query engine.
 //! - [`rules`]: recording and alerting rules, notifications.
+//! - [`traces`]: the OTLP/HTTP traces receiver, the trace store and its search.
 //! - [`api`]: the `/api/v1/` routes.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod remote;
 pub mod rules;
 pub mod scrape;
 pub mod store;
+pub mod traces;
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -246,8 +248,30 @@ impl Component for MonitorComponent {
                 rules,
                 kv: ctx.kv.clone(),
             };
+            let trace_store = {
+                let dir = dir.join("traces");
+                tokio::task::spawn_blocking(move || {
+                    traces::TraceStore::open(
+                        &dir,
+                        traces::DEFAULT_RETENTION,
+                        traces::DEFAULT_MAX_SPANS,
+                    )
+                })
+                .await
+                .map_err(|e| StartError(format!("monitor traces: {e}")))?
+                .map_err(|e| StartError(format!("monitor traces: {e}")))?
+            };
+            let trace_store = Arc::new(trace_store);
+            trace_store.register_metrics(&ctx.metrics)?;
+            ctx.tracker
+                .spawn(traces::run_pruning(trace_store.clone(), ctx.cancel.clone()));
+            let trace_routes = traces::router(traces::TraceState {
+                store: trace_store,
+                auth: ctx.auth.clone(),
+                max_request_bytes: ctx.max_request_bytes,
+            });
             Ok(Started {
-                api_routes: Some(api::router(state)),
+                api_routes: Some(api::router(state).merge(trace_routes)),
             })
         })
     }

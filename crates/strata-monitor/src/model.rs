@@ -17,6 +17,34 @@ pub fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_NAN
 }
 
+/// A sample value as Prometheus writes it (Go's `strconv.FormatFloat(v, 'f', -1, 64)`, with
+/// `NaN`, `+Inf` and `-Inf`).
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Percent-encodes `s` for a URL's query string (everything but unreserved characters).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// A label set: pairs sorted by name, names unique.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Labels(Arc<[(String, String)]>);

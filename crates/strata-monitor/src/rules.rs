@@ -288,17 +288,7 @@ fn expand_action(action: &str, labels: &Labels, value: f64) -> String {
 }
 
 fn format_number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else {
-        format!("{v}")
-    }
+    crate::model::format_value(v)
 }
 
 fn trim_float(v: f64, digits: usize) -> String {

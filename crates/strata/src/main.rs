@@ -13,6 +13,8 @@ mod duration;
 mod gateway_cmds;
 mod link;
 mod log_limit;
+mod monitor_cmds;
+mod monitor_trace_cmds;
 mod rpc_cmds;
 mod run;
 mod svc_cmds;
@@ -119,6 +121,10 @@ pub enum Command {
     /// List, call and benchmark the gRPC methods of a registered service (by reflection).
     #[command(subcommand)]
     Rpc(rpc_cmds::RpcCommand),
+    /// Query metrics with PromQL, list scrape targets and alerts, apply rule files, find
+    /// traces (the monitoring center).
+    #[command(subcommand)]
+    Monitor(monitor_cmds::MonitorCommand),
     /// Publish, read, roll back and follow configs (the configuration center).
     #[command(subcommand)]
     Config(config_cmds::ConfigCommand),
@@ -209,6 +215,7 @@ fn main() {
             Command::Elect(args) => coord_cmds::elect(&cli.endpoints, cli.output, args).await,
             Command::Svc(cmd) => svc_cmds::svc(&cli.endpoints, cli.output, cmd).await,
             Command::Rpc(cmd) => rpc_cmds::rpc(&cli.endpoints, cli.output, cmd).await,
+            Command::Monitor(cmd) => monitor_cmds::monitor(&cli.endpoints, cli.output, cmd).await,
             Command::Config(cmd) => config_cmds::config(&cli.endpoints, cli.output, cmd).await,
             Command::Gateway(cmd) => gateway_cmds::gateway(&cli.endpoints, cli.output, cmd).await,
             Command::Auth(cmd) => auth_cmds::auth(&cli.endpoints, cli.output, cmd).await,

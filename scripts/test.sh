@@ -39,7 +39,9 @@ if ((${#missing[@]})); then
 fi
 
 # Python packages the compatibility tests drive (client libraries used unchanged).
-python_packages=("consul:py-consul" "nacos:nacos-sdk-python==1.0.0" "grpc:grpcio")
+python_packages=("consul:py-consul" "nacos:nacos-sdk-python==1.0.0" "grpc:grpcio"
+  "opentelemetry.sdk:opentelemetry-sdk"
+  "opentelemetry.exporter.otlp.proto.http:opentelemetry-exporter-otlp-proto-http")
 for entry in "${python_packages[@]}"; do
   module="${entry%%:*}"
   package="${entry#*:}"

@@ -585,7 +585,11 @@ async fn flush(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
 async fn stats(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
     allow(&s, &who, Access::Read)?;
     let st = s.store.stats();
+    let mut nodes = crate::scrape::monitor_nodes(&*s.kv).await;
+    nodes.sort_unstable();
     success(json!({
+        "monitor_nodes": nodes,
+        "peers": s.ingest.peer_count(),
         "head_series": st.head_series,
         "head_samples": st.head_samples,
         "head_chunk_bytes": st.head_bytes,
@@ -709,24 +713,30 @@ async fn write(
             },
         )
     }));
-    let source = if headers.contains_key(REPLICA_HEADER) {
-        "replica"
-    } else {
-        "remote_write"
-    };
-    let ingest = s.ingest.clone();
-    let written = tokio::task::spawn_blocking(move || ingest.write(source, &batch)).await;
-    match written {
-        Ok(Ok(_)) => Ok(StatusCode::NO_CONTENT),
-        Ok(Err(e)) => Err(ApiFailure {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "internal",
-            message: format!("cannot store the samples: {e}"),
-        }),
-        Err(e) => Err(ApiFailure {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "internal",
-            message: e.to_string(),
+    if headers.contains_key(REPLICA_HEADER) {
+        let ingest = s.ingest.clone();
+        let written = tokio::task::spawn_blocking(move || ingest.write("replica", &batch)).await;
+        return match written {
+            Ok(Ok(_)) => Ok(StatusCode::NO_CONTENT),
+            Ok(Err(e)) => Err(ApiFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "internal",
+                message: format!("cannot store the samples: {e}"),
+            }),
+            Err(e) => Err(ApiFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "internal",
+                message: e.to_string(),
+            }),
+        };
+    }
+    match s.ingest.write_durable("remote_write", batch).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        // 503: remote-write clients retry it; a retry never doubles a sample.
+        Err(message) => Err(ApiFailure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            message,
         }),
     }
 }

@@ -1,12 +1,21 @@
 //! Where samples enter: the local store, then every other monitor node.
 //!
 //! Replication is full: each monitor node keeps every sample, so any node answers any query
-//! from its own disk and losing a node loses nothing. The node that ingests a batch (a
-//! scrape, a remote write, an OTLP export) appends it to its store and queues it for each
-//! peer, which receives it as a remote write marked as a replica (so it is not forwarded
-//! again). A peer's queue is bounded ([`QUEUE_BATCHES`]); a peer that is down has its batches
-//! retried until the queue overflows, then the oldest are dropped and counted. Samples are
-//! idempotent in the store (a repeat is refused as out of order), so a retry never doubles.
+//! from its own disk and losing a node loses nothing. The node that ingests a batch appends
+//! it to its store and sends it to each peer as a remote write marked as a replica (so it is
+//! not forwarded again):
+//! - A batch a client sent (remote write, OTLP) is acknowledged only once it is on this
+//!   node's disk and on at least one peer's ([`Ingest::write_durable`]), so a kill -9 of the
+//!   node that took it loses nothing acknowledged, anywhere.
+//! - The node's own batches (scrapes, rule results) go through a queue per peer
+//!   ([`Ingest::write`]); losing the node loses at most what the queue held, for targets that
+//!   were also that node's to scrape.
+//!
+//! A peer's queue is bounded ([`QUEUE_BATCHES`]); a peer that is down has its batches retried
+//! until the queue overflows, then the oldest are dropped and counted. A peer with a backlog
+//! gets new batches through its queue too, so each peer receives a series' samples in order.
+//! Samples are idempotent in the store (a repeat is refused as out of order), so a retry
+//! never doubles.
 
 use crate::model::Labels;
 use crate::remote;
@@ -85,8 +94,103 @@ impl Ingest {
         })
     }
 
-    /// Appends `batch` locally and, unless it came from a peer, queues it for every peer.
-    pub fn write(&self, source: &str, batch: &[(Labels, i64, f64)]) -> std::io::Result<Appended> {
+    /// Appends `batch` locally, then sends it to every peer at once and returns when at least
+    /// one has it (or there are no peers). Peers that fail, or have a backlog, get it through
+    /// their queue. `Err` says why the batch is not safe yet; the client should retry (a retry
+    /// never doubles a sample).
+    pub async fn write_durable(
+        self: &Arc<Self>,
+        source: &'static str,
+        batch: Vec<(Labels, i64, f64)>,
+    ) -> Result<Appended, String> {
+        let me = self.clone();
+        let (appended, batch) = tokio::task::spawn_blocking(move || {
+            let appended = me.append_local(source, &batch);
+            (appended, batch)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let appended = appended.map_err(|e| format!("cannot store the samples: {e}"))?;
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        if peers.is_empty() || batch.is_empty() {
+            return Ok(appended);
+        }
+        let body = Arc::new(remote::encode(&batch));
+        let sends = peers.iter().map(|peer| {
+            let body = body.clone();
+            async move {
+                let backlog = !peer
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                let sent = !backlog && self.send(&peer.addr, &body).await.is_ok();
+                if sent {
+                    self.replication.with_label_values(&["sent"]).inc();
+                } else {
+                    self.enqueue(peer, body);
+                }
+                sent
+            }
+        });
+        let acked = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        if acked == 0 {
+            return Err(format!(
+                "no peer monitor node acknowledged the samples (of {}); they are stored here and queued for the peers",
+                peers.len()
+            ));
+        }
+        Ok(appended)
+    }
+
+    fn enqueue(&self, peer: &Peer, body: Arc<Vec<u8>>) {
+        let mut queue = peer.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= QUEUE_BATCHES {
+            queue.pop_front();
+            self.replication.with_label_values(&["dropped"]).inc();
+        }
+        queue.push_back(body);
+        drop(queue);
+        peer.ready.notify_one();
+    }
+
+    /// One replicated batch to one peer.
+    async fn send(&self, addr: &str, body: &[u8]) -> Result<(), String> {
+        let url = format!("{}://{addr}/api/v1/write", self.scheme);
+        let mut request = self
+            .http
+            .post(&url)
+            .header("content-encoding", "snappy")
+            .header("content-type", "application/x-protobuf")
+            .header("x-prometheus-remote-write-version", "0.1.0")
+            .header(REPLICA_HEADER, "1")
+            .timeout(Duration::from_secs(5))
+            .body(body.to_vec());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.without_url().to_string()),
+        }
+    }
+
+    fn append_local(
+        &self,
+        source: &str,
+        batch: &[(Labels, i64, f64)],
+    ) -> std::io::Result<Appended> {
         let appended = self.store.append(batch)?;
         for (result, n) in [
             ("stored", appended.stored),
@@ -99,6 +203,12 @@ impl Ingest {
                     .inc_by(n as u64);
             }
         }
+        Ok(appended)
+    }
+
+    /// Appends `batch` locally and, unless it came from a peer, queues it for every peer.
+    pub fn write(&self, source: &str, batch: &[(Labels, i64, f64)]) -> std::io::Result<Appended> {
+        let appended = self.append_local(source, batch)?;
         if source != "replica" && !batch.is_empty() {
             let peers: Vec<Arc<Peer>> = self
                 .peers
@@ -110,18 +220,16 @@ impl Ingest {
             if !peers.is_empty() {
                 let body = Arc::new(remote::encode(batch));
                 for peer in peers {
-                    let mut queue = peer.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    if queue.len() >= QUEUE_BATCHES {
-                        queue.pop_front();
-                        self.replication.with_label_values(&["dropped"]).inc();
-                    }
-                    queue.push_back(body.clone());
-                    drop(queue);
-                    peer.ready.notify_one();
+                    self.enqueue(&peer, body.clone());
                 }
             }
         }
         Ok(appended)
+    }
+
+    /// Peers replicated to.
+    pub fn peer_count(&self) -> usize {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Replaces the peer set (node id to API address), starting and stopping senders.
@@ -151,7 +259,6 @@ impl Ingest {
     }
 
     async fn send_loop(self: Arc<Self>, id: u64, peer: Arc<Peer>) {
-        let url = format!("{}://{}/api/v1/write", self.scheme, peer.addr);
         let mut backoff = Duration::from_millis(100);
         loop {
             let next = peer
@@ -166,21 +273,8 @@ impl Ingest {
                     () = peer.ready.notified() => continue,
                 }
             };
-            let mut request = self
-                .http
-                .post(&url)
-                .header("content-encoding", "snappy")
-                .header("content-type", "application/x-protobuf")
-                .header("x-prometheus-remote-write-version", "0.1.0")
-                .header(REPLICA_HEADER, "1")
-                .timeout(Duration::from_secs(10))
-                .body(body.to_vec());
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
-            }
-            let sent = request.send().await;
-            match sent {
-                Ok(response) if response.status().is_success() => {
+            match self.send(&peer.addr, &body).await {
+                Ok(()) => {
                     peer.queue
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -188,19 +282,15 @@ impl Ingest {
                     self.replication.with_label_values(&["sent"]).inc();
                     backoff = Duration::from_millis(100);
                 }
-                Ok(response) if response.status().is_client_error() => {
-                    tracing::warn!(peer = id, status = %response.status(), "a peer refused a replicated batch; dropping it");
+                Err(error) if error.starts_with('4') => {
+                    tracing::warn!(peer = id, %error, "a peer refused a replicated batch; dropping it");
                     peer.queue
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .pop_front();
                     self.replication.with_label_values(&["dropped"]).inc();
                 }
-                other => {
-                    let error = match other {
-                        Ok(r) => r.status().to_string(),
-                        Err(e) => e.to_string(),
-                    };
+                Err(error) => {
                     tracing::debug!(peer = id, %error, "replication to a peer failed; retrying");
                     self.replication.with_label_values(&["retried"]).inc();
                     tokio::select! {

@@ -11,6 +11,7 @@
 //! - [`ingest`]: the write path: local store, then every peer.
 //! - [`promql`]: the query engine.
 //! - [`rules`]: recording and alerting rules, notifications.
+//! - [`otlp_metrics`]: the OTLP/HTTP metrics receiver (`/v1/metrics`).
 //! - [`traces`]: the OTLP/HTTP traces receiver, the trace store and its search.
 //! - [`api`]: the `/api/v1/` routes.
 
@@ -19,6 +20,7 @@ pub mod chunk;
 pub mod exposition;
 pub mod ingest;
 pub mod model;
+pub mod otlp_metrics;
 pub mod promql;
 pub mod remote;
 pub mod rules;
@@ -236,6 +238,12 @@ impl Component for MonitorComponent {
                 me: ctx.node_id,
             };
             ctx.tracker.spawn(rule_loop.run(ctx.cancel.clone()));
+            let otlp_routes = otlp_metrics::router(otlp_metrics::OtlpMetricsState {
+                ingest: ingest.clone(),
+                targets: targets.clone(),
+                auth: ctx.auth.clone(),
+                max_request_bytes: ctx.max_request_bytes,
+            });
             let state = api::ApiState {
                 store,
                 ingest,
@@ -271,7 +279,7 @@ impl Component for MonitorComponent {
                 max_request_bytes: ctx.max_request_bytes,
             });
             Ok(Started {
-                api_routes: Some(api::router(state).merge(trace_routes)),
+                api_routes: Some(api::router(state).merge(trace_routes).merge(otlp_routes)),
             })
         })
     }

@@ -13,11 +13,15 @@
 //!   resolved alerts are sent for 15 minutes. Firing alerts are re-sent every minute with an
 //!   `endsAt` four intervals ahead, so a receiver resolves them by itself if the monitor dies.
 //!   `ALERTS` and `ALERTS_FOR_STATE` series are written as Prometheus writes them.
-//! - Templates in labels and annotations: `{{ $labels.NAME }}`, `{{ $value }}`,
-//!   `{{ humanize $value }}`, `{{ $externalLabels.NAME }}` (none), and `printf "%.Nf"`.
+//! - Templates in labels and annotations: the subset of Go's templates that prints values
+//!   (see [`expand_with`]): `{{ $labels.NAME }}`, `{{ $value }}`, `{{ $value | humanize }}`,
+//!   `{{ printf "%.2f" $value }}`, `{{ $externalLabels.NAME }}` (none in the monitor), with
+//!   numbers printed as Go prints them.
+//! - [`evaluate_with`] runs a group against any [`Queryable`] and hands each rule's output to
+//!   a sink; [`crate::rules_test`] uses it to run `promtool test rules` files.
 
 use crate::ingest::Ingest;
-use crate::model::{Labels, METRIC_NAME};
+use crate::model::{Labels, Queryable, METRIC_NAME};
 use crate::promql::{Engine, Value};
 use crate::store::Store;
 use serde_json::{json, Value as Json};
@@ -226,108 +230,579 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Group>, String> {
     Ok(out)
 }
 
-/// Expands the template subset in `text`.
+/// Expands the template subset in `text` (no external labels).
 pub fn expand(text: &str, labels: &Labels, value: f64) -> String {
+    expand_with(text, labels, &Labels::default(), value)
+}
+
+/// Expands `text` as Prometheus expands an alert's labels and annotations, for the subset of
+/// Go's templates rule files use: actions that print `$value`, `$labels.NAME`,
+/// `$externalLabels.NAME` (or `.Value`, `.Labels.NAME`, `.ExternalLabels.NAME`) or a quoted
+/// string, through Prometheus's functions `humanize`, `humanize1024`, `humanizePercentage`,
+/// `humanizeDuration`, `printf`, `toUpper`, `toLower` and `title`, called as `f x` or piped
+/// (`x | f`). Numbers print as Go prints them (`1e+06`). `{{-` and `-}}` trim the text
+/// around, comments print nothing; anything else (`if`, `range`, `query`, ...) prints
+/// nothing either.
+pub fn expand_with(text: &str, labels: &Labels, external: &Labels, value: f64) -> String {
+    let data = TemplateData {
+        labels,
+        external,
+        value,
+    };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
         let Some(close) = rest[open..].find("}}") else {
-            out.push_str(&rest[open..]);
-            return out;
+            break;
         };
-        let inner = rest[open + 2..open + close].trim().trim_matches('-').trim();
-        out.push_str(&expand_action(inner, labels, value));
-        rest = &rest[open + close + 2..];
+        let mut inner = &rest[open + 2..open + close];
+        let mut before = &rest[..open];
+        let mut after = &rest[open + close + 2..];
+        if let Some(trimmed) = inner.strip_prefix('-') {
+            if trimmed.starts_with(char::is_whitespace) {
+                before = before.trim_end();
+                inner = trimmed;
+            }
+        }
+        if let Some(trimmed) = inner.strip_suffix('-') {
+            if trimmed.ends_with(char::is_whitespace) {
+                after = after.trim_start();
+                inner = trimmed;
+            }
+        }
+        out.push_str(before);
+        out.push_str(&data.action(inner.trim()));
+        rest = after;
     }
     out.push_str(rest);
     out
 }
 
-fn expand_action(action: &str, labels: &Labels, value: f64) -> String {
-    let words: Vec<&str> = action.split_whitespace().collect();
-    let operand = |w: &str| -> Option<String> {
-        if w == "$value" || w == ".Value" {
-            Some(format_number(value))
-        } else if let Some(name) = w
-            .strip_prefix("$labels.")
-            .or_else(|| w.strip_prefix(".Labels."))
-        {
-            Some(labels.get(name).unwrap_or("").to_string())
-        } else if w.starts_with("$externalLabels.") {
-            Some(String::new())
-        } else {
-            None
+/// What an alert's templates see.
+struct TemplateData<'a> {
+    labels: &'a Labels,
+    external: &'a Labels,
+    value: f64,
+}
+
+/// A value inside a template.
+#[derive(Debug, Clone, PartialEq)]
+enum TemplateValue {
+    Num(f64),
+    Str(String),
+}
+
+impl TemplateValue {
+    fn print(&self) -> String {
+        match self {
+            TemplateValue::Num(v) => go_format_g(*v, None),
+            TemplateValue::Str(s) => s.clone(),
         }
-    };
-    match words.as_slice() {
-        [one] => operand(one).unwrap_or_default(),
-        ["humanize", "$value"] => humanize(value),
-        ["humanizePercentage", "$value"] => format!("{}%", trim_float(value * 100.0, 4)),
-        ["humanizeDuration", "$value"] => humanize_duration(value),
-        ["printf", fmt, arg] => {
-            let f = fmt.trim_matches('"');
-            let v = if *arg == "$value" {
-                value
-            } else {
-                operand(arg)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(f64::NAN)
-            };
-            match f
-                .strip_prefix("%.")
-                .and_then(|p| p.strip_suffix('f'))
-                .and_then(|n| n.parse::<usize>().ok())
-            {
-                Some(n) => format!("{v:.n$}"),
-                None => format_number(v),
+    }
+
+    /// Prometheus's `convertToFloat`.
+    fn float(&self) -> Option<f64> {
+        match self {
+            TemplateValue::Num(v) => Some(*v),
+            TemplateValue::Str(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+/// A token of an action.
+enum Token {
+    Word(String),
+    Quoted(String),
+    Pipe,
+}
+
+fn action_tokens(action: &str) -> Option<Vec<Token>> {
+    let mut out = Vec::new();
+    let mut chars = action.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            c if c.is_whitespace() => {
+                chars.next();
+            }
+            '|' => {
+                chars.next();
+                out.push(Token::Pipe);
+            }
+            '`' => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next()? {
+                        '`' => break,
+                        c => s.push(c),
+                    }
+                }
+                out.push(Token::Quoted(s));
+            }
+            '"' => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => s.push(match chars.next()? {
+                            'n' => '\n',
+                            't' => '\t',
+                            'r' => '\r',
+                            c => c,
+                        }),
+                        c => s.push(c),
+                    }
+                }
+                out.push(Token::Quoted(s));
+            }
+            '(' | ')' => return None,
+            _ => {
+                let mut s = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() || matches!(c, '|' | '"' | '`' | '(' | ')') {
+                        break;
+                    }
+                    s.push(c);
+                    chars.next();
+                }
+                out.push(Token::Word(s));
             }
         }
-        _ => String::new(),
+    }
+    Some(out)
+}
+
+impl TemplateData<'_> {
+    /// One action's output ("" for what the subset does not have).
+    fn action(&self, action: &str) -> String {
+        if action.starts_with("/*") {
+            return String::new();
+        }
+        self.pipeline(action).map(|v| v.print()).unwrap_or_default()
+    }
+
+    fn pipeline(&self, action: &str) -> Option<TemplateValue> {
+        let tokens = action_tokens(action)?;
+        let mut piped: Option<TemplateValue> = None;
+        for command in tokens.split(|t| matches!(t, Token::Pipe)) {
+            let (first, rest) = command.split_first()?;
+            let function = match first {
+                Token::Word(w) if !w.starts_with(['$', '.']) && w.parse::<f64>().is_err() => {
+                    Some(w.as_str())
+                }
+                _ => None,
+            };
+            piped = match function {
+                None if rest.is_empty() && piped.is_none() => Some(self.operand(first)?),
+                None => return None,
+                Some(name) => {
+                    let mut args = rest
+                        .iter()
+                        .map(|t| self.operand(t))
+                        .collect::<Option<Vec<_>>>()?;
+                    args.extend(piped.take());
+                    Some(call(name, &args)?)
+                }
+            };
+        }
+        piped
+    }
+
+    fn operand(&self, token: &Token) -> Option<TemplateValue> {
+        let word = match token {
+            Token::Quoted(s) => return Some(TemplateValue::Str(s.clone())),
+            Token::Word(w) => w.as_str(),
+            Token::Pipe => return None,
+        };
+        let label = |set: &Labels, name: &str| {
+            Some(TemplateValue::Str(set.get(name).unwrap_or("").to_string()))
+        };
+        let map = |set: &Labels| {
+            let pairs: Vec<String> = set.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            Some(TemplateValue::Str(format!("map[{}]", pairs.join(" "))))
+        };
+        match word {
+            "$value" | ".Value" => Some(TemplateValue::Num(self.value)),
+            "$labels" | ".Labels" => map(self.labels),
+            "$externalLabels" | ".ExternalLabels" => map(self.external),
+            "$externalURL" | ".ExternalURL" => Some(TemplateValue::Str(String::new())),
+            _ => {
+                if let Some(name) = word
+                    .strip_prefix("$labels.")
+                    .or_else(|| word.strip_prefix(".Labels."))
+                {
+                    label(self.labels, name)
+                } else if let Some(name) = word
+                    .strip_prefix("$externalLabels.")
+                    .or_else(|| word.strip_prefix(".ExternalLabels."))
+                {
+                    label(self.external, name)
+                } else {
+                    word.parse().ok().map(TemplateValue::Num)
+                }
+            }
+        }
     }
 }
 
-fn format_number(v: f64) -> String {
-    crate::model::format_value(v)
+/// One of Prometheus's template functions.
+fn call(name: &str, args: &[TemplateValue]) -> Option<TemplateValue> {
+    let one = || match args {
+        [a] => Some(a),
+        _ => None,
+    };
+    let text = |s: String| Some(TemplateValue::Str(s));
+    match name {
+        "humanize" => text(humanize(one()?.float()?)),
+        "humanize1024" => text(humanize_1024(one()?.float()?)),
+        "humanizePercentage" => text(format!(
+            "{}%",
+            go_format_g(one()?.float()? * 100.0, Some(4))
+        )),
+        "humanizeDuration" => text(humanize_duration(one()?.float()?)),
+        "toUpper" => text(one()?.print().to_uppercase()),
+        "toLower" => text(one()?.print().to_lowercase()),
+        "title" => text(title(&one()?.print())),
+        "printf" => match args.split_first()? {
+            (TemplateValue::Str(format), rest) => text(go_printf(format, rest)),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
-fn trim_float(v: f64, digits: usize) -> String {
-    let s = format!("{v:.digits$}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
+/// Go's `strings.Title`: the first letter of every word in upper case.
+fn title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut at_start = true;
+    for c in s.chars() {
+        if at_start {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        at_start = !(c.is_alphanumeric() || c == '_' || c == '\'');
+    }
+    out
 }
 
+/// Prometheus's `humanize`: SI prefixes, 4 significant digits.
 fn humanize(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
-        return format_number(v);
+        return go_format_g(v, Some(4));
     }
-    let units = ["", "k", "M", "G", "T", "P", "E"];
     let mut x = v;
-    let mut i = 0;
-    while x.abs() >= 1000.0 && i + 1 < units.len() {
-        x /= 1000.0;
-        i += 1;
+    let mut prefix = "";
+    if x.abs() >= 1.0 {
+        for p in ["k", "M", "G", "T", "P", "E", "Z", "Y"] {
+            if x.abs() < 1000.0 {
+                break;
+            }
+            prefix = p;
+            x /= 1000.0;
+        }
+    } else {
+        for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
+            if x.abs() >= 1.0 {
+                break;
+            }
+            prefix = p;
+            x *= 1000.0;
+        }
     }
-    format!("{}{}", trim_float(x, 4), units[i])
+    format!("{}{prefix}", go_format_g(x, Some(4)))
 }
 
-fn humanize_duration(secs: f64) -> String {
-    if !secs.is_finite() {
-        return format_number(secs);
+/// Prometheus's `humanize1024`: binary prefixes, 4 significant digits.
+fn humanize_1024(v: f64) -> String {
+    if v.abs() <= 1.0 || !v.is_finite() {
+        return go_format_g(v, Some(4));
     }
-    let total = secs.abs().round() as u64;
-    let (d, h, m, s) = (
-        total / 86400,
-        total / 3600 % 24,
-        total / 60 % 60,
-        total % 60,
-    );
-    match (d, h, m) {
-        (0, 0, 0) => format!("{}s", trim_float(secs, 4)),
-        (0, 0, _) => format!("{m}m {s}s"),
-        (0, _, _) => format!("{h}h {m}m {s}s"),
-        _ => format!("{d}d {h}h {m}m {s}s"),
+    let mut x = v;
+    let mut prefix = "";
+    for p in ["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"] {
+        if x.abs() < 1024.0 {
+            break;
+        }
+        prefix = p;
+        x /= 1024.0;
     }
+    format!("{}{prefix}", go_format_g(x, Some(4)))
+}
+
+/// Prometheus's `humanizeDuration` of seconds: `1d 2h 3m 4s`, or `1.5s`, or `100ms`.
+fn humanize_duration(v: f64) -> String {
+    if !v.is_finite() {
+        return go_format_g(v, Some(4));
+    }
+    if v == 0.0 {
+        return format!("{}s", go_format_g(v, Some(4)));
+    }
+    if v.abs() >= 1.0 {
+        let sign = if v < 0.0 { "-" } else { "" };
+        let whole = v.abs() as i64;
+        let (days, hours, minutes, seconds) = (
+            whole / 86400,
+            whole / 3600 % 24,
+            whole / 60 % 60,
+            whole % 60,
+        );
+        return if days != 0 {
+            format!("{sign}{days}d {hours}h {minutes}m {seconds}s")
+        } else if hours != 0 {
+            format!("{sign}{hours}h {minutes}m {seconds}s")
+        } else if minutes != 0 {
+            format!("{sign}{minutes}m {seconds}s")
+        } else {
+            format!("{sign}{}s", go_format_g(v.abs(), Some(4)))
+        };
+    }
+    let mut x = v;
+    let mut prefix = "";
+    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
+        if x.abs() >= 1.0 {
+            break;
+        }
+        prefix = p;
+        x *= 1000.0;
+    }
+    format!("{}{prefix}s", go_format_g(x, Some(4)))
+}
+
+/// Go's `fmt.Sprintf` for the verbs templates use: `%v %s %d %f %e %g %q %%`, with flags,
+/// width and precision.
+fn go_printf(format: &str, args: &[TemplateValue]) -> String {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut flags = String::new();
+        while let Some(&f) = chars.peek() {
+            if !"-+ #0".contains(f) {
+                break;
+            }
+            flags.push(f);
+            chars.next();
+        }
+        let mut width = String::new();
+        while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            width.push(d);
+            chars.next();
+        }
+        let mut precision = None;
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            let mut p = String::new();
+            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                p.push(d);
+                chars.next();
+            }
+            precision = Some(p.parse::<usize>().unwrap_or(0));
+        }
+        let Some(verb) = chars.next() else {
+            out.push_str("%!(NOVERB)");
+            break;
+        };
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let Some(arg) = args.next() else {
+            out.push_str(&format!("%!{verb}(MISSING)"));
+            continue;
+        };
+        let body = match (verb, arg) {
+            ('v' | 's', _) => match (arg, precision) {
+                (TemplateValue::Str(s), Some(p)) => s.chars().take(p).collect(),
+                (TemplateValue::Num(v), Some(p)) if verb == 'v' => go_format_g(*v, Some(p)),
+                _ => arg.print(),
+            },
+            ('q', TemplateValue::Str(s)) => go_quote(s),
+            ('d', TemplateValue::Num(v)) if v.fract() == 0.0 && v.is_finite() => {
+                format!("{}", *v as i64)
+            }
+            ('f' | 'F', TemplateValue::Num(v)) => go_format_f(*v, precision.unwrap_or(6)),
+            ('e' | 'E', TemplateValue::Num(v)) => {
+                go_format_e(*v, Some(precision.unwrap_or(6)), verb == 'E')
+            }
+            ('g' | 'G', TemplateValue::Num(v)) => go_format_g(*v, precision),
+            (_, TemplateValue::Num(v)) => format!("%!{verb}(float64={})", go_format_g(*v, None)),
+            (_, TemplateValue::Str(s)) => format!("%!{verb}(string={s})"),
+        };
+        let body = if flags.contains('+')
+            && !body.starts_with(['-', '+'])
+            && matches!(arg, TemplateValue::Num(_))
+        {
+            format!("+{body}")
+        } else {
+            body
+        };
+        let width: usize = width.parse().unwrap_or(0);
+        let pad = width.saturating_sub(body.chars().count());
+        if flags.contains('-') {
+            out.push_str(&body);
+            out.push_str(&" ".repeat(pad));
+        } else if flags.contains('0') && matches!(arg, TemplateValue::Num(_)) {
+            let (sign, digits) = match body.strip_prefix(['-', '+']) {
+                Some(d) => (&body[..1], d),
+                None => ("", body.as_str()),
+            };
+            out.push_str(sign);
+            out.push_str(&"0".repeat(pad));
+            out.push_str(digits);
+        } else {
+            out.push_str(&" ".repeat(pad));
+            out.push_str(&body);
+        }
+    }
+    let extra: Vec<String> = args
+        .map(|a| match a {
+            TemplateValue::Num(v) => format!("float64={}", go_format_g(*v, None)),
+            TemplateValue::Str(s) => format!("string={s}"),
+        })
+        .collect();
+    if !extra.is_empty() {
+        out.push_str(&format!("%!(EXTRA {})", extra.join(", ")));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Go's number formats (templates and `promtool`'s messages print numbers as Go does)
+
+/// The decimal digits of `|v|` (finite), without trailing zeros, and its decimal exponent
+/// (`d.ddd × 10^exp`): the shortest digits that read back as `v`, or `significant` digits
+/// rounded half to even as Go rounds.
+fn decimal_digits(v: f64, significant: Option<usize>) -> (String, i32) {
+    let s = match significant {
+        Some(n) => format!("{:.*e}", n.max(1) - 1, v.abs()),
+        None => format!("{:e}", v.abs()),
+    };
+    let (mantissa, exp) = s.split_once('e').unwrap_or((s.as_str(), "0"));
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_end_matches('0');
+    if digits.is_empty() {
+        return ("0".into(), 0);
+    }
+    (digits.to_string(), exp.parse().unwrap_or(0))
+}
+
+fn go_special(v: f64) -> Option<String> {
+    if v.is_nan() {
+        Some("NaN".into())
+    } else if v.is_infinite() {
+        Some(if v > 0.0 { "+Inf" } else { "-Inf" }.into())
+    } else {
+        None
+    }
+}
+
+fn sign(v: f64) -> &'static str {
+    if v.is_sign_negative() {
+        "-"
+    } else {
+        ""
+    }
+}
+
+/// `digits × 10^exp` written out without an exponent.
+fn plain(digits: &str, exp: i32) -> String {
+    if exp < 0 {
+        return format!("0.{}{digits}", "0".repeat((-exp - 1) as usize));
+    }
+    let int_len = exp as usize + 1;
+    if digits.len() <= int_len {
+        format!("{digits}{}", "0".repeat(int_len - digits.len()))
+    } else {
+        format!("{}.{}", &digits[..int_len], &digits[int_len..])
+    }
+}
+
+/// Go's `%e` (`precision` digits after the point) or `strconv.FormatFloat(v, 'e', -1, 64)`
+/// (`None`: the shortest digits); `upper` for `%E`.
+pub(crate) fn go_format_e(v: f64, precision: Option<usize>, upper: bool) -> String {
+    if let Some(s) = go_special(v) {
+        return s;
+    }
+    let (mut digits, exp) = decimal_digits(v, precision.map(|p| p + 1));
+    let exp = if v == 0.0 { 0 } else { exp };
+    if let Some(p) = precision {
+        while digits.len() < p + 1 {
+            digits.push('0');
+        }
+    }
+    let mut out = sign(v).to_string();
+    out.push_str(&digits[..1]);
+    if digits.len() > 1 {
+        out.push('.');
+        out.push_str(&digits[1..]);
+    }
+    out.push(if upper { 'E' } else { 'e' });
+    out.push(if exp < 0 { '-' } else { '+' });
+    out.push_str(&format!("{:02}", exp.abs()));
+    out
+}
+
+/// Go's `%.Nf`.
+pub(crate) fn go_format_f(v: f64, precision: usize) -> String {
+    go_special(v).unwrap_or_else(|| format!("{v:.precision$}"))
+}
+
+/// Go's `%g` with `precision` significant digits, or `%v` (`None`): the shortest digits, with
+/// an exponent when it is below -4 or at least the precision (6 for the shortest).
+pub(crate) fn go_format_g(v: f64, precision: Option<usize>) -> String {
+    if let Some(s) = go_special(v) {
+        return s;
+    }
+    let precision = precision.map(|p| p.max(1));
+    let (digits, exp) = decimal_digits(v, precision);
+    let limit = precision.map_or(6, |p| p as i32);
+    if exp < -4 || exp >= limit {
+        let mut out = sign(v).to_string();
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
+        return out;
+    }
+    format!("{}{}", sign(v), plain(&digits, exp))
+}
+
+/// Go's `strconv.Quote`.
+pub(crate) fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// An alert's state.
@@ -368,6 +843,9 @@ pub struct Alert {
     pub resolved_at: i64,
     /// Last evaluation that returned it, ms.
     pub last_seen: i64,
+    /// First evaluation that missed it while it fired, ms (`keep_firing_for` counts from
+    /// there, as in Prometheus).
+    pub keep_firing_since: Option<i64>,
     /// Last time it was sent, ms.
     pub last_sent: i64,
     /// The expression's value.
@@ -395,6 +873,7 @@ struct GroupState {
 pub struct Rules {
     groups: Mutex<BTreeMap<(String, String), GroupState>>,
     default_interval_ms: i64,
+    external_labels: Labels,
 }
 
 impl Rules {
@@ -403,7 +882,51 @@ impl Rules {
         Rules {
             groups: Mutex::new(BTreeMap::new()),
             default_interval_ms: default_interval.as_millis().max(1) as i64,
+            external_labels: Labels::default(),
         }
+    }
+
+    /// What `$externalLabels` holds in templates (none by default).
+    pub fn with_external_labels(mut self, labels: Labels) -> Rules {
+        self.external_labels = labels;
+        self
+    }
+
+    /// The firing alerts of the alerting rules named `name` in the group `key`.
+    pub fn firing_alerts(&self, key: &(String, String), name: &str) -> Vec<Alert> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(g) = groups.get(key) else {
+            return Vec::new();
+        };
+        let Some(group) = &g.group else {
+            return Vec::new();
+        };
+        group
+            .rules
+            .iter()
+            .zip(&g.rules)
+            .filter(|(r, _)| r.alerting && r.name == name)
+            .flat_map(|(_, s)| s.alerts.values().filter(|a| a.state == State::Firing))
+            .cloned()
+            .collect()
+    }
+
+    /// `(rule name, error)` of the rules of group `key` whose last evaluation failed.
+    pub fn rule_errors(&self, key: &(String, String)) -> Vec<(String, String)> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(g) = groups.get(key) else {
+            return Vec::new();
+        };
+        let Some(group) = &g.group else {
+            return Vec::new();
+        };
+        group
+            .rules
+            .iter()
+            .zip(&g.rules)
+            .filter(|(_, s)| s.health == "err")
+            .map(|(r, s)| (r.name.clone(), s.last_error.clone()))
+            .collect()
     }
 
     /// Replaces the groups of `file` (alert state of unchanged rules is kept).
@@ -471,6 +994,32 @@ pub fn evaluate(
     store: &Store,
     ingest: &Ingest,
 ) -> Vec<Json> {
+    let mut batch = Vec::new();
+    let to_send = evaluate_with(rules, key, t, engine, store, &mut |_, samples| {
+        batch.extend_from_slice(samples)
+    });
+    if !batch.is_empty() {
+        if let Err(e) = ingest.write("rule", &batch) {
+            tracing::error!(error = %e, "cannot store rule results");
+        }
+    }
+    to_send
+}
+
+/// Samples a rule writes: `(labels, t, value)`.
+pub type RuleOutput = [(Labels, i64, f64)];
+
+/// [`evaluate`] against any [`Queryable`]: each rule that evaluates without error hands its
+/// output (recording rule samples, `ALERTS` and `ALERTS_FOR_STATE`; possibly none) to
+/// `sink(rule index, samples)` before the next rule runs. Returns the alerts to send now.
+pub fn evaluate_with(
+    rules: &Rules,
+    key: &(String, String),
+    t: i64,
+    engine: &Engine,
+    q: &dyn Queryable,
+    sink: &mut dyn FnMut(usize, &RuleOutput),
+) -> Vec<Json> {
     let Some(group) = rules
         .groups
         .lock()
@@ -482,58 +1031,106 @@ pub fn evaluate(
     };
     let interval = rules.interval(&group);
     let mut to_send = Vec::new();
-    let mut batch = Vec::new();
     for (i, rule) in group.rules.iter().enumerate() {
         let started = std::time::Instant::now();
-        let result = engine.instant(store, &rule.expr, t);
+        let result = engine.instant(q, &rule.expr, t);
         let samples = match result {
             Ok(Value::Vector(v)) => Ok(v.into_iter().map(|s| (s.labels, s.v)).collect::<Vec<_>>()),
             Ok(Value::Scalar(_, v)) => Ok(vec![(Labels::default(), v)]),
             Ok(_) => Err("the expression is not a vector or a scalar".to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let mut groups = rules.groups.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(state) = groups.get_mut(key).and_then(|g| g.rules.get_mut(i)) else {
-            continue;
-        };
-        state.last_eval_ms = t;
-        state.duration = started.elapsed().as_secs_f64();
-        let samples = match samples {
-            Ok(s) => {
-                state.health = "ok".into();
-                state.last_error.clear();
-                s
-            }
-            Err(e) => {
-                tracing::warn!(group = %group.name, rule = %rule.name, error = %e, "rule evaluation failed");
-                state.health = "err".into();
-                state.last_error = e;
+        let output = {
+            let mut groups = rules.groups.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(state) = groups.get_mut(key).and_then(|g| g.rules.get_mut(i)) else {
                 continue;
+            };
+            state.last_eval_ms = t;
+            state.duration = started.elapsed().as_secs_f64();
+            match samples {
+                Ok(samples) => {
+                    state.health = "ok".into();
+                    state.last_error.clear();
+                    let step = RuleStep {
+                        rule,
+                        t,
+                        interval,
+                        external: &rules.external_labels,
+                    };
+                    if rule.alerting {
+                        step.alerts(state, samples, &mut to_send)
+                    } else {
+                        step.record(samples)
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(group = %group.name, rule = %rule.name, error = %e, "rule evaluation failed");
+                    state.health = "err".into();
+                    state.last_error = e;
+                    continue;
+                }
             }
         };
-        if !rule.alerting {
-            for (labels, v) in samples {
+        sink(i, &output);
+    }
+    if let Some(g) = rules
+        .groups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(key)
+    {
+        g.last_eval_ms = t;
+    }
+    to_send
+}
+
+/// One rule's evaluation at `t`, once its expression returned.
+struct RuleStep<'a> {
+    rule: &'a Rule,
+    t: i64,
+    interval: i64,
+    external: &'a Labels,
+}
+
+impl RuleStep<'_> {
+    /// A recording rule's samples: the result renamed, with the rule's labels.
+    fn record(&self, samples: Vec<(Labels, f64)>) -> Vec<(Labels, i64, f64)> {
+        samples
+            .into_iter()
+            .map(|(labels, v)| {
                 let mut pairs = labels.to_vec();
                 pairs.retain(|(k, _)| k != METRIC_NAME);
-                pairs.extend(rule.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-                pairs.push((METRIC_NAME.into(), rule.name.clone()));
-                batch.push((Labels::new(pairs), t, v));
-            }
-            continue;
-        }
+                pairs.extend(self.rule.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                pairs.push((METRIC_NAME.into(), self.rule.name.clone()));
+                (Labels::new(pairs), self.t, v)
+            })
+            .collect()
+    }
+
+    /// Moves an alerting rule's alerts as Prometheus does (pending for `for`, then firing;
+    /// `keep_firing_for` counted from the first evaluation that missed the series; resolved
+    /// when gone), queues those due to be sent, and returns `ALERTS` and `ALERTS_FOR_STATE`.
+    fn alerts(
+        &self,
+        state: &mut RuleState,
+        samples: Vec<(Labels, f64)>,
+        to_send: &mut Vec<Json>,
+    ) -> Vec<(Labels, i64, f64)> {
+        let (rule, t) = (self.rule, self.t);
+        let mut out = Vec::new();
         let mut seen = Vec::new();
         for (labels, v) in samples {
             let base = labels.without_name();
             let mut pairs = base.to_vec();
             for (k, template) in &rule.labels {
-                pairs.push((k.clone(), expand(template, &base, v)));
+                pairs.push((k.clone(), expand_with(template, &labels, self.external, v)));
             }
             pairs.push(("alertname".into(), rule.name.clone()));
             let alert_labels = Labels::new(pairs);
             let annotations: BTreeMap<String, String> = rule
                 .annotations
                 .iter()
-                .map(|(k, a)| (k.clone(), expand(a, &base, v)))
+                .map(|(k, a)| (k.clone(), expand_with(a, &labels, self.external, v)))
                 .collect();
             seen.push(alert_labels.clone());
             let alert = state
@@ -547,6 +1144,7 @@ pub fn evaluate(
                     fired_at: 0,
                     resolved_at: 0,
                     last_seen: t,
+                    keep_firing_since: None,
                     last_sent: 0,
                     value: v,
                 });
@@ -563,6 +1161,7 @@ pub fn evaluate(
             alert.value = v;
             alert.annotations = annotations;
             alert.last_seen = t;
+            alert.keep_firing_since = None;
         }
         state.alerts.retain(|labels, alert| {
             if seen.contains(labels) {
@@ -570,15 +1169,16 @@ pub fn evaluate(
             }
             match alert.state {
                 State::Pending => false,
-                State::Firing
-                    if rule.keep_firing_for_ms > 0
-                        && t - alert.last_seen < rule.keep_firing_for_ms =>
-                {
-                    true
-                }
                 State::Firing => {
+                    if rule.keep_firing_for_ms > 0 {
+                        let since = *alert.keep_firing_since.get_or_insert(t);
+                        if t - since < rule.keep_firing_for_ms {
+                            return true;
+                        }
+                    }
                     alert.state = State::Inactive;
                     alert.resolved_at = t;
+                    alert.keep_firing_since = None;
                     alert.last_sent = 0;
                     true
                 }
@@ -595,10 +1195,10 @@ pub fn evaluate(
                 let mut pairs = alert.labels.to_vec();
                 pairs.push((METRIC_NAME.into(), "ALERTS".into()));
                 pairs.push(("alertstate".into(), alert.state.name().into()));
-                batch.push((Labels::new(pairs), t, 1.0));
+                out.push((Labels::new(pairs), t, 1.0));
                 let mut pairs = alert.labels.to_vec();
                 pairs.push((METRIC_NAME.into(), "ALERTS_FOR_STATE".into()));
-                batch.push((Labels::new(pairs), t, (alert.active_at / 1000) as f64));
+                out.push((Labels::new(pairs), t, (alert.active_at / 1000) as f64));
             }
             let due = match alert.state {
                 State::Pending => false,
@@ -611,7 +1211,7 @@ pub fn evaluate(
                 let ends = if alert.state == State::Inactive {
                     alert.resolved_at
                 } else {
-                    t + 4 * interval.max(RESEND_DELAY_MS)
+                    t + 4 * self.interval.max(RESEND_DELAY_MS)
                 };
                 to_send.push(json!({
                     "labels": alert.labels.iter().collect::<BTreeMap<_, _>>(),
@@ -622,21 +1222,8 @@ pub fn evaluate(
                 }));
             }
         }
+        out
     }
-    if let Some(g) = rules
-        .groups
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(key)
-    {
-        g.last_eval_ms = t;
-    }
-    if !batch.is_empty() {
-        if let Err(e) = ingest.write("rule", &batch) {
-            tracing::error!(error = %e, "cannot store rule results");
-        }
-    }
-    to_send
 }
 
 impl crate::api::RulesView for Rules {
@@ -717,7 +1304,7 @@ fn alert_json(a: &Alert) -> Json {
         "annotations": a.annotations,
         "state": a.state.name(),
         "activeAt": rfc3339(a.active_at),
-        "value": format_number(a.value),
+        "value": crate::model::format_value(a.value),
     })
 }
 

@@ -988,3 +988,131 @@ async fn t07_an_alert_fires_reaches_alertmanager_and_a_webhook_then_resolves() {
     });
     assert!(resolved_sent, "the webhook received the resolution");
 }
+
+#[tokio::test]
+async fn t08_every_acknowledged_remote_write_survives_a_kill_9_of_the_node_that_took_it() {
+    let mut cluster =
+        Cluster::start_with_config(3, "[monitor]\nscrape_interval = \"1s\"\n", &[]).await;
+    // Remote writes are acknowledged once a peer has them: wait until the first node
+    // replicates to both others.
+    let first = cluster.nodes[0].url();
+    wait_until(Duration::from_secs(30), "two peers", || async {
+        let stats = get_json(&format!("{first}/v1/monitor/stats")).await;
+        (stats["data"]["peers"] == 2).then_some(())
+    })
+    .await;
+    let url = format!("{first}/api/v1/write");
+    let start = now_ms() - 600_000;
+    let mut acked = 0i64;
+    for step in 0..300i64 {
+        let batch: Vec<_> = (0..10)
+            .map(|s| {
+                (
+                    Labels::from_pairs(&[("__name__", "replicated"), ("series", &s.to_string())]),
+                    start + step * 1000,
+                    (step * 10 + s) as f64,
+                )
+            })
+            .collect();
+        // As a remote-write client does: a refused batch (503 while no peer has it yet) is
+        // sent again; only an acknowledged one counts.
+        wait_until(
+            Duration::from_secs(10),
+            "the batch acknowledged",
+            || async { remote_write(&url, &batch).await.then_some(()) },
+        )
+        .await;
+        acked = step + 1;
+    }
+    cluster.nodes[0].kill9();
+    let at = (start + 300_000) as f64 / 1000.0;
+    for node in &cluster.nodes[1..] {
+        let body = get_json(&format!(
+            "{}/api/v1/query?query=count_over_time(replicated[10m])&time={at}",
+            node.url()
+        ))
+        .await;
+        let result = body["data"]["result"].as_array().unwrap().clone();
+        assert_eq!(result.len(), 10, "node {}: {body}", node.id);
+        for r in result {
+            let n: i64 = r["value"][1].as_str().unwrap().parse().unwrap();
+            assert_eq!(
+                n, acked,
+                "node {} has {n} of {acked} acknowledged samples",
+                node.id
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn t09_an_opentelemetry_sdk_sends_metrics_and_traces_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(1, dir.path(), Some("1=127.0.0.1:0"), &[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/otel_export.py");
+    let mut command = Command::new("python3");
+    command.arg(script).arg(node.url());
+    if let Some(token) = root_token() {
+        command.env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("authorization=Bearer {token}"),
+        );
+    }
+    let out = command
+        .output()
+        .expect("python3 with opentelemetry-sdk (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "otel_export.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let q = |expr: &str| {
+        format!(
+            "{}/api/v1/query?query={}",
+            node.url(),
+            strata_monitor::model::url_encode(expr)
+        )
+    };
+    let counter = get_json(&q("orders_placed_total")).await;
+    let row = &counter["data"]["result"][0];
+    assert_eq!(row["value"][1], "10", "{counter}");
+    assert_eq!(row["metric"]["job"], "otel-demo");
+    assert_eq!(row["metric"]["instance"], "demo-1");
+    assert_eq!(row["metric"]["region"], "eu");
+    let count = get_json(&q("checkout_latency_count")).await;
+    assert_eq!(count["data"]["result"][0]["value"][1], "5", "{count}");
+    let le = get_json(&q("checkout_latency_bucket{le=\"+Inf\"}")).await;
+    assert_eq!(le["data"]["result"][0]["value"][1], "5", "{le}");
+    let found = get_json(&format!(
+        "{}/v1/monitor/traces?service=otel-demo",
+        node.url()
+    ))
+    .await;
+    let traces = found["traces"].as_array().unwrap();
+    assert!(
+        traces.iter().any(|t| t["trace_id"] == trace_id.as_str()),
+        "{found}"
+    );
+    let trace = get_json(&format!("{}/v1/monitor/traces/{trace_id}", node.url())).await;
+    let spans = trace["spans"].as_array().unwrap();
+    let names: Vec<&str> = spans.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["checkout", "charge-card"], "{trace}");
+    // The terminal waterfall draws both spans, the child under its parent.
+    let waterfall = strata_command()
+        .args(["--endpoints", &node.url(), "monitor", "trace", &trace_id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&waterfall.stdout);
+    assert!(
+        waterfall.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&waterfall.stderr)
+    );
+    let checkout = text.lines().position(|l| l.contains("checkout")).unwrap();
+    let charge = text
+        .lines()
+        .position(|l| l.contains("charge-card"))
+        .unwrap();
+    assert!(charge > checkout, "{text}");
+}

@@ -262,7 +262,7 @@ pub async fn monitor_load(args: MonitorLoadArgs) -> anyhow::Result<()> {
     for (i, spec) in specs.into_iter().enumerate() {
         owned[i % shards].push(spec);
     }
-    let http = reqwest::Client::builder()
+    let http = strata_tls::http_client_builder()
         .pool_max_idle_per_host(shards)
         .build()?;
     let url = format!("{}/api/v1/write", args.url.trim_end_matches('/'));
@@ -395,7 +395,7 @@ pub const QUERIES: &[&str] = &[
 
 /// Runs `monitor-query`.
 pub async fn monitor_query(args: MonitorQueryArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = strata_tls::http_client_builder().build()?;
     let mut all = Latencies::default();
     let mut points = 0usize;
     for _ in 0..args.repeat {

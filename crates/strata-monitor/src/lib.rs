@@ -24,6 +24,7 @@ pub mod otlp_metrics;
 pub mod promql;
 pub mod remote;
 pub mod rules;
+pub mod rules_test;
 pub mod scrape;
 pub mod store;
 pub mod traces;

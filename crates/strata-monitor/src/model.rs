@@ -98,6 +98,12 @@ impl Labels {
         self.0.is_empty()
     }
 
+    /// An identity of this copy of the set (the address of its shared pairs): equal for
+    /// clones, different for any other set alive at the same time.
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.0) as *const () as usize
+    }
+
     /// The pairs, for building a changed copy.
     pub fn to_vec(&self) -> Vec<(String, String)> {
         self.0.to_vec()

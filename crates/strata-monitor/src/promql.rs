@@ -786,6 +786,19 @@ struct Evaluator {
     output_sources: RefCell<HashMap<(usize, Labels), Labels>>,
     /// [`Evaluator::names_collide`]'s answers by selector.
     collisions: RefCell<HashMap<usize, bool>>,
+    /// Label sets without their metric name, by the identity of the set they came from
+    /// (which the entry keeps alive, so the identity is not reused): a range query drops the
+    /// name of the same input series at every step.
+    unnamed: RefCell<HashMap<usize, (Labels, Labels)>>,
+    /// Per selector and series, where the last window began and ended: a range query's steps
+    /// move forward, so the next window is found by stepping on from there, reading the
+    /// samples in order instead of binary-searching cold memory at every step.
+    cursors: RefCell<HashMap<usize, Vec<(usize, usize)>>>,
+    /// Aggregation group keys, by (aggregation, identity of the input label set), with the
+    /// input set kept alive; keys are interned per aggregation, so equal keys share one
+    /// identity and a step groups by comparing numbers.
+    group_keys: RefCell<HashMap<(usize, usize), (Labels, Labels)>>,
+    interned_keys: RefCell<HashMap<(usize, Labels), Labels>>,
     deadline: Instant,
 }
 
@@ -811,6 +824,10 @@ impl Evaluator {
             eval_start: Cell::new(start),
             output_sources: RefCell::new(HashMap::new()),
             collisions: RefCell::new(HashMap::new()),
+            unnamed: RefCell::new(HashMap::new()),
+            cursors: RefCell::new(HashMap::new()),
+            group_keys: RefCell::new(HashMap::new()),
+            interned_keys: RefCell::new(HashMap::new()),
             deadline: Instant::now() + QUERY_TIMEOUT,
         };
         let mut wanted: HashMap<usize, (&VectorSelector, i64, i64)> = HashMap::new();
@@ -919,6 +936,24 @@ impl Evaluator {
         }
     }
 
+    /// [`drop_name`], remembered per input label set.
+    fn drop_name(&self, l: &Labels) -> Labels {
+        if l.name().is_none() {
+            return l.clone();
+        }
+        let mut cache = self.unnamed.borrow_mut();
+        if let Some((_, unnamed)) = cache.get(&l.identity()) {
+            return unnamed.clone();
+        }
+        let unnamed = l.without_name();
+        if cache.len() >= IDENTITY_CACHE_ENTRIES {
+            // Inputs made afresh at every step never hit; do not let them pile up.
+            cache.clear();
+        }
+        cache.insert(l.identity(), (l.clone(), unnamed.clone()));
+        unnamed
+    }
+
     fn check_deadline(&self) -> Result<(), QueryError> {
         if Instant::now() > self.deadline {
             Err(QueryError::Timeout)
@@ -951,7 +986,7 @@ impl Evaluator {
                     let out: Vector = vector
                         .iter()
                         .map(|el| El {
-                            labels: drop_name(&el.labels),
+                            labels: self.drop_name(&el.labels),
                             v: -el.v,
                         })
                         .collect();
@@ -1021,8 +1056,12 @@ impl Evaluator {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(series.len());
-        for s in series {
-            let after = s.samples.partition_point(|&(t, _)| t <= reft);
+        let mut cursors = self.cursors.borrow_mut();
+        let cursors = cursors
+            .entry(selector_key(vs))
+            .or_insert_with(|| vec![(0, 0); series.len()]);
+        for (s, cursor) in series.iter().zip(cursors.iter_mut()) {
+            let (_, after) = window_from(&s.samples, reft, reft, cursor);
             let Some(&(t, v)) = after.checked_sub(1).and_then(|i| s.samples.get(i)) else {
                 continue;
             };
@@ -1049,8 +1088,13 @@ impl Evaluator {
         let start = end.saturating_sub(dur_ms(&ms.range));
         let mut out = Vec::new();
         if let Some(series) = self.data.get(&selector_key(&ms.vs)) {
-            for s in series {
-                let points = without_stale(window(&s.samples, start, end));
+            let mut cursors = self.cursors.borrow_mut();
+            let cursors = cursors
+                .entry(selector_key(&ms.vs))
+                .or_insert_with(|| vec![(0, 0); series.len()]);
+            for (s, cursor) in series.iter().zip(cursors.iter_mut()) {
+                let (lo, hi) = window_from(&s.samples, start, end, cursor);
+                let points = without_stale(&s.samples[lo..hi]);
                 if !points.is_empty() {
                     out.push((s.labels.clone(), points));
                 }
@@ -1156,7 +1200,34 @@ impl Evaluator {
             Some(LabelModifier::Include(l)) => (l.labels.clone(), false),
             Some(LabelModifier::Exclude(l)) => (l.labels.clone(), true),
         };
-        unique(aggregate(a.op.id(), grouping, without, param, input)?)
+        let keys = (a.op.id() != T_COUNT_VALUES).then(|| {
+            let at = addr(e_of(a));
+            let mut cache = self.group_keys.borrow_mut();
+            let mut interned = self.interned_keys.borrow_mut();
+            input
+                .iter()
+                .map(|el| {
+                    if let Some((_, key)) = cache.get(&(at, el.labels.identity())) {
+                        return key.clone();
+                    }
+                    if cache.len() >= IDENTITY_CACHE_ENTRIES {
+                        cache.clear();
+                    }
+                    let key = labels_from(&group_key(&el.labels, &grouping, without));
+                    let key = interned.entry((at, key.clone())).or_insert(key).clone();
+                    cache.insert((at, el.labels.identity()), (el.labels.clone(), key.clone()));
+                    key
+                })
+                .collect::<Vec<Labels>>()
+        });
+        unique(aggregate(
+            a.op.id(),
+            grouping,
+            without,
+            param,
+            input,
+            keys.as_deref(),
+        )?)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1206,7 +1277,7 @@ impl Evaluator {
                     .select_instant(vs, ts)
                     .into_iter()
                     .map(|(labels, t, _)| El {
-                        labels: drop_name(labels),
+                        labels: self.drop_name(labels),
                         v: t as f64 / 1000.0,
                     })
                     .collect();
@@ -1291,7 +1362,7 @@ impl Evaluator {
                 let labels = if name == "last_over_time" {
                     labels.clone()
                 } else {
-                    drop_name(labels)
+                    self.drop_name(labels)
                 };
                 out.push(El { labels, v });
             }
@@ -1838,12 +1909,37 @@ struct Group {
 }
 
 /// Prometheus 2.42's `aggregation()`: groups in the order they first appear.
+/// Most entries of a cache keyed by label-set identity (see `Evaluator::drop_name`).
+const IDENTITY_CACHE_ENTRIES: usize = 200_000;
+
+/// The labels of `l` an aggregation groups by.
+fn group_key<'l>(l: &'l Labels, grouping: &[String], without: bool) -> Vec<(&'l str, &'l str)> {
+    l.iter()
+        .filter(|(name, _)| {
+            let listed = grouping.iter().any(|g| g == name);
+            if without {
+                !listed && *name != METRIC_NAME
+            } else {
+                listed
+            }
+        })
+        .collect()
+}
+
+/// The expression an aggregation's caches are keyed by.
+fn e_of(a: &AggregateExpr) -> &Expr {
+    &a.expr
+}
+
+/// `keys`: each input's group key, equal keys sharing one identity (see
+/// `Evaluator::group_keys`); `None` computes them here.
 fn aggregate(
     op: TokenId,
     mut grouping: Vec<String>,
     without: bool,
     param: Option<Val>,
     input: Vector,
+    keys: Option<&[Labels]>,
 ) -> Result<Vector, QueryError> {
     let param_scalar = || match &param {
         Some(Val::Scalar(v)) => Ok(*v),
@@ -1894,22 +1990,28 @@ fn aggregate(
     };
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<Vec<(&str, &str)>, usize> = HashMap::new();
-    for (el, metric) in input.iter().zip(&metrics) {
-        let key: Vec<(&str, &str)> = metric
-            .iter()
-            .filter(|(name, _)| {
-                let listed = grouping.iter().any(|g| g == name);
-                if without {
-                    !listed && *name != METRIC_NAME
-                } else {
-                    listed
-                }
-            })
-            .collect();
+    let mut by_identity: HashMap<usize, usize> = HashMap::new();
+    for (i, (el, metric)) in input.iter().zip(&metrics).enumerate() {
+        let known = keys.and_then(|k| k.get(i));
+        let (found, key_labels) = match known {
+            Some(k) => (by_identity.get(&k.identity()).copied(), Some(k)),
+            None => (None, None),
+        };
+        let key: Vec<(&str, &str)> = match key_labels {
+            Some(_) => Vec::new(),
+            None => group_key(metric, &grouping, without),
+        };
         let v = el.v;
-        let Some(&gi) = index.get(&key) else {
+        let found = match key_labels {
+            Some(_) => found,
+            None => index.get(&key).copied(),
+        };
+        let Some(gi) = found else {
+            if let Some(k) = key_labels {
+                by_identity.insert(k.identity(), groups.len());
+            }
             let mut g = Group {
-                labels: labels_from(&key),
+                labels: key_labels.cloned().unwrap_or_else(|| labels_from(&key)),
                 value: v,
                 mean: v,
                 count: 1.0,
@@ -2400,11 +2502,35 @@ fn go_min(a: f64, b: f64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Range vector functions
 
-/// The samples of `points` with times in `[start, end]`.
-fn window(points: &[(i64, f64)], start: i64, end: i64) -> &[(i64, f64)] {
-    let lo = points.partition_point(|&(t, _)| t < start);
-    let hi = points.partition_point(|&(t, _)| t <= end).max(lo);
-    &points[lo..hi]
+/// [`window`]'s bounds, found by stepping on from the last window's (`cursor`, updated) when
+/// the new one does not start or end before it, else by binary search.
+fn window_from(
+    points: &[(i64, f64)],
+    start: i64,
+    end: i64,
+    cursor: &mut (usize, usize),
+) -> (usize, usize) {
+    let (mut lo, mut hi) = *cursor;
+    let len = points.len();
+    // Every sample before `lo` must be before `start`, and every one before `hi` at or before
+    // `end`; when that no longer holds the window moved back: search.
+    if lo > len || (lo > 0 && points[lo - 1].0 >= start) {
+        lo = points.partition_point(|&(t, _)| t < start);
+    } else {
+        while lo < len && points[lo].0 < start {
+            lo += 1;
+        }
+    }
+    if hi > len || hi < lo || (hi > 0 && points[hi - 1].0 > end) {
+        hi = lo + points[lo..].partition_point(|&(t, _)| t <= end);
+    } else {
+        while hi < len && points[hi].0 <= end {
+            hi += 1;
+        }
+    }
+    let hi = hi.max(lo);
+    *cursor = (lo, hi);
+    (lo, hi)
 }
 
 fn without_stale(points: &[(i64, f64)]) -> Cow<'_, [(i64, f64)]> {
@@ -3797,5 +3923,30 @@ mod tests {
             instant(&db, "\"hi\"", 5),
             Ok(Value::String(5000, "hi".into()))
         );
+    }
+
+    #[test]
+    fn windows_found_by_stepping_equal_windows_found_by_search() {
+        let points: Vec<(i64, f64)> = (0..200).map(|i| (i * 15 + (i % 3), i as f64)).collect();
+        let mut cursor = (0, 0);
+        // Forward steps, a repeat, jumps back and far ahead, windows past both ends.
+        let probes = [
+            (-50, -10),
+            (0, 0),
+            (10, 300),
+            (40, 330),
+            (40, 330),
+            (0, 20),
+            (1000, 1300),
+            (2900, 4000),
+            (5000, 6000),
+            (100, 90),
+        ];
+        for (start, end) in probes {
+            let got = window_from(&points, start, end, &mut cursor);
+            let lo = points.partition_point(|&(t, _)| t < start);
+            let hi = points.partition_point(|&(t, _)| t <= end).max(lo);
+            assert_eq!(got, (lo, hi), "window [{start}, {end}]");
+        }
     }
 }

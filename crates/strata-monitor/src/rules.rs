@@ -9,10 +9,14 @@
 //!   are, at fixed slots of its interval; so a group is evaluated once per interval in the
 //!   cluster, and moves when its node dies.
 //! - Alerts follow Prometheus: pending while the expression returns the series for less than
-//!   `for`, then firing; `keep_firing_for` holds a firing alert after the series is gone;
-//!   resolved alerts are sent for 15 minutes. Firing alerts are re-sent every minute with an
-//!   `endsAt` four intervals ahead, so a receiver resolves them by itself if the monitor dies.
-//!   `ALERTS` and `ALERTS_FOR_STATE` series are written as Prometheus writes them.
+//!   `for`, then firing; `keep_firing_for` holds a firing alert that long, counted from the
+//!   first evaluation that misses its series; resolved alerts are sent for 15 minutes.
+//!   Firing alerts are re-sent every minute with an `endsAt` four intervals ahead, so a
+//!   receiver resolves them by itself if the monitor dies. `ALERTS` and `ALERTS_FOR_STATE`
+//!   series are written as Prometheus writes them. A group's output is stored in one batch
+//!   after the group (so a rule reading an earlier rule of its group sees that rule's
+//!   previous evaluation; Prometheus and [`evaluate_with`]'s callers may store each rule's
+//!   output at once).
 //! - Templates in labels and annotations: the subset of Go's templates that prints values
 //!   (see [`expand_with`]): `{{ $labels.NAME }}`, `{{ $value }}`, `{{ $value | humanize }}`,
 //!   `{{ printf "%.2f" $value }}`, `{{ $externalLabels.NAME }}` (none in the monitor), with
@@ -249,7 +253,7 @@ pub fn expand_with(text: &str, labels: &Labels, external: &Labels, value: f64) -
         external,
         value,
     };
-    let mut out = String::with_capacity(text.len());
+    let mut pieces = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
         let Some(close) = rest[open..].find("}}") else {
@@ -270,12 +274,24 @@ pub fn expand_with(text: &str, labels: &Labels, external: &Labels, value: f64) -
                 inner = trimmed;
             }
         }
-        out.push_str(before);
-        out.push_str(&data.action(inner.trim()));
+        pieces.push(Piece::Text(before));
+        pieces.push(Piece::Action(inner.trim()));
         rest = after;
     }
-    out.push_str(rest);
+    pieces.push(Piece::Text(rest));
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    while pos < pieces.len() {
+        // A stray `end` or `else` ends nothing; go on after it.
+        data.block(&pieces, &mut pos, true, &mut out);
+    }
     out
+}
+
+/// A template's text between actions, or an action.
+enum Piece<'a> {
+    Text(&'a str),
+    Action(&'a str),
 }
 
 /// What an alert's templates see.
@@ -290,6 +306,7 @@ struct TemplateData<'a> {
 enum TemplateValue {
     Num(f64),
     Str(String),
+    Bool(bool),
 }
 
 impl TemplateValue {
@@ -297,6 +314,7 @@ impl TemplateValue {
         match self {
             TemplateValue::Num(v) => go_format_g(*v, None),
             TemplateValue::Str(s) => s.clone(),
+            TemplateValue::Bool(b) => b.to_string(),
         }
     }
 
@@ -305,6 +323,16 @@ impl TemplateValue {
         match self {
             TemplateValue::Num(v) => Some(*v),
             TemplateValue::Str(s) => s.trim().parse().ok(),
+            TemplateValue::Bool(_) => None,
+        }
+    }
+
+    /// Go's truth: not zero, not empty, not false.
+    fn truth(&self) -> bool {
+        match self {
+            TemplateValue::Num(v) => *v != 0.0,
+            TemplateValue::Str(s) => !s.is_empty(),
+            TemplateValue::Bool(b) => *b,
         }
     }
 }
@@ -374,6 +402,72 @@ fn action_tokens(action: &str) -> Option<Vec<Token>> {
 }
 
 impl TemplateData<'_> {
+    /// Runs `pieces` from `pos` up to the `end` or `else` that closes the block (returned,
+    /// and consumed) or the end; prints into `out` when `emit`.
+    fn block(
+        &self,
+        pieces: &[Piece],
+        pos: &mut usize,
+        emit: bool,
+        out: &mut String,
+    ) -> Option<String> {
+        while let Some(piece) = pieces.get(*pos) {
+            *pos += 1;
+            let action = match piece {
+                Piece::Text(text) => {
+                    if emit {
+                        out.push_str(text);
+                    }
+                    continue;
+                }
+                Piece::Action(action) => *action,
+            };
+            let keyword = action.split_whitespace().next().unwrap_or("");
+            match keyword {
+                "end" | "else" => return Some(action.to_string()),
+                "if" => self.branches(Some(&action[2..]), pieces, pos, emit, out),
+                // Blocks the subset does not run: their text is left out.
+                "range" | "with" | "define" | "block" => {
+                    self.branches(None, pieces, pos, false, out)
+                }
+                _ if emit => out.push_str(&self.action(action)),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// An `if` (`condition`; `None` for a block never run) with its `else if` and `else`
+    /// branches, up to its `end`.
+    fn branches(
+        &self,
+        condition: Option<&str>,
+        pieces: &[Piece],
+        pos: &mut usize,
+        emit: bool,
+        out: &mut String,
+    ) {
+        let mut taken = false;
+        let mut condition = condition.map(str::to_string);
+        loop {
+            let run = !taken
+                && match &condition {
+                    Some(c) => self.pipeline(c).is_some_and(|v| v.truth()),
+                    None => false,
+                };
+            let closed = self.block(pieces, pos, emit && run, out);
+            taken |= run;
+            match closed {
+                Some(e) if e == "else" => condition = Some("true".into()),
+                Some(e) if e.starts_with("else") => {
+                    let rest = e["else".len()..].trim_start();
+                    condition = rest.strip_prefix("if").map(str::to_string);
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// One action's output ("" for what the subset does not have).
     fn action(&self, action: &str) -> String {
         if action.starts_with("/*") {
@@ -388,7 +482,11 @@ impl TemplateData<'_> {
         for command in tokens.split(|t| matches!(t, Token::Pipe)) {
             let (first, rest) = command.split_first()?;
             let function = match first {
-                Token::Word(w) if !w.starts_with(['$', '.']) && w.parse::<f64>().is_err() => {
+                Token::Word(w)
+                    if !w.starts_with(['$', '.'])
+                        && w.parse::<f64>().is_err()
+                        && !matches!(w.as_str(), "true" | "false") =>
+                {
                     Some(w.as_str())
                 }
                 _ => None,
@@ -427,6 +525,7 @@ impl TemplateData<'_> {
             "$labels" | ".Labels" => map(self.labels),
             "$externalLabels" | ".ExternalLabels" => map(self.external),
             "$externalURL" | ".ExternalURL" => Some(TemplateValue::Str(String::new())),
+            "true" | "false" => Some(TemplateValue::Bool(word == "true")),
             _ => {
                 if let Some(name) = word
                     .strip_prefix("$labels.")
@@ -453,7 +552,29 @@ fn call(name: &str, args: &[TemplateValue]) -> Option<TemplateValue> {
         _ => None,
     };
     let text = |s: String| Some(TemplateValue::Str(s));
+    let compare = || -> Option<std::cmp::Ordering> {
+        match args {
+            [TemplateValue::Num(a), TemplateValue::Num(b)] => a.partial_cmp(b),
+            [TemplateValue::Str(a), TemplateValue::Str(b)] => Some(a.cmp(b)),
+            [TemplateValue::Bool(a), TemplateValue::Bool(b)] => Some(a.cmp(b)),
+            _ => None,
+        }
+    };
+    let truth = |b: bool| Some(TemplateValue::Bool(b));
     match name {
+        "eq" => match args {
+            [first, rest @ ..] if !rest.is_empty() => truth(rest.iter().any(|r| r == first)),
+            _ => None,
+        },
+        "ne" => truth(compare()? != std::cmp::Ordering::Equal),
+        "lt" => truth(compare()?.is_lt()),
+        "le" => truth(compare()?.is_le()),
+        "gt" => truth(compare()?.is_gt()),
+        "ge" => truth(compare()?.is_ge()),
+        "not" => truth(!one()?.truth()),
+        // Go's and/or return the argument that decided.
+        "and" => args.iter().find(|a| !a.truth()).or(args.last()).cloned(),
+        "or" => args.iter().find(|a| a.truth()).or(args.last()).cloned(),
         "humanize" => text(humanize(one()?.float()?)),
         "humanize1024" => text(humanize_1024(one()?.float()?)),
         "humanizePercentage" => text(format!(
@@ -541,7 +662,12 @@ fn humanize_duration(v: f64) -> String {
     }
     if v.abs() >= 1.0 {
         let sign = if v < 0.0 { "-" } else { "" };
-        let whole = v.abs() as i64;
+        // Go's int64(v) on amd64: out of range is the smallest int64.
+        let whole = if v.abs() < i64::MAX as f64 {
+            v.abs() as i64
+        } else {
+            i64::MIN
+        };
         let (days, hours, minutes, seconds) = (
             whole / 86400,
             whole / 3600 % 24,
@@ -633,6 +759,7 @@ fn go_printf(format: &str, args: &[TemplateValue]) -> String {
             ('g' | 'G', TemplateValue::Num(v)) => go_format_g(*v, precision),
             (_, TemplateValue::Num(v)) => format!("%!{verb}(float64={})", go_format_g(*v, None)),
             (_, TemplateValue::Str(s)) => format!("%!{verb}(string={s})"),
+            (_, TemplateValue::Bool(b)) => format!("%!{verb}(bool={b})"),
         };
         let body = if flags.contains('+')
             && !body.starts_with(['-', '+'])
@@ -664,6 +791,7 @@ fn go_printf(format: &str, args: &[TemplateValue]) -> String {
         .map(|a| match a {
             TemplateValue::Num(v) => format!("float64={}", go_format_g(*v, None)),
             TemplateValue::Str(s) => format!("string={s}"),
+            TemplateValue::Bool(b) => format!("bool={b}"),
         })
         .collect();
     if !extra.is_empty() {
@@ -1461,7 +1589,8 @@ mod tests {
             ),
             "h:1 of j is 0.5"
         );
-        assert_eq!(expand("{{ humanize $value }}", &l, 1_234_567.0), "1.2346M");
+        // Prometheus's humanize: 4 significant digits.
+        assert_eq!(expand("{{ humanize $value }}", &l, 1_234_567.0), "1.235M");
         assert_eq!(
             expand("{{ printf \"%.2f\" $value }}", &l, 1.0 / 3.0),
             "0.33"
@@ -1471,5 +1600,35 @@ mod tests {
             expand("{{ $labels.missing }}|{{ unclosed", &l, 0.0),
             "|{{ unclosed"
         );
+    }
+
+    /// Outputs checked against Prometheus 2.42 (`promtool test rules` prints them).
+    #[test]
+    fn templates_print_like_prometheus() {
+        let l = Labels::from_pairs(&[("__name__", "v"), ("k", "a")]);
+        let ext = Labels::from_pairs(&[("cluster", "c1")]);
+        let all = "{{ $value }}|{{ humanize $value }}|{{ $value | humanize1024 }}|{{ humanizePercentage $value }}|{{ humanizeDuration $value }}|{{ printf \"%.2f\" $value }}|{{ printf \"%d-%s\" 3 \"x\" }}|{{ printf \"%v %g %e\" $value $value $value }}";
+        let cases = [
+            (123456.0, "123456|123.5k|120.6ki|1.235e+07%|1d 10h 17m 36s|123456.00|3-x|123456 123456 1.234560e+05"),
+            (1e6, "1e+06|1M|976.6ki|1e+08%|11d 13h 46m 40s|1000000.00|3-x|1e+06 1e+06 1.000000e+06"),
+            (0.0001, "0.0001|100u|0.0001|0.01%|100us|0.00|3-x|0.0001 0.0001 1.000000e-04"),
+            (-12.5, "-12.5|-12.5|-12.5|-1250%|-12.5s|-12.50|3-x|-12.5 -12.5 -1.250000e+01"),
+            (0.0, "0|0|0|0%|0s|0.00|3-x|0 0 0.000000e+00"),
+            (90061.5, "90061.5|90.06k|87.95ki|9.006e+06%|1d 1h 1m 1s|90061.50|3-x|90061.5 90061.5 9.006150e+04"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(expand_with(all, &l, &ext, v), want, "{v}");
+        }
+        assert_eq!(
+            expand_with(
+                "{{ $labels }}|{{ $labels.k | toUpper }}|{{- \"  x  \" -}}|{{ .Value }}|{{ $externalLabels.cluster }}|{{ title \"ab cd\" }}",
+                &l,
+                &ext,
+                1e6
+            ),
+            "map[__name__:v k:a]|A|  x  |1e+06|c1|Ab Cd"
+        );
+        assert_eq!(expand("a {{- /* note */ -}} b", &l, 0.0), "ab");
+        assert_eq!(expand("{{ 1e-5 }} {{ 1e21 }}", &l, 0.0), "1e-05 1e+21");
     }
 }

@@ -81,6 +81,12 @@ pub enum RulesCommand {
         /// Its name.
         name: String,
     },
+    /// Run promtool-style rule unit tests locally (`promtool test rules` format); no server needed.
+    Test {
+        /// The test files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 pub async fn monitor(
@@ -262,6 +268,42 @@ pub async fn monitor(
                 &["GROUP", "RULE", "TYPE", "STATE", "HEALTH", "ERROR"],
                 &rows,
             );
+            Ok(())
+        }
+        MonitorCommand::Rules(RulesCommand::Test { files }) => {
+            // Prints what `promtool test rules` prints, on the same streams.
+            let mut failed = 0;
+            for file in &files {
+                println!("Unit Testing:  {}", file.display());
+                let path = file.clone();
+                let run = tokio::task::spawn_blocking(move || {
+                    strata_monitor::rules_test::run_file(&path)
+                })
+                .await?;
+                let failures = match run {
+                    Ok(report) => {
+                        for warning in &report.warnings {
+                            eprintln!("  WARNING: {warning}");
+                        }
+                        report.failures
+                    }
+                    Err(e) => vec![e],
+                };
+                if failures.is_empty() {
+                    println!("  SUCCESS");
+                } else {
+                    failed += 1;
+                    eprintln!("  FAILED:");
+                    for failure in &failures {
+                        eprintln!("{failure}");
+                        println!();
+                    }
+                }
+                println!();
+            }
+            if failed > 0 {
+                bail!("{failed} of {} rule test files failed", files.len());
+            }
             Ok(())
         }
         MonitorCommand::Rules(RulesCommand::Delete { name }) => {

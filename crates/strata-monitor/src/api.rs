@@ -53,6 +53,8 @@ pub struct ApiState {
     pub rules: Arc<dyn RulesView>,
     /// The KV store (registry instances for `http_sd`).
     pub kv: Arc<dyn strata_store::KvApi>,
+    /// The live monitor nodes.
+    pub membership: Arc<crate::scrape::Membership>,
 }
 
 /// What the rule evaluator shows the API.
@@ -92,6 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/monitor/sd", get(http_sd))
         .route("/v1/monitor/flush", post(flush))
         .route("/v1/monitor/stats", get(stats))
+        .route("/v1/monitor/ping", get(|| async { "monitor\n" }))
         .with_state(state)
 }
 
@@ -585,8 +588,7 @@ async fn flush(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
 async fn stats(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
     allow(&s, &who, Access::Read)?;
     let st = s.store.stats();
-    let mut nodes = crate::scrape::monitor_nodes(&*s.kv).await;
-    nodes.sort_unstable();
+    let nodes = s.membership.live();
     success(json!({
         "monitor_nodes": nodes,
         "peers": s.ingest.peer_count(),

@@ -184,14 +184,17 @@ impl Component for MonitorComponent {
                 timeout: config.scrape_timeout.0.min(config.scrape_interval.0),
                 statics: config.static_targets.clone(),
             };
-            ctx.tracker.spawn(scrape::keep_alive(
+            let membership = Arc::new(scrape::Membership::new(ctx.node_id));
+            ctx.tracker.spawn(membership.clone().run(
                 ctx.kv.clone(),
-                ctx.node_id,
+                http.clone(),
+                scheme,
                 ctx.cancel.clone(),
             ));
             ctx.tracker.spawn(scrape::run(
                 ctx.kv.clone(),
                 ctx.node_id,
+                membership.clone(),
                 settings,
                 ingest.clone(),
                 targets.clone(),
@@ -235,7 +238,7 @@ impl Component for MonitorComponent {
                     alertmanagers: config.alertmanagers.clone(),
                     webhooks: config.webhooks.clone(),
                 },
-                kv: ctx.kv.clone(),
+                membership: membership.clone(),
                 me: ctx.node_id,
             };
             ctx.tracker.spawn(rule_loop.run(ctx.cancel.clone()));
@@ -256,6 +259,7 @@ impl Component for MonitorComponent {
                 max_request_bytes: ctx.max_request_bytes,
                 rules,
                 kv: ctx.kv.clone(),
+                membership,
             };
             let trace_store = {
                 let dir = dir.join("traces");

@@ -1489,8 +1489,8 @@ pub struct RuleLoop {
     pub http: reqwest::Client,
     /// Receivers.
     pub receivers: Receivers,
-    /// KV (the monitor nodes, for group ownership).
-    pub kv: Arc<dyn strata_store::KvApi>,
+    /// The live monitor nodes, for group ownership.
+    pub membership: Arc<crate::scrape::Membership>,
     /// This node.
     pub me: u64,
 }
@@ -1504,8 +1504,7 @@ impl RuleLoop {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
-            let mut nodes = crate::scrape::monitor_nodes(&*self.kv).await;
-            nodes.sort_unstable();
+            let nodes = self.membership.live();
             let keys: Vec<((String, String), i64)> = {
                 let mut groups = self.rules.groups.lock().unwrap_or_else(|e| e.into_inner());
                 groups

@@ -4,10 +4,9 @@
 //! - Targets: every cluster member's `/metrics` (job `strata`), every registry instance
 //!   whose metadata names `metrics_port` (and optionally `metrics_path`; job = its service),
 //!   and the static targets of `[monitor]`.
-//! - Ownership: each monitor node keeps `/strata/monitor/nodes/ID` alive on a short lease;
-//!   every target belongs to one of them by rendezvous hashing, so it has exactly one owner
-//!   in every view and moves only when its owner's key expires (kill -9: within the lease's
-//!   TTL) or is deleted (a clean stop: at once).
+//! - Ownership: each monitor node probes the others ([`Membership`]); every target belongs
+//!   to one live monitor node by rendezvous hashing, so it has exactly one owner in every
+//!   agreeing view and moves when its owner stops answering (within [`NODE_TTL`]).
 //! - Timing: a target is scraped at fixed slots, `k * interval + phase`, its phase derived
 //!   from its URL. Every node computes the same slots, so a target that moves keeps its
 //!   rhythm, and a slot is scraped by the node that owns the target at that moment only.
@@ -25,15 +24,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use strata_api::registry::{instances_prefix, Instance};
-use strata_proto::kv::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use strata_proto::kv::RangeRequest;
 use strata_store::KvApi;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Prefix of the monitor nodes' liveness keys.
-pub const NODES_PREFIX: &str = "/strata/monitor/nodes/";
-/// TTL of a monitor node's liveness key: how long a dead node's targets stay unscraped.
-const NODE_TTL_SECS: i64 = 3;
 const PLAN_TICK: Duration = Duration::from_secs(1);
 /// Largest scrape body read.
 const MAX_BODY: usize = 64 << 20;
@@ -310,70 +305,105 @@ pub async fn discover(kv: &dyn KvApi, statics: &[StaticTarget]) -> Vec<Target> {
     out
 }
 
-/// Keeps this node's monitor liveness key alive until `cancel`, then deletes it.
-pub async fn keep_alive(kv: Arc<dyn KvApi>, me: u64, cancel: CancellationToken) {
-    let key = format!("{NODES_PREFIX}{me}");
-    let mut lease = 0;
-    while !cancel.is_cancelled() {
-        if lease == 0 {
-            let granted = async {
-                let id = strata_store::grant(&*kv, NODE_TTL_SECS).await?;
-                kv.txn(TxnRequest {
-                    compare: vec![],
-                    success: vec![RequestOp::Put(PutRequest {
-                        key: key.clone().into_bytes(),
-                        value: me.to_string().into_bytes(),
-                        lease: id,
-                        prev_kv: false,
-                        ignore_value: false,
-                        ignore_lease: false,
-                    })],
-                    failure: vec![],
-                })
-                .await?;
-                Ok::<i64, strata_proto::error::ApiError>(id)
-            };
-            match granted.await {
-                Ok(id) => lease = id,
-                Err(error) => {
-                    tracing::debug!(%error, "cannot write the monitor liveness key; retrying")
-                }
-            }
-        } else if let Err(error) = kv.lease_keepalive(lease).await {
-            tracing::debug!(%error, "monitor liveness lease lost; granting another");
-            lease = 0;
-        }
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_millis(1000)) => {}
-        }
-    }
-    if lease != 0 {
-        let _ = kv.lease_revoke(lease).await;
-    }
+/// Which monitor nodes are alive, as this node sees them. Every second each cluster member's
+/// `/v1/monitor/ping` is probed: an answer means the member runs the monitor; 404 means it
+/// does not; no answer means it is down. A member is
+/// live while its last good probe is under [`NODE_TTL`] old. Nothing is written to the KV
+/// store, so the monitor never moves the revisions etcd clients see.
+pub struct Membership {
+    me: u64,
+    started: Instant,
+    /// Per peer: when it was first seen alive (since it was last down), and last seen.
+    seen: Mutex<HashMap<u64, (Instant, Instant)>>,
 }
 
-/// The live monitor nodes.
-pub async fn monitor_nodes(kv: &dyn KvApi) -> Vec<u64> {
-    let request = RangeRequest {
-        key: NODES_PREFIX.as_bytes().to_vec(),
-        prefix: true,
-        serializable: true,
-        keys_only: true,
-        ..RangeRequest::default()
-    };
-    match kv.range(request).await {
-        Ok(r) => r
-            .kvs
+/// How long a member stays live after its last good probe: how long a dead node's targets
+/// stay unscraped, at most.
+pub const NODE_TTL: Duration = Duration::from_secs(3);
+/// A peer counts once it has answered for this long, so that every node sees it before it
+/// takes targets over.
+const PEER_WARMUP: Duration = Duration::from_secs(2);
+/// A node counts itself only after this long: longer than it takes the others to count it
+/// (a probe round plus [`PEER_WARMUP`]), so the old owner of a target has let it go before
+/// the new one scrapes it, and no slot is scraped twice when a node joins.
+const SELF_WARMUP: Duration = Duration::from_secs(4);
+
+impl Membership {
+    /// This node alone, counted after [`SELF_WARMUP`].
+    pub fn new(me: u64) -> Membership {
+        Membership {
+            me,
+            started: Instant::now(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The live monitor nodes, sorted; empty while this node warms up.
+    pub fn live(&self) -> Vec<u64> {
+        if self.started.elapsed() < SELF_WARMUP {
+            return Vec::new();
+        }
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nodes: Vec<u64> = seen
             .iter()
-            .filter_map(|kv| {
-                std::str::from_utf8(kv.key.strip_prefix(NODES_PREFIX.as_bytes())?)
-                    .ok()?
-                    .parse()
-                    .ok()
+            .filter(|(_, (first, last))| {
+                last.elapsed() < NODE_TTL && first.elapsed() >= PEER_WARMUP
             })
-            .collect(),
-        Err(_) => Vec::new(),
+            .map(|(id, _)| *id)
+            .collect();
+        nodes.push(self.me);
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Probes every member every second until `cancel`.
+    pub async fn run(
+        self: Arc<Self>,
+        kv: Arc<dyn KvApi>,
+        http: reqwest::Client,
+        scheme: &'static str,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let members = kv.status().members;
+            let probes = members
+                .iter()
+                .filter(|m| m.id != self.me && !m.api_addr.is_empty())
+                .map(|m| {
+                    let url = format!("{scheme}://{}/v1/monitor/ping", m.api_addr);
+                    let http = http.clone();
+                    async move {
+                        let answer = http.get(&url).timeout(Duration::from_secs(1)).send().await;
+                        let runs_monitor = match answer {
+                            Ok(r) => r.status() != reqwest::StatusCode::NOT_FOUND,
+                            Err(_) => false,
+                        };
+                        (m.id, runs_monitor)
+                    }
+                });
+            let results = futures::future::join_all(probes).await;
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                for (id, live) in results {
+                    if !live {
+                        continue;
+                    }
+                    let entry = seen.entry(id).or_insert((now, now));
+                    if entry.1.elapsed() >= NODE_TTL {
+                        // Down since it was last seen: it warms up again.
+                        entry.0 = now;
+                    }
+                    entry.1 = now;
+                }
+                seen.retain(|id, _| members.iter().any(|m| m.id == *id));
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 }
 
@@ -393,6 +423,7 @@ pub struct ScrapeSettings {
 pub async fn run(
     kv: Arc<dyn KvApi>,
     me: u64,
+    membership: Arc<Membership>,
     settings: ScrapeSettings,
     ingest: Arc<Ingest>,
     targets: Arc<Targets>,
@@ -404,12 +435,7 @@ pub async fn run(
     let mut running: HashMap<String, (Target, CancellationToken)> = HashMap::new();
     let mut logged_nodes: Vec<u64> = Vec::new();
     loop {
-        let mut nodes = monitor_nodes(&*kv).await;
-        if !nodes.contains(&me) {
-            // Until our own key is visible we are not yet a scraper in anyone's view.
-            nodes.clear();
-        }
-        nodes.sort_unstable();
+        let nodes = membership.live();
         if nodes != logged_nodes {
             tracing::info!(?nodes, "monitor nodes changed; re-planning scrapes");
             logged_nodes = nodes.clone();

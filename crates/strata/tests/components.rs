@@ -145,6 +145,9 @@ fn components_depend_on_the_seam_not_on_the_node_or_each_other() {
         "strata-registry",
         "strata-configcenter",
         "strata-nacos",
+        "strata-gateway",
+        "strata-xds",
+        "strata-monitor",
     ];
     for component in components {
         let deps = deps_of(component);

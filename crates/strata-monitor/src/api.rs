@@ -378,7 +378,7 @@ fn selectors(p: &Params) -> Result<Vec<Vec<Matcher>>, ApiFailure> {
 
 /// The matchers of a series selector (`up{job="x"}`).
 pub fn parse_selector(text: &str) -> Result<Vec<Matcher>, String> {
-    match promql_parser::parser::parse(text)? {
+    match crate::promql::parse_expr(text)? {
         promql_parser::parser::Expr::VectorSelector(vs) => {
             let mut matchers = vs.matchers.matchers.clone();
             if let Some(name) = &vs.name {

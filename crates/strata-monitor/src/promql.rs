@@ -365,12 +365,60 @@ fn parse(query: &str) -> Result<Expr, QueryError> {
             "parse error: query has more than {MAX_TOKENS} operators, brackets and names"
         )));
     }
-    register_holt_winters();
-    let expr = promql_parser::parser::parse(query)
-        .map_err(|e| QueryError::Parse(format!("parse error: {e}")))?;
+    let expr = parse_expr(query).map_err(|e| QueryError::Parse(format!("parse error: {e}")))?;
     check(&expr, 0)?;
     check_legacy_syntax(query)?;
     Ok(expr)
+}
+
+/// Parses PromQL with `promql-parser`, first refusing durations it would overflow on (it
+/// panics on `x[99999999999999999999m]`; found by the `monitor_input` fuzz target). Every
+/// parse of text from outside goes through here.
+pub fn parse_expr(query: &str) -> Result<Expr, String> {
+    for tok in tokens(query) {
+        if let Tok::Number(text) = tok {
+            if is_duration(text) && duration_ms_checked(text).is_none() {
+                return Err(format!("duration out of range: {text}"));
+            }
+        }
+    }
+    register_holt_winters();
+    promql_parser::parser::parse(query)
+}
+
+/// A duration's milliseconds, `None` past what a signed 64-bit count of nanoseconds holds
+/// (Prometheus's limit, about 292 years).
+fn duration_ms_checked(text: &str) -> Option<i64> {
+    const MAX_MS: u128 = (i64::MAX / 1_000_000) as u128;
+    let mut rest = text;
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 30 {
+            return None;
+        }
+        let n: u128 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit_ms, len): (u128, usize) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            match rest.bytes().next()? {
+                b's' => (1_000, 1),
+                b'm' => (60_000, 1),
+                b'h' => (3_600_000, 1),
+                b'd' => (86_400_000, 1),
+                b'w' => (604_800_000, 1),
+                b'y' => (31_536_000_000, 1),
+                _ => return None,
+            }
+        };
+        rest = &rest[len..];
+        total = total.checked_add(n.checked_mul(unit_ms)?)?;
+        if total > MAX_MS {
+            return None;
+        }
+    }
+    i64::try_from(total).ok()
 }
 
 /// `holt_winters` is called `double_exponential_smoothing` in the parser's (3.x) function
@@ -3948,5 +3996,24 @@ mod tests {
             let hi = points.partition_point(|&(t, _)| t <= end).max(lo);
             assert_eq!(got, (lo, hi), "window [{start}, {end}]");
         }
+    }
+
+    #[test]
+    fn durations_past_the_parsers_range_are_refused_not_panicked_on() {
+        let engine = Engine::default();
+        let store = Mem(Vec::new());
+        for q in [
+            "m[99999999999999999999999999999999999999999999999m]",
+            "m offset 9999999999999999y",
+            "m[1h:99999999999999999999w]",
+        ] {
+            let err = engine.instant(&store, q, 0).err().unwrap();
+            assert!(
+                err.to_string().contains("duration out of range"),
+                "{q}: {err}"
+            );
+        }
+        assert_eq!(duration_ms_checked("1h30m"), Some(5_400_000));
+        assert!(engine.instant(&store, "m[290y]", 0).is_ok());
     }
 }

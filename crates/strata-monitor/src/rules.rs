@@ -193,7 +193,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Group>, String> {
                 Yaml::Real(x) => x.clone(),
                 _ => return Err(format!("{at}: no expr")),
             };
-            promql_parser::parser::parse(&expr).map_err(|e| format!("{at}: {e}"))?;
+            crate::promql::parse_expr(&expr).map_err(|e| format!("{at}: {e}"))?;
             if !alerting
                 && !rule_name
                     .chars()

@@ -77,7 +77,12 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             if let Ok(text) = std::str::from_utf8(rest) {
-                let _ = strata_monitor::rules::parse_file("fuzz.yml", text);
+                if let Ok(groups) = strata_monitor::rules::parse_file("fuzz.yml", text) {
+                    // What a rule file was accepted with is PromQL the engine parses.
+                    for rule in groups.iter().flat_map(|g| &g.rules) {
+                        assert!(strata_monitor::promql::parse_expr(&rule.expr).is_ok());
+                    }
+                }
             }
         }
     }

@@ -106,6 +106,14 @@ pub struct ApiFailure {
 }
 
 impl ApiFailure {
+    fn internal(message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message: message.into(),
+        }
+    }
+
     fn bad_data(message: impl Into<String>) -> ApiFailure {
         ApiFailure {
             status: StatusCode::BAD_REQUEST,
@@ -214,6 +222,11 @@ impl Params {
     }
 }
 
+/// A required parameter's absence.
+fn missing(name: &str) -> ApiFailure {
+    ApiFailure::bad_data(format!("invalid parameter \"{name}\": missing"))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -296,11 +309,7 @@ async fn run_blocking<T: Send + 'static>(
 ) -> Result<T, ApiFailure> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result.map_err(ApiFailure::from),
-        Err(e) => Err(ApiFailure {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "internal",
-            message: e.to_string(),
-        }),
+        Err(e) => Err(ApiFailure::internal(e.to_string())),
     }
 }
 
@@ -313,10 +322,7 @@ async fn query(
 ) -> ApiResult {
     allow(&s, &who, Access::Read)?;
     let p = Params::parse(raw.as_deref(), &headers, &body);
-    let q = p
-        .get("query")
-        .ok_or_else(|| ApiFailure::bad_data("invalid parameter \"query\": missing"))?
-        .to_string();
+    let q = p.get("query").ok_or_else(|| missing("query"))?.to_string();
     let t = p.time("time")?.unwrap_or_else(now_ms);
     let engine = s.engine.clone();
     let store = s.store.clone();
@@ -333,23 +339,12 @@ async fn query_range(
 ) -> ApiResult {
     allow(&s, &who, Access::Read)?;
     let p = Params::parse(raw.as_deref(), &headers, &body);
-    let q = p
-        .get("query")
-        .ok_or_else(|| ApiFailure::bad_data("invalid parameter \"query\": missing"))?
-        .to_string();
-    let start = p
-        .time("start")?
-        .ok_or_else(|| ApiFailure::bad_data("invalid parameter \"start\": missing"))?;
-    let end = p
-        .time("end")?
-        .ok_or_else(|| ApiFailure::bad_data("invalid parameter \"end\": missing"))?;
-    let step = p
-        .get("step")
-        .ok_or_else(|| ApiFailure::bad_data("invalid parameter \"step\": missing"))
-        .and_then(|v| {
-            parse_step(v)
-                .map_err(|e| ApiFailure::bad_data(format!("invalid parameter \"step\": {e}")))
-        })?;
+    let q = p.get("query").ok_or_else(|| missing("query"))?.to_string();
+    let start = p.time("start")?.ok_or_else(|| missing("start"))?;
+    let end = p.time("end")?.ok_or_else(|| missing("end"))?;
+    let step = p.get("step").ok_or_else(|| missing("step")).and_then(|v| {
+        parse_step(v).map_err(|e| ApiFailure::bad_data(format!("invalid parameter \"step\": {e}")))
+    })?;
     if end < start {
         return Err(ApiFailure::bad_data(
             "end timestamp must not be before start time",
@@ -566,20 +561,8 @@ async fn flush(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
     let flushed = tokio::task::spawn_blocking(move || store.flush_head()).await;
     match flushed {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(ApiFailure {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "internal",
-                message: format!("flush failed: {e}"),
-            })
-        }
-        Err(e) => {
-            return Err(ApiFailure {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "internal",
-                message: e.to_string(),
-            })
-        }
+        Ok(Err(e)) => return Err(ApiFailure::internal(format!("flush failed: {e}"))),
+        Err(e) => return Err(ApiFailure::internal(e.to_string())),
     }
     stats(State(s), Who(who)).await
 }
@@ -720,16 +703,10 @@ async fn write(
         let written = tokio::task::spawn_blocking(move || ingest.write("replica", &batch)).await;
         return match written {
             Ok(Ok(_)) => Ok(StatusCode::NO_CONTENT),
-            Ok(Err(e)) => Err(ApiFailure {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "internal",
-                message: format!("cannot store the samples: {e}"),
-            }),
-            Err(e) => Err(ApiFailure {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "internal",
-                message: e.to_string(),
-            }),
+            Ok(Err(e)) => Err(ApiFailure::internal(format!(
+                "cannot store the samples: {e}"
+            ))),
+            Err(e) => Err(ApiFailure::internal(e.to_string())),
         };
     }
     match s.ingest.write_durable("remote_write", batch).await {

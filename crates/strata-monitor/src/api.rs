@@ -579,6 +579,7 @@ async fn stats(State(s): State<ApiState>, Who(who): Who) -> ApiResult {
         "head_samples": st.head_samples,
         "head_chunk_bytes": st.head_bytes,
         "blocks": st.blocks,
+        "downsampled_blocks": st.downsampled_blocks,
         "block_bytes": st.block_bytes,
         "block_samples": st.block_samples,
         "wal_bytes": st.wal_bytes,

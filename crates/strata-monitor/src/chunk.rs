@@ -44,55 +44,72 @@ pub enum DecodeError {
     OutOfOrder(usize),
 }
 
+/// Bits written most significant first.
 #[derive(Default)]
-struct BitWriter {
-    bytes: Vec<u8>,
+pub(crate) struct BitWriter {
+    pub(crate) bytes: Vec<u8>,
     /// Bits used in the last byte (0 to 8; 8 or empty means a new byte is next).
     used: u8,
 }
 
 impl BitWriter {
-    fn bit(&mut self, bit: bool) {
-        if self.used == 0 || self.used == 8 {
-            self.bytes.push(0);
-            self.used = 0;
-        }
-        if bit {
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= 0x80 >> self.used;
-            }
-        }
-        self.used += 1;
+    pub(crate) fn bit(&mut self, bit: bool) {
+        self.bits(u64::from(bit), 1);
     }
 
-    /// The low `n` bits of `value`, most significant first.
-    fn bits(&mut self, value: u64, n: u32) {
-        for i in (0..n).rev() {
-            self.bit((value >> i) & 1 == 1);
+    /// The low `n` bits of `value` (`n` at most 64), most significant first.
+    pub(crate) fn bits(&mut self, value: u64, n: u32) {
+        let mut left = n;
+        while left > 0 {
+            if self.used == 0 || self.used == 8 {
+                self.bytes.push(0);
+                self.used = 0;
+            }
+            let room = u32::from(8 - self.used);
+            let take = room.min(left);
+            let piece = ((value >> (left - take)) & ((1u64 << take) - 1)) as u8;
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= piece << (room - take);
+            }
+            self.used += take as u8;
+            left -= take;
         }
     }
 }
 
-struct BitReader<'a> {
-    bytes: &'a [u8],
-    position: usize,
+/// Reads what a [`BitWriter`] wrote; `None` past the end.
+pub(crate) struct BitReader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) position: usize,
 }
 
 impl BitReader<'_> {
-    fn bit(&mut self) -> Option<bool> {
+    pub(crate) fn bit(&mut self) -> Option<bool> {
         let byte = self.bytes.get(self.position / 8)?;
         let bit = byte & (0x80 >> (self.position % 8)) != 0;
         self.position += 1;
         Some(bit)
     }
 
-    fn bits(&mut self, n: u32) -> Option<u64> {
-        if self.position + n as usize > self.bytes.len() * 8 {
+    /// `n` bits (at most 64).
+    pub(crate) fn bits(&mut self, n: u32) -> Option<u64> {
+        if n > 64 || self.position + n as usize > self.bytes.len() * 8 {
             return None;
         }
         let mut value = 0u64;
-        for _ in 0..n {
-            value = (value << 1) | u64::from(self.bit()?);
+        let mut left = n;
+        while left > 0 {
+            let byte = u64::from(*self.bytes.get(self.position / 8)?);
+            let room = 8 - (self.position % 8) as u32;
+            let take = room.min(left);
+            let piece = (byte >> (room - take)) & ((1u64 << take) - 1);
+            value = if take == 64 {
+                piece
+            } else {
+                (value << take) | piece
+            };
+            self.position += take as usize;
+            left -= take;
         }
         Some(value)
     }
@@ -113,9 +130,63 @@ pub struct ChunkWriter {
     count: u16,
     last_t: i64,
     last_delta: i64,
-    last_v: u64,
+    values: XorValues,
+}
+
+/// Gorilla's value coding: each value XORed with the one before.
+#[derive(Default)]
+pub(crate) struct XorValues {
+    last: u64,
     /// The previous value window: leading zeros and meaningful bits.
     window: Option<(u32, u32)>,
+}
+
+impl XorValues {
+    /// The state after a first value, which the caller writes in full.
+    pub(crate) fn first(bits: u64) -> XorValues {
+        XorValues {
+            last: bits,
+            window: None,
+        }
+    }
+
+    /// Writes `bits` (a value's IEEE 754 bits) after the value before.
+    pub(crate) fn put(&mut self, out: &mut BitWriter, bits: u64) {
+        let xor = bits ^ self.last;
+        self.last = bits;
+        if xor == 0 {
+            out.bit(false);
+            return;
+        }
+        out.bit(true);
+        let leading = xor.leading_zeros().min(31);
+        let trailing = xor.trailing_zeros();
+        if let Some((prev_leading, prev_meaningful)) = self.window {
+            let prev_trailing = 64 - prev_leading - prev_meaningful;
+            if leading >= prev_leading && trailing >= prev_trailing {
+                out.bit(false);
+                out.bits(xor >> prev_trailing, prev_meaningful);
+                return;
+            }
+        }
+        let meaningful = 64 - leading - trailing;
+        out.bit(true);
+        out.bits(u64::from(leading), 5);
+        // 64 meaningful bits are written as 0 (6 bits hold 0 to 63).
+        out.bits(u64::from(meaningful & 63), 6);
+        out.bits(xor >> trailing, meaningful);
+        self.window = Some((leading, meaningful));
+    }
+
+    /// Reads the value after the last one read.
+    pub(crate) fn read(
+        &mut self,
+        reader: &mut BitReader<'_>,
+        i: usize,
+    ) -> Result<u64, DecodeError> {
+        self.last ^= read_xor(reader, &mut self.window, i)?;
+        Ok(self.last)
+    }
 }
 
 impl ChunkWriter {
@@ -143,6 +214,7 @@ impl ChunkWriter {
         if self.count == 0 {
             self.out.bits(timestamp as u64, 64);
             self.out.bits(bits, 64);
+            self.values = XorValues::first(bits);
         } else {
             if timestamp <= self.last_t {
                 return Err(AppendError::OutOfOrder {
@@ -154,11 +226,10 @@ impl ChunkWriter {
             let delta = timestamp.wrapping_sub(self.last_t);
             let dod = delta.wrapping_sub(self.last_delta);
             self.put_dod(dod);
-            self.put_value(bits);
+            self.values.put(&mut self.out, bits);
             self.last_delta = delta;
         }
         self.last_t = timestamp;
-        self.last_v = bits;
         self.count += 1;
         Ok(())
     }
@@ -177,32 +248,6 @@ impl ChunkWriter {
         }
         self.out.bits(0b1111, 4);
         self.out.bits(dod as u64, 64);
-    }
-
-    fn put_value(&mut self, bits: u64) {
-        let xor = bits ^ self.last_v;
-        if xor == 0 {
-            self.out.bit(false);
-            return;
-        }
-        self.out.bit(true);
-        let leading = xor.leading_zeros().min(31);
-        let trailing = xor.trailing_zeros();
-        if let Some((prev_leading, prev_meaningful)) = self.window {
-            let prev_trailing = 64 - prev_leading - prev_meaningful;
-            if leading >= prev_leading && trailing >= prev_trailing {
-                self.out.bit(false);
-                self.out.bits(xor >> prev_trailing, prev_meaningful);
-                return;
-            }
-        }
-        let meaningful = 64 - leading - trailing;
-        self.out.bit(true);
-        self.out.bits(u64::from(leading), 5);
-        // 64 meaningful bits are written as 0 (6 bits hold 0 to 63).
-        self.out.bits(u64::from(meaningful & 63), 6);
-        self.out.bits(xor >> trailing, meaningful);
-        self.window = Some((leading, meaningful));
     }
 
     /// The chunk's bytes.
@@ -293,7 +338,7 @@ fn read_xor(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -305,7 +350,8 @@ mod tests {
         chunk.bytes()
     }
 
-    fn same(a: &[(i64, f64)], b: &[(i64, f64)]) -> bool {
+    /// Samples equal bit for bit.
+    pub(crate) fn same(a: &[(i64, f64)], b: &[(i64, f64)]) -> bool {
         a.len() == b.len()
             && a.iter()
                 .zip(b)
@@ -330,20 +376,25 @@ mod tests {
         assert_eq!(encode(&flat).len(), 2 + 16 + 33);
     }
 
+    /// Timestamps far apart and values no coding may lose: NaN payloads, negative zero.
+    pub(crate) const SPECIAL_VALUES: [(i64, f64); 9] = [
+        (i64::MIN + 1, f64::NAN),
+        (i64::MIN + 2, -0.0),
+        (0, f64::INFINITY),
+        (1, f64::NEG_INFINITY),
+        (8_194, 1e-300),
+        (80_000, f64::from_bits(0x7ff8_dead_beef_0001)),
+        (700_000, 1.0),
+        (i64::MAX - 5, 1.0),
+        (i64::MAX, f64::MIN_POSITIVE),
+    ];
+
     #[test]
     fn every_bucket_and_special_value_round_trips() {
-        let samples = [
-            (i64::MIN + 1, f64::NAN),
-            (i64::MIN + 2, -0.0),
-            (0, f64::INFINITY),
-            (1, f64::NEG_INFINITY),
-            (8_194, 1e-300),
-            (80_000, f64::from_bits(0x7ff8_dead_beef_0001)),
-            (700_000, 1.0),
-            (i64::MAX - 5, 1.0),
-            (i64::MAX, f64::MIN_POSITIVE),
-        ];
-        assert!(same(&decode(&encode(&samples)).unwrap(), &samples));
+        assert!(same(
+            &decode(&encode(&SPECIAL_VALUES)).unwrap(),
+            &SPECIAL_VALUES
+        ));
     }
 
     #[test]

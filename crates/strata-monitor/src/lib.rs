@@ -3,6 +3,7 @@
 //! own, and answers PromQL through Prometheus's HTTP API on the node's API listener.
 //!
 //! - [`chunk`]: Gorilla-compressed runs of samples (delta-of-delta timestamps, XOR values).
+//! - [`packed`]: block chunks: decimals as integers, deltas packed to the bits they need.
 //! - [`model`]: label sets, series, and the [`model::Queryable`] seam the engine reads.
 //! - [`store`]: head, write-ahead log, blocks, retention.
 //! - [`exposition`]: the text format scrapes return.
@@ -21,6 +22,7 @@ pub mod exposition;
 pub mod ingest;
 pub mod model;
 pub mod otlp_metrics;
+pub mod packed;
 pub mod promql;
 pub mod remote;
 pub mod rules;
@@ -54,6 +56,9 @@ pub struct MonitorConfig {
     pub retention_size: ByteSize,
     /// Width of a block on disk.
     pub block_range: HumanDuration,
+    /// Blocks older than this are downsampled to one sample per series every 5 minutes, a
+    /// day per block (`0s`: keep every sample until retention deletes it).
+    pub downsample_after: HumanDuration,
     /// How far back an instant query looks for a series' latest sample.
     pub lookback: HumanDuration,
     /// How often rule groups without an `interval` of their own are evaluated.
@@ -74,6 +79,7 @@ impl Default for MonitorConfig {
             retention: HumanDuration(Duration::from_secs(15 * 24 * 3600)),
             retention_size: ByteSize(0),
             block_range: HumanDuration(Duration::from_secs(2 * 3600)),
+            downsample_after: HumanDuration(Duration::from_secs(2 * 24 * 3600)),
             lookback: HumanDuration(Duration::from_secs(300)),
             evaluation_interval: HumanDuration(Duration::from_secs(15)),
             alertmanagers: Vec::new(),
@@ -138,6 +144,7 @@ impl Component for MonitorComponent {
                 block_ms: config.block_range.0.as_millis() as i64,
                 retention_ms: config.retention.0.as_millis() as i64,
                 retention_bytes: config.retention_size.0,
+                downsample_after_ms: config.downsample_after.0.as_millis() as i64,
             };
             let opened = {
                 let dir = dir.clone();

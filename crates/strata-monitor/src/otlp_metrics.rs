@@ -2021,6 +2021,7 @@ mod tests {
                 block_ms: 2 * 3600 * 1000,
                 retention_ms: 0,
                 retention_bytes: 0,
+                downsample_after_ms: 0,
             },
         )
         .unwrap();

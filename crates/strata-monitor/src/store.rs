@@ -21,8 +21,9 @@
 
 use crate::chunk::{self, ChunkWriter};
 use crate::model::{Labels, Queryable, Series};
+use crate::packed;
 use promql_parser::label::{MatchOp, Matcher};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,7 +34,10 @@ use std::time::{Duration, Instant};
 const CHUNK_SAMPLES: usize = 120;
 /// A WAL segment is closed past this size.
 const SEGMENT_BYTES: u64 = 128 << 20;
-const BLOCK_MAGIC: &[u8; 8] = b"STRBLK1\n";
+/// Blocks of Gorilla chunks, as the first releases wrote them (still read).
+const BLOCK_MAGIC_V1: &[u8; 8] = b"STRBLK1\n";
+/// Blocks of one packed chunk per series ([`crate::packed`]) and a symbol table.
+const BLOCK_MAGIC: &[u8; 8] = b"STRBLK2\n";
 const REC_SERIES: u8 = 1;
 const REC_SAMPLES: u8 = 2;
 
@@ -46,6 +50,9 @@ pub struct Options {
     pub retention_ms: i64,
     /// The oldest blocks are deleted while the store is larger than this (0: no limit).
     pub retention_bytes: u64,
+    /// Blocks whose rollup range ended longer ago than this are downsampled to one sample per
+    /// [`DOWNSAMPLE_MS`] (0: never).
+    pub downsample_after_ms: i64,
 }
 
 impl Default for Options {
@@ -54,9 +61,16 @@ impl Default for Options {
             block_ms: 2 * 3600 * 1000,
             retention_ms: 15 * 24 * 3600 * 1000,
             retention_bytes: 0,
+            downsample_after_ms: 2 * 24 * 3600 * 1000,
         }
     }
 }
+
+/// The resolution of downsampled blocks: five minutes, Prometheus's default lookback, so that
+/// an instant query anywhere in a downsampled range still finds a sample.
+pub const DOWNSAMPLE_MS: i64 = 5 * 60 * 1000;
+/// Downsampled blocks cover a day (or a multiple of the block range that holds one).
+const ROLLUP_MS: i64 = 24 * 3600 * 1000;
 
 /// What one append did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +100,8 @@ pub struct Stats {
     pub block_bytes: u64,
     /// Their samples.
     pub block_samples: u64,
+    /// Blocks downsampled to [`DOWNSAMPLE_MS`].
+    pub downsampled_blocks: usize,
     /// WAL bytes on disk.
     pub wal_bytes: u64,
     /// Oldest sample kept, ms (0 when empty).
@@ -357,6 +373,17 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
+    fn varint(&mut self) -> Option<u64> {
+        let mut x = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.take(1)?.first()?;
+            x |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(x);
+            }
+        }
+        None
+    }
     fn string(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
@@ -382,6 +409,14 @@ struct BlockChunk {
 }
 
 /// A block on disk: its index in memory, its chunks read on demand.
+///
+/// Layout (version 2): the magic, the block's first and last time and its resolution (0 when
+/// not downsampled; i64 LE each), a symbol table
+/// (a varint count, then each string as a varint length and its bytes, sorted), the series
+/// (a varint count; each: a varint count of label pairs as symbol numbers, a varint count of
+/// chunks, and per chunk its first time as a varint offset from the block's, its span and its
+/// length as varints, and the packed chunk itself), and a CRC-32 of everything before it. Version 1 blocks (labels
+/// as strings, Gorilla chunks) are still read.
 struct Block {
     mint: i64,
     maxt: i64,
@@ -389,9 +424,16 @@ struct Block {
     file: File,
     bytes: u64,
     samples: u64,
+    /// Chunks are packed (version 2), not Gorilla (version 1).
+    packed: bool,
+    /// 0 for raw samples, else the downsampled resolution in ms.
+    resolution_ms: i64,
     series: Vec<(Labels, Vec<BlockChunk>)>,
     postings: HashMap<(String, String), Vec<u32>>,
 }
+
+/// A block's series and their chunks, as its index says.
+type BlockIndex = Vec<(Labels, Vec<BlockChunk>)>;
 
 impl Block {
     fn open(path: &Path) -> Result<Block, String> {
@@ -400,86 +442,176 @@ impl Block {
         file.read_to_end(&mut bytes)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let bad = |what: &str| format!("{}: not a block ({what})", path.display());
-        if bytes.len() < BLOCK_MAGIC.len() + 4 || &bytes[..8] != BLOCK_MAGIC {
+        if bytes.len() < BLOCK_MAGIC.len() + 4 {
             return Err(bad("magic"));
         }
+        let packed = match &bytes[..8] {
+            m if m == BLOCK_MAGIC => true,
+            m if m == BLOCK_MAGIC_V1 => false,
+            _ => return Err(bad("magic")),
+        };
         let (body, sum) = bytes.split_at(bytes.len() - 4);
         if crc32fast::hash(body).to_le_bytes() != sum {
             return Err(bad("checksum"));
         }
         let mut c = Cursor { bytes: body, at: 8 };
-        let parse = |c: &mut Cursor<'_>| -> Option<Block> {
-            let mint = c.u64()? as i64;
-            let maxt = c.u64()? as i64;
-            let n = c.u32()? as usize;
-            let mut series = Vec::with_capacity(n.min(1 << 20));
-            let mut postings: HashMap<(String, String), Vec<u32>> = HashMap::new();
-            let mut samples = 0u64;
-            for i in 0..n {
-                let labels = c.labels()?;
-                let chunks = c.u32()? as usize;
-                let mut metas = Vec::with_capacity(chunks.min(4096));
-                for _ in 0..chunks {
-                    let cmint = c.u64()? as i64;
-                    let cmaxt = c.u64()? as i64;
-                    let len = c.u32()?;
-                    let offset = c.at as u64;
-                    samples += chunk_len(c.take(len as usize)?) as u64;
-                    metas.push(BlockChunk {
-                        mint: cmint,
-                        maxt: cmaxt,
-                        offset,
-                        len,
-                    });
-                }
-                for (k, v) in labels.iter() {
-                    postings
-                        .entry((k.to_string(), v.to_string()))
-                        .or_default()
-                        .push(i as u32);
-                }
-                series.push((labels, metas));
+        let (mint, maxt, resolution_ms, series, samples) = if packed {
+            Self::parse_v2(&mut c)
+        } else {
+            Self::parse_v1(&mut c)
+                .map(|(mint, maxt, series, samples)| (mint, maxt, 0, series, samples))
+        }
+        .filter(|_| c.done())
+        .ok_or_else(|| bad("layout"))?;
+        let mut postings: HashMap<(String, String), Vec<u32>> = HashMap::new();
+        for (i, (labels, _)) in series.iter().enumerate() {
+            for (k, v) in labels.iter() {
+                postings
+                    .entry((k.to_string(), v.to_string()))
+                    .or_default()
+                    .push(i as u32);
             }
-            if !c.done() {
-                return None;
-            }
-            Some(Block {
-                mint,
-                maxt,
-                path: path.to_path_buf(),
-                file: File::open(path).ok()?,
-                bytes: bytes.len() as u64,
-                samples,
-                series,
-                postings,
-            })
-        };
-        parse(&mut c).ok_or_else(|| bad("layout"))
+        }
+        Ok(Block {
+            mint,
+            maxt,
+            path: path.to_path_buf(),
+            file,
+            bytes: bytes.len() as u64,
+            samples,
+            packed,
+            resolution_ms,
+            series,
+            postings,
+        })
     }
 
+    fn parse_v1(c: &mut Cursor<'_>) -> Option<(i64, i64, BlockIndex, u64)> {
+        let mint = c.u64()? as i64;
+        let maxt = c.u64()? as i64;
+        let n = c.u32()? as usize;
+        let mut series = Vec::with_capacity(n.min(1 << 20));
+        let mut samples = 0u64;
+        for _ in 0..n {
+            let labels = c.labels()?;
+            let chunks = c.u32()? as usize;
+            let mut metas = Vec::with_capacity(chunks.min(4096));
+            for _ in 0..chunks {
+                let cmint = c.u64()? as i64;
+                let cmaxt = c.u64()? as i64;
+                let len = c.u32()?;
+                let offset = c.at as u64;
+                samples += chunk_len(c.take(len as usize)?) as u64;
+                metas.push(BlockChunk {
+                    mint: cmint,
+                    maxt: cmaxt,
+                    offset,
+                    len,
+                });
+            }
+            series.push((labels, metas));
+        }
+        Some((mint, maxt, series, samples))
+    }
+
+    fn parse_v2(c: &mut Cursor<'_>) -> Option<(i64, i64, i64, BlockIndex, u64)> {
+        let mint = c.u64()? as i64;
+        let maxt = c.u64()? as i64;
+        let resolution_ms = c.u64()? as i64;
+        let n = c.varint()? as usize;
+        let mut symbols = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            let len = c.varint()? as usize;
+            symbols.push(String::from_utf8(c.take(len)?.to_vec()).ok()?);
+        }
+        let symbol = |c: &mut Cursor<'_>| symbols.get(c.varint()? as usize).cloned();
+        let n = c.varint()? as usize;
+        let mut series = Vec::with_capacity(n.min(1 << 20));
+        let mut samples = 0u64;
+        for _ in 0..n {
+            let pairs = c.varint()? as usize;
+            let mut labels = Vec::with_capacity(pairs.min(256));
+            for _ in 0..pairs {
+                labels.push((symbol(c)?, symbol(c)?));
+            }
+            let chunks = c.varint()? as usize;
+            let mut metas = Vec::with_capacity(chunks.min(64));
+            for _ in 0..chunks {
+                let cmint = mint.checked_add(i64::try_from(c.varint()?).ok()?)?;
+                let cmaxt = cmint.checked_add(i64::try_from(c.varint()?).ok()?)?;
+                let len = u32::try_from(c.varint()?).ok()?;
+                let offset = c.at as u64;
+                samples += packed::count(c.take(len as usize)?) as u64;
+                metas.push(BlockChunk {
+                    mint: cmint,
+                    maxt: cmaxt,
+                    offset,
+                    len,
+                });
+            }
+            series.push((Labels::new(labels), metas));
+        }
+        Some((mint, maxt, resolution_ms, series, samples))
+    }
+
+    /// Every series and its samples.
+    fn read_all(&self) -> Vec<(Labels, Vec<(i64, f64)>)> {
+        self.series
+            .iter()
+            .map(|(labels, chunks)| {
+                let samples = chunks
+                    .iter()
+                    .filter_map(|c| self.read_chunk(c))
+                    .flatten()
+                    .collect();
+                (labels.clone(), samples)
+            })
+            .collect()
+    }
+
+    /// Writes a block of `series` (sorted by labels, each with its samples in order, none
+    /// empty) and returns its path.
     fn write(
         dir: &Path,
-        mint: i64,
-        maxt: i64,
-        series: &[(Labels, Vec<Closed>)],
+        (mint, maxt, resolution_ms): (i64, i64, i64),
+        series: &[(Labels, Vec<(i64, f64)>)],
     ) -> io::Result<PathBuf> {
+        let symbols: BTreeSet<&str> = series
+            .iter()
+            .flat_map(|(labels, _)| labels.iter().flat_map(|(k, v)| [k, v]))
+            .collect();
+        let number: HashMap<&str, u64> = symbols
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, i as u64))
+            .collect();
         let mut out = Vec::with_capacity(1 << 16);
         out.extend_from_slice(BLOCK_MAGIC);
         out.extend_from_slice(&mint.to_le_bytes());
         out.extend_from_slice(&maxt.to_le_bytes());
-        out.extend_from_slice(&(series.len() as u32).to_le_bytes());
-        for (labels, chunks) in series {
-            out.extend_from_slice(&(labels.len() as u32).to_le_bytes());
+        out.extend_from_slice(&resolution_ms.to_le_bytes());
+        packed::put_varint(&mut out, symbols.len() as u64);
+        for s in &symbols {
+            packed::put_varint(&mut out, s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+        packed::put_varint(&mut out, series.len() as u64);
+        for (labels, samples) in series {
+            packed::put_varint(&mut out, labels.len() as u64);
             for (k, v) in labels.iter() {
-                put_str(&mut out, k);
-                put_str(&mut out, v);
+                packed::put_varint(&mut out, number[k]);
+                packed::put_varint(&mut out, number[v]);
             }
-            out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-            for c in chunks {
-                out.extend_from_slice(&c.mint.to_le_bytes());
-                out.extend_from_slice(&c.maxt.to_le_bytes());
-                out.extend_from_slice(&(c.bytes.len() as u32).to_le_bytes());
-                out.extend_from_slice(&c.bytes);
+            packed::put_varint(&mut out, samples.len().div_ceil(packed::MAX_SAMPLES) as u64);
+            for run in samples.chunks(packed::MAX_SAMPLES) {
+                let (Some(first), Some(last)) = (run.first(), run.last()) else {
+                    continue;
+                };
+                let chunk = packed::encode(run);
+                packed::put_varint(&mut out, first.0.wrapping_sub(mint) as u64);
+                packed::put_varint(&mut out, last.0.wrapping_sub(first.0) as u64);
+                packed::put_varint(&mut out, chunk.len() as u64);
+                out.extend_from_slice(&chunk);
             }
         }
         let sum = crc32fast::hash(&out);
@@ -500,7 +632,11 @@ impl Block {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; c.len as usize];
         self.file.read_exact_at(&mut buf, c.offset).ok()?;
-        chunk::decode(&buf).ok()
+        if self.packed {
+            packed::decode(&buf).ok()
+        } else {
+            chunk::decode(&buf).ok()
+        }
     }
 
     fn candidates(&self, matchers: &[Matcher]) -> Vec<u32> {
@@ -561,6 +697,24 @@ impl Store {
             }
         }
         blocks.sort_by_key(|b| b.mint);
+        // A crash between writing a downsampled block and deleting the blocks it replaced
+        // leaves both: the downsampled one is complete (it was renamed into place), so the
+        // raw blocks inside its range go.
+        let rollups: Vec<(i64, i64)> = blocks
+            .iter()
+            .filter(|b| b.resolution_ms > 0)
+            .map(|b| (b.mint, b.maxt))
+            .collect();
+        blocks.retain(|b| {
+            let replaced = b.resolution_ms == 0
+                && rollups
+                    .iter()
+                    .any(|(mint, maxt)| *mint <= b.mint && b.maxt <= *maxt);
+            if replaced {
+                let _ = fs::remove_file(&b.path);
+            }
+            !replaced
+        });
         let cut = blocks.iter().map(|b| b.maxt + 1).max().unwrap_or(i64::MIN);
         let mut head = Head {
             cut,
@@ -694,7 +848,96 @@ impl Store {
             }
             self.cut_block(start, end)?;
         }
+        self.downsample(now_ms)?;
         self.apply_retention(now_ms)
+    }
+
+    /// Rewrites the blocks of each rollup range (a day, or the multiple of the block range
+    /// that holds one) that ended more than `downsample_after` ago as one block that keeps
+    /// each series' last sample in every [`DOWNSAMPLE_MS`] window: what a Prometheus
+    /// scraping every five minutes would have stored. Instant queries and `*_over_time`,
+    /// `rate` and `increase` over windows of ten minutes or more keep working on it; a counter
+    /// reset inside a window loses the increase before the reset in that window.
+    fn downsample(&self, now_ms: i64) -> io::Result<()> {
+        let after = self.options.downsample_after_ms;
+        if after <= 0 {
+            return Ok(());
+        }
+        let block_ms = self.options.block_ms.max(1);
+        let range = ROLLUP_MS
+            .saturating_add(block_ms - 1)
+            .saturating_div(block_ms)
+            .saturating_mul(block_ms);
+        let horizon = now_ms.saturating_sub(after);
+        let range_of = |b: &Block| b.mint.div_euclid(range).saturating_mul(range);
+        loop {
+            let group: Vec<Arc<Block>> = {
+                let blocks = self.blocks.read().unwrap_or_else(|e| e.into_inner());
+                let due = blocks
+                    .iter()
+                    .filter(|b| b.resolution_ms == 0)
+                    .map(|b| range_of(b))
+                    .filter(|start| start.saturating_add(range) <= horizon)
+                    .min();
+                let Some(start) = due else {
+                    break;
+                };
+                blocks
+                    .iter()
+                    .filter(|b| range_of(b) == start)
+                    .cloned()
+                    .collect()
+            };
+            let started = Instant::now();
+            let mut merged: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+            for block in &group {
+                for (labels, samples) in block.read_all() {
+                    let kept = merged.entry(labels).or_default();
+                    for sample in samples {
+                        match kept.last_mut() {
+                            Some(last)
+                                if last.0.div_euclid(DOWNSAMPLE_MS)
+                                    == sample.0.div_euclid(DOWNSAMPLE_MS) =>
+                            {
+                                *last = sample;
+                            }
+                            _ => kept.push(sample),
+                        }
+                    }
+                }
+            }
+            let series: Vec<(Labels, Vec<(i64, f64)>)> =
+                merged.into_iter().filter(|(_, s)| !s.is_empty()).collect();
+            let mint = group.iter().map(|b| b.mint).min().unwrap_or(0);
+            let maxt = group.iter().map(|b| b.maxt).max().unwrap_or(0);
+            let path = Block::write(
+                &self.dir.join("blocks"),
+                (mint, maxt, DOWNSAMPLE_MS),
+                &series,
+            )?;
+            let block = Arc::new(Block::open(&path).map_err(io::Error::other)?);
+            let kept = block.samples;
+            {
+                let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+                blocks.retain(|b| !group.iter().any(|g| Arc::ptr_eq(g, b)));
+                blocks.push(block);
+                blocks.sort_by_key(|b| b.mint);
+            }
+            for old in group.iter().filter(|b| b.path != path) {
+                let _ = fs::remove_file(&old.path);
+            }
+            tracing::info!(
+                mint,
+                maxt,
+                blocks = group.len(),
+                series = series.len(),
+                samples = group.iter().map(|b| b.samples).sum::<u64>(),
+                kept,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "monitor blocks downsampled"
+            );
+        }
+        Ok(())
     }
 
     fn oldest_head_time(&self) -> Option<i64> {
@@ -730,14 +973,22 @@ impl Store {
             head.cut = end;
         }
         taken.sort_by(|a, b| a.0.cmp(&b.0));
-        let samples: usize = taken
-            .iter()
-            .flat_map(|(_, c)| c.iter())
-            .map(|c| chunk_len(&c.bytes))
-            .sum();
+        let taken: Vec<(Labels, Vec<(i64, f64)>)> = taken
+            .into_iter()
+            .map(|(labels, chunks)| {
+                let samples = chunks
+                    .iter()
+                    .filter_map(|c| chunk::decode(&c.bytes).ok())
+                    .flatten()
+                    .collect();
+                (labels, samples)
+            })
+            .filter(|(_, samples): &(Labels, Vec<(i64, f64)>)| !samples.is_empty())
+            .collect();
+        let samples: usize = taken.iter().map(|(_, s)| s.len()).sum();
         let block_dir = self.dir.join("blocks");
         if !taken.is_empty() {
-            let path = Block::write(&block_dir, start, end - 1, &taken)?;
+            let path = Block::write(&block_dir, (start, end - 1, 0), &taken)?;
             let block = Block::open(&path).map_err(io::Error::other)?;
             let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
             blocks.push(Arc::new(block));
@@ -822,6 +1073,7 @@ impl Store {
         stats.blocks = blocks.len();
         stats.block_bytes = blocks.iter().map(|b| b.bytes).sum();
         stats.block_samples = blocks.iter().map(|b| b.samples).sum();
+        stats.downsampled_blocks = blocks.iter().filter(|b| b.resolution_ms > 0).count();
         stats.min_time = blocks.first().map_or(0, |b| b.mint);
         stats.wal_bytes = self.wal.lock().unwrap_or_else(|e| e.into_inner()).bytes();
         stats
@@ -1026,6 +1278,7 @@ mod tests {
             block_ms: 10_000,
             retention_ms: 0,
             retention_bytes: 0,
+            downsample_after_ms: 0,
         };
         let store = Store::open(dir.path(), options.clone()).unwrap();
         let mut expected = Vec::new();
@@ -1088,6 +1341,69 @@ mod tests {
     }
 
     #[test]
+    fn old_days_are_downsampled_to_the_last_sample_of_every_five_minutes() {
+        const MINUTE: i64 = 60_000;
+        const DAY: i64 = 24 * 60 * MINUTE;
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            block_ms: 60 * MINUTE,
+            retention_ms: 0,
+            retention_bytes: 0,
+            downsample_after_ms: DAY,
+        };
+        let store = Store::open(dir.path(), options.clone()).unwrap();
+        let value = |step: i64, i: usize| (step * 3 + i as i64) as f64 / 4.0;
+        for step in 0..3 * 24 * 60 {
+            let t = step * MINUTE;
+            let batch: Vec<_> = (0..2).map(|i| (l("d", i), t, value(step, i))).collect();
+            assert_eq!(store.append(&batch).unwrap().stored, 2);
+            if step % 60 == 0 {
+                store.maintain(t).unwrap();
+            }
+        }
+        let raw_blocks: Vec<PathBuf> = fs::read_dir(dir.path().join("blocks"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let saved = tempfile::tempdir().unwrap();
+        for path in &raw_blocks {
+            fs::copy(path, saved.path().join(path.file_name().unwrap())).unwrap();
+        }
+        store.maintain(3 * DAY).unwrap();
+        assert_eq!(store.stats().downsampled_blocks, 2, "{:?}", store.stats());
+        let check = |store: &Store| {
+            for series in all(store) {
+                let i: usize = series.labels.get("i").unwrap().parse().unwrap();
+                let (old, recent): (Vec<_>, Vec<_>) =
+                    series.samples.iter().partition(|(t, _)| *t < 2 * DAY);
+                // The first two days: the last minute of every five, with its value.
+                assert_eq!(old.len(), 2 * 24 * 12);
+                for (t, v) in old {
+                    assert_eq!(t % (5 * MINUTE), 4 * MINUTE);
+                    assert_eq!(v, value(t / MINUTE, i));
+                }
+                // The third day is still raw (the head keeps its last part).
+                assert_eq!(recent.len(), 24 * 60);
+            }
+        };
+        check(&store);
+        drop(store);
+        // A crash after the downsampled blocks were written but before the raw ones went:
+        // the raw blocks come back and are dropped on open.
+        for path in &raw_blocks {
+            fs::copy(saved.path().join(path.file_name().unwrap()), path).unwrap();
+        }
+        let store = Store::open(dir.path(), options).unwrap();
+        check(&store);
+        assert_eq!(store.stats().downsampled_blocks, 2);
+        assert!(
+            store.stats().blocks < raw_blocks.len(),
+            "{:?}",
+            store.stats()
+        );
+    }
+
+    #[test]
     fn a_torn_wal_tail_loses_only_the_torn_record() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Options::default()).unwrap();
@@ -1120,6 +1436,7 @@ mod tests {
             block_ms: 1000,
             retention_ms: 0,
             retention_bytes: 0,
+            downsample_after_ms: 0,
         };
         let store = Store::open(dir.path(), options).unwrap();
         store.append(&[(l("q", 0), 10, 1.0)]).unwrap();

@@ -143,6 +143,9 @@ pub async fn rpc_echo(args: RpcEchoArgs) -> anyhow::Result<()> {
             drive(OrdersClient::new(channel), args.clients, args.duration).await?
         }
         Mode::Stack => {
+            // Measured as before spans went to the node by default: the same stack, without
+            // tracing unless the OpenTelemetry variables ask for it.
+            strata_rpc::init_tracing(strata_rpc::TraceConfig::from_env());
             let consumer = strata_rpc::Consumer::builder(
                 strata_client::Client::new(&args.endpoints),
                 "orders",

@@ -277,6 +277,17 @@ impl Client {
         &self.endpoints
     }
 
+    /// The token sent with every request, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The HTTP client behind it, with the process's TLS settings (for requests to the
+    /// endpoints that [`Client::call`] does not make, such as an OTLP export).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Sends `body` as JSON to `path` (POST, or GET when `body` is `None`), failing over
     /// between endpoints on connection errors and `unavailable` answers.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(

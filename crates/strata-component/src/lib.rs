@@ -87,6 +87,12 @@ pub struct Context {
     pub auth: strata_auth::Auth,
     /// TLS for the client listeners (`[tls]`), or `None` for plain TCP.
     pub tls: Option<Arc<strata_tls::ServerTls>>,
+    /// This node's client API as the cluster reaches it: `http://`, or `https://` with
+    /// `[tls]`, and the address the node advertises. It is bound before components start and
+    /// serves once they all have.
+    pub api_url: String,
+    /// The components this node runs, by name, in start order (this one included).
+    pub components: Arc<[&'static str]>,
     section: Option<toml::Value>,
     listeners: BTreeMap<&'static str, Bound>,
     provided: Provided,
@@ -177,6 +183,8 @@ impl Context {
         data_dir: std::path::PathBuf,
         auth: strata_auth::Auth,
         tls: Option<Arc<strata_tls::ServerTls>>,
+        api_url: String,
+        components: Arc<[&'static str]>,
         section: Option<toml::Value>,
         listeners: BTreeMap<&'static str, Bound>,
         provided: Provided,
@@ -191,6 +199,8 @@ impl Context {
             data_dir,
             auth,
             tls,
+            api_url,
+            components,
             section,
             listeners,
             provided,

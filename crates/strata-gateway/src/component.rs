@@ -44,7 +44,7 @@ const FILE_POLL: Duration = Duration::from_secs(2);
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// The `[gateway]` section.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Read the route table from this file (TOML or JSON) instead of the config center.
@@ -64,6 +64,27 @@ pub struct GatewayConfig {
     /// every connection, from a load balancer in front; its source address is the client.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proxy_protocol: bool,
+    /// Record a span of every request (continuing the client's W3C trace, or starting one)
+    /// and send it to this node's monitor, when the node runs the monitor.
+    #[serde(default = "default_traces")]
+    pub traces: bool,
+}
+
+fn default_traces() -> bool {
+    true
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            routes_file: None,
+            trusted_proxies: Vec::new(),
+            access_log: None,
+            access_log_fields: Vec::new(),
+            proxy_protocol: false,
+            traces: default_traces(),
+        }
+    }
 }
 
 /// The API gateway, load balancer and frontend router.
@@ -102,7 +123,7 @@ impl Component for GatewayComponent {
 
     fn sample_config(&self) -> Option<String> {
         Some(format!(
-            "[{NAME}]\n# Serve the route table from a file instead of the config center:\n# routes_file = \"/etc/strata/routes.toml\"\n"
+            "[{NAME}]\n# Serve the route table from a file instead of the config center:\n# routes_file = \"/etc/strata/routes.toml\"\n# Spans of requests to this node's monitor (when it runs one):\n# traces = true\n"
         ))
     }
 
@@ -113,6 +134,10 @@ impl Component for GatewayComponent {
             let configs = ctx.get::<Arc<dyn ConfigService>>().map(|c| (*c).clone());
             let gateway = build_gateway(&config, &ctx.metrics, registry, &ctx.tracker, &ctx.cancel)
                 .map_err(StartError)?;
+            // The monitor is another component: known by its name, reached over HTTP.
+            if config.traces && ctx.components.contains(&"monitor") {
+                export_spans(&gateway, &ctx).map_err(StartError)?;
+            }
             let source = match (&config.routes_file, configs) {
                 (Some(file), _) => {
                     install_file(&gateway, file, false, &ctx.tracker, &ctx.cancel)
@@ -190,6 +215,40 @@ pub(crate) fn build_gateway(
         let _ = gateway.access_log.set(log);
     }
     Ok(gateway)
+}
+
+/// Sends the spans of requests to this node's monitor (`POST /v1/traces` on its client API,
+/// as the node itself over TLS), from a task of the component.
+fn export_spans(gateway: &Gateway, ctx: &Context) -> Result<(), String> {
+    let http = match &ctx.tls {
+        None => strata_tls::http_client_builder(),
+        Some(tls) => tls
+            .client_builder()
+            .map_err(|e| format!("gateway: TLS client for spans: {e}"))?,
+    };
+    let collector = strata_trace::Collector {
+        urls: vec![format!("{}/v1/traces", ctx.api_url)],
+        token: None,
+        http: http
+            .build()
+            .map_err(|e| format!("gateway: HTTP client for spans: {e}"))?,
+    };
+    let counters = strata_trace::Counters {
+        exported: gateway.metrics.spans.with_label_values(&["exported"]),
+        dropped: gateway.metrics.spans.with_label_values(&["dropped"]),
+    };
+    let (exporter, task) =
+        strata_trace::Exporter::new(collector, "strata-gateway".into(), 1.0, counters);
+    let cancel = ctx.cancel.clone();
+    ctx.tracker.spawn(async move {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = task => {}
+        }
+    });
+    let _ = gateway.spans.set(exporter);
+    tracing::info!(api = %ctx.api_url, "gateway spans go to this node's monitor");
+    Ok(())
 }
 
 /// Installs the table of `file` and re-reads it when it changes. `standalone`: the file may

@@ -18,6 +18,7 @@
 //! - [`proxy`]: the listener and the forwarding path.
 //! - [`proxy_protocol`]: the PROXY protocol (v1 and v2) header a load balancer in front sends.
 //! - [`sni`]: certificates of the HTTPS listener by SNI name, reloaded when files change.
+//! - `span`: each request's span (W3C `traceparent` in, a child to the upstream, OTLP out).
 //! - [`standalone`]: `strata gateway --config FILE`, the gateway without a cluster.
 //! - [`tcp`]: TCP (L4) listeners of the table, balancing raw connections.
 //! - [`component`]: the node component, where the table comes from (the config center or a
@@ -46,6 +47,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod route;
 pub mod sni;
+mod span;
 pub mod standalone;
 pub mod tcp;
 pub mod upstream;

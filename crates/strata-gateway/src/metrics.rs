@@ -59,6 +59,8 @@ pub struct Metrics {
     pub hedges: IntCounterVec,
     /// Requests refused at the edge, by route and kind (`unauthenticated`, `forbidden`).
     pub auth_refused: IntCounterVec,
+    /// Spans of requests handed to the exporter, by outcome (`exported`, `dropped`).
+    pub spans: IntCounterVec,
 }
 
 /// An upstream group's metric handles, looked up once when the group is built.
@@ -293,6 +295,13 @@ impl Metrics {
                 ),
                 &["route", "kind"],
             )?,
+            spans: IntCounterVec::new(
+                Opts::new(
+                    "strata_gateway_spans_total",
+                    "Spans of requests handed to the OTLP exporter, by outcome (exported, dropped)",
+                ),
+                &["outcome"],
+            )?,
         };
         for collector in [
             Box::new(metrics.breaker_state.clone()) as Box<dyn prometheus::core::Collector>,
@@ -304,6 +313,7 @@ impl Metrics {
             Box::new(metrics.retries_refused.clone()),
             Box::new(metrics.hedges.clone()),
             Box::new(metrics.auth_refused.clone()),
+            Box::new(metrics.spans.clone()),
         ] {
             registry.register(collector)?;
         }

@@ -9,6 +9,7 @@ use crate::balance::HashOn;
 use crate::guard::FallbackAction;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{parse_cookies, Action, CanaryChoice, Compiled, RequestView, Route};
+use crate::span::{Forwarded, RequestSpan};
 use crate::upstream::{build_groups, Group};
 use axum::body::Body;
 use bytes::Bytes;
@@ -68,6 +69,8 @@ pub struct Gateway {
     pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
     /// The API keys, kept up to date from the KV store on a node.
     pub keys: Arc<crate::edge_auth::ApiKeys>,
+    /// Where the spans of requests go, when the gateway records them.
+    pub spans: std::sync::OnceLock<strata_trace::Exporter>,
 }
 
 /// The member that answered a proxied request (a response extension, for the access log).
@@ -152,6 +155,7 @@ impl Gateway {
             trusted,
             access_log: std::sync::OnceLock::new(),
             keys: Default::default(),
+            spans: std::sync::OnceLock::new(),
         })
     }
 
@@ -346,6 +350,8 @@ impl Gateway {
         if https {
             request.extensions_mut().insert(Https);
         }
+        let span = RequestSpan::begin(self.spans.get(), &request);
+        let mut forwarded = Forwarded::default();
         let live = self.live();
         let host = request_host(&request);
         let request_id = request
@@ -395,6 +401,7 @@ impl Gateway {
             headers: request.headers(),
         });
         let client_ip = crate::edge::client_ip(client.ip(), request.headers(), &self.trusted);
+        let matched = found.as_ref().map(|(_, route, _)| *route);
         let logged = self.access_log.get().map(|log| {
             let ts_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -557,6 +564,11 @@ impl Gateway {
                                     Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
                                     _ => upstream.as_str(),
                                 };
+                                if let Some(span) = &span {
+                                    request
+                                        .headers_mut()
+                                        .insert(strata_trace::TRACEPARENT, span.traceparent());
+                                }
                                 let mut response = self
                                     .forward(
                                         &live,
@@ -568,6 +580,7 @@ impl Gateway {
                                         client_ip,
                                         &host,
                                         &request_id,
+                                        &mut forwarded,
                                     )
                                     .await;
                                 if let Some((
@@ -600,6 +613,12 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
         route_metrics.observe(response.status().as_u16(), started.elapsed().as_secs_f64());
+        let finished = span.and_then(|span| {
+            span.finish(matched, &response, &forwarded, client_ip, started.elapsed())
+        });
+        if let (Some(exporter), Some(finished)) = (self.spans.get(), finished) {
+            exporter.record(finished);
+        }
         if let Some((log, mut record)) = logged {
             record.status = response.status().as_u16();
             record.route = found_name;
@@ -630,10 +649,12 @@ impl Gateway {
         client_ip: std::net::IpAddr,
         host: &str,
         request_id: &HeaderValue,
+        forwarded: &mut Forwarded,
     ) -> Response<Body> {
         let Some(group) = live.groups.get(upstream) else {
             return plain(StatusCode::BAD_GATEWAY, "upstream group is missing\n");
         };
+        forwarded.upstream = Some(group.clone());
         let permit = match &group.breaker {
             None => None,
             Some(breaker) => {
@@ -664,7 +685,7 @@ impl Gateway {
                             Some(FallbackAction::Upstream(other)) if other != upstream => {
                                 Box::pin(self.forward(
                                     live, route, other, path, request, client, client_ip, host,
-                                    request_id,
+                                    request_id, forwarded,
                                 ))
                                 .await
                             }
@@ -708,6 +729,7 @@ impl Gateway {
         let (response, failed) = self
             .attempts(
                 group, route, upstream, path, request, client, client_ip, host, request_id,
+                forwarded,
             )
             .await;
         if let (Some(breaker), Some(permit)) = (&group.breaker, permit) {
@@ -773,6 +795,7 @@ impl Gateway {
         client_ip: std::net::IpAddr,
         host: &str,
         request_id: &HeaderValue,
+        forwarded: &mut Forwarded,
     ) -> (Response<Body>, bool) {
         let declared = request
             .headers()
@@ -926,6 +949,7 @@ impl Gateway {
                 (_, Some(h)) => h,
                 (_, None) => HeaderMap::new(),
             };
+            forwarded.attempts += 1;
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
             if tried.len() == 1 {
                 group.retry_budget.deposit();
@@ -975,6 +999,7 @@ impl Gateway {
             };
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
             let (index, endpoint) = (answered_by, &members.endpoints[answered_by]);
+            forwarded.member = Some(endpoint.clone());
             // What the breakers and outlier detection make of it (the route may count
             // failures its own way).
             let failure_on = route.guard.failure_on.as_ref().unwrap_or(&group.failure_on);
@@ -1035,6 +1060,7 @@ impl Gateway {
             match answer {
                 Err(_) => {
                     failure("timeout");
+                    forwarded.failure = Some("timeout");
                     return (
                         plain(
                             StatusCode::GATEWAY_TIMEOUT,
@@ -1086,6 +1112,7 @@ impl Gateway {
                         );
                     }
                     tracing::debug!(%upstream, member = %endpoint.address, error = %error, "upstream exchange failed");
+                    forwarded.failure = Some(if connect { "connect" } else { "reset" });
                     return (
                         plain(StatusCode::BAD_GATEWAY, "the upstream failed to answer\n"),
                         failed,

@@ -1025,6 +1025,27 @@ fn check_shadowing(table: &Table, routes: &[Route]) -> Result<(), TableError> {
 }
 
 impl Route {
+    /// The path template (`/users/{id}`) when the route matches paths by one: the request's
+    /// `http.route` in its span.
+    pub fn template(&self) -> Option<String> {
+        let Some(PathMatch::Template(segments)) = &self.path else {
+            return None;
+        };
+        let mut text = String::new();
+        for segment in segments {
+            text.push('/');
+            match segment {
+                Segment::Literal(literal) => text.push_str(literal),
+                Segment::Param(name) => {
+                    text.push('{');
+                    text.push_str(name);
+                    text.push('}');
+                }
+            }
+        }
+        Some(text)
+    }
+
     fn matches(
         &self,
         request: &RequestView<'_>,
@@ -1321,6 +1342,9 @@ mod tests {
         assert_eq!(get("other", "/apix"), Some("any"));
         assert_eq!(get("other", "/api/v2/x"), Some("prefix-long"));
         assert_eq!(get("other", "/api/users/7"), Some("template"));
+        let template = |name: &str| c.routes.iter().find(|r| r.name == name).unwrap().template();
+        assert_eq!(template("template").as_deref(), Some("/api/users/{id}"));
+        assert_eq!(template("exact"), None);
         assert_eq!(get("other", "/api/users/7/x"), Some("prefix-short"));
         assert_eq!(get("other", "/api/users/me"), Some("exact"));
         assert_eq!(

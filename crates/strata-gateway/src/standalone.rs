@@ -97,6 +97,8 @@ impl Standalone {
             access_log: server.access_log.clone(),
             access_log_fields: server.access_log_fields.clone(),
             proxy_protocol: server.proxy_protocol,
+            // No node, so no monitor to send spans to; `traceparent` passes through.
+            traces: false,
         };
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();

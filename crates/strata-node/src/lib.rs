@@ -341,6 +341,12 @@ impl Node {
         let tls = start_tls(&config, &tracker, &cancel)?;
         let max_request = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);
         let provided = Provided::default();
+        let api_url = format!(
+            "{}://{}",
+            if tls.is_some() { "https" } else { "http" },
+            me.api_addr
+        );
+        let names: Arc<[&'static str]> = components.iter().map(|c| c.name()).collect();
         let mut running = Vec::new();
         let mut api_routes = axum::Router::new();
         for (component, listeners) in components.iter().zip(bound) {
@@ -353,6 +359,8 @@ impl Node {
                 config.data_dir.clone(),
                 auth.clone(),
                 tls.clone(),
+                api_url.clone(),
+                names.clone(),
                 config.sections.get(name).cloned(),
                 listeners,
                 provided.clone(),

@@ -27,7 +27,7 @@ use crate::context::{
 use crate::discovery::{Discovery, Selector};
 use crate::metrics::METRICS;
 use crate::service_config::{code_name, MethodConfig, ServiceConfig, Throttling};
-use crate::trace::{self, Span, SpanKind};
+use crate::trace::{self, CallSpan, SpanKind};
 use crate::watched::Watched;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -193,7 +193,10 @@ impl ConsumerBuilder {
     }
 
     /// The consumer. It follows the registry from now on (in the current tokio runtime).
+    /// Unless the process says otherwise, its spans go to the node its client points at
+    /// ([`crate::trace`]).
     pub fn build(self) -> Consumer {
+        trace::default_to_node(&self.client, None);
         let discovery = Discovery::follow(self.client, self.selector.clone());
         let service_breaker = match (self.breaker_scope, &self.breaker) {
             (BreakerScope::Service, Some(config)) => {
@@ -1490,14 +1493,14 @@ impl Finish {
             );
         }
         if let Some(start) = self.wall {
-            trace::record(Span {
+            trace::record_call(CallSpan {
                 context: self.span,
                 parent: self.parent,
-                name: self.method.name.clone(),
+                method: self.method.name.clone(),
                 kind: SpanKind::Client,
                 start,
                 duration: self.started.elapsed(),
-                code: code as i32,
+                code,
                 message: message.to_string(),
                 peer: self.peer.as_ref().map(|p| p.address.clone()),
                 instance: self.peer.as_ref().map(|p| p.id.clone()),

@@ -9,8 +9,9 @@
 //!   breakers, outlier detection, retry budgets, concurrency limits and gRPC service-config
 //!   retries and hedging ([`ServiceConfig`]) from `strata-resilience`.
 //! - Both carry the call context ([`CallContext`]): a handler's outgoing calls inherit what
-//!   is left of its deadline and continue its trace (W3C `traceparent`), and spans go to an
-//!   OTLP collector ([`init_tracing`]).
+//!   is left of its deadline and continue its trace (W3C `traceparent`), and spans go over
+//!   OTLP to the Strata node the client points at (its monitor), or where the OpenTelemetry
+//!   variables or [`init_tracing`] say ([`trace`]).
 //! - [`RestConsumer`] gives plain HTTP services the same discovery, balancing and breakers.
 
 pub mod consumer;

@@ -11,7 +11,7 @@
 use crate::context::{parse_grpc_timeout, CallContext, TraceParent, GRPC_TIMEOUT};
 use crate::metrics::METRICS;
 use crate::service_config::code_name;
-use crate::trace::{self, Span, SpanKind};
+use crate::trace::{self, CallSpan, SpanKind};
 use crate::watched::Watched;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -77,8 +77,11 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// A provider of `service`, registered through `client` (any node of the cluster).
+    /// A provider of `service`, registered through `client` (any node of the cluster). Unless
+    /// the process says otherwise, its spans go to that node as service `service`
+    /// ([`crate::trace`]).
     pub fn new(client: Client, service: &str) -> Provider {
+        trace::default_to_node(&client, Some(service));
         Provider {
             client: Arc::new(client),
             namespace: None,
@@ -504,14 +507,14 @@ where
                     .server_duration
                     .with_label_values(&[&method])
                     .observe(started.elapsed().as_secs_f64());
-                trace::record(Span {
+                trace::record_call(CallSpan {
                     context: span,
                     parent: parent.map(|p| p.span_id),
-                    name: method,
+                    method,
                     kind: SpanKind::Server,
                     start: wall,
                     duration: started.elapsed(),
-                    code: code as i32,
+                    code,
                     message: message.to_string(),
                     peer,
                     instance: None,

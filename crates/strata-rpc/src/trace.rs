@@ -1,22 +1,32 @@
-//! Spans of calls, exported over OTLP/HTTP (JSON encoding) to a collector.
+//! Spans of calls, exported over OTLP/HTTP (JSON encoding) through one
+//! [`strata_trace::Exporter`] per process.
 //!
-//! Configured by [`init_tracing`] or, when a process never calls it, by the OpenTelemetry
-//! environment variables every SDK reads: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (then `/v1/traces` is appended), `OTEL_SERVICE_NAME`, and
-//! `OTEL_TRACES_SAMPLER_ARG` (the ratio of new traces to record, default 1). Without an
-//! endpoint nothing is recorded, but `traceparent` is still read and passed on, so a traced
-//! caller's trace continues through a process that does not export.
+//! Where spans go is decided once, when the process makes or serves its first call:
+//!
+//! 1. what [`init_tracing`] was given, if the process called it before;
+//! 2. nowhere with `OTEL_TRACES_EXPORTER=none` (or `OTEL_SDK_DISABLED=true`);
+//! 3. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces`
+//!    appended;
+//! 4. otherwise the Strata node the process's [`Provider`](crate::Provider) (or, without
+//!    one, its first [`Consumer`](crate::Consumer)) was built with: `/v1/traces` on the
+//!    client's endpoints (the monitor's receiver), with the client's token and TLS settings.
+//!    A node without the monitor answers 404: the spans are dropped with one warning.
+//!
+//! `service.name` is `OTEL_SERVICE_NAME`, else (in case 4) the provider's registry service,
+//! else the executable's file name. `OTEL_TRACES_SAMPLER_ARG` is the share of new traces
+//! recorded (default 1); a caller's decision is followed. Without an exporter nothing is
+//! recorded, but `traceparent` is still read and passed on, so a traced caller's trace
+//! continues through a process that does not export.
 //!
 //! Spans go through a bounded queue to one background task that posts them in batches; a
-//! full queue drops spans (counted in `strata_rpc_spans_total{outcome="dropped"}`) rather than slow a
-//! call down.
+//! full queue drops spans (counted in `strata_rpc_spans_total{outcome="dropped"}`) rather
+//! than slow a call down.
 
-use crate::context::{hex, TraceParent};
 use crate::metrics::METRICS;
-use serde_json::{json, Value};
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+pub use strata_trace::{export_body, AttributeValue, Span, SpanKind};
+use strata_trace::{Collector, Counters, Exporter, TraceParent};
 
 /// Where and how spans are exported.
 #[derive(Debug, Clone)]
@@ -30,241 +40,243 @@ pub struct TraceConfig {
     pub sample_ratio: f64,
 }
 
+/// A variable of the environment, unless unset or blank.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true`.
+fn disabled_by_env() -> bool {
+    env("OTEL_TRACES_EXPORTER").is_some_and(|e| e.trim().eq_ignore_ascii_case("none"))
+        || env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 impl TraceConfig {
-    /// The configuration the OpenTelemetry environment variables describe.
+    /// The configuration the OpenTelemetry environment variables describe (no endpoint when
+    /// they name none or turn tracing off).
     pub fn from_env() -> TraceConfig {
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .ok()
-            .filter(|e| !e.is_empty())
-            .or_else(|| {
-                std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                    .ok()
-                    .filter(|e| !e.is_empty())
-                    .map(|e| format!("{}/v1/traces", e.trim_end_matches('/')))
-            });
+        let endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+            env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|e| format!("{}/v1/traces", e.trim_end_matches('/')))
+        });
         TraceConfig {
-            endpoint,
-            service_name: std::env::var("OTEL_SERVICE_NAME")
-                .unwrap_or_else(|_| "unknown_service".into()),
-            sample_ratio: std::env::var("OTEL_TRACES_SAMPLER_ARG")
-                .ok()
+            endpoint: endpoint.filter(|_| !disabled_by_env()),
+            service_name: env("OTEL_SERVICE_NAME").unwrap_or_else(|| "unknown_service".into()),
+            sample_ratio: env("OTEL_TRACES_SAMPLER_ARG")
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(1.0),
         }
     }
 }
 
-/// Whether a span is the server or the client side of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
-    /// A call served.
-    Server,
-    /// A call made.
-    Client,
+/// The process's exporter, once decided (`None`: spans are not recorded).
+static TRACER: OnceLock<Option<Exporter>> = OnceLock::new();
+
+/// The Strata node spans go to when nothing else is configured (case 4 of the module docs).
+#[derive(Debug, Clone)]
+struct NodeDefault {
+    collector: Collector,
+    /// The provider's service; `None` for a consumer's node.
+    service: Option<String>,
 }
 
-/// One finished span.
-#[derive(Debug, Clone)]
-pub struct Span {
-    /// Its trace and id.
+static NODE: Mutex<Option<NodeDefault>> = Mutex::new(None);
+
+/// Sets how this process exports spans. Call once, inside a tokio runtime, before the first
+/// call; later calls (and calls after the first call was made or served) change nothing and
+/// return false.
+pub fn init_tracing(config: TraceConfig) -> bool {
+    let mut fresh = false;
+    TRACER.get_or_init(|| {
+        fresh = true;
+        let collector = config.endpoint.map(|url| Collector {
+            urls: vec![url],
+            token: None,
+            http: plain_client(),
+        });
+        start(collector, config.service_name, config.sample_ratio)
+    });
+    fresh
+}
+
+/// Offers the Strata node `client` talks to as where spans go by default (case 4 of the
+/// module docs); `service` is a provider's registry service. A provider's offer replaces a
+/// consumer's; nothing changes once the exporter is decided.
+pub(crate) fn default_to_node(client: &strata_client::Client, service: Option<&str>) {
+    if TRACER.get().is_some() || client.endpoints().is_empty() {
+        return;
+    }
+    let mut node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    if node
+        .as_ref()
+        .is_some_and(|n| n.service.is_some() || service.is_none())
+    {
+        return;
+    }
+    *node = Some(NodeDefault {
+        collector: Collector {
+            urls: client
+                .endpoints()
+                .iter()
+                .map(|e| format!("{e}/v1/traces"))
+                .collect(),
+            token: client.token().map(str::to_string),
+            http: client.http().clone(),
+        },
+        service: service.map(str::to_string),
+    });
+}
+
+fn plain_client() -> reqwest::Client {
+    strata_tls::http_client_builder()
+        .build()
+        .unwrap_or_default()
+}
+
+/// The executable's file name, the service name of last resort.
+fn executable_name() -> Option<String> {
+    let path = std::env::current_exe().ok()?;
+    Some(path.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Where spans go and as which service, for a process that did not call [`init_tracing`]:
+/// the environment's `config` unless it names no endpoint and does not turn tracing off
+/// (`disabled`), then the node default.
+fn choose(
+    config: TraceConfig,
+    disabled: bool,
+    node: Option<NodeDefault>,
+    env_service: Option<String>,
+) -> (Option<Collector>, String) {
+    if let Some(url) = config.endpoint {
+        let collector = Collector {
+            urls: vec![url],
+            token: None,
+            http: plain_client(),
+        };
+        return (Some(collector), config.service_name);
+    }
+    match node.filter(|_| !disabled) {
+        None => (None, config.service_name),
+        Some(node) => {
+            let service = env_service
+                .or(node.service)
+                .or_else(executable_name)
+                .unwrap_or(config.service_name);
+            (Some(node.collector), service)
+        }
+    }
+}
+
+fn tracer() -> Option<&'static Exporter> {
+    TRACER
+        .get_or_init(|| {
+            let config = TraceConfig::from_env();
+            let ratio = config.sample_ratio;
+            let node = NODE.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let (collector, service) =
+                choose(config, disabled_by_env(), node, env("OTEL_SERVICE_NAME"));
+            start(collector, service, ratio)
+        })
+        .as_ref()
+}
+
+fn start(collector: Option<Collector>, service: String, ratio: f64) -> Option<Exporter> {
+    let collector = collector?;
+    let endpoint = collector.urls.join(",");
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(%endpoint, "tracing configured outside a tokio runtime; spans are not exported");
+        return None;
+    };
+    tracing::info!(%endpoint, %service, ratio, "exporting spans over OTLP");
+    let counters = Counters {
+        exported: METRICS.spans_exported.clone(),
+        dropped: METRICS.spans_dropped.clone(),
+    };
+    let (exporter, task) = Exporter::new(collector, service, ratio, counters);
+    runtime.spawn(task);
+    Some(exporter)
+}
+
+/// Whether spans are exported at all.
+pub fn enabled() -> bool {
+    tracer().is_some()
+}
+
+/// The sampling decision for a new trace.
+pub fn sample_new() -> bool {
+    tracer().is_some_and(Exporter::sample_new)
+}
+
+/// Queues a finished span for export (when its trace is sampled and export is on).
+pub fn record(span: Span) {
+    if let Some(exporter) = tracer() {
+        exporter.record(span);
+    }
+}
+
+/// A finished call, as a consumer or a provider saw it.
+pub(crate) struct CallSpan {
+    /// Its trace and span.
     pub context: TraceParent,
     /// The span it is a child of.
     pub parent: Option<[u8; 8]>,
     /// `package.Service/Method`.
-    pub name: String,
-    /// Server or client.
+    pub method: String,
+    /// Served or made.
     pub kind: SpanKind,
     /// When it started.
     pub start: SystemTime,
     /// How long it took.
     pub duration: Duration,
     /// The gRPC status code it ended with.
-    pub code: i32,
+    pub code: tonic::Code,
     /// The status message, for failures.
     pub message: String,
     /// The other side (`HOST:PORT`), when known.
     pub peer: Option<String>,
-    /// The registry instance called, for client spans.
+    /// The registry instance called, for calls made.
     pub instance: Option<String>,
-    /// Attempts after the first, for client spans.
+    /// Attempts after the first, for calls made.
     pub retries: u32,
 }
 
-struct Tracer {
-    ratio: f64,
-    queue: Option<mpsc::Sender<Span>>,
-}
-
-static TRACER: OnceLock<Tracer> = OnceLock::new();
-
-/// Sets how this process exports spans. Call once, inside a tokio runtime, before the first
-/// call; later calls (and calls after the first span) change nothing and return false.
-pub fn init_tracing(config: TraceConfig) -> bool {
-    let mut fresh = false;
-    TRACER.get_or_init(|| {
-        fresh = true;
-        start(config)
-    });
-    fresh
-}
-
-fn tracer() -> &'static Tracer {
-    TRACER.get_or_init(|| start(TraceConfig::from_env()))
-}
-
-fn start(config: TraceConfig) -> Tracer {
-    let queue = match (&config.endpoint, tokio::runtime::Handle::try_current()) {
-        (Some(endpoint), Ok(runtime)) => {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            runtime.spawn(export(endpoint.clone(), config.service_name.clone(), rx));
-            tracing::info!(%endpoint, service = %config.service_name, ratio = config.sample_ratio, "exporting spans over OTLP");
-            Some(tx)
+impl CallSpan {
+    /// The span, with the attributes of OpenTelemetry's gRPC conventions.
+    fn into_span(self) -> Span {
+        let (service, method) = self.method.split_once('/').unwrap_or((&self.method, ""));
+        let mut span = Span {
+            context: self.context,
+            parent: self.parent,
+            name: String::new(),
+            kind: self.kind,
+            start: self.start,
+            duration: self.duration,
+            error: (self.code != tonic::Code::Ok).then_some(self.message),
+            attributes: Vec::with_capacity(7),
+        };
+        span.set("rpc.system", "grpc");
+        span.set("rpc.service", service);
+        span.set("rpc.method", method);
+        span.set("rpc.grpc.status_code", self.code as i64);
+        if let Some(peer) = self.peer {
+            span.set("net.peer.name", peer);
         }
-        (Some(endpoint), Err(_)) => {
-            tracing::warn!(%endpoint, "tracing configured outside a tokio runtime; spans are not exported");
-            None
+        if let Some(instance) = self.instance {
+            span.set("strata.instance", instance);
         }
-        (None, _) => None,
-    };
-    Tracer {
-        ratio: config.sample_ratio.clamp(0.0, 1.0),
-        queue,
-    }
-}
-
-/// Spans waiting for export at most.
-const QUEUE: usize = 8192;
-/// Spans per request to the collector at most.
-const BATCH: usize = 512;
-/// How long a span waits for its batch to fill.
-const LINGER: Duration = Duration::from_millis(500);
-
-/// Whether spans are exported at all.
-pub fn enabled() -> bool {
-    tracer().queue.is_some()
-}
-
-/// The sampling decision for a new trace.
-pub fn sample_new() -> bool {
-    let t = tracer();
-    t.queue.is_some() && (t.ratio >= 1.0 || rand::random::<f64>() < t.ratio)
-}
-
-/// Queues a finished span for export (when its trace is sampled and export is on).
-pub fn record(span: Span) {
-    if !span.context.sampled {
-        return;
-    }
-    let Some(queue) = &tracer().queue else {
-        return;
-    };
-    if queue.try_send(span).is_err() {
-        METRICS.spans_dropped.inc();
-    }
-}
-
-fn nanos(time: SystemTime) -> String {
-    time.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos()
-        .to_string()
-}
-
-/// One span in OTLP's JSON encoding (ids in hex, 64-bit integers as strings).
-fn span_json(span: &Span) -> Value {
-    let (service, method) = span.name.split_once('/').unwrap_or((&span.name, ""));
-    let mut attributes = vec![
-        json!({"key": "rpc.system", "value": {"stringValue": "grpc"}}),
-        json!({"key": "rpc.service", "value": {"stringValue": service}}),
-        json!({"key": "rpc.method", "value": {"stringValue": method}}),
-        json!({"key": "rpc.grpc.status_code", "value": {"intValue": span.code.to_string()}}),
-    ];
-    if let Some(peer) = &span.peer {
-        attributes.push(json!({"key": "net.peer.name", "value": {"stringValue": peer}}));
-    }
-    if let Some(instance) = &span.instance {
-        attributes.push(json!({"key": "strata.instance", "value": {"stringValue": instance}}));
-    }
-    if span.kind == SpanKind::Client {
-        attributes.push(
-            json!({"key": "strata.retries", "value": {"intValue": span.retries.to_string()}}),
-        );
-    }
-    let mut value = json!({
-        "traceId": span.context.trace_hex(),
-        "spanId": span.context.span_hex(),
-        "name": span.name,
-        "kind": match span.kind { SpanKind::Server => 2, SpanKind::Client => 3 },
-        "startTimeUnixNano": nanos(span.start),
-        "endTimeUnixNano": nanos(span.start + span.duration),
-        "attributes": attributes,
-        "status": if span.code == 0 {
-            json!({"code": 1})
-        } else {
-            json!({"code": 2, "message": span.message})
-        },
-    });
-    if let Some(parent) = span.parent {
-        value["parentSpanId"] = json!(hex(&parent));
-    }
-    value
-}
-
-/// An OTLP `ExportTraceServiceRequest` holding `spans`.
-pub fn export_body(service: &str, spans: &[Span]) -> Value {
-    json!({"resourceSpans": [{
-        "resource": {"attributes": [
-            {"key": "service.name", "value": {"stringValue": service}},
-            {"key": "telemetry.sdk.name", "value": {"stringValue": "strata-rpc"}},
-        ]},
-        "scopeSpans": [{
-            "scope": {"name": "strata-rpc", "version": env!("CARGO_PKG_VERSION")},
-            "spans": spans.iter().map(span_json).collect::<Vec<_>>(),
-        }],
-    }]})
-}
-
-async fn export(endpoint: String, service: String, mut rx: mpsc::Receiver<Span>) {
-    let client = strata_tls::http_client_builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
-    let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let linger = tokio::time::sleep(LINGER);
-        tokio::pin!(linger);
-        while batch.len() < BATCH {
-            tokio::select! {
-                span = rx.recv() => match span {
-                    Some(span) => batch.push(span),
-                    None => break,
-                },
-                () = &mut linger => break,
-            }
+        if self.kind == SpanKind::Client {
+            span.set("strata.retries", self.retries);
         }
-        let body = export_body(&service, &batch);
-        let sent = client.post(&endpoint).json(&body).send().await;
-        match sent.map(|r| r.status()) {
-            Ok(status) if status.is_success() => {
-                METRICS.spans_exported.inc_by(batch.len() as u64);
-                if failing {
-                    tracing::info!(%endpoint, "the trace collector accepts spans again");
-                    failing = false;
-                }
-            }
-            outcome => {
-                METRICS.spans_dropped.inc_by(batch.len() as u64);
-                if !failing {
-                    let error = match outcome {
-                        Ok(status) => format!("answered {status}"),
-                        Err(e) => e.to_string(),
-                    };
-                    tracing::warn!(%endpoint, %error, spans = batch.len(), "exporting spans failed; dropping them");
-                    failing = true;
-                }
-            }
-        }
+        span.name = self.method;
+        span
+    }
+}
+
+/// Queues a finished call's span (see [`record`]).
+pub(crate) fn record_call(call: CallSpan) {
+    if let Some(exporter) = tracer() {
+        exporter.record(call.into_span());
     }
 }
 
@@ -273,34 +285,89 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spans_encode_as_otlp_json() {
+    fn a_call_becomes_a_span_with_grpc_attributes() {
         let parent = TraceParent::root(true);
-        let child = parent.child();
-        let span = Span {
-            context: child,
+        let span = CallSpan {
+            context: parent.child(),
             parent: Some(parent.span_id),
-            name: "orders.v1.Orders/Create".into(),
+            method: "orders.v1.Orders/Create".into(),
             kind: SpanKind::Client,
-            start: UNIX_EPOCH + Duration::from_secs(1),
+            start: SystemTime::UNIX_EPOCH,
             duration: Duration::from_millis(2),
-            code: 14,
+            code: tonic::Code::Unavailable,
             message: "no instance".into(),
             peer: Some("127.0.0.1:5000".into()),
             instance: Some("o-1".into()),
             retries: 1,
+        }
+        .into_span();
+        assert_eq!(span.name, "orders.v1.Orders/Create");
+        assert_eq!(span.error.as_deref(), Some("no instance"));
+        let attribute = |key: &str| {
+            span.attributes
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
         };
-        let body = export_body("checkout", &[span]);
-        let span = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
-        assert_eq!(span["traceId"], parent.trace_hex());
-        assert_eq!(span["parentSpanId"], parent.span_hex());
-        assert_eq!(span["spanId"], child.span_hex());
-        assert_eq!(span["kind"], 3);
-        assert_eq!(span["startTimeUnixNano"], "1000000000");
-        assert_eq!(span["endTimeUnixNano"], "1002000000");
-        assert_eq!(span["status"]["code"], 2);
-        assert_eq!(
-            body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
-            "checkout"
+        assert_eq!(attribute("rpc.service"), Some("orders.v1.Orders".into()));
+        assert_eq!(attribute("rpc.method"), Some("Create".into()));
+        assert_eq!(attribute("rpc.grpc.status_code"), Some(14i64.into()));
+        assert_eq!(attribute("strata.instance"), Some("o-1".into()));
+        assert_eq!(attribute("strata.retries"), Some(1u32.into()));
+    }
+
+    fn config(endpoint: Option<&str>) -> TraceConfig {
+        TraceConfig {
+            endpoint: endpoint.map(str::to_string),
+            service_name: "from-env".into(),
+            sample_ratio: 1.0,
+        }
+    }
+
+    fn node(service: Option<&str>) -> NodeDefault {
+        NodeDefault {
+            collector: Collector {
+                urls: vec!["http://127.0.0.1:7700/v1/traces".into()],
+                token: Some("t".into()),
+                http: plain_client(),
+            },
+            service: service.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_environment_wins_then_the_node_then_nothing() {
+        // An endpoint in the environment: the node is not used.
+        let (collector, service) = choose(
+            config(Some("http://collector:4318/v1/traces")),
+            false,
+            Some(node(Some("orders"))),
+            None,
         );
+        let collector = collector.unwrap();
+        assert_eq!(collector.urls, ["http://collector:4318/v1/traces"]);
+        assert_eq!(collector.token, None);
+        assert_eq!(service, "from-env");
+        // None: the node, named by the provider, or by OTEL_SERVICE_NAME when set.
+        let (collector, service) = choose(config(None), false, Some(node(Some("orders"))), None);
+        let collector = collector.unwrap();
+        assert_eq!(collector.urls, ["http://127.0.0.1:7700/v1/traces"]);
+        assert_eq!(collector.token.as_deref(), Some("t"));
+        assert_eq!(service, "orders");
+        let (_, service) = choose(
+            config(None),
+            false,
+            Some(node(Some("orders"))),
+            Some("mine".into()),
+        );
+        assert_eq!(service, "mine");
+        // A consumer's node: named after the executable.
+        let (_, service) = choose(config(None), false, Some(node(None)), None);
+        assert_eq!(service, executable_name().unwrap());
+        // Turned off, or no node: nothing.
+        assert!(choose(config(None), true, Some(node(None)), None)
+            .0
+            .is_none());
+        assert!(choose(config(None), false, None, None).0.is_none());
     }
 }

@@ -295,6 +295,13 @@ impl ServerTls {
         &self.files
     }
 
+    /// An HTTPS client builder that presents this listener's certificate and trusts its CA:
+    /// how a node calls its own or a peer's client API as itself.
+    pub fn client_builder(&self) -> Result<reqwest::ClientBuilder, TlsError> {
+        let identity = (self.files.cert.as_path(), self.files.key.as_path());
+        https_client_builder(self.files.ca.as_deref(), Some(identity))
+    }
+
     /// Whether clients are asked for certificates.
     pub fn client_auth(&self) -> ClientAuth {
         self.client_auth

@@ -53,6 +53,9 @@ pub enum RpcCommand {
 }
 
 pub async fn rpc(endpoints: &[String], output: Output, command: RpcCommand) -> anyhow::Result<()> {
+    // Spans only where the OpenTelemetry variables send them, not to the node by default: a
+    // command line exits before its spans' batch would be posted.
+    strata_rpc::init_tracing(strata_rpc::TraceConfig::from_env());
     let client = || strata_client::Client::new(endpoints);
     match command {
         RpcCommand::List { service } => {

@@ -10,7 +10,6 @@ use common::*;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,73 +129,12 @@ async fn t01_discovery_follows_registrations_within_a_second_and_balances() {
     node.assert_no_panic();
 }
 
-/// A binary of the examples package, built next to `strata` by the workspace build.
-fn example_bin(name: &str) -> PathBuf {
-    let path = std::path::Path::new(strata_bin()).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the examples first (cargo build -p strata-examples --bins; \
-         scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-/// An example process with its stdout collected line by line.
-struct Example {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
 impl Example {
-    /// Starts `bin` with `args` and waits for the line starting with `ready`.
-    async fn start(bin: &str, args: &[&str], env: &[(&str, &str)], ready: &str) -> Example {
-        let mut child = std::process::Command::new(example_bin(bin))
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let example = Example { child, lines };
-        example.wait_line(ready, Duration::from_secs(30)).await;
-        example
-    }
-
     async fn orders(node: &NodeProc, id: &str, extra: &[&str]) -> Example {
         let url = node.url();
         let mut args = vec!["--endpoints", &url, "--id", id];
         args.extend_from_slice(extra);
         Example::start("orders", &args, &[], "orders serving on").await
-    }
-
-    async fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
-        wait_until(timeout, &format!("a line starting {prefix:?}"), || async {
-            self.lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.starts_with(prefix))
-                .cloned()
-        })
-        .await
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -11,6 +11,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use serde::Deserialize;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -93,6 +94,72 @@ pub fn strata_command() -> Command {
 /// Path of the binary under test.
 pub fn strata_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
+}
+
+/// A binary of the examples package, built next to `strata` by the workspace build.
+pub fn example_bin(name: &str) -> PathBuf {
+    let path = Path::new(strata_bin()).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first (cargo build -p strata-examples --bins; \
+         scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// An example process with its stdout collected line by line.
+pub struct Example {
+    /// The process.
+    pub child: Child,
+    /// Its stdout so far.
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Example {
+    /// Starts `bin` with `args` and waits for the line starting with `ready`.
+    pub async fn start(bin: &str, args: &[&str], env: &[(&str, &str)], ready: &str) -> Example {
+        let mut child = Command::new(example_bin(bin))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let example = Example { child, lines };
+        example.wait_line(ready, Duration::from_secs(30)).await;
+        example
+    }
+
+    /// Waits for a line starting with `prefix` and returns it.
+    pub async fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        wait_until(timeout, &format!("a line starting {prefix:?}"), || async {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .cloned()
+        })
+        .await
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

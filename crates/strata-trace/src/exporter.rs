@@ -1,0 +1,255 @@
+//! Finished spans go through a bounded queue to one task that posts them to a collector in
+//! batches. A full queue drops spans (counted) rather than slow a request down, and a failed
+//! post drops its batch with one warning until posts succeed again.
+
+use crate::span::{export_body, Span};
+use prometheus::IntCounter;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Spans waiting for export at most.
+const QUEUE: usize = 8192;
+/// Spans per request to the collector at most.
+const BATCH: usize = 512;
+/// How long a span waits for its batch to fill.
+const LINGER: Duration = Duration::from_millis(500);
+/// How long one post may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where spans go.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    /// OTLP/HTTP traces URLs (`http://HOST:4318/v1/traces`). Batches go to the first; after a
+    /// failed connection the next batch goes to the next one, and so on round the list.
+    pub urls: Vec<String>,
+    /// Sent as `Authorization: Bearer TOKEN` with every post (a Strata node with access
+    /// control on wants one).
+    pub token: Option<String>,
+    /// The client posts go through, with its TLS settings.
+    pub http: reqwest::Client,
+}
+
+/// What an exporter counts.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    /// Spans the collector accepted.
+    pub exported: IntCounter,
+    /// Spans dropped: the queue was full or the collector failed.
+    pub dropped: IntCounter,
+}
+
+/// A handle that queues spans for export; clones share the queue.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    queue: mpsc::Sender<Span>,
+    ratio: f64,
+    dropped: IntCounter,
+}
+
+impl Exporter {
+    /// An exporter of `service`'s spans that records `ratio` (0 to 1) of the traces it
+    /// starts, and the task that posts them, for the caller to run (and stop by dropping).
+    /// The task ends once every handle is dropped and the queue is empty.
+    pub fn new(
+        collector: Collector,
+        service: String,
+        ratio: f64,
+        counters: Counters,
+    ) -> (Exporter, impl Future<Output = ()> + Send + 'static) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let exporter = Exporter {
+            queue,
+            ratio: ratio.clamp(0.0, 1.0),
+            dropped: counters.dropped.clone(),
+        };
+        (exporter, export(collector, service, counters, rx))
+    }
+
+    /// The sampling decision for a trace that starts here.
+    pub fn sample_new(&self) -> bool {
+        self.ratio >= 1.0 || rand::random::<f64>() < self.ratio
+    }
+
+    /// Queues a finished span (only when its trace is sampled).
+    pub fn record(&self, span: Span) {
+        if span.context.sampled && self.queue.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// Why a post failed, for the one warning, with a hint where the status says what is wrong.
+fn describe(outcome: Result<reqwest::StatusCode, reqwest::Error>) -> String {
+    match outcome {
+        Ok(status) if status == reqwest::StatusCode::NOT_FOUND => format!(
+            "answered {status}: no OTLP traces receiver there (a Strata node without the \
+             monitor component?)"
+        ),
+        Ok(status) if matches!(status.as_u16(), 401 | 403) => {
+            format!("answered {status}: the collector refused this process's credentials")
+        }
+        Ok(status) => format!("answered {status}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+async fn export(
+    collector: Collector,
+    service: String,
+    counters: Counters,
+    mut rx: mpsc::Receiver<Span>,
+) {
+    let mut current = 0;
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        while batch.len() < BATCH {
+            tokio::select! {
+                span = rx.recv() => match span {
+                    Some(span) => batch.push(span),
+                    None => break,
+                },
+                () = &mut linger => break,
+            }
+        }
+        let Some(url) = collector.urls.get(current) else {
+            counters.dropped.inc_by(batch.len() as u64);
+            continue;
+        };
+        let mut request = collector
+            .http
+            .post(url)
+            .timeout(POST_TIMEOUT)
+            .json(&export_body(&service, &batch));
+        if let Some(token) = &collector.token {
+            request = request.bearer_auth(token);
+        }
+        let outcome = request.send().await.map(|r| r.status());
+        if outcome.as_ref().is_ok_and(|status| status.is_success()) {
+            counters.exported.inc_by(batch.len() as u64);
+            if failing {
+                tracing::info!(%url, "the trace collector accepts spans again");
+                failing = false;
+            }
+            continue;
+        }
+        counters.dropped.inc_by(batch.len() as u64);
+        if outcome.as_ref().is_err_and(reqwest::Error::is_connect) {
+            current = (current + 1) % collector.urls.len();
+        }
+        if !failing {
+            let error = describe(outcome);
+            tracing::warn!(%url, %error, spans = batch.len(), "exporting spans failed; dropping them");
+            failing = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SpanKind, TraceParent};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Instant, SystemTime};
+
+    fn span(sampled: bool) -> Span {
+        Span {
+            context: TraceParent::root(sampled),
+            parent: None,
+            name: "GET /".into(),
+            kind: SpanKind::Server,
+            start: SystemTime::now(),
+            duration: Duration::from_millis(1),
+            error: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    fn counters() -> Counters {
+        Counters {
+            exported: IntCounter::new("exported", "exported").unwrap(),
+            dropped: IntCounter::new("dropped", "dropped").unwrap(),
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_carry_the_token_and_move_on_from_a_collector_that_refuses_connections() {
+        // What the collector received: the authorization header and the span names.
+        let received: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+        let sink = received.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(
+                move |headers: http::HeaderMap, body: axum::Json<serde_json::Value>| {
+                    let sink = sink.clone();
+                    async move {
+                        let auth = headers
+                            .get(http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let spans = body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                            .as_array()
+                            .map_or(0, Vec::len);
+                        sink.lock().unwrap().push((auth, spans));
+                        "{}"
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        // A port nobody listens on any more.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = format!("http://{}/v1/traces", closed.local_addr().unwrap());
+        drop(closed);
+
+        let counters = counters();
+        let collector = Collector {
+            urls: vec![down, up],
+            token: Some("secret".into()),
+            http: strata_tls::http_client_builder().build().unwrap(),
+        };
+        let (exporter, task) = Exporter::new(collector, "svc".into(), 1.0, counters.clone());
+        let task = tokio::spawn(task);
+        exporter.record(span(true));
+        until("the first batch to fail", || counters.dropped.get() == 1).await;
+        assert!(received.lock().unwrap().is_empty());
+        exporter.record(span(true));
+        exporter.record(span(false));
+        exporter.record(span(true));
+        until("the next batch to arrive", || counters.exported.get() == 2).await;
+        assert_eq!(
+            *received.lock().unwrap(),
+            vec![("Bearer secret".to_string(), 2)]
+        );
+        drop(exporter);
+        task.await.unwrap();
+        server.abort();
+    }
+
+    #[test]
+    fn sampling_follows_the_ratio() {
+        let collector = Collector {
+            urls: Vec::new(),
+            token: None,
+            http: strata_tls::http_client_builder().build().unwrap(),
+        };
+        let (all, _) = Exporter::new(collector.clone(), "a".into(), 1.0, counters());
+        let (none, _) = Exporter::new(collector, "b".into(), 0.0, counters());
+        assert!((0..100).all(|_| all.sample_new()));
+        assert!((0..100).all(|_| !none.sample_new()));
+    }
+}

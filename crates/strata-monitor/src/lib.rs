@@ -21,6 +21,7 @@ pub mod chunk;
 pub mod exposition;
 pub mod ingest;
 pub mod model;
+mod otlp_http;
 pub mod otlp_metrics;
 pub mod packed;
 pub mod promql;

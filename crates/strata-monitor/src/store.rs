@@ -108,10 +108,26 @@ pub struct Stats {
     pub min_time: i64,
 }
 
+/// A chunk and the times of its first and last sample: a closed head chunk, or a packed
+/// chunk on its way into a block.
 struct Closed {
     mint: i64,
     maxt: i64,
     bytes: Arc<[u8]>,
+}
+
+/// One series' samples as packed chunks (several only past [`packed::MAX_SAMPLES`]).
+fn pack(samples: &[(i64, f64)]) -> Vec<Closed> {
+    samples
+        .chunks(packed::MAX_SAMPLES)
+        .filter_map(|run| {
+            Some(Closed {
+                mint: run.first()?.0,
+                maxt: run.last()?.0,
+                bytes: packed::encode(run).into(),
+            })
+        })
+        .collect()
 }
 
 struct MemSeries {
@@ -569,12 +585,12 @@ impl Block {
             .collect()
     }
 
-    /// Writes a block of `series` (sorted by labels, each with its samples in order, none
-    /// empty) and returns its path.
+    /// Writes a block of `series` (sorted by labels, each with its packed chunks) and
+    /// returns its path.
     fn write(
         dir: &Path,
         (mint, maxt, resolution_ms): (i64, i64, i64),
-        series: &[(Labels, Vec<(i64, f64)>)],
+        series: &[(Labels, Vec<Closed>)],
     ) -> io::Result<PathBuf> {
         let symbols: BTreeSet<&str> = series
             .iter()
@@ -596,22 +612,18 @@ impl Block {
             out.extend_from_slice(s.as_bytes());
         }
         packed::put_varint(&mut out, series.len() as u64);
-        for (labels, samples) in series {
+        for (labels, chunks) in series {
             packed::put_varint(&mut out, labels.len() as u64);
             for (k, v) in labels.iter() {
                 packed::put_varint(&mut out, number[k]);
                 packed::put_varint(&mut out, number[v]);
             }
-            packed::put_varint(&mut out, samples.len().div_ceil(packed::MAX_SAMPLES) as u64);
-            for run in samples.chunks(packed::MAX_SAMPLES) {
-                let (Some(first), Some(last)) = (run.first(), run.last()) else {
-                    continue;
-                };
-                let chunk = packed::encode(run);
-                packed::put_varint(&mut out, first.0.wrapping_sub(mint) as u64);
-                packed::put_varint(&mut out, last.0.wrapping_sub(first.0) as u64);
-                packed::put_varint(&mut out, chunk.len() as u64);
-                out.extend_from_slice(&chunk);
+            packed::put_varint(&mut out, chunks.len() as u64);
+            for c in chunks {
+                packed::put_varint(&mut out, c.mint.wrapping_sub(mint) as u64);
+                packed::put_varint(&mut out, c.maxt.wrapping_sub(c.mint) as u64);
+                packed::put_varint(&mut out, c.bytes.len() as u64);
+                out.extend_from_slice(&c.bytes);
             }
         }
         let sum = crc32fast::hash(&out);
@@ -906,8 +918,11 @@ impl Store {
                     }
                 }
             }
-            let series: Vec<(Labels, Vec<(i64, f64)>)> =
-                merged.into_iter().filter(|(_, s)| !s.is_empty()).collect();
+            let series: Vec<(Labels, Vec<Closed>)> = merged
+                .into_iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(labels, samples)| (labels, pack(&samples)))
+                .collect();
             let mint = group.iter().map(|b| b.mint).min().unwrap_or(0);
             let maxt = group.iter().map(|b| b.maxt).max().unwrap_or(0);
             let path = Block::write(
@@ -973,19 +988,20 @@ impl Store {
             head.cut = end;
         }
         taken.sort_by(|a, b| a.0.cmp(&b.0));
-        let taken: Vec<(Labels, Vec<(i64, f64)>)> = taken
+        // One series at a time, so that only its samples are ever decoded at once.
+        let mut samples = 0;
+        let taken: Vec<(Labels, Vec<Closed>)> = taken
             .into_iter()
-            .map(|(labels, chunks)| {
-                let samples = chunks
+            .filter_map(|(labels, chunks)| {
+                let decoded: Vec<(i64, f64)> = chunks
                     .iter()
                     .filter_map(|c| chunk::decode(&c.bytes).ok())
                     .flatten()
                     .collect();
-                (labels, samples)
+                samples += decoded.len();
+                (!decoded.is_empty()).then(|| (labels, pack(&decoded)))
             })
-            .filter(|(_, samples): &(Labels, Vec<(i64, f64)>)| !samples.is_empty())
             .collect();
-        let samples: usize = taken.iter().map(|(_, s)| s.len()).sum();
         let block_dir = self.dir.join("blocks");
         if !taken.is_empty() {
             let path = Block::write(&block_dir, (start, end - 1, 0), &taken)?;

@@ -19,6 +19,7 @@
 //!
 //! Each monitor node keeps the traces it received: search is local to the node.
 
+use crate::otlp_http::{self, Encoding, PROTOBUF};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -1381,68 +1382,6 @@ fn allow(s: &TraceState, who: &Caller, access: Access) -> Result<(), ApiError> {
     )
 }
 
-/// How an OTLP body is encoded, and so its answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Protobuf,
-    Json,
-}
-
-const PROTOBUF: &str = "application/x-protobuf";
-
-fn encoding(headers: &HeaderMap) -> Result<Encoding, String> {
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match media.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
-        "application/json" => Ok(Encoding::Json),
-        _ => Err(format!(
-            "content-type {value:?} is not supported: send application/x-protobuf or application/json"
-        )),
-    }
-}
-
-/// The gRPC code OTLP puts in an error body for an HTTP status.
-fn grpc_code(status: StatusCode) -> i32 {
-    match status.as_u16() {
-        400 | 413 | 415 => 3, // INVALID_ARGUMENT
-        401 => 16,            // UNAUTHENTICATED
-        403 => 7,             // PERMISSION_DENIED
-        503 => 14,            // UNAVAILABLE
-        507 => 8,             // RESOURCE_EXHAUSTED
-        _ => 13,              // INTERNAL
-    }
-}
-
-/// An OTLP error: a `google.rpc.Status`, in the request's encoding.
-fn otlp_error(encoding: Encoding, status: StatusCode, message: String) -> Response {
-    let code = grpc_code(status);
-    match encoding {
-        Encoding::Protobuf => {
-            let body = otlp::RpcStatus { code, message }.encode_to_vec();
-            (
-                status,
-                [(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF))],
-                body,
-            )
-                .into_response()
-        }
-        Encoding::Json => (
-            status,
-            axum::Json(json!({"code": code, "message": message})),
-        )
-            .into_response(),
-    }
-}
-
 /// The answer to an accepted export: empty, or a partial success naming the refused spans.
 fn otlp_success(encoding: Encoding, appended: Appended) -> Response {
     let partial = (appended.invalid > 0).then(|| otlp::ExportTracePartialSuccess {
@@ -1485,40 +1424,11 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let encoding = encoding(&headers);
-    let answer_as = *encoding.as_ref().unwrap_or(&Encoding::Json);
-    if let Err(e) = allow(&s, &who, Access::Write) {
-        let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-        return otlp_error(answer_as, status, e.message);
-    }
-    let encoding = match encoding {
-        Ok(encoding) => encoding,
-        Err(message) => return otlp_error(answer_as, StatusCode::UNSUPPORTED_MEDIA_TYPE, message),
+    let allowed = allow(&s, &who, Access::Write);
+    let (encoding, body) = match otlp_http::accept(&headers, allowed, body, s.max_request_bytes) {
+        Ok(accepted) => accepted,
+        Err(answer) => return answer,
     };
-    if let Some(coding) = headers.get(header::CONTENT_ENCODING) {
-        let coding = coding.to_str().unwrap_or("?").trim();
-        if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
-            return otlp_error(
-                encoding,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "content-encoding {coding:?} is not supported: send uncompressed bodies \
-                     (OTEL_EXPORTER_OTLP_COMPRESSION=none)"
-                ),
-            );
-        }
-    }
-    if body.len() > s.max_request_bytes {
-        return otlp_error(
-            encoding,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "a body of {} bytes is over the limit of {} (kv.max_request_bytes): send smaller batches",
-                body.len(),
-                s.max_request_bytes
-            ),
-        );
-    }
     let store = s.store.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let spans = match encoding {
@@ -1539,9 +1449,9 @@ async fn receive(
             } else {
                 tracing::debug!(error = %message, "refused an OTLP export");
             }
-            otlp_error(encoding, status, message)
+            otlp_http::error(encoding, status, message)
         }
-        Err(e) => otlp_error(encoding, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => otlp_http::error(encoding, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -2092,7 +2002,7 @@ mod tests {
         let mut gzip = headers(PROTOBUF);
         gzip.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         let (status, _) = body_of(post(gzip, vec![0x1f, 0x8b]).await).await;
-        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
 
         let (status, _) = body_of(post(headers("text/plain"), Vec::new()).await).await;
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);

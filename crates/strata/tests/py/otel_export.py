@@ -1,11 +1,13 @@
 """Exports a counter, a histogram and a trace of two spans with the OpenTelemetry Python SDK
-over OTLP/HTTP (protobuf), unchanged, to the endpoint given; prints the trace id.
+over OTLP/HTTP (protobuf), unchanged, to the endpoint given; prints the trace id. The spans
+go gzip-compressed, as the OpenTelemetry Collector sends them by default.
 
 usage: otel_export.py ENDPOINT   (e.g. http://127.0.0.1:7700)
 """
 import sys
 
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -31,7 +33,8 @@ meter_provider.force_flush()
 meter_provider.shutdown()
 
 tracer_provider = TracerProvider(resource=resource)
-tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/v1/traces")))
+spans = OTLPSpanExporter(endpoint=endpoint + "/v1/traces", compression=Compression.Gzip)
+tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
 tracer = tracer_provider.get_tracer("demo")
 with tracer.start_as_current_span("checkout") as root:
     with tracer.start_as_current_span("charge-card") as child:

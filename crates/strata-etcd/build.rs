@@ -29,6 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
         .preserve_proto_field_names()
-        .build(&[".mvccpb", ".authpb", ".etcdserverpb"])?;
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

@@ -18,6 +18,15 @@ pub(crate) struct ClusterService {
 }
 
 impl ClusterService {
+    /// The header of a membership answer: etcd's carries no revision (the membership is not
+    /// part of the key space), so its JSON has none either.
+    fn cluster_header(&self) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            revision: 0,
+            ..self.ctx.current_header()
+        }
+    }
+
     /// Returns the service over the shared context.
     pub(crate) fn new(ctx: Context) -> Self {
         ClusterService { ctx }
@@ -51,8 +60,8 @@ pub(crate) fn member(status: &MemberStatus) -> pb::Member {
     pb::Member {
         id: status.id,
         name: format!("strata-{}", status.id),
-        peer_urls: vec![format!("http://{}", status.raft_addr)],
-        client_urls,
+        peer_ur_ls: vec![format!("http://{}", status.raft_addr)],
+        client_ur_ls: client_urls,
         is_learner: status.role == LEARNER,
     }
 }
@@ -81,7 +90,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         self.ctx.allow_root(&who, "member_add")?;
         let request = request.into_inner();
         // A Strata member has one Raft address; etcd allows several peer URLs.
-        let [url] = request.peer_urls.as_slice() else {
+        let [url] = request.peer_ur_ls.as_slice() else {
             return Err(error::member_bad_urls());
         };
         let raft_addr = peer_address(url).ok_or_else(error::member_bad_urls)?;
@@ -105,12 +114,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         let added = pb::Member {
             id,
             name: String::new(),
-            peer_urls: request.peer_urls.clone(),
-            client_urls: Vec::new(),
+            peer_ur_ls: request.peer_ur_ls.clone(),
+            client_ur_ls: Vec::new(),
             is_learner: request.is_learner,
         };
         Ok(Response::new(pb::MemberAddResponse {
-            header: Some(self.ctx.current_header()),
+            header: Some(self.cluster_header()),
             member: Some(added),
             members: self.members(),
         }))
@@ -133,7 +142,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .await
             .map_err(|e| self.ctx.status(e, Subject::Member))?;
         Ok(Response::new(pb::MemberRemoveResponse {
-            header: Some(self.ctx.current_header()),
+            header: Some(self.cluster_header()),
             members: self.members(),
         }))
     }
@@ -154,7 +163,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         _request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.ctx.current_header()),
+            header: Some(self.cluster_header()),
             members: self.members(),
         }))
     }
@@ -211,8 +220,8 @@ mod tests {
         };
         let converted = member(&status);
         assert_eq!(converted.name, "strata-3");
-        assert_eq!(converted.peer_urls, ["http://127.0.0.1:7701"]);
-        assert_eq!(converted.client_urls, ["http://127.0.0.1:7700"]);
+        assert_eq!(converted.peer_ur_ls, ["http://127.0.0.1:7701"]);
+        assert_eq!(converted.client_ur_ls, ["http://127.0.0.1:7700"]);
         assert!(converted.is_learner);
     }
 }

@@ -23,10 +23,10 @@ impl ElectionService {
     }
 }
 
-/// Reads the leadership a request names; etcd refuses requests without one.
+/// Reads the leadership a request names; etcd refuses requests without one (with a plain
+/// error, so its code is Unknown).
 fn leader_guard(leader: Option<pb::LeaderKey>) -> Result<LockGuard, Status> {
-    let leader =
-        leader.ok_or_else(|| Status::invalid_argument("\"leader\" field must be provided"))?;
+    let leader = leader.ok_or_else(|| Status::unknown("\"leader\" field must be provided"))?;
     Ok(LockGuard {
         key: leader.key,
         revision: leader.rev,

@@ -82,16 +82,10 @@ impl pb::lease_server::Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         self.ctx.who(&request).await?;
         self.ctx.check_require_leader(request.metadata())?;
-        let state = KeepAlive {
-            ctx: self.ctx.clone(),
-            requests: request.into_inner().boxed(),
-            finished: false,
-        };
-        let replies = stream::unfold(state, |mut state| async move {
-            let reply = state.next().await?;
-            Some((reply, state))
-        });
-        Ok(Response::new(replies.boxed()))
+        Ok(Response::new(keep_alive(
+            self.ctx.clone(),
+            request.into_inner().boxed(),
+        )))
     }
 
     async fn lease_time_to_live(
@@ -161,6 +155,24 @@ struct KeepAlive {
     requests: BoxStream<'static, Result<pb::LeaseKeepAliveRequest, Status>>,
     /// Set once the stream ended with an error.
     finished: bool,
+}
+
+/// The replies of a keep-alive stream to `requests`: one renewal per request, in order, until
+/// the client stops sending (the gRPC service and the JSON gateway both serve it).
+pub(crate) fn keep_alive(
+    ctx: Context,
+    requests: BoxStream<'static, Result<pb::LeaseKeepAliveRequest, Status>>,
+) -> BoxStream<'static, Result<pb::LeaseKeepAliveResponse, Status>> {
+    let state = KeepAlive {
+        ctx,
+        requests,
+        finished: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        let reply = state.next().await?;
+        Some((reply, state))
+    })
+    .boxed()
 }
 
 impl KeepAlive {

@@ -49,6 +49,11 @@ impl pb::lock_server::Lock for LockService {
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         let who = self.ctx.who(&request).await?;
         let key = request.into_inner().key;
+        if key.is_empty() {
+            // etcd's delete of an empty key fails in its KV layer, and the lock service
+            // passes that error on as it is (code Unknown).
+            return Err(Status::unknown("etcdserver: key is not provided"));
+        }
         self.ctx
             .allow(&who, &[(Access::Write, Names::one(key.clone()))], "unlock")?;
         self.ctx

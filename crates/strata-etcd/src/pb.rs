@@ -16,7 +16,9 @@ pub mod etcdserverpb {
 }
 pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }

@@ -376,6 +376,12 @@ impl KvService {
             .await?
         {
             KvResult::LeaseGrant(mut r) => {
+                // The lease's time starts now, as etcd's does, not when the leader's clock
+                // first looks at it (a grant forwarded from a follower still starts there).
+                if self.is_leader() {
+                    let mut clock = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
+                    clock.renew(id, req.ttl);
+                }
                 self.stamp(&mut r.header);
                 Ok(r)
             }

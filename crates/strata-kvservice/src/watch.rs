@@ -194,11 +194,13 @@ impl Watcher {
             if replay.is_empty() && events.is_empty() {
                 return Flow::Continue;
             }
-            let Some(revision) = events.last().map(|e| e.kv.mod_revision) else {
+            if events.is_empty() {
                 continue;
-            };
+            }
+            // The header carries the store's revision the replay was read at, as etcd's
+            // catch-up does, not the last event's.
             let response = WatchResponse {
-                header: self.header(revision),
+                header: self.header(current),
                 events,
                 ..Default::default()
             };

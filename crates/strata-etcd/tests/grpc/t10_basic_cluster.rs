@@ -19,13 +19,13 @@ async fn member_list_add_remove() {
     let member = &listed.members[0];
     assert_eq!(member.id, MEMBER_ID);
     assert_eq!(member.name, "strata-1");
-    assert_eq!(member.peer_urls, ["http://127.0.0.1:7701"]);
-    assert_eq!(member.client_urls, ["http://127.0.0.1:7700"]);
+    assert_eq!(member.peer_ur_ls, ["http://127.0.0.1:7701"]);
+    assert_eq!(member.client_ur_ls, ["http://127.0.0.1:7700"]);
     assert!(!member.is_learner);
 
     let added = cluster
         .member_add(MemberAddRequest {
-            peer_urls: vec!["http://127.0.0.1:7711".into()],
+            peer_ur_ls: vec!["http://127.0.0.1:7711".into()],
             is_learner: false,
         })
         .await
@@ -36,7 +36,7 @@ async fn member_list_add_remove() {
 
     let again = cluster
         .member_add(MemberAddRequest {
-            peer_urls: vec!["http://127.0.0.1:7711".into()],
+            peer_ur_ls: vec!["http://127.0.0.1:7711".into()],
             is_learner: false,
         })
         .await
@@ -44,7 +44,7 @@ async fn member_list_add_remove() {
     assert_eq!(again.message(), "etcdserver: Peer URLs already exists");
     let bad = cluster
         .member_add(MemberAddRequest {
-            peer_urls: vec!["not a url".into()],
+            peer_ur_ls: vec!["not a url".into()],
             is_learner: false,
         })
         .await

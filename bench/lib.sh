@@ -209,6 +209,21 @@ await_addrs() {
 # True when a Strata node's API answers /readyz.
 ready() { curl -sf -o /dev/null --connect-timeout 0.5 --max-time 1 "http://$1/readyz"; }
 
+# Starts one `strata server` (node 1, a cluster of its own, every component with its defaults,
+# log filter warn) with its data in $data/node and its log in $data/node.log, tracked, and
+# waits until it is ready. Sets node_pid, and api to HOST:PORT of its API. (monitor.sh, rpc.sh,
+# console.sh.)
+start_one_node() {
+    STRATA_LOG=warn "$strata" server --id 1 --data-dir "$data/node" --api-addr 127.0.0.1:0 \
+        --raft-addr 127.0.0.1:0 --initial-cluster 1=127.0.0.1:0 --addrs-file "$data/addrs.json" \
+        >"$data/node.log" 2>&1 &
+    node_pid=$!
+    track "$node_pid"
+    await_addrs "$node_pid" "$data/addrs.json" "strata server" "$data/node.log"
+    api=$(jq -r .api "$data/addrs.json")
+    wait_until 30 "the node to be ready" ready "$api"
+}
+
 # Resident memory of PID in MiB, one decimal.
 rss_mib() {
     awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"

@@ -61,14 +61,7 @@ prom_version=$(prometheus --version 2>&1 | head -n 1)
 our_exes+=("$(command -v prometheus)")
 
 log "starting a strata node"
-STRATA_LOG=warn "$strata" server --id 1 --data-dir "$data/node" --api-addr 127.0.0.1:0 \
-    --raft-addr 127.0.0.1:0 --initial-cluster 1=127.0.0.1:0 --addrs-file "$data/addrs.json" \
-    >"$data/node.log" 2>&1 &
-node_pid=$!
-track "$node_pid"
-await_addrs "$node_pid" "$data/addrs.json" "strata server" "$data/node.log"
-api=$(jq -r .api "$data/addrs.json")
-wait_until 30 "the node to be ready" ready "$api"
+start_one_node
 
 prom_port=$("$bench" free-ports --count 1)
 printf 'global:\n  scrape_interval: 1h\n' >"$data/prometheus.yml"

@@ -77,14 +77,7 @@ fi
 describe_run --clients "$clients" $( ((pin)) || echo --no-pin)
 
 log "starting a strata node and the orders provider"
-STRATA_LOG=warn "$strata" server --id 1 --data-dir "$data/node" --api-addr 127.0.0.1:0 \
-    --raft-addr 127.0.0.1:0 --initial-cluster 1=127.0.0.1:0 --addrs-file "$data/addrs.json" \
-    >"$data/node.log" 2>&1 &
-node_pid=$!
-track "$node_pid"
-await_addrs "$node_pid" "$data/addrs.json" "strata server" "$data/node.log"
-api=$(jq -r .api "$data/addrs.json")
-wait_until 30 "the node to be ready" ready "$api"
+start_one_node
 
 RUST_LOG=warn "${server_pin[@]}" "$orders" --endpoints "http://$api" --id bench-1 >"$data/orders.log" 2>&1 &
 orders_pid=$!

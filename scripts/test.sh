@@ -24,6 +24,9 @@ need_packages=(
   "prometheus prometheus"
   "promtool prometheus"
   "prometheus-alertmanager prometheus-alertmanager"
+  # The console tests drive a real headless Chromium through its WebDriver.
+  "chromium chromium"
+  "chromedriver chromium-driver"
 )
 missing=()
 for entry in "${need_packages[@]}"; do
@@ -38,10 +41,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 
-# Python packages the compatibility tests drive (client libraries used unchanged).
+# Python packages the compatibility tests drive (client libraries used unchanged), and
+# Selenium, through which the console tests drive Chromium.
 python_packages=("consul:py-consul" "nacos:nacos-sdk-python==1.0.0" "grpc:grpcio"
   "opentelemetry.sdk:opentelemetry-sdk"
-  "opentelemetry.exporter.otlp.proto.http:opentelemetry-exporter-otlp-proto-http")
+  "opentelemetry.exporter.otlp.proto.http:opentelemetry-exporter-otlp-proto-http"
+  "selenium:selenium")
 for entry in "${python_packages[@]}"; do
   module="${entry%%:*}"
   package="${entry#*:}"

@@ -121,19 +121,22 @@ pub fn api_router(state: ApiState, body_limit: usize, extra: Router) -> Router {
 }
 
 /// Paths served without a credential when access control is on: health, metrics, cluster
-/// status (as etcd serves them), logging in, and the monitor's liveness probe (which says
-/// only that the monitor runs).
+/// status (as etcd serves them), logging in, the monitor's liveness probe (which says only
+/// that the monitor runs), and the console's files (its data comes through the API, with the
+/// user's token).
 fn open_path(path: &str) -> bool {
-    matches!(
-        path,
-        "/livez"
-            | "/readyz"
-            | "/metrics"
-            | "/v1/cluster/status"
-            | "/v1/auth/login"
-            | "/v1/auth/status"
-            | "/v1/monitor/ping"
-    )
+    path == "/ui"
+        || path.starts_with("/ui/")
+        || matches!(
+            path,
+            "/livez"
+                | "/readyz"
+                | "/metrics"
+                | "/v1/cluster/status"
+                | "/v1/auth/login"
+                | "/v1/auth/status"
+                | "/v1/monitor/ping"
+        )
 }
 
 /// etcd's largest lease TTL, in seconds; longer would overflow the lease clock.

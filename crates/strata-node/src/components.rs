@@ -15,5 +15,6 @@ pub fn all() -> Vec<Arc<dyn Component>> {
         Arc::new(strata_gateway::GatewayComponent),
         Arc::new(strata_xds::XdsComponent),
         Arc::new(strata_monitor::MonitorComponent),
+        Arc::new(strata_console::ConsoleComponent),
     ]
 }

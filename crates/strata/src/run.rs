@@ -287,6 +287,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
+    println!("  console http://{}/ui/", node.addrs.api());
     println!("  metrics http://{}/metrics", node.addrs.api());
     println!("  data    {}", args.data_dir.display());
     let on_off = if node.auth.enabled() { "on" } else { "off" };

@@ -148,6 +148,7 @@ fn components_depend_on_the_seam_not_on_the_node_or_each_other() {
         "strata-gateway",
         "strata-xds",
         "strata-monitor",
+        "strata-console",
     ];
     for component in components {
         let deps = deps_of(component);

@@ -28,10 +28,10 @@ import common  # noqa: E402  (the console tests' browser set-up)
 # The element that shows a page has drawn its data. Page authors: keep yours here.
 MARKERS = {
     "cluster": 'section.page[data-page="cluster"] table[aria-label="members"]',
-    "kv": 'section.page[data-page="kv"] table',
+    "kv": 'section.page[data-page="kv"] ul.kv-tree[aria-label="keys"]',
     "services": 'section.page[data-page="services"] table',
     "configs": 'section.page[data-page="configs"] table',
-    "gateway": 'section.page[data-page="gateway"] table',
+    "gateway": 'section.page[data-page="gateway"] h2',
     "monitor": 'section.page[data-page="monitor"] svg.chart',
 }
 

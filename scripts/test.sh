@@ -55,6 +55,14 @@ for entry in "${python_packages[@]}"; do
     python3 -m pip install -q "$package"
   fi
 done
+# nacos-sdk-python 2.x (its gRPC client, package v2.nacos) in a folder of its own: its wheel
+# also carries a `nacos` module that would replace the 1.x client above. The Nacos gRPC tests
+# (crates/strata/tests/nacos_grpc.rs) put this folder on PYTHONPATH.
+nacos2_dir="$(pwd)/target/py-nacos2"
+if [ ! -d "$nacos2_dir/v2/nacos" ]; then
+  echo "installing Python package: nacos-sdk-python==2.0.11 (into $nacos2_dir)"
+  python3 -m pip install -q --target "$nacos2_dir" "nacos-sdk-python==2.0.11"
+fi
 
 # From here on every phase runs even when an earlier one failed, so a failure never hides
 # another; the summary at the end lists each phase's result.

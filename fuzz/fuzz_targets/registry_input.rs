@@ -1,6 +1,7 @@
 //! Bytes the service registry reads from the network or the store: DNS queries, Consul
-//! service definitions, native registrations and query strings, stored instances and keys.
-//! Each decodes to a value or an error, never a panic.
+//! service definitions, native registrations and query strings, stored instances and keys,
+//! Consul transactions, session requests, KV query strings and stored KV entries. Each
+//! decodes to a value or an error, never a panic.
 
 #![no_main]
 
@@ -39,4 +40,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = strata_registry::http::parse_query(Some(text));
     }
+    strata_registry::consul_kv::parse_untrusted(data);
 });

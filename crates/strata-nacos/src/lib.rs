@@ -6,6 +6,13 @@
 //! Nacos reads parameters from the query string and from a form body alike; so does this.
 //! A Nacos tenant (namespace id) maps to a Strata namespace, the empty one to `public`. A
 //! naming instance's id is `IP:PORT`; its Nacos group and cluster are kept in its metadata.
+//!
+//! The Nacos 2.x gRPC protocol (what Nacos 2.x clients speak, on the Nacos port + 1000) is
+//! served on a listener of its own, `nacos_grpc`: see [`grpc`].
+
+pub mod grpc;
+pub mod grpc_metrics;
+pub mod grpc_wire;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -176,11 +183,18 @@ async fn login(State(s): State<NacosState>, peer: Peer, p: Params) -> NacosResul
 /// center that started before it on this node, so it needs both roles.
 pub struct NacosComponent;
 
-const LISTENERS: &[strata_component::ListenerSpec] = &[strata_component::ListenerSpec {
-    name: "nacos",
-    about: "the Nacos-compatible API",
-    transport: strata_component::Transport::Tcp,
-}];
+const LISTENERS: &[strata_component::ListenerSpec] = &[
+    strata_component::ListenerSpec {
+        name: "nacos",
+        about: "the Nacos-compatible API",
+        transport: strata_component::Transport::Tcp,
+    },
+    strata_component::ListenerSpec {
+        name: "nacos_grpc",
+        about: "the Nacos 2.x gRPC API (Nacos clients dial the Nacos port + 1000)",
+        transport: strata_component::Transport::Tcp,
+    },
+];
 
 impl strata_component::Component for NacosComponent {
     fn name(&self) -> &'static str {
@@ -199,9 +213,11 @@ impl strata_component::Component for NacosComponent {
         Result<strata_component::Started, strata_component::StartError>,
     > {
         Box::pin(async move {
-            let Some(bound) = ctx.take_listener("nacos") else {
+            let http = ctx.take_listener("nacos");
+            let grpc = ctx.take_listener("nacos_grpc");
+            if http.is_none() && grpc.is_none() {
                 return Ok(strata_component::Started::default());
-            };
+            }
             let (Some(configs), Some(registry)) = (
                 ctx.get::<Arc<dyn ConfigService>>(),
                 ctx.get::<Arc<dyn RegistryService>>(),
@@ -211,14 +227,28 @@ impl strata_component::Component for NacosComponent {
                         .into(),
                 ));
             };
-            tracing::info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Nacos-compatible API");
             let state = NacosState {
                 configs: Arc::clone(&configs),
                 registry: Arc::clone(&registry),
                 cancel: ctx.cancel.child_token(),
                 auth: ctx.auth.clone(),
             };
-            ctx.serve_http("nacos", bound.tcp, router(state));
+            if let Some(bound) = grpc {
+                tracing::info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Nacos 2.x gRPC API");
+                let metrics = grpc_metrics::GrpcMetrics::new(&ctx.metrics)
+                    .map_err(|e| strata_component::StartError(format!("nacos metrics: {e}")))?;
+                let api = grpc::GrpcApi::new(state.clone(), metrics, ctx.tracker.clone());
+                let max = ctx.max_request_bytes;
+                ctx.tracker.spawn(async move {
+                    if let Err(e) = api.serve(bound.tcp, max).await {
+                        tracing::warn!(error = %e, "the Nacos gRPC listener stopped with an error");
+                    }
+                });
+            }
+            if let Some(bound) = http {
+                tracing::info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Nacos-compatible API");
+                ctx.serve_http("nacos", bound.tcp, router(state));
+            }
             Ok(strata_component::Started::default())
         })
     }
@@ -495,6 +525,12 @@ fn instance_id(ip: &str, port: &str, group: &str) -> String {
     }
 }
 
+/// The Nacos group of an instance id made by [`instance_id`].
+fn instance_group(id: &str) -> &str {
+    id.split_once('@')
+        .map_or("DEFAULT_GROUP", |(_, group)| group)
+}
+
 fn namespace_of(p: &Params) -> String {
     p.get("namespaceId")
         .unwrap_or(strata_api::registry::DEFAULT_NAMESPACE)
@@ -555,22 +591,17 @@ async fn instance_register(State(s): State<NacosState>, Who(who): Who, p: Params
         .unwrap_or("DEFAULT");
     meta.insert("nacos.group".into(), group);
     meta.insert("nacos.cluster".into(), cluster.to_string());
-    let ephemeral = p.flag("ephemeral", true);
-    let weight = p.get("weight").and_then(|w| w.parse::<f64>().ok());
-    let registration = Registration {
-        namespace: Some(namespace_of(&p)),
-        service: name,
+    let registration = registration_of(
+        namespace_of(&p),
+        name,
         id,
-        address: ip,
+        ip,
         port,
-        tags: Vec::new(),
         meta,
-        weight,
-        enabled: Some(p.flag("enable", true)),
-        ttl: ephemeral.then_some(strata_api::units::HumanDuration(EPHEMERAL_TTL)),
-        check: None,
-        status: None,
-    };
+        p.get("weight").and_then(|w| w.parse::<f64>().ok()),
+        p.flag("enable", true),
+        p.flag("ephemeral", true),
+    );
     s.registry.register(registration, true).await?;
     Ok((StatusCode::OK, "ok").into_response())
 }
@@ -608,9 +639,57 @@ async fn instance_list(State(s): State<NacosState>, Who(who): Who, p: Params) ->
         Err(e) => return Err(e.into()),
     };
     let full = format!("{group}@@{name}");
-    let hosts: Vec<Value> = instances
+    let hosts = hosts_json(&instances, &group, &full);
+    let body = json!({
+        "name": full, "groupName": group, "clusters": "", "cacheMillis": 10000,
+        "lastRefTime": now_ms(), "checksum": "",
+        "allIPs": false, "reachProtectionThreshold": protected, "valid": true,
+        "hosts": hosts,
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+/// A registry registration from a Nacos instance's fields: the instance id is `IP:PORT`
+/// (see [`instance_id`]), the Nacos group and cluster go in `meta` (the caller puts them
+/// there), and an ephemeral instance lives on a [`EPHEMERAL_TTL`] lease.
+#[allow(clippy::too_many_arguments)]
+fn registration_of(
+    namespace: String,
+    service: String,
+    id: String,
+    ip: String,
+    port: u32,
+    meta: BTreeMap<String, String>,
+    weight: Option<f64>,
+    enabled: bool,
+    ephemeral: bool,
+) -> Registration {
+    Registration {
+        namespace: Some(namespace),
+        service,
+        id,
+        address: ip,
+        port,
+        tags: Vec::new(),
+        meta,
+        weight,
+        enabled: Some(enabled),
+        ttl: ephemeral.then_some(strata_api::units::HumanDuration(EPHEMERAL_TTL)),
+        check: None,
+        status: None,
+    }
+}
+
+/// The Nacos `hosts` of a service: the instances of Nacos group `group`, each as a Nacos
+/// instance object; `full` is the `GROUP@@NAME` service name.
+fn hosts_json(
+    instances: &[Arc<strata_api::registry::Instance>],
+    group: &str,
+    full: &str,
+) -> Vec<Value> {
+    instances
         .iter()
-        .filter(|i| i.meta.get("nacos.group").is_none_or(|g| *g == group))
+        .filter(|i| i.meta.get("nacos.group").is_none_or(|g| g == group))
         .map(|i| {
             let cluster = i
                 .meta
@@ -632,14 +711,7 @@ async fn instance_list(State(s): State<NacosState>, Who(who): Who, p: Params) ->
                 "ipDeleteTimeout": 30000,
             })
         })
-        .collect();
-    let body = json!({
-        "name": full, "groupName": group, "clusters": "", "cacheMillis": 10000,
-        "lastRefTime": now_ms(), "checksum": "",
-        "allIPs": false, "reachProtectionThreshold": protected, "valid": true,
-        "hosts": hosts,
-    });
-    Ok(axum::Json(body).into_response())
+        .collect()
 }
 
 async fn instance_beat(State(s): State<NacosState>, Who(who): Who, p: Params) -> NacosResult {

@@ -102,10 +102,16 @@ impl Component for RegistryComponent {
             ));
             if let Some(bound) = ctx.take_listener("consul") {
                 info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Consul-compatible API");
+                let kv = crate::consul_store::start(
+                    registry.clone(),
+                    &ctx.metrics,
+                    &ctx.tracker,
+                    ctx.cancel.child_token(),
+                )?;
                 ctx.serve_http(
                     "consul",
                     bound.tcp,
-                    crate::consul::router(registry.clone(), ctx.auth.clone()),
+                    crate::consul::router(registry.clone(), kv, ctx.auth.clone()),
                 );
             }
             if let Some(bound) = ctx.take_listener("dns") {

@@ -25,11 +25,18 @@ use strata_auth::{Access, Auth, Caller, Kind, Names};
 use strata_http::Who;
 use strata_proto::error::{ApiError, ErrorCode};
 
-const DATACENTER: &str = "dc1";
+/// The one datacenter the cluster is to Consul clients.
+pub(crate) const DATACENTER: &str = "dc1";
 
 /// The Consul-compatible router, served on its own listener, behind the access gate with
-/// Consul's token conventions and the ACL endpoints.
-pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
+/// Consul's token conventions: the agent, catalog and health endpoints here, the ACL
+/// endpoints ([`crate::consul_acl`]), KV and transactions ([`crate::consul_kv`]), sessions
+/// ([`crate::consul_session`]) and the cluster's nodes ([`crate::consul_nodes`]).
+pub fn router(
+    registry: Arc<Registry>,
+    kv: Arc<crate::consul_store::ConsulKv>,
+    auth: Auth,
+) -> Router {
     let gate = strata_http::GateLayer {
         auth: auth.clone(),
         api: "consul",
@@ -62,8 +69,11 @@ pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
         .route("/v1/health/service/{name}", get(health_service))
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
-        .with_state(registry)
+        .with_state(registry.clone())
         .merge(crate::consul_acl::router(auth.clone()))
+        .merge(crate::consul_kv::router(kv.clone()))
+        .merge(crate::consul_session::router(kv))
+        .merge(crate::consul_nodes::router(registry))
         .layer(Extension(auth))
         .layer(axum::middleware::from_fn_with_state(
             gate,
@@ -157,7 +167,7 @@ impl IntoResponse for ConsulError {
     }
 }
 
-fn bad(message: impl Into<String>) -> ConsulError {
+pub(crate) fn bad(message: impl Into<String>) -> ConsulError {
     ConsulError(StatusCode::BAD_REQUEST, message.into())
 }
 
@@ -496,16 +506,22 @@ fn params(raw: Option<&str>) -> Result<Params, ConsulError> {
     Ok(p)
 }
 
-fn with_index(index: i64, body: Value) -> Response {
+/// Consul's headers of a read: `X-Consul-Index` (never 0, which clients take for "no
+/// index"), `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+pub(crate) fn index_headers(index: i64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
     headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
-    (headers, axum::Json(body)).into_response()
+    headers
+}
+
+fn with_index(index: i64, body: Value) -> Response {
+    (index_headers(index), axum::Json(body)).into_response()
 }
 
 fn node_name(r: &Registry) -> String {
-    format!("strata-{}", r.store.node_id())
+    crate::consul_store::node_name(r.store.node_id())
 }
 
 fn weights(i: &Instance) -> Value {
@@ -690,7 +706,7 @@ async fn agent_self(State(r): State<Arc<Registry>>) -> ConsulResult {
             "Datacenter": DATACENTER,
             "PrimaryDatacenter": DATACENTER,
             "NodeName": node_name(&r),
-            "NodeID": format!("{:016x}", status.node_id),
+            "NodeID": crate::consul_store::node_uuid(status.node_id),
             "Server": true,
             "Version": env!("CARGO_PKG_VERSION"),
             "Revision": "strata",

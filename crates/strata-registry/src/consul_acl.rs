@@ -77,7 +77,7 @@ fn manage(auth: &Auth, who: &Caller, action: &str) -> Result<(), ConsulError> {
 }
 
 /// 32 hex digits as a UUID.
-fn uuid(hex: &str) -> String {
+pub(crate) fn uuid(hex: &str) -> String {
     let h = |a: usize, b: usize| hex.get(a..b).unwrap_or("0");
     format!(
         "{}-{}-{}-{}-{}",

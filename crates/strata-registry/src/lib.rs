@@ -4,12 +4,23 @@
 //! State lives in the replicated KV store under [`model::ROOT`] (see [`strata_store::KvApi`]);
 //! every node keeps a [`view::View`] of it that serves reads, DNS and change streams, and
 //! runs its share of the health checks ([`checks`]). [`RegistryComponent`] plugs it into a node.
+//!
+//! The Consul-compatible listener also serves Consul's KV store, sessions, locks and
+//! transactions, kept under [`consul_store::ROOT`]: the rules are [`consul_txn`] (pure), the
+//! store side [`consul_store`], sessions [`consul_sessions`].
 
 pub mod checks;
 pub mod component;
 pub mod consul;
 pub mod consul_acl;
+pub mod consul_kv;
+pub mod consul_nodes;
+pub mod consul_session;
+pub mod consul_sessions;
+pub mod consul_store;
+pub mod consul_txn;
 pub mod dns;
+pub mod go_duration;
 pub mod http;
 pub mod metrics;
 pub mod model;

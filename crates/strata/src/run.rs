@@ -36,6 +36,10 @@ pub struct DevArgs {
     /// Nacos-compatible HTTP API address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7848")]
     pub nacos_addr: String,
+    /// Nacos 2.x gRPC API address (port 0 picks a free port). Nacos clients dial the Nacos
+    /// port + 1000: 7848 + 1000 = 8848 is not this, so tell them (docs/config-center.md).
+    #[arg(long, default_value = "127.0.0.1:7849")]
+    pub nacos_grpc_addr: String,
     /// API gateway address, HTTP/1.1 and h2c (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7780")]
     pub gateway_addr: String,
@@ -155,6 +159,10 @@ pub struct ServerArgs {
     /// Nacos-compatible HTTP API listen address, HOST:PORT (disabled unless given).
     #[arg(long)]
     pub nacos_addr: Option<String>,
+    /// Nacos 2.x gRPC API listen address, HOST:PORT (disabled unless given); Nacos clients
+    /// expect it at the Nacos HTTP port + 1000.
+    #[arg(long)]
+    pub nacos_grpc_addr: Option<String>,
     /// Registry DNS domain (default "strata": NAME.service.strata).
     #[arg(long)]
     pub dns_domain: Option<String>,
@@ -245,6 +253,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config
         .listen
         .insert("xds".to_string(), args.xds_addr.clone());
+    config
+        .listen
+        .insert("nacos_grpc".to_string(), args.nacos_grpc_addr.clone());
     // A one-node cluster founds itself; its raft address is filled in once bound.
     config.initial_cluster.insert(1, config.raft_addr.clone());
     // One node has no one to wait for: short timeouts make it ready at once.
@@ -276,6 +287,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "consul",
         "dns",
         "nacos",
+        "nacos_grpc",
         "gateway",
         "gateway_tls",
         "xds",
@@ -314,6 +326,9 @@ fn banner_line(name: &str, addr: std::net::SocketAddr) -> Option<String> {
             addr.port()
         ),
         "nacos" => format!("http://{addr}   (Nacos-compatible API: nacos.NacosClient(\"{addr}\"))"),
+        "nacos_grpc" => format!(
+            "{addr}   (Nacos 2.x gRPC API: tell clients the port offset, docs/config-center.md)"
+        ),
         "gateway" => format!("http://{addr}   (API gateway: strata gateway routes apply FILE)"),
         "gateway_tls" => {
             format!("https://{addr}   (API gateway over TLS: [[certificates]] in the route table)")
@@ -407,6 +422,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         ("consul", args.consul_addr),
         ("dns", args.dns_addr),
         ("nacos", args.nacos_addr),
+        ("nacos_grpc", args.nacos_grpc_addr),
     ] {
         if let Some(addr) = addr {
             listen_flags.listen.push(format!("{name}={addr}"));

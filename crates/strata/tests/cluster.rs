@@ -757,8 +757,13 @@ async fn t15_three_nodes_found_the_cluster_from_initial_cluster() {
         )
         .await;
     }
-    // A healthy start is quiet: nothing at WARN or ERROR in any node's default log.
+    // A healthy start is quiet: nothing at WARN or ERROR in any node's default log, but for
+    // Raft's replication backing off from a founder that this test has not started yet (the
+    // founders start one after another; on a loaded machine the gap outlasts Raft's retries).
     for node in &nodes {
-        node.assert_quiet("during a healthy start");
+        node.assert_quiet_but(
+            "during a healthy start",
+            &["backoff mode: drain events without processing them"],
+        );
     }
 }

@@ -105,6 +105,7 @@ async fn start_node(root: &Path) -> Node {
     let to_bound: HashMap<u16, u16> = (names.into_iter().chain([
         ("consul", 7705),
         ("nacos", 7848),
+        ("nacos_grpc", 7849),
         ("gateway", 7780),
         ("gateway_tls", 7743),
         ("xds", 7718),

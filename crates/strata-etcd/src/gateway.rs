@@ -204,15 +204,10 @@ where
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let (parts, body) = request.into_parts();
-    if let Some(refused) = refuse_cross_site(&parts) {
-        return refused;
-    }
-    let message = match one_message(body, limit).await {
-        Ok(message) => message,
-        Err(status) => return error(&status),
+    let request = match one_request(request, limit).await {
+        Ok(request) => request,
+        Err(refused) => return refused,
     };
-    let request = tonic::Request::from_http(axum::http::Request::from_parts(parts, message));
     match handler(request).await {
         Ok(response) => match serde_json::to_vec(response.get_ref()) {
             Ok(json) => json_response(StatusCode::OK, json),
@@ -220,6 +215,22 @@ where
         },
         Err(status) => error(&status),
     }
+}
+
+/// The HTTP request as a tonic request of one message (with its headers and connection
+/// details, for the token and the client's address), or the answer refusing it.
+async fn one_request<Req: DeserializeOwned + Default>(
+    request: Request,
+    limit: usize,
+) -> Result<tonic::Request<Req>, Response> {
+    let (parts, body) = request.into_parts();
+    if let Some(refused) = refuse_cross_site(&parts) {
+        return Err(refused);
+    }
+    let message = one_message(body, limit).await.map_err(|s| error(&s))?;
+    Ok(tonic::Request::from_http(axum::http::Request::from_parts(
+        parts, message,
+    )))
 }
 
 /// A browser page must not drive this port (etcd's gateway takes any body type, so a
@@ -431,16 +442,10 @@ fn streams(
             post(move |request: Request| {
                 let election = election.clone();
                 async move {
-                    let (parts, body) = request.into_parts();
-                    if let Some(refused) = refuse_cross_site(&parts) {
-                        return refused;
-                    }
-                    let message = match one_message(body, limit).await {
-                        Ok(message) => message,
-                        Err(status) => return error(&status),
+                    let request = match one_request(request, limit).await {
+                        Ok(request) => request,
+                        Err(refused) => return refused,
                     };
-                    let request =
-                        tonic::Request::from_http(axum::http::Request::from_parts(parts, message));
                     match Election::observe(&*election, request).await {
                         Ok(replies) => stream_response(replies.into_inner()),
                         Err(status) => error(&status),

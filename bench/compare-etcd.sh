@@ -22,7 +22,8 @@
 # put_p99: lower is better for Strata), 2 decimals.
 #
 # Usage: bash bench/compare-etcd.sh [--quick] [--rounds N] [--connections-per-member N]
-#                                   [--auth] [--tls] [--no-build] [--keep-data] [--results FILE]
+#                                   [--workloads ID,...] [--auth] [--tls] [--no-build]
+#                                   [--keep-data] [--results FILE]
 #
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start.
@@ -42,6 +43,9 @@ Options:
                   HTTP/2 connections the load generator opens to each member, shared by
                   all its clients (default 1, as an etcd client library holds them; never
                   more connections than clients)
+  --workloads ID,...
+                  run only these workloads (put_1, put_16, put_128, get_linearizable,
+                  get_serializable, watch, paused_leader_put_16)
   --auth          access control on in both systems, set up the same way through etcdctl:
                   root, a role with readwrite on the prefix bench/, a user with that role;
                   the load generator logs in as that user (--user) and sends its token
@@ -60,8 +64,13 @@ rounds=""
 auth=0
 tls=0
 per_member=1
+only_workloads=""
 own_option() {
     case "$1" in
+    --workloads)
+        only_workloads="${2:?--workloads needs a comma-separated list of workload ids}"
+        option_args=2
+        ;;
     --rounds)
         rounds="${2:?--rounds needs a number}"
         option_args=2
@@ -82,7 +91,7 @@ own_option() {
     esac
 }
 # The common options (lib.sh): sets quick, build, keep_data and results_file.
-parse_options 28 "$@"
+parse_options 29 "$@"
 
 # --- settings -------------------------------------------------------------------------------
 if ((quick)); then
@@ -336,6 +345,14 @@ workloads=(
     # second (the clients warm up through it first) until the run ends.
     "paused_leader_put_16|etcd-put --clients 16 --requests 1000000 --value-size $value_size --max-seconds 6"
 )
+if [[ -n $only_workloads ]]; then
+    chosen=()
+    for workload in "${workloads[@]}"; do
+        [[ ,$only_workloads, == *",${workload%%|*},"* ]] && chosen+=("$workload")
+    done
+    ((${#chosen[@]})) || die "--workloads $only_workloads names none of: $(printf '%s ' "${workloads[@]%%|*}")"
+    workloads=("${chosen[@]}")
+fi
 
 # The pid of the member of $1 (etcd or strata) serving client endpoint $2.
 pid_of_endpoint() {
@@ -451,6 +468,7 @@ done
 recorded_options=()
 [[ $rounds == "$default_rounds" ]] || recorded_options=(--rounds "$rounds")
 ((per_member == 1)) || recorded_options+=(--connections-per-member "$per_member")
+[[ -z $only_workloads ]] || recorded_options+=(--workloads "$only_workloads")
 ((auth == 0)) || recorded_options+=(--auth)
 ((tls == 0)) || recorded_options+=(--tls)
 # run_info: when, command, commit, machine (lib.sh).

@@ -129,19 +129,24 @@ fi
 phase "doc tests" cargo test --workspace --doc
 phase "tests" all_tests
 # The multi-node tests again with access control on: every node starts closed
-# (--root-password-file) and the harness sends a root token with every call.
+# (--root-password-file) and the harness sends a root token with every call. The monitor's
+# replication test is among them: monitor nodes replicate over the peer listener, which needs
+# no token (it once sent remote writes to the API and was refused with access control on).
 # cluster::t20 is left out of this phase for now: with access control on it has twice reported
 # the restarted old leader missing an acknowledged write (not understood yet; it passes in the
 # plain phase above). See the closing note of 2026-12-02.
 auth_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
         STRATA_TEST_AUTH=1 cargo nextest run -p strata --no-fail-fast \
-            --test cluster --test coord --test liveness --test chaos \
-            -E 'not test(t20_kill_leader_under_load_loses_no_acknowledged_write)'
+            --test cluster --test coord --test liveness --test chaos --test monitor \
+            -E 'not test(t20_kill_leader_under_load_loses_no_acknowledged_write) & (not binary(monitor) | test(t08_))'
     else
+        local rc=0
         STRATA_TEST_AUTH=1 cargo test -p strata --no-fail-fast \
             --test cluster --test coord --test liveness --test chaos \
-            -- --skip t20_kill_leader_under_load_loses_no_acknowledged_write
+            -- --skip t20_kill_leader_under_load_loses_no_acknowledged_write || rc=1
+        STRATA_TEST_AUTH=1 cargo test -p strata --no-fail-fast --test monitor -- t08_ || rc=1
+        return "$rc"
     fi
 }
 phase "tests with access control on" auth_tests

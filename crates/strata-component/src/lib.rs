@@ -93,6 +93,8 @@ pub struct Context {
     pub api_url: String,
     /// The components this node runs, by name, in start order (this one included).
     pub components: Arc<[&'static str]>,
+    /// Calls to the other members' peer listeners, where their [`Started::peer_routes`] are.
+    pub peers: PeerHttp,
     section: Option<toml::Value>,
     listeners: BTreeMap<&'static str, Bound>,
     provided: Provided,
@@ -127,6 +129,47 @@ impl From<String> for StartError {
 pub struct Started {
     /// Routes mounted on the node's client API listener (next to `/v1/kv/...`).
     pub api_routes: Option<Router>,
+    /// Routes mounted on the node's peer listener (the raft address), under
+    /// `/peer/<component>/`: only members reach them (mutual TLS with `[peer_tls]`, loopback
+    /// without), so they take no credentials. Other members call them through
+    /// [`Context::peers`].
+    pub peer_routes: Option<Router>,
+}
+
+/// How a component calls another member's peer listener (its `raft_addr`): plain HTTP, or
+/// HTTPS with the node's peer certificate when the cluster has `[peer_tls]`. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerHttp(Arc<PostFn>);
+
+/// Builds a POST to `(raft_addr, path)`.
+type PostFn = dyn Fn(&str, &str) -> reqwest::RequestBuilder + Send + Sync;
+
+impl PeerHttp {
+    /// Requests built by `post(raft_addr, path)`.
+    pub fn new(
+        post: impl Fn(&str, &str) -> reqwest::RequestBuilder + Send + Sync + 'static,
+    ) -> PeerHttp {
+        PeerHttp(Arc::new(post))
+    }
+
+    /// Plain HTTP with a default client, for tests and single-process use.
+    pub fn plain() -> PeerHttp {
+        let client = strata_tls::http_client_builder()
+            .build()
+            .expect("a plain reqwest client always builds");
+        PeerHttp::new(move |addr, path| client.post(format!("http://{addr}{path}")))
+    }
+
+    /// A POST to `path` on the peer listener at `raft_addr`.
+    pub fn post(&self, raft_addr: &str, path: &str) -> reqwest::RequestBuilder {
+        (self.0)(raft_addr, path)
+    }
+}
+
+impl std::fmt::Debug for PeerHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerHttp")
+    }
 }
 
 /// One part of a node: the etcd API, the registry, the config center, ...
@@ -185,6 +228,7 @@ impl Context {
         tls: Option<Arc<strata_tls::ServerTls>>,
         api_url: String,
         components: Arc<[&'static str]>,
+        peers: PeerHttp,
         section: Option<toml::Value>,
         listeners: BTreeMap<&'static str, Bound>,
         provided: Provided,
@@ -201,6 +245,7 @@ impl Context {
             tls,
             api_url,
             components,
+            peers,
             section,
             listeners,
             provided,
@@ -280,6 +325,13 @@ pub fn serve_http(
     let token = cancel.clone();
     tracker.spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        // Answers (and the raft listener's append streams) go out at once, not after Nagle's
+        // wait for the previous segment's acknowledgement.
+        let tcp = axum::serve::ListenerExt::tap_io(tcp, |stream: &mut tokio::net::TcpStream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "set TCP_NODELAY");
+            }
+        });
         let result = axum::serve(tcp, service)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;

@@ -104,6 +104,7 @@ impl Component for ConfigCenterComponent {
                 center.clone() as std::sync::Arc<dyn strata_api::config::ConfigService>
             ));
             Ok(Started {
+                peer_routes: None,
                 api_routes: Some(router(ConfigState {
                     center,
                     cancel: ctx.cancel.child_token(),

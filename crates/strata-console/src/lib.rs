@@ -78,6 +78,7 @@ impl Component for ConsoleComponent {
                 requests,
             };
             Ok(Started {
+                peer_routes: None,
                 api_routes: Some(router(state)),
             })
         })

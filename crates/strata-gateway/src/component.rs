@@ -186,6 +186,7 @@ impl Component for GatewayComponent {
                 kv: ctx.kv.clone(),
             };
             Ok(Started {
+                peer_routes: None,
                 api_routes: Some(admin_router(state)),
             })
         })

@@ -5,7 +5,9 @@
 //! - [`access_log`]: JSON access log lines, written by a task of their own.
 //! - [`balance`]: load-balancing policies over an upstream's members.
 //! - [`upstream`]: upstream groups at run time, static or following a registry service; the
-//!   pooled, counted connections to their members.
+//!   counted connections to their members.
+//! - [`pool`]: HTTP/1.1 connections to members, each checked out by one request and driven in
+//!   that request's task.
 //! - [`idle`]: bodies that give up when their bytes stop (a route's `idle_timeout`).
 //! - [`health`]: active health checks of static members.
 //! - [`metrics`]: the gateway's Prometheus metrics, per route and per upstream.
@@ -43,6 +45,7 @@ pub mod idle;
 pub mod metrics;
 pub mod model;
 pub mod oidc;
+pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod route;

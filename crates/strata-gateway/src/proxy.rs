@@ -2,8 +2,9 @@
 //!
 //! Every request reads the current [`Live`] table once (an `Arc` clone) and uses it to the
 //! end, so a reload never changes the rules under a request in flight. Forwarding uses the
-//! group's pooled client; hop-by-hop headers are dropped both ways, `X-Forwarded-*` and
-//! `X-Request-Id` are set, `Upgrade` (WebSocket) is passed through.
+//! group's connections ([`crate::pool`] for HTTP/1.1, driven in the request's own task;
+//! hyper-util's pooled client for h2c); hop-by-hop headers are dropped both ways,
+//! `X-Forwarded-*` and `X-Request-Id` are set, `Upgrade` (WebSocket) is passed through.
 
 use crate::balance::HashOn;
 use crate::guard::FallbackAction;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -108,8 +110,9 @@ pub(crate) async fn accept(
 #[derive(Clone, Copy)]
 struct Https;
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded. A `static`: a `const` array
+/// would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -381,7 +384,9 @@ impl Gateway {
                 let origin = origin_of(&request, &host);
                 let mut response = if provider.callback_path() == path {
                     let query = request.uri().query().unwrap_or_default().to_string();
-                    provider.callback(request.headers(), &query, &origin).await
+                    // Boxed, as every rare branch that awaits: the request's future stays
+                    // small, and hyper moves it once per request.
+                    Box::pin(provider.callback(request.headers(), &query, &origin)).await
                 } else {
                     provider.logout(&origin)
                 };
@@ -429,8 +434,8 @@ impl Gateway {
         });
         let found_name = found
             .as_ref()
-            .map(|(_, route, _)| route.name.clone())
             .filter(|_| logged.is_some())
+            .map(|(_, route, _)| route.name.clone())
             .unwrap_or_default();
         let (route_metrics, mut response) = match found {
             _ if !live.compiled.permits_host(&host, client_ip) => (
@@ -510,26 +515,28 @@ impl Gateway {
                 } else if route.guard.is_open() {
                     Ok(None)
                 } else {
-                    route
-                        .guard
-                        .admit(request.headers(), client_ip, consumer.as_deref())
-                        .await
-                        .map(Some)
-                        .map_err(|(refusal, response)| {
-                            match refusal {
-                                crate::guard::Refusal::RateLimited(_) => self
-                                    .metrics
-                                    .rate_limited
-                                    .with_label_values(&[route.name.as_str()])
-                                    .inc(),
-                                crate::guard::Refusal::Busy => self
-                                    .metrics
-                                    .over_capacity
-                                    .with_label_values(&["route", route.name.as_str()])
-                                    .inc(),
-                            }
-                            response
-                        })
+                    Box::pin(
+                        route
+                            .guard
+                            .admit(request.headers(), client_ip, consumer.as_deref()),
+                    )
+                    .await
+                    .map(Some)
+                    .map_err(|(refusal, response)| {
+                        match refusal {
+                            crate::guard::Refusal::RateLimited(_) => self
+                                .metrics
+                                .rate_limited
+                                .with_label_values(&[route.name.as_str()])
+                                .inc(),
+                            crate::guard::Refusal::Busy => self
+                                .metrics
+                                .over_capacity
+                                .with_label_values(&["route", route.name.as_str()])
+                                .inc(),
+                        }
+                        response
+                    })
                 };
                 let response = match admitted {
                     Err(refused) => refused,
@@ -550,12 +557,16 @@ impl Gateway {
                             Action::Redirect { to, status } => redirect(&request, to, *status),
                             Action::Files { files, .. } => {
                                 let path = route.upstream_path(request.uri().path(), &params);
-                                files
-                                    .serve(request.method(), &path, request.headers())
+                                Box::pin(files.serve(request.method(), &path, request.headers()))
                                     .await
                             }
                             Action::Proxy { upstream, .. } => {
-                                let path = route.upstream_path(request.uri().path(), &params);
+                                // `None`: the request's own path goes upstream unchanged.
+                                let path = match route.upstream_path(request.uri().path(), &params)
+                                {
+                                    Cow::Borrowed(_) => None,
+                                    Cow::Owned(path) => Some(path),
+                                };
                                 let choice = route
                                     .canary
                                     .as_ref()
@@ -643,7 +654,7 @@ impl Gateway {
         live: &Live,
         route: &Route,
         upstream: &str,
-        path: String,
+        path: Option<String>,
         request: Request<hyper::body::Incoming>,
         client: SocketAddr,
         client_ip: std::net::IpAddr,
@@ -789,7 +800,7 @@ impl Gateway {
         group: &Group,
         route: &Route,
         upstream: &str,
-        path: String,
+        path: Option<String>,
         mut request: Request<hyper::body::Incoming>,
         client: SocketAddr,
         client_ip: std::net::IpAddr,
@@ -855,11 +866,15 @@ impl Gateway {
             parts.headers.remove(header::HOST);
         }
         route.request_headers.apply(&mut parts.headers);
-        let query = parts
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
+        let Some(uri) = upstream_uri(&parts.uri, path.as_deref()) else {
+            return (
+                plain(
+                    StatusCode::BAD_REQUEST,
+                    "the rewritten path is not a valid URI\n",
+                ),
+                false,
+            );
+        };
         let limit = route.max_body;
         let mut body = Some(if empty_body {
             Body::empty()
@@ -875,7 +890,7 @@ impl Gateway {
         });
         let mut headers = Some(parts.headers);
         let deadline = tokio::time::Instant::now() + route.timeout;
-        let mut tried = Vec::new();
+        let mut tried = Tried::default();
         loop {
             if tried.len() >= members.endpoints.len() && !tried.is_empty() {
                 return (
@@ -886,7 +901,7 @@ impl Gateway {
                     true,
                 );
             }
-            let Some(index) = members.pick(key.as_deref(), &tried) else {
+            let Some(index) = members.pick(key.as_deref(), tried.as_slice()) else {
                 return (
                     plain(StatusCode::SERVICE_UNAVAILABLE, "no live members\n"),
                     true,
@@ -913,21 +928,9 @@ impl Gateway {
                     }
                 }
             };
-            let uri = match Uri::try_from(format!("http://{}{}{}", endpoint.address, path, query)) {
-                Ok(uri) => uri,
-                Err(_) => {
-                    return (
-                        plain(
-                            StatusCode::BAD_REQUEST,
-                            "the rewritten path is not a valid URI\n",
-                        ),
-                        false,
-                    )
-                }
-            };
             let mut outgoing = Request::new(body.take().unwrap_or_else(Body::empty));
             *outgoing.method_mut() = parts.method.clone();
-            *outgoing.uri_mut() = uri;
+            *outgoing.uri_mut() = uri.clone();
             // A hedge: a second member gets the same request if the first is slow (idempotent
             // requests without a body only, and not with per-member breakers).
             let hedge = route.guard.hedge_after.filter(|_| {
@@ -936,11 +939,11 @@ impl Gateway {
                     && members.endpoints.len() > 1
                     && endpoint.breaker.get().is_none()
             });
-            // The headers are kept for another attempt only when there can be one.
-            *outgoing.headers_mut() = match (
-                resendable && (route.retries > 0 || hedge.is_some()),
-                headers.take(),
-            ) {
+            // The headers are kept for another attempt only when there can be one (a retry
+            // goes to another member).
+            let another_attempt =
+                (route.retries > 0 && members.endpoints.len() > 1) || hedge.is_some();
+            *outgoing.headers_mut() = match (resendable && another_attempt, headers.take()) {
                 (true, Some(h)) => {
                     let copy = h.clone();
                     headers = Some(h);
@@ -956,21 +959,26 @@ impl Gateway {
             }
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
+            let upgrading = upgrade.is_some();
             let (answer, answered_by) = match hedge {
                 None => (
-                    tokio::time::timeout_at(deadline, group.client.request(outgoing)).await,
+                    tokio::time::timeout_at(
+                        deadline,
+                        group.send(&endpoint.address, outgoing, safe_to_repeat, upgrading),
+                    )
+                    .await,
                     index,
                 ),
                 Some(after) => {
-                    let first = group.client.request(outgoing);
+                    let first = group.send(&endpoint.address, outgoing, safe_to_repeat, upgrading);
                     tokio::pin!(first);
-                    let raced = tokio::time::timeout_at(deadline, async {
+                    let raced = Box::pin(tokio::time::timeout_at(deadline, async {
                         tokio::select! {
                             answer = &mut first => return (answer, index),
                             () = tokio::time::sleep(after) => {}
                         }
                         let Some(other) = members
-                            .pick(key.as_deref(), &tried)
+                            .pick(key.as_deref(), tried.as_slice())
                             .filter(|other| *other != index)
                         else {
                             return (first.await, index);
@@ -980,16 +988,13 @@ impl Gateway {
                         spare.requests.fetch_add(1, Ordering::Relaxed);
                         let mut second = Request::new(Body::empty());
                         *second.method_mut() = parts.method.clone();
-                        match Uri::try_from(format!("http://{}{}{}", spare.address, path, query)) {
-                            Ok(uri) => *second.uri_mut() = uri,
-                            Err(_) => return (first.await, index),
-                        }
+                        *second.uri_mut() = uri.clone();
                         *second.headers_mut() = headers.clone().unwrap_or_default();
                         tokio::select! {
                             answer = &mut first => (answer, index),
-                            answer = group.client.request(second) => (answer, other),
+                            answer = group.send(&spare.address, second, safe_to_repeat, false) => (answer, other),
                         }
-                    })
+                    }))
                     .await;
                     match raced {
                         Ok((answer, by)) => (Ok(answer), by),
@@ -1070,11 +1075,12 @@ impl Gateway {
                     );
                 }
                 Ok(Ok(response)) => {
+                    endpoint.connected();
                     let overloaded = matches!(response.status().as_u16(), 502..=504);
                     if overloaded && may_retry(safe_to_repeat) {
                         failure("status");
                         tracing::debug!(%upstream, member = %endpoint.address, status = %response.status(), "member answered 502-504; trying another member");
-                        self.back_off(route, tried.len(), deadline).await;
+                        Box::pin(self.back_off(route, tried.len(), deadline)).await;
                         continue;
                     }
                     let mut response = finish_response(response, upgrade, self.tracker.clone());
@@ -1098,7 +1104,7 @@ impl Gateway {
                     if may_retry(if connect { resendable } else { safe_to_repeat }) {
                         tracing::debug!(%upstream, member = %endpoint.address, error = %error, "exchange failed; trying another member");
                         if !connect {
-                            self.back_off(route, tried.len(), deadline).await;
+                            Box::pin(self.back_off(route, tried.len(), deadline)).await;
                         }
                         continue;
                     }
@@ -1131,8 +1137,65 @@ impl Gateway {
     }
 }
 
+/// The origin-form URI that goes upstream: the request's own path and query (`path` `None`),
+/// or `path` with the request's query. `None` when that is not a valid origin-form URI.
+fn upstream_uri(uri: &Uri, path: Option<&str>) -> Option<Uri> {
+    let uri = match path {
+        None if uri.scheme().is_none() && uri.authority().is_none() => uri.clone(),
+        None => Uri::from(uri.path_and_query()?.clone()),
+        Some(path) => {
+            let text = match uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_string(),
+            };
+            Uri::try_from(text).ok()?
+        }
+    };
+    uri.path().starts_with('/').then_some(uri)
+}
+
+/// The members a request was sent to, in order: inline for the usual one or two, so a request
+/// allocates nothing for it.
+#[derive(Default)]
+struct Tried {
+    inline: [usize; 4],
+    length: usize,
+    /// All of them, once there are more than fit inline.
+    spilled: Vec<usize>,
+}
+
+impl Tried {
+    fn push(&mut self, index: usize) {
+        if self.length < self.inline.len() {
+            self.inline[self.length] = index;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(index);
+        }
+        self.length += 1;
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.length]
+        } else {
+            &self.spilled
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.length
+    }
+
+    fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+}
+
 /// True when the body-size limit cut the upload short.
-fn limit_exceeded(error: &hyper_util::client::legacy::Error) -> bool {
+fn limit_exceeded(error: &crate::pool::SendError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.to_string().contains("length limit exceeded") {
@@ -1145,7 +1208,7 @@ fn limit_exceeded(error: &hyper_util::client::legacy::Error) -> bool {
 
 /// Strips hop-by-hop headers from the upstream's answer and splices an upgraded connection.
 fn finish_response(
-    response: Response<hyper::body::Incoming>,
+    response: Response<Body>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     tracker: TaskTracker,
 ) -> Response<Body> {
@@ -1169,13 +1232,25 @@ fn finish_response(
     let (mut parts, body) = response.into_parts();
     // The client's connection has its own version; hyper picks the wire format from it.
     parts.version = hyper::Version::HTTP_11;
-    for name in &HOP_BY_HOP {
-        if *name != header::TRAILER {
+    // One pass over the names, then a removal for each one there (an answer carries one or
+    // two at most, typically `Connection: keep-alive`), rather than a lookup for each of the
+    // eight names.
+    let mut present = [false; 9];
+    for name in parts.headers.keys() {
+        if let Some(index) = HOP_BY_HOP
+            .iter()
+            .chain([&header::UPGRADE])
+            .position(|hop| hop == name)
+        {
+            present[index] = true;
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().chain([&header::UPGRADE]).zip(present) {
+        if present && *name != header::TRAILER {
             parts.headers.remove(name);
         }
     }
-    parts.headers.remove(header::UPGRADE);
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, body)
 }
 
 fn response_with_edits(route: &Route, mut response: Response<Body>) -> Response<Body> {
@@ -1193,6 +1268,79 @@ fn prepare_headers(
     upgrade: bool,
     https: bool,
 ) {
+    // Room for the four set below at once: hyper sizes the map for the headers it parsed, and
+    // growing it one insert at a time reallocates it more than once.
+    headers.reserve(4);
+    // Most requests carry no hop-by-hop header: one pass over the names (cheaper than a
+    // lookup per name) finds that, and then there is nothing to drop.
+    if headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || name == header::UPGRADE)
+    {
+        drop_hop_by_hop(headers, upgrade);
+    }
+    // The address as text on the stack (the longest IPv6 text is 45 bytes), copied once into
+    // the header's own bytes.
+    let mut ip = std::io::Cursor::new([0u8; 64]);
+    write_ip(&mut ip, client.ip());
+    let ip = &ip.get_ref()[..ip.position() as usize];
+    let earlier = headers
+        .get(&X_FORWARDED_FOR)
+        .filter(|v| v.to_str().is_ok())
+        .map(HeaderValue::as_bytes);
+    let forwarded_for = match earlier {
+        None => HeaderValue::from_bytes(ip),
+        Some(earlier) => HeaderValue::from_bytes(&[earlier, b", ", ip].concat()),
+    };
+    if let Ok(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    // The `Host` header's own value when it is the host as matched (no port, lower case).
+    let same = headers
+        .get(header::HOST)
+        .filter(|v| v.as_bytes() == host.as_bytes())
+        .cloned();
+    if let Some(value) = same.or_else(|| HeaderValue::from_str(host).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), value);
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Writes `ip` as text, as its `Display` does (without the formatting machinery for IPv4).
+fn write_ip(out: &mut impl std::io::Write, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut length = 0;
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    text[length] = b'.';
+                    length += 1;
+                }
+                if octet >= 100 {
+                    text[length] = b'0' + octet / 100;
+                    length += 1;
+                }
+                if octet >= 10 {
+                    text[length] = b'0' + octet / 10 % 10;
+                    length += 1;
+                }
+                text[length] = b'0' + octet % 10;
+                length += 1;
+            }
+            let _ = out.write_all(&text[..length]);
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Drops the hop-by-hop headers and those `Connection` names, keeping `Connection: upgrade`
+/// for an upgrade and `TE: trailers` (gRPC).
+fn drop_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -1219,20 +1367,6 @@ fn prepare_headers(
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let ip = client.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-    let proto = if https { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Ok(value) = HeaderValue::from_str(host) {
-        headers.insert(X_FORWARDED_HOST.clone(), value);
-    }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -1292,7 +1426,6 @@ fn request_host<B>(request: &Request<B>) -> String {
     let raw = request
         .uri()
         .host()
-        .map(str::to_string)
         .or_else(|| {
             request
                 .headers()
@@ -1302,9 +1435,9 @@ fn request_host<B>(request: &Request<B>) -> String {
                     Some((host, port))
                         if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
                     {
-                        host.to_string()
+                        host
                     }
-                    _ => h.to_string(),
+                    _ => h,
                 })
         })
         .unwrap_or_default();
@@ -1346,7 +1479,188 @@ pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
+/// A random request id: 32 lowercase hex digits.
 fn new_request_id() -> HeaderValue {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+    let mut hex = [0u8; 32];
+    for (index, digit) in hex.iter_mut().enumerate() {
+        *digit = DIGITS[((id >> (124 - 4 * index)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `prepare_headers` as it was before its fast paths: every hop-by-hop name looked up and
+    /// the forwarding headers formatted; the reference the fast version must equal.
+    fn prepare_headers_reference(
+        headers: &mut HeaderMap,
+        client: SocketAddr,
+        host: &str,
+        request_id: &HeaderValue,
+        upgrade: bool,
+        https: bool,
+    ) {
+        drop_hop_by_hop(headers, upgrade);
+        let ip = client.ip().to_string();
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+        let proto = if https { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST.clone(), value);
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    }
+
+    /// Headers drawn from those the forwarding code treats specially, and some others.
+    fn headers() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
+        let names = prop::sample::select(vec![
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "x-forwarded-for",
+            "host",
+            "x-custom",
+            "accept",
+        ]);
+        let values = prop::sample::select(vec![
+            "close",
+            "keep-alive",
+            "upgrade",
+            "Upgrade, x-custom",
+            "trailers",
+            "gzip, trailers",
+            "websocket",
+            "10.0.0.1",
+            "api.example.com",
+            "a\u{7f}b",
+        ]);
+        prop::collection::vec((names, values), 0..8)
+    }
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.append(*name, value);
+            }
+        }
+        headers
+    }
+
+    fn sorted(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    proptest! {
+        #[test]
+        fn prepare_headers_equals_the_reference(
+            pairs in headers(),
+            v6 in any::<bool>(),
+            octets in any::<[u8; 4]>(),
+            https in any::<bool>(),
+            host in prop::sample::select(vec!["api.example.com", "10.0.0.1", ""]),
+        ) {
+            let client = if v6 {
+                SocketAddr::from((std::net::Ipv6Addr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(octets[0])]), 1))
+            } else {
+                SocketAddr::from((octets, 1))
+            };
+            let upgrade = is_upgrade(&map(&pairs));
+            let request_id = new_request_id();
+            let (mut fast, mut reference) = (map(&pairs), map(&pairs));
+            prepare_headers(&mut fast, client, host, &request_id, upgrade, https);
+            prepare_headers_reference(&mut reference, client, host, &request_id, upgrade, https);
+            prop_assert_eq!(sorted(&fast), sorted(&reference));
+        }
+
+        #[test]
+        fn finish_response_drops_hop_by_hop_headers_but_trailer(pairs in headers()) {
+            let mut response = Response::new(Body::empty());
+            *response.headers_mut() = map(&pairs);
+            let mut expected = map(&pairs);
+            for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+                if *name != header::TRAILER {
+                    expected.remove(name);
+                }
+            }
+            let finished = finish_response(response, None, TaskTracker::new());
+            prop_assert_eq!(sorted(finished.headers()), sorted(&expected));
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut addresses: Vec<std::net::IpAddr> = [0u8, 7, 9, 10, 42, 99, 100, 199, 255]
+            .iter()
+            .map(|&o| std::net::IpAddr::from([o, 255 - o, 1, o]))
+            .collect();
+        addresses.push("::1".parse().unwrap());
+        addresses.push("::ffff:10.0.0.1".parse().unwrap());
+        addresses.push(
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                .parse()
+                .unwrap(),
+        );
+        for address in addresses {
+            let mut text = std::io::Cursor::new([0u8; 64]);
+            write_ip(&mut text, address);
+            let written = &text.get_ref()[..text.position() as usize];
+            assert_eq!(written, address.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn tried_members_spill_past_the_inline_ones_in_order() {
+        let mut tried = Tried::default();
+        assert!(tried.is_empty());
+        for index in 0..7 {
+            tried.push(index * 3);
+            assert_eq!(tried.len(), index + 1);
+            let expected: Vec<usize> = (0..=index).map(|i| i * 3).collect();
+            assert_eq!(tried.as_slice(), expected.as_slice());
+        }
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_the_request_target_or_takes_the_rewritten_path() {
+        let origin = Uri::from_static("/a/b?x=1");
+        assert_eq!(upstream_uri(&origin, None).unwrap(), "/a/b?x=1");
+        assert_eq!(upstream_uri(&origin, Some("/b")).unwrap(), "/b?x=1");
+        let absolute = Uri::from_static("http://h.example/a?y=2");
+        assert_eq!(upstream_uri(&absolute, None).unwrap(), "/a?y=2");
+        assert!(upstream_uri(&origin, Some("/bad path")).is_none());
+        assert!(upstream_uri(&Uri::from_static("*"), None).is_none());
+    }
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(id
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)));
+        assert_ne!(id, new_request_id());
+    }
 }

@@ -19,6 +19,7 @@ use crate::model::{
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, StatusCode};
 use regex::Regex;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -1094,8 +1095,10 @@ impl Route {
     }
 
     /// The path to forward for `path` (after prefix strip or rewrite).
-    pub fn upstream_path(&self, path: &str, params: &Params) -> String {
-        match &self.action {
+    ///
+    /// Borrowed exactly when the path is forwarded unchanged, so the request's own URI can be.
+    pub fn upstream_path<'p>(&self, path: &'p str, params: &Params) -> Cow<'p, str> {
+        Cow::Owned(match &self.action {
             Action::Proxy {
                 strip_prefix: true, ..
             }
@@ -1103,7 +1106,7 @@ impl Route {
                 strip_prefix: true, ..
             } => {
                 let Some(PathMatch::Prefix(prefix)) = &self.path else {
-                    return path.to_string();
+                    return Cow::Borrowed(path);
                 };
                 let rest = &path[prefix.trim_end_matches('/').len().min(path.len())..];
                 if rest.starts_with('/') {
@@ -1122,8 +1125,8 @@ impl Route {
                 }
                 out
             }
-            _ => path.to_string(),
-        }
+            _ => return Cow::Borrowed(path),
+        })
     }
 }
 

@@ -205,6 +205,7 @@ async fn relay(gateway: &Gateway, name: &str, mut client: TcpStream, mut peer: S
                 .await;
         match connect {
             Ok(Ok(mut server)) => {
+                endpoint.connected();
                 let _ = server.set_nodelay(true);
                 endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;

@@ -8,6 +8,7 @@
 use crate::balance::{Endpoint, HashOn, Members};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::model::{BreakerScope, UpstreamSpec};
+use crate::pool::{Http1Pool, SendError};
 use crate::route::DEFAULT_CONNECT_TIMEOUT;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use std::collections::BTreeMap;
@@ -36,6 +37,12 @@ pub type HttpClient = hyper_util::client::legacy::Client<Connector, axum::body::
 const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Idle pooled connections kept per member unless the group says otherwise.
 const POOL_MAX_IDLE: usize = 256;
+/// An idempotent request on an HTTP/1.1 connection idle this long is sent again on a new
+/// connection when the exchange breaks before an answer: servers close idle keep-alive
+/// connections after a timeout (nginx 75 s, Node.js 5 s), and one that closes as the request
+/// is written answers nothing. Busier connections are reused within microseconds and never
+/// pay for the copy this needs.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 /// Opens connections to members and counts them: connect time, connections opened, open now.
 #[derive(Clone, Debug)]
@@ -49,6 +56,20 @@ pub struct Connector {
 pub struct Counted {
     io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
     open: prometheus::IntGauge,
+}
+
+impl Counted {
+    /// Counts `io` as open in `open` until it is dropped.
+    pub(crate) fn new(
+        io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+        open: &prometheus::IntGauge,
+    ) -> Counted {
+        open.inc();
+        Counted {
+            io,
+            open: open.clone(),
+        }
+    }
 }
 
 impl Drop for Counted {
@@ -79,11 +100,7 @@ impl tower_service::Service<hyper::Uri> for Connector {
                 .connect_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.opened.inc();
-            metrics.open.inc();
-            Ok(Counted {
-                io,
-                open: metrics.open.clone(),
-            })
+            Ok(Counted::new(io, &metrics.open))
         })
     }
 }
@@ -134,30 +151,55 @@ impl Connection for Counted {
     }
 }
 
-fn http_client(
+/// How a group reaches its members.
+pub enum Transport {
+    /// HTTP/1.1: connections checked out by one request at a time and driven in its task.
+    Http1(Http1Pool),
+    /// HTTP/2 without TLS (`protocol = "h2c"`): hyper-util's pooled client, which multiplexes
+    /// requests over one connection per member. Boxed: it is much larger than the pool's handle.
+    H2c(Box<HttpClient>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Http1(pool) => pool.fmt(f),
+            Transport::H2c(_) => f.write_str("H2c"),
+        }
+    }
+}
+
+fn transport(
     spec: &UpstreamSpec,
     connect_timeout: Duration,
     metrics: UpstreamMetrics,
-) -> HttpClient {
+    tracker: &TaskTracker,
+) -> Transport {
+    let metrics = Arc::new(metrics);
+    let max_idle = spec.max_idle_per_member.unwrap_or(POOL_MAX_IDLE);
+    if spec.protocol != crate::model::Protocol::H2c {
+        let settings = crate::pool::Settings {
+            connect_timeout,
+            idle_timeout: POOL_IDLE,
+            max_idle_per_member: max_idle,
+            replay_after_idle: REPLAY_AFTER_IDLE,
+        };
+        return Transport::Http1(Http1Pool::new(settings, metrics, tracker.clone()));
+    }
     let mut inner = HttpConnector::new();
     inner.set_connect_timeout(Some(connect_timeout));
     inner.set_nodelay(true);
     inner.enforce_http(true);
-    let connector = Connector {
-        inner,
-        metrics: Arc::new(metrics),
-    };
+    let connector = Connector { inner, metrics };
     let mut builder =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
     builder
         .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(spec.max_idle_per_member.unwrap_or(POOL_MAX_IDLE))
+        .pool_max_idle_per_host(max_idle)
         .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new());
-    if spec.protocol == crate::model::Protocol::H2c {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_only(true);
+    Transport::H2c(Box::new(builder.build(connector)))
 }
 
 /// What counts as a failure for a circuit breaker.
@@ -233,8 +275,8 @@ pub struct Group {
     pub detector: Option<Detector>,
     /// Requests in flight at once, when limited.
     pub concurrency: Option<ConcurrencyLimit>,
-    /// The connection pool to its members, shared by every request.
-    pub client: HttpClient,
+    /// The connections to its members, shared by every request.
+    pub transport: Transport,
     /// As configured.
     pub spec: UpstreamSpec,
     /// What `ring_hash` hashes.
@@ -300,6 +342,42 @@ impl Group {
     pub fn retire(&self) {
         self.follower.cancel();
     }
+
+    /// Sends `request` (with an origin-form URI) to `member` (`HOST:PORT`) and returns the
+    /// answer once its head arrived. `replayable`: it has no body and may be sent twice;
+    /// `upgrade`: it asks to switch protocols.
+    ///
+    /// Cancel safety: dropping the future drops the request and closes the HTTP/1.1
+    /// connection it was using.
+    pub async fn send(
+        &self,
+        member: &str,
+        request: hyper::Request<axum::body::Body>,
+        replayable: bool,
+        upgrade: bool,
+    ) -> Result<hyper::Response<axum::body::Body>, SendError> {
+        match &self.transport {
+            // The rare cases boxed, so the common one's future stays small.
+            Transport::Http1(pool) if upgrade => Box::pin(pool.send_upgrade(member, request)).await,
+            Transport::Http1(pool) => pool.send(member, request, replayable).await,
+            Transport::H2c(client) => {
+                Box::pin(async move {
+                    let mut request = request;
+                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                    *request.uri_mut() = hyper::Uri::try_from(format!("http://{member}{path}"))
+                        .map_err(|error| SendError::Broken(Box::new(error)))?;
+                    match client.request(request).await {
+                        Ok(response) => Ok(response.map(axum::body::Body::new)),
+                        Err(error) if error.is_connect() => {
+                            Err(SendError::Connect(Box::new(error)))
+                        }
+                        Err(error) => Err(SendError::Broken(Box::new(error))),
+                    }
+                })
+                .await
+            }
+        }
+    }
 }
 
 /// Builds the groups of a new table, reusing `previous` groups whose spec did not change (so
@@ -338,7 +416,7 @@ pub fn build_groups(
                 .unwrap_or_else(|_| FailureOn::parse(&[]).expect("the default failure_on parses")),
             detector: spec.outlier_detection.clone().map(Detector::new),
             concurrency: spec.max_concurrent.map(ConcurrencyLimit::new),
-            client: http_client(spec, connect_timeout, upstream_metrics.clone()),
+            transport: transport(spec, connect_timeout, upstream_metrics.clone(), tracker),
             metrics: upstream_metrics,
             spec: spec.clone(),
             hash_on: spec.hash_on.as_deref().and_then(|h| HashOn::parse(h).ok()),
@@ -374,6 +452,9 @@ pub fn build_groups(
             _ => statics,
         };
         group.replace(keep, predecessor.is_none());
+        if let Transport::Http1(pool) = &group.transport {
+            tracker.spawn(pool.sweep(group.retired()));
+        }
         if group.detector.is_some() {
             tracker.spawn(sweep_outliers(group.clone(), metrics.clone()));
         }

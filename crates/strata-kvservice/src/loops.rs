@@ -132,6 +132,13 @@ pub fn refresh_metrics(service: &KvService) {
         .raft_is_leader
         .set(i64::from(m.current_leader == Some(service.id)));
     metrics::advance(&metrics.raft_log_fsyncs, service.log.fsync_count());
+    let transport = strata_raft::network::transport_stats();
+    metrics::advance(
+        &metrics.raft_append_streams_opened,
+        transport.streams_opened,
+    );
+    metrics::advance(&metrics.raft_appends_streamed, transport.streamed_appends);
+    metrics::advance(&metrics.raft_appends_posted, transport.posted_appends);
     metrics.raft_log_entries.set(service.log.len() as i64);
     let snapshots = service.sm.snapshot_stats();
     metrics.raft_snapshot_bytes.set(snapshots.bytes as i64);

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub forwards_abandoned: IntCounter,
     /// fsynced log transactions.
     pub raft_log_fsyncs: IntCounter,
+    /// Append streams opened to peers.
+    pub raft_append_streams_opened: IntCounter,
+    /// Appends sent to peers over a stream.
+    pub raft_appends_streamed: IntCounter,
+    /// Appends sent to peers as one POST each (peers of older builds).
+    pub raft_appends_posted: IntCounter,
     /// Entries in the unpurged log.
     pub raft_log_entries: IntGauge,
     /// Snapshots installed from a leader.
@@ -208,6 +214,21 @@ impl Metrics {
                 &registry,
                 "strata_raft_log_fsyncs_total",
                 "fsynced log transactions since start",
+            ),
+            raft_append_streams_opened: counter(
+                &registry,
+                "strata_raft_append_streams_opened_total",
+                "Connections opened to peers to stream appends over",
+            ),
+            raft_appends_streamed: counter(
+                &registry,
+                "strata_raft_appends_streamed_total",
+                "Appends (and heartbeats) sent to peers over an append stream",
+            ),
+            raft_appends_posted: counter(
+                &registry,
+                "strata_raft_appends_posted_total",
+                "Appends sent to peers as one POST each (peers without the stream route)",
             ),
             raft_log_entries: gauge(
                 &registry,

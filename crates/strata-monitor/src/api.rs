@@ -7,7 +7,7 @@
 //! parsed but could not run, 503 for a timeout).
 
 use crate::exposition::Metadata;
-use crate::ingest::{Ingest, REPLICA_HEADER};
+use crate::ingest::{Ingest, PEER_WRITE_PATH};
 use crate::model::{matcher, Labels, Queryable, Series};
 use crate::promql::{Engine, QueryError, Value};
 use crate::remote;
@@ -95,6 +95,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/monitor/flush", post(flush))
         .route("/v1/monitor/stats", get(stats))
         .route("/v1/monitor/ping", get(|| async { "monitor\n" }))
+        .with_state(state)
+}
+
+/// The routes other monitor nodes call on this node's peer listener.
+pub fn peer_router(state: ApiState) -> Router {
+    Router::new()
+        .route(PEER_WRITE_PATH, post(replica_write))
         .with_state(state)
 }
 
@@ -683,12 +690,38 @@ async fn http_sd(
 async fn write(
     State(s): State<ApiState>,
     Who(who): Who,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiFailure> {
     allow(&s, &who, Access::Write)?;
+    let batch = decode_write(&s, &body)?;
+    match s.ingest.write_durable("remote_write", batch).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        // 503: remote-write clients retry it; a retry never doubles a sample.
+        Err(message) => Err(ApiFailure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            message,
+        }),
+    }
+}
+
+/// A batch another monitor node ingested: stored here, not sent on.
+async fn replica_write(State(s): State<ApiState>, body: Bytes) -> Result<StatusCode, ApiFailure> {
+    let batch = decode_write(&s, &body)?;
+    let ingest = s.ingest.clone();
+    match tokio::task::spawn_blocking(move || ingest.write("replica", &batch)).await {
+        Ok(Ok(_)) => Ok(StatusCode::NO_CONTENT),
+        Ok(Err(e)) => Err(ApiFailure::internal(format!(
+            "cannot store the samples: {e}"
+        ))),
+        Err(e) => Err(ApiFailure::internal(e.to_string())),
+    }
+}
+
+/// Decodes a remote write body and records the metric metadata it carries.
+fn decode_write(s: &ApiState, body: &[u8]) -> Result<Vec<(Labels, i64, f64)>, ApiFailure> {
     let (batch, metadata) =
-        remote::decode(&body, s.max_request_bytes.max(32 << 20)).map_err(ApiFailure::bad_data)?;
+        remote::decode(body, s.max_request_bytes.max(32 << 20)).map_err(ApiFailure::bad_data)?;
     s.targets.add_metadata(metadata.into_iter().map(|m| {
         (
             m.metric_family_name.clone(),
@@ -699,26 +732,7 @@ async fn write(
             },
         )
     }));
-    if headers.contains_key(REPLICA_HEADER) {
-        let ingest = s.ingest.clone();
-        let written = tokio::task::spawn_blocking(move || ingest.write("replica", &batch)).await;
-        return match written {
-            Ok(Ok(_)) => Ok(StatusCode::NO_CONTENT),
-            Ok(Err(e)) => Err(ApiFailure::internal(format!(
-                "cannot store the samples: {e}"
-            ))),
-            Err(e) => Err(ApiFailure::internal(e.to_string())),
-        };
-    }
-    match s.ingest.write_durable("remote_write", batch).await {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
-        // 503: remote-write clients retry it; a retry never doubles a sample.
-        Err(message) => Err(ApiFailure {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            kind: "unavailable",
-            message,
-        }),
-    }
+    Ok(batch)
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! Replication is full: each monitor node keeps every sample, so any node answers any query
 //! from its own disk and losing a node loses nothing. The node that ingests a batch appends
-//! it to its store and sends it to each peer as a remote write marked as a replica (so it is
-//! not forwarded again):
+//! it to its store and sends it to each peer as a remote write body on the peer listener
+//! ([`PEER_WRITE_PATH`], reached only by members, so it needs no credentials even with
+//! access control on), where it is stored as a replica and not forwarded again:
 //! - A batch a client sent (remote write, OTLP) is acknowledged only once it is on this
 //!   node's disk and on at least one peer's ([`Ingest::write_durable`]), so a kill -9 of the
 //!   node that took it loses nothing acknowledged, anywhere.
@@ -30,8 +31,8 @@ use tokio_util::task::TaskTracker;
 
 /// Batches queued for one peer before the oldest are dropped.
 pub const QUEUE_BATCHES: usize = 4096;
-/// The header that marks a replicated write.
-pub const REPLICA_HEADER: &str = "strata-monitor-replica";
+/// Where a peer takes replicated batches, on its peer (raft) listener.
+pub const PEER_WRITE_PATH: &str = "/peer/monitor/write";
 
 struct Peer {
     addr: String,
@@ -45,9 +46,7 @@ pub struct Ingest {
     /// The local store.
     pub store: Arc<Store>,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
-    http: reqwest::Client,
-    scheme: &'static str,
-    token: Option<String>,
+    http: strata_component::PeerHttp,
     tracker: TaskTracker,
     cancel: CancellationToken,
     samples: IntCounterVec,
@@ -55,12 +54,11 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// The ingest path over `store`; peers are added with [`Ingest::set_peers`].
+    /// The ingest path over `store`; peers (by their peer addresses) are added with
+    /// [`Ingest::set_peers`] and called through `http`.
     pub fn new(
         store: Arc<Store>,
-        http: reqwest::Client,
-        scheme: &'static str,
-        token: Option<String>,
+        http: strata_component::PeerHttp,
         tracker: TaskTracker,
         cancel: CancellationToken,
         registry: &prometheus::Registry,
@@ -85,8 +83,6 @@ impl Ingest {
             store,
             peers: Mutex::new(HashMap::new()),
             http,
-            scheme,
-            token,
             tracker,
             cancel,
             samples,
@@ -166,19 +162,13 @@ impl Ingest {
 
     /// One replicated batch to one peer.
     async fn send(&self, addr: &str, body: &[u8]) -> Result<(), String> {
-        let url = format!("{}://{addr}/api/v1/write", self.scheme);
-        let mut request = self
+        let request = self
             .http
-            .post(&url)
+            .post(addr, PEER_WRITE_PATH)
             .header("content-encoding", "snappy")
             .header("content-type", "application/x-protobuf")
-            .header("x-prometheus-remote-write-version", "0.1.0")
-            .header(REPLICA_HEADER, "1")
             .timeout(Duration::from_secs(5))
             .body(body.to_vec());
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
         match request.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(r.status().to_string()),
@@ -232,7 +222,7 @@ impl Ingest {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Replaces the peer set (node id to API address), starting and stopping senders.
+    /// Replaces the peer set (node id to peer address), starting and stopping senders.
     pub fn set_peers(self: &Arc<Self>, wanted: &BTreeMap<u64, String>) {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers.retain(|id, peer| {

@@ -176,9 +176,7 @@ impl Component for MonitorComponent {
             let ingest = Arc::new(
                 ingest::Ingest::new(
                     store.clone(),
-                    http.clone(),
-                    scheme,
-                    None,
+                    ctx.peers.clone(),
                     ctx.tracker.clone(),
                     ctx.cancel.clone(),
                     &ctx.metrics,
@@ -292,6 +290,7 @@ impl Component for MonitorComponent {
                 max_request_bytes: ctx.max_request_bytes,
             });
             Ok(Started {
+                peer_routes: Some(api::peer_router(state.clone())),
                 api_routes: Some(api::router(state).merge(trace_routes).merge(otlp_routes)),
             })
         })

@@ -1937,9 +1937,7 @@ mod tests {
         .unwrap();
         let ingest = Ingest::new(
             Arc::new(store),
-            strata_tls::http_client_builder().build().unwrap(),
-            "http",
-            None,
+            strata_component::PeerHttp::plain(),
             tokio_util::task::TaskTracker::new(),
             tokio_util::sync::CancellationToken::new(),
             &prometheus::Registry::new(),

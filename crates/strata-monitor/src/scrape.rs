@@ -444,7 +444,7 @@ pub async fn run(
         let peers: BTreeMap<u64, String> = members
             .iter()
             .filter(|m| m.id != me && nodes.contains(&m.id))
-            .map(|m| (m.id, m.api_addr.clone()))
+            .map(|m| (m.id, m.raft_addr.clone()))
             .collect();
         ingest.set_peers(&peers);
         let mut discovered = discover(&*kv, &settings.statics).await;

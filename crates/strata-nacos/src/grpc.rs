@@ -18,22 +18,48 @@
 //! `ConfigChangeNotifyRequest` or `NotifySubscriberRequest` on the bi-stream. The push queue
 //! is bounded; a client that does not read its stream loses pushes (counted), and catches up
 //! on its next listen or query.
+//!
+//! # Instances
+//! `InstanceRequest` and `BatchInstanceRequest` register ephemeral instances owned by the
+//! connection, whatever the instance's `ephemeral` field says (as Nacos 2.x's
+//! `InstanceRequestHandler` does); `PersistentInstanceRequest` registers persistent ones,
+//! which belong to no connection and stay until deregistered. As in Nacos, a service is
+//! either ephemeral or persistent: registering one kind into a service that has instances of
+//! the other (registered through Nacos, in that group) is refused.
+//!
+//! # Client detection
+//! A connection that has sent nothing for [`DETECT_AFTER`] (clients send health checks every
+//! few seconds, so only a stuck client does) gets a `ClientDetectionRequest`; without any
+//! message from it within [`DETECT_WAIT`] it is closed as its stream ending would close it.
+//!
+//! # Shutdown
+//! When the component stops, the node first withdraws its record from the cluster's Nacos
+//! servers ([`crate::servers`]) and pushes `ConnectResetRequest` to every connection, naming
+//! another live node (round robin over them) or none (the client then picks from its own
+//! list), as Nacos's `expelAll` does at shutdown. New connections are refused meanwhile
+//! (`ServerCheckRequest` answers `ErrorResponse`; a setup gets a `ConnectResetRequest` and its
+//! stream ends) and health checks fail, so that a client which ignores the reset moves on its
+//! next health check. The listener stops once every client has gone or after [`DRAIN_WAIT`]
+//! (Nacos waits 2 s). Ephemeral instances of connections closed by the shutdown stay on
+//! their leases: their clients register them again where they reconnect.
 
 use crate::grpc_metrics::GrpcMetrics;
 use crate::grpc_wire::{self as wire, pb, Incoming};
+use crate::servers::Servers;
 use crate::NacosState;
 use futures::Stream;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_api::config::{ClientIdentity, ConfigKey, ConfigType, Publish};
-use strata_api::registry::{InstanceRef, Query};
+use strata_api::registry::{Instance, InstanceRef, Query, RegistryKey};
 use strata_auth::{Access, Caller, Kind, Names};
 use strata_proto::error::{ApiError, ErrorCode};
+use strata_store::KvApi;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -54,10 +80,37 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of each registry call made when a connection goes.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a stopping node waits for its clients to move after `ConnectResetRequest` (Nacos
+/// sleeps 2 s in `BaseRpcServer.stopServer`).
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// How long a connection may stay silent before it gets a `ClientDetectionRequest` (Nacos's
+/// `KEEP_ALIVE_TIME`).
+const DETECT_AFTER: Duration = Duration::from_secs(20);
+/// How long a detected connection has to answer (Nacos's detection timeout).
+const DETECT_WAIT: Duration = Duration::from_secs(5);
+/// Nacos's page size when a `ServiceListRequest` names none.
+const DEFAULT_PAGE_SIZE: i64 = 10;
 
 /// The id a connection from `remote` gets, as Nacos spells them (`IP_PORT`).
 fn connection_id(remote: SocketAddr) -> String {
     format!("{}_{}", remote.ip(), remote.port())
+}
+
+/// Page `page_no` (from 1) of `page_size` names, as Nacos's `ServiceUtil.pageServiceName`
+/// pages: a page number below 1 is the first page; a page past the end, or of no size, is
+/// empty.
+fn page_of(names: &[String], page_no: i64, page_size: i64) -> &[String] {
+    if page_size <= 0 {
+        return &[];
+    }
+    let start = page_no.saturating_sub(1).saturating_mul(page_size).max(0);
+    let start = usize::try_from(start).unwrap_or(usize::MAX);
+    if start >= names.len() {
+        return &[];
+    }
+    let size = usize::try_from(page_size).unwrap_or(usize::MAX);
+    let end = start.saturating_add(size).min(names.len());
+    &names[start..end]
 }
 
 /// A failed request: a Nacos `errorCode` and a message.
@@ -101,6 +154,13 @@ pub struct Connection {
     next_push_id: AtomicU64,
     /// What the connection owns. A std mutex: held briefly, never across `.await`.
     owned: Mutex<Owned>,
+    /// When the connection was set up; [`Connection::last_active_ms`] counts from it.
+    born: tokio::time::Instant,
+    /// Milliseconds after `born` of the client's last message (a request or a stream
+    /// message), for client detection.
+    last_active_ms: AtomicU64,
+    /// Set when client detection found the client unresponsive (why the connection went).
+    unresponsive: AtomicBool,
 }
 
 /// What a connection owns, given up when it goes.
@@ -115,6 +175,50 @@ struct Owned {
 }
 
 impl Connection {
+    /// A connection of `remote` set up with `tenant` and `labels`, pushing on `push`, ended
+    /// by `cancel`.
+    fn new(
+        remote: SocketAddr,
+        tenant: String,
+        labels: BTreeMap<String, String>,
+        push: mpsc::Sender<pb::Payload>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Connection {
+            id: connection_id(remote),
+            tenant,
+            labels,
+            remote,
+            push,
+            cancel,
+            listen_changed: Notify::new(),
+            next_push_id: AtomicU64::new(1),
+            owned: Mutex::new(Owned::default()),
+            born: tokio::time::Instant::now(),
+            last_active_ms: AtomicU64::new(0),
+            unresponsive: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that the client just sent something.
+    fn touch(&self) {
+        let now = self.born.elapsed().as_millis();
+        self.last_active_ms
+            .fetch_max(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Milliseconds after set-up of the client's last message.
+    fn last_active(&self) -> u64 {
+        self.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// How long the client has been silent.
+    fn idle(&self) -> Duration {
+        self.born
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_active()))
+    }
+
     /// The identity the config center serves gray releases by.
     fn client(&self) -> ClientIdentity {
         ClientIdentity {
@@ -157,6 +261,10 @@ struct Connections {
     by_remote: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
     /// Wakes requests waiting for their connection's setup.
     registered: Notify,
+    /// Wakes the shutdown waiting for the clients to go.
+    removed: Notify,
+    /// Set when the node stops: clients are being sent elsewhere and new ones refused.
+    draining: AtomicBool,
 }
 
 impl Connections {
@@ -168,6 +276,28 @@ impl Connections {
 
     fn get(&self, remote: SocketAddr) -> Option<Arc<Connection>> {
         self.map().get(&remote).cloned()
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is left, or `deadline`; returns how many are left.
+    ///
+    /// Cancel safety: holds nothing; dropping it only stops the wait.
+    async fn wait_empty(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let notified = self.removed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let left = self.map().len();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.map().len();
+            }
+        }
     }
 
     /// The connection of `remote`, waiting up to [`SETUP_WAIT`] for its setup.
@@ -192,34 +322,54 @@ impl Connections {
 /// The Nacos gRPC services.
 #[derive(Clone)]
 pub struct GrpcApi {
-    /// The config center, registry and access control, shared with the HTTP API.
+    /// The config center, registry and access control, shared with the HTTP API. Its
+    /// `cancel` starts the shutdown ([`GrpcApi::drain_at_shutdown`]).
     nacos: NacosState,
+    /// The replicated store, for the registry's service list.
+    kv: Arc<dyn KvApi>,
+    /// The cluster's Nacos servers: where clients go when this node stops.
+    servers: Arc<Servers>,
     /// Live connections.
     connections: Arc<Connections>,
     /// Metrics.
     metrics: GrpcMetrics,
     /// Tracks the connections' tasks.
     tracker: TaskTracker,
+    /// Stops the listener and ends every stream; cancelled by the shutdown once the clients
+    /// have gone (or were given [`DRAIN_WAIT`]).
+    stop: CancellationToken,
 }
 
 impl GrpcApi {
-    /// The services over `nacos`, counting in `metrics`, their tasks on `tracker`.
-    pub fn new(nacos: NacosState, metrics: GrpcMetrics, tracker: TaskTracker) -> Self {
+    /// The services over `nacos` and `kv`, sending clients to `servers` when stopping,
+    /// counting in `metrics`, their tasks on `tracker`.
+    pub fn new(
+        nacos: NacosState,
+        kv: Arc<dyn KvApi>,
+        servers: Arc<Servers>,
+        metrics: GrpcMetrics,
+        tracker: TaskTracker,
+    ) -> Self {
         GrpcApi {
             nacos,
+            kv,
+            servers,
             connections: Arc::new(Connections::default()),
             metrics,
             tracker,
+            // Not a child of `nacos.cancel`: the listener outlives it by the drain, and
+            // `drain_at_shutdown` (a tracked task of the same component) always cancels it.
+            stop: CancellationToken::new(),
         }
     }
 
-    /// Serves both services on `listener` until `nacos.cancel` is cancelled.
+    /// Serves both services on `listener` until the shutdown has drained the clients.
     pub async fn serve(
         self,
         listener: TcpListener,
         max_message_bytes: usize,
     ) -> Result<(), tonic::transport::Error> {
-        let stop = self.nacos.cancel.clone();
+        let stop = self.stop.clone();
         let unary = pb::request_server::RequestServer::new(self.clone())
             .max_decoding_message_size(max_message_bytes);
         let stream = pb::bi_request_stream_server::BiRequestStreamServer::new(self)
@@ -272,15 +422,28 @@ impl GrpcApi {
             "ServerCheckRequest" => Ok(json!({
                 "connectionId": remote.map(connection_id).unwrap_or_default(),
             })),
-            "HealthCheckRequest" => self.connection(remote).await.map(|_| json!({})),
+            "HealthCheckRequest" => {
+                self.connection(remote).await?;
+                if self.connections.draining() {
+                    // A client that ignored `ConnectResetRequest` reconnects elsewhere on a
+                    // failed health check (nacos-sdk-python 2.0.11 does).
+                    return Err(Failure(
+                        wire::ERROR_SERVER,
+                        "this server is shutting down".into(),
+                    ));
+                }
+                Ok(json!({}))
+            }
             "ConfigQueryRequest" => self.config_query(remote, request).await,
             "ConfigPublishRequest" => self.config_publish(remote, request).await,
             "ConfigRemoveRequest" => self.config_remove(remote, request).await,
             "ConfigBatchListenRequest" => self.config_listen(remote, request).await,
             "InstanceRequest" => self.instance(remote, request).await,
+            "PersistentInstanceRequest" => self.persistent_instance(remote, request).await,
             "BatchInstanceRequest" => self.batch_instance(remote, request).await,
             "ServiceQueryRequest" => self.service_query(remote, request).await,
             "SubscribeServiceRequest" => self.subscribe(remote, request).await,
+            "ServiceListRequest" => self.service_list(remote, request).await,
             other => Err(Failure(
                 wire::ERROR_NO_HANDLER,
                 format!("RequestHandler Not Found: {other}"),
@@ -519,14 +682,14 @@ impl GrpcApi {
         Ok(service)
     }
 
-    /// Registers one Nacos instance object of service `(namespace, group, name)` as an
-    /// ephemeral instance of `connection`.
-    async fn register(
-        &self,
-        connection: &Connection,
+    /// The registry registration of one Nacos instance object of service
+    /// `(namespace, group, name)`: its reference and the registration, ephemeral (on a lease)
+    /// or persistent.
+    fn registration(
         (namespace, group, name): &(String, String, String),
         instance: &Value,
-    ) -> Result<InstanceRef, Failure> {
+        ephemeral: bool,
+    ) -> Result<(InstanceRef, strata_api::registry::Registration), Failure> {
         let ip = instance
             .get("ip")
             .and_then(Value::as_str)
@@ -567,22 +730,112 @@ impl GrpcApi {
                 .get("enabled")
                 .and_then(Value::as_bool)
                 .unwrap_or(true),
-            true,
+            ephemeral,
         );
+        Ok((InstanceRef::new(namespace, name, &id), registration))
+    }
+
+    /// The reference of the instance object `instance` of `service` names (its `ip` and
+    /// `port`; missing ones make a reference nothing has).
+    fn reference_of(
+        (namespace, group, name): &(String, String, String),
+        instance: &Value,
+    ) -> InstanceRef {
+        let ip = instance
+            .get("ip")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let port = instance
+            .get("port")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
+        let id = crate::instance_id(ip, &port.to_string(), group);
+        InstanceRef::new(namespace, name, &id)
+    }
+
+    /// The instances of `service` registered through Nacos in its group.
+    async fn nacos_instances(
+        &self,
+        (namespace, group, name): &(String, String, String),
+    ) -> Result<Vec<Arc<Instance>>, Failure> {
+        let result = self
+            .nacos
+            .registry
+            .query(
+                name,
+                &Query {
+                    namespace: Some(namespace.clone()),
+                    ..Query::default()
+                },
+            )
+            .await;
+        match result {
+            Ok(r) => Ok(r
+                .instances
+                .into_iter()
+                .filter(|i| i.meta.get("nacos.group") == Some(group))
+                .collect()),
+            Err(e) if e.code == ErrorCode::BadRequest => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Refuses to add an instance of kind `ephemeral` to `service` when the service has
+    /// instances of the other kind, with Nacos's words (`EphemeralClientOperationServiceImpl`:
+    /// "Current service %s is persistent service, can't register ephemeral instance.", and
+    /// `PersistentClientOperationServiceImpl` the other way round). `what` is "register" or
+    /// "batch register". Re-registering the same instance as the other kind is refused too.
+    async fn refuse_mixed(
+        &self,
+        service: &(String, String, String),
+        ephemeral: bool,
+        what: &str,
+    ) -> Result<(), Failure> {
+        let existing = self.nacos_instances(service).await?;
+        if existing.iter().all(|i| i.ephemeral == ephemeral) {
+            return Ok(());
+        }
+        let (kind, wanted) = if ephemeral {
+            ("persistent", "ephemeral")
+        } else {
+            ("ephemeral", "persistent")
+        };
+        Err(Failure(
+            wire::ERROR_BAD_REQUEST,
+            format!(
+                "Current service {}@@{} is {kind} service, can't {what} {wanted} instance.",
+                service.1, service.2
+            ),
+        ))
+    }
+
+    /// Registers one Nacos instance object of service `(namespace, group, name)` as an
+    /// ephemeral instance of `connection`.
+    async fn register(
+        &self,
+        connection: &Connection,
+        service: &(String, String, String),
+        instance: &Value,
+    ) -> Result<InstanceRef, Failure> {
+        let (reference, registration) = Self::registration(service, instance, true)?;
         self.nacos.registry.register(registration, true).await?;
-        let reference = InstanceRef::new(namespace, name, &id);
         connection.owned().instances.insert(reference.clone());
-        tracing::info!(connection = %connection.id, instance = %id, service = %name, "registered an ephemeral instance");
+        tracing::info!(connection = %connection.id, instance = %reference.id, service = %service.2, "registered an ephemeral instance");
         Ok(reference)
     }
 
-    /// Deregisters instance `reference` and forgets it on `connection`.
+    /// Deregisters instance `reference` and forgets it on `connection`. A persistent
+    /// instance is left alone: Nacos's ephemeral operations never touch one.
     async fn deregister(
         &self,
         connection: &Connection,
         reference: &InstanceRef,
     ) -> Result<(), Failure> {
         connection.owned().instances.remove(reference);
+        if self.stored_kind(reference).await? == Some(false) {
+            tracing::debug!(connection = %connection.id, instance = %reference.id, "an ephemeral deregistration left a persistent instance alone");
+            return Ok(());
+        }
         match self.nacos.registry.deregister(reference).await {
             Ok(_) => Ok(()),
             Err(e) if e.code == ErrorCode::NotFound => Ok(()),
@@ -590,6 +843,37 @@ impl GrpcApi {
         }
     }
 
+    /// Whether instance `reference` is registered ephemeral (`Some(true)`), persistent
+    /// (`Some(false)`) or not at all (`None`).
+    async fn stored_kind(&self, reference: &InstanceRef) -> Result<Option<bool>, Failure> {
+        let result = self
+            .nacos
+            .registry
+            .query(
+                &reference.service,
+                &Query {
+                    namespace: Some(reference.namespace.clone()),
+                    ..Query::default()
+                },
+            )
+            .await;
+        match result {
+            Ok(r) => Ok(r
+                .instances
+                .iter()
+                .find(|i| i.id == reference.id)
+                .map(|i| i.ephemeral)),
+            Err(e) if e.code == ErrorCode::BadRequest => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `InstanceRequest`: registers or deregisters an ephemeral instance of the connection.
+    /// As Nacos 2.x's `InstanceRequestHandler` (which builds the service with
+    /// `Service.newService(namespace, group, name, true)` and hands the instance to the
+    /// ephemeral client operations), the instance's own `ephemeral` field is not read: even
+    /// `ephemeral=false` registers an ephemeral instance that goes with the connection.
+    /// Persistent instances travel in `PersistentInstanceRequest`.
     async fn instance(&self, remote: Option<SocketAddr>, request: &Incoming) -> Answer {
         let service = self.authorized_service(remote, request, Access::Write)?;
         let connection = self.connection(remote).await?;
@@ -597,25 +881,54 @@ impl GrpcApi {
         let kind = request.text("type");
         match kind.as_str() {
             "registerInstance" => {
+                self.refuse_mixed(&service, true, "register").await?;
                 self.register(&connection, &service, &instance).await?;
             }
             "deregisterInstance" => {
-                let ip = instance
-                    .get("ip")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let port = instance
-                    .get("port")
-                    .and_then(Value::as_u64)
-                    .unwrap_or_default();
-                let id = crate::instance_id(ip, &port.to_string(), &service.1);
-                let reference = InstanceRef::new(&service.0, &service.2, &id);
+                let reference = Self::reference_of(&service, &instance);
                 self.deregister(&connection, &reference).await?;
             }
             other => {
                 return Err(Failure(
                     wire::ERROR_BAD_REQUEST,
                     format!("unknown InstanceRequest type {other:?}"),
+                ))
+            }
+        }
+        Ok(json!({"type": kind}))
+    }
+
+    /// `PersistentInstanceRequest`: registers or deregisters a persistent instance, stored
+    /// as the HTTP open API stores one (no lease, owned by no connection: it outlives the
+    /// connection and the client). Deregistering an ephemeral instance this way does
+    /// nothing, as in Nacos (the persistent client never had it).
+    async fn persistent_instance(&self, remote: Option<SocketAddr>, request: &Incoming) -> Answer {
+        let service = self.authorized_service(remote, request, Access::Write)?;
+        let connection = self.connection(remote).await?;
+        let instance = request.body.get("instance").cloned().unwrap_or(Value::Null);
+        let kind = request.text("type");
+        match kind.as_str() {
+            "registerInstance" => {
+                let (reference, registration) = Self::registration(&service, &instance, false)?;
+                self.refuse_mixed(&service, false, "register").await?;
+                self.nacos.registry.register(registration, true).await?;
+                tracing::info!(connection = %connection.id, instance = %reference.id, service = %service.2, "registered a persistent instance");
+            }
+            "deregisterInstance" => {
+                let reference = Self::reference_of(&service, &instance);
+                if self.stored_kind(&reference).await? == Some(false) {
+                    match self.nacos.registry.deregister(&reference).await {
+                        Ok(_) => {}
+                        Err(e) if e.code == ErrorCode::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    tracing::info!(connection = %connection.id, instance = %reference.id, service = %service.2, "deregistered a persistent instance");
+                }
+            }
+            other => {
+                return Err(Failure(
+                    wire::ERROR_BAD_REQUEST,
+                    format!("unknown PersistentInstanceRequest type {other:?}"),
                 ))
             }
         }
@@ -640,6 +953,7 @@ impl GrpcApi {
                 "instances is required".into(),
             ));
         };
+        self.refuse_mixed(&service, true, "batch register").await?;
         let mut kept = BTreeSet::new();
         for instance in instances {
             kept.insert(self.register(&connection, &service, instance).await?);
@@ -656,6 +970,74 @@ impl GrpcApi {
             self.deregister(&connection, &reference).await?;
         }
         Ok(json!({"type": kind}))
+    }
+
+    /// `ServiceListRequest`: a page of the names of the services of a namespace and group,
+    /// and how many there are, as Nacos's `ServiceListRequestHandler` answers (names without
+    /// the `GROUP@@` prefix, `pageNo` from 1; the `selector` is ignored, as Nacos's own
+    /// handler ignores it). A service is listed while it has instances in the group:
+    /// registered through Nacos in it, or, in `DEFAULT_GROUP`, registered without a Nacos
+    /// group (the native API). Names are sorted, so pages do not overlap. Services the
+    /// caller may not read are left out, as the registry's own list does.
+    async fn service_list(&self, remote: Option<SocketAddr>, request: &Incoming) -> Answer {
+        let who = self.caller(remote, request)?;
+        self.connection(remote).await?;
+        let namespace = Some(request.text("namespace"))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| strata_api::registry::DEFAULT_NAMESPACE.to_string());
+        let group = Some(request.text("groupName"))
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| "DEFAULT_GROUP".to_string());
+        let page_no = request.integer("pageNo", 1);
+        let page_size = request.integer("pageSize", DEFAULT_PAGE_SIZE);
+        let mut names = self.service_names(&namespace, &group).await?;
+        if who.enforced() {
+            names.retain(|name| {
+                self.allow(
+                    &who,
+                    Kind::Registry,
+                    Access::Read,
+                    format!("{namespace}/{name}"),
+                )
+                .is_ok()
+            });
+        }
+        let page = page_of(&names, page_no, page_size);
+        Ok(json!({"count": names.len(), "serviceNames": page}))
+    }
+
+    /// The services of `namespace` with instances in Nacos group `group`, sorted (read from
+    /// this node's copy of the registry, as the registry's own reads are).
+    async fn service_names(&self, namespace: &str, group: &str) -> Result<Vec<String>, Failure> {
+        let response = self
+            .kv
+            .range(strata_proto::kv::RangeRequest {
+                key: strata_api::registry::instances_prefix(Some(namespace), None).into_bytes(),
+                prefix: true,
+                serializable: true,
+                ..Default::default()
+            })
+            .await?;
+        let mut names = BTreeSet::new();
+        for entry in response.kvs {
+            let Some(RegistryKey::Instance(reference)) = RegistryKey::parse(&entry.key) else {
+                continue;
+            };
+            if reference.namespace != namespace || names.contains(&reference.service) {
+                continue;
+            }
+            let Ok(instance) = serde_json::from_slice::<Instance>(&entry.value) else {
+                continue;
+            };
+            let in_group = match instance.meta.get("nacos.group") {
+                Some(g) => g == group,
+                None => group == "DEFAULT_GROUP",
+            };
+            if in_group {
+                names.insert(reference.service);
+            }
+        }
+        Ok(names.into_iter().collect())
     }
 
     /// The Nacos `ServiceInfo` of a service and the registry index it reflects.
@@ -789,17 +1171,13 @@ impl GrpcApi {
                     .collect()
             })
             .unwrap_or_default();
-        let connection = Arc::new(Connection {
-            id: connection_id(remote),
-            tenant: setup.text("tenant"),
-            labels,
+        let connection = Arc::new(Connection::new(
             remote,
+            setup.text("tenant"),
+            labels,
             push,
             cancel,
-            listen_changed: Notify::new(),
-            next_push_id: AtomicU64::new(1),
-            owned: Mutex::new(Owned::default()),
-        });
+        ));
         let replaced = self
             .connections
             .map()
@@ -818,6 +1196,15 @@ impl GrpcApi {
         let renewer = Arc::clone(&connection);
         self.tracker
             .spawn(async move { api.renew_instances(renewer).await });
+        let metrics = self.metrics.clone();
+        let detected = Arc::clone(&connection);
+        self.tracker.spawn(async move {
+            if detect_unresponsive(&detected, &metrics).await {
+                tracing::info!(connection = %detected.id, "closing a Nacos gRPC connection that did not answer ClientDetectionRequest");
+                detected.unresponsive.store(true, Ordering::Release);
+                detected.cancel.cancel();
+            }
+        });
         connection
     }
 
@@ -833,7 +1220,16 @@ impl GrpcApi {
                 map.remove(&connection.remote);
             }
         }
+        self.connections.removed.notify_waiters();
         self.metrics.connections.dec();
+        let reason = if self.nacos.cancel.is_cancelled() {
+            "shutdown"
+        } else if connection.unresponsive.load(Ordering::Acquire) {
+            "unresponsive"
+        } else {
+            "client"
+        };
+        self.metrics.closed.with_label_values(&[reason]).inc();
         let instances: Vec<InstanceRef> = std::mem::take(&mut connection.owned().instances)
             .into_iter()
             .collect();
@@ -858,6 +1254,72 @@ impl GrpcApi {
             }
         }
         tracing::info!(connection = %connection.id, instances = instances.len(), "Nacos gRPC connection closed");
+    }
+
+    /// The `ConnectResetRequest` fields sending a client to `target` (`serverIp` and
+    /// `serverPort`), or empty ones, which leave the choice to the client's own server list.
+    fn reset_fields(target: Option<&crate::servers::ServerRecord>) -> Value {
+        match target.and_then(crate::servers::ServerRecord::redirect) {
+            Some((ip, port)) => json!({"serverIp": ip, "serverPort": port.to_string()}),
+            None => json!({"serverIp": "", "serverPort": ""}),
+        }
+    }
+
+    /// Answers a setup that arrives while this node stops: a `ConnectResetRequest` naming
+    /// another node, as for the connections that were there.
+    async fn refuse_while_draining(&self, remote: SocketAddr, push: &mpsc::Sender<pb::Payload>) {
+        let others = self.servers.others().await;
+        let fields = Self::reset_fields(others.first().map(|(_, record)| record));
+        let outcome =
+            match push.try_send(wire::push("ConnectResetRequest", "1", "internal", fields)) {
+                Ok(()) => "sent",
+                Err(_) => "dropped",
+            };
+        self.metrics
+            .pushes
+            .with_label_values(&["ConnectResetRequest", outcome])
+            .inc();
+        self.metrics.closed.with_label_values(&["refused"]).inc();
+        tracing::info!(remote = %remote, "refused a Nacos gRPC connection set up while this node stops; told it to reconnect elsewhere");
+    }
+
+    /// Waits for the component to stop, then sends every client elsewhere: withdraws this
+    /// node from the cluster's Nacos servers, pushes `ConnectResetRequest` to each
+    /// connection (naming the other live nodes in turn), waits until the clients have gone or
+    /// [`DRAIN_WAIT`] passed, and stops the listener.
+    pub async fn drain_at_shutdown(self) {
+        self.nacos.cancel.cancelled().await;
+        self.connections.draining.store(true, Ordering::Release);
+        let started = tokio::time::Instant::now();
+        let connections: Vec<Arc<Connection>> = self.connections.map().values().cloned().collect();
+        let others = if connections.is_empty() {
+            self.servers.withdraw().await;
+            Vec::new()
+        } else {
+            let ((), others) = tokio::join!(self.servers.withdraw(), self.servers.others());
+            others
+        };
+        if connections.is_empty() {
+            self.stop.cancel();
+            return;
+        }
+        for (n, connection) in connections.iter().enumerate() {
+            let target = others
+                .get(n % others.len().max(1))
+                .map(|(_, record)| record);
+            let fields = Self::reset_fields(target);
+            connection.send_push(&self.metrics, "ConnectResetRequest", "internal", fields);
+        }
+        let targets: Vec<String> = others.iter().map(|(_, r)| r.grpc.clone()).collect();
+        tracing::info!(connections = connections.len(), targets = ?targets, "this node stops: asked its Nacos gRPC clients to reconnect elsewhere");
+        let left = self.connections.wait_empty(started + DRAIN_WAIT).await;
+        tracing::info!(
+            moved = connections.len().saturating_sub(left),
+            left,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "stopping the Nacos gRPC listener"
+        );
+        self.stop.cancel();
     }
 
     /// Pushes `ConfigChangeNotifyRequest` for each listened config that changes, until the
@@ -929,11 +1391,20 @@ impl GrpcApi {
         push: mpsc::Sender<pb::Payload>,
     ) {
         let mut connection: Option<Arc<Connection>> = None;
-        let cancel = self.nacos.cancel.child_token();
+        let cancel = self.stop.child_token();
         loop {
+            // The connection closed by this node (client detection, or a newer setup of the
+            // same client): its stream ends here.
+            let closed = async {
+                match &connection {
+                    Some(connection) => connection.cancel.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
             let message = tokio::select! {
                 message = inbound.message() => message,
                 () = cancel.cancelled() => break,
+                () = closed => break,
             };
             let payload = match message {
                 Ok(Some(payload)) => payload,
@@ -950,9 +1421,18 @@ impl GrpcApi {
                     continue;
                 }
             };
+            if let Some(connection) = &connection {
+                connection.touch();
+            }
             if incoming.kind == "ConnectionSetupRequest" {
                 if let Some(old) = connection.take() {
                     self.tear_down(&old).await;
+                }
+                if self.connections.draining() {
+                    // As Nacos refuses a connection while it stops: told to go elsewhere,
+                    // and its stream ends.
+                    self.refuse_while_draining(remote, &push).await;
+                    break;
                 }
                 connection =
                     Some(self.set_up(remote, &incoming, push.clone(), cancel.child_token()));
@@ -998,6 +1478,23 @@ impl pb::request_server::Request for GrpcApi {
         };
         let kind = wire::response_kind(&incoming.kind);
         let request_id = incoming.request_id();
+        if let Some(connection) = remote.and_then(|r| self.connections.get(r)) {
+            connection.touch();
+        }
+        if incoming.kind == "ServerCheckRequest" && self.connections.draining() {
+            // Not a `ServerCheckResponse`: Nacos clients then try their next server at once.
+            self.metrics
+                .requests
+                .with_label_values(&["ServerCheckRequest", "error"])
+                .inc();
+            tracing::debug!(remote = ?remote, "refused a Nacos gRPC server check: this node stops");
+            return Ok(tonic::Response::new(wire::failure(
+                "ErrorResponse",
+                &request_id,
+                wire::ERROR_SERVER,
+                "this server is shutting down",
+            )));
+        }
         let answer = self.dispatch(remote, &incoming).await;
         let type_label = if kind == "ErrorResponse" {
             "unknown"
@@ -1025,6 +1522,33 @@ impl pb::request_server::Request for GrpcApi {
             .request_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(tonic::Response::new(reply))
+    }
+}
+
+/// Waits until `connection` has been silent for [`DETECT_AFTER`], then pushes it a
+/// `ClientDetectionRequest`; returns true when nothing came from the client within
+/// [`DETECT_WAIT`] after that, false when the connection went first.
+///
+/// Cancel safety: holds nothing; dropping it only stops the detection.
+async fn detect_unresponsive(connection: &Connection, metrics: &GrpcMetrics) -> bool {
+    loop {
+        let idle = connection.idle();
+        if idle < DETECT_AFTER {
+            tokio::select! {
+                () = tokio::time::sleep(DETECT_AFTER - idle) => {}
+                () = connection.cancel.cancelled() => return false,
+            }
+            continue;
+        }
+        let before = connection.last_active();
+        connection.send_push(metrics, "ClientDetectionRequest", "internal", json!({}));
+        tokio::select! {
+            () = tokio::time::sleep(DETECT_WAIT) => {}
+            () = connection.cancel.cancelled() => return false,
+        }
+        if connection.last_active() == before {
+            return true;
+        }
     }
 }
 
@@ -1113,6 +1637,101 @@ mod tests {
         // A non-string dataId reads as absent, never as a panic.
         let wrong = GrpcApi::config_key(&request("ConfigQueryRequest", json!({"dataId": 7})));
         assert!(matches!(wrong, Err(Failure(wire::ERROR_BAD_REQUEST, _))));
+    }
+
+    #[test]
+    fn pages_are_cut_as_nacos_cuts_them() {
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        assert_eq!(page_of(&names, 1, 2), ["a", "b"]);
+        assert_eq!(page_of(&names, 3, 2), ["e"]);
+        assert!(page_of(&names, 4, 2).is_empty());
+        // Below page 1 is page 1; no size is no page; nothing overflows.
+        assert_eq!(page_of(&names, 0, 2), ["a", "b"]);
+        assert_eq!(page_of(&names, i64::MIN, 2), ["a", "b"]);
+        assert!(page_of(&names, 1, 0).is_empty());
+        assert!(page_of(&names, 1, -3).is_empty());
+        assert_eq!(page_of(&names, 1, i64::MAX), names.as_slice());
+        assert!(page_of(&names, i64::MAX, i64::MAX).is_empty());
+    }
+
+    fn test_connection() -> (Arc<Connection>, mpsc::Receiver<pb::Payload>) {
+        let (push, pushed) = mpsc::channel(8);
+        let connection = Connection::new(
+            "127.0.0.1:4321".parse().unwrap(),
+            String::new(),
+            BTreeMap::new(),
+            push,
+            CancellationToken::new(),
+        );
+        (Arc::new(connection), pushed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_detected_after_the_detection_wait() {
+        let metrics = GrpcMetrics::unregistered();
+        let (connection, mut pushed) = test_connection();
+        let started = tokio::time::Instant::now();
+        assert!(detect_unresponsive(&connection, &metrics).await);
+        assert_eq!(started.elapsed(), DETECT_AFTER + DETECT_WAIT);
+        let ping = Incoming::decode(&pushed.try_recv().unwrap()).unwrap();
+        assert_eq!(ping.kind, "ClientDetectionRequest");
+        assert_eq!(ping.text("module"), "internal");
+        assert!(pushed.try_recv().is_err(), "one ping only");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answering_and_busy_clients_are_kept() {
+        let metrics = GrpcMetrics::unregistered();
+        // A client that answers every ping: pinged again and again, never found silent.
+        let (connection, mut pushed) = test_connection();
+        let answering = Arc::clone(&connection);
+        let answerer = tokio::spawn(async move {
+            let mut pings = 0;
+            while let Some(payload) = pushed.recv().await {
+                assert_eq!(
+                    Incoming::decode(&payload).unwrap().kind,
+                    "ClientDetectionRequest"
+                );
+                answering.touch();
+                pings += 1;
+                if pings == 3 {
+                    answering.cancel.cancel();
+                    break;
+                }
+            }
+            pings
+        });
+        assert!(!detect_unresponsive(&connection, &metrics).await);
+        assert_eq!(answerer.await.unwrap(), 3);
+
+        // A client that sends something every 10 s is never pinged.
+        let (connection, mut pushed) = test_connection();
+        let busy = Arc::clone(&connection);
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                busy.touch();
+            }
+            busy.cancel.cancel();
+        });
+        assert!(!detect_unresponsive(&connection, &metrics).await);
+        assert!(pushed.try_recv().is_err());
+    }
+
+    #[test]
+    fn connect_resets_name_a_server_port_or_nothing() {
+        let record = crate::servers::ServerRecord {
+            grpc: "10.0.0.2:9848".into(),
+            http: Some("10.0.0.2:8848".into()),
+        };
+        assert_eq!(
+            GrpcApi::reset_fields(Some(&record)),
+            json!({"serverIp": "10.0.0.2", "serverPort": "8848"})
+        );
+        assert_eq!(
+            GrpcApi::reset_fields(None),
+            json!({"serverIp": "", "serverPort": ""})
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub struct GrpcMetrics {
     pub connections: IntGauge,
     /// Server pushes, by push type and outcome (`sent`, `dropped`, `acked`).
     pub pushes: IntCounterVec,
+    /// Connections that went, by why: `client` (its stream ended), `shutdown` (this node
+    /// stopped), `unresponsive` (no answer to `ClientDetectionRequest`), `refused` (set up
+    /// while this node was stopping: told to reconnect elsewhere).
+    pub closed: IntCounterVec,
 }
 
 impl GrpcMetrics {
@@ -43,15 +47,24 @@ impl GrpcMetrics {
             ),
             &["type", "outcome"],
         )?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "strata_nacos_grpc_connections_closed_total",
+                "Nacos gRPC connections that went, by reason",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
         Ok(GrpcMetrics {
             requests,
             request_seconds,
             connections,
             pushes,
+            closed,
         })
     }
 

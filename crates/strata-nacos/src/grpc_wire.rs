@@ -85,6 +85,16 @@ impl Incoming {
             .to_string()
     }
 
+    /// An integer field, `default` when absent or not an integer (Nacos clients send
+    /// numbers; a number in a string is read too).
+    pub fn integer(&self, field: &str, default: i64) -> i64 {
+        match self.body.get(field) {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(default),
+            _ => default,
+        }
+    }
+
     /// A boolean field, `default` when absent or not a boolean.
     pub fn flag(&self, field: &str, default: bool) -> bool {
         self.body
@@ -162,10 +172,11 @@ pub fn response_kind(kind: &str) -> &'static str {
         "ConfigPublishRequest" => "ConfigPublishResponse",
         "ConfigRemoveRequest" => "ConfigRemoveResponse",
         "ConfigBatchListenRequest" => "ConfigChangeBatchListenResponse",
-        "InstanceRequest" => "InstanceResponse",
+        "InstanceRequest" | "PersistentInstanceRequest" => "InstanceResponse",
         "BatchInstanceRequest" => "BatchInstanceResponse",
         "ServiceQueryRequest" => "QueryServiceResponse",
         "SubscribeServiceRequest" => "SubscribeServiceResponse",
+        "ServiceListRequest" => "ServiceListResponse",
         _ => "ErrorResponse",
     }
 }
@@ -200,6 +211,16 @@ mod tests {
         assert_eq!(ok.text("dataId"), "a");
         assert_eq!(ok.request_id(), "7");
         assert_eq!(ok.text("missing"), "");
+        let paged = Incoming::decode(&raw(
+            "ServiceListRequest",
+            br#"{"pageNo":2,"pageSize":"5","selector":null,"big":1e300}"#,
+        ))
+        .unwrap();
+        assert_eq!(paged.integer("pageNo", 1), 2);
+        assert_eq!(paged.integer("pageSize", 10), 5);
+        assert_eq!(paged.integer("selector", 7), 7);
+        assert_eq!(paged.integer("big", 7), 7);
+        assert_eq!(paged.integer("missing", 7), 7);
         assert!(Incoming::decode(&raw("X", b"not json")).is_err());
         assert!(Incoming::decode(&raw("X", b"[1]")).is_err());
         assert!(Incoming::decode(&raw("", b"{}")).is_err());

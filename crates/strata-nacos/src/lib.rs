@@ -8,11 +8,14 @@
 //! naming instance's id is `IP:PORT`; its Nacos group and cluster are kept in its metadata.
 //!
 //! The Nacos 2.x gRPC protocol (what Nacos 2.x clients speak, on the Nacos port + 1000) is
-//! served on a listener of its own, `nacos_grpc`: see [`grpc`].
+//! served on a listener of its own, `nacos_grpc`: see [`grpc`]. A node serving it keeps a
+//! record of its Nacos addresses in the store ([`servers`]), so that when it stops it can
+//! send its gRPC clients to another node.
 
 pub mod grpc;
 pub mod grpc_metrics;
 pub mod grpc_wire;
+pub mod servers;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -237,7 +240,23 @@ impl strata_component::Component for NacosComponent {
                 tracing::info!(node_id = ctx.node_id, addr = %bound.addr, "serving the Nacos 2.x gRPC API");
                 let metrics = grpc_metrics::GrpcMetrics::new(&ctx.metrics)
                     .map_err(|e| strata_component::StartError(format!("nacos metrics: {e}")))?;
-                let api = grpc::GrpcApi::new(state.clone(), metrics, ctx.tracker.clone());
+                let record = servers::ServerRecord {
+                    grpc: servers::advertised(bound.addr, &ctx.api_url),
+                    http: http
+                        .as_ref()
+                        .map(|h| servers::advertised(h.addr, &ctx.api_url)),
+                };
+                let directory = servers::Servers::new(ctx.kv.clone(), ctx.node_id, record);
+                ctx.tracker
+                    .spawn(Arc::clone(&directory).advertise(state.cancel.clone()));
+                let api = grpc::GrpcApi::new(
+                    state.clone(),
+                    ctx.kv.clone(),
+                    directory,
+                    metrics,
+                    ctx.tracker.clone(),
+                );
+                ctx.tracker.spawn(api.clone().drain_at_shutdown());
                 let max = ctx.max_request_bytes;
                 ctx.tracker.spawn(async move {
                     if let Err(e) = api.serve(bound.tcp, max).await {

@@ -286,8 +286,16 @@ impl Node {
         );
 
         info!(node_id = id, addr = %addrs.raft(), "serving raft");
+        // Components start after the raft listener serves; their peer routes are set then.
+        let peer_routes = Arc::new(std::sync::OnceLock::<axum::Router>::new());
         let raft_router = strata_raft::network::raft_router(raft.clone())
             .merge(http::internal_router(service.clone()))
+            .fallback({
+                let routes = peer_routes.clone();
+                move |request: axum::extract::Request| {
+                    component_peer_route(routes.get().cloned(), request)
+                }
+            })
             // Appends and snapshots can be far larger than a client request; peers are trusted.
             .layer(axum::extract::DefaultBodyLimit::disable());
         let raft_tls = peer_tls.map(|(_, server)| server);
@@ -349,6 +357,11 @@ impl Node {
         let names: Arc<[&'static str]> = components.iter().map(|c| c.name()).collect();
         let mut running = Vec::new();
         let mut api_routes = axum::Router::new();
+        let mut component_peer = axum::Router::new();
+        let peers = {
+            let client = network_client.clone();
+            strata_component::PeerHttp::new(move |addr, path| client.post(addr, path))
+        };
         for (component, listeners) in components.iter().zip(bound) {
             let name = component.name();
             let ctx = Context::new(
@@ -361,6 +374,7 @@ impl Node {
                 tls.clone(),
                 api_url.clone(),
                 names.clone(),
+                peers.clone(),
                 config.sections.get(name).cloned(),
                 listeners,
                 provided.clone(),
@@ -388,7 +402,11 @@ impl Node {
             if let Some(routes) = started.api_routes {
                 api_routes = api_routes.merge(routes);
             }
+            if let Some(routes) = started.peer_routes {
+                component_peer = component_peer.merge(routes);
+            }
         }
+        let _ = peer_routes.set(component_peer);
 
         info!(node_id = id, addr = %addrs.api(), "serving client API");
         let state = http::ApiState {
@@ -433,6 +451,21 @@ const TLS_RELOAD_PERIOD: Duration = Duration::from_secs(2);
 
 /// With `[peer_tls] allowed_names`, the raft listener serves only callers whose certificate
 /// carries one of them (its name is in each request, from `serve_http`); the rest get 403.
+/// The raft listener's fallback: the components' peer routes once they have started, 404
+/// before.
+async fn component_peer_route(
+    routes: Option<axum::Router>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    match routes {
+        Some(router) => match tower::ServiceExt::oneshot(router, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => axum::response::IntoResponse::into_response(axum::http::StatusCode::NOT_FOUND),
+    }
+}
+
 fn only_peers(router: axum::Router, allowed: &[String]) -> axum::Router {
     if allowed.is_empty() {
         return router;

@@ -362,14 +362,11 @@ impl Inner {
                 .await
                 .map(LeaderReply::Written),
             LeaderRequest::WriteBatch(commands) => {
-                let proposer = &self.proposer;
                 if !self.is_leader() {
                     return Err(not_leader());
                 }
                 // Submitted together, so the proposer packs them into as few entries as it can.
-                let results =
-                    futures::future::join_all(commands.into_iter().map(|c| proposer.propose(c)))
-                        .await;
+                let results = self.proposer.propose_all(commands).await;
                 Ok(LeaderReply::WrittenBatch(results))
             }
             LeaderRequest::ReadIndex => self

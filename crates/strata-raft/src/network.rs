@@ -1,6 +1,10 @@
-//! Node-to-node transport: Raft RPCs as HTTP/1.1 POSTs with postcard bodies.
+//! Node-to-node transport: Raft RPCs as HTTP/1.1 POSTs with postcard bodies, and appends over
+//! one long-lived connection per peer.
 //!
-//! Routes (on the raft listener): `POST /raft/append`, `POST /raft/vote`, `POST /raft/snapshot`.
+//! Routes (on the raft listener): `POST /raft/append`, `POST /raft/vote`, `POST /raft/snapshot`,
+//! and `POST /raft/stream`, which upgrades its connection (`Upgrade: strata-raft`) to a stream
+//! of length-prefixed append requests and replies (see [`AppendStream`]). Appends go over the
+//! stream; a peer of an older build without the route gets them as POSTs.
 //! Every call carries the deadline openraft gives it (`RPCOption::hard_ttl`); a connection
 //! that cannot be made is reported as `Unreachable`, so openraft backs off instead of spinning.
 
@@ -25,6 +29,7 @@ use openraft::{OptionalSend, Snapshot, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::NodeInfo;
@@ -168,7 +173,8 @@ impl PeerClient {
         }
     }
 
-    fn request(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
+    /// A POST to `path` on the peer listener at `addr`, over this client's transport.
+    pub fn post(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
         match self {
             PeerClient::Plain(client) => client.post(format!("http://{addr}{path}")),
             PeerClient::Tls(reloading) => reloading.get().post(format!("https://{addr}{path}")),
@@ -226,25 +232,24 @@ async fn post_body(
         });
     }
     client
-        .request(addr, path)
+        .post(addr, path)
         .timeout(timeout)
         .header("content-type", "application/octet-stream")
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            if e.is_connect() {
-                TransportError::Unreachable {
-                    addr: addr.to_string(),
-                    message: e.to_string(),
-                }
-            } else {
-                TransportError::Failed {
-                    addr: addr.to_string(),
-                    message: e.to_string(),
-                }
-            }
-        })
+        .map_err(|e| send_error(addr, e))
+}
+
+/// A request that could not be sent: unreachable when no connection could be made.
+fn send_error(addr: &str, error: reqwest::Error) -> TransportError {
+    let addr = addr.to_string();
+    let message = error.to_string();
+    if error.is_connect() {
+        TransportError::Unreachable { addr, message }
+    } else {
+        TransportError::Failed { addr, message }
+    }
 }
 
 /// Decodes a peer's postcard reply; a status other than success is a failure with its text.
@@ -290,6 +295,13 @@ pub struct PeerConnection {
     client: PeerClient,
     target: NodeId,
     addr: String,
+    /// The upgraded connection appends go over, once opened; dropped on any failure and
+    /// opened again by the next append. Only ever reached through `&mut self` (`get_mut`, no
+    /// locking): the mutex is there because openraft wants the connection `Sync` and an
+    /// upgraded connection is not.
+    stream: std::sync::Mutex<Option<AppendStream>>,
+    /// The peer has no stream route (an older build): appends are POSTed.
+    stream_refused: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -300,6 +312,8 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             target,
             addr: node.raft_addr.clone(),
+            stream: std::sync::Mutex::new(None),
+            stream_refused: !append_streams_enabled(),
         }
     }
 }
@@ -361,6 +375,33 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        if !self.stream_refused {
+            let sent = append_over_stream(
+                &self.client,
+                &self.addr,
+                self.stream
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                &rpc,
+                option.hard_ttl(),
+            )
+            .await;
+            match sent {
+                Ok(Some(reply)) => {
+                    return reply
+                        .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+                }
+                Ok(None) => {
+                    tracing::info!(
+                        peer = %self.addr,
+                        "peer takes appends as one request each (older build)"
+                    );
+                    self.stream_refused = true;
+                }
+                Err(error) => return Err(rpc_error(error)),
+            }
+        }
+        POSTED_APPENDS.fetch_add(1, Ordering::Relaxed);
         self.call("/raft/append", &rpc, option.hard_ttl()).await
     }
 
@@ -425,6 +466,7 @@ pub fn raft_router(raft: Raft) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/snapshot/stream", post(snapshot_stream))
+        .route("/raft/stream", post(append_stream))
         .with_state(raft)
 }
 
@@ -684,4 +726,478 @@ async fn send_snapshot(
         return post_postcard(client, addr, "/raft/snapshot", &transfer, timeout).await;
     }
     decode_reply(addr, response).await
+}
+
+/// The protocol name a `POST /raft/stream` upgrades to.
+const STREAM_PROTOCOL: &str = "strata-raft";
+/// The largest frame either side of an append stream accepts (an append of many large
+/// entries; the POST route has no limit either, peers being trusted).
+const MAX_STREAM_FRAME: usize = 1 << 30;
+
+/// Whether appends go over streams: yes, unless `STRATA_RAFT_APPEND_STREAM=off` asks for a
+/// POST per append (the transport of older builds; for comparing the two, or as a way round a
+/// proxy between nodes that refuses upgrades).
+fn append_streams_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var("STRATA_RAFT_APPEND_STREAM").map_or(true, |value| value != "off")
+    })
+}
+
+static STREAMS_OPENED: AtomicU64 = AtomicU64::new(0);
+static STREAMED_APPENDS: AtomicU64 = AtomicU64::new(0);
+static POSTED_APPENDS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts of this node's outgoing appends, for its metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransportStats {
+    /// Append streams opened to peers since start.
+    pub streams_opened: u64,
+    /// Appends sent over a stream.
+    pub streamed_appends: u64,
+    /// Appends sent as one POST each (to peers of older builds).
+    pub posted_appends: u64,
+}
+
+/// This node's transport counters since start.
+pub fn transport_stats() -> TransportStats {
+    TransportStats {
+        streams_opened: STREAMS_OPENED.load(Ordering::Relaxed),
+        streamed_appends: STREAMED_APPENDS.load(Ordering::Relaxed),
+        posted_appends: POSTED_APPENDS.load(Ordering::Relaxed),
+    }
+}
+
+/// What answers one framed append: the follower's answer, or why the request was refused
+/// before reaching raft (malformed).
+type StreamReply = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, String>;
+
+/// One upgraded connection to a peer carrying appends, one at a time (openraft sends a
+/// follower its next append only after the previous answer). Each frame, both ways, is a u32
+/// LE length and that many bytes of postcard: an `AppendEntriesRequest` one way, a
+/// [`StreamReply`] the other. Compared with a POST per append it saves the HTTP framing, the
+/// pooled client's hand-off to its connection task and the server's routing on every append.
+struct AppendStream {
+    io: tokio::io::BufStream<reqwest::Upgraded>,
+    frame: Vec<u8>,
+}
+
+impl AppendStream {
+    /// Sends one append and reads its reply.
+    async fn exchange(
+        &mut self,
+        addr: &str,
+        request: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<StreamReply, TransportError> {
+        use tokio::io::AsyncWriteExt;
+        let failed = |message: String| TransportError::Failed {
+            addr: addr.to_string(),
+            message,
+        };
+        encode_frame(&mut self.frame, request).map_err(failed)?;
+        self.io
+            .write_all(&self.frame)
+            .await
+            .map_err(|e| failed(format!("append stream: {e}")))?;
+        self.io
+            .flush()
+            .await
+            .map_err(|e| failed(format!("append stream: {e}")))?;
+        read_frame(&mut self.io, &mut self.frame)
+            .await
+            .map_err(|e| failed(format!("append stream: {e}")))?
+            .then_some(())
+            .ok_or_else(|| failed("append stream closed by the peer".into()))?;
+        postcard::from_bytes(&self.frame).map_err(|e| failed(format!("decode: {e}")))
+    }
+}
+
+/// Encodes `value` into `frame` as a length-prefixed postcard frame.
+fn encode_frame<T: Serialize>(frame: &mut Vec<u8>, value: &T) -> Result<(), String> {
+    frame.clear();
+    frame.extend_from_slice(&[0; 4]);
+    let mut frame_vec = std::mem::take(frame);
+    frame_vec = postcard::to_extend(value, frame_vec).map_err(|e| format!("encode: {e}"))?;
+    let len = frame_vec.len() - 4;
+    if len > MAX_STREAM_FRAME {
+        return Err(format!("a frame of {len} bytes is too large"));
+    }
+    frame_vec[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    *frame = frame_vec;
+    Ok(())
+}
+
+/// Reads one frame's body into `frame`; false at a clean end of the stream before a frame.
+async fn read_frame(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    frame: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    let mut filled = 0;
+    while filled < len.len() {
+        match io.read(&mut len[filled..]).await? {
+            0 if filled == 0 => return Ok(false),
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the stream ended inside a frame's length",
+                ))
+            }
+            read => filled += read,
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_STREAM_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is too large"),
+        ));
+    }
+    frame.clear();
+    frame.resize(len, 0);
+    io.read_exact(frame).await?;
+    Ok(true)
+}
+
+/// Opens an append stream to `addr`; `None` when the peer has no such route (an older build
+/// answers 404) or will not upgrade (426).
+async fn open_stream(
+    client: &PeerClient,
+    addr: &str,
+) -> Result<Option<AppendStream>, TransportError> {
+    use reqwest::header::{CONNECTION, UPGRADE};
+    let failed = |message: String| TransportError::Failed {
+        addr: addr.to_string(),
+        message,
+    };
+    let response = client
+        .post(addr, "/raft/stream")
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, STREAM_PROTOCOL)
+        .send()
+        .await
+        .map_err(|e| send_error(addr, e))?;
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND || status == StatusCode::UPGRADE_REQUIRED {
+        return Ok(None);
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let text = response.text().await.unwrap_or_default();
+        return Err(failed(format!(
+            "append stream refused: status {status}: {text}"
+        )));
+    }
+    let upgraded = response
+        .upgrade()
+        .await
+        .map_err(|e| failed(format!("append stream upgrade: {e}")))?;
+    STREAMS_OPENED.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(peer = addr, "append stream opened");
+    Ok(Some(AppendStream {
+        io: tokio::io::BufStream::new(upgraded),
+        frame: Vec::new(),
+    }))
+}
+
+/// Sends `request` over the peer's append stream, opening it first when there is none.
+/// `Ok(None)`: the peer has no stream route, POST instead. Any failure drops the stream (a
+/// reply may still be on its way, so the stream is out of step).
+///
+/// Cancel-safe: the stream is taken out of `stream` for the exchange and put back only once
+/// the reply is read. openraft wraps each append in a timeout of its own and drops the future
+/// when it fires; a stream kept across such a drop would hand the next append the previous
+/// one's reply (a stale `Success` for entries never sent), so a dropped exchange drops its
+/// stream with it.
+async fn append_over_stream(
+    client: &PeerClient,
+    addr: &str,
+    stream: &mut Option<AppendStream>,
+    request: &AppendEntriesRequest<TypeConfig>,
+    timeout: Duration,
+) -> Result<Option<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, TransportError> {
+    if is_cut_off(addr) {
+        *stream = None;
+        let error = TransportError::Unreachable {
+            addr: addr.to_string(),
+            message: "cut off by fault injection".into(),
+        };
+        note_peer(addr, Some(&error));
+        return Err(error);
+    }
+    let held = stream.take();
+    let exchange = async move {
+        let mut open = match held {
+            Some(open) => open,
+            None => match open_stream(client, addr).await? {
+                Some(opened) => opened,
+                None => return Ok(None),
+            },
+        };
+        let reply = open.exchange(addr, request).await?;
+        Ok(Some((open, reply)))
+    };
+    let result = match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Failed {
+            addr: addr.to_string(),
+            message: format!("append timed out after {timeout:?}"),
+        }),
+    };
+    match result {
+        Ok(Some((open, Ok(reply)))) => {
+            *stream = Some(open);
+            STREAMED_APPENDS.fetch_add(1, Ordering::Relaxed);
+            note_peer(addr, None);
+            Ok(Some(reply))
+        }
+        Ok(Some((_, Err(refused)))) => Err(TransportError::Failed {
+            addr: addr.to_string(),
+            message: format!("append refused: {refused}"),
+        }),
+        Ok(None) => Ok(None),
+        Err(error) => {
+            if matches!(error, TransportError::Unreachable { .. })
+                || error.to_string().contains("timed out")
+            {
+                note_peer(addr, Some(&error));
+            }
+            Err(error)
+        }
+    }
+}
+
+/// `POST /raft/stream` with `Upgrade: strata-raft`: switches the connection to an append
+/// stream served by a task of its own until the peer closes it.
+async fn append_stream(State(raft): State<Raft>, mut request: Request) -> Response {
+    let asks_upgrade = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|value| {
+            value
+                .as_bytes()
+                .eq_ignore_ascii_case(STREAM_PROTOCOL.as_bytes())
+        });
+    if request.version() != axum::http::Version::HTTP_11 || !asks_upgrade {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            format!("an append stream needs HTTP/1.1 and Upgrade: {STREAM_PROTOCOL}"),
+        )
+            .into_response();
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => serve_append_stream(raft, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(error = %e, "append stream upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, STREAM_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+/// Serves one append stream: reads a request, hands it to raft, writes the reply, until the
+/// peer closes the connection or sends something that is not a frame.
+async fn serve_append_stream(
+    raft: Raft,
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut io = tokio::io::BufStream::new(io);
+    let mut frame = Vec::new();
+    loop {
+        match read_frame(&mut io, &mut frame).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "append stream ended");
+                return;
+            }
+        }
+        let reply: StreamReply =
+            match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&frame) {
+                Err(e) => Err(format!("malformed append-entries request: {e}")),
+                Ok(request) => match check_append(&request) {
+                    Err(message) => Err(format!("malformed append-entries request: {message}")),
+                    Ok(()) => Ok(raft.append_entries(request).await),
+                },
+            };
+        if let Err(message) = encode_frame(&mut frame, &reply) {
+            tracing::warn!("append stream: cannot encode a reply: {message}");
+            return;
+        }
+        let written = async {
+            io.write_all(&frame).await?;
+            io.flush().await
+        };
+        if let Err(e) = written.await {
+            tracing::debug!(error = %e, "append stream ended");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn append(entries: u64) -> AppendEntriesRequest<TypeConfig> {
+        let leader = openraft::CommittedLeaderId::new(3, 1);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(openraft::LogId::new(leader, 9)),
+            entries: (10..10 + entries)
+                .map(|index| openraft::Entry {
+                    log_id: openraft::LogId::new(leader, index),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_carry_requests_and_replies_back_to_back_on_one_connection() {
+        let (mut near, mut far) = tokio::io::duplex(64);
+        let mut frame = Vec::new();
+        let mut sent = Vec::new();
+        for entries in [0, 1, 300] {
+            encode_frame(&mut frame, &append(entries)).unwrap();
+            sent.extend_from_slice(&frame);
+        }
+        let writer = tokio::spawn(async move {
+            near.write_all(&sent).await.unwrap();
+        });
+        let mut got = Vec::new();
+        for entries in [0, 1, 300] {
+            assert!(read_frame(&mut far, &mut got).await.unwrap());
+            let request: AppendEntriesRequest<TypeConfig> = postcard::from_bytes(&got).unwrap();
+            assert_eq!(request.entries.len() as u64, entries);
+            assert!(check_append(&request).is_ok());
+        }
+        writer.await.unwrap();
+        assert!(
+            !read_frame(&mut far, &mut got).await.unwrap(),
+            "the writer's close between frames is a clean end"
+        );
+    }
+
+    /// A peer whose append streams answer an append of one entry with `Conflict`, held until
+    /// `release`, and every other append with `Success`.
+    async fn holding_peer(
+        received: tokio::sync::mpsc::UnboundedSender<()>,
+        release: Arc<tokio::sync::Notify>,
+    ) -> String {
+        async fn serve(
+            io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+            received: tokio::sync::mpsc::UnboundedSender<()>,
+            release: Arc<tokio::sync::Notify>,
+        ) {
+            let mut io = tokio::io::BufStream::new(io);
+            let mut frame = Vec::new();
+            while let Ok(true) = read_frame(&mut io, &mut frame).await {
+                let request: AppendEntriesRequest<TypeConfig> =
+                    postcard::from_bytes(&frame).unwrap();
+                let reply: StreamReply = if request.entries.len() == 1 {
+                    received.send(()).unwrap();
+                    release.notified().await;
+                    Ok(Ok(AppendEntriesResponse::Conflict))
+                } else {
+                    Ok(Ok(AppendEntriesResponse::Success))
+                };
+                encode_frame(&mut frame, &reply).unwrap();
+                if io.write_all(&frame).await.is_err() || io.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+        let router = Router::new().route(
+            "/raft/stream",
+            post(move |mut request: Request| {
+                let received = received.clone();
+                let release = release.clone();
+                async move {
+                    let upgrade = hyper::upgrade::on(&mut request);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = upgrade.await {
+                            serve(hyper_util::rt::TokioIo::new(upgraded), received, release).await;
+                        }
+                    });
+                    Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header(axum::http::header::CONNECTION, "upgrade")
+                        .header(axum::http::header::UPGRADE, STREAM_PROTOCOL)
+                        .body(axum::body::Body::empty())
+                        .unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_append_dropped_mid_exchange_never_hands_its_reply_to_the_next() {
+        let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let addr = holding_peer(received_tx, release.clone()).await;
+        let client = PeerClient::plain();
+        let mut stream = None;
+        // As openraft's own timeout does: the append's future is dropped once the peer has the
+        // request and before its reply arrives.
+        let first = append(1);
+        tokio::select! {
+            _ = append_over_stream(&client, &addr, &mut stream, &first, Duration::from_secs(30)) => {
+                panic!("the held append was answered")
+            }
+            _ = received.recv() => {}
+        }
+        // The held reply (Conflict) now goes out on the old connection, if it is still open.
+        release.notify_one();
+        let second = append(2);
+        let reply = append_over_stream(
+            &client,
+            &addr,
+            &mut stream,
+            &second,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(reply, AppendEntriesResponse::Success),
+            "the second append got {reply:?}: the first one's reply"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_or_claiming_a_huge_one_is_an_error() {
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, &append(5)).unwrap();
+        for cut in [2, 4, frame.len() - 1] {
+            let mut reader = &frame[..cut];
+            let mut got = Vec::new();
+            let error = read_frame(&mut reader, &mut got).await.unwrap_err();
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof,
+                "cut at {cut}"
+            );
+        }
+        let huge = ((MAX_STREAM_FRAME + 1) as u32).to_le_bytes();
+        let mut reader = &huge[..];
+        let error = read_frame(&mut reader, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("too large"), "{error}");
+    }
 }

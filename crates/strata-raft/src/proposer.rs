@@ -5,7 +5,9 @@
 //! writes; a loop takes everything queued, proposes it as one [`Command::Batch`], and while
 //! that batch is being made durable and replicated the next one accumulates. Under load one
 //! fsync and one replication round cover many writes; an idle cluster still proposes a lone
-//! write at once (no timer, no added latency).
+//! write at once (no timer, no added latency), from the caller's own task: a write that finds
+//! the queue empty and no batch in flight proposes itself, without the two task hand-offs
+//! (to the loop, and from it to the batch's task) that each cost a thread wake-up.
 //!
 //! No wait here is unbounded. A batch's wait for commit and apply is tied to the term it was
 //! proposed in: if this node stops leading that term (it was paused, partitioned or deposed),
@@ -41,6 +43,7 @@ type Reply = oneshot::Sender<Result<CommandResult, ApiError>>;
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<(Command, Reply)>,
+    batches: Arc<Loop>,
 }
 
 /// Maps openraft's write error to the API's.
@@ -154,48 +157,88 @@ impl Proposer {
         cancel: CancellationToken,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let loop_state = Loop {
+        let batches = Arc::new(Loop {
             sink,
             metrics,
             timeout,
             tracker: tracker.clone(),
-        };
-        tracker.spawn(loop_state.run(receiver, cancel));
-        Proposer { queue }
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        });
+        tracker.spawn(batches.clone().run(receiver, cancel));
+        Proposer { queue, batches }
     }
 
     /// Proposes `command` (batched with concurrent ones) and returns its result once applied.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ApiError> {
-        submit(&self.queue, command).await
+        match self.propose_all(vec![command]).await.pop() {
+            Some(result) => result,
+            None => Err(ApiError::internal("a proposal of one write had no result")),
+        }
+    }
+
+    /// Proposes `commands` together (as few entries as the batching allows) and returns their
+    /// results, in order.
+    pub async fn propose_all(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<CommandResult, ApiError>> {
+        // Nothing queued and no batch in flight: these writes are the next batch, proposed
+        // from here. (Were the queue not empty, its writes would be older and go first.)
+        if commands.len() <= MAX_BATCH && self.queue.capacity() == self.queue.max_capacity() {
+            if let Ok(permit) = self.batches.in_flight.clone().try_acquire_owned() {
+                let Some(term) = self.batches.sink.leading_term() else {
+                    return commands.iter().map(|_| Err(not_leading())).collect();
+                };
+                let (replies, answers): (Vec<_>, Vec<_>) =
+                    commands.iter().map(|_| oneshot::channel()).unzip();
+                self.batches.propose_batch(term, commands, replies).await;
+                drop(permit);
+                let mut results = Vec::with_capacity(answers.len());
+                for answer in answers {
+                    results.push(answer.await.unwrap_or_else(|_| {
+                        Err(ApiError::unavailable("the node is shutting down"))
+                    }));
+                }
+                return results;
+            }
+        }
+        futures::future::join_all(commands.into_iter().map(|c| submit(&self.queue, c))).await
     }
 }
 
-/// What the batching loop needs.
+/// The error of a write on a node that does not lead; nothing was proposed, so the caller
+/// may safely retry on the leader.
+fn not_leading() -> ApiError {
+    ApiError::unavailable("this node is not the leader")
+}
+
+/// What the batching loop and the direct path share.
 struct Loop {
     sink: Arc<dyn Sink>,
     metrics: ConsensusMetrics,
     timeout: Duration,
     tracker: TaskTracker,
+    /// One permit per batch that may be in flight.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Loop {
-    async fn run(self, mut receiver: mpsc::Receiver<(Command, Reply)>, cancel: CancellationToken) {
-        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    async fn run(
+        self: Arc<Self>,
+        mut receiver: mpsc::Receiver<(Command, Reply)>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let Some(first) = next_item(&mut receiver, &cancel).await else {
                 return;
             };
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                 return;
             };
             // Everything that queued while the previous batch was in flight goes into this one.
             let (commands, replies) = drain_batch(first, &mut receiver);
             let Some(term) = self.sink.leading_term() else {
-                // Nothing was proposed, so the callers may safely retry on the leader.
-                fail_all(
-                    replies,
-                    &ApiError::unavailable("this node is not the leader"),
-                );
+                fail_all(replies, &not_leading());
                 continue;
             };
             let task = self.propose_batch(term, commands, replies);
@@ -261,11 +304,16 @@ impl Loop {
 /// Batches the writes a follower forwards to the leader: everything that queues while one
 /// forward is in flight goes to the leader as one [`LeaderRequest::WriteBatch`]. Without it,
 /// each forwarded write is its own node-to-node request, which costs more CPU than the write.
+/// A write that finds nothing queued and no forward in flight is forwarded from its caller's
+/// task, as the [`Proposer`] proposes a lone write.
 ///
 /// [`LeaderRequest::WriteBatch`]: crate::service::LeaderRequest::WriteBatch
 #[derive(Clone)]
 pub struct Forwarder {
     queue: mpsc::Sender<(Command, Reply)>,
+    leader: Arc<crate::consensus::Inner>,
+    /// The one permit of the forward in flight.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Forwarder {
@@ -276,12 +324,32 @@ impl Forwarder {
         cancel: CancellationToken,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tracker.spawn(forward_loop(leader, receiver, cancel));
-        Forwarder { queue }
+        let in_flight = Arc::new(Semaphore::new(1));
+        tracker.spawn(forward_loop(
+            leader.clone(),
+            in_flight.clone(),
+            receiver,
+            cancel,
+        ));
+        Forwarder {
+            queue,
+            leader,
+            in_flight,
+        }
     }
 
     /// Sends `command` to the leader (batched with concurrent ones) and returns its result.
     pub async fn forward(&self, command: Command) -> Result<CommandResult, ApiError> {
+        if self.queue.capacity() == self.queue.max_capacity() {
+            if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
+                let (reply, result) = oneshot::channel();
+                forward_batch(&self.leader, vec![command], vec![reply]).await;
+                drop(permit);
+                return result
+                    .await
+                    .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+            }
+        }
         submit(&self.queue, command).await
     }
 }
@@ -339,32 +407,44 @@ fn drain_batch(
 
 async fn forward_loop(
     leader: Arc<crate::consensus::Inner>,
+    in_flight: Arc<Semaphore>,
     mut receiver: mpsc::Receiver<(Command, Reply)>,
     cancel: CancellationToken,
 ) {
-    use crate::consensus::{LeaderReply, LeaderRequest};
     loop {
         let Some(first) = next_item(&mut receiver, &cancel).await else {
             return;
         };
-        let (commands, replies) = drain_batch(first, &mut receiver);
         // One forward in flight: the next batch gathers while this one is committed.
-        match leader
-            .call_leader(LeaderRequest::WriteBatch(commands), |r| leader.serve(r))
-            .await
-        {
-            Ok(LeaderReply::WrittenBatch(results)) if results.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
+        let Ok(_permit) = in_flight.acquire().await else {
+            return;
+        };
+        let (commands, replies) = drain_batch(first, &mut receiver);
+        forward_batch(&leader, commands, replies).await;
+    }
+}
+
+/// Sends one batch of writes to the leader and answers their callers.
+async fn forward_batch(
+    leader: &crate::consensus::Inner,
+    commands: Vec<Command>,
+    replies: Vec<Reply>,
+) {
+    use crate::consensus::{LeaderReply, LeaderRequest};
+    match leader
+        .call_leader(LeaderRequest::WriteBatch(commands), |r| leader.serve(r))
+        .await
+    {
+        Ok(LeaderReply::WrittenBatch(results)) if results.len() == replies.len() => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
-            Ok(other) => {
-                let error =
-                    ApiError::internal(format!("unexpected reply to a write batch: {other:?}"));
-                fail_all(replies, &error);
-            }
-            Err(error) => fail_all(replies, &error),
         }
+        Ok(other) => {
+            let error = ApiError::internal(format!("unexpected reply to a write batch: {other:?}"));
+            fail_all(replies, &error);
+        }
+        Err(error) => fail_all(replies, &error),
     }
 }
 
@@ -514,6 +594,37 @@ mod tests {
         assert_eq!(*gate.entries.lock().unwrap(), [1, 9]);
         assert_eq!(metrics.proposal_batch_size.get_sample_count(), 2);
         assert_eq!(metrics.proposals_abandoned.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_proposed_together_form_one_entry_whether_or_not_a_batch_is_in_flight() {
+        let (proposer, gate, _) = start(Some(1), Duration::from_secs(5));
+        let idle = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.propose_all((1..=4).map(put).collect()).await }
+        });
+        crate::settle().await;
+        assert_eq!(
+            *gate.entries.lock().unwrap(),
+            [4],
+            "proposed at once, as one entry"
+        );
+        let behind = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.propose_all((5..=7).map(put).collect()).await }
+        });
+        crate::settle().await;
+        assert_eq!(
+            *gate.entries.lock().unwrap(),
+            [4],
+            "waits for the batch in flight"
+        );
+        gate.release.add_permits(2);
+        let first: Vec<i64> = idle.await.unwrap().into_iter().map(revision).collect();
+        let second: Vec<i64> = behind.await.unwrap().into_iter().map(revision).collect();
+        assert_eq!(first, [1, 2, 3, 4]);
+        assert_eq!(second, [5, 6, 7]);
+        assert_eq!(*gate.entries.lock().unwrap(), [4, 3]);
     }
 
     /// The liveness bug of issue 9: a batch that is never answered must not hold the one

@@ -130,6 +130,7 @@ impl Component for RegistryComponent {
                 ));
             }
             Ok(Started {
+                peer_routes: None,
                 api_routes: Some(router(RegistryState {
                     registry,
                     cancel: ctx.cancel.child_token(),

@@ -7,7 +7,7 @@
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Load-balancing policies.
@@ -50,6 +50,8 @@ pub struct Endpoint {
     /// Until when (ms on [`now_ms`]'s clock) the member is skipped after refusing a
     /// connection; 0: not ejected.
     ejected_until: AtomicU64,
+    /// Connections refused in a row (the ejection doubles with each; a success resets it).
+    refusals: AtomicU32,
     /// When it joined the group (ms on [`now_ms`]'s clock), for slow start; 0: warm from the
     /// start.
     pub joined_ms: u64,
@@ -67,8 +69,13 @@ pub struct Endpoint {
 const SLOW_START_FLOOR: f64 = 0.1;
 
 /// How long a member that refused a connection is skipped while others are left (passive
-/// health: the registry or the member's return ends it, whichever comes first).
+/// health: the registry or the member's return ends it, whichever comes first). Each refusal
+/// in a row doubles it, up to [`MAX_EJECTION_MS`], as gRPC backs off reconnecting to a
+/// subchannel: a dead member the registry still lists gets one probe per period, not one per
+/// second.
 pub const EJECTION_MS: u64 = 1000;
+/// The longest a run of refusals ejects a member for.
+pub const MAX_EJECTION_MS: u64 = 8000;
 
 /// Milliseconds on a process-wide monotonic clock (the one outlier detection uses).
 pub fn now_ms() -> u64 {
@@ -91,6 +98,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
+            refusals: AtomicU32::new(0),
             joined_ms: 0,
             healthy: AtomicBool::new(true),
             outlier: Default::default(),
@@ -131,10 +139,20 @@ impl Endpoint {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
-    /// Skips this member for [`EJECTION_MS`] (it refused a connection).
+    /// Skips this member (it refused a connection): [`EJECTION_MS`] for the first refusal,
+    /// twice as long for each one after it in a row, at most [`MAX_EJECTION_MS`].
     pub fn eject(&self) {
+        let run = self.refusals.fetch_add(1, Ordering::Relaxed).min(16);
+        let duration = (EJECTION_MS << run).min(MAX_EJECTION_MS);
         self.ejected_until
-            .store(now_ms() + EJECTION_MS, Ordering::Relaxed);
+            .store(now_ms() + duration, Ordering::Relaxed);
+    }
+
+    /// Records that the member accepted a connection: the next refusal starts a new run.
+    pub fn connected(&self) {
+        if self.refusals.load(Ordering::Relaxed) != 0 {
+            self.refusals.store(0, Ordering::Relaxed);
+        }
     }
 
     /// True while the member is skipped after refusing a connection.
@@ -421,6 +439,7 @@ pub fn hash(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn members(weights: &[u32], policy: Balance) -> Members {
         let endpoints = weights
@@ -469,6 +488,29 @@ mod tests {
             m.pick(None, &[]).is_some(),
             "all ejected: one is still chosen"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_in_a_row_double_the_ejection_until_a_connection_succeeds() {
+        let m = members(&[1, 1], Balance::RoundRobin);
+        let member = &m.endpoints[0];
+        let mut periods = Vec::new();
+        for _ in 0..6 {
+            member.eject();
+            let start = now_ms();
+            while member.ejected(now_ms()) {
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            periods.push(now_ms() - start);
+        }
+        assert_eq!(periods, [1000, 2000, 4000, 8000, 8000, 8000]);
+        member.connected();
+        member.eject();
+        let start = now_ms();
+        while member.ejected(now_ms()) {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(now_ms() - start, 1000, "a success starts a new run");
     }
 
     #[test]

@@ -315,29 +315,7 @@ pub(crate) struct Inner {
 /// FNV-1a: the per-call lookups by address and method path hash short keys the process
 /// chose or its registry holds, in maps of bounded size, where SipHash's cost showed and its
 /// protection buys nothing.
-#[derive(Default, Clone, Copy)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-}
-
-type FastMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
+type FastMap<V> = HashMap<String, V, fnv::FnvBuildHasher>;
 
 /// A method's metric handles.
 struct MethodMetrics {
@@ -936,6 +914,7 @@ impl Inner {
                 }
             }
             Ok(response) => {
+                attempt.endpoint.connected();
                 if header(response.headers(), &GRPC_STATUS).is_some() {
                     let status = tonic::Status::from_header_map(response.headers())
                         .unwrap_or_else(|| tonic::Status::unknown("a bad grpc-status"));

@@ -143,6 +143,9 @@ impl RestConsumer {
                     .unwrap_or_else(|_| Err("deadline exceeded".into())),
                 None => exchange.await,
             };
+            if result.is_ok() {
+                attempt.endpoint.connected();
+            }
             let (code, message, unsent, retryable) = match result {
                 Ok(response) if response.status().is_server_error() => {
                     let status = response.status().as_u16();

@@ -230,26 +230,26 @@ async fn t02_three_providers_survive_kill9_and_graceful_stop_without_failed_call
     )
     .await;
 
-    // kill -9: in-flight calls fail over; the dead instance gets no attempt a second later.
+    // kill -9: in-flight calls fail over, and while the registry still lists the dead
+    // instance (its lease runs 10 s) it gets a probe per ejection period (1 s, then 2 s, ...),
+    // not its third of the calls.
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let killed = Instant::now();
+    let at_kill = requests_to(&consumer, "o-b").unwrap();
     let before = calls.lock().unwrap().len();
-    wait_until(Duration::from_secs(10), "calls after the kill", || async {
-        (calls.lock().unwrap().len() > before + 300 && killed.elapsed() > Duration::from_secs(1))
+    wait_until(Duration::from_secs(20), "calls after the kill", || async {
+        (calls.lock().unwrap().len() > before + 1200 && killed.elapsed() > Duration::from_secs(2))
             .then_some(())
     })
     .await;
-    let settled = requests_to(&consumer, "o-b");
-    let before = calls.lock().unwrap().len();
-    wait_until(Duration::from_secs(10), "more calls", || async {
-        (calls.lock().unwrap().len() > before + 300).then_some(())
-    })
-    .await;
     let later = requests_to(&consumer, "o-b");
+    // Six callers may each pick it once per period before the first refusal ejects it; an
+    // instance left in the balance would have had about 400 of these 1,200 calls.
     assert!(
-        later.is_none() || later == settled,
-        "o-b still got attempts a second after its kill: {settled:?} then {later:?}"
+        later.is_none_or(|n| n - at_kill <= 24),
+        "o-b got {:?} attempts in the 1,200 calls after its kill",
+        later.map(|n| n - at_kill)
     );
     assert_eq!(
         failures(&calls),

@@ -222,6 +222,15 @@ async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_fr
             node.id
         );
     }
+    let (mut streamed, mut posted) = (0.0, 0.0);
+    for node in &cluster.nodes {
+        streamed += metric(node, "strata_raft_appends_streamed_total").await;
+        posted += metric(node, "strata_raft_appends_posted_total").await;
+    }
+    assert!(
+        streamed > 0.0 && posted == 0.0,
+        "appends go over the peers' streams: {streamed} streamed, {posted} posted"
+    );
     eprintln!("{} puts, the slowest {:?}", load.puts, load.slowest);
     assert!(
         load.slowest < PUT_BOUND,

@@ -23,9 +23,17 @@ use strata_proto::ClusterStatus;
 const TEST_ROOT_PASSWORD: &str = "harness-root-password";
 
 /// A plain HTTP client; reqwest's TLS needs the crypto provider installed before any client
-/// is built, which `strata_tls::http_client_builder` does.
+/// is built, which `strata_tls::http_client_builder` does. In access-control mode, once
+/// [`ensure_token`] has run, it sends the root token with every request.
 pub fn http_client() -> reqwest::Client {
-    strata_tls::http_client_builder().build().unwrap()
+    let mut builder = strata_tls::http_client_builder();
+    if let Some(token) = root_token() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    builder.build().unwrap()
 }
 
 /// True when the suite runs with access control on (`STRATA_TEST_AUTH=1`): every node starts
@@ -659,9 +667,32 @@ impl NodeProc {
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        let mut exited = None;
         if let Some(mut child) = self.child.take() {
+            exited = child.try_wait().ok().flatten();
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A failing test shows what each node said, so a failure in CI can be understood
+        // without a rerun: whether the node had already exited, and its last WARN and ERROR
+        // lines.
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let loud: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+                .collect();
+            let tail = &loud[loud.len().saturating_sub(30)..];
+            eprintln!(
+                "--- node {} ({}), its last {} WARN/ERROR lines:\n{}",
+                self.id,
+                match exited {
+                    Some(status) => format!("had exited: {status}"),
+                    None => "running until the test ended".to_string(),
+                },
+                tail.len(),
+                tail.join("\n")
+            );
         }
         // A node that logged an ERROR the test did not provoke fails the test (unless it is
         // already failing: a second panic while unwinding would abort).

@@ -12,6 +12,14 @@ Usage: nacos_grpc.py HTTP_ADDR GRPC_ADDR MODE [ARG]
                   response with resultCode 500, never a dropped call
   hold FILE       registers an ephemeral instance of `grpc-held` on port 7001, writes FILE,
                   and waits to be killed
+  persistent      registers a persistent instance (PersistentInstanceRequest) of
+                  `grpc-persist` and an ephemeral one of `grpc-eph`; mixing the two kinds in
+                  one service is refused with Nacos's words; then closes its connection
+  persistent-remove
+                  an ephemeral deregistration leaves the persistent instance alone; a
+                  persistent one removes it
+  service-list    ServiceListRequest: pages of a group's service names, other groups and
+                  namespaces
 
 The client dials the gRPC port as the HTTP port + `grpc_config.port_offset` (1000 unless
 set), so the offset is set to GRPC_PORT - HTTP_PORT.
@@ -25,8 +33,9 @@ import tempfile
 import time
 
 from v2.nacos import (BatchRegisterInstanceParam, ClientConfigBuilder, ConfigParam,
-                      DeregisterInstanceParam, GRPCConfig, NacosConfigService,
-                      NacosNamingService, RegisterInstanceParam, SubscribeServiceParam)
+                      DeregisterInstanceParam, GRPCConfig, ListServiceParam,
+                      NacosConfigService, NacosException, NacosNamingService,
+                      RegisterInstanceParam, SubscribeServiceParam)
 
 DEADLINE = 10.0
 
@@ -198,6 +207,9 @@ def bad_input(grpc_addr):
          "InstanceResponse", 301),
         ("ConfigBatchListenRequest", b'{"listen": true}', "ConfigChangeBatchListenResponse", 301),
         ("ServiceQueryRequest", b'{"serviceName": 7}', "QueryServiceResponse", 400),
+        ("PersistentInstanceRequest", b'{"serviceName": "s", "type": "registerInstance"}',
+         "InstanceResponse", 301),
+        ("ServiceListRequest", b'{"pageNo": "x", "pageSize": -1}', "ServiceListResponse", 301),
     ]
     for kind, body, want_kind, want_code in cases:
         got_kind, got = ask(kind, body)
@@ -210,6 +222,108 @@ def bad_input(grpc_addr):
     got_kind, got = ask("ServerCheckRequest", b'{"requestId": "1"}')
     assert got_kind == "ServerCheckResponse" and got["resultCode"] == 200, got
     assert got["connectionId"], got
+    print("all steps passed")
+
+
+async def close_naming(naming):
+    try:
+        await naming.shutdown()
+    except TypeError:
+        # nacos-sdk-python 2.0.11 awaits a plain function in NacosNamingService.shutdown,
+        # after it has closed the connection; nothing of ours is left open.
+        pass
+
+
+async def refused(call, words):
+    """Runs `call`, which must fail with a NacosException whose message has `words`."""
+    try:
+        await call
+    except NacosException as e:
+        assert words in e.message, e.message
+        return
+    raise AssertionError(f"not refused: wanted {words!r}")
+
+
+async def hosts_of(naming, name):
+    queried = await naming.grpc_client_proxy.query_instance_of_service(
+        name, "DEFAULT_GROUP", "", False)
+    return sorted((h.ip, h.port, h.ephemeral) for h in queried.hosts)
+
+
+async def persistent_steps(cfg):
+    naming = await NacosNamingService.create_naming_service(cfg)
+    # ephemeral=False makes the client send PersistentInstanceRequest.
+    assert await naming.register_instance(RegisterInstanceParam(
+        service_name="grpc-persist", ip="10.2.0.1", port=9000, ephemeral=False))
+    assert await naming.register_instance(RegisterInstanceParam(
+        service_name="grpc-eph", ip="10.2.0.2", port=9000))
+    print("registered a persistent and an ephemeral instance")
+    assert await hosts_of(naming, "grpc-persist") == [("10.2.0.1", 9000, False)]
+    assert await hosts_of(naming, "grpc-eph") == [("10.2.0.2", 9000, True)]
+    # Nacos keeps a service either ephemeral or persistent (its ClientOperationService
+    # implementations refuse the other kind with these words).
+    await refused(naming.register_instance(RegisterInstanceParam(
+        service_name="grpc-eph", ip="10.2.0.3", port=9000, ephemeral=False)),
+        "Current service DEFAULT_GROUP@@grpc-eph is ephemeral service, "
+        "can't register persistent instance.")
+    await refused(naming.register_instance(RegisterInstanceParam(
+        service_name="grpc-persist", ip="10.2.0.4", port=9000)),
+        "Current service DEFAULT_GROUP@@grpc-persist is persistent service, "
+        "can't register ephemeral instance.")
+    assert await hosts_of(naming, "grpc-persist") == [("10.2.0.1", 9000, False)]
+    assert await hosts_of(naming, "grpc-eph") == [("10.2.0.2", 9000, True)]
+    print("mixing kinds refused")
+    await close_naming(naming)
+    print("all steps passed")
+
+
+async def persistent_remove_steps(cfg):
+    naming = await NacosNamingService.create_naming_service(cfg)
+    assert await hosts_of(naming, "grpc-persist") == [("10.2.0.1", 9000, False)]
+    # An InstanceRequest (what ephemeral=True sends) never touches a persistent instance.
+    assert await naming.deregister_instance(DeregisterInstanceParam(
+        service_name="grpc-persist", ip="10.2.0.1", port=9000))
+    assert await hosts_of(naming, "grpc-persist") == [("10.2.0.1", 9000, False)]
+    print("an ephemeral deregistration left it alone")
+    assert await naming.deregister_instance(DeregisterInstanceParam(
+        service_name="grpc-persist", ip="10.2.0.1", port=9000, ephemeral=False))
+    assert await hosts_of(naming, "grpc-persist") == []
+    print("a persistent deregistration removed it")
+    await close_naming(naming)
+    print("all steps passed")
+
+
+async def service_list_steps(cfg):
+    naming = await NacosNamingService.create_naming_service(cfg)
+    for name in ("svc-list-c", "svc-list-a", "svc-list-b"):
+        assert await naming.register_instance(RegisterInstanceParam(
+            service_name=name, ip="10.4.0.1", port=80))
+    assert await naming.register_instance(RegisterInstanceParam(
+        service_name="svc-list-d", group_name="G2", ip="10.4.0.1", port=80))
+    assert await naming.register_instance(RegisterInstanceParam(
+        service_name="svc-list-p", ip="10.4.0.1", port=80, ephemeral=False))
+
+    async def page(no, size, **extra):
+        listed = await naming.list_services(ListServiceParam(page_no=no, page_size=size, **extra))
+        return listed.count, listed.services
+
+    assert await page(1, 2) == (4, ["svc-list-a", "svc-list-b"]), await page(1, 2)
+    assert await page(2, 2) == (4, ["svc-list-c", "svc-list-p"]), await page(2, 2)
+    assert await page(3, 2) == (4, []), await page(3, 2)
+    assert await page(1, 10) == (4, ["svc-list-a", "svc-list-b", "svc-list-c",
+                                     "svc-list-p"]), await page(1, 10)
+    print("pages of DEFAULT_GROUP")
+    assert await page(1, 10, group_name="G2") == (1, ["svc-list-d"]), \
+        await page(1, 10, group_name="G2")
+    assert await page(1, 10, group_name="nothing-here") == (0, [])
+    assert await page(1, 10, namespace_id="other-ns") == (0, [])
+    print("other groups and namespaces")
+    assert await naming.deregister_instance(DeregisterInstanceParam(
+        service_name="svc-list-a", ip="10.4.0.1", port=80))
+    assert await page(1, 10) == (3, ["svc-list-b", "svc-list-c", "svc-list-p"]), \
+        await page(1, 10)
+    print("a service without instances is not listed")
+    await close_naming(naming)
     print("all steps passed")
 
 
@@ -237,6 +351,12 @@ def main():
             bad_input(grpc_addr)
         elif mode == "hold":
             asyncio.run(hold(cfg, arg))
+        elif mode == "persistent":
+            asyncio.run(persistent_steps(cfg))
+        elif mode == "persistent-remove":
+            asyncio.run(persistent_remove_steps(cfg))
+        elif mode == "service-list":
+            asyncio.run(service_list_steps(cfg))
         else:
             sys.exit(f"unknown mode {mode}")
 

@@ -68,10 +68,20 @@ pub struct GatewayConfig {
     /// and send it to this node's monitor, when the node runs the monitor.
     #[serde(default = "default_traces")]
     pub traces: bool,
+    /// At most this many traces a second start here (requests without a sampled
+    /// `traceparent`); 0: every one. Requests that arrive sampled are always recorded.
+    #[serde(default = "default_traces_per_second")]
+    pub traces_per_second: u32,
 }
 
 fn default_traces() -> bool {
     true
+}
+
+/// Every request of someone trying things out is traced; under load, spans stay a trickle
+/// (a span costs far more than proxying the request).
+fn default_traces_per_second() -> u32 {
+    100
 }
 
 impl Default for GatewayConfig {
@@ -83,6 +93,7 @@ impl Default for GatewayConfig {
             access_log_fields: Vec::new(),
             proxy_protocol: false,
             traces: default_traces(),
+            traces_per_second: default_traces_per_second(),
         }
     }
 }
@@ -123,7 +134,7 @@ impl Component for GatewayComponent {
 
     fn sample_config(&self) -> Option<String> {
         Some(format!(
-            "[{NAME}]\n# Serve the route table from a file instead of the config center:\n# routes_file = \"/etc/strata/routes.toml\"\n# Spans of requests to this node's monitor (when it runs one):\n# traces = true\n"
+            "[{NAME}]\n# Serve the route table from a file instead of the config center:\n# routes_file = \"/etc/strata/routes.toml\"\n# Spans of requests to this node's monitor (when it runs one), at most\n# traces_per_second new traces a second (0: no cap):\n# traces = true\n# traces_per_second = 100\n"
         ))
     }
 
@@ -136,7 +147,7 @@ impl Component for GatewayComponent {
                 .map_err(StartError)?;
             // The monitor is another component: known by its name, reached over HTTP.
             if config.traces && ctx.components.contains(&"monitor") {
-                export_spans(&gateway, &ctx).map_err(StartError)?;
+                export_spans(&gateway, &ctx, config.traces_per_second).map_err(StartError)?;
             }
             let source = match (&config.routes_file, configs) {
                 (Some(file), _) => {
@@ -220,7 +231,7 @@ pub(crate) fn build_gateway(
 
 /// Sends the spans of requests to this node's monitor (`POST /v1/traces` on its client API,
 /// as the node itself over TLS), from a task of the component.
-fn export_spans(gateway: &Gateway, ctx: &Context) -> Result<(), String> {
+fn export_spans(gateway: &Gateway, ctx: &Context, per_second: u32) -> Result<(), String> {
     let http = match &ctx.tls {
         None => strata_tls::http_client_builder(),
         Some(tls) => tls
@@ -240,6 +251,7 @@ fn export_spans(gateway: &Gateway, ctx: &Context) -> Result<(), String> {
     };
     let (exporter, task) =
         strata_trace::Exporter::new(collector, "strata-gateway".into(), 1.0, counters);
+    let exporter = exporter.per_second(per_second);
     let cancel = ctx.cancel.clone();
     ctx.tracker.spawn(async move {
         tokio::select! {

@@ -99,6 +99,7 @@ impl Standalone {
             proxy_protocol: server.proxy_protocol,
             // No node, so no monitor to send spans to; `traceparent` passes through.
             traces: false,
+            traces_per_second: 0,
         };
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();

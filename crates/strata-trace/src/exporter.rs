@@ -5,7 +5,9 @@
 use crate::span::{export_body, Span};
 use prometheus::IntCounter;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Spans waiting for export at most.
@@ -44,7 +46,46 @@ pub struct Counters {
 pub struct Exporter {
     queue: mpsc::Sender<Span>,
     ratio: f64,
+    /// At most this many new traces a second (`None`: no cap), as Jaeger's rate-limiting
+    /// sampler does: a lone developer's every request is traced, while a load test records a
+    /// steady trickle instead of paying for a span per request.
+    per_second: Option<Arc<RateCap>>,
     dropped: IntCounter,
+}
+
+/// The per-second cap's state: the current second (since `epoch`) in the high 32 bits, traces
+/// sampled in it in the low 32.
+#[derive(Debug)]
+struct RateCap {
+    limit: u32,
+    epoch: Instant,
+    state: AtomicU64,
+}
+
+impl RateCap {
+    /// Takes one of this second's slots; false when they are gone.
+    fn admit(&self) -> bool {
+        let second = u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+        let mut current = self.state.load(Ordering::Relaxed);
+        loop {
+            let next = if (current >> 32) as u32 != second {
+                (u64::from(second) << 32) | 1
+            } else if (current as u32) < self.limit {
+                current + 1
+            } else {
+                return false;
+            };
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
 }
 
 impl Exporter {
@@ -61,14 +102,29 @@ impl Exporter {
         let exporter = Exporter {
             queue,
             ratio: ratio.clamp(0.0, 1.0),
+            per_second: None,
             dropped: counters.dropped.clone(),
         };
         (exporter, export(collector, service, counters, rx))
     }
 
+    /// Samples at most `limit` new traces a second (on top of the ratio); 0: no cap. Traces
+    /// that arrive sampled (a `traceparent` with the flag) are recorded whatever the cap.
+    pub fn per_second(mut self, limit: u32) -> Exporter {
+        self.per_second = (limit > 0).then(|| {
+            Arc::new(RateCap {
+                limit,
+                epoch: Instant::now(),
+                state: AtomicU64::new(0),
+            })
+        });
+        self
+    }
+
     /// The sampling decision for a trace that starts here.
     pub fn sample_new(&self) -> bool {
-        self.ratio >= 1.0 || rand::random::<f64>() < self.ratio
+        let picked = self.ratio >= 1.0 || rand::random::<f64>() < self.ratio;
+        picked && self.per_second.as_ref().is_none_or(|cap| cap.admit())
     }
 
     /// Queues a finished span (only when its trace is sampled).
@@ -181,6 +237,23 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_per_second_cap_samples_that_many_new_traces_a_second() {
+        let collector = Collector {
+            urls: Vec::new(),
+            token: None,
+            http: strata_tls::http_client_builder().build().unwrap(),
+        };
+        let (exporter, _task) = Exporter::new(collector, "t".into(), 1.0, counters());
+        let exporter = exporter.per_second(5);
+        let sampled = (0..1000).filter(|_| exporter.sample_new()).count();
+        // 5 in one second; 10 if the loop happened to straddle a second's end.
+        assert!((5..=10).contains(&sampled), "{sampled} of 1000 sampled");
+        until("the next second's slots", || exporter.sample_new()).await;
+        let uncapped = exporter.per_second(0);
+        assert!((0..100).all(|_| uncapped.sample_new()));
     }
 
     #[tokio::test]

@@ -145,9 +145,12 @@ impl Component for GatewayComponent {
             let configs = ctx.get::<Arc<dyn ConfigService>>().map(|c| (*c).clone());
             let gateway = build_gateway(&config, &ctx.metrics, registry, &ctx.tracker, &ctx.cancel)
                 .map_err(StartError)?;
-            // The monitor is another component: known by its name, reached over HTTP.
-            if config.traces && ctx.components.contains(&"monitor") {
-                export_spans(&gateway, &ctx, config.traces_per_second).map_err(StartError)?;
+            // The monitor, when this node runs it, started earlier and offers its span store.
+            if let Some(sink) = ctx
+                .get::<Arc<dyn strata_trace::LocalSink>>()
+                .filter(|_| config.traces)
+            {
+                export_spans(&gateway, &ctx, (*sink).clone(), config.traces_per_second);
             }
             let source = match (&config.routes_file, configs) {
                 (Some(file), _) => {
@@ -229,28 +232,20 @@ pub(crate) fn build_gateway(
     Ok(gateway)
 }
 
-/// Sends the spans of requests to this node's monitor (`POST /v1/traces` on its client API,
-/// as the node itself over TLS), from a task of the component.
-fn export_spans(gateway: &Gateway, ctx: &Context, per_second: u32) -> Result<(), String> {
-    let http = match &ctx.tls {
-        None => strata_tls::http_client_builder(),
-        Some(tls) => tls
-            .client_builder()
-            .map_err(|e| format!("gateway: TLS client for spans: {e}"))?,
-    };
-    let collector = strata_trace::Collector {
-        urls: vec![format!("{}/v1/traces", ctx.api_url)],
-        token: None,
-        http: http
-            .build()
-            .map_err(|e| format!("gateway: HTTP client for spans: {e}"))?,
-    };
+/// Hands the spans of requests to this node's monitor (`sink`), in process, from a task of the
+/// component.
+fn export_spans(
+    gateway: &Gateway,
+    ctx: &Context,
+    sink: Arc<dyn strata_trace::LocalSink>,
+    per_second: u32,
+) {
     let counters = strata_trace::Counters {
         exported: gateway.metrics.spans.with_label_values(&["exported"]),
         dropped: gateway.metrics.spans.with_label_values(&["dropped"]),
     };
     let (exporter, task) =
-        strata_trace::Exporter::new(collector, "strata-gateway".into(), 1.0, counters);
+        strata_trace::Exporter::local(sink, "strata-gateway".into(), 1.0, counters);
     let exporter = exporter.per_second(per_second);
     let cancel = ctx.cancel.clone();
     ctx.tracker.spawn(async move {
@@ -260,8 +255,7 @@ fn export_spans(gateway: &Gateway, ctx: &Context, per_second: u32) -> Result<(),
         }
     });
     let _ = gateway.spans.set(exporter);
-    tracing::info!(api = %ctx.api_url, "gateway spans go to this node's monitor");
-    Ok(())
+    tracing::info!(per_second, "gateway spans go to this node's monitor");
 }
 
 /// Installs the table of `file` and re-reads it when it changes. `standalone`: the file may

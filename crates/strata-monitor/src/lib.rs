@@ -282,6 +282,10 @@ impl Component for MonitorComponent {
             };
             let trace_store = Arc::new(trace_store);
             trace_store.register_metrics(&ctx.metrics)?;
+            // Components started after this one (the gateway) hand their spans over here.
+            let local: Arc<dyn strata_trace::LocalSink> =
+                Arc::new(traces::LocalSpans(trace_store.clone()));
+            ctx.provide(Arc::new(local));
             ctx.tracker
                 .spawn(traces::run_pruning(trace_store.clone(), ctx.cancel.clone()));
             let trace_routes = traces::router(traces::TraceState {

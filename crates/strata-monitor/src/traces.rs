@@ -776,6 +776,59 @@ pub fn decode_json(body: &[u8]) -> Result<Vec<SpanRecord>, String> {
     Ok(out)
 }
 
+/// The node's own components hand their spans over here (the gateway does): the records the
+/// OTLP receiver would store for the same spans, without encoding them, posting them to this
+/// node's API and decoding them again, and with no credentials to present.
+pub struct LocalSpans(pub Arc<TraceStore>);
+
+impl strata_trace::LocalSink for LocalSpans {
+    fn accept(&self, service: &str, spans: Vec<strata_trace::Span>) -> Result<(), String> {
+        let records = spans
+            .into_iter()
+            .map(|span| local_record(service, span))
+            .collect();
+        self.0.append(records).map(|_| ())
+    }
+}
+
+/// What [`decode_json`] makes of `span` as [`strata_trace::export_body`] encodes it.
+fn local_record(service: &str, span: strata_trace::Span) -> SpanRecord {
+    use strata_trace::{AttributeValue, SpanKind};
+    let start = span
+        .start
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let duration = u64::try_from(span.duration.as_nanos()).unwrap_or(u64::MAX);
+    let attributes = span.attributes.into_iter().map(|(key, value)| {
+        let value = match value {
+            AttributeValue::Str(text) => Json::String(text),
+            AttributeValue::Int(n) => Json::from(n),
+        };
+        (key.to_string(), value)
+    });
+    SpanRecord {
+        trace_id: span.context.trace_hex(),
+        span_id: span.context.span_hex(),
+        parent_span_id: span.parent.map(|parent| hex(&parent)),
+        service: clip(service.to_string()),
+        name: clip(span.name),
+        kind: match span.kind {
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+        }
+        .to_string(),
+        start_unix_nano: start,
+        end_unix_nano: start.saturating_add(duration),
+        attributes: attribute_map(attributes),
+        status_code: if span.error.is_some() {
+            STATUS_ERROR
+        } else {
+            1
+        },
+        status_message: clip(span.error.unwrap_or_default()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The store.
 
@@ -1583,6 +1636,44 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> TraceStore {
         TraceStore::open(dir, DEFAULT_RETENTION, DEFAULT_MAX_SPANS).unwrap()
+    }
+
+    #[test]
+    fn a_span_handed_over_in_process_is_stored_as_its_otlp_json_would_be() {
+        use strata_trace::{Span, SpanKind, TraceParent};
+        let root = TraceParent::root(true);
+        let mut failed = Span {
+            context: root.child(),
+            parent: Some(root.span_id),
+            name: "GET /users/{id}".into(),
+            kind: SpanKind::Server,
+            start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            duration: Duration::from_micros(1_500),
+            error: Some("502 Bad Gateway: the exchange with the upstream failed (reset)".into()),
+            attributes: Vec::new(),
+        };
+        failed.set("http.method", "GET");
+        failed.set("http.status_code", 502u16);
+        failed.set("strata.retries", 1u32);
+        let ok = Span {
+            context: root,
+            parent: None,
+            name: "orders.v1.Orders/Create".into(),
+            kind: SpanKind::Client,
+            start: UNIX_EPOCH,
+            duration: Duration::ZERO,
+            error: None,
+            attributes: Vec::new(),
+        };
+        for span in [failed, ok] {
+            let body = serde_json::to_vec(&strata_trace::export_body(
+                "strata-gateway",
+                std::slice::from_ref(&span),
+            ))
+            .unwrap();
+            let decoded = decode_json(&body).unwrap();
+            assert_eq!(vec![local_record("strata-gateway", span)], decoded);
+        }
     }
 
     fn now_ms() -> i64 {

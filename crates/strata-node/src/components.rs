@@ -12,9 +12,10 @@ pub fn all() -> Vec<Arc<dyn Component>> {
         Arc::new(strata_registry::RegistryComponent),
         Arc::new(strata_configcenter::ConfigCenterComponent),
         Arc::new(strata_nacos::NacosComponent),
+        // Before the gateway, which hands the monitor its spans.
+        Arc::new(strata_monitor::MonitorComponent),
         Arc::new(strata_gateway::GatewayComponent),
         Arc::new(strata_xds::XdsComponent),
-        Arc::new(strata_monitor::MonitorComponent),
         Arc::new(strata_console::ConsoleComponent),
     ]
 }

@@ -32,6 +32,13 @@ pub struct Collector {
     pub http: reqwest::Client,
 }
 
+/// A collector in this process (the node's own monitor): spans are handed over as they are,
+/// with no encoding, no HTTP and no credentials to present.
+pub trait LocalSink: Send + Sync + 'static {
+    /// Stores `spans` of `service`. Blocking: it may write a file.
+    fn accept(&self, service: &str, spans: Vec<Span>) -> Result<(), String>;
+}
+
 /// What an exporter counts.
 #[derive(Debug, Clone)]
 pub struct Counters {
@@ -108,6 +115,24 @@ impl Exporter {
         (exporter, export(collector, service, counters, rx))
     }
 
+    /// An exporter that hands its batches to `sink` in this process, and the task that does
+    /// it (as [`Exporter::new`]).
+    pub fn local(
+        sink: Arc<dyn LocalSink>,
+        service: String,
+        ratio: f64,
+        counters: Counters,
+    ) -> (Exporter, impl Future<Output = ()> + Send + 'static) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let exporter = Exporter {
+            queue,
+            ratio: ratio.clamp(0.0, 1.0),
+            per_second: None,
+            dropped: counters.dropped.clone(),
+        };
+        (exporter, export_local(sink, service, counters, rx))
+    }
+
     /// Samples at most `limit` new traces a second (on top of the ratio); 0: no cap. Traces
     /// that arrive sampled (a `traceparent` with the flag) are recorded whatever the cap.
     pub fn per_second(mut self, limit: u32) -> Exporter {
@@ -150,6 +175,57 @@ fn describe(outcome: Result<reqwest::StatusCode, reqwest::Error>) -> String {
     }
 }
 
+/// The next batch: the first span to arrive and whatever follows it within [`LINGER`], up to
+/// [`BATCH`]; `None` once every handle is dropped and the queue is empty.
+async fn next_batch(rx: &mut mpsc::Receiver<Span>) -> Option<Vec<Span>> {
+    let mut batch = vec![rx.recv().await?];
+    let linger = tokio::time::sleep(LINGER);
+    tokio::pin!(linger);
+    while batch.len() < BATCH {
+        tokio::select! {
+            span = rx.recv() => match span {
+                Some(span) => batch.push(span),
+                None => break,
+            },
+            () = &mut linger => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn export_local(
+    sink: Arc<dyn LocalSink>,
+    service: String,
+    counters: Counters,
+    mut rx: mpsc::Receiver<Span>,
+) {
+    let service: Arc<str> = service.into();
+    let mut failing = false;
+    while let Some(batch) = next_batch(&mut rx).await {
+        let spans = batch.len() as u64;
+        let (sink, service) = (sink.clone(), service.clone());
+        let outcome = tokio::task::spawn_blocking(move || sink.accept(&service, batch))
+            .await
+            .unwrap_or_else(|e| Err(format!("the task storing spans failed: {e}")));
+        match outcome {
+            Ok(()) => {
+                counters.exported.inc_by(spans);
+                if failing {
+                    tracing::info!("this node's monitor stores spans again");
+                    failing = false;
+                }
+            }
+            Err(error) => {
+                counters.dropped.inc_by(spans);
+                if !failing {
+                    tracing::warn!(%error, spans, "this node's monitor could not store spans; dropping them");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
 async fn export(
     collector: Collector,
     service: String,
@@ -158,19 +234,7 @@ async fn export(
 ) {
     let mut current = 0;
     let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let linger = tokio::time::sleep(LINGER);
-        tokio::pin!(linger);
-        while batch.len() < BATCH {
-            tokio::select! {
-                span = rx.recv() => match span {
-                    Some(span) => batch.push(span),
-                    None => break,
-                },
-                () = &mut linger => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx).await {
         let Some(url) = collector.urls.get(current) else {
             counters.dropped.inc_by(batch.len() as u64);
             continue;

@@ -8,7 +8,8 @@
 //!   OTLP `ExportTraceServiceRequest` of some.
 //! - [`Exporter`]: a handle that queues spans, and the task that posts them in batches to a
 //!   [`Collector`] (any OTLP/HTTP receiver: a Strata node's monitor, an OpenTelemetry
-//!   Collector, Jaeger). The caller runs the task where it tracks its tasks.
+//!   Collector, Jaeger), or hands them to a [`LocalSink`] in the same process (the gateway to
+//!   its node's monitor). The caller runs the task where it tracks its tasks.
 //!
 //! Recording never waits: a span is dropped (and counted) when the queue is full or the
 //! collector fails. Nothing here reads the environment or keeps global state; the RPC library
@@ -19,6 +20,6 @@ mod exporter;
 mod span;
 mod traceparent;
 
-pub use exporter::{Collector, Counters, Exporter};
+pub use exporter::{Collector, Counters, Exporter, LocalSink};
 pub use span::{export_body, AttributeValue, Span, SpanKind};
 pub use traceparent::{header, TraceParent, TRACEPARENT, TRACESTATE};

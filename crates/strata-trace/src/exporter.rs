@@ -105,6 +105,12 @@ impl Exporter {
         ratio: f64,
         counters: Counters,
     ) -> (Exporter, impl Future<Output = ()> + Send + 'static) {
+        let (exporter, rx) = Exporter::queue(ratio, &counters);
+        (exporter, export(collector, service, counters, rx))
+    }
+
+    /// A handle with an empty queue, and the queue's receiving end.
+    fn queue(ratio: f64, counters: &Counters) -> (Exporter, mpsc::Receiver<Span>) {
         let (queue, rx) = mpsc::channel(QUEUE);
         let exporter = Exporter {
             queue,
@@ -112,7 +118,7 @@ impl Exporter {
             per_second: None,
             dropped: counters.dropped.clone(),
         };
-        (exporter, export(collector, service, counters, rx))
+        (exporter, rx)
     }
 
     /// An exporter that hands its batches to `sink` in this process, and the task that does
@@ -123,13 +129,7 @@ impl Exporter {
         ratio: f64,
         counters: Counters,
     ) -> (Exporter, impl Future<Output = ()> + Send + 'static) {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let exporter = Exporter {
-            queue,
-            ratio: ratio.clamp(0.0, 1.0),
-            per_second: None,
-            dropped: counters.dropped.clone(),
-        };
+        let (exporter, rx) = Exporter::queue(ratio, &counters);
         (exporter, export_local(sink, service, counters, rx))
     }
 

@@ -753,31 +753,31 @@ impl GrpcApi {
         InstanceRef::new(namespace, name, &id)
     }
 
+    /// Every instance of service `name` in `namespace` (none for a name the registry refuses).
+    async fn service_instances(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Arc<Instance>>, Failure> {
+        let query = Query {
+            namespace: Some(namespace.to_string()),
+            ..Query::default()
+        };
+        match self.nacos.registry.query(name, &query).await {
+            Ok(r) => Ok(r.instances),
+            Err(e) if e.code == ErrorCode::BadRequest => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The instances of `service` registered through Nacos in its group.
     async fn nacos_instances(
         &self,
         (namespace, group, name): &(String, String, String),
     ) -> Result<Vec<Arc<Instance>>, Failure> {
-        let result = self
-            .nacos
-            .registry
-            .query(
-                name,
-                &Query {
-                    namespace: Some(namespace.clone()),
-                    ..Query::default()
-                },
-            )
-            .await;
-        match result {
-            Ok(r) => Ok(r
-                .instances
-                .into_iter()
-                .filter(|i| i.meta.get("nacos.group") == Some(group))
-                .collect()),
-            Err(e) if e.code == ErrorCode::BadRequest => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
+        let mut instances = self.service_instances(namespace, name).await?;
+        instances.retain(|i| i.meta.get("nacos.group") == Some(group));
+        Ok(instances)
     }
 
     /// Refuses to add an instance of kind `ephemeral` to `service` when the service has
@@ -846,26 +846,13 @@ impl GrpcApi {
     /// Whether instance `reference` is registered ephemeral (`Some(true)`), persistent
     /// (`Some(false)`) or not at all (`None`).
     async fn stored_kind(&self, reference: &InstanceRef) -> Result<Option<bool>, Failure> {
-        let result = self
-            .nacos
-            .registry
-            .query(
-                &reference.service,
-                &Query {
-                    namespace: Some(reference.namespace.clone()),
-                    ..Query::default()
-                },
-            )
-            .await;
-        match result {
-            Ok(r) => Ok(r
-                .instances
-                .iter()
-                .find(|i| i.id == reference.id)
-                .map(|i| i.ephemeral)),
-            Err(e) if e.code == ErrorCode::BadRequest => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let instances = self
+            .service_instances(&reference.namespace, &reference.service)
+            .await?;
+        Ok(instances
+            .iter()
+            .find(|i| i.id == reference.id)
+            .map(|i| i.ephemeral))
     }
 
     /// `InstanceRequest`: registers or deregisters an ephemeral instance of the connection.

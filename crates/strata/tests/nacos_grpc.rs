@@ -110,25 +110,6 @@ async fn hosts(nacos: &str, service: &str) -> Option<Vec<(String, u64, bool)>> {
     Some(found)
 }
 
-/// The value of the sample of metric `name` with every label of `labels` (`key="value"`),
-/// 0 when there is none.
-async fn sample(node: &NodeProc, name: &str, labels: &[&str]) -> f64 {
-    let text = http_client()
-        .get(format!("{}/metrics", node.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|label| l.contains(label)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The lease of `key` in `node`'s copy of the store; `None` when it is not there.
 async fn lease_at(node: &NodeProc, key: &str) -> Option<i64> {
     let found = node.local_prefix(key).await?;
@@ -578,18 +559,20 @@ async fn t90_a_client_that_does_not_answer_detection_is_closed() {
         Duration::from_secs(120),
     );
     assert!(stdout.contains("all steps passed"), "{stdout}");
-    let unresponsive = sample(
-        node,
-        "strata_nacos_grpc_connections_closed_total",
-        &["reason=\"unresponsive\""],
-    )
-    .await;
+    let unresponsive = node
+        .metric_with(
+            "strata_nacos_grpc_connections_closed_total",
+            &["reason=\"unresponsive\""],
+        )
+        .await
+        .unwrap_or(0.0);
     assert_eq!(unresponsive, 1.0);
-    let answered = sample(
-        node,
-        "strata_nacos_grpc_pushes_total",
-        &["outcome=\"acked\"", "type=\"ClientDetectionResponse\""],
-    )
-    .await;
+    let answered = node
+        .metric_with(
+            "strata_nacos_grpc_pushes_total",
+            &["outcome=\"acked\"", "type=\"ClientDetectionResponse\""],
+        )
+        .await
+        .unwrap_or(0.0);
     assert!(answered >= 1.0, "{answered}");
 }

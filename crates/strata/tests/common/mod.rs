@@ -602,6 +602,12 @@ impl NodeProc {
 
     /// Fetches /metrics and returns the value of the first sample named `name`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
+        self.metric_with(name, &[]).await
+    }
+
+    /// Fetches /metrics and returns the value of the first sample named `name` that has every
+    /// label of `labels` (`key="value"`).
+    pub async fn metric_with(&self, name: &str, labels: &[&str]) -> Option<f64> {
         let text = http_client()
             .get(format!("{}/metrics", self.url()))
             .send()
@@ -612,7 +618,8 @@ impl NodeProc {
             .ok()?;
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .find(|l| labels.iter().all(|label| l.contains(label)))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }

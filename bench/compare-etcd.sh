@@ -11,8 +11,9 @@
 #        get at 128 clients; watch fan-out (1,000 watchers on one prefix, delivery latency of
 #        a put); put at 16 clients on the two followers for 6 s, the leader frozen with SIGSTOP
 #        from the first second on (then SIGCONT, and the cluster must be healthy again);
-#   4. records VmRSS of every server after each run, and reports medians of throughput, p50,
-#      p99 and RSS per node as a markdown table.
+#   4. records VmRSS of every server after each run and the CPU time (user + system) all three
+#      servers used during it, and reports medians of throughput, p50, p99, RSS per node and
+#      server CPU per operation as a markdown table.
 #
 # Writes every raw number, the machine, the commit and the settings to
 # bench/results/compare-etcd-<UTC timestamp>.json (-quick.json with --quick). The last line of
@@ -407,6 +408,7 @@ for round in $(seq 1 "$rounds"); do
             [[ $id == get_* ]] && extra=(--key "bench/get/key" --connections "$(connections_for "${args[@]}")")
             [[ $id == watch || $id == paused_leader_* ]] || extra+=(--max-seconds "$max_seconds")
             frozen=""
+            cpu_before=$(cpu_ticks_sum "${pids[@]}")
             if [[ $id == paused_leader_* ]]; then
                 # The clients use the followers only; the leader is frozen one second in.
                 frozen=$(pid_of_endpoint "$system" "${order[$system]##*,}")
@@ -436,15 +438,20 @@ for round in $(seq 1 "$rounds"); do
                 alive "$pid" || die "a $system server (pid $pid) died during $id"
                 rss+=("$(rss_mib "$pid")")
             done
+            cpu_ms=$((($(cpu_ticks_sum "${pids[@]}") - cpu_before) * 1000 / clk_tck))
             rss_json=$(printf '%s\n' "${rss[@]}" | jq -sc .)
-            jq -c --arg system "$system" --arg id "$id" --argjson round "$round" \
+            line=$(jq -c --arg system "$system" --arg id "$id" --argjson round "$round" \
                 --argjson rss "$rss_json" --arg leader "${order[$system]##*,}" \
+                --argjson cpu_ms "$cpu_ms" \
                 '{system: $system, id: $id, round: $round, leader_endpoint: $leader,
-                  rss_mib: $rss} + .' <<<"$line" >>"$runs_file"
-            log "$(printf '%-16s %-6s r%s: %9s ops/s  p50 %7s ms  p99 %7s ms  errors %s  RSS %s MiB' \
+                  rss_mib: $rss, server_cpu_ms: $cpu_ms,
+                  server_cpu_us_per_op: (if .requests > 0
+                    then ($cpu_ms * 1000 / .requests * 10 | round / 10) else null end)} + .' <<<"$line")
+            echo "$line" >>"$runs_file"
+            log "$(printf '%-16s %-6s r%s: %9s ops/s  p50 %7s ms  p99 %7s ms  errors %s  RSS %s MiB  CPU %s us/op' \
                 "$id" "$system" "$round" "$(jq -r .throughput <<<"$line")" \
                 "$(jq -r .p50_ms <<<"$line")" "$(jq -r .p99_ms <<<"$line")" \
-                "$(jq -r .errors <<<"$line")" "${rss[*]}")"
+                "$(jq -r .errors <<<"$line")" "${rss[*]}" "$(jq -r .server_cpu_us_per_op <<<"$line")")"
         done
     done
 done
@@ -497,6 +504,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
         max_ms: ([$r[].max_ms] | median),
         worst_ms: ([$r[].max_ms] | map(select(. != null)) | max),
         rss_mib: [range(0; ($r[0].rss_mib | length)) as $i | [$r[].rss_mib[$i]] | median],
+        server_cpu_us_per_op: ([$r[].server_cpu_us_per_op] | median),
         errors: ([$r[].errors] | add)
     };
     def ratio($a; $b): if $a == null or $b == null or $b == 0 then null
@@ -541,10 +549,10 @@ print_summary '
     heading("Strata vs etcd \(.config.etcd_version) over the etcd v3 API"),
     "medians of \(.config.rounds) interleaved run(s) per cell; watch: \(.config.watchers) watchers, \(.config.watch_puts) puts, throughput = deliveries/s",
     "",
-    "| workload | system | throughput (ops/s) | p50 (ms) | p99 (ms) | worst (ms) | RSS per node after (MiB) | errors |",
-    "|---|---|---:|---:|---:|---:|---|---:|",
+    "| workload | system | throughput (ops/s) | p50 (ms) | p99 (ms) | worst (ms) | RSS per node after (MiB) | server CPU per op (µs, all nodes) | errors |",
+    "|---|---|---:|---:|---:|---:|---|---:|---:|",
     (.summary | to_entries[] | .key as $id | .value | to_entries[] |
-        "| \($id | pretty) | \(.key) | \(.value.throughput | f) | \(.value.p50_ms | f) | \(.value.p99_ms | f) | \(.value.worst_ms | f) | \(.value.rss_mib | map(f) | join(" / ")) | \(.value.errors | f) |"),
+        "| \($id | pretty) | \(.key) | \(.value.throughput | f) | \(.value.p50_ms | f) | \(.value.p99_ms | f) | \(.value.worst_ms | f) | \(.value.rss_mib | map(f) | join(" / ")) | \(.value.server_cpu_us_per_op | f) | \(.value.errors | f) |"),
     "",
     ([.summary | to_entries[] | select(.key | startswith("put_"))] as $puts |
         "worst single put over every put run: strata \([$puts[].value.strata.worst_ms] | max | f) ms, etcd \([$puts[].value.etcd.worst_ms] | max | f) ms (ratio \(.ratio.worst_put | f))"),

@@ -250,7 +250,6 @@ log "backend :$backend_port, nginx :$nginx_port, haproxy :$haproxy_port, strata 
     "TLS: backend :$backend_tls_port, nginx :$nginx_tls_port, haproxy :$haproxy_tls_port, strata $strata_tls"
 
 # --- measurements ---------------------------------------------------------------------------
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 peak_rss_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 ms() { # wrk and h2load latency ("812.00us", "1.20ms", "2.00s") in ms
     awk -v v="$1" 'BEGIN {
@@ -275,7 +274,7 @@ workloads=("keepalive_12b|/12||direct nginx haproxy strata" "keepalive_16k|/16k|
     "tls13_h2_12b|/12|h2|direct nginx haproxy strata")
 raw="$data/raw.jsonl"
 : >"$raw"
-tick_us=$((1000000 / $(getconf CLK_TCK)))
+tick_us=$((1000000 / clk_tck))
 open_rate=0
 
 # Each load tool's run sets requests (successful), rps, p50 and p99 (ms, or null), extra (a JSON

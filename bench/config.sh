@@ -85,7 +85,6 @@ bench_setup config jq curl flock cargo awk timeout getconf
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= listeners + 1024)) ||
     die "open-file limit $(ulimit -n) is too low for $listeners long-polls (need $((listeners + 1024)); raise the hard limit)"
-clk_tck=$(getconf CLK_TCK)
 
 # --- build ----------------------------------------------------------------------------------
 build_release
@@ -100,7 +99,7 @@ source "$repo/bench/cluster.sh"
 cpu_ticks_json() {
     local id
     for id in $(seq 1 "$node_count"); do
-        awk '{ print $14 + $15 }' "/proc/${node_pid[$id]}/stat"
+        cpu_ticks "${node_pid[$id]}"
     done | jq -sc .
 }
 

@@ -224,6 +224,15 @@ start_one_node() {
     wait_until 30 "the node to be ready" ready "$api"
 }
 
+# CPU time (user + system) PID has used so far, in clock ticks; the sum over several PIDs.
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+cpu_ticks_sum() {
+    local pid sum=0
+    for pid in "$@"; do sum=$((sum + $(cpu_ticks "$pid"))); done
+    echo "$sum"
+}
+
 # Resident memory of PID in MiB, one decimal.
 rss_mib() {
     awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"

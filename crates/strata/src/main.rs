@@ -22,6 +22,12 @@ mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of glibc's malloc: under write load glibc's allocator (`_int_malloc`,
+/// `malloc_consolidate`, and the kernel zeroing the pages it trims and takes back) was a
+/// fifth of every node's CPU. See ARCHITECTURE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Examples printed under `strata --help`.
 const EXAMPLES: &str = "\
 Examples:

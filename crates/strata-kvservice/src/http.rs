@@ -1,5 +1,6 @@
 //! The native HTTP/JSON API under `/v1/`, plus `/metrics`, `/livez`, `/readyz`, and the
-//! node-to-node `/internal/leader` route on the raft listener.
+//! node-to-node `/internal/leader` route (and its stream, `/internal/leader/stream`) on the
+//! raft listener.
 //!
 //! Every error is `{"code": "...", "message": "..."}` with the matching status, including
 //! malformed JSON, oversized bodies, unknown routes and wrong methods.
@@ -669,6 +670,10 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 pub fn internal_router(service: Arc<KvService>) -> Router {
     let router = Router::new()
         .route("/internal/leader", post(leader))
+        .route(
+            strata_raft::network::LEADER_STREAM_PATH,
+            post(leader_stream),
+        )
         .route("/internal/campaign", post(campaign));
     let router = if std::env::var("STRATA_FAULT_INJECTION").as_deref() == Ok("1") {
         tracing::info!("fault injection is enabled (STRATA_FAULT_INJECTION=1): for tests only");
@@ -697,6 +702,28 @@ async fn leader(
 ) -> Response {
     let reply = service.serve_as_leader(request).await;
     strata_raft::network::postcard_reply(&reply)
+}
+
+/// `POST /internal/leader/stream` with `Upgrade: strata-leader`: a follower's stream for its
+/// forwarded write batches, served one request at a time by a task of its own.
+async fn leader_stream(
+    State(service): State<Arc<KvService>>,
+    request: axum::extract::Request,
+) -> Response {
+    use strata_raft::consensus::LeaderStreamReply;
+    use strata_raft::network::{accept_stream, serve_frames, LEADER_STREAM_PROTOCOL};
+    accept_stream(request, LEADER_STREAM_PROTOCOL, move |io| {
+        serve_frames(io, move |request: Result<LeaderRequest, String>| {
+            let service = service.clone();
+            async move {
+                let reply: LeaderStreamReply = match request {
+                    Err(message) => Err(format!("malformed node-to-node request: {message}")),
+                    Ok(request) => Ok(service.serve_as_leader(request).await),
+                };
+                reply
+            }
+        })
+    })
 }
 
 async fn campaign(State(service): State<Arc<KvService>>) -> Response {

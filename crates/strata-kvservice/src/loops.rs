@@ -139,6 +139,7 @@ pub fn refresh_metrics(service: &KvService) {
     );
     metrics::advance(&metrics.raft_appends_streamed, transport.streamed_appends);
     metrics::advance(&metrics.raft_appends_posted, transport.posted_appends);
+    metrics::advance(&metrics.raft_forwards_streamed, transport.streamed_forwards);
     metrics.raft_log_entries.set(service.log.len() as i64);
     let snapshots = service.sm.snapshot_stats();
     metrics.raft_snapshot_bytes.set(snapshots.bytes as i64);

@@ -30,12 +30,14 @@ pub struct Metrics {
     pub forwards_abandoned: IntCounter,
     /// fsynced log transactions.
     pub raft_log_fsyncs: IntCounter,
-    /// Append streams opened to peers.
+    /// Streams opened to peers (appends to followers, forwarded writes to the leader).
     pub raft_append_streams_opened: IntCounter,
     /// Appends sent to peers over a stream.
     pub raft_appends_streamed: IntCounter,
     /// Appends sent to peers as one POST each (peers of older builds).
     pub raft_appends_posted: IntCounter,
+    /// Batches of writes this follower forwarded to the leader over the leader stream.
+    pub raft_forwards_streamed: IntCounter,
     /// Entries in the unpurged log.
     pub raft_log_entries: IntGauge,
     /// Snapshots installed from a leader.
@@ -218,7 +220,7 @@ impl Metrics {
             raft_append_streams_opened: counter(
                 &registry,
                 "strata_raft_append_streams_opened_total",
-                "Connections opened to peers to stream appends over",
+                "Connections opened to peers to stream appends (and, to the leader, forwarded writes) over",
             ),
             raft_appends_streamed: counter(
                 &registry,
@@ -229,6 +231,11 @@ impl Metrics {
                 &registry,
                 "strata_raft_appends_posted_total",
                 "Appends sent to peers as one POST each (peers without the stream route)",
+            ),
+            raft_forwards_streamed: counter(
+                &registry,
+                "strata_raft_forwards_streamed_total",
+                "Batches of writes forwarded to the leader over the leader stream",
             ),
             raft_log_entries: gauge(
                 &registry,

@@ -1,5 +1,5 @@
-//! The internal leader route (`POST /internal/leader`) decodes a postcard [`LeaderRequest`]
-//! from any peer, and followers decode the leader's reply: arbitrary bytes and mutated valid
+//! The internal leader route (`POST /internal/leader`, and each frame of its stream) decodes a
+//! postcard [`LeaderRequest`] from any peer, and followers decode the leader's reply: arbitrary bytes and mutated valid
 //! encodings give a value or an error, never a panic. The `raft_postcard` fuzz target in
 //! `fuzz/` explores the same property for longer.
 
@@ -12,6 +12,7 @@ use strata_proto::NodeInfo;
 fn decode_all(bytes: &[u8]) {
     let _ = postcard::from_bytes::<LeaderRequest>(bytes);
     let _ = postcard::from_bytes::<Result<LeaderReply, ApiError>>(bytes);
+    let _ = postcard::from_bytes::<strata_raft::consensus::LeaderStreamReply>(bytes);
 }
 
 fn request() -> BoxedStrategy<LeaderRequest> {

@@ -99,6 +99,10 @@ pub struct Timing {
     pub election_timeout_max: Duration,
 }
 
+/// What answers one request on the leader stream: the leader's answer, or why the request
+/// was refused before it was served (malformed).
+pub type LeaderStreamReply = Result<Result<LeaderReply, ApiError>, String>;
+
 /// The handle. Built once by [`Consensus::start`]; cheap to share by reference.
 pub struct Consensus {
     inner: Arc<Inner>,
@@ -124,6 +128,20 @@ pub(crate) struct Inner {
     /// The data folder's free space: below the reserve, writes are refused here and, when
     /// this node leads, for every node that forwards to it.
     space: Arc<crate::DiskSpace>,
+    /// The stream forwarded write batches go to the leader over ([`LeaderStream`]).
+    leader_stream: std::sync::Mutex<LeaderStream>,
+}
+
+/// The follower's stream to the leader's `POST /internal/leader/stream`, which carries the
+/// [`Forwarder`]'s write batches (one in flight, so one stream suffices) without the pooled
+/// HTTP client's two task hand-offs per request. Other leader requests (read index, leases,
+/// membership) are POSTed: they are concurrent, and a stream carries one request at a time.
+#[derive(Default)]
+struct LeaderStream {
+    /// The open stream and the leader address it goes to; taken out for an exchange.
+    open: Option<(String, crate::network::FrameStream)>,
+    /// A leader address that has no stream route (an older build): batches are POSTed to it.
+    refused: Option<String>,
 }
 
 impl Consensus {
@@ -165,6 +183,7 @@ impl Consensus {
             stepping_down: AtomicBool::new(false),
             membership_changes: tokio::sync::Mutex::new(()),
             space,
+            leader_stream: std::sync::Mutex::default(),
         });
         let forwarder = Forwarder::start(inner.clone(), tracker, cancel.child_token());
         Consensus { inner, forwarder }
@@ -303,13 +322,24 @@ impl Inner {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(50));
         let term = self.raft.metrics().borrow().current_term;
-        let call = post_postcard(
-            &self.client,
-            &node.raft_addr,
-            "/internal/leader",
-            request,
-            remaining,
-        );
+        let call = async {
+            if matches!(request, LeaderRequest::WriteBatch(_)) {
+                if let Some(reply) = self
+                    .forward_over_stream(&node.raft_addr, request, remaining)
+                    .await?
+                {
+                    return Ok(reply);
+                }
+            }
+            post_postcard(
+                &self.client,
+                &node.raft_addr,
+                "/internal/leader",
+                request,
+                remaining,
+            )
+            .await
+        };
         // A leader that stops answering (paused, partitioned) is replaced by an election; the
         // raft metrics show it, and the request must not wait for the old leader's deadline.
         let reply: Result<Result<LeaderReply, ApiError>, TransportError> = tokio::select! {
@@ -337,6 +367,64 @@ impl Inner {
                 ErrorCode::Timeout,
                 format!("forwarding to leader {leader} failed ({e}); the write may or may not have been applied"),
             )),
+        }
+    }
+
+    /// Sends `request` to the leader at `addr` over the leader stream (opened when there is
+    /// none, or it goes to another address); `Ok(None)` when that leader has no stream route.
+    async fn forward_over_stream(
+        &self,
+        addr: &str,
+        request: &LeaderRequest,
+        timeout: Duration,
+    ) -> Result<Option<Result<LeaderReply, ApiError>>, TransportError> {
+        let held = {
+            let mut slot = self
+                .leader_stream
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.refused.as_deref() == Some(addr) {
+                return Ok(None);
+            }
+            slot.open
+                .take()
+                .and_then(|(to, stream)| (to == addr).then_some(stream))
+        };
+        let route = (
+            crate::network::LEADER_STREAM_PATH,
+            crate::network::LEADER_STREAM_PROTOCOL,
+        );
+        let exchanged = crate::network::exchange_over_stream::<_, LeaderStreamReply>(
+            &self.client,
+            addr,
+            route,
+            held,
+            request,
+            timeout,
+        )
+        .await?;
+        let mut slot = self
+            .leader_stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match exchanged {
+            Some((stream, Ok(reply))) => {
+                slot.open = Some((addr.to_string(), stream));
+                crate::network::count_streamed_forward();
+                Ok(Some(reply))
+            }
+            Some((_, Err(refused))) => Err(TransportError::Failed {
+                addr: addr.to_string(),
+                message: format!("leader request refused: {refused}"),
+            }),
+            None => {
+                tracing::info!(
+                    leader = addr,
+                    "leader takes forwarded writes as one request each (older build)"
+                );
+                slot.refused = Some(addr.to_string());
+                Ok(None)
+            }
         }
     }
 

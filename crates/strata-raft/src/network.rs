@@ -3,7 +3,7 @@
 //!
 //! Routes (on the raft listener): `POST /raft/append`, `POST /raft/vote`, `POST /raft/snapshot`,
 //! and `POST /raft/stream`, which upgrades its connection (`Upgrade: strata-raft`) to a stream
-//! of length-prefixed append requests and replies (see [`AppendStream`]). Appends go over the
+//! of length-prefixed append requests and replies (see [`FrameStream`]). Appends go over the
 //! stream; a peer of an older build without the route gets them as POSTs.
 //! Every call carries the deadline openraft gives it (`RPCOption::hard_ttl`); a connection
 //! that cannot be made is reported as `Unreachable`, so openraft backs off instead of spinning.
@@ -299,7 +299,7 @@ pub struct PeerConnection {
     /// opened again by the next append. Only ever reached through `&mut self` (`get_mut`, no
     /// locking): the mutex is there because openraft wants the connection `Sync` and an
     /// upgraded connection is not.
-    stream: std::sync::Mutex<Option<AppendStream>>,
+    stream: std::sync::Mutex<Option<FrameStream>>,
     /// The peer has no stream route (an older build): appends are POSTed.
     stream_refused: bool,
 }
@@ -744,19 +744,32 @@ fn append_streams_enabled() -> bool {
     })
 }
 
+/// The route a follower's forwarded writes go to the leader over, as a frame stream.
+pub const LEADER_STREAM_PATH: &str = "/internal/leader/stream";
+/// The protocol name a `POST /internal/leader/stream` upgrades to.
+pub const LEADER_STREAM_PROTOCOL: &str = "strata-leader";
+
 static STREAMS_OPENED: AtomicU64 = AtomicU64::new(0);
 static STREAMED_APPENDS: AtomicU64 = AtomicU64::new(0);
 static POSTED_APPENDS: AtomicU64 = AtomicU64::new(0);
+static STREAMED_FORWARDS: AtomicU64 = AtomicU64::new(0);
 
-/// Counts of this node's outgoing appends, for its metrics.
+/// Counts one forward sent to the leader over a stream.
+pub(crate) fn count_streamed_forward() {
+    STREAMED_FORWARDS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts of this node's outgoing appends and forwards, for its metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TransportStats {
-    /// Append streams opened to peers since start.
+    /// Streams (append streams and the stream to the leader) opened to peers since start.
     pub streams_opened: u64,
     /// Appends sent over a stream.
     pub streamed_appends: u64,
     /// Appends sent as one POST each (to peers of older builds).
     pub posted_appends: u64,
+    /// Batches of writes forwarded to the leader over a stream.
+    pub streamed_forwards: u64,
 }
 
 /// This node's transport counters since start.
@@ -765,6 +778,7 @@ pub fn transport_stats() -> TransportStats {
         streams_opened: STREAMS_OPENED.load(Ordering::Relaxed),
         streamed_appends: STREAMED_APPENDS.load(Ordering::Relaxed),
         posted_appends: POSTED_APPENDS.load(Ordering::Relaxed),
+        streamed_forwards: STREAMED_FORWARDS.load(Ordering::Relaxed),
     }
 }
 
@@ -772,23 +786,25 @@ pub fn transport_stats() -> TransportStats {
 /// before reaching raft (malformed).
 type StreamReply = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, String>;
 
-/// One upgraded connection to a peer carrying appends, one at a time (openraft sends a
-/// follower its next append only after the previous answer). Each frame, both ways, is a u32
-/// LE length and that many bytes of postcard: an `AppendEntriesRequest` one way, a
-/// [`StreamReply`] the other. Compared with a POST per append it saves the HTTP framing, the
-/// pooled client's hand-off to its connection task and the server's routing on every append.
-struct AppendStream {
+/// One upgraded connection to a peer carrying requests one at a time: appends to a follower
+/// (openraft sends a follower its next append only after the previous answer), or a
+/// follower's forwarded writes to the leader (one batch in flight). Each frame, both ways, is
+/// a u32 LE length and that many bytes of postcard: a request one way, its reply the other.
+/// Compared with a POST each it saves the HTTP framing, the pooled client's hand-off to its
+/// connection task and the server's routing on every call: the caller's task writes the
+/// request and reads the reply itself.
+pub(crate) struct FrameStream {
     io: tokio::io::BufStream<reqwest::Upgraded>,
     frame: Vec<u8>,
 }
 
-impl AppendStream {
-    /// Sends one append and reads its reply.
-    async fn exchange(
+impl FrameStream {
+    /// Sends one request and reads its reply.
+    async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         addr: &str,
-        request: &AppendEntriesRequest<TypeConfig>,
-    ) -> Result<StreamReply, TransportError> {
+        request: &Req,
+    ) -> Result<Resp, TransportError> {
         use tokio::io::AsyncWriteExt;
         let failed = |message: String| TransportError::Failed {
             addr: addr.to_string(),
@@ -798,17 +814,27 @@ impl AppendStream {
         self.io
             .write_all(&self.frame)
             .await
-            .map_err(|e| failed(format!("append stream: {e}")))?;
+            .map_err(|e| failed(format!("stream: {e}")))?;
         self.io
             .flush()
             .await
-            .map_err(|e| failed(format!("append stream: {e}")))?;
+            .map_err(|e| failed(format!("stream: {e}")))?;
         read_frame(&mut self.io, &mut self.frame)
             .await
-            .map_err(|e| failed(format!("append stream: {e}")))?
+            .map_err(|e| failed(format!("stream: {e}")))?
             .then_some(())
-            .ok_or_else(|| failed("append stream closed by the peer".into()))?;
+            .ok_or_else(|| failed("stream closed by the peer".into()))?;
         postcard::from_bytes(&self.frame).map_err(|e| failed(format!("decode: {e}")))
+    }
+
+    /// Whether the peer closed the stream (or sent something unasked) while it was idle. A
+    /// request written to such a stream would fail with an outcome the caller cannot know,
+    /// though it never reached the peer; checked before each reuse.
+    fn closed_while_idle(&mut self) -> bool {
+        use futures::FutureExt;
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        self.io.read(&mut byte).now_or_never().is_some()
     }
 }
 
@@ -860,21 +886,23 @@ async fn read_frame(
     Ok(true)
 }
 
-/// Opens an append stream to `addr`; `None` when the peer has no such route (an older build
-/// answers 404) or will not upgrade (426).
+/// Opens a frame stream to `path` on `addr`, upgrading to `protocol`; `None` when the peer
+/// has no such route (an older build answers 404) or will not upgrade (426).
 async fn open_stream(
     client: &PeerClient,
     addr: &str,
-) -> Result<Option<AppendStream>, TransportError> {
+    path: &str,
+    protocol: &str,
+) -> Result<Option<FrameStream>, TransportError> {
     use reqwest::header::{CONNECTION, UPGRADE};
     let failed = |message: String| TransportError::Failed {
         addr: addr.to_string(),
         message,
     };
     let response = client
-        .post(addr, "/raft/stream")
+        .post(addr, path)
         .header(CONNECTION, "upgrade")
-        .header(UPGRADE, STREAM_PROTOCOL)
+        .header(UPGRADE, protocol)
         .send()
         .await
         .map_err(|e| send_error(addr, e))?;
@@ -884,40 +912,37 @@ async fn open_stream(
     }
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let text = response.text().await.unwrap_or_default();
-        return Err(failed(format!(
-            "append stream refused: status {status}: {text}"
-        )));
+        return Err(failed(format!("{path} refused: status {status}: {text}")));
     }
     let upgraded = response
         .upgrade()
         .await
-        .map_err(|e| failed(format!("append stream upgrade: {e}")))?;
+        .map_err(|e| failed(format!("{path} upgrade: {e}")))?;
     STREAMS_OPENED.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(peer = addr, "append stream opened");
-    Ok(Some(AppendStream {
+    tracing::debug!(peer = addr, path, "stream opened");
+    Ok(Some(FrameStream {
         io: tokio::io::BufStream::new(upgraded),
         frame: Vec::new(),
     }))
 }
 
-/// Sends `request` over the peer's append stream, opening it first when there is none.
-/// `Ok(None)`: the peer has no stream route, POST instead. Any failure drops the stream (a
-/// reply may still be on its way, so the stream is out of step).
+/// Sends `request` over `held`, or over a stream opened to `path` (upgrading to `protocol`)
+/// when there is none or the peer closed it, and reads the reply, all within `timeout`.
+/// `Ok(None)`: the peer has no such route. On success the stream comes back with the reply,
+/// for the caller to keep; any failure drops it (a reply may still be on its way, so the
+/// stream is out of step).
 ///
-/// Cancel-safe: the stream is taken out of `stream` for the exchange and put back only once
-/// the reply is read. openraft wraps each append in a timeout of its own and drops the future
-/// when it fires; a stream kept across such a drop would hand the next append the previous
-/// one's reply (a stale `Success` for entries never sent), so a dropped exchange drops its
-/// stream with it.
-async fn append_over_stream(
+/// Cancel-safe in the same sense: a caller that drops this future drops the stream with it.
+/// A stream kept across such a drop would hand the next request the previous one's reply.
+pub(crate) async fn exchange_over_stream<Req: Serialize, Resp: DeserializeOwned>(
     client: &PeerClient,
     addr: &str,
-    stream: &mut Option<AppendStream>,
-    request: &AppendEntriesRequest<TypeConfig>,
+    (path, protocol): (&str, &str),
+    held: Option<FrameStream>,
+    request: &Req,
     timeout: Duration,
-) -> Result<Option<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, TransportError> {
+) -> Result<Option<(FrameStream, Resp)>, TransportError> {
     if is_cut_off(addr) {
-        *stream = None;
         let error = TransportError::Unreachable {
             addr: addr.to_string(),
             message: "cut off by fault injection".into(),
@@ -925,11 +950,11 @@ async fn append_over_stream(
         note_peer(addr, Some(&error));
         return Err(error);
     }
-    let held = stream.take();
     let exchange = async move {
-        let mut open = match held {
+        let reusable = held.and_then(|mut open| (!open.closed_while_idle()).then_some(open));
+        let mut open = match reusable {
             Some(open) => open,
-            None => match open_stream(client, addr).await? {
+            None => match open_stream(client, addr, path, protocol).await? {
                 Some(opened) => opened,
                 None => return Ok(None),
             },
@@ -941,71 +966,118 @@ async fn append_over_stream(
         Ok(result) => result,
         Err(_) => Err(TransportError::Failed {
             addr: addr.to_string(),
-            message: format!("append timed out after {timeout:?}"),
+            message: format!("{path} timed out after {timeout:?}"),
         }),
     };
-    match result {
-        Ok(Some((open, Ok(reply)))) => {
+    match &result {
+        Ok(Some(_)) => note_peer(addr, None),
+        Err(error @ TransportError::Unreachable { .. }) => note_peer(addr, Some(error)),
+        Err(error @ TransportError::Failed { message, .. }) if message.contains("timed out") => {
+            note_peer(addr, Some(error))
+        }
+        _ => {}
+    }
+    result
+}
+
+/// Sends `request` over the peer's append stream, opening it first when there is none.
+/// `Ok(None)`: the peer has no stream route, POST instead. See [`exchange_over_stream`]:
+/// openraft wraps each append in a timeout of its own and drops the future when it fires, and
+/// a dropped exchange drops its stream with it.
+async fn append_over_stream(
+    client: &PeerClient,
+    addr: &str,
+    stream: &mut Option<FrameStream>,
+    request: &AppendEntriesRequest<TypeConfig>,
+    timeout: Duration,
+) -> Result<Option<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, TransportError> {
+    let held = stream.take();
+    let route = ("/raft/stream", STREAM_PROTOCOL);
+    match exchange_over_stream::<_, StreamReply>(client, addr, route, held, request, timeout)
+        .await?
+    {
+        Some((open, Ok(reply))) => {
             *stream = Some(open);
             STREAMED_APPENDS.fetch_add(1, Ordering::Relaxed);
-            note_peer(addr, None);
             Ok(Some(reply))
         }
-        Ok(Some((_, Err(refused)))) => Err(TransportError::Failed {
+        Some((_, Err(refused))) => Err(TransportError::Failed {
             addr: addr.to_string(),
             message: format!("append refused: {refused}"),
         }),
-        Ok(None) => Ok(None),
-        Err(error) => {
-            if matches!(error, TransportError::Unreachable { .. })
-                || error.to_string().contains("timed out")
-            {
-                note_peer(addr, Some(&error));
-            }
-            Err(error)
-        }
+        None => Ok(None),
     }
 }
 
 /// `POST /raft/stream` with `Upgrade: strata-raft`: switches the connection to an append
 /// stream served by a task of its own until the peer closes it.
-async fn append_stream(State(raft): State<Raft>, mut request: Request) -> Response {
+async fn append_stream(State(raft): State<Raft>, request: Request) -> Response {
+    accept_stream(request, STREAM_PROTOCOL, move |io| {
+        serve_frames(
+            io,
+            move |request: Result<AppendEntriesRequest<TypeConfig>, String>| {
+                let raft = raft.clone();
+                async move {
+                    let reply: StreamReply = match request
+                        .and_then(|r| check_append(&r).map(|()| r))
+                    {
+                        Err(message) => Err(format!("malformed append-entries request: {message}")),
+                        Ok(request) => Ok(raft.append_entries(request).await),
+                    };
+                    reply
+                }
+            },
+        )
+    })
+}
+
+/// Answers a request to upgrade to a frame stream of `protocol`: 101, and `serve` runs on
+/// the upgraded connection in a task of its own; 426 when the request is not HTTP/1.1 with
+/// `Upgrade: <protocol>`.
+pub fn accept_stream<F, Fut>(mut request: Request, protocol: &'static str, serve: F) -> Response
+where
+    F: FnOnce(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let asks_upgrade = request
         .headers()
         .get(axum::http::header::UPGRADE)
-        .is_some_and(|value| {
-            value
-                .as_bytes()
-                .eq_ignore_ascii_case(STREAM_PROTOCOL.as_bytes())
-        });
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(protocol.as_bytes()));
     if request.version() != axum::http::Version::HTTP_11 || !asks_upgrade {
         return (
             StatusCode::UPGRADE_REQUIRED,
-            format!("an append stream needs HTTP/1.1 and Upgrade: {STREAM_PROTOCOL}"),
+            format!("this stream needs HTTP/1.1 and Upgrade: {protocol}"),
         )
             .into_response();
     }
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => serve_append_stream(raft, hyper_util::rt::TokioIo::new(upgraded)).await,
-            Err(e) => tracing::debug!(error = %e, "append stream upgrade failed"),
+            Ok(upgraded) => serve(hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(error = %e, protocol, "stream upgrade failed"),
         }
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(axum::http::header::CONNECTION, "upgrade")
-        .header(axum::http::header::UPGRADE, STREAM_PROTOCOL)
+        .header(axum::http::header::UPGRADE, protocol)
         .body(axum::body::Body::empty())
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
 
-/// Serves one append stream: reads a request, hands it to raft, writes the reply, until the
-/// peer closes the connection or sends something that is not a frame.
-async fn serve_append_stream(
-    raft: Raft,
+/// Serves one frame stream: reads a request, decodes it (a frame that does not decode is
+/// handed over as `Err` with postcard's message, for `answer` to refuse), writes `answer`'s
+/// reply, one request at a time, until the peer closes the connection or sends something that
+/// is not a frame.
+pub async fn serve_frames<Req, Resp, F, Fut>(
     io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-) {
+    mut answer: F,
+) where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnMut(Result<Req, String>) -> Fut,
+    Fut: Future<Output = Resp>,
+{
     use tokio::io::AsyncWriteExt;
     let mut io = tokio::io::BufStream::new(io);
     let mut frame = Vec::new();
@@ -1014,20 +1086,14 @@ async fn serve_append_stream(
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                tracing::debug!(error = %e, "append stream ended");
+                tracing::debug!(error = %e, "stream ended");
                 return;
             }
         }
-        let reply: StreamReply =
-            match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&frame) {
-                Err(e) => Err(format!("malformed append-entries request: {e}")),
-                Ok(request) => match check_append(&request) {
-                    Err(message) => Err(format!("malformed append-entries request: {message}")),
-                    Ok(()) => Ok(raft.append_entries(request).await),
-                },
-            };
+        let request = postcard::from_bytes::<Req>(&frame).map_err(|e| e.to_string());
+        let reply = answer(request).await;
         if let Err(message) = encode_frame(&mut frame, &reply) {
-            tracing::warn!("append stream: cannot encode a reply: {message}");
+            tracing::warn!("stream: cannot encode a reply: {message}");
             return;
         }
         let written = async {
@@ -1035,7 +1101,7 @@ async fn serve_append_stream(
             io.flush().await
         };
         if let Err(e) = written.await {
-            tracing::debug!(error = %e, "append stream ended");
+            tracing::debug!(error = %e, "stream ended");
             return;
         }
     }
@@ -1178,6 +1244,111 @@ mod tests {
             matches!(reply, AppendEntriesResponse::Success),
             "the second append got {reply:?}: the first one's reply"
         );
+    }
+
+    /// A peer serving `POST /s` as a frame stream that doubles numbers (`serve_frames`), and
+    /// `POST /once`, whose streams answer one number and are then closed by the peer.
+    async fn doubling_peer() -> String {
+        async fn double(n: Result<u64, String>) -> Result<u64, String> {
+            n.map(|n| n * 2)
+        }
+        let router = Router::new()
+            .route(
+                "/s",
+                post(|request: Request| async move {
+                    accept_stream(request, "test-frames", |io| serve_frames(io, double))
+                }),
+            )
+            .route(
+                "/once",
+                post(|request: Request| async move {
+                    accept_stream(request, "test-frames", |io| async move {
+                        let mut io = tokio::io::BufStream::new(io);
+                        let mut frame = Vec::new();
+                        if let Ok(true) = read_frame(&mut io, &mut frame).await {
+                            let n: u64 = postcard::from_bytes(&frame).unwrap();
+                            encode_frame(&mut frame, &double(Ok(n)).await).unwrap();
+                            io.write_all(&frame).await.unwrap();
+                            io.flush().await.unwrap();
+                        }
+                        io.shutdown().await.unwrap();
+                    })
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        addr
+    }
+
+    /// One exchange with the doubling peer that must succeed.
+    async fn ask<Req: Serialize>(
+        client: &PeerClient,
+        addr: &str,
+        route: (&str, &str),
+        held: Option<FrameStream>,
+        request: &Req,
+    ) -> (FrameStream, Result<u64, String>) {
+        exchange_over_stream(client, addr, route, held, request, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_frame_stream_answers_in_order_and_refuses_a_malformed_frame_without_closing() {
+        let addr = doubling_peer().await;
+        let client = PeerClient::plain();
+        let route = ("/s", "test-frames");
+        let (mut stream, reply) = ask(&client, &addr, route, None, &21u64).await;
+        assert_eq!(reply, Ok(42));
+        for n in [0u64, 7, u64::MAX / 2] {
+            let (next, reply) = ask(&client, &addr, route, Some(stream), &n).await;
+            assert_eq!(reply, Ok(n * 2));
+            stream = next;
+        }
+        // `()` encodes as no bytes at all: not a u64. The peer says so and keeps the stream.
+        let (stream, reply) = ask(&client, &addr, route, Some(stream), &()).await;
+        assert!(reply.is_err(), "{reply:?}");
+        let (_, reply) = ask(&client, &addr, route, Some(stream), &5u64).await;
+        assert_eq!(reply, Ok(10));
+        assert!(
+            STREAMS_OPENED.load(Ordering::Relaxed) >= 1,
+            "streams are counted"
+        );
+        // A peer without the route: `None`, so the caller POSTs instead.
+        let missing = exchange_over_stream::<_, Result<u64, String>>(
+            &client,
+            &addr,
+            ("/nowhere", "test-frames"),
+            None,
+            &1u64,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert!(missing.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_peer_closed_while_idle_is_replaced_before_a_request_is_lost_on_it() {
+        let addr = doubling_peer().await;
+        let client = PeerClient::plain();
+        let route = ("/once", "test-frames");
+        let (mut stream, reply) = ask(&client, &addr, route, None, &1u64).await;
+        assert_eq!(reply, Ok(2));
+        // The peer closes it; wait (bounded) until this side has seen the end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !stream.closed_while_idle() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the close was never seen"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Handed back as the held stream, it is replaced, not written to.
+        let (_, reply) = ask(&client, &addr, route, Some(stream), &2u64).await;
+        assert_eq!(reply, Ok(4));
     }
 
     #[tokio::test]

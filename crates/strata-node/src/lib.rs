@@ -270,6 +270,7 @@ impl Node {
         let config = Arc::new(config);
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let snapshot_sizes = (log.clone(), sm.clone());
         let service = strata_kvservice::start(
             strata_kvservice::Parts {
                 id,
@@ -334,7 +335,11 @@ impl Node {
         tracker.spawn(strata_raft::run_snapshot_schedule(
             raft.clone(),
             id,
-            config.raft.snapshot_entries,
+            strata_raft::SnapshotRule {
+                every: config.raft.snapshot_entries,
+                log_ratio: config.raft.snapshot_log_ratio,
+            },
+            snapshot_sizes,
             async move { snapshots_cancel.cancelled().await },
         ));
         let fatal = CancellationToken::new();

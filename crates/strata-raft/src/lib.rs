@@ -37,7 +37,9 @@ pub use disk_space::{DiskSpace, DEFAULT_RESERVE as DEFAULT_DISK_RESERVE};
 pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
 pub use snapshot_data::SnapshotData;
 pub use snapshot_file::{parse_checked, SnapshotParts};
-pub use snapshot_schedule::{next_snapshot_due, run_snapshot_schedule, snapshot_phase};
+pub use snapshot_schedule::{
+    next_snapshot_due, run_snapshot_schedule, snapshot_phase, SnapshotRule, SnapshotSizes,
+};
 pub use state_machine::{SnapshotStats, SnapshotWriter, StateMachine, StateMachineStore};
 pub use storage::{open_storage, DataDir, StorageError};
 

@@ -176,6 +176,8 @@ struct Shared {
     committed_index: AtomicU64,
     /// Transactions committed by the writer, for metrics.
     fsyncs: AtomicU64,
+    /// Bytes of entries appended since the store was opened (encoded, as stored).
+    appended_bytes: AtomicU64,
 }
 
 /// The Raft log store. Cheap to clone; clones share the same log.
@@ -287,6 +289,7 @@ impl LogStore {
             writer: Mutex::new(tx),
             committed_index: AtomicU64::new(committed_index),
             fsyncs: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&shared);
         let tables = Tables { db, log, meta };
@@ -308,6 +311,12 @@ impl LogStore {
     /// Returns how many fsynced transactions the writer has committed.
     pub fn fsync_count(&self) -> u64 {
         self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many bytes of entries (encoded, as stored) were appended since the store
+    /// was opened. The snapshot schedule compares the log's growth with the snapshot's size.
+    pub fn appended_bytes(&self) -> u64 {
+        self.shared.appended_bytes.load(Ordering::Relaxed)
     }
 
     /// Returns how many entries are in the unpurged log.
@@ -661,6 +670,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes =
                 encode_entry(&entry).map_err(|e| write_err(ErrorSubject::Log(log_id), e))?;
             mem.cache_bytes += bytes.len();
+            self.shared
+                .appended_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             mem.cache.insert(log_id.index, (entry, bytes.len()));
             mem.last_log_id = Some(log_id);
             encoded.push((log_id.index, bytes));

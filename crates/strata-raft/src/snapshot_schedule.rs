@@ -6,6 +6,13 @@
 //! node snapshots at indexes of its own phase: a node's snapshots fall on indexes congruent to
 //! its phase modulo `every`, and the phases of ids 1, 2, 3, ... are spread over the interval by
 //! the golden ratio, so any few members are far apart.
+//!
+//! A snapshot serialises the whole state, so at a fixed interval of entries its cost per
+//! write grows with the store. A due snapshot therefore also waits until the log written
+//! since the last one is at least `log_ratio` times that snapshot's size (then it is built at
+//! the node's next index on its phase, so members stay apart): a large store is snapshotted
+//! less often, each write pays a constant share of snapshot work, and the log tail a restart
+//! replays stays proportional to the state.
 
 use crate::Raft;
 use std::future::Future;
@@ -38,21 +45,109 @@ pub fn next_snapshot_due(id: u64, every: u64, last: u64) -> u64 {
     }
 }
 
-/// Triggers a snapshot on `raft` whenever the applied index reaches the node's next due index.
-/// Configure openraft with `SnapshotPolicy::Never` when running this. Returns when `shutdown`
-/// resolves.
+/// The first index at or after `from` on node `id`'s phase.
+fn on_phase_from(id: u64, every: u64, from: u64) -> u64 {
+    let every = every.max(1);
+    let phase = snapshot_phase(id, every);
+    let candidate = (from - from % every).saturating_add(phase);
+    if candidate >= from {
+        candidate
+    } else {
+        candidate.saturating_add(every)
+    }
+}
+
+/// How big the log and the snapshot are, for the schedule.
+pub trait SnapshotSizes: Send + 'static {
+    /// Bytes of entries appended to the log so far (a running total).
+    fn log_appended_bytes(&self) -> u64;
+    /// Bytes of the latest snapshot (0 when there is none).
+    fn snapshot_bytes(&self) -> u64;
+}
+
+/// A node's sizes: its log store's running total and its state machine's latest snapshot.
+impl<S: crate::StateMachine> SnapshotSizes for (crate::LogStore, crate::StateMachineStore<S>)
+where
+    crate::StateMachineStore<S>: Send + 'static,
+{
+    fn log_appended_bytes(&self) -> u64 {
+        self.0.appended_bytes()
+    }
+
+    fn snapshot_bytes(&self) -> u64 {
+        self.1.snapshot_stats().bytes
+    }
+}
+
+/// When the schedule lets a snapshot be built.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotRule {
+    /// Entries between snapshots (each node on its own phase).
+    pub every: u64,
+    /// The log written since the last snapshot must be at least this many times its size
+    /// (0: no such condition).
+    pub log_ratio: f64,
+}
+
+/// What the schedule remembers between ticks.
+#[derive(Debug, Default)]
+struct ScheduleState {
+    /// The snapshot index last seen, and the log's running total at that moment.
+    seen: Option<(u64, u64)>,
+    /// The applied index when the log first grew enough since the last snapshot.
+    grown_at: Option<u64>,
+    /// The due index last triggered: openraft may take a while to build it, and the trigger
+    /// must not be repeated meanwhile.
+    triggered: Option<u64>,
+}
+
+impl ScheduleState {
+    /// The index to trigger a snapshot at now, if any, given the applied index, the latest
+    /// snapshot's index and size, and the log's running total of bytes.
+    fn due(
+        &mut self,
+        id: u64,
+        rule: SnapshotRule,
+        applied: u64,
+        (last, snapshot_bytes): (u64, u64),
+        log_bytes: u64,
+    ) -> Option<u64> {
+        if self.seen.map(|(index, _)| index) != Some(last) {
+            self.seen = Some((last, log_bytes));
+            self.grown_at = None;
+        }
+        let mut due = next_snapshot_due(id, rule.every, last);
+        if rule.log_ratio > 0.0 {
+            let since = log_bytes.saturating_sub(self.seen.map_or(0, |(_, at)| at));
+            if (since as f64) < rule.log_ratio * snapshot_bytes as f64 {
+                return None;
+            }
+            let grown_at = *self.grown_at.get_or_insert(applied);
+            due = due.max(on_phase_from(id, rule.every, grown_at));
+        }
+        if applied >= due && self.triggered != Some(due) {
+            self.triggered = Some(due);
+            Some(due)
+        } else {
+            None
+        }
+    }
+}
+
+/// Triggers a snapshot on `raft` whenever the applied index reaches the node's next due index
+/// and the log has grown enough since the last one ([`SnapshotRule`]). Configure openraft with
+/// `SnapshotPolicy::Never` when running this. Returns when `shutdown` resolves.
 pub async fn run_snapshot_schedule(
     raft: Raft,
     id: u64,
-    every: u64,
+    rule: SnapshotRule,
+    sizes: impl SnapshotSizes,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    // The due index last triggered: openraft may take a while to build it, and the trigger
-    // must not be repeated meanwhile.
-    let mut triggered = None;
+    let mut state = ScheduleState::default();
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -66,13 +161,12 @@ pub async fn run_snapshot_schedule(
                 m.snapshot.map(|l| l.index).unwrap_or(0),
             )
         };
-        let due = next_snapshot_due(id, every, last);
-        if applied >= due && triggered != Some(due) {
+        let snapshot = (last, sizes.snapshot_bytes());
+        if let Some(due) = state.due(id, rule, applied, snapshot, sizes.log_appended_bytes()) {
             tracing::debug!(applied, due, "triggering snapshot");
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
-            triggered = Some(due);
         }
     }
 }
@@ -114,6 +208,74 @@ mod tests {
             assert!(
                 closest >= every / (members * 3),
                 "{members} members: phases {phases:?} too close ({closest})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_snapshot_waits_for_the_log_to_grow_by_its_share_then_lands_on_the_phase() {
+        let rule = SnapshotRule {
+            every: 1_000,
+            log_ratio: 0.5,
+        };
+        let id = 2;
+        let mut state = ScheduleState::default();
+        // A snapshot at index 10,000 of 1,000,000 bytes; the log has 5,000,000 bytes so far.
+        let snapshot = (10_000, 1_000_000);
+        let start = 5_000_000;
+        // The schedule sees the snapshot as it lands: the log's growth is counted from here.
+        assert_eq!(state.due(id, rule, 10_001, snapshot, start), None);
+        // Long past the entry rule's due index, the log has grown by only 400,000 bytes.
+        assert_eq!(state.due(id, rule, 30_000, snapshot, start + 400_000), None);
+        // Once it grew by 500,000, the snapshot waits for the node's phase after that point.
+        let grown_at = 31_000 + 17;
+        let due = on_phase_from(id, rule.every, grown_at);
+        assert!(due >= grown_at && due < grown_at + rule.every);
+        assert_eq!(due % rule.every, snapshot_phase(id, rule.every));
+        assert_eq!(
+            state.due(id, rule, grown_at, snapshot, start + 500_000),
+            (due == grown_at).then_some(due)
+        );
+        assert_eq!(
+            state.due(id, rule, due, snapshot, start + 600_000),
+            Some(due)
+        );
+        // Triggered once, not again while it is being built.
+        assert_eq!(
+            state.due(id, rule, due + 5, snapshot, start + 600_100),
+            None
+        );
+        // The new snapshot restarts the count from the log's total at that moment.
+        let snapshot = (due + 3, 1_200_000);
+        assert_eq!(
+            state.due(id, rule, due + 50_000, snapshot, start + 1_000_000),
+            None
+        );
+        assert!(state
+            .due(id, rule, due + 60_000, snapshot, start + 1_600_000)
+            .is_some());
+    }
+
+    #[test]
+    fn without_the_log_rule_or_with_a_small_snapshot_the_entry_interval_decides() {
+        for rule in [
+            SnapshotRule {
+                every: 1_000,
+                log_ratio: 0.0,
+            },
+            SnapshotRule {
+                every: 1_000,
+                log_ratio: 0.5,
+            },
+        ] {
+            let mut state = ScheduleState::default();
+            let snapshot = (10_000, 2_000);
+            let due = next_snapshot_due(3, rule.every, 10_000);
+            assert_eq!(state.due(3, rule, due - 1, snapshot, 1_000_000), None);
+            assert_eq!(
+                state.due(3, rule, due, snapshot, 1_001_000),
+                Some(due),
+                "{rule:?}"
             );
         }
     }

@@ -141,6 +141,11 @@ pub struct RaftConfig {
     /// Build a snapshot (and purge the log behind it) after this many new entries.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
+    /// A snapshot that is due by `snapshot_entries` waits until the log written since the last
+    /// snapshot is at least this fraction of that snapshot's size, so the cost of snapshots
+    /// per write stays constant as the store grows. 0 turns the rule off.
+    #[serde(default = "default_snapshot_log_ratio")]
+    pub snapshot_log_ratio: f64,
     /// Entries kept in the log behind a snapshot, so slightly lagging followers catch up
     /// from the log instead of a full snapshot.
     #[serde(default = "default_keep_entries")]
@@ -216,6 +221,9 @@ fn default_election_max() -> HumanDuration {
 fn default_snapshot_entries() -> u64 {
     10_000
 }
+fn default_snapshot_log_ratio() -> f64 {
+    0.5
+}
 fn default_keep_entries() -> u64 {
     1_000
 }
@@ -248,6 +256,7 @@ impl Default for RaftConfig {
             election_timeout_min: default_election_min(),
             election_timeout_max: default_election_max(),
             snapshot_entries: default_snapshot_entries(),
+            snapshot_log_ratio: default_snapshot_log_ratio(),
             keep_entries_after_snapshot: default_keep_entries(),
         }
     }
@@ -572,6 +581,12 @@ impl NodeConfig {
         }
         if raft.snapshot_entries == 0 {
             return invalid("raft.snapshot_entries must be positive".into());
+        }
+        if !(raft.snapshot_log_ratio.is_finite() && raft.snapshot_log_ratio >= 0.0) {
+            return invalid(format!(
+                "raft.snapshot_log_ratio must be a number of at least 0, not {}",
+                raft.snapshot_log_ratio
+            ));
         }
         if this.kv.max_request_bytes.0 < 1024 {
             return invalid("kv.max_request_bytes must be at least 1KiB".into());

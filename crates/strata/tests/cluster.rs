@@ -163,7 +163,7 @@ async fn t20_kill_leader_under_load_loses_no_acknowledged_write() {
 async fn t30_stopped_follower_catches_up_by_snapshot_install() {
     let mut cluster = Cluster::start_with_config(
         3,
-        "[raft]\nsnapshot_entries = 100\nkeep_entries_after_snapshot = 10\n",
+        "[raft]\nsnapshot_entries = 100\nsnapshot_log_ratio = 0\nkeep_entries_after_snapshot = 10\n",
         &[],
     )
     .await;

@@ -86,7 +86,7 @@ async fn t10_leader_cut_off_mid_write_catches_up_by_snapshot_and_accepts_writes_
 ) {
     let cluster = Cluster::start_with_config(
         3,
-        "[raft]\nsnapshot_entries = 100\nkeep_entries_after_snapshot = 10\n",
+        "[raft]\nsnapshot_entries = 100\nsnapshot_log_ratio = 0\nkeep_entries_after_snapshot = 10\n",
         &[],
     )
     .await;

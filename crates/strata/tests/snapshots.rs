@@ -171,7 +171,7 @@ async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_fr
     // Snapshots every 300 entries: several per node during the timed load below.
     let cluster = Cluster::start_with_config(
         3,
-        "[raft]\nsnapshot_entries = 300\nkeep_entries_after_snapshot = 50\n",
+        "[raft]\nsnapshot_entries = 300\nsnapshot_log_ratio = 0\nkeep_entries_after_snapshot = 50\n",
         &[],
     )
     .await;

@@ -1,7 +1,7 @@
 //! The internal leader route (`POST /internal/leader`, and each frame of its stream) decodes a
-//! postcard [`LeaderRequest`] from any peer, and followers decode the leader's reply: arbitrary bytes and mutated valid
-//! encodings give a value or an error, never a panic. The `raft_postcard` fuzz target in
-//! `fuzz/` explores the same property for longer.
+//! postcard [`LeaderRequest`] from any peer, and followers decode the leader's reply:
+//! arbitrary bytes and mutated valid encodings give a value or an error, never a panic. The
+//! `raft_postcard` fuzz target in `fuzz/` explores the same property for longer.
 
 use proptest::prelude::*;
 use strata_kvservice::service::{LeaderReply, LeaderRequest};

@@ -191,7 +191,14 @@ pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<Resp, TransportError> {
     let result = post_postcard_once(client, addr, path, request, timeout).await;
-    match &result {
+    note_outcome(addr, &result);
+    result
+}
+
+/// Notes a call's outcome for the peer's reachability ([`note_peer`]): an answer means it is
+/// up; an unreachable peer or a timed-out call means it is not; other failures say nothing.
+fn note_outcome<T>(addr: &str, result: &Result<T, TransportError>) {
+    match result {
         Ok(_) => note_peer(addr, None),
         Err(error @ TransportError::Unreachable { .. }) => note_peer(addr, Some(error)),
         Err(error @ TransportError::Failed { message, .. }) if message.contains("timed out") => {
@@ -199,7 +206,6 @@ pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
         }
         Err(_) => {}
     }
-    result
 }
 
 async fn post_postcard_once<Req: Serialize, Resp: DeserializeOwned>(
@@ -969,14 +975,7 @@ pub(crate) async fn exchange_over_stream<Req: Serialize, Resp: DeserializeOwned>
             message: format!("{path} timed out after {timeout:?}"),
         }),
     };
-    match &result {
-        Ok(Some(_)) => note_peer(addr, None),
-        Err(error @ TransportError::Unreachable { .. }) => note_peer(addr, Some(error)),
-        Err(error @ TransportError::Failed { message, .. }) if message.contains("timed out") => {
-            note_peer(addr, Some(error))
-        }
-        _ => {}
-    }
+    note_outcome(addr, &result);
     result
 }
 

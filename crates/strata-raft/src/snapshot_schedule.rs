@@ -33,16 +33,8 @@ pub fn snapshot_phase(id: u64, every: u64) -> u64 {
 /// The first log index after `last` (the latest snapshot's index) at which node `id` builds
 /// its next snapshot: at least `every / 2` entries later, on the node's phase.
 pub fn next_snapshot_due(id: u64, every: u64, last: u64) -> u64 {
-    let every = every.max(1);
-    let phase = snapshot_phase(id, every);
-    let earliest = last.saturating_add(every / 2).saturating_add(1);
-    let base = earliest - earliest % every;
-    let candidate = base.saturating_add(phase);
-    if candidate >= earliest {
-        candidate
-    } else {
-        candidate.saturating_add(every)
-    }
+    let earliest = last.saturating_add(every.max(1) / 2).saturating_add(1);
+    on_phase_from(id, every, earliest)
 }
 
 /// The first index at or after `from` on node `id`'s phase.

@@ -105,6 +105,7 @@ pub async fn restore(
         &data.path,
         crate::snapshot_file::FILE,
         &meta_bytes,
+        crate::snapshot_file::Pace::Alone,
         |out| std::io::copy(&mut reader.by_ref(), out).map(|_| ()),
     )
     .map_err(|e| format!("write {}: {e}", data.path.display()))?;

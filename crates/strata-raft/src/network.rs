@@ -573,6 +573,7 @@ async fn snapshot(
 ) -> Response {
     let data = match receive_into(
         &raft,
+        None,
         futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(transfer.data))]),
     )
     .await
@@ -616,7 +617,7 @@ async fn snapshot_stream(State(raft): State<Raft>, body: axum::body::Body) -> Re
     let rest = Bytes::from(head.split_off(4 + header_len));
     let chunks = futures::stream::iter([Ok(rest)])
         .chain(stream.map(|chunk| chunk.map_err(std::io::Error::other)));
-    let mut data = match receive_into(&raft, chunks).await {
+    let mut data = match receive_into(&raft, Some(&header.meta), chunks).await {
         Ok(data) => data,
         Err(response) => return response,
     };
@@ -631,9 +632,11 @@ async fn snapshot_stream(State(raft): State<Raft>, body: axum::body::Body) -> Re
 }
 
 /// Writes `chunks` into a new receiving file of the state machine, a chunk of up to
-/// `SNAPSHOT_CHUNK` at a time.
+/// `SNAPSHOT_CHUNK` at a time. With the snapshot's `meta` known up front, the file is laid out
+/// as `snapshot.bin` so that installing it needs no copy.
 async fn receive_into(
     raft: &Raft,
+    meta: Option<&SnapshotMeta<NodeId, NodeInfo>>,
     chunks: impl futures::Stream<Item = std::io::Result<Bytes>>,
 ) -> Result<Box<SnapshotData>, Response> {
     let failed = |message: String| (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
@@ -641,6 +644,15 @@ async fn receive_into(
         .begin_receiving_snapshot()
         .await
         .map_err(|e| failed(format!("cannot receive a snapshot: {e}")))?;
+    if let Some(meta) = meta {
+        let laid_out = crate::state_machine::encode_meta(meta)
+            .map_err(std::io::Error::other)
+            .and_then(|meta| data.lay_out_as_stored(meta));
+        if let Err(e) = laid_out {
+            // Installing it copies the data instead.
+            tracing::debug!(error = %e, "received snapshot not laid out as stored");
+        }
+    }
     let mut chunks = std::pin::pin!(chunks);
     let mut pending = Vec::with_capacity(SNAPSHOT_CHUNK);
     loop {

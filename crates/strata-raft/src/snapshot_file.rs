@@ -18,27 +18,51 @@ const MAGIC: &[u8] = b"STRATA-SNAPSHOT-1\n";
 /// The snapshot's file name in the data folder.
 pub(crate) const FILE: &str = "snapshot.bin";
 
-/// Bytes written between two flushes of a snapshot file to disk. Flushing as it goes keeps
-/// the dirty data small, so the final sync is short and the Raft log's own fsyncs on the same
-/// disk are never queued behind a whole snapshot's worth of writes.
-const FLUSH_EVERY: usize = 4 * 1024 * 1024;
+/// How often a snapshot file being written is flushed to disk. Flushing as it goes keeps the
+/// dirty data small, so the final sync is short and the Raft log's own fsyncs on the same disk
+/// are never queued behind more than one flush's worth of a snapshot: a log fsync that lands
+/// behind a flush waits for the flush's bytes to reach the disk. Smaller flushes cost the
+/// writer more journal commits (a 47 MB snapshot took 160 ms to write at 4 MiB, 480 ms at
+/// 64 KiB), which is the right trade only while the node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Beside live traffic (a snapshot built or exported while the node serves): every 64 KiB.
+    /// Measured on a 3-node cluster writing a 47 MB snapshot every ~0.4 s under 1-client puts:
+    /// flushing every 4 MiB gave the puts a p99 of 4.5 ms, every 256 KiB 2.1 ms, every 64 KiB
+    /// 1.5 ms, and no file written at all 1.0 ms.
+    BesideTraffic,
+    /// Nothing waits on this disk but the write itself (a snapshot installed from the leader,
+    /// which the node needs before it can serve; an offline restore): every 4 MiB.
+    Alone,
+}
+
+impl Pace {
+    /// Bytes between two flushes.
+    pub const fn flush_every(self) -> usize {
+        match self {
+            Pace::BesideTraffic => 64 * 1024,
+            Pace::Alone => 4 * 1024 * 1024,
+        }
+    }
+}
 
 /// Writes `dir/name` durably and atomically.
 pub fn save_named(dir: &Path, name: &str, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
-    save_streaming(dir, name, meta, |out| out.write_all(data)).map(|_| ())
+    save_streaming(dir, name, meta, Pace::Alone, |out| out.write_all(data)).map(|_| ())
 }
 
 /// Writes `dir/name` durably and atomically, with data that `write_data` streams into it, and
 /// returns the data's length. The data passes through a checksum on its way and is flushed to
-/// disk every few MiB, so neither memory nor dirty pages grow with its size.
+/// disk as `pace` says, so neither memory nor dirty pages grow with its size.
 pub fn save_streaming(
     dir: &Path,
     name: &str,
     meta: &[u8],
+    pace: Pace,
     write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let written = write_file(dir, name, &tmp, meta, write_data);
+    let written = write_file(dir, name, &tmp, meta, pace.flush_every(), write_data);
     if written.is_err() {
         // A failed write (a full disk, say) must not leave a snapshot-sized file behind.
         let _ = std::fs::remove_file(&tmp);
@@ -51,21 +75,19 @@ fn write_file(
     name: &str,
     tmp: &Path,
     meta: &[u8],
+    flush_every: usize,
     write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
-    let meta_len = u32::try_from(meta.len()).map_err(std::io::Error::other)?;
+    let head = head(meta)?;
     let mut out = DataWriter {
-        file: std::io::BufWriter::with_capacity(1 << 20, File::create(tmp)?),
+        file: std::io::BufWriter::with_capacity(flush_every, File::create(tmp)?),
         crc: crc32fast::Hasher::new(),
         written: 0,
         unsynced: 0,
+        flush_every,
     };
-    out.file.write_all(MAGIC)?;
-    out.file.write_all(&meta_len.to_le_bytes())?;
-    out.file.write_all(meta)?;
+    out.file.write_all(&head)?;
     out.crc.update(meta);
-    // The length is not known yet: a placeholder, filled in once the data is written.
-    out.file.write_all(&0u64.to_le_bytes())?;
     write_data(&mut out)?;
     let DataWriter {
         mut file,
@@ -75,13 +97,54 @@ fn write_file(
     } = out;
     file.write_all(&crc.finalize().to_le_bytes())?;
     let mut file = file.into_inner().map_err(|e| e.into_error())?;
-    file.seek(SeekFrom::Start((MAGIC.len() + 4 + meta.len()) as u64))?;
+    file.seek(SeekFrom::Start((head.len() - 8) as u64))?;
     file.write_all(&written.to_le_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()?;
+    sync_and_rename(&file, tmp, dir, name)?;
     Ok(written)
+}
+
+/// What a file starts with, before its data: the magic, the metadata's length and the
+/// metadata, and a placeholder for the data's length (its last 8 bytes), which is not known
+/// until the data is written.
+pub(crate) fn head(meta: &[u8]) -> std::io::Result<Vec<u8>> {
+    let meta_len = u32::try_from(meta.len()).map_err(std::io::Error::other)?;
+    let mut head = Vec::with_capacity(MAGIC.len() + 4 + meta.len() + 8);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&meta_len.to_le_bytes());
+    head.extend_from_slice(meta);
+    head.extend_from_slice(&0u64.to_le_bytes());
+    Ok(head)
+}
+
+/// Completes `file` at `tmp`, which holds [`head`]`(meta)` followed by `data_len` bytes of
+/// data whose CRC-32 is `data_crc` (and possibly bytes after them, which are cut), and moves
+/// it durably to `dir/name`: the data is neither read nor copied again, which is what makes
+/// installing a received snapshot cost one write of it instead of two.
+pub(crate) fn finish_in_place(
+    file: &File,
+    tmp: &Path,
+    dir: &Path,
+    name: &str,
+    meta: &[u8],
+    data_len: u64,
+    data_crc: u32,
+) -> std::io::Result<()> {
+    let data_at = (MAGIC.len() + 4 + meta.len() + 8) as u64;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(meta);
+    crc.combine(&crc32fast::Hasher::new_with_initial_len(data_crc, data_len));
+    let end = data_at + data_len;
+    file.write_all_at(&data_len.to_le_bytes(), data_at - 8)?;
+    file.write_all_at(&crc.finalize().to_le_bytes(), end)?;
+    file.set_len(end + 4)?;
+    sync_and_rename(file, tmp, dir, name)
+}
+
+/// Makes `file` durable, then moves it from `tmp` to `dir/name` durably.
+fn sync_and_rename(file: &File, tmp: &Path, dir: &Path, name: &str) -> std::io::Result<()> {
+    file.sync_all()?;
+    std::fs::rename(tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
 }
 
 /// The data part of a file being written: checksummed, counted and flushed as it goes.
@@ -90,6 +153,7 @@ struct DataWriter {
     crc: crc32fast::Hasher,
     written: u64,
     unsynced: usize,
+    flush_every: usize,
 }
 
 impl Write for DataWriter {
@@ -98,7 +162,7 @@ impl Write for DataWriter {
         self.crc.update(&buf[..n]);
         self.written += n as u64;
         self.unsynced += n;
-        if self.unsynced >= FLUSH_EVERY {
+        if self.unsynced >= self.flush_every {
             self.file.flush()?;
             self.file.get_ref().sync_data()?;
             self.unsynced = 0;
@@ -402,8 +466,12 @@ mod tests {
     fn streams_in_and_out_and_detects_damage() {
         let dir = tempfile::tempdir().unwrap();
         assert!(open_region(dir.path(), FILE, true).unwrap().is_none());
-        let data: Vec<u8> = (0..3 * FLUSH_EVERY + 17).map(|i| (i % 251) as u8).collect();
-        let written = save_streaming(dir.path(), FILE, b"meta", |out| {
+        // Across several flushes of the smaller pace.
+        let pace = Pace::BesideTraffic;
+        let data: Vec<u8> = (0..3 * pace.flush_every() + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let written = save_streaming(dir.path(), FILE, b"meta", pace, |out| {
             for chunk in data.chunks(100_003) {
                 out.write_all(chunk)?;
             }

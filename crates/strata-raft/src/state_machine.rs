@@ -2,7 +2,7 @@
 //! persisted as a file in the data folder (see `snapshot_file`).
 
 use crate::snapshot_data::SnapshotData;
-use crate::snapshot_file::Region;
+use crate::snapshot_file::{Pace, Region};
 use crate::{NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -53,7 +53,9 @@ struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeInfo>,
 }
 
-fn encode_meta(meta: &SnapshotMeta<NodeId, NodeInfo>) -> Result<Vec<u8>, postcard::Error> {
+pub(crate) fn encode_meta(
+    meta: &SnapshotMeta<NodeId, NodeInfo>,
+) -> Result<Vec<u8>, postcard::Error> {
     encode_meta_as(meta, strata_proto::log::FORMAT)
 }
 
@@ -251,7 +253,28 @@ impl<S: StateMachine> StateMachineStore<S> {
     fn save_snapshot(
         &self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
+        pace: Pace,
         write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<Option<u64>, StorageError<NodeId>> {
+        let dir = self.inner.dir.clone();
+        self.store_snapshot(meta, |meta_bytes| {
+            crate::snapshot_file::save_streaming(
+                &dir,
+                crate::snapshot_file::FILE,
+                meta_bytes,
+                pace,
+                write_data,
+            )
+        })
+    }
+
+    /// Makes `snapshot.bin` the snapshot of `meta`, written by `store` (given the encoded
+    /// metadata; it returns the data's length), unless a snapshot at least as new is already
+    /// there. Blocking. Returns the data's length, or `None` when a newer snapshot was kept.
+    fn store_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        store: impl FnOnce(&[u8]) -> std::io::Result<u64>,
     ) -> Result<Option<u64>, StorageError<NodeId>> {
         let _saving = self.inner.saving.lock().unwrap_or_else(|e| e.into_inner());
         let newer_kept = self
@@ -262,13 +285,7 @@ impl<S: StateMachine> StateMachineStore<S> {
             return Ok(None);
         }
         let meta_bytes = encode_meta(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let written = crate::snapshot_file::save_streaming(
-            &self.inner.dir,
-            crate::snapshot_file::FILE,
-            &meta_bytes,
-            write_data,
-        )
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let written = store(&meta_bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.inner.snapshot_bytes.store(written, Ordering::Relaxed);
         *self.current() = Some(meta.clone());
         Ok(Some(written))
@@ -293,8 +310,14 @@ impl<S: StateMachine> StateMachineStore<S> {
         let dir = self.inner.dir.clone();
         tokio::task::spawn_blocking(move || {
             let meta_bytes = encode_meta(&meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            crate::snapshot_file::save_streaming(&dir, &name, &meta_bytes, writer)
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            crate::snapshot_file::save_streaming(
+                &dir,
+                &name,
+                &meta_bytes,
+                Pace::BesideTraffic,
+                writer,
+            )
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
             SnapshotData::whole_temp_file(dir.join(&name)).map_err(|e| snap_err(ErrorVerb::Read, e))
         })
         .await
@@ -385,7 +408,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
         let writing = Instant::now();
         let saved = if self.inner.space.has_room(last_bytes) {
             let meta = meta.clone();
-            in_background(move || this.save_snapshot(&meta, writer))
+            in_background(move || this.save_snapshot(&meta, Pace::BesideTraffic, writer))
                 .await
                 .map_err(|e| snap_err(ErrorVerb::Write, e))
                 .and_then(|saved| saved)
@@ -530,10 +553,18 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let bytes = snapshot.len();
         let this = self.clone();
         let stored = meta.clone();
-        // Streamed from the received file into the state machine, then copied into
-        // `snapshot.bin`: memory holds the state, never the serialized bytes. A snapshot sent
-        // by the leader is in the format both run (see `strata_proto::log`).
+        // Streamed from the received file into the state machine, then made `snapshot.bin`:
+        // memory holds the state, never the serialized bytes. A snapshot sent by the leader is
+        // in the format both run (see `strata_proto::log`).
         tokio::task::spawn_blocking(move || {
+            let mut snapshot = snapshot;
+            // The received bytes go to disk while the state is restored from them, so that
+            // making the file the snapshot afterwards waits for little. Its result does not
+            // matter: the final sync reports any error.
+            let file = snapshot.region().file.clone();
+            let flushing = std::thread::Builder::new()
+                .name("raft-snapshot-sync".into())
+                .spawn(move || file.sync_data());
             let region = snapshot.region();
             let mut reader = Progress::new(region.reader(), region.len, "installing snapshot");
             {
@@ -550,8 +581,21 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                     membership: stored.last_membership.clone(),
                 };
             }
-            this.save_snapshot(&stored, |out| {
-                std::io::copy(&mut region.reader(), out).map(|_| ())
+            if let Ok(flushing) = flushing {
+                let _ = flushing.join();
+            }
+            // A file received in the layout of `snapshot.bin` becomes it; any other is
+            // copied, at full speed: the node needs it before it can serve.
+            let dir = this.inner.dir.clone();
+            this.store_snapshot(&stored, |meta_bytes| {
+                let name = crate::snapshot_file::FILE;
+                if let Some(len) = snapshot.finish_in_place(meta_bytes, &dir, name)? {
+                    return Ok(len);
+                }
+                let mut reader = snapshot.region().reader();
+                crate::snapshot_file::save_streaming(&dir, name, meta_bytes, Pace::Alone, |out| {
+                    std::io::copy(&mut reader, out).map(|_| ())
+                })
             })
         })
         .await

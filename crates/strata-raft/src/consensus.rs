@@ -140,8 +140,22 @@ pub(crate) struct Inner {
 struct LeaderStream {
     /// The open stream and the leader address it goes to; taken out for an exchange.
     open: Option<(String, crate::network::FrameStream)>,
-    /// A leader address that has no stream route (an older build): batches are POSTed to it.
-    refused: Option<String>,
+    /// A leader address that had no stream route (an older build) and when: batches are
+    /// POSTed to it until [`STREAM_RETRY_AFTER`] has passed, then the stream is tried again
+    /// (the leader may have been upgraded meanwhile).
+    refused: Option<(String, Instant)>,
+}
+
+/// How long a leader that refused the stream route gets POSTs before the stream is tried again.
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+impl LeaderStream {
+    /// True while `addr` refused the stream less than [`STREAM_RETRY_AFTER`] before `now`.
+    fn refuses(&self, addr: &str, now: Instant) -> bool {
+        self.refused.as_ref().is_some_and(|(refusing, since)| {
+            refusing == addr && now.saturating_duration_since(*since) < STREAM_RETRY_AFTER
+        })
+    }
 }
 
 impl Consensus {
@@ -383,7 +397,7 @@ impl Inner {
                 .leader_stream
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if slot.refused.as_deref() == Some(addr) {
+            if slot.refuses(addr, Instant::now()) {
                 return Ok(None);
             }
             slot.open
@@ -422,7 +436,7 @@ impl Inner {
                     leader = addr,
                     "leader takes forwarded writes as one request each (older build)"
                 );
-                slot.refused = Some(addr.to_string());
+                slot.refused = Some((addr.to_string(), Instant::now()));
                 Ok(None)
             }
         }
@@ -693,5 +707,25 @@ pub(crate) fn write_error(error: RaftError<u64, ClientWriteError<u64, NodeInfo>>
             format!("membership change refused: {e}"),
         ),
         RaftError::Fatal(e) => ApiError::unavailable(format!("raft stopped on this node: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_that_refused_the_stream_is_asked_again_after_a_while() {
+        let then = Instant::now();
+        let slot = LeaderStream {
+            open: None,
+            refused: Some(("10.0.0.1:7001".to_string(), then)),
+        };
+        assert!(slot.refuses("10.0.0.1:7001", then));
+        assert!(slot.refuses("10.0.0.1:7001", then + STREAM_RETRY_AFTER / 2));
+        assert!(!slot.refuses("10.0.0.1:7001", then + STREAM_RETRY_AFTER));
+        // Another leader, or none refused: the stream is tried.
+        assert!(!slot.refuses("10.0.0.2:7001", then));
+        assert!(!LeaderStream::default().refuses("10.0.0.1:7001", then));
     }
 }

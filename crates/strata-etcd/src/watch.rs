@@ -96,6 +96,14 @@ enum FeedItem {
     Closed,
 }
 
+/// What [`WatchSession::next`] waits for.
+enum Woken {
+    Stopped,
+    Request(Option<Result<pb::WatchRequest, Status>>),
+    AuthChanged,
+    Watch(i64, FeedItem),
+}
+
 /// One watch stream: the client's requests, the live watches and replies waiting to go out.
 pub(crate) struct WatchSession {
     /// Shared server state.
@@ -165,10 +173,18 @@ impl WatchSession {
             if self.requests.is_none() && self.watches.is_empty() {
                 return None;
             }
-            let stop = self.ctx.stop.clone();
-            tokio::select! {
-                _ = stop.cancelled() => return Some(Err(self.finish(error::stopped()))),
-                request = next_request(&mut self.requests) => match request {
+            // What woke the session, decided while its parts are borrowed separately (no
+            // clone of the stop token per reply: with many watch streams on a node, every
+            // clone and drop locks the token tree they share), then acted upon.
+            let woken = tokio::select! {
+                _ = self.ctx.stop.cancelled() => Woken::Stopped,
+                request = next_request(&mut self.requests) => Woken::Request(request),
+                () = auth_changed(&mut self.auth_changes) => Woken::AuthChanged,
+                Some((id, item)) = self.watches.next() => Woken::Watch(id, item),
+            };
+            match woken {
+                Woken::Stopped => return Some(Err(self.finish(error::stopped()))),
+                Woken::Request(request) => match request {
                     Some(Ok(request)) => self.handle(request).await,
                     Some(Err(status)) => {
                         let status = error::oversized_message(&status).unwrap_or(status);
@@ -176,8 +192,8 @@ impl WatchSession {
                     }
                     None => self.requests = None,
                 },
-                () = auth_changed(&mut self.auth_changes) => self.recheck_watches(),
-                Some((id, item)) = self.watches.next() => match item {
+                Woken::AuthChanged => self.recheck_watches(),
+                Woken::Watch(id, item) => match item {
                     FeedItem::Reply { reply, last } => {
                         if last {
                             self.drop_watch(id);

@@ -11,7 +11,7 @@ use crate::service::KvService;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::error::{ApiError, ErrorCode};
-use strata_proto::kv::{Event, EventType, ResponseHeader, WatchRequest, WatchResponse};
+use strata_proto::kv::{Event, EventType, RangeSpec, ResponseHeader, WatchRequest, WatchResponse};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +50,7 @@ pub fn open(
         let metrics = service.metrics.clone();
         Watcher {
             service,
+            spec: request.spec(),
             request,
             tx,
             cancel,
@@ -65,6 +66,8 @@ pub fn open(
 struct Watcher {
     service: Arc<KvService>,
     request: WatchRequest,
+    /// The keys `request` watches, resolved once.
+    spec: RangeSpec,
     tx: mpsc::Sender<WatchResponse>,
     cancel: CancellationToken,
     /// The smallest revision not yet delivered.
@@ -121,7 +124,7 @@ impl Watcher {
                             Flow::Continue
                         } else {
                             self.next_revision = revision + 1;
-                            let events = self.filter(events.iter().cloned().collect());
+                            let events = self.filter_shared(&events);
                             if events.is_empty() {
                                 Flow::Continue
                             } else {
@@ -210,20 +213,39 @@ impl Watcher {
         }
     }
 
-    fn filter(&self, events: Vec<Event>) -> Vec<Event> {
-        let spec = self.request.spec();
-        events
-            .into_iter()
-            .filter(|event| strata_kv::spec_contains(&spec, &event.kv.key))
-            .filter(|event| match event.kind {
+    /// Whether this watch delivers `event`.
+    fn wants(&self, event: &Event) -> bool {
+        strata_kv::spec_contains(&self.spec, &event.kv.key)
+            && match event.kind {
                 EventType::Put => !self.request.no_put,
                 EventType::Delete => !self.request.no_delete,
-            })
+            }
+    }
+
+    /// The events of a replay this watch delivers.
+    fn filter(&self, events: Vec<Event>) -> Vec<Event> {
+        events
+            .into_iter()
+            .filter(|event| self.wants(event))
             .map(|mut event| {
                 if !self.request.prev_kv {
                     event.prev_kv = None;
                 }
                 event
+            })
+            .collect()
+    }
+
+    /// The events of the feed this watch delivers, copied: only those are, though every watch
+    /// on the node sees every event.
+    fn filter_shared(&self, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|event| self.wants(event))
+            .map(|event| Event {
+                kind: event.kind,
+                kv: event.kv.clone(),
+                prev_kv: event.prev_kv.clone().filter(|_| self.request.prev_kv),
             })
             .collect()
     }

@@ -37,8 +37,6 @@ use strata_auth::kv::Need;
 use strata_auth::Caller;
 use strata_proto::error::ErrorCode;
 use strata_proto::kv::{WatchRequest, WatchResponse};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -336,7 +334,7 @@ impl WatchSession {
         };
         // The backend's first message confirms the watch and gives its start revision;
         // waiting for it keeps `created` replies in the order of the create requests.
-        let first = receiver.recv().await;
+        let first = receiver.next().await;
         let Some(first) = first else {
             let created = self.created(id, self.ctx.backend.revision());
             self.replies.push_back(created);
@@ -506,9 +504,9 @@ fn feed(
     ctx: Context,
     id: i64,
     with_prev_kv: bool,
-    receiver: mpsc::Receiver<WatchResponse>,
+    receiver: strata_store::WatchStream,
 ) -> BoxStream<'static, FeedItem> {
-    ReceiverStream::new(receiver)
+    receiver
         .map(move |message| {
             let (reply, last) = watch_reply(&ctx, id, with_prev_kv, message);
             FeedItem::Reply { reply, last }

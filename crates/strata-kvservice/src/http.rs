@@ -28,7 +28,6 @@ use strata_proto::kv::{
 };
 use strata_proto::NodeInfo;
 use strata_raft::network::Postcard;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -503,7 +502,7 @@ fn election_observe(s: ApiState, who: Caller, name: Vec<u8>) -> Response {
         return e.into_response();
     }
     match s.service.observe(name) {
-        Ok(receiver) => event_stream(&s, who, wanted, "observe", receiver),
+        Ok(receiver) => event_stream(&s, who, wanted, "observe", ReceiverStream::new(receiver)),
         Err(e) => ErrorResponse(e).into_response(),
     }
 }
@@ -515,10 +514,9 @@ fn event_stream<T: Serialize + Send + 'static>(
     who: Caller,
     wanted: Vec<needs::Need>,
     action: &'static str,
-    receiver: mpsc::Receiver<T>,
+    messages: impl futures::Stream<Item = T> + Send + 'static,
 ) -> Response {
-    let stream =
-        ReceiverStream::new(receiver).map(|message| Ok::<_, Infallible>(json_event(&message)));
+    let stream = messages.map(|message| Ok::<_, Infallible>(json_event(&message)));
     let stream = strata_http::guard_events(stream, s.auth.gate.clone(), who, move |gate, who| {
         gate.check_kv(who, &wanted, action)
     });
@@ -629,7 +627,7 @@ fn open_watch(s: ApiState, who: Caller, req: WatchRequest) -> Response {
         return e.into_response();
     }
     s.service.metrics.op("watch");
-    match watch::open(s.service.clone(), req, s.cancel.child_token(), &s.tracker) {
+    match watch::open(s.service.clone(), req, s.cancel.child_token()) {
         Ok(receiver) => event_stream(&s, who, wanted, "watch", receiver),
         Err(e) => ErrorResponse(e).into_response(),
     }

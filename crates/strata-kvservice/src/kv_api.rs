@@ -9,25 +9,22 @@ use strata_proto::kv::{
     CompactRequest, CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue,
     LeaseGrantRequest, LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse,
     LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse, WatchRequest, WatchResponse,
+    TxnResponse, WatchRequest,
 };
 use strata_proto::{ClusterStatus, NodeInfo};
 use strata_store::{BoxFuture, KvApi, LockGuard};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Adapts [`KvService`] to [`KvApi`].
 pub struct NodeKv {
     service: Arc<KvService>,
-    /// Tracks watch tasks.
-    tracker: TaskTracker,
 }
 
 impl NodeKv {
-    /// Wraps the service; watch tasks are spawned on `tracker`.
-    pub fn new(service: Arc<KvService>, tracker: TaskTracker) -> Self {
-        NodeKv { service, tracker }
+    /// Wraps the service.
+    pub fn new(service: Arc<KvService>) -> Self {
+        NodeKv { service }
     }
 }
 
@@ -108,9 +105,9 @@ impl KvApi for NodeKv {
         &self,
         req: WatchRequest,
         cancel: CancellationToken,
-    ) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
+    ) -> Result<strata_store::WatchStream, ApiError> {
         self.service.metrics.op("watch");
-        crate::watch::open(self.service.clone(), req, cancel, &self.tracker)
+        crate::watch::open(self.service.clone(), req, cancel)
     }
 
     fn lease_grant(

@@ -1,31 +1,35 @@
-//! Watches: a task per watch that replays history from the requested revision, then follows
-//! the applied-events feed, delivering each event exactly once in revision order.
+//! Watches: a stream per watch that replays history from the requested revision, then follows
+//! the applied-events feed, delivering each event exactly once in revision order. A watch has
+//! no task of its own: its consumer (an etcd watch stream, an SSE response, a view) polls it,
+//! so a delivered event wakes one task, not two.
 //!
-//! Gap-freedom: the task subscribes to the feed *before* reading history, and apply publishes
+//! Gap-freedom: the watch subscribes to the feed *before* reading history, and apply publishes
 //! to the feed under the store's write lock. Every event is therefore in the history read, in
-//! the feed, or both; `next_revision` drops the duplicates. When the task falls behind the
+//! the feed, or both; `next_revision` drops the duplicates. When the watch falls behind the
 //! feed (or a snapshot replaces the state) it re-reads history from `next_revision`.
 
 use crate::kv_machine::Applied;
 use crate::service::KvService;
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_kv::Replay;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{Event, EventType, RangeSpec, ResponseHeader, WatchRequest, WatchResponse};
-use tokio::sync::{broadcast, mpsc};
+use strata_store::WatchStream;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Most events in one message when replaying history.
 const MAX_EVENTS_PER_MESSAGE: usize = 1000;
 
 /// Opens a watch and returns the stream of its messages. The first message has `created`.
+/// The stream ends when `cancel` fires, the node stops, or a compaction passed its start.
 pub fn open(
     service: Arc<KvService>,
     request: WatchRequest,
     cancel: CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
+) -> Result<WatchStream, ApiError> {
     request.spec().resolve()?;
     if request.start_revision < 0 {
         return Err(ApiError::bad_request("start_revision must not be negative"));
@@ -43,24 +47,33 @@ pub fn open(
             ));
         }
     }
-    let (tx, rx) = mpsc::channel(64);
-    let interval = service.config.kv.watch_progress_interval.0;
+    let progress_interval = service.config.kv.watch_progress_interval.0;
     service.metrics.watchers.inc();
-    tracker.spawn(async move {
-        let metrics = service.metrics.clone();
-        Watcher {
-            service,
-            spec: request.spec(),
-            request,
-            tx,
-            cancel,
-            next_revision: 0,
-        }
-        .run(interval)
-        .await;
-        metrics.watchers.dec();
-    });
-    Ok(rx)
+    let watcher = Watcher {
+        _open: Open(service.metrics.watchers.clone()),
+        spec: request.spec(),
+        service,
+        request,
+        cancel,
+        next_revision: 0,
+        progress_interval,
+        phase: Phase::Start,
+        sent_since_tick: false,
+    };
+    Ok(futures::stream::unfold(watcher, |mut watcher| async move {
+        let message = watcher.next().await?;
+        Some((message, watcher))
+    })
+    .boxed())
+}
+
+/// Counts an open watch in `strata_kv_watchers` until it is dropped.
+struct Open(prometheus::IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 struct Watcher {
@@ -68,15 +81,34 @@ struct Watcher {
     request: WatchRequest,
     /// The keys `request` watches, resolved once.
     spec: RangeSpec,
-    tx: mpsc::Sender<WatchResponse>,
     cancel: CancellationToken,
     /// The smallest revision not yet delivered.
     next_revision: i64,
+    progress_interval: Duration,
+    phase: Phase,
+    /// Whether anything was sent since the last progress tick.
+    sent_since_tick: bool,
+    /// Held for its `Drop`.
+    _open: Open,
 }
 
-enum Flow {
-    Continue,
-    Stop,
+/// Where a watch is.
+enum Phase {
+    /// Not subscribed yet: the next message is `created`.
+    Start,
+    /// Subscribed; history from `next_revision` is to be read (again).
+    CatchUp(broadcast::Receiver<Applied>, Option<tokio::time::Interval>),
+    /// Replaying history read at revision `current`, a message at a time.
+    Replaying {
+        feed: broadcast::Receiver<Applied>,
+        progress: Option<tokio::time::Interval>,
+        replay: Box<Replay>,
+        current: i64,
+    },
+    /// Following the feed.
+    Following(broadcast::Receiver<Applied>, Option<tokio::time::Interval>),
+    /// Over: nothing more is sent.
+    Done,
 }
 
 impl Watcher {
@@ -88,127 +120,161 @@ impl Watcher {
         }
     }
 
-    async fn run(mut self, progress_interval: Duration) {
-        let mut feed = self.service.machine.subscribe();
-        let current = {
-            let store = self.service.machine.read();
-            store.revision()
-        };
-        self.next_revision = if self.request.start_revision > 0 {
-            self.request.start_revision
-        } else {
-            current + 1
-        };
-        let created = WatchResponse {
-            header: self.header(current),
-            created: true,
-            ..Default::default()
-        };
-        if let Flow::Stop = self.send(created).await {
-            return;
-        }
-        if let Flow::Stop = self.catch_up().await {
-            return;
-        }
-        let mut progress = tokio::time::interval(progress_interval);
-        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        progress.tick().await;
-        let mut sent_since_tick = false;
+    /// The next message, or `None` once the watch is over.
+    async fn next(&mut self) -> Option<WatchResponse> {
         loop {
-            let flow = tokio::select! {
-                _ = self.cancel.cancelled() => Flow::Stop,
-                _ = self.tx.closed() => Flow::Stop,
-                message = feed.recv() => match message {
-                    Ok(Applied::Events { revision, events }) => {
-                        if revision < self.next_revision {
-                            Flow::Continue
-                        } else {
+            if self.cancel.is_cancelled() {
+                self.phase = Phase::Done;
+            }
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return None,
+                Phase::Start => {
+                    let feed = self.service.machine.subscribe();
+                    let current = self.service.machine.read().revision();
+                    self.next_revision = if self.request.start_revision > 0 {
+                        self.request.start_revision
+                    } else {
+                        current + 1
+                    };
+                    self.phase = Phase::CatchUp(feed, None);
+                    return Some(WatchResponse {
+                        header: self.header(current),
+                        created: true,
+                        ..Default::default()
+                    });
+                }
+                Phase::CatchUp(feed, progress) => {
+                    // The history is read from a view of the store (taken in constant time, so
+                    // apply never waits for a replay) and ordered off the async runtime; memory
+                    // holds the order of the events and one message, never the whole history.
+                    let (current, view) = {
+                        let store = self.service.machine.read();
+                        (store.revision(), store.view())
+                    };
+                    if self.next_revision > current {
+                        self.phase = Phase::Following(feed, progress);
+                        continue;
+                    }
+                    let (spec, from, with_prev) =
+                        (self.spec.clone(), self.next_revision, self.request.prev_kv);
+                    let replay = tokio::select! {
+                        _ = self.cancel.cancelled() => return None,
+                        replay = tokio::task::spawn_blocking(move || view.replay(&spec, from, with_prev)) => replay,
+                    };
+                    match replay {
+                        Ok(Ok(replay)) => {
+                            self.next_revision = current + 1;
+                            self.phase = Phase::Replaying {
+                                feed,
+                                progress,
+                                replay: Box::new(replay),
+                                current,
+                            };
+                        }
+                        Ok(Err(e)) if e.code == ErrorCode::Compacted => {
+                            let compact_revision = self.service.machine.read().compact_revision();
+                            return Some(WatchResponse {
+                                header: self.header(current),
+                                compact_revision,
+                                ..Default::default()
+                            });
+                        }
+                        Ok(Err(_)) | Err(_) => return None,
+                    }
+                }
+                Phase::Replaying {
+                    feed,
+                    progress,
+                    mut replay,
+                    current,
+                } => {
+                    let events = self.filter(replay.next_batch(MAX_EVENTS_PER_MESSAGE));
+                    let done = replay.is_empty();
+                    self.phase = if done {
+                        Phase::Following(feed, progress)
+                    } else {
+                        Phase::Replaying {
+                            feed,
+                            progress,
+                            replay,
+                            current,
+                        }
+                    };
+                    if !events.is_empty() {
+                        self.sent_since_tick = true;
+                        // The header carries the store's revision the replay was read at, as
+                        // etcd's catch-up does, not the last event's.
+                        return Some(WatchResponse {
+                            header: self.header(current),
+                            events,
+                            ..Default::default()
+                        });
+                    }
+                }
+                Phase::Following(mut feed, progress) => {
+                    let mut progress = match progress {
+                        Some(progress) => Some(progress),
+                        None if self.request.progress_notify => {
+                            let period = self.progress_interval;
+                            let mut progress = tokio::time::interval_at(
+                                tokio::time::Instant::now() + period,
+                                period,
+                            );
+                            progress
+                                .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            Some(progress)
+                        }
+                        None => None,
+                    };
+                    let woken = tokio::select! {
+                        _ = self.cancel.cancelled() => return None,
+                        message = feed.recv() => Ok(message),
+                        _ = tick(&mut progress) => Err(()),
+                    };
+                    match woken {
+                        Ok(Ok(Applied::Events { revision, events })) => {
+                            self.phase = Phase::Following(feed, progress);
+                            if revision < self.next_revision {
+                                continue;
+                            }
                             self.next_revision = revision + 1;
                             let events = self.filter_shared(&events);
-                            if events.is_empty() {
-                                Flow::Continue
-                            } else {
-                                sent_since_tick = true;
-                                let response = WatchResponse { header: self.header(revision), events, ..Default::default() };
-                                self.send(response).await
+                            if !events.is_empty() {
+                                self.sent_since_tick = true;
+                                return Some(WatchResponse {
+                                    header: self.header(revision),
+                                    events,
+                                    ..Default::default()
+                                });
+                            }
+                        }
+                        Ok(Ok(Applied::Reset) | Err(broadcast::error::RecvError::Lagged(_))) => {
+                            self.sent_since_tick = true;
+                            self.phase = Phase::CatchUp(feed, progress);
+                        }
+                        Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                        Err(()) => {
+                            let sent = std::mem::take(&mut self.sent_since_tick);
+                            let revision = {
+                                let store = self.service.machine.read();
+                                // Under the read lock: if the feed is drained, every event up
+                                // to the store's revision has been delivered.
+                                if feed.is_empty() {
+                                    store.revision()
+                                } else {
+                                    self.next_revision - 1
+                                }
+                            };
+                            self.phase = Phase::Following(feed, progress);
+                            if !sent {
+                                return Some(WatchResponse {
+                                    header: self.header(revision),
+                                    ..Default::default()
+                                });
                             }
                         }
                     }
-                    Ok(Applied::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        sent_since_tick = true;
-                        self.catch_up().await
-                    }
-                    Err(broadcast::error::RecvError::Closed) => Flow::Stop,
-                },
-                _ = progress.tick(), if self.request.progress_notify => {
-                    if sent_since_tick {
-                        sent_since_tick = false;
-                        Flow::Continue
-                    } else {
-                        let revision = {
-                            let store = self.service.machine.read();
-                            // Under the read lock: if the feed is drained, every event up to the
-                            // store's revision has been delivered.
-                            if feed.is_empty() { store.revision() } else { self.next_revision - 1 }
-                        };
-                        self.send(WatchResponse { header: self.header(revision), ..Default::default() }).await
-                    }
                 }
-            };
-            if let Flow::Stop = flow {
-                return;
-            }
-        }
-    }
-
-    /// Delivers history from `next_revision` up to the store's current revision. The history
-    /// is read from a view of the store (taken in constant time, so apply never waits for a
-    /// replay), ordered off the async runtime, and sent a message at a time: memory holds the
-    /// order of the events and one message, never the whole history.
-    async fn catch_up(&mut self) -> Flow {
-        let spec = self.request.spec();
-        let (current, view) = {
-            let store = self.service.machine.read();
-            let current = store.revision();
-            if self.next_revision > current {
-                return Flow::Continue;
-            }
-            (current, store.view())
-        };
-        let (from, with_prev) = (self.next_revision, self.request.prev_kv);
-        let replay = tokio::task::spawn_blocking(move || view.replay(&spec, from, with_prev)).await;
-        let mut replay = match replay {
-            Ok(Ok(replay)) => replay,
-            Ok(Err(e)) if e.code == ErrorCode::Compacted => {
-                let compact_revision = self.service.machine.read().compact_revision();
-                let response = WatchResponse {
-                    header: self.header(current),
-                    compact_revision,
-                    ..Default::default()
-                };
-                let _ = self.send(response).await;
-                return Flow::Stop;
-            }
-            Ok(Err(_)) | Err(_) => return Flow::Stop,
-        };
-        self.next_revision = current + 1;
-        loop {
-            let events = self.filter(replay.next_batch(MAX_EVENTS_PER_MESSAGE));
-            if replay.is_empty() && events.is_empty() {
-                return Flow::Continue;
-            }
-            if events.is_empty() {
-                continue;
-            }
-            // The header carries the store's revision the replay was read at, as etcd's
-            // catch-up does, not the last event's.
-            let response = WatchResponse {
-                header: self.header(current),
-                events,
-                ..Default::default()
-            };
-            if let Flow::Stop = self.send(response).await {
-                return Flow::Stop;
             }
         }
     }
@@ -249,11 +315,14 @@ impl Watcher {
             })
             .collect()
     }
+}
 
-    async fn send(&self, response: WatchResponse) -> Flow {
-        tokio::select! {
-            _ = self.cancel.cancelled() => Flow::Stop,
-            sent = self.tx.send(response) => if sent.is_ok() { Flow::Continue } else { Flow::Stop },
+/// The next progress tick, or never without progress notifications.
+async fn tick(progress: &mut Option<tokio::time::Interval>) {
+    match progress {
+        Some(progress) => {
+            progress.tick().await;
         }
+        None => std::future::pending().await,
     }
 }

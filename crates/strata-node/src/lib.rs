@@ -349,7 +349,7 @@ impl Node {
             cancel.child_token(),
         ));
 
-        let kv: Arc<dyn KvApi> = Arc::new(kv_api::NodeKv::new(service.clone(), tracker.clone()));
+        let kv: Arc<dyn KvApi> = Arc::new(kv_api::NodeKv::new(service.clone()));
         let auth = start_auth(&config, &service, kv.clone(), &tracker, &cancel).await?;
         let tls = start_tls(&config, &tracker, &cancel)?;
         let max_request = usize::try_from(config.kv.max_request_bytes.0).unwrap_or(usize::MAX);

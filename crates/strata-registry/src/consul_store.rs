@@ -659,7 +659,7 @@ impl ConsulKv {
         };
         self.metrics.blocking.inc();
         loop {
-            match tokio::time::timeout_at(deadline, messages.recv()).await {
+            match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut messages)).await {
                 Ok(Some(message)) if message.compact_revision == 0 && message.events.is_empty() => {
                     continue
                 }

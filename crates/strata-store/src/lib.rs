@@ -12,6 +12,7 @@ pub mod memory;
 
 pub use applied::AppliedRevision;
 
+use futures::StreamExt;
 use strata_proto::cluster::ClusterStatus;
 use strata_proto::error::ApiError;
 use strata_proto::kv::{
@@ -23,6 +24,9 @@ use strata_proto::kv::{
 use strata_proto::NodeInfo;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// A watch's messages, produced as its consumer polls them.
+pub type WatchStream = futures::stream::BoxStream<'static, WatchResponse>;
 
 /// A boxed, sendable future (keeps [`KvApi`] object safe).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -76,12 +80,8 @@ pub trait KvApi: Send + Sync + 'static {
 
     /// Opens a watch. The first message has `created`; a message with
     /// `compact_revision > 0` means it was cancelled for compaction. It ends when `cancel`
-    /// fires, the receiver is dropped, or the node stops.
-    fn watch(
-        &self,
-        req: WatchRequest,
-        cancel: CancellationToken,
-    ) -> Result<mpsc::Receiver<WatchResponse>, ApiError>;
+    /// fires or the node stops; dropping it closes the watch.
+    fn watch(&self, req: WatchRequest, cancel: CancellationToken) -> Result<WatchStream, ApiError>;
 
     /// Grants a lease (`id` 0: the store picks one).
     fn lease_grant(
@@ -214,7 +214,7 @@ pub async fn follow<F: Follower>(
             }
         };
         backoff.reset();
-        while let Some(message) = rx.recv().await {
+        while let Some(message) = rx.next().await {
             if message.compact_revision != 0 {
                 tracing::info!(prefix, "view fell behind compaction; reloading");
                 break;

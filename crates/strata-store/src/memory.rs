@@ -204,7 +204,7 @@ impl KvApi for MemoryKv {
         &self,
         req: WatchRequest,
         cancel: CancellationToken,
-    ) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
+    ) -> Result<crate::WatchStream, ApiError> {
         let spec = RangeSpec {
             key: req.key.clone(),
             range_end: req.range_end.clone(),
@@ -313,7 +313,9 @@ impl KvApi for MemoryKv {
                 }
             }
         });
-        Ok(rx)
+        Ok(futures::StreamExt::boxed(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
     }
 
     fn lease_grant(
@@ -479,6 +481,7 @@ impl KvApi for MemoryKv {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use futures::StreamExt;
 
     fn put(key: &str, value: &str) -> PutRequest {
         PutRequest {
@@ -504,12 +507,12 @@ mod tests {
                 CancellationToken::new(),
             )
             .unwrap();
-        assert!(rx.recv().await.unwrap().created);
-        let history = rx.recv().await.unwrap();
+        assert!(rx.next().await.unwrap().created);
+        let history = rx.next().await.unwrap();
         assert_eq!(history.events.len(), 1);
         assert_eq!(history.events[0].kv.key, b"a/1");
         kv.put(put("a/2", "y")).await.unwrap();
-        let live = rx.recv().await.unwrap();
+        let live = rx.next().await.unwrap();
         assert_eq!(live.events[0].kv.key, b"a/2");
         assert_eq!(live.header.revision, kv.revision());
     }

@@ -205,7 +205,7 @@ impl KvApi for FakeBackend {
         &self,
         req: WatchRequest,
         _cancel: tokio_util::sync::CancellationToken,
-    ) -> Result<mpsc::Receiver<WatchResponse>, ApiError> {
+    ) -> Result<strata_store::WatchStream, ApiError> {
         let mut state = self.lock_state();
         let spec = req.spec();
         spec.resolve()?;
@@ -232,7 +232,9 @@ impl KvApi for FakeBackend {
             deliver(&watcher, &history, current);
         }
         state.watchers.push(watcher);
-        Ok(receiver)
+        Ok(futures::StreamExt::boxed(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        ))
     }
 
     fn lease_grant(

@@ -49,7 +49,11 @@ impl Pool {
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
                 .with_context(|| format!("parse the endpoint {target:?}"))?
                 .connect_timeout(connect_timeout)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // As grpc-go's windows grow to (etcd's benchmark tool): with h2's default 64 KiB,
+                // a burst of small answers (thousands of watches created at once) exhausts its
+                // budget for unread small DATA frames and it drops the connection.
+                .initial_connection_window_size(8 << 20);
             if let Some(tls) = tls {
                 endpoint = endpoint
                     .tls_config(tls.clone())

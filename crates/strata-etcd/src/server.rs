@@ -158,6 +158,7 @@ pub async fn serve_tls(
         // etcd lets one connection carry any number of streams (a client may open a
         // watch stream per key); per-request work is bounded by the backend.
         .max_concurrent_streams(u32::MAX)
+        .initial_connection_window_size(strata_component::HTTP2_CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // The JSON gateway answers HTTP/1.1 clients (curl, scripts) on the same port.

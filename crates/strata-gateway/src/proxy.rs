@@ -279,6 +279,7 @@ impl Gateway {
                 .max_buf_size(MAX_HEADER_BYTES);
             builder
                 .http2()
+                .initial_connection_window_size(strata_component::HTTP2_CONNECTION_WINDOW)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_header_list_size(MAX_HEADER_BYTES as u32);
             loop {

@@ -375,6 +375,7 @@ impl GrpcApi {
         let stream = pb::bi_request_stream_server::BiRequestStreamServer::new(self)
             .max_decoding_message_size(max_message_bytes);
         tonic::transport::Server::builder()
+            .initial_connection_window_size(strata_component::HTTP2_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(unary)

@@ -108,6 +108,7 @@ impl Component for XdsComponent {
             ctx.tracker.spawn(async move {
                 let service = envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer::new(ads);
                 let served = tonic::transport::Server::builder()
+                    .initial_connection_window_size(strata_component::HTTP2_CONNECTION_WINDOW)
                     .add_service(service)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(bound.tcp),

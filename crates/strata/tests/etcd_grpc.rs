@@ -76,6 +76,16 @@ async fn open_watch(
     range_end: &[u8],
     start_revision: i64,
 ) -> Result<WatchStream, tonic::Status> {
+    open_watch_on(channel(addr), key, range_end, start_revision).await
+}
+
+/// [`open_watch`] over `channel`.
+async fn open_watch_on(
+    channel: Channel,
+    key: &[u8],
+    range_end: &[u8],
+    start_revision: i64,
+) -> Result<WatchStream, tonic::Status> {
     let (requests, receiver) = mpsc::channel(4);
     let create = WatchCreateRequest {
         key: key.to_vec(),
@@ -89,7 +99,7 @@ async fn open_watch(
         })
         .await
         .unwrap();
-    let replies = WatchClient::new(channel(addr))
+    let replies = WatchClient::new(channel)
         .watch(ReceiverStream::new(receiver))
         .await?
         .into_inner();
@@ -787,25 +797,7 @@ async fn t20_thousands_of_watches_opened_at_once_on_one_connection_all_work() {
     let opened: Vec<_> = futures::future::join_all((0..WATCH_BURST).map(|_| {
         let channel = channel.clone();
         async move {
-            let (requests, receiver) = mpsc::channel(1);
-            let create = WatchCreateRequest {
-                key: b"burst/".to_vec(),
-                range_end: prefix_end(b"burst/"),
-                ..Default::default()
-            };
-            requests
-                .send(WatchRequest {
-                    request_union: Some(RequestUnion::CreateRequest(create)),
-                })
-                .await
-                .unwrap();
-            let mut stream = WatchStream {
-                _requests: requests,
-                replies: WatchClient::new(channel)
-                    .watch(ReceiverStream::new(receiver))
-                    .await?
-                    .into_inner(),
-            };
+            let mut stream = open_watch_on(channel, b"burst/", &prefix_end(b"burst/"), 0).await?;
             let created = next_reply(&mut stream).await?;
             assert!(created.is_some_and(|reply| reply.created));
             Ok::<_, tonic::Status>(stream)

@@ -60,10 +60,12 @@ pub fn open(
         phase: Phase::Start,
         sent_since_tick: false,
     };
+    // Fused: a consumer that polls again after the end gets the end again.
     Ok(futures::stream::unfold(watcher, |mut watcher| async move {
         let message = watcher.next().await?;
         Some((message, watcher))
     })
+    .fuse()
     .boxed())
 }
 

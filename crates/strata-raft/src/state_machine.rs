@@ -559,8 +559,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         tokio::task::spawn_blocking(move || {
             let mut snapshot = snapshot;
             // The received bytes go to disk while the state is restored from them, so that
-            // making the file the snapshot afterwards waits for little. Its result does not
-            // matter: the final sync reports any error.
+            // making the file the snapshot afterwards waits for little.
             let file = snapshot.region().file.clone();
             let flushing = std::thread::Builder::new()
                 .name("raft-snapshot-sync".into())
@@ -581,8 +580,20 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                     membership: stored.last_membership.clone(),
                 };
             }
+            // Its error must be taken here: Linux reports a failed writeback to one fsync
+            // only and marks the pages clean, so the final sync would succeed over a file
+            // with holes in it.
             if let Ok(flushing) = flushing {
-                let _ = flushing.join();
+                match flushing.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(sm_err(ErrorVerb::Write, e)),
+                    Err(_) => {
+                        return Err(sm_err(
+                            ErrorVerb::Write,
+                            "the snapshot sync thread panicked",
+                        ))
+                    }
+                }
             }
             // A file received in the layout of `snapshot.bin` becomes it; any other is
             // copied, at full speed: the node needs it before it can serve.

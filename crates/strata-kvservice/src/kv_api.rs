@@ -165,7 +165,7 @@ impl KvApi for NodeKv {
     }
 
     fn db_size(&self) -> u64 {
-        crate::loops::folder_size(&self.service.config.data_dir)
+        self.service.folder.get()
     }
 
     fn backup(&self) -> BoxFuture<'_, Result<strata_store::Backup, ApiError>> {

@@ -182,9 +182,7 @@ pub fn refresh_metrics(service: &KvService) {
     metrics.kv_compact_revision.set(compacted);
     metrics.kv_keys.set(stats.keys as i64);
     metrics.kv_leases.set(stats.leases as i64);
-    metrics
-        .storage_db_bytes
-        .set(folder_size(&service.config.data_dir) as i64);
+    metrics.storage_db_bytes.set(service.folder.get() as i64);
     let free = service.space.refresh();
     metrics
         .disk_free_bytes
@@ -200,6 +198,48 @@ fn resident_bytes() -> usize {
         .ok()
         .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<usize>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// How long a walked folder size is reused.
+pub const FOLDER_SIZE_TTL: Duration = Duration::from_secs(5);
+
+/// The disk a data folder takes ([`folder_size`]), walked at most once per [`FOLDER_SIZE_TTL`]:
+/// the node's status, which carries it, is asked for several times a second by the node's own
+/// loops (monitor membership, Consul session reaping, Nacos server lists), and a walk stats
+/// every file in the folder.
+pub struct FolderSize {
+    path: std::path::PathBuf,
+    ttl: Duration,
+    last: std::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+impl FolderSize {
+    /// The size of `path`, not walked yet, kept for [`FOLDER_SIZE_TTL`].
+    pub fn new(path: std::path::PathBuf) -> Self {
+        Self::with_ttl(path, FOLDER_SIZE_TTL)
+    }
+
+    /// The size of `path`, kept for `ttl`.
+    pub fn with_ttl(path: std::path::PathBuf, ttl: Duration) -> Self {
+        FolderSize {
+            path,
+            ttl,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The folder's size, at most its time to live old.
+    pub fn get(&self) -> u64 {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some((at, bytes)) if at.elapsed() < self.ttl => bytes,
+            _ => {
+                let bytes = folder_size(&self.path);
+                *last = Some((Instant::now(), bytes));
+                bytes
+            }
+        }
+    }
 }
 
 /// Returns the disk the files under `path` take, in allocated bytes (bounded depth; errors
@@ -222,4 +262,23 @@ pub fn folder_size(path: &std::path::Path) -> u64 {
             .sum()
     }
     walk(path, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_size_is_walked_again_only_once_it_is_older_than_its_time_to_live() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![1u8; 64 * 1024]).unwrap();
+        let kept = FolderSize::with_ttl(dir.path().to_path_buf(), Duration::from_secs(3600));
+        let fresh = FolderSize::with_ttl(dir.path().to_path_buf(), Duration::ZERO);
+        let before = kept.get();
+        assert!(before >= 64 * 1024, "{before}");
+        assert_eq!(fresh.get(), before);
+        std::fs::write(dir.path().join("b"), vec![1u8; 64 * 1024]).unwrap();
+        assert_eq!(kept.get(), before, "kept within its time to live");
+        assert!(fresh.get() >= before + 64 * 1024, "walked again");
+    }
 }

@@ -39,6 +39,8 @@ pub struct KvService {
     pub(crate) config: Arc<ValidatedConfig>,
     /// The data folder's free space (read-only below `kv.disk_reserve`).
     pub(crate) space: Arc<strata_raft::DiskSpace>,
+    /// The disk the data folder takes, walked at most every few seconds.
+    pub(crate) folder: crate::loops::FolderSize,
     /// The KV and Raft metrics (and the registry components register theirs in).
     pub metrics: Arc<Metrics>,
     /// The leader's lease expiry clock.
@@ -58,6 +60,7 @@ impl KvService {
             machine: parts.machine,
             log: parts.log,
             sm: parts.sm,
+            folder: crate::loops::FolderSize::new(parts.config.data_dir.clone()),
             config: parts.config,
             space: parts.space,
             metrics,
@@ -533,7 +536,7 @@ impl KvService {
             applied_index,
             revision: self.machine.read().revision(),
             members,
-            disk_bytes: crate::loops::folder_size(&self.config.data_dir),
+            disk_bytes: self.folder.get(),
             disk_free_bytes: self.space.refresh(),
             read_only: self.space.is_full(),
         }

@@ -52,6 +52,9 @@ pub fn open(
     let watcher = Watcher {
         _open: Open(service.metrics.watchers.clone()),
         spec: request.spec(),
+        // Subscribed before any history is read (gap-freedom, above).
+        feed: service.machine.subscribe(),
+        progress: None,
         service,
         request,
         cancel,
@@ -84,6 +87,11 @@ struct Watcher {
     /// The keys `request` watches, resolved once.
     spec: RangeSpec,
     cancel: CancellationToken,
+    /// The applied-events feed.
+    feed: broadcast::Receiver<Applied>,
+    /// Progress notifications' clock, started when the watch first follows the feed (with
+    /// `progress_notify` only).
+    progress: Option<tokio::time::Interval>,
     /// The smallest revision not yet delivered.
     next_revision: i64,
     progress_interval: Duration,
@@ -96,19 +104,14 @@ struct Watcher {
 
 /// Where a watch is.
 enum Phase {
-    /// Not subscribed yet: the next message is `created`.
+    /// The next message is `created`.
     Start,
-    /// Subscribed; history from `next_revision` is to be read (again).
-    CatchUp(broadcast::Receiver<Applied>, Option<tokio::time::Interval>),
+    /// History from `next_revision` is to be read (again).
+    CatchUp,
     /// Replaying history read at revision `current`, a message at a time.
-    Replaying {
-        feed: broadcast::Receiver<Applied>,
-        progress: Option<tokio::time::Interval>,
-        replay: Box<Replay>,
-        current: i64,
-    },
+    Replaying { replay: Box<Replay>, current: i64 },
     /// Following the feed.
-    Following(broadcast::Receiver<Applied>, Option<tokio::time::Interval>),
+    Following,
     /// Over: nothing more is sent.
     Done,
 }
@@ -122,6 +125,15 @@ impl Watcher {
         }
     }
 
+    /// A message carrying `events` (none: a progress notification) at `revision`.
+    fn message(&self, revision: i64, events: Vec<Event>) -> WatchResponse {
+        WatchResponse {
+            header: self.header(revision),
+            events,
+            ..Default::default()
+        }
+    }
+
     /// The next message, or `None` once the watch is over.
     async fn next(&mut self) -> Option<WatchResponse> {
         loop {
@@ -131,21 +143,19 @@ impl Watcher {
             match std::mem::replace(&mut self.phase, Phase::Done) {
                 Phase::Done => return None,
                 Phase::Start => {
-                    let feed = self.service.machine.subscribe();
                     let current = self.service.machine.read().revision();
                     self.next_revision = if self.request.start_revision > 0 {
                         self.request.start_revision
                     } else {
                         current + 1
                     };
-                    self.phase = Phase::CatchUp(feed, None);
+                    self.phase = Phase::CatchUp;
                     return Some(WatchResponse {
-                        header: self.header(current),
                         created: true,
-                        ..Default::default()
+                        ..self.message(current, Vec::new())
                     });
                 }
-                Phase::CatchUp(feed, progress) => {
+                Phase::CatchUp => {
                     // The history is read from a view of the store (taken in constant time, so
                     // apply never waits for a replay) and ordered off the async runtime; memory
                     // holds the order of the events and one message, never the whole history.
@@ -154,7 +164,7 @@ impl Watcher {
                         (store.revision(), store.view())
                     };
                     if self.next_revision > current {
-                        self.phase = Phase::Following(feed, progress);
+                        self.phase = Phase::Following;
                         continue;
                     }
                     let (spec, from, with_prev) =
@@ -167,8 +177,6 @@ impl Watcher {
                         Ok(Ok(replay)) => {
                             self.next_revision = current + 1;
                             self.phase = Phase::Replaying {
-                                feed,
-                                progress,
                                 replay: Box::new(replay),
                                 current,
                             };
@@ -176,66 +184,46 @@ impl Watcher {
                         Ok(Err(e)) if e.code == ErrorCode::Compacted => {
                             let compact_revision = self.service.machine.read().compact_revision();
                             return Some(WatchResponse {
-                                header: self.header(current),
                                 compact_revision,
-                                ..Default::default()
+                                ..self.message(current, Vec::new())
                             });
                         }
                         Ok(Err(_)) | Err(_) => return None,
                     }
                 }
                 Phase::Replaying {
-                    feed,
-                    progress,
                     mut replay,
                     current,
                 } => {
                     let events = self.filter(replay.next_batch(MAX_EVENTS_PER_MESSAGE));
-                    let done = replay.is_empty();
-                    self.phase = if done {
-                        Phase::Following(feed, progress)
+                    self.phase = if replay.is_empty() {
+                        Phase::Following
                     } else {
-                        Phase::Replaying {
-                            feed,
-                            progress,
-                            replay,
-                            current,
-                        }
+                        Phase::Replaying { replay, current }
                     };
                     if !events.is_empty() {
                         self.sent_since_tick = true;
                         // The header carries the store's revision the replay was read at, as
                         // etcd's catch-up does, not the last event's.
-                        return Some(WatchResponse {
-                            header: self.header(current),
-                            events,
-                            ..Default::default()
-                        });
+                        return Some(self.message(current, events));
                     }
                 }
-                Phase::Following(mut feed, progress) => {
-                    let mut progress = match progress {
-                        Some(progress) => Some(progress),
-                        None if self.request.progress_notify => {
-                            let period = self.progress_interval;
-                            let mut progress = tokio::time::interval_at(
-                                tokio::time::Instant::now() + period,
-                                period,
-                            );
-                            progress
-                                .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                            Some(progress)
-                        }
-                        None => None,
-                    };
+                Phase::Following => {
+                    if self.progress.is_none() && self.request.progress_notify {
+                        let period = self.progress_interval;
+                        let mut progress =
+                            tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        self.progress = Some(progress);
+                    }
+                    self.phase = Phase::Following;
                     let woken = tokio::select! {
                         _ = self.cancel.cancelled() => return None,
-                        message = feed.recv() => Ok(message),
-                        _ = tick(&mut progress) => Err(()),
+                        message = self.feed.recv() => Ok(message),
+                        _ = tick(&mut self.progress) => Err(()),
                     };
                     match woken {
                         Ok(Ok(Applied::Events { revision, events })) => {
-                            self.phase = Phase::Following(feed, progress);
                             if revision < self.next_revision {
                                 continue;
                             }
@@ -243,36 +231,27 @@ impl Watcher {
                             let events = self.filter_shared(&events);
                             if !events.is_empty() {
                                 self.sent_since_tick = true;
-                                return Some(WatchResponse {
-                                    header: self.header(revision),
-                                    events,
-                                    ..Default::default()
-                                });
+                                return Some(self.message(revision, events));
                             }
                         }
                         Ok(Ok(Applied::Reset) | Err(broadcast::error::RecvError::Lagged(_))) => {
                             self.sent_since_tick = true;
-                            self.phase = Phase::CatchUp(feed, progress);
+                            self.phase = Phase::CatchUp;
                         }
                         Ok(Err(broadcast::error::RecvError::Closed)) => return None,
                         Err(()) => {
-                            let sent = std::mem::take(&mut self.sent_since_tick);
                             let revision = {
                                 let store = self.service.machine.read();
                                 // Under the read lock: if the feed is drained, every event up
                                 // to the store's revision has been delivered.
-                                if feed.is_empty() {
+                                if self.feed.is_empty() {
                                     store.revision()
                                 } else {
                                     self.next_revision - 1
                                 }
                             };
-                            self.phase = Phase::Following(feed, progress);
-                            if !sent {
-                                return Some(WatchResponse {
-                                    header: self.header(revision),
-                                    ..Default::default()
-                                });
+                            if !std::mem::take(&mut self.sent_since_tick) {
+                                return Some(self.message(revision, Vec::new()));
                             }
                         }
                     }

@@ -94,6 +94,12 @@ impl SnapshotData {
         Ok(())
     }
 
+    /// Whether this received file was laid out as `snapshot.bin` ([`Self::lay_out_as_stored`]),
+    /// so that installing it may keep the file rather than copy it.
+    pub(crate) fn is_laid_out_as_stored(&self) -> bool {
+        self.in_place.is_some()
+    }
+
     /// Makes this received file `dir/name`, durably, when it was laid out for it with the
     /// metadata `meta` and its data was checked; the file is then no longer temporary and
     /// this returns the data's length. `None`: it cannot be (the caller copies the data).

@@ -558,12 +558,15 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         // in the format both run (see `strata_proto::log`).
         tokio::task::spawn_blocking(move || {
             let mut snapshot = snapshot;
-            // The received bytes go to disk while the state is restored from them, so that
-            // making the file the snapshot afterwards waits for little.
-            let file = snapshot.region().file.clone();
-            let flushing = std::thread::Builder::new()
-                .name("raft-snapshot-sync".into())
-                .spawn(move || file.sync_data());
+            // A received file that will be kept goes to disk while the state is restored from
+            // it, so that making it the snapshot afterwards waits for little (one that will be
+            // copied is not synced: the copy is).
+            let flushing = snapshot.is_laid_out_as_stored().then(|| {
+                let file = snapshot.region().file.clone();
+                std::thread::Builder::new()
+                    .name("raft-snapshot-sync".into())
+                    .spawn(move || file.sync_data())
+            });
             let region = snapshot.region();
             let mut reader = Progress::new(region.reader(), region.len, "installing snapshot");
             {
@@ -583,7 +586,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             // Its error must be taken here: Linux reports a failed writeback to one fsync
             // only and marks the pages clean, so the final sync would succeed over a file
             // with holes in it.
-            if let Ok(flushing) = flushing {
+            if let Some(Ok(flushing)) = flushing {
                 match flushing.join() {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(sm_err(ErrorVerb::Write, e)),

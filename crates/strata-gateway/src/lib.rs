@@ -40,6 +40,7 @@ pub mod edge;
 pub mod edge_auth;
 pub mod files;
 pub mod guard;
+pub mod h1;
 pub mod health;
 pub mod idle;
 pub mod metrics;

@@ -1,41 +1,49 @@
 //! HTTP/1.1 connections to upstream members, each used by one request at a time and driven by
 //! that request's own task.
 //!
-//! hyper-util's pooled client runs every connection in a task of its own: a request crosses a
-//! channel to that task, and the answer and each piece of its body cross back, so each proxied
-//! request wakes two tasks and hops between them both ways (issue 13's profile). Here a request
-//! checks a connection out of [`Http1Pool`] (or opens one), polls hyper's `Connection` future
-//! itself while it waits for the answer's head, and hands the answer's body a [`PooledBody`]
-//! that keeps polling the connection and puts it back when the body ends on a connection that
-//! may be reused. One pool serves every worker thread; a `std::sync::Mutex` guards the idle
-//! lists (it is never held across an `.await`, nor while a connection is polled or closed).
+//! A request checks a connection out of [`Http1Pool`] (or opens one), writes its head (and
+//! body) on it and reads the answer's head, all in the request's task; the answer's body is a
+//! [`PooledBody`] that reads the rest from the connection as it is polled and puts the
+//! connection back when the body ends on a connection that may be reused. The wire format is
+//! [`crate::h1`]'s. There is no task per connection and no channel between the request and its
+//! connection: issue 13's profile found hyper's client connection (a dispatcher, a request
+//! channel, an answer channel and a body channel per exchange) to be most of the proxy's user
+//! time. Requests that switch protocols (`Upgrade`) still go through hyper's client, which
+//! hands the connection over when the switch is done. One pool serves every worker thread; a
+//! `std::sync::Mutex` guards the idle lists (never held across an `.await`, nor while a
+//! connection is read or closed).
 //!
-//! An idle connection is polled by nobody, so an upstream that closes it is noticed when it is
-//! next checked out: the check-out polls it once (a read only when the socket became readable)
-//! and drops it if it ended. One that the upstream closes just as a request is written to it
-//! (the keep-alive race) fails that exchange: a request hyper had not started writing is sent
-//! on another connection, and an idempotent request without a body on a connection idle for at
-//! least [`Settings::replay_after_idle`] is sent once more on a new connection, without using up
-//! one of the route's retries (as nginx does for a cached keep-alive connection). A sweep task
+//! An idle connection is read by nobody, so an upstream that closes it is noticed when it is
+//! next checked out: the check-out looks at the socket's readiness (a read only when it became
+//! readable) and drops the connection if it ended or holds bytes nobody asked for. One that the
+//! upstream closes just as a request is written to it (the keep-alive race) fails that
+//! exchange: a request whose head could not be written at all is sent on another connection,
+//! and an idempotent request without a body on a connection idle for at least
+//! [`Settings::replay_after_idle`] is sent once more on a new connection, without using up one
+//! of the route's retries (as nginx does for a cached keep-alive connection). A sweep task
 //! closes connections idle longer than the idle timeout and those their member closed.
 //!
-//! **Invariant:** a connection is in an idle list only when no request uses it, hyper's
-//! dispatcher is idle (the last answer was read to its end) and it accepts a new request.
+//! **Invariant:** a connection is in an idle list only when no request uses it, the last
+//! answer on it was read to its end with no byte after it, and both sides said it persists.
 
+use crate::h1::{self, AnswerHead, BodyFraming, Chunked, Piece, RequestFraming};
 use crate::metrics::UpstreamMetrics;
-use crate::upstream::Counted;
 use axum::body::Body;
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -111,7 +119,7 @@ struct Shared {
     settings: Settings,
     /// Connect time, connections opened and open.
     metrics: Arc<UpstreamMetrics>,
-    /// hyper's HTTP/1.1 client options (its defaults, as the pooled client used).
+    /// hyper's HTTP/1.1 client options, for exchanges that switch protocols.
     builder: http1::Builder,
     /// Where connections that switched protocols (`Upgrade`) run until the upgrade is done.
     tracker: TaskTracker,
@@ -128,78 +136,131 @@ struct Idle {
     since: Instant,
 }
 
-/// One connection to a member: hyper's request handle and the connection future that does
-/// its reading and writing.
+/// One connection to a member.
 struct Conn {
     /// The member's address, the key of its idle list.
     member: Arc<str>,
-    sender: http1::SendRequest<Body>,
-    /// `None` once the connection ended, so it is never polled again. Boxed (once per
-    /// connection): hyper's dispatcher is large, and a `Conn` moves in and out of the idle
-    /// lists and into the answer's body on every request.
-    connection: Option<Pin<Box<http1::Connection<Counted, Body>>>>,
+    stream: TcpStream,
+    /// Bytes read from the member and not yet taken: the rest of an answer's head or body.
+    read: BytesMut,
+    /// Where a request's head is written before it is sent (kept, so that its allocation is).
+    write: BytesMut,
+    /// Counts the connection as open until it is dropped.
+    _open: OpenCount,
 }
+
+/// Counts one open connection in a gauge for as long as it lives.
+struct OpenCount(prometheus::IntGauge);
+
+impl OpenCount {
+    fn new(gauge: &prometheus::IntGauge) -> OpenCount {
+        gauge.inc();
+        OpenCount(gauge.clone())
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Bytes read at a time: an answer smaller than this arrives in one read, and a read that
+/// does not fill the buffer tells tokio that the socket is drained (no extra `recv` that
+/// would only say "nothing more").
+const READ_CHUNK: usize = 16 * 1024;
 
 impl Conn {
-    /// Polls the connection with `cx` (writing the request, reading the answer); false once
-    /// it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(connection) = &mut self.connection {
-            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-                if let Err(error) = result {
-                    tracing::trace!(member = %self.member, %error, "upstream connection ended");
-                }
-                // Dropping it drops whatever the dispatcher still held: a pending answer or
-                // body learns that the connection is gone.
-                self.connection = None;
+    /// True when the connection is open, idle and holds nothing unread: no bytes have arrived
+    /// since its last answer ended, and its member has not closed it. Looks only at the
+    /// socket's readiness, reading (once) only when it says something arrived.
+    fn settle(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
-        self.connection.is_some()
     }
 
-    /// Polls a connection that no request waits on (going idle, or checked out): no waker is
-    /// kept, and tokio's cooperative budget cannot make it skip its work. True when it is
-    /// open and ready for a request.
-    fn settle(&mut self) -> bool {
-        self.drive_quietly() && self.sender.is_ready()
-    }
-
-    /// Polls the connection without keeping a waker; false once it has ended.
-    fn drive_quietly(&mut self) -> bool {
-        let alive = poll_quietly(&mut std::future::poll_fn(|cx| Poll::Ready(self.drive(cx))));
-        matches!(alive, Poll::Ready(true))
-    }
-
-    /// Polls the connection until `outcome` (the answer, or the body's next piece) is ready:
-    /// first without a waker, and only when that is not enough, again with the task's.
-    ///
-    /// hyper's body channel wakes the waker its sender last registered whenever a piece is
-    /// taken from it. Had the connection been polled with this task's waker while it passed
-    /// the piece on, taking the piece would wake this very task: a wasted poll of the whole
-    /// client connection on every request. The second poll makes every wait of the
-    /// connection register this task's waker, so no wake-up is lost.
-    fn poll_until<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut outcome: impl FnMut() -> Poll<T>,
-    ) -> Poll<T> {
-        self.drive_quietly();
-        if let Poll::Ready(ready) = outcome() {
-            return Poll::Ready(ready);
+    /// Reads what the member sent next into `self.read`; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < want.clamp(1, READ_CHUNK) {
+            self.read.reserve(want.clamp(READ_CHUNK, 4 * READ_CHUNK));
         }
-        self.drive(cx);
-        outcome()
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
+    }
+
+    /// Reads the final answer's head to `request` (`head_request`: it was `HEAD`).
+    async fn read_head(&mut self, head_request: bool) -> io::Result<AnswerHead> {
+        loop {
+            if let Some(head) = h1::parse_answer(&mut self.read, head_request)? {
+                return Ok(head);
+            }
+            let read = std::future::poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before answering",
+                ));
+            }
+        }
+    }
+
+    /// Sends `body` after its head, framed as `framing` says.
+    async fn write_body(&mut self, mut body: Body, framing: RequestFraming) -> io::Result<()> {
+        let mut sent = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(io::Error::other)?;
+            let Ok(mut data) = frame.into_data() else {
+                continue; // trailers are not forwarded over HTTP/1.1
+            };
+            if data.is_empty() {
+                continue;
+            }
+            match framing {
+                RequestFraming::Length(length) => {
+                    let room = length - sent;
+                    if data.len() as u64 > room {
+                        return Err(io::Error::other(
+                            "the request body is longer than its Content-Length",
+                        ));
+                    }
+                    sent += data.len() as u64;
+                    self.stream.write_all_buf(&mut data).await?;
+                }
+                RequestFraming::Chunked => {
+                    let mut chunk = bytes::Buf::chain(
+                        bytes::Buf::chain(h1::chunk_header(data.len()), data),
+                        &b"\r\n"[..],
+                    );
+                    self.stream.write_all_buf(&mut chunk).await?;
+                }
+                RequestFraming::Empty => {
+                    return Err(io::Error::other("a request without a body sent one"))
+                }
+            }
+        }
+        match framing {
+            RequestFraming::Length(length) if sent < length => Err(io::Error::other(
+                "the request body ended before its Content-Length",
+            )),
+            RequestFraming::Chunked => self.stream.write_all(b"0\r\n\r\n").await,
+            _ => Ok(()),
+        }
     }
 }
 
-/// Polls `future` once with a waker that does nothing, outside tokio's cooperative budget.
-///
-/// Sound only where the caller polls again itself after whatever could complete `future`:
-/// the request's answer and body complete only when the connection is polled, and every
-/// poll of the connection (with the task's real waker) is followed by one of these.
-fn poll_quietly<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-    let mut cx = Context::from_waker(Waker::noop());
-    pin!(tokio::task::coop::unconstrained(future)).poll(&mut cx)
+/// How an exchange failed; `unsent` gives back a request none of which was written.
+struct Failed {
+    unsent: Option<Request<Body>>,
+    error: io::Error,
 }
 
 /// How often the sweep task looks for expired and closed idle connections.
@@ -286,30 +347,31 @@ impl Http1Pool {
                 _ => None,
             };
             match exchange(&mut conn, request).await {
-                Ok(response) => return Ok(self.shared.clone().wrap(conn, response)),
-                Err(mut failed) => {
+                Ok(head) => return Ok(self.shared.clone().wrap(conn, head)),
+                Err(failed) => {
                     drop(conn);
                     let reused = idle_for.is_some();
-                    match (failed.take_message(), replay) {
+                    match (failed.unsent, replay) {
                         // Never written: safe to send on another connection, any request.
                         (Some(unsent), _) if reused => {
                             tracing::debug!(%member, "pooled connection closed before the request was written; using another");
                             request = unsent;
                         }
                         (_, Some(copy)) => {
-                            tracing::debug!(%member, error = %failed.error(), "pooled connection broke before an answer; sending again on a new connection");
+                            tracing::debug!(%member, error = %failed.error, "pooled connection broke before an answer; sending again on a new connection");
                             request = *copy;
                             fresh_only = true;
                         }
-                        _ => return Err(SendError::Broken(Box::new(failed.into_error()))),
+                        _ => return Err(SendError::Broken(Box::new(failed.error))),
                     }
                 }
             }
         }
     }
 
-    /// Sends a request that asks to switch protocols (`Upgrade`): its connection runs in a
-    /// task of its own until the switch (or the end), and never goes back to the pool.
+    /// Sends a request that asks to switch protocols (`Upgrade`) with hyper's client: its
+    /// connection runs in a task of its own until the switch (or the end), and never goes back
+    /// to the pool.
     ///
     /// Cancel safety: dropping the future drops the request; the connection's task ends.
     pub async fn send_upgrade(
@@ -323,16 +385,18 @@ impl Http1Pool {
             Some((conn, _)) => conn,
             None => Box::pin(self.shared.connect(member)).await?,
         };
-        let Conn {
-            mut sender,
-            connection,
-            ..
-        } = conn;
-        let Some(connection) = connection else {
-            return Err(SendError::Broken("the connection closed".into()));
-        };
+        let io = crate::upstream::Counted::new(
+            hyper_util::rt::TokioIo::new(conn.stream),
+            &self.shared.metrics.open,
+        );
+        let (mut sender, connection) = self
+            .shared
+            .builder
+            .handshake::<_, Body>(io)
+            .await
+            .map_err(|error| SendError::Broken(Box::new(error)))?;
         self.shared.tracker.spawn(async move {
-            if let Err(error) = Pin::into_inner(connection).with_upgrades().await {
+            if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upgraded upstream connection ended with an error");
             }
         });
@@ -362,13 +426,11 @@ impl Shared {
         }
     }
 
-    /// Puts `conn` back when its answer ended and it may be reused; closes it otherwise.
-    fn check_in(&self, mut conn: Conn) {
-        // Usually the poll that delivered the body's end already left hyper's dispatcher idle
-        // and asking for the next request (and it was a quiet one, see `Conn::poll_until`);
-        // otherwise one more poll gets it there, or finds the connection closed.
-        let ready = conn.connection.is_some() && conn.sender.is_ready();
-        if !ready && !conn.settle() {
+    /// Puts `conn` back, its answer read to the end and both sides keeping it open; closes it
+    /// when the member's list is full.
+    fn check_in(&self, conn: Conn) {
+        if !conn.read.is_empty() {
+            // Bytes after the end of the answer: the member does not speak HTTP/1.1 properly.
             return;
         }
         let since = Instant::now();
@@ -435,77 +497,107 @@ impl Shared {
             .connect_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.opened.inc();
-        let io = Counted::new(hyper_util::rt::TokioIo::new(stream), &self.metrics.open);
-        let (sender, connection) = self
-            .builder
-            .handshake(io)
-            .await
-            .map_err(|error| SendError::Broken(Box::new(error)))?;
         Ok(Conn {
             member: Arc::from(member),
-            sender,
-            connection: Some(Box::pin(connection)),
+            stream,
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            _open: OpenCount::new(&self.metrics.open),
         })
     }
 
-    /// The answer with a body that drives `conn` and checks it in at its end.
-    fn wrap(self: Arc<Self>, conn: Conn, response: Response<Incoming>) -> Response<Body> {
-        let (parts, body) = response.into_parts();
+    /// The answer with a body that reads the rest from `conn` and checks it in at its end.
+    fn wrap(self: Arc<Self>, conn: Conn, head: AnswerHead) -> Response<Body> {
+        let AnswerHead {
+            response,
+            framing,
+            keep_alive,
+        } = head;
+        let state = match framing {
+            BodyFraming::Empty => Framing::Ended,
+            BodyFraming::Length(length) => Framing::Length(length),
+            BodyFraming::Chunked => Framing::Chunked(Chunked::default()),
+            BodyFraming::UntilClose => Framing::UntilClose,
+        };
         let mut body = PooledBody {
-            body,
             conn: Some(conn),
+            framing: state,
+            keep_alive,
             pool: self,
         };
         // An answer without a body (HEAD, 204, 304, `Content-Length: 0`) is never polled.
-        body.check_in_if_ended();
+        if body.framing == Framing::Ended {
+            body.finish();
+        }
+        let (parts, ()) = response.into_parts();
         Response::from_parts(parts, Body::new(body))
     }
 }
 
-/// Sends `request` on `conn`, polling the connection in this task until the answer's head
-/// arrives.
-async fn exchange(
-    conn: &mut Conn,
-    request: Request<Body>,
-) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
-    let mut answer = pin!(conn.sender.try_send_request(request));
-    let mut first = true;
-    std::future::poll_fn(|cx| {
-        // Quietly: the answer arrives only from the connection, which `poll_until` polls with
-        // this task's waker, so a wake from the answer's channel would be a wasted poll.
-        if std::mem::take(&mut first) {
-            // Writes the request; there is no answer to take yet.
-            conn.drive(cx);
-            return poll_quietly(&mut answer.as_mut());
+/// Sends `request` on `conn` and reads the answer's head, in this task.
+async fn exchange(conn: &mut Conn, request: Request<Body>) -> Result<AnswerHead, Failed> {
+    let body_ended = hyper::body::Body::is_end_stream(request.body());
+    let exact = hyper::body::Body::size_hint(request.body()).exact();
+    let head_request = request.method() == hyper::Method::HEAD;
+    conn.write.clear();
+    let framing = h1::encode_request_head(&request, body_ended, exact, &mut conn.write);
+    let mut written = 0;
+    while written < conn.write.len() {
+        match std::future::poll_fn(|cx| {
+            Pin::new(&mut conn.stream).poll_write(cx, &conn.write[written..])
+        })
+        .await
+        {
+            Ok(0) => {
+                let error = io::Error::new(io::ErrorKind::WriteZero, "the upstream took no bytes");
+                return Err(failed(written, request, error));
+            }
+            Ok(n) => written += n,
+            Err(error) => return Err(failed(written, request, error)),
         }
-        conn.poll_until(cx, || poll_quietly(&mut answer.as_mut()))
-    })
-    .await
+    }
+    let broken = |error| Failed {
+        unsent: None,
+        error,
+    };
+    if framing != RequestFraming::Empty {
+        conn.write_body(request.into_body(), framing)
+            .await
+            .map_err(broken)?;
+    }
+    conn.read_head(head_request).await.map_err(broken)
+}
+
+/// An exchange that failed after `written` bytes of the request's head.
+fn failed(written: usize, request: Request<Body>, error: io::Error) -> Failed {
+    Failed {
+        unsent: (written == 0).then_some(request),
+        error,
+    }
 }
 
 /// Opens a TCP connection to `HOST:PORT`, trying each address the host resolves to.
-async fn open(member: &str) -> std::io::Result<tokio::net::TcpStream> {
+async fn open(member: &str) -> io::Result<TcpStream> {
     if let Ok(address) = member.parse::<SocketAddr>() {
-        return tokio::net::TcpStream::connect(address).await;
+        return TcpStream::connect(address).await;
     }
     let mut last = None;
     for address in tokio::net::lookup_host(member).await? {
-        match tokio::net::TcpStream::connect(address).await {
+        match TcpStream::connect(address).await {
             Ok(stream) => return Ok(stream),
             Err(error) => last = Some(error),
         }
     }
     Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
+        io::Error::new(
+            io::ErrorKind::NotFound,
             format!("{member} resolves to no address"),
         )
     }))
 }
 
-/// What hyper-util's pooled client did to a request for an HTTP/1.1 connection: a `Host`
-/// header naming the member when the client sent none (an HTTP/2 client names the host in
-/// the URI), and authority-form for `CONNECT`.
+/// A `Host` header naming the member when the client sent none (an HTTP/2 client names the
+/// host in the URI), and authority-form for `CONNECT`.
 fn prepare(request: &mut Request<Body>, member: &str) {
     if !request.headers().contains_key(hyper::header::HOST) {
         let host = member.strip_suffix(":80").unwrap_or(member);
@@ -530,20 +622,90 @@ fn copy_head(request: &Request<Body>) -> Request<Body> {
     copy
 }
 
-/// An answer's body that polls its connection while it is read, and checks the connection
-/// back in when it ends.
+/// Where an answer's body stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes to go.
+    Length(u64),
+    Chunked(Chunked),
+    /// Everything until the member closes the connection.
+    UntilClose,
+    /// Read to its end.
+    Ended,
+}
+
+/// An answer's body that reads from its connection as it is polled, and checks the
+/// connection back in when it ends.
 pub struct PooledBody {
-    body: Incoming,
     /// `None` once checked in or given up.
     conn: Option<Conn>,
+    framing: Framing,
+    /// Both sides keep the connection open after this answer.
+    keep_alive: bool,
     pool: Arc<Shared>,
 }
 
 impl PooledBody {
-    fn check_in_if_ended(&mut self) {
-        if hyper::body::Body::is_end_stream(&self.body) {
-            if let Some(conn) = self.conn.take() {
+    /// The body ended: the connection goes back to the pool, or is closed.
+    fn finish(&mut self) {
+        self.framing = Framing::Ended;
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
                 self.pool.check_in(conn);
+            }
+        }
+    }
+
+    /// The next piece of the body, or its end.
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(match self.framing {
+                    Framing::Ended => Ok(None),
+                    _ => Err(io::Error::other("the upstream answer's body broke")),
+                });
+            };
+            let want = match &mut self.framing {
+                Framing::Ended => return Poll::Ready(Ok(None)),
+                Framing::Length(left) => {
+                    if !conn.read.is_empty() {
+                        let take = usize::try_from(*left)
+                            .unwrap_or(usize::MAX)
+                            .min(conn.read.len());
+                        let data = conn.read.split_to(take).freeze();
+                        *left -= take as u64;
+                        if *left == 0 {
+                            self.finish();
+                        }
+                        return Poll::Ready(Ok(Some(data)));
+                    }
+                    usize::try_from(*left).unwrap_or(usize::MAX)
+                }
+                Framing::Chunked(decoder) => match decoder.next(&mut conn.read)? {
+                    Piece::Data(data) => return Poll::Ready(Ok(Some(data))),
+                    Piece::End => {
+                        self.finish();
+                        return Poll::Ready(Ok(None));
+                    }
+                    Piece::NeedMore => READ_CHUNK,
+                },
+                Framing::UntilClose => {
+                    if !conn.read.is_empty() {
+                        return Poll::Ready(Ok(Some(conn.read.split().freeze())));
+                    }
+                    READ_CHUNK
+                }
+            };
+            if std::task::ready!(conn.poll_fill(cx, want))? == 0 {
+                if self.framing == Framing::UntilClose {
+                    self.framing = Framing::Ended;
+                    self.conn = None;
+                    return Poll::Ready(Ok(None));
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before the answer's body ended",
+                )));
             }
         }
     }
@@ -551,47 +713,35 @@ impl PooledBody {
 
 impl hyper::body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        let polled = match &mut this.conn {
-            // Quietly, as in `exchange`: the body's pieces come from the connection.
-            Some(conn) => {
-                let body = &mut this.body;
-                conn.poll_until(cx, || {
-                    poll_quietly(&mut std::future::poll_fn(|cx| {
-                        Pin::new(&mut *body).poll_frame(cx)
-                    }))
-                })
+        match std::task::ready!(this.poll_piece(cx)) {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => {
+                // A broken body's connection is not reused.
+                this.conn = None;
+                this.framing = Framing::Ended;
+                Poll::Ready(Some(Err(error)))
             }
-            // The connection is back in the pool or gone: the body has ended or holds what
-            // it received.
-            None => Pin::new(&mut this.body).poll_frame(cx),
-        };
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => this.check_in_if_ended(),
-            Poll::Ready(None) => {
-                if let Some(conn) = this.conn.take() {
-                    this.pool.check_in(conn);
-                }
-            }
-            // A broken body's connection is not reused.
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        hyper::body::Body::is_end_stream(&self.body)
+        self.framing == Framing::Ended
     }
 
     fn size_hint(&self) -> SizeHint {
-        hyper::body::Body::size_hint(&self.body)
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Ended => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 

@@ -1,0 +1,622 @@
+//! The HTTP/1.1 wire format of exchanges with upstream members (RFC 9112): a request's head
+//! written straight from `http` types, an answer's head parsed by httparse into `http` types
+//! without copying the header values, and the framing of the answer's body (empty, by length,
+//! in chunks, or until the connection closes).
+//!
+//! Pure functions over byte buffers, with no I/O: [`crate::pool`] does the reading and the
+//! writing. Nothing here panics on bytes from the network; a malformed answer is an
+//! [`std::io::Error`] of kind `InvalidData`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use std::io;
+
+/// The most header lines an answer's head may have.
+pub const MAX_HEADERS: usize = 128;
+
+/// The longest an answer's head may be.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The longest a chunk-size line or a trailer section may be.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// How a request's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// In chunks (the body's length is not known in advance).
+    Chunked,
+}
+
+/// Writes `request`'s head (origin-form or, for `CONNECT`, authority-form target) into `out`
+/// and says how its body follows. `body_ended`: the body is known to be empty; `exact`: its
+/// length when known. A `Content-Length` the request carries is kept and frames the body;
+/// `Transfer-Encoding` is always the framing's own.
+pub fn encode_request_head<B>(
+    request: &Request<B>,
+    body_ended: bool,
+    exact: Option<u64>,
+    out: &mut BytesMut,
+) -> RequestFraming {
+    let uri = request.uri();
+    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    match (request.method() == Method::CONNECT, uri.authority()) {
+        (true, Some(authority)) => out.extend_from_slice(authority.as_str().as_bytes()),
+        _ => match uri.path_and_query().map(|p| p.as_str()) {
+            Some(target) if !target.is_empty() => out.extend_from_slice(target.as_bytes()),
+            _ => out.extend_from_slice(b"/"),
+        },
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let declared = content_length(request.headers()).ok().flatten();
+    let framing = match (declared, body_ended, exact) {
+        (Some(length), _, _) => RequestFraming::Length(length),
+        (None, true, _) => RequestFraming::Empty,
+        (None, false, Some(length)) => RequestFraming::Length(length),
+        (None, false, None) => RequestFraming::Chunked,
+    };
+    for (name, value) in request.headers() {
+        // The framing's own headers are written below; a declared length is kept as sent.
+        if name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && declared.is_none())
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Length(length) if declared.is_none() => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        // A method whose request normally has a body says that this one has none.
+        RequestFraming::Empty
+            if matches!(
+                *request.method(),
+                Method::POST | Method::PUT | Method::PATCH
+            ) =>
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// The chunk header of a body piece of `length` bytes (`SIZE CRLF`).
+pub fn chunk_header(length: usize) -> Bytes {
+    Bytes::from(format!("{length:x}\r\n"))
+}
+
+/// How an answer's body follows its head (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (an answer to `HEAD`, a 204 or 304, or `Content-Length: 0`).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// In chunks.
+    Chunked,
+    /// Until the member closes the connection.
+    UntilClose,
+}
+
+/// A parsed answer head: the answer without its body, how the body follows, and whether the
+/// connection may carry another request after it.
+#[derive(Debug)]
+pub struct AnswerHead {
+    pub response: Response<()>,
+    pub framing: BodyFraming,
+    pub keep_alive: bool,
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// The final answer head at the start of `buf`, taken out of it, or `None` when more bytes
+/// are needed. Interim answers (1xx other than 101) are skipped. `head_request`: the request
+/// was `HEAD`, so the answer has no body whatever its headers say.
+pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<AnswerHead>> {
+    loop {
+        // Where each header's name and value lie in the head: offsets, so the parse's borrow
+        // of `buf` ends before the head is split off.
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let length = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(invalid("the upstream's answer head is too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(invalid("the upstream's answer has too many headers"))
+            }
+            Err(error) => {
+                return Err(invalid(&format!(
+                    "the upstream's answer is malformed: {error}"
+                )))
+            }
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| invalid("the upstream's answer has an invalid status"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(length);
+            continue;
+        }
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        let base = buf.as_ptr() as usize;
+        let count = parsed.headers.len();
+        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = header.name.as_ptr() as usize - base;
+            let value = header.value.as_ptr() as usize - base;
+            *span = (name, header.name.len(), value, header.value.len());
+        }
+        let head = buf.split_to(length).freeze();
+        let mut map = HeaderMap::with_capacity(count);
+        for &(name, name_len, value, value_len) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[name..name + name_len])
+                .map_err(|_| invalid("the upstream's answer has an invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+                .map_err(|_| invalid("the upstream's answer has an invalid header value"))?;
+            map.append(name, value);
+        }
+        let (framing, mut keep_alive) = framing(&map, status, head_request)?;
+        keep_alive &= connection_persists(&map, version);
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = map;
+        return Ok(Some(AnswerHead {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// The body's framing, and false when the framing itself rules out reusing the connection.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+) -> io::Result<(BodyFraming, bool)> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        // A switch of protocols hands the connection over: it never carries a request again.
+        return Ok((
+            BodyFraming::Empty,
+            status != StatusCode::SWITCHING_PROTOCOLS,
+        ));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        // Both framings named: the length is ignored, and the connection is not reused.
+        let clean = !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            (BodyFraming::Chunked, clean)
+        } else {
+            (BodyFraming::UntilClose, false)
+        });
+    }
+    Ok(match content_length(headers)? {
+        Some(0) => (BodyFraming::Empty, true),
+        Some(length) => (BodyFraming::Length(length), true),
+        None => (BodyFraming::UntilClose, false),
+    })
+}
+
+/// The `Content-Length`, when there is one: every value (and every comma-separated element)
+/// must be the same number.
+pub fn content_length(headers: &HeaderMap) -> io::Result<Option<u64>> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for element in value.as_bytes().split(|b| *b == b',') {
+            let element = element.trim_ascii();
+            if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
+                return Err(invalid("invalid Content-Length"));
+            }
+            let parsed = element
+                .iter()
+                .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(invalid("conflicting Content-Length values"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+/// Whether the connection stays open after this answer by its `Connection` header and
+/// version: HTTP/1.1 unless `close`, HTTP/1.0 only with `keep-alive`.
+fn connection_persists(headers: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+/// Decodes a chunked body as its bytes arrive.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chunked {
+    state: ChunkState,
+    /// Bytes of trailer section seen so far.
+    trailers: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, with this many bytes to go.
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    /// The body has ended.
+    Done,
+}
+
+/// What [`Chunked::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Some of the body.
+    Data(Bytes),
+    /// The buffer holds no whole next step: read more.
+    NeedMore,
+    /// The body ended (its last chunk and trailers were taken out of the buffer).
+    End,
+}
+
+impl Chunked {
+    /// The next piece of the body from `buf`, taking what it decodes out of `buf`.
+    pub fn next(&mut self, buf: &mut BytesMut) -> io::Result<Piece> {
+        loop {
+            match self.state {
+                ChunkState::Done => return Ok(Piece::End),
+                ChunkState::Size => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "chunk-size line")? else {
+                        return Ok(Piece::NeedMore);
+                    };
+                    let size = parse_chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Piece::NeedMore);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Piece::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Piece::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(invalid("a chunk's data does not end with CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "trailer line")? else {
+                        return Ok(Piece::NeedMore);
+                    };
+                    self.trailers += line.len() + 2;
+                    if self.trailers > MAX_TRAILERS {
+                        return Err(invalid("the chunked body's trailers are too large"));
+                    }
+                    if line.is_empty() {
+                        self.state = ChunkState::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The line at the start of `buf` without its CRLF, taken out of `buf`; `None` when the CRLF
+/// has not arrived yet.
+fn take_line(buf: &mut BytesMut, max: usize, what: &str) -> io::Result<Option<Bytes>> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() > max {
+            return Err(invalid(&format!("a {what} is too long")));
+        }
+        return Ok(None);
+    };
+    if end > max {
+        return Err(invalid(&format!("a {what} is too long")));
+    }
+    let line = buf.split_to(end).freeze();
+    buf.advance(2);
+    Ok(Some(line))
+}
+
+/// The size in a chunk-size line (hex digits, then optional extensions after `;`).
+fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("invalid chunk size"));
+    }
+    let mut size = 0u64;
+    for digit in digits {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return Err(invalid("invalid chunk size")),
+        };
+        size = size * 16 + u64::from(value);
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(bytes: &[u8], head_request: bool) -> io::Result<Option<AnswerHead>> {
+        parse_answer(&mut BytesMut::from(bytes), head_request)
+    }
+
+    #[test]
+    fn a_request_head_keeps_its_headers_and_frames_its_body() {
+        let mut out = BytesMut::new();
+        let request = Request::get("/a/b?c=d")
+            .header("host", "svc")
+            .header("x-two", "1")
+            .header("x-two", "2")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encode_request_head(&request, true, Some(0), &mut out),
+            RequestFraming::Empty
+        );
+        assert_eq!(
+            &out[..],
+            b"GET /a/b?c=d HTTP/1.1\r\nhost: svc\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
+        );
+
+        out.clear();
+        let request = Request::post("/up")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encode_request_head(&request, false, None, &mut out),
+            RequestFraming::Chunked
+        );
+        assert_eq!(
+            &out[..],
+            b"POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+
+        out.clear();
+        let request = Request::put("/p").body(()).unwrap();
+        assert_eq!(
+            encode_request_head(&request, false, Some(5), &mut out),
+            RequestFraming::Length(5)
+        );
+        assert_eq!(&out[..], b"PUT /p HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+
+        out.clear();
+        let request = Request::post("/e").body(()).unwrap();
+        encode_request_head(&request, true, Some(0), &mut out);
+        assert_eq!(&out[..], b"POST /e HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn an_answer_head_is_parsed_and_taken_out_of_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhelloNEXT"[..],
+        );
+        let head = parse_answer(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert!(head.keep_alive);
+        let values: Vec<_> = head.response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"helloNEXT");
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_and_interim_answers_are_skipped() {
+        assert!(answer(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+            .unwrap()
+            .is_none());
+        let head = answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.response.status(), StatusCode::NO_CONTENT);
+        assert_eq!(head.framing, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn the_body_framing_follows_rfc_9112() {
+        let framing = |bytes: &[u8], head: bool| {
+            let head = answer(bytes, head).unwrap().unwrap();
+            (head.framing, head.keep_alive)
+        };
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true),
+            (BodyFraming::Empty, true)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            (BodyFraming::Empty, true)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false
+            ),
+            (BodyFraming::Chunked, true)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            (BodyFraming::Chunked, false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
+            (BodyFraming::UntilClose, false)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Close\r\n\r\n",
+                false
+            ),
+            (BodyFraming::Length(2), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false),
+            (BodyFraming::Length(2), false)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n",
+                false
+            ),
+            (BodyFraming::Length(2), true)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+                false
+            ),
+            (BodyFraming::Empty, false)
+        );
+    }
+
+    #[test]
+    fn bad_answers_are_errors() {
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            assert!(
+                answer(bytes, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let huge = [b'a'; MAX_HEAD + 1];
+        let mut head = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        head.extend_from_slice(&huge);
+        assert!(answer(&head, false).is_err());
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_however_its_bytes_are_split() {
+        let wire = b"5;ext=1\r\nhello\r\nB\r\n, chunked!!\r\n0\r\nx-trailer: 1\r\n\r\nREST";
+        for split in 0..wire.len() {
+            let mut decoder = Chunked::default();
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut body = Vec::new();
+            let mut fed = false;
+            loop {
+                match decoder.next(&mut buf).unwrap() {
+                    Piece::Data(data) => body.extend_from_slice(&data),
+                    Piece::NeedMore => {
+                        assert!(!fed, "asked for more after everything arrived");
+                        buf.extend_from_slice(&wire[split..]);
+                        fed = true;
+                    }
+                    Piece::End => break,
+                }
+            }
+            if !fed {
+                buf.extend_from_slice(&wire[split..]);
+            }
+            assert_eq!(body, b"hello, chunked!!");
+            assert_eq!(&buf[..], b"REST");
+        }
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        for wire in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"ffffffffffffffffff\r\n",
+            b"\r\n",
+        ] {
+            let mut decoder = Chunked::default();
+            let mut buf = BytesMut::from(wire);
+            let result = loop {
+                match decoder.next(&mut buf) {
+                    Ok(Piece::Data(_)) => continue,
+                    other => break other,
+                }
+            };
+            assert!(result.is_err(), "{:?}", String::from_utf8_lossy(wire));
+        }
+        let mut long = BytesMut::from(&[b'1'; MAX_CHUNK_LINE + 10][..]);
+        assert!(Chunked::default().next(&mut long).is_err());
+    }
+}

@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use std::io;
+use std::mem::MaybeUninit;
 
 /// The most header lines an answer's head may have.
 pub const MAX_HEADERS: usize = 128;
@@ -131,12 +132,13 @@ fn invalid(what: &str) -> io::Error {
 /// was `HEAD`, so the answer has no body whatever its headers say.
 pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<AnswerHead>> {
     loop {
-        // Where each header's name and value lie in the head: offsets, so the parse's borrow
-        // of `buf` ends before the head is split off.
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let length = match parsed.parse(buf) {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(invalid("the upstream's answer head is too large"))
@@ -162,22 +164,10 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let base = buf.as_ptr() as usize;
-        let count = parsed.headers.len();
-        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = header.name.as_ptr() as usize - base;
-            let value = header.value.as_ptr() as usize - base;
-            *span = (name, header.name.len(), value, header.value.len());
-        }
+        let spans = spans_of(buf, parsed.headers);
         let head = buf.split_to(length).freeze();
-        let mut map = HeaderMap::with_capacity(count);
-        for &(name, name_len, value, value_len) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name..name + name_len])
-                .map_err(|_| invalid("the upstream's answer has an invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
-                .map_err(|_| invalid("the upstream's answer has an invalid header value"))?;
-            map.append(name, value);
-        }
+        let map = header_map(&head, &spans)
+            .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
         let (framing, mut keep_alive) = framing(&map, status, head_request)?;
         keep_alive &= connection_persists(&map, version);
         let mut response = Response::new(());
@@ -190,6 +180,42 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
             keep_alive,
         }));
     }
+}
+
+/// Where a header's name and value lie in a head: offsets, so that the parse's borrow of the
+/// buffer ends before the head is split off and shared by the values.
+#[derive(Clone, Copy)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// The spans of `headers`, parsed from `buf`.
+fn spans_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
+    let base = buf.as_ptr() as usize;
+    let at = |part: &[u8]| ((part.as_ptr() as usize - base) as u32, part.len() as u32);
+    headers
+        .iter()
+        .map(|h| Span {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        })
+        .collect()
+}
+
+/// The headers of `head` at `spans`; values share `head`'s bytes. Names what was invalid.
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let (name, name_len) = (span.name.0 as usize, span.name.1 as usize);
+        let (value, value_len) = (span.value.0 as usize, span.value.1 as usize);
+        let name = HeaderName::from_bytes(&head[name..name + name_len])
+            .map_err(|_| "invalid header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+            .map_err(|_| "invalid header value")?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 /// The body's framing, and false when the framing itself rules out reusing the connection.
@@ -210,13 +236,7 @@ fn framing(
         ));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        let chunked = ends_chunked(headers);
         // Both framings named: the length is ignored, and the connection is not reused.
         let clean = !headers.contains_key(header::CONTENT_LENGTH);
         return Ok(if chunked {
@@ -230,6 +250,17 @@ fn framing(
         Some(length) => (BodyFraming::Length(length), true),
         None => (BodyFraming::UntilClose, false),
     })
+}
+
+/// Whether the last transfer coding named is `chunked` (the body is then framed in chunks).
+fn ends_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// The `Content-Length`, when there is one: every value (and every comma-separated element)
@@ -257,19 +288,197 @@ pub fn content_length(headers: &HeaderMap) -> io::Result<Option<u64>> {
 /// Whether the connection stays open after this answer by its `Connection` header and
 /// version: HTTP/1.1 unless `close`, HTTP/1.0 only with `keep-alive`.
 fn connection_persists(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
     if version == Version::HTTP_10 {
-        has("keep-alive")
+        has_token(headers, header::CONNECTION, "keep-alive")
     } else {
-        !has("close")
+        !has_token(headers, header::CONNECTION, "close")
     }
+}
+
+/// Whether a comma-separated header `name` lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// How a client's request body follows its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// A client's request head, parsed.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The request without its body.
+    pub request: Request<()>,
+    /// The head's bytes as they arrived (to hand the connection to another server).
+    pub raw: Bytes,
+    pub body: RequestBody,
+    /// The client keeps the connection open after this exchange.
+    pub keep_alive: bool,
+    /// It asks to switch protocols (`Connection: upgrade` with `Upgrade`) or is `CONNECT`.
+    pub upgrade: bool,
+    /// It waits for `100 Continue` before sending its body.
+    pub expect_continue: bool,
+}
+
+/// Why a request head was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadRequest {
+    /// Over the size or header-count limit: 431.
+    TooLarge,
+    /// Not a valid HTTP/1.x request head: 400, saying why.
+    Malformed(String),
+}
+
+/// The HTTP/2 connection preface a client with prior knowledge starts with.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The request head at the start of `buf`, taken out of it, or `None` when more bytes are
+/// needed. `max_head`: the longest head accepted. Empty lines before a request are skipped
+/// (RFC 9112 section 2.2).
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Option<RequestHead>, BadRequest> {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(length)) if length > max_head => {
+            return Err(BadRequest::TooLarge)
+        }
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(BadRequest::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadRequest::TooLarge),
+        Err(error) => return Err(BadRequest::Malformed(format!("malformed request: {error}"))),
+    };
+    let malformed = |what: &str| BadRequest::Malformed(what.to_string());
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| malformed("invalid method"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let target = parsed.path.unwrap_or_default();
+    let target = (target.as_ptr() as usize - base, target.len());
+    let spans = spans_of(buf, parsed.headers);
+    let raw = buf.split_to(length).freeze();
+    let uri = hyper::Uri::from_maybe_shared(raw.slice(target.0..target.0 + target.1))
+        .map_err(|_| malformed("invalid request target"))?;
+    let headers = header_map(&raw, &spans).map_err(malformed)?;
+    let body = match (
+        headers.contains_key(header::TRANSFER_ENCODING),
+        content_length(&headers),
+    ) {
+        (true, Ok(None)) => {
+            if !ends_chunked(&headers) || version == Version::HTTP_10 {
+                return Err(malformed(
+                    "a request body's transfer coding must end in chunked",
+                ));
+            }
+            RequestBody::Chunked
+        }
+        // Both framings at once is how requests are smuggled past proxies (RFC 9112 6.3).
+        (true, _) => return Err(malformed("Transfer-Encoding and Content-Length together")),
+        (false, Err(_)) => return Err(malformed("invalid Content-Length")),
+        (false, Ok(None | Some(0))) => RequestBody::Empty,
+        (false, Ok(Some(length))) => RequestBody::Length(length),
+    };
+    let keep_alive = connection_persists(&headers, version);
+    let upgrade = method == Method::CONNECT
+        || (has_token(&headers, header::CONNECTION, "upgrade")
+            && headers.contains_key(header::UPGRADE));
+    let expect_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(RequestHead {
+        request,
+        raw,
+        body,
+        keep_alive,
+        upgrade,
+        expect_continue,
+    }))
+}
+
+/// Writes an answer's head into `out`: the status line, `headers`, a `Date` when they have
+/// none, `Connection: close` when `close`, and the framing of a body of `length` bytes unless
+/// the answer has no body (`bodiless`: it answers `HEAD`) or `headers` frame it already. A body
+/// of unknown length (`None`) goes chunked, or until the close when `close`. Returns whether
+/// the body follows chunked.
+pub fn encode_answer_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    length: Option<u64>,
+    bodiless: bool,
+    close: bool,
+    date: &[u8],
+    out: &mut BytesMut,
+) -> bool {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING || (close && name == header::CONNECTION) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    // No body follows an answer to HEAD, a 1xx, a 204 or a 304, and no framing is added to
+    // them (a HEAD or 304 answer keeps the length its headers give).
+    let no_body = bodiless
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut chunked = false;
+    if !no_body && !headers.contains_key(header::CONTENT_LENGTH) {
+        match length {
+            Some(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            // A connection that closes after the answer delimits its body itself.
+            None if close => {}
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
 }
 
 /// Decodes a chunked body as its bytes arrive.
@@ -618,5 +827,135 @@ mod tests {
         }
         let mut long = BytesMut::from(&[b'1'; MAX_CHUNK_LINE + 10][..]);
         assert!(Chunked::default().next(&mut long).is_err());
+    }
+
+    #[test]
+    fn a_request_head_is_parsed_with_its_framing_and_intent() {
+        let mut buf = BytesMut::from(
+            &b"\r\nPOST /up?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabcGET"[..],
+        );
+        let head = parse_request(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(head.request.method(), Method::POST);
+        assert_eq!(head.request.uri(), "/up?x=1");
+        assert_eq!(head.request.headers()["host"], "a");
+        assert_eq!(head.body, RequestBody::Length(3));
+        assert!(head.keep_alive && head.expect_continue && !head.upgrade);
+        assert!(head.raw.ends_with(b"\r\n\r\n"));
+        assert_eq!(&buf[..], b"abcGET");
+        assert!(parse_request(&mut buf.split_off(3), 1024)
+            .unwrap()
+            .is_none());
+
+        let mut buf = BytesMut::from(
+            &b"GET /ws HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        );
+        let head = parse_request(&mut buf, 1024).unwrap().unwrap();
+        assert!(head.upgrade && !head.keep_alive);
+        assert_eq!(head.request.version(), Version::HTTP_10);
+
+        let mut buf = BytesMut::from(&b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
+        assert_eq!(
+            parse_request(&mut buf, 1024).unwrap().unwrap().body,
+            RequestBody::Chunked
+        );
+    }
+
+    #[test]
+    fn bad_request_heads_are_refused_with_the_right_kind() {
+        let refuse = |bytes: &[u8], max| parse_request(&mut BytesMut::from(bytes), max).err();
+        assert_eq!(
+            refuse(b"GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaa", 16),
+            Some(BadRequest::TooLarge)
+        );
+        assert_eq!(
+            refuse(b"GET / HTTP/1.1\r\nX: a\r\n\r\n", 16),
+            Some(BadRequest::TooLarge)
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("h{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            refuse(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(), 1 << 20),
+            Some(BadRequest::TooLarge)
+        );
+        for bad in [
+            &b"NOT HTTP AT ALL\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(refuse(bad, 1024), Some(BadRequest::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_head_frames_its_body_once() {
+        let head = |status: u16, headers: &[(&str, &str)], length, bodiless, close| {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let mut out = BytesMut::new();
+            let chunked = encode_answer_head(
+                StatusCode::from_u16(status).unwrap(),
+                &map,
+                length,
+                bodiless,
+                close,
+                b"D",
+                &mut out,
+            );
+            (String::from_utf8(out.to_vec()).unwrap(), chunked)
+        };
+        assert_eq!(
+            head(200, &[("x", "1")], Some(12), false, false),
+            (
+                "HTTP/1.1 200 OK\r\nx: 1\r\ndate: D\r\ncontent-length: 12\r\n\r\n".into(),
+                false
+            )
+        );
+        assert_eq!(
+            head(
+                200,
+                &[("content-length", "5"), ("date", "E")],
+                Some(5),
+                false,
+                false
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: E\r\n\r\n".into(),
+                false
+            )
+        );
+        assert_eq!(
+            head(200, &[("transfer-encoding", "gzip")], None, false, false),
+            (
+                "HTTP/1.1 200 OK\r\ndate: D\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+                true
+            )
+        );
+        assert_eq!(
+            head(200, &[("connection", "keep-alive")], None, false, true),
+            (
+                "HTTP/1.1 200 OK\r\ndate: D\r\nconnection: close\r\n\r\n".into(),
+                false
+            )
+        );
+        assert_eq!(
+            head(204, &[], Some(0), false, false),
+            ("HTTP/1.1 204 No Content\r\ndate: D\r\n\r\n".into(), false)
+        );
+        assert_eq!(
+            head(200, &[], Some(0), true, false),
+            ("HTTP/1.1 200 OK\r\ndate: D\r\n\r\n".into(), false)
+        );
     }
 }

@@ -39,6 +39,7 @@ pub mod component;
 pub mod edge;
 pub mod edge_auth;
 pub mod files;
+pub mod front;
 pub mod guard;
 pub mod h1;
 pub mod health;

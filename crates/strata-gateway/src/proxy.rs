@@ -292,6 +292,7 @@ impl Gateway {
                 let (watcher, builder, acceptor) =
                     (graceful.watcher(), builder.clone(), acceptor.clone());
                 let connections = connections.clone();
+                let cancel_for_front = cancel.clone();
                 tracker.spawn(async move {
                     if proxy_protocol {
                         match crate::proxy_protocol::read_header(&mut stream, HEADER_TIMEOUT).await {
@@ -303,20 +304,24 @@ impl Gateway {
                             }
                         }
                     }
-                    let service = hyper::service::service_fn(move |request| {
+                    let gateway_for_front = gateway.clone();
+                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https).await)
+                            Ok::<_, std::convert::Infallible>(gateway.handle(request.map(Body::new), client, https).await)
                         }
                     });
                     connections.inc();
                     let result = match acceptor {
-                        None => {
-                            let io = hyper_util::rt::TokioIo::new(stream);
-                            watcher
-                                .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
-                                .await
-                        }
+                        None => match crate::front::serve(&gateway_for_front, stream, client, &cancel_for_front).await {
+                            crate::front::Ended::Closed => Ok(()),
+                            crate::front::Ended::HandOver(io) => {
+                                let io = hyper_util::rt::TokioIo::new(io);
+                                watcher
+                                    .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
+                                    .await
+                            }
+                        },
                         Some(acceptor) => {
                             match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(stream)) => {
@@ -346,7 +351,7 @@ impl Gateway {
     /// Answers one request.
     pub async fn handle(
         &self,
-        mut request: Request<hyper::body::Incoming>,
+        mut request: Request<Body>,
         client: SocketAddr,
         https: bool,
     ) -> Response<Body> {
@@ -656,7 +661,7 @@ impl Gateway {
         route: &Route,
         upstream: &str,
         path: Option<String>,
-        request: Request<hyper::body::Incoming>,
+        request: Request<Body>,
         client: SocketAddr,
         client_ip: std::net::IpAddr,
         host: &str,
@@ -802,7 +807,7 @@ impl Gateway {
         route: &Route,
         upstream: &str,
         path: Option<String>,
-        mut request: Request<hyper::body::Incoming>,
+        mut request: Request<Body>,
         client: SocketAddr,
         client_ip: std::net::IpAddr,
         host: &str,

@@ -2952,3 +2952,123 @@ async fn t26_an_answer_whose_bytes_stop_is_cut_after_the_idle_timeout() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "cut after {took:?}");
 }
+
+/// Reads one HTTP/1.1 answer (head and a `content-length` body) from `stream`: its status
+/// line, its head and its body.
+async fn read_answer(stream: &mut TcpStream) -> (String, String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte))
+            .await
+            .expect("an answer within 10 s")
+            .expect("the connection stays open until the answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t27_one_connection_carries_pipelined_requests_bodies_head_and_http_1_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let backend = Backend::start("b").await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "path": {"prefix": "/"}, "upstream": "b"}],
+            "upstreams": [{"name": "b", "addresses": [backend.addr]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let mut stream = TcpStream::connect(&gateway).await.unwrap();
+    // Three requests in one write: each is answered, in order, on the same connection.
+    stream
+        .write_all(
+            b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n\
+              POST /two HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+              HEAD /three HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (body["path"].as_str(), body["body_bytes"].as_u64()),
+        (Some("/one"), Some(0))
+    );
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (body["path"].as_str(), body["body_bytes"].as_u64()),
+        (Some("/two"), Some(5))
+    );
+    // HEAD: the head says how long the body would be, and no body follows.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id:"),
+        "{head}"
+    );
+    // A body the client holds back until told to go on.
+    stream
+        .write_all(
+            b"PUT /four HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (status, _, _) = read_answer(&mut stream).await;
+    assert_eq!(status, "HTTP/1.1 100 Continue");
+    stream.write_all(b"abc").await.unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["body_bytes"], 3, "{body}");
+    // `Connection: close`: answered, then closed.
+    stream
+        .write_all(b"GET /five HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = read_answer(&mut stream).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes the connection");
+    assert_eq!((read.unwrap(), rest.len()), (0, 0));
+    // HTTP/1.0 without keep-alive: answered and closed too.
+    let answer = raw(
+        &gateway,
+        b"GET /six HTTP/1.0\r\nhost: x\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    assert!(answer.contains("\"/six\""), "{answer:.400}");
+    node.assert_no_panic();
+}

@@ -1,0 +1,423 @@
+//! The gateway's own HTTP/1.1 server for plain-text connections: the connection's task reads
+//! a request head ([`crate::h1::parse_request`]), hands the request to
+//! [`Gateway::handle`](crate::proxy::Gateway::handle), and writes the answer's head and body,
+//! usually in one `writev`.
+//!
+//! hyper's server did the same with a dispatcher, a header-read timer armed per request and
+//! more state per exchange; issue 13's profile put a third of the proxy's user time there. What
+//! this server does not do itself it hands over to hyper, with the bytes read so far replayed
+//! ([`Replay`]), for the rest of the connection: HTTP/2 with prior knowledge (h2c), a request
+//! that switches protocols (WebSocket, `CONNECT`), a chunked request body, and a body longer
+//! than [`MAX_BUFFERED_BODY`] (so large and streamed uploads stream as before). A request body
+//! up to that size is read before the request is handled, as nginx buffers small bodies.
+//!
+//! Bad input gets what hyper gave it: 431 for a head over [`MAX_HEADER_BYTES`] or with too
+//! many headers, 400 for a malformed head, and a client that has not sent a whole head within
+//! [`HEADER_TIMEOUT`] of the server starting to wait for it is disconnected (slowloris).
+
+use crate::h1::{self, BadRequest, RequestBody, RequestHead};
+use crate::proxy::{Gateway, HEADER_TIMEOUT, MAX_HEADER_BYTES};
+use axum::body::Body;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::Body as _;
+use hyper::{Method, Response, StatusCode, Version};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+/// The longest request body read before its request is handled; a longer one hands the
+/// connection to hyper, which streams it.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+
+/// Bytes read at a time (a read that does not fill them tells tokio the socket is drained).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Answer bodies up to this size are copied behind the head and written with it.
+const COALESCE: usize = 16 * 1024;
+
+/// How a connection ended.
+pub(crate) enum Ended {
+    /// Closed (or the client left).
+    Closed,
+    /// The rest of the connection goes to hyper, starting with the bytes already read.
+    HandOver(Replay<TcpStream>),
+}
+
+/// What waiting for the next request head gave.
+enum Next {
+    Head(Box<RequestHead>),
+    HandOver,
+    Refuse(StatusCode, String),
+    Closed,
+}
+
+/// One client connection: serves its requests until it closes, fails, or needs hyper.
+pub(crate) async fn serve(
+    gateway: &Gateway,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    cancel: &CancellationToken,
+) -> Ended {
+    let mut conn = Conn {
+        read: BytesMut::with_capacity(READ_CHUNK),
+        write: BytesMut::with_capacity(1024),
+        timer: None,
+        cancelled: Box::pin(cancel.clone().cancelled_owned()),
+    };
+    loop {
+        let head = match conn.next_head(&mut stream).await {
+            Next::Head(head) => head,
+            Next::HandOver => return conn.hand_over(None, stream),
+            Next::Refuse(status, why) => {
+                tracing::debug!(%client, %status, %why, "bad request head; closing");
+                let answer = crate::proxy::plain(status, &format!("{why}\n"));
+                let _ = conn.write_answer(&mut stream, answer, false, true).await;
+                return Ended::Closed;
+            }
+            Next::Closed => return Ended::Closed,
+        };
+        let length = match head.body {
+            RequestBody::Empty => 0,
+            RequestBody::Length(length) if length <= MAX_BUFFERED_BODY => length as usize,
+            _ => return conn.hand_over(Some(head.raw), stream),
+        };
+        if head.upgrade {
+            return conn.hand_over(Some(head.raw), stream);
+        }
+        let RequestHead {
+            request,
+            keep_alive,
+            expect_continue,
+            ..
+        } = *head;
+        if conn.read.len() < length && !conn.read_body(&mut stream, length, expect_continue).await {
+            return Ended::Closed;
+        }
+        let body = match length {
+            0 => Body::empty(),
+            _ => Body::from(conn.read.split_to(length).freeze()),
+        };
+        let head_request = request.method() == Method::HEAD;
+        let version = request.version();
+        let response = gateway.handle(request.map(|()| body), client, false).await;
+        // An answer of unknown length to an HTTP/1.0 client ends with the connection.
+        let close = !keep_alive
+            || (version == Version::HTTP_10 && response.body().size_hint().exact().is_none());
+        if conn
+            .write_answer(&mut stream, response, head_request, close)
+            .await
+            .is_err()
+            || close
+        {
+            return Ended::Closed;
+        }
+    }
+}
+
+/// A connection's buffers and timers.
+struct Conn {
+    /// Bytes read from the client and not yet used.
+    read: BytesMut,
+    /// Where answer heads (and small bodies) are put together.
+    write: BytesMut,
+    /// When waiting for a head must end, and the timer that wakes the task then; kept from
+    /// request to request and moved only when the deadline moved by a second or more, so a
+    /// busy connection touches the timer wheel about once a second rather than per request.
+    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// Fires when the gateway stops; an idle connection then closes.
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl Conn {
+    /// Waits for the next request head: parses what arrived, reads more when it is not whole.
+    async fn next_head(&mut self, stream: &mut TcpStream) -> Next {
+        let deadline = Instant::now() + HEADER_TIMEOUT;
+        loop {
+            if self
+                .read
+                .starts_with(&h1::H2_PREFACE[..self.read.len().min(14)])
+                && !self.read.is_empty()
+            {
+                if self.read.len() >= 14 {
+                    return Next::HandOver;
+                }
+            } else {
+                match h1::parse_request(&mut self.read, MAX_HEADER_BYTES) {
+                    Ok(Some(head)) => return Next::Head(Box::new(head)),
+                    Ok(None) => {}
+                    Err(BadRequest::TooLarge) => {
+                        return Next::Refuse(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "request head too large".into(),
+                        )
+                    }
+                    Err(BadRequest::Malformed(why)) => {
+                        return Next::Refuse(StatusCode::BAD_REQUEST, why)
+                    }
+                }
+            }
+            match self.fill(stream, deadline).await {
+                Some(0) | None => return Next::Closed,
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Reads until `length` body bytes are buffered, first telling a client that waits for
+    /// it to go on. False when the client left or took too long.
+    async fn read_body(
+        &mut self,
+        stream: &mut TcpStream,
+        length: usize,
+        expect_continue: bool,
+    ) -> bool {
+        if expect_continue
+            && stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        let deadline = Instant::now() + HEADER_TIMEOUT;
+        while self.read.len() < length {
+            self.read.reserve(length - self.read.len());
+            match self.fill(stream, deadline).await {
+                Some(0) | None => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    }
+
+    /// Reads what the client sent next; `Some(0)` at its end, `None` when `deadline` passed,
+    /// the read failed, or the gateway stopped while nothing was buffered.
+    async fn fill(&mut self, stream: &mut TcpStream, deadline: Instant) -> Option<usize> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        let moved = match &self.timer {
+            Some((at, _)) => deadline.saturating_duration_since(*at).as_secs() >= 1,
+            None => true,
+        };
+        if moved {
+            match &mut self.timer {
+                Some((at, sleep)) => {
+                    *at = deadline;
+                    sleep.as_mut().reset(deadline);
+                }
+                None => self.timer = Some((deadline, Box::pin(tokio::time::sleep_until(deadline)))),
+            }
+        }
+        let idle = self.read.is_empty();
+        std::future::poll_fn(|cx| {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut self.read) {
+                Poll::Ready(Ok(n)) => return Poll::Ready(Some(n)),
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            if idle && self.cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            let (at, sleep) = self.timer.as_mut().expect("armed above");
+            if sleep.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= deadline {
+                    return Poll::Ready(None);
+                }
+                // Armed for an earlier wait: move it to this one's deadline.
+                *at = deadline;
+                sleep.as_mut().reset(deadline);
+                let _ = sleep.as_mut().poll(cx);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes `response` (head and body); `head_request`: it answers `HEAD`, so no body goes
+    /// out; `close`: the connection closes after it.
+    async fn write_answer(
+        &mut self,
+        stream: &mut TcpStream,
+        response: Response<Body>,
+        head_request: bool,
+        close: bool,
+    ) -> io::Result<()> {
+        let (parts, mut body) = response.into_parts();
+        let exact = body.size_hint().exact();
+        self.write.clear();
+        let chunked = date::with(|date| {
+            h1::encode_answer_head(
+                parts.status,
+                &parts.headers,
+                exact,
+                head_request,
+                close,
+                date,
+                &mut self.write,
+            )
+        });
+        let bodiless = head_request
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        if bodiless {
+            return stream.write_all(&self.write).await;
+        }
+        let mut written = 0u64;
+        loop {
+            if body.is_end_stream() {
+                break;
+            }
+            // A frame that is ready now joins what is buffered; otherwise the buffer goes out
+            // before waiting, so a streamed answer is never held back.
+            let frame =
+                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
+                    .await
+                {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        if !self.write.is_empty() {
+                            stream.write_all(&self.write).await?;
+                            self.write.clear();
+                        }
+                        std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                    }
+                };
+            let data = match frame {
+                None => break,
+                Some(Err(error)) => return Err(io::Error::other(error)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+            };
+            written += data.len() as u64;
+            if exact.is_some_and(|exact| written > exact) {
+                return Err(io::Error::other("the answer's body is longer than it said"));
+            }
+            if chunked {
+                self.write
+                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            if self.write.len() + data.len() <= COALESCE {
+                self.write.extend_from_slice(&data);
+            } else {
+                let mut out = (&self.write[..]).chain(data);
+                stream.write_all_buf(&mut out).await?;
+                self.write.clear();
+            }
+            if chunked {
+                self.write.extend_from_slice(b"\r\n");
+            }
+        }
+        if chunked {
+            self.write.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !self.write.is_empty() {
+            stream.write_all(&self.write).await?;
+        }
+        Ok(())
+    }
+
+    /// The rest of the connection for hyper: `head` (a request head already taken out of the
+    /// buffer) and the buffered bytes come first.
+    fn hand_over(self, head: Option<Bytes>, stream: TcpStream) -> Ended {
+        let prefix = match head {
+            None => self.read.freeze(),
+            Some(head) => {
+                let mut prefix = BytesMut::with_capacity(head.len() + self.read.len());
+                prefix.extend_from_slice(&head);
+                prefix.extend_from_slice(&self.read);
+                prefix.freeze()
+            }
+        };
+        Ended::HandOver(Replay {
+            prefix,
+            inner: stream,
+        })
+    }
+}
+
+/// A stream whose first reads return `prefix`.
+pub(crate) struct Replay<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Replay<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let take = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..take]);
+            self.prefix.advance(take);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Replay<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The `Date` header's value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    /// Calls `f` with the current date in IMF-fixdate form.
+    pub fn with<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != second {
+                *cached = (second, httpdate::fmt_http_date(now));
+            }
+            f(cached.1.as_bytes())
+        })
+    }
+}

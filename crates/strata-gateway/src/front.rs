@@ -38,8 +38,9 @@ pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 /// Bytes read at a time (a read that does not fill them tells tokio the socket is drained).
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Answer bodies up to this size are copied behind the head and written with it.
-const COALESCE: usize = 16 * 1024;
+/// Answer body pieces up to this size are copied behind what is buffered and written with it;
+/// a larger piece goes out in the same `writev` without the copy.
+const COALESCE: usize = 4 * 1024;
 
 /// How a connection ended.
 pub(crate) enum Ended {

@@ -16,8 +16,8 @@ use std::mem::MaybeUninit;
 /// The most header lines an answer's head may have.
 pub const MAX_HEADERS: usize = 128;
 
-/// The longest an answer's head may be.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// The longest a head may be (offsets into it are kept as `u16`).
+pub const MAX_HEAD: usize = 64 * 1024 - 1;
 
 /// The longest a chunk-size line or a trailer section may be.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -139,7 +139,10 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
             buf,
             &mut headers,
         ) {
-            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD => length,
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(invalid("the upstream's answer head is too large"))
+            }
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(invalid("the upstream's answer head is too large"))
             }
@@ -164,9 +167,10 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let spans = spans_of(buf, parsed.headers);
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let spans = spans_of(buf, parsed.headers, &mut spans);
         let head = buf.split_to(length).freeze();
-        let map = header_map(&head, &spans)
+        let map = header_map(&head, spans)
             .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
         let (framing, mut keep_alive) = framing(&map, status, head_request)?;
         keep_alive &= connection_persists(&map, version);
@@ -184,23 +188,28 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
 
 /// Where a header's name and value lie in a head: offsets, so that the parse's borrow of the
 /// buffer ends before the head is split off and shared by the values.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
+    name: (u16, u16),
+    value: (u16, u16),
 }
 
-/// The spans of `headers`, parsed from `buf`.
-fn spans_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
+/// The spans of `headers`, parsed from `buf`, in `out` (on the caller's stack: no allocation
+/// per head).
+fn spans_of<'o>(
+    buf: &[u8],
+    headers: &[httparse::Header<'_>],
+    out: &'o mut [Span; MAX_HEADERS],
+) -> &'o [Span] {
     let base = buf.as_ptr() as usize;
-    let at = |part: &[u8]| ((part.as_ptr() as usize - base) as u32, part.len() as u32);
-    headers
-        .iter()
-        .map(|h| Span {
-            name: at(h.name.as_bytes()),
-            value: at(h.value),
-        })
-        .collect()
+    let at = |part: &[u8]| ((part.as_ptr() as usize - base) as u16, part.len() as u16);
+    for (span, header) in out.iter_mut().zip(headers) {
+        *span = Span {
+            name: at(header.name.as_bytes()),
+            value: at(header.value),
+        };
+    }
+    &out[..headers.len()]
 }
 
 /// The headers of `head` at `spans`; values share `head`'s bytes. Names what was invalid.
@@ -342,12 +351,13 @@ pub enum BadRequest {
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The request head at the start of `buf`, taken out of it, or `None` when more bytes are
-/// needed. `max_head`: the longest head accepted. Empty lines before a request are skipped
+/// needed. `max_head`: the longest head accepted (at most [`MAX_HEAD`]). Empty lines before a request are skipped
 /// (RFC 9112 section 2.2).
 pub fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<RequestHead>, BadRequest> {
+    let max_head = max_head.min(MAX_HEAD);
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -374,11 +384,12 @@ pub fn parse_request(
     let base = buf.as_ptr() as usize;
     let target = parsed.path.unwrap_or_default();
     let target = (target.as_ptr() as usize - base, target.len());
-    let spans = spans_of(buf, parsed.headers);
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let spans = spans_of(buf, parsed.headers, &mut spans);
     let raw = buf.split_to(length).freeze();
     let uri = hyper::Uri::from_maybe_shared(raw.slice(target.0..target.0 + target.1))
         .map_err(|_| malformed("invalid request target"))?;
-    let headers = header_map(&raw, &spans).map_err(malformed)?;
+    let headers = header_map(&raw, spans).map_err(malformed)?;
     let body = match (
         headers.contains_key(header::TRANSFER_ENCODING),
         content_length(&headers),

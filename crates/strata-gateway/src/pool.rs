@@ -167,8 +167,9 @@ impl Drop for OpenCount {
 
 /// Bytes read at a time: an answer smaller than this arrives in one read, and a read that
 /// does not fill the buffer tells tokio that the socket is drained (no extra `recv` that
-/// would only say "nothing more").
-const READ_CHUNK: usize = 16 * 1024;
+/// would only say "nothing more"). 32 KiB: a 16 KiB answer with its head fits (with 16 KiB,
+/// such an answer took two reads from the member and two writes to the client).
+const READ_CHUNK: usize = 32 * 1024;
 
 impl Conn {
     /// True when the connection is open, idle and holds nothing unread: no bytes have arrived

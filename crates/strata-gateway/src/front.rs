@@ -13,7 +13,8 @@
 //!
 //! Bad input gets what hyper gave it: 431 for a head over [`MAX_HEADER_BYTES`] or with too
 //! many headers, 400 for a malformed head, and a client that has not sent a whole head within
-//! [`HEADER_TIMEOUT`] of the server starting to wait for it is disconnected (slowloris).
+//! [`HEADER_TIMEOUT`] of connecting, or of the first byte of a later head, is disconnected
+//! (slowloris). Between requests a connection may idle for [`KEEPALIVE_TIMEOUT`].
 
 use crate::h1::{self, BadRequest, RequestBody, RequestHead};
 use crate::proxy::{Gateway, HEADER_TIMEOUT, MAX_HEADER_BYTES};
@@ -35,8 +36,12 @@ use tokio_util::sync::CancellationToken;
 /// connection to hyper, which streams it.
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
-/// Bytes read at a time (a read that does not fill them tells tokio the socket is drained).
-const READ_CHUNK: usize = 16 * 1024;
+/// How long a connection may wait idle for its next request (nginx's `keepalive_timeout`).
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// Bytes read at a time (a read that does not fill them tells tokio the socket is drained);
+/// also what an idle connection keeps, as hyper's server did.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Answer body pieces up to this size are copied behind what is buffered and written with it;
 /// a larger piece goes out in the same `writev` without the copy.
@@ -70,6 +75,7 @@ pub(crate) async fn serve(
         write: BytesMut::with_capacity(1024),
         timer: None,
         cancelled: Box::pin(cancel.clone().cancelled_owned()),
+        served: 0,
     };
     loop {
         let head = match conn.next_head(&mut stream).await {
@@ -118,6 +124,7 @@ pub(crate) async fn serve(
         {
             return Ended::Closed;
         }
+        conn.served += 1;
     }
 }
 
@@ -133,12 +140,18 @@ struct Conn {
     timer: Option<(Instant, Pin<Box<Sleep>>)>,
     /// Fires when the gateway stops; an idle connection then closes.
     cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// Requests answered on this connection.
+    served: u64,
 }
 
 impl Conn {
     /// Waits for the next request head: parses what arrived, reads more when it is not whole.
     async fn next_head(&mut self, stream: &mut TcpStream) -> Next {
-        let deadline = Instant::now() + HEADER_TIMEOUT;
+        // Between requests a connection may idle for KEEPALIVE_TIMEOUT; a head, from its first
+        // byte (or from the connection's start), must be whole within HEADER_TIMEOUT.
+        // Both read the clock only when a read has to wait.
+        let mut idle = self.served > 0 && self.read.is_empty();
+        let mut deadline = None;
         loop {
             if self
                 .read
@@ -163,9 +176,20 @@ impl Conn {
                     }
                 }
             }
-            match self.fill(stream, deadline).await {
+            let wait = if idle {
+                KEEPALIVE_TIMEOUT
+            } else {
+                HEADER_TIMEOUT
+            };
+            let until = *deadline.get_or_insert_with(|| Instant::now() + wait);
+            match self.fill(stream, until).await {
                 Some(0) | None => return Next::Closed,
                 Some(_) => {}
+            }
+            if idle {
+                // The head's first bytes: from here it has HEADER_TIMEOUT to be whole.
+                idle = false;
+                deadline = None;
             }
         }
     }
@@ -203,8 +227,9 @@ impl Conn {
         if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
             self.read.reserve(READ_CHUNK);
         }
+        // Later by under a second: left as it is (it fires early, and is moved then).
         let moved = match &self.timer {
-            Some((at, _)) => deadline.saturating_duration_since(*at).as_secs() >= 1,
+            Some((at, _)) => deadline < *at || deadline.duration_since(*at).as_secs() >= 1,
             None => true,
         };
         if moved {

@@ -44,12 +44,22 @@ impl RequestSpan {
             Some(parent) => parent.child(),
             None => TraceParent::root(exporter.sample_new()),
         };
+        // What only a recorded span needs is taken only for one (most traces are not).
+        let sampled = context.sampled;
         Some(RequestSpan {
             parent,
             context,
-            start: SystemTime::now(),
+            start: if sampled {
+                SystemTime::now()
+            } else {
+                SystemTime::UNIX_EPOCH
+            },
             method: request.method().clone(),
-            path: request.uri().path().to_string(),
+            path: if sampled {
+                request.uri().path().to_string()
+            } else {
+                String::new()
+            },
         })
     }
 

@@ -3045,6 +3045,24 @@ async fn t27_one_connection_carries_pipelined_requests_bodies_head_and_http_1_0(
     assert_eq!(status, "HTTP/1.1 200 OK");
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["body_bytes"], 3, "{body}");
+    // A later head that stops halfway is cut off like a first one (the idle allowance between
+    // requests does not stretch a head once it has started).
+    let mut stalled = TcpStream::connect(&gateway).await.unwrap();
+    stalled
+        .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, _) = read_answer(&mut stalled).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    stalled.write_all(b"GET /b HTTP/1.1\r\nho").await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut rest)).await;
+    assert!(
+        cut.is_ok() && started.elapsed() < Duration::from_secs(20),
+        "a stalled second head was not cut off: {:?}",
+        started.elapsed()
+    );
     // `Connection: close`: answered, then closed.
     stream
         .write_all(b"GET /five HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")

@@ -56,8 +56,9 @@ pub(crate) enum Ended {
 }
 
 /// What waiting for the next request head gave.
+#[allow(clippy::large_enum_variant)] // returned once per request: a box would cost more
 enum Next {
-    Head(Box<RequestHead>),
+    Head(RequestHead),
     HandOver,
     Refuse(StatusCode, String),
     Closed,
@@ -102,7 +103,7 @@ pub(crate) async fn serve(
             keep_alive,
             expect_continue,
             ..
-        } = *head;
+        } = head;
         if conn.read.len() < length && !conn.read_body(&mut stream, length, expect_continue).await {
             return Ended::Closed;
         }
@@ -163,7 +164,7 @@ impl Conn {
                 }
             } else {
                 match h1::parse_request(&mut self.read, MAX_HEADER_BYTES) {
-                    Ok(Some(head)) => return Next::Head(Box::new(head)),
+                    Ok(Some(head)) => return Next::Head(head),
                     Ok(None) => {}
                     Err(BadRequest::TooLarge) => {
                         return Next::Refuse(

@@ -186,6 +186,9 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
     }
 }
 
+/// Headers the gateway may add to a parsed head.
+const ROOM_FOR_ADDED: usize = 8;
+
 /// Where a header's name and value lie in a head: offsets, so that the parse's borrow of the
 /// buffer ends before the head is split off and shared by the values.
 #[derive(Clone, Copy, Default)]
@@ -214,7 +217,9 @@ fn spans_of<'o>(
 
 /// The headers of `head` at `spans`; values share `head`'s bytes. Names what was invalid.
 fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
-    let mut map = HeaderMap::with_capacity(spans.len());
+    // Room for what the gateway adds (forwarding headers, request id, trace context) without
+    // growing the map, which would copy it.
+    let mut map = HeaderMap::with_capacity(spans.len() + ROOM_FOR_ADDED);
     for span in spans {
         let (name, name_len) = (span.name.0 as usize, span.name.1 as usize);
         let (value, value_len) = (span.value.0 as usize, span.value.1 as usize);

@@ -1493,7 +1493,10 @@ fn new_request_id() -> HeaderValue {
     for (index, digit) in hex.iter_mut().enumerate() {
         *digit = DIGITS[((id >> (124 - 4 * index)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
+    // Owner-backed: one allocation holds the bytes, and the clone that goes upstream only
+    // counts a reference (a copied slice would allocate again when first cloned).
+    HeaderValue::from_maybe_shared(Bytes::from_owner(hex))
+        .expect("hex is a valid header value")
 }
 
 #[cfg(test)]

@@ -113,10 +113,17 @@ pub(crate) async fn serve(
         };
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
-        let response = gateway.handle(request.map(|()| body), client, false).await;
+        let mut response = gateway.handle(request.map(|()| body), client, false).await;
         // An answer of unknown length to an HTTP/1.0 client ends with the connection.
         let close = !keep_alive
             || (version == Version::HTTP_10 && response.body().size_hint().exact().is_none());
+        if version == Version::HTTP_10 && !close {
+            // An HTTP/1.0 client keeps the connection only when the answer says so (`ab -k`).
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("keep-alive"),
+            );
+        }
         if conn
             .write_answer(&mut stream, response, head_request, close)
             .await

@@ -1495,8 +1495,7 @@ fn new_request_id() -> HeaderValue {
     }
     // Owner-backed: one allocation holds the bytes, and the clone that goes upstream only
     // counts a reference (a copied slice would allocate again when first cloned).
-    HeaderValue::from_maybe_shared(Bytes::from_owner(hex))
-        .expect("hex is a valid header value")
+    HeaderValue::from_maybe_shared(Bytes::from_owner(hex)).expect("hex is a valid header value")
 }
 
 #[cfg(test)]

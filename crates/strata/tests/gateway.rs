@@ -3079,6 +3079,22 @@ async fn t27_one_connection_carries_pipelined_requests_bodies_head_and_http_1_0(
         .await
         .expect("the gateway closes the connection");
     assert_eq!((read.unwrap(), rest.len()), (0, 0));
+    // HTTP/1.0 with keep-alive: the answer says the connection stays, and it does.
+    let mut old = TcpStream::connect(&gateway).await.unwrap();
+    for path in ["/k1", "/k2"] {
+        old.write_all(
+            format!("GET {path} HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (status, head, body) = read_answer(&mut old).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{head}"
+        );
+        assert!(String::from_utf8_lossy(&body).contains(path), "{head}");
+    }
     // HTTP/1.0 without keep-alive: answered and closed too.
     let answer = raw(
         &gateway,

@@ -104,6 +104,8 @@ pub(crate) async fn serve(
             expect_continue,
             ..
         } = head;
+        // `100 Continue` is for HTTP/1.1 clients only (RFC 9110 section 10.1.1).
+        let expect_continue = expect_continue && request.version() == Version::HTTP_11;
         if conn.read.len() < length && !conn.read_body(&mut stream, length, expect_continue).await {
             return Ended::Closed;
         }
@@ -218,10 +220,10 @@ impl Conn {
         {
             return false;
         }
-        let deadline = Instant::now() + HEADER_TIMEOUT;
+        // HEADER_TIMEOUT without a byte ends the wait; a slow but steady upload goes on.
         while self.read.len() < length {
             self.read.reserve(length - self.read.len());
-            match self.fill(stream, deadline).await {
+            match self.fill(stream, Instant::now() + HEADER_TIMEOUT).await {
                 Some(0) | None => return false,
                 Some(_) => {}
             }
@@ -285,6 +287,9 @@ impl Conn {
     ) -> io::Result<()> {
         let (parts, mut body) = response.into_parts();
         let exact = body.size_hint().exact();
+        // The length the client is told: the body must be exactly that long, or the
+        // connection closes (a shorter or longer body would desynchronise it).
+        let promised = exact.or_else(|| h1::content_length(&parts.headers).ok().flatten());
         self.write.clear();
         let chunked = date::with(|date| {
             h1::encode_answer_head(
@@ -333,7 +338,7 @@ impl Conn {
                 },
             };
             written += data.len() as u64;
-            if exact.is_some_and(|exact| written > exact) {
+            if promised.is_some_and(|promised| written > promised) {
                 return Err(io::Error::other("the answer's body is longer than it said"));
             }
             if chunked {
@@ -356,6 +361,11 @@ impl Conn {
         }
         if !self.write.is_empty() {
             stream.write_all(&self.write).await?;
+        }
+        if promised.is_some_and(|promised| written != promised) {
+            return Err(io::Error::other(
+                "the answer's body is shorter than it said",
+            ));
         }
         Ok(())
     }

@@ -172,7 +172,13 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
         let head = buf.split_to(length).freeze();
         let map = header_map(&head, spans)
             .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
+        let mut map = map;
         let (framing, mut keep_alive) = framing(&map, status, head_request)?;
+        if map.contains_key(header::TRANSFER_ENCODING) {
+            // The chunks (or the close) frame the body, not the length: a length passed on with
+            // a body of another size would split the client's stream (RFC 9112 section 6.3).
+            map.remove(header::CONTENT_LENGTH);
+        }
         keep_alive &= connection_persists(&map, version);
         let mut response = Response::new(());
         *response.status_mut() = status;
@@ -772,6 +778,18 @@ mod tests {
             ),
             (BodyFraming::Empty, false)
         );
+    }
+
+    #[test]
+    fn a_length_beside_a_transfer_coding_is_dropped() {
+        let head = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        assert!(!head.response.headers().contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]

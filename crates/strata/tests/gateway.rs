@@ -3106,3 +3106,64 @@ async fn t27_one_connection_carries_pipelined_requests_bodies_head_and_http_1_0(
     assert!(answer.contains("\"/six\""), "{answer:.400}");
     node.assert_no_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t28_an_answer_framed_two_ways_reaches_the_client_framed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    // A member that frames its answers both ways: in chunks, and with a wrong Content-Length.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let body = "x".repeat(100);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                            body.len()
+                        );
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [{"name": "all", "path": {"prefix": "/"}, "upstream": "m"}],
+            "upstreams": [{"name": "m", "addresses": [member]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+    let client = gateway_client();
+    // Twice on the client's one connection: a length passed on beside the chunks would leave
+    // 97 bytes to be read as the second answer.
+    for _ in 0..2 {
+        let answer = client
+            .get(format!("http://{gateway}/twice"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        assert!(answer
+            .headers()
+            .get("content-length")
+            .is_none_or(|v| v == "100"));
+        assert_eq!(answer.text().await.unwrap(), "x".repeat(100));
+    }
+    node.assert_no_panic();
+}

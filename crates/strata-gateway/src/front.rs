@@ -302,11 +302,7 @@ impl Conn {
                 &mut self.write,
             )
         });
-        let bodiless = head_request
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
-        if bodiless {
+        if h1::bodiless(parts.status, head_request) {
             return stream.write_all(&self.write).await;
         }
         let mut written = 0u64;
@@ -342,8 +338,7 @@ impl Conn {
                 return Err(io::Error::other("the answer's body is longer than it said"));
             }
             if chunked {
-                self.write
-                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                self.write.extend_from_slice(&h1::chunk_header(data.len()));
             }
             if self.write.len() + data.len() <= COALESCE {
                 self.write.extend_from_slice(&data);

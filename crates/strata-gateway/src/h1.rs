@@ -170,9 +170,8 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
         let mut spans = [Span::default(); MAX_HEADERS];
         let spans = spans_of(buf, parsed.headers, &mut spans);
         let head = buf.split_to(length).freeze();
-        let map = header_map(&head, spans)
+        let mut map = header_map(&head, spans)
             .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
-        let mut map = map;
         let (framing, mut keep_alive) = framing(&map, status, head_request)?;
         if map.contains_key(header::TRANSFER_ENCODING) {
             // The chunks (or the close) frame the body, not the length: a length passed on with
@@ -238,17 +237,22 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
     Ok(map)
 }
 
+/// True when no body follows an answer of `status` (`head_request`: it answers `HEAD`), whatever
+/// its headers say (RFC 9112 section 6.3).
+pub fn bodiless(status: StatusCode, head_request: bool) -> bool {
+    head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// The body's framing, and false when the framing itself rules out reusing the connection.
 fn framing(
     headers: &HeaderMap,
     status: StatusCode,
     head_request: bool,
 ) -> io::Result<(BodyFraming, bool)> {
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if bodiless(status, head_request) {
         // A switch of protocols hands the connection over: it never carries a request again.
         return Ok((
             BodyFraming::Empty,
@@ -443,14 +447,15 @@ pub fn parse_request(
 
 /// Writes an answer's head into `out`: the status line, `headers`, a `Date` when they have
 /// none, `Connection: close` when `close`, and the framing of a body of `length` bytes unless
-/// the answer has no body (`bodiless`: it answers `HEAD`) or `headers` frame it already. A body
+/// the answer has no body (see [`bodiless`]; `head_request`: it answers `HEAD`) or `headers`
+/// frame it already. A body
 /// of unknown length (`None`) goes chunked, or until the close when `close`. Returns whether
 /// the body follows chunked.
 pub fn encode_answer_head(
     status: StatusCode,
     headers: &HeaderMap,
     length: Option<u64>,
-    bodiless: bool,
+    head_request: bool,
     close: bool,
     date: &[u8],
     out: &mut BytesMut,
@@ -479,12 +484,8 @@ pub fn encode_answer_head(
     }
     // No body follows an answer to HEAD, a 1xx, a 204 or a 304, and no framing is added to
     // them (a HEAD or 304 answer keeps the length its headers give).
-    let no_body = bodiless
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
     let mut chunked = false;
-    if !no_body && !headers.contains_key(header::CONTENT_LENGTH) {
+    if !bodiless(status, head_request) && !headers.contains_key(header::CONTENT_LENGTH) {
         match length {
             Some(length) => {
                 out.extend_from_slice(b"content-length: ");

@@ -28,6 +28,7 @@
 
 use crate::h1::{self, AnswerHead, BodyFraming, Chunked, Piece, RequestFraming};
 use crate::metrics::UpstreamMetrics;
+use crate::upstream::OpenCount;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -147,22 +148,6 @@ struct Conn {
     write: BytesMut,
     /// Counts the connection as open until it is dropped.
     _open: OpenCount,
-}
-
-/// Counts one open connection in a gauge for as long as it lives.
-struct OpenCount(prometheus::IntGauge);
-
-impl OpenCount {
-    fn new(gauge: &prometheus::IntGauge) -> OpenCount {
-        gauge.inc();
-        OpenCount(gauge.clone())
-    }
-}
-
-impl Drop for OpenCount {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// Bytes read at a time: an answer smaller than this arrives in one read, and a read that

@@ -52,10 +52,26 @@ pub struct Connector {
     metrics: Arc<UpstreamMetrics>,
 }
 
+/// Counts one open connection in a gauge for as long as it lives.
+pub(crate) struct OpenCount(prometheus::IntGauge);
+
+impl OpenCount {
+    pub(crate) fn new(gauge: &prometheus::IntGauge) -> OpenCount {
+        gauge.inc();
+        OpenCount(gauge.clone())
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A connection to a member; the open-connections gauge goes down when it closes.
 pub struct Counted {
     io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
-    open: prometheus::IntGauge,
+    _open: OpenCount,
 }
 
 impl Counted {
@@ -64,17 +80,10 @@ impl Counted {
         io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
         open: &prometheus::IntGauge,
     ) -> Counted {
-        open.inc();
         Counted {
             io,
-            open: open.clone(),
+            _open: OpenCount::new(open),
         }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.open.dec();
     }
 }
 

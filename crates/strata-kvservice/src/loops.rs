@@ -141,6 +141,9 @@ pub fn refresh_metrics(service: &KvService) {
     metrics::advance(&metrics.raft_appends_posted, transport.posted_appends);
     metrics::advance(&metrics.raft_forwards_streamed, transport.streamed_forwards);
     metrics.raft_log_entries.set(service.log.len() as i64);
+    metrics
+        .raft_snapshot_index
+        .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
     let snapshots = service.sm.snapshot_stats();
     metrics.raft_snapshot_bytes.set(snapshots.bytes as i64);
     metrics::advance(&metrics.raft_snapshots_installed, snapshots.installed);

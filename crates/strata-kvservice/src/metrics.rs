@@ -48,6 +48,7 @@ pub struct Metrics {
     pub raft_snapshots_built: IntCounter,
     /// The longest time apply waited for a snapshot (to freeze the state) since start.
     pub raft_snapshot_apply_pause_max: Gauge,
+    pub raft_snapshot_index: IntGauge,
     /// How long the latest snapshot took to serialise and write, apply going on.
     pub raft_snapshot_write_seconds: Gauge,
     /// KV operations served, by operation.
@@ -251,6 +252,11 @@ impl Metrics {
                 &registry,
                 "strata_raft_snapshot_bytes",
                 "Size of the latest snapshot",
+            ),
+            raft_snapshot_index: gauge(
+                &registry,
+                "strata_raft_snapshot_index",
+                "Log index of the latest snapshot this node built or installed",
             ),
             raft_snapshots_built: counter(
                 &registry,

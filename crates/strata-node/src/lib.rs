@@ -261,6 +261,7 @@ impl Node {
             None => strata_raft::network::PeerClient::plain(),
         };
         let network = HttpNetwork::new(peer_client);
+        let snapshot_sends = network.snapshot_sends();
         let client = network.client().clone();
         let network_client = client.clone();
         let raft = Raft::new(id, Arc::new(raft_config), network, log.clone(), sm.clone())
@@ -340,6 +341,7 @@ impl Node {
                 log_ratio: config.raft.snapshot_log_ratio,
             },
             snapshot_sizes,
+            snapshot_sends,
             async move { snapshots_cancel.cancelled().await },
         ));
         let fatal = CancellationToken::new();

@@ -38,7 +38,8 @@ pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
 pub use snapshot_data::SnapshotData;
 pub use snapshot_file::{parse_checked, SnapshotParts};
 pub use snapshot_schedule::{
-    next_snapshot_due, run_snapshot_schedule, snapshot_phase, SnapshotRule, SnapshotSizes,
+    next_snapshot_due, run_snapshot_schedule, snapshot_phase, SnapshotRule, SnapshotSends,
+    SnapshotSizes,
 };
 pub use state_machine::{SnapshotStats, SnapshotWriter, StateMachine, StateMachineStore};
 pub use storage::{open_storage, DataDir, StorageError};

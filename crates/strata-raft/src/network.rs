@@ -8,7 +8,7 @@
 //! Every call carries the deadline openraft gives it (`RPCOption::hard_ttl`); a connection
 //! that cannot be made is reported as `Unreachable`, so openraft backs off instead of spinning.
 
-use crate::{NodeId, Raft, SnapshotData, TypeConfig};
+use crate::{NodeId, Raft, SnapshotData, SnapshotSends, TypeConfig};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
@@ -282,12 +282,21 @@ async fn decode_reply<Resp: DeserializeOwned>(
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: PeerClient,
+    sends: SnapshotSends,
 }
 
 impl HttpNetwork {
     /// Creates the factory over `client` and its connection pool.
     pub fn new(client: PeerClient) -> Self {
-        HttpNetwork { client }
+        HttpNetwork {
+            client,
+            sends: SnapshotSends::default(),
+        }
+    }
+
+    /// Counts the snapshots this node's connections are sending (for the snapshot schedule).
+    pub fn snapshot_sends(&self) -> SnapshotSends {
+        self.sends.clone()
     }
 
     /// Returns the shared peer client, for other node-to-node calls.
@@ -308,6 +317,7 @@ pub struct PeerConnection {
     stream: std::sync::Mutex<Option<FrameStream>>,
     /// The peer has no stream route (an older build): appends are POSTed.
     stream_refused: bool,
+    sends: SnapshotSends,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -320,6 +330,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             addr: node.raft_addr.clone(),
             stream: std::sync::Mutex::new(None),
             stream_refused: !append_streams_enabled(),
+            sends: self.sends.clone(),
         }
     }
 }
@@ -441,11 +452,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        tracing::info!(
-            target_node = self.target,
-            bytes = snapshot.snapshot.len(),
-            "sending snapshot"
-        );
+        let _sending = self.sends.start();
         let send = send_snapshot(&self.client, &self.addr, vote, snapshot);
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
@@ -688,28 +695,37 @@ async fn send_snapshot(
         addr: addr.to_string(),
         message,
     };
+    let mut data = snapshot.snapshot;
+    let data_len = data
+        .measure()
+        .await
+        .map_err(|e| failed(format!("measure snapshot: {e}")))?;
+    tracing::info!(
+        peer = addr,
+        snapshot = %snapshot.meta.snapshot_id,
+        bytes = data_len,
+        live_state = data.is_live(),
+        "sending snapshot"
+    );
     let header = postcard::to_allocvec(&SnapshotHeader {
         vote,
         meta: snapshot.meta.clone(),
-        data_len: snapshot.snapshot.len(),
+        data_len,
     })
     .map_err(|e| failed(format!("encode: {e}")))?;
     let mut head = (header.len() as u32).to_le_bytes().to_vec();
     head.extend_from_slice(&header);
     // The data is read again for the fallback below, so the stream reads a second handle.
-    let data = snapshot.snapshot;
     let crc = Arc::new(std::sync::Mutex::new(crc32fast::Hasher::new()));
     let hashing = crc.clone();
-    let region_stream = SnapshotData::stored(data.region().clone())
-        .into_chunks(SNAPSHOT_CHUNK)
-        .inspect(move |chunk| {
-            if let Ok(chunk) = chunk {
-                hashing
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .update(chunk);
-            }
-        });
+    let region_stream = data.chunks(SNAPSHOT_CHUNK).inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            hashing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(chunk);
+        }
+    });
     let trailer = futures::stream::once(async move {
         let crc = crc.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Ok(Bytes::from(crc.finalize().to_le_bytes().to_vec()))
@@ -1255,6 +1271,56 @@ mod tests {
             matches!(reply, AppendEntriesResponse::Success),
             "the second append got {reply:?}: the first one's reply"
         );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_send_is_counted_until_it_ends() {
+        // A peer that takes the connection and never answers: the send stays in flight.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut network = HttpNetwork::new(PeerClient::plain());
+        let sends = network.snapshot_sends();
+        let node = NodeInfo {
+            raft_addr: addr,
+            ..NodeInfo::default()
+        };
+        let mut peer = network.new_client(2, &node).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let send = tokio::spawn(async move {
+            let snapshot = Snapshot {
+                meta: SnapshotMeta::default(),
+                snapshot: Box::new(SnapshotData::empty().unwrap()),
+            };
+            let cancel = async move {
+                let _ = stopped.await;
+                ReplicationClosed::new("test")
+            };
+            peer.full_snapshot(
+                Vote::new(1, 1),
+                snapshot,
+                cancel,
+                RPCOption::new(Duration::from_secs(60)),
+            )
+            .await
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sends.in_flight() != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the send was never counted"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(()).unwrap();
+        let ended = send.await.unwrap();
+        assert!(matches!(ended, Err(StreamingError::Closed(_))), "{ended:?}");
+        assert_eq!(sends.in_flight(), 0, "an ended send is no longer counted");
     }
 
     /// A peer serving `POST /s` as a frame stream that doubles numbers (`serve_frames`), and

@@ -1,9 +1,12 @@
 //! [`SnapshotData`]: a snapshot's data as openraft hands it around: a region of a file on
-//! disk, read and written in chunks, never held in memory whole.
+//! disk, read and written in chunks, or a frozen view of the live state that is serialised as
+//! it is sent; never held in memory whole.
 
 use crate::snapshot_file::Region;
+use crate::SnapshotWriter;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +18,8 @@ pub(crate) const RECEIVING_PREFIX: &str = "snapshot.recv-";
 /// removed once sent, and left-overs of a crash are removed at start-up.
 pub(crate) const EXPORT_PREFIX: &str = "snapshot.export-";
 
-/// A snapshot's data: the data region of `snapshot.bin`, or a file being received.
+/// A snapshot's data: the data region of `snapshot.bin`, a file being received, or a frozen
+/// view of the state to send ([`Self::live`]).
 #[derive(Debug)]
 pub struct SnapshotData {
     region: Region,
@@ -23,6 +27,72 @@ pub struct SnapshotData {
     temp: Option<PathBuf>,
     /// Set for a file received in the layout of `snapshot.bin` ([`Self::lay_out_as_stored`]).
     in_place: Option<InPlace>,
+    /// Set for a frozen view of the state: the data is what it writes, not the region.
+    live: Option<Live>,
+}
+
+/// A frozen view of the state, serialised on demand; its length is known once measured.
+struct Live {
+    view: Arc<SnapshotWriter>,
+    len: Option<u64>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("len", &self.len).finish()
+    }
+}
+
+/// Counts what is written into it and keeps nothing.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hands what is written into it on as chunks of `chunk` bytes through a bounded channel, so
+/// that a writer on a blocking thread fills at most the channel's chunks ahead of the reader.
+struct ChunkSender {
+    out: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    pending: Vec<u8>,
+    chunk: usize,
+    written: u64,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.pending, Vec::with_capacity(self.chunk));
+        self.out
+            .blocking_send(Ok(Bytes::from(full)))
+            .map_err(|_| std::io::Error::other("the snapshot's receiver went away"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.chunk - self.pending.len();
+        let n = buf.len().min(room);
+        self.pending.extend_from_slice(&buf[..n]);
+        self.written += n as u64;
+        if self.pending.len() == self.chunk {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A received file that starts with the head of a snapshot file, so that installing it is a
@@ -42,7 +112,41 @@ impl SnapshotData {
             region,
             temp: None,
             in_place: None,
+            live: None,
         }
+    }
+
+    /// A frozen view of the state (see [`crate::StateMachine::snapshot`]), serialised when it
+    /// is measured or sent: a leader sends a peer its state as of now rather than its last
+    /// stored snapshot, so the peer has no log tail to catch up on after installing it.
+    pub(crate) fn live(view: SnapshotWriter) -> std::io::Result<Self> {
+        let mut data = SnapshotData::empty()?;
+        data.live = Some(Live {
+            view: Arc::new(view),
+            len: None,
+        });
+        Ok(data)
+    }
+
+    /// Works out the data's length, serialising a live view once into a counter (off the
+    /// runtime); a stored region's length is known already. Call before [`Self::len`] is
+    /// needed.
+    pub(crate) async fn measure(&mut self) -> std::io::Result<u64> {
+        let Some(live) = &mut self.live else {
+            return Ok(self.region.len);
+        };
+        if let Some(len) = live.len {
+            return Ok(len);
+        }
+        let view = live.view.clone();
+        let len = tokio::task::spawn_blocking(move || {
+            let mut counter = Counter(0);
+            view(&mut counter).map(|()| counter.0)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        live.len = Some(len);
+        Ok(len)
     }
 
     /// No data, for a snapshot that covers nothing.
@@ -71,6 +175,7 @@ impl SnapshotData {
             },
             temp: Some(path),
             in_place: None,
+            live: None,
         })
     }
 
@@ -142,6 +247,7 @@ impl SnapshotData {
             },
             temp: Some(path),
             in_place: None,
+            live: None,
         })
     }
 
@@ -162,14 +268,22 @@ impl SnapshotData {
         }
     }
 
-    /// The data's length in bytes.
+    /// The data's length in bytes (of a live view: 0 until [`Self::measure`]d).
     pub fn len(&self) -> u64 {
-        self.region.len
+        match &self.live {
+            Some(live) => live.len.unwrap_or(0),
+            None => self.region.len,
+        }
     }
 
     /// True when there is no data.
     pub fn is_empty(&self) -> bool {
-        self.region.len == 0
+        self.len() == 0
+    }
+
+    /// Whether this is a frozen view of the state rather than a file ([`Self::live`]).
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.is_some()
     }
 
     /// Where the data lies.
@@ -226,8 +340,72 @@ impl SnapshotData {
     }
 
     /// The data as a stream of chunks of at most `chunk` bytes, each read off the runtime
-    /// when the stream is polled: a sender holds one chunk at a time.
-    pub fn into_chunks(self, chunk: usize) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    /// when the stream is polled: a sender holds one chunk at a time. A live view is
+    /// serialised on a blocking thread at most two chunks ahead of the stream; when it has
+    /// been measured, a serialisation of another length ends the stream with an error.
+    pub fn into_chunks(
+        self,
+        chunk: usize,
+    ) -> std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> {
+        if let Some(live) = &self.live {
+            return Box::pin(Self::serialise(live.view.clone(), live.len, chunk));
+        }
+        Box::pin(self.read_chunks(chunk))
+    }
+
+    /// [`Self::into_chunks`] of a second handle on the same data: this one stays usable (a
+    /// send that falls back to one message reads the data again).
+    pub(crate) fn chunks(
+        &self,
+        chunk: usize,
+    ) -> std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> {
+        match &self.live {
+            Some(live) => Box::pin(Self::serialise(live.view.clone(), live.len, chunk)),
+            None => Box::pin(SnapshotData::stored(self.region.clone()).read_chunks(chunk)),
+        }
+    }
+
+    /// A live view serialised as a stream of chunks (see [`Self::into_chunks`]).
+    fn serialise(
+        view: Arc<SnapshotWriter>,
+        measured: Option<u64>,
+        chunk: usize,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+        let (out, chunks) = tokio::sync::mpsc::channel(2);
+        let failed = out.clone();
+        let writer = move || {
+            let mut sender = ChunkSender {
+                out,
+                pending: Vec::with_capacity(chunk),
+                chunk: chunk.max(1),
+                written: 0,
+            };
+            view(&mut sender)?;
+            sender.send()?;
+            match measured {
+                Some(len) if len != sender.written => Err(std::io::Error::other(format!(
+                    "the state serialised to {} bytes after measuring {len}",
+                    sender.written
+                ))),
+                _ => Ok(()),
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("raft-snapshot-send".into())
+            .spawn(move || {
+                if let Err(e) = writer() {
+                    let _ = failed.blocking_send(Err(e));
+                }
+            });
+        let refused = spawned.err().map(|e| Err(std::io::Error::other(e)));
+        let received = futures::stream::unfold(chunks, |mut chunks| async move {
+            chunks.recv().await.map(|chunk| (chunk, chunks))
+        });
+        futures::stream::iter(refused).chain(received)
+    }
+
+    /// A region read as a stream of chunks (see [`Self::into_chunks`]).
+    fn read_chunks(self, chunk: usize) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
         futures::stream::try_unfold((self, 0u64), move |(data, at)| async move {
             if at >= data.region.len {
                 return Ok(None);
@@ -244,6 +422,15 @@ impl SnapshotData {
     /// Reads all the data into memory: only for a peer of an older build, which takes a
     /// snapshot as one message.
     pub async fn read_all(&self) -> std::io::Result<Vec<u8>> {
+        if let Some(live) = &self.live {
+            let view = live.view.clone();
+            return tokio::task::spawn_blocking(move || {
+                let mut all = Vec::new();
+                view(&mut all).map(|()| all)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        }
         let region = self.region.clone();
         let len = usize::try_from(region.len).map_err(std::io::Error::other)?;
         tokio::task::spawn_blocking(move || region.read_chunk(0, len))
@@ -264,6 +451,7 @@ impl Drop for SnapshotData {
 mod tests {
     use super::*;
     use crate::snapshot_file::{load_named, open_region, FILE};
+    use futures::TryStreamExt;
 
     /// A file received as the network receives a streamed snapshot: laid out for `meta`, the
     /// data and its CRC-32 appended in pieces, the CRC checked and stripped.
@@ -277,6 +465,61 @@ mod tests {
         received.append(crc).await.unwrap();
         received.strip_checksum(data.len() as u64).await.unwrap();
         received
+    }
+
+    #[tokio::test]
+    async fn a_live_view_is_measured_then_streamed_in_chunks_as_often_as_asked() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let written = bytes.clone();
+        let mut live = SnapshotData::live(Box::new(move |out| out.write_all(&written))).unwrap();
+        assert!(live.is_live());
+        assert_eq!(live.len(), 0, "unknown until measured");
+        assert_eq!(live.measure().await.unwrap(), 10_000);
+        assert_eq!(live.len(), 10_000);
+        for _ in 0..2 {
+            let chunks: Vec<Bytes> = live.chunks(3000).try_collect().await.unwrap();
+            let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+            assert_eq!(sizes, [3000, 3000, 3000, 1000]);
+            assert_eq!(chunks.concat(), bytes);
+        }
+        assert_eq!(live.read_all().await.unwrap(), bytes);
+        let all: Vec<Bytes> = live.into_chunks(1 << 20).try_collect().await.unwrap();
+        assert_eq!(all.concat(), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_live_view_that_writes_other_bytes_than_it_measured_ends_its_stream_with_an_error() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let mut live = SnapshotData::live(Box::new(move |out| {
+            let extra = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            out.write_all(&vec![7; 100 + extra])
+        }))
+        .unwrap();
+        assert_eq!(live.measure().await.unwrap(), 100);
+        let results: Vec<std::io::Result<Bytes>> = live.chunks(64).collect().await;
+        let last = results.last().unwrap();
+        let error = last.as_ref().unwrap_err().to_string();
+        assert!(error.contains("101 bytes after measuring 100"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_live_stream_dropped_early_stops_its_writer() {
+        let (ended, ended_rx) = std::sync::mpsc::channel();
+        let live = SnapshotData::live(Box::new(move |out| {
+            // Far more than the channel holds: only a reader that keeps reading gets it all.
+            let chunk = vec![1u8; 1 << 16];
+            let result = (0..100_000).try_for_each(|_| out.write_all(&chunk));
+            let _ = ended.send(result.is_err());
+            result
+        }))
+        .unwrap();
+        let mut chunks = live.chunks(1 << 16);
+        assert_eq!(chunks.next().await.unwrap().unwrap().len(), 1 << 16);
+        drop(chunks);
+        let failed = ended_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer stopped once its reader was gone");
+        assert!(failed, "the writer was told its reader went away");
     }
 
     #[tokio::test]

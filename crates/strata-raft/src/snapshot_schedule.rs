@@ -13,9 +13,16 @@
 //! the node's next index on its phase, so members stay apart): a large store is snapshotted
 //! less often, each write pays a constant share of snapshot work, and the log tail a restart
 //! replays stays proportional to the state.
+//!
+//! No snapshot is built while this node is sending one to a peer ([`SnapshotSends`]): building
+//! one purges the log up to it, so the peer, once it has installed the snapshot it was sent,
+//! would find the entries after it gone and need a second, newer snapshot (etcd pauses its log
+//! compaction while a snapshot is in flight for the same reason).
 
 use crate::Raft;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the schedule looks at the applied index.
@@ -46,6 +53,33 @@ fn on_phase_from(id: u64, every: u64, from: u64) -> u64 {
         candidate
     } else {
         candidate.saturating_add(every)
+    }
+}
+
+/// How many snapshots this node is sending to peers right now (shared by the network, which
+/// counts them, and the schedule, which builds no snapshot while any is in flight).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotSends(Arc<AtomicUsize>);
+
+impl SnapshotSends {
+    /// Snapshots being sent now.
+    pub fn in_flight(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one send until the returned guard is dropped.
+    pub(crate) fn start(&self) -> SendingSnapshot {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        SendingSnapshot(self.0.clone())
+    }
+}
+
+/// One snapshot being sent ([`SnapshotSends::start`]).
+pub(crate) struct SendingSnapshot(Arc<AtomicUsize>);
+
+impl Drop for SendingSnapshot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -127,19 +161,22 @@ impl ScheduleState {
 }
 
 /// Triggers a snapshot on `raft` whenever the applied index reaches the node's next due index
-/// and the log has grown enough since the last one ([`SnapshotRule`]). Configure openraft with
+/// and the log has grown enough since the last one ([`SnapshotRule`]), unless a snapshot is
+/// being sent to a peer (`sends`, then it waits for the send to end). Configure openraft with
 /// `SnapshotPolicy::Never` when running this. Returns when `shutdown` resolves.
 pub async fn run_snapshot_schedule(
     raft: Raft,
     id: u64,
     rule: SnapshotRule,
     sizes: impl SnapshotSizes,
+    sends: SnapshotSends,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let mut state = ScheduleState::default();
+    let mut deferred = false;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -155,6 +192,20 @@ pub async fn run_snapshot_schedule(
         };
         let snapshot = (last, sizes.snapshot_bytes());
         if let Some(due) = state.due(id, rule, applied, snapshot, sizes.log_appended_bytes()) {
+            if sends.in_flight() > 0 {
+                // Asked again on the next tick.
+                state.triggered = None;
+                if !deferred {
+                    tracing::info!(
+                        applied,
+                        due,
+                        "snapshot deferred while one is sent to a peer"
+                    );
+                    deferred = true;
+                }
+                continue;
+            }
+            deferred = false;
             tracing::debug!(applied, due, "triggering snapshot");
             if raft.trigger().snapshot().await.is_err() {
                 return;

@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use strata_proto::kv::{Command, CommandResult};
 use strata_proto::NodeInfo;
 
-/// Writes a frozen view of the state: see [`StateMachine::snapshot`].
-pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+/// Writes a frozen view of the state: see [`StateMachine::snapshot`]. It may be called more
+/// than once and must then write the same bytes each time (a snapshot sent to a peer is
+/// measured first, then streamed).
+pub type SnapshotWriter = Box<dyn Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync>;
 
 /// The application state replicated by Raft.
 ///
@@ -324,6 +326,33 @@ impl<S: StateMachine> StateMachineStore<S> {
         .map_err(|e| snap_err(ErrorVerb::Write, e))?
     }
 
+    /// Freezes the state as it is now and names the view: its writer, its metadata, and how
+    /// long apply was held off (constant time: the state shares structure with the view).
+    /// The state and the applied position are read under the lock `apply` holds, so the view
+    /// contains exactly the entries up to `last_applied`.
+    fn freeze(&self) -> (SnapshotWriter, SnapshotMeta<NodeId, NodeInfo>, u64) {
+        let frozen = Instant::now();
+        let (writer, applied) = {
+            let applied = self.applied();
+            (self.inner.app.snapshot(), applied.clone())
+        };
+        let freeze_us = frozen.elapsed().as_micros() as u64;
+        self.inner
+            .freeze_max_us
+            .fetch_max(freeze_us, Ordering::Relaxed);
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match applied.last_applied {
+            Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        (writer, meta, freeze_us)
+    }
+
     /// The current snapshot with its data, opened from disk (not read).
     fn stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         Ok(self
@@ -381,25 +410,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
         // constant time (the state shares structure with the view), so apply waits for
         // nothing that grows with the store; serialising and writing the view then run on a
         // blocking thread while apply goes on.
-        let frozen = Instant::now();
-        let (writer, applied) = {
-            let applied = self.applied();
-            (self.inner.app.snapshot(), applied.clone())
-        };
-        let freeze_us = frozen.elapsed().as_micros() as u64;
-        self.inner
-            .freeze_max_us
-            .fetch_max(freeze_us, Ordering::Relaxed);
-        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match applied.last_applied {
-            Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
-            None => format!("0-0-{seq}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id,
-        };
+        let (writer, meta, freeze_us) = self.freeze();
         // The new snapshot takes about as much as the last one; without room for it above
         // the reserve, or when writing it fails, the last snapshot stands (a failed build
         // must not reach openraft, which stops the node on it) and the next turn tries again.
@@ -629,9 +640,22 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        if self.current().is_none() {
+        // openraft asks for the current snapshot to send it to a peer whose log entries are
+        // gone (and once at start-up). The peer gets the state as of now, serialised as it is
+        // sent, rather than the stored snapshot plus every entry since, which it would then
+        // have to receive, write and apply one by one (etcd also sends its current database).
+        // With nothing applied since the stored snapshot, that file is the same state.
+        let Some(stored) = self.current().clone() else {
             return Ok(None);
+        };
+        if self.applied().last_applied <= stored.last_log_id {
+            return self.stored_off_runtime().await;
         }
-        self.stored_off_runtime().await
+        let (view, meta, _) = self.freeze();
+        let data = SnapshotData::live(view).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        }))
     }
 }

@@ -278,8 +278,21 @@ async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_fr
         Some(BULK_KEYS as i64 + 1)
     );
 
-    // A new, empty member: the leader's log starts long after index 1, so it must take the
-    // snapshot, streamed in 1 MiB chunks.
+    // A new, empty member: the leader's log starts long after index 1, so it must take a
+    // snapshot, streamed in 1 MiB chunks: the leader's state as of the moment it sends it, not
+    // its last stored snapshot (which would leave the member every entry since to catch up
+    // on). A few writes first put the leader's applied index past its stored snapshot.
+    for i in 0..5 {
+        client.put(format!("after/{i}"), "x").await.unwrap();
+    }
+    cluster.wait_all_caught_up().await;
+    let mut applied_before = 0.0f64;
+    let mut stored_before = 0.0f64;
+    for node in &cluster.nodes {
+        applied_before = applied_before.max(metric(node, "strata_raft_applied_index").await);
+        stored_before = stored_before.max(metric(node, "strata_raft_snapshot_index").await);
+    }
+    eprintln!("before the join: applied {applied_before}, latest stored snapshot {stored_before}");
     let fresh = NodeProc::start(4, cluster.root.path(), None, &[]).await;
     add_member(&cluster.endpoints(), &fresh);
     wait_until(
@@ -293,6 +306,12 @@ async fn snapshots_under_write_load_stop_no_write_and_a_new_member_catches_up_fr
         },
     )
     .await;
+    let installed_at = metric(&fresh, "strata_raft_snapshot_index").await;
+    assert!(
+        installed_at >= applied_before,
+        "the new member installed a snapshot at index {installed_at}, older than the \
+         {applied_before} every member had applied when it joined (stored: {stored_before})"
+    );
     let value = fresh.local_get("bulk/000027").await.unwrap();
     assert_eq!(value, vec![b'b'; VALUE_BYTES]);
     let load_keys = local_count(&fresh, "load/").await.unwrap();

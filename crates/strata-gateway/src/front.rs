@@ -43,6 +43,10 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// also what an idle connection keeps, as hyper's server did.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// How much of a pipelined next request is read while the current one is handled (to notice
+/// a client that closes the connection); more waits in the socket.
+const MAX_READ_AHEAD: usize = 64 * 1024;
+
 /// Answer body pieces up to this size are copied behind what is buffered and written with it;
 /// a larger piece goes out in the same `writev` without the copy.
 const COALESCE: usize = 4 * 1024;
@@ -115,9 +119,15 @@ pub(crate) async fn serve(
         };
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
-        let mut response = gateway.handle(request.map(|()| body), client, false).await;
-        // An answer of unknown length to an HTTP/1.0 client ends with the connection.
+        let handling = std::pin::pin!(gateway.handle(request.map(|()| body), client, false));
+        let Some(mut response) = conn.unless_client_leaves(&stream, handling).await else {
+            tracing::debug!(%client, "the client closed the connection before its answer; request dropped");
+            return Ended::Closed;
+        };
+        // An answer of unknown length to an HTTP/1.0 client ends with the connection, as does
+        // one that says so.
         let close = !keep_alive
+            || h1::asks_close(response.headers())
             || (version == Version::HTTP_10 && response.body().size_hint().exact().is_none());
         if version == Version::HTTP_10 && !close {
             // An HTTP/1.0 client keeps the connection only when the answer says so (`ab -k`).
@@ -270,6 +280,42 @@ impl Conn {
                 *at = deadline;
                 sleep.as_mut().reset(deadline);
                 let _ = sleep.as_mut().poll(cx);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Runs `handling` until it gives the answer, or until the client closes the connection
+    /// first: then `None`, and the request is dropped with its upstream exchange (as nginx
+    /// aborts it, and hyper's server did), so a client that gave up holds no upstream
+    /// connection until the route's timeout. Bytes of a pipelined next request that arrive
+    /// meanwhile are kept, up to [`MAX_READ_AHEAD`]; beyond that the client is not watched.
+    async fn unless_client_leaves<F: Future>(
+        &mut self,
+        stream: &TcpStream,
+        mut handling: Pin<&mut F>,
+    ) -> Option<F::Output> {
+        // By hand rather than with `select!` and `readable()`: the socket's one reader waker
+        // slot is cheaper than a waiter list entry, and nothing is moved per request.
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(answer));
+            }
+            while self.read.len() < MAX_READ_AHEAD {
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(())) => {}
+                }
+                self.read.reserve(READ_CHUNK);
+                match stream.try_read_buf(&mut self.read) {
+                    Ok(0) => return Poll::Ready(None),
+                    // Read, or nothing there after all (readiness is now cleared): look again.
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(None),
+                }
             }
             Poll::Pending
         })

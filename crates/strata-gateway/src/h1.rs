@@ -75,11 +75,7 @@ pub fn encode_request_head<B>(
         out.extend_from_slice(b"\r\n");
     }
     match framing {
-        RequestFraming::Length(length) if declared.is_none() => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        RequestFraming::Length(length) if declared.is_none() => put_content_length(length, out),
         // A method whose request normally has a body says that this one has none.
         RequestFraming::Empty
             if matches!(
@@ -319,6 +315,12 @@ fn connection_persists(headers: &HeaderMap, version: Version) -> bool {
     }
 }
 
+/// Whether an answer's own headers ask for its connection to close after it
+/// (`Connection: close`).
+pub fn asks_close(headers: &HeaderMap) -> bool {
+    has_token(headers, header::CONNECTION, "close")
+}
+
 /// Whether a comma-separated header `name` lists `token` (case-insensitive).
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
@@ -445,6 +447,13 @@ pub fn parse_request(
     }))
 }
 
+/// Writes a `content-length` header line.
+fn put_content_length(length: u64, out: &mut BytesMut) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes an answer's head into `out`: the status line, `headers`, a `Date` when they have
 /// none, `Connection: close` when `close`, and the framing of a body of `length` bytes unless
 /// the answer has no body (see [`bodiless`]; `head_request`: it answers `HEAD`) or `headers`
@@ -483,15 +492,19 @@ pub fn encode_answer_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     // No body follows an answer to HEAD, a 1xx, a 204 or a 304, and no framing is added to
-    // them (a HEAD or 304 answer keeps the length its headers give).
+    // them (a HEAD or 304 answer keeps the length its headers give). An answer to HEAD that
+    // the gateway made itself carries the body a GET would get: its length is told, as GET's
+    // answer would tell it (a proxied answer to HEAD has an empty body and tells nothing).
     let mut chunked = false;
-    if !bodiless(status, head_request) && !headers.contains_key(header::CONTENT_LENGTH) {
+    let no_length = !headers.contains_key(header::CONTENT_LENGTH);
+    if head_request && no_length && !bodiless(status, false) {
+        if let Some(length) = length.filter(|length| *length > 0) {
+            put_content_length(length, out);
+        }
+    }
+    if !bodiless(status, head_request) && no_length {
         match length {
-            Some(length) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+            Some(length) => put_content_length(length, out),
             // A connection that closes after the answer delimits its body itself.
             None if close => {}
             None => {
@@ -991,6 +1004,33 @@ mod tests {
         assert_eq!(
             head(200, &[], Some(0), true, false),
             ("HTTP/1.1 200 OK\r\ndate: D\r\n\r\n".into(), false)
+        );
+        let close = |value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::CONNECTION, HeaderValue::from_str(value).unwrap());
+            asks_close(&map)
+        };
+        assert!(close("close") && close("Keep-Alive, CLOSE"));
+        assert!(!close("keep-alive") && !asks_close(&HeaderMap::new()));
+        // An answer to HEAD made by the gateway tells the length GET's body would have; a
+        // HEAD answer that states its own length, or a 304, is left as it is.
+        assert_eq!(
+            head(200, &[], Some(7), true, false),
+            (
+                "HTTP/1.1 200 OK\r\ndate: D\r\ncontent-length: 7\r\n\r\n".into(),
+                false
+            )
+        );
+        assert_eq!(
+            head(200, &[("content-length", "9")], Some(7), true, false),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\ndate: D\r\n\r\n".into(),
+                false
+            )
+        );
+        assert_eq!(
+            head(304, &[], Some(7), true, false),
+            ("HTTP/1.1 304 Not Modified\r\ndate: D\r\n\r\n".into(), false)
         );
     }
 }

@@ -43,7 +43,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -177,69 +177,135 @@ impl Conn {
 
     /// Reads what the member sent next into `self.read`; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < want.clamp(1, READ_CHUNK) {
-            self.read.reserve(want.clamp(READ_CHUNK, 4 * READ_CHUNK));
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
+        poll_fill(Pin::new(&mut self.stream), &mut self.read, cx, want)
     }
 
     /// Reads the final answer's head to `request` (`head_request`: it was `HEAD`).
     async fn read_head(&mut self, head_request: bool) -> io::Result<AnswerHead> {
-        loop {
-            if let Some(head) = h1::parse_answer(&mut self.read, head_request)? {
-                return Ok(head);
+        read_head(&mut self.stream, &mut self.read, head_request).await
+    }
+
+    /// Sends `body` after its head, framed as `framing` says, and reads the answer's head at
+    /// the same time: a member may answer before it has read the whole body (a 413 for a body
+    /// too large, a 401) and stop reading or close. That answer is the one passed on, and the
+    /// connection, with part of the body unsent, is not used again.
+    async fn send_body_and_read_head(
+        &mut self,
+        body: Body,
+        framing: RequestFraming,
+        head_request: bool,
+    ) -> io::Result<AnswerHead> {
+        let (mut from, mut to) = self.stream.split();
+        let mut sending = std::pin::pin!(write_body(&mut to, body, framing));
+        let mut answered = std::pin::pin!(read_head(&mut from, &mut self.read, head_request));
+        let early = |head: io::Result<AnswerHead>| {
+            head.map(|mut head| {
+                head.keep_alive = false;
+                head
+            })
+        };
+        tokio::select! {
+            biased;
+            sent = &mut sending => match sent {
+                Ok(()) => answered.await,
+                // The member stopped taking the body: it may have answered first.
+                Err(error) if broken_by_peer(&error) => early(answered.await).map_err(|_| error),
+                Err(error) => Err(error),
+            },
+            head = &mut answered => early(head),
+        }
+    }
+}
+
+/// Whether a write failed because the peer closed or reset the connection (rather than
+/// because the body being sent failed).
+fn broken_by_peer(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Reads what `from` sent next into `read`; `Ok(0)` at the end of the stream.
+fn poll_fill(
+    from: Pin<&mut impl AsyncRead>,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < want.clamp(1, READ_CHUNK) {
+        read.reserve(want.clamp(READ_CHUNK, 4 * READ_CHUNK));
+    }
+    tokio_util::io::poll_read_buf(from, cx, read)
+}
+
+/// Reads the final answer's head from `from` (after what `read` holds already).
+async fn read_head(
+    from: &mut (impl AsyncRead + Unpin),
+    read: &mut BytesMut,
+    head_request: bool,
+) -> io::Result<AnswerHead> {
+    loop {
+        if let Some(head) = h1::parse_answer(read, head_request)? {
+            return Ok(head);
+        }
+        let n = std::future::poll_fn(|cx| poll_fill(Pin::new(&mut *from), read, cx, READ_CHUNK))
+            .await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection before answering",
+            ));
+        }
+    }
+}
+
+/// Sends `body` to `to` after its head, framed as `framing` says.
+async fn write_body(
+    to: &mut (impl AsyncWrite + Unpin),
+    mut body: Body,
+    framing: RequestFraming,
+) -> io::Result<()> {
+    let mut sent = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(io::Error::other)?;
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers are not forwarded over HTTP/1.1
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match framing {
+            RequestFraming::Length(length) => {
+                let room = length - sent;
+                if data.len() as u64 > room {
+                    return Err(io::Error::other(
+                        "the request body is longer than its Content-Length",
+                    ));
+                }
+                sent += data.len() as u64;
+                to.write_all_buf(&mut data).await?;
             }
-            let read = std::future::poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await?;
-            if read == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the upstream closed the connection before answering",
-                ));
+            RequestFraming::Chunked => {
+                let mut chunk = bytes::Buf::chain(
+                    bytes::Buf::chain(h1::chunk_header(data.len()), data),
+                    &b"\r\n"[..],
+                );
+                to.write_all_buf(&mut chunk).await?;
+            }
+            RequestFraming::Empty => {
+                return Err(io::Error::other("a request without a body sent one"))
             }
         }
     }
-
-    /// Sends `body` after its head, framed as `framing` says.
-    async fn write_body(&mut self, mut body: Body, framing: RequestFraming) -> io::Result<()> {
-        let mut sent = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(io::Error::other)?;
-            let Ok(mut data) = frame.into_data() else {
-                continue; // trailers are not forwarded over HTTP/1.1
-            };
-            if data.is_empty() {
-                continue;
-            }
-            match framing {
-                RequestFraming::Length(length) => {
-                    let room = length - sent;
-                    if data.len() as u64 > room {
-                        return Err(io::Error::other(
-                            "the request body is longer than its Content-Length",
-                        ));
-                    }
-                    sent += data.len() as u64;
-                    self.stream.write_all_buf(&mut data).await?;
-                }
-                RequestFraming::Chunked => {
-                    let mut chunk = bytes::Buf::chain(
-                        bytes::Buf::chain(h1::chunk_header(data.len()), data),
-                        &b"\r\n"[..],
-                    );
-                    self.stream.write_all_buf(&mut chunk).await?;
-                }
-                RequestFraming::Empty => {
-                    return Err(io::Error::other("a request without a body sent one"))
-                }
-            }
-        }
-        match framing {
-            RequestFraming::Length(length) if sent < length => Err(io::Error::other(
-                "the request body ended before its Content-Length",
-            )),
-            RequestFraming::Chunked => self.stream.write_all(b"0\r\n\r\n").await,
-            _ => Ok(()),
-        }
+    match framing {
+        RequestFraming::Length(length) if sent < length => Err(io::Error::other(
+            "the request body ended before its Content-Length",
+        )),
+        RequestFraming::Chunked => to.write_all(b"0\r\n\r\n").await,
+        _ => Ok(()),
     }
 }
 
@@ -547,9 +613,10 @@ async fn exchange(conn: &mut Conn, request: Request<Body>) -> Result<AnswerHead,
         error,
     };
     if framing != RequestFraming::Empty {
-        conn.write_body(request.into_body(), framing)
+        return conn
+            .send_body_and_read_head(request.into_body(), framing, head_request)
             .await
-            .map_err(broken)?;
+            .map_err(broken);
     }
     conn.read_head(head_request).await.map_err(broken)
 }

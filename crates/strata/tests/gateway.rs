@@ -689,17 +689,8 @@ async fn t06_upgrades_and_grpc_pass_through() {
         .write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
         .await
         .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     for message in [&b"ping"[..], b"and again"] {
         stream.write_all(message).await.unwrap();
         let mut back = vec![0u8; message.len()];
@@ -2953,9 +2944,8 @@ async fn t26_an_answer_whose_bytes_stop_is_cut_after_the_idle_timeout() {
     assert!(took < Duration::from_secs(5), "cut after {took:?}");
 }
 
-/// Reads one HTTP/1.1 answer (head and a `content-length` body) from `stream`: its status
-/// line, its head and its body.
-async fn read_answer(stream: &mut TcpStream) -> (String, String, Vec<u8>) {
+/// Reads an answer's head, a byte at a time (nothing after it is consumed); at most 10 s.
+async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -2965,7 +2955,13 @@ async fn read_answer(stream: &mut TcpStream) -> (String, String, Vec<u8>) {
             .expect("the connection stays open until the answer");
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads one HTTP/1.1 answer (head and a `content-length` body) from `stream`: its status
+/// line, its head and its body.
+async fn read_answer(stream: &mut TcpStream) -> (String, String, Vec<u8>) {
+    let head = read_head(stream).await;
     let length = head
         .lines()
         .find_map(|l| {
@@ -3019,13 +3015,7 @@ async fn t27_one_connection_carries_pipelined_requests_bodies_head_and_http_1_0(
         (Some("/two"), Some(5))
     );
     // HEAD: the head says how long the body would be, and no body follows.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("x-request-id:"),
@@ -3165,5 +3155,127 @@ async fn t28_an_answer_framed_two_ways_reaches_the_client_framed_once() {
             .is_none_or(|v| v == "100"));
         assert_eq!(answer.text().await.unwrap(), "x".repeat(100));
     }
+    node.assert_no_panic();
+}
+
+/// A member for t29: `/early` answers 413 after reading only the head and then holds the
+/// connection without reading the body; `/hang` never answers, and reports `asked` when its
+/// request arrived and `gone` when the gateway closed the connection it came on.
+async fn early_and_hanging_member() -> (String, tokio::sync::mpsc::UnboundedReceiver<&'static str>)
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = listener.local_addr().unwrap().to_string();
+    let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let gone = gone.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => head.push(buf[0]),
+                    }
+                }
+                if head.starts_with(b"POST /early") {
+                    let answer =
+                        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large";
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    // Holds the connection, reading nothing more, well past the test.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                } else {
+                    let _ = gone.send("asked");
+                    let mut rest = vec![0u8; 4096];
+                    while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+                    let _ = gone.send("gone");
+                }
+            });
+        }
+    });
+    (member, gone_rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t29_an_early_answer_a_client_that_leaves_and_head_on_a_made_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let (member, mut gone) = early_and_hanging_member().await;
+    apply_ok(
+        &node,
+        &json!({
+            "routes": [
+                {"name": "made", "path": {"exact": "/made"}, "respond": {"status": 200, "body": "twelve bytes"}},
+                {"name": "all", "path": {"prefix": "/"}, "upstream": "m", "max_body": "1GiB"}
+            ],
+            "upstreams": [{"name": "m", "addresses": [member]}]
+        }),
+    )
+    .await;
+    let gateway = node.gateway.clone().unwrap();
+
+    // A member that answers before it has read the body (and then reads no more): its answer
+    // reaches the client at once, not a 502, nor a 504 after the timeout.
+    let stream = TcpStream::connect(&gateway).await.unwrap();
+    let (mut from, mut to) = stream.into_split();
+    // Far more than the sockets between client, gateway and member buffer.
+    let size = 256 << 20;
+    let head = format!("POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    to.write_all(head.as_bytes()).await.unwrap();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 << 10];
+        for _ in 0..size / chunk.len() {
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("too large") {
+        let n = tokio::time::timeout(Duration::from_secs(10), from.read(&mut buf))
+            .await
+            .expect("the member's early answer within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    upload.abort();
+
+    // A client that closes its connection while its request waits: the gateway drops the
+    // request and closes the member's connection, long before the 30 s header timeout.
+    let mut stream = TcpStream::connect(&gateway).await.unwrap();
+    stream
+        .write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let asked = tokio::time::timeout(Duration::from_secs(10), gone.recv()).await;
+    assert_eq!(asked.ok().flatten(), Some("asked"));
+    drop(stream);
+    let closed = tokio::time::timeout(Duration::from_secs(5), gone.recv()).await;
+    assert_eq!(
+        closed.ok().flatten(),
+        Some("gone"),
+        "the member's connection closed within 5 s of the client leaving"
+    );
+
+    // HEAD on an answer the gateway makes itself tells the length GET's body has.
+    let mut stream = TcpStream::connect(&gateway).await.unwrap();
+    stream
+        .write_all(b"HEAD /made HTTP/1.1\r\nhost: x\r\n\r\nGET /made HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await.to_lowercase();
+    assert!(head.contains("content-length: 12\r\n"), "{head}");
+    // No body followed the HEAD answer: the next bytes are the GET's answer.
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, b"twelve bytes");
     node.assert_no_panic();
 }

@@ -317,6 +317,9 @@ pub struct PeerConnection {
     stream: std::sync::Mutex<Option<FrameStream>>,
     /// The peer has no stream route (an older build): appends are POSTed.
     stream_refused: bool,
+    /// The peer's log matched the last append sent to it (false until one has, and again
+    /// after a refusal or a failure): large appends go only after a probe while it is false.
+    matched: bool,
     sends: SnapshotSends,
 }
 
@@ -330,6 +333,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             addr: node.raft_addr.clone(),
             stream: std::sync::Mutex::new(None),
             stream_refused: !append_streams_enabled(),
+            matched: false,
             sends: self.sends.clone(),
         }
     }
@@ -386,11 +390,12 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// The largest header a streamed snapshot may start with.
 const MAX_SNAPSHOT_HEADER: usize = 1 << 20;
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
-    async fn append_entries(
+impl PeerConnection {
+    /// Sends one append and returns the peer's answer.
+    async fn send_append(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         if !self.stream_refused {
             let sent = append_over_stream(
@@ -399,7 +404,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 self.stream
                     .get_mut()
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
-                &rpc,
+                rpc,
                 option.hard_ttl(),
             )
             .await;
@@ -419,7 +424,44 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             }
         }
         POSTED_APPENDS.fetch_add(1, Ordering::Relaxed);
-        self.call("/raft/append", &rpc, option.hard_ttl()).await
+        self.call("/raft/append", rpc, option.hard_ttl()).await
+    }
+}
+
+/// Appends of more entries than this to a peer whose log is not known to match are preceded by
+/// a probe without entries ([`PeerConnection::matched`]).
+const PROBE_ABOVE_ENTRIES: usize = 16;
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        // While openraft looks for where a peer's log matches (a new member, a member back
+        // from an outage), each probe carries up to `max_payload_entries` entries, which an
+        // empty or diverged peer receives, decodes and refuses: after a bulk load that is tens
+        // of megabytes per probe, and the first one outlasts its timeout. The answer depends
+        // only on `prev_log_id`, so the same request without entries asks it first; the
+        // entries go only to a peer whose log matches.
+        if !self.matched && rpc.entries.len() > PROBE_ABOVE_ENTRIES {
+            let probe = AppendEntriesRequest {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                entries: Vec::new(),
+                leader_commit: rpc.leader_commit,
+            };
+            let answer = self.send_append(&probe, &option).await;
+            if !matches!(answer, Ok(AppendEntriesResponse::Success)) {
+                return answer;
+            }
+        }
+        let answer = self.send_append(&rpc, &option).await;
+        self.matched = matches!(
+            answer,
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+        );
+        answer
     }
 
     async fn install_snapshot(
@@ -1271,6 +1313,81 @@ mod tests {
             matches!(reply, AppendEntriesResponse::Success),
             "the second append got {reply:?}: the first one's reply"
         );
+    }
+
+    #[tokio::test]
+    async fn a_large_append_to_a_peer_not_known_to_match_asks_without_entries_first() {
+        // A peer whose log matches from index 15 on; it records how many entries each append
+        // it receives carries.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let router = Router::new().route(
+            "/raft/stream",
+            post(move |request: Request| {
+                let record = record.clone();
+                async move {
+                    accept_stream(request, STREAM_PROTOCOL, move |io| {
+                        serve_frames(
+                            io,
+                            move |rpc: Result<AppendEntriesRequest<TypeConfig>, String>| {
+                                let record = record.clone();
+                                async move {
+                                    let rpc = rpc.unwrap();
+                                    record.lock().unwrap().push(rpc.entries.len());
+                                    let at = rpc.prev_log_id.map_or(0, |id| id.index);
+                                    let reply: StreamReply = Ok(Ok(if at >= 15 {
+                                        AppendEntriesResponse::Success
+                                    } else {
+                                        AppendEntriesResponse::Conflict
+                                    }));
+                                    reply
+                                }
+                            },
+                        )
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let mut network = HttpNetwork::new(PeerClient::plain());
+        let node = NodeInfo {
+            raft_addr: addr,
+            ..NodeInfo::default()
+        };
+        let mut peer = network.new_client(2, &node).await;
+        let option = || RPCOption::new(Duration::from_secs(10));
+        let at = |prev: u64, entries: u64| {
+            let mut rpc = append(entries);
+            let leader = openraft::CommittedLeaderId::new(3, 1);
+            rpc.prev_log_id = Some(openraft::LogId::new(leader, prev));
+            for (i, entry) in rpc.entries.iter_mut().enumerate() {
+                entry.log_id = openraft::LogId::new(leader, prev + 1 + i as u64);
+            }
+            rpc
+        };
+        // Not matching: only the probe goes, and its refusal is the answer.
+        let answer = peer.append_entries(at(9, 100), option()).await.unwrap();
+        assert!(
+            matches!(answer, AppendEntriesResponse::Conflict),
+            "{answer:?}"
+        );
+        assert_eq!(*seen.lock().unwrap(), [0]);
+        // Matching: the probe, then the entries.
+        let answer = peer.append_entries(at(20, 100), option()).await.unwrap();
+        assert!(
+            matches!(answer, AppendEntriesResponse::Success),
+            "{answer:?}"
+        );
+        assert_eq!(*seen.lock().unwrap(), [0, 0, 100]);
+        // Known to match now: no probe.
+        peer.append_entries(at(120, 100), option()).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [0, 0, 100, 100]);
+        // A refusal forgets the match; a small append goes without a probe anyway.
+        peer.append_entries(at(3, 5), option()).await.unwrap();
+        peer.append_entries(at(3, 100), option()).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [0, 0, 100, 100, 5, 0]);
     }
 
     #[tokio::test]

@@ -29,7 +29,50 @@ pub struct SnapshotData {
     in_place: Option<InPlace>,
     /// Set for a frozen view of the state: the data is what it writes, not the region.
     live: Option<Live>,
+    /// A received file's bytes written since its last background sync started.
+    unsynced: u64,
+    /// The background sync of a file being received, if one is running or unchecked.
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The CRC-32 of what was appended, but for the last 4 bytes (a streamed snapshot's
+    /// checksum), kept as the bytes arrive so that checking it reads nothing back.
+    arrived: Trailing,
 }
+
+/// A CRC-32 of a byte stream that stays 4 bytes behind its end.
+#[derive(Debug, Clone, Default)]
+struct Trailing {
+    crc: crc32fast::Hasher,
+    /// Bytes the CRC covers.
+    hashed: u64,
+    /// The last bytes (at most 4), not in the CRC.
+    tail: Vec<u8>,
+}
+
+impl Trailing {
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut hash = |part: &[u8]| {
+            self.crc.update(part);
+            self.hashed += part.len() as u64;
+        };
+        if bytes.len() >= 4 {
+            hash(&self.tail);
+            let (body, tail) = bytes.split_at(bytes.len() - 4);
+            hash(body);
+            self.tail.clear();
+            self.tail.extend_from_slice(tail);
+        } else {
+            self.tail.extend_from_slice(bytes);
+            let over = self.tail.len().saturating_sub(4);
+            let head: Vec<u8> = self.tail.drain(..over).collect();
+            hash(&head);
+        }
+    }
+}
+
+/// A file being received is synced to disk in the background every this many bytes, so that
+/// installing it, which must wait until it is durable, finds little left to write (and the
+/// disk, shared with the log's fsyncs, gets it spread out rather than all at once).
+const SYNC_BEHIND_EVERY: u64 = 32 << 20;
 
 /// A frozen view of the state, serialised on demand; its length is known once measured.
 struct Live {
@@ -113,6 +156,9 @@ impl SnapshotData {
             temp: None,
             in_place: None,
             live: None,
+            unsynced: 0,
+            syncing: None,
+            arrived: Trailing::default(),
         }
     }
 
@@ -176,6 +222,9 @@ impl SnapshotData {
             temp: Some(path),
             in_place: None,
             live: None,
+            unsynced: 0,
+            syncing: None,
+            arrived: Trailing::default(),
         })
     }
 
@@ -248,6 +297,9 @@ impl SnapshotData {
             temp: Some(path),
             in_place: None,
             live: None,
+            unsynced: 0,
+            syncing: None,
+            arrived: Trailing::default(),
         })
     }
 
@@ -296,42 +348,68 @@ impl SnapshotData {
         let file = self.region.file.clone();
         let at = self.region.offset + self.region.len;
         let n = bytes.len() as u64;
-        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at))
-            .await
-            .map_err(std::io::Error::other)??;
+        let mut arrived = std::mem::take(&mut self.arrived);
+        self.arrived = tokio::task::spawn_blocking(move || {
+            file.write_all_at(&bytes, at)?;
+            arrived.feed(&bytes);
+            Ok::<_, std::io::Error>(arrived)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         self.region.len += n;
         if let Some(in_place) = &mut self.in_place {
             // Whatever was checked before, this is not it.
             in_place.data_crc = None;
         }
+        self.unsynced += n;
+        let idle = self.syncing.as_ref().is_none_or(|s| s.is_finished());
+        if self.temp.is_some() && self.unsynced >= SYNC_BEHIND_EVERY && idle {
+            self.synced_behind().await?;
+            let file = self.region.file.clone();
+            self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+            self.unsynced = 0;
+        }
         Ok(())
+    }
+
+    /// Waits for the background sync of a received file, if one was started, and returns its
+    /// error: Linux reports a failed writeback to one sync only, so a later sync of the same
+    /// file could succeed over lost pages.
+    async fn synced_behind(&mut self) -> std::io::Result<()> {
+        match self.syncing.take() {
+            Some(syncing) => syncing.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
     }
 
     /// Checks and removes the CRC-32 a streamed snapshot ends with (see `network`): the data
     /// must be `data_len` bytes followed by their checksum. Reads the data once, off the
     /// runtime.
     pub(crate) async fn strip_checksum(&mut self, data_len: u64) -> Result<(), String> {
+        self.synced_behind()
+            .await
+            .map_err(|e| format!("sync of the received file: {e}"))?;
         if self.region.len != data_len.saturating_add(4) {
             return Err(format!(
                 "{} bytes arrived where {data_len} and a checksum were sent",
                 self.region.len
             ));
         }
-        let region = Region {
-            len: data_len,
-            ..self.region.clone()
-        };
-        let sum = tokio::task::spawn_blocking(move || -> Result<u32, String> {
-            let sum = region
-                .crc_after(crc32fast::Hasher::new())
-                .map_err(|e| e.to_string())?;
-            if sum != region.u32_after()? {
-                return Err("checksum mismatch".into());
-            }
-            Ok(sum)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        // Everything arrived through `append`, which hashed all but the last 4 bytes.
+        let arrived = &self.arrived;
+        if arrived.hashed != data_len || arrived.tail.len() != 4 {
+            return Err("the received bytes were not all checksummed as they arrived".into());
+        }
+        let sum = arrived.crc.clone().finalize();
+        let sent = u32::from_le_bytes([
+            arrived.tail[0],
+            arrived.tail[1],
+            arrived.tail[2],
+            arrived.tail[3],
+        ]);
+        if sum != sent {
+            return Err("checksum mismatch".into());
+        }
         self.region.len = data_len;
         if let Some(in_place) = &mut self.in_place {
             in_place.data_crc = Some(sum);
@@ -465,6 +543,49 @@ mod tests {
         received.append(crc).await.unwrap();
         received.strip_checksum(data.len() as u64).await.unwrap();
         received
+    }
+
+    #[test]
+    fn the_checksum_kept_as_bytes_arrive_leaves_out_the_last_four_however_they_are_cut() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 31 % 256) as u8).collect();
+        for cuts in [
+            vec![1usize; 3000],
+            vec![3; 1000],
+            vec![2, 5, 1, 3, 7, 4],
+            vec![2999, 1],
+        ] {
+            let mut arrived = Trailing::default();
+            let mut at = 0;
+            for cut in cuts.iter().cycle() {
+                if at == data.len() {
+                    break;
+                }
+                let end = (at + cut).min(data.len());
+                arrived.feed(&data[at..end]);
+                at = end;
+            }
+            assert_eq!(arrived.hashed, 2996);
+            assert_eq!(arrived.tail, data[2996..]);
+            assert_eq!(arrived.crc.finalize(), crc32fast::hash(&data[..2996]));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_received_file_with_a_wrong_checksum_or_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![9u8; 5000];
+        let mut received = SnapshotData::receiving(dir.path(), 1).unwrap();
+        received.append(data.clone()).await.unwrap();
+        let mut wrong = crc32fast::hash(&data).to_le_bytes().to_vec();
+        wrong[0] ^= 1;
+        received.append(wrong).await.unwrap();
+        assert_eq!(
+            received.strip_checksum(5000).await.unwrap_err(),
+            "checksum mismatch"
+        );
+        let mut short = SnapshotData::receiving(dir.path(), 2).unwrap();
+        short.append(data).await.unwrap();
+        assert!(short.strip_checksum(5000).await.is_err());
     }
 
     #[tokio::test]

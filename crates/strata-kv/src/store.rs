@@ -6,7 +6,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::ops::{Bound, Deref};
-use std::sync::Arc;
 use strata_proto::error::{ApiError, ErrorCode};
 use strata_proto::kv::{
     CompactResponse, Compare, CompareResult, CompareTarget, DeleteRangeResponse, Event, EventType,
@@ -14,6 +13,7 @@ use strata_proto::kv::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RangeSpec, RequestOp, ResponseHeader,
     ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
+use triomphe::ThinArc;
 
 /// One version of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,32 +49,66 @@ impl Version {
 }
 
 /// A key's bytes, shared by the key map, the lease that holds it and every snapshot view, so
-/// that copying a tree node copies pointers. Serializes exactly as the `Vec<u8>` it replaced.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Key(Arc<[u8]>);
+/// that copying a tree node copies pointers. One pointer wide (the length lives in the shared
+/// allocation), so a tree leaf's slots take half the room fat pointers would. Serializes
+/// exactly as the `Vec<u8>` it replaced; compares as its bytes.
+#[derive(Clone)]
+struct Key(ThinArc<(), u8>);
 
 impl Key {
     fn new(bytes: &[u8]) -> Self {
-        Key(Arc::from(bytes))
+        Key(ThinArc::from_header_and_slice((), bytes))
     }
 }
 
 impl Borrow<[u8]> for Key {
     fn borrow(&self) -> &[u8] {
-        &self.0
+        self
     }
 }
 
 impl Deref for Key {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.0.slice
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Key").field(&&**self).finish()
     }
 }
 
 impl Serialize for Key {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_bytes(&self.0, serializer)
+        serialize_bytes(self, serializer)
     }
 }
 
@@ -91,37 +125,50 @@ fn boxed_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Box<[u8]>, 
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Vec::<u8>::deserialize(deserializer).map(|bytes| Key(Arc::from(bytes)))
+        Vec::<u8>::deserialize(deserializer).map(|bytes| Key::new(&bytes))
     }
 }
 
 /// One key's retained versions, oldest first, in one allocation of exactly their size (a
-/// `Vec` would round a first push up to four). Shared until written: a write while a snapshot
-/// view holds the old history copies this one key's history, nothing else. Serializes exactly
-/// as the `Vec<Version>` it replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct History(Arc<[Version]>);
+/// `Vec` would round a first push up to four), behind one pointer (the length lives in the
+/// allocation). Shared until written: a write while a snapshot view holds the old history
+/// copies this one key's history, nothing else. Serializes exactly as the `Vec<Version>` it
+/// replaced.
+#[derive(Clone)]
+struct History(ThinArc<(), Version>);
 
 impl Default for History {
     fn default() -> Self {
-        History(Arc::new([]))
+        History::from_vec(Vec::new())
     }
 }
 
 impl History {
+    fn from_vec(versions: Vec<Version>) -> Self {
+        History(ThinArc::from_header_and_iter((), versions.into_iter()))
+    }
+
     /// The versions from `from` on, then `extra`, as a new allocation. Values move out of a
     /// history nobody else holds and are copied out of a shared one.
     fn rebuild(&mut self, from: usize, extra: Option<Version>) {
-        let mut versions = Vec::with_capacity(self.0.len() - from + usize::from(extra.is_some()));
-        match Arc::get_mut(&mut self.0) {
-            Some(own) => versions.extend(own[from..].iter_mut().map(|v| Version {
-                value: std::mem::take(&mut v.value),
-                ..*v
-            })),
-            None => versions.extend(self.0[from..].iter().cloned()),
+        let mut versions = Vec::with_capacity(self.len() - from + usize::from(extra.is_some()));
+        let moved = self
+            .0
+            .with_arc_mut(|shared| match triomphe::Arc::get_mut(shared) {
+                Some(own) => {
+                    versions.extend(own.slice_mut()[from..].iter_mut().map(|v| Version {
+                        value: std::mem::take(&mut v.value),
+                        ..*v
+                    }));
+                    true
+                }
+                None => false,
+            });
+        if !moved {
+            versions.extend(self[from..].iter().cloned());
         }
         versions.extend(extra);
-        self.0 = Arc::from(versions);
+        *self = History::from_vec(versions);
     }
 
     fn push(&mut self, version: Version) {
@@ -139,19 +186,33 @@ impl History {
 impl Deref for History {
     type Target = [Version];
     fn deref(&self) -> &[Version] {
-        &self.0
+        &self.0.slice
+    }
+}
+
+impl PartialEq for History {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for History {}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("History").field(&&**self).finish()
     }
 }
 
 impl Serialize for History {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        (**self).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for History {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Vec::<Version>::deserialize(deserializer).map(|versions| History(Arc::from(versions)))
+        Vec::<Version>::deserialize(deserializer).map(History::from_vec)
     }
 }
 

@@ -19,7 +19,6 @@
 
 use super::{Derived, History, Key, KvStore, Lease, Version};
 use std::io::{BufRead, BufReader, Read};
-use std::sync::Arc;
 
 /// Reserve at most this much ahead of the bytes that have arrived.
 const MAX_RESERVE: usize = 1 << 20;
@@ -36,7 +35,7 @@ pub(super) fn read(input: &mut dyn Read) -> Result<KvStore, String> {
         for _ in 0..count {
             versions.push(r.version()?);
         }
-        keys.insert(key, History(Arc::from(versions)));
+        keys.insert(key, History::from_vec(versions));
     }
     let mut leases = imbl::OrdMap::new();
     for _ in 0..r.len()? {
@@ -128,7 +127,7 @@ impl<R: Read> Reader<R> {
     }
 
     fn key(&mut self) -> Result<Key, String> {
-        Ok(Key(Arc::from(self.bytes()?)))
+        Ok(Key::new(&self.bytes()?))
     }
 
     fn version(&mut self) -> Result<Version, String> {

@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use strata_api::registry::{instances_prefix, Instance};
-use strata_proto::kv::RangeRequest;
 use strata_store::KvApi;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -198,8 +197,115 @@ fn next_slot(url: &str, interval_ms: i64, now_ms: i64) -> i64 {
     ((now_ms - phase).div_euclid(interval_ms) + 1) * interval_ms + phase
 }
 
-/// Every target the cluster has now.
-pub async fn discover(kv: &dyn KvApi, statics: &[StaticTarget]) -> Vec<Target> {
+/// The registry instances to scrape (those whose metadata names `metrics_port`), kept current
+/// by following the registry's instance keys (`strata_store::follow`): one range when it
+/// starts, then only the changes. Planning reads it every second; a range and a JSON decode of
+/// every instance each time cost each node a large share of a core with 100,000 instances
+/// registered, and slowed registrations themselves.
+#[derive(Default)]
+pub struct RegistryTargets(Mutex<BTreeMap<Vec<u8>, Target>>);
+
+impl RegistryTargets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Target>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The targets now, in key order.
+    pub fn targets(&self) -> Vec<Target> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn update(targets: &mut BTreeMap<Vec<u8>, Target>, key: &[u8], value: &[u8]) {
+        match registry_target(value) {
+            Some(target) => {
+                targets.insert(key.to_vec(), target);
+            }
+            None => {
+                targets.remove(key);
+            }
+        }
+    }
+}
+
+impl strata_store::Follower for RegistryTargets {
+    fn load(&self, kvs: &[strata_proto::kv::KeyValue], _revision: i64) {
+        let mut targets = self.lock();
+        targets.clear();
+        for kv in kvs {
+            Self::update(&mut targets, &kv.key, &kv.value);
+        }
+    }
+
+    fn apply(&self, events: &[strata_proto::kv::Event]) {
+        let mut targets = self.lock();
+        for event in events {
+            match event.kind {
+                strata_proto::kv::EventType::Put => {
+                    Self::update(&mut targets, &event.kv.key, &event.kv.value)
+                }
+                strata_proto::kv::EventType::Delete => {
+                    targets.remove(&event.kv.key);
+                }
+            }
+        }
+    }
+}
+
+/// The scrape target a stored registry instance names, if any: one whose metadata names
+/// `metrics_port` (and optionally `metrics_path`), and that is enabled.
+fn registry_target(value: &[u8]) -> Option<Target> {
+    let instance = serde_json::from_slice::<Instance>(value).ok()?;
+    let port = instance
+        .meta
+        .get("metrics_port")
+        .and_then(|p| p.parse::<u16>().ok())?;
+    if !instance.enabled {
+        return None;
+    }
+    let path = instance
+        .meta
+        .get("metrics_path")
+        .filter(|p| p.starts_with('/'))
+        .cloned()
+        .unwrap_or_else(default_path);
+    let host = if instance.address.contains(':') {
+        format!("[{}]", instance.address)
+    } else {
+        instance.address.clone()
+    };
+    let address = format!("{host}:{port}");
+    let discovered = BTreeMap::from([
+        ("__address__".to_string(), address.clone()),
+        ("__metrics_path__".to_string(), path.clone()),
+        (
+            "__meta_strata_namespace".to_string(),
+            instance.namespace.clone(),
+        ),
+        (
+            "__meta_strata_service".to_string(),
+            instance.service.clone(),
+        ),
+        ("__meta_strata_instance_id".to_string(), instance.id.clone()),
+    ]);
+    Some(Target {
+        url: format!("http://{address}{path}"),
+        labels: Labels::from_pairs(&[
+            ("job", &instance.service),
+            ("instance", &address),
+            ("namespace", &instance.namespace),
+        ]),
+        discovered,
+        source: "registry",
+    })
+}
+
+/// Every target the cluster has now: its members, the scrapable registry instances (kept by
+/// `registry`, which follows the registry's keys) and the static targets.
+pub fn discover(
+    kv: &dyn KvApi,
+    registry: &RegistryTargets,
+    statics: &[StaticTarget],
+) -> Vec<Target> {
     let mut out = Vec::new();
     for member in kv.status().members {
         if member.api_addr.is_empty() {
@@ -222,67 +328,7 @@ pub async fn discover(kv: &dyn KvApi, statics: &[StaticTarget]) -> Vec<Target> {
             source: "strata",
         });
     }
-    let request = RangeRequest {
-        key: instances_prefix(None, None).into_bytes(),
-        prefix: true,
-        serializable: true,
-        ..RangeRequest::default()
-    };
-    match kv.range(request).await {
-        Ok(response) => {
-            for kv in response.kvs {
-                let Ok(instance) = serde_json::from_slice::<Instance>(&kv.value) else {
-                    continue;
-                };
-                let Some(port) = instance
-                    .meta
-                    .get("metrics_port")
-                    .and_then(|p| p.parse::<u16>().ok())
-                else {
-                    continue;
-                };
-                if !instance.enabled {
-                    continue;
-                }
-                let path = instance
-                    .meta
-                    .get("metrics_path")
-                    .filter(|p| p.starts_with('/'))
-                    .cloned()
-                    .unwrap_or_else(default_path);
-                let host = if instance.address.contains(':') {
-                    format!("[{}]", instance.address)
-                } else {
-                    instance.address.clone()
-                };
-                let address = format!("{host}:{port}");
-                let discovered = BTreeMap::from([
-                    ("__address__".to_string(), address.clone()),
-                    ("__metrics_path__".to_string(), path.clone()),
-                    (
-                        "__meta_strata_namespace".to_string(),
-                        instance.namespace.clone(),
-                    ),
-                    (
-                        "__meta_strata_service".to_string(),
-                        instance.service.clone(),
-                    ),
-                    ("__meta_strata_instance_id".to_string(), instance.id.clone()),
-                ]);
-                out.push(Target {
-                    url: format!("http://{address}{path}"),
-                    labels: Labels::from_pairs(&[
-                        ("job", &instance.service),
-                        ("instance", &address),
-                        ("namespace", &instance.namespace),
-                    ]),
-                    discovered,
-                    source: "registry",
-                });
-            }
-        }
-        Err(error) => tracing::warn!(%error, "cannot list registry instances for scraping"),
-    }
+    out.extend(registry.targets());
     for group in statics {
         for address in &group.targets {
             let mut pairs: Vec<(String, String)> = group
@@ -434,6 +480,14 @@ pub async fn run(
 ) {
     let mut running: HashMap<String, (Target, CancellationToken)> = HashMap::new();
     let mut logged_nodes: Vec<u64> = Vec::new();
+    let registry = Arc::new(RegistryTargets::default());
+    {
+        let (kv, registry, stop) = (kv.clone(), registry.clone(), cancel.child_token());
+        tracker.spawn(async move {
+            let prefix = instances_prefix(None, None);
+            strata_store::follow(kv, &prefix, registry, stop).await;
+        });
+    }
     loop {
         let nodes = membership.live();
         if nodes != logged_nodes {
@@ -447,7 +501,7 @@ pub async fn run(
             .map(|m| (m.id, m.raft_addr.clone()))
             .collect();
         ingest.set_peers(&peers);
-        let mut discovered = discover(&*kv, &settings.statics).await;
+        let mut discovered = discover(&*kv, &registry, &settings.statics);
         for t in &mut discovered {
             if t.source == "strata" {
                 t.url = t.url.replacen("http://", &format!("{scheme}://"), 1);
@@ -670,6 +724,66 @@ async fn fetch(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_targets_follow_puts_and_deletes_of_scrapable_instances() {
+        use strata_store::Follower;
+        let instance = |id: &str, meta: serde_json::Value, enabled: bool| {
+            let kv = strata_proto::kv::KeyValue {
+                key: format!("/instances/{id}").into_bytes(),
+                value: serde_json::to_vec(&serde_json::json!({
+                    "namespace": "public", "service": "shop", "id": id,
+                    "address": "10.0.0.1", "port": 80, "meta": meta, "weight": 1.0,
+                    "enabled": enabled, "ephemeral": false, "status": "passing"
+                }))
+                .unwrap(),
+                ..Default::default()
+            };
+            kv
+        };
+        let event = |kind, kv| strata_proto::kv::Event {
+            kind,
+            kv,
+            prev_kv: None,
+        };
+        let urls = |r: &RegistryTargets| -> Vec<String> {
+            r.targets().into_iter().map(|t| t.url).collect()
+        };
+        let registry = RegistryTargets::default();
+        registry.load(
+            &[
+                instance("a", serde_json::json!({"metrics_port": "9100"}), true),
+                instance("b", serde_json::json!({}), true),
+                instance(
+                    "c",
+                    serde_json::json!({"metrics_port": "9100", "metrics_path": "/m"}),
+                    true,
+                ),
+            ],
+            7,
+        );
+        assert_eq!(
+            urls(&registry),
+            ["http://10.0.0.1:9100/metrics", "http://10.0.0.1:9100/m"]
+        );
+        use strata_proto::kv::EventType::{Delete, Put};
+        registry.apply(&[
+            // Disabled: no longer scraped; b gains a port; c goes.
+            event(
+                Put,
+                instance("a", serde_json::json!({"metrics_port": "9100"}), false),
+            ),
+            event(
+                Put,
+                instance("b", serde_json::json!({"metrics_port": "9200"}), true),
+            ),
+            event(Delete, instance("c", serde_json::json!({}), true)),
+        ]);
+        assert_eq!(urls(&registry), ["http://10.0.0.1:9200/metrics"]);
+        // A reload replaces everything.
+        registry.load(&[], 9);
+        assert!(registry.targets().is_empty());
+    }
 
     #[test]
     fn slots_are_the_same_on_every_node_and_one_interval_apart() {

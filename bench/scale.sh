@@ -23,10 +23,12 @@
 #   8. load B: 100,000 keys of 16 KiB under scale/b/ (skipped with --skip-b or when less than
 #      12 GiB is free on the data disk), same figures as load A, RSS and disk after;
 #   9. registry (Strata only), last, so that every footprint compared with etcd is taken with
-#      the same data in both: `strata-bench registry-register`, 64 clients, 20,000
+#      the same data in both: `strata-bench registry-register`, 64 clients, 50,000
 #      registrations on a registry holding no instances; then 100,000 persistent instances
-#      over 100 services; then the same 20,000-registration run again (full / empty ratio);
-#      RSS and disk after.
+#      over 100 services; then the same 50,000-registration run again (full / empty ratio);
+#      each measured run starts once the data dirs have held still for 3 s (at most 60 s), so
+#      that neither is measured beside the snapshots the load before it set off; RSS and disk
+#      after.
 #
 # Writes every raw number, the machine, the commit and the settings to
 # bench/results/scale-<UTC timestamp>.json (-quick.json with --quick), prints a markdown table
@@ -90,7 +92,7 @@ else
     keys_a=1000000
     keys_b=100000
     fill_instances=100000
-    register_requests=20000
+    register_requests=50000
     load_max_seconds=600
     fill_max_seconds=600
     register_max_seconds=120
@@ -779,6 +781,26 @@ all_nodes_see() {
     done
 }
 
+# Waits until the Strata data dirs have held still for 3 s (no snapshot or memtable flush
+# being written), at most 60 s; prints the seconds waited.
+disk_quiet() {
+    local t_start previous total held unchanged=0
+    t_start=$(now_us)
+    read -r previous held < <(strata_disk_total)
+    while (($(now_us) - t_start < 60000000 && unchanged < 3)); do
+        sleep 1
+        read -r total held < <(strata_disk_total)
+        if ((total == previous)); then
+            unchanged=$((unchanged + 1))
+        else
+            unchanged=0
+        fi
+        previous=$total
+    done
+    elapsed_s "$t_start" "$(now_us)"
+}
+
+log "registry: data dirs quiet after $(disk_quiet) s"
 log "registry: $register_requests registrations, $register_clients clients, on an empty registry"
 line=$(register empty- "$register_requests" "$register_clients" "$register_max_seconds") ||
     die "registry-register (empty) failed; see $data/bench.stderr"
@@ -789,6 +811,7 @@ line=$(register fill- "$fill_instances" "$fill_clients" "$fill_max_seconds") ||
     die "registry-register (fill) failed; see $data/bench.stderr"
 record registry.fill "$line"
 log "registry fill: $line"
+log "registry: data dirs quiet after $(disk_quiet) s"
 log "registry: $register_requests registrations, $register_clients clients, on the full registry"
 line=$(register full- "$register_requests" "$register_clients" "$register_max_seconds") ||
     die "registry-register (full) failed; see $data/bench.stderr"
@@ -862,7 +885,8 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             registry: {measure_requests: $register_requests, measure_clients: $register_clients,
                        fill_instances: $fill_instances, fill_clients: $fill_clients,
                        services: $services, kind: "persistent",
-                       order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances"},
+                       order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances",
+                       quiet: "each measured run starts once the Strata data dirs held still for 3 s (at most 60 s)"},
             compaction: "etcdctl compact --physical <current revision> on both; etcdctl defrag on every etcd member afterwards; none on Strata, whose data dirs are sampled every 1 s for up to \($settle_max) s (until they have shrunk and then held still for \($settle_quiet) s); load A writes every key once, so the compaction leaves every scale/a/ key its one version: there is little history to free in either system",
             restart: "kill -9 of one follower per system, restarted with the same flags, ports and data dir",
             join: "an empty 4th member per system, removed and stopped again afterwards",

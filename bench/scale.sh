@@ -18,8 +18,9 @@
 #      stop shrinking, and what was seen is written down as a note; RSS after;
 #   6. restart: kill -9 one follower of each, restart it with the same flags and data dir and
 #      time until it serves a linearizable read through its own endpoint and has caught up;
-#   7. join: a 4th, empty member is added to each, timed until a serializable count of
-#      scale/a/ through its own endpoint equals the cluster's; then it is removed and stopped;
+#   7. join: a 4th, empty member is added to each (after a `sync`, so each starts on a disk
+#      with nothing left to write back), timed until a serializable count of scale/a/ through
+#      its own endpoint equals the cluster's; then it is removed and stopped;
 #   8. load B: 100,000 keys of 16 KiB under scale/b/ (skipped with --skip-b or when less than
 #      12 GiB is free on the data disk), same figures as load A, RSS and disk after;
 #   9. registry (Strata only), last, so that every footprint compared with etcd is taken with
@@ -677,6 +678,10 @@ etcd_member_add() {
     join_t0=$(now_us)
     ctl_slow 60 "$(endpoints_of etcd)" member add etcd-4 --peer-urls="http://${etcd_peer[4]}"
 }
+# Each join starts on a disk with nothing left to write back (`sync`, untimed): the one that
+# went second otherwise ran beside the kernel writing back the first one's data (etcd's new
+# member writes its whole ~790 MB database).
+sync
 log "join: etcd-4 (member add, then start it empty)"
 join_t0=""
 attempts_t0=$(now_us)
@@ -699,6 +704,7 @@ record join.etcd "$(jq -nc --argjson s "$etcd_join_s" --argjson keys "${keys_in_
 record_footprint join etcd
 
 # Strata: start it empty, then cluster add-member (a learner, promoted once caught up).
+sync
 log "join: strata node 4 (start it empty, then cluster add-member)"
 t0=$(now_us)
 start_strata 4

@@ -457,9 +457,8 @@ fn put_content_length(length: u64, out: &mut BytesMut) {
 /// Writes an answer's head into `out`: the status line, `headers`, a `Date` when they have
 /// none, `Connection: close` when `close`, and the framing of a body of `length` bytes unless
 /// the answer has no body (see [`bodiless`]; `head_request`: it answers `HEAD`) or `headers`
-/// frame it already. A body
-/// of unknown length (`None`) goes chunked, or until the close when `close`. Returns whether
-/// the body follows chunked.
+/// frame it already. A body of unknown length (`None`) goes chunked, or until the close when
+/// `close`. Returns whether the body follows chunked.
 pub fn encode_answer_head(
     status: StatusCode,
     headers: &HeaderMap,
@@ -496,14 +495,12 @@ pub fn encode_answer_head(
     // the gateway made itself carries the body a GET would get: its length is told, as GET's
     // answer would tell it (a proxied answer to HEAD has an empty body and tells nothing).
     let mut chunked = false;
-    let no_length = !headers.contains_key(header::CONTENT_LENGTH);
-    if head_request && no_length && !bodiless(status, false) {
-        if let Some(length) = length.filter(|length| *length > 0) {
-            put_content_length(length, out);
-        }
-    }
-    if !bodiless(status, head_request) && no_length {
+    if !headers.contains_key(header::CONTENT_LENGTH) {
         match length {
+            Some(length) if head_request && length > 0 && !bodiless(status, false) => {
+                put_content_length(length, out)
+            }
+            _ if bodiless(status, head_request) => {}
             Some(length) => put_content_length(length, out),
             // A connection that closes after the answer delimits its body itself.
             None if close => {}

@@ -1409,33 +1409,25 @@ mod tests {
         };
         let mut peer = network.new_client(2, &node).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let send = tokio::spawn(async move {
-            let snapshot = Snapshot {
-                meta: SnapshotMeta::default(),
-                snapshot: Box::new(SnapshotData::empty().unwrap()),
-            };
-            let cancel = async move {
-                let _ = stopped.await;
-                ReplicationClosed::new("test")
-            };
-            peer.full_snapshot(
-                Vote::new(1, 1),
-                snapshot,
-                cancel,
-                RPCOption::new(Duration::from_secs(60)),
-            )
-            .await
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while sends.in_flight() != 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the send was never counted"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let snapshot = Snapshot {
+            meta: SnapshotMeta::default(),
+            snapshot: Box::new(SnapshotData::empty().unwrap()),
+        };
+        let cancel = async move {
+            let _ = stopped.await;
+            ReplicationClosed::new("test")
+        };
+        let mut send = Box::pin(peer.full_snapshot(
+            Vote::new(1, 1),
+            snapshot,
+            cancel,
+            RPCOption::new(Duration::from_secs(60)),
+        ));
+        // The send is counted from its first step on, before it waits for the peer.
+        assert!(futures::poll!(&mut send).is_pending());
+        assert_eq!(sends.in_flight(), 1, "a send in flight is counted");
         stop.send(()).unwrap();
-        let ended = send.await.unwrap();
+        let ended = send.await;
         assert!(matches!(ended, Err(StreamingError::Closed(_))), "{ended:?}");
         assert_eq!(sends.in_flight(), 0, "an ended send is no longer counted");
     }

@@ -149,17 +149,22 @@ struct InPlace {
 }
 
 impl SnapshotData {
-    /// The data of a stored snapshot.
-    pub(crate) fn stored(region: Region) -> Self {
+    /// The data in `region`; a file at `temp` is removed when this is dropped.
+    fn in_region(region: Region, temp: Option<PathBuf>) -> Self {
         SnapshotData {
             region,
-            temp: None,
+            temp,
             in_place: None,
             live: None,
             unsynced: 0,
             syncing: None,
             arrived: Trailing::default(),
         }
+    }
+
+    /// The data of a stored snapshot.
+    pub(crate) fn stored(region: Region) -> Self {
+        SnapshotData::in_region(region, None)
     }
 
     /// A frozen view of the state (see [`crate::StateMachine::snapshot`]), serialised when it
@@ -213,19 +218,12 @@ impl SnapshotData {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        Ok(SnapshotData {
-            region: Region {
-                file: Arc::new(file),
-                offset: 0,
-                len: 0,
-            },
-            temp: Some(path),
-            in_place: None,
-            live: None,
-            unsynced: 0,
-            syncing: None,
-            arrived: Trailing::default(),
-        })
+        let region = Region {
+            file: Arc::new(file),
+            offset: 0,
+            len: 0,
+        };
+        Ok(SnapshotData::in_region(region, Some(path)))
     }
 
     /// Starts a file being received (still empty) with the head of a snapshot file holding
@@ -288,19 +286,12 @@ impl SnapshotData {
     pub(crate) fn whole_temp_file(path: PathBuf) -> std::io::Result<Self> {
         let file = std::fs::File::open(&path)?;
         let len = file.metadata()?.len();
-        Ok(SnapshotData {
-            region: Region {
-                file: Arc::new(file),
-                offset: 0,
-                len,
-            },
-            temp: Some(path),
-            in_place: None,
-            live: None,
-            unsynced: 0,
-            syncing: None,
-            arrived: Trailing::default(),
-        })
+        let region = Region {
+            file: Arc::new(file),
+            offset: 0,
+            len,
+        };
+        Ok(SnapshotData::in_region(region, Some(path)))
     }
 
     /// Removes receiving, export and half-written snapshot files a crash left in `dir`.
@@ -401,13 +392,7 @@ impl SnapshotData {
             return Err("the received bytes were not all checksummed as they arrived".into());
         }
         let sum = arrived.crc.clone().finalize();
-        let sent = u32::from_le_bytes([
-            arrived.tail[0],
-            arrived.tail[1],
-            arrived.tail[2],
-            arrived.tail[3],
-        ]);
-        if sum != sent {
+        if sum.to_le_bytes()[..] != arrived.tail[..] {
             return Err("checksum mismatch".into());
         }
         self.region.len = data_len;
@@ -425,8 +410,8 @@ impl SnapshotData {
         self,
         chunk: usize,
     ) -> std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> {
-        if let Some(live) = &self.live {
-            return Box::pin(Self::serialise(live.view.clone(), live.len, chunk));
+        if self.live.is_some() {
+            return self.chunks(chunk);
         }
         Box::pin(self.read_chunks(chunk))
     }

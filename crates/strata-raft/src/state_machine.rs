@@ -298,16 +298,9 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// format of `snapshot.bin`, that `strata cluster snapshot restore` reads. The state is
     /// frozen in constant time, so apply goes on while it is written.
     pub async fn export(&self) -> Result<SnapshotData, StorageError<NodeId>> {
-        let (writer, applied) = {
-            let applied = self.applied();
-            (self.inner.app.snapshot(), applied.clone())
-        };
+        let (writer, mut meta, _) = self.freeze();
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id: format!("export-{seq}"),
-        };
+        meta.snapshot_id = format!("export-{seq}");
         let name = format!("{}{seq}", crate::snapshot_data::EXPORT_PREFIX);
         let dir = self.inner.dir.clone();
         tokio::task::spawn_blocking(move || {

@@ -7,8 +7,10 @@
 #      with --initial-cluster 1=127.0.0.1:0, 2 and 3 join by `strata cluster add-member`),
 #      side by side, data on the real disk under bench/.data/, ports picked at run time;
 #   3. load A: `strata-bench etcd-put`, 128 clients, 1,000,000 keys of 256 bytes under
-#      scale/a/ (endpoints followers first, leader last): throughput, p50/p99/max, and the
-#      per-second p99s (median = steady, worst = a stall); then VmRSS and `du -sb` per member;
+#      scale/a/ (endpoints followers first, leader last; each load after a `sync`, so neither
+#      runs beside the writeback of the other's): throughput, p50/p99/max, and the per-second
+#      p99s (median = steady, worst = a stall, and the second it came); then VmRSS and `du -sb`
+#      per member;
 #   4. reads: every key of scale/a/ paged (`etcd-range-all`, pages of 1,000) and its history
 #      replayed by a watch (`etcd-watch-replay`) over the last 99,000 revisions (Strata keeps
 #      100,000 by default, so revision 1 is not readable on both), through one follower each;
@@ -164,10 +166,10 @@ elapsed_s() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1000000 
 
 # Apparent size in bytes of the tree at $1 (`du -sb`); files vanishing while du runs (log
 # segments being purged) are not an error.
-dir_bytes() { { du -sb "$1" 2>/dev/null || true; } | awk '{ n = $1 } END { print n + 0 }'; }
+dir_bytes() { { du -sb "$1" 2>/dev/null || true; } | awk '{ n = $1 } END { printf "%.0f\n", n }'; }
 # Bytes of disk blocks the tree at $1 really holds (`du -sB1`): smaller than its apparent size
 # when it holds sparse files, as Strata's log journal is (a 64 MiB file, mostly holes).
-dir_alloc_bytes() { { du -sB1 "$1" 2>/dev/null || true; } | awk '{ n = $1 } END { print n + 0 }'; }
+dir_alloc_bytes() { { du -sB1 "$1" 2>/dev/null || true; } | awk '{ n = $1 } END { printf "%.0f\n", n }'; }
 # Bytes as MiB, one decimal.
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
@@ -453,6 +455,9 @@ load_phase() {
     local phase=$1 prefix=$2 requests=$3 value_size=$4 system line count expected
     find_leaders
     for system in etcd strata; do
+        # Each load starts on a disk with nothing left to write back (`sync`, untimed): the
+        # second system's load would otherwise run beside the writeback of the first's.
+        sync
         log "$phase: $system, $requests puts of $value_size bytes, $load_clients clients, endpoints ${order[$system]}"
         line=$(run_bench $((load_max_seconds + 120)) etcd-put --endpoints "${order[$system]}" \
             --clients "$load_clients" --requests "$requests" --value-size "$value_size" \
@@ -461,7 +466,7 @@ load_phase() {
         check_members "$system" "$phase"
         record "$phase.$system.put" "$(jq -c --arg leader "${order[$system]##*,}" \
             '. + {leader_endpoint: $leader}' <<<"$line")"
-        log "$(jq -r --arg s "$system" '"\($s) \(.workload): \(.throughput) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms, window p99 median \(.window_p99_median_ms) / worst \(.window_p99_worst_ms) ms over \(.windows) windows, errors \(.errors)"' <<<"$line")"
+        log "$(jq -r --arg s "$system" '"\($s) \(.workload): \(.throughput) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms, window p99 median \(.window_p99_median_ms) / worst \(.window_p99_worst_ms) ms (second \(.window_p99_worst_at_s)) over \(.windows) windows, errors \(.errors)"' <<<"$line")"
         # Every successful put wrote one new key, and every client one warm-up key.
         count=$(count_at "${order[$system]##*,}" "$prefix") || die "counting $prefix in $system failed"
         expected=$(jq '.requests + .clients' <<<"$line")

@@ -722,6 +722,9 @@ struct Report {
     /// The worst per-second p99: a stall of the server shows here.
     #[serde(skip_serializing_if = "Option::is_none")]
     window_p99_worst_ms: Option<f64>,
+    /// The second of the run (from its start) whose window had the worst p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_p99_worst_at_s: Option<u32>,
     /// How many 1-second windows the two above are over.
     #[serde(skip_serializing_if = "Option::is_none")]
     windows: Option<usize>,
@@ -1115,6 +1118,7 @@ fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> 
         max_ms: outcome.latency.map(|s| s.max_ms),
         window_p99_median_ms: windows.map(|w| w.median_p99_ms),
         window_p99_worst_ms: windows.map(|w| w.worst_p99_ms),
+        window_p99_worst_at_s: windows.map(|w| w.worst_at_s),
         windows: windows.map(|w| w.count),
         endpoints: args.endpoints.len(),
         value_size: Some(args.value_size),

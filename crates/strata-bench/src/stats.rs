@@ -42,6 +42,9 @@ pub struct WindowSummary {
     pub median_p99_ms: f64,
     /// Worst of the windows' p99s.
     pub worst_p99_ms: f64,
+    /// The second of the run (from its start) whose window had the worst p99, to set beside
+    /// the servers' logs.
+    pub worst_at_s: u32,
 }
 
 impl Latencies {
@@ -65,21 +68,30 @@ impl Latencies {
 
     fn windows(&mut self) -> Option<WindowSummary> {
         self.timed.sort_unstable();
-        let mut p99s: Vec<Duration> = self
+        let by_second: Vec<(u32, Duration)> = self
             .timed
             .chunk_by(|a, b| a.0 == b.0)
             .filter(|window| window.len() >= MIN_WINDOW_SAMPLES)
             .map(|window| {
                 // Sorted by (second, latency), so each window's latencies are sorted.
                 let latencies: Vec<Duration> = window.iter().map(|(_, l)| *l).collect();
-                nearest_rank(&latencies, 0.99)
+                (window[0].0, nearest_rank(&latencies, 0.99))
             })
             .collect();
+        if std::env::var_os("STRATA_BENCH_WINDOWS").is_some() {
+            // For reading a run beside the servers' logs: every window's p99, in time order.
+            for (second, p99) in &by_second {
+                eprintln!("window {second} p99_ms {:.3}", millis(*p99));
+            }
+        }
+        let (worst_at_s, worst) = by_second.iter().max_by_key(|(_, p99)| *p99).copied()?;
+        let mut p99s: Vec<Duration> = by_second.iter().map(|(_, p99)| *p99).collect();
         p99s.sort_unstable();
         Some(WindowSummary {
             count: p99s.len(),
             median_p99_ms: millis(nearest_rank_or_none(&p99s, 0.5)?),
-            worst_p99_ms: millis(*p99s.last()?),
+            worst_p99_ms: millis(worst),
+            worst_at_s,
         })
     }
 
@@ -186,6 +198,7 @@ mod tests {
         let windows = latencies.summary().unwrap().windows.unwrap();
         assert_eq!(windows.count, 5);
         assert_eq!(windows.median_p99_ms, 2.0);
+        assert_eq!(windows.worst_at_s, 3);
         assert_eq!(windows.worst_p99_ms, 500.0);
         assert_eq!(Latencies::default().windows(), None);
     }

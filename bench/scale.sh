@@ -31,16 +31,23 @@
 #      over 100 services; then the same 50,000-registration run again (full / empty ratio);
 #      each measured run starts once the data dirs have held still for 3 s (at most 60 s), so
 #      that neither is measured beside the snapshots the load before it set off; RSS and disk
-#      after.
+#      after. Twice: first on the loaded cluster (its store holds loads A and B, ~2 GB, whose
+#      snapshots land in whichever run reaches the node's next snapshot index), reported as
+#      `registry_loaded`; then, with both clusters stopped, on three fresh 3-node Strata
+#      clusters in turn (one with --quick) whose stores hold nothing else (after an untimed
+#      warm-up of as many KV puts as a measured run has registrations), `registry_fresh_N`:
+#      the median of their ratios is the one the target is about (registrations with 100,000
+#      instances stored against an empty store).
 #
 # Writes every raw number, the machine, the commit and the settings to
 # bench/results/scale-<UTC timestamp>.json (-quick.json with --quick), prints a markdown table
 # per phase, and as the last line exactly
 #   RESULT put_ratio=<x> worst_window_p99_over_steady=<x> rss_ratio=<x> restart_s=<s>/<e>
-#          join_s=<s>/<e> register_full_over_empty=<x>
+#          join_s=<s>/<e> register_full_over_empty=<x> register_loaded=<x>
 # (one line): Strata / etcd put throughput in load A; Strata's worst over median per-second
 # p99 in load A; Strata / etcd median RSS after load A; restart and join seconds of Strata and
-# etcd; Strata's registrations/s on the full registry over the empty one.
+# etcd; Strata's registrations/s on the full registry over the empty one (fresh cluster), and
+# the same ratio on the loaded cluster.
 #
 # Usage: bash bench/scale.sh [--quick] [--skip-b] [--no-build] [--keep-data] [--results FILE]
 #
@@ -85,6 +92,7 @@ if ((quick)); then
     keys_b=5000
     fill_instances=5000
     register_requests=1000
+    fresh_clusters=1
     load_max_seconds=120
     fill_max_seconds=120
     register_max_seconds=60
@@ -97,6 +105,7 @@ else
     fill_instances=100000
     register_requests=50000
     load_max_seconds=600
+    fresh_clusters=3
     fill_max_seconds=600
     register_max_seconds=120
     restart_timeout=600
@@ -811,50 +820,115 @@ disk_quiet() {
     elapsed_s "$t_start" "$(now_us)"
 }
 
-log "registry: data dirs quiet after $(disk_quiet) s"
-log "registry: $register_requests registrations, $register_clients clients, on an empty registry"
-line=$(register empty- "$register_requests" "$register_clients" "$register_max_seconds") ||
-    die "registry-register (empty) failed; see $data/bench.stderr"
-record registry.empty "$line"
-log "registry empty: $line"
-log "registry: filling with $fill_instances persistent instances over $services services"
-line=$(register fill- "$fill_instances" "$fill_clients" "$fill_max_seconds") ||
-    die "registry-register (fill) failed; see $data/bench.stderr"
-record registry.fill "$line"
-log "registry fill: $line"
-log "registry: data dirs quiet after $(disk_quiet) s"
-log "registry: $register_requests registrations, $register_clients clients, on the full registry"
-line=$(register full- "$register_requests" "$register_clients" "$register_max_seconds") ||
-    die "registry-register (full) failed; see $data/bench.stderr"
-record registry.full "$line"
-log "registry full: $line"
-registered=$(jq -s '[.[] | select(.path[0] == "registry") | .value.requests] | add' "$facts")
-if poll_until 30 0.5 all_nodes_see "$registered"; then
-    seen_ok=true
-else
-    seen_ok=false
-    log "WARNING: not every Strata node sees the $registered instances registered"
-fi
-seen=$(for id in "${strata_ids[@]}"; do instances_seen "$id" || echo null; done | jq -sc .)
-record registry.instances "$(jq -nc --argjson registered "$registered" --argjson seen "$seen" \
-    --argjson ok "$seen_ok" '{registered: $registered, seen_per_node: $seen, all_match: $ok}')"
+# The registry phases on the current Strata cluster (strata_ids), recorded under $1.
+registry_phases() {
+    local key=$1 line registered seen seen_ok
+    log "$key: data dirs quiet after $(disk_quiet) s"
+    log "$key: $register_requests registrations, $register_clients clients, on an empty registry"
+    line=$(register "$key-empty-" "$register_requests" "$register_clients" "$register_max_seconds") ||
+        die "registry-register ($key, empty) failed; see $data/bench.stderr"
+    record "$key.empty" "$line"
+    log "$key empty: $line"
+    log "$key: filling with $fill_instances persistent instances over $services services"
+    line=$(register "$key-fill-" "$fill_instances" "$fill_clients" "$fill_max_seconds") ||
+        die "registry-register ($key, fill) failed; see $data/bench.stderr"
+    record "$key.fill" "$line"
+    log "$key fill: $line"
+    log "$key: data dirs quiet after $(disk_quiet) s"
+    log "$key: $register_requests registrations, $register_clients clients, on the full registry"
+    line=$(register "$key-full-" "$register_requests" "$register_clients" "$register_max_seconds") ||
+        die "registry-register ($key, full) failed; see $data/bench.stderr"
+    record "$key.full" "$line"
+    log "$key full: $line"
+    registered=$(jq -s --arg k "$key" '[.[] | select(.path[0] == $k and (.path[1] | IN("empty", "fill", "full"))) | .value.requests] | add' "$facts")
+    if poll_until 30 0.5 all_nodes_see "$registered"; then
+        seen_ok=true
+    else
+        seen_ok=false
+        log "WARNING: not every Strata node sees the $registered instances registered ($key)"
+    fi
+    seen=$(for id in "${strata_ids[@]}"; do instances_seen "$id" || echo null; done | jq -sc .)
+    record "$key.instances" "$(jq -nc --argjson registered "$registered" --argjson seen "$seen" \
+        --argjson ok "$seen_ok" '{registered: $registered, seen_per_node: $seen, all_match: $ok}')"
+}
+registry_phases registry_loaded
 record_footprint after_registry etcd
 record_footprint after_registry strata
 
 # --- shut both clusters down ----------------------------------------------------------------
 # Strata log lines are counted before the shutdown (a node logs errors for peers that stop
 # before it does); the restart and the removal of node 4 account for some of them.
-strata_log_lines() { cat "$data"/strata-*/log | grep -c -e "$1" || true; }
-panics=$(strata_log_lines 'panicked')
-snapshots_built=$(strata_log_lines 'built snapshot')
-error_lines=$(strata_log_lines ' ERROR ')
-error_samples=$({ cat "$data"/strata-*/log | grep -e ' ERROR ' -e 'panicked' || true; } |
-    cut -d' ' -f2- | cut -c1-300 | sort | uniq -c | sort -rn | awk 'NR <= 8' |
-    jq -Rsc 'split("\n") | map(select(length > 0))')
+# Lines matching $1 in the logs of the Strata nodes whose ids follow.
+strata_log_lines() {
+    local pattern=$1 id
+    shift
+    for id in "$@"; do cat "$data/strata-$id/log"; done | grep -c -e "$pattern" || true
+}
+# The Strata log lines an ERROR or a panic left, most frequent first (at most 8 kinds).
+strata_error_kinds() {
+    local id
+    for id in "$@"; do cat "$data/strata-$id/log"; done | { grep -e ' ERROR ' -e 'panicked' || true; } |
+        cut -d' ' -f2- | cut -c1-300 | sort | uniq -c | sort -rn | awk 'NR <= 8'
+}
+loaded_ids=()
+for dir in "$data"/strata-*/; do loaded_ids+=("$(basename "$dir" | cut -d- -f2)"); done
+panics=$(strata_log_lines 'panicked' "${loaded_ids[@]}")
+snapshots_built=$(strata_log_lines 'built snapshot' "${loaded_ids[@]}")
+error_lines=$(strata_log_lines ' ERROR ' "${loaded_ids[@]}")
+error_kinds=$(strata_error_kinds "${loaded_ids[@]}")
 for id in $(seq 1 "$node_count"); do
     stop_pid "${node_pid[$id]}"
     stop_pid "${etcd_pid[$id]}"
 done
+
+# --- 10. registry on fresh Strata clusters -------------------------------------------------
+# One pair of measurements moves by 10-15% between clusters on this machine (the target is
+# 10%), so it is taken on $fresh_clusters fresh clusters in turn and the summary is the median
+# of their full / empty ratios. Ids after the loaded cluster's (and its joiner's), so data
+# dirs and logs stay apart: 11-13, then 21-23, ...
+fresh_registry() {
+    local run=$1 n id line fresh_ids=()
+    for n in $(seq 1 "$node_count"); do fresh_ids+=($((10 * run + n))); done
+    strata_ids=()
+    log "registry: starting fresh $node_count-node Strata cluster $run of $fresh_clusters (ids ${fresh_ids[*]})"
+    node_extra[${fresh_ids[0]}]="--initial-cluster ${fresh_ids[0]}=127.0.0.1:0"
+    start_strata "${fresh_ids[0]}"
+    strata_ids+=("${fresh_ids[0]}")
+    wait_until 30 "strata node ${fresh_ids[0]} to be ready" ready "${node_api[${fresh_ids[0]}]}"
+    for id in "${fresh_ids[@]:1}"; do
+        start_strata "$id"
+        timeout 90 "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member "$id" \
+            --raft-addr "${node_raft[$id]}" --api-addr "${node_api[$id]}" >/dev/null ||
+            die "strata cluster add-member $id (fresh cluster $run) failed"
+        strata_ids+=("$id")
+    done
+    wait_until 60 "$node_count fresh Strata voters with API addresses" strata_members_are
+    for id in "${strata_ids[@]}"; do
+        wait_until 30 "strata node $id to be ready" ready "${node_api[$id]}"
+    done
+    # A cluster that has just formed is slower for its first seconds of writes than later,
+    # which would favour the full registry over the empty one; so first an untimed warm-up of
+    # KV puts (not registry instances: the registry stays empty).
+    line=$(run_bench $((register_max_seconds + 120)) etcd-put --endpoints "$(endpoints_of strata)" \
+        --clients "$register_clients" --requests "$register_requests" --key-prefix "warm-up/" \
+        --max-seconds "$register_max_seconds") ||
+        die "the warm-up of fresh cluster $run failed; see $data/bench.stderr"
+    record "registry_fresh_$run.warm_up" "$line"
+    registry_phases "registry_fresh_$run"
+    record_footprint "after_registry_fresh_$run" strata
+    # Its logs are counted before it stops, as the loaded cluster's were.
+    panics=$((panics + $(strata_log_lines 'panicked' "${strata_ids[@]}")))
+    snapshots_built=$((snapshots_built + $(strata_log_lines 'built snapshot' "${strata_ids[@]}")))
+    error_lines=$((error_lines + $(strata_log_lines ' ERROR ' "${strata_ids[@]}")))
+    error_kinds=$(printf '%s\n%s\n' "$error_kinds" "$(strata_error_kinds "${strata_ids[@]}")")
+    for id in "${strata_ids[@]}"; do
+        stop_pid "${node_pid[$id]}"
+    done
+}
+for run in $(seq 1 "$fresh_clusters"); do
+    fresh_registry "$run"
+done
+error_samples=$(jq -Rsc 'split("\n") | map(select(length > 0))' <<<"$error_kinds")
 
 # --- results --------------------------------------------------------------------------------
 recorded_options=()
@@ -867,7 +941,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     --slurpfile phases "$data/phases.json" \
     --argjson keys_a "$keys_a" --argjson keys_b "$keys_b" --argjson value_a "$value_a" \
     --argjson value_b "$value_b" --argjson load_clients "$load_clients" \
-    --argjson load_max_seconds "$load_max_seconds" --argjson register_requests "$register_requests" \
+    --argjson load_max_seconds "$load_max_seconds" --argjson register_requests "$register_requests" --argjson fresh_clusters "$fresh_clusters" \
     --argjson register_clients "$register_clients" --argjson fill_instances "$fill_instances" \
     --argjson fill_clients "$fill_clients" --argjson services "$services" --argjson page "$page" \
     --argjson quota "$etcd_quota" --argjson settle_max "$settle_max_s" \
@@ -895,8 +969,8 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             reads: {page: $page, through: "one follower of each system"},
             registry: {measure_requests: $register_requests, measure_clients: $register_clients,
                        fill_instances: $fill_instances, fill_clients: $fill_clients,
-                       services: $services, kind: "persistent",
-                       order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances",
+                       services: $services, kind: "persistent", fresh_clusters: $fresh_clusters,
+                       order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances. First registry_loaded on the loaded cluster, then registry_fresh_N on fresh_clusters fresh 3-node Strata clusters (ids 11-13, 21-23, ...) started one after another once both loaded clusters stopped, each store holding only the registry (and the keys of an untimed warm-up of as many KV puts as one measured run has registrations); the summary ratio is the median of the fresh ones",
                        quiet: "each measured run starts once the Strata data dirs held still for 3 s (at most 60 s)"},
             compaction: "etcdctl compact --physical <current revision> on both; etcdctl defrag on every etcd member afterwards; none on Strata, whose data dirs are sampled every 1 s for up to \($settle_max) s (until they have shrunk and then held still for \($settle_quiet) s); load A writes every key once, so the compaction leaves every scale/a/ key its one version: there is little history to free in either system",
             restart: "kill -9 of one follower per system, restarted with the same flags, ports and data dir",
@@ -916,9 +990,15 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
                              $p.load_a.etcd.footprint.rss_mib | median),
             restart_s: {strata: $p.restart.strata.seconds, etcd: $p.restart.etcd.seconds},
             join_s: {strata: $p.join.strata.seconds, etcd: $p.join.etcd.seconds},
-            register_full_over_empty: ratio($p.registry.full.throughput; $p.registry.empty.throughput),
-            register_target_met: (ratio($p.registry.full.throughput; $p.registry.empty.throughput)
-                                  | if . == null then null else . >= 0.9 end)
+            register_fresh_ratios: [range(1; $fresh_clusters + 1) as $i | $p["registry_fresh_\($i)"] |
+                                    ratio(.full.throughput; .empty.throughput)],
+            register_full_over_empty: ([range(1; $fresh_clusters + 1) as $i | $p["registry_fresh_\($i)"] |
+                                        ratio(.full.throughput; .empty.throughput)] | median),
+            register_target_met: ([range(1; $fresh_clusters + 1) as $i | $p["registry_fresh_\($i)"] |
+                                   ratio(.full.throughput; .empty.throughput)] | median
+                                  | if . == null then null else . >= 0.9 end),
+            register_loaded_full_over_empty: ratio($p.registry_loaded.full.throughput;
+                                                   $p.registry_loaded.empty.throughput)
         },
         strata_logs: {panics: $panics, error_lines: $errors, snapshots_built: $snapshots,
                       error_samples: $error_samples}
@@ -964,24 +1044,25 @@ print_summary '
     (if $p.load_b.skipped then "", "### Load B: skipped (\($p.load_b.skipped))"
      else put_table("Load B: \($c.load_b.keys) keys of \($c.load_b.value_size) bytes, \($c.load_b.clients) clients, on top of load A"; $p.load_b) end),
     "",
-    "### Registry (Strata only, run last, on top of load A\(if $p.load_b.skipped then "" else " and load B" end)): \($c.registry.measure_requests) registrations, \($c.registry.measure_clients) clients",
+    "### Registry (Strata only, run last): \($c.registry.measure_requests) registrations, \($c.registry.measure_clients) clients",
     "",
-    "| registry holds | throughput (/s) | p50 (ms) | p99 (ms) | errors |",
-    "|---|---:|---:|---:|---:|",
-    "| no instances | \($p.registry.empty.throughput | f) | \($p.registry.empty.p50_ms | f) | \($p.registry.empty.p99_ms | f) | \($p.registry.empty.errors | f) |",
-    "| \($p.registry.empty.requests + $p.registry.fill.requests) instances (after a fill of \($p.registry.fill.requests) at \($p.registry.fill.throughput | f)/s) | \($p.registry.full.throughput | f) | \($p.registry.full.p50_ms | f) | \($p.registry.full.p99_ms | f) | \($p.registry.full.errors | f) |",
+    "| cluster | registry holds | throughput (/s) | p50 (ms) | p99 (ms) | errors |",
+    "|---|---|---:|---:|---:|---:|",
+    (([range(1; $c.registry.fresh_clusters + 1) as $i | ["fresh \($i) (store holds only the registry and the warm-up keys)", $p["registry_fresh_\($i)"]]] + [["loaded (on top of load A\(if $p.load_b.skipped then "" else " and load B" end))", $p.registry_loaded]]) | .[] as [$name, $r] |
+        "| \($name) | no instances | \($r.empty.throughput | f) | \($r.empty.p50_ms | f) | \($r.empty.p99_ms | f) | \($r.empty.errors | f) |",
+        "| \($name) | \($r.empty.requests + $r.fill.requests) instances (after a fill of \($r.fill.requests) at \($r.fill.throughput | f)/s) | \($r.full.throughput | f) | \($r.full.p50_ms | f) | \($r.full.p99_ms | f) | \($r.full.errors | f) |"),
     "",
-    "full / empty: \(.summary.register_full_over_empty | f) (target >= 0.9: \(.summary.register_target_met | met)); instances seen per node: \($p.registry.instances.seen_per_node | mibs) of \($p.registry.instances.registered)",
+    "full / empty on fresh clusters: \(.summary.register_fresh_ratios | map(f) | join(", ")), median \(.summary.register_full_over_empty | f) (target >= 0.9: \(.summary.register_target_met | met)); on the loaded cluster: \(.summary.register_loaded_full_over_empty | f); instances seen per node: \($p.registry_fresh_1.instances.seen_per_node | mibs) of \($p.registry_fresh_1.instances.registered) (fresh 1), \($p.registry_loaded.instances.seen_per_node | mibs) of \($p.registry_loaded.instances.registered) (loaded)",
     "",
-    "at the end (after the registry phase: the replicated store of Strata holds the registry instances too, etcd does not): RSS per member etcd \($p.after_registry.etcd.footprint.rss_mib | mibs), strata \($p.after_registry.strata.footprint.rss_mib | mibs) MiB; disk etcd \($p.after_registry.etcd.footprint | disk), strata \($p.after_registry.strata.footprint | disk) MiB",
+    "at the end (after the registry phase of the loaded cluster: the replicated store of Strata holds the registry instances too, etcd does not): RSS per member etcd \($p.after_registry.etcd.footprint.rss_mib | mibs), strata \($p.after_registry.strata.footprint.rss_mib | mibs) MiB; disk etcd \($p.after_registry.etcd.footprint | disk), strata \($p.after_registry.strata.footprint | disk) MiB",
     "",
     "strata logs: \(.strata_logs.panics) panics, \(.strata_logs.error_lines) ERROR lines (a kill -9 and a member removal happened), \(.strata_logs.snapshots_built) snapshots built"
 '
 jq -r '.summary |
     def x: if . == null then "nan" else . end;
-    "\(.put_ratio | x) \(.worst_window_p99_over_steady | x) \(.rss_ratio | x) \(.restart_s.strata | x) \(.restart_s.etcd | x) \(.join_s.strata | x) \(.join_s.etcd | x) \(.register_full_over_empty | x)"' \
+    "\(.put_ratio | x) \(.worst_window_p99_over_steady | x) \(.rss_ratio | x) \(.restart_s.strata | x) \(.restart_s.etcd | x) \(.join_s.strata | x) \(.join_s.etcd | x) \(.register_full_over_empty | x) \(.register_loaded_full_over_empty | x)"' \
     "$results_file" | {
-    read -r put worst rss rs_s rs_e js_s js_e reg
-    printf 'RESULT put_ratio=%.2f worst_window_p99_over_steady=%.2f rss_ratio=%.2f restart_s=%.2f/%.2f join_s=%.2f/%.2f register_full_over_empty=%.2f\n' \
-        "$put" "$worst" "$rss" "$rs_s" "$rs_e" "$js_s" "$js_e" "$reg"
+    read -r put worst rss rs_s rs_e js_s js_e reg reg_loaded
+    printf 'RESULT put_ratio=%.2f worst_window_p99_over_steady=%.2f rss_ratio=%.2f restart_s=%.2f/%.2f join_s=%.2f/%.2f register_full_over_empty=%.2f register_loaded=%.2f\n' \
+        "$put" "$worst" "$rss" "$rs_s" "$rs_e" "$js_s" "$js_e" "$reg" "$reg_loaded"
 }

@@ -725,6 +725,11 @@ struct Report {
     /// The second of the run (from its start) whose window had the worst p99.
     #[serde(skip_serializing_if = "Option::is_none")]
     window_p99_worst_at_s: Option<u32>,
+    /// Every window's p99 (ms), in time order, and the second of each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_p99s_ms: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_seconds: Option<Vec<u32>>,
     /// How many 1-second windows the two above are over.
     #[serde(skip_serializing_if = "Option::is_none")]
     windows: Option<usize>,
@@ -1081,16 +1086,16 @@ async fn drive_watch(args: EtcdWatchArgs) -> anyhow::Result<()> {
         errors: outcome.missed + outcome.failed_puts,
         seconds: round_to(elapsed, 3),
         throughput: round_to(per_second(outcome.delivered, elapsed), 1),
-        p50_ms: outcome.latency.map(|s| s.p50_ms),
-        p99_ms: outcome.latency.map(|s| s.p99_ms),
-        max_ms: outcome.latency.map(|s| s.max_ms),
+        p50_ms: outcome.latency.as_ref().map(|s| s.p50_ms),
+        p99_ms: outcome.latency.as_ref().map(|s| s.p99_ms),
+        max_ms: outcome.latency.as_ref().map(|s| s.max_ms),
         endpoints: args.endpoints.len(),
         value_size: Some(args.value_size),
         serializable: None,
         connections: Some(pool.len()),
         puts: Some(args.puts),
-        put_p50_ms: outcome.put_latency.map(|s| s.p50_ms),
-        put_p99_ms: outcome.put_latency.map(|s| s.p99_ms),
+        put_p50_ms: outcome.put_latency.as_ref().map(|s| s.p50_ms),
+        put_p99_ms: outcome.put_latency.as_ref().map(|s| s.p99_ms),
         ..Report::default()
     };
     let errors = report.errors;
@@ -1105,7 +1110,7 @@ async fn drive_watch(args: EtcdWatchArgs) -> anyhow::Result<()> {
 /// Builds the report of a closed-loop run.
 fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> Report {
     let elapsed = outcome.elapsed.as_secs_f64();
-    let windows = outcome.latency.and_then(|s| s.windows);
+    let windows = outcome.latency.as_ref().and_then(|s| s.windows.clone());
     Report {
         workload: name,
         clients: args.clients,
@@ -1113,13 +1118,15 @@ fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> 
         errors: outcome.errors,
         seconds: round_to(elapsed, 3),
         throughput: round_to(per_second(outcome.succeeded, elapsed), 1),
-        p50_ms: outcome.latency.map(|s| s.p50_ms),
-        p99_ms: outcome.latency.map(|s| s.p99_ms),
-        max_ms: outcome.latency.map(|s| s.max_ms),
-        window_p99_median_ms: windows.map(|w| w.median_p99_ms),
-        window_p99_worst_ms: windows.map(|w| w.worst_p99_ms),
-        window_p99_worst_at_s: windows.map(|w| w.worst_at_s),
-        windows: windows.map(|w| w.count),
+        p50_ms: outcome.latency.as_ref().map(|s| s.p50_ms),
+        p99_ms: outcome.latency.as_ref().map(|s| s.p99_ms),
+        max_ms: outcome.latency.as_ref().map(|s| s.max_ms),
+        window_p99_median_ms: windows.as_ref().map(|w| w.median_p99_ms),
+        window_p99_worst_ms: windows.as_ref().map(|w| w.worst_p99_ms),
+        window_p99_worst_at_s: windows.as_ref().map(|w| w.worst_at_s),
+        windows: windows.as_ref().map(|w| w.count),
+        window_seconds: windows.as_ref().map(|w| w.seconds.clone()),
+        window_p99s_ms: windows.map(|w| w.p99s_ms),
         endpoints: args.endpoints.len(),
         value_size: Some(args.value_size),
         ..Report::default()
@@ -1189,9 +1196,9 @@ async fn drive_registry_register(args: RegistryRegisterArgs) -> anyhow::Result<(
         errors: outcome.errors,
         seconds: round_to(elapsed, 3),
         throughput: round_to(per_second(outcome.succeeded, elapsed), 1),
-        p50_ms: outcome.latency.map(|s| s.p50_ms),
-        p99_ms: outcome.latency.map(|s| s.p99_ms),
-        max_ms: outcome.latency.map(|s| s.max_ms),
+        p50_ms: outcome.latency.as_ref().map(|s| s.p50_ms),
+        p99_ms: outcome.latency.as_ref().map(|s| s.p99_ms),
+        max_ms: outcome.latency.as_ref().map(|s| s.max_ms),
         endpoints: args.endpoints.len(),
         services: Some(args.services),
         id_prefix: Some(plan.id_prefix.clone()),
@@ -1255,9 +1262,9 @@ async fn drive_registry_heartbeat(args: RegistryHeartbeatArgs) -> anyhow::Result
         errors: outcome.errors,
         seconds: round_to(elapsed, 3),
         throughput: round_to(per_second(outcome.succeeded, elapsed), 1),
-        p50_ms: outcome.latency.map(|s| s.p50_ms),
-        p99_ms: outcome.latency.map(|s| s.p99_ms),
-        max_ms: outcome.latency.map(|s| s.max_ms),
+        p50_ms: outcome.latency.as_ref().map(|s| s.p50_ms),
+        p99_ms: outcome.latency.as_ref().map(|s| s.p99_ms),
+        max_ms: outcome.latency.as_ref().map(|s| s.max_ms),
         endpoints: args.endpoints.len(),
         instances: Some(instance_count),
         interval_ms: Some(round_to(args.interval.as_secs_f64() * 1000.0, 3)),
@@ -1319,19 +1326,19 @@ async fn drive_registry_watch(args: RegistryWatchArgs) -> anyhow::Result<()> {
         errors: outcome.missed + outcome.failed_writes,
         seconds: round_to(elapsed, 3),
         throughput: round_to(per_second(outcome.delivered, elapsed), 1),
-        p50_ms: outcome.latency.map(|s| s.p50_ms),
-        p99_ms: outcome.latency.map(|s| s.p99_ms),
-        max_ms: outcome.latency.map(|s| s.max_ms),
+        p50_ms: outcome.latency.as_ref().map(|s| s.p50_ms),
+        p99_ms: outcome.latency.as_ref().map(|s| s.p99_ms),
+        max_ms: outcome.latency.as_ref().map(|s| s.max_ms),
         endpoints: args.endpoints.len(),
         service: Some(plan.service.clone()),
         changes: Some(args.changes),
         missed: Some(outcome.missed),
         failed_writes: Some(outcome.failed_writes),
         resyncs: Some(outcome.resyncs),
-        spread_p50_ms: outcome.spread.map(|s| s.p50_ms),
-        spread_p99_ms: outcome.spread.map(|s| s.p99_ms),
-        write_p50_ms: outcome.write_latency.map(|s| s.p50_ms),
-        write_p99_ms: outcome.write_latency.map(|s| s.p99_ms),
+        spread_p50_ms: outcome.spread.as_ref().map(|s| s.p50_ms),
+        spread_p99_ms: outcome.spread.as_ref().map(|s| s.p99_ms),
+        write_p50_ms: outcome.write_latency.as_ref().map(|s| s.p50_ms),
+        write_p99_ms: outcome.write_latency.as_ref().map(|s| s.p99_ms),
         ..Report::default()
     };
     let errors = report.errors;
@@ -1387,9 +1394,9 @@ async fn drive_dns_query(args: DnsQueryArgs) -> anyhow::Result<()> {
         errors: outcome.errors,
         seconds: round_to(elapsed, 3),
         throughput: round_to(per_second(outcome.succeeded, elapsed), 1),
-        p50_ms: outcome.latency.map(|s| s.p50_ms),
-        p99_ms: outcome.latency.map(|s| s.p99_ms),
-        max_ms: outcome.latency.map(|s| s.max_ms),
+        p50_ms: outcome.latency.as_ref().map(|s| s.p50_ms),
+        p99_ms: outcome.latency.as_ref().map(|s| s.p99_ms),
+        max_ms: outcome.latency.as_ref().map(|s| s.max_ms),
         endpoints: 1,
         name: Some(args.name.clone()),
         record_type: Some(record_type.to_string()),
@@ -1551,9 +1558,9 @@ async fn drive_config_listen(args: ConfigListenArgs) -> anyhow::Result<()> {
         errors: (args.listeners as u64).saturating_sub(outcome.notified),
         seconds: round_to(elapsed, 3),
         throughput: round_to(per_second(outcome.notified, elapsed), 1),
-        p50_ms: outcome.latency.map(|s| s.p50_ms),
-        p99_ms: outcome.latency.map(|s| s.p99_ms),
-        max_ms: outcome.latency.map(|s| s.max_ms),
+        p50_ms: outcome.latency.as_ref().map(|s| s.p50_ms),
+        p99_ms: outcome.latency.as_ref().map(|s| s.p99_ms),
+        max_ms: outcome.latency.as_ref().map(|s| s.max_ms),
         endpoints: 1,
         value_size: Some(args.value_size),
         data_id: Some(args.data_id.clone()),

@@ -20,7 +20,7 @@ pub struct Latencies {
 const MIN_WINDOW_SAMPLES: usize = 100;
 
 /// The percentiles a report prints, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     /// Median latency.
     pub p50_ms: f64,
@@ -34,7 +34,7 @@ pub struct Summary {
 }
 
 /// Per-second p99s of a run (see [`Summary::windows`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WindowSummary {
     /// Windows counted.
     pub count: usize,
@@ -45,6 +45,11 @@ pub struct WindowSummary {
     /// The second of the run (from its start) whose window had the worst p99, to set beside
     /// the servers' logs.
     pub worst_at_s: u32,
+    /// Every window's p99 in milliseconds, by second (a second with too few requests is
+    /// left out, so read it with `seconds`).
+    pub p99s_ms: Vec<f64>,
+    /// The second of each entry of `p99s_ms`.
+    pub seconds: Vec<u32>,
 }
 
 impl Latencies {
@@ -84,6 +89,8 @@ impl Latencies {
                 eprintln!("window {second} p99_ms {:.3}", millis(*p99));
             }
         }
+        let p99s_ms = by_second.iter().map(|(_, p99)| millis(*p99)).collect();
+        let seconds = by_second.iter().map(|(second, _)| *second).collect();
         let (worst_at_s, worst) = by_second.iter().max_by_key(|(_, p99)| *p99).copied()?;
         let mut p99s: Vec<Duration> = by_second.iter().map(|(_, p99)| *p99).collect();
         p99s.sort_unstable();
@@ -92,6 +99,8 @@ impl Latencies {
             median_p99_ms: millis(nearest_rank_or_none(&p99s, 0.5)?),
             worst_p99_ms: millis(worst),
             worst_at_s,
+            p99s_ms,
+            seconds,
         })
     }
 
@@ -199,6 +208,8 @@ mod tests {
         assert_eq!(windows.count, 5);
         assert_eq!(windows.median_p99_ms, 2.0);
         assert_eq!(windows.worst_at_s, 3);
+        assert_eq!(windows.seconds, vec![0, 1, 2, 3, 4]);
+        assert_eq!(windows.p99s_ms, vec![2.0, 2.0, 2.0, 500.0, 2.0]);
         assert_eq!(windows.worst_p99_ms, 500.0);
         assert_eq!(Latencies::default().windows(), None);
     }

@@ -1060,7 +1060,7 @@ impl GrpcApi {
         Ok((
             json!({
                 "name": name, "groupName": group, "clusters": "", "cacheMillis": 10000,
-                "hosts": hosts, "lastRefTime": crate::now_ms(), "checksum": "",
+                "hosts": hosts, "lastRefTime": crate::ref_time(), "checksum": "",
                 "allIps": false, "reachProtectionThreshold": protected,
             }),
             index,

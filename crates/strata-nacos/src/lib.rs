@@ -43,6 +43,24 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The `lastRefTime` of a service answer or push: the time in milliseconds, but always later
+/// than any this process gave before. Nacos clients keep a service's newest answer and drop one
+/// whose `lastRefTime` is not newer (the Python SDK drops an equal one too), so two changes
+/// pushed in the same millisecond (a batch register that replaces two instances) would leave a
+/// subscriber on the first one until the next change.
+fn ref_time() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = now_ms();
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |last| Some(now.max(last + 1)),
+        )
+        .unwrap_or_else(|last| last);
+    now.max(previous + 1)
+}
+
 /// Heartbeat timeout of an ephemeral Nacos instance.
 const EPHEMERAL_TTL: Duration = Duration::from_secs(15);
 /// Longest long-poll hold.
@@ -661,7 +679,7 @@ async fn instance_list(State(s): State<NacosState>, Who(who): Who, p: Params) ->
     let hosts = hosts_json(&instances, &group, &full);
     let body = json!({
         "name": full, "groupName": group, "clusters": "", "cacheMillis": 10000,
-        "lastRefTime": now_ms(), "checksum": "",
+        "lastRefTime": ref_time(), "checksum": "",
         "allIPs": false, "reachProtectionThreshold": protected, "valid": true,
         "hosts": hosts,
     });
@@ -767,6 +785,19 @@ async fn instance_beat(State(s): State<NacosState>, Who(who): Who, p: Params) ->
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ref_times_only_go_forward_even_within_a_millisecond() {
+        let start = now_ms();
+        let times: Vec<u64> = (0..10_000).map(|_| ref_time()).collect();
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "not strictly increasing"
+        );
+        assert!(times[0] >= start);
+        // Ten thousand answers run ahead of the clock by at most ten seconds.
+        assert!(*times.last().unwrap() <= now_ms() + 10_000);
+    }
 
     #[test]
     fn probes_parse_with_and_without_tenant() {

@@ -436,22 +436,29 @@ wait_until 60 "the etcd cluster to be healthy" etcd_members_are
 log "etcd up: $(endpoints_of etcd)"
 
 # --- 2b. three-node Strata cluster ----------------------------------------------------------
+# Starts a Strata cluster of the nodes whose ids are given (the first bootstraps it, the others
+# join through add-member) and waits until all are voters and ready; strata_ids becomes them.
+start_strata_cluster() {
+    local first=$1 id
+    strata_ids=()
+    node_extra[$first]="--initial-cluster $first=127.0.0.1:0"
+    start_strata "$first"
+    strata_ids+=("$first")
+    wait_until 30 "strata node $first to be ready" ready "${node_api[$first]}"
+    for id in "${@:2}"; do
+        start_strata "$id"
+        timeout 90 "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member "$id" \
+            --raft-addr "${node_raft[$id]}" --api-addr "${node_api[$id]}" >/dev/null ||
+            die "strata cluster add-member $id failed"
+        strata_ids+=("$id")
+    done
+    wait_until 60 "$# Strata voters with API addresses" strata_members_are
+    for id in "${strata_ids[@]}"; do
+        wait_until 30 "strata node $id to be ready" ready "${node_api[$id]}"
+    done
+}
 log "starting a $node_count-node Strata cluster in $data"
-node_extra[1]="--initial-cluster 1=127.0.0.1:0"
-start_strata 1
-strata_ids+=(1)
-wait_until 30 "strata node 1 to be ready" ready "${node_api[1]}"
-for id in $(seq 2 "$node_count"); do
-    start_strata "$id"
-    timeout 90 "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member "$id" \
-        --raft-addr "${node_raft[$id]}" --api-addr "${node_api[$id]}" >/dev/null ||
-        die "strata cluster add-member $id failed"
-    strata_ids+=("$id")
-done
-wait_until 60 "$node_count Strata voters with API addresses" strata_members_are
-for id in "${strata_ids[@]}"; do
-    wait_until 30 "strata node $id to be ready" ready "${node_api[$id]}"
-done
+start_strata_cluster $(seq 1 "$node_count")
 wait_until 30 "Strata's etcd API to be healthy" ctl "$(endpoints_of strata)" endpoint health
 log "strata up: gRPC $(endpoints_of strata)"
 record_footprint start etcd
@@ -889,23 +896,8 @@ done
 fresh_registry() {
     local run=$1 n id line fresh_ids=()
     for n in $(seq 1 "$node_count"); do fresh_ids+=($((10 * run + n))); done
-    strata_ids=()
     log "registry: starting fresh $node_count-node Strata cluster $run of $fresh_clusters (ids ${fresh_ids[*]})"
-    node_extra[${fresh_ids[0]}]="--initial-cluster ${fresh_ids[0]}=127.0.0.1:0"
-    start_strata "${fresh_ids[0]}"
-    strata_ids+=("${fresh_ids[0]}")
-    wait_until 30 "strata node ${fresh_ids[0]} to be ready" ready "${node_api[${fresh_ids[0]}]}"
-    for id in "${fresh_ids[@]:1}"; do
-        start_strata "$id"
-        timeout 90 "$strata" --endpoints "$(endpoints_of strata api)" cluster add-member "$id" \
-            --raft-addr "${node_raft[$id]}" --api-addr "${node_api[$id]}" >/dev/null ||
-            die "strata cluster add-member $id (fresh cluster $run) failed"
-        strata_ids+=("$id")
-    done
-    wait_until 60 "$node_count fresh Strata voters with API addresses" strata_members_are
-    for id in "${strata_ids[@]}"; do
-        wait_until 30 "strata node $id to be ready" ready "${node_api[$id]}"
-    done
+    start_strata_cluster "${fresh_ids[@]}"
     # A cluster that has just formed is slower for its first seconds of writes than later,
     # which would favour the full registry over the empty one; so first an untimed warm-up of
     # KV puts (not registry instances: the registry stays empty).

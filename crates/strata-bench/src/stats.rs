@@ -83,12 +83,6 @@ impl Latencies {
                 (window[0].0, nearest_rank(&latencies, 0.99))
             })
             .collect();
-        if std::env::var_os("STRATA_BENCH_WINDOWS").is_some() {
-            // For reading a run beside the servers' logs: every window's p99, in time order.
-            for (second, p99) in &by_second {
-                eprintln!("window {second} p99_ms {:.3}", millis(*p99));
-            }
-        }
         let p99s_ms = by_second.iter().map(|(_, p99)| millis(*p99)).collect();
         let seconds = by_second.iter().map(|(second, _)| *second).collect();
         let (worst_at_s, worst) = by_second.iter().max_by_key(|(_, p99)| *p99).copied()?;

@@ -271,8 +271,9 @@ impl DirectFile {
             Err(e) => return Err(e),
         };
         let buffer = vec![0u8; DIRECT_BLOCK + DIRECT_ALIGN];
+        // Within the slack of DIRECT_ALIGN bytes (align_offset may also say it cannot align).
         let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
-        if start + DIRECT_BLOCK > buffer.len() {
+        if start >= DIRECT_ALIGN {
             return Ok(None);
         }
         Ok(Some(DirectFile {

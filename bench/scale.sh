@@ -9,8 +9,9 @@
 #   3. load A: `strata-bench etcd-put`, 128 clients, 1,000,000 keys of 256 bytes under
 #      scale/a/ (endpoints followers first, leader last; each load after a `sync`, so neither
 #      runs beside the writeback of the other's): throughput, p50/p99/max, and the per-second
-#      p99s (median = steady, worst = a stall, and the second it came); then VmRSS and `du -sb`
-#      per member;
+#      p99s (median = steady, worst = a stall, and the second it came), with when each Strata
+#      member built a snapshot (from its log) and which of them overlap the worst second;
+#      then VmRSS and `du -sb` per member;
 #   4. reads: every key of scale/a/ paged (`etcd-range-all`, pages of 1,000) and its history
 #      replayed by a watch (`etcd-watch-replay`) over the last 99,000 revisions (Strata keeps
 #      100,000 by default, so revision 1 is not readable on both), through one follower each;
@@ -27,13 +28,14 @@
 #      12 GiB is free on the data disk), same figures as load A, RSS and disk after;
 #   9. registry (Strata only), last, so that every footprint compared with etcd is taken with
 #      the same data in both: `strata-bench registry-register`, 64 clients, 50,000
-#      registrations on a registry holding no instances; then 100,000 persistent instances
-#      over 100 services; then the same 50,000-registration run again (full / empty ratio);
+#      registrations in five runs of 10,000 on a registry holding no instances; then 100,000
+#      persistent instances over 100 services; then the same five runs again (full / empty
+#      ratio of the median runs: one run that meets a member's snapshot does not decide it);
 #      each measured run starts once the data dirs have held still for 3 s (at most 60 s), so
 #      that neither is measured beside the snapshots the load before it set off; RSS and disk
 #      after. Twice: first on the loaded cluster (its store holds loads A and B, ~2 GB, whose
 #      snapshots land in whichever run reaches the node's next snapshot index), reported as
-#      `registry_loaded`; then, with both clusters stopped, on three fresh 3-node Strata
+#      `registry_loaded`; then, with both clusters stopped, on five fresh 3-node Strata
 #      clusters in turn (one with --quick) whose stores hold nothing else (after an untimed
 #      warm-up of as many KV puts as a measured run has registrations), `registry_fresh_N`:
 #      the median of their ratios is the one the target is about (registrations with 100,000
@@ -92,6 +94,7 @@ if ((quick)); then
     keys_b=5000
     fill_instances=5000
     register_requests=1000
+    register_rounds=1
     fresh_clusters=1
     load_max_seconds=120
     fill_max_seconds=120
@@ -104,8 +107,9 @@ else
     keys_b=100000
     fill_instances=100000
     register_requests=50000
+    register_rounds=5
     load_max_seconds=600
-    fresh_clusters=3
+    fresh_clusters=5
     fill_max_seconds=600
     register_max_seconds=120
     restart_timeout=600
@@ -467,14 +471,30 @@ record_footprint start strata
 # --- 3. load A: 1,000,000 keys of 256 bytes -------------------------------------------------
 # Puts $2 keys of $3 bytes under $1 with 128 clients into each system (etcd first), records
 # the run, checks the count of keys, and records RSS and disk after.
+# The snapshots Strata node $2 finished at or after epoch microsecond $1, as JSON objects
+# {node, start_s, end_s, mb} with the seconds counted from $1 (a snapshot's start is its end
+# minus the write_ms it logs: serialising and writing, apply going on).
+snapshots_since() {
+    local since_us=$1 id=$2
+    grep -e 'built snapshot' "$data/strata-$id/log" | jq -Rc --argjson since "$since_us" \
+        --argjson node "$id" '
+        capture("^(?<s>[0-9T:-]+)(?<f>\\.[0-9]+)?Z .*bytes=(?<b>[0-9]+) .*write_ms=(?<w>[0-9]+)")
+        | ((.s + "Z" | fromdateiso8601) + ((.f // ".0") | tonumber)) as $done
+        | ($done - $since / 1000000) as $end_s
+        | select($end_s >= 0)
+        | {node: $node, start_s: (($end_s - (.w | tonumber) / 1000) * 10 | round / 10),
+           end_s: ($end_s * 10 | round / 10), mb: ((.b | tonumber) / 1048576 | round)}'
+}
+
 load_phase() {
-    local phase=$1 prefix=$2 requests=$3 value_size=$4 system line count expected
+    local phase=$1 prefix=$2 requests=$3 value_size=$4 system line count expected started id
     find_leaders
     for system in etcd strata; do
         # Each load starts on a disk with nothing left to write back (`sync`, untimed): the
         # second system's load would otherwise run beside the writeback of the first's.
         sync
         log "$phase: $system, $requests puts of $value_size bytes, $load_clients clients, endpoints ${order[$system]}"
+        started=$(now_us)
         line=$(run_bench $((load_max_seconds + 120)) etcd-put --endpoints "${order[$system]}" \
             --clients "$load_clients" --requests "$requests" --value-size "$value_size" \
             --key-prefix "$prefix" --max-seconds "$load_max_seconds") ||
@@ -482,6 +502,18 @@ load_phase() {
         check_members "$system" "$phase"
         record "$phase.$system.put" "$(jq -c --arg leader "${order[$system]##*,}" \
             '. + {leader_endpoint: $leader}' <<<"$line")"
+        if [[ $system == strata ]]; then
+            # When each member built a snapshot during the load, in the seconds of strata-bench's
+            # windows (from the end of its warm-up; from its start if it did not say), so a slow
+            # window can be laid beside them.
+            started=$(jq -r --arg fallback "$started" \
+                'if .timed_start_unix_ms then "\(.timed_start_unix_ms)000" else $fallback end' <<<"$line")
+            record "$phase.strata.snapshots" "$(for id in $(seq 1 "$node_count"); do
+                snapshots_since "$started" "$id"
+            done | jq -sc --argjson leader "$(id_of_endpoint strata "${order[strata]##*,}")" \
+                'map(. + {leader: (.node == $leader)}) | sort_by(.start_s)')"
+            log "strata snapshots during $phase: $(jq -s -r '.[-1].value | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", ")' "$facts")"
+        fi
         log "$(jq -r --arg s "$system" '"\($s) \(.workload): \(.throughput) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms, window p99 median \(.window_p99_median_ms) / worst \(.window_p99_worst_ms) ms (second \(.window_p99_worst_at_s)) over \(.windows) windows, errors \(.errors)"' <<<"$line")"
         # Every successful put wrote one new key, and every client one warm-up key.
         count=$(count_at "${order[$system]##*,}" "$prefix") || die "counting $prefix in $system failed"
@@ -828,25 +860,45 @@ disk_quiet() {
 }
 
 # The registry phases on the current Strata cluster (strata_ids), recorded under $1.
+# One measured registry phase: $register_rounds runs of $register_requests / $register_rounds
+# registrations each, recorded as $1.$2 with every run under .runs, the median run's
+# throughput as .throughput (a snapshot that lands in one short run moves that run, not the
+# median: its cost per write is the same at any store size, since a snapshot comes once the
+# log since the last one is half the store), the whole phase's as .whole_throughput, and the
+# snapshots the members built meanwhile as .snapshots.
+measure_registry() {
+    local key=$1 phase=$2 started round line runs=() per_round=$((register_requests / register_rounds)) id
+    started=$(now_us)
+    for round in $(seq 1 "$register_rounds"); do
+        line=$(register "$key-$phase-$round-" "$per_round" "$register_clients" "$register_max_seconds") ||
+            die "registry-register ($key, $phase, run $round) failed; see $data/bench.stderr"
+        runs+=("$line")
+    done
+    record "$key.$phase" "$(printf '%s\n' "${runs[@]}" | jq -sc --argjson snapshots "$(
+        for id in "${strata_ids[@]}"; do snapshots_since "$started" "$id"; done | jq -sc 'sort_by(.start_s)'
+    )" '
+        def median: sort | if length % 2 == 1 then .[length / 2 | floor]
+            else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        {requests: (map(.requests) | add), errors: (map(.errors) | add),
+         seconds: (map(.seconds) | add), throughput: (map(.throughput) | median),
+         whole_throughput: ((map(.requests) | add) / (map(.seconds) | add) * 10 | round / 10),
+         p50_ms: (map(.p50_ms) | median), p99_ms: (map(.p99_ms) | median),
+         max_ms: (map(.max_ms) | max), runs: ., snapshots: $snapshots}')"
+    log "$key $phase: $(jq -s -r '.[-1].value | "runs of \(.runs | map(.throughput) | map(tostring) | join(", ")) registrations/s (median \(.throughput), whole phase \(.whole_throughput)); snapshots meanwhile: \(.snapshots | map("node \(.node) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", "))"' "$facts")"
+}
 registry_phases() {
     local key=$1 line registered seen seen_ok
     log "$key: data dirs quiet after $(disk_quiet) s"
-    log "$key: $register_requests registrations, $register_clients clients, on an empty registry"
-    line=$(register "$key-empty-" "$register_requests" "$register_clients" "$register_max_seconds") ||
-        die "registry-register ($key, empty) failed; see $data/bench.stderr"
-    record "$key.empty" "$line"
-    log "$key empty: $line"
+    log "$key: $register_requests registrations in $register_rounds runs, $register_clients clients, on an empty registry"
+    measure_registry "$key" empty
     log "$key: filling with $fill_instances persistent instances over $services services"
     line=$(register "$key-fill-" "$fill_instances" "$fill_clients" "$fill_max_seconds") ||
         die "registry-register ($key, fill) failed; see $data/bench.stderr"
     record "$key.fill" "$line"
     log "$key fill: $line"
     log "$key: data dirs quiet after $(disk_quiet) s"
-    log "$key: $register_requests registrations, $register_clients clients, on the full registry"
-    line=$(register "$key-full-" "$register_requests" "$register_clients" "$register_max_seconds") ||
-        die "registry-register ($key, full) failed; see $data/bench.stderr"
-    record "$key.full" "$line"
-    log "$key full: $line"
+    log "$key: $register_requests registrations in $register_rounds runs, $register_clients clients, on the full registry"
+    measure_registry "$key" full
     registered=$(jq -s --arg k "$key" '[.[] | select(.path[0] == $k and (.path[1] | IN("empty", "fill", "full"))) | .value.requests] | add' "$facts")
     if poll_until 30 0.5 all_nodes_see "$registered"; then
         seen_ok=true
@@ -889,9 +941,9 @@ for id in $(seq 1 "$node_count"); do
 done
 
 # --- 10. registry on fresh Strata clusters -------------------------------------------------
-# One pair of measurements moves by 10-15% between clusters on this machine (the target is
-# 10%), so it is taken on $fresh_clusters fresh clusters in turn and the summary is the median
-# of their full / empty ratios. Ids after the loaded cluster's (and its joiner's), so data
+# One pair of measurements moves by 10-25% between clusters on this machine (the target is
+# 10%; the nine pairs of runs 17 to 19 gave 0.77 to 1.07), so it is taken on $fresh_clusters
+# fresh clusters in turn and the summary is the median of their full / empty ratios. Ids after the loaded cluster's (and its joiner's), so data
 # dirs and logs stay apart: 11-13, then 21-23, ...
 fresh_registry() {
     local run=$1 n id line fresh_ids=()
@@ -933,7 +985,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     --slurpfile phases "$data/phases.json" \
     --argjson keys_a "$keys_a" --argjson keys_b "$keys_b" --argjson value_a "$value_a" \
     --argjson value_b "$value_b" --argjson load_clients "$load_clients" \
-    --argjson load_max_seconds "$load_max_seconds" --argjson register_requests "$register_requests" --argjson fresh_clusters "$fresh_clusters" \
+    --argjson load_max_seconds "$load_max_seconds" --argjson register_requests "$register_requests" --argjson register_rounds "$register_rounds" --argjson fresh_clusters "$fresh_clusters" \
     --argjson register_clients "$register_clients" --argjson fill_instances "$fill_instances" \
     --argjson fill_clients "$fill_clients" --argjson services "$services" --argjson page "$page" \
     --argjson quota "$etcd_quota" --argjson settle_max "$settle_max_s" \
@@ -960,6 +1012,8 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             connections: "strata-bench default: one HTTP/2 connection per endpoint; endpoints listed followers first, leader last",
             reads: {page: $page, through: "one follower of each system"},
             registry: {measure_requests: $register_requests, measure_clients: $register_clients,
+                       measure_runs: $register_rounds,
+                       throughput: "of a measured phase: the median of its runs (whole_throughput: all its registrations over all its seconds)",
                        fill_instances: $fill_instances, fill_clients: $fill_clients,
                        services: $services, kind: "persistent", fresh_clusters: $fresh_clusters,
                        order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances. First registry_loaded on the loaded cluster, then registry_fresh_N on fresh_clusters fresh 3-node Strata clusters (ids 11-13, 21-23, ...) started one after another once both loaded clusters stopped, each store holding only the registry (and the keys of an untimed warm-up of as many KV puts as one measured run has registrations); the summary ratio is the median of the fresh ones",
@@ -974,6 +1028,9 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             put_ratio: ratio($p.load_a.strata.put.throughput; $p.load_a.etcd.put.throughput),
             worst_window_p99_over_steady: ratio($p.load_a.strata.put.window_p99_worst_ms;
                                                 $p.load_a.strata.put.window_p99_median_ms),
+            worst_window_snapshots: ($p.load_a.strata.put.window_p99_worst_at_s as $w
+                | if $w == null then null else ($p.load_a.strata.snapshots // [])
+                  | map(select(.start_s < $w + 1 and .end_s >= $w)) end),
             etcd_worst_window_p99_over_steady: ratio($p.load_a.etcd.put.window_p99_worst_ms;
                                                      $p.load_a.etcd.put.window_p99_median_ms),
             rss_median_after_a_mib: {etcd: ($p.load_a.etcd.footprint.rss_mib | median),
@@ -984,6 +1041,8 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             join_s: {strata: $p.join.strata.seconds, etcd: $p.join.etcd.seconds},
             register_fresh_ratios: [range(1; $fresh_clusters + 1) as $i | $p["registry_fresh_\($i)"] |
                                     ratio(.full.throughput; .empty.throughput)],
+            register_fresh_whole_ratios: [range(1; $fresh_clusters + 1) as $i | $p["registry_fresh_\($i)"] |
+                                          ratio(.full.whole_throughput; .empty.whole_throughput)],
             register_full_over_empty: ([range(1; $fresh_clusters + 1) as $i | $p["registry_fresh_\($i)"] |
                                         ratio(.full.throughput; .empty.throughput)] | median),
             register_target_met: ([range(1; $fresh_clusters + 1) as $i | $p["registry_fresh_\($i)"] |
@@ -1012,6 +1071,8 @@ print_summary '
     "etcd: \($c.etcd_flags)",
     put_table("Load A: \($c.load_a.keys) keys of \($c.load_a.value_size) bytes, \($c.load_a.clients) clients"; $p.load_a),
     "",
+    "strata snapshots during load A (seconds from the load start): \($p.load_a.strata.snapshots // [] | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s, \(.mb) MiB") | join("; ")); worst window at second \($p.load_a.strata.put.window_p99_worst_at_s | f), overlapping \(.summary.worst_window_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end)",
+    "",
     "### Reads of scale/a/ through a follower",
     "",
     "| system | keys | range-all (s) | keys/s | slowest page (ms) | watch replay (s) | events/s | slowest gap (ms) |",
@@ -1036,15 +1097,15 @@ print_summary '
     (if $p.load_b.skipped then "", "### Load B: skipped (\($p.load_b.skipped))"
      else put_table("Load B: \($c.load_b.keys) keys of \($c.load_b.value_size) bytes, \($c.load_b.clients) clients, on top of load A"; $p.load_b) end),
     "",
-    "### Registry (Strata only, run last): \($c.registry.measure_requests) registrations, \($c.registry.measure_clients) clients",
+    "### Registry (Strata only, run last): \($c.registry.measure_requests) registrations in \($c.registry.measure_runs) runs, \($c.registry.measure_clients) clients",
     "",
-    "| cluster | registry holds | throughput (/s) | p50 (ms) | p99 (ms) | errors |",
-    "|---|---|---:|---:|---:|---:|",
+    "| cluster | registry holds | median run (/s) | whole phase (/s) | p50 (ms) | p99 (ms) | errors | snapshots during |",
+    "|---|---|---:|---:|---:|---:|---:|---:|",
     (([range(1; $c.registry.fresh_clusters + 1) as $i | ["fresh \($i) (store holds only the registry and the warm-up keys)", $p["registry_fresh_\($i)"]]] + [["loaded (on top of load A\(if $p.load_b.skipped then "" else " and load B" end))", $p.registry_loaded]]) | .[] as [$name, $r] |
-        "| \($name) | no instances | \($r.empty.throughput | f) | \($r.empty.p50_ms | f) | \($r.empty.p99_ms | f) | \($r.empty.errors | f) |",
-        "| \($name) | \($r.empty.requests + $r.fill.requests) instances (after a fill of \($r.fill.requests) at \($r.fill.throughput | f)/s) | \($r.full.throughput | f) | \($r.full.p50_ms | f) | \($r.full.p99_ms | f) | \($r.full.errors | f) |"),
+        "| \($name) | no instances | \($r.empty.throughput | f) | \($r.empty.whole_throughput | f) | \($r.empty.p50_ms | f) | \($r.empty.p99_ms | f) | \($r.empty.errors | f) | \($r.empty.snapshots | length) |",
+        "| \($name) | \($r.empty.requests + $r.fill.requests) instances (after a fill of \($r.fill.requests) at \($r.fill.throughput | f)/s) | \($r.full.throughput | f) | \($r.full.whole_throughput | f) | \($r.full.p50_ms | f) | \($r.full.p99_ms | f) | \($r.full.errors | f) | \($r.full.snapshots | length) |"),
     "",
-    "full / empty on fresh clusters: \(.summary.register_fresh_ratios | map(f) | join(", ")), median \(.summary.register_full_over_empty | f) (target >= 0.9: \(.summary.register_target_met | met)); on the loaded cluster: \(.summary.register_loaded_full_over_empty | f); instances seen per node: \($p.registry_fresh_1.instances.seen_per_node | mibs) of \($p.registry_fresh_1.instances.registered) (fresh 1), \($p.registry_loaded.instances.seen_per_node | mibs) of \($p.registry_loaded.instances.registered) (loaded)",
+    "full / empty on fresh clusters (median runs): \(.summary.register_fresh_ratios | map(f) | join(", ")) (whole phases: \(.summary.register_fresh_whole_ratios | map(f) | join(", "))), median \(.summary.register_full_over_empty | f) (target >= 0.9: \(.summary.register_target_met | met)); on the loaded cluster: \(.summary.register_loaded_full_over_empty | f); instances seen per node: \($p.registry_fresh_1.instances.seen_per_node | mibs) of \($p.registry_fresh_1.instances.registered) (fresh 1), \($p.registry_loaded.instances.seen_per_node | mibs) of \($p.registry_loaded.instances.registered) (loaded)",
     "",
     "at the end (after the registry phase of the loaded cluster: the replicated store of Strata holds the registry instances too, etcd does not): RSS per member etcd \($p.after_registry.etcd.footprint.rss_mib | mibs), strata \($p.after_registry.strata.footprint.rss_mib | mibs) MiB; disk etcd \($p.after_registry.etcd.footprint | disk), strata \($p.after_registry.strata.footprint | disk) MiB",
     "",

@@ -62,6 +62,9 @@ pub struct Outcome {
     pub first_error: Option<String>,
     /// Wall time from the first request to the last answer.
     pub elapsed: Duration,
+    /// When the timed run started (after the warm-ups), in ms since the Unix epoch: the start
+    /// of the first 1-second window, to lay the windows beside the servers' logs.
+    pub started_unix_ms: u64,
     /// Latency percentiles of the successful requests.
     pub latency: Option<Summary>,
 }
@@ -100,6 +103,9 @@ pub async fn run<D: Driver>(driver: D, plan: Plan) -> anyhow::Result<Outcome> {
 
     let next_sequence = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let stop_claiming_at = started + plan.max_duration;
     let mut tasks = JoinSet::new();
     for mut client in clients {
@@ -146,6 +152,7 @@ pub async fn run<D: Driver>(driver: D, plan: Plan) -> anyhow::Result<Outcome> {
         errors,
         first_error,
         elapsed,
+        started_unix_ms,
         latency: latencies.summary(),
     })
 }

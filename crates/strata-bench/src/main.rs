@@ -730,6 +730,9 @@ struct Report {
     window_p99s_ms: Option<Vec<f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     window_seconds: Option<Vec<u32>>,
+    /// When second 0 of the windows began, in ms since the Unix epoch (after the warm-ups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timed_start_unix_ms: Option<u64>,
     /// How many 1-second windows the two above are over.
     #[serde(skip_serializing_if = "Option::is_none")]
     windows: Option<usize>,
@@ -1127,6 +1130,7 @@ fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> 
         windows: windows.as_ref().map(|w| w.count),
         window_seconds: windows.as_ref().map(|w| w.seconds.clone()),
         window_p99s_ms: windows.map(|w| w.p99s_ms),
+        timed_start_unix_ms: Some(outcome.started_unix_ms),
         endpoints: args.endpoints.len(),
         value_size: Some(args.value_size),
         ..Report::default()

@@ -10,6 +10,17 @@
 //! entries are readable as soon as they are appended, before their fsync completes (openraft
 //! only asks for entries it has appended). Older entries are read back from fjall, which is
 //! needed only by a follower that lags far behind.
+//!
+//! A purge writes no tombstones. It records the purge point, and a thread of its own then
+//! drops every table of the log keyspace whose keys all lie at or below it (`drop_range`, which
+//! deletes whole files). The keys are indexes in big-endian order, so each flushed table holds
+//! a run of consecutive entries and the engine's compaction can move tables between levels
+//! without rewriting them. With a tombstone per purged entry (as before) every purge left
+//! tables that overlapped older ones, and compaction rewrote the live log each time: tens of
+//! MB written and synced every few seconds, beside the log's own fsyncs. Entries at or below
+//! the purge point that still sit in a table reaching past it (or in the memtable) stay on
+//! disk until a later purge covers their table; nothing reads them (reads start after the
+//! purge point, and loading at startup stops there).
 
 use crate::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -147,9 +158,10 @@ enum WriteOp {
     Truncate {
         indexes: Vec<u64>,
     },
-    /// Remove these indexes (covered by a snapshot) and record the purge point.
+    /// Record the purge point (entries up to `index` are covered by a snapshot); their tables
+    /// are dropped afterwards.
     Purge {
-        indexes: Vec<u64>,
+        index: u64,
         log_id: Vec<u8>,
     },
     Vote {
@@ -253,10 +265,13 @@ impl LogStore {
             mem.last_purged =
                 postcard::from_bytes(&bytes).map_err(|e| read_err(ErrorSubject::Logs, e))?;
         }
-        // Only the newest entries are loaded; older ones are read from fjall on demand.
+        // Only the newest entries are loaded; older ones are read from fjall on demand. Entries
+        // at or below the purge point may still be on disk (their tables are dropped later, see
+        // the module docs); they are not part of the log.
+        let after_purge = mem.last_purged.map(|l| l.index + 1).unwrap_or(0);
         let mut loaded = Vec::new();
         let mut bytes_loaded = 0;
-        for item in log.iter().rev() {
+        for item in log.range(after_purge.to_be_bytes()..).rev() {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| read_err(ErrorSubject::Logs, e))?;
@@ -276,7 +291,8 @@ impl LogStore {
             mem.cache.insert(index, (entry, size));
             mem.cache_bytes += size;
         }
-        mem.first_index = mem.last_purged.map(|l| l.index + 1).unwrap_or(0);
+        mem.first_index = after_purge;
+        let mem_purged = mem.last_purged.map(|l| l.index);
         let flushed = mem.last_log_id;
         check_vote_marker(dir, mem.vote)?;
         let committed_index = mem.committed.map(|c| c.index).unwrap_or(0);
@@ -292,7 +308,22 @@ impl LogStore {
             appended_bytes: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&shared);
-        let tables = Tables { db, log, meta };
+        let (purger, purges) = mpsc::channel();
+        let purger_log = log.clone();
+        std::thread::Builder::new()
+            .name("raft-log-purger".into())
+            .spawn(move || purger_loop(purger_log, purges))
+            .map_err(|e| write_err(ErrorSubject::Store, e))?;
+        // What an earlier run purged but had not dropped yet (it stopped in between).
+        if let Some(purged) = mem_purged {
+            let _ = purger.send(purged);
+        }
+        let tables = Tables {
+            db,
+            log,
+            meta,
+            purger,
+        };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(tables, rx, weak, &space))
@@ -405,11 +436,37 @@ fn check_vote_marker(
     Ok(())
 }
 
-/// The database and its two keyspaces, owned by the writer thread.
+/// The database and its two keyspaces, owned by the writer thread, and where purge points go
+/// once they are written.
 struct Tables {
     db: fjall::Database,
     log: fjall::Keyspace,
     meta: fjall::Keyspace,
+    purger: mpsc::Sender<u64>,
+}
+
+/// Drops the log's tables that lie wholly at or below each purge point it is sent, newest point
+/// first when several are waiting. On a thread of its own: a drop waits for a compaction that
+/// is running, which the writer must never do.
+fn purger_loop(log: fjall::Keyspace, rx: mpsc::Receiver<u64>) {
+    use fjall::AbstractTree as _;
+    while let Ok(mut index) = rx.recv() {
+        while let Ok(later) = rx.try_recv() {
+            index = index.max(later);
+        }
+        let before = log.table_count();
+        match log.tree.drop_range(..=index.to_be_bytes()) {
+            Ok(()) => tracing::debug!(
+                purged_to = index,
+                tables_dropped = before.saturating_sub(log.table_count()),
+                "dropped purged log tables"
+            ),
+            // Nothing is lost: the tables stay, and the next purge drops them.
+            Err(e) => {
+                tracing::warn!(error = %e, purged_to = index, "dropping purged log tables failed")
+            }
+        }
+    }
 }
 
 fn writer_loop(
@@ -431,6 +488,11 @@ fn writer_loop(
             Ok(()) => {
                 if let Some(shared) = shared.upgrade().filter(|_| needs_fsync(&ops)) {
                     shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
+                for op in &ops {
+                    if let WriteOp::Purge { index, .. } = op {
+                        let _ = tables.purger.send(*index);
+                    }
                 }
             }
             Err(e) => {
@@ -518,11 +580,9 @@ fn write_batch(tables: &Tables, ops: &[WriteOp]) -> Result<(), fjall::Error> {
                     batch.remove(&tables.log, index.to_be_bytes());
                 }
             }
-            WriteOp::Purge { indexes, log_id } => {
-                for index in indexes {
-                    batch.remove(&tables.log, index.to_be_bytes());
-                }
-                batch.insert(&tables.meta, KEY_PURGED, log_id.as_slice());
+            // The entries go with their tables, once this is written (see the module docs).
+            WriteOp::Purge { log_id, .. } => {
+                batch.insert(&tables.meta, KEY_PURGED, log_id.as_slice())
             }
             WriteOp::Vote { bytes, .. } => batch.insert(&tables.meta, KEY_VOTE, bytes.as_slice()),
             WriteOp::Committed { bytes } => {
@@ -740,17 +800,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let keep = mem.cache.split_off(&(log_id.index + 1));
         let purged = std::mem::replace(&mut mem.cache, keep);
         mem.cache_bytes -= purged.values().map(|(_, size)| size).sum::<usize>();
-        // Only indexes that can exist: a purge past the end of the log (after a snapshot
-        // install) deletes what is stored, not every index up to the snapshot.
-        let last_stored = mem.last_log_id.map(|l| l.index).unwrap_or(0);
-        let indexes: Vec<u64> = (mem.first_index..=log_id.index.min(last_stored)).collect();
         mem.first_index = log_id.index + 1;
         mem.last_purged = Some(log_id);
         if mem.last_log_id < Some(log_id) {
             mem.last_log_id = Some(log_id);
         }
         self.send(WriteOp::Purge {
-            indexes,
+            index: log_id.index,
             log_id: bytes,
         })
     }
@@ -760,4 +816,112 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 enum Lookup {
     Known(Option<LogId<NodeId>>),
     OnDisk(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::log_id;
+    use openraft::{EntryPayload, RaftLogReader};
+
+    /// Writes entries `indexes` of `term` straight into the log keyspace, as appends would have
+    /// stored them (each a put of 1,000 bytes), after a first open has recorded the format.
+    fn write_entries(data: &crate::DataDir, term: u64, indexes: std::ops::RangeInclusive<u64>) {
+        drop(LogStore::open(data).unwrap());
+        let log = data
+            .log_db
+            .keyspace(LOG, || {
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024)
+            })
+            .unwrap();
+        // In batches, as the writer commits them: fjall asks its worker for a memtable rotation
+        // on every commit over the memtable's size, and its queue holds 1,000 requests.
+        let mut batch = data.log_db.batch();
+        for index in indexes {
+            if batch.len() == 1000 {
+                std::mem::replace(&mut batch, data.log_db.batch())
+                    .commit()
+                    .unwrap();
+            }
+            let entry = Entry::<TypeConfig> {
+                log_id: log_id(term, 1, index),
+                payload: EntryPayload::Normal(strata_proto::kv::Command::Kv(
+                    strata_proto::kv::KvCommand::Put(strata_proto::kv::PutRequest {
+                        key: format!("key-{index}").into_bytes(),
+                        value: vec![7; 1000],
+                        ..Default::default()
+                    }),
+                )),
+            };
+            batch.insert(&log, index.to_be_bytes(), encode_entry(&entry).unwrap());
+        }
+        batch.commit().unwrap();
+    }
+
+    /// Waits until everything sent to the writer before now is written (a vote is answered
+    /// only once its batch, and so every op queued before it, is on disk).
+    async fn settle(store: &mut LogStore) {
+        let vote = store.read_vote().await.unwrap().unwrap_or_default();
+        store.save_vote(&vote).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_purge_drops_the_tables_below_it_and_keeps_the_rest_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::open_storage(dir.path()).unwrap();
+        write_entries(&data, 1, 1..=30_000);
+        let mut store = LogStore::open(&data).unwrap();
+        store.shared.log.rotate_memtable_and_wait().unwrap();
+        let before = store.shared.log.table_count();
+        assert!(
+            before >= 3,
+            "30 MB of entries should make several tables, got {before}"
+        );
+
+        store.purge(log_id(1, 1, 29_000)).await.unwrap();
+        settle(&mut store).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while store.shared.log.table_count() > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tables below the purge point were not dropped: {} of {before} left",
+                store.shared.log.table_count()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // What is above the purge point is all there, on disk and through the store.
+        let read = read_range(&store.shared.log, 29_001, 30_001).unwrap();
+        assert_eq!(read.len(), 1000);
+        let through_store = store.try_get_log_entries(29_001..=30_000).await.unwrap();
+        let indexes: Vec<u64> = through_store.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (29_001..=30_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn entries_left_below_the_purge_point_are_not_loaded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::open_storage(dir.path()).unwrap();
+        write_entries(&data, 1, 1..=100);
+        let mut store = LogStore::open(&data).unwrap();
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, 1, 100))
+        );
+        // A snapshot of a later term installed past the end of this log purges up to its last
+        // entry; the old entries stay on disk (they are in the memtable, no table to drop).
+        let snapshot_end = log_id(2, 1, 200);
+        store.purge(snapshot_end).await.unwrap();
+        settle(&mut store).await;
+        drop(store);
+
+        let mut reopened = LogStore::open(&data).unwrap();
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(snapshot_end));
+        assert_eq!(state.last_log_id, Some(snapshot_end));
+        assert!(reopened
+            .try_get_log_entries(1..=300)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }

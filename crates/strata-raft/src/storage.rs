@@ -83,9 +83,13 @@ pub fn open_storage(path: &Path) -> Result<DataDir, StorageError> {
     check_version(path)?;
     let db_path = path.join(LOG_DIR);
     // Small caches: the log is read from memory (see LogStore); fjall only needs to write it.
+    // Two workers, not one: a worker that rotates a memtable then waits to queue its flush on
+    // the workers' own queue (1,000 requests), which every commit over the memtable's size
+    // adds to; with one worker, a full queue would leave nobody to empty it, and the log's
+    // writes would stop for good.
     let log_db = fjall::Database::builder(&db_path)
         .cache_size(4 * 1024 * 1024)
-        .worker_threads(1)
+        .worker_threads(2)
         .open()
         .map_err(|e| StorageError::Corrupt {
             path: db_path.clone(),

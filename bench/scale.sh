@@ -35,7 +35,8 @@
 #      that neither is measured beside the snapshots the load before it set off; RSS and disk
 #      after. Twice: first on the loaded cluster (its store holds loads A and B, ~2 GB, whose
 #      snapshots land in whichever run reaches the node's next snapshot index), reported as
-#      `registry_loaded`; then, with both clusters stopped, on five fresh 3-node Strata
+#      `registry_loaded`; then, with both clusters stopped and their data deleted (its page
+#      cache would otherwise fill memory), on five fresh 3-node Strata
 #      clusters in turn (one with --quick) whose stores hold nothing else (after an untimed
 #      warm-up of as many KV puts as a measured run has registrations), `registry_fresh_N`:
 #      the median of their ratios is the one the target is about (registrations with 100,000
@@ -866,15 +867,23 @@ disk_quiet() {
 # median: its cost per write is the same at any store size, since a snapshot comes once the
 # log since the last one is half the store), the whole phase's as .whole_throughput, and the
 # snapshots the members built meanwhile as .snapshots.
+# The kernel's counters of memory reclaim and compaction that stall a process, as JSON.
+reclaim_counters() {
+    awk '$1 ~ /^allocstall_/ { stalls += $2 } $1 == "pgscan_direct" { scanned = $2 }
+        $1 == "compact_stall" { compact = $2 }
+        END { printf "{\"allocstall\": %d, \"pgscan_direct\": %d, \"compact_stall\": %d}\n", stalls, scanned, compact }' /proc/vmstat
+}
 measure_registry() {
-    local key=$1 phase=$2 started round line runs=() per_round=$((register_requests / register_rounds)) id
+    local key=$1 phase=$2 started round line runs=() per_round=$((register_requests / register_rounds)) id reclaim_before
     started=$(now_us)
+    reclaim_before=$(reclaim_counters)
     for round in $(seq 1 "$register_rounds"); do
         line=$(register "$key-$phase-$round-" "$per_round" "$register_clients" "$register_max_seconds") ||
             die "registry-register ($key, $phase, run $round) failed; see $data/bench.stderr"
         runs+=("$line")
     done
-    record "$key.$phase" "$(printf '%s\n' "${runs[@]}" | jq -sc --argjson snapshots "$(
+    record "$key.$phase" "$(printf '%s\n' "${runs[@]}" | jq -sc --argjson before "$reclaim_before" \
+        --argjson after "$(reclaim_counters)" --argjson snapshots "$(
         for id in "${strata_ids[@]}"; do snapshots_since "$started" "$id"; done | jq -sc 'sort_by(.start_s)'
     )" '
         def median: sort | if length % 2 == 1 then .[length / 2 | floor]
@@ -883,8 +892,9 @@ measure_registry() {
          seconds: (map(.seconds) | add), throughput: (map(.throughput) | median),
          whole_throughput: ((map(.requests) | add) / (map(.seconds) | add) * 10 | round / 10),
          p50_ms: (map(.p50_ms) | median), p99_ms: (map(.p99_ms) | median),
-         max_ms: (map(.max_ms) | max), runs: ., snapshots: $snapshots}')"
-    log "$key $phase: $(jq -s -r '.[-1].value | "runs of \(.runs | map(.throughput) | map(tostring) | join(", ")) registrations/s (median \(.throughput), whole phase \(.whole_throughput)); snapshots meanwhile: \(.snapshots | map("node \(.node) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", "))"' "$facts")"
+         max_ms: (map(.max_ms) | max), runs: ., snapshots: $snapshots,
+         vmstat: ($after | with_entries(.value -= $before[.key]))}')"
+    log "$key $phase: $(jq -s -r '.[-1].value | "runs of \(.runs | map(.throughput) | map(tostring) | join(", ")) registrations/s (median \(.throughput), whole phase \(.whole_throughput)); reclaim stalls \(.vmstat.allocstall), compaction stalls \(.vmstat.compact_stall); snapshots meanwhile: \(.snapshots | map("node \(.node) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", "))"' "$facts")"
 }
 registry_phases() {
     local key=$1 line registered seen seen_ok
@@ -938,6 +948,12 @@ error_kinds=$(strata_error_kinds "${loaded_ids[@]}")
 for id in $(seq 1 "$node_count"); do
     stop_pid "${node_pid[$id]}"
     stop_pid "${etcd_pid[$id]}"
+done
+# Nothing reads the stopped clusters' data again (their logs stay). Deleted, its ~20 GB leave
+# the page cache with it: kept, they filled memory, and the fresh clusters' processes met
+# direct reclaim as their stores grew (recorded per phase: `vmstat`).
+for id in $(seq 1 "$node_count"); do
+    rm -rf "$data/etcd-$id/data" "$data/strata-$id/data"
 done
 
 # --- 10. registry on fresh Strata clusters -------------------------------------------------
@@ -1016,7 +1032,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
                        throughput: "of a measured phase: the median of its runs (whole_throughput: all its registrations over all its seconds)",
                        fill_instances: $fill_instances, fill_clients: $fill_clients,
                        services: $services, kind: "persistent", fresh_clusters: $fresh_clusters,
-                       order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances. First registry_loaded on the loaded cluster, then registry_fresh_N on fresh_clusters fresh 3-node Strata clusters (ids 11-13, 21-23, ...) started one after another once both loaded clusters stopped, each store holding only the registry (and the keys of an untimed warm-up of as many KV puts as one measured run has registrations); the summary ratio is the median of the fresh ones",
+                       order: "at the end, after the join and load B: measure (empty), fill, measure (full); so no footprint compared with etcd includes the registry instances. First registry_loaded on the loaded cluster, then registry_fresh_N on fresh_clusters fresh 3-node Strata clusters (ids 11-13, 21-23, ...) started one after another once both loaded clusters stopped and their data dirs were deleted, each store holding only the registry (and the keys of an untimed warm-up of as many KV puts as one measured run has registrations); the summary ratio is the median of the fresh ones",
                        quiet: "each measured run starts once the Strata data dirs held still for 3 s (at most 60 s)"},
             compaction: "etcdctl compact --physical <current revision> on both; etcdctl defrag on every etcd member afterwards; none on Strata, whose data dirs are sampled every 1 s for up to \($settle_max) s (until they have shrunk and then held still for \($settle_quiet) s); load A writes every key once, so the compaction leaves every scale/a/ key its one version: there is little history to free in either system",
             restart: "kill -9 of one follower per system, restarted with the same flags, ports and data dir",

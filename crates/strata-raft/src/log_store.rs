@@ -268,7 +268,8 @@ impl LogStore {
         // Only the newest entries are loaded; older ones are read from fjall on demand. Entries
         // at or below the purge point may still be on disk (their tables are dropped later, see
         // the module docs); they are not part of the log.
-        let after_purge = mem.last_purged.map(|l| l.index + 1).unwrap_or(0);
+        let purged_index = mem.last_purged.map(|l| l.index);
+        let after_purge = purged_index.map_or(0, |i| i + 1);
         let mut loaded = Vec::new();
         let mut bytes_loaded = 0;
         for item in log.range(after_purge.to_be_bytes()..).rev() {
@@ -292,7 +293,6 @@ impl LogStore {
             mem.cache_bytes += size;
         }
         mem.first_index = after_purge;
-        let mem_purged = mem.last_purged.map(|l| l.index);
         let flushed = mem.last_log_id;
         check_vote_marker(dir, mem.vote)?;
         let committed_index = mem.committed.map(|c| c.index).unwrap_or(0);
@@ -315,7 +315,7 @@ impl LogStore {
             .spawn(move || purger_loop(purger_log, purges))
             .map_err(|e| write_err(ErrorSubject::Store, e))?;
         // What an earlier run purged but had not dropped yet (it stopped in between).
-        if let Some(purged) = mem_purged {
+        if let Some(purged) = purged_index {
             let _ = purger.send(purged);
         }
         let tables = Tables {

@@ -515,7 +515,7 @@ load_phase() {
                 'map(. + {leader: (.node == $leader)}) | sort_by(.start_s)')"
             log "strata snapshots during $phase: $(jq -s -r '.[-1].value | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", ")' "$facts")"
         fi
-        log "$(jq -r --arg s "$system" '"\($s) \(.workload): \(.throughput) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms, window p99 median \(.window_p99_median_ms) / worst \(.window_p99_worst_ms) ms (second \(.window_p99_worst_at_s)) over \(.windows) windows, errors \(.errors)"' <<<"$line")"
+        log "$(jq -r --arg s "$system" '"\($s) \(.workload): \(.throughput) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms, window p99 median \(.window_p99_median_ms) / worst \(.window_p99_worst_ms) ms (second \(.window_p99_worst_at_s)) over \(.windows) whole windows, last \(.window_tail_seconds) s p99 \(.window_p99_tail_ms) ms, slowest at \(.max_at_ms) ms, errors \(.errors)"' <<<"$line")"
         # Every successful put wrote one new key, and every client one warm-up key.
         count=$(count_at "${order[$system]##*,}" "$prefix") || die "counting $prefix in $system failed"
         expected=$(jq '.requests + .clients' <<<"$line")
@@ -1049,6 +1049,15 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
                   | map(select(.start_s < $w + 1 and .end_s >= $w)) end),
             etcd_worst_window_p99_over_steady: ratio($p.load_a.etcd.put.window_p99_worst_ms;
                                                      $p.load_a.etcd.put.window_p99_median_ms),
+            tail_window_p99_over_steady: {strata: ratio($p.load_a.strata.put.window_p99_tail_ms;
+                                                        $p.load_a.strata.put.window_p99_median_ms),
+                                          etcd: ratio($p.load_a.etcd.put.window_p99_tail_ms;
+                                                      $p.load_a.etcd.put.window_p99_median_ms),
+                                          seconds: {strata: $p.load_a.strata.put.window_tail_seconds,
+                                                    etcd: $p.load_a.etcd.put.window_tail_seconds}},
+            slowest_put_snapshots: ($p.load_a.strata.put.max_at_ms as $m
+                | if $m == null then null else ($p.load_a.strata.snapshots // [])
+                  | map(select(.start_s * 1000 <= $m + 100 and .end_s * 1000 >= $m - 100)) end),
             rss_median_after_a_mib: {etcd: ($p.load_a.etcd.footprint.rss_mib | median),
                                      strata: ($p.load_a.strata.footprint.rss_mib | median)},
             rss_ratio: ratio($p.load_a.strata.footprint.rss_mib | median;
@@ -1087,7 +1096,7 @@ print_summary '
     "etcd: \($c.etcd_flags)",
     put_table("Load A: \($c.load_a.keys) keys of \($c.load_a.value_size) bytes, \($c.load_a.clients) clients"; $p.load_a),
     "",
-    "strata snapshots during load A (seconds from the load start): \($p.load_a.strata.snapshots // [] | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s, \(.mb) MiB") | join("; ")); worst window at second \($p.load_a.strata.put.window_p99_worst_at_s | f), overlapping \(.summary.worst_window_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end)",
+    "strata snapshots during load A (seconds from the load start): \($p.load_a.strata.snapshots // [] | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s, \(.mb) MiB") | join("; ")); worst window at second \($p.load_a.strata.put.window_p99_worst_at_s | f), overlapping \(.summary.worst_window_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end); the last \($p.load_a.strata.put.window_tail_seconds | f) s of the run (not a whole window) had a p99 of \($p.load_a.strata.put.window_p99_tail_ms | f) ms; the slowest put completed at \($p.load_a.strata.put.max_at_ms | f) ms, beside \(.summary.slowest_put_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end)",
     "",
     "### Reads of scale/a/ through a follower",
     "",

@@ -725,6 +725,15 @@ struct Report {
     /// The second of the run (from its start) whose window had the worst p99.
     #[serde(skip_serializing_if = "Option::is_none")]
     window_p99_worst_at_s: Option<u32>,
+    /// The p99 of the run's last second, which the run ended before it was whole (left out
+    /// of the windows above), and its length in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_p99_tail_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_tail_seconds: Option<f64>,
+    /// When the slowest request completed, in ms from the start of the timed run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_at_ms: Option<f64>,
     /// Every window's p99 (ms), in time order, and the second of each.
     #[serde(skip_serializing_if = "Option::is_none")]
     window_p99s_ms: Option<Vec<f64>>,
@@ -1129,6 +1138,9 @@ fn load_report(name: &'static str, args: &LoadArgs, outcome: &load::Outcome) -> 
         window_p99_worst_at_s: windows.as_ref().map(|w| w.worst_at_s),
         windows: windows.as_ref().map(|w| w.count),
         window_seconds: windows.as_ref().map(|w| w.seconds.clone()),
+        window_p99_tail_ms: windows.as_ref().and_then(|w| w.tail).map(|(_, p99)| p99),
+        window_tail_seconds: windows.as_ref().and_then(|w| w.tail).map(|(s, _)| s),
+        max_at_ms: outcome.latency.as_ref().and_then(|s| s.max_at_ms),
         window_p99s_ms: windows.map(|w| w.p99s_ms),
         timed_start_unix_ms: Some(outcome.started_unix_ms),
         endpoints: args.endpoints.len(),

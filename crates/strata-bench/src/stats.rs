@@ -13,6 +13,11 @@ pub struct Latencies {
     /// Samples recorded with [`Latencies::record_at`]: the second of the run each completed
     /// in, and its latency, for the per-second percentiles.
     timed: Vec<(u32, Duration)>,
+    /// The latest completion time given to [`Latencies::record_at`]: the run's last second
+    /// ends there, so its window is shorter than a second.
+    last_done: Duration,
+    /// The slowest sample given to [`Latencies::record_at`] and when it completed.
+    slowest: Option<(Duration, Duration)>,
 }
 
 /// Windows with fewer samples than this are left out of the per-second percentiles: the p99 of
@@ -31,6 +36,8 @@ pub struct Summary {
     /// The p99 of each 1-second window of the run (by completion time, windows of at least
     /// 100 samples): their median (the steady p99) and their worst (a stall shows here).
     pub windows: Option<WindowSummary>,
+    /// When the slowest request completed, in ms from the run's start (timed samples only).
+    pub max_at_ms: Option<f64>,
 }
 
 /// Per-second p99s of a run (see [`Summary::windows`]).
@@ -50,6 +57,12 @@ pub struct WindowSummary {
     pub p99s_ms: Vec<f64>,
     /// The second of each entry of `p99s_ms`.
     pub seconds: Vec<u32>,
+    /// The run's last second, which ended with the run before it was whole: its length in
+    /// seconds and its p99, reported apart from the windows above. A pause that holds up every
+    /// request in flight weighs more in a short window's p99 (a 0.4-s window with the same
+    /// pause as a whole one has 2.5 times its share of slow requests), so it would not be a
+    /// 1-second window like the others.
+    pub tail: Option<(f64, f64)>,
 }
 
 impl Latencies {
@@ -63,16 +76,28 @@ impl Latencies {
         self.samples.push(latency);
         let second = u32::try_from(done_at.as_secs()).unwrap_or(u32::MAX);
         self.timed.push((second, latency));
+        self.last_done = self.last_done.max(done_at);
+        if self.slowest.is_none_or(|(slowest, _)| latency > slowest) {
+            self.slowest = Some((latency, done_at));
+        }
     }
 
     /// Moves every sample of `other` into `self`.
     pub fn merge(&mut self, other: Latencies) {
         self.samples.extend(other.samples);
         self.timed.extend(other.timed);
+        self.last_done = self.last_done.max(other.last_done);
+        if let Some((latency, done_at)) = other.slowest {
+            if self.slowest.is_none_or(|(slowest, _)| latency > slowest) {
+                self.slowest = Some((latency, done_at));
+            }
+        }
     }
 
     fn windows(&mut self) -> Option<WindowSummary> {
         self.timed.sort_unstable();
+        let last_second = u32::try_from(self.last_done.as_secs()).unwrap_or(u32::MAX);
+        let mut tail = None;
         let by_second: Vec<(u32, Duration)> = self
             .timed
             .chunk_by(|a, b| a.0 == b.0)
@@ -81,6 +106,14 @@ impl Latencies {
                 // Sorted by (second, latency), so each window's latencies are sorted.
                 let latencies: Vec<Duration> = window.iter().map(|(_, l)| *l).collect();
                 (window[0].0, nearest_rank(&latencies, 0.99))
+            })
+            .filter(|&(second, p99)| {
+                let whole = second < last_second;
+                if !whole {
+                    let length = self.last_done.as_secs_f64() - f64::from(second);
+                    tail = Some(((length * 1000.0).round() / 1000.0, millis(p99)));
+                }
+                whole
             })
             .collect();
         let p99s_ms = by_second.iter().map(|(_, p99)| millis(*p99)).collect();
@@ -95,6 +128,7 @@ impl Latencies {
             worst_at_s,
             p99s_ms,
             seconds,
+            tail,
         })
     }
 
@@ -113,6 +147,9 @@ impl Latencies {
             p99_ms: millis(nearest_rank(&self.samples, 0.99)),
             max_ms: millis(max),
             windows,
+            max_at_ms: self
+                .slowest
+                .map(|(_, done_at)| (done_at.as_secs_f64() * 1_000_000.0).round() / 1000.0),
         })
     }
 }
@@ -205,7 +242,35 @@ mod tests {
         assert_eq!(windows.seconds, vec![0, 1, 2, 3, 4]);
         assert_eq!(windows.p99s_ms, vec![2.0, 2.0, 2.0, 500.0, 2.0]);
         assert_eq!(windows.worst_p99_ms, 500.0);
+        assert_eq!(windows.tail, None);
         assert_eq!(Latencies::default().windows(), None);
+    }
+
+    #[test]
+    fn the_last_partial_second_is_reported_apart() {
+        let mut latencies = Latencies::default();
+        // Three whole seconds at 2 ms, then 0.4 s in which 3 of 200 requests took 40 ms.
+        for second in 0..3u64 {
+            for n in 0..200u64 {
+                latencies.record_at(
+                    Duration::from_millis(second * 1000 + n * 5),
+                    Duration::from_millis(2),
+                );
+            }
+        }
+        for n in 0..200u64 {
+            let latency = if n >= 197 { 40 } else { 2 };
+            latencies.record_at(
+                Duration::from_millis(3000 + n * 2),
+                Duration::from_millis(latency),
+            );
+        }
+        let summary = latencies.summary().unwrap();
+        let windows = summary.windows.unwrap();
+        assert_eq!(windows.seconds, vec![0, 1, 2]);
+        assert_eq!(windows.worst_p99_ms, 2.0);
+        assert_eq!(windows.tail, Some((0.398, 40.0)));
+        assert_eq!(summary.max_at_ms, Some(3394.0));
     }
 
     #[test]

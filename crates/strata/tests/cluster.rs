@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_client::Client;
+use strata_proto::error::ErrorCode;
 use strata_proto::kv::{
     LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse, WatchRequest,
 };
@@ -178,10 +179,19 @@ async fn t30_stopped_follower_catches_up_by_snapshot_install() {
 
     let client = cluster.client();
     for n in 0..400 {
-        client
-            .put(format!("snap/{n:04}"), format!("value-{n}"))
-            .await
-            .unwrap();
+        // On a loaded machine two nodes can lose a heartbeat and elect again; a put whose
+        // outcome that left unknown is sent again (the same value: the count below holds).
+        let mut tries = 0;
+        loop {
+            match client
+                .put(format!("snap/{n:04}"), format!("value-{n}"))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(ErrorCode::Timeout) && tries < 5 => tries += 1,
+                Err(e) => panic!("put snap/{n:04}: {e}"),
+            }
+        }
     }
     // The leader compacts its log past what the follower has (snapshots build in the background).
     let leader = leader_of(&cluster).await;

@@ -251,6 +251,20 @@ pub async fn wait_for_addrs<T: serde::de::DeserializeOwned>(
     logs: &[&Path],
     timeout: Duration,
 ) -> T {
+    match try_wait_for_addrs(child, addrs_file, logs, timeout).await {
+        Ok(addrs) => addrs,
+        Err(exited) => panic!("{exited}"),
+    }
+}
+
+/// [`wait_for_addrs`], with a process that exits before listening reported as `Err` (its exit
+/// status and output) rather than as a panic.
+pub async fn try_wait_for_addrs<T: serde::de::DeserializeOwned>(
+    child: &mut Child,
+    addrs_file: &Path,
+    logs: &[&Path],
+    timeout: Duration,
+) -> Result<T, String> {
     let output = || {
         logs.iter()
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
@@ -263,13 +277,13 @@ pub async fn wait_for_addrs<T: serde::de::DeserializeOwned>(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
         {
-            return addrs;
+            return Ok(addrs);
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!(
+            return Err(format!(
                 "strata exited with {status} before listening; its output:\n{}",
                 output()
-            );
+            ));
         }
         assert!(
             Instant::now() < deadline,
@@ -411,18 +425,9 @@ impl NodeProc {
         node
     }
 
-    async fn spawn(&mut self) {
-        let addrs_file = self.dir.join("addrs.json");
-        let _ = std::fs::remove_file(&addrs_file);
-        self.starts += 1;
-        // Keep the gRPC port across restarts, as the API and raft ports are kept.
-        if let Some(bound) = &self.grpc {
-            if let Some(flag) = self.extra.iter().position(|arg| arg == "--grpc-addr") {
-                self.extra[flag + 1] = bound.clone();
-            }
-        }
-        let log_path = self.dir.join(format!("log.{}", self.starts));
-        let log = std::fs::File::create(&log_path).unwrap();
+    /// Starts the node's process with its current ports and flags, logging to `log_path`.
+    fn command(&self, addrs_file: &Path, log_path: &Path) -> Child {
+        let log = std::fs::File::create(log_path).unwrap();
         let mut command = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -444,7 +449,7 @@ impl NodeProc {
             .arg(self.dir.join("data"))
             .args(["--api-addr", &self.api, "--raft-addr", &self.raft])
             .arg("--addrs-file")
-            .arg(&addrs_file)
+            .arg(addrs_file)
             .args(&self.extra)
             // The default log filter, as an operator sees it.
             .env_remove("STRATA_LOG")
@@ -455,14 +460,51 @@ impl NodeProc {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let mut child = command.spawn().expect("spawn strata");
-        let addrs: Addrs = wait_for_addrs(
-            &mut child,
-            &addrs_file,
-            &[&log_path],
-            Duration::from_secs(20),
-        )
-        .await;
+        command.spawn().expect("spawn strata")
+    }
+
+    async fn spawn(&mut self) {
+        let addrs_file = self.dir.join("addrs.json");
+        let _ = std::fs::remove_file(&addrs_file);
+        self.starts += 1;
+        // Keep the gRPC port across restarts, as the API and raft ports are kept.
+        if let Some(bound) = &self.grpc {
+            if let Some(flag) = self.extra.iter().position(|arg| arg == "--grpc-addr") {
+                self.extra[flag + 1] = bound.clone();
+            }
+        }
+        // A restart takes the node's ports again (its peers know its raft address), and in the
+        // moment between the kill and the restart another test's process on this machine may
+        // have been given one of them for its own port 0 or an outgoing connection. Such a
+        // port is usually free again soon: a restart refused for a port in use is tried again
+        // for up to 30 s.
+        let retry_until = Instant::now() + Duration::from_secs(30);
+        let (child, addrs) = loop {
+            let log_path = self.dir.join(format!("log.{}", self.starts));
+            let mut child = self.command(&addrs_file, &log_path);
+            match try_wait_for_addrs::<Addrs>(
+                &mut child,
+                &addrs_file,
+                &[&log_path],
+                Duration::from_secs(20),
+            )
+            .await
+            {
+                Ok(addrs) => break (child, addrs),
+                Err(exited)
+                    if self.starts > 1
+                        && exited.contains("the port is in use")
+                        && Instant::now() < retry_until =>
+                {
+                    eprintln!(
+                        "node {}: a port it restarts on is in use; trying again",
+                        self.id
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        };
         self.child = Some(child);
         self.api = addrs.api.to_string();
         self.raft = addrs.raft.to_string();

@@ -488,7 +488,7 @@ snapshots_since() {
 }
 
 load_phase() {
-    local phase=$1 prefix=$2 requests=$3 value_size=$4 system line count expected started id
+    local phase=$1 prefix=$2 requests=$3 value_size=$4 system line count expected started id reclaim_before
     find_leaders
     for system in etcd strata; do
         # Each load starts on a disk with nothing left to write back (`sync`, untimed): the
@@ -496,13 +496,18 @@ load_phase() {
         sync
         log "$phase: $system, $requests puts of $value_size bytes, $load_clients clients, endpoints ${order[$system]}"
         started=$(now_us)
+        reclaim_before=$(reclaim_counters)
         line=$(run_bench $((load_max_seconds + 120)) etcd-put --endpoints "${order[$system]}" \
             --clients "$load_clients" --requests "$requests" --value-size "$value_size" \
             --key-prefix "$prefix" --max-seconds "$load_max_seconds") ||
             die "strata-bench etcd-put ($phase) against $system failed; see $data/bench.stderr"
         check_members "$system" "$phase"
+        # The kernel's direct reclaim and compaction stalls during the load: a process that
+        # faults in memory while the kernel must free or compact some waits with it.
         record "$phase.$system.put" "$(jq -c --arg leader "${order[$system]##*,}" \
-            '. + {leader_endpoint: $leader}' <<<"$line")"
+            --argjson before "$reclaim_before" --argjson after "$(reclaim_counters)" \
+            '. + {leader_endpoint: $leader, vmstat: ($after | with_entries(.value -= $before[.key]))}' <<<"$line")"
+        log "$system $phase: kernel stalls meanwhile $(jq -s -c '.[-1].value.vmstat' "$facts")"
         if [[ $system == strata ]]; then
             # When each member built a snapshot during the load, in the seconds of strata-bench's
             # windows (from the end of its warm-up; from its start if it did not say), so a slow

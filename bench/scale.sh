@@ -469,6 +469,13 @@ log "strata up: gRPC $(endpoints_of strata)"
 record_footprint start etcd
 record_footprint start strata
 
+# The kernel's counters of memory reclaim and compaction that stall a process, as JSON.
+reclaim_counters() {
+    awk '$1 ~ /^allocstall_/ { stalls += $2 } $1 == "pgscan_direct" { scanned = $2 }
+        $1 == "compact_stall" { compact = $2 }
+        END { printf "{\"allocstall\": %d, \"pgscan_direct\": %d, \"compact_stall\": %d}\n", stalls, scanned, compact }' /proc/vmstat
+}
+
 # --- 3. load A: 1,000,000 keys of 256 bytes -------------------------------------------------
 # Puts $2 keys of $3 bytes under $1 with 128 clients into each system (etcd first), records
 # the run, checks the count of keys, and records RSS and disk after.
@@ -872,12 +879,6 @@ disk_quiet() {
 # median: its cost per write is the same at any store size, since a snapshot comes once the
 # log since the last one is half the store), the whole phase's as .whole_throughput, and the
 # snapshots the members built meanwhile as .snapshots.
-# The kernel's counters of memory reclaim and compaction that stall a process, as JSON.
-reclaim_counters() {
-    awk '$1 ~ /^allocstall_/ { stalls += $2 } $1 == "pgscan_direct" { scanned = $2 }
-        $1 == "compact_stall" { compact = $2 }
-        END { printf "{\"allocstall\": %d, \"pgscan_direct\": %d, \"compact_stall\": %d}\n", stalls, scanned, compact }' /proc/vmstat
-}
 measure_registry() {
     local key=$1 phase=$2 started round line runs=() per_round=$((register_requests / register_rounds)) id reclaim_before
     started=$(now_us)

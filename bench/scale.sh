@@ -500,10 +500,10 @@ load_phase() {
     for system in etcd strata; do
         # Each load starts on a disk with nothing left to write back (`sync`, untimed): the
         # second system's load would otherwise run beside the writeback of the first's. And,
-        # where this user may (root), with the page cache emptied: etcd goes first, and the
-        # cache its load filled left Strata's load B, always second, to the kernel's direct
-        # reclaim and compaction (run 25: 1,336 and 4,565 stalls in Strata's load B, none in
-        # etcd's).
+        # where this user may (root), with the page cache emptied, so that neither load runs in
+        # memory the other's cache took. (What it does not remove: by load B the two clusters
+        # hold most of the machine's memory, and the second load, Strata's, still meets the
+        # kernel's direct reclaim and compaction: see docs/benchmarks.md, runs 25 and 26.)
         sync
         if [[ -w /proc/sys/vm/drop_caches ]]; then
             echo 1 >/proc/sys/vm/drop_caches

@@ -475,6 +475,14 @@ reclaim_counters() {
         $1 == "compact_stall" { compact = $2 }
         END { printf "{\"allocstall\": %d, \"pgscan_direct\": %d, \"compact_stall\": %d}\n", stalls, scanned, compact }' /proc/vmstat
 }
+# How much each of those counters grew since $1 (an earlier reclaim_counters), as JSON.
+reclaim_since() {
+    jq -nc --argjson before "$1" --argjson after "$(reclaim_counters)" \
+        '$after | with_entries(.value -= $before[.key])'
+}
+# Whether this user may empty the page cache (root): loads then start with it empty.
+drop_caches=false
+[[ -w /proc/sys/vm/drop_caches ]] && drop_caches=true
 
 # --- 3. load A: 1,000,000 keys of 256 bytes -------------------------------------------------
 # Puts $2 keys of $3 bytes under $1 with 128 clients into each system (etcd first), records
@@ -505,7 +513,7 @@ load_phase() {
         # hold most of the machine's memory, and the second load, Strata's, still meets the
         # kernel's direct reclaim and compaction: see docs/benchmarks.md, runs 25 and 26.)
         sync
-        if [[ -w /proc/sys/vm/drop_caches ]]; then
+        if $drop_caches; then
             echo 1 >/proc/sys/vm/drop_caches
         fi
         log "$phase: $system, $requests puts of $value_size bytes, $load_clients clients, endpoints ${order[$system]}"
@@ -519,8 +527,8 @@ load_phase() {
         # The kernel's direct reclaim and compaction stalls during the load: a process that
         # faults in memory while the kernel must free or compact some waits with it.
         record "$phase.$system.put" "$(jq -c --arg leader "${order[$system]##*,}" \
-            --argjson before "$reclaim_before" --argjson after "$(reclaim_counters)" \
-            '. + {leader_endpoint: $leader, vmstat: ($after | with_entries(.value -= $before[.key]))}' <<<"$line")"
+            --argjson vmstat "$(reclaim_since "$reclaim_before")" \
+            '. + {leader_endpoint: $leader, vmstat: $vmstat}' <<<"$line")"
         log "$system $phase: kernel stalls meanwhile $(jq -s -c '.[-1].value.vmstat' "$facts")"
         if [[ $system == strata ]]; then
             # When each member built a snapshot during the load, in the seconds of strata-bench's
@@ -895,8 +903,8 @@ measure_registry() {
             die "registry-register ($key, $phase, run $round) failed; see $data/bench.stderr"
         runs+=("$line")
     done
-    record "$key.$phase" "$(printf '%s\n' "${runs[@]}" | jq -sc --argjson before "$reclaim_before" \
-        --argjson after "$(reclaim_counters)" --argjson snapshots "$(
+    record "$key.$phase" "$(printf '%s\n' "${runs[@]}" | jq -sc \
+        --argjson vmstat "$(reclaim_since "$reclaim_before")" --argjson snapshots "$(
         for id in "${strata_ids[@]}"; do snapshots_since "$started" "$id"; done | jq -sc 'sort_by(.start_s)'
     )" '
         def median: sort | if length % 2 == 1 then .[length / 2 | floor]
@@ -906,7 +914,7 @@ measure_registry() {
          whole_throughput: ((map(.requests) | add) / (map(.seconds) | add) * 10 | round / 10),
          p50_ms: (map(.p50_ms) | median), p99_ms: (map(.p99_ms) | median),
          max_ms: (map(.max_ms) | max), runs: ., snapshots: $snapshots,
-         vmstat: ($after | with_entries(.value -= $before[.key]))}')"
+         vmstat: $vmstat}')"
     log "$key $phase: $(jq -s -r '.[-1].value | "runs of \(.runs | map(.throughput) | map(tostring) | join(", ")) registrations/s (median \(.throughput), whole phase \(.whole_throughput)); reclaim stalls \(.vmstat.allocstall), compaction stalls \(.vmstat.compact_stall); snapshots meanwhile: \(.snapshots | map("node \(.node) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", "))"' "$facts")"
 }
 registry_phases() {
@@ -1017,7 +1025,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     --argjson load_max_seconds "$load_max_seconds" --argjson register_requests "$register_requests" --argjson register_rounds "$register_rounds" --argjson fresh_clusters "$fresh_clusters" \
     --argjson register_clients "$register_clients" --argjson fill_instances "$fill_instances" \
     --argjson fill_clients "$fill_clients" --argjson services "$services" --argjson page "$page" \
-    --argjson quota "$etcd_quota" --argjson settle_max "$settle_max_s" --argjson drop_caches "$([[ -w /proc/sys/vm/drop_caches ]] && echo true || echo false)" \
+    --argjson quota "$etcd_quota" --argjson settle_max "$settle_max_s" --argjson drop_caches "$drop_caches" \
     --argjson settle_quiet "$settle_quiet_s" --argjson min_free "$min_free_b_gib" \
     --argjson panics "$panics" --argjson errors "$error_lines" \
     --argjson snapshots "$snapshots_built" --argjson error_samples "$error_samples" '

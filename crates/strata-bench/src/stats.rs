@@ -77,6 +77,11 @@ impl Latencies {
         let second = u32::try_from(done_at.as_secs()).unwrap_or(u32::MAX);
         self.timed.push((second, latency));
         self.last_done = self.last_done.max(done_at);
+        self.note_slowest(latency, done_at);
+    }
+
+    /// Keeps `latency`, completed at `done_at`, as the slowest timed sample if it is.
+    fn note_slowest(&mut self, latency: Duration, done_at: Duration) {
         if self.slowest.is_none_or(|(slowest, _)| latency > slowest) {
             self.slowest = Some((latency, done_at));
         }
@@ -88,17 +93,13 @@ impl Latencies {
         self.timed.extend(other.timed);
         self.last_done = self.last_done.max(other.last_done);
         if let Some((latency, done_at)) = other.slowest {
-            if self.slowest.is_none_or(|(slowest, _)| latency > slowest) {
-                self.slowest = Some((latency, done_at));
-            }
+            self.note_slowest(latency, done_at);
         }
     }
 
     fn windows(&mut self) -> Option<WindowSummary> {
         self.timed.sort_unstable();
-        let last_second = u32::try_from(self.last_done.as_secs()).unwrap_or(u32::MAX);
-        let mut tail = None;
-        let by_second: Vec<(u32, Duration)> = self
+        let mut by_second: Vec<(u32, Duration)> = self
             .timed
             .chunk_by(|a, b| a.0 == b.0)
             .filter(|window| window.len() >= MIN_WINDOW_SAMPLES)
@@ -107,15 +108,15 @@ impl Latencies {
                 let latencies: Vec<Duration> = window.iter().map(|(_, l)| *l).collect();
                 (window[0].0, nearest_rank(&latencies, 0.99))
             })
-            .filter(|&(second, p99)| {
-                let whole = second < last_second;
-                if !whole {
-                    let length = self.last_done.as_secs_f64() - f64::from(second);
-                    tail = Some(((length * 1000.0).round() / 1000.0, millis(p99)));
-                }
-                whole
-            })
             .collect();
+        // Sorted by second, so only the last window can be the run's last, partial second.
+        let last_second = u32::try_from(self.last_done.as_secs()).unwrap_or(u32::MAX);
+        let tail = by_second
+            .pop_if(|(second, _)| *second >= last_second)
+            .map(|(second, p99)| {
+                let length = self.last_done.as_secs_f64() - f64::from(second);
+                ((length * 1000.0).round() / 1000.0, millis(p99))
+            });
         let p99s_ms = by_second.iter().map(|(_, p99)| millis(*p99)).collect();
         let seconds = by_second.iter().map(|(second, _)| *second).collect();
         let (worst_at_s, worst) = by_second.iter().max_by_key(|(_, p99)| *p99).copied()?;

@@ -295,6 +295,22 @@ pub async fn try_wait_for_addrs<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The address a node that exited before listening names as in use (`cannot listen on ADDR
+/// for ...: the port is in use`), if that is why it exited.
+fn busy_port(output: &str) -> Option<std::net::SocketAddr> {
+    let line = output.lines().find(|l| l.contains("the port is in use"))?;
+    let (_, rest) = line.split_once("cannot listen on ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// `Some` once `addr` can be bound as the node binds it (TCP with `SO_REUSEADDR`, and UDP for
+/// the DNS listener).
+async fn port_free(addr: std::net::SocketAddr) -> Option<()> {
+    let tcp = tokio::net::TcpListener::bind(addr).await.is_ok();
+    let udp = tokio::net::UdpSocket::bind(addr).await.is_ok();
+    (tcp && udp).then_some(())
+}
+
 /// Extra `strata server` arguments that enable the etcd v3 gRPC API on a port chosen at run
 /// time; [`NodeProc::grpc`] then holds the bound address.
 pub const GRPC_ON_ANY_PORT: &[&str] = &["--grpc-addr", "127.0.0.1:0"];
@@ -476,8 +492,8 @@ impl NodeProc {
         // A restart takes the node's ports again (its peers know its raft address), and in the
         // moment between the kill and the restart another test's process on this machine may
         // have been given one of them for its own port 0 or an outgoing connection. Such a
-        // port is usually free again soon: a restart refused for a port in use is tried again
-        // for up to 30 s.
+        // port is usually free again soon: a restart refused for a port in use waits until
+        // the port can be bound and tries again, for up to 30 s in all.
         let retry_until = Instant::now() + Duration::from_secs(30);
         let (child, addrs) = loop {
             let log_path = self.dir.join(format!("log.{}", self.starts));
@@ -491,18 +507,16 @@ impl NodeProc {
             .await
             {
                 Ok(addrs) => break (child, addrs),
-                Err(exited)
-                    if self.starts > 1
-                        && exited.contains("the port is in use")
-                        && Instant::now() < retry_until =>
-                {
-                    eprintln!(
-                        "node {}: a port it restarts on is in use; trying again",
-                        self.id
-                    );
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                Err(exited) => {
+                    let busy = busy_port(&exited).filter(|_| self.starts > 1);
+                    let left = retry_until.saturating_duration_since(Instant::now());
+                    let Some(addr) = busy.filter(|_| !left.is_zero()) else {
+                        panic!("{exited}");
+                    };
+                    eprintln!("node {}: {addr}, which it restarts on, is in use", self.id);
+                    let what = format!("{addr} to be free for node {}", self.id);
+                    wait_until(left, &what, || port_free(addr)).await;
                 }
-                Err(exited) => panic!("{exited}"),
             }
         };
         self.child = Some(child);

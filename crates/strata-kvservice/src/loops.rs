@@ -140,6 +140,10 @@ pub fn refresh_metrics(service: &KvService) {
     metrics::advance(&metrics.raft_appends_streamed, transport.streamed_appends);
     metrics::advance(&metrics.raft_appends_posted, transport.posted_appends);
     metrics::advance(&metrics.raft_forwards_streamed, transport.streamed_forwards);
+    metrics::advance(
+        &metrics.raft_stream_late_replies,
+        transport.late_replies_dropped,
+    );
     metrics.raft_log_entries.set(service.log.len() as i64);
     metrics
         .raft_snapshot_index

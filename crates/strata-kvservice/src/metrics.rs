@@ -38,6 +38,8 @@ pub struct Metrics {
     pub raft_appends_posted: IntCounter,
     /// Batches of writes this follower forwarded to the leader over the leader stream.
     pub raft_forwards_streamed: IntCounter,
+    /// Replies on a stream that came after their request had timed out, dropped.
+    pub raft_stream_late_replies: IntCounter,
     /// Entries in the unpurged log.
     pub raft_log_entries: IntGauge,
     /// Snapshots installed from a leader.
@@ -237,6 +239,11 @@ impl Metrics {
                 &registry,
                 "strata_raft_forwards_streamed_total",
                 "Batches of writes forwarded to the leader over the leader stream",
+            ),
+            raft_stream_late_replies: counter(
+                &registry,
+                "strata_raft_stream_late_replies_total",
+                "Replies on a peer stream that came after their request had timed out, read and dropped by the next request on the same stream",
             ),
             raft_log_entries: gauge(
                 &registry,

@@ -392,7 +392,7 @@ impl Inner {
         request: &LeaderRequest,
         timeout: Duration,
     ) -> Result<Option<Result<LeaderReply, ApiError>>, TransportError> {
-        let held = {
+        let mut held = {
             let mut slot = self
                 .leader_stream
                 .lock()
@@ -412,22 +412,25 @@ impl Inner {
             &self.client,
             addr,
             route,
-            held,
+            &mut held,
             request,
             timeout,
         )
-        .await?;
+        .await;
         let mut slot = self
             .leader_stream
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match exchanged {
-            Some((stream, Ok(reply))) => {
-                slot.open = Some((addr.to_string(), stream));
+        // Kept after a timeout too: the stream is still in step (see `FrameStream`).
+        if let Some(stream) = held {
+            slot.open = Some((addr.to_string(), stream));
+        }
+        match exchanged? {
+            Some(Ok(reply)) => {
                 crate::network::count_streamed_forward();
                 Ok(Some(reply))
             }
-            Some((_, Err(refused))) => Err(TransportError::Failed {
+            Some(Err(refused)) => Err(TransportError::Failed {
                 addr: addr.to_string(),
                 message: format!("leader request refused: {refused}"),
             }),

@@ -829,6 +829,7 @@ static STREAMS_OPENED: AtomicU64 = AtomicU64::new(0);
 static STREAMED_APPENDS: AtomicU64 = AtomicU64::new(0);
 static POSTED_APPENDS: AtomicU64 = AtomicU64::new(0);
 static STREAMED_FORWARDS: AtomicU64 = AtomicU64::new(0);
+static LATE_REPLIES_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one forward sent to the leader over a stream.
 pub(crate) fn count_streamed_forward() {
@@ -846,6 +847,9 @@ pub struct TransportStats {
     pub posted_appends: u64,
     /// Batches of writes forwarded to the leader over a stream.
     pub streamed_forwards: u64,
+    /// Replies that came after their exchange had been given up (timed out), read and
+    /// dropped by the next exchange on the same stream.
+    pub late_replies_dropped: u64,
 }
 
 /// This node's transport counters since start.
@@ -855,6 +859,7 @@ pub fn transport_stats() -> TransportStats {
         streamed_appends: STREAMED_APPENDS.load(Ordering::Relaxed),
         posted_appends: POSTED_APPENDS.load(Ordering::Relaxed),
         streamed_forwards: STREAMED_FORWARDS.load(Ordering::Relaxed),
+        late_replies_dropped: LATE_REPLIES_DROPPED.load(Ordering::Relaxed),
     }
 }
 
@@ -869,13 +874,42 @@ type StreamReply = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId
 /// Compared with a POST each it saves the HTTP framing, the pooled client's hand-off to its
 /// connection task and the server's routing on every call: the caller's task writes the
 /// request and reads the reply itself.
+///
+/// An exchange cut off at any await (openraft drops an append that outlasts its timeout, a
+/// heartbeat interval) leaves the stream in step: what is still to be written stays in
+/// `outgoing` and goes first next time, bytes read stay in `incoming`, and the reply the cut
+/// exchange was owed is read and dropped by the next one. So a follower that answers late
+/// costs the next append only the wait for that answer, not a new connection (an HTTP
+/// upgrade) opened while the follower still works through the old one's append.
 pub(crate) struct FrameStream {
-    io: tokio::io::BufStream<reqwest::Upgraded>,
+    io: reqwest::Upgraded,
+    /// Encoded requests not yet (wholly) written.
+    outgoing: bytes::BytesMut,
+    /// Bytes read and not yet taken as a reply.
+    incoming: bytes::BytesMut,
+    /// Requests put in `outgoing` whose reply has not been taken: more than one after an
+    /// exchange was cut off.
+    owed: usize,
+    /// The buffer requests are encoded in, kept for its capacity.
     frame: Vec<u8>,
 }
 
+/// Replies a stream may owe before it is given up as stuck and a new one opened.
+const MAX_OWED_REPLIES: usize = 8;
+
 impl FrameStream {
-    /// Sends one request and reads its reply.
+    fn new(io: reqwest::Upgraded) -> FrameStream {
+        FrameStream {
+            io,
+            outgoing: bytes::BytesMut::new(),
+            incoming: bytes::BytesMut::new(),
+            owed: 0,
+            frame: Vec::new(),
+        }
+    }
+
+    /// Sends one request and reads its reply, after the replies still owed to exchanges cut
+    /// off before it (read and dropped). Cancel-safe: see the type's comment.
     async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         addr: &str,
@@ -887,32 +921,86 @@ impl FrameStream {
             message,
         };
         encode_frame(&mut self.frame, request).map_err(failed)?;
-        self.io
-            .write_all(&self.frame)
-            .await
-            .map_err(|e| failed(format!("stream: {e}")))?;
+        self.outgoing.extend_from_slice(&self.frame);
+        self.owed += 1;
+        while !self.outgoing.is_empty() {
+            // `write_buf` advances `outgoing` only by what was written: cancel-safe.
+            let written = self
+                .io
+                .write_buf(&mut self.outgoing)
+                .await
+                .map_err(|e| failed(format!("stream: {e}")))?;
+            if written == 0 {
+                return Err(failed("stream: the peer stopped reading".into()));
+            }
+        }
         self.io
             .flush()
             .await
             .map_err(|e| failed(format!("stream: {e}")))?;
-        read_frame(&mut self.io, &mut self.frame)
-            .await
-            .map_err(|e| failed(format!("stream: {e}")))?
-            .then_some(())
-            .ok_or_else(|| failed("stream closed by the peer".into()))?;
-        postcard::from_bytes(&self.frame).map_err(|e| failed(format!("decode: {e}")))
+        loop {
+            let reply = self.next_frame().await.map_err(failed)?;
+            self.owed -= 1;
+            if self.owed == 0 {
+                return postcard::from_bytes(&reply).map_err(|e| failed(format!("decode: {e}")));
+            }
+            LATE_REPLIES_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Whether the peer closed the stream (or sent something unasked) while it was idle. A
-    /// request written to such a stream would fail with an outcome the caller cannot know,
-    /// though it never reached the peer; checked before each reuse.
-    fn closed_while_idle(&mut self) -> bool {
+    /// Reads until `incoming` holds a whole frame and takes its body off. Cancel-safe:
+    /// `read_buf` keeps what it read in `incoming`.
+    async fn next_frame(&mut self) -> Result<bytes::BytesMut, String> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let needed = match self.incoming.get(..4) {
+                Some(len) => {
+                    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                    if len > MAX_STREAM_FRAME {
+                        return Err(format!("stream: a frame of {len} bytes is too large"));
+                    }
+                    if self.incoming.len() >= 4 + len {
+                        let mut taken = self.incoming.split_to(4 + len);
+                        return Ok(taken.split_off(4));
+                    }
+                    4 + len
+                }
+                None => 4,
+            };
+            self.incoming
+                .reserve((needed - self.incoming.len()).max(READ_CHUNK));
+            let read = self
+                .io
+                .read_buf(&mut self.incoming)
+                .await
+                .map_err(|e| format!("stream: {e}"))?;
+            if read == 0 {
+                return Err("stream closed by the peer".into());
+            }
+        }
+    }
+
+    /// Whether this stream can carry another request: not if the peer closed it (or sent
+    /// something unasked) while it was idle, since a request written to it would fail with an
+    /// outcome the caller cannot know though it never reached the peer, nor if it owes too
+    /// many replies. Checked before each reuse; keeps any late reply it reads.
+    fn usable(&mut self) -> bool {
         use futures::FutureExt;
         use tokio::io::AsyncReadExt;
-        let mut byte = [0u8; 1];
-        self.io.read(&mut byte).now_or_never().is_some()
+        if self.owed >= MAX_OWED_REPLIES {
+            return false;
+        }
+        self.incoming.reserve(READ_CHUNK);
+        match self.io.read_buf(&mut self.incoming).now_or_never() {
+            None => true,
+            Some(Ok(read)) => read > 0 && self.owed > 0,
+            Some(Err(_)) => false,
+        }
     }
 }
+
+/// How much room a stream's read makes in its buffer at least.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Encodes `value` into `frame` as a length-prefixed postcard frame.
 fn encode_frame<T: Serialize>(frame: &mut Vec<u8>, value: &T) -> Result<(), String> {
@@ -996,28 +1084,22 @@ async fn open_stream(
         .map_err(|e| failed(format!("{path} upgrade: {e}")))?;
     STREAMS_OPENED.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = addr, path, "stream opened");
-    Ok(Some(FrameStream {
-        io: tokio::io::BufStream::new(upgraded),
-        frame: Vec::new(),
-    }))
+    Ok(Some(FrameStream::new(upgraded)))
 }
 
-/// Sends `request` over `held`, or over a stream opened to `path` (upgrading to `protocol`)
-/// when there is none or the peer closed it, and reads the reply, all within `timeout`.
-/// `Ok(None)`: the peer has no such route. On success the stream comes back with the reply,
-/// for the caller to keep; any failure drops it (a reply may still be on its way, so the
-/// stream is out of step).
-///
-/// Cancel-safe in the same sense: a caller that drops this future drops the stream with it.
-/// A stream kept across such a drop would hand the next request the previous one's reply.
+/// Sends `request` over the stream in `slot`, or over a stream opened to `path` (upgrading to
+/// `protocol`) when there is none or it cannot be used, and reads the reply, all within
+/// `timeout`. `Ok(None)`: the peer has no such route. A stream opened stays in `slot`, also
+/// when the exchange times out or is dropped (its late reply is dropped by the next exchange,
+/// see [`FrameStream`]); an error of the connection or the encoding empties it.
 pub(crate) async fn exchange_over_stream<Req: Serialize, Resp: DeserializeOwned>(
     client: &PeerClient,
     addr: &str,
     (path, protocol): (&str, &str),
-    held: Option<FrameStream>,
+    slot: &mut Option<FrameStream>,
     request: &Req,
     timeout: Duration,
-) -> Result<Option<(FrameStream, Resp)>, TransportError> {
+) -> Result<Option<Resp>, TransportError> {
     if is_cut_off(addr) {
         let error = TransportError::Unreachable {
             addr: addr.to_string(),
@@ -1026,20 +1108,26 @@ pub(crate) async fn exchange_over_stream<Req: Serialize, Resp: DeserializeOwned>
         note_peer(addr, Some(&error));
         return Err(error);
     }
-    let exchange = async move {
-        let reusable = held.and_then(|mut open| (!open.closed_while_idle()).then_some(open));
-        let mut open = match reusable {
+    let exchange = async {
+        if slot.as_mut().is_some_and(|open| !open.usable()) {
+            *slot = None;
+        }
+        let open = match slot {
             Some(open) => open,
             None => match open_stream(client, addr, path, protocol).await? {
-                Some(opened) => opened,
+                Some(opened) => slot.insert(opened),
                 None => return Ok(None),
             },
         };
-        let reply = open.exchange(addr, request).await?;
-        Ok(Some((open, reply)))
+        open.exchange(addr, request).await.map(Some)
     };
-    let result = match tokio::time::timeout(timeout, exchange).await {
-        Ok(result) => result,
+    let outcome = tokio::time::timeout(timeout, exchange).await;
+    let result = match outcome {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(error)) => {
+            *slot = None;
+            Err(error)
+        }
         Err(_) => Err(TransportError::Failed {
             addr: addr.to_string(),
             message: format!("{path} timed out after {timeout:?}"),
@@ -1051,8 +1139,8 @@ pub(crate) async fn exchange_over_stream<Req: Serialize, Resp: DeserializeOwned>
 
 /// Sends `request` over the peer's append stream, opening it first when there is none.
 /// `Ok(None)`: the peer has no stream route, POST instead. See [`exchange_over_stream`]:
-/// openraft wraps each append in a timeout of its own and drops the future when it fires, and
-/// a dropped exchange drops its stream with it.
+/// openraft wraps each append in a timeout of its own and drops the future when it fires; the
+/// stream stays in `stream`, in step.
 async fn append_over_stream(
     client: &PeerClient,
     addr: &str,
@@ -1060,17 +1148,15 @@ async fn append_over_stream(
     request: &AppendEntriesRequest<TypeConfig>,
     timeout: Duration,
 ) -> Result<Option<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, TransportError> {
-    let held = stream.take();
     let route = ("/raft/stream", STREAM_PROTOCOL);
-    match exchange_over_stream::<_, StreamReply>(client, addr, route, held, request, timeout)
+    match exchange_over_stream::<_, StreamReply>(client, addr, route, stream, request, timeout)
         .await?
     {
-        Some((open, Ok(reply))) => {
-            *stream = Some(open);
+        Some(Ok(reply)) => {
             STREAMED_APPENDS.fetch_add(1, Ordering::Relaxed);
             Ok(Some(reply))
         }
-        Some((_, Err(refused))) => Err(TransportError::Failed {
+        Some(Err(refused)) => Err(TransportError::Failed {
             addr: addr.to_string(),
             message: format!("append refused: {refused}"),
         }),
@@ -1472,10 +1558,10 @@ mod tests {
         client: &PeerClient,
         addr: &str,
         route: (&str, &str),
-        held: Option<FrameStream>,
+        slot: &mut Option<FrameStream>,
         request: &Req,
-    ) -> (FrameStream, Result<u64, String>) {
-        exchange_over_stream(client, addr, route, held, request, Duration::from_secs(30))
+    ) -> Result<u64, String> {
+        exchange_over_stream(client, addr, route, slot, request, Duration::from_secs(30))
             .await
             .unwrap()
             .unwrap()
@@ -1486,18 +1572,19 @@ mod tests {
         let addr = doubling_peer().await;
         let client = PeerClient::plain();
         let route = ("/s", "test-frames");
-        let (mut stream, reply) = ask(&client, &addr, route, None, &21u64).await;
-        assert_eq!(reply, Ok(42));
+        let mut stream = None;
+        assert_eq!(
+            ask(&client, &addr, route, &mut stream, &21u64).await,
+            Ok(42)
+        );
         for n in [0u64, 7, u64::MAX / 2] {
-            let (next, reply) = ask(&client, &addr, route, Some(stream), &n).await;
-            assert_eq!(reply, Ok(n * 2));
-            stream = next;
+            assert_eq!(ask(&client, &addr, route, &mut stream, &n).await, Ok(n * 2));
         }
         // `()` encodes as no bytes at all: not a u64. The peer says so and keeps the stream.
-        let (stream, reply) = ask(&client, &addr, route, Some(stream), &()).await;
+        let reply = ask(&client, &addr, route, &mut stream, &()).await;
         assert!(reply.is_err(), "{reply:?}");
-        let (_, reply) = ask(&client, &addr, route, Some(stream), &5u64).await;
-        assert_eq!(reply, Ok(10));
+        assert!(stream.is_some(), "a refused request keeps the stream");
+        assert_eq!(ask(&client, &addr, route, &mut stream, &5u64).await, Ok(10));
         assert!(
             STREAMS_OPENED.load(Ordering::Relaxed) >= 1,
             "streams are counted"
@@ -1507,7 +1594,7 @@ mod tests {
             &client,
             &addr,
             ("/nowhere", "test-frames"),
-            None,
+            &mut None,
             &1u64,
             Duration::from_secs(30),
         )
@@ -1521,20 +1608,117 @@ mod tests {
         let addr = doubling_peer().await;
         let client = PeerClient::plain();
         let route = ("/once", "test-frames");
-        let (mut stream, reply) = ask(&client, &addr, route, None, &1u64).await;
-        assert_eq!(reply, Ok(2));
+        let mut slot = None;
+        assert_eq!(ask(&client, &addr, route, &mut slot, &1u64).await, Ok(2));
         // The peer closes it; wait (bounded) until this side has seen the end.
+        let stream = slot.as_mut().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !stream.closed_while_idle() {
+        while stream.usable() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the close was never seen"
             );
             tokio::task::yield_now().await;
         }
-        // Handed back as the held stream, it is replaced, not written to.
-        let (_, reply) = ask(&client, &addr, route, Some(stream), &2u64).await;
-        assert_eq!(reply, Ok(4));
+        // Left in the slot, it is replaced, not written to.
+        assert_eq!(ask(&client, &addr, route, &mut slot, &2u64).await, Ok(4));
+    }
+
+    /// A peer serving `POST /gated` as a frame stream that answers a string with its length,
+    /// reading each request only once the test adds a permit to the returned gate; the
+    /// counter is the streams it accepted.
+    async fn gated_peer() -> (String, Arc<tokio::sync::Semaphore>, Arc<AtomicU64>) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (peer_gate, peer_accepted) = (gate.clone(), accepted.clone());
+        let router = Router::new().route(
+            "/gated",
+            post(move |request: Request| {
+                let (gate, accepted) = (peer_gate.clone(), peer_accepted.clone());
+                async move {
+                    accept_stream(request, "test-frames", move |io| async move {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        let mut io = tokio::io::BufStream::new(io);
+                        let mut frame = Vec::new();
+                        loop {
+                            gate.acquire().await.unwrap().forget();
+                            if !read_frame(&mut io, &mut frame).await.unwrap_or(false) {
+                                return;
+                            }
+                            let text: String = postcard::from_bytes(&frame).unwrap();
+                            let reply: Result<u64, String> = Ok(text.len() as u64);
+                            encode_frame(&mut frame, &reply).unwrap();
+                            io.write_all(&frame).await.unwrap();
+                            io.flush().await.unwrap();
+                        }
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (addr, gate, accepted)
+    }
+
+    /// One exchange of `len` bytes with the gated peer, given up after `timeout`.
+    async fn ask_len(
+        client: &PeerClient,
+        addr: &str,
+        slot: &mut Option<FrameStream>,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Option<Result<u64, String>>, TransportError> {
+        let route = ("/gated", "test-frames");
+        exchange_over_stream(client, addr, route, slot, &"x".repeat(len), timeout).await
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_comes_after_its_timeout_is_dropped_and_the_stream_kept() {
+        let (addr, gate, accepted) = gated_peer().await;
+        let client = PeerClient::plain();
+        let mut slot = None;
+        gate.add_permits(1);
+        let first = ask_len(&client, &addr, &mut slot, 3, Duration::from_secs(30)).await;
+        assert_eq!(first.unwrap(), Some(Ok(3)));
+        // The peer holds the next request: the exchange times out with the request written.
+        let late = ask_len(&client, &addr, &mut slot, 5, Duration::from_millis(100)).await;
+        let error = late.unwrap_err();
+        assert!(error.to_string().contains("timed out"), "{error}");
+        assert!(slot.is_some(), "a timed-out exchange keeps its stream");
+        let dropped = LATE_REPLIES_DROPPED.load(Ordering::Relaxed);
+        // The peer answers both; this exchange gets its own answer, not the late one.
+        gate.add_permits(2);
+        let next = ask_len(&client, &addr, &mut slot, 11, Duration::from_secs(30)).await;
+        assert_eq!(next.unwrap(), Some(Ok(11)));
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "no second stream");
+        assert!(LATE_REPLIES_DROPPED.load(Ordering::Relaxed) > dropped);
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_off_halfway_through_its_write_is_finished_before_the_next() {
+        let (addr, gate, accepted) = gated_peer().await;
+        let client = PeerClient::plain();
+        let mut slot = None;
+        gate.add_permits(1);
+        let first = ask_len(&client, &addr, &mut slot, 1, Duration::from_secs(30)).await;
+        assert_eq!(first.unwrap(), Some(Ok(1)));
+        // 32 MiB to a peer that does not read: far more than the sockets' buffers take, so
+        // the write is cut off by the timeout with part of the request still to write.
+        let big = 32 << 20;
+        let cut = ask_len(&client, &addr, &mut slot, big, Duration::from_millis(200)).await;
+        assert!(cut.is_err());
+        let stream = slot.as_ref().unwrap();
+        assert!(
+            !stream.outgoing.is_empty() && stream.outgoing.len() < big,
+            "the write was cut off halfway ({} bytes left)",
+            stream.outgoing.len()
+        );
+        // The rest of the big request goes first; its answer is dropped; the next is ours.
+        gate.add_permits(2);
+        let next = ask_len(&client, &addr, &mut slot, 9, Duration::from_secs(30)).await;
+        assert_eq!(next.unwrap(), Some(Ok(9)));
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "no second stream");
     }
 
     #[tokio::test]

@@ -938,8 +938,8 @@ measure_registry() {
          whole_throughput: ((map(.requests) | add) / (map(.seconds) | add) * 10 | round / 10),
          p50_ms: (map(.p50_ms) | median), p99_ms: (map(.p99_ms) | median),
          max_ms: (map(.max_ms) | max), runs: ., snapshots: $snapshots,
-         vmstat: $vmstat}')"
-    log "$key $phase: $(jq -s -r '.[-1].value | "runs of \(.runs | map(.throughput) | map(tostring) | join(", ")) registrations/s (median \(.throughput), whole phase \(.whole_throughput)); reclaim stalls \(.vmstat.allocstall), compaction stalls \(.vmstat.compact_stall); snapshots meanwhile: \(.snapshots | map("node \(.node) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", "))"' "$facts")"
+         vmstat: $vmstat, first_error: (map(.first_error // empty) | first)}')"
+    log "$key $phase: $(jq -s -r '.[-1].value | "runs of \(.runs | map(.throughput) | map(tostring) | join(", ")) registrations/s (median \(.throughput), whole phase \(.whole_throughput)); reclaim stalls \(.vmstat.allocstall), compaction stalls \(.vmstat.compact_stall); snapshots meanwhile: \(.snapshots | map("node \(.node) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", "))\(if .first_error then "; \(.errors) failed, first: \(.first_error)" else "" end)"' "$facts")"
 }
 registry_phases() {
     local key=$1 line registered seen seen_ok

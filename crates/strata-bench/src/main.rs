@@ -872,6 +872,9 @@ struct Report {
     /// For `config-listen`: this process's resident memory while every long-poll was held.
     #[serde(skip_serializing_if = "Option::is_none")]
     client_rss_mib: Option<f64>,
+    /// The first failed request's error, when any failed (also on stderr).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
 }
 
 #[tokio::main]
@@ -999,12 +1002,7 @@ async fn drive_native(
     })?;
     let mut report = load_report(name, args, &outcome);
     report.serializable = serializable;
-    finish(
-        name,
-        &report,
-        outcome.errors,
-        outcome.first_error.as_deref(),
-    )
+    finish(name, report, outcome.errors, outcome.first_error.as_deref())
 }
 
 /// Runs an etcd-API workload over a shared connection pool and prints its report line.
@@ -1052,12 +1050,7 @@ async fn drive_etcd(
     let mut report = load_report(name, args, &outcome);
     report.serializable = serializable;
     report.connections = Some(pool.len());
-    finish(
-        name,
-        &report,
-        outcome.errors,
-        outcome.first_error.as_deref(),
-    )
+    finish(name, report, outcome.errors, outcome.first_error.as_deref())
 }
 
 /// Runs the watch fan-out and prints its report line.
@@ -1111,12 +1104,7 @@ async fn drive_watch(args: EtcdWatchArgs) -> anyhow::Result<()> {
         ..Report::default()
     };
     let errors = report.errors;
-    finish(
-        "etcd-watch",
-        &report,
-        errors,
-        outcome.first_error.as_deref(),
-    )
+    finish("etcd-watch", report, errors, outcome.first_error.as_deref())
 }
 
 /// Builds the report of a closed-loop run.
@@ -1223,7 +1211,7 @@ async fn drive_registry_register(args: RegistryRegisterArgs) -> anyhow::Result<(
     };
     finish(
         "registry-register",
-        &report,
+        report,
         outcome.errors,
         outcome.first_error.as_deref(),
     )
@@ -1291,7 +1279,7 @@ async fn drive_registry_heartbeat(args: RegistryHeartbeatArgs) -> anyhow::Result
     };
     finish(
         "registry-heartbeat",
-        &report,
+        report,
         outcome.errors,
         outcome.first_error.as_deref(),
     )
@@ -1360,7 +1348,7 @@ async fn drive_registry_watch(args: RegistryWatchArgs) -> anyhow::Result<()> {
     let errors = report.errors;
     finish(
         "registry-watch",
-        &report,
+        report,
         errors,
         outcome.first_error.as_deref(),
     )
@@ -1421,7 +1409,7 @@ async fn drive_dns_query(args: DnsQueryArgs) -> anyhow::Result<()> {
     };
     finish(
         "dns-query",
-        &report,
+        report,
         outcome.errors,
         outcome.first_error.as_deref(),
     )
@@ -1477,7 +1465,7 @@ async fn drive_config_publish(args: ConfigPublishArgs) -> anyhow::Result<()> {
     report.http = Some(args.http.name());
     finish(
         "config-publish",
-        &report,
+        report,
         outcome.errors,
         outcome.first_error.as_deref(),
     )
@@ -1529,7 +1517,7 @@ async fn drive_config_get(args: ConfigGetArgs) -> anyhow::Result<()> {
     report.created = Some(created);
     finish(
         "config-get",
-        &report,
+        report,
         outcome.errors,
         outcome.first_error.as_deref(),
     )
@@ -1597,7 +1585,7 @@ async fn drive_config_listen(args: ConfigListenArgs) -> anyhow::Result<()> {
     let errors = report.errors;
     finish(
         "config-listen",
-        &report,
+        report,
         errors,
         outcome.first_error.as_deref(),
     )
@@ -1623,11 +1611,12 @@ fn cpu_used_since(before: Option<f64>) -> Option<f64> {
 /// Prints the report line and the first failure; fails when nothing succeeded.
 fn finish(
     name: &str,
-    report: &Report,
+    mut report: Report,
     errors: u64,
     first_error: Option<&str>,
 ) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(report)?);
+    report.first_error = first_error.map(str::to_string);
+    println!("{}", serde_json::to_string(&report)?);
     if let Some(message) = first_error {
         eprintln!("{errors} of {name} requests failed; first: {message}");
     }

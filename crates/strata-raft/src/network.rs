@@ -876,14 +876,17 @@ type StreamReply = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId
 /// request and reads the reply itself.
 ///
 /// An exchange cut off at any await (openraft drops an append that outlasts its timeout, a
-/// heartbeat interval) leaves the stream in step: what is still to be written stays in
-/// `outgoing` and goes first next time, bytes read stay in `incoming`, and the reply the cut
-/// exchange was owed is read and dropped by the next one. So a follower that answers late
-/// costs the next append only the wait for that answer, not a new connection (an HTTP
-/// upgrade) opened while the follower still works through the old one's append.
+/// heartbeat interval) leaves the stream in step: bytes read stay in `incoming`, and the reply
+/// the cut exchange was owed is read and dropped by the next one. So a follower that answers
+/// late costs the next append only the wait for that answer, not a new connection (an HTTP
+/// upgrade) opened while the follower still works through the old one's append. A request cut
+/// off before it was wholly written is never finished: its caller was told it failed, and a
+/// forwarded write must not be applied long after that, so such a stream is replaced (the peer
+/// sees a frame cut short and drops it).
 pub(crate) struct FrameStream {
     io: reqwest::Upgraded,
-    /// Encoded requests not yet (wholly) written.
+    /// The request being written; what is left of it after a cut-off write makes the stream
+    /// unusable.
     outgoing: bytes::BytesMut,
     /// Bytes read and not yet taken as a reply.
     incoming: bytes::BytesMut,
@@ -924,7 +927,8 @@ impl FrameStream {
         self.outgoing.extend_from_slice(&self.frame);
         self.owed += 1;
         while !self.outgoing.is_empty() {
-            // `write_buf` advances `outgoing` only by what was written: cancel-safe.
+            // `write_buf` advances `outgoing` only by what was written, so a cut-off write
+            // leaves the rest there, and `usable` refuses the stream.
             let written = self
                 .io
                 .write_buf(&mut self.outgoing)
@@ -982,12 +986,13 @@ impl FrameStream {
 
     /// Whether this stream can carry another request: not if the peer closed it (or sent
     /// something unasked) while it was idle, since a request written to it would fail with an
-    /// outcome the caller cannot know though it never reached the peer, nor if it owes too
-    /// many replies. Checked before each reuse; keeps any late reply it reads.
+    /// outcome the caller cannot know though it never reached the peer; not if a request's
+    /// write was cut off; nor if it owes too many replies. Checked before each reuse; keeps
+    /// any late reply it reads.
     fn usable(&mut self) -> bool {
         use futures::FutureExt;
         use tokio::io::AsyncReadExt;
-        if self.owed >= MAX_OWED_REPLIES {
+        if !self.outgoing.is_empty() || self.owed >= MAX_OWED_REPLIES {
             return false;
         }
         self.incoming.reserve(READ_CHUNK);
@@ -1696,7 +1701,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_cut_off_halfway_through_its_write_is_finished_before_the_next() {
+    async fn a_request_cut_off_halfway_through_its_write_is_never_finished() {
         let (addr, gate, accepted) = gated_peer().await;
         let client = PeerClient::plain();
         let mut slot = None;
@@ -1708,17 +1713,18 @@ mod tests {
         let big = 32 << 20;
         let cut = ask_len(&client, &addr, &mut slot, big, Duration::from_millis(200)).await;
         assert!(cut.is_err());
-        let stream = slot.as_ref().unwrap();
+        let stream = slot.as_mut().unwrap();
         assert!(
             !stream.outgoing.is_empty() && stream.outgoing.len() < big,
             "the write was cut off halfway ({} bytes left)",
             stream.outgoing.len()
         );
-        // The rest of the big request goes first; its answer is dropped; the next is ours.
+        assert!(!stream.usable(), "a stream with a half-written request");
+        // The next request goes over a new stream; the old one's half request is dropped.
         gate.add_permits(2);
         let next = ask_len(&client, &addr, &mut slot, 9, Duration::from_secs(30)).await;
         assert_eq!(next.unwrap(), Some(Ok(9)));
-        assert_eq!(accepted.load(Ordering::Relaxed), 1, "no second stream");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "a second stream");
     }
 
     #[tokio::test]

@@ -880,14 +880,17 @@ type StreamReply = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId
 /// the cut exchange was owed is read and dropped by the next one. So a follower that answers
 /// late costs the next append only the wait for that answer, not a new connection (an HTTP
 /// upgrade) opened while the follower still works through the old one's append. A request cut
-/// off before it was wholly written is never finished: its caller was told it failed, and a
+/// off before it was wholly written and flushed is never finished: its caller was told it failed, and a
 /// forwarded write must not be applied long after that, so such a stream is replaced (the peer
 /// sees a frame cut short and drops it).
 pub(crate) struct FrameStream {
     io: reqwest::Upgraded,
-    /// The request being written; what is left of it after a cut-off write makes the stream
-    /// unusable.
+    /// The request being written.
     outgoing: bytes::BytesMut,
+    /// Set from a request's encoding until its write and flush return: a request cut off
+    /// before then (part of it unwritten, or held in a TLS layer's buffer) makes the stream
+    /// unusable.
+    unsent: bool,
     /// Bytes read and not yet taken as a reply.
     incoming: bytes::BytesMut,
     /// Requests put in `outgoing` whose reply has not been taken: more than one after an
@@ -906,6 +909,7 @@ impl FrameStream {
             io,
             outgoing: bytes::BytesMut::new(),
             incoming: bytes::BytesMut::new(),
+            unsent: false,
             owed: 0,
             frame: Vec::new(),
         }
@@ -926,9 +930,9 @@ impl FrameStream {
         encode_frame(&mut self.frame, request).map_err(failed)?;
         self.outgoing.extend_from_slice(&self.frame);
         self.owed += 1;
+        self.unsent = true;
         while !self.outgoing.is_empty() {
-            // `write_buf` advances `outgoing` only by what was written, so a cut-off write
-            // leaves the rest there, and `usable` refuses the stream.
+            // `write_buf` advances `outgoing` only by what was written.
             let written = self
                 .io
                 .write_buf(&mut self.outgoing)
@@ -942,6 +946,7 @@ impl FrameStream {
             .flush()
             .await
             .map_err(|e| failed(format!("stream: {e}")))?;
+        self.unsent = false;
         loop {
             let reply = self.next_frame().await.map_err(failed)?;
             self.owed -= 1;
@@ -992,7 +997,7 @@ impl FrameStream {
     fn usable(&mut self) -> bool {
         use futures::FutureExt;
         use tokio::io::AsyncReadExt;
-        if !self.outgoing.is_empty() || self.owed >= MAX_OWED_REPLIES {
+        if self.unsent || self.owed >= MAX_OWED_REPLIES {
             return false;
         }
         self.incoming.reserve(READ_CHUNK);

@@ -880,24 +880,24 @@ type StreamReply = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId
 /// the cut exchange was owed is read and dropped by the next one. So a follower that answers
 /// late costs the next append only the wait for that answer, not a new connection (an HTTP
 /// upgrade) opened while the follower still works through the old one's append. A request cut
-/// off before it was wholly written and flushed is never finished: its caller was told it failed, and a
-/// forwarded write must not be applied long after that, so such a stream is replaced (the peer
-/// sees a frame cut short and drops it).
+/// off before it was wholly written and flushed is never finished: its caller was told it
+/// failed, and a forwarded write must not be applied long after that, so such a stream is
+/// replaced (the peer sees a frame cut short and drops it).
 pub(crate) struct FrameStream {
     io: reqwest::Upgraded,
-    /// The request being written.
-    outgoing: bytes::BytesMut,
     /// Set from a request's encoding until its write and flush return: a request cut off
     /// before then (part of it unwritten, or held in a TLS layer's buffer) makes the stream
     /// unusable.
     unsent: bool,
     /// Bytes read and not yet taken as a reply.
     incoming: bytes::BytesMut,
-    /// Requests put in `outgoing` whose reply has not been taken: more than one after an
-    /// exchange was cut off.
+    /// Requests sent whose reply has not been taken: more than one after an exchange was cut
+    /// off.
     owed: usize,
-    /// The buffer requests are encoded in, kept for its capacity.
+    /// The request being written, encoded (the buffer is kept for its capacity).
     frame: Vec<u8>,
+    /// How much of `frame` is written.
+    written: usize,
 }
 
 /// Replies a stream may owe before it is given up as stuck and a new one opened.
@@ -907,12 +907,17 @@ impl FrameStream {
     fn new(io: reqwest::Upgraded) -> FrameStream {
         FrameStream {
             io,
-            outgoing: bytes::BytesMut::new(),
             incoming: bytes::BytesMut::new(),
             unsent: false,
             owed: 0,
             frame: Vec::new(),
+            written: 0,
         }
+    }
+
+    /// Bytes of the request in `frame` not written yet.
+    fn unwritten(&self) -> usize {
+        self.frame.len() - self.written
     }
 
     /// Sends one request and reads its reply, after the replies still owed to exchanges cut
@@ -928,16 +933,16 @@ impl FrameStream {
             message,
         };
         encode_frame(&mut self.frame, request).map_err(failed)?;
-        self.outgoing.extend_from_slice(&self.frame);
+        self.written = 0;
         self.owed += 1;
         self.unsent = true;
-        while !self.outgoing.is_empty() {
-            // `write_buf` advances `outgoing` only by what was written.
+        while self.unwritten() > 0 {
             let written = self
                 .io
-                .write_buf(&mut self.outgoing)
+                .write(&self.frame[self.written..])
                 .await
                 .map_err(|e| failed(format!("stream: {e}")))?;
+            self.written += written;
             if written == 0 {
                 return Err(failed("stream: the peer stopped reading".into()));
             }
@@ -970,7 +975,8 @@ impl FrameStream {
                     }
                     if self.incoming.len() >= 4 + len {
                         let mut taken = self.incoming.split_to(4 + len);
-                        return Ok(taken.split_off(4));
+                        bytes::Buf::advance(&mut taken, 4);
+                        return Ok(taken);
                     }
                     4 + len
                 }
@@ -1720,9 +1726,9 @@ mod tests {
         assert!(cut.is_err());
         let stream = slot.as_mut().unwrap();
         assert!(
-            !stream.outgoing.is_empty() && stream.outgoing.len() < big,
+            stream.unwritten() > 0 && stream.unwritten() < big,
             "the write was cut off halfway ({} bytes left)",
-            stream.outgoing.len()
+            stream.unwritten()
         );
         assert!(!stream.usable(), "a stream with a half-written request");
         // The next request goes over a new stream; the old one's half request is dropped.

@@ -199,14 +199,20 @@ async fn export_local(
     counters: Counters,
     mut rx: mpsc::Receiver<Span>,
 ) {
-    let service: Arc<str> = service.into();
+    let store = match SinkThread::start(sink, service) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the thread that stores spans; dropping them");
+            while let Some(batch) = next_batch(&mut rx).await {
+                counters.dropped.inc_by(batch.len() as u64);
+            }
+            return;
+        }
+    };
     let mut failing = false;
     while let Some(batch) = next_batch(&mut rx).await {
         let spans = batch.len() as u64;
-        let (sink, service) = (sink.clone(), service.clone());
-        let outcome = tokio::task::spawn_blocking(move || sink.accept(&service, batch))
-            .await
-            .unwrap_or_else(|e| Err(format!("the task storing spans failed: {e}")));
+        let outcome = store.accept(batch).await;
         match outcome {
             Ok(()) => {
                 counters.exported.inc_by(spans);
@@ -223,6 +229,47 @@ async fn export_local(
                 }
             }
         }
+    }
+}
+
+/// The thread that hands batches to a [`LocalSink`], at a lower CPU priority (nice 10).
+/// Storing a batch (encoding it, a file write, evictions) is work no request waits for; on a
+/// core shared with the request path, a blocking-pool thread doing it at normal priority
+/// preempted the requests' worker for each batch (and for the page faults of a growing
+/// store), which showed as a longer tail for every request in flight. At nice 10 it yields
+/// the core instead, and still runs at full speed when the core is idle.
+struct SinkThread {
+    batches: std::sync::mpsc::Sender<SinkJob>,
+}
+
+/// A batch for the [`SinkThread`], and where its outcome goes.
+type SinkJob = (Vec<Span>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+impl SinkThread {
+    fn start(sink: Arc<dyn LocalSink>, service: String) -> std::io::Result<SinkThread> {
+        let (batches, queue) = std::sync::mpsc::channel::<SinkJob>();
+        std::thread::Builder::new()
+            .name("span-store".into())
+            .spawn(move || {
+                // Sets the calling thread's nice value on Linux; failing only costs priority.
+                let _ = rustix::process::setpriority_process(None, 10);
+                // Ends when the exporter's task drops its end.
+                while let Ok((batch, done)) = queue.recv() {
+                    let _ = done.send(sink.accept(&service, batch));
+                }
+            })?;
+        Ok(SinkThread { batches })
+    }
+
+    /// Stores `batch`, or says why not.
+    async fn accept(&self, batch: Vec<Span>) -> Result<(), String> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.batches
+            .send((batch, done))
+            .map_err(|_| "the thread storing spans has ended".to_string())?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err("the thread storing spans failed".to_string()))
     }
 }
 
@@ -301,6 +348,59 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A sink that keeps what it gets, with the nice value of the thread it ran on, and
+    /// refuses every batch after the first `accepting`.
+    struct Keep {
+        got: Mutex<Vec<(String, usize, i32)>>,
+        accepting: usize,
+    }
+
+    impl LocalSink for Keep {
+        fn accept(&self, service: &str, spans: Vec<Span>) -> Result<(), String> {
+            let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+            let mut got = self.got.lock().unwrap();
+            got.push((service.to_string(), spans.len(), nice));
+            if got.len() > self.accepting {
+                return Err("full".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn local_batches_are_stored_at_a_lower_priority_and_refused_ones_counted_as_dropped() {
+        let sink = Arc::new(Keep {
+            got: Mutex::default(),
+            accepting: 1,
+        });
+        let counters = counters();
+        let (exporter, task) = Exporter::local(sink.clone(), "svc".into(), 1.0, counters.clone());
+        let task = tokio::spawn(task);
+        for _ in 0..3 {
+            exporter.record(span(true));
+        }
+        exporter.record(span(false));
+        until("the first batch", || counters.exported.get() == 3).await;
+        for _ in 0..2 {
+            exporter.record(span(true));
+        }
+        until("the refused batch", || counters.dropped.get() == 2).await;
+        drop(exporter);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the task ends once the exporter is gone")
+            .unwrap();
+        let got = sink.got.lock().unwrap().clone();
+        assert_eq!(
+            got.iter()
+                .map(|(s, n, _)| (s.as_str(), *n))
+                .collect::<Vec<_>>(),
+            [("svc", 3), ("svc", 2)]
+        );
+        // Linux gives each thread a nice value of its own (raising it needs no privilege).
+        assert!(got.iter().all(|(_, _, nice)| *nice >= 10), "{got:?}");
     }
 
     #[tokio::test]

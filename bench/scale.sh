@@ -502,29 +502,40 @@ snapshots_since() {
            end_s: ($end_s * 10 | round / 10), mb: ((.b | tonumber) / 1048576 | round)}'
 }
 
-# Each Strata member's peer-stream counters (streams opened, late replies dropped), as JSON
-# keyed by member id: whether a load's slow moments cost reconnects or only late answers.
-strata_stream_counters() {
+# Each Strata member's counters, as JSON keyed by member id: its peer streams (opened, late
+# replies dropped), whether a load's slow moments cost reconnects or only late answers; and its
+# durable log commits (written and fsynced), with how many took over 50 and 100 ms, whether
+# they were the disk's. Every series carries a node_id label, so a line is the name then `{`.
+strata_member_counters() {
     local id
     for id in "${strata_ids[@]}"; do
         { curl -sf --max-time 5 "http://${node_api[$id]}/metrics" || true; } | jq -Rsc --arg id "$id" '
-            def metric($name): [split("\n")[] | select(startswith($name + " "))
+            split("\n") as $lines
+            | def metric($name): [$lines[] | select(startswith($name + " ") or startswith($name + "{"))
                 | split(" ")[1] | tonumber][0] // 0;
-            {($id): {streams_opened: metric("strata_raft_append_streams_opened_total"),
-                     late_replies: metric("strata_raft_stream_late_replies_total")}}'
+              def bucket($le): [$lines[]
+                | select(startswith("strata_raft_log_commit_duration_seconds_bucket{")
+                    and contains("le=\"" + $le + "\""))
+                | split(" ")[1] | tonumber][0] // 0;
+              metric("strata_raft_log_commit_duration_seconds_count") as $commits
+            | {($id): {streams_opened: metric("strata_raft_append_streams_opened_total"),
+                       late_replies: metric("strata_raft_stream_late_replies_total"),
+                       log_commits: $commits,
+                       log_commits_over_50ms: ($commits - bucket("0.05")),
+                       log_commits_over_100ms: ($commits - bucket("0.1"))}}'
     done | jq -sc 'add // {}'
 }
 
-# The growth of each member's counters since $1 (a strata_stream_counters answer).
-strata_streams_since() {
-    jq -nc --argjson before "$1" --argjson after "$(strata_stream_counters)" '
+# The growth of each member's counters since $1 (a strata_member_counters answer).
+strata_counters_since() {
+    jq -nc --argjson before "$1" --argjson after "$(strata_member_counters)" '
         $after | with_entries(.key as $k | .value |= with_entries(
             .value -= ($before[$k][.key] // 0)))'
 }
 
 load_phase() {
     local phase=$1 prefix=$2 requests=$3 value_size=$4 system line count expected started id reclaim_before
-    local streams_before
+    local counters_before
     find_leaders
     for system in etcd strata; do
         # Each load starts on a disk with nothing left to write back (`sync`, untimed): the
@@ -540,7 +551,7 @@ load_phase() {
         log "$phase: $system, $requests puts of $value_size bytes, $load_clients clients, endpoints ${order[$system]}"
         started=$(now_us)
         reclaim_before=$(reclaim_counters)
-        if [[ $system == strata ]]; then streams_before=$(strata_stream_counters); fi
+        if [[ $system == strata ]]; then counters_before=$(strata_member_counters); fi
         line=$(run_bench $((load_max_seconds + 120)) etcd-put --endpoints "${order[$system]}" \
             --clients "$load_clients" --requests "$requests" --value-size "$value_size" \
             --key-prefix "$prefix" --max-seconds "$load_max_seconds") ||
@@ -563,8 +574,8 @@ load_phase() {
             done | jq -sc --argjson leader "$(id_of_endpoint strata "${order[strata]##*,}")" \
                 'map(. + {leader: (.node == $leader)}) | sort_by(.start_s)')"
             log "strata snapshots during $phase: $(jq -s -r '.[-1].value | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", ")' "$facts")"
-            record "$phase.strata.streams" "$(strata_streams_since "$streams_before")"
-            log "strata peer streams during $phase (per member): $(jq -s -c '.[-1].value' "$facts")"
+            record "$phase.strata.members" "$(strata_counters_since "$counters_before")"
+            log "strata members during $phase (peer streams, log commits): $(jq -s -c '.[-1].value' "$facts")"
         fi
         log "$(jq -r --arg s "$system" '"\($s) \(.workload): \(.throughput) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms, window p99 median \(.window_p99_median_ms) / worst \(.window_p99_worst_ms) ms (second \(.window_p99_worst_at_s)) over \(.windows) whole windows, last \(.window_tail_seconds) s p99 \(.window_p99_tail_ms) ms, slowest at \(.max_at_ms) ms, errors \(.errors)"' <<<"$line")"
         # Every successful put wrote one new key, and every client one warm-up key.

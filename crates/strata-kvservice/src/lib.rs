@@ -54,6 +54,12 @@ pub struct Parts {
 /// `tracker` until `cancel`.
 pub fn start(parts: Parts, tracker: &TaskTracker, cancel: &CancellationToken) -> Arc<KvService> {
     let metrics = Arc::new(metrics::Metrics::new(parts.id));
+    if let Err(error) = metrics
+        .registry()
+        .register(Box::new(parts.log.commit_seconds()))
+    {
+        tracing::warn!(%error, "the raft log's commit histogram is not exported");
+    }
     let consensus = Consensus::start(
         parts.id,
         parts.raft.clone(),

@@ -503,7 +503,8 @@ snapshots_since() {
 }
 
 # Each Strata member's counters, as JSON keyed by member id: its peer streams (opened, late
-# replies dropped), whether a load's slow moments cost reconnects or only late answers; and its
+# replies dropped), whether a load's slow moments cost reconnects or only late answers; watches
+# that fell behind and re-read history (the registry's own view is one); and its
 # durable log commits (written and fsynced), with how many took over 50 and 100 ms, whether
 # they were the disk's. Every series carries a node_id label, so a line is the name then `{`.
 strata_member_counters() {
@@ -520,6 +521,7 @@ strata_member_counters() {
               metric("strata_raft_log_commit_duration_seconds_count") as $commits
             | {($id): {streams_opened: metric("strata_raft_append_streams_opened_total"),
                        late_replies: metric("strata_raft_stream_late_replies_total"),
+                       watch_resyncs: metric("strata_kv_watch_resyncs_total"),
                        log_commits: $commits,
                        log_commits_over_50ms: ($commits - bucket("0.05")),
                        log_commits_over_100ms: ($commits - bucket("0.1"))}}'
@@ -931,15 +933,18 @@ disk_quiet() {
 # snapshots the members built meanwhile as .snapshots.
 measure_registry() {
     local key=$1 phase=$2 started round line runs=() per_round=$((register_requests / register_rounds)) id reclaim_before
+    local counters_before
     started=$(now_us)
     reclaim_before=$(reclaim_counters)
+    counters_before=$(strata_member_counters)
     for round in $(seq 1 "$register_rounds"); do
         line=$(register "$key-$phase-$round-" "$per_round" "$register_clients" "$register_max_seconds") ||
             die "registry-register ($key, $phase, run $round) failed; see $data/bench.stderr"
         runs+=("$line")
     done
     record "$key.$phase" "$(printf '%s\n' "${runs[@]}" | jq -sc \
-        --argjson vmstat "$(reclaim_since "$reclaim_before")" --argjson snapshots "$(
+        --argjson vmstat "$(reclaim_since "$reclaim_before")" \
+        --argjson members "$(strata_counters_since "$counters_before")" --argjson snapshots "$(
         for id in "${strata_ids[@]}"; do snapshots_since "$started" "$id"; done | jq -sc 'sort_by(.start_s)'
     )" '
         def median: sort | if length % 2 == 1 then .[length / 2 | floor]
@@ -949,7 +954,7 @@ measure_registry() {
          whole_throughput: ((map(.requests) | add) / (map(.seconds) | add) * 10 | round / 10),
          p50_ms: (map(.p50_ms) | median), p99_ms: (map(.p99_ms) | median),
          max_ms: (map(.max_ms) | max), runs: ., snapshots: $snapshots,
-         vmstat: $vmstat, first_error: (map(.first_error // empty) | first)}')"
+         vmstat: $vmstat, members: $members, first_error: (map(.first_error // empty) | first)}')"
     log "$key $phase: $(jq -s -r '.[-1].value | "runs of \(.runs | map(.throughput) | map(tostring) | join(", ")) registrations/s (median \(.throughput), whole phase \(.whole_throughput)); reclaim stalls \(.vmstat.allocstall), compaction stalls \(.vmstat.compact_stall); snapshots meanwhile: \(.snapshots | map("node \(.node) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", "))\(if .first_error then "; \(.errors) failed, first: \(.first_error)" else "" end)"' "$facts")"
 }
 registry_phases() {

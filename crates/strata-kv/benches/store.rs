@@ -1,6 +1,6 @@
 //! The state machine's per-request work on a store that already holds many keys: a registry's
-//! create-if-absent (a transaction comparing one key's mod revision, then a put), a read of
-//! one key. `cargo bench -p strata-kv`.
+//! create-if-absent (a transaction comparing one key's mod revision, then a put), an update
+//! of a key spread over the store, a read of one key. `cargo bench -p strata-kv`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use strata_kv::KvStore;
@@ -53,6 +53,18 @@ fn point_operations(c: &mut Criterion) {
             next += 1;
             let key = format!("/registry/svc-new/instance-{next:08}");
             store.apply(&create_if_absent(key.as_bytes()))
+        })
+    });
+    let mut round = 0u64;
+    c.bench_function("put_existing_key_200k", |b| {
+        b.iter(|| {
+            round += 1;
+            let n = round * 7919 % STORED as u64;
+            store.apply(&KvCommand::Put(PutRequest {
+                key: format!("/registry/svc-{}/instance-{n:08}", n % 100).into_bytes(),
+                value: vec![b'w'; 256],
+                ..Default::default()
+            }))
         })
     });
     let read = RangeRequest {

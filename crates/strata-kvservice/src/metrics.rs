@@ -65,6 +65,9 @@ pub struct Metrics {
     pub kv_leases: IntGauge,
     /// Open watches on this node.
     pub watchers: IntGauge,
+    /// Watches that fell behind the apply feed (or met a snapshot install) and re-read
+    /// history from the store to catch up.
+    pub watch_resyncs: IntCounter,
     /// Size of the database file on disk.
     pub storage_db_bytes: IntGauge,
     /// Free bytes on the data folder's file system.
@@ -290,6 +293,11 @@ impl Metrics {
             kv_keys: gauge(&registry, "strata_kv_keys", "Keys with retained history"),
             kv_leases: gauge(&registry, "strata_kv_leases", "Live leases"),
             watchers: gauge(&registry, "strata_kv_watchers", "Open watches on this node"),
+            watch_resyncs: counter(
+                &registry,
+                "strata_kv_watch_resyncs_total",
+                "Watches that fell behind the apply feed (or met a snapshot install) and re-read history from the store to catch up",
+            ),
             storage_db_bytes: gauge(
                 &registry,
                 "strata_storage_db_size_bytes",

@@ -235,6 +235,7 @@ impl Watcher {
                             }
                         }
                         Ok(Ok(Applied::Reset) | Err(broadcast::error::RecvError::Lagged(_))) => {
+                            self.service.metrics.watch_resyncs.inc();
                             self.sent_since_tick = true;
                             self.phase = Phase::CatchUp;
                         }

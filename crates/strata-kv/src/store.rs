@@ -137,12 +137,6 @@ impl<'de> Deserialize<'de> for Key {
 #[derive(Clone)]
 struct History(ThinArc<(), Version>);
 
-impl Default for History {
-    fn default() -> Self {
-        History::from_vec(Vec::new())
-    }
-}
-
 impl History {
     fn from_vec(versions: Vec<Version>) -> Self {
         History(ThinArc::from_header_and_iter((), versions.into_iter()))

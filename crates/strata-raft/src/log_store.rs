@@ -186,11 +186,9 @@ struct Shared {
     writer: Mutex<mpsc::Sender<WriteOp>>,
     /// The highest committed index seen, for status and metrics.
     committed_index: AtomicU64,
-    /// Transactions committed by the writer, for metrics.
-    fsyncs: AtomicU64,
     /// Bytes of entries appended since the store was opened (encoded, as stored).
     appended_bytes: AtomicU64,
-    /// How long each durable batch took to write and fsync.
+    /// How long each durable batch took to write and fsync (its count is the fsyncs made).
     commit_seconds: prometheus::Histogram,
 }
 
@@ -306,7 +304,6 @@ impl LogStore {
             flushed: Mutex::new(flushed),
             writer: Mutex::new(tx),
             committed_index: AtomicU64::new(committed_index),
-            fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             commit_seconds: commit_histogram(),
         });
@@ -345,7 +342,7 @@ impl LogStore {
 
     /// Returns how many fsynced transactions the writer has committed.
     pub fn fsync_count(&self) -> u64 {
-        self.shared.fsyncs.load(Ordering::Relaxed)
+        self.shared.commit_seconds.get_sample_count()
     }
 
     /// The histogram of durable log commits (a batch of appends, truncations or a vote,
@@ -510,19 +507,17 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let durable = needs_fsync(&ops);
         let result = wait_for_room(&ops, &shared, space).and_then(|()| {
             let started = std::time::Instant::now();
-            write_batch(&tables, &ops).inspect(|()| {
-                if needs_fsync(&ops) {
+            write_batch(&tables, &ops, durable).inspect(|()| {
+                if durable {
                     commit_seconds.observe(started.elapsed().as_secs_f64());
                 }
             })
         });
         match &result {
             Ok(()) => {
-                if let Some(shared) = shared.upgrade().filter(|_| needs_fsync(&ops)) {
-                    shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-                }
                 for op in &ops {
                     if let WriteOp::Purge { index, .. } = op {
                         let _ = tables.purger.send(*index);
@@ -591,12 +586,13 @@ fn needs_fsync(ops: &[WriteOp]) -> bool {
     })
 }
 
-/// Writes every op as one atomic batch and fsyncs the journal before returning.
-fn write_batch(tables: &Tables, ops: &[WriteOp]) -> Result<(), fjall::Error> {
+/// Writes every op as one atomic batch and, when `durable` ([`needs_fsync`]), fsyncs the
+/// journal before returning.
+fn write_batch(tables: &Tables, ops: &[WriteOp], durable: bool) -> Result<(), fjall::Error> {
     // Only appends, truncations and votes must be durable before they are acknowledged. The
     // commit index and purge point are hints (losing them means re-applying from the
     // snapshot, or purging again), so a batch of only those skips the fsync.
-    let mode = if needs_fsync(ops) {
+    let mode = if durable {
         fjall::PersistMode::SyncAll
     } else {
         fjall::PersistMode::Buffer

@@ -769,6 +769,11 @@ impl KvStore {
             .collect()
     }
 
+    /// Returns the granted TTL of a lease, if it exists (without copying its keys).
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.leases.get(&id).map(|lease| lease.ttl)
+    }
+
     /// Returns the granted TTL and attached keys of a lease, if it exists.
     pub fn lease(&self, id: i64) -> Option<(i64, Vec<Vec<u8>>)> {
         self.leases.get(&id).map(|lease| {

@@ -472,7 +472,7 @@ impl KvService {
         if !self.is_leader() {
             return Err(not_leader());
         }
-        let Some((granted_ttl, _)) = self.machine.read().lease(id) else {
+        let Some(granted_ttl) = self.machine.read().lease_ttl(id) else {
             return Err(ApiError::not_found(format!(
                 "lease {id:x} not found; it expired or was revoked"
             )));
@@ -496,11 +496,25 @@ impl KvService {
             (m.state, m.current_term)
         };
         let leading = (state == openraft::ServerState::Leader).then_some(term);
-        let leases = self.machine.read().leases();
-        self.lessor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .expired(leading, &leases)
+        let mut clock = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
+        // Read on followers too, so the changes do not pile up while nobody needs them.
+        let changes = self.machine.lease_changes(clock.wants_all(leading));
+        let due = clock.expired(leading, changes);
+        if due.is_empty() {
+            return due;
+        }
+        // A keep-alive that raced a revoke can leave a lease in the clock that the store no
+        // longer has; it is dropped here rather than revoked again on every pass.
+        let store = self.machine.read();
+        due.into_iter()
+            .filter(|id| {
+                let live = store.lease_ttl(*id).is_some();
+                if !live {
+                    clock.forget(*id);
+                }
+                live
+            })
+            .collect()
     }
 
     /// Returns the cluster as this node sees it.

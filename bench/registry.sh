@@ -7,7 +7,8 @@
 #   2. RSS per node holding 100,000 instances: a second fresh cluster ("hold"); register
 #      90,000 persistent and 10,000 ephemeral instances (TTL 15 s), then keep the ephemeral ones
 #      alive with `strata-bench registry-heartbeat` (each every 5 s, in the background for the
-#      rest of the run) and read VmRSS of every node after 30 s of that;
+#      rest of the run) and read VmRSS of every node after 30 s of that, and the CPU each node
+#      used over those 30 s;
 #   3. change-to-subscriber latency: `strata-bench registry-watch`, 1,000 SSE subscribers on
 #      one service spread over the 3 nodes, 200 registrations into it (one every 20 ms), latency
 #      from just before each write to each subscriber's receipt of its put event (so it
@@ -31,7 +32,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-# --help prints lines 2-29 above, then this.
+# --help prints lines 2-30 above, then this.
 options_help() {
     cat <<'EOF'
 
@@ -44,7 +45,7 @@ Options:
 EOF
 }
 # The common options (lib.sh): sets quick, build, keep_data and results_file.
-parse_options 29 "$@"
+parse_options 30 "$@"
 
 if ((quick)); then
     register_rounds=1
@@ -162,14 +163,19 @@ heartbeat_err="$data/heartbeat.stderr"
 heartbeat_pid=$!
 track "$heartbeat_pid"
 log "heartbeating $(wc -l <"$ids_file") ephemeral instances every $heartbeat_interval (pid $heartbeat_pid); holding for ${hold_seconds}s"
+cpu_before=$(for id in $(seq 1 "$node_count"); do cpu_ticks "${node_pid[$id]}"; done)
 sleep "$hold_seconds"
 alive "$heartbeat_pid" || die "registry-heartbeat exited early; see $heartbeat_err"
 check_nodes "the hold"
+# Each node's CPU over the hold (heartbeats running, nothing else), as % of one core.
+cpu_hold=$(paste <(echo "$cpu_before") <(for id in $(seq 1 "$node_count"); do
+    cpu_ticks "${node_pid[$id]}"
+done) | awk -v hz="$clk_tck" -v s="$hold_seconds" '{ printf "%.1f\n", ($2 - $1) * 100 / hz / s }' | jq -sc .)
 rss_hold=$(rss_json)
 instances_json=$(for id in $(seq 1 "$node_count"); do
     instances_seen "$id" "hold-" || echo null
 done | jq -sc .)
-log "RSS holding the instances (MiB): $rss_hold; instances per node's view: $instances_json"
+log "RSS holding the instances (MiB): $rss_hold; CPU per node over the hold (% of a core): $cpu_hold; instances per node's view: $instances_json"
 
 # --- 3. watch latency (hold cluster, heartbeats running) ------------------------------------
 log "watch: $watch_subscribers subscribers, $watch_changes changes every $watch_change_interval"
@@ -231,7 +237,7 @@ jq -n --argjson run_info "$run_info" \
     --argjson heartbeat "$heartbeat_line" --argjson heartbeat_exit "$heartbeat_status" \
     --argjson watch "$watch_line" --argjson dns_registration "$dns_reg_line" \
     --argjson rss_throughput "$rss_throughput" --argjson rss_idle "$rss_idle" \
-    --argjson rss_hold "$rss_hold" --argjson rss_end "$rss_end" \
+    --argjson rss_hold "$rss_hold" --argjson rss_end "$rss_end" --argjson cpu_hold "$cpu_hold" \
     --argjson instances_seen "$instances_json" \
     --argjson throughput_logs "$throughput_logs" --argjson hold_logs "$hold_logs" \
     --argjson throughput_exits "$throughput_exits" --argjson hold_exits "$hold_exits" \
@@ -265,6 +271,7 @@ jq -n --argjson run_info "$run_info" \
             register: $reg,
             rss_idle_mib: $rss_idle,
             rss_hold_mib: $rss_hold,
+            cpu_hold_pct: $cpu_hold,
             rss_end_mib: $rss_end,
             rss_after_register_runs_mib: $rss_throughput,
             instances_seen_per_node: $instances_seen,
@@ -308,6 +315,7 @@ print_summary '
     "| registrations/s (best client count: \($s.register_clients)) | \($s.registrations_per_s | f) | \($t.registrations_per_s.met | met) (>= 10,000) |",
     "| idle RSS per node (MiB) | \($s.rss_idle_mib | map(tostring) | join(" / ")) | |",
     "| RSS per node holding \(.config.hold.persistent + .config.hold.ephemeral) instances (MiB) | \($s.rss_hold_mib | map(tostring) | join(" / ")) | \($t.rss_mib_per_node.met | met) (<= 300) |",
+    "| CPU per node while holding them, heartbeats running (% of a core) | \($s.cpu_hold_pct | map(tostring) | join(" / ")) | |",
     "| instances in each node'"'"'s view | \($s.instances_seen_per_node | map(tostring) | join(" / ")) | |",
     "| heartbeats sent / errors / p99 (ms) / late | \($s.heartbeat.sent | f) / \($s.heartbeat.errors | f) / \($s.heartbeat.p99_ms | f) / \($s.heartbeat.late | f) | |",
     "| watch, \(.config.watch.subscribers) subscribers x \(.config.watch.changes) changes: p50 / p99 / max (ms) | \($s.watch_p50_ms | f) / \($s.watch_p99_ms | f) / \($s.watch_max_ms | f) | \($t.watch_p99_ms.met | met) (p99 <= 100) |",

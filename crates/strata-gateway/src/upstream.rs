@@ -314,13 +314,17 @@ impl Group {
     /// `initial` (the group's first set).
     fn replace(&self, endpoints: Vec<(String, String, u32)>, initial: bool) {
         let old = self.members();
+        // Indexed, so a change to a group of n members costs O(n), not O(n^2).
+        let kept: std::collections::HashMap<(&str, &str, u32), &Arc<Endpoint>> = old
+            .endpoints
+            .iter()
+            .map(|e| ((e.address.as_str(), e.id.as_str(), e.weight), e))
+            .collect();
         let endpoints = endpoints
             .into_iter()
             .map(|(address, id, weight)| {
-                old.endpoints
-                    .iter()
-                    .find(|e| e.address == address && e.id == id && e.weight == weight)
-                    .cloned()
+                kept.get(&(address.as_str(), id.as_str(), weight))
+                    .map(|e| Arc::clone(e))
                     .unwrap_or_else(|| {
                         let endpoint = if initial {
                             Endpoint::new(address, id, weight)

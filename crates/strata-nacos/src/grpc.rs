@@ -80,6 +80,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of each registry call made when a connection goes.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Renewals of one connection's instances in flight at once.
+const RENEW_CONCURRENCY: usize = 32;
+
 /// How long a stopping node waits for its clients to move after `ConnectResetRequest` (Nacos
 /// sleeps 2 s in `BaseRpcServer.stopServer`).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
@@ -1358,16 +1362,23 @@ impl GrpcApi {
             }
             let instances: Vec<InstanceRef> =
                 connection.owned().instances.iter().cloned().collect();
-            for reference in instances {
-                let renewed = tokio::time::timeout(
-                    CLEANUP_DEADLINE,
-                    self.nacos.registry.heartbeat(&reference),
-                )
+            // Several at a time: one after another, a connection holding a few thousand
+            // instances (batch registrations) would take longer than their TTL to renew.
+            futures::StreamExt::for_each_concurrent(
+                futures::stream::iter(instances),RENEW_CONCURRENCY, |reference| {
+                    let connection = &connection;
+                    async move {
+                        let renewed = tokio::time::timeout(
+                            CLEANUP_DEADLINE,
+                            self.nacos.registry.heartbeat(&reference),
+                        )
+                        .await;
+                        if !matches!(renewed, Ok(Ok(_))) {
+                            tracing::debug!(connection = %connection.id, instance = %reference.id, "renew an ephemeral instance failed");
+                        }
+                    }
+                })
                 .await;
-                if !matches!(renewed, Ok(Ok(_))) {
-                    tracing::debug!(connection = %connection.id, instance = %reference.id, "renew an ephemeral instance failed");
-                }
-            }
         }
     }
 

@@ -21,6 +21,7 @@ use crate::ingest::Ingest;
 use crate::model::{Labels, METRIC_NAME, STALE_NAN};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use strata_api::registry::{instances_prefix, Instance};
@@ -203,11 +204,16 @@ fn next_slot(url: &str, interval_ms: i64, now_ms: i64) -> i64 {
 /// every instance each time cost each node a large share of a core with 100,000 instances
 /// registered, and slowed registrations themselves.
 #[derive(Default)]
-pub struct RegistryTargets(Mutex<BTreeMap<Vec<u8>, Target>>);
+pub struct RegistryTargets {
+    targets: Mutex<BTreeMap<Vec<u8>, Target>>,
+    /// Bumped whenever `targets` changes, so the planner re-plans only then (most registry
+    /// changes are about instances that are not scrape targets).
+    generation: AtomicU64,
+}
 
 impl RegistryTargets {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Target>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.targets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The targets now, in key order.
@@ -215,15 +221,26 @@ impl RegistryTargets {
         self.lock().values().cloned().collect()
     }
 
-    fn update(targets: &mut BTreeMap<Vec<u8>, Target>, key: &[u8], value: &[u8]) {
+    /// Changes whenever the targets do.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts or removes the target stored under `key`; true when that changed the targets.
+    fn update(targets: &mut BTreeMap<Vec<u8>, Target>, key: &[u8], value: &[u8]) -> bool {
         match registry_target(value) {
             Some(target) => {
-                targets.insert(key.to_vec(), target);
+                targets.get(key) != Some(&target) && {
+                    targets.insert(key.to_vec(), target);
+                    true
+                }
             }
-            None => {
-                targets.remove(key);
-            }
+            None => targets.remove(key).is_some(),
         }
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -234,19 +251,22 @@ impl strata_store::Follower for RegistryTargets {
         for kv in kvs {
             Self::update(&mut targets, &kv.key, &kv.value);
         }
+        self.changed();
     }
 
     fn apply(&self, events: &[strata_proto::kv::Event]) {
         let mut targets = self.lock();
+        let mut changed = false;
         for event in events {
-            match event.kind {
+            changed |= match event.kind {
                 strata_proto::kv::EventType::Put => {
                     Self::update(&mut targets, &event.kv.key, &event.kv.value)
                 }
-                strata_proto::kv::EventType::Delete => {
-                    targets.remove(&event.kv.key);
-                }
-            }
+                strata_proto::kv::EventType::Delete => targets.remove(&event.kv.key).is_some(),
+            };
+        }
+        if changed {
+            self.changed();
         }
     }
 }
@@ -488,6 +508,8 @@ pub async fn run(
             strata_store::follow(kv, &prefix, registry, stop).await;
         });
     }
+    // What the last plan was made from; a pass with the same inputs plans nothing.
+    let mut planned_from = None;
     loop {
         let nodes = membership.live();
         if nodes != logged_nodes {
@@ -501,6 +523,22 @@ pub async fn run(
             .map(|m| (m.id, m.raft_addr.clone()))
             .collect();
         ingest.set_peers(&peers);
+        let inputs = (
+            registry.generation(),
+            nodes.clone(),
+            members
+                .iter()
+                .map(|m| (m.id, m.api_addr.clone()))
+                .collect::<Vec<_>>(),
+        );
+        if planned_from.as_ref() == Some(&inputs) {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(PLAN_TICK) => {}
+            }
+            continue;
+        }
+        planned_from = Some(inputs);
         let mut discovered = discover(&*kv, &registry, &settings.statics);
         for t in &mut discovered {
             if t.source == "strata" {
@@ -780,6 +818,23 @@ mod tests {
             event(Delete, instance("c", serde_json::json!({}), true)),
         ]);
         assert_eq!(urls(&registry), ["http://10.0.0.1:9200/metrics"]);
+        // Changes to instances that are not (and were not) targets, or that leave a target as
+        // it was, do not ask the planner for a new plan.
+        let generation = registry.generation();
+        registry.apply(&[
+            event(Put, instance("d", serde_json::json!({}), true)),
+            event(Delete, instance("e", serde_json::json!({}), true)),
+            event(
+                Put,
+                instance("b", serde_json::json!({"metrics_port": "9200"}), true),
+            ),
+        ]);
+        assert_eq!(registry.generation(), generation);
+        registry.apply(&[event(
+            Put,
+            instance("d", serde_json::json!({"metrics_port": "1"}), true),
+        )]);
+        assert_ne!(registry.generation(), generation);
         // A reload replaces everything.
         registry.load(&[], 9);
         assert!(registry.targets().is_empty());

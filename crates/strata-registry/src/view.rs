@@ -5,7 +5,7 @@
 //! feed. The view trails the node's store by one watch hop; a registration waits for its own
 //! revision to reach the local view before answering, which gives read-your-writes per node.
 
-use crate::model::{Instance, InstanceRef, RegistryKey, ServiceSettings, ROOT};
+use crate::model::{CheckKind, Instance, InstanceRef, RegistryKey, ServiceSettings, ROOT};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -102,6 +102,9 @@ struct State {
     /// Bumped when `checked` or `nodes` changes, so runners re-plan only then.
     plan_version: u64,
     instances: usize,
+    /// Instances whose TTL marker (or the instance itself) changed in the batch being
+    /// applied; their TTL check runners are woken once the batch is in.
+    ttl_touched: Vec<InstanceRef>,
 }
 
 /// Summary of one service for listings.
@@ -127,6 +130,9 @@ pub struct View {
     ready: watch::Sender<bool>,
     /// Per-service wake-ups for blocking queries, so a change wakes only its own waiters.
     waiters: std::sync::Mutex<HashMap<(String, String), watch::Sender<u64>>>,
+    /// Per-instance wake-ups for TTL check runners: a marker put or deleted, or the instance
+    /// changed, so a runner sleeps until then (or its deadline) instead of polling.
+    ttl_waiters: std::sync::Mutex<HashMap<InstanceRef, Arc<tokio::sync::Notify>>>,
 }
 
 impl Default for View {
@@ -144,6 +150,39 @@ impl View {
             applied: AppliedRevision::new(),
             ready: watch::channel(false).0,
             waiters: std::sync::Mutex::default(),
+            ttl_waiters: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Notified when instance `r`'s TTL marker is put or deleted, the instance changes, or
+    /// the view reloads. Enable a `notified()` of it before reading the view, so a change
+    /// in between is not missed.
+    pub fn ttl_changes(&self, r: &InstanceRef) -> Arc<tokio::sync::Notify> {
+        self.ttl_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(r.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets `notify` as `r`'s wake-up (its runner stopped), unless another took its place.
+    pub fn forget_ttl_changes(&self, r: &InstanceRef, notify: &Arc<tokio::sync::Notify>) {
+        let mut waiters = self.ttl_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if waiters.get(r).is_some_and(|n| Arc::ptr_eq(n, notify)) {
+            waiters.remove(r);
+        }
+    }
+
+    fn wake_ttl(&self, touched: &[InstanceRef]) {
+        let waiters = self.ttl_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if waiters.is_empty() {
+            return;
+        }
+        for r in touched {
+            if let Some(notify) = waiters.get(r) {
+                notify.notify_waiters();
+            }
         }
     }
 
@@ -358,6 +397,8 @@ impl View {
         for kv in kvs {
             apply_put(&mut fresh, kv, revision);
         }
+        // Every TTL runner is woken below.
+        fresh.ttl_touched = Vec::new();
         {
             let mut state = self.write();
             fresh.plan_version = state.plan_version + 1;
@@ -369,6 +410,14 @@ impl View {
         self.applied.loaded(revision);
         self.ready.send_replace(true);
         self.wake(None);
+        for notify in self
+            .ttl_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            notify.notify_waiters();
+        }
     }
 
     /// Applies watched events (in revision order) and notifies subscribers.
@@ -376,6 +425,7 @@ impl View {
         let Some(last) = events.last() else { return };
         let revision = last.kv.mod_revision;
         let mut changed = BTreeSet::new();
+        let ttl_touched;
         {
             let mut state = self.write();
             for event in events {
@@ -397,6 +447,10 @@ impl View {
                 }
             }
             state.revision = state.revision.max(revision);
+            ttl_touched = std::mem::take(&mut state.ttl_touched);
+        }
+        if !ttl_touched.is_empty() {
+            self.wake_ttl(&ttl_touched);
         }
         self.applied.advance(revision);
         if !changed.is_empty() {
@@ -420,6 +474,12 @@ fn apply_put(state: &mut State, kv: &KeyValue, revision: i64) -> Option<Change> 
                 return None;
             }
             let instance = Arc::new(instance);
+            if matches!(
+                instance.check.as_ref().map(|c| &c.kind),
+                Some(CheckKind::Ttl { .. })
+            ) {
+                state.ttl_touched.push(r.clone());
+            }
             if instance.check.is_some() {
                 if state.checked.insert(r.clone()) {
                     state.plan_version += 1;
@@ -450,7 +510,8 @@ fn apply_put(state: &mut State, kv: &KeyValue, revision: i64) -> Option<Change> 
             Some(Change::Put { revision, instance })
         }
         RegistryKey::Ttl(r) => {
-            state.ttl_markers.insert(r, kv.lease);
+            state.ttl_markers.insert(r.clone(), kv.lease);
+            state.ttl_touched.push(r);
             None
         }
         RegistryKey::Node(id) => {
@@ -485,6 +546,7 @@ fn apply_delete(state: &mut State, key: &[u8], revision: i64) -> Option<Change> 
             state.instances -= 1;
             if state.checked.remove(&r) {
                 state.plan_version += 1;
+                state.ttl_touched.push(r.clone());
             }
             Some(Change::Delete {
                 revision,
@@ -493,6 +555,7 @@ fn apply_delete(state: &mut State, key: &[u8], revision: i64) -> Option<Change> 
         }
         RegistryKey::Ttl(r) => {
             state.ttl_markers.remove(&r);
+            state.ttl_touched.push(r);
             None
         }
         RegistryKey::Node(id) => {
@@ -576,6 +639,56 @@ mod tests {
         ));
         assert_eq!(view.service("public", "web").unwrap().0.len(), 1);
         assert!(view.wait_for(4, Duration::from_millis(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_ttl_runner_is_woken_by_its_own_marker_and_instance_only() {
+        let view = View::new();
+        view.load(&[], 1);
+        let a = InstanceRef::new("public", "web", "a");
+        let notify_a = view.ttl_changes(&a);
+        let notify_b = view.ttl_changes(&InstanceRef::new("public", "web", "b"));
+        let marker = |id: &str, kind, revision| Event {
+            kind,
+            kv: KeyValue {
+                key: InstanceRef::new("public", "web", id).ttl_key().into_bytes(),
+                mod_revision: revision,
+                lease: 7,
+                ..KeyValue::default()
+            },
+            prev_kv: None,
+        };
+        let woken = |notify: &Arc<tokio::sync::Notify>, change: &dyn Fn()| {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            change();
+            futures::FutureExt::now_or_never(notified).is_some()
+        };
+        assert!(woken(&notify_a, &|| view.apply(&[marker(
+            "a",
+            EventType::Put,
+            2
+        )])));
+        assert_eq!(view.ttl_marker(&a), Some(7));
+        assert!(!woken(&notify_b, &|| view.apply(&[marker(
+            "a",
+            EventType::Put,
+            3
+        )])));
+        assert!(woken(&notify_a, &|| view.apply(&[marker(
+            "a",
+            EventType::Delete,
+            4
+        )])));
+        assert_eq!(view.ttl_marker(&a), None);
+        // A reload wakes every runner.
+        assert!(woken(&notify_b, &|| view.load(&[], 5)));
+        // A stopped runner's wake-up is forgotten, unless another took its place.
+        view.forget_ttl_changes(&a, &Arc::new(tokio::sync::Notify::new()));
+        assert!(Arc::ptr_eq(&view.ttl_changes(&a), &notify_a));
+        view.forget_ttl_changes(&a, &notify_a);
+        assert!(!Arc::ptr_eq(&view.ttl_changes(&a), &notify_a));
     }
 
     #[test]

@@ -775,3 +775,61 @@ async fn protection_threshold_and_deregister_critical_after() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_check_lapses_when_reports_stop_and_a_never_reported_one_is_reaped() {
+    let cluster = Cluster::start(3, &[]).await;
+    let nodes: Vec<&NodeProc> = cluster.nodes.iter().collect();
+    let n1 = &cluster.nodes[0];
+    register(
+        n1,
+        json!({"service": "tl", "id": "t1", "address": "10.0.0.1", "port": 80, "check": {"ttl": "2s"}}),
+    )
+    .await;
+    let report_url = format!(
+        "{}/v1/registry/services/tl/instances/t1/status",
+        cluster.nodes[1].url()
+    );
+    let report = |status: &'static str| {
+        let url = report_url.clone();
+        async move {
+            let response = http()
+                .put(url)
+                .json(&json!({"status": status}))
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "report {status}");
+        }
+    };
+    report("passing").await;
+    wait_status(&nodes, "tl", "t1", "passing", Duration::from_secs(10)).await;
+    // No more reports: the check's runner (asleep until then) turns it critical after the TTL.
+    let reported = Instant::now();
+    wait_status(&nodes, "tl", "t1", "critical", Duration::from_secs(15)).await;
+    assert!(
+        reported.elapsed() >= Duration::from_millis(1500),
+        "lapsed {:?} after a report with a 2 s TTL",
+        reported.elapsed()
+    );
+    // A report brings it back, and the runner sees the TTL lapse again.
+    report("passing").await;
+    wait_status(&nodes, "tl", "t1", "passing", Duration::from_secs(10)).await;
+    wait_status(&nodes, "tl", "t1", "critical", Duration::from_secs(15)).await;
+
+    // Never reported: critical from the start, and reaped after deregister_critical_after.
+    register(
+        n1,
+        json!({"service": "tl", "id": "t2", "address": "10.0.0.2", "port": 80,
+               "check": {"ttl": "2s", "deregister_critical_after": "1s"}}),
+    )
+    .await;
+    for node in &nodes {
+        wait_until(Duration::from_secs(15), "t2 to be reaped", || async {
+            let result = query(node, "tl", "").await?;
+            (!result.instances.iter().any(|i| i.id == "t2")).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(status_of(n1, "tl", "t1").await.as_deref(), Some("critical"));
+}

@@ -172,13 +172,17 @@ pub async fn keep_node_alive(registry: Arc<Registry>, cancel: CancellationToken)
 }
 
 /// Runs the checks this node owns until `cancel`, re-planning whenever the set of checked
-/// instances or of live nodes changes.
+/// instances or of live nodes changes: only the instances whose check changed, or every
+/// checked instance when the live nodes changed (ownership moves) or the view reloaded.
 pub async fn run_checks(registry: Arc<Registry>, cancel: CancellationToken) {
     let me = registry.store.node_id();
-    let prober = Prober::new();
-    let mut running: HashMap<InstanceRef, (crate::model::Check, CancellationToken)> =
-        HashMap::new();
-    let mut planned = u64::MAX;
+    let mut runners = Runners {
+        registry: registry.clone(),
+        prober: Prober::new(),
+        running: HashMap::new(),
+        cancel: cancel.clone(),
+    };
+    let mut planned: Option<u64> = None;
     let mut tick = tokio::time::interval(PLAN_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -186,67 +190,108 @@ pub async fn run_checks(registry: Arc<Registry>, cancel: CancellationToken) {
             () = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if registry.view.plan_version() == planned {
+        if planned == Some(registry.view.plan_version()) {
             continue;
         }
-        let (version, checked) = registry.view.checked();
-        let nodes = registry.view.live_nodes();
-        let mut desired = HashMap::new();
-        for r in checked {
-            if owner(&r, &nodes) != Some(me) {
-                continue;
+        let changes = registry.view.plan_changes(planned);
+        let desired = |r: &InstanceRef| {
+            (owner(r, &changes.nodes) == Some(me))
+                .then(|| registry.view.get(r).and_then(|s| s.instance.check.clone()))
+                .flatten()
+        };
+        if changes.all {
+            let desired: HashMap<InstanceRef, crate::model::Check> = changes
+                .instances
+                .iter()
+                .filter_map(|r| Some((r.clone(), desired(r)?)))
+                .collect();
+            let stale: Vec<InstanceRef> = runners
+                .running
+                .iter()
+                .filter(|(r, (check, _))| desired.get(*r) != Some(check))
+                .map(|(r, _)| r.clone())
+                .collect();
+            for r in stale {
+                runners.stop(&r);
             }
-            if let Some(check) = registry.view.get(&r).and_then(|s| s.instance.check.clone()) {
-                desired.insert(r, check);
+            for (r, check) in desired {
+                runners.ensure(r, check);
+            }
+        } else {
+            for r in &changes.instances {
+                match desired(r) {
+                    Some(check) => runners.ensure(r.clone(), check),
+                    None => runners.stop(r),
+                }
             }
         }
-        running.retain(|r, (check, token)| {
-            let keep = desired.get(r) == Some(check);
-            if !keep {
-                token.cancel();
-                registry.local_checks.stop(r);
-            }
-            keep
-        });
-        for (r, check) in desired {
-            if running.contains_key(&r) {
-                continue;
-            }
-            let token = cancel.child_token();
-            let kind = match &check.kind {
-                CheckKind::Ttl { .. } => "ttl",
-                CheckKind::Probe { probe } => match probe {
-                    Probe::Http { .. } => "http",
-                    Probe::Tcp { .. } => "tcp",
-                    Probe::Grpc { .. } => "grpc",
-                },
-            };
-            registry.local_checks.start(&r, kind);
-            debug!(instance = %r, kind, "running check");
-            registry.tracker.spawn(check_loop(
-                registry.clone(),
-                r.clone(),
-                check.clone(),
-                prober.clone(),
-                token.clone(),
-            ));
-            running.insert(r, (check, token));
-        }
-        if planned == u64::MAX || running.len() as i64 != registry.metrics.checks_running.get() {
+        if planned.is_none()
+            || changes.all
+            || runners.running.len() as i64 != registry.metrics.checks_running.get()
+        {
             info!(
-                checks = running.len(),
-                live_nodes = nodes.len(),
+                checks = runners.running.len(),
+                live_nodes = changes.nodes.len(),
                 "check plan updated"
             );
         }
-        registry.metrics.checks_running.set(running.len() as i64);
-        planned = version;
+        registry
+            .metrics
+            .checks_running
+            .set(runners.running.len() as i64);
+        planned = Some(changes.version);
     }
-    for (r, (_, token)) in running {
-        token.cancel();
-        registry.local_checks.stop(&r);
+    let all: Vec<InstanceRef> = runners.running.keys().cloned().collect();
+    for r in all {
+        runners.stop(&r);
     }
     registry.metrics.checks_running.set(0);
+}
+
+/// The check runners this node has started, one task per instance it owns.
+struct Runners {
+    registry: Arc<Registry>,
+    prober: Prober,
+    running: HashMap<InstanceRef, (crate::model::Check, CancellationToken)>,
+    cancel: CancellationToken,
+}
+
+impl Runners {
+    /// Runs `check` for `r`, replacing a runner with another check.
+    fn ensure(&mut self, r: InstanceRef, check: crate::model::Check) {
+        match self.running.get(&r) {
+            Some((running, _)) if *running == check => return,
+            Some(_) => self.stop(&r),
+            None => {}
+        }
+        let token = self.cancel.child_token();
+        let kind = match &check.kind {
+            CheckKind::Ttl { .. } => "ttl",
+            CheckKind::Probe { probe } => match probe {
+                Probe::Http { .. } => "http",
+                Probe::Tcp { .. } => "tcp",
+                Probe::Grpc { .. } => "grpc",
+            },
+        };
+        self.registry.local_checks.start(&r, kind);
+        debug!(instance = %r, kind, "running check");
+        self.registry.tracker.spawn(check_loop(
+            self.registry.clone(),
+            r.clone(),
+            check.clone(),
+            self.prober.clone(),
+            token.clone(),
+        ));
+        self.running.insert(r, (check, token));
+    }
+
+    /// Stops `r`'s runner, if it has one.
+    fn stop(&mut self, r: &InstanceRef) {
+        if let Some((_, token)) = self.running.remove(r) {
+            token.cancel();
+            self.registry.local_checks.stop(r);
+        }
+    }
 }
 
 /// Thresholds: turns raw probe results into the status to record, if any.

@@ -101,10 +101,51 @@ struct State {
     checked: BTreeSet<InstanceRef>,
     /// Bumped when `checked` or `nodes` changes, so runners re-plan only then.
     plan_version: u64,
+    /// The instances whose check changed (added, removed or altered), each with the plan
+    /// version it bumped to, oldest first, so the runner re-plans only them.
+    plan_log: std::collections::VecDeque<(u64, InstanceRef)>,
+    /// A runner whose plan is older than this must plan every check again: the live nodes
+    /// changed, the view reloaded, or `plan_log` lost entries it needs.
+    plan_full_at: u64,
     instances: usize,
     /// Instances whose TTL marker (or the instance itself) changed in the batch being
     /// applied; their TTL check runners are woken once the batch is in.
     ttl_touched: Vec<InstanceRef>,
+}
+
+/// Plan changes kept for the check runner; beyond this it plans every check again.
+const PLAN_LOG_MAX: usize = 16 * 1024;
+
+impl State {
+    fn check_changed(&mut self, r: &InstanceRef) {
+        self.plan_version += 1;
+        self.plan_log.push_back((self.plan_version, r.clone()));
+        if self.plan_log.len() > PLAN_LOG_MAX {
+            if let Some((lost, _)) = self.plan_log.pop_front() {
+                self.plan_full_at = self.plan_full_at.max(lost);
+            }
+        }
+    }
+
+    fn nodes_changed(&mut self) {
+        self.plan_version += 1;
+        self.plan_full_at = self.plan_version;
+        self.plan_log.clear();
+    }
+}
+
+/// What the check runner must plan again (see [`View::plan_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanChanges {
+    /// The plan version these changes bring the runner to.
+    pub version: u64,
+    /// Nodes whose check runners are alive.
+    pub nodes: Vec<u64>,
+    /// True: `instances` is every checked instance and the plan starts afresh. False: only
+    /// these instances' checks changed (each at most once).
+    pub all: bool,
+    /// The instances to plan.
+    pub instances: Vec<InstanceRef>,
 }
 
 /// Summary of one service for listings.
@@ -354,6 +395,41 @@ impl View {
         self.read().plan_version
     }
 
+    /// What changed for the check runner since its plan of version `planned` (`None`: it has
+    /// none): the instances whose check changed, or every checked instance when the live
+    /// nodes changed, the view reloaded or changes were dropped. Forgets the changes the runner
+    /// no longer needs.
+    pub fn plan_changes(&self, planned: Option<u64>) -> PlanChanges {
+        let mut state = self.write();
+        let nodes = state.nodes.iter().copied().collect();
+        let Some(planned) = planned.filter(|p| *p >= state.plan_full_at) else {
+            state.plan_log.clear();
+            state.plan_full_at = state.plan_version;
+            return PlanChanges {
+                version: state.plan_version,
+                nodes,
+                all: true,
+                instances: state.checked.iter().cloned().collect(),
+            };
+        };
+        while state.plan_log.front().is_some_and(|(v, _)| *v <= planned) {
+            state.plan_log.pop_front();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let instances = state
+            .plan_log
+            .iter()
+            .filter(|(_, r)| seen.insert(r))
+            .map(|(_, r)| r.clone())
+            .collect();
+        PlanChanges {
+            version: state.plan_version,
+            nodes,
+            all: false,
+            instances,
+        }
+    }
+
     /// Services of a namespace (every namespace when `None`), skipping empty ones.
     pub fn services(&self, ns: Option<&str>) -> Vec<ServiceSummary> {
         let state = self.read();
@@ -397,11 +473,13 @@ impl View {
         for kv in kvs {
             apply_put(&mut fresh, kv, revision);
         }
-        // Every TTL runner is woken below.
+        // Every TTL runner is woken below, and every check planned again.
         fresh.ttl_touched = Vec::new();
+        fresh.plan_log.clear();
         {
             let mut state = self.write();
             fresh.plan_version = state.plan_version + 1;
+            fresh.plan_full_at = fresh.plan_version;
             *state = fresh;
             // Send under the lock: a subscriber that read the view after subscribing sees
             // each change exactly once.
@@ -482,10 +560,10 @@ fn apply_put(state: &mut State, kv: &KeyValue, revision: i64) -> Option<Change> 
             }
             if instance.check.is_some() {
                 if state.checked.insert(r.clone()) {
-                    state.plan_version += 1;
+                    state.check_changed(&r);
                 }
             } else if state.checked.remove(&r) {
-                state.plan_version += 1;
+                state.check_changed(&r);
             }
             let entry = state
                 .services
@@ -499,14 +577,14 @@ fn apply_put(state: &mut State, kv: &KeyValue, revision: i64) -> Option<Change> 
                     lease: kv.lease,
                 },
             );
+            entry.index = revision;
             if let Some(previous) = previous {
                 if previous.instance.check != instance.check {
-                    state.plan_version += 1;
+                    state.check_changed(&r);
                 }
             } else {
                 state.instances += 1;
             }
-            entry.index = revision;
             Some(Change::Put { revision, instance })
         }
         RegistryKey::Ttl(r) => {
@@ -517,7 +595,7 @@ fn apply_put(state: &mut State, kv: &KeyValue, revision: i64) -> Option<Change> 
         RegistryKey::Node(id) => {
             if state.nodes.insert(id) {
                 info!(node = id, "check runner joined");
-                state.plan_version += 1;
+                state.nodes_changed();
             }
             None
         }
@@ -545,7 +623,7 @@ fn apply_delete(state: &mut State, key: &[u8], revision: i64) -> Option<Change> 
             entry.index = revision;
             state.instances -= 1;
             if state.checked.remove(&r) {
-                state.plan_version += 1;
+                state.check_changed(&r);
                 state.ttl_touched.push(r.clone());
             }
             Some(Change::Delete {
@@ -561,7 +639,7 @@ fn apply_delete(state: &mut State, key: &[u8], revision: i64) -> Option<Change> 
         RegistryKey::Node(id) => {
             if state.nodes.remove(&id) {
                 info!(node = id, "check runner left");
-                state.plan_version += 1;
+                state.nodes_changed();
             }
             None
         }
@@ -689,6 +767,76 @@ mod tests {
         assert!(Arc::ptr_eq(&view.ttl_changes(&a), &notify_a));
         view.forget_ttl_changes(&a, &notify_a);
         assert!(!Arc::ptr_eq(&view.ttl_changes(&a), &notify_a));
+    }
+
+    #[test]
+    fn the_check_runner_replans_only_changed_checks_unless_nodes_change() {
+        let checked = |id: &str, ttl: &str, revision| {
+            let reg: Registration = serde_json::from_value(serde_json::json!({
+                "service": "web", "id": id, "address": "10.0.0.1", "port": 80,
+                "check": {"ttl": ttl}
+            }))
+            .unwrap();
+            let instance = reg.into_instance().unwrap();
+            Event {
+                kind: EventType::Put,
+                kv: KeyValue {
+                    key: instance.reference().key().into_bytes(),
+                    value: serde_json::to_vec(&instance).unwrap(),
+                    mod_revision: revision,
+                    ..KeyValue::default()
+                },
+                prev_kv: None,
+            }
+        };
+        let node = |id: u64, revision| Event {
+            kind: EventType::Put,
+            kv: KeyValue {
+                key: crate::model::node_key(id).into_bytes(),
+                mod_revision: revision,
+                ..KeyValue::default()
+            },
+            prev_kv: None,
+        };
+        let r = |id: &str| InstanceRef::new("public", "web", id);
+        let view = View::new();
+        view.load(&[checked("a", "10s", 1).kv, node(1, 1).kv], 1);
+        let first = view.plan_changes(None);
+        assert!(first.all);
+        assert_eq!((first.nodes, first.instances), (vec![1], vec![r("a")]));
+
+        // A new checked instance, a changed check and an unchecked instance: only the first two.
+        view.apply(&[checked("b", "10s", 2), checked("a", "20s", 3), put("c", 4)]);
+        let second = view.plan_changes(Some(first.version));
+        assert!(!second.all);
+        assert_eq!(second.instances, vec![r("b"), r("a")]);
+        // Nothing new since.
+        let again = view.plan_changes(Some(second.version));
+        assert!(!again.all && again.instances.is_empty());
+        assert_eq!(again.version, second.version);
+
+        // Removing a checked instance re-plans it; a node joining re-plans everything.
+        let mut gone = checked("b", "10s", 5);
+        gone.kind = EventType::Delete;
+        view.apply(&[gone]);
+        assert_eq!(
+            view.plan_changes(Some(second.version)).instances,
+            vec![r("b")]
+        );
+        let planned = view.plan_version();
+        view.apply(&[node(2, 6)]);
+        let third = view.plan_changes(Some(planned));
+        assert!(third.all);
+        assert_eq!((third.nodes, third.instances), (vec![1, 2], vec![r("a")]));
+
+        // More changes than the log keeps: everything again.
+        let events: Vec<Event> = (0..=PLAN_LOG_MAX as i64)
+            .map(|i| checked(&format!("x{i}"), "10s", 7 + i))
+            .collect();
+        view.apply(&events);
+        let fourth = view.plan_changes(Some(third.version));
+        assert!(fourth.all);
+        assert_eq!(fourth.instances.len(), PLAN_LOG_MAX + 2);
     }
 
     #[test]

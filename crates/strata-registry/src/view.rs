@@ -675,10 +675,15 @@ mod tests {
     use crate::model::{IntoInstance, Registration};
 
     fn put(id: &str, revision: i64) -> Event {
-        let reg: Registration = serde_json::from_value(serde_json::json!({
-            "service": "web", "id": id, "address": "10.0.0.1", "port": 80
-        }))
-        .unwrap();
+        registered(
+            serde_json::json!({"service": "web", "id": id, "address": "10.0.0.1", "port": 80}),
+            revision,
+        )
+    }
+
+    /// The put event of registration `body` at `revision`.
+    fn registered(body: serde_json::Value, revision: i64) -> Event {
+        let reg: Registration = serde_json::from_value(body).unwrap();
         let instance = reg.into_instance().unwrap();
         Event {
             kind: EventType::Put,
@@ -772,22 +777,11 @@ mod tests {
     #[test]
     fn the_check_runner_replans_only_changed_checks_unless_nodes_change() {
         let checked = |id: &str, ttl: &str, revision| {
-            let reg: Registration = serde_json::from_value(serde_json::json!({
-                "service": "web", "id": id, "address": "10.0.0.1", "port": 80,
-                "check": {"ttl": ttl}
-            }))
-            .unwrap();
-            let instance = reg.into_instance().unwrap();
-            Event {
-                kind: EventType::Put,
-                kv: KeyValue {
-                    key: instance.reference().key().into_bytes(),
-                    value: serde_json::to_vec(&instance).unwrap(),
-                    mod_revision: revision,
-                    ..KeyValue::default()
-                },
-                prev_kv: None,
-            }
+            registered(
+                serde_json::json!({"service": "web", "id": id, "address": "10.0.0.1",
+                                   "port": 80, "check": {"ttl": ttl}}),
+                revision,
+            )
         };
         let node = |id: u64, revision| Event {
             kind: EventType::Put,

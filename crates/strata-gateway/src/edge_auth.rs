@@ -33,8 +33,6 @@ use tokio_util::sync::CancellationToken;
 pub const KEYS_PREFIX: &str = "/strata/gateway/keys/";
 /// What every API key starts with.
 pub const KEY_PREFIX: &str = "sgk_";
-/// How often a node reads the keys again.
-const KEYS_POLL: Duration = Duration::from_millis(250);
 /// Least time between two JWKS fetches asked for by unknown key ids.
 const JWKS_MIN_GAP: Duration = Duration::from_secs(1);
 const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
@@ -84,61 +82,78 @@ fn key_id(text: &str) -> Option<&str> {
     (hex(id, 16) && hex(secret, 64)).then_some(id)
 }
 
-/// The API keys this node knows, kept up to date from the KV store.
+/// The API keys this node knows, kept up to date from the KV store by a watch (so a revoked
+/// key stops working as soon as this node applies the revoke, and no key is read twice).
 #[derive(Debug, Default)]
 pub struct ApiKeys {
-    by_id: RwLock<HashMap<String, KeyRecord>>,
+    keys: RwLock<Keys>,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    by_id: HashMap<String, KeyRecord>,
+    /// The id stored under each KV key, to forget it when the key is deleted.
+    id_of: HashMap<Vec<u8>, String>,
+}
+
+impl Keys {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.delete(key);
+        match serde_json::from_slice::<KeyRecord>(value) {
+            Ok(record) => {
+                self.id_of.insert(key.to_vec(), record.id.clone());
+                self.by_id.insert(record.id.clone(), record);
+            }
+            Err(error) => tracing::warn!(
+                key = %String::from_utf8_lossy(key),
+                %error,
+                "skipping an undecodable API key record"
+            ),
+        }
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        if let Some(id) = self.id_of.remove(key) {
+            self.by_id.remove(&id);
+        }
+    }
 }
 
 impl ApiKeys {
     /// The record of `presented`, when it is a valid key.
     pub fn verify(&self, presented: &str) -> Option<KeyRecord> {
         let id = key_id(presented)?;
-        let keys = self.by_id.read().unwrap_or_else(|e| e.into_inner());
-        let record = keys.get(id)?;
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let record = keys.by_id.get(id)?;
         strata_auth::secret::token_matches(presented, &record.digest).then(|| record.clone())
     }
 
     /// Follows the keys in the KV store until `cancel`.
     pub async fn follow(self: Arc<Self>, kv: Arc<dyn KvApi>, cancel: CancellationToken) {
-        let mut seen_revision = -1;
-        loop {
-            let read = kv
-                .range(strata_proto::kv::RangeRequest {
-                    key: KEYS_PREFIX.as_bytes().to_vec(),
-                    prefix: true,
-                    serializable: true,
-                    ..Default::default()
-                })
-                .await;
-            match read {
-                Ok(answer) => {
-                    let newest = answer
-                        .kvs
-                        .iter()
-                        .map(|kv| kv.mod_revision)
-                        .max()
-                        .unwrap_or(0);
-                    let fingerprint = newest * 1_000_003 + answer.kvs.len() as i64;
-                    if fingerprint != seen_revision {
-                        seen_revision = fingerprint;
-                        let keys: HashMap<String, KeyRecord> = answer
-                            .kvs
-                            .iter()
-                            .filter_map(|kv| serde_json::from_slice::<KeyRecord>(&kv.value).ok())
-                            .map(|record| (record.id.clone(), record))
-                            .collect();
-                        tracing::debug!(keys = keys.len(), "API keys loaded");
-                        *self.by_id.write().unwrap_or_else(|e| e.into_inner()) = keys;
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "cannot read the API keys; keeping the last ones")
-                }
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(KEYS_POLL) => {}
+        strata_store::follow(kv, KEYS_PREFIX, self, cancel).await;
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl strata_store::Follower for ApiKeys {
+    fn load(&self, kvs: &[strata_proto::kv::KeyValue], _revision: i64) {
+        let mut keys = Keys::default();
+        for kv in kvs {
+            keys.put(&kv.key, &kv.value);
+        }
+        tracing::debug!(keys = keys.by_id.len(), "API keys loaded");
+        *self.write() = keys;
+    }
+
+    fn apply(&self, events: &[strata_proto::kv::Event]) {
+        let mut keys = self.write();
+        for event in events {
+            match event.kind {
+                strata_proto::kv::EventType::Put => keys.put(&event.kv.key, &event.kv.value),
+                strata_proto::kv::EventType::Delete => keys.delete(&event.kv.key),
             }
         }
     }
@@ -798,11 +813,29 @@ mod tests {
         let (text, record) = new_key("shop", vec!["orders:read".into()]);
         assert_eq!(key_id(&text), Some(record.id.as_str()));
         let keys = ApiKeys::default();
-        keys.by_id
-            .write()
-            .unwrap()
-            .insert(record.id.clone(), record.clone());
+        let stored = |record: &KeyRecord| strata_proto::kv::KeyValue {
+            key: format!("{KEYS_PREFIX}{}", record.id).into_bytes(),
+            value: serde_json::to_vec(record).unwrap(),
+            ..Default::default()
+        };
+        let event = |kind, kv| strata_proto::kv::Event {
+            kind,
+            kv,
+            prev_kv: None,
+        };
+        use strata_proto::kv::EventType::{Delete, Put};
+        use strata_store::Follower;
+        keys.load(&[stored(&record)], 3);
         assert_eq!(keys.verify(&text).map(|r| r.consumer), Some("shop".into()));
+        // A revoke (the record deleted) takes effect as it is applied; so does a new key.
+        let (other_text, other) = new_key("billing", vec![]);
+        keys.apply(&[event(Delete, stored(&record)), event(Put, stored(&other))]);
+        assert!(keys.verify(&text).is_none());
+        assert_eq!(
+            keys.verify(&other_text).map(|r| r.consumer),
+            Some("billing".into())
+        );
+        keys.apply(&[event(Put, stored(&record))]);
         // Same id, another secret: refused.
         let forged = format!(
             "{}{}",

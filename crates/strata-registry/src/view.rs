@@ -29,12 +29,56 @@ pub struct Stored {
 /// One service in the view.
 #[derive(Debug, Default)]
 pub struct ServiceEntry {
-    /// Instances by id.
+    /// Instances by id. Changed only through [`ServiceEntry::insert`] and
+    /// [`ServiceEntry::remove`], which keep the summary below.
     pub instances: BTreeMap<String, Stored>,
     /// Revision of the last change to the service (the blocking-query index).
     pub index: i64,
     /// Settings.
     pub settings: ServiceSettings,
+    /// How many instances carry each tag, and how many are healthy: kept as instances come
+    /// and go, so a listing of services (Consul's catalog, woken by every registry write)
+    /// costs the services, not every instance.
+    tags: BTreeMap<String, usize>,
+    passing: usize,
+}
+
+impl ServiceEntry {
+    fn insert(&mut self, id: String, stored: Stored) -> Option<Stored> {
+        self.count(&stored, true);
+        let previous = self.instances.insert(id, stored);
+        if let Some(previous) = &previous {
+            self.count(previous, false);
+        }
+        previous
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Stored> {
+        let removed = self.instances.remove(id)?;
+        self.count(&removed, false);
+        Some(removed)
+    }
+
+    fn count(&mut self, stored: &Stored, add: bool) {
+        if stored.instance.healthy() {
+            self.passing = if add {
+                self.passing + 1
+            } else {
+                self.passing.saturating_sub(1)
+            };
+        }
+        let tags: BTreeSet<&String> = stored.instance.tags.iter().collect();
+        for tag in tags {
+            if add {
+                *self.tags.entry(tag.clone()).or_default() += 1;
+            } else if let Some(n) = self.tags.get_mut(tag) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tags.remove(tag);
+                }
+            }
+        }
+    }
 }
 
 /// A change, as subscribers see it.
@@ -437,23 +481,12 @@ impl View {
             .services
             .iter()
             .filter(|((n, _), e)| ns.is_none_or(|ns| ns == n) && !e.instances.is_empty())
-            .map(|((n, name), e)| {
-                let tags: BTreeSet<&String> = e
-                    .instances
-                    .values()
-                    .flat_map(|s| &s.instance.tags)
-                    .collect();
-                ServiceSummary {
-                    namespace: n.clone(),
-                    name: name.clone(),
-                    instances: e.instances.len(),
-                    passing: e
-                        .instances
-                        .values()
-                        .filter(|s| s.instance.healthy())
-                        .count(),
-                    tags: tags.into_iter().cloned().collect(),
-                }
+            .map(|((n, name), e)| ServiceSummary {
+                namespace: n.clone(),
+                name: name.clone(),
+                instances: e.instances.len(),
+                passing: e.passing,
+                tags: e.tags.keys().cloned().collect(),
             })
             .collect()
     }
@@ -569,7 +602,7 @@ fn apply_put(state: &mut State, kv: &KeyValue, revision: i64) -> Option<Change> 
                 .services
                 .entry((r.namespace.clone(), r.service.clone()))
                 .or_default();
-            let previous = entry.instances.insert(
+            let previous = entry.insert(
                 r.id.clone(),
                 Stored {
                     instance: instance.clone(),
@@ -619,7 +652,7 @@ fn apply_delete(state: &mut State, key: &[u8], revision: i64) -> Option<Change> 
             let entry = state
                 .services
                 .get_mut(&(r.namespace.clone(), r.service.clone()))?;
-            entry.instances.remove(&r.id)?;
+            entry.remove(&r.id)?;
             entry.index = revision;
             state.instances -= 1;
             if state.checked.remove(&r) {
@@ -831,6 +864,57 @@ mod tests {
         let fourth = view.plan_changes(Some(third.version));
         assert!(fourth.all);
         assert_eq!(fourth.instances.len(), PLAN_LOG_MAX + 2);
+    }
+
+    #[test]
+    fn service_summaries_follow_every_put_and_delete() {
+        let view = View::new();
+        view.load(&[], 1);
+        let mut revision = 1;
+        let mut event = |id: usize, tags: &[&str], enabled: bool, delete: bool| {
+            revision += 1;
+            let mut e = registered(
+                serde_json::json!({"service": format!("s{}", id % 3), "id": format!("i{id}"),
+                                   "address": "10.0.0.1", "port": 80, "tags": tags,
+                                   "enabled": enabled}),
+                revision,
+            );
+            if delete {
+                e.kind = EventType::Delete;
+            }
+            e
+        };
+        let tag_sets: [&[&str]; 4] = [&[], &["a"], &["a", "b", "a"], &["c"]];
+        let mut events = Vec::new();
+        for round in 0..3 {
+            for id in 0..40 {
+                let tags = tag_sets[(id * 7 + round) % 4];
+                events.push(event(
+                    id,
+                    tags,
+                    (id + round) % 5 != 0,
+                    round == 2 && id % 4 == 0,
+                ));
+            }
+        }
+        for chunk in events.chunks(7) {
+            view.apply(chunk);
+        }
+        let summaries = view.services(None);
+        assert_eq!(summaries.len(), 3);
+        for summary in summaries {
+            let (stored, _, _) = view.service("public", &summary.name).unwrap();
+            let tags: BTreeSet<String> = stored
+                .iter()
+                .flat_map(|s| s.instance.tags.iter().cloned())
+                .collect();
+            assert_eq!(summary.instances, stored.len(), "{}", summary.name);
+            assert_eq!(
+                summary.passing,
+                stored.iter().filter(|s| s.instance.healthy()).count()
+            );
+            assert_eq!(summary.tags, tags.into_iter().collect::<Vec<_>>());
+        }
     }
 
     #[test]

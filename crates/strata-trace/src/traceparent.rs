@@ -127,21 +127,13 @@ impl TraceParent {
 
     /// The `traceparent` header value.
     pub fn header_value(&self) -> HeaderValue {
-        // Written into a fixed array and handed to the header as its owner: one allocation,
-        // no formatting machinery (every proxied request makes one).
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        for (i, b) in self.trace_id.iter().chain(&self.span_id).enumerate() {
-            // The span id starts after the trace id's 32 digits and one more dash.
-            let at = 3 + 2 * i + usize::from(i >= self.trace_id.len());
-            text[at] = DIGITS[usize::from(b >> 4)];
-            text[at + 1] = DIGITS[usize::from(b & 15)];
-        }
-        if self.sampled {
-            text[54] = b'1';
-        }
-        let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
-            .unwrap_or(HeaderValue::from_static(""));
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        push_hex(&mut text, &self.trace_id);
+        text.push('-');
+        push_hex(&mut text, &self.span_id);
+        text.push_str(if self.sampled { "-01" } else { "-00" });
+        let mut value = HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""));
         // Unique per call: HTTP/2 then sends it literally instead of churning the HPACK table.
         value.set_sensitive(true);
         value

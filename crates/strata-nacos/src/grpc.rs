@@ -1035,11 +1035,26 @@ impl GrpcApi {
     /// The Nacos `ServiceInfo` of a service and the registry index it reflects.
     async fn service_info(
         &self,
-        (namespace, group, name): &(String, String, String),
+        service: &(String, String, String),
         healthy_only: bool,
         index: i64,
         wait: Option<Duration>,
     ) -> Result<(Value, i64), Failure> {
+        let (instances, protected, index) = self
+            .query_service(service, healthy_only, index, wait)
+            .await?;
+        Ok((service_info_json(service, &instances, protected), index))
+    }
+
+    /// The instances of `service`, whether its protection threshold applies, and its index;
+    /// with `wait`, after a change past `index` or when `wait` ends.
+    async fn query_service(
+        &self,
+        (namespace, _, name): &(String, String, String),
+        healthy_only: bool,
+        index: i64,
+        wait: Option<Duration>,
+    ) -> Result<(Vec<Arc<Instance>>, bool, i64), Failure> {
         let result = self
             .nacos
             .registry
@@ -1054,21 +1069,11 @@ impl GrpcApi {
                 },
             )
             .await;
-        let (instances, protected, index) = match result {
-            Ok(r) => (r.instances, r.protected, r.index),
-            Err(e) if e.code == ErrorCode::BadRequest => (Vec::new(), false, index),
-            Err(e) => return Err(e.into()),
-        };
-        let full = format!("{group}@@{name}");
-        let hosts = crate::hosts_json(&instances, group, &full);
-        Ok((
-            json!({
-                "name": name, "groupName": group, "clusters": "", "cacheMillis": 10000,
-                "hosts": hosts, "lastRefTime": crate::ref_time(), "checksum": "",
-                "allIps": false, "reachProtectionThreshold": protected,
-            }),
-            index,
-        ))
+        match result {
+            Ok(r) => Ok((r.instances, r.protected, r.index)),
+            Err(e) if e.code == ErrorCode::BadRequest => Ok((Vec::new(), false, index)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn service_query(&self, remote: Option<SocketAddr>, request: &Incoming) -> Answer {
@@ -1115,12 +1120,14 @@ impl GrpcApi {
     ) {
         loop {
             let round = tokio::select! {
-                round = self.service_info(&service, false, index, Some(WATCH_ROUND)) => round,
+                round = self.query_service(&service, false, index, Some(WATCH_ROUND)) => round,
                 () = stop.cancelled() => return,
             };
             match round {
-                Ok((info, next)) if next != index => {
+                // Encoded only when it changed (not for a round that timed out).
+                Ok((instances, protected, next)) if next != index => {
                     index = next;
+                    let info = service_info_json(&service, &instances, protected);
                     connection.send_push(
                         &self.metrics,
                         "NotifySubscriberRequest",
@@ -1600,6 +1607,20 @@ fn accept(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream
     })
 }
 
+/// A service's `serviceInfo` as Nacos clients read it.
+fn service_info_json(
+    (_, group, name): &(String, String, String),
+    instances: &[Arc<Instance>],
+    protected: bool,
+) -> Value {
+    let full = format!("{group}@@{name}");
+    let hosts = crate::hosts_json(instances, group, &full);
+    json!({
+        "name": name, "groupName": group, "clusters": "", "cacheMillis": 10000,
+        "hosts": hosts, "lastRefTime": crate::ref_time(), "checksum": "",
+        "allIps": false, "reachProtectionThreshold": protected,
+    })
+}
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

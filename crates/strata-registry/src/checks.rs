@@ -279,7 +279,7 @@ impl Runners {
             self.registry.clone(),
             r.clone(),
             check.clone(),
-            self.prober.clone(),
+            self.prober.for_one_check(),
             token.clone(),
         ));
         self.running.insert(r, (check, token));

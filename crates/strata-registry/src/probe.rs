@@ -73,6 +73,16 @@ impl Prober {
         }
     }
 
+    /// A prober sharing this one's HTTP client, with a gRPC channel cache of its own: each
+    /// check runner has one, so its channel lives as long as the runner and a node probing
+    /// more gRPC targets than the cache holds does not reconnect on every probe.
+    pub fn for_one_check(&self) -> Self {
+        Self {
+            http: self.http.clone(),
+            grpc_channels: Arc::default(),
+        }
+    }
+
     /// Runs one probe with a deadline; returns the health and a short human-readable output
     /// (e.g. "HTTP GET http://x/health: 200 OK", "dial tcp 127.0.0.1:9: connection refused",
     /// "HTTP GET http://x/health: timed out after 2s").

@@ -192,6 +192,14 @@ impl Session {
     /// Sends the resources of `kind` that the client subscribed to (endpoints only for the
     /// services whose instances are known yet).
     async fn send(&mut self, kind: &str) -> bool {
+        self.send_some(kind, None).await
+    }
+
+    /// [`Self::send`], limited to resource `only` when given: a changed cluster's endpoints.
+    /// Only listeners and clusters must be sent whole in every response of the
+    /// state-of-the-world protocol; a load assignment may come alone, so one cluster's change
+    /// does not re-encode every cluster the stream follows.
+    async fn send_some(&mut self, kind: &str, only: Option<&str>) -> bool {
         let Some(subscription) = self.subscriptions.get_mut(kind) else {
             return true;
         };
@@ -199,6 +207,7 @@ impl Session {
         let resources: Vec<Any> = subscription
             .names
             .iter()
+            .filter(|name| only.is_none_or(|only| only == name.as_str()))
             .filter_map(|name| match kind {
                 LISTENER => Some(any(LISTENER, &resources::listener(name, rules.of(name)))),
                 ROUTE => Some(any(
@@ -335,8 +344,8 @@ impl AggregatedDiscoveryService for Ads {
                     },
                     Some((service, result)) = updated.recv() => {
                         if session.watches.contains_key(&service) {
-                            session.instances.insert(service, result);
-                            if !session.send(ENDPOINT).await {
+                            session.instances.insert(service.clone(), result);
+                            if !session.send_some(ENDPOINT, Some(&service)).await {
                                 break;
                             }
                         }

@@ -423,12 +423,6 @@ impl View {
         self.read().nodes.iter().copied().collect()
     }
 
-    /// The plan version and every instance with a check.
-    pub fn checked(&self) -> (u64, Vec<InstanceRef>) {
-        let state = self.read();
-        (state.plan_version, state.checked.iter().cloned().collect())
-    }
-
     /// True when some instance has a health check.
     pub fn has_checks(&self) -> bool {
         !self.read().checked.is_empty()

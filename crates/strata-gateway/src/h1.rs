@@ -166,15 +166,15 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
         let mut spans = [Span::default(); MAX_HEADERS];
         let spans = spans_of(buf, parsed.headers, &mut spans);
         let head = buf.split_to(length).freeze();
-        let mut map = header_map(&head, spans)
+        let (mut map, seen) = header_map(&head, spans)
             .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
-        let (framing, mut keep_alive) = framing(&map, status, head_request)?;
-        if map.contains_key(header::TRANSFER_ENCODING) {
+        let (framing, mut keep_alive) = framing(&map, seen, status, head_request)?;
+        if seen.transfer_encoding && seen.content_length {
             // The chunks (or the close) frame the body, not the length: a length passed on with
             // a body of another size would split the client's stream (RFC 9112 section 6.3).
             map.remove(header::CONTENT_LENGTH);
         }
-        keep_alive &= connection_persists(&map, version);
+        keep_alive &= connection_persists(&map, seen, version);
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -216,11 +216,39 @@ fn spans_of<'o>(
     &out[..headers.len()]
 }
 
+/// Which of the headers that frame a message or steer its connection a head carries, noted
+/// while its map is built, so that a head without them (most) needs no lookup for each.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+    upgrade: bool,
+    expect: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
+        }
+    }
+}
+
 /// The headers of `head` at `spans`; values share `head`'s bytes. Names what was invalid.
-fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Seen), &'static str> {
     // Room for what the gateway adds (forwarding headers, request id, trace context) without
     // growing the map, which would copy it.
     let mut map = HeaderMap::with_capacity(spans.len() + ROOM_FOR_ADDED);
+    let mut seen = Seen::default();
     for span in spans {
         let (name, name_len) = (span.name.0 as usize, span.name.1 as usize);
         let (value, value_len) = (span.value.0 as usize, span.value.1 as usize);
@@ -228,9 +256,10 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
             .map_err(|_| "invalid header name")?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| "invalid header value")?;
+        seen.note(&name);
         map.append(name, value);
     }
-    Ok(map)
+    Ok((map, seen))
 }
 
 /// True when no body follows an answer of `status` (`head_request`: it answers `HEAD`), whatever
@@ -245,6 +274,7 @@ pub fn bodiless(status: StatusCode, head_request: bool) -> bool {
 /// The body's framing, and false when the framing itself rules out reusing the connection.
 fn framing(
     headers: &HeaderMap,
+    seen: Seen,
     status: StatusCode,
     head_request: bool,
 ) -> io::Result<(BodyFraming, bool)> {
@@ -255,17 +285,22 @@ fn framing(
             status != StatusCode::SWITCHING_PROTOCOLS,
         ));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         let chunked = ends_chunked(headers);
         // Both framings named: the length is ignored, and the connection is not reused.
-        let clean = !headers.contains_key(header::CONTENT_LENGTH);
+        let clean = !seen.content_length;
         return Ok(if chunked {
             (BodyFraming::Chunked, clean)
         } else {
             (BodyFraming::UntilClose, false)
         });
     }
-    Ok(match content_length(headers)? {
+    let length = if seen.content_length {
+        content_length(headers)?
+    } else {
+        None
+    };
+    Ok(match length {
         Some(0) => (BodyFraming::Empty, true),
         Some(length) => (BodyFraming::Length(length), true),
         None => (BodyFraming::UntilClose, false),
@@ -305,10 +340,12 @@ pub fn content_length(headers: &HeaderMap) -> io::Result<Option<u64>> {
     Ok(length)
 }
 
-/// Whether the connection stays open after this answer by its `Connection` header and
+/// Whether the connection stays open after this message by its `Connection` header and
 /// version: HTTP/1.1 unless `close`, HTTP/1.0 only with `keep-alive`.
-fn connection_persists(headers: &HeaderMap, version: Version) -> bool {
-    if version == Version::HTTP_10 {
+fn connection_persists(headers: &HeaderMap, seen: Seen, version: Version) -> bool {
+    if !seen.connection {
+        version != Version::HTTP_10
+    } else if version == Version::HTTP_10 {
         has_token(headers, header::CONNECTION, "keep-alive")
     } else {
         !has_token(headers, header::CONNECTION, "close")
@@ -406,11 +443,13 @@ pub fn parse_request(
     let raw = buf.split_to(length).freeze();
     let uri = hyper::Uri::from_maybe_shared(raw.slice(target.0..target.0 + target.1))
         .map_err(|_| malformed("invalid request target"))?;
-    let headers = header_map(&raw, spans).map_err(malformed)?;
-    let body = match (
-        headers.contains_key(header::TRANSFER_ENCODING),
-        content_length(&headers),
-    ) {
+    let (headers, seen) = header_map(&raw, spans).map_err(malformed)?;
+    let length = if seen.content_length {
+        content_length(&headers)
+    } else {
+        Ok(None)
+    };
+    let body = match (seen.transfer_encoding, length) {
         (true, Ok(None)) => {
             if !ends_chunked(&headers) || version == Version::HTTP_10 {
                 return Err(malformed(
@@ -425,13 +464,13 @@ pub fn parse_request(
         (false, Ok(None | Some(0))) => RequestBody::Empty,
         (false, Ok(Some(length))) => RequestBody::Length(length),
     };
-    let keep_alive = connection_persists(&headers, version);
+    let keep_alive = connection_persists(&headers, seen, version);
     let upgrade = method == Method::CONNECT
-        || (has_token(&headers, header::CONNECTION, "upgrade")
-            && headers.contains_key(header::UPGRADE));
-    let expect_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        || (seen.connection && seen.upgrade && has_token(&headers, header::CONNECTION, "upgrade"));
+    let expect_continue = seen.expect
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -473,16 +512,21 @@ pub fn encode_answer_head(
     out.extend_from_slice(b" ");
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // Whether the headers carry a date and a length, noted on the way (a lookup each costs
+    // more than the comparisons).
+    let (mut dated, mut framed) = (false, false);
     for (name, value) in headers {
         if name == header::TRANSFER_ENCODING || (close && name == header::CONNECTION) {
             continue;
         }
+        dated |= name == header::DATE;
+        framed |= name == header::CONTENT_LENGTH;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
@@ -495,7 +539,7 @@ pub fn encode_answer_head(
     // the gateway made itself carries the body a GET would get: its length is told, as GET's
     // answer would tell it (a proxied answer to HEAD has an empty body and tells nothing).
     let mut chunked = false;
-    if !headers.contains_key(header::CONTENT_LENGTH) {
+    if !framed {
         match length {
             Some(length) if head_request && length > 0 && !bodiless(status, false) => {
                 put_content_length(length, out)

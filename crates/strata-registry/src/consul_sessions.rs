@@ -28,7 +28,7 @@ use crate::consul_txn::{Behavior, LockTerms};
 use crate::model::DEFAULT_NAMESPACE;
 use crate::probe::Health;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use strata_proto::error::{ApiError, ErrorCode};
@@ -172,6 +172,59 @@ struct State {
     held: BTreeMap<String, BTreeMap<String, Option<LockTerms>>>,
     /// Node id -> the lease of its liveness key.
     agents: BTreeMap<u64, i64>,
+    /// Sessions that hold keys but no longer exist (kept as they change, so the reaper reads
+    /// them without walking every holder).
+    orphans: BTreeSet<String>,
+    /// Node id -> the sessions bound to its `serfHealth`: looked at again when the node's
+    /// liveness key goes.
+    by_node: BTreeMap<u64, BTreeSet<String>>,
+    /// Sessions bound to service checks, whose health lives in the registry's view (not
+    /// followed here): looked at on every pass.
+    on_service_checks: BTreeSet<String>,
+    /// Sessions whose checks may have failed since the reaper last looked.
+    to_check: BTreeSet<String>,
+}
+
+/// The node id of a session's `node` (`strata-ID`), when it names one.
+fn session_node(session: &Session) -> Option<u64> {
+    session.node.strip_prefix("strata-")?.parse().ok()
+}
+
+impl State {
+    /// Notes session `id`'s bindings (`stored`: its new record; `None`: it was deleted).
+    fn bind(&mut self, id: &str, stored: Option<&StoredSession>) {
+        if let Some(old) = self.sessions.get(id) {
+            if let Some(node) = session_node(&old.session) {
+                if let Some(ids) = self.by_node.get_mut(&node) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        self.by_node.remove(&node);
+                    }
+                }
+            }
+        }
+        self.on_service_checks.remove(id);
+        self.to_check.remove(id);
+        let Some(stored) = stored else {
+            if self.held.contains_key(id) {
+                self.orphans.insert(id.to_string());
+            }
+            return;
+        };
+        self.orphans.remove(id);
+        let session = &stored.session;
+        if session.on_node_health() {
+            if let Some(node) = session_node(session) {
+                self.by_node.entry(node).or_default().insert(id.to_string());
+            }
+        }
+        if !session.service_checks.is_empty() {
+            self.on_service_checks.insert(id.to_string());
+        }
+        if session.on_node_health() || !session.service_checks.is_empty() {
+            self.to_check.insert(id.to_string());
+        }
+    }
 }
 
 /// Every node's view of sessions, held locks and node liveness keys, kept current by
@@ -250,12 +303,19 @@ impl SessionView {
 
     /// Sessions that hold locks but no longer exist: their keys await clean-up.
     pub fn orphans(&self) -> Vec<String> {
-        let state = self.read();
-        state
-            .held
-            .keys()
-            .filter(|id| !state.sessions.contains_key(*id))
-            .cloned()
+        self.read().orphans.iter().cloned().collect()
+    }
+
+    /// The sessions whose checks the reaper must look at now: those put or whose node's
+    /// liveness key went since the last call (taken), every one bound to service checks, and
+    /// those of `also` that still exist.
+    fn to_check<'a>(&self, also: impl Iterator<Item = &'a String>) -> Vec<StoredSession> {
+        let mut state = self.write();
+        let mut ids = std::mem::take(&mut state.to_check);
+        ids.extend(state.on_service_checks.iter().cloned());
+        ids.extend(also.cloned());
+        ids.iter()
+            .filter_map(|id| state.sessions.get(id).cloned())
             .collect()
     }
 
@@ -269,6 +329,7 @@ fn apply_put(state: &mut State, kv: &KeyValue) -> bool {
     match parse_meta_key(&kv.key) {
         Some(MetaKey::Session(id)) => match stored_session(kv) {
             Ok(stored) => {
+                state.bind(&id, Some(&stored));
                 state.sessions.insert(id, stored);
                 true
             }
@@ -279,6 +340,9 @@ fn apply_put(state: &mut State, kv: &KeyValue) -> bool {
         },
         Some(MetaKey::Held { session, key }) => {
             let terms = serde_json::from_slice(&kv.value).unwrap_or(None);
+            if !state.sessions.contains_key(&session) {
+                state.orphans.insert(session.clone());
+            }
             state.held.entry(session).or_default().insert(key, terms);
             false
         }
@@ -292,18 +356,26 @@ fn apply_put(state: &mut State, kv: &KeyValue) -> bool {
 
 fn apply_delete(state: &mut State, key: &[u8]) -> bool {
     match parse_meta_key(key) {
-        Some(MetaKey::Session(id)) => state.sessions.remove(&id).is_some(),
+        Some(MetaKey::Session(id)) => {
+            state.bind(&id, None);
+            state.sessions.remove(&id).is_some()
+        }
         Some(MetaKey::Held { session, key }) => {
             if let Some(keys) = state.held.get_mut(&session) {
                 keys.remove(&key);
                 if keys.is_empty() {
                     state.held.remove(&session);
+                    state.orphans.remove(&session);
                 }
             }
             false
         }
         Some(MetaKey::Agent(node)) => {
             state.agents.remove(&node);
+            if let Some(ids) = state.by_node.get(&node) {
+                let ids = ids.clone();
+                state.to_check.extend(ids);
+            }
             false
         }
         None => false,
@@ -715,7 +787,10 @@ pub async fn reap_invalidated(kv: Arc<ConsulKv>, cancel: CancellationToken) {
             }
             seen_now.insert(id, since);
         }
-        for stored in kv.sessions.list() {
+        // Only the sessions whose checks may have failed: new ones, those of a node whose
+        // liveness key went, those bound to service checks, and those found failed before
+        // (still waiting out the grace, or whose clean-up failed).
+        for stored in kv.sessions.to_check(first_seen.keys()) {
             let Some(reason) = kv.lapsed_checks(&stored) else {
                 continue;
             };
@@ -850,5 +925,116 @@ mod tests {
         }]);
         assert!(view.orphans().is_empty());
         assert_eq!(view.index(), 5, "held locks are not sessions");
+    }
+
+    fn ids(sessions: Vec<StoredSession>) -> Vec<String> {
+        sessions.into_iter().map(|s| s.session.id.clone()).collect()
+    }
+
+    fn put(key: Vec<u8>, value: Vec<u8>, revision: i64) -> Event {
+        Event {
+            kind: EventType::Put,
+            kv: kv(key, value, revision),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn the_reaper_is_told_only_the_sessions_whose_checks_may_have_failed() {
+        let on_node = session("node-bound");
+        let mut on_check = session("check-bound");
+        on_check.node_checks.clear();
+        on_check.service_checks.push(ServiceCheck {
+            id: "service:web-1".into(),
+            namespace: String::new(),
+        });
+        let mut free = session("free");
+        free.node_checks.clear();
+        let mut elsewhere = session("other-node");
+        elsewhere.node = "strata-2".into();
+        let record = |s: &Session| serde_json::to_vec(s).unwrap();
+        let view = SessionView::new();
+        view.load(
+            &[
+                kv(agent_key(1), Vec::new(), 1),
+                kv(agent_key(2), Vec::new(), 1),
+                kv(session_key("node-bound"), record(&on_node), 2),
+                kv(session_key("check-bound"), record(&on_check), 3),
+                kv(session_key("free"), record(&free), 4),
+                kv(session_key("other-node"), record(&elsewhere), 5),
+            ],
+            5,
+        );
+        let none: [String; 0] = [];
+        // After a load, every session bound to a check; then only those on service checks
+        // (their health is not in this view), and what the caller asks for again.
+        assert_eq!(
+            ids(view.to_check(none.iter())),
+            ["check-bound", "node-bound", "other-node"]
+        );
+        assert_eq!(ids(view.to_check(none.iter())), ["check-bound"]);
+        let again = ["node-bound".to_string(), "gone".to_string()];
+        assert_eq!(
+            ids(view.to_check(again.iter())),
+            ["check-bound", "node-bound"]
+        );
+        // A node's liveness key going brings back its sessions, and only them.
+        view.apply(&[Event {
+            kind: EventType::Delete,
+            kv: kv(agent_key(1), Vec::new(), 6),
+            prev_kv: None,
+        }]);
+        assert_eq!(
+            ids(view.to_check(none.iter())),
+            ["check-bound", "node-bound"]
+        );
+        // A new or changed session is looked at once; a deleted one no more.
+        let mut late = session("late");
+        late.node = "strata-2".into();
+        view.apply(&[put(session_key("late"), record(&late), 7)]);
+        view.apply(&[Event {
+            kind: EventType::Delete,
+            kv: kv(session_key("check-bound"), Vec::new(), 8),
+            prev_kv: None,
+        }]);
+        assert_eq!(ids(view.to_check(none.iter())), ["late"]);
+        assert!(view.to_check(none.iter()).is_empty());
+    }
+
+    #[test]
+    fn orphans_are_kept_as_holders_and_sessions_change() {
+        let view = SessionView::new();
+        let terms = serde_json::to_vec(&Some(session("a").terms())).unwrap();
+        let record = serde_json::to_vec(&session("a")).unwrap();
+        // A held key whose session is not (yet) there: an orphan until the session comes.
+        view.apply(&[put(
+            crate::consul_store::held_key("a", "k1"),
+            terms.clone(),
+            1,
+        )]);
+        assert_eq!(view.orphans(), ["a"]);
+        view.apply(&[put(session_key("a"), record, 2)]);
+        assert!(view.orphans().is_empty());
+        view.apply(&[put(crate::consul_store::held_key("a", "k2"), terms, 3)]);
+        view.apply(&[Event {
+            kind: EventType::Delete,
+            kv: kv(session_key("a"), Vec::new(), 4),
+            prev_kv: None,
+        }]);
+        assert_eq!(view.orphans(), ["a"]);
+        // Still an orphan while it holds any key.
+        for (key, revision) in [("k1", 5), ("k2", 6)] {
+            assert_eq!(view.orphans(), ["a"]);
+            view.apply(&[Event {
+                kind: EventType::Delete,
+                kv: kv(
+                    crate::consul_store::held_key("a", key),
+                    Vec::new(),
+                    revision,
+                ),
+                prev_kv: None,
+            }]);
+        }
+        assert!(view.orphans().is_empty());
     }
 }

@@ -168,6 +168,31 @@ impl MemSeries {
             .sum::<usize>()
             + self.open.len()
     }
+
+    /// The samples it holds and the bytes they take (closed chunks as encoded, open samples
+    /// at two bytes each), as [`Head`] counts them.
+    fn footprint(&self) -> Footprint {
+        Footprint {
+            samples: self.samples(),
+            bytes: self.closed.iter().map(|c| c.bytes.len()).sum::<usize>() + self.open.len() * 2,
+        }
+    }
+}
+
+/// Samples and bytes held in the head, kept as series change so that reading them (every
+/// scrape of the node's metrics) does not walk every series.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Footprint {
+    samples: usize,
+    bytes: usize,
+}
+
+impl Footprint {
+    /// Replaces `before` (a series' footprint) with `after` in this total.
+    fn swap(&mut self, before: Footprint, after: Footprint) {
+        self.samples = (self.samples + after.samples).saturating_sub(before.samples);
+        self.bytes = (self.bytes + after.bytes).saturating_sub(before.bytes);
+    }
 }
 
 fn chunk_len(bytes: &[u8]) -> usize {
@@ -186,6 +211,8 @@ struct Head {
     /// Samples before this were cut into blocks.
     cut: i64,
     max_t: i64,
+    /// What every series holds, together.
+    footprint: Footprint,
 }
 
 impl Head {
@@ -199,7 +226,9 @@ impl Head {
                 .insert(id);
         }
         self.by_labels.insert(labels.clone(), id);
-        self.series.insert(id, MemSeries::new(labels));
+        if let Some(old) = self.series.insert(id, MemSeries::new(labels)) {
+            self.footprint.swap(old.footprint(), Footprint::default());
+        }
         self.next_id = self.next_id.max(id + 1);
     }
 
@@ -207,6 +236,8 @@ impl Head {
         let Some(series) = self.series.remove(&id) else {
             return;
         };
+        self.footprint
+            .swap(series.footprint(), Footprint::default());
         self.by_labels.remove(&series.labels);
         for (k, v) in series.labels.iter() {
             if let Some(values) = self.postings.get_mut(k) {
@@ -235,7 +266,9 @@ impl Head {
             && (s.open.len() >= CHUNK_SAMPLES
                 || t.div_euclid(block_ms) != s.open_mint.div_euclid(block_ms))
         {
+            let before = s.footprint();
             s.close_open();
+            self.footprint.swap(before, s.footprint());
         }
         if s.open.is_empty() {
             s.open_mint = t;
@@ -243,6 +276,8 @@ impl Head {
         if s.open.append(t, v).is_err() {
             return false;
         }
+        self.footprint.samples += 1;
+        self.footprint.bytes += 2;
         s.last_t = t;
         self.max_t = self.max_t.max(t);
         true
@@ -975,7 +1010,9 @@ impl Store {
         let mut taken: Vec<(Labels, Vec<Closed>)> = Vec::new();
         {
             let mut head = self.head.write().unwrap_or_else(|e| e.into_inner());
+            let mut footprint = head.footprint;
             for s in head.series.values_mut() {
+                let before = s.footprint();
                 if !s.open.is_empty() && s.open_mint < end {
                     s.close_open();
                 }
@@ -984,7 +1021,9 @@ impl Store {
                     let chunks: Vec<Closed> = s.closed.drain(..split).collect();
                     taken.push((s.labels.clone(), chunks));
                 }
+                footprint.swap(before, s.footprint());
             }
+            head.footprint = footprint;
             head.cut = end;
         }
         taken.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1079,11 +1118,8 @@ impl Store {
         {
             let head = self.head.read().unwrap_or_else(|e| e.into_inner());
             stats.head_series = head.series.len();
-            for s in head.series.values() {
-                stats.head_samples += s.samples();
-                stats.head_bytes +=
-                    s.closed.iter().map(|c| c.bytes.len()).sum::<usize>() + s.open.len() * 2;
-            }
+            stats.head_samples = head.footprint.samples;
+            stats.head_bytes = head.footprint.bytes;
         }
         let blocks = self.blocks.read().unwrap_or_else(|e| e.into_inner());
         stats.blocks = blocks.len();
@@ -1287,6 +1323,16 @@ mod tests {
         s
     }
 
+    /// The head's running totals equal a walk over its series.
+    fn assert_footprint_kept(store: &Store) {
+        let head = store.head.read().unwrap();
+        let mut walked = Footprint::default();
+        for s in head.series.values() {
+            walked.swap(Footprint::default(), s.footprint());
+        }
+        assert_eq!(head.footprint, walked);
+    }
+
     #[test]
     fn appends_survive_reopen_blocks_and_retention() {
         let dir = tempfile::tempdir().unwrap();
@@ -1308,8 +1354,16 @@ mod tests {
             expected.push(t);
             if step % 50 == 0 {
                 store.maintain(0).unwrap();
+                assert_footprint_kept(&store);
             }
         }
+        assert_footprint_kept(&store);
+        let stats = store.stats();
+        assert_eq!(
+            stats.head_samples as u64 + stats.block_samples,
+            1200,
+            "{stats:?}"
+        );
         // Out of order and duplicate samples are refused.
         let r = store
             .append(&[(l("a", 0), 100, 1.0), (l("a", 0), 39_900, 1.0)])
@@ -1324,6 +1378,7 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path(), options.clone()).unwrap();
         assert_eq!(all(&store), before);
+        assert_footprint_kept(&store);
         // A partial select.
         let part = store.select(&[matcher("i", "=", "1").unwrap()], 15_000, 15_300);
         assert_eq!(part.len(), 1);

@@ -195,6 +195,14 @@ async fn t10_dev_serves_the_cli_reports_health_stops_cleanly_and_keeps_data() {
     let (code, body) = get_status(&format!("{}/readyz", dev.url)).await;
     assert_eq!(code, 200, "{body}");
 
+    // A node turns transparent huge pages off for itself (the kernel says so in its status;
+    // the line exists since Linux 5.0).
+    let pid = dev.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+
     dev.stop();
 
     // Same data folder, new ports: the key is still there.

@@ -360,6 +360,9 @@ impl Gateway {
             request.extensions_mut().insert(Https);
         }
         let span = RequestSpan::begin(self.spans.get(), &request);
+        // The request id a client did not send is its trace's id (one random draw, and its
+        // log lines lead to its trace).
+        let (mut traceparent, trace_id) = span.as_ref().map(RequestSpan::header_values).unzip();
         let mut forwarded = Forwarded::default();
         let live = self.live();
         let host = request_host(&request);
@@ -368,6 +371,7 @@ impl Gateway {
             .get(&X_REQUEST_ID)
             .filter(|v| !v.is_empty() && v.len() <= 200)
             .cloned()
+            .or(trace_id)
             .unwrap_or_else(new_request_id);
         let origin = request
             .headers()
@@ -581,10 +585,10 @@ impl Gateway {
                                     Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
                                     _ => upstream.as_str(),
                                 };
-                                if let Some(span) = &span {
+                                if let Some(traceparent) = traceparent.take() {
                                     request
                                         .headers_mut()
-                                        .insert(strata_trace::TRACEPARENT, span.traceparent());
+                                        .insert(strata_trace::TRACEPARENT, traceparent);
                                 }
                                 let mut response = self
                                     .forward(

@@ -63,9 +63,10 @@ impl RequestSpan {
         })
     }
 
-    /// The `traceparent` the upstream gets: this span is its parent.
-    pub fn traceparent(&self) -> HeaderValue {
-        self.context.header_value()
+    /// The `traceparent` the upstream gets (this span is its parent) and the trace's id in
+    /// hex, sharing one allocation (see [`TraceParent::header_values`]).
+    pub fn header_values(&self) -> (HeaderValue, HeaderValue) {
+        self.context.header_values()
     }
 
     /// The finished span of the request `route` matched (`None`: no route did), answered
@@ -219,9 +220,10 @@ mod tests {
         let caller = TraceParent::root(true);
         let span = RequestSpan::begin(Some(&exporter), &request(Some(&caller))).unwrap();
         // The upstream's parent is the gateway's span, in the caller's trace.
-        let sent = TraceParent::parse(span.traceparent().to_str().unwrap()).unwrap();
+        let sent = TraceParent::parse(span.header_values().0.to_str().unwrap()).unwrap();
         assert_eq!(sent.trace_id, caller.trace_id);
         assert_ne!(sent.span_id, caller.span_id);
+        assert_eq!(span.header_values().1.to_str().unwrap(), caller.trace_hex());
         let forwarded = Forwarded {
             attempts: 2,
             ..Default::default()
@@ -281,7 +283,7 @@ mod tests {
         // passes the decision on.
         let unsampled = TraceParent::root(false);
         let span = RequestSpan::begin(Some(&exporter), &request(Some(&unsampled))).unwrap();
-        assert!(span.traceparent().to_str().unwrap().ends_with("-00"));
+        assert!(span.header_values().0.to_str().unwrap().ends_with("-00"));
         let response = answer(StatusCode::OK, &[]);
         assert!(span
             .finish(None, &response, &failed, CLIENT, Duration::ZERO)

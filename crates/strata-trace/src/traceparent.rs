@@ -140,6 +140,39 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The `traceparent` header value and its trace id alone (32 hex digits), both over one
+    /// allocation: the gateway's `X-Request-Id` when a client sends none, so that a request's
+    /// log lines and its trace share one id.
+    pub fn header_values(&self) -> (HeaderValue, HeaderValue) {
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        write_hex(&mut text[3..35], &self.trace_id);
+        text[35] = b'-';
+        write_hex(&mut text[36..52], &self.span_id);
+        text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        // Owner-backed: the two values and their clones count references to one allocation.
+        let bytes = bytes::Bytes::from_owner(text);
+        let value = |b: bytes::Bytes| {
+            HeaderValue::from_maybe_shared(b).unwrap_or(HeaderValue::from_static(""))
+        };
+        let trace_id = value(bytes.slice(3..35));
+        let mut traceparent = value(bytes);
+        // Unique per call: HTTP/2 then sends it literally instead of churning the HPACK table.
+        traceparent.set_sensitive(true);
+        (traceparent, trace_id)
+    }
+}
+
+/// Writes the lower-case hex of `bytes` into `out` (twice as long).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+}
+
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.header_value().to_str().unwrap_or(""))
@@ -159,6 +192,18 @@ fn nonzero<const N: usize>() -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_are_the_traceparent_and_its_trace_id() {
+        for sampled in [true, false] {
+            let parent = TraceParent::root(sampled);
+            let (value, trace_id) = parent.header_values();
+            assert_eq!(value, parent.header_value());
+            assert!(value.is_sensitive());
+            assert_eq!(trace_id.to_str().unwrap(), parent.trace_hex());
+            assert_eq!(TraceParent::parse(value.to_str().unwrap()), Some(parent));
+        }
+    }
 
     #[test]
     fn traceparent_parses_what_w3c_allows_only() {

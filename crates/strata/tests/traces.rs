@@ -143,11 +143,12 @@ fn check_chain(spans: &[Value]) -> Value {
     gateway.clone()
 }
 
-/// Places an order through the gateway, with `traceparent` when given.
+/// Places an order through the gateway, with `traceparent` when given; the answer's
+/// `x-request-id`.
 async fn place_order(
     gateway: &str,
     traceparent: Option<&TraceParent>,
-) -> Result<(), tonic::Status> {
+) -> Result<Option<String>, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
         .unwrap()
         .connect()
@@ -163,8 +164,12 @@ async fn place_order(
             .metadata_mut()
             .insert("traceparent", parent.to_string().parse().unwrap());
     }
-    CheckoutClient::new(channel).place_order(request).await?;
-    Ok(())
+    let response = CheckoutClient::new(channel).place_order(request).await?;
+    Ok(response
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,25 +209,27 @@ async fn t01_a_call_through_the_gateway_and_two_providers_is_one_trace_in_strata
 
     // A caller's trace is continued: the gateway's span is the child of the caller's. Calls
     // before the gateway sees checkout's instance fail (503), each in a trace of its own.
-    let caller = wait_until(
+    let (caller, request_id) = wait_until(
         Duration::from_secs(10),
         "a call through the gateway",
         || {
             let caller = TraceParent::root(true);
             let gateway = dev.gateway.clone();
             async move {
-                place_order(&gateway, Some(&caller)).await.ok()?;
-                Some(caller)
+                let request_id = place_order(&gateway, Some(&caller)).await.ok()?;
+                Some((caller, request_id))
             }
         },
     )
     .await;
+    // The request id the gateway made is the trace's id.
+    assert_eq!(request_id, Some(caller.trace_hex()));
     let spans = spans_of(&dev, &caller.trace_hex(), 4).await;
     let gateway = check_chain(&spans);
     assert_eq!(gateway["parent_span_id"], caller.span_hex());
 
     // Without one, the gateway starts a sampled trace; the search finds it by its root.
-    place_order(&dev.gateway, None).await.unwrap();
+    let request_id = place_order(&dev.gateway, None).await.unwrap();
     let search = format!(
         "{}/v1/monitor/traces?service=strata-gateway&operation={}&status=ok",
         dev.api,
@@ -242,6 +249,11 @@ async fn t01_a_call_through_the_gateway_and_two_providers_is_one_trace_in_strata
     )
     .await;
     assert_eq!(found["root_service"], "strata-gateway", "{found:#}");
+    assert_eq!(
+        found["trace_id"].as_str(),
+        request_id.as_deref(),
+        "{found:#}"
+    );
     assert_eq!(found["root_operation"], OPERATION, "{found:#}");
     assert_eq!(
         found["services"],

@@ -314,6 +314,45 @@ async fn sessions_bound_to_the_node_share_its_liveness_lease() {
     assert_eq!(lease_of(&bare), 0);
 }
 
+/// A session with a TTL (a lease of its own) that is also bound to its node's `serfHealth`
+/// ends when the node's liveness key goes, long before its TTL; a session on no check lives on.
+#[tokio::test]
+async fn a_ttl_session_on_serf_health_ends_when_its_node_liveness_key_goes() {
+    let node = start().await;
+    let bound = node
+        .session(Some("3600s"), Behavior::Delete, Duration::ZERO)
+        .await;
+    let free = node
+        .kv
+        .create_session(NewSession {
+            node_checks: Some(Vec::new()),
+            ttl: Some(("3600s".into(), Duration::from_secs(3600))),
+            ..NewSession::default()
+        })
+        .await
+        .unwrap();
+    node.run(&[locking(Verb::Lock, "held", &bound)]).await;
+    // The liveness key exists once a session is bound to the node's serfHealth; take it away
+    // as its lease's end would.
+    let agent = strata_registry::consul_store::agent_key(node.memory.node_id());
+    node.memory
+        .delete_range(strata_proto::kv::DeleteRangeRequest {
+            key: agent,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually("the bound session to end", async || {
+        node.kv.sessions.session(&bound).is_none()
+    })
+    .await;
+    eventually("its key to be deleted", async || {
+        node.get("held").await.is_none()
+    })
+    .await;
+    assert!(node.kv.sessions.session(&free).is_some());
+}
+
 #[tokio::test]
 async fn session_requests_consul_would_refuse() {
     let node = start().await;

@@ -420,3 +420,85 @@ async fn bad_consul_kv_input_gets_consul_errors_and_never_a_panic() {
     let node = &cluster.nodes[0];
     node.assert_no_panic();
 }
+
+/// A session bound to a service check ends, and deletes what it locked (behavior `delete`),
+/// when that check turns critical: Consul's "the session is invalidated if any of its checks
+/// go critical". The reaper learns it from the registry, not from a lease, so this also
+/// checks that it looks at sessions on service checks on every pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_a_service_check_ends_when_the_check_fails() {
+    let cluster = Cluster::start(1, REGISTRY_ON_ANY_PORT).await;
+    let base = format!("http://{}", consul_addr(&cluster.nodes[0]));
+    let put = reqwest::Method::PUT;
+    let register = br#"{"ID": "web-1", "Name": "web", "Port": 80, "Check": {"TTL": "60s"}}"#;
+    let (status, text) = send(
+        &base,
+        put.clone(),
+        "/v1/agent/service/register",
+        register.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let create =
+        br#"{"NodeChecks": [], "ServiceChecks": [{"ID": "service:web-1"}], "Behavior": "delete"}"#;
+    // A TTL check starts critical, and a session cannot bind to a critical check.
+    let (status, text) = send(&base, put.clone(), "/v1/session/create", create.to_vec()).await;
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = send(
+        &base,
+        put.clone(),
+        "/v1/agent/check/pass/service:web-1",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let session = wait_until(
+        DEADLINE_SESSION,
+        "a session on the passing check",
+        || async {
+            let (status, text) =
+                send(&base, put.clone(), "/v1/session/create", create.to_vec()).await;
+            let created: Value = serde_json::from_str(&text).ok()?;
+            (status == 200).then(|| created["ID"].as_str().map(str::to_string))?
+        },
+    )
+    .await;
+    let (status, text) = send(
+        &base,
+        put.clone(),
+        &format!("/v1/kv/leader?acquire={session}"),
+        b"me".to_vec(),
+    )
+    .await;
+    assert_eq!((status, text.trim()), (200, "true"));
+    let info = format!("/v1/session/info/{session}");
+    let gone = |value: &Value| value.is_null() || value.as_array().is_some_and(Vec::is_empty);
+    assert!(
+        !gone(&get_json(&base, &info).await),
+        "the session lives while its check passes"
+    );
+
+    let (status, text) = send(
+        &base,
+        put.clone(),
+        "/v1/agent/check/fail/service:web-1",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    wait_until(
+        DEADLINE_SESSION,
+        "the session to end with its check",
+        || async { gone(&get_json(&base, &info).await).then_some(()) },
+    )
+    .await;
+    wait_until(DEADLINE_SESSION, "its lock's key to be deleted", || async {
+        let (status, _) = send(&base, reqwest::Method::GET, "/v1/kv/leader", Vec::new()).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    cluster.nodes[0].assert_no_panic();
+}
+
+/// How long a session test waits for the reaper (it looks at least once a second).
+const DEADLINE_SESSION: Duration = Duration::from_secs(10);

@@ -1,8 +1,9 @@
 //! Consul's KV store, sessions, locks and transactions on a real 3-node cluster, driven by the
 //! official Python client (`py-consul`, scripts in `tests/py/`): KV CRUD with flags, cas,
 //! recurse, keys, separator and raw; blocking queries; transactions that apply whole or not
-//! at all; a lock that moves to a client on another node when its holder is killed; and bad
-//! input, which gets Consul's 4xx answers and never a panic.
+//! at all; a lock that moves to a client on another node when its holder is killed; a session
+//! bound to a service check that ends when the check fails; and bad input, which gets Consul's
+//! 4xx answers and never a panic.
 #![allow(clippy::unwrap_used)]
 
 mod common;

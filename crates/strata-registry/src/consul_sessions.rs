@@ -373,8 +373,7 @@ fn apply_delete(state: &mut State, key: &[u8]) -> bool {
         Some(MetaKey::Agent(node)) => {
             state.agents.remove(&node);
             if let Some(ids) = state.by_node.get(&node) {
-                let ids = ids.clone();
-                state.to_check.extend(ids);
+                state.to_check.extend(ids.iter().cloned());
             }
             false
         }

@@ -30,17 +30,31 @@ pub struct TraceParent {
 
 /// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    out
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Writes the lower-case hex of `bytes` into `out` (twice as long).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
+}
+
+/// A header value of `bytes` (hex digits and dashes: always valid).
+fn value_of(bytes: bytes::Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The `traceparent` value of `bytes`, marked sensitive: it is unique per call, so HTTP/2
+/// sends it literally instead of churning the HPACK table.
+fn traceparent_value(bytes: bytes::Bytes) -> HeaderValue {
+    let mut value = value_of(bytes);
+    value.set_sensitive(true);
+    value
 }
 
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -127,16 +141,19 @@ impl TraceParent {
 
     /// The `traceparent` header value.
     pub fn header_value(&self) -> HeaderValue {
-        let mut text = String::with_capacity(55);
-        text.push_str("00-");
-        push_hex(&mut text, &self.trace_id);
-        text.push('-');
-        push_hex(&mut text, &self.span_id);
-        text.push_str(if self.sampled { "-01" } else { "-00" });
-        let mut value = HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""));
-        // Unique per call: HTTP/2 then sends it literally instead of churning the HPACK table.
-        value.set_sensitive(true);
-        value
+        traceparent_value(self.bytes())
+    }
+
+    /// The header's text, `00-TRACEID-SPANID-FLAGS`, in one owner-backed allocation (its
+    /// slices and clones count references to it).
+    fn bytes(&self) -> bytes::Bytes {
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        write_hex(&mut text[3..35], &self.trace_id);
+        text[35] = b'-';
+        write_hex(&mut text[36..52], &self.span_id);
+        text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        bytes::Bytes::from_owner(text)
     }
 }
 
@@ -145,31 +162,9 @@ impl TraceParent {
     /// allocation: the gateway's `X-Request-Id` when a client sends none, so that a request's
     /// log lines and its trace share one id.
     pub fn header_values(&self) -> (HeaderValue, HeaderValue) {
-        let mut text = [0u8; 55];
-        text[..3].copy_from_slice(b"00-");
-        write_hex(&mut text[3..35], &self.trace_id);
-        text[35] = b'-';
-        write_hex(&mut text[36..52], &self.span_id);
-        text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        // Owner-backed: the two values and their clones count references to one allocation.
-        let bytes = bytes::Bytes::from_owner(text);
-        let value = |b: bytes::Bytes| {
-            HeaderValue::from_maybe_shared(b).unwrap_or(HeaderValue::from_static(""))
-        };
-        let trace_id = value(bytes.slice(3..35));
-        let mut traceparent = value(bytes);
-        // Unique per call: HTTP/2 then sends it literally instead of churning the HPACK table.
-        traceparent.set_sensitive(true);
-        (traceparent, trace_id)
-    }
-}
-
-/// Writes the lower-case hex of `bytes` into `out` (twice as long).
-fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
+        let bytes = self.bytes();
+        let trace_id = value_of(bytes.slice(3..35));
+        (traceparent_value(bytes), trace_id)
     }
 }
 

@@ -432,27 +432,13 @@ async fn a_session_on_a_service_check_ends_when_the_check_fails() {
     let base = format!("http://{}", consul_addr(&cluster.nodes[0]));
     let put = reqwest::Method::PUT;
     let register = br#"{"ID": "web-1", "Name": "web", "Port": 80, "Check": {"TTL": "60s"}}"#;
-    let (status, text) = send(
-        &base,
-        put.clone(),
-        "/v1/agent/service/register",
-        register.to_vec(),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    put_ok(&base, "/v1/agent/service/register", register).await;
     let create =
         br#"{"NodeChecks": [], "ServiceChecks": [{"ID": "service:web-1"}], "Behavior": "delete"}"#;
     // A TTL check starts critical, and a session cannot bind to a critical check.
     let (status, text) = send(&base, put.clone(), "/v1/session/create", create.to_vec()).await;
     assert_eq!(status, 400, "{text}");
-    let (status, text) = send(
-        &base,
-        put.clone(),
-        "/v1/agent/check/pass/service:web-1",
-        Vec::new(),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    put_ok(&base, "/v1/agent/check/pass/service:web-1", b"").await;
     let session = wait_until(
         DEADLINE_SESSION,
         "a session on the passing check",
@@ -479,14 +465,7 @@ async fn a_session_on_a_service_check_ends_when_the_check_fails() {
         "the session lives while its check passes"
     );
 
-    let (status, text) = send(
-        &base,
-        put.clone(),
-        "/v1/agent/check/fail/service:web-1",
-        Vec::new(),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    put_ok(&base, "/v1/agent/check/fail/service:web-1", b"").await;
     wait_until(
         DEADLINE_SESSION,
         "the session to end with its check",
@@ -499,6 +478,12 @@ async fn a_session_on_a_service_check_ends_when_the_check_fails() {
     })
     .await;
     cluster.nodes[0].assert_no_panic();
+}
+
+/// PUTs `body` to `path` and checks that it was taken (200).
+async fn put_ok(base: &str, path: &str, body: &[u8]) {
+    let (status, text) = send(base, reqwest::Method::PUT, path, body.to_vec()).await;
+    assert_eq!(status, 200, "PUT {path}: {text}");
 }
 
 /// How long a session test waits for the reaper (it looks at least once a second).

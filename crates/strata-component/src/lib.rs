@@ -387,7 +387,9 @@ fn serve_https(
             let acceptor = tls.acceptor();
             let router = router.clone();
             let watcher = graceful.watcher();
-            connections.spawn(async move {
+            // Boxed: the handshake and hyper's connection make a future of several KB, which a
+            // task would otherwise move several times as it is spawned and finishes.
+            connections.spawn(Box::pin(async move {
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
@@ -415,7 +417,7 @@ fn serve_https(
                 if let Err(e) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(listener = name, client = %addr, error = %e, "connection ended with an error");
                 }
-            });
+            }));
         }
         graceful.shutdown().await;
     });

@@ -293,7 +293,10 @@ impl Gateway {
                     (graceful.watcher(), builder.clone(), acceptor.clone());
                 let connections = connections.clone();
                 let cancel_for_front = cancel.clone();
-                tracker.spawn(async move {
+                // Boxed: the connection's future is about 10 KB (the request's handling is
+                // inlined in it), and a task moves its future several times as it is spawned
+                // and finishes; a box is moved as one pointer.
+                tracker.spawn(Box::pin(async move {
                     if proxy_protocol {
                         match crate::proxy_protocol::read_header(&mut stream, HEADER_TIMEOUT).await {
                             Ok(crate::proxy_protocol::Header::Proxied { source, .. }) => client = source,
@@ -342,7 +345,7 @@ impl Gateway {
                         tracing::debug!(listener = name, %client, error = %e, "connection ended with an error");
                     }
                     connections.dec();
-                });
+                }));
             }
             graceful.shutdown().await;
         });

@@ -308,11 +308,13 @@ impl Gateway {
                         }
                     }
                     let gateway_for_front = gateway.clone();
+                    // Boxed for the same reason: hyper's HTTP/2 server spawns a task per
+                    // stream around this future, which inlines the whole exchange (~7 KB).
                     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
-                        async move {
+                        Box::pin(async move {
                             Ok::<_, std::convert::Infallible>(gateway.handle(request.map(Body::new), client, https).await)
-                        }
+                        })
                     });
                     connections.inc();
                     let result = match acceptor {

@@ -371,13 +371,17 @@ impl Gateway {
         let mut forwarded = Forwarded::default();
         let live = self.live();
         let host = request_host(&request);
-        let request_id = request
+        let mut request_id = request
             .headers()
             .get(&X_REQUEST_ID)
             .filter(|v| !v.is_empty() && v.len() <= 200)
             .cloned()
             .or(trace_id)
             .unwrap_or_else(new_request_id);
+        // Never indexed by HPACK (it and `traceparent` are new in every request): an HTTP/2
+        // encoder that indexed them would fill its table with values it never sees again and
+        // compare each new one with all of them.
+        request_id.set_sensitive(true);
         let origin = request
             .headers()
             .get(header::ORIGIN)
@@ -590,7 +594,8 @@ impl Gateway {
                                     Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
                                     _ => upstream.as_str(),
                                 };
-                                if let Some(traceparent) = traceparent.take() {
+                                if let Some(mut traceparent) = traceparent.take() {
+                                    traceparent.set_sensitive(true);
                                     request
                                         .headers_mut()
                                         .insert(strata_trace::TRACEPARENT, traceparent);

@@ -378,9 +378,9 @@ impl Gateway {
             .cloned()
             .or(trace_id)
             .unwrap_or_else(new_request_id);
-        // Never indexed by HPACK (it and `traceparent` are new in every request): an HTTP/2
-        // encoder that indexed them would fill its table with values it never sees again and
-        // compare each new one with all of them.
+        // Never indexed by HPACK (as `traceparent` is not): new in every request, it would
+        // fill an HTTP/2 encoder's table with values never seen again, and each new one would
+        // be compared with all of them.
         request_id.set_sensitive(true);
         let origin = request
             .headers()
@@ -594,8 +594,7 @@ impl Gateway {
                                     Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
                                     _ => upstream.as_str(),
                                 };
-                                if let Some(mut traceparent) = traceparent.take() {
-                                    traceparent.set_sensitive(true);
+                                if let Some(traceparent) = traceparent.take() {
                                     request
                                         .headers_mut()
                                         .insert(strata_trace::TRACEPARENT, traceparent);

@@ -378,9 +378,9 @@ impl Gateway {
             .cloned()
             .or(trace_id)
             .unwrap_or_else(new_request_id);
-        // Never indexed by HPACK (as `traceparent` is not): new in every request, it would
-        // fill an HTTP/2 encoder's table with values never seen again, and each new one would
-        // be compared with all of them.
+        // Kept out of HPACK's table, as `strata-trace` keeps `traceparent`: new in every
+        // request, it would fill an HTTP/2 encoder's table with values never seen again, and
+        // each new one would be compared with all of them.
         request_id.set_sensitive(true);
         let origin = request
             .headers()

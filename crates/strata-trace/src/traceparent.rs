@@ -155,9 +155,7 @@ impl TraceParent {
         text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
         bytes::Bytes::from_owner(text)
     }
-}
 
-impl TraceParent {
     /// The `traceparent` header value and its trace id alone (32 hex digits), both over one
     /// allocation: the gateway's `X-Request-Id` when a client sends none, so that a request's
     /// log lines and its trace share one id.

@@ -251,6 +251,14 @@ log "backend :$backend_port, nginx :$nginx_port, haproxy :$haproxy_port, strata 
 
 # --- measurements ---------------------------------------------------------------------------
 peak_rss_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+# Retransmission timeouts the kernel has taken since boot (TcpExt TCPTimeouts, all sockets). A
+# connection whose segment was lost waits at least 200 ms (the minimum RTO) for it, so a count
+# above zero explains a blown tail. (Tail loss probes are not counted: they are sent early and
+# stall nothing; loaded loopback sends many, above all under h2load over TLS.)
+tcp_timeouts() {
+    awk '$1 == "TcpExt:" { if (!names) { for (i = 2; i <= NF; i++) if ($i == "TCPTimeouts") col = i; names = 1 }
+        else if (col) print $col }' /proc/net/netstat
+}
 ms() { # wrk and h2load latency ("812.00us", "1.20ms", "2.00s") in ms
     awk -v v="$1" 'BEGIN {
         if (v ~ /us$/) { sub(/us$/, "", v); printf "%.4f", v / 1000 }
@@ -345,14 +353,16 @@ run_open_loop() { # SYSTEM PATH
 # One run: ROUND WORKLOAD PATH MODE SYSTEM; appends its row to $raw.
 measure() {
     local round=$1 name=$2 path=$3 mode=$4 system=$5
-    local pid=${pid_of[$system]:-} before=0 cpu_us=null rss=null
+    local pid=${pid_of[$system]:-} before=0 cpu_us=null rss=null timeouts
     [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+    timeouts=$(tcp_timeouts)
     case $mode in
     h2) run_h2load "$system" "$path" ;;
     open) run_open_loop "$system" "$path" ;;
     *) run_wrk "$system" "$path" "$mode" ;;
     esac
     ((requests > 0)) || die "no request succeeded: $name against $system"
+    timeouts=$(($(tcp_timeouts) - timeouts))
     if [[ -n $pid ]]; then
         cpu_us=$(awk -v t="$(($(cpu_ticks "$pid") - before))" -v n="$requests" -v u="$tick_us" \
             'BEGIN { printf "%.2f", t * u / n }')
@@ -361,9 +371,11 @@ measure() {
     jq -nc --arg w "$name" --arg s "$system" --argjson r "$round" --argjson rps "$rps" \
         --argjson p50 "$p50" --argjson p99 "$p99" --argjson cpu "$cpu_us" \
         --argjson rss "$rss" --argjson n "$requests" --argjson extra "$extra" \
+        --argjson timeouts "$timeouts" \
         '{workload: $w, system: $s, round: $r, requests: $n, rps: $rps, p50_ms: $p50,
-          p99_ms: $p99, cpu_us_per_req: $cpu, peak_rss_mib: $rss} + $extra' >>"$raw"
-    log "round $round $name $system: $rps req/s, $note, cpu/req ${cpu_us} us"
+          p99_ms: $p99, cpu_us_per_req: $cpu, peak_rss_mib: $rss, tcp_timeouts: $timeouts}
+          + $extra' >>"$raw"
+    log "round $round $name $system: $rps req/s, $note, cpu/req ${cpu_us} us, $timeouts TCP timeouts"
 }
 
 for round in $(seq 1 "$rounds"); do

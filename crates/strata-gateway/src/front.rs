@@ -436,6 +436,13 @@ pub(crate) struct Replay<T> {
     inner: T,
 }
 
+impl<T> Replay<T> {
+    /// The connection was handed over for HTTP/2 with prior knowledge (h2c).
+    pub(crate) fn is_h2(&self) -> bool {
+        self.prefix.starts_with(&h1::H2_PREFACE[..14])
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Replay<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -321,7 +321,8 @@ impl Gateway {
                         None => match crate::front::serve(&gateway_for_front, stream, client, &cancel_for_front).await {
                             crate::front::Ended::Closed => Ok(()),
                             crate::front::Ended::HandOver(io) => {
-                                let io = hyper_util::rt::TokioIo::new(io);
+                                let h2 = io.is_h2();
+                                let io = hyper_util::rt::TokioIo::new(crate::cork::Cork::new(io, h2));
                                 watcher
                                     .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
                                     .await
@@ -330,7 +331,9 @@ impl Gateway {
                         Some(acceptor) => {
                             match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(stream)) => {
-                                    let io = hyper_util::rt::TokioIo::new(stream);
+                                    // HTTP/2 answers are written in batches (see `cork`).
+                                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                    let io = hyper_util::rt::TokioIo::new(crate::cork::Cork::new(stream, h2));
                                     watcher
                                         .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
                                         .await

@@ -578,7 +578,7 @@ pub struct UpstreamSpec {
     /// Requests to this group in flight at once (bulkhead); over it: 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
-    /// Idle pooled connections kept per member (default 256).
+    /// Idle pooled connections kept per member (default 1,024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_member: Option<usize>,
 }

@@ -12,6 +12,8 @@
 //! another (the Nacos API serves the registry and the config center) passes through
 //! [`Context::provide`] and [`Context::get`], in the order the node lists components.
 
+pub mod cork;
+
 use axum::Router;
 use serde::de::DeserializeOwned;
 use std::any::{Any, TypeId};
@@ -412,6 +414,9 @@ fn serve_https(
                 builder
                     .http2()
                     .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+                // HTTP/2 answers are written in batches (see `cork`).
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let stream = cork::Cork::new(stream, h2);
                 let connection = builder
                     .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(connection.into_owned()).await {

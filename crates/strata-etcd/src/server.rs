@@ -20,6 +20,7 @@ use strata_store::KvApi;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::transport::Server;
 
 /// How far past the request limit a message may be and still be decoded, so that a request
@@ -167,7 +168,7 @@ pub async fn serve_tls(
     match tls {
         None => {
             server
-                .serve_with_incoming_shutdown(accept(listener), signal)
+                .serve_with_incoming_shutdown(corked(accept(listener)), signal)
                 .await?
         }
         Some(tls) => {
@@ -188,21 +189,39 @@ pub struct TlsConnectInfo {
     pub certificate: Option<String>,
 }
 
-/// A TLS connection as tonic serves it.
-pub struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    info: TlsConnectInfo,
+/// A connection as tonic serves it: its stream, whose HTTP/2 answers are written in batches
+/// ([`Cork`](strata_component::cork::Cork)), and what it tells a request (`info`).
+pub struct Connection<S, I> {
+    stream: strata_component::cork::Cork<S>,
+    info: I,
 }
 
-impl tonic::transport::server::Connected for TlsConnection {
-    type ConnectInfo = TlsConnectInfo;
+impl<S, I> Connection<S, I> {
+    fn new(stream: S, info: I) -> Self {
+        Connection {
+            stream: strata_component::cork::Cork::new(stream, true),
+            info,
+        }
+    }
+}
 
-    fn connect_info(&self) -> TlsConnectInfo {
+/// A TLS connection as tonic serves it.
+pub type TlsConnection = Connection<tokio_rustls::server::TlsStream<TcpStream>, TlsConnectInfo>;
+
+impl<S, I> tonic::transport::server::Connected for Connection<S, I>
+where
+    I: Clone + Send + Sync + 'static,
+{
+    type ConnectInfo = I;
+
+    fn connect_info(&self) -> I {
         self.info.clone()
     }
 }
 
-impl tokio::io::AsyncRead for TlsConnection {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, I: Unpin> tokio::io::AsyncRead
+    for Connection<S, I>
+{
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -212,7 +231,9 @@ impl tokio::io::AsyncRead for TlsConnection {
     }
 }
 
-impl tokio::io::AsyncWrite for TlsConnection {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, I: Unpin> tokio::io::AsyncWrite
+    for Connection<S, I>
+{
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -269,7 +290,7 @@ fn accept_tls(
                             remote,
                             certificate,
                         };
-                        let _ = ready.send(Ok(TlsConnection { stream, info })).await;
+                        let _ = ready.send(Ok(Connection::new(stream, info))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -278,6 +299,19 @@ fn accept_tls(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(connections)
+}
+
+/// Plain connections wrapped as [`Connection`]s, telling a request what tonic tells it of a
+/// TCP connection.
+fn corked(
+    accepted: impl Stream<Item = std::io::Result<TcpStream>> + Send,
+) -> impl Stream<Item = std::io::Result<Connection<TcpStream, TcpConnectInfo>>> + Send {
+    futures::StreamExt::map(accepted, |accepted| {
+        accepted.map(|tcp| {
+            let info = tonic::transport::server::Connected::connect_info(&tcp);
+            Connection::new(tcp, info)
+        })
+    })
 }
 
 /// Accepts connections forever, with `TCP_NODELAY` (replies are small frames that must not

@@ -36,7 +36,6 @@ pub mod access_log;
 pub mod balance;
 pub mod cluster_limits;
 pub mod component;
-pub mod cork;
 pub mod edge;
 pub mod edge_auth;
 pub mod files;

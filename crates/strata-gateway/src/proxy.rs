@@ -322,7 +322,7 @@ impl Gateway {
                             crate::front::Ended::Closed => Ok(()),
                             crate::front::Ended::HandOver(io) => {
                                 let h2 = io.is_h2();
-                                let io = hyper_util::rt::TokioIo::new(crate::cork::Cork::new(io, h2));
+                                let io = hyper_util::rt::TokioIo::new(strata_component::cork::Cork::new(io, h2));
                                 watcher
                                     .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
                                     .await
@@ -333,7 +333,7 @@ impl Gateway {
                                 Ok(Ok(stream)) => {
                                     // HTTP/2 answers are written in batches (see `cork`).
                                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                    let io = hyper_util::rt::TokioIo::new(crate::cork::Cork::new(stream, h2));
+                                    let io = hyper_util::rt::TokioIo::new(strata_component::cork::Cork::new(stream, h2));
                                     watcher
                                         .watch(builder.serve_connection_with_upgrades(io, service).into_owned())
                                         .await

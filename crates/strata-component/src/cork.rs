@@ -1,7 +1,7 @@
-//! Write coalescing for the gateway's HTTP/2 connections.
+//! Write coalescing for HTTP/2 connections (the gateway's, and the gRPC servers').
 //!
-//! hyper's HTTP/2 server answers each stream from a task of its own, and every answer wakes the
-//! connection's task, which writes what is queued and flushes. tokio runs a task woken by
+//! hyper's HTTP/2 server (tonic's too) answers each stream from a task of its own, and every
+//! answer wakes the connection's task, which writes what is queued and flushes. tokio runs a task woken by
 //! another next (its LIFO slot), so the connection wrote once per answer or two: a TLS record,
 //! a system call and a TCP segment each, and a wake-up of the client. nginx and HAProxy write
 //! once per turn of their event loop, after every ready stream has answered.
@@ -41,6 +41,11 @@ impl<T> Cork<T> {
             sent: 0,
             yielded: false,
         }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
     }
 }
 

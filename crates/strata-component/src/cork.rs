@@ -20,6 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Most bytes kept before a write waits for them to go out.
 pub const MAX_CORKED: usize = 64 * 1024;
 
+/// A batch buffer larger than this is freed once written, so a connection that once wrote a
+/// large batch does not keep its buffer while idle (watch streams stay open for days).
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 /// A stream whose writes are held until a flush, and whose flushes yield once per batch
 /// (see the module docs). With `enabled` false it passes everything through.
 pub struct Cork<T> {
@@ -59,7 +63,11 @@ impl<T: AsyncWrite + Unpin> Cork<T> {
             }
             self.sent += n;
         }
-        self.held.clear();
+        if self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        } else {
+            self.held.clear();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -249,6 +257,8 @@ mod tests {
         assert!(flushed, "the flush never finished");
         assert_eq!(cork.inner.writes.concat(), data);
         assert!(cork.inner.writes.iter().all(|w| w.len() <= 10_000));
+        // The large batch's buffer is not kept once it is written.
+        assert!(cork.held.capacity() <= KEEP_CAPACITY);
     }
 
     #[test]

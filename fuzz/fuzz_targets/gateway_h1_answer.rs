@@ -1,8 +1,8 @@
-//! An upstream member's answer as the gateway reads it: any bytes give an answer head, a
-//! request for more bytes, or an error with a message, never a panic; a head takes exactly
-//! its own bytes out of the buffer. What follows the head, read as a chunked body, decodes to
-//! data, a request for more, the end, or an error, and the decoder only ever takes bytes it
-//! was given.
+//! An upstream member's answer as the gateway reads it (its headers in a map, or kept raw, as
+//! the first byte says): any bytes give an answer head, a request for more bytes, or an error
+//! with a message, never a panic; a head takes exactly its own bytes out of the buffer. What
+//! follows the head, read as a chunked body, decodes to data, a request for more, the end, or
+//! an error, and the decoder only ever takes bytes it was given.
 
 #![no_main]
 
@@ -12,8 +12,9 @@ use strata_gateway::h1::{parse_answer, Chunked, Piece, MAX_HEAD};
 
 fuzz_target!(|data: &[u8]| {
     let head_request = data.first().is_some_and(|b| b & 1 == 1);
+    let raw = data.first().is_some_and(|b| b & 2 == 2);
     let mut buf = BytesMut::from(data);
-    match parse_answer(&mut buf, head_request) {
+    match parse_answer(&mut buf, head_request, raw) {
         Ok(Some(head)) => {
             assert!(buf.len() < data.len(), "a head takes its bytes");
             assert!(

@@ -119,7 +119,7 @@ pub(crate) async fn serve(
         };
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
-        let handling = std::pin::pin!(gateway.handle(request.map(|()| body), client, false));
+        let handling = std::pin::pin!(gateway.handle(request.map(|()| body), client, false, true));
         let Some(mut response) = conn.unless_client_leaves(&stream, handling).await else {
             tracing::debug!(%client, "the client closed the connection before its answer; request dropped");
             return Ended::Closed;
@@ -335,12 +335,17 @@ impl Conn {
         let exact = body.size_hint().exact();
         // The length the client is told: the body must be exactly that long, or the
         // connection closes (a shorter or longer body would desynchronise it).
-        let promised = exact.or_else(|| h1::content_length(&parts.headers).ok().flatten());
+        // The upstream's own headers, when the gateway left them as they came.
+        let raw = parts.extensions.get::<h1::RawHeaders>();
+        let promised = exact
+            .or_else(|| raw.and_then(|raw| raw.length))
+            .or_else(|| h1::content_length(&parts.headers).ok().flatten());
         self.write.clear();
         let chunked = date::with(|date| {
             h1::encode_answer_head(
                 parts.status,
                 &parts.headers,
+                raw,
                 exact,
                 head_request,
                 close,

@@ -123,10 +123,33 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+/// An answer's header lines kept as the upstream wrote them, for a client connection that
+/// writes them on as they are: no header map is built for them (see [`parse_answer`]'s `raw`).
+/// Left out are the headers the gateway never passes on (the hop-by-hop ones but `Trailer`,
+/// and `Upgrade`), `X-Request-Id` (the gateway sets its own), and the framing's own
+/// (`Transfer-Encoding`, and a `Content-Length` beside it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawHeaders {
+    /// `name: value\r\n` lines, names as the upstream spelled them.
+    pub lines: Bytes,
+    /// The lines carry a `Date`.
+    pub dated: bool,
+    /// The lines carry a `Content-Length`...
+    pub framed: bool,
+    /// ...and this is its value, when valid.
+    pub length: Option<u64>,
+}
+
 /// The final answer head at the start of `buf`, taken out of it, or `None` when more bytes
 /// are needed. Interim answers (1xx other than 101) are skipped. `head_request`: the request
-/// was `HEAD`, so the answer has no body whatever its headers say.
-pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<AnswerHead>> {
+/// was `HEAD`, so the answer has no body whatever its headers say. `raw`: the answer's headers
+/// go in a [`RawHeaders`] extension, with an empty map, rather than in the map; for a client
+/// connection that writes them itself and for answers nothing else reads headers of.
+pub fn parse_answer(
+    buf: &mut BytesMut,
+    head_request: bool,
+    raw: bool,
+) -> io::Result<Option<AnswerHead>> {
     loop {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -166,19 +189,38 @@ pub fn parse_answer(buf: &mut BytesMut, head_request: bool) -> io::Result<Option
         let mut spans = [Span::default(); MAX_HEADERS];
         let spans = spans_of(buf, parsed.headers, &mut spans);
         let head = buf.split_to(length).freeze();
-        let (mut map, seen) = header_map(&head, spans)
-            .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
-        let (framing, mut keep_alive) = framing(&map, seen, status, head_request)?;
-        if seen.transfer_encoding && seen.content_length {
-            // The chunks (or the close) frame the body, not the length: a length passed on with
-            // a body of another size would split the client's stream (RFC 9112 section 6.3).
-            map.remove(header::CONTENT_LENGTH);
-        }
-        keep_alive &= connection_persists(&map, seen, version);
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
-        *response.headers_mut() = map;
+        let (framing, keep_alive) = if raw {
+            let lines = Raw { head: &head, spans };
+            let seen = lines.seen();
+            let (framing, keep_alive) = framing_of(&lines, seen, status, head_request)?;
+            let length = match framing {
+                BodyFraming::Length(length) => Ok(Some(length)),
+                _ if seen.content_length => content_length(&lines),
+                _ => Ok(None),
+            };
+            let kept = lines.kept(seen, length.ok().flatten());
+            response.extensions_mut().insert(kept);
+            (
+                framing,
+                keep_alive && connection_persists(&lines, seen, version),
+            )
+        } else {
+            let (mut map, seen) = header_map(&head, spans)
+                .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
+            let (framing, keep_alive) = framing_of(&map, seen, status, head_request)?;
+            if seen.transfer_encoding && seen.content_length {
+                // The chunks (or the close) frame the body, not the length: a length passed on
+                // with a body of another size would split the client's stream (RFC 9112
+                // section 6.3).
+                map.remove(header::CONTENT_LENGTH);
+            }
+            let keep_alive = keep_alive && connection_persists(&map, seen, version);
+            *response.headers_mut() = map;
+            (framing, keep_alive)
+        };
         return Ok(Some(AnswerHead {
             response,
             framing,
@@ -228,6 +270,22 @@ struct Seen {
 }
 
 impl Seen {
+    /// As [`Seen::note`], for a name in any case.
+    fn note_raw(&mut self, name: &[u8]) {
+        let is = |other: &HeaderName| name.eq_ignore_ascii_case(other.as_str().as_bytes());
+        if is(&header::TRANSFER_ENCODING) {
+            self.transfer_encoding = true;
+        } else if is(&header::CONTENT_LENGTH) {
+            self.content_length = true;
+        } else if is(&header::CONNECTION) {
+            self.connection = true;
+        } else if is(&header::UPGRADE) {
+            self.upgrade = true;
+        } else if is(&header::EXPECT) {
+            self.expect = true;
+        }
+    }
+
     fn note(&mut self, name: &HeaderName) {
         if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
@@ -272,8 +330,8 @@ pub fn bodiless(status: StatusCode, head_request: bool) -> bool {
 }
 
 /// The body's framing, and false when the framing itself rules out reusing the connection.
-fn framing(
-    headers: &HeaderMap,
+fn framing_of(
+    headers: &impl Fields,
     seen: Seen,
     status: StatusCode,
     head_request: bool,
@@ -308,22 +366,20 @@ fn framing(
 }
 
 /// Whether the last transfer coding named is `chunked` (the body is then framed in chunks).
-fn ends_chunked(headers: &HeaderMap) -> bool {
+fn ends_chunked(headers: &impl Fields) -> bool {
     headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
+        .values(&header::TRANSFER_ENCODING)
         .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        .and_then(|v| v.rsplit(|b| *b == b',').next())
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The `Content-Length`, when there is one: every value (and every comma-separated element)
 /// must be the same number.
-pub fn content_length(headers: &HeaderMap) -> io::Result<Option<u64>> {
+pub fn content_length(headers: &impl Fields) -> io::Result<Option<u64>> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for element in value.as_bytes().split(|b| *b == b',') {
+    for value in headers.values(&header::CONTENT_LENGTH) {
+        for element in value.split(|b| *b == b',') {
             let element = element.trim_ascii();
             if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
                 return Err(invalid("invalid Content-Length"));
@@ -342,7 +398,7 @@ pub fn content_length(headers: &HeaderMap) -> io::Result<Option<u64>> {
 
 /// Whether the connection stays open after this message by its `Connection` header and
 /// version: HTTP/1.1 unless `close`, HTTP/1.0 only with `keep-alive`.
-fn connection_persists(headers: &HeaderMap, seen: Seen, version: Version) -> bool {
+fn connection_persists(headers: &impl Fields, seen: Seen, version: Version) -> bool {
     if !seen.connection {
         version != Version::HTTP_10
     } else if version == Version::HTTP_10 {
@@ -359,13 +415,119 @@ pub fn asks_close(headers: &HeaderMap) -> bool {
 }
 
 /// Whether a comma-separated header `name` lists `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
+fn has_token(headers: &impl Fields, name: HeaderName, token: &str) -> bool {
+    headers.values(&name).any(|value| {
         value
-            .as_bytes()
             .split(|b| *b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
+}
+
+/// Header fields looked up by name: a parsed map, or a head's raw lines.
+pub trait Fields {
+    /// The values of every field named `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]>;
+}
+
+impl Fields for HeaderMap {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+}
+
+/// A head's header lines where httparse found them.
+struct Raw<'h> {
+    head: &'h [u8],
+    spans: &'h [Span],
+}
+
+impl Fields for Raw<'_> {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        let name = name.as_str().as_bytes();
+        self.spans
+            .iter()
+            .filter(move |span| self.name(span).eq_ignore_ascii_case(name))
+            .map(|span| self.value(span))
+    }
+}
+
+/// What the gateway does with an answer header it passes on raw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Passed {
+    /// On, as it is.
+    On,
+    /// On; it is the `Date`.
+    Date,
+    /// On unless the body is chunked; it is the `Content-Length`.
+    Length,
+    /// Never on (hop-by-hop, the framing's own, or set by the gateway).
+    Dropped,
+}
+
+/// How an answer header named `name` (any case) is passed on; the same names
+/// `proxy::finish_response` drops from a map, plus `X-Request-Id` and the framing's own.
+fn passed(name: &[u8]) -> Passed {
+    let is = |other: &[u8]| name.eq_ignore_ascii_case(other);
+    match name.len() {
+        2 if is(b"te") => Passed::Dropped,
+        4 if is(b"date") => Passed::Date,
+        7 if is(b"upgrade") => Passed::Dropped,
+        10 if is(b"connection") || is(b"keep-alive") => Passed::Dropped,
+        12 if is(b"x-request-id") => Passed::Dropped,
+        14 if is(b"content-length") => Passed::Length,
+        16 if is(b"proxy-connection") => Passed::Dropped,
+        17 if is(b"transfer-encoding") => Passed::Dropped,
+        18 if is(b"proxy-authenticate") => Passed::Dropped,
+        19 if is(b"proxy-authorization") => Passed::Dropped,
+        _ => Passed::On,
+    }
+}
+
+impl Raw<'_> {
+    fn name(&self, span: &Span) -> &[u8] {
+        &self.head[span.name.0 as usize..(span.name.0 + span.name.1) as usize]
+    }
+
+    fn value(&self, span: &Span) -> &[u8] {
+        &self.head[span.value.0 as usize..(span.value.0 + span.value.1) as usize]
+    }
+
+    fn seen(&self) -> Seen {
+        let mut seen = Seen::default();
+        for span in self.spans {
+            let name = self.name(span);
+            // The names `Seen` notes are 6 to 17 bytes long.
+            if (6..=17).contains(&name.len()) {
+                seen.note_raw(name);
+            }
+        }
+        seen
+    }
+
+    /// The lines passed on, given what the head carries (`seen`) and its `Content-Length`.
+    fn kept(&self, seen: Seen, length: Option<u64>) -> RawHeaders {
+        let mut lines = BytesMut::with_capacity(self.head.len());
+        let mut kept = RawHeaders::default();
+        for span in self.spans {
+            let name = self.name(span);
+            match passed(name) {
+                Passed::Dropped => continue,
+                Passed::Length if seen.transfer_encoding => continue,
+                Passed::Length => kept.framed = true,
+                Passed::Date => kept.dated = true,
+                Passed::On => {}
+            }
+            lines.extend_from_slice(name);
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(self.value(span));
+            lines.extend_from_slice(b"\r\n");
+        }
+        if kept.framed {
+            kept.length = length;
+        }
+        kept.lines = lines.freeze();
+        kept
+    }
 }
 
 /// How a client's request body follows its head.
@@ -493,14 +655,16 @@ fn put_content_length(length: u64, out: &mut BytesMut) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes an answer's head into `out`: the status line, `headers`, a `Date` when they have
-/// none, `Connection: close` when `close`, and the framing of a body of `length` bytes unless
+/// Writes an answer's head into `out`: the status line, `raw`'s lines, `headers`, a `Date`
+/// when they have none, `Connection: close` when `close`, and the framing of a body of `length` bytes unless
 /// the answer has no body (see [`bodiless`]; `head_request`: it answers `HEAD`) or `headers`
 /// frame it already. A body of unknown length (`None`) goes chunked, or until the close when
 /// `close`. Returns whether the body follows chunked.
+#[allow(clippy::too_many_arguments)] // each is one fact about the answer; a struct would only name them again
 pub fn encode_answer_head(
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&RawHeaders>,
     length: Option<u64>,
     head_request: bool,
     close: bool,
@@ -515,6 +679,10 @@ pub fn encode_answer_head(
     // Whether the headers carry a date and a length, noted on the way (a lookup each costs
     // more than the comparisons).
     let (mut dated, mut framed) = (false, false);
+    if let Some(raw) = raw {
+        out.extend_from_slice(&raw.lines);
+        (dated, framed) = (raw.dated, raw.framed);
+    }
     for (name, value) in headers {
         if name == header::TRANSFER_ENCODING || (close && name == header::CONNECTION) {
             continue;
@@ -695,7 +863,7 @@ mod tests {
     use super::*;
 
     fn answer(bytes: &[u8], head_request: bool) -> io::Result<Option<AnswerHead>> {
-        parse_answer(&mut BytesMut::from(bytes), head_request)
+        parse_answer(&mut BytesMut::from(bytes), head_request, false)
     }
 
     #[test]
@@ -749,13 +917,63 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhelloNEXT"[..],
         );
-        let head = parse_answer(&mut buf, false).unwrap().unwrap();
+        let head = parse_answer(&mut buf, false, false).unwrap().unwrap();
         assert_eq!(head.response.status(), StatusCode::OK);
         assert_eq!(head.framing, BodyFraming::Length(5));
         assert!(head.keep_alive);
         let values: Vec<_> = head.response.headers().get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(&buf[..], b"helloNEXT");
+    }
+
+    #[test]
+    fn a_raw_answer_keeps_the_lines_passed_on_as_they_came() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: D\r\nContent-Length: 5\r\n\
+               Connection: keep-alive\r\nX-Request-Id: theirs\r\nTrailer: x\r\n\r\nhello"[..],
+        );
+        let head = parse_answer(&mut buf, false, true).unwrap().unwrap();
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert!(head.keep_alive);
+        assert!(head.response.headers().is_empty());
+        let raw = head.response.extensions().get::<RawHeaders>().unwrap();
+        assert_eq!(
+            &raw.lines[..],
+            b"Server: nginx\r\nDate: D\r\nContent-Length: 5\r\nTrailer: x\r\n"
+        );
+        assert!(raw.dated && raw.framed);
+        assert_eq!(raw.length, Some(5));
+        assert_eq!(&buf[..], b"hello");
+
+        // Chunks frame the body: the length beside them is not passed on.
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        );
+        let head = parse_answer(&mut buf, false, true).unwrap().unwrap();
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        assert!(!head.keep_alive, "both framings at once: not reused");
+        let raw = head.response.extensions().get::<RawHeaders>().unwrap();
+        assert_eq!(
+            (&raw.lines[..], raw.framed, raw.length),
+            (&b""[..], false, None)
+        );
+
+        let mut out = BytesMut::new();
+        let chunked = encode_answer_head(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Some(raw),
+            None,
+            false,
+            false,
+            b"D",
+            &mut out,
+        );
+        assert!(chunked);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\ndate: D\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
     }
 
     #[test]
@@ -996,6 +1214,7 @@ mod tests {
             let chunked = encode_answer_head(
                 StatusCode::from_u16(status).unwrap(),
                 &map,
+                None,
                 length,
                 bodiless,
                 close,

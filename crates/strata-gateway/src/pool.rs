@@ -180,9 +180,10 @@ impl Conn {
         poll_fill(Pin::new(&mut self.stream), &mut self.read, cx, want)
     }
 
-    /// Reads the final answer's head to `request` (`head_request`: it was `HEAD`).
-    async fn read_head(&mut self, head_request: bool) -> io::Result<AnswerHead> {
-        read_head(&mut self.stream, &mut self.read, head_request).await
+    /// Reads the final answer's head to `request` (`head_request`: it was `HEAD`; `raw`: its
+    /// headers stay raw, see [`h1::parse_answer`]).
+    async fn read_head(&mut self, head_request: bool, raw: bool) -> io::Result<AnswerHead> {
+        read_head(&mut self.stream, &mut self.read, head_request, raw).await
     }
 
     /// Sends `body` after its head, framed as `framing` says, and reads the answer's head at
@@ -194,10 +195,11 @@ impl Conn {
         body: Body,
         framing: RequestFraming,
         head_request: bool,
+        raw: bool,
     ) -> io::Result<AnswerHead> {
         let (mut from, mut to) = self.stream.split();
         let mut sending = std::pin::pin!(write_body(&mut to, body, framing));
-        let mut answered = std::pin::pin!(read_head(&mut from, &mut self.read, head_request));
+        let mut answered = std::pin::pin!(read_head(&mut from, &mut self.read, head_request, raw));
         let early = |head: io::Result<AnswerHead>| {
             head.map(|mut head| {
                 head.keep_alive = false;
@@ -246,9 +248,10 @@ async fn read_head(
     from: &mut (impl AsyncRead + Unpin),
     read: &mut BytesMut,
     head_request: bool,
+    raw: bool,
 ) -> io::Result<AnswerHead> {
     loop {
-        if let Some(head) = h1::parse_answer(read, head_request)? {
+        if let Some(head) = h1::parse_answer(read, head_request, raw)? {
             return Ok(head);
         }
         let n = std::future::poll_fn(|cx| poll_fill(Pin::new(&mut *from), read, cx, READ_CHUNK))
@@ -375,6 +378,7 @@ impl Http1Pool {
         member: &str,
         request: Request<Body>,
         replayable: bool,
+        raw_answer: bool,
     ) -> Result<Response<Body>, SendError> {
         let mut request = request;
         prepare(&mut request, member);
@@ -398,7 +402,7 @@ impl Http1Pool {
                 }
                 _ => None,
             };
-            match exchange(&mut conn, request).await {
+            match exchange(&mut conn, request, raw_answer).await {
                 Ok(head) => return Ok(self.shared.clone().wrap(conn, head)),
                 Err(failed) => {
                     drop(conn);
@@ -587,7 +591,11 @@ impl Shared {
 }
 
 /// Sends `request` on `conn` and reads the answer's head, in this task.
-async fn exchange(conn: &mut Conn, request: Request<Body>) -> Result<AnswerHead, Failed> {
+async fn exchange(
+    conn: &mut Conn,
+    request: Request<Body>,
+    raw_answer: bool,
+) -> Result<AnswerHead, Failed> {
     let body_ended = hyper::body::Body::is_end_stream(request.body());
     let exact = hyper::body::Body::size_hint(request.body()).exact();
     let head_request = request.method() == hyper::Method::HEAD;
@@ -614,11 +622,13 @@ async fn exchange(conn: &mut Conn, request: Request<Body>) -> Result<AnswerHead,
     };
     if framing != RequestFraming::Empty {
         return conn
-            .send_body_and_read_head(request.into_body(), framing, head_request)
+            .send_body_and_read_head(request.into_body(), framing, head_request, raw_answer)
             .await
             .map_err(broken);
     }
-    conn.read_head(head_request).await.map_err(broken)
+    conn.read_head(head_request, raw_answer)
+        .await
+        .map_err(broken)
 }
 
 /// An exchange that failed after `written` bytes of the request's head.

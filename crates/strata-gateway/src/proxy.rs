@@ -313,7 +313,7 @@ impl Gateway {
                     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
                         Box::pin(async move {
-                            Ok::<_, std::convert::Infallible>(gateway.handle(request.map(Body::new), client, https).await)
+                            Ok::<_, std::convert::Infallible>(gateway.handle(request.map(Body::new), client, https, false).await)
                         })
                     });
                     connections.inc();
@@ -356,12 +356,15 @@ impl Gateway {
         });
     }
 
-    /// Answers one request.
+    /// Answers one request. `raw_answers`: the caller writes an answer's
+    /// [`crate::h1::RawHeaders`] itself (the HTTP/1.1 front does), so a proxied answer's
+    /// headers may stay as the upstream wrote them, with no map built for them.
     pub async fn handle(
         &self,
         mut request: Request<Body>,
         client: SocketAddr,
         https: bool,
+        raw_answers: bool,
     ) -> Response<Body> {
         let started = Instant::now();
         if https {
@@ -602,6 +605,15 @@ impl Gateway {
                                         .headers_mut()
                                         .insert(strata_trace::TRACEPARENT, traceparent);
                                 }
+                                // The answer's headers may stay raw when nothing here reads or
+                                // edits them (the gateway then adds only its request id).
+                                let raw_answer = raw_answers
+                                    && route.response_headers.is_empty()
+                                    && cors.is_none()
+                                    && admitted.is_none()
+                                    && choice
+                                        .as_ref()
+                                        .is_none_or(|(_, choice)| choice.set_cookie.is_none());
                                 let mut response = self
                                     .forward(
                                         &live,
@@ -614,6 +626,7 @@ impl Gateway {
                                         &host,
                                         &request_id,
                                         &mut forwarded,
+                                        raw_answer,
                                     )
                                     .await;
                                 if let Some((
@@ -684,6 +697,7 @@ impl Gateway {
         host: &str,
         request_id: &HeaderValue,
         forwarded: &mut Forwarded,
+        raw_answer: bool,
     ) -> Response<Body> {
         let Some(group) = live.groups.get(upstream) else {
             return plain(StatusCode::BAD_GATEWAY, "upstream group is missing\n");
@@ -719,7 +733,7 @@ impl Gateway {
                             Some(FallbackAction::Upstream(other)) if other != upstream => {
                                 Box::pin(self.forward(
                                     live, route, other, path, request, client, client_ip, host,
-                                    request_id, forwarded,
+                                    request_id, forwarded, raw_answer,
                                 ))
                                 .await
                             }
@@ -763,7 +777,7 @@ impl Gateway {
         let (response, failed) = self
             .attempts(
                 group, route, upstream, path, request, client, client_ip, host, request_id,
-                forwarded,
+                forwarded, raw_answer,
             )
             .await;
         if let (Some(breaker), Some(permit)) = (&group.breaker, permit) {
@@ -830,6 +844,7 @@ impl Gateway {
         host: &str,
         request_id: &HeaderValue,
         forwarded: &mut Forwarded,
+        raw_answer: bool,
     ) -> (Response<Body>, bool) {
         let declared = request
             .headers()
@@ -987,13 +1002,25 @@ impl Gateway {
                 None => (
                     tokio::time::timeout_at(
                         deadline,
-                        group.send(&endpoint.address, outgoing, safe_to_repeat, upgrading),
+                        group.send(
+                            &endpoint.address,
+                            outgoing,
+                            safe_to_repeat,
+                            upgrading,
+                            raw_answer,
+                        ),
                     )
                     .await,
                     index,
                 ),
                 Some(after) => {
-                    let first = group.send(&endpoint.address, outgoing, safe_to_repeat, upgrading);
+                    let first = group.send(
+                        &endpoint.address,
+                        outgoing,
+                        safe_to_repeat,
+                        upgrading,
+                        raw_answer,
+                    );
                     tokio::pin!(first);
                     let raced = Box::pin(tokio::time::timeout_at(deadline, async {
                         tokio::select! {
@@ -1015,7 +1042,7 @@ impl Gateway {
                         *second.headers_mut() = headers.clone().unwrap_or_default();
                         tokio::select! {
                             answer = &mut first => (answer, index),
-                            answer = group.send(&spare.address, second, safe_to_repeat, false) => (answer, other),
+                            answer = group.send(&spare.address, second, safe_to_repeat, false, raw_answer) => (answer, other),
                         }
                     }))
                     .await;
@@ -1632,6 +1659,105 @@ mod tests {
             let finished = finish_response(response, None, TaskTracker::new());
             prop_assert_eq!(sorted(finished.headers()), sorted(&expected));
         }
+
+        /// An answer whose headers stay raw reaches an HTTP/1.1 client as one parsed into a
+        /// map does, once `finish_response` dropped the hop-by-hop headers and the gateway set
+        /// its request id: the same head lines (order and the names' case aside), framing and
+        /// connection reuse.
+        #[test]
+        fn a_raw_answer_is_written_as_a_parsed_one(
+            pairs in answer_headers(),
+            status in prop::sample::select(vec![200u16, 204, 304, 404, 101]),
+            head_request: bool,
+            http10: bool,
+        ) {
+            let mut wire = format!("HTTP/1.{} {status} X\r\n", u8::from(!http10));
+            for (name, value) in &pairs {
+                wire.push_str(&format!("{name}: {value}\r\n"));
+            }
+            wire.push_str("\r\nbody");
+            let parse = |raw| crate::h1::parse_answer(&mut wire.as_bytes().into(), head_request, raw);
+            let (parsed, raw) = match (parse(false), parse(true)) {
+                (Ok(Some(parsed)), Ok(Some(raw))) => (parsed, raw),
+                (Err(_), Err(_)) => return Ok(()),
+                (parsed, raw) => {
+                    return Err(TestCaseError::fail(format!("{parsed:?} against {raw:?}")))
+                }
+            };
+            prop_assert_eq!(parsed.framing, raw.framing);
+            prop_assert_eq!(parsed.keep_alive, raw.keep_alive);
+            prop_assert_eq!(parsed.response.status(), raw.response.status());
+            prop_assert!(raw.response.headers().is_empty());
+            let lines = raw.response.extensions().get::<crate::h1::RawHeaders>().cloned();
+            prop_assert!(lines.is_some());
+            let head = |response: Response<()>, raw: Option<&crate::h1::RawHeaders>| {
+                let mut response = finish_response(
+                    response.map(|()| Body::empty()),
+                    None,
+                    TaskTracker::new(),
+                );
+                response.headers_mut().remove(&X_REQUEST_ID);
+                let mut out = bytes::BytesMut::new();
+                crate::h1::encode_answer_head(
+                    response.status(),
+                    response.headers(),
+                    raw,
+                    Some(4),
+                    head_request,
+                    false,
+                    b"D",
+                    &mut out,
+                );
+                let mut lines: Vec<String> = String::from_utf8_lossy(&out)
+                    .split("\r\n")
+                    .map(|line| match line.split_once(": ") {
+                        Some((name, value)) => format!("{}: {value}", name.to_ascii_lowercase()),
+                        None => line.to_string(),
+                    })
+                    .collect();
+                lines.sort();
+                lines
+            };
+            prop_assert_eq!(head(parsed.response, None), head(raw.response, lines.as_ref()));
+        }
+    }
+
+    /// An answer's headers: those the gateway drops or frames with, in any case, and others.
+    fn answer_headers() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
+        let names = prop::sample::select(vec![
+            "Connection",
+            "connection",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "X-Request-Id",
+            "x-request-id",
+            "Content-Length",
+            "content-length",
+            "Date",
+            "Server",
+            "x-custom",
+        ]);
+        let values = prop::sample::select(vec![
+            "close",
+            "keep-alive",
+            "chunked",
+            "gzip, chunked",
+            "gzip",
+            "4",
+            "0",
+            "4, 4",
+            "5",
+            "abc",
+            "trailers",
+            "Mon, 07 Dec 2026 10:00:00 GMT",
+            "a\u{7f}b",
+        ]);
+        prop::collection::vec((names, values), 0..8)
     }
 
     #[test]

@@ -278,6 +278,11 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
+    /// True when there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
     /// Applies the changes: remove, then set, then add.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {

@@ -361,7 +361,8 @@ impl Group {
 
     /// Sends `request` (with an origin-form URI) to `member` (`HOST:PORT`) and returns the
     /// answer once its head arrived. `replayable`: it has no body and may be sent twice;
-    /// `upgrade`: it asks to switch protocols.
+    /// `upgrade`: it asks to switch protocols; `raw_answer`: an HTTP/1.1 answer's headers may
+    /// stay raw (see [`crate::h1::parse_answer`]).
     ///
     /// Cancel safety: dropping the future drops the request and closes the HTTP/1.1
     /// connection it was using.
@@ -371,11 +372,12 @@ impl Group {
         request: hyper::Request<axum::body::Body>,
         replayable: bool,
         upgrade: bool,
+        raw_answer: bool,
     ) -> Result<hyper::Response<axum::body::Body>, SendError> {
         match &self.transport {
             // The rare cases boxed, so the common one's future stays small.
             Transport::Http1(pool) if upgrade => Box::pin(pool.send_upgrade(member, request)).await,
-            Transport::Http1(pool) => pool.send(member, request, replayable).await,
+            Transport::Http1(pool) => pool.send(member, request, replayable, raw_answer).await,
             Transport::H2c(client) => {
                 Box::pin(async move {
                     let mut request = request;

@@ -313,7 +313,9 @@ impl Gateway {
                     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
                         Box::pin(async move {
-                            Ok::<_, std::convert::Infallible>(gateway.handle(request.map(Body::new), client, https, false).await)
+                            // A body left unread is read to its end after the answer (see `drain`).
+                            let request = request.map(|body| Body::new(crate::drain::Drained::new(body)));
+                            Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https, false).await)
                         })
                     });
                     connections.inc();

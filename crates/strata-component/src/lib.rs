@@ -13,6 +13,7 @@
 //! [`Context::provide`] and [`Context::get`], in the order the node lists components.
 
 pub mod cork;
+pub mod drain;
 
 use axum::Router;
 use serde::de::DeserializeOwned;
@@ -323,15 +324,22 @@ pub fn serve_http(
     router: Router,
     tls: Option<Arc<strata_tls::ServerTls>>,
 ) {
-    let router = router.layer(axum::middleware::map_response(
-        move |mut response: axum::response::Response| async move {
-            response.headers_mut().insert(
-                "strata-listener",
-                axum::http::HeaderValue::from_static(name),
-            );
-            response
-        },
-    ));
+    let router = router
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| async move {
+                response.headers_mut().insert(
+                    "strata-listener",
+                    axum::http::HeaderValue::from_static(name),
+                );
+                response
+            },
+        ))
+        // A body a handler leaves unread is read to its end after the answer (see `drain`).
+        .layer(axum::middleware::map_request(
+            |request: axum::extract::Request| async move {
+                request.map(|body| axum::body::Body::new(drain::Drained::new(body)))
+            },
+        ));
     if let Some(tls) = tls {
         serve_https(tracker, cancel, name, tcp, router, tls);
         return;

@@ -9,7 +9,6 @@
 //! - [`pool`]: HTTP/1.1 connections to members, each checked out by one request and driven in
 //!   that request's task.
 //! - [`idle`]: bodies that give up when their bytes stop (a route's `idle_timeout`).
-//! - [`drain`]: a client's request body that is read to its end when dropped unread.
 //! - [`health`]: active health checks of static members.
 //! - [`metrics`]: the gateway's Prometheus metrics, per route and per upstream.
 //! - [`edge_auth`]: API keys and JSON Web Tokens on routes.
@@ -37,7 +36,6 @@ pub mod access_log;
 pub mod balance;
 pub mod cluster_limits;
 pub mod component;
-pub mod drain;
 pub mod edge;
 pub mod edge_auth;
 pub mod files;

@@ -313,8 +313,9 @@ impl Gateway {
                     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
                         Box::pin(async move {
-                            // A body left unread is read to its end after the answer (see `drain`).
-                            let request = request.map(|body| Body::new(crate::drain::Drained::new(body)));
+                            // A body left unread is read to its end after the answer (see
+                            // `strata_component::drain`).
+                            let request = request.map(|body| Body::new(strata_component::drain::Drained::new(body)));
                             Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https, false).await)
                         })
                     });

@@ -1,11 +1,13 @@
-//! A client's request body that is read to its end when the gateway drops it unread: after a
-//! refusal (404, 403, 413, 429, 503) or an upstream's early answer. Over HTTP/2 a stream whose
-//! body is dropped while the client still sends is reset (`RST_STREAM`, RFC 9113 section 8.1),
-//! and clients such as Debian 12's curl then report "HTTP/2 stream was not closed cleanly" in
-//! place of the answer they were sent; over HTTP/1.1 hyper closes the connection. So the body
-//! goes to a task that reads and drops it, as nginx discards one, within [`DRAIN_BYTES`] and
-//! [`DRAIN_WAIT`]; the answer is not held back meanwhile. Past either bound the body is dropped
-//! after all (a client that uploads gigabytes to a refusing route is cut off as before).
+//! A client's request body that is read to its end when dropped unread: after a refusal
+//! (404, 403, 413, 429, 503), a body limit, or an upstream's early answer through the gateway.
+//! Every listener of [`crate::serve_http`], and the gateway's hyper listeners, wrap bodies in
+//! it. Over HTTP/2 a stream whose body is dropped while the client still sends is reset
+//! (`RST_STREAM`, RFC 9113 section 8.1), and clients such as Debian 12's curl then report
+//! "Stream error in the HTTP/2 framing layer" in place of the answer they were sent; over
+//! HTTP/1.1 hyper closes the connection. So the body goes to a task that reads and drops it,
+//! as nginx discards one, within [`DRAIN_BYTES`] and [`DRAIN_WAIT`]; the answer is not held
+//! back meanwhile. Past either bound the body is dropped after all (a client that uploads
+//! gigabytes to a refusing route is cut off as before).
 
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;

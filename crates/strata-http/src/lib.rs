@@ -170,22 +170,6 @@ pub fn bearer_token(parts: &Parts) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-/// The most of a refused request's body read before the refusal is sent.
-const DISCARD_BYTES: usize = 64 * 1024;
-/// The longest a refused request's body is waited for.
-const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Reads and drops a refused request's body, up to [`DISCARD_BYTES`] and [`DISCARD_WAIT`], as
-/// nginx discards one. Over HTTP/2 an answer sent while the client is still sending ends with
-/// the server resetting the stream, and curl then reports "Stream error in the HTTP/2 framing
-/// layer" in place of the answer; a body read to its end closes the stream cleanly.
-async fn discard_body(body: axum::body::Body) {
-    if axum::body::HttpBody::is_end_stream(&body) {
-        return;
-    }
-    let _ = tokio::time::timeout(DISCARD_WAIT, axum::body::to_bytes(body, DISCARD_BYTES)).await;
-}
-
 /// Middleware: resolves the request's [`Caller`] through the gate and leaves it in the
 /// request's extensions, or answers with the interface's refusal. Open paths pass with the
 /// caller they have (an open caller when they carry nothing).
@@ -220,10 +204,10 @@ pub async fn authenticate(
     let caller = match resolved {
         Ok(caller) => caller,
         Err(_) if (layer.open)(parts.uri.path()) => Caller::anonymous(layer.api, from),
-        Err(e) => {
-            discard_body(body).await;
-            return (layer.reject)(e);
-        }
+        // The refusal goes out at once; a body the client is still sending is read and dropped
+        // after it by the listener (`strata_component::drain`), so over HTTP/2 the refusal is
+        // not cut off by a stream reset.
+        Err(e) => return (layer.reject)(e),
     };
     parts.extensions.insert(caller);
     next.run(Request::from_parts(parts, body)).await

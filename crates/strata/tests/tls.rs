@@ -192,9 +192,10 @@ async fn t01_tls_listeners_client_certificates_and_rotation_without_restart() {
         "alice writes her prefix"
     );
     assert!(put("alice", "other").contains("permission_denied"));
-    // Refused, with the answer every time: the refused request's body is read first, so the
-    // HTTP/2 stream closes cleanly (curl reported "Stream error in the HTTP/2 framing layer"
-    // in place of about one answer in fifty on a loaded machine when the server reset it).
+    // Refused, with the answer every time: the refused request's body is read after the
+    // answer, so the HTTP/2 stream closes cleanly (curl reported "Stream error in the HTTP/2
+    // framing layer" in place of about one answer in fifty on a loaded machine when the server
+    // reset it).
     for _ in 0..40 {
         let refused = put("mallory", "app/y");
         assert!(

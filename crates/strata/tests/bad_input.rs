@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{cli, cli_with_stdin, run_with_deadline, strata_bin, Cluster, KillOnDrop};
+use common::{
+    cli, cli_with_stdin, curl_h2c_upload, run_with_deadline, strata_bin, Cluster, KillOnDrop,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -177,22 +179,9 @@ async fn t10_every_bad_request_gets_its_status_and_code_and_the_node_keeps_servi
     std::fs::write(&upload, json!({"key": "big", "value": huge}).to_string()).unwrap();
     for (path, expected) in [("/v1/kv/put", "413"), ("/v1/no-such-path", "404")] {
         for _ in 0..10 {
-            let out = tokio::process::Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
-                .args([
-                    "--http2-prior-knowledge",
-                    "-H",
-                    "content-type: application/json",
-                ])
-                .arg("--data-binary")
-                .arg(format!("@{}", upload.display()))
-                .arg(url(path))
-                .output()
-                .await
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "curl to {path}: {stderr}");
-            assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{path}");
+            let json = ["content-type: application/json"];
+            let status = curl_h2c_upload(&url(path), &upload, &json).await;
+            assert_eq!(status, expected, "{path}");
         }
     }
     // The node closed that connection after its early answer; a new client does not pick a

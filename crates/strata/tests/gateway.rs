@@ -560,17 +560,8 @@ async fn t04_failing_upstreams_and_bad_input_get_the_right_status() {
     std::fs::write(&upload, vec![b'z'; 300_000]).unwrap();
     for (path, expected) in [("/small", "413"), ("/no-route", "404")] {
         for _ in 0..10 {
-            let out = tokio::process::Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
-                .args(["--http2-prior-knowledge", "--data-binary"])
-                .arg(format!("@{}", upload.display()))
-                .arg(format!("http://{gateway}{path}"))
-                .output()
-                .await
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "curl to {path}: {stderr}");
-            assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{path}");
+            let status = curl_h2c_upload(&format!("http://{gateway}{path}"), &upload, &[]).await;
+            assert_eq!(status, expected, "{path}");
         }
     }
     // Oversized headers, a malformed request, and a client that never finishes its headers.

@@ -1167,3 +1167,26 @@ impl EtcdProc {
         self.child.0.try_wait().unwrap().is_none()
     }
 }
+
+/// Uploads `file` to `url` with curl over h2c (HTTP/2 with prior knowledge) and returns the
+/// status it printed; fails the test when curl itself fails (as it did with "Stream error in
+/// the HTTP/2 framing layer" when a server reset the stream under its answer).
+pub async fn curl_h2c_upload(url: &str, file: &Path, headers: &[&str]) -> String {
+    let mut command = tokio::process::Command::new("curl");
+    command
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--http2-prior-knowledge");
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let out = command
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl to {url}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -173,10 +173,12 @@ impl Conn {
         let mut idle = self.served > 0 && self.read.is_empty();
         let mut deadline = None;
         loop {
-            if self
-                .read
-                .starts_with(&h1::H2_PREFACE[..self.read.len().min(14)])
-                && !self.read.is_empty()
+            // The first byte rules out HTTP/2 for nearly every HTTP/1.1 head, without the
+            // comparison's call.
+            if self.read.first() == Some(&h1::H2_PREFACE[0])
+                && self
+                    .read
+                    .starts_with(&h1::H2_PREFACE[..self.read.len().min(14)])
             {
                 if self.read.len() >= 14 {
                     return Next::HandOver;

@@ -35,11 +35,13 @@ pub enum RequestFraming {
 }
 
 /// Writes `request`'s head (origin-form or, for `CONNECT`, authority-form target) into `out`
-/// and says how its body follows. `body_ended`: the body is known to be empty; `exact`: its
+/// and says how its body follows. `added`: whole header lines (each ending in CRLF) written
+/// after the request's own headers; `body_ended`: the body is known to be empty; `exact`: its
 /// length when known. A `Content-Length` the request carries is kept and frames the body;
 /// `Transfer-Encoding` is always the framing's own.
 pub fn encode_request_head<B>(
     request: &Request<B>,
+    added: &[u8],
     body_ended: bool,
     exact: Option<u64>,
     out: &mut BytesMut,
@@ -74,6 +76,7 @@ pub fn encode_request_head<B>(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(added);
     match framing {
         RequestFraming::Length(length) if declared.is_none() => put_content_length(length, out),
         // A method whose request normally has a body says that this one has none.
@@ -876,7 +879,7 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_request_head(&request, true, Some(0), &mut out),
+            encode_request_head(&request, b"", true, Some(0), &mut out),
             RequestFraming::Empty
         );
         assert_eq!(
@@ -890,7 +893,7 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_request_head(&request, false, None, &mut out),
+            encode_request_head(&request, b"", false, None, &mut out),
             RequestFraming::Chunked
         );
         assert_eq!(
@@ -901,14 +904,17 @@ mod tests {
         out.clear();
         let request = Request::put("/p").body(()).unwrap();
         assert_eq!(
-            encode_request_head(&request, false, Some(5), &mut out),
+            encode_request_head(&request, b"x-added: 1\r\n", false, Some(5), &mut out),
             RequestFraming::Length(5)
         );
-        assert_eq!(&out[..], b"PUT /p HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(
+            &out[..],
+            b"PUT /p HTTP/1.1\r\nx-added: 1\r\ncontent-length: 5\r\n\r\n"
+        );
 
         out.clear();
         let request = Request::post("/e").body(()).unwrap();
-        encode_request_head(&request, true, Some(0), &mut out);
+        encode_request_head(&request, b"", true, Some(0), &mut out);
         assert_eq!(&out[..], b"POST /e HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 

@@ -379,6 +379,7 @@ impl Http1Pool {
         request: Request<Body>,
         replayable: bool,
         raw_answer: bool,
+        added: &[u8],
     ) -> Result<Response<Body>, SendError> {
         let mut request = request;
         prepare(&mut request, member);
@@ -402,7 +403,7 @@ impl Http1Pool {
                 }
                 _ => None,
             };
-            match exchange(&mut conn, request, raw_answer).await {
+            match exchange(&mut conn, request, raw_answer, added).await {
                 Ok(head) => return Ok(self.shared.clone().wrap(conn, head)),
                 Err(failed) => {
                     drop(conn);
@@ -595,12 +596,13 @@ async fn exchange(
     conn: &mut Conn,
     request: Request<Body>,
     raw_answer: bool,
+    added: &[u8],
 ) -> Result<AnswerHead, Failed> {
     let body_ended = hyper::body::Body::is_end_stream(request.body());
     let exact = hyper::body::Body::size_hint(request.body()).exact();
     let head_request = request.method() == hyper::Method::HEAD;
     conn.write.clear();
-    let framing = h1::encode_request_head(&request, body_ended, exact, &mut conn.write);
+    let framing = h1::encode_request_head(&request, added, body_ended, exact, &mut conn.write);
     let mut written = 0;
     while written < conn.write.len() {
         match std::future::poll_fn(|cx| {

@@ -126,7 +126,7 @@ fn request(method: &str) -> Request<Body> {
 /// Sends a request and reads its whole answer.
 async fn get(pool: &Http1Pool, member: &str) -> Result<String, SendError> {
     // Its headers stay raw (as the HTTP/1.1 front asks): reuse does not depend on them.
-    let response = pool.send(member, request("GET"), true, true).await?;
+    let response = pool.send(member, request("GET"), true, true, b"").await?;
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8_lossy(&body).to_string())
@@ -150,7 +150,7 @@ async fn an_answer_without_a_body_returns_its_connection_unread() {
     let upstream = upstream(Mode::KeepAlive).await;
     let (pool, _) = pool_with(settings());
     let response = pool
-        .send(&upstream.address, request("HEAD"), true, false)
+        .send(&upstream.address, request("HEAD"), true, false, b"")
         .await
         .unwrap();
     assert_eq!(pool.idle_count(&upstream.address), 1);
@@ -189,7 +189,7 @@ async fn a_request_that_may_not_be_repeated_fails_when_a_pooled_connection_break
     let (pool, _) = pool_with(settings());
     get(&pool, &upstream.address).await.unwrap();
     let error = pool
-        .send(&upstream.address, request("POST"), false, false)
+        .send(&upstream.address, request("POST"), false, false, b"")
         .await
         .unwrap_err();
     assert!(!error.is_connect(), "{error}");
@@ -239,7 +239,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     let upstream = upstream(Mode::KeepAlive).await;
     let (pool, metrics) = pool_with(settings());
     let response = pool
-        .send(&upstream.address, request("GET"), true, false)
+        .send(&upstream.address, request("GET"), true, false, b"")
         .await
         .unwrap();
     drop(response);
@@ -258,11 +258,11 @@ async fn idle_connections_beyond_the_limit_are_closed() {
     });
     // Two answers held at once: two connections.
     let first = pool
-        .send(&upstream.address, request("GET"), true, false)
+        .send(&upstream.address, request("GET"), true, false, b"")
         .await
         .unwrap();
     let second = pool
-        .send(&upstream.address, request("GET"), true, false)
+        .send(&upstream.address, request("GET"), true, false, b"")
         .await
         .unwrap();
     assert_eq!(metrics.opened.get(), 2);
@@ -279,7 +279,7 @@ async fn a_member_that_refuses_is_a_connect_error() {
     drop(listener);
     let (pool, metrics) = pool_with(settings());
     let error = pool
-        .send(&address, request("GET"), true, false)
+        .send(&address, request("GET"), true, false, b"")
         .await
         .unwrap_err();
     assert!(error.is_connect(), "{error}");
@@ -326,7 +326,7 @@ async fn a_request_without_a_host_header_names_the_member() {
     let (pool, _) = pool_with(settings());
     let mut bare = Request::new(Body::empty());
     *bare.uri_mut() = hyper::Uri::from_static("/y?z=1");
-    let response = pool.send(&address, bare, true, false).await.unwrap();
+    let response = pool.send(&address, bare, true, false, b"").await.unwrap();
     assert_eq!(response.status(), 204);
     let head = seen.await.unwrap().to_ascii_lowercase();
     assert!(head.starts_with("get /y?z=1 http/1.1\r\n"), "{head}");

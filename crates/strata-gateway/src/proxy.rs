@@ -127,6 +127,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static TRACEPARENT: HeaderName = strata_trace::TRACEPARENT;
 
 impl Gateway {
     /// A gateway with an empty table.
@@ -603,11 +604,6 @@ impl Gateway {
                                     Some((rule, choice)) if choice.canary => rule.upstream.as_str(),
                                     _ => upstream.as_str(),
                                 };
-                                if let Some(traceparent) = traceparent.take() {
-                                    request
-                                        .headers_mut()
-                                        .insert(strata_trace::TRACEPARENT, traceparent);
-                                }
                                 // The answer's headers may stay raw when nothing here reads or
                                 // edits them (the gateway then adds only its request id).
                                 let raw_answer = raw_answers
@@ -617,6 +613,15 @@ impl Gateway {
                                     && choice
                                         .as_ref()
                                         .is_none_or(|(_, choice)| choice.set_cookie.is_none());
+                                let onward = Onward {
+                                    client,
+                                    client_ip,
+                                    host: &host,
+                                    request_id: &request_id,
+                                    traceparent: traceparent.take(),
+                                    https,
+                                    raw_answer,
+                                };
                                 let mut response = self
                                     .forward(
                                         &live,
@@ -624,12 +629,8 @@ impl Gateway {
                                         upstream,
                                         path,
                                         request,
-                                        client,
-                                        client_ip,
-                                        &host,
-                                        &request_id,
+                                        &onward,
                                         &mut forwarded,
-                                        raw_answer,
                                     )
                                     .await;
                                 if let Some((
@@ -695,12 +696,8 @@ impl Gateway {
         upstream: &str,
         path: Option<String>,
         request: Request<Body>,
-        client: SocketAddr,
-        client_ip: std::net::IpAddr,
-        host: &str,
-        request_id: &HeaderValue,
+        onward: &Onward<'_>,
         forwarded: &mut Forwarded,
-        raw_answer: bool,
     ) -> Response<Body> {
         let Some(group) = live.groups.get(upstream) else {
             return plain(StatusCode::BAD_GATEWAY, "upstream group is missing\n");
@@ -734,10 +731,11 @@ impl Gateway {
                                 response
                             }
                             Some(FallbackAction::Upstream(other)) if other != upstream => {
-                                Box::pin(self.forward(
-                                    live, route, other, path, request, client, client_ip, host,
-                                    request_id, forwarded, raw_answer,
-                                ))
+                                Box::pin(
+                                    self.forward(
+                                        live, route, other, path, request, onward, forwarded,
+                                    ),
+                                )
                                 .await
                             }
                             _ => {
@@ -778,10 +776,7 @@ impl Gateway {
             },
         };
         let (response, failed) = self
-            .attempts(
-                group, route, upstream, path, request, client, client_ip, host, request_id,
-                forwarded, raw_answer,
-            )
+            .attempts(group, route, upstream, path, request, onward, forwarded)
             .await;
         if let (Some(breaker), Some(permit)) = (&group.breaker, permit) {
             if let Some(transition) = breaker.record(permit, failed) {
@@ -842,13 +837,10 @@ impl Gateway {
         upstream: &str,
         path: Option<String>,
         mut request: Request<Body>,
-        client: SocketAddr,
-        client_ip: std::net::IpAddr,
-        host: &str,
-        request_id: &HeaderValue,
+        onward: &Onward<'_>,
         forwarded: &mut Forwarded,
-        raw_answer: bool,
     ) -> (Response<Body>, bool) {
+        let raw_answer = onward.raw_answer;
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -878,13 +870,12 @@ impl Gateway {
             group.spec.balance,
             crate::model::Balance::RingHash | crate::model::Balance::Maglev
         ) {
-            hash_key(group.hash_on.as_ref(), request.headers(), client_ip)
+            hash_key(group.hash_on.as_ref(), request.headers(), onward.client_ip)
         } else {
             None
         };
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        let https = parts.extensions.get::<Https>().is_some();
         let empty_body = declared == Some(0)
             || (declared.is_none()
                 && !parts.headers.contains_key(header::TRANSFER_ENCODING)
@@ -895,13 +886,16 @@ impl Gateway {
         let resendable = empty_body && upgrade.is_none();
         let safe_to_repeat =
             resendable && (idempotent(&parts.method) || route.guard.retry_non_idempotent);
+        // The forwarding headers go as lines of their own when nothing edits headers after
+        // them and the member speaks HTTP/1.1 through the gateway's own pool.
+        let mut added = Vec::new();
+        let lines =
+            group.writes_head_itself() && upgrade.is_none() && route.request_headers.is_empty();
         prepare_headers(
             &mut parts.headers,
-            client,
-            host,
-            request_id,
+            onward,
             upgrade.is_some(),
-            https,
+            lines.then_some(&mut added),
         );
         if group.spec.protocol == crate::model::Protocol::H2c {
             parts.headers.remove(header::HOST);
@@ -1011,6 +1005,7 @@ impl Gateway {
                             safe_to_repeat,
                             upgrading,
                             raw_answer,
+                            &added,
                         ),
                     )
                     .await,
@@ -1023,6 +1018,7 @@ impl Gateway {
                         safe_to_repeat,
                         upgrading,
                         raw_answer,
+                        &added,
                     );
                     tokio::pin!(first);
                     let raced = Box::pin(tokio::time::timeout_at(deadline, async {
@@ -1045,7 +1041,7 @@ impl Gateway {
                         *second.headers_mut() = headers.clone().unwrap_or_default();
                         tokio::select! {
                             answer = &mut first => (answer, index),
-                            answer = group.send(&spare.address, second, safe_to_repeat, false, raw_answer) => (answer, other),
+                            answer = group.send(&spare.address, second, safe_to_repeat, false, raw_answer, &added) => (answer, other),
                         }
                     }))
                     .await;
@@ -1311,54 +1307,129 @@ fn response_with_edits(route: &Route, mut response: Response<Body>) -> Response<
     response
 }
 
+/// Who sent a request and what the gateway tells its member about it: the values of the
+/// forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`), `X-Request-Id` and
+/// `traceparent`, and whether an answer's headers may stay raw.
+struct Onward<'a> {
+    client: SocketAddr,
+    client_ip: std::net::IpAddr,
+    /// The host as matched (no port, lower case).
+    host: &'a str,
+    request_id: &'a HeaderValue,
+    /// `None`: the request's trace is not followed (no span), so none is sent.
+    traceparent: Option<HeaderValue>,
+    https: bool,
+    raw_answer: bool,
+}
+
+/// The headers the gateway sets on every request it forwards (a client's own are replaced).
+static FORWARDING: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REQUEST_ID,
+    &TRACEPARENT,
+];
+
 /// Drops hop-by-hop headers (keeping `Connection: upgrade` for an upgrade and `TE: trailers`
-/// for gRPC) and sets the forwarding headers.
+/// for gRPC) and sets the forwarding headers of `onward`: in the map, or (`lines` given) as
+/// header lines for an HTTP/1.1 member, written after the map's own. Lines cost less: each
+/// name outside the standard set is hashed byte by byte when it goes into a map.
 fn prepare_headers(
     headers: &mut HeaderMap,
-    client: SocketAddr,
-    host: &str,
-    request_id: &HeaderValue,
+    onward: &Onward<'_>,
     upgrade: bool,
-    https: bool,
+    lines: Option<&mut Vec<u8>>,
 ) {
-    // Room for the four set below at once: hyper sizes the map for the headers it parsed, and
-    // growing it one insert at a time reallocates it more than once.
-    headers.reserve(4);
-    // Most requests carry no hop-by-hop header: one pass over the names (cheaper than a
-    // lookup per name) finds that, and then there is nothing to drop.
-    if headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name == header::UPGRADE)
-    {
+    // Most requests carry no hop-by-hop header and none of the gateway's own: one pass over
+    // the names (cheaper than a lookup per name) finds that, and then there is nothing to drop.
+    let (mut hop, mut ours) = (false, false);
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || name == header::UPGRADE {
+            hop = true;
+        } else if FORWARDING.contains(&name) {
+            ours = true;
+        }
+    }
+    if hop {
         drop_hop_by_hop(headers, upgrade);
     }
-    // The address as text on the stack (the longest IPv6 text is 45 bytes), copied once into
-    // the header's own bytes.
+    // The address as text on the stack (the longest IPv6 text is 45 bytes).
     let mut ip = std::io::Cursor::new([0u8; 64]);
-    write_ip(&mut ip, client.ip());
+    write_ip(&mut ip, onward.client.ip());
     let ip = &ip.get_ref()[..ip.position() as usize];
-    let earlier = headers
-        .get(&X_FORWARDED_FOR)
-        .filter(|v| v.to_str().is_ok())
-        .map(HeaderValue::as_bytes);
-    let forwarded_for = match earlier {
-        None => HeaderValue::from_bytes(ip),
-        Some(earlier) => HeaderValue::from_bytes(&[earlier, b", ", ip].concat()),
+    let earlier = if ours {
+        headers
+            .get(&X_FORWARDED_FOR)
+            .filter(|v| v.to_str().is_ok())
+            .map(|v| v.as_bytes().to_vec())
+    } else {
+        None
     };
-    if let Ok(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    let proto = if onward.https { "https" } else { "http" };
+    // The `Host` header's own value when it is the host as matched, which is the usual case.
+    let host = onward.host.as_bytes();
+    let host_valid = host.iter().all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f));
+    let Some(out) = lines else {
+        // Room for the five set below at once: growing the map one insert at a time
+        // reallocates it more than once.
+        headers.reserve(5);
+        let forwarded_for = match &earlier {
+            None => HeaderValue::from_bytes(ip),
+            Some(earlier) => HeaderValue::from_bytes(&[earlier, &b", "[..], ip].concat()),
+        };
+        if let Ok(value) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        let same = headers
+            .get(header::HOST)
+            .filter(|v| v.as_bytes() == host)
+            .cloned();
+        if let Some(value) = same.or_else(|| HeaderValue::from_str(onward.host).ok()) {
+            headers.insert(X_FORWARDED_HOST.clone(), value);
+        } else {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        headers.insert(X_REQUEST_ID.clone(), onward.request_id.clone());
+        if let Some(traceparent) = &onward.traceparent {
+            headers.insert(strata_trace::TRACEPARENT, traceparent.clone());
+        }
+        return;
+    };
+    if ours {
+        // A client's `traceparent` goes on unchanged when the gateway sends none of its own.
+        let replaced = if onward.traceparent.is_some() {
+            &FORWARDING[..]
+        } else {
+            &FORWARDING[..4]
+        };
+        for name in replaced {
+            headers.remove(*name);
+        }
     }
-    let proto = if https { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    // The `Host` header's own value when it is the host as matched (no port, lower case).
-    let same = headers
-        .get(header::HOST)
-        .filter(|v| v.as_bytes() == host.as_bytes())
-        .cloned();
-    if let Some(value) = same.or_else(|| HeaderValue::from_str(host).ok()) {
-        headers.insert(X_FORWARDED_HOST.clone(), value);
+    // Sized once: the names, ~150 bytes of ids, and what varies.
+    out.reserve(224 + host.len() + earlier.as_ref().map_or(0, Vec::len));
+    let mut line = |name: &HeaderName, parts: &[&[u8]]| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b"\r\n");
+    };
+    match &earlier {
+        None => line(&X_FORWARDED_FOR, &[ip]),
+        Some(earlier) => line(&X_FORWARDED_FOR, &[earlier, b", ", ip]),
     }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    line(&X_FORWARDED_PROTO, &[proto.as_bytes()]);
+    if host_valid {
+        line(&X_FORWARDED_HOST, &[host]);
+    }
+    line(&X_REQUEST_ID, &[onward.request_id.as_bytes()]);
+    if let Some(traceparent) = &onward.traceparent {
+        line(&strata_trace::TRACEPARENT, &[traceparent.as_bytes()]);
+    }
 }
 
 /// Writes `ip` as text, as its `Display` does (without the formatting machinery for IPv4).
@@ -1589,6 +1660,9 @@ mod tests {
             "transfer-encoding",
             "upgrade",
             "x-forwarded-for",
+            "x-forwarded-host",
+            "x-request-id",
+            "traceparent",
             "host",
             "x-custom",
             "accept",
@@ -1634,6 +1708,7 @@ mod tests {
             v6 in any::<bool>(),
             octets in any::<[u8; 4]>(),
             https in any::<bool>(),
+            traced in any::<bool>(),
             host in prop::sample::select(vec!["api.example.com", "10.0.0.1", ""]),
         ) {
             let client = if v6 {
@@ -1643,10 +1718,35 @@ mod tests {
             };
             let upgrade = is_upgrade(&map(&pairs));
             let request_id = new_request_id();
-            let (mut fast, mut reference) = (map(&pairs), map(&pairs));
-            prepare_headers(&mut fast, client, host, &request_id, upgrade, https);
+            let traceparent = traced.then(|| strata_trace::TraceParent::root(true).header_value());
+            let onward = Onward {
+                client,
+                client_ip: client.ip(),
+                host,
+                request_id: &request_id,
+                traceparent: traceparent.clone(),
+                https,
+                raw_answer: false,
+            };
+            let mut reference = map(&pairs);
             prepare_headers_reference(&mut reference, client, host, &request_id, upgrade, https);
+            if let Some(traceparent) = traceparent {
+                reference.insert(strata_trace::TRACEPARENT, traceparent);
+            }
+            let mut fast = map(&pairs);
+            prepare_headers(&mut fast, &onward, upgrade, None);
             prop_assert_eq!(sorted(&fast), sorted(&reference));
+            // As lines after the map's own: the same headers once the lines are parsed back.
+            let (mut rest, mut lines) = (map(&pairs), Vec::new());
+            prepare_headers(&mut rest, &onward, upgrade, Some(&mut lines));
+            let text = String::from_utf8(lines).unwrap();
+            prop_assert!(text.is_empty() || text.ends_with("\r\n"));
+            for line in text.split_terminator("\r\n") {
+                let (name, value) = line.split_once(": ").unwrap();
+                prop_assert!(!rest.contains_key(name), "{} twice", name);
+                rest.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+            }
+            prop_assert_eq!(sorted(&rest), sorted(&reference));
         }
 
         #[test]

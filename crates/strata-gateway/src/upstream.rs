@@ -354,6 +354,12 @@ impl Group {
         self.follower.clone()
     }
 
+    /// Whether a request (other than an upgrade) goes out through the gateway's own HTTP/1.1
+    /// pool, which writes its head and can add header lines to it.
+    pub fn writes_head_itself(&self) -> bool {
+        matches!(self.transport, Transport::Http1(_))
+    }
+
     /// Stops following the registry.
     pub fn retire(&self) {
         self.follower.cancel();
@@ -362,7 +368,8 @@ impl Group {
     /// Sends `request` (with an origin-form URI) to `member` (`HOST:PORT`) and returns the
     /// answer once its head arrived. `replayable`: it has no body and may be sent twice;
     /// `upgrade`: it asks to switch protocols; `raw_answer`: an HTTP/1.1 answer's headers may
-    /// stay raw (see [`crate::h1::parse_answer`]).
+    /// stay raw (see [`crate::h1::parse_answer`]); `added`: header lines written after the
+    /// request's own, only where [`Group::writes_head_itself`] (empty otherwise).
     ///
     /// Cancel safety: dropping the future drops the request and closes the HTTP/1.1
     /// connection it was using.
@@ -373,11 +380,16 @@ impl Group {
         replayable: bool,
         upgrade: bool,
         raw_answer: bool,
+        added: &[u8],
     ) -> Result<hyper::Response<axum::body::Body>, SendError> {
+        debug_assert!(added.is_empty() || (self.writes_head_itself() && !upgrade));
         match &self.transport {
             // The rare cases boxed, so the common one's future stays small.
             Transport::Http1(pool) if upgrade => Box::pin(pool.send_upgrade(member, request)).await,
-            Transport::Http1(pool) => pool.send(member, request, replayable, raw_answer).await,
+            Transport::Http1(pool) => {
+                pool.send(member, request, replayable, raw_answer, added)
+                    .await
+            }
             Transport::H2c(client) => {
                 Box::pin(async move {
                     let mut request = request;

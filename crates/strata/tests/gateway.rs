@@ -33,11 +33,15 @@ impl Backend {
                 // An upstream that hangs: it never answers.
                 std::future::pending::<()>().await;
             }
-            let headers: BTreeMap<String, String> = request
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect();
+            // A header that came twice shows both values, joined with " | ".
+            let mut headers: BTreeMap<String, String> = BTreeMap::new();
+            for (k, v) in request.headers() {
+                let v = v.to_str().unwrap_or("");
+                headers
+                    .entry(k.to_string())
+                    .and_modify(|all| *all = format!("{all} | {v}"))
+                    .or_insert_with(|| v.to_string());
+            }
             let (method, path) = (request.method().clone(), request.uri().path().to_string());
             let query = request.uri().query().map(str::to_string);
             // The whole upload is read before answering, as a real service would (an answer
@@ -241,8 +245,34 @@ async fn t01_routes_match_act_and_balance_over_static_members() {
         ["a", "b", "a", "b", "a", "b"],
         "round robin takes turns"
     );
-    let (_, _, body) = get(&client, &node, "/users/42/profile", &[]).await;
+    // A client's forwarding headers: its X-Forwarded-For is extended, its X-Request-Id kept,
+    // the rest replaced by the gateway's own, each sent once (a route without header edits,
+    // whose forwarding headers are written as lines of their own).
+    let sent_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (_, _, body) = get(
+        &client,
+        &node,
+        "/users/42/profile",
+        &[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-host", "spoofed.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "req-2"),
+            ("traceparent", sent_trace),
+        ],
+    )
+    .await;
     assert_eq!(body["path"], "/profiles/42");
+    let seen = &body["headers"];
+    assert_eq!(seen["x-forwarded-for"], "192.0.2.1, 127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-host"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+    assert_eq!(seen["x-request-id"], "req-2", "{seen}");
+    let trace = seen["traceparent"].as_str().unwrap_or_default();
+    assert!(
+        trace.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && trace != sent_trace,
+        "the member's parent is the gateway's span in the client's trace: {seen}"
+    );
     let (status, _, body) = get(&client, &node, "/api/x", &[("accept-version", "v2")]).await;
     assert_eq!((status, body), (200, json!("version two")), "priority wins");
     let response = client

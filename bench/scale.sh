@@ -502,6 +502,21 @@ snapshots_since() {
            end_s: ($end_s * 10 | round / 10), mb: ((.b | tonumber) / 1048576 | round)}'
 }
 
+# The slow steps Strata node $2 warned of at or after epoch microsecond $1 (a log commit, an
+# apply batch or the async runtime's timers over 50 ms; see strata_raft::SlowSteps), as JSON
+# objects {node, at_s, step, took_ms, untold} with the seconds counted from $1.
+slow_steps_since() {
+    local since_us=$1 id=$2
+    grep -e 'slow step' "$data/strata-$id/log" | jq -Rc --argjson since "$since_us" \
+        --argjson node "$id" '
+        capture("^(?<s>[0-9T:-]+)(?<f>\\.[0-9]+)?Z .*step=\"?(?<step>[a-z_]+)\"? .*took_ms=(?<t>[0-9.]+) .*untold_since_last_warning=(?<u>[0-9]+)")
+        | ((.s + "Z" | fromdateiso8601) + ((.f // ".0") | tonumber)) as $at
+        | ($at - $since / 1000000) as $at_s
+        | select($at_s >= 0)
+        | {node: $node, at_s: ($at_s * 10 | round / 10), step: .step,
+           took_ms: (.t | tonumber), untold: (.u | tonumber)}'
+}
+
 # Each Strata member's counters, as JSON keyed by member id: its peer streams (opened, late
 # replies dropped), whether a load's slow moments cost reconnects or only late answers; watches
 # that fell behind and re-read history (the registry's own view is one); and its
@@ -576,6 +591,12 @@ load_phase() {
             done | jq -sc --argjson leader "$(id_of_endpoint strata "${order[strata]##*,}")" \
                 'map(. + {leader: (.node == $leader)}) | sort_by(.start_s)')"
             log "strata snapshots during $phase: $(jq -s -r '.[-1].value | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s \(.mb) MiB") | join(", ")' "$facts")"
+            # The steps writes waited on that each member warned were slow, to lay beside the
+            # worst window.
+            record "$phase.strata.slow_steps" "$(for id in $(seq 1 "$node_count"); do
+                slow_steps_since "$started" "$id"
+            done | jq -sc 'sort_by(.at_s)')"
+            log "strata slow steps during $phase: $(jq -s -r '.[-1].value | map("node \(.node) \(.at_s) s \(.step) \(.took_ms) ms (+\(.untold))") | join(", ")' "$facts")"
             record "$phase.strata.members" "$(strata_counters_since "$counters_before")"
             log "strata members during $phase (peer streams, log commits): $(jq -s -c '.[-1].value' "$facts")"
         fi

@@ -149,3 +149,19 @@ pub(crate) async fn leader_change_loop(
         }
     }
 }
+
+/// Warns when the async runtime's timers run late (see [`strata_raft::SlowSteps`]): a worker
+/// thread held by a long synchronous step, or the process starved of CPU, stalls every request
+/// the way a slow disk does, and this tells the two apart in the log.
+pub(crate) async fn runtime_watchdog(cancel: CancellationToken) {
+    const PERIOD: Duration = Duration::from_millis(100);
+    let late = strata_raft::SlowSteps::new("async_runtime_timer", Duration::from_millis(50));
+    loop {
+        let before = std::time::Instant::now();
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(PERIOD) => {}
+        }
+        late.observe(before.elapsed().saturating_sub(PERIOD));
+    }
+}

@@ -344,6 +344,7 @@ impl Node {
             snapshot_sends,
             async move { snapshots_cancel.cancelled().await },
         ));
+        tracker.spawn(background::runtime_watchdog(cancel.child_token()));
         let fatal = CancellationToken::new();
         tracker.spawn(background::leader_change_loop(
             service.clone(),

@@ -27,6 +27,7 @@ mod log_store;
 pub mod network;
 mod proposer;
 mod read_index;
+mod slow;
 mod snapshot_data;
 mod snapshot_file;
 mod snapshot_schedule;
@@ -35,6 +36,7 @@ mod storage;
 
 pub use disk_space::{DiskSpace, DEFAULT_RESERVE as DEFAULT_DISK_RESERVE};
 pub use log_store::{LogStore, CACHE_BYTES as LOG_CACHE_BYTES};
+pub use slow::SlowSteps;
 pub use snapshot_data::SnapshotData;
 pub use snapshot_file::{parse_checked, SnapshotParts};
 pub use snapshot_schedule::{

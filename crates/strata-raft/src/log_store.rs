@@ -492,6 +492,9 @@ fn commit_histogram() -> prometheus::Histogram {
     .expect("valid histogram")
 }
 
+/// A durable log commit that takes this long is warned of (every write waits on it).
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn writer_loop(
     tables: Tables,
     rx: mpsc::Receiver<WriteOp>,
@@ -499,6 +502,7 @@ fn writer_loop(
     space: &crate::DiskSpace,
     commit_seconds: &prometheus::Histogram,
 ) {
+    let slow = crate::SlowSteps::new("raft_log_commit", SLOW_COMMIT);
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH_OPS {
@@ -512,7 +516,9 @@ fn writer_loop(
             let started = std::time::Instant::now();
             write_batch(&tables, &ops, durable).inspect(|()| {
                 if durable {
-                    commit_seconds.observe(started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    commit_seconds.observe(took.as_secs_f64());
+                    slow.observe(took);
                 }
             })
         });

@@ -112,7 +112,12 @@ struct Inner<S> {
     freeze_max_us: AtomicU64,
     /// How long the latest snapshot took to serialise and write.
     last_write_ms: AtomicU64,
+    /// Apply batches that held up writes (see [`crate::SlowSteps`]).
+    slow_applies: crate::SlowSteps,
 }
+
+/// An apply batch that takes this long is warned of (every write waits on it).
+const SLOW_APPLY: Duration = Duration::from_millis(50);
 
 /// What this node's snapshots cost, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,6 +183,7 @@ impl<S: StateMachine> StateMachineStore<S> {
                 snapshot_bytes: AtomicU64::new(0),
                 snapshots_installed: AtomicU64::new(0),
                 snapshots_built: AtomicU64::new(0),
+                slow_applies: crate::SlowSteps::new("raft_apply", SLOW_APPLY),
                 freeze_max_us: AtomicU64::new(0),
                 last_write_ms: AtomicU64::new(0),
             }),
@@ -516,6 +522,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = Instant::now();
         let mut results = Vec::new();
         for entry in entries {
             // Held while applying so that a concurrent snapshot sees state and position agree.
@@ -532,6 +539,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             applied.last_applied = Some(entry.log_id);
             results.push(result);
         }
+        self.inner.slow_applies.observe(started.elapsed());
         Ok(results)
     }
 

@@ -1,0 +1,90 @@
+//! Warnings for the steps every write waits on, when one takes long enough to stall writes: a
+//! Raft log commit (write and fsync), an apply batch, the async runtime's own turn. etcd warns
+//! of a slow fdatasync and of an apply that took too long; these lines say which step, when,
+//! for how long, and how many more there were since the last line, at most one line a second
+//! per step, so that a stall clients saw can be laid beside its cause in the node's log.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One kind of step, with the time over which it counts as slow.
+pub struct SlowSteps {
+    step: &'static str,
+    threshold: Duration,
+    state: Mutex<Unreported>,
+}
+
+/// Slow steps since the last warning, not yet told.
+#[derive(Default)]
+struct Unreported {
+    last_warned: Option<Instant>,
+    count: u64,
+    worst: Duration,
+}
+
+impl SlowSteps {
+    /// Slow steps of kind `step` (`raft_log_commit`, ...): those taking `threshold` or more.
+    pub const fn new(step: &'static str, threshold: Duration) -> SlowSteps {
+        SlowSteps {
+            step,
+            threshold,
+            state: Mutex::new(Unreported {
+                last_warned: None,
+                count: 0,
+                worst: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Notes that one step took `took`; a slow one is warned of, or counted for the next
+    /// warning when there was one less than a second ago. Returns whether it was slow.
+    pub fn observe(&self, took: Duration) -> bool {
+        if took < self.threshold {
+            return false;
+        }
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state
+            .last_warned
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            state.count += 1;
+            state.worst = state.worst.max(took);
+            return true;
+        }
+        let earlier = std::mem::take(&mut state.count);
+        let worst_earlier = std::mem::take(&mut state.worst);
+        state.last_warned = Some(now);
+        drop(state);
+        tracing::warn!(
+            step = self.step,
+            took_ms = millis(took),
+            threshold_ms = millis(self.threshold),
+            untold_since_last_warning = earlier,
+            worst_untold_ms = millis(worst_earlier),
+            "slow step: writes waited on it"
+        );
+        true
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e4).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_steps_over_the_threshold_are_slow_and_later_ones_wait_for_the_next_line() {
+        let steps = SlowSteps::new("test", Duration::from_millis(50));
+        assert!(!steps.observe(Duration::from_millis(49)));
+        assert!(steps.observe(Duration::from_millis(50)));
+        // Within the second: counted, not told.
+        assert!(steps.observe(Duration::from_millis(70)));
+        assert!(steps.observe(Duration::from_millis(60)));
+        let state = steps.state.lock().unwrap();
+        assert_eq!((state.count, state.worst), (2, Duration::from_millis(70)));
+    }
+}

@@ -7,6 +7,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The target of the warnings: the node's log filter lets them through unlimited, since they
+/// limit themselves.
+pub const TARGET: &str = "strata::slow";
+
 /// One kind of step, with the time over which it counts as slow.
 pub struct SlowSteps {
     step: &'static str,
@@ -57,6 +61,7 @@ impl SlowSteps {
         state.last_warned = Some(now);
         drop(state);
         tracing::warn!(
+            target: TARGET,
             step = self.step,
             took_ms = millis(took),
             threshold_ms = millis(self.threshold),

@@ -24,6 +24,10 @@ pub const QUIET: Duration = Duration::from_secs(10);
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Target of the reporter's own lines (never limited).
 const TARGET: &str = "strata::log";
+/// Targets whose events limit themselves (`strata_raft::SlowSteps`: one line a second per
+/// step, with a count of the rest); limiting them again by call site would hide the steps
+/// other than the first.
+const SELF_LIMITED: &[&str] = &["strata::slow"];
 
 struct Site {
     /// `file:line` of the call site.
@@ -86,7 +90,10 @@ impl RepeatLimit {
     /// Decides whether an event passes, at `now`.
     fn admit(&self, event: &Event<'_>, now: Instant) -> bool {
         let meta = event.metadata();
-        if *meta.level() > Level::WARN || meta.target() == TARGET {
+        if *meta.level() > Level::WARN
+            || meta.target() == TARGET
+            || SELF_LIMITED.contains(&meta.target())
+        {
             return true;
         }
         if self.quiet_openraft_network && meta.target().starts_with("openraft") {
@@ -283,6 +290,22 @@ mod tests {
             "{reports:?}"
         );
         assert!(limit.report(later).is_empty());
+    }
+
+    #[test]
+    fn slow_step_warnings_limit_themselves_and_pass_unlimited() {
+        let limit = RepeatLimit::default();
+        let seen = Seen::default();
+        let subscriber =
+            tracing_subscriber::registry().with(seen.clone().with_filter(limit.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            for step in ["raft_log_commit", "raft_apply", "raft_log_commit"] {
+                tracing::warn!(target: "strata::slow", step, "slow step: writes waited on it");
+            }
+        });
+        let lines = seen.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(limit.report(Instant::now()).is_empty());
     }
 
     #[test]

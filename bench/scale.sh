@@ -10,7 +10,9 @@
 #      scale/a/ (endpoints followers first, leader last; each load after a `sync`, so neither
 #      runs beside the writeback of the other's): throughput, p50/p99/max, and the per-second
 #      p99s (median = steady, worst = a stall, and the second it came), with when each Strata
-#      member built a snapshot (from its log) and which of them overlap the worst second;
+#      member built a snapshot (from its log) and which of them overlap the worst second, and
+#      the slow steps (log commits, apply batches, runtime timers of 50 ms or more) members
+#      logged, with those that ended in the worst second or the one after;
 #      then VmRSS and `du -sb` per member;
 #   4. reads: every key of scale/a/ paged (`etcd-range-all`, pages of 1,000) and its history
 #      replayed by a watch (`etcd-watch-replay`) over the last 99,000 revisions (Strata keeps
@@ -1130,6 +1132,11 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
             worst_window_snapshots: ($p.load_a.strata.put.window_p99_worst_at_s as $w
                 | if $w == null then null else ($p.load_a.strata.snapshots // [])
                   | map(select(.start_s < $w + 1 and .end_s >= $w)) end),
+            # The slow steps members warned of that ended in the worst window or the second
+            # after it (a step is logged when it ends).
+            worst_window_slow_steps: ($p.load_a.strata.put.window_p99_worst_at_s as $w
+                | if $w == null then null else ($p.load_a.strata.slow_steps // [])
+                  | map(select(.at_s >= $w and .at_s < $w + 2)) end),
             etcd_worst_window_p99_over_steady: ratio($p.load_a.etcd.put.window_p99_worst_ms;
                                                      $p.load_a.etcd.put.window_p99_median_ms),
             tail_window_p99_over_steady: {strata: ratio($p.load_a.strata.put.window_p99_tail_ms;
@@ -1179,7 +1186,7 @@ print_summary '
     "etcd: \($c.etcd_flags)",
     put_table("Load A: \($c.load_a.keys) keys of \($c.load_a.value_size) bytes, \($c.load_a.clients) clients"; $p.load_a),
     "",
-    "strata snapshots during load A (seconds from the load start): \($p.load_a.strata.snapshots // [] | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s, \(.mb) MiB") | join("; ")); worst window at second \($p.load_a.strata.put.window_p99_worst_at_s | f), overlapping \(.summary.worst_window_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end); the last \($p.load_a.strata.put.window_tail_seconds | f) s of the run (not a whole window) had a p99 of \($p.load_a.strata.put.window_p99_tail_ms | f) ms; the slowest put completed at \($p.load_a.strata.put.max_at_ms | f) ms, beside \(.summary.slowest_put_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end)",
+    "strata snapshots during load A (seconds from the load start): \($p.load_a.strata.snapshots // [] | map("node \(.node)\(if .leader then " (leader)" else "" end) \(.start_s)-\(.end_s) s, \(.mb) MiB") | join("; ")); worst window at second \($p.load_a.strata.put.window_p99_worst_at_s | f), overlapping \(.summary.worst_window_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end), with slow steps \(.summary.worst_window_slow_steps // [] | if length == 0 then "none" else map("node \(.node) \(.step) \(.took_ms) ms at \(.at_s) s") | join(", ") end); the last \($p.load_a.strata.put.window_tail_seconds | f) s of the run (not a whole window) had a p99 of \($p.load_a.strata.put.window_p99_tail_ms | f) ms; the slowest put completed at \($p.load_a.strata.put.max_at_ms | f) ms, beside \(.summary.slowest_put_snapshots // [] | if length == 0 then "no snapshot" else map("node \(.node)") | join(", ") end)",
     "",
     "### Reads of scale/a/ through a follower",
     "",

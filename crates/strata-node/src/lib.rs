@@ -204,7 +204,7 @@ impl Node {
         let load_err = |e: openraft::StorageError<u64>| {
             NodeError::RaftStorage(format!("data folder {}: {e}", data.path.display()))
         };
-        let log = LogStore::open(&data).map_err(load_err)?;
+        let log = LogStore::open_member(&data, id).map_err(load_err)?;
         let machine = Arc::new(KvMachine::new());
         let sm = StateMachineStore::open(machine.clone(), &data).map_err(load_err)?;
 

@@ -21,6 +21,15 @@
 //! the purge point that still sit in a table reaching past it (or in the memtable) stay on
 //! disk until a later purge covers their table; nothing reads them (reads start after the
 //! purge point, and loading at startup stops there).
+//!
+//! The engine flushes the log's memtable to a table file (written, then fsynced whole) each
+//! time it fills, and while that table goes to disk the journal's fsyncs wait behind it: a log
+//! commit that meets a flush takes tens of milliseconds instead of a fraction of one, and every
+//! write waits for the leader's commit and a follower's. Members append the same entries, so
+//! with one memtable size they all flushed at the same moment (three 7-MiB tables at once on a
+//! shared disk: commits of 110 ms on both followers, puts of 180 ms). So the memtable is small
+//! ([`MEMTABLE_BYTES`], a short flush) and its size differs per member
+//! ([`memtable_bytes_for`], spread like the snapshot phases), so members flush apart.
 
 use crate::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -229,18 +238,37 @@ impl LogStore {
         Self::open_with_cache(data, CACHE_BYTES)
     }
 
+    /// [`LogStore::open`] for member `id`: a log created now gets that member's memtable size
+    /// ([`memtable_bytes_for`]), so members flush their logs at different moments.
+    pub fn open_member(
+        data: &crate::DataDir,
+        id: NodeId,
+    ) -> Result<LogStore, StorageError<NodeId>> {
+        Self::open_with(data, CACHE_BYTES, memtable_bytes_for(id))
+    }
+
     /// [`LogStore::open`] with a cache budget of `cache_bytes` (tests use 0 to force every
     /// durable entry to be read back from disk).
     pub fn open_with_cache(
         data: &crate::DataDir,
         cache_bytes: usize,
     ) -> Result<LogStore, StorageError<NodeId>> {
+        Self::open_with(data, cache_bytes, MEMTABLE_BYTES)
+    }
+
+    fn open_with(
+        data: &crate::DataDir,
+        cache_bytes: usize,
+        memtable_bytes: u64,
+    ) -> Result<LogStore, StorageError<NodeId>> {
         let (db, dir, space) = (data.log_db.clone(), &data.path, data.space.clone());
         let mut mem = MemLog::default();
         let log = db
-            // A small memtable: the newest entries are cached by us already.
+            // A small memtable: the newest entries are cached by us already, and a small one
+            // is flushed quickly (see the module docs). The engine keeps the size a keyspace
+            // was created with.
             .keyspace(LOG, || {
-                fjall::KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024)
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
             })
             .map_err(|e| read_err(ErrorSubject::Logs, e))?;
         let meta = db
@@ -490,6 +518,18 @@ fn commit_histogram() -> prometheus::Histogram {
         ]),
     )
     .expect("valid histogram")
+}
+
+/// The log's memtable size before the per-member spread: small, so that flushing it to a table
+/// holds up the journal's fsyncs only briefly.
+pub const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Member `id`'s log memtable size: [`MEMTABLE_BYTES`] times 0.75 to 1.25, spread over the
+/// members by the golden ratio (as the snapshot phases are), so that members appending the same
+/// entries fill and flush their memtables apart.
+pub fn memtable_bytes_for(id: NodeId) -> u64 {
+    let fraction = (id as f64 * 0.618_033_988_749_895).fract();
+    (MEMTABLE_BYTES as f64 * (0.75 + 0.5 * fraction)) as u64
 }
 
 /// A durable log commit that takes this long is warned of (every write waits on it).
@@ -858,6 +898,21 @@ enum Lookup {
 mod tests {
     use super::*;
     use openraft::testing::log_id;
+
+    #[test]
+    fn members_get_memtable_sizes_apart() {
+        let sizes: Vec<u64> = (1..=5).map(memtable_bytes_for).collect();
+        for (i, a) in sizes.iter().enumerate() {
+            assert!(
+                (MEMTABLE_BYTES * 3 / 4..MEMTABLE_BYTES * 5 / 4).contains(a),
+                "{sizes:?}"
+            );
+            for b in &sizes[i + 1..] {
+                // Any two of the first five differ by at least 4% of the base size.
+                assert!(a.abs_diff(*b) >= MEMTABLE_BYTES / 25, "{sizes:?}");
+            }
+        }
+    }
     use openraft::{EntryPayload, RaftLogReader};
 
     /// Writes entries `indexes` of `term` straight into the log keyspace, as appends would have

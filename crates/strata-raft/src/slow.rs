@@ -1,8 +1,8 @@
 //! Warnings for the steps every write waits on, when one takes long enough to stall writes: a
 //! Raft log commit (write and fsync), an apply batch, the async runtime's own turn. etcd warns
 //! of a slow fdatasync and of an apply that took too long; these lines say which step, when,
-//! for how long, and how many more there were since the last line, at most one line a second
-//! per step, so that a stall clients saw can be laid beside its cause in the node's log.
+//! for how long, and how many more there were since the last line, at most five lines a
+//! second per step, so that a stall clients saw can be laid beside its cause in the node's log.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,10 +18,16 @@ pub struct SlowSteps {
     state: Mutex<Unreported>,
 }
 
-/// Slow steps since the last warning, not yet told.
+/// Lines a step may log in one second; slow steps beyond them are counted for the next line.
+const LINES_PER_SECOND: u32 = 5;
+
+/// The current second's lines, and the slow steps not yet told.
 #[derive(Default)]
 struct Unreported {
-    last_warned: Option<Instant>,
+    /// When the current one-second window of lines began.
+    window_start: Option<Instant>,
+    /// Lines logged in it.
+    lines: u32,
     count: u64,
     worst: Duration,
 }
@@ -33,32 +39,38 @@ impl SlowSteps {
             step,
             threshold,
             state: Mutex::new(Unreported {
-                last_warned: None,
+                window_start: None,
+                lines: 0,
                 count: 0,
                 worst: Duration::ZERO,
             }),
         }
     }
 
-    /// Notes that one step took `took`; a slow one is warned of, or counted for the next
-    /// warning when there was one less than a second ago. Returns whether it was slow.
+    /// Notes that one step took `took`; a slow one is warned of, or, past
+    /// [`LINES_PER_SECOND`] lines in the current second, counted for the next warning.
+    /// Returns whether it was slow.
     pub fn observe(&self, took: Duration) -> bool {
         if took < self.threshold {
             return false;
         }
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state
-            .last_warned
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
-        {
+        match state.window_start {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
+            _ => {
+                state.window_start = Some(now);
+                state.lines = 0;
+            }
+        }
+        if state.lines >= LINES_PER_SECOND {
             state.count += 1;
             state.worst = state.worst.max(took);
             return true;
         }
+        state.lines += 1;
         let earlier = std::mem::take(&mut state.count);
         let worst_earlier = std::mem::take(&mut state.worst);
-        state.last_warned = Some(now);
         drop(state);
         tracing::warn!(
             target: TARGET,
@@ -82,11 +94,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_steps_over_the_threshold_are_slow_and_later_ones_wait_for_the_next_line() {
+    fn only_steps_over_the_threshold_are_slow_and_a_burst_waits_for_the_next_line() {
         let steps = SlowSteps::new("test", Duration::from_millis(50));
         assert!(!steps.observe(Duration::from_millis(49)));
-        assert!(steps.observe(Duration::from_millis(50)));
-        // Within the second: counted, not told.
+        for _ in 0..LINES_PER_SECOND {
+            assert!(steps.observe(Duration::from_millis(50)));
+        }
+        assert_eq!(steps.state.lock().unwrap().count, 0, "each one told");
+        // Past the second's lines: counted, not told.
         assert!(steps.observe(Duration::from_millis(70)));
         assert!(steps.observe(Duration::from_millis(60)));
         let state = steps.state.lock().unwrap();

@@ -24,7 +24,7 @@ pub const QUIET: Duration = Duration::from_secs(10);
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Target of the reporter's own lines (never limited).
 const TARGET: &str = "strata::log";
-/// Targets whose events limit themselves (`strata_raft::SlowSteps`: one line a second per
+/// Targets whose events limit themselves (`strata_raft::SlowSteps`: five lines a second per
 /// step, with a count of the rest); limiting them again by call site would hide the steps
 /// other than the first.
 const SELF_LIMITED: &[&str] = &["strata::slow"];

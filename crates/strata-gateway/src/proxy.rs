@@ -1369,7 +1369,8 @@ fn prepare_headers(
     let proto = if onward.https { "https" } else { "http" };
     // The `Host` header's own value when it is the host as matched, which is the usual case.
     let host = onward.host.as_bytes();
-    let host_valid = host.iter().all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f));
+    // What `HeaderValue::from_str` accepts (visible ASCII, spaces and tabs).
+    let host_valid = host.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
     let Some(out) = lines else {
         // Room for the five set below at once: growing the map one insert at a time
         // reallocates it more than once.

@@ -1370,7 +1370,9 @@ fn prepare_headers(
     // The `Host` header's own value when it is the host as matched, which is the usual case.
     let host = onward.host.as_bytes();
     // What `HeaderValue::from_str` accepts (visible ASCII, spaces and tabs).
-    let host_valid = host.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
+    let host_valid = host
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
     let Some(out) = lines else {
         // Room for the five set below at once: growing the map one insert at a time
         // reallocates it more than once.

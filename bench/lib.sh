@@ -63,7 +63,8 @@ parse_options() {
 # --- set-up ---------------------------------------------------------------------------------
 # Call after parse_options and the settings, with the benchmark's name and the tools it needs.
 # Goes to the repository root and sets repo; exits 2 when a tool is missing; sets bench_name,
-# stamp, data (bench/.data/NAME-<stamp>), results_file (unless --results gave one:
+# stamp, data (bench/.data/NAME-<stamp>, or $data_root/NAME-<stamp> when the script set
+# data_root), results_file (unless --results gave one:
 # bench/results/NAME-<stamp>.json, NAME-<stamp>-quick.json with --quick), strata and bench (the
 # release binaries) and our_exes; from then on every tracked process is stopped on exit.
 bench_setup() {
@@ -79,7 +80,7 @@ bench_setup() {
         }
     done
     stamp=$(date -u +%Y%m%dT%H%M%SZ)
-    data="$repo/bench/.data/$bench_name-$stamp"
+    data="${data_root:-$repo/bench/.data}/$bench_name-$stamp"
     if [[ -z $results_file ]]; then
         local suffix=""
         ((quick)) && suffix="-quick"

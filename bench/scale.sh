@@ -54,7 +54,8 @@
 # etcd; Strata's registrations/s on the full registry over the empty one (fresh cluster), and
 # the same ratio on the loaded cluster.
 #
-# Usage: bash bench/scale.sh [--quick] [--skip-b] [--no-build] [--keep-data] [--results FILE]
+# Usage: bash bench/scale.sh [--quick] [--skip-b] [--data-root DIR] [--no-build] [--keep-data]
+#                            [--results FILE]
 #
 # Every process this script starts is tracked by PID and stopped on exit (SIGTERM, then
 # SIGKILL after 15 s); it never signals processes it did not start. Every load run is bounded
@@ -72,6 +73,10 @@ Options:
                   5,000 registry instances, 1,000 registrations per measurement (a few
                   minutes after the build)
   --skip-b        leave out load B (the 16 KiB values)
+  --data-root DIR put both clusters' data dirs and logs under DIR instead of bench/.data
+                  (e.g. /dev/shm, a tmpfs: takes the disk's fsync latency out of every
+                  figure, for telling the software's stalls from the device's; not the
+                  setting results are compared at)
   --no-build      use the release binaries already in target/release
   --keep-data     keep bench/.data/scale-<stamp> (logs, data dirs) after a clean run
   --results FILE  write the JSON results here instead of bench/results/
@@ -84,6 +89,10 @@ own_option() {
     --skip-b)
         skip_b=1
         option_args=1
+        ;;
+    --data-root)
+        data_root=$(cd "${2:?--data-root needs a directory}" && pwd)
+        option_args=2
         ;;
     *) return 1 ;;
     esac
@@ -1077,12 +1086,13 @@ error_samples=$(jq -Rsc 'split("\n") | map(select(length > 0))' <<<"$error_kinds
 # --- results --------------------------------------------------------------------------------
 recorded_options=()
 ((skip_b == 0)) || recorded_options+=(--skip-b)
+[[ -z ${data_root:-} ]] || recorded_options+=(--data-root "$data_root")
 # run_info: when, command, commit, machine (lib.sh).
 describe_run "${recorded_options[@]}"
 jq -s 'reduce .[] as $f ({}; setpath($f.path; $f.value))' "$facts" >"$data/phases.json"
 
 jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
-    --slurpfile phases "$data/phases.json" \
+    --slurpfile phases "$data/phases.json" --arg data_fs "$(df --output=fstype "$data" | tail -1)" \
     --argjson keys_a "$keys_a" --argjson keys_b "$keys_b" --argjson value_a "$value_a" \
     --argjson value_b "$value_b" --argjson load_clients "$load_clients" \
     --argjson load_max_seconds "$load_max_seconds" --argjson register_requests "$register_requests" --argjson register_rounds "$register_rounds" --argjson fresh_clusters "$fresh_clusters" \
@@ -1101,7 +1111,7 @@ jq -n --argjson run_info "$run_info" --arg etcd_version "$etcd_version" \
     $phases[0] as $p |
     {benchmark: "scale"} + $run_info + {
         config: {
-            nodes_per_cluster: 3, etcd_version: $etcd_version,
+            nodes_per_cluster: 3, etcd_version: $etcd_version, data_fs: $data_fs,
             etcd_flags: "defaults (WAL fsync on every commit, snapshot every 100,000 entries, no auto-compaction) plus --quota-backend-bytes \($quota) (8 GiB; the default 2 GiB would not hold load B)",
             strata_flags: "defaults (fsync on every commit, snapshot every 10,000 entries); no storage quota",
             load_a: {keys: $keys_a, value_size: $value_a, clients: $load_clients,

@@ -497,6 +497,16 @@ async fn t03_an_invalid_table_is_refused_and_the_old_one_keeps_serving() {
     assert!(!output.status.success());
 }
 
+/// An address that refuses connections while the returned socket lives: bound, so no process
+/// started beside this test can take the port (as one could once a listener that found it was
+/// closed), but not listening.
+fn refusing_address() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    (socket, addr)
+}
+
 /// Accepts connections, reads a request and closes without answering.
 async fn resetting_backend() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -527,10 +537,7 @@ async fn t04_failing_upstreams_and_bad_input_get_the_right_status() {
     let node = start_node(dir.path()).await;
     let slow = Backend::start("slow").await;
     let reset = resetting_backend().await;
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let (_refusing, refused) = refusing_address();
     apply_ok(
         &node,
         &json!({
@@ -935,10 +942,7 @@ async fn t08_a_tcp_listener_balances_raw_connections_and_survives_table_changes(
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path()).await;
     let (one, two) = (echo_server("one").await, echo_server("two").await);
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let (_refusing, refused) = refusing_address();
     let table = |extra_route: bool| {
         let mut routes = vec![json!({"name": "hello", "respond": {"body": "hi"}})];
         if extra_route {

@@ -68,8 +68,13 @@ for id in 1 2 3; do poll 30 curl -sf "http://$(addr "$id" api)/readyz"; done
 grpc=$(for id in 1 2 3; do addr "$id" grpc; done | paste -sd,)
 "$target/strata-bench" etcd-put --endpoints "$grpc" --clients 128 --requests "$puts" \
     --value-size 256 --key-prefix probe/ --max-seconds 300 >"$out/bench.json" 2>"$out/bench.stderr"
+# worst_over_median_after_ramp leaves out second 0, in which 128 clients' first puts meet empty
+# memtables and caches (it was the worst second in two of six runs, at 24-33 ms).
 jq -c '{throughput, p99_ms, window_p99_median_ms, window_p99_worst_ms, window_p99_worst_at_s,
         worst_over_median: ((.window_p99_worst_ms / .window_p99_median_ms) * 100 | round / 100),
+        worst_over_median_after_ramp: (.window_p99s_ms[1:] as $w | ($w | sort) as $s
+            | if ($w | length) == 0 then null
+              else (($w | max) / $s[($s | length) / 2 | floor] * 100 | round / 100) end),
         max_ms, max_at_s: ((.max_at_ms // 0) / 100 | round / 10),
         window_p99s_ms: (.window_p99s_ms | map(. * 10 | round / 10))}' "$out/bench.json"
 since_us=$(jq -r '.timed_start_unix_ms' "$out/bench.json")000

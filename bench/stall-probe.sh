@@ -15,6 +15,10 @@
 #        needs target/release/strata and strata-bench (cargo build --release -p strata
 #        -p strata-bench), jq and curl.
 set -euo pipefail
+# lib.sh for its polling (`wait_until`, which names what it waited for when it gives up).
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+bench_name=stall-probe
 repo=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}/release
 keep=0
@@ -28,22 +32,13 @@ for binary in strata strata-bench; do
 done
 out=$(mktemp -d "${TMPDIR:-/tmp}/stall-probe.XXXXXX")
 pids=()
-cleanup() {
+stop_members() {
     local pid
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if ((keep)); then echo "data and logs kept in $out" >&2; else rm -rf "$out"; fi
 }
-trap cleanup EXIT
-# Polls "$@" every 200 ms for up to $1 seconds.
-poll() {
-    local tries=$(($1 * 5))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        ((--tries > 0)) || return 1
-        sleep 0.2
-    done
-}
+trap stop_members EXIT
 addr() { jq -r ".$2" "$out/n$1/addrs.json"; }
 start() { # ID [FLAGS...]
     local id=$1
@@ -53,10 +48,10 @@ start() { # ID [FLAGS...]
         --raft-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --addrs-file "$out/n$id/addrs.json" \
         "$@" >>"$out/n$id/log" 2>&1 &
     pids+=($!)
-    poll 20 test -s "$out/n$id/addrs.json" || { echo "member $id did not start; see $out/n$id/log" >&2; exit 1; }
+    wait_until 20 "member $id to start (see $out/n$id/log)" test -s "$out/n$id/addrs.json"
 }
 start 1 --initial-cluster 1=127.0.0.1:0
-poll 30 curl -sf "http://$(addr 1 api)/readyz"
+wait_until 30 "member 1 to be ready" curl -sf "http://$(addr 1 api)/readyz"
 endpoints=http://$(addr 1 api)
 for id in 2 3; do
     start "$id"
@@ -64,7 +59,7 @@ for id in 2 3; do
         --raft-addr "$(addr "$id" raft)" --api-addr "$(addr "$id" api)" >/dev/null
     endpoints+=,http://$(addr "$id" api)
 done
-for id in 1 2 3; do poll 30 curl -sf "http://$(addr "$id" api)/readyz"; done
+for id in 1 2 3; do wait_until 30 "member $id to be ready" curl -sf "http://$(addr "$id" api)/readyz"; done
 grpc=$(for id in 1 2 3; do addr "$id" grpc; done | paste -sd,)
 "$target/strata-bench" etcd-put --endpoints "$grpc" --clients 128 --requests "$puts" \
     --value-size 256 --key-prefix probe/ --max-seconds 300 >"$out/bench.json" 2>"$out/bench.stderr"

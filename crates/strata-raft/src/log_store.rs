@@ -898,6 +898,7 @@ enum Lookup {
 mod tests {
     use super::*;
     use openraft::testing::log_id;
+    use openraft::{EntryPayload, RaftLogReader};
 
     #[test]
     fn members_get_memtable_sizes_apart() {
@@ -913,7 +914,6 @@ mod tests {
             }
         }
     }
-    use openraft::{EntryPayload, RaftLogReader};
 
     /// Writes entries `indexes` of `term` straight into the log keyspace, as appends would have
     /// stored them (each a put of 1,000 bytes), after a first open has recorded the format.
@@ -921,8 +921,9 @@ mod tests {
         drop(LogStore::open(data).unwrap());
         let log = data
             .log_db
+            // Created by the open above; the options are those it used.
             .keyspace(LOG, || {
-                fjall::KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024)
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
             })
             .unwrap();
         // In batches, as the writer commits them: fjall asks its worker for a memtable rotation

@@ -18,6 +18,7 @@
 
 use crate::h1::{self, BadRequest, RequestBody, RequestHead};
 use crate::proxy::{Gateway, HEADER_TIMEOUT, MAX_HEADER_BYTES};
+use crate::upstream::Answer;
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Body as _;
@@ -89,7 +90,9 @@ pub(crate) async fn serve(
             Next::Refuse(status, why) => {
                 tracing::debug!(%client, %status, %why, "bad request head; closing");
                 let answer = crate::proxy::plain(status, &format!("{why}\n"));
-                let _ = conn.write_answer(&mut stream, answer, false, true).await;
+                let _ = conn
+                    .write_answer(&mut stream, answer, None, false, true)
+                    .await;
                 return Ended::Closed;
             }
             Next::Closed => return Ended::Closed,
@@ -120,7 +123,8 @@ pub(crate) async fn serve(
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
         let handling = std::pin::pin!(gateway.handle(request.map(|()| body), client, false, true));
-        let Some(mut response) = conn.unless_client_leaves(&stream, handling).await else {
+        let Some(Answer { mut response, raw }) = conn.unless_client_leaves(&stream, handling).await
+        else {
             tracing::debug!(%client, "the client closed the connection before its answer; request dropped");
             return Ended::Closed;
         };
@@ -137,7 +141,7 @@ pub(crate) async fn serve(
             );
         }
         if conn
-            .write_answer(&mut stream, response, head_request, close)
+            .write_answer(&mut stream, response, raw.as_deref(), head_request, close)
             .await
             .is_err()
             || close
@@ -324,12 +328,14 @@ impl Conn {
         .await
     }
 
-    /// Writes `response` (head and body); `head_request`: it answers `HEAD`, so no body goes
+    /// Writes `response` (head and body), with `raw`, the upstream's own header lines when
+    /// the gateway left them as they came; `head_request`: it answers `HEAD`, so no body goes
     /// out; `close`: the connection closes after it.
     async fn write_answer(
         &mut self,
         stream: &mut TcpStream,
         response: Response<Body>,
+        raw: Option<&h1::RawHeaders>,
         head_request: bool,
         close: bool,
     ) -> io::Result<()> {
@@ -337,8 +343,6 @@ impl Conn {
         let exact = body.size_hint().exact();
         // The length the client is told: the body must be exactly that long, or the
         // connection closes (a shorter or longer body would desynchronise it).
-        // The upstream's own headers, when the gateway left them as they came.
-        let raw = parts.extensions.get::<h1::RawHeaders>();
         let promised = exact
             .or_else(|| raw.and_then(|raw| raw.length))
             .or_else(|| h1::content_length(&parts.headers).ok().flatten());

@@ -120,6 +120,8 @@ pub struct AnswerHead {
     pub response: Response<()>,
     pub framing: BodyFraming,
     pub keep_alive: bool,
+    /// The header lines, when they stayed raw (the response's map is then empty).
+    pub raw: Option<Box<RawHeaders>>,
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -146,8 +148,9 @@ pub struct RawHeaders {
 /// The final answer head at the start of `buf`, taken out of it, or `None` when more bytes
 /// are needed. Interim answers (1xx other than 101) are skipped. `head_request`: the request
 /// was `HEAD`, so the answer has no body whatever its headers say. `raw`: the answer's headers
-/// go in a [`RawHeaders`] extension, with an empty map, rather than in the map; for a client
-/// connection that writes them itself and for answers nothing else reads headers of.
+/// come back as [`RawHeaders`] beside the response, whose map stays empty; for a client
+/// connection that writes them itself and for answers nothing else reads headers of. (Beside
+/// it, not in its extensions: a first extension costs three allocations.)
 pub fn parse_answer(
     buf: &mut BytesMut,
     head_request: bool,
@@ -195,6 +198,7 @@ pub fn parse_answer(
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
+        let mut kept = None;
         let (framing, keep_alive) = if raw {
             let lines = Raw { head: &head, spans };
             let seen = lines.seen();
@@ -204,8 +208,7 @@ pub fn parse_answer(
                 _ if seen.content_length => content_length(&lines),
                 _ => Ok(None),
             };
-            let kept = lines.kept(seen, length.ok().flatten());
-            response.extensions_mut().insert(kept);
+            kept = Some(Box::new(lines.kept(seen, length.ok().flatten())));
             (
                 framing,
                 keep_alive && connection_persists(&lines, seen, version),
@@ -228,6 +231,7 @@ pub fn parse_answer(
             response,
             framing,
             keep_alive,
+            raw: kept,
         }));
     }
 }
@@ -945,7 +949,7 @@ mod tests {
         assert_eq!(head.framing, BodyFraming::Length(5));
         assert!(head.keep_alive);
         assert!(head.response.headers().is_empty());
-        let raw = head.response.extensions().get::<RawHeaders>().unwrap();
+        let raw = head.raw.as_deref().unwrap();
         assert_eq!(
             &raw.lines[..],
             b"Server: nginx\r\nDate: D\r\nContent-Length: 5\r\nTrailer: x\r\n"
@@ -961,7 +965,7 @@ mod tests {
         let head = parse_answer(&mut buf, false, true).unwrap().unwrap();
         assert_eq!(head.framing, BodyFraming::Chunked);
         assert!(!head.keep_alive, "both framings at once: not reused");
-        let raw = head.response.extensions().get::<RawHeaders>().unwrap();
+        let raw = head.raw.as_deref().unwrap();
         assert_eq!(
             (&raw.lines[..], raw.framed, raw.length),
             (&b""[..], false, None)

@@ -28,7 +28,7 @@
 
 use crate::h1::{self, AnswerHead, BodyFraming, Chunked, Piece, RequestFraming};
 use crate::metrics::UpstreamMetrics;
-use crate::upstream::OpenCount;
+use crate::upstream::{Answer, OpenCount};
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -380,7 +380,7 @@ impl Http1Pool {
         replayable: bool,
         raw_answer: bool,
         added: &[u8],
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<Answer, SendError> {
         let mut request = request;
         prepare(&mut request, member);
         let mut fresh_only = false;
@@ -564,11 +564,12 @@ impl Shared {
     }
 
     /// The answer with a body that reads the rest from `conn` and checks it in at its end.
-    fn wrap(self: Arc<Self>, conn: Conn, head: AnswerHead) -> Response<Body> {
+    fn wrap(self: Arc<Self>, conn: Conn, head: AnswerHead) -> Answer {
         let AnswerHead {
             response,
             framing,
             keep_alive,
+            raw,
         } = head;
         let state = match framing {
             BodyFraming::Empty => Framing::Ended,
@@ -587,7 +588,10 @@ impl Shared {
             body.finish();
         }
         let (parts, ()) = response.into_parts();
-        Response::from_parts(parts, Body::new(body))
+        Answer {
+            response: Response::from_parts(parts, Body::new(body)),
+            raw,
+        }
     }
 }
 

@@ -126,7 +126,10 @@ fn request(method: &str) -> Request<Body> {
 /// Sends a request and reads its whole answer.
 async fn get(pool: &Http1Pool, member: &str) -> Result<String, SendError> {
     // Its headers stay raw (as the HTTP/1.1 front asks): reuse does not depend on them.
-    let response = pool.send(member, request("GET"), true, true, b"").await?;
+    let response = pool
+        .send(member, request("GET"), true, true, b"")
+        .await?
+        .response;
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8_lossy(&body).to_string())
@@ -266,8 +269,8 @@ async fn idle_connections_beyond_the_limit_are_closed() {
         .await
         .unwrap();
     assert_eq!(metrics.opened.get(), 2);
-    first.into_body().collect().await.unwrap();
-    second.into_body().collect().await.unwrap();
+    first.response.into_body().collect().await.unwrap();
+    second.response.into_body().collect().await.unwrap();
     assert_eq!(pool.idle_count(&upstream.address), 1);
     assert_eq!(metrics.open.get(), 1);
 }
@@ -326,7 +329,11 @@ async fn a_request_without_a_host_header_names_the_member() {
     let (pool, _) = pool_with(settings());
     let mut bare = Request::new(Body::empty());
     *bare.uri_mut() = hyper::Uri::from_static("/y?z=1");
-    let response = pool.send(&address, bare, true, false, b"").await.unwrap();
+    let response = pool
+        .send(&address, bare, true, false, b"")
+        .await
+        .unwrap()
+        .response;
     assert_eq!(response.status(), 204);
     let head = seen.await.unwrap().to_ascii_lowercase();
     assert!(head.starts_with("get /y?z=1 http/1.1\r\n"), "{head}");

@@ -11,7 +11,7 @@ use crate::guard::FallbackAction;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{parse_cookies, Action, CanaryChoice, Compiled, RequestView, Route};
 use crate::span::{Forwarded, RequestSpan};
-use crate::upstream::{build_groups, Group};
+use crate::upstream::{build_groups, Answer, Group};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -317,7 +317,7 @@ impl Gateway {
                             // A body left unread is read to its end after the answer (see
                             // `strata_component::drain`).
                             let request = request.map(|body| Body::new(strata_component::drain::Drained::new(body)));
-                            Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https, false).await)
+                            Ok::<_, std::convert::Infallible>(gateway.handle(request, client, https, false).await.response)
                         })
                     });
                     connections.inc();
@@ -362,14 +362,15 @@ impl Gateway {
 
     /// Answers one request. `raw_answers`: the caller writes an answer's
     /// [`crate::h1::RawHeaders`] itself (the HTTP/1.1 front does), so a proxied answer's
-    /// headers may stay as the upstream wrote them, with no map built for them.
+    /// headers may stay as the upstream wrote them, with no map built for them (they come back
+    /// in [`Answer::raw`]; never without `raw_answers`).
     pub async fn handle(
         &self,
         mut request: Request<Body>,
         client: SocketAddr,
         https: bool,
         raw_answers: bool,
-    ) -> Response<Body> {
+    ) -> Answer {
         let started = Instant::now();
         if https {
             request.extensions_mut().insert(Https);
@@ -380,7 +381,8 @@ impl Gateway {
         let (mut traceparent, trace_id) = span.as_ref().map(RequestSpan::header_values).unzip();
         let mut forwarded = Forwarded::default();
         let live = self.live();
-        let host = request_host(&request);
+        let host_source = HostSource::of(&request);
+        let host = host_source.host();
         let mut request_id = request
             .headers()
             .get(&X_REQUEST_ID)
@@ -424,7 +426,7 @@ impl Gateway {
                     .insert(X_REQUEST_ID.clone(), request_id);
                 live.unmatched
                     .observe(response.status().as_u16(), started.elapsed().as_secs_f64());
-                return response;
+                return Answer::parsed(response);
             }
         }
         let found = live.compiled.find(&RequestView {
@@ -444,7 +446,7 @@ impl Gateway {
                 ts_ms,
                 client: client_ip.to_string(),
                 method: request.method().to_string(),
-                host: host.clone(),
+                host: host.to_string(),
                 path: request.uri().path().to_string(),
                 query: request.uri().query().map(str::to_string),
                 user_agent: request
@@ -683,7 +685,10 @@ impl Gateway {
                 .to_string();
             log.log(record);
         }
-        response
+        Answer {
+            response,
+            raw: forwarded.raw,
+        }
     }
 
     /// Forwards to `upstream` through its circuit breaker (open: the route's fallback) and
@@ -1058,8 +1063,8 @@ impl Gateway {
             // failures its own way).
             let failure_on = route.guard.failure_on.as_ref().unwrap_or(&group.failure_on);
             let (failed, outcome) = match &answer {
-                Ok(Ok(response)) => {
-                    let status = response.status().as_u16();
+                Ok(Ok(answer)) => {
+                    let status = answer.response.status().as_u16();
                     group.metrics.observe(status, sent.elapsed().as_secs_f64());
                     (
                         failure_on.status(status),
@@ -1123,7 +1128,7 @@ impl Gateway {
                         failed,
                     );
                 }
-                Ok(Ok(response)) => {
+                Ok(Ok(Answer { response, raw })) => {
                     endpoint.connected();
                     let overloaded = matches!(response.status().as_u16(), 502..=504);
                     if overloaded && may_retry(safe_to_repeat) {
@@ -1142,6 +1147,7 @@ impl Gateway {
                             .extensions_mut()
                             .insert(Member(endpoint.address.clone()));
                     }
+                    forwarded.raw = raw;
                     return (response, failed);
                 }
                 Ok(Err(error)) => {
@@ -1549,28 +1555,66 @@ fn hash_key(
 
 /// The request's host without port, lower case: from the URI (HTTP/2, absolute form) or the
 /// `Host` header.
-fn request_host<B>(request: &Request<B>) -> String {
-    let raw = request
-        .uri()
-        .host()
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(|h| match h.rsplit_once(':') {
-                    Some((host, port))
-                        if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+/// Where a request names its host: its URI's authority (absolute form, HTTP/2) or else its
+/// `Host` header. A copy that shares the request's bytes, so that the host can be borrowed
+/// from it while the request itself moves on.
+enum HostSource {
+    Authority(hyper::http::uri::Authority),
+    Header(HeaderValue),
+    Missing,
+}
+
+impl HostSource {
+    fn of<B>(request: &Request<B>) -> Self {
+        if let Some(authority) = request.uri().authority() {
+            return HostSource::Authority(authority.clone());
+        }
+        match request.headers().get(header::HOST) {
+            Some(value) => HostSource::Header(value.clone()),
+            None => HostSource::Missing,
+        }
+    }
+
+    /// The host as routes match it: no port, no IPv6 brackets, lower case; empty when the
+    /// header is not visible ASCII. Borrowed unless it had to be lowered (a copy for every
+    /// request cost an allocation and its free), and found in one pass over bytes.
+    fn host(&self) -> Cow<'_, str> {
+        let bytes = match self {
+            HostSource::Authority(authority) => authority.host().as_bytes(),
+            HostSource::Header(value) => {
+                let value = value.as_bytes();
+                match value.iter().rposition(|&b| b == b':') {
+                    Some(colon)
+                        if colon > 0 && value[colon + 1..].iter().all(u8::is_ascii_digit) =>
                     {
-                        host
+                        &value[..colon]
                     }
-                    _ => h,
-                })
-        })
-        .unwrap_or_default();
-    raw.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase()
+                    _ => value,
+                }
+            }
+            HostSource::Missing => b"",
+        };
+        let start = bytes.iter().position(|&b| b != b'[').unwrap_or(bytes.len());
+        let end = bytes
+            .iter()
+            .rposition(|&b| b != b']')
+            .map_or(start, |last| last + 1);
+        let bytes = &bytes[start..end.max(start)];
+        let mut upper = false;
+        for &b in bytes {
+            // What `HeaderValue::to_str` accepts.
+            if !(b == b'\t' || (b' '..0x7f).contains(&b)) {
+                return Cow::Borrowed("");
+            }
+            upper |= b.is_ascii_uppercase();
+        }
+        let text = std::str::from_utf8(bytes).unwrap_or_default();
+        if upper {
+            Cow::Owned(text.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
 }
 
 fn redirect<B>(request: &Request<B>, to: &str, status: StatusCode) -> Response<Body> {
@@ -1794,7 +1838,7 @@ mod tests {
             prop_assert_eq!(parsed.keep_alive, raw.keep_alive);
             prop_assert_eq!(parsed.response.status(), raw.response.status());
             prop_assert!(raw.response.headers().is_empty());
-            let lines = raw.response.extensions().get::<crate::h1::RawHeaders>().cloned();
+            let lines = raw.raw.as_deref().cloned();
             prop_assert!(lines.is_some());
             let head = |response: Response<()>, raw: Option<&crate::h1::RawHeaders>| {
                 let mut response = finish_response(
@@ -1919,5 +1963,31 @@ mod tests {
             .iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)));
         assert_ne!(id, new_request_id());
+    }
+
+    #[test]
+    fn the_host_routes_match_has_no_port_or_brackets_and_is_lower_case() {
+        let host = |uri: &str, header: Option<&str>| {
+            let mut request = Request::builder().uri(uri);
+            if let Some(header) = header {
+                request = request.header(header::HOST, header);
+            }
+            let request = request.body(()).unwrap();
+            let source = HostSource::of(&request);
+            let host = source.host();
+            (host.to_string(), matches!(host, Cow::Borrowed(_)))
+        };
+        assert_eq!(host("/", Some("api.test:8080")), ("api.test".into(), true));
+        assert_eq!(host("/", Some("Api.TEST")), ("api.test".into(), false));
+        assert_eq!(host("/", Some("[::1]:7780")), ("::1".into(), true));
+        assert_eq!(host("/", Some("odd:port")), ("odd:port".into(), true));
+        assert_eq!(host("/", None), (String::new(), true));
+        assert_eq!(host("/", Some("[]")), (String::new(), true));
+        assert_eq!(host("/", Some("caf\u{e9}.test")), (String::new(), true));
+        // The URI's authority wins over the header (absolute form, HTTP/2).
+        assert_eq!(
+            host("http://Web.test:81/x", Some("other.test")),
+            ("web.test".into(), false)
+        );
     }
 }

@@ -16,6 +16,9 @@ use strata_trace::{Exporter, Span, SpanKind, TraceParent};
 /// What forwarding did, for the request's span; each attempt fills it in.
 #[derive(Default)]
 pub(crate) struct Forwarded {
+    /// The answer's header lines, when they stayed raw: set with the answer that carries them
+    /// and taken with it by the caller of [`crate::proxy::Gateway::handle`].
+    pub raw: Option<Box<crate::h1::RawHeaders>>,
     /// The upstream group the request went to (the fallback's, after an open breaker).
     pub upstream: Option<Arc<Group>>,
     /// The member that answered, or the last one tried.

@@ -381,11 +381,13 @@ impl Group {
         upgrade: bool,
         raw_answer: bool,
         added: &[u8],
-    ) -> Result<hyper::Response<axum::body::Body>, SendError> {
+    ) -> Result<Answer, SendError> {
         debug_assert!(added.is_empty() || (self.writes_head_itself() && !upgrade));
         match &self.transport {
             // The rare cases boxed, so the common one's future stays small.
-            Transport::Http1(pool) if upgrade => Box::pin(pool.send_upgrade(member, request)).await,
+            Transport::Http1(pool) if upgrade => Box::pin(pool.send_upgrade(member, request))
+                .await
+                .map(Answer::parsed),
             Transport::Http1(pool) => {
                 pool.send(member, request, replayable, raw_answer, added)
                     .await
@@ -397,7 +399,7 @@ impl Group {
                     *request.uri_mut() = hyper::Uri::try_from(format!("http://{member}{path}"))
                         .map_err(|error| SendError::Broken(Box::new(error)))?;
                     match client.request(request).await {
-                        Ok(response) => Ok(response.map(axum::body::Body::new)),
+                        Ok(response) => Ok(Answer::parsed(response.map(axum::body::Body::new))),
                         Err(error) if error.is_connect() => {
                             Err(SendError::Connect(Box::new(error)))
                         }
@@ -406,6 +408,27 @@ impl Group {
                 })
                 .await
             }
+        }
+    }
+}
+
+/// A member's answer once its head arrived: the response, and its header lines when they
+/// stayed raw (see [`crate::h1::parse_answer`]; the response's map is then empty). Carried
+/// beside the response rather than in its extensions, where the first one costs three
+/// allocations on every request; boxed, as the answer is moved several times on its way
+/// to the client and a pointer moves for less than the lines' 56 bytes.
+#[derive(Debug)]
+pub struct Answer {
+    pub response: hyper::Response<axum::body::Body>,
+    pub raw: Option<Box<crate::h1::RawHeaders>>,
+}
+
+impl Answer {
+    /// An answer whose headers are in its map.
+    pub fn parsed(response: hyper::Response<axum::body::Body>) -> Self {
+        Answer {
+            response,
+            raw: None,
         }
     }
 }

@@ -156,6 +156,10 @@ pub fn parse_answer(
     head_request: bool,
     raw: bool,
 ) -> io::Result<Option<AnswerHead>> {
+    // The usual first call, before anything was read: no parser to set up.
+    if buf.is_empty() {
+        return Ok(None);
+    }
     loop {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -583,6 +587,9 @@ pub fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<RequestHead>, BadRequest> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
     let max_head = max_head.min(MAX_HEAD);
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);

@@ -16,6 +16,7 @@
 //! [`HEADER_TIMEOUT`] of connecting, or of the first byte of a later head, is disconnected
 //! (slowloris). Between requests a connection may idle for [`KEEPALIVE_TIMEOUT`].
 
+use crate::deadline::Reused;
 use crate::h1::{self, BadRequest, RequestBody, RequestHead};
 use crate::proxy::{Gateway, HEADER_TIMEOUT, MAX_HEADER_BYTES};
 use crate::upstream::Answer;
@@ -30,7 +31,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The longest request body read before its request is handled; a longer one hands the
@@ -79,7 +80,7 @@ pub(crate) async fn serve(
     let mut conn = Conn {
         read: BytesMut::with_capacity(READ_CHUNK),
         write: BytesMut::with_capacity(1024),
-        timer: None,
+        timer: Reused::default(),
         cancelled: Box::pin(cancel.clone().cancelled_owned()),
         served: 0,
     };
@@ -158,10 +159,8 @@ struct Conn {
     read: BytesMut,
     /// Where answer heads (and small bodies) are put together.
     write: BytesMut,
-    /// When waiting for a head must end, and the timer that wakes the task then; kept from
-    /// request to request and moved only when the deadline moved by a second or more, so a
-    /// busy connection touches the timer wheel about once a second rather than per request.
-    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// The timer that ends a wait for a head (see [`crate::deadline`]).
+    timer: Reused,
     /// Fires when the gateway stops; an idle connection then closes.
     cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// Requests answered on this connection.
@@ -253,20 +252,7 @@ impl Conn {
         if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
             self.read.reserve(READ_CHUNK);
         }
-        // Later by under a second: left as it is (it fires early, and is moved then).
-        let moved = match &self.timer {
-            Some((at, _)) => deadline < *at || deadline.duration_since(*at).as_secs() >= 1,
-            None => true,
-        };
-        if moved {
-            match &mut self.timer {
-                Some((at, sleep)) => {
-                    *at = deadline;
-                    sleep.as_mut().reset(deadline);
-                }
-                None => self.timer = Some((deadline, Box::pin(tokio::time::sleep_until(deadline)))),
-            }
-        }
+        self.timer.arm(deadline);
         let idle = self.read.is_empty();
         std::future::poll_fn(|cx| {
             match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut self.read) {
@@ -277,17 +263,7 @@ impl Conn {
             if idle && self.cancelled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            let (at, sleep) = self.timer.as_mut().expect("armed above");
-            if sleep.as_mut().poll(cx).is_ready() {
-                if Instant::now() >= deadline {
-                    return Poll::Ready(None);
-                }
-                // Armed for an earlier wait: move it to this one's deadline.
-                *at = deadline;
-                sleep.as_mut().reset(deadline);
-                let _ = sleep.as_mut().poll(cx);
-            }
-            Poll::Pending
+            self.timer.poll_passed(deadline, cx).map(|()| None)
         })
         .await
     }

@@ -36,6 +36,7 @@ pub mod access_log;
 pub mod balance;
 pub mod cluster_limits;
 pub mod component;
+pub mod deadline;
 pub mod edge;
 pub mod edge_auth;
 pub mod files;

@@ -26,6 +26,7 @@
 //! **Invariant:** a connection is in an idle list only when no request uses it, the last
 //! answer on it was read to its end with no byte after it, and both sides said it persists.
 
+use crate::deadline::Reused;
 use crate::h1::{self, AnswerHead, BodyFraming, Chunked, Piece, RequestFraming};
 use crate::metrics::UpstreamMetrics;
 use crate::upstream::{Answer, OpenCount};
@@ -71,6 +72,9 @@ pub enum SendError {
     /// The exchange broke before the answer's head arrived (reset, closed, malformed answer,
     /// or the request's body failed).
     Broken(Box<dyn std::error::Error + Send + Sync>),
+    /// The deadline passed before the answer's head arrived (the connection, if any, is
+    /// closed).
+    TimedOut,
 }
 
 impl SendError {
@@ -85,6 +89,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(error) => write!(f, "connect: {error}"),
             SendError::Broken(error) => write!(f, "exchange: {error}"),
+            SendError::TimedOut => f.write_str("no answer before the deadline"),
         }
     }
 }
@@ -93,6 +98,7 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SendError::Connect(error) | SendError::Broken(error) => Some(error.as_ref()),
+            SendError::TimedOut => None,
         }
     }
 }
@@ -146,6 +152,8 @@ struct Conn {
     read: BytesMut,
     /// Where a request's head is written before it is sent (kept, so that its allocation is).
     write: BytesMut,
+    /// Ends the wait for an answer at the request's deadline; kept with the connection.
+    timer: Reused,
     /// Counts the connection as open until it is dropped.
     _open: OpenCount,
 }
@@ -369,10 +377,12 @@ impl Http1Pool {
     }
 
     /// Sends `request` (origin-form URI) to `member` (`HOST:PORT`) and returns the answer
-    /// once its head arrived; its body keeps the connection and returns it to the pool when it
-    /// ends. `replayable`: the request has no body and may be sent twice (idempotent).
+    /// once its head arrived, if it does before `deadline`; its body keeps the connection and
+    /// returns it to the pool when it ends. `replayable`: the request has no body and may be
+    /// sent twice (idempotent).
     ///
     /// Cancel safety: dropping the future closes the connection it was using.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         member: &str,
@@ -380,6 +390,7 @@ impl Http1Pool {
         replayable: bool,
         raw_answer: bool,
         added: &[u8],
+        deadline: tokio::time::Instant,
     ) -> Result<Answer, SendError> {
         let mut request = request;
         prepare(&mut request, member);
@@ -393,7 +404,14 @@ impl Http1Pool {
             let (mut conn, idle_for) = match checked_out {
                 Some((conn, idle_for)) => (conn, Some(idle_for)),
                 // Boxed: opening is rare, and the request's future stays small without it.
-                None => (Box::pin(self.shared.connect(member)).await?, None),
+                None => {
+                    match tokio::time::timeout_at(deadline, Box::pin(self.shared.connect(member)))
+                        .await
+                    {
+                        Ok(opened) => (opened?, None),
+                        Err(_) => return Err(SendError::TimedOut),
+                    }
+                }
             };
             let replay = match idle_for {
                 Some(idle_for)
@@ -403,7 +421,16 @@ impl Http1Pool {
                 }
                 _ => None,
             };
-            match exchange(&mut conn, request, raw_answer, added).await {
+            let mut timer = std::mem::take(&mut conn.timer);
+            let exchanged = timer
+                .within(deadline, exchange(&mut conn, request, raw_answer, added))
+                .await;
+            conn.timer = timer;
+            let Some(exchanged) = exchanged else {
+                // Mid-exchange: the connection is not used again.
+                return Err(SendError::TimedOut);
+            };
+            match exchanged {
                 Ok(head) => return Ok(self.shared.clone().wrap(conn, head)),
                 Err(failed) => {
                     drop(conn);
@@ -559,6 +586,7 @@ impl Shared {
             stream,
             read: BytesMut::new(),
             write: BytesMut::new(),
+            timer: Reused::default(),
             _open: OpenCount::new(&self.metrics.open),
         })
     }

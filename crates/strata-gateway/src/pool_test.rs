@@ -18,6 +18,8 @@ enum Mode {
     DropSecond,
     /// Answers with `Connection: close` and closes.
     ConnectionClose,
+    /// Answers the first request, reads the second and never answers it.
+    SilentSecond,
 }
 
 /// A test upstream: its address and what it counted.
@@ -67,6 +69,9 @@ async fn upstream(mode: Mode) -> Upstream {
                     on_this += 1;
                     if mode == Mode::DropSecond && on_this == 2 {
                         return;
+                    }
+                    if mode == Mode::SilentSecond && on_this == 2 {
+                        std::future::pending::<()>().await;
                     }
                     served.fetch_add(1, Ordering::SeqCst);
                     let close = if mode == Mode::ConnectionClose {
@@ -123,11 +128,16 @@ fn request(method: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// A deadline no test reaches.
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
 /// Sends a request and reads its whole answer.
 async fn get(pool: &Http1Pool, member: &str) -> Result<String, SendError> {
     // Its headers stay raw (as the HTTP/1.1 front asks): reuse does not depend on them.
     let response = pool
-        .send(member, request("GET"), true, true, b"")
+        .send(member, request("GET"), true, true, b"", far())
         .await?
         .response;
     assert_eq!(response.status(), 200);
@@ -153,7 +163,7 @@ async fn an_answer_without_a_body_returns_its_connection_unread() {
     let upstream = upstream(Mode::KeepAlive).await;
     let (pool, _) = pool_with(settings());
     let response = pool
-        .send(&upstream.address, request("HEAD"), true, false, b"")
+        .send(&upstream.address, request("HEAD"), true, false, b"", far())
         .await
         .unwrap();
     assert_eq!(pool.idle_count(&upstream.address), 1);
@@ -192,7 +202,7 @@ async fn a_request_that_may_not_be_repeated_fails_when_a_pooled_connection_break
     let (pool, _) = pool_with(settings());
     get(&pool, &upstream.address).await.unwrap();
     let error = pool
-        .send(&upstream.address, request("POST"), false, false, b"")
+        .send(&upstream.address, request("POST"), false, false, b"", far())
         .await
         .unwrap_err();
     assert!(!error.is_connect(), "{error}");
@@ -242,7 +252,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     let upstream = upstream(Mode::KeepAlive).await;
     let (pool, metrics) = pool_with(settings());
     let response = pool
-        .send(&upstream.address, request("GET"), true, false, b"")
+        .send(&upstream.address, request("GET"), true, false, b"", far())
         .await
         .unwrap();
     drop(response);
@@ -261,11 +271,11 @@ async fn idle_connections_beyond_the_limit_are_closed() {
     });
     // Two answers held at once: two connections.
     let first = pool
-        .send(&upstream.address, request("GET"), true, false, b"")
+        .send(&upstream.address, request("GET"), true, false, b"", far())
         .await
         .unwrap();
     let second = pool
-        .send(&upstream.address, request("GET"), true, false, b"")
+        .send(&upstream.address, request("GET"), true, false, b"", far())
         .await
         .unwrap();
     assert_eq!(metrics.opened.get(), 2);
@@ -282,7 +292,7 @@ async fn a_member_that_refuses_is_a_connect_error() {
     drop(listener);
     let (pool, metrics) = pool_with(settings());
     let error = pool
-        .send(&address, request("GET"), true, false, b"")
+        .send(&address, request("GET"), true, false, b"", far())
         .await
         .unwrap_err();
     assert!(error.is_connect(), "{error}");
@@ -330,7 +340,7 @@ async fn a_request_without_a_host_header_names_the_member() {
     let mut bare = Request::new(Body::empty());
     *bare.uri_mut() = hyper::Uri::from_static("/y?z=1");
     let response = pool
-        .send(&address, bare, true, false, b"")
+        .send(&address, bare, true, false, b"", far())
         .await
         .unwrap()
         .response;
@@ -338,4 +348,33 @@ async fn a_request_without_a_host_header_names_the_member() {
     let head = seen.await.unwrap().to_ascii_lowercase();
     assert!(head.starts_with("get /y?z=1 http/1.1\r\n"), "{head}");
     assert!(head.contains(&format!("host: {address}\r\n")), "{head}");
+}
+
+#[tokio::test]
+async fn an_answer_late_for_its_deadline_times_out_and_its_connection_is_not_reused() {
+    let upstream = upstream(Mode::SilentSecond).await;
+    let (pool, _) = pool_with(settings());
+    get(&pool, &upstream.address).await.unwrap();
+    assert_eq!(pool.idle_count(&upstream.address), 1);
+    // The pooled connection's timer was set for the first request's far deadline; this
+    // request's nearer one must still end the wait.
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_millis(300);
+    let sent = pool
+        .send(
+            &upstream.address,
+            request("GET"),
+            true,
+            false,
+            b"",
+            deadline,
+        )
+        .await;
+    assert!(matches!(sent, Err(SendError::TimedOut)), "{sent:?}");
+    assert!(tokio::time::Instant::now() >= deadline);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(pool.idle_count(&upstream.address), 0);
+    // The next request opens a new connection (its first request is answered).
+    get(&pool, &upstream.address).await.unwrap();
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
 }

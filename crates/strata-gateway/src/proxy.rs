@@ -9,6 +9,7 @@
 use crate::balance::HashOn;
 use crate::guard::FallbackAction;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::pool::SendError;
 use crate::route::{parse_cookies, Action, CanaryChoice, Compiled, RequestView, Route};
 use crate::span::{Forwarded, RequestSpan};
 use crate::upstream::{build_groups, Answer, Group};
@@ -1002,18 +1003,17 @@ impl Gateway {
             let upgrading = upgrade.is_some();
             let (answer, answered_by) = match hedge {
                 None => (
-                    tokio::time::timeout_at(
-                        deadline,
-                        group.send(
+                    group
+                        .send(
                             &endpoint.address,
                             outgoing,
                             safe_to_repeat,
                             upgrading,
                             raw_answer,
                             &added,
-                        ),
-                    )
-                    .await,
+                            deadline,
+                        )
+                        .await,
                     index,
                 ),
                 Some(after) => {
@@ -1024,6 +1024,7 @@ impl Gateway {
                         upgrading,
                         raw_answer,
                         &added,
+                        deadline,
                     );
                     tokio::pin!(first);
                     let raced = Box::pin(tokio::time::timeout_at(deadline, async {
@@ -1046,15 +1047,17 @@ impl Gateway {
                         *second.headers_mut() = headers.clone().unwrap_or_default();
                         tokio::select! {
                             answer = &mut first => (answer, index),
-                            answer = group.send(&spare.address, second, safe_to_repeat, false, raw_answer, &added) => (answer, other),
+                            answer = group.send(&spare.address, second, safe_to_repeat, false, raw_answer, &added, deadline) => (answer, other),
                         }
                     }))
                     .await;
-                    match raced {
-                        Ok((answer, by)) => (Ok(answer), by),
-                        Err(elapsed) => (Err(elapsed), index),
-                    }
+                    raced.unwrap_or((Err(SendError::TimedOut), index))
                 }
+            };
+            // The deadline apart from the other ways an exchange fails.
+            let answer = match answer {
+                Err(SendError::TimedOut) => Err(()),
+                answer => Ok(answer),
             };
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
             let (index, endpoint) = (answered_by, &members.endpoints[answered_by]);
@@ -1250,7 +1253,7 @@ impl Tried {
 }
 
 /// True when the body-size limit cut the upload short.
-fn limit_exceeded(error: &crate::pool::SendError) -> bool {
+fn limit_exceeded(error: &SendError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.to_string().contains("length limit exceeded") {

@@ -366,13 +366,15 @@ impl Group {
     }
 
     /// Sends `request` (with an origin-form URI) to `member` (`HOST:PORT`) and returns the
-    /// answer once its head arrived. `replayable`: it has no body and may be sent twice;
-    /// `upgrade`: it asks to switch protocols; `raw_answer`: an HTTP/1.1 answer's headers may
-    /// stay raw (see [`crate::h1::parse_answer`]); `added`: header lines written after the
-    /// request's own, only where [`Group::writes_head_itself`] (empty otherwise).
+    /// answer once its head arrived, or [`SendError::TimedOut`] when `deadline` came first.
+    /// `replayable`: it has no body and may be sent twice; `upgrade`: it asks to switch
+    /// protocols; `raw_answer`: an HTTP/1.1 answer's headers may stay raw (see
+    /// [`crate::h1::parse_answer`]); `added`: header lines written after the request's own,
+    /// only where [`Group::writes_head_itself`] (empty otherwise).
     ///
     /// Cancel safety: dropping the future drops the request and closes the HTTP/1.1
     /// connection it was using.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         member: &str,
@@ -381,19 +383,24 @@ impl Group {
         upgrade: bool,
         raw_answer: bool,
         added: &[u8],
+        deadline: tokio::time::Instant,
     ) -> Result<Answer, SendError> {
         debug_assert!(added.is_empty() || (self.writes_head_itself() && !upgrade));
+        // The usual case keeps a timer with each pooled connection; the rare ones (boxed, so
+        // that the common one's future stays small) set one of their own.
         match &self.transport {
-            // The rare cases boxed, so the common one's future stays small.
-            Transport::Http1(pool) if upgrade => Box::pin(pool.send_upgrade(member, request))
+            Transport::Http1(pool) if upgrade => {
+                Box::pin(by_deadline(deadline, async move {
+                    pool.send_upgrade(member, request).await.map(Answer::parsed)
+                }))
                 .await
-                .map(Answer::parsed),
+            }
             Transport::Http1(pool) => {
-                pool.send(member, request, replayable, raw_answer, added)
+                pool.send(member, request, replayable, raw_answer, added, deadline)
                     .await
             }
             Transport::H2c(client) => {
-                Box::pin(async move {
+                Box::pin(by_deadline(deadline, async move {
                     let mut request = request;
                     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
                     *request.uri_mut() = hyper::Uri::try_from(format!("http://{member}{path}"))
@@ -405,11 +412,21 @@ impl Group {
                         }
                         Err(error) => Err(SendError::Broken(Box::new(error))),
                     }
-                })
+                }))
                 .await
             }
         }
     }
+}
+
+/// `sent`, cut short at `deadline`.
+async fn by_deadline(
+    deadline: tokio::time::Instant,
+    sent: impl Future<Output = Result<Answer, SendError>>,
+) -> Result<Answer, SendError> {
+    tokio::time::timeout_at(deadline, sent)
+        .await
+        .unwrap_or(Err(SendError::TimedOut))
 }
 
 /// A member's answer once its head arrived: the response, and its header lines when they

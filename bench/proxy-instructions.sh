@@ -9,8 +9,10 @@
 # thread and one route to the backend, every other setting its default, so spans and metrics
 # are on); after 1,000 warm-up requests instrumentation is switched on, h2load sends REQUESTS
 # HTTP/1.1 requests over 16 keep-alive connections, and the dump's total is divided by
-# REQUESTS. Prints instructions per request for both and their ratio, then Strata's functions
-# above 3% inclusive (`callgrind_annotate --inclusive=yes`) per request.
+# REQUESTS. Prints instructions per request for both and their ratio, Strata's tokio worker
+# thread's share alone (steadier from build to build: background threads such as the span
+# store follow the clock, which callgrind slows down), then Strata's functions above 3%
+# inclusive (`callgrind_annotate --inclusive=yes`) per request.
 #
 # Usage: bash bench/proxy-instructions.sh [STRATA_BINARY] [REQUESTS]
 #        (default target/release/strata and 5000; needs valgrind, nginx, h2load, jq, curl)
@@ -100,6 +102,14 @@ poll 60 curl -sf "http://$gateway/12"
 strata_ir=$(measure strata "$strata_pid" "http://$gateway/12")
 
 echo "instructions per proxied request: nginx $nginx_ir, strata $strata_ir, ratio $(awk -v s="$strata_ir" -v n="$nginx_ir" 'BEGIN { printf "%.2f", s / n }')"
+# The tokio worker's share (its scheduler loop, inclusive): the rest is background threads,
+# mostly the span store, whose work follows the clock (at most 100 new traces a second) and
+# so weighs tens of times more under callgrind's slowdown than at full speed. The steadier
+# number for comparing two builds.
+worker_ir=$(callgrind_annotate --inclusive=yes --threshold=100 "$dir"/strata.out.* 2>/dev/null |
+    awk -v n="$requests" '/ \* |=>/ { next }
+        /scheduler::multi_thread::worker::Context::run \[/ { c = $1; gsub(",", "", c); print int(c / n); exit }')
+echo "strata, its tokio worker thread alone: ${worker_ir:-?} per request"
 echo "strata, inclusive instructions per request (functions above 3%):"
 callgrind_annotate --inclusive=yes --threshold=100 "$dir"/strata.out.* 2>/dev/null |
     awk -v n="$requests" '/^ *[0-9,]+ \( *[0-9.]+%\) / {

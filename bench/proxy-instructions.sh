@@ -9,17 +9,30 @@
 # thread and one route to the backend, every other setting its default, so spans and metrics
 # are on); after 1,000 warm-up requests instrumentation is switched on, h2load sends REQUESTS
 # HTTP/1.1 requests over 16 keep-alive connections, and the dump's total is divided by
-# REQUESTS. Prints instructions per request for both and their ratio, Strata's tokio worker
-# thread's share alone (steadier from build to build: background threads such as the span
-# store follow the clock, which callgrind slows down), then Strata's functions above 3%
-# inclusive (`callgrind_annotate --inclusive=yes`) per request.
+# REQUESTS (one dump file per thread, summed). Prints instructions per request for both and
+# their ratio, Strata's tokio worker thread's share alone (its busiest thread; steadier from
+# build to build: background threads such as the span store follow the clock, which callgrind
+# slows down), then the worker's functions above 3% inclusive (`callgrind_annotate
+# --inclusive=yes`) per request.
 #
 # Usage: bash bench/proxy-instructions.sh [STRATA_BINARY] [REQUESTS]
 #        (default target/release/strata and 5000; needs valgrind, nginx, h2load, jq, curl)
+# Environment: ANCHOR=haproxy measures HAProxy (`nbthread 1`, `http-reuse always`) in nginx's
+# place; CACHE_SIM=1 turns on callgrind's cache and branch simulation (its default 32 KiB L1
+# caches; the kernel is not simulated) and also prints, per request and for each proxy, L1
+# instruction misses, L1 data read and write misses, and indirect branches and their
+# mispredictions: where the time goes when the instruction counts are close.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 strata=${1:-${CARGO_TARGET_DIR:-$repo/target}/release/strata}
 requests=${2:-5000}
+anchor=${ANCHOR:-nginx}
+[[ $anchor == nginx || $anchor == haproxy ]] || { echo "ANCHOR is nginx or haproxy" >&2; exit 1; }
+# One dump file per thread, so that the tokio worker can be told from background threads.
+callgrind=(valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes)
+[[ ${CACHE_SIM:-0} == 1 ]] && callgrind+=(--cache-sim=yes --branch-sim=yes)
+[[ $anchor == nginx ]] || command -v haproxy >/dev/null ||
+    { echo "ANCHOR=haproxy needs haproxy (Debian: apt-get install haproxy)" >&2; exit 1; }
 [[ -x $strata ]] || { echo "missing $strata: cargo build --release -p strata" >&2; exit 1; }
 for tool in valgrind callgrind_control callgrind_annotate nginx h2load jq curl python3; do
     command -v "$tool" >/dev/null || {
@@ -61,7 +74,19 @@ nginx -c "$dir/backend/nginx.conf" -p "$dir/backend" &
 pids+=($!)
 poll 10 curl -sf "http://127.0.0.1:$backend_port/12"
 
-# measure NAME PID URL: warms up, counts REQUESTS requests, prints instructions per request.
+# dump_ir FILE: the instructions one thread's dump file counts.
+dump_ir() { grep -m1 '^summary:\|^totals:' "$1" | awk '{print $2}'; }
+# busiest NAME: the dump file of NAME's thread that ran the most instructions.
+busiest() {
+    local file best=0 chosen=
+    for file in "$dir/$1".out.*; do
+        if (($(dump_ir "$file") > best)); then best=$(dump_ir "$file") chosen=$file; fi
+    done
+    echo "$chosen"
+}
+
+# measure NAME PID URL: warms up, counts REQUESTS requests, prints instructions per request
+# (all threads).
 measure() {
     local name=$1 pid=$2 url=$3 total
     h2load --h1 -n 1000 -c 16 "$url" >/dev/null
@@ -70,14 +95,24 @@ measure() {
         { echo "$name: not every request succeeded" >&2; exit 1; }
     callgrind_control -d "$pid" >/dev/null 2>&1
     poll 10 compgen -G "$dir/$name.out.*"
-    total=$(grep -h '^summary:\|^totals:' "$dir/$name".out.* | head -1 | awk '{print $2}')
+    total=0
+    for file in "$dir/$name".out.*; do total=$((total + $(dump_ir "$file"))); done
     echo $((total / requests))
 }
 
 proxy_port=$(free_port)
-nginx_conf "$dir/nginx" "upstream b { server 127.0.0.1:$backend_port; keepalive 64; } server { listen 127.0.0.1:$proxy_port; location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/nginx.out" \
-    nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >"$dir/nginx.log" 2>&1 &
+if [[ $anchor == nginx ]]; then
+    nginx_conf "$dir/nginx" "upstream b { server 127.0.0.1:$backend_port; keepalive 64; } server { listen 127.0.0.1:$proxy_port; location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    "${callgrind[@]}" --callgrind-out-file="$dir/nginx.out" \
+        nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >"$dir/nginx.log" 2>&1 &
+else
+    printf '%s\n' global '    nbthread 1' '    maxconn 8192' defaults '    mode http' \
+        '    timeout connect 5s' '    timeout client 30s' '    timeout server 30s' \
+        '    http-reuse always' frontend\ f "    bind 127.0.0.1:$proxy_port" \
+        '    default_backend be' backend\ be "    server b1 127.0.0.1:$backend_port" >"$dir/haproxy.cfg"
+    "${callgrind[@]}" --callgrind-out-file="$dir/nginx.out" \
+        haproxy -db -f "$dir/haproxy.cfg" >"$dir/nginx.log" 2>&1 &
+fi
 pids+=($!)
 poll 60 curl -sf "http://127.0.0.1:$proxy_port/12"
 nginx_ir=$(measure nginx "${pids[-1]}" "http://127.0.0.1:$proxy_port/12")
@@ -86,7 +121,7 @@ ports=()
 for listener in api raft grpc consul dns nacos nacos-grpc gateway gateway-tls xds; do
     ports+=("--$listener-addr" 127.0.0.1:0)
 done
-TOKIO_WORKER_THREADS=1 STRATA_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+TOKIO_WORKER_THREADS=1 STRATA_LOG=warn "${callgrind[@]}" \
     --callgrind-out-file="$dir/strata.out" "$strata" dev --data-dir "$dir/data" \
     --addrs-file "$dir/addrs.json" "${ports[@]}" >"$dir/strata.log" 2>&1 &
 pids+=($!)
@@ -101,17 +136,25 @@ printf '[[routes]]\nname = "all"\nupstream = "backend"\n[[upstreams]]\nname = "b
 poll 60 curl -sf "http://$gateway/12"
 strata_ir=$(measure strata "$strata_pid" "http://$gateway/12")
 
-echo "instructions per proxied request: nginx $nginx_ir, strata $strata_ir, ratio $(awk -v s="$strata_ir" -v n="$nginx_ir" 'BEGIN { printf "%.2f", s / n }')"
-# The tokio worker's share (its scheduler loop, inclusive): the rest is background threads,
-# mostly the span store, whose work follows the clock (at most 100 new traces a second) and
-# so weighs tens of times more under callgrind's slowdown than at full speed. The steadier
-# number for comparing two builds.
-worker_ir=$(callgrind_annotate --inclusive=yes --threshold=100 "$dir"/strata.out.* 2>/dev/null |
-    awk -v n="$requests" '/ \* |=>/ { next }
-        /scheduler::multi_thread::worker::Context::run \[/ { c = $1; gsub(",", "", c); print int(c / n); exit }')
-echo "strata, its tokio worker thread alone: ${worker_ir:-?} per request"
-echo "strata, inclusive instructions per request (functions above 3%):"
-callgrind_annotate --inclusive=yes --threshold=100 "$dir"/strata.out.* 2>/dev/null |
+echo "instructions per proxied request: $anchor $nginx_ir, strata $strata_ir, ratio $(awk -v s="$strata_ir" -v n="$nginx_ir" 'BEGIN { printf "%.2f", s / n }')"
+if [[ ${CACHE_SIM:-0} == 1 ]]; then
+    for who in "$anchor" strata; do
+        file=$(busiest "$([[ $who == strata ]] && echo strata || echo nginx)")
+        awk -v n="$requests" -v who="$who" '
+            /^events:/ { for (i = 2; i <= NF; i++) at[$i] = i }
+            /^summary:|^totals:/ && !done { done = 1
+                printf "%s (busiest thread) per request: L1i misses %d, L1d read/write misses %d/%d, indirect branches %d (mispredicted %d)\n",
+                    who, $at["I1mr"] / n, $at["D1mr"] / n, $at["D1mw"] / n, $at["Bi"] / n, $at["Bim"] / n }' "$file"
+    done
+fi
+# The tokio worker's share (the busiest thread): the rest is background threads, mostly the
+# span store, whose work follows the clock (at most 100 new traces a second) and so weighs tens
+# of times more under callgrind's slowdown than at full speed. The steadier number for
+# comparing two builds.
+worker=$(busiest strata)
+echo "strata, its tokio worker thread alone: $(($(dump_ir "$worker") / requests)) per request"
+echo "strata's worker thread, inclusive instructions per request (functions above 3%):"
+callgrind_annotate --inclusive=yes --threshold=100 "$worker" 2>/dev/null |
     awk -v n="$requests" '/^ *[0-9,]+ \( *[0-9.]+%\) / {
         count = $1; gsub(",", "", count); share = $2; gsub("[(%)]", "", share)
         if (share + 0 < 3 || share + 0 >= 99.9) next

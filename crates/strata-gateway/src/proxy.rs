@@ -1597,12 +1597,13 @@ impl HostSource {
             }
             HostSource::Missing => b"",
         };
-        let start = bytes.iter().position(|&b| b != b'[').unwrap_or(bytes.len());
-        let end = bytes
-            .iter()
-            .rposition(|&b| b != b']')
-            .map_or(start, |last| last + 1);
-        let bytes = &bytes[start..end.max(start)];
+        let mut bytes = bytes;
+        while let [b'[', rest @ ..] = bytes {
+            bytes = rest;
+        }
+        while let [rest @ .., b']'] = bytes {
+            bytes = rest;
+        }
         let mut upper = false;
         for &b in bytes {
             // What `HeaderValue::to_str` accepts.

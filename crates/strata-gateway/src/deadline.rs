@@ -76,11 +76,15 @@ impl Reused {
         Poll::Pending
     }
 
-    /// Runs `work` until it ends (`Some` of its output) or `deadline` passes first (`None`,
-    /// and `work` is dropped).
-    pub async fn within<F: Future>(&mut self, deadline: Instant, work: F) -> Option<F::Output> {
+    /// Runs `work` until it ends (`Some` of its output) or `deadline` passes first (`None`;
+    /// the caller drops `work`). Pinned by the caller, where it was made: taken by value, a
+    /// large future is copied twice on its way in (in the pool, about 1 KiB each time).
+    pub async fn within<F: Future>(
+        &mut self,
+        deadline: Instant,
+        mut work: Pin<&mut F>,
+    ) -> Option<F::Output> {
         self.arm(deadline);
-        let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(output) = work.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
@@ -95,31 +99,32 @@ impl Reused {
 mod tests {
     use super::*;
 
+    fn pending() -> std::future::Pending<()> {
+        std::future::pending()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_wait_ends_at_its_own_deadline_whatever_the_timer_was_set_for() {
         let mut timer = Reused::default();
         let start = Instant::now();
         // The first wait sets it; the work ends first.
         let done = timer
-            .within(start + Duration::from_secs(30), async { 7 })
+            .within(start + Duration::from_secs(30), std::pin::pin!(async { 7 }))
             .await;
         assert_eq!(done, Some(7));
         // A later deadline within the slack leaves the timer early: it fires at 30 s, and
         // the wait goes on to its own deadline.
         let later = start + Duration::from_millis(30_500);
-        let waited = timer.within(later, std::future::pending::<()>()).await;
+        let waited = timer.within(later, std::pin::pin!(pending())).await;
         assert_eq!(waited, None);
         assert_eq!(Instant::now(), later);
         // An earlier deadline moves it back.
         let sooner = Instant::now() + Duration::from_millis(10);
-        assert_eq!(
-            timer.within(sooner, std::future::pending::<()>()).await,
-            None
-        );
+        assert_eq!(timer.within(sooner, std::pin::pin!(pending())).await, None);
         assert_eq!(Instant::now(), sooner);
         // A deadline further out than the slack moves it forward.
         let far = Instant::now() + Duration::from_secs(5);
-        assert_eq!(timer.within(far, std::future::pending::<()>()).await, None);
+        assert_eq!(timer.within(far, std::pin::pin!(pending())).await, None);
         assert_eq!(Instant::now(), far);
     }
 
@@ -134,6 +139,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(1_999)).await;
             done.send("answered").unwrap();
         };
+        let work = std::pin::pin!(work);
         let (answer, ()) = tokio::join!(timer.within(deadline, work), clock);
         assert_eq!(answer, Some("answered"));
     }

@@ -123,9 +123,14 @@ pub(crate) async fn serve(
         };
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
-        let handling = std::pin::pin!(gateway.handle(request.map(|()| body), client, false, true));
-        let Some(Answer { mut response, raw }) = conn.unless_client_leaves(&stream, handling).await
-        else {
+        // In a block of its own: the handling's state (kilobytes) is gone before the answer
+        // is written, so the two waits share their room in this future.
+        let answer = {
+            let handling =
+                std::pin::pin!(gateway.handle(request.map(|()| body), client, false, true));
+            conn.unless_client_leaves(&stream, handling).await
+        };
+        let Some(Answer { mut response, raw }) = answer else {
             tracing::debug!(%client, "the client closed the connection before its answer; request dropped");
             return Ended::Closed;
         };

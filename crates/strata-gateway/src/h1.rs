@@ -196,46 +196,44 @@ pub fn parse_answer(
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let mut spans = [Span::default(); MAX_HEADERS];
-        let spans = spans_of(buf, parsed.headers, &mut spans);
-        let head = buf.split_to(length).freeze();
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
-        let mut kept = None;
-        let (framing, keep_alive) = if raw {
-            let lines = Raw { head: &head, spans };
-            let seen = lines.seen();
-            let (framing, keep_alive) = framing_of(&lines, seen, status, head_request)?;
-            let length = match framing {
-                BodyFraming::Length(length) => Ok(Some(length)),
-                _ if seen.content_length => content_length(&lines),
-                _ => Ok(None),
-            };
-            kept = Some(Box::new(lines.kept(seen, length.ok().flatten())));
-            (
+        if raw {
+            let (framing, keep_alive, kept) = raw_answer(
+                &buf[..length],
+                parsed.headers,
+                status,
+                head_request,
+                version,
+            )?;
+            buf.advance(length);
+            return Ok(Some(AnswerHead {
+                response,
                 framing,
-                keep_alive && connection_persists(&lines, seen, version),
-            )
-        } else {
-            let (mut map, seen) = header_map(&head, spans)
-                .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
-            let (framing, keep_alive) = framing_of(&map, seen, status, head_request)?;
-            if seen.transfer_encoding && seen.content_length {
-                // The chunks (or the close) frame the body, not the length: a length passed on
-                // with a body of another size would split the client's stream (RFC 9112
-                // section 6.3).
-                map.remove(header::CONTENT_LENGTH);
-            }
-            let keep_alive = keep_alive && connection_persists(&map, seen, version);
-            *response.headers_mut() = map;
-            (framing, keep_alive)
-        };
+                keep_alive,
+                raw: Some(Box::new(kept)),
+            }));
+        }
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let spans = spans_of(buf, parsed.headers, &mut spans);
+        let head = buf.split_to(length).freeze();
+        let (mut map, seen) = header_map(&head, spans)
+            .map_err(|what| invalid(&format!("the upstream's answer has an {what}")))?;
+        let (framing, keep_alive) = framing_of(&map, seen, status, head_request)?;
+        if seen.transfer_encoding && seen.content_length {
+            // The chunks (or the close) frame the body, not the length: a length passed on
+            // with a body of another size would split the client's stream (RFC 9112
+            // section 6.3).
+            map.remove(header::CONTENT_LENGTH);
+        }
+        let keep_alive = keep_alive && connection_persists(&map, seen, version);
+        *response.headers_mut() = map;
         return Ok(Some(AnswerHead {
             response,
             framing,
             keep_alive,
-            raw: kept,
+            raw: None,
         }));
     }
 }
@@ -285,22 +283,6 @@ struct Seen {
 }
 
 impl Seen {
-    /// As [`Seen::note`], for a name in any case.
-    fn note_raw(&mut self, name: &[u8]) {
-        let is = |other: &HeaderName| name.eq_ignore_ascii_case(other.as_str().as_bytes());
-        if is(&header::TRANSFER_ENCODING) {
-            self.transfer_encoding = true;
-        } else if is(&header::CONTENT_LENGTH) {
-            self.content_length = true;
-        } else if is(&header::CONNECTION) {
-            self.connection = true;
-        } else if is(&header::UPGRADE) {
-            self.upgrade = true;
-        } else if is(&header::EXPECT) {
-            self.expect = true;
-        }
-    }
-
     fn note(&mut self, name: &HeaderName) {
         if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
@@ -391,21 +373,28 @@ fn ends_chunked(headers: &impl Fields) -> bool {
 /// The `Content-Length`, when there is one: every value (and every comma-separated element)
 /// must be the same number.
 pub fn content_length(headers: &impl Fields) -> io::Result<Option<u64>> {
-    let mut length = None;
-    for value in headers.values(&header::CONTENT_LENGTH) {
-        for element in value.split(|b| *b == b',') {
-            let element = element.trim_ascii();
-            if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
-                return Err(invalid("invalid Content-Length"));
-            }
-            let parsed = element
-                .iter()
-                .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(invalid("conflicting Content-Length values"));
-            }
-            length = Some(parsed);
+    headers
+        .values(&header::CONTENT_LENGTH)
+        .try_fold(None, |length, value| {
+            with_length(length, value).map_err(invalid)
+        })
+}
+
+/// The length so far (`None` before the first `Content-Length` value) with `value`'s
+/// elements; each must be a number, and the same one.
+fn with_length(mut length: Option<u64>, value: &[u8]) -> Result<Option<u64>, &'static str> {
+    for element in value.split(|b| *b == b',') {
+        let element = element.trim_ascii();
+        if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
+            return Err("invalid Content-Length");
         }
+        let parsed = element
+            .iter()
+            .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+        if length.is_some_and(|seen| seen != parsed) {
+            return Err("conflicting Content-Length values");
+        }
+        length = Some(parsed);
     }
     Ok(length)
 }
@@ -430,11 +419,14 @@ pub fn asks_close(headers: &HeaderMap) -> bool {
 
 /// Whether a comma-separated header `name` lists `token` (case-insensitive).
 fn has_token(headers: &impl Fields, name: HeaderName, token: &str) -> bool {
-    headers.values(&name).any(|value| {
-        value
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    headers.values(&name).any(|value| lists(value, token))
+}
+
+/// Whether the comma-separated `value` lists `token` (case-insensitive).
+fn lists(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Header fields looked up by name: a parsed map, or a head's raw lines.
@@ -449,99 +441,153 @@ impl Fields for HeaderMap {
     }
 }
 
-/// A head's header lines where httparse found them.
-struct Raw<'h> {
-    head: &'h [u8],
-    spans: &'h [Span],
-}
-
-impl Fields for Raw<'_> {
-    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
-        let name = name.as_str().as_bytes();
-        self.spans
-            .iter()
-            .filter(move |span| self.name(span).eq_ignore_ascii_case(name))
-            .map(|span| self.value(span))
-    }
-}
-
-/// What the gateway does with an answer header it passes on raw.
+/// What an answer header is to the gateway when the answer's lines stay raw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Passed {
-    /// On, as it is.
+enum Role {
+    /// Passed on as it is.
     On,
-    /// On; it is the `Date`.
+    /// Passed on; it is the `Date`.
     Date,
-    /// On unless the body is chunked; it is the `Content-Length`.
+    /// The `Content-Length`: passed on unless a transfer coding frames the body.
     Length,
-    /// Never on (hop-by-hop, the framing's own, or set by the gateway).
+    /// The `Transfer-Encoding` (the framing's own: never passed on).
+    Coding,
+    /// The `Connection` (hop-by-hop: never passed on).
+    Connection,
+    /// Never passed on: the other hop-by-hop headers but `Trailer`, `Upgrade`, and
+    /// `X-Request-Id` (the gateway sets its own). The names `proxy::finish_response` drops
+    /// from a map, plus the framing's own.
     Dropped,
 }
 
-/// How an answer header named `name` (any case) is passed on; the same names
-/// `proxy::finish_response` drops from a map, plus `X-Request-Id` and the framing's own.
-fn passed(name: &[u8]) -> Passed {
+/// The role of an answer header named `name` (any case).
+fn role(name: &[u8]) -> Role {
     let is = |other: &[u8]| name.eq_ignore_ascii_case(other);
     match name.len() {
-        2 if is(b"te") => Passed::Dropped,
-        4 if is(b"date") => Passed::Date,
-        7 if is(b"upgrade") => Passed::Dropped,
-        10 if is(b"connection") || is(b"keep-alive") => Passed::Dropped,
-        12 if is(b"x-request-id") => Passed::Dropped,
-        14 if is(b"content-length") => Passed::Length,
-        16 if is(b"proxy-connection") => Passed::Dropped,
-        17 if is(b"transfer-encoding") => Passed::Dropped,
-        18 if is(b"proxy-authenticate") => Passed::Dropped,
-        19 if is(b"proxy-authorization") => Passed::Dropped,
-        _ => Passed::On,
+        2 if is(b"te") => Role::Dropped,
+        4 if is(b"date") => Role::Date,
+        7 if is(b"upgrade") => Role::Dropped,
+        10 if is(b"connection") => Role::Connection,
+        10 if is(b"keep-alive") => Role::Dropped,
+        12 if is(b"x-request-id") => Role::Dropped,
+        14 if is(b"content-length") => Role::Length,
+        16 if is(b"proxy-connection") => Role::Dropped,
+        17 if is(b"transfer-encoding") => Role::Coding,
+        18 if is(b"proxy-authenticate") => Role::Dropped,
+        19 if is(b"proxy-authorization") => Role::Dropped,
+        _ => Role::On,
     }
 }
 
-impl Raw<'_> {
-    fn name(&self, span: &Span) -> &[u8] {
-        &self.head[span.name.0 as usize..(span.name.0 + span.name.1) as usize]
+/// An answer's framing, whether its connection may carry another request, and the header
+/// lines passed on, from `headers` as httparse found them in `head` (the head's bytes): one
+/// look at each name, and the lines passed on copied from `head` a run at a time (a line not
+/// ending in CRLF is written anew, with one).
+fn raw_answer(
+    head: &[u8],
+    headers: &[httparse::Header<'_>],
+    status: StatusCode,
+    head_request: bool,
+    version: Version,
+) -> io::Result<(BodyFraming, bool, RawHeaders)> {
+    let mut roles = [Role::On; MAX_HEADERS];
+    let mut length: Result<Option<u64>, &'static str> = Ok(None);
+    let (mut lengths, mut coded, mut chunked) = (false, false, false);
+    let (mut connection, mut close, mut keep_alive) = (false, false, false);
+    let mut kept = RawHeaders::default();
+    for (header, slot) in headers.iter().zip(roles.iter_mut()) {
+        let value = header.value;
+        *slot = role(header.name.as_bytes());
+        match *slot {
+            Role::Length => {
+                lengths = true;
+                length = length.and_then(|length| with_length(length, value));
+            }
+            Role::Coding => {
+                // The last coding named decides.
+                coded = true;
+                chunked = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            Role::Connection => {
+                connection = true;
+                close |= lists(value, "close");
+                keep_alive |= lists(value, "keep-alive");
+            }
+            Role::Date => kept.dated = true,
+            Role::On | Role::Dropped => {}
+        }
     }
-
-    fn value(&self, span: &Span) -> &[u8] {
-        &self.head[span.value.0 as usize..(span.value.0 + span.value.1) as usize]
+    let (framing, reusable) = if bodiless(status, head_request) {
+        // A switch of protocols hands the connection over: it never carries a request again.
+        (
+            BodyFraming::Empty,
+            status != StatusCode::SWITCHING_PROTOCOLS,
+        )
+    } else if coded {
+        // Both framings named: the length is ignored, and the connection is not reused.
+        match chunked {
+            true => (BodyFraming::Chunked, !lengths),
+            false => (BodyFraming::UntilClose, false),
+        }
+    } else {
+        match length.map_err(invalid)? {
+            Some(0) => (BodyFraming::Empty, true),
+            Some(length) => (BodyFraming::Length(length), true),
+            None => (BodyFraming::UntilClose, false),
+        }
+    };
+    let persists = match (connection, version) {
+        (false, version) => version != Version::HTTP_10,
+        (true, Version::HTTP_10) => keep_alive,
+        (true, _) => !close,
+    };
+    // The chunks (or the close) frame the body, not the length: a length passed on with a
+    // body of another size would split the client's stream (RFC 9112 section 6.3).
+    kept.framed = lengths && !coded;
+    if kept.framed {
+        kept.length = length.ok().flatten();
     }
-
-    fn seen(&self) -> Seen {
-        let mut seen = Seen::default();
-        for span in self.spans {
-            let name = self.name(span);
-            // The names `Seen` notes are 6 to 17 bytes long.
-            if (6..=17).contains(&name.len()) {
-                seen.note_raw(name);
+    let base = head.as_ptr() as usize;
+    let mut lines = BytesMut::with_capacity(head.len());
+    // Lines passed on and not yet copied: a range of `head`.
+    let mut run = 0..0;
+    for (header, role) in headers.iter().zip(roles) {
+        let passed = match role {
+            Role::On | Role::Date => true,
+            Role::Length => kept.framed,
+            Role::Coding | Role::Connection | Role::Dropped => false,
+        };
+        if !passed {
+            continue;
+        }
+        let (name, value) = (header.name.as_bytes(), header.value);
+        // httparse's slices lie in `head`; the line ends at the first LF after the value.
+        let start = name.as_ptr() as usize - base;
+        let value_end = value.as_ptr() as usize - base + value.len();
+        let end = head[value_end..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(head.len(), |at| value_end + at + 1);
+        if head[..end].ends_with(b"\r\n") {
+            if run.end != start {
+                lines.extend_from_slice(&head[run]);
+                run = start..start;
+            }
+            run.end = end;
+        } else {
+            lines.extend_from_slice(&head[run]);
+            run = 0..0;
+            for part in [name, b": ", value, b"\r\n"] {
+                lines.extend_from_slice(part);
             }
         }
-        seen
     }
-
-    /// The lines passed on, given what the head carries (`seen`) and its `Content-Length`.
-    fn kept(&self, seen: Seen, length: Option<u64>) -> RawHeaders {
-        let mut lines = BytesMut::with_capacity(self.head.len());
-        let mut kept = RawHeaders::default();
-        for span in self.spans {
-            let name = self.name(span);
-            match passed(name) {
-                Passed::Dropped => continue,
-                Passed::Length if seen.transfer_encoding => continue,
-                Passed::Length => kept.framed = true,
-                Passed::Date => kept.dated = true,
-                Passed::On => {}
-            }
-            lines.extend_from_slice(name);
-            lines.extend_from_slice(b": ");
-            lines.extend_from_slice(self.value(span));
-            lines.extend_from_slice(b"\r\n");
-        }
-        if kept.framed {
-            kept.length = length;
-        }
-        kept.lines = lines.freeze();
-        kept
-    }
+    lines.extend_from_slice(&head[run]);
+    kept.lines = lines.freeze();
+    Ok((framing, reusable && persists, kept))
 }
 
 /// How a client's request body follows its head.
@@ -1312,5 +1358,91 @@ mod tests {
             head(304, &[], Some(7), true, false),
             ("HTTP/1.1 304 Not Modified\r\ndate: D\r\n\r\n".into(), false)
         );
+    }
+
+    /// An answer's lines as the raw path passes them on, read back: (lower-case name, value),
+    /// by name (a map keeps the order of each name's values, not of the names).
+    fn lines_of(raw: &RawHeaders) -> Vec<(String, Vec<u8>)> {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        buf.extend_from_slice(&raw.lines);
+        buf.extend_from_slice(b"\r\n");
+        let head = parse_answer(&mut buf, true, false).unwrap().unwrap();
+        by_name(head.response.headers().iter())
+    }
+
+    fn by_name<'a>(
+        headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut lines: Vec<_> = headers
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect();
+        lines.sort_by(|a, b| a.0.cmp(&b.0));
+        lines
+    }
+
+    proptest::proptest! {
+        /// The raw path reads an answer as the map path does: the same framing, the same
+        /// verdict on the connection, and the lines it passes on are the map's headers but
+        /// those the gateway never passes on (in order), however names are spelled, values
+        /// spaced and lines ended.
+        #[test]
+        fn a_raw_answer_is_read_as_its_map_is(
+            status in proptest::sample::select(vec![200u16, 204, 304, 101, 404, 502]),
+            http10 in proptest::bool::ANY,
+            head_request in proptest::bool::ANY,
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "Server", "date", "Content-Length", "content-length",
+                        "Transfer-Encoding", "Connection", "Keep-Alive", "X-Request-Id",
+                        "Upgrade", "TE", "Trailer", "X-Custom", "Proxy-Connection", "Content-Type",
+                    ]),
+                    proptest::bool::ANY,
+                    proptest::sample::select(vec![
+                        "5", "0", "12", "5, 5", "5, 6", "x", "chunked", "gzip, chunked",
+                        "chunked, gzip", "close", "keep-alive", "Keep-Alive, CLOSE", "upgrade",
+                        "nginx", "", "text/plain; charset=utf-8",
+                    ]),
+                    proptest::sample::select(vec![": ", ":", ":  ", ":\t"]),
+                    proptest::sample::select(vec!["\r\n", "\n", " \r\n", "\t\n"]),
+                ),
+                0..10,
+            ),
+        ) {
+            let mut bytes = format!("HTTP/1.{} {status} X\r\n", u8::from(!http10)).into_bytes();
+            for (name, upper, value, colon, end) in &lines {
+                let name = if *upper { name.to_uppercase() } else { name.to_string() };
+                bytes.extend_from_slice(format!("{name}{colon}{value}{end}").as_bytes());
+            }
+            bytes.extend_from_slice(b"\r\nbody");
+            let mapped = parse_answer(&mut BytesMut::from(&bytes[..]), head_request, false);
+            let mut buf = BytesMut::from(&bytes[..]);
+            let raw = parse_answer(&mut buf, head_request, true);
+            let (mapped, raw) = match (mapped, raw) {
+                (Ok(Some(mapped)), Ok(Some(raw))) => (mapped, raw),
+                (Err(_), Err(_)) => return Ok(()),
+                (mapped, raw) => panic!("the paths differ: {mapped:?} against {raw:?}"),
+            };
+            proptest::prop_assert_eq!(&buf[..], b"body");
+            proptest::prop_assert_eq!(raw.framing, mapped.framing);
+            proptest::prop_assert_eq!(raw.keep_alive, mapped.keep_alive);
+            proptest::prop_assert_eq!(raw.response.status(), mapped.response.status());
+            proptest::prop_assert_eq!(raw.response.version(), mapped.response.version());
+            proptest::prop_assert!(raw.response.headers().is_empty());
+            let kept = raw.raw.as_deref().unwrap();
+            let expected = by_name(mapped.response.headers().iter().filter(|(name, _)| {
+                !matches!(
+                    role(name.as_str().as_bytes()),
+                    Role::Coding | Role::Connection | Role::Dropped
+                )
+            }));
+            proptest::prop_assert_eq!(lines_of(kept), expected);
+            let map = mapped.response.headers();
+            proptest::prop_assert_eq!(kept.dated, map.contains_key(header::DATE));
+            proptest::prop_assert_eq!(kept.framed, map.contains_key(header::CONTENT_LENGTH));
+            let length = content_length(map).ok().flatten().filter(|_| kept.framed);
+            proptest::prop_assert_eq!(kept.length, length);
+            proptest::prop_assert!(kept.lines.ends_with(b"\r\n") || kept.lines.is_empty());
+        }
     }
 }

@@ -422,9 +422,10 @@ impl Http1Pool {
                 _ => None,
             };
             let mut timer = std::mem::take(&mut conn.timer);
-            let exchanged = timer
-                .within(deadline, exchange(&mut conn, request, raw_answer, added))
-                .await;
+            let exchanged = {
+                let work = std::pin::pin!(exchange(&mut conn, request, raw_answer, added));
+                timer.within(deadline, work).await
+            };
             conn.timer = timer;
             let Some(exchanged) = exchanged else {
                 // Mid-exchange: the connection is not used again.
@@ -655,10 +656,15 @@ async fn exchange(
         error,
     };
     if framing != RequestFraming::Empty {
-        return conn
-            .send_body_and_read_head(request.into_body(), framing, head_request, raw_answer)
-            .await
-            .map_err(broken);
+        // Boxed: the usual request has no body, and its exchange stays half the size.
+        return Box::pin(conn.send_body_and_read_head(
+            request.into_body(),
+            framing,
+            head_request,
+            raw_answer,
+        ))
+        .await
+        .map_err(broken);
     }
     conn.read_head(head_request, raw_answer)
         .await

@@ -1017,7 +1017,9 @@ impl Gateway {
                     index,
                 ),
                 Some(after) => {
-                    let first = group.send(
+                    // Boxed, like the race: hedging is rare, and unboxed this future would
+                    // double the size of every request's.
+                    let mut first = Box::pin(group.send(
                         &endpoint.address,
                         outgoing,
                         safe_to_repeat,
@@ -1025,8 +1027,7 @@ impl Gateway {
                         raw_answer,
                         &added,
                         deadline,
-                    );
-                    tokio::pin!(first);
+                    ));
                     let raced = Box::pin(tokio::time::timeout_at(deadline, async {
                         tokio::select! {
                             answer = &mut first => return (answer, index),

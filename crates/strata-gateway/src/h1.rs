@@ -143,6 +143,9 @@ pub struct RawHeaders {
     pub framed: bool,
     /// ...and this is its value, when valid.
     pub length: Option<u64>,
+    /// The gateway's `X-Request-Id`, written after the lines (kept here rather than put in
+    /// the response's empty map, whose first entry allocates its table).
+    pub request_id: Option<HeaderValue>,
 }
 
 /// The final answer head at the start of `buf`, taken out of it, or `None` when more bytes
@@ -744,6 +747,11 @@ pub fn encode_answer_head(
     let (mut dated, mut framed) = (false, false);
     if let Some(raw) = raw {
         out.extend_from_slice(&raw.lines);
+        if let Some(id) = &raw.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         (dated, framed) = (raw.dated, raw.framed);
     }
     for (name, value) in headers {
@@ -1025,10 +1033,14 @@ mod tests {
         );
 
         let mut out = BytesMut::new();
+        let raw = RawHeaders {
+            request_id: Some(HeaderValue::from_static("r1")),
+            ..raw.clone()
+        };
         let chunked = encode_answer_head(
             StatusCode::OK,
             &HeaderMap::new(),
-            Some(raw),
+            Some(&raw),
             None,
             false,
             false,
@@ -1038,7 +1050,7 @@ mod tests {
         assert!(chunked);
         assert_eq!(
             &out[..],
-            b"HTTP/1.1 200 OK\r\ndate: D\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nx-request-id: r1\r\ndate: D\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 

@@ -662,9 +662,16 @@ impl Gateway {
                 (&live.route_metrics[index], response)
             }
         };
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
+        // An answer whose lines stay raw carries the id beside them; an answer with a map, in it.
+        let logged_id = logged.as_ref().map(|_| request_id.clone());
+        match forwarded.raw.as_deref_mut() {
+            Some(raw) => raw.request_id = Some(request_id),
+            None => {
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID.clone(), request_id);
+            }
+        }
         // One clock read for the metrics, the span and the access log.
         let took = started.elapsed();
         route_metrics.observe(response.status().as_u16(), took.as_secs_f64());
@@ -678,9 +685,8 @@ impl Gateway {
             record.route = found_name;
             record.member = response.extensions().get::<Member>().map(|m| m.0.clone());
             record.duration_ms = took.as_secs_f64() * 1000.0;
-            record.request_id = response
-                .headers()
-                .get(&X_REQUEST_ID)
+            record.request_id = logged_id
+                .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();

@@ -1147,7 +1147,7 @@ impl Gateway {
                         Box::pin(self.back_off(route, tried.len(), deadline)).await;
                         continue;
                     }
-                    let mut response = finish_response(response, upgrade, self.tracker.clone());
+                    let mut response = finish_response(response, upgrade, &self.tracker);
                     if let Some(idle) = route.idle_timeout {
                         response =
                             response.map(|body| Body::new(crate::idle::IdleBody::new(body, idle)));
@@ -1275,7 +1275,7 @@ fn limit_exceeded(error: &SendError) -> bool {
 fn finish_response(
     response: Response<Body>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    tracker: TaskTracker,
+    tracker: &TaskTracker,
 ) -> Response<Body> {
     let mut response = response;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -1294,14 +1294,14 @@ fn finish_response(
             return Response::from_parts(parts, Body::empty());
         }
     }
-    let (mut parts, body) = response.into_parts();
     // The client's connection has its own version; hyper picks the wire format from it.
-    parts.version = hyper::Version::HTTP_11;
+    *response.version_mut() = hyper::Version::HTTP_11;
     // One pass over the names, then a removal for each one there (an answer carries one or
     // two at most, typically `Connection: keep-alive`), rather than a lookup for each of the
     // eight names.
+    let headers = response.headers_mut();
     let mut present = [false; 9];
-    for name in parts.headers.keys() {
+    for name in headers.keys() {
         if let Some(index) = HOP_BY_HOP
             .iter()
             .chain([&header::UPGRADE])
@@ -1312,10 +1312,10 @@ fn finish_response(
     }
     for (name, present) in HOP_BY_HOP.iter().chain([&header::UPGRADE]).zip(present) {
         if present && *name != header::TRAILER {
-            parts.headers.remove(name);
+            headers.remove(name);
         }
     }
-    Response::from_parts(parts, body)
+    response
 }
 
 fn response_with_edits(route: &Route, mut response: Response<Body>) -> Response<Body> {
@@ -1817,7 +1817,7 @@ mod tests {
                     expected.remove(name);
                 }
             }
-            let finished = finish_response(response, None, TaskTracker::new());
+            let finished = finish_response(response, None, &TaskTracker::new());
             prop_assert_eq!(sorted(finished.headers()), sorted(&expected));
         }
 
@@ -1855,7 +1855,7 @@ mod tests {
                 let mut response = finish_response(
                     response.map(|()| Body::empty()),
                     None,
-                    TaskTracker::new(),
+                    &TaskTracker::new(),
                 );
                 response.headers_mut().remove(&X_REQUEST_ID);
                 let mut out = bytes::BytesMut::new();

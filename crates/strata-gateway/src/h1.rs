@@ -145,7 +145,38 @@ pub struct RawHeaders {
     pub length: Option<u64>,
     /// The gateway's `X-Request-Id`, written after the lines (kept here rather than put in
     /// the response's empty map, whose first entry allocates its table).
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<Text>,
+}
+
+/// A header value the gateway passes on: one it received (checked when its head was parsed),
+/// or text it made itself of characters always valid in a header (hex digits and dashes),
+/// checked only if it goes into a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Received(HeaderValue),
+    Made(Bytes),
+}
+
+impl Text {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Received(value) => value.as_bytes(),
+            Text::Made(text) => text,
+        }
+    }
+
+    /// As a value for a map, marked sensitive: new in every request, it is kept out of an
+    /// HTTP/2 encoder's table (it would fill it with values never seen again).
+    pub fn to_value(&self) -> HeaderValue {
+        let mut value = match self {
+            Text::Received(value) => value.clone(),
+            Text::Made(text) => {
+                HeaderValue::from_maybe_shared(text.clone()).unwrap_or(HeaderValue::from_static(""))
+            }
+        };
+        value.set_sensitive(true);
+        value
+    }
 }
 
 /// The final answer head at the start of `buf`, taken out of it, or `None` when more bytes
@@ -1034,7 +1065,7 @@ mod tests {
 
         let mut out = BytesMut::new();
         let raw = RawHeaders {
-            request_id: Some(HeaderValue::from_static("r1")),
+            request_id: Some(Text::Made(Bytes::from_static(b"r1"))),
             ..raw.clone()
         };
         let chunked = encode_answer_head(

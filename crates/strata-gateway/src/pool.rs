@@ -139,11 +139,13 @@ type IdleLists = HashMap<Arc<str>, Vec<Idle>, fnv::FnvBuildHasher>;
 
 /// An idle connection and when it went idle.
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
-/// One connection to a member.
+/// One connection to a member; boxed wherever it goes (the idle lists, a request's future,
+/// an answer's body), so that it moves as a pointer: it is taken out of its list, carried by
+/// the exchange and put back on every request.
 struct Conn {
     /// The member's address, the key of its idle list.
     member: Arc<str>,
@@ -500,7 +502,7 @@ impl Shared {
 
     /// The most recently used idle connection to `member` that is still open and ready, and
     /// how long it was idle. Expired and closed ones met on the way are closed.
-    fn checkout(&self, member: &str) -> Option<(Conn, Duration)> {
+    fn checkout(&self, member: &str) -> Option<(Box<Conn>, Duration)> {
         loop {
             let idle = self.lock_idle().get_mut(member)?.pop()?;
             let idle_for = idle.since.elapsed();
@@ -513,7 +515,7 @@ impl Shared {
 
     /// Puts `conn` back, its answer read to the end and both sides keeping it open; closes it
     /// when the member's list is full.
-    fn check_in(&self, conn: Conn) {
+    fn check_in(&self, conn: Box<Conn>) {
         if !conn.read.is_empty() {
             // Bytes after the end of the answer: the member does not speak HTTP/1.1 properly.
             return;
@@ -562,7 +564,7 @@ impl Shared {
     }
 
     /// Opens a connection to `member`, counting it.
-    async fn connect(&self, member: &str) -> Result<Conn, SendError> {
+    async fn connect(&self, member: &str) -> Result<Box<Conn>, SendError> {
         let started = Instant::now();
         let stream = match tokio::time::timeout(self.settings.connect_timeout, open(member)).await {
             Ok(Ok(stream)) => stream,
@@ -582,18 +584,18 @@ impl Shared {
             .connect_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.opened.inc();
-        Ok(Conn {
+        Ok(Box::new(Conn {
             member: Arc::from(member),
             stream,
             read: BytesMut::new(),
             write: BytesMut::new(),
             timer: Reused::default(),
             _open: OpenCount::new(&self.metrics.open),
-        })
+        }))
     }
 
     /// The answer with a body that reads the rest from `conn` and checks it in at its end.
-    fn wrap(self: Arc<Self>, conn: Conn, head: AnswerHead) -> Answer {
+    fn wrap(self: Arc<Self>, conn: Box<Conn>, head: AnswerHead) -> Answer {
         let AnswerHead {
             response,
             framing,
@@ -741,7 +743,7 @@ enum Framing {
 /// connection back in when it ends.
 pub struct PooledBody {
     /// `None` once checked in or given up.
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     /// Both sides keep the connection open after this answer.
     keep_alive: bool,

@@ -8,6 +8,7 @@
 
 use crate::balance::HashOn;
 use crate::guard::FallbackAction;
+use crate::h1::Text;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pool::SendError;
 use crate::route::{parse_cookies, Action, CanaryChoice, Compiled, RequestView, Route};
@@ -379,22 +380,21 @@ impl Gateway {
         let span = RequestSpan::begin(self.spans.get(), &request);
         // The request id a client did not send is its trace's id (one random draw, and its
         // log lines lead to its trace).
-        let (mut traceparent, trace_id) = span.as_ref().map(RequestSpan::header_values).unzip();
+        let (mut traceparent, trace_id) = span.as_ref().map(RequestSpan::texts).unzip();
         let mut forwarded = Forwarded::default();
         let live = self.live();
         let host_source = HostSource::of(&request);
         let host = host_source.host();
-        let mut request_id = request
+        // Text until it goes into a map (see `Text::to_value`): the usual answer writes it
+        // as a line.
+        let request_id = match request
             .headers()
             .get(&X_REQUEST_ID)
             .filter(|v| !v.is_empty() && v.len() <= 200)
-            .cloned()
-            .or(trace_id)
-            .unwrap_or_else(new_request_id);
-        // Kept out of HPACK's table, as `strata-trace` keeps `traceparent`: new in every
-        // request, it would fill an HTTP/2 encoder's table with values never seen again, and
-        // each new one would be compared with all of them.
-        request_id.set_sensitive(true);
+        {
+            Some(theirs) => Text::Received(theirs.clone()),
+            None => Text::Made(trace_id.unwrap_or_else(new_request_id)),
+        };
         let origin = request
             .headers()
             .get(header::ORIGIN)
@@ -424,7 +424,7 @@ impl Gateway {
                 };
                 response
                     .headers_mut()
-                    .insert(X_REQUEST_ID.clone(), request_id);
+                    .insert(X_REQUEST_ID.clone(), request_id.to_value());
                 live.unmatched
                     .observe(response.status().as_u16(), started.elapsed().as_secs_f64());
                 return Answer::parsed(response);
@@ -624,6 +624,7 @@ impl Gateway {
                                     traceparent: traceparent.take(),
                                     https,
                                     raw_answer,
+                                    started,
                                 };
                                 let mut response = self
                                     .forward(
@@ -669,7 +670,7 @@ impl Gateway {
             None => {
                 response
                     .headers_mut()
-                    .insert(X_REQUEST_ID.clone(), request_id);
+                    .insert(X_REQUEST_ID.clone(), request_id.to_value());
             }
         }
         // One clock read for the metrics, the span and the access log.
@@ -686,10 +687,8 @@ impl Gateway {
             record.member = response.extensions().get::<Member>().map(|m| m.0.clone());
             record.duration_ms = took.as_secs_f64() * 1000.0;
             record.request_id = logged_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
+                .map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
+                .unwrap_or_default();
             log.log(record);
         }
         Answer {
@@ -936,7 +935,8 @@ impl Gateway {
             )
         });
         let mut headers = Some(parts.headers);
-        let deadline = tokio::time::Instant::now() + route.timeout;
+        // From the request's arrival (no clock read of its own).
+        let deadline = tokio::time::Instant::from_std(onward.started) + route.timeout;
         let mut tried = Tried::default();
         loop {
             if tried.len() >= members.endpoints.len() && !tried.is_empty() {
@@ -1331,11 +1331,13 @@ struct Onward<'a> {
     client_ip: std::net::IpAddr,
     /// The host as matched (no port, lower case).
     host: &'a str,
-    request_id: &'a HeaderValue,
+    request_id: &'a Text,
     /// `None`: the request's trace is not followed (no span), so none is sent.
-    traceparent: Option<HeaderValue>,
+    traceparent: Option<Bytes>,
     https: bool,
     raw_answer: bool,
+    /// When the request arrived: its route's timeout counts from here.
+    started: Instant,
 }
 
 /// The headers the gateway sets on every request it forwards (a client's own are replaced).
@@ -1410,9 +1412,10 @@ fn prepare_headers(
         } else {
             headers.remove(&X_FORWARDED_HOST);
         }
-        headers.insert(X_REQUEST_ID.clone(), onward.request_id.clone());
+        headers.insert(X_REQUEST_ID.clone(), onward.request_id.to_value());
         if let Some(traceparent) = &onward.traceparent {
-            headers.insert(strata_trace::TRACEPARENT, traceparent.clone());
+            let value = Text::Made(traceparent.clone()).to_value();
+            headers.insert(strata_trace::TRACEPARENT, value);
         }
         return;
     };
@@ -1447,7 +1450,7 @@ fn prepare_headers(
     }
     line(&X_REQUEST_ID, &[onward.request_id.as_bytes()]);
     if let Some(traceparent) = &onward.traceparent {
-        line(&strata_trace::TRACEPARENT, &[traceparent.as_bytes()]);
+        line(&strata_trace::TRACEPARENT, &[&traceparent[..]]);
     }
 }
 
@@ -1662,7 +1665,7 @@ pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 /// A random request id: 32 lowercase hex digits.
-fn new_request_id() -> HeaderValue {
+fn new_request_id() -> Bytes {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
     let mut hex = [0u8; 32];
@@ -1671,7 +1674,7 @@ fn new_request_id() -> HeaderValue {
     }
     // Owner-backed: one allocation holds the bytes, and the clone that goes upstream only
     // counts a reference (a copied slice would allocate again when first cloned).
-    HeaderValue::from_maybe_shared(Bytes::from_owner(hex)).expect("hex is a valid header value")
+    Bytes::from_owner(hex)
 }
 
 #[cfg(test)]
@@ -1775,8 +1778,8 @@ mod tests {
                 SocketAddr::from((octets, 1))
             };
             let upgrade = is_upgrade(&map(&pairs));
-            let request_id = new_request_id();
-            let traceparent = traced.then(|| strata_trace::TraceParent::root(true).header_value());
+            let request_id = Text::Made(new_request_id());
+            let traceparent = traced.then(|| strata_trace::TraceParent::root(true).texts().0);
             let onward = Onward {
                 client,
                 client_ip: client.ip(),
@@ -1785,11 +1788,12 @@ mod tests {
                 traceparent: traceparent.clone(),
                 https,
                 raw_answer: false,
+                started: Instant::now(),
             };
             let mut reference = map(&pairs);
-            prepare_headers_reference(&mut reference, client, host, &request_id, upgrade, https);
+            prepare_headers_reference(&mut reference, client, host, &request_id.to_value(), upgrade, https);
             if let Some(traceparent) = traceparent {
-                reference.insert(strata_trace::TRACEPARENT, traceparent);
+                reference.insert(strata_trace::TRACEPARENT, HeaderValue::from_maybe_shared(traceparent).unwrap());
             }
             let mut fast = map(&pairs);
             prepare_headers(&mut fast, &onward, upgrade, None);
@@ -1970,9 +1974,10 @@ mod tests {
         let id = new_request_id();
         assert_eq!(id.len(), 32);
         assert!(id
-            .as_bytes()
             .iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)));
+        // Valid as a header value, as `Text::Made` takes for granted.
+        assert!(Text::Made(id.clone()).to_value().as_bytes() == &id[..]);
         assert_ne!(id, new_request_id());
     }
 

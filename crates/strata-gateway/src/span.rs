@@ -6,7 +6,6 @@ use crate::balance::Endpoint;
 use crate::route::Route;
 use crate::upstream::Group;
 use axum::body::Body;
-use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -67,9 +66,9 @@ impl RequestSpan {
     }
 
     /// The `traceparent` the upstream gets (this span is its parent) and the trace's id in
-    /// hex, sharing one allocation (see [`TraceParent::header_values`]).
-    pub fn header_values(&self) -> (HeaderValue, HeaderValue) {
-        self.context.header_values()
+    /// hex, as text sharing one allocation (see [`TraceParent::texts`]).
+    pub fn texts(&self) -> (bytes::Bytes, bytes::Bytes) {
+        self.context.texts()
     }
 
     /// The finished span of the request `route` matched (`None`: no route did), answered
@@ -148,6 +147,7 @@ mod tests {
     use super::*;
     use crate::route::{Compiled, RequestView};
     use crate::Table;
+    use hyper::header::HeaderValue;
     use hyper::StatusCode;
     use strata_trace::{AttributeValue, Collector, Counters};
 
@@ -223,10 +223,13 @@ mod tests {
         let caller = TraceParent::root(true);
         let span = RequestSpan::begin(Some(&exporter), &request(Some(&caller))).unwrap();
         // The upstream's parent is the gateway's span, in the caller's trace.
-        let sent = TraceParent::parse(span.header_values().0.to_str().unwrap()).unwrap();
+        let sent = TraceParent::parse(std::str::from_utf8(&span.texts().0).unwrap()).unwrap();
         assert_eq!(sent.trace_id, caller.trace_id);
         assert_ne!(sent.span_id, caller.span_id);
-        assert_eq!(span.header_values().1.to_str().unwrap(), caller.trace_hex());
+        assert_eq!(
+            std::str::from_utf8(&span.texts().1).unwrap(),
+            caller.trace_hex()
+        );
         let forwarded = Forwarded {
             attempts: 2,
             ..Default::default()
@@ -286,7 +289,7 @@ mod tests {
         // passes the decision on.
         let unsampled = TraceParent::root(false);
         let span = RequestSpan::begin(Some(&exporter), &request(Some(&unsampled))).unwrap();
-        assert!(span.header_values().0.to_str().unwrap().ends_with("-00"));
+        assert!(span.texts().0.ends_with(b"-00"));
         let response = answer(StatusCode::OK, &[]);
         assert!(span
             .finish(None, &response, &failed, CLIENT, Duration::ZERO)

@@ -160,9 +160,17 @@ impl TraceParent {
     /// allocation: the gateway's `X-Request-Id` when a client sends none, so that a request's
     /// log lines and its trace share one id.
     pub fn header_values(&self) -> (HeaderValue, HeaderValue) {
+        let (text, trace_id) = self.texts();
+        (traceparent_value(text), value_of(trace_id))
+    }
+
+    /// As [`TraceParent::header_values`], as text: for a writer that puts header lines on
+    /// the wire itself and so needs no `HeaderValue` (whose making checks every byte of what
+    /// is hex digits and dashes by construction).
+    pub fn texts(&self) -> (bytes::Bytes, bytes::Bytes) {
         let bytes = self.bytes();
-        let trace_id = value_of(bytes.slice(3..35));
-        (traceparent_value(bytes), trace_id)
+        let trace_id = bytes.slice(3..35);
+        (bytes, trace_id)
     }
 }
 

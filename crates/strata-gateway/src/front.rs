@@ -328,18 +328,16 @@ impl Conn {
             .or_else(|| raw.and_then(|raw| raw.length))
             .or_else(|| h1::content_length(&parts.headers).ok().flatten());
         self.write.clear();
-        let chunked = date::with(|date| {
-            h1::encode_answer_head(
-                parts.status,
-                &parts.headers,
-                raw,
-                exact,
-                head_request,
-                close,
-                date,
-                &mut self.write,
-            )
-        });
+        let chunked = h1::encode_answer_head(
+            parts.status,
+            &parts.headers,
+            raw,
+            exact,
+            head_request,
+            close,
+            date::put,
+            &mut self.write,
+        );
         if h1::bodiless(parts.status, head_request) {
             return stream.write_all(&self.write).await;
         }
@@ -490,8 +488,8 @@ mod date {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
 
-    /// Calls `f` with the current date in IMF-fixdate form.
-    pub fn with<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    /// Writes the current date in IMF-fixdate form.
+    pub fn put(out: &mut bytes::BytesMut) {
         let now = SystemTime::now();
         let second = now
             .duration_since(UNIX_EPOCH)
@@ -501,7 +499,7 @@ mod date {
             if cached.0 != second {
                 *cached = (second, httpdate::fmt_http_date(now));
             }
-            f(cached.1.as_bytes())
+            out.extend_from_slice(cached.1.as_bytes());
         })
     }
 }

@@ -753,7 +753,8 @@ fn put_content_length(length: u64, out: &mut BytesMut) {
 }
 
 /// Writes an answer's head into `out`: the status line, `raw`'s lines, `headers`, a `Date`
-/// when they have none, `Connection: close` when `close`, and the framing of a body of `length` bytes unless
+/// when they have none (its value written by `date`, called only then: the clock is read only
+/// for an answer without one), `Connection: close` when `close`, and the framing of a body of `length` bytes unless
 /// the answer has no body (see [`bodiless`]; `head_request`: it answers `HEAD`) or `headers`
 /// frame it already. A body of unknown length (`None`) goes chunked, or until the close when
 /// `close`. Returns whether the body follows chunked.
@@ -765,7 +766,7 @@ pub fn encode_answer_head(
     length: Option<u64>,
     head_request: bool,
     close: bool,
-    date: &[u8],
+    date: impl FnOnce(&mut BytesMut),
     out: &mut BytesMut,
 ) -> bool {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -798,7 +799,7 @@ pub fn encode_answer_head(
     }
     if !dated {
         out.extend_from_slice(b"date: ");
-        out.extend_from_slice(date);
+        date(out);
         out.extend_from_slice(b"\r\n");
     }
     if close {
@@ -1075,7 +1076,7 @@ mod tests {
             None,
             false,
             false,
-            b"D",
+            |out: &mut BytesMut| out.extend_from_slice(b"D"),
             &mut out,
         );
         assert!(chunked);
@@ -1327,7 +1328,7 @@ mod tests {
                 length,
                 bodiless,
                 close,
-                b"D",
+                |out: &mut BytesMut| out.extend_from_slice(b"D"),
                 &mut out,
             );
             (String::from_utf8(out.to_vec()).unwrap(), chunked)

@@ -377,7 +377,7 @@ impl Gateway {
         if https {
             request.extensions_mut().insert(Https);
         }
-        let span = RequestSpan::begin(self.spans.get(), &request);
+        let span = RequestSpan::begin(self.spans.get(), &request, started);
         // The request id a client did not send is its trace's id (one random draw, and its
         // log lines lead to its trace).
         let (mut traceparent, trace_id) = span.as_ref().map(RequestSpan::texts).unzip();
@@ -673,8 +673,12 @@ impl Gateway {
                     .insert(X_REQUEST_ID.clone(), request_id.to_value());
             }
         }
-        // One clock read for the metrics, the span and the access log.
-        let took = started.elapsed();
+        // One clock read for the metrics, the span and the access log (none when a member
+        // answered: its answer's arrival is the end).
+        let took = forwarded
+            .answered
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(started);
         route_metrics.observe(response.status().as_u16(), took.as_secs_f64());
         let finished =
             span.and_then(|span| span.finish(matched, &response, &forwarded, client_ip, took));
@@ -1072,10 +1076,14 @@ impl Gateway {
             // What the breakers and outlier detection make of it (the route may count
             // failures its own way).
             let failure_on = route.guard.failure_on.as_ref().unwrap_or(&group.failure_on);
+            let mut answered = None;
             let (failed, outcome) = match &answer {
                 Ok(Ok(answer)) => {
                     let status = answer.response.status().as_u16();
-                    group.metrics.observe(status, sent.elapsed().as_secs_f64());
+                    let now = Instant::now();
+                    answered = Some(now);
+                    let waited = now.saturating_duration_since(sent);
+                    group.metrics.observe(status, waited.as_secs_f64());
                     (
                         failure_on.status(status),
                         if status >= 500 {
@@ -1158,6 +1166,7 @@ impl Gateway {
                             .insert(Member(endpoint.address.clone()));
                     }
                     forwarded.raw = raw;
+                    forwarded.answered = answered;
                     return (response, failed);
                 }
                 Ok(Err(error)) => {
@@ -1870,7 +1879,7 @@ mod tests {
                     Some(4),
                     head_request,
                     false,
-                    b"D",
+                    |out: &mut bytes::BytesMut| out.extend_from_slice(b"D"),
                     &mut out,
                 );
                 let mut lines: Vec<String> = String::from_utf8_lossy(&out)

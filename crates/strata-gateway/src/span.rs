@@ -26,6 +26,9 @@ pub(crate) struct Forwarded {
     pub attempts: u32,
     /// Why the exchange failed, when it did: `connect`, `reset` or `timeout`.
     pub failure: Option<&'static str>,
+    /// When the answer's head arrived from a member (the clock read once for the member's
+    /// latency and the request's).
+    pub answered: Option<std::time::Instant>,
 }
 
 /// A request's span, from its arrival to its answer's headers.
@@ -38,13 +41,17 @@ pub(crate) struct RequestSpan {
 }
 
 impl RequestSpan {
-    /// The span of `request`, when the gateway records spans (`exporter`).
-    pub fn begin<B>(exporter: Option<&Exporter>, request: &Request<B>) -> Option<Self> {
+    /// The span of `request`, arrived at `now`, when the gateway records spans (`exporter`).
+    pub fn begin<B>(
+        exporter: Option<&Exporter>,
+        request: &Request<B>,
+        now: std::time::Instant,
+    ) -> Option<Self> {
         let exporter = exporter?;
         let parent = TraceParent::from_headers(request.headers());
         let context = match parent {
             Some(parent) => parent.child(),
-            None => TraceParent::root(exporter.sample_new()),
+            None => TraceParent::root(exporter.sample_new_at(now)),
         };
         // What only a recorded span needs is taken only for one (most traces are not).
         let sampled = context.sampled;
@@ -221,7 +228,12 @@ mod tests {
             .unwrap();
         let exporter = exporter();
         let caller = TraceParent::root(true);
-        let span = RequestSpan::begin(Some(&exporter), &request(Some(&caller))).unwrap();
+        let span = RequestSpan::begin(
+            Some(&exporter),
+            &request(Some(&caller)),
+            std::time::Instant::now(),
+        )
+        .unwrap();
         // The upstream's parent is the gateway's span, in the caller's trace.
         let sent = TraceParent::parse(std::str::from_utf8(&span.texts().0).unwrap()).unwrap();
         assert_eq!(sent.trace_id, caller.trace_id);
@@ -257,7 +269,8 @@ mod tests {
             failure: Some("connect"),
             ..Default::default()
         };
-        let span = RequestSpan::begin(Some(&exporter), &request(None)).unwrap();
+        let span =
+            RequestSpan::begin(Some(&exporter), &request(None), std::time::Instant::now()).unwrap();
         let response = answer(StatusCode::BAD_GATEWAY, &[]);
         let span = span
             .finish(None, &response, &failed, CLIENT, Duration::ZERO)
@@ -269,7 +282,8 @@ mod tests {
             Some("502 Bad Gateway: the exchange with the upstream failed (connect)")
         );
         // A gRPC failure in the headers (trailers-only answer) is an error too.
-        let span = RequestSpan::begin(Some(&exporter), &request(None)).unwrap();
+        let span =
+            RequestSpan::begin(Some(&exporter), &request(None), std::time::Instant::now()).unwrap();
         let response = answer(
             StatusCode::OK,
             &[("grpc-status", "14"), ("grpc-message", "down")],
@@ -288,7 +302,12 @@ mod tests {
         // A caller that does not record its trace: neither does the gateway, which still
         // passes the decision on.
         let unsampled = TraceParent::root(false);
-        let span = RequestSpan::begin(Some(&exporter), &request(Some(&unsampled))).unwrap();
+        let span = RequestSpan::begin(
+            Some(&exporter),
+            &request(Some(&unsampled)),
+            std::time::Instant::now(),
+        )
+        .unwrap();
         assert!(span.texts().0.ends_with(b"-00"));
         let response = answer(StatusCode::OK, &[]);
         assert!(span
@@ -296,6 +315,8 @@ mod tests {
             .is_none());
         // Without an exporter there is no span (and `traceparent` passes through as it came).
         let caller = TraceParent::root(true);
-        assert!(RequestSpan::begin(None, &request(Some(&caller))).is_none());
+        assert!(
+            RequestSpan::begin(None, &request(Some(&caller)), std::time::Instant::now()).is_none()
+        );
     }
 }

@@ -70,9 +70,10 @@ struct RateCap {
 }
 
 impl RateCap {
-    /// Takes one of this second's slots; false when they are gone.
-    fn admit(&self) -> bool {
-        let second = u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+    /// Takes one of the slots of the second `now` is in; false when they are gone.
+    fn admit(&self, now: Instant) -> bool {
+        let second =
+            u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
             let next = if (current >> 32) as u32 != second {
@@ -148,8 +149,14 @@ impl Exporter {
 
     /// The sampling decision for a trace that starts here.
     pub fn sample_new(&self) -> bool {
+        self.sample_new_at(Instant::now())
+    }
+
+    /// As [`Exporter::sample_new`], for a trace that starts at `now` (a caller that read the
+    /// clock already spares a read).
+    pub fn sample_new_at(&self, now: Instant) -> bool {
         let picked = self.ratio >= 1.0 || rand::random::<f64>() < self.ratio;
-        picked && self.per_second.as_ref().is_none_or(|cap| cap.admit())
+        picked && self.per_second.as_ref().is_none_or(|cap| cap.admit(now))
     }
 
     /// Queues a finished span (only when its trace is sampled).

@@ -366,6 +366,24 @@ fn framing_of(
     status: StatusCode,
     head_request: bool,
 ) -> io::Result<(BodyFraming, bool)> {
+    framing(
+        seen,
+        status,
+        head_request,
+        || ends_chunked(headers),
+        || content_length(headers),
+    )
+}
+
+/// As [`framing_of`], from what the head carries (`seen`), whether its last transfer coding is
+/// `chunked` and its `Content-Length`: each asked only when the framing depends on it.
+fn framing(
+    seen: Seen,
+    status: StatusCode,
+    head_request: bool,
+    chunked: impl FnOnce() -> bool,
+    length: impl FnOnce() -> io::Result<Option<u64>>,
+) -> io::Result<(BodyFraming, bool)> {
     if bodiless(status, head_request) {
         // A switch of protocols hands the connection over: it never carries a request again.
         return Ok((
@@ -374,20 +392,15 @@ fn framing_of(
         ));
     }
     if seen.transfer_encoding {
-        let chunked = ends_chunked(headers);
         // Both framings named: the length is ignored, and the connection is not reused.
         let clean = !seen.content_length;
-        return Ok(if chunked {
+        return Ok(if chunked() {
             (BodyFraming::Chunked, clean)
         } else {
             (BodyFraming::UntilClose, false)
         });
     }
-    let length = if seen.content_length {
-        content_length(headers)?
-    } else {
-        None
-    };
+    let length = if seen.content_length { length()? } else { None };
     Ok(match length {
         Some(0) => (BodyFraming::Empty, true),
         Some(length) => (BodyFraming::Length(length), true),
@@ -436,12 +449,20 @@ fn with_length(mut length: Option<u64>, value: &[u8]) -> Result<Option<u64>, &'s
 /// Whether the connection stays open after this message by its `Connection` header and
 /// version: HTTP/1.1 unless `close`, HTTP/1.0 only with `keep-alive`.
 fn connection_persists(headers: &impl Fields, seen: Seen, version: Version) -> bool {
+    persists(seen, version, |token| {
+        has_token(headers, header::CONNECTION, token)
+    })
+}
+
+/// As [`connection_persists`], with `listed` saying whether the `Connection` header lists a
+/// token (asked only when the head has one).
+fn persists(seen: Seen, version: Version, listed: impl FnOnce(&str) -> bool) -> bool {
     if !seen.connection {
         version != Version::HTTP_10
     } else if version == Version::HTTP_10 {
-        has_token(headers, header::CONNECTION, "keep-alive")
+        listed("keep-alive")
     } else {
-        !has_token(headers, header::CONNECTION, "close")
+        !listed("close")
     }
 }
 
@@ -554,30 +575,23 @@ fn raw_answer(
             Role::On | Role::Dropped => {}
         }
     }
-    let (framing, reusable) = if bodiless(status, head_request) {
-        // A switch of protocols hands the connection over: it never carries a request again.
-        (
-            BodyFraming::Empty,
-            status != StatusCode::SWITCHING_PROTOCOLS,
-        )
-    } else if coded {
-        // Both framings named: the length is ignored, and the connection is not reused.
-        match chunked {
-            true => (BodyFraming::Chunked, !lengths),
-            false => (BodyFraming::UntilClose, false),
-        }
-    } else {
-        match length.map_err(invalid)? {
-            Some(0) => (BodyFraming::Empty, true),
-            Some(length) => (BodyFraming::Length(length), true),
-            None => (BodyFraming::UntilClose, false),
-        }
+    let seen = Seen {
+        transfer_encoding: coded,
+        content_length: lengths,
+        connection,
+        ..Seen::default()
     };
-    let persists = match (connection, version) {
-        (false, version) => version != Version::HTTP_10,
-        (true, Version::HTTP_10) => keep_alive,
-        (true, _) => !close,
-    };
+    let (framing, reusable) = framing(
+        seen,
+        status,
+        head_request,
+        || chunked,
+        || length.map_err(invalid),
+    )?;
+    let persists = persists(seen, version, |token| match token {
+        "close" => close,
+        _ => keep_alive,
+    });
     // The chunks (or the close) frame the body, not the length: a length passed on with a
     // body of another size would split the client's stream (RFC 9112 section 6.3).
     kept.framed = lengths && !coded;

@@ -950,6 +950,22 @@ mod tests {
         batch.commit().unwrap();
     }
 
+    /// Flushes the keyspace's memtables, the active one and any sealed earlier, and waits until
+    /// every one of them is a table. (`rotate_memtable_and_wait` alone returns at once when the
+    /// active memtable is empty, even while memtables sealed by the last commits still flush.)
+    async fn flush_all(log: &fjall::Keyspace) {
+        use fjall::AbstractTree as _;
+        log.rotate_memtable_and_wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while log.tree.sealed_memtable_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "memtables were not flushed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until everything sent to the writer before now is written (a vote is answered
     /// only once its batch, and so every op queued before it, is on disk).
     async fn settle(store: &mut LogStore) {
@@ -980,7 +996,7 @@ mod tests {
         let data = crate::open_storage(dir.path()).unwrap();
         write_entries(&data, 1, 1..=30_000);
         let mut store = LogStore::open(&data).unwrap();
-        store.shared.log.rotate_memtable_and_wait().unwrap();
+        flush_all(&store.shared.log).await;
         let before = store.shared.log.table_count();
         assert!(
             before >= 3,

@@ -226,15 +226,7 @@ track "$real_pid"
 await_addrs "$real_pid" "$data/strata-real/addrs.json" "strata server" "$data/strata-real/log"
 real_api=$(jq -r .api "$data/strata-real/addrs.json")
 wait_until 30 "the realistic strata to be ready" ready "$real_api"
-{
-    for i in $(seq 0 999); do
-        printf '[[routes]]\nname = "r%d"\nhosts = ["svc%d.example.com"]\npath = { prefix = "/api/v%d/" }\n' "$i" "$i" "$i"
-        printf 'strip_prefix = true\nupstream = "backend"\n'
-        printf 'request_headers = { set = { "x-route" = "r%d" } }\n' "$i"
-        printf 'response_headers = { set = { "x-gateway" = "strata" } }\n'
-    done
-    printf '[[upstreams]]\nname = "backend"\naddresses = ["127.0.0.1:%d"]\n' "$backend_port"
-} >"$data/strata-real/routes.toml"
+bash bench/realistic-routes.sh "$backend_port" >"$data/strata-real/routes.toml"
 "$strata" --endpoints "http://$real_api" gateway routes apply "$data/strata-real/routes.toml" >/dev/null ||
     die "strata gateway routes apply (1,000 routes) failed; see $data/strata-real/log"
 real_path=/api/v500/12

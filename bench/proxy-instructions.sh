@@ -21,7 +21,10 @@
 # place; CACHE_SIM=1 turns on callgrind's cache and branch simulation (its default 32 KiB L1
 # caches; the kernel is not simulated) and also prints, per request and for each proxy, L1
 # instruction misses, L1 data read and write misses, and indirect branches and their
-# mispredictions: where the time goes when the instruction counts are close.
+# mispredictions: where the time goes when the instruction counts are close. REALISTIC=1
+# measures Strata's realistic case of compare-proxies.sh instead of its bare one (`strata
+# server` with the access log on and bench/realistic-routes.sh's 1,000 routes, a request to
+# the middle one); the anchor's run is unchanged.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 strata=${1:-${CARGO_TARGET_DIR:-$repo/target}/release/strata}
@@ -85,13 +88,14 @@ busiest() {
     echo "$chosen"
 }
 
-# measure NAME PID URL: warms up, counts REQUESTS requests, prints instructions per request
-# (all threads).
+# measure NAME PID URL [H2LOAD_ARGS...]: warms up, counts REQUESTS requests, prints
+# instructions per request (all threads).
 measure() {
     local name=$1 pid=$2 url=$3 total
-    h2load --h1 -n 1000 -c 16 "$url" >/dev/null
+    shift 3
+    h2load --h1 -n 1000 -c 16 "$@" "$url" >/dev/null
     callgrind_control -i on "$pid" >/dev/null 2>&1
-    h2load --h1 -n "$requests" -c 16 "$url" | grep -q "$requests succeeded" ||
+    h2load --h1 -n "$requests" -c 16 "$@" "$url" | grep -q "$requests succeeded" ||
         { echo "$name: not every request succeeded" >&2; exit 1; }
     callgrind_control -d "$pid" >/dev/null 2>&1
     poll 10 compgen -G "$dir/$name.out.*"
@@ -117,24 +121,37 @@ pids+=($!)
 poll 60 curl -sf "http://127.0.0.1:$proxy_port/12"
 nginx_ir=$(measure nginx "${pids[-1]}" "http://127.0.0.1:$proxy_port/12")
 
-ports=()
-for listener in api raft grpc consul dns nacos nacos-grpc gateway gateway-tls xds; do
-    ports+=("--$listener-addr" 127.0.0.1:0)
-done
-TOKIO_WORKER_THREADS=1 STRATA_LOG=warn "${callgrind[@]}" \
-    --callgrind-out-file="$dir/strata.out" "$strata" dev --data-dir "$dir/data" \
-    --addrs-file "$dir/addrs.json" "${ports[@]}" >"$dir/strata.log" 2>&1 &
+if [[ ${REALISTIC:-0} == 1 ]]; then
+    gateway=127.0.0.1:$(free_port)
+    printf '[gateway]\naccess_log = "%s"\n' "$dir/access.log" >"$dir/node.toml"
+    TOKIO_WORKER_THREADS=1 STRATA_LOG=warn "${callgrind[@]}" \
+        --callgrind-out-file="$dir/strata.out" "$strata" server --id 1 --data-dir "$dir/data" \
+        --api-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0 --initial-cluster 1=127.0.0.1:0 \
+        --config "$dir/node.toml" --listen "gateway=$gateway" --addrs-file "$dir/addrs.json" \
+        >"$dir/strata.log" 2>&1 &
+    bash "$repo/bench/realistic-routes.sh" "$backend_port" >"$dir/routes.toml"
+    path=/api/v500/12 host=(-H ":authority: svc500.example.com")
+else
+    ports=()
+    for listener in api raft grpc consul dns nacos nacos-grpc gateway gateway-tls xds; do
+        ports+=("--$listener-addr" 127.0.0.1:0)
+    done
+    TOKIO_WORKER_THREADS=1 STRATA_LOG=warn "${callgrind[@]}" \
+        --callgrind-out-file="$dir/strata.out" "$strata" dev --data-dir "$dir/data" \
+        --addrs-file "$dir/addrs.json" "${ports[@]}" >"$dir/strata.log" 2>&1 &
+    printf '[[routes]]\nname = "all"\nupstream = "backend"\n[[upstreams]]\nname = "backend"\naddresses = ["127.0.0.1:%s"]\n' \
+        "$backend_port" >"$dir/routes.toml"
+    path=/12 host=()
+fi
 pids+=($!)
 strata_pid=${pids[-1]}
 poll 120 test -s "$dir/addrs.json"
 api=$(jq -r .api "$dir/addrs.json")
-gateway=$(jq -r .gateway "$dir/addrs.json")
+[[ ${REALISTIC:-0} == 1 ]] || gateway=$(jq -r .gateway "$dir/addrs.json")
 poll 120 curl -sf "http://$api/readyz"
-printf '[[routes]]\nname = "all"\nupstream = "backend"\n[[upstreams]]\nname = "backend"\naddresses = ["127.0.0.1:%s"]\n' \
-    "$backend_port" >"$dir/routes.toml"
 "$strata" --endpoints "http://$api" gateway routes apply "$dir/routes.toml" >/dev/null
-poll 60 curl -sf "http://$gateway/12"
-strata_ir=$(measure strata "$strata_pid" "http://$gateway/12")
+poll 60 curl -sf "${host[@]/#:authority/Host}" "http://$gateway$path"
+strata_ir=$(measure strata "$strata_pid" "http://$gateway$path" "${host[@]}")
 
 echo "instructions per proxied request: $anchor $nginx_ir, strata $strata_ir, ratio $(awk -v s="$strata_ir" -v n="$nginx_ir" 'BEGIN { printf "%.2f", s / n }')"
 if [[ ${CACHE_SIM:-0} == 1 ]]; then

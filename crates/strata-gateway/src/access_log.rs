@@ -5,8 +5,15 @@
 //! than [`QUEUE`] records, new ones are dropped and counted
 //! (`strata_gateway_access_log_dropped_total`) rather than slowing requests down.
 
+use crate::balance::Endpoint;
+use crate::h1::Text;
+use hyper::header::HeaderValue;
+use hyper::{Method, Uri};
+use std::borrow::Cow;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,66 +38,131 @@ pub const FIELDS: [&str; 13] = [
     "protocol",
 ];
 
-/// One request, as logged.
-#[derive(Debug, Default)]
+/// One request, as logged: what it takes from the request, shared or copied cheaply, so that
+/// the text is made by the writer, off the request's path.
+#[derive(Debug)]
 pub struct Record {
     /// Milliseconds since the Unix epoch at arrival.
     pub ts_ms: u64,
     /// The client's address.
-    pub client: String,
+    pub client: IpAddr,
     /// Method.
-    pub method: String,
+    pub method: Method,
     /// Host.
     pub host: String,
-    /// Path.
-    pub path: String,
-    /// Query string.
-    pub query: Option<String>,
+    /// The request's target: its path and query.
+    pub uri: Uri,
     /// Status answered.
     pub status: u16,
     /// Route name (empty: none matched).
     pub route: String,
     /// The upstream member that answered, if one did.
-    pub member: Option<String>,
+    pub member: Option<Arc<Endpoint>>,
     /// Time to the response headers.
     pub duration_ms: f64,
     /// `X-Request-Id`.
-    pub request_id: String,
+    pub request_id: Option<Text>,
     /// `User-Agent`.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<HeaderValue>,
     /// `HTTP/1.1`, `HTTP/2`.
     pub protocol: &'static str,
 }
 
+/// A field of a line, by its place in [`FIELDS`].
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    TsMs,
+    Client,
+    Method,
+    Host,
+    Path,
+    Query,
+    Status,
+    Route,
+    Member,
+    DurationMs,
+    RequestId,
+    UserAgent,
+    Protocol,
+}
+
+/// [`FIELDS`]' fields, in the same order.
+const KINDS: [Field; 13] = [
+    Field::TsMs,
+    Field::Client,
+    Field::Method,
+    Field::Host,
+    Field::Path,
+    Field::Query,
+    Field::Status,
+    Field::Route,
+    Field::Member,
+    Field::DurationMs,
+    Field::RequestId,
+    Field::UserAgent,
+    Field::Protocol,
+];
+
+/// A line's fields in their order, each with its key as written (`"name":`, after a comma
+/// but for the first): made once, so a line looks up no name and escapes no key.
+#[derive(Debug)]
+struct Layout(Vec<(Field, Vec<u8>)>);
+
+impl Layout {
+    /// The layout of `names`, each one of [`FIELDS`] (checked by [`check_fields`]); an
+    /// unknown name is left out.
+    fn new(names: &[String]) -> Layout {
+        let known = names.iter().filter_map(|name| {
+            let at = FIELDS.iter().position(|field| field == name)?;
+            Some((KINDS[at], FIELDS[at]))
+        });
+        Layout(
+            known
+                .enumerate()
+                .map(|(index, (field, name))| {
+                    let comma = if index == 0 { "" } else { "," };
+                    (field, format!("{comma}\"{name}\":").into_bytes())
+                })
+                .collect(),
+        )
+    }
+}
+
 impl Record {
-    /// Writes the record as one JSON object with `fields` in their order, and a newline:
-    /// straight into `out`, without building a map or copying a value.
-    fn write_line(&self, fields: &[String], out: &mut impl Write) -> std::io::Result<()> {
+    /// Writes the record as one JSON object with the layout's fields in their order, and a
+    /// newline: straight into `out`, without building a map or copying a value.
+    fn write_line(&self, layout: &Layout, out: &mut impl Write) -> std::io::Result<()> {
         out.write_all(b"{")?;
-        for (index, name) in fields.iter().enumerate() {
-            if index > 0 {
-                out.write_all(b",")?;
-            }
-            serde_json::to_writer(&mut *out, name.as_str())?;
-            out.write_all(b":")?;
-            match name.as_str() {
-                "ts_ms" => serde_json::to_writer(&mut *out, &self.ts_ms),
-                "client" => serde_json::to_writer(&mut *out, &self.client),
-                "method" => serde_json::to_writer(&mut *out, &self.method),
-                "host" => serde_json::to_writer(&mut *out, &self.host),
-                "path" => serde_json::to_writer(&mut *out, &self.path),
-                "query" => serde_json::to_writer(&mut *out, &self.query),
-                "status" => serde_json::to_writer(&mut *out, &self.status),
-                "route" => serde_json::to_writer(&mut *out, &self.route),
-                "member" => serde_json::to_writer(&mut *out, &self.member),
-                "duration_ms" => serde_json::to_writer(
+        for (field, key) in &layout.0 {
+            out.write_all(key)?;
+            match field {
+                Field::TsMs => serde_json::to_writer(&mut *out, &self.ts_ms),
+                Field::Client => serde_json::to_writer(&mut *out, &self.client),
+                Field::Method => serde_json::to_writer(&mut *out, self.method.as_str()),
+                Field::Host => serde_json::to_writer(&mut *out, &self.host),
+                Field::Path => serde_json::to_writer(&mut *out, self.uri.path()),
+                Field::Query => serde_json::to_writer(&mut *out, &self.uri.query()),
+                Field::Status => serde_json::to_writer(&mut *out, &self.status),
+                Field::Route => serde_json::to_writer(&mut *out, &self.route),
+                Field::Member => serde_json::to_writer(
+                    &mut *out,
+                    &self.member.as_ref().map(|member| member.address.as_str()),
+                ),
+                Field::DurationMs => serde_json::to_writer(
                     &mut *out,
                     &((self.duration_ms * 1000.0).round() / 1000.0),
                 ),
-                "request_id" => serde_json::to_writer(&mut *out, &self.request_id),
-                "user_agent" => serde_json::to_writer(&mut *out, &self.user_agent),
-                "protocol" => serde_json::to_writer(&mut *out, self.protocol),
-                _ => serde_json::to_writer(&mut *out, &()),
+                Field::RequestId => serde_json::to_writer(
+                    &mut *out,
+                    &self.request_id.as_ref().map_or(Cow::Borrowed(""), |id| {
+                        String::from_utf8_lossy(id.as_bytes())
+                    }),
+                ),
+                Field::UserAgent => serde_json::to_writer(
+                    &mut *out,
+                    &self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                ),
+                Field::Protocol => serde_json::to_writer(&mut *out, self.protocol),
             }
             .map_err(std::io::Error::other)?;
         }
@@ -135,10 +207,10 @@ impl AccessLog {
                 .map_err(|e| format!("gateway.access_log: cannot open {}: {e}", path.display()))?;
             Box::new(file)
         };
-        let fields: Vec<String> = if fields.is_empty() {
-            FIELDS.iter().map(|f| f.to_string()).collect()
+        let layout = if fields.is_empty() {
+            Layout::new(&FIELDS.map(String::from))
         } else {
-            fields
+            Layout::new(&fields)
         };
         let (queue, mut rx) = mpsc::channel::<Record>(QUEUE);
         // Formatting and writing happen in a task of their own, in batches: whatever queued
@@ -155,7 +227,7 @@ impl AccessLog {
                 };
                 let mut pending = Some(first);
                 while let Some(record) = pending.take() {
-                    let _ = record.write_line(&fields, &mut buffer);
+                    let _ = record.write_line(&layout, &mut buffer);
                     pending = rx.try_recv().ok();
                 }
                 let _ = buffer.flush();
@@ -181,17 +253,21 @@ mod tests {
     fn a_record_is_one_json_line_with_the_fields_in_their_order() {
         let record = Record {
             ts_ms: 7,
-            client: "10.0.0.1".into(),
-            method: "GET".into(),
-            path: "/a \"quoted\"\npath".into(),
+            client: "10.0.0.1".parse().unwrap(),
+            method: Method::GET,
+            host: "a \"quoted\"\nhost".into(),
+            uri: "/a%20b?x=1".parse().unwrap(),
             status: 200,
+            route: String::new(),
+            member: None,
             duration_ms: 1.23456,
+            request_id: Some(Text::Made(bytes::Bytes::from_static(b"abc"))),
             user_agent: None,
             protocol: "HTTP/1.1",
-            ..Default::default()
         };
         let fields: Vec<String> = [
             "status",
+            "host",
             "path",
             "user_agent",
             "duration_ms",
@@ -202,24 +278,29 @@ mod tests {
         .map(|f| f.to_string())
         .collect();
         let mut out = Vec::new();
-        record.write_line(&fields, &mut out).unwrap();
+        record.write_line(&Layout::new(&fields), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.ends_with('\n') && text.matches('\n').count() == 1,
             "{text:?}"
         );
-        assert!(text.starts_with("{\"status\":200,\"path\":"), "{text}");
+        assert!(text.starts_with("{\"status\":200,\"host\":"), "{text}");
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             parsed,
-            serde_json::json!({"status": 200, "path": "/a \"quoted\"\npath", "user_agent": null,
-                "duration_ms": 1.235, "ts_ms": 7, "protocol": "HTTP/1.1"})
+            serde_json::json!({"status": 200, "host": "a \"quoted\"\nhost", "path": "/a%20b",
+                "user_agent": null, "duration_ms": 1.235, "ts_ms": 7, "protocol": "HTTP/1.1"})
         );
         let mut all = Vec::new();
         let every: Vec<String> = FIELDS.iter().map(|f| f.to_string()).collect();
-        record.write_line(&every, &mut all).unwrap();
+        record.write_line(&Layout::new(&every), &mut all).unwrap();
         let parsed: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&all).unwrap();
         assert_eq!(parsed.len(), FIELDS.len());
+        assert_eq!(parsed["client"], "10.0.0.1");
+        assert_eq!(parsed["method"], "GET");
+        assert_eq!(parsed["query"], "x=1");
+        assert_eq!(parsed["request_id"], "abc");
+        assert_eq!(parsed["member"], serde_json::Value::Null);
     }
 }

@@ -148,6 +148,40 @@ pub struct RawHeaders {
     pub request_id: Option<Text>,
 }
 
+impl RawHeaders {
+    /// Drops the lines whose name `dropped` picks and appends `added`, in one copy.
+    pub fn edit<'a>(
+        &mut self,
+        dropped: impl Fn(&[u8]) -> bool,
+        added: impl Iterator<Item = &'a (HeaderName, HeaderValue)> + Clone,
+    ) {
+        let more: usize = added
+            .clone()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let mut lines = BytesMut::with_capacity(self.lines.len() + more);
+        // Every line ends in CRLF (`raw_answer` writes anew any that did not); a name may have
+        // had spaces before its colon.
+        for line in self.lines.split_inclusive(|b| *b == b'\n') {
+            let name = line.split(|b| *b == b':').next().unwrap_or(line);
+            if !dropped(name.trim_ascii_end()) {
+                lines.extend_from_slice(line);
+            }
+        }
+        for (name, value) in added {
+            for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+                lines.extend_from_slice(part);
+            }
+        }
+        self.lines = lines.freeze();
+    }
+}
+
+/// True for a header an answer's raw lines pass on as they are, one a route may edit there.
+pub fn passed_as_is(name: &HeaderName) -> bool {
+    role(name.as_str().as_bytes()) == Role::On
+}
+
 /// A header value the gateway passes on: one it received (checked when its head was parsed),
 /// or text it made itself of characters always valid in a header (hex digits and dashes),
 /// checked only if it goes into a map.

@@ -77,10 +77,6 @@ pub struct Gateway {
     pub spans: std::sync::OnceLock<strata_trace::Exporter>,
 }
 
-/// The member that answered a proxied request (a response extension, for the access log).
-#[derive(Clone)]
-struct Member(String);
-
 /// Pause after a failed `accept` (out of file descriptors, say) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -445,22 +441,21 @@ impl Gateway {
                 .map_or(0, |d| d.as_millis() as u64);
             let record = crate::access_log::Record {
                 ts_ms,
-                client: client_ip.to_string(),
-                method: request.method().to_string(),
+                client: client_ip,
+                method: request.method().clone(),
                 host: host.to_string(),
-                path: request.uri().path().to_string(),
-                query: request.uri().query().map(str::to_string),
-                user_agent: request
-                    .headers()
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
+                uri: request.uri().clone(),
+                status: 0,
+                route: String::new(),
+                member: None,
+                duration_ms: 0.0,
+                request_id: None,
+                user_agent: request.headers().get(header::USER_AGENT).cloned(),
                 protocol: match request.version() {
                     hyper::Version::HTTP_2 => "HTTP/2",
                     hyper::Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },
-                ..Default::default()
             };
             (log, record)
         });
@@ -610,7 +605,7 @@ impl Gateway {
                                 // The answer's headers may stay raw when nothing here reads or
                                 // edits them (the gateway then adds only its request id).
                                 let raw_answer = raw_answers
-                                    && route.response_headers.is_empty()
+                                    && route.response_headers.apply_to_raw()
                                     && cors.is_none()
                                     && admitted.is_none()
                                     && choice
@@ -656,7 +651,14 @@ impl Gateway {
                         response
                     }
                 };
-                let mut response = response_with_edits(route, response);
+                // An answer's raw lines are edited where they are (its map is empty).
+                let mut response = match forwarded.raw.as_deref_mut() {
+                    Some(raw) => {
+                        route.response_headers.apply_raw(raw);
+                        response
+                    }
+                    None => response_with_edits(route, response),
+                };
                 if let Some((cors, origin)) = cors {
                     cors.decorate(&origin, response.headers_mut());
                 }
@@ -688,11 +690,10 @@ impl Gateway {
         if let Some((log, mut record)) = logged {
             record.status = response.status().as_u16();
             record.route = found_name;
-            record.member = response.extensions().get::<Member>().map(|m| m.0.clone());
+            // The member whose answer was passed on (none when the gateway answered).
+            record.member = forwarded.answered.and(forwarded.member.take());
             record.duration_ms = took.as_secs_f64() * 1000.0;
-            record.request_id = logged_id
-                .map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
-                .unwrap_or_default();
+            record.request_id = logged_id;
             log.log(record);
         }
         Answer {
@@ -901,11 +902,13 @@ impl Gateway {
         let resendable = empty_body && upgrade.is_none();
         let safe_to_repeat =
             resendable && (idempotent(&parts.method) || route.guard.retry_non_idempotent);
-        // The forwarding headers go as lines of their own when nothing edits headers after
-        // them and the member speaks HTTP/1.1 through the gateway's own pool.
+        // The forwarding headers go as lines of their own when the route's edits leave them
+        // alone (they are made to the map) and the member speaks HTTP/1.1 through the
+        // gateway's own pool.
         let mut added = Vec::new();
-        let lines =
-            group.writes_head_itself() && upgrade.is_none() && route.request_headers.is_empty();
+        let lines = group.writes_head_itself()
+            && upgrade.is_none()
+            && !route.request_headers.touches(&FORWARDING);
         prepare_headers(
             &mut parts.headers,
             onward,
@@ -1159,11 +1162,6 @@ impl Gateway {
                     if let Some(idle) = route.idle_timeout {
                         response =
                             response.map(|body| Body::new(crate::idle::IdleBody::new(body, idle)));
-                    }
-                    if self.access_log.get().is_some() {
-                        response
-                            .extensions_mut()
-                            .insert(Member(endpoint.address.clone()));
                     }
                     forwarded.raw = raw;
                     forwarded.answered = answered;
@@ -1835,16 +1833,19 @@ mod tests {
         }
 
         /// An answer whose headers stay raw reaches an HTTP/1.1 client as one parsed into a
-        /// map does, once `finish_response` dropped the hop-by-hop headers and the gateway set
-        /// its request id: the same head lines (order and the names' case aside), framing and
-        /// connection reuse.
+        /// map does, once `finish_response` dropped the hop-by-hop headers, the route's
+        /// response header edits were made (to the raw lines when they may be, else to the
+        /// map) and the gateway set its request id: the same head lines (order and the names'
+        /// case aside), framing and connection reuse.
         #[test]
         fn a_raw_answer_is_written_as_a_parsed_one(
             pairs in answer_headers(),
             status in prop::sample::select(vec![200u16, 204, 304, 404, 101]),
             head_request: bool,
             http10: bool,
+            edits in header_ops(),
         ) {
+            let edits = crate::route::HeaderEdits::new("r", "response_headers", &edits).unwrap();
             let mut wire = format!("HTTP/1.{} {status} X\r\n", u8::from(!http10));
             for (name, value) in &pairs {
                 wire.push_str(&format!("{name}: {value}\r\n"));
@@ -1862,14 +1863,24 @@ mod tests {
             prop_assert_eq!(parsed.keep_alive, raw.keep_alive);
             prop_assert_eq!(parsed.response.status(), raw.response.status());
             prop_assert!(raw.response.headers().is_empty());
-            let lines = raw.raw.as_deref().cloned();
+            let mut lines = raw.raw.as_deref().cloned();
             prop_assert!(lines.is_some());
+            // Edits that may not be made to raw lines send the answer the map's way.
+            if !edits.apply_to_raw() {
+                return Ok(());
+            }
+            if let Some(lines) = lines.as_mut() {
+                edits.apply_raw(lines);
+            }
             let head = |response: Response<()>, raw: Option<&crate::h1::RawHeaders>| {
                 let mut response = finish_response(
                     response.map(|()| Body::empty()),
                     None,
                     &TaskTracker::new(),
                 );
+                if raw.is_none() {
+                    edits.apply(response.headers_mut());
+                }
                 response.headers_mut().remove(&X_REQUEST_ID);
                 let mut out = bytes::BytesMut::new();
                 crate::h1::encode_answer_head(
@@ -1894,6 +1905,35 @@ mod tests {
             };
             prop_assert_eq!(head(parsed.response, None), head(raw.response, lines.as_ref()));
         }
+    }
+
+    /// A route's header edits, on names an answer carries and others, some of them names the
+    /// gateway frames with or drops.
+    fn header_ops() -> impl Strategy<Value = crate::model::HeaderOps> {
+        let names = || {
+            prop::sample::select(vec![
+                "server",
+                "x-custom",
+                "x-gateway",
+                "content-length",
+                "date",
+                "connection",
+            ])
+        };
+        let values = || prop::sample::select(vec!["strata", "1", "a b"]);
+        let pairs = || {
+            prop::collection::btree_map(
+                names().prop_map(String::from),
+                values().prop_map(String::from),
+                0..3,
+            )
+        };
+        (
+            pairs(),
+            pairs(),
+            prop::collection::vec(names().prop_map(String::from), 0..2),
+        )
+            .prop_map(|(add, set, remove)| crate::model::HeaderOps { add, set, remove })
     }
 
     /// An answer's headers: those the gateway drops or frames with, in any case, and others.

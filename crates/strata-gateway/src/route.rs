@@ -283,6 +283,40 @@ impl HeaderEdits {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 
+    /// True when the changes touch a header named in `names`.
+    pub fn touches(&self, names: &[&HeaderName]) -> bool {
+        self.remove
+            .iter()
+            .chain(self.set.iter().chain(&self.add).map(|(name, _)| name))
+            .any(|name| names.contains(&name))
+    }
+
+    /// True when the changes may be made to an answer whose header lines stay raw: every name
+    /// they touch is one the gateway passes on as it is (not `Date`, the framing's or a
+    /// hop-by-hop header's, nor `X-Request-Id`).
+    pub fn apply_to_raw(&self) -> bool {
+        self.remove
+            .iter()
+            .chain(self.set.iter().chain(&self.add).map(|(name, _)| name))
+            .all(crate::h1::passed_as_is)
+    }
+
+    /// Makes the changes to an answer's raw lines, as [`HeaderEdits::apply`] to a map: lines
+    /// named in `remove` or `set` go, `set` and `add` lines are appended. Only when
+    /// [`HeaderEdits::apply_to_raw`].
+    pub fn apply_raw(&self, raw: &mut crate::h1::RawHeaders) {
+        if self.is_empty() {
+            return;
+        }
+        let dropped = |name: &[u8]| {
+            self.remove
+                .iter()
+                .chain(self.set.iter().map(|(name, _)| name))
+                .any(|ours| ours.as_str().as_bytes().eq_ignore_ascii_case(name))
+        };
+        raw.edit(dropped, self.set.iter().chain(&self.add));
+    }
+
     /// Applies the changes: remove, then set, then add.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
@@ -296,7 +330,11 @@ impl HeaderEdits {
         }
     }
 
-    fn new(route: &str, which: &str, ops: &HeaderOps) -> Result<HeaderEdits, TableError> {
+    pub(crate) fn new(
+        route: &str,
+        which: &str,
+        ops: &HeaderOps,
+    ) -> Result<HeaderEdits, TableError> {
         let name = |n: &str| {
             HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
                 TableError(format!(
@@ -1268,6 +1306,34 @@ mod tests {
             headers: &map,
         })
         .map(|(_, r, _)| r.name.as_str())
+    }
+
+    /// Edits say which names they touch: request edits of a forwarding header keep the
+    /// gateway's forwarding headers in the map; answer edits of a header the raw lines frame
+    /// with or drop keep the answer in a map.
+    #[test]
+    fn header_edits_know_the_names_they_touch() {
+        let edits = |set: &[&str], remove: &[&str]| {
+            let ops = HeaderOps {
+                set: set
+                    .iter()
+                    .map(|n| (n.to_string(), "v".to_string()))
+                    .collect(),
+                remove: remove.iter().map(|n| n.to_string()).collect(),
+                ..HeaderOps::default()
+            };
+            HeaderEdits::new("r", "headers", &ops).unwrap()
+        };
+        let forwarding = [&HeaderName::from_static("x-forwarded-for")];
+        assert!(!edits(&["x-route"], &[]).touches(&forwarding));
+        assert!(edits(&["x-route"], &["X-Forwarded-For"]).touches(&forwarding));
+        assert!(edits(&["X-FORWARDED-FOR"], &[]).touches(&forwarding));
+        assert!(edits(&[], &[]).apply_to_raw());
+        assert!(edits(&["x-gateway"], &["server"]).apply_to_raw());
+        for special in ["date", "content-length", "connection", "x-request-id"] {
+            assert!(!edits(&[special], &[]).apply_to_raw(), "{special}");
+            assert!(!edits(&[], &[special]).apply_to_raw(), "{special}");
+        }
     }
 
     proptest::proptest! {

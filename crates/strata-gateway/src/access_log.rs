@@ -21,21 +21,21 @@ use tokio_util::task::TaskTracker;
 /// Records waiting for the writer, at most.
 pub const QUEUE: usize = 16 * 1024;
 
-/// Every field a line can carry, in the order written.
-pub const FIELDS: [&str; 13] = [
-    "ts_ms",
-    "client",
-    "method",
-    "host",
-    "path",
-    "query",
-    "status",
-    "route",
-    "member",
-    "duration_ms",
-    "request_id",
-    "user_agent",
-    "protocol",
+/// Every field a line can carry, in the order written by default, with its name.
+const FIELDS: [(&str, Field); 13] = [
+    ("ts_ms", Field::TsMs),
+    ("client", Field::Client),
+    ("method", Field::Method),
+    ("host", Field::Host),
+    ("path", Field::Path),
+    ("query", Field::Query),
+    ("status", Field::Status),
+    ("route", Field::Route),
+    ("member", Field::Member),
+    ("duration_ms", Field::DurationMs),
+    ("request_id", Field::RequestId),
+    ("user_agent", Field::UserAgent),
+    ("protocol", Field::Protocol),
 ];
 
 /// One request, as logged: what it takes from the request, shared or copied cheaply, so that
@@ -68,7 +68,7 @@ pub struct Record {
     pub protocol: &'static str,
 }
 
-/// A field of a line, by its place in [`FIELDS`].
+/// A field of a line (named in [`FIELDS`]).
 #[derive(Debug, Clone, Copy)]
 enum Field {
     TsMs,
@@ -86,40 +86,28 @@ enum Field {
     Protocol,
 }
 
-/// [`FIELDS`]' fields, in the same order.
-const KINDS: [Field; 13] = [
-    Field::TsMs,
-    Field::Client,
-    Field::Method,
-    Field::Host,
-    Field::Path,
-    Field::Query,
-    Field::Status,
-    Field::Route,
-    Field::Member,
-    Field::DurationMs,
-    Field::RequestId,
-    Field::UserAgent,
-    Field::Protocol,
-];
-
 /// A line's fields in their order, each with its key as written (`"name":`, after a comma
 /// but for the first): made once, so a line looks up no name and escapes no key.
 #[derive(Debug)]
 struct Layout(Vec<(Field, Vec<u8>)>);
 
 impl Layout {
-    /// The layout of `names`, each one of [`FIELDS`] (checked by [`check_fields`]); an
-    /// unknown name is left out.
+    /// The layout of `names` (none: every field), each one of [`FIELDS`] (checked by
+    /// [`check_fields`]); an unknown name is left out.
     fn new(names: &[String]) -> Layout {
-        let known = names.iter().filter_map(|name| {
-            let at = FIELDS.iter().position(|field| field == name)?;
-            Some((KINDS[at], FIELDS[at]))
-        });
+        let chosen: Vec<(&str, Field)> = if names.is_empty() {
+            FIELDS.to_vec()
+        } else {
+            names
+                .iter()
+                .filter_map(|name| FIELDS.iter().find(|(known, _)| known == name).copied())
+                .collect()
+        };
         Layout(
-            known
+            chosen
+                .into_iter()
                 .enumerate()
-                .map(|(index, (field, name))| {
+                .map(|(index, (name, field))| {
                     let comma = if index == 0 { "" } else { "," };
                     (field, format!("{comma}\"{name}\":").into_bytes())
                 })
@@ -178,10 +166,11 @@ pub struct AccessLog {
 
 /// Checks a field list.
 pub fn check_fields(fields: &[String]) -> Result<(), String> {
-    match fields.iter().find(|f| !FIELDS.contains(&f.as_str())) {
+    let known = |name: &String| FIELDS.iter().any(|(field, _)| field == name);
+    match fields.iter().find(|name| !known(name)) {
         Some(unknown) => Err(format!(
             "gateway.access_log_fields: unknown field {unknown:?}; fields are {}",
-            FIELDS.join(", ")
+            FIELDS.map(|(name, _)| name).join(", ")
         )),
         None => Ok(()),
     }
@@ -207,11 +196,7 @@ impl AccessLog {
                 .map_err(|e| format!("gateway.access_log: cannot open {}: {e}", path.display()))?;
             Box::new(file)
         };
-        let layout = if fields.is_empty() {
-            Layout::new(&FIELDS.map(String::from))
-        } else {
-            Layout::new(&fields)
-        };
+        let layout = Layout::new(&fields);
         let (queue, mut rx) = mpsc::channel::<Record>(QUEUE);
         // Formatting and writing happen in a task of their own, in batches: whatever queued
         // while the last batch was written goes out with one flush.
@@ -292,7 +277,7 @@ mod tests {
                 "user_agent": null, "duration_ms": 1.235, "ts_ms": 7, "protocol": "HTTP/1.1"})
         );
         let mut all = Vec::new();
-        let every: Vec<String> = FIELDS.iter().map(|f| f.to_string()).collect();
+        let every: Vec<String> = FIELDS.iter().map(|(name, _)| name.to_string()).collect();
         record.write_line(&Layout::new(&every), &mut all).unwrap();
         let parsed: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&all).unwrap();

@@ -270,11 +270,14 @@ fn valid_cookie_name(name: &str) -> bool {
 }
 
 /// Compiled header changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HeaderEdits {
     remove: Vec<HeaderName>,
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
+    /// Every name touched is one an answer's raw lines pass on as it is (see
+    /// [`HeaderEdits::apply_to_raw`]); known when compiled.
+    raw: bool,
 }
 
 impl HeaderEdits {
@@ -283,22 +286,23 @@ impl HeaderEdits {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 
-    /// True when the changes touch a header named in `names`.
-    pub fn touches(&self, names: &[&HeaderName]) -> bool {
+    /// Every name the changes touch.
+    fn names(&self) -> impl Iterator<Item = &HeaderName> {
         self.remove
             .iter()
             .chain(self.set.iter().chain(&self.add).map(|(name, _)| name))
-            .any(|name| names.contains(&name))
+    }
+
+    /// True when the changes touch a header named in `names`.
+    pub fn touches(&self, names: &[&HeaderName]) -> bool {
+        self.names().any(|name| names.contains(&name))
     }
 
     /// True when the changes may be made to an answer whose header lines stay raw: every name
     /// they touch is one the gateway passes on as it is (not `Date`, the framing's or a
     /// hop-by-hop header's, nor `X-Request-Id`).
     pub fn apply_to_raw(&self) -> bool {
-        self.remove
-            .iter()
-            .chain(self.set.iter().chain(&self.add).map(|(name, _)| name))
-            .all(crate::h1::passed_as_is)
+        self.raw
     }
 
     /// Makes the changes to an answer's raw lines, as [`HeaderEdits::apply`] to a map: lines
@@ -354,7 +358,7 @@ impl HeaderEdits {
                 .map(|(n, v)| Ok((name(n)?, value(n, v)?)))
                 .collect::<Result<Vec<_>, TableError>>()
         };
-        Ok(HeaderEdits {
+        let mut edits = HeaderEdits {
             remove: ops
                 .remove
                 .iter()
@@ -362,7 +366,11 @@ impl HeaderEdits {
                 .collect::<Result<_, _>>()?,
             set: pairs(&ops.set)?,
             add: pairs(&ops.add)?,
-        })
+            raw: true,
+        };
+        let raw = edits.names().all(crate::h1::passed_as_is);
+        edits.raw = raw;
+        Ok(edits)
     }
 }
 
